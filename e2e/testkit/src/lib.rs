@@ -1,0 +1,110 @@
+//! Real servers for Aqueduct's tests.
+//!
+//! [`S3Server`] serves a directory over the S3 protocol on 127.0.0.1 with `s3s-fs` (each
+//! top-level folder is a bucket), checks request signatures, and counts the requests it
+//! answers, so that tests can assert what crossed the wire (for example: no object was read).
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use s3s::auth::SimpleAuth;
+use s3s::service::S3ServiceBuilder;
+use tokio::net::TcpListener;
+
+pub const ACCESS_KEY: &str = "aqueduct-test";
+pub const SECRET_KEY: &str = "aqueduct-test-secret";
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Every request answered.
+    pub requests: AtomicU64,
+    /// GETs of an object (not listings).
+    pub object_gets: AtomicU64,
+}
+
+/// An S3-compatible server on 127.0.0.1, stopped when dropped.
+pub struct S3Server {
+    pub addr: SocketAddr,
+    pub root: PathBuf,
+    pub counters: Arc<Counters>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl S3Server {
+    /// Serves `root` (created if missing). Must be called inside a tokio runtime.
+    pub async fn start(root: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(root)?;
+        let fs = s3s_fs::FileSystem::new(root).map_err(|e| io::Error::other(format!("{e:?}")))?;
+        let mut builder = S3ServiceBuilder::new(fs);
+        builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let service = builder.build();
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let counters = Arc::new(Counters::default());
+        let counted = counters.clone();
+        let task = tokio::spawn(async move {
+            let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            loop {
+                let Ok((socket, _)) = listener.accept().await else { continue };
+                let (service, counters) = (service.clone(), counted.clone());
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    counters.requests.fetch_add(1, Ordering::Relaxed);
+                    if is_object_get(&req) {
+                        counters.object_gets.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let service = service.clone();
+                    async move { service.call(req.map(s3s::Body::from)).await }
+                });
+                let conn = http.serve_connection(TokioIo::new(socket), svc).into_owned();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        });
+        Ok(Self { addr, root: root.to_owned(), counters, task })
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn object_gets(&self) -> u64 {
+        self.counters.object_gets.load(Ordering::Relaxed)
+    }
+
+    /// Writes an AWS credentials file with this server's keys (`[default]` profile).
+    pub fn write_credentials(&self, path: &Path) -> io::Result<()> {
+        std::fs::write(path, format!("[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"))
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn is_object_get<B>(req: &hyper::Request<B>) -> bool {
+    let path_parts = req.uri().path().trim_matches('/').split('/').filter(|p| !p.is_empty()).count();
+    req.method() == hyper::Method::GET && path_parts >= 2
+}
+
+/// Deterministic pseudo-random bytes (xorshift64), for test data that does not compress or
+/// repeat.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

@@ -1,0 +1,184 @@
+//! Finding the hub and the certificate to present, connecting, and turning transport
+//! failures into messages that say what to do.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use aqueduct_proto::hub::v1::admin_client::AdminClient;
+use clap::Args;
+use serde::Deserialize;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// Largest message accepted from the hub (a very large manifest).
+const MAX_MESSAGE: usize = 256 << 20;
+
+#[derive(Args)]
+pub struct ConnArgs {
+    /// Connection config written by `aqueduct-hub init` (DATA_DIR/admin/aq.toml).
+    /// Default: ~/.config/aqueduct/aq.toml if it exists.
+    #[arg(long, global = true, env = "AQ_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Hub address, e.g. https://hub.example:7443 (overrides the config).
+    #[arg(long, global = true, env = "AQ_HUB", value_name = "URL")]
+    hub: Option<String>,
+    /// CA certificate of the hub (overrides the config).
+    #[arg(long, global = true, env = "AQ_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Admin client certificate (overrides the config).
+    #[arg(long, global = true, env = "AQ_CERT", value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// Admin client key (overrides the config).
+    #[arg(long, global = true, env = "AQ_KEY", value_name = "FILE")]
+    key: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    hub: Option<String>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+/// Where the hub is and how to prove who we are.
+pub struct HubConn {
+    pub url: String,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Where the settings came from, for messages.
+    pub origin: String,
+}
+
+impl ConnArgs {
+    pub fn resolve(&self) -> Result<HubConn> {
+        let default = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/aqueduct/aq.toml"));
+        let file = match (&self.config, default) {
+            (Some(path), _) => Some(path.clone()),
+            (None, Some(path)) if path.exists() => Some(path),
+            _ => None,
+        };
+        let (mut cfg, origin) = match &file {
+            Some(path) => (load(path)?, format!("{}", path.display())),
+            None => (FileConfig { hub: None, ca: None, cert: None, key: None }, "flags".to_string()),
+        };
+        if self.hub.is_some() {
+            cfg.hub = self.hub.clone();
+        }
+        for (flag, slot) in [(&self.ca, &mut cfg.ca), (&self.cert, &mut cfg.cert), (&self.key, &mut cfg.key)] {
+            if flag.is_some() {
+                slot.clone_from(flag);
+            }
+        }
+        let missing: Vec<&str> = [("--hub", cfg.hub.is_none()), ("--ca", cfg.ca.is_none()), ("--cert", cfg.cert.is_none()), ("--key", cfg.key.is_none())]
+            .into_iter()
+            .filter_map(|(name, missing)| missing.then_some(name))
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "no hub to talk to: {} not set. Point aq at the config `aqueduct-hub init` wrote with \
+                 --config DATA_DIR/admin/aq.toml or AQ_CONFIG=DATA_DIR/admin/aq.toml (or copy it to \
+                 ~/.config/aqueduct/aq.toml), or give --hub, --ca, --cert and --key",
+                missing.join(", ")
+            );
+        }
+        Ok(HubConn {
+            url: cfg.hub.expect("checked"),
+            ca: cfg.ca.expect("checked"),
+            cert: cfg.cert.expect("checked"),
+            key: cfg.key.expect("checked"),
+            origin,
+        })
+    }
+}
+
+fn load(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read aq config {}", path.display()))?;
+    let mut cfg: FileConfig = toml::from_str(&text).with_context(|| format!("aq config {} is invalid", path.display()))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    for slot in [&mut cfg.ca, &mut cfg.cert, &mut cfg.key] {
+        if let Some(p) = slot.as_mut()
+            && p.is_relative()
+        {
+            *p = dir.join(&*p);
+        }
+    }
+    Ok(cfg)
+}
+
+impl HubConn {
+    pub async fn connect(&self) -> Result<AdminClient<Channel>> {
+        let read = |what: &str, path: &Path| {
+            std::fs::read(path).with_context(|| format!("cannot read the {what} {} (from {})", path.display(), self.origin))
+        };
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("CA certificate", &self.ca)?))
+            .identity(Identity::from_pem(read("client certificate", &self.cert)?, read("client key", &self.key)?));
+        let endpoint = Endpoint::from_shared(self.url.clone())
+            .map_err(|e| anyhow!("hub address {:?} is not a URL ({e}); write https://HOST:PORT", self.url))?
+            .tls_config(tls)
+            .map_err(|e| anyhow!("cannot use the TLS files from {}: {e}", self.origin))?
+            .connect_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect().await.map_err(|e| self.transport_error(&chain(&e)))?;
+        Ok(AdminClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE))
+    }
+
+    fn transport_error(&self, detail: &str) -> anyhow::Error {
+        let lower = detail.to_ascii_lowercase();
+        if lower.contains("connection refused") || lower.contains("timed out") || lower.contains("dns") {
+            anyhow!(
+                "cannot reach the hub at {} ({detail}); is `aqueduct-hub serve` running there? \
+                 The address comes from {}",
+                self.url,
+                self.origin
+            )
+        } else if lower.contains("unknownissuer") || lower.contains("invalid peer certificate") {
+            anyhow!(
+                "the hub at {} presented a certificate not issued by the CA in {} ({detail}); \
+                 use the admin bundle of this hub",
+                self.url,
+                self.ca.display()
+            )
+        } else if lower.contains("certificate") || lower.contains("alert") || lower.contains("handshake") || lower.contains("reset") || lower.contains("broken pipe") {
+            anyhow!(
+                "the hub at {} refused this client's certificate {} ({detail}); use the admin \
+                 bundle that `aqueduct-hub init` wrote for this hub",
+                self.url,
+                self.cert.display()
+            )
+        } else {
+            anyhow!("cannot talk to the hub at {}: {detail}", self.url)
+        }
+    }
+}
+
+/// An error and all its sources, joined.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+/// Turns a failed call into a message: the hub's own message for answers it gave, an
+/// explanation of the connection problem otherwise.
+pub fn explain(status: tonic::Status, hub: &HubConn) -> anyhow::Error {
+    use tonic::Code;
+    match status.code() {
+        // Statuses made by the client's transport carry the error underneath; the hub's own
+        // answers do not.
+        _ if let Some(source) = std::error::Error::source(&status) => hub.transport_error(&chain(source)),
+        Code::PermissionDenied | Code::Unauthenticated => {
+            anyhow!("{} (certificate {})", status.message(), hub.cert.display())
+        }
+        _ => anyhow!("{}", status.message()),
+    }
+}

@@ -1,0 +1,269 @@
+//! `aq`: the operator's CLI for an Aqueduct hub.
+//!
+//! It talks to the hub's admin API over mutual TLS. Where the hub is and which certificate to
+//! present come from, in order: flags (`--hub`, `--ca`, `--cert`, `--key`), their environment
+//! variables (`AQ_HUB`, ...), the config file named by `--config` or `AQ_CONFIG`, and
+//! `~/.config/aqueduct/aq.toml`. `aqueduct-hub init` writes such a file into its admin bundle.
+
+mod connect;
+mod output;
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, bail};
+use aqueduct_proto::hub::v1 as pb;
+use aqueduct_proto::{Manifest, VersionRef};
+use clap::{Args, Parser, Subcommand};
+
+use crate::connect::{ConnArgs, explain};
+use crate::output::{Table, age, bytes, progress_reporter};
+
+#[derive(Parser)]
+#[command(name = "aq", version, about = "Operate an Aqueduct hub: sources, datasets, snapshots, versions")]
+struct Cli {
+    #[command(flatten)]
+    conn: ConnArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sources: where datasets' bytes live (s3://bucket/prefix, file:///path).
+    #[command(subcommand)]
+    Source(SourceCommand),
+    /// Datasets: names bound to a prefix of a source.
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
+    /// Cut a new version of DATASET from its source (reads only what changed).
+    Snapshot {
+        /// Dataset name.
+        dataset: String,
+    },
+    /// List the versions of DATASET.
+    Versions {
+        /// Dataset name.
+        dataset: String,
+    },
+    /// Show the manifest of DATASET[@VERSION] (default: the newest version).
+    Manifest {
+        /// DATASET, DATASET@vN or DATASET@latest.
+        version: VersionRef,
+        /// Also list every chunk of every file (offset, length, BLAKE3).
+        #[arg(long)]
+        chunks: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SourceCommand {
+    /// Register a source. The hub checks that it exists and that the credentials work.
+    Add(SourceAdd),
+    /// List sources.
+    List,
+}
+
+#[derive(Args)]
+struct SourceAdd {
+    /// Source name (a-z, 0-9, '-', '.', '_').
+    name: String,
+    /// s3://BUCKET[/PREFIX] or file:///ABSOLUTE/PATH (a path on the hub's machine).
+    url: String,
+    /// S3 endpoint URL, for S3-compatible stores (MinIO, Ceph, garage...).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// S3 region (default us-east-1).
+    #[arg(long)]
+    region: Option<String>,
+    /// Allow a plain-http endpoint.
+    #[arg(long)]
+    allow_http: bool,
+    /// Use path-style requests (the default when --endpoint is given).
+    #[arg(long)]
+    path_style: bool,
+    /// Read without credentials (public buckets).
+    #[arg(long)]
+    anonymous: bool,
+    /// Name of the hub's environment variable holding the access key id (default AWS_ACCESS_KEY_ID).
+    #[arg(long, value_name = "VAR")]
+    access_key_id_env: Option<String>,
+    /// Name of the hub's environment variable holding the secret key (default AWS_SECRET_ACCESS_KEY).
+    #[arg(long, value_name = "VAR")]
+    secret_access_key_env: Option<String>,
+    /// AWS credentials file on the hub's machine (instead of environment variables).
+    #[arg(long, value_name = "PATH")]
+    credentials_file: Option<String>,
+    /// Profile inside --credentials-file (default "default").
+    #[arg(long)]
+    profile: Option<String>,
+    /// Any other option, KEY=VALUE (repeatable).
+    #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
+    options: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum DatasetCommand {
+    /// Bind a dataset name to a prefix of a source.
+    Add {
+        /// Dataset name (a-z, 0-9, '-', '.', '_').
+        name: String,
+        /// Source holding the bytes.
+        #[arg(long)]
+        source: String,
+        /// Prefix inside the source (default: the whole source).
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// List datasets.
+    List,
+}
+
+impl SourceAdd {
+    fn options(&self) -> Result<BTreeMap<String, String>> {
+        let mut options = BTreeMap::new();
+        let mut set = |k: &str, v: Option<&String>| {
+            if let Some(v) = v {
+                options.insert(k.to_string(), v.clone());
+            }
+        };
+        set("endpoint", self.endpoint.as_ref());
+        set("region", self.region.as_ref());
+        set("access_key_id_env", self.access_key_id_env.as_ref());
+        set("secret_access_key_env", self.secret_access_key_env.as_ref());
+        set("credentials_file", self.credentials_file.as_ref());
+        set("profile", self.profile.as_ref());
+        for (flag, key) in [(self.allow_http, "allow_http"), (self.path_style, "path_style"), (self.anonymous, "anonymous")] {
+            if flag {
+                options.insert(key.to_string(), "true".to_string());
+            }
+        }
+        for kv in &self.options {
+            let Some((k, v)) = kv.split_once('=') else { bail!("--option {kv:?} is not KEY=VALUE") };
+            options.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        Ok(options)
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let hub = cli.conn.resolve()?;
+    let mut admin = hub.connect().await?;
+    match cli.command {
+        Command::Source(SourceCommand::Add(add)) => {
+            let source = pb::Source { name: add.name.clone(), url: add.url.clone(), options: add.options()?.into_iter().collect(), created_unix_ms: 0 };
+            let s = admin.add_source(pb::AddSourceRequest { source: Some(source) }).await.map_err(|e| explain(e, &hub))?.into_inner();
+            println!("source {} added: {}", s.name, s.url);
+        }
+        Command::Source(SourceCommand::List) => {
+            let list = admin.list_sources(pb::ListSourcesRequest {}).await.map_err(|e| explain(e, &hub))?.into_inner();
+            let mut t = Table::new(["NAME", "URL", "OPTIONS", "AGE"]);
+            for s in list.sources {
+                let options: Vec<String> = s.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                t.row([s.name, s.url, options.join(","), age(s.created_unix_ms)]);
+            }
+            t.print();
+        }
+        Command::Dataset(DatasetCommand::Add { name, source, prefix }) => {
+            let dataset = pb::Dataset { name, source, prefix, created_unix_ms: 0, latest_version: 0 };
+            let d = admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.map_err(|e| explain(e, &hub))?.into_inner();
+            println!("dataset {} added: source {} prefix {:?}", d.name, d.source, d.prefix);
+        }
+        Command::Dataset(DatasetCommand::List) => {
+            let list = admin.list_datasets(pb::ListDatasetsRequest {}).await.map_err(|e| explain(e, &hub))?.into_inner();
+            let mut t = Table::new(["NAME", "SOURCE", "PREFIX", "LATEST", "AGE"]);
+            for d in list.datasets {
+                let latest = if d.latest_version == 0 { "-".into() } else { format!("v{}", d.latest_version) };
+                t.row([d.name, d.source, d.prefix, latest, age(d.created_unix_ms)]);
+            }
+            t.print();
+        }
+        Command::Snapshot { dataset } => {
+            let mut events = admin
+                .snapshot(pb::SnapshotRequest { dataset: dataset.clone() })
+                .await
+                .map_err(|e| explain(e, &hub))?
+                .into_inner();
+            let mut report = progress_reporter(&dataset);
+            let done = loop {
+                match events.message().await.map_err(|e| explain(e, &hub))? {
+                    Some(pb::SnapshotEvent { event: Some(pb::snapshot_event::Event::Progress(p)) }) => report.update(&p),
+                    Some(pb::SnapshotEvent { event: Some(pb::snapshot_event::Event::Done(v)) }) => break v,
+                    Some(_) => {}
+                    None => bail!("the hub ended the snapshot of {dataset} without a result; see the hub's log"),
+                }
+            };
+            report.finish();
+            let root = aqueduct_proto::Digest::from_slice(&done.root).map(|d| d.to_hex()).unwrap_or_default();
+            if done.unchanged {
+                println!("{}: unchanged since v{} (root {root}); no new version cut, nothing read from the source", done.dataset, done.version);
+            } else {
+                let against = if done.version > 1 { format!("against v{}", done.version - 1) } else { "(first version)".into() };
+                println!(
+                    "{}@v{}: {} files, {}, {} chunks; {} new {against}; read {} from the source",
+                    done.dataset,
+                    done.version,
+                    done.files,
+                    bytes(done.bytes),
+                    done.chunks,
+                    bytes(done.new_bytes),
+                    bytes(done.bytes_read)
+                );
+                println!("root {root}");
+            }
+        }
+        Command::Versions { dataset } => {
+            let list = admin.list_versions(pb::ListVersionsRequest { dataset }).await.map_err(|e| explain(e, &hub))?.into_inner();
+            let mut t = Table::new(["VERSION", "FILES", "SIZE", "CHUNKS", "NEW", "ROOT", "AGE"]);
+            for v in list.versions {
+                let root = aqueduct_proto::Digest::from_slice(&v.root).map(|d| d.short()).unwrap_or_default();
+                t.row([format!("v{}", v.version), v.files.to_string(), bytes(v.bytes), v.chunks.to_string(), bytes(v.new_bytes), root, age(v.created_unix_ms)]);
+            }
+            t.print();
+        }
+        Command::Manifest { version, chunks } => {
+            let wire = admin
+                .get_manifest(pb::GetManifestRequest { dataset: version.dataset.clone(), version: version.version.unwrap_or(0) })
+                .await
+                .map_err(|e| explain(e, &hub))?
+                .into_inner();
+            let m = Manifest::try_from(wire).context("the hub sent a manifest that does not verify")?;
+            println!(
+                "{}@v{}: {} files, {}, {} chunks (chunker {}/{}/{} KiB)",
+                m.dataset,
+                m.version,
+                m.files.len(),
+                bytes(m.total_bytes()),
+                m.chunk_count(),
+                m.chunker.min_size >> 10,
+                m.chunker.avg_size >> 10,
+                m.chunker.max_size >> 10
+            );
+            println!("root {}", m.root);
+            let mut t = Table::new(["PATH", "SIZE", "MODE", "MTIME", "CHUNKS", "OBJECT"]);
+            for f in &m.files {
+                t.row([f.path.clone(), bytes(f.size), format!("{:o}", f.mode), age(f.mtime_unix_ms), f.chunks.len().to_string(), f.object.clone()]);
+            }
+            t.print();
+            if chunks {
+                let mut t = Table::new(["PATH", "OFFSET", "LENGTH", "BLAKE3"]);
+                for f in &m.files {
+                    for c in &f.chunks {
+                        t.row([f.path.clone(), c.offset.to_string(), c.length.to_string(), c.digest.to_hex()]);
+                    }
+                }
+                t.print();
+            }
+        }
+    }
+    Ok(())
+}
+

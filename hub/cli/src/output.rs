@@ -1,0 +1,107 @@
+//! How `aq` shows things: tables in the style of `kubectl get`, human sizes and ages, and
+//! progress (a bar on a terminal, a plain line every few seconds otherwise).
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use aqueduct_proto::hub::v1::SnapshotProgress;
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new<const N: usize>(header: [&str; N]) -> Self {
+        Self { rows: vec![header.iter().map(|h| h.to_string()).collect()] }
+    }
+
+    pub fn row<const N: usize>(&mut self, cells: [String; N]) {
+        self.rows.push(cells.to_vec());
+    }
+
+    pub fn print(&self) {
+        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> =
+            (0..columns).map(|c| self.rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+        for row in &self.rows {
+            let line: Vec<String> = row.iter().enumerate().map(|(i, cell)| format!("{cell:<w$}", w = widths[i])).collect();
+            println!("{}", line.join("   ").trim_end());
+        }
+    }
+}
+
+/// 1536 -> "1.5 KiB".
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+/// Time since a unix-ms instant, kubectl style: 45s, 12m, 3h, 5d.
+pub fn age(unix_ms: i64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let s = ((now - unix_ms) / 1000).max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+pub enum Reporter {
+    Bar(ProgressBar),
+    Lines { what: String, last: Instant },
+}
+
+pub fn progress_reporter(what: &str) -> Reporter {
+    if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_message(format!("snapshot {what}"));
+        Reporter::Bar(bar)
+    } else {
+        Reporter::Lines { what: what.to_string(), last: Instant::now() }
+    }
+}
+
+impl Reporter {
+    pub fn update(&mut self, p: &SnapshotProgress) {
+        let done = p.bytes_hashed + p.bytes_reused;
+        match self {
+            Reporter::Bar(bar) => {
+                bar.set_length(p.bytes_total);
+                bar.set_position(done);
+            }
+            Reporter::Lines { what, last } => {
+                if last.elapsed() >= Duration::from_secs(5) {
+                    *last = Instant::now();
+                    eprintln!(
+                        "snapshot {what}: {}/{} files, {} of {} ({} reused unread)",
+                        p.files_done,
+                        p.files_total,
+                        bytes(done),
+                        bytes(p.bytes_total),
+                        bytes(p.bytes_reused)
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn finish(self) {
+        if let Reporter::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! The hub's admin gRPC service: thin handlers over the store, sources and snapshots.
+//!
+//! Each handler checks the caller's identity, validates its input, does the work through the
+//! modules that own it and maps their errors to statuses in `error.rs`.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aqueduct_proto::hub::v1 as pb;
+use aqueduct_proto::validate_name;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, Span, instrument, warn};
+
+use crate::auth::require_admin;
+use crate::error::{invalid, unknown_dataset};
+use crate::snapshot::{self, Progress, SnapshotOptions, blocking, now_unix_ms};
+use crate::source::SourceSpec;
+use crate::store::{DatasetRecord, MetaStore, SourceRecord, VersionRecord};
+
+/// What the handlers share.
+pub struct AdminService {
+    db: Arc<dyn MetaStore>,
+    snapshot: SnapshotOptions,
+    /// Datasets with a snapshot under way: one at a time per dataset.
+    running: Arc<Mutex<HashSet<String>>>,
+}
+
+impl AdminService {
+    pub fn new(db: Arc<dyn MetaStore>, snapshot: SnapshotOptions) -> Self {
+        Self { db, snapshot, running: Arc::default() }
+    }
+
+    async fn dataset(&self, name: &str) -> Result<DatasetRecord, Status> {
+        validate_name("dataset", name).map_err(invalid)?;
+        let owned = name.to_string();
+        blocking(&self.db, move |db| db.dataset(&owned)).await?.ok_or_else(|| unknown_dataset(name))
+    }
+}
+
+fn source_to_pb(s: SourceRecord) -> pb::Source {
+    pb::Source { name: s.name, url: s.url, options: s.options.into_iter().collect(), created_unix_ms: s.created_unix_ms }
+}
+
+fn dataset_to_pb(d: DatasetRecord) -> pb::Dataset {
+    pb::Dataset {
+        name: d.name,
+        source: d.source,
+        prefix: d.prefix,
+        created_unix_ms: d.created_unix_ms,
+        latest_version: d.latest_version,
+    }
+}
+
+fn version_to_pb(v: VersionRecord, unchanged: bool) -> pb::VersionSummary {
+    pb::VersionSummary {
+        dataset: v.dataset,
+        version: v.number,
+        root: v.root.0.to_vec(),
+        files: v.files,
+        bytes: v.bytes,
+        chunks: v.chunks,
+        new_bytes: v.new_bytes,
+        bytes_read: v.bytes_read,
+        created_unix_ms: v.created_unix_ms,
+        unchanged,
+    }
+}
+
+/// Removes a dataset from the running set when the snapshot ends, however it ends.
+struct RunningGuard(Arc<Mutex<HashSet<String>>>, String);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.1);
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    #[instrument(skip_all, fields(source))]
+    async fn add_source(&self, request: Request<pb::AddSourceRequest>) -> Result<Response<pb::Source>, Status> {
+        require_admin(&request)?;
+        let s = request.into_inner().source.ok_or_else(|| Status::invalid_argument("source is missing"))?;
+        Span::current().record("source", s.name.as_str());
+        validate_name("source", &s.name).map_err(invalid)?;
+        let spec = SourceSpec::parse(&s.url, s.options.into_iter().collect())?;
+        // Check now that the source exists and the credentials work, not at the first snapshot.
+        spec.open()?.probe().await?;
+        let record = SourceRecord {
+            name: s.name,
+            url: spec.url.to_string(),
+            options: spec.options,
+            created_unix_ms: now_unix_ms(),
+        };
+        let stored = record.clone();
+        blocking(&self.db, move |db| db.add_source(&stored)).await?;
+        Ok(Response::new(source_to_pb(record)))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_sources(&self, request: Request<pb::ListSourcesRequest>) -> Result<Response<pb::ListSourcesResponse>, Status> {
+        require_admin(&request)?;
+        let sources = blocking(&self.db, |db| db.sources()).await?;
+        Ok(Response::new(pb::ListSourcesResponse { sources: sources.into_iter().map(source_to_pb).collect() }))
+    }
+
+    #[instrument(skip_all, fields(dataset))]
+    async fn add_dataset(&self, request: Request<pb::AddDatasetRequest>) -> Result<Response<pb::Dataset>, Status> {
+        require_admin(&request)?;
+        let d = request.into_inner().dataset.ok_or_else(|| Status::invalid_argument("dataset is missing"))?;
+        Span::current().record("dataset", d.name.as_str());
+        validate_name("dataset", &d.name).map_err(invalid)?;
+        let prefix = d.prefix.trim_matches('/').to_string();
+        if !prefix.is_empty() {
+            aqueduct_proto::domain::validate_path(&prefix)
+                .map_err(|_| Status::invalid_argument(format!("prefix {:?} is not a clean relative path", d.prefix)))?;
+        }
+        let record = DatasetRecord {
+            name: d.name,
+            source: d.source,
+            prefix,
+            created_unix_ms: now_unix_ms(),
+            latest_version: 0,
+        };
+        let stored = record.clone();
+        blocking(&self.db, move |db| db.add_dataset(&stored)).await.map_err(|e| match e {
+            crate::store::StoreError::NotFound { name, .. } => Status::not_found(format!(
+                "source {name:?} does not exist; add it first with `aq source add {name} URL`"
+            )),
+            other => other.into(),
+        })?;
+        Ok(Response::new(dataset_to_pb(record)))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_datasets(&self, request: Request<pb::ListDatasetsRequest>) -> Result<Response<pb::ListDatasetsResponse>, Status> {
+        require_admin(&request)?;
+        let datasets = blocking(&self.db, |db| db.datasets()).await?;
+        Ok(Response::new(pb::ListDatasetsResponse { datasets: datasets.into_iter().map(dataset_to_pb).collect() }))
+    }
+
+    type SnapshotStream = EventStream;
+
+    #[instrument(skip_all, fields(dataset))]
+    async fn snapshot(&self, request: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        require_admin(&request)?;
+        let name = request.into_inner().dataset;
+        Span::current().record("dataset", name.as_str());
+        let dataset = self.dataset(&name).await?;
+        let source_name = dataset.source.clone();
+        let source = blocking(&self.db, move |db| db.source(&source_name))
+            .await?
+            .ok_or_else(|| Status::internal(format!("dataset {name:?} names a source that is gone")))?;
+        let source = SourceSpec::parse(&source.url, source.options)?.open()?;
+
+        if !self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone()) {
+            return Err(Status::failed_precondition(format!(
+                "a snapshot of dataset {name:?} is already running; wait for it to finish"
+            )));
+        }
+        let guard = RunningGuard(self.running.clone(), name.clone());
+
+        let (tx, rx) = mpsc::channel(16);
+        let progress = Arc::new(Progress::default());
+        let (db, options) = (self.db.clone(), self.snapshot);
+        let span = Span::current();
+        // The snapshot runs to its end even if the caller goes away: its result is kept.
+        tokio::spawn(async move {
+            let _guard = guard;
+            let work = snapshot::snapshot(&db, &dataset, source, options, progress.clone());
+            tokio::pin!(work);
+            let mut ticker = tokio::time::interval(Duration::from_millis(250));
+            let result = loop {
+                tokio::select! {
+                    result = &mut work => break result,
+                    _ = ticker.tick() => {
+                        let event = pb::snapshot_event::Event::Progress(pb::SnapshotProgress {
+                            files_total: progress.files_total.load(Ordering::Relaxed),
+                            files_done: progress.files_done.load(Ordering::Relaxed),
+                            bytes_total: progress.bytes_total.load(Ordering::Relaxed),
+                            bytes_hashed: progress.bytes_hashed.load(Ordering::Relaxed),
+                            bytes_reused: progress.bytes_reused.load(Ordering::Relaxed),
+                        });
+                        // A full channel only means a slow reader: skip this tick.
+                        let _ = tx.try_send(Ok(pb::SnapshotEvent { event: Some(event) }));
+                    }
+                }
+            };
+            let last = match result {
+                Ok(outcome) => Ok(pb::SnapshotEvent {
+                    event: Some(pb::snapshot_event::Event::Done(version_to_pb(outcome.record, outcome.unchanged))),
+                }),
+                Err(e) => {
+                    warn!(error = %e, "snapshot failed");
+                    Err(Status::from(e))
+                }
+            };
+            let _ = tx.send(last).await;
+        }.instrument(span));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    #[instrument(skip_all, fields(dataset))]
+    async fn list_versions(&self, request: Request<pb::ListVersionsRequest>) -> Result<Response<pb::ListVersionsResponse>, Status> {
+        require_admin(&request)?;
+        let name = request.into_inner().dataset;
+        Span::current().record("dataset", name.as_str());
+        self.dataset(&name).await?;
+        let versions = blocking(&self.db, move |db| db.versions(&name)).await?;
+        Ok(Response::new(pb::ListVersionsResponse {
+            versions: versions.into_iter().map(|v| version_to_pb(v, false)).collect(),
+        }))
+    }
+
+    #[instrument(skip_all, fields(dataset, version))]
+    async fn get_manifest(&self, request: Request<pb::GetManifestRequest>) -> Result<Response<pb::Manifest>, Status> {
+        require_admin(&request)?;
+        let req = request.into_inner();
+        Span::current().record("dataset", req.dataset.as_str()).record("version", req.version);
+        self.dataset(&req.dataset).await?;
+        let (name, number) = (req.dataset.clone(), (req.version != 0).then_some(req.version));
+        let stored = blocking(&self.db, move |db| db.version(&name, number)).await?.ok_or_else(|| match number {
+            Some(n) => Status::not_found(format!(
+                "dataset {:?} has no version v{n}; `aq versions {}` lists them",
+                req.dataset, req.dataset
+            )),
+            None => Status::not_found(format!(
+                "dataset {:?} has no version yet; cut one with `aq snapshot {}`",
+                req.dataset, req.dataset
+            )),
+        })?;
+        Ok(Response::new(pb::Manifest::from(&stored.manifest)))
+    }
+}

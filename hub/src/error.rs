@@ -1,0 +1,55 @@
+//! The one place where the hub's errors become gRPC statuses.
+
+use tonic::{Code, Status};
+
+use crate::snapshot::SnapshotError;
+use crate::source::SourceError;
+use crate::store::StoreError;
+
+impl From<SourceError> for Status {
+    fn from(e: SourceError) -> Self {
+        let code = match &e {
+            SourceError::BadUrl { .. } | SourceError::BadOption { .. } => Code::InvalidArgument,
+            SourceError::MissingCredential { .. } => Code::FailedPrecondition,
+            SourceError::NotFound { .. } => Code::NotFound,
+            SourceError::Denied { .. } => Code::PermissionDenied,
+            SourceError::Changed { .. } => Code::Aborted,
+            SourceError::Io { .. } => Code::Unavailable,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Self {
+        let code = match &e {
+            StoreError::AlreadyExists { .. } => Code::AlreadyExists,
+            StoreError::NotFound { .. } => Code::NotFound,
+            StoreError::Conflict { .. } => Code::Aborted,
+            StoreError::Schema { .. } | StoreError::Corrupt(_) | StoreError::Db(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+impl From<SnapshotError> for Status {
+    fn from(e: SnapshotError) -> Self {
+        match e {
+            SnapshotError::Source(e) => e.into(),
+            SnapshotError::Store(e) => e.into(),
+            SnapshotError::EmptyPrefix { .. } => Status::failed_precondition(e.to_string()),
+            SnapshotError::BadObject { .. } => Status::failed_precondition(e.to_string()),
+            SnapshotError::Read { .. } => Status::unavailable(e.to_string()),
+            SnapshotError::Task(_) => Status::internal(e.to_string()),
+        }
+    }
+}
+
+/// A name that was not valid.
+pub(crate) fn invalid(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+pub(crate) fn unknown_dataset(name: &str) -> Status {
+    Status::not_found(format!("dataset {name:?} does not exist; `aq dataset list` shows the known ones"))
+}

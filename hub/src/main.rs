@@ -1,0 +1,90 @@
+//! `aqueduct-hub`: create a hub (`init`) and run it (`serve`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use aqueduct_hub::config::HubConfig;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "aqueduct-hub", version, about = "Aqueduct's on-prem control plane: sources, datasets, versioned manifests")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a hub: CA, hub and admin certificates, database and hub.toml in DATA_DIR.
+    Init {
+        /// Directory for the hub's database, PKI and admin bundle (created if missing).
+        #[arg(long, env = "AQUEDUCT_HUB_DATA_DIR", default_value = "/var/lib/aqueduct-hub")]
+        data_dir: PathBuf,
+        /// Address the API will listen on (written to hub.toml).
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        listen: SocketAddr,
+        /// Extra DNS name or IP address clients use to reach the hub (repeatable); the hub's
+        /// certificate is valid for these, localhost and 127.0.0.1.
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+    },
+    /// Run the hub's API until interrupted (SIGINT or SIGTERM).
+    Serve {
+        /// Hub configuration file (written by init as DATA_DIR/hub.toml).
+        #[arg(long, env = "AQUEDUCT_HUB_CONFIG", default_value = "/var/lib/aqueduct-hub/hub.toml")]
+        config: PathBuf,
+        /// Listen on this address instead of the config's `listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+#[tokio::main]
+async fn run() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AQUEDUCT_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Init { data_dir, listen, hosts } => {
+            let out = aqueduct_hub::init(&data_dir, listen, &hosts)?;
+            println!("hub created in {}", data_dir.display());
+            println!("  start it:   aqueduct-hub serve --config {}", out.config_path.display());
+            println!("  use it:     export AQ_CONFIG={}", out.admin_config_path.display());
+            println!("The admin bundle (admin/) holds the key to the hub's admin API: keep it private.");
+        }
+        Command::Serve { config, listen } => {
+            let mut config = HubConfig::load(&config)?;
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen))?;
+            let shutdown = CancellationToken::new();
+            let trigger = shutdown.clone();
+            tokio::spawn(async move {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                trigger.cancel();
+            });
+            aqueduct_hub::serve(config, listener, shutdown).await?;
+        }
+    }
+    Ok(())
+}

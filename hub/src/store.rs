@@ -1,0 +1,528 @@
+//! The hub's metadata: sources, datasets and versions, behind the [`MetaStore`] trait.
+//!
+//! One implementation, [`SqliteStore`], keeps everything in one SQLite file under the hub's
+//! data directory (or in memory, for tests). Its SQL sticks to what PostgreSQL also speaks
+//! (INTEGER, TEXT, BLOB/BYTEA, plain SELECT/INSERT in transactions), so that a PostgreSQL
+//! backend for a highly available hub can implement the same trait with the same statements.
+//!
+//! A version is written in one transaction with all its files, so a failed or interrupted
+//! snapshot leaves nothing behind. Each file's chunk list is one blob: for each chunk, its
+//! 32-byte digest and its length as a little-endian u32 (format 1; offsets follow from the
+//! lengths). The schema carries a version number in table `meta` from the start.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use aqueduct_proto::{ChunkRef, ChunkerParams, Digest, FileEntry, Manifest};
+use rusqlite::{Connection, OptionalExtension, params};
+
+pub const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+    #[error("{kind} {name:?} does not exist")]
+    NotFound { kind: &'static str, name: String },
+    #[error("dataset {dataset:?} got a new version while this snapshot ran (now v{latest}); snapshot again")]
+    Conflict { dataset: String, latest: u64 },
+    #[error("the hub database has schema version {found}, this build knows {SCHEMA_VERSION}; upgrade the hub")]
+    Schema { found: i64 },
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
+    #[error("hub database error: {0}")]
+    Db(#[from] rusqlite::Error),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceRecord {
+    pub name: String,
+    pub url: String,
+    pub options: BTreeMap<String, String>,
+    pub created_unix_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatasetRecord {
+    pub name: String,
+    pub source: String,
+    pub prefix: String,
+    pub created_unix_ms: i64,
+    /// Newest version number, 0 if none.
+    pub latest_version: u64,
+}
+
+/// Figures of one version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionRecord {
+    pub dataset: String,
+    pub number: u64,
+    pub root: Digest,
+    pub files: u64,
+    pub bytes: u64,
+    pub chunks: u64,
+    pub new_bytes: u64,
+    pub bytes_read: u64,
+    pub created_unix_ms: i64,
+}
+
+/// What identifies the state of a source object when a version was cut: if the object still
+/// has the same stamp, its chunk list can be reused without reading it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceStamp {
+    pub size: u64,
+    pub mtime_unix_ms: i64,
+    pub etag: Option<String>,
+}
+
+/// A version as stored: its figures, its manifest and each file's source stamp (by path).
+#[derive(Clone, Debug)]
+pub struct StoredVersion {
+    pub record: VersionRecord,
+    pub manifest: Manifest,
+    pub stamps: BTreeMap<String, SourceStamp>,
+}
+
+/// The hub's metadata store. Every method is short and synchronous; callers on the async
+/// runtime go through `spawn_blocking`.
+pub trait MetaStore: Send + Sync {
+    fn add_source(&self, source: &SourceRecord) -> Result<(), StoreError>;
+    fn source(&self, name: &str) -> Result<Option<SourceRecord>, StoreError>;
+    fn sources(&self) -> Result<Vec<SourceRecord>, StoreError>;
+    /// Fails with `NotFound` if the dataset's source does not exist.
+    fn add_dataset(&self, dataset: &DatasetRecord) -> Result<(), StoreError>;
+    fn dataset(&self, name: &str) -> Result<Option<DatasetRecord>, StoreError>;
+    fn datasets(&self) -> Result<Vec<DatasetRecord>, StoreError>;
+    fn versions(&self, dataset: &str) -> Result<Vec<VersionRecord>, StoreError>;
+    /// One version, or the newest with `None`.
+    fn version(&self, dataset: &str, number: Option<u64>) -> Result<Option<StoredVersion>, StoreError>;
+    /// Records `manifest` as version `previous + 1` of its dataset, atomically; fails with
+    /// `Conflict` if the newest version is no longer `previous`. The manifest's version number
+    /// is ignored and the assigned one returned.
+    fn insert_version(
+        &self,
+        previous: u64,
+        manifest: &Manifest,
+        stamps: &BTreeMap<String, SourceStamp>,
+        new_bytes: u64,
+        bytes_read: u64,
+        created_unix_ms: i64,
+    ) -> Result<VersionRecord, StoreError>;
+}
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sources (
+    name TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    options TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS datasets (
+    name TEXT PRIMARY KEY,
+    source TEXT NOT NULL REFERENCES sources(name),
+    prefix TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS versions (
+    dataset TEXT NOT NULL REFERENCES datasets(name),
+    number INTEGER NOT NULL,
+    root BLOB NOT NULL,
+    chunk_min INTEGER NOT NULL,
+    chunk_avg INTEGER NOT NULL,
+    chunk_max INTEGER NOT NULL,
+    files INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    chunks INTEGER NOT NULL,
+    new_bytes INTEGER NOT NULL,
+    bytes_read INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (dataset, number)
+);
+CREATE TABLE IF NOT EXISTS files (
+    dataset TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    object TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    mtime_ms INTEGER NOT NULL,
+    etag TEXT,
+    chunks BLOB NOT NULL,
+    PRIMARY KEY (dataset, version, path),
+    FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
+);
+";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::init(Connection::open(path)?)
+    }
+
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Self, StoreError> {
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        let found: Option<String> =
+            conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).optional()?;
+        match found {
+            None => {
+                conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?1)", [SCHEMA_VERSION.to_string()])?;
+            }
+            Some(v) if v == SCHEMA_VERSION.to_string() => {}
+            Some(v) => return Err(StoreError::Schema { found: v.parse().unwrap_or(-1) }),
+        }
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
+        // back on drop), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn encode_chunks(chunks: &[ChunkRef]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(chunks.len() * 36);
+    for c in chunks {
+        out.extend_from_slice(c.digest.as_bytes());
+        out.extend_from_slice(&c.length.to_le_bytes());
+    }
+    out
+}
+
+fn decode_chunks(path: &str, blob: &[u8]) -> Result<Vec<ChunkRef>, StoreError> {
+    if blob.len() % 36 != 0 {
+        return Err(StoreError::Corrupt(format!("chunk list of {path:?} has {} bytes", blob.len())));
+    }
+    let mut offset = 0u64;
+    Ok(blob
+        .chunks_exact(36)
+        .map(|rec| {
+            let digest = Digest::from_slice(&rec[..32]).expect("32 bytes");
+            let length = u32::from_le_bytes(rec[32..].try_into().expect("4 bytes"));
+            let c = ChunkRef { digest, offset, length };
+            offset += u64::from(length);
+            c
+        })
+        .collect())
+}
+
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+fn version_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<(VersionRecord, ChunkerParams)> {
+    let root: Vec<u8> = row.get(2)?;
+    Ok((
+        VersionRecord {
+            dataset: row.get(0)?,
+            number: row.get::<_, i64>(1)? as u64,
+            root: Digest::from_slice(&root).unwrap_or(Digest([0; 32])),
+            files: row.get::<_, i64>(6)? as u64,
+            bytes: row.get::<_, i64>(7)? as u64,
+            chunks: row.get::<_, i64>(8)? as u64,
+            new_bytes: row.get::<_, i64>(9)? as u64,
+            bytes_read: row.get::<_, i64>(10)? as u64,
+            created_unix_ms: row.get(11)?,
+        },
+        ChunkerParams { min_size: row.get(3)?, avg_size: row.get(4)?, max_size: row.get(5)? },
+    ))
+}
+
+const VERSION_COLUMNS: &str =
+    "dataset, number, root, chunk_min, chunk_avg, chunk_max, files, bytes, chunks, new_bytes, bytes_read, created_ms";
+
+impl MetaStore for SqliteStore {
+    fn add_source(&self, s: &SourceRecord) -> Result<(), StoreError> {
+        let options = serde_json::to_string(&s.options).expect("a string map serialises");
+        self.conn()
+            .execute(
+                "INSERT INTO sources (name, url, options, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![s.name, s.url, options, s.created_unix_ms],
+            )
+            .map_err(|e| {
+                if is_constraint(&e) {
+                    StoreError::AlreadyExists { kind: "source", name: s.name.clone() }
+                } else {
+                    e.into()
+                }
+            })?;
+        Ok(())
+    }
+
+    fn source(&self, name: &str) -> Result<Option<SourceRecord>, StoreError> {
+        Ok(self.sources()?.into_iter().find(|s| s.name == name))
+    }
+
+    fn sources(&self) -> Result<Vec<SourceRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, url, options, created_ms FROM sources ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+        })?;
+        rows.map(|row| {
+            let (name, url, options, created_unix_ms) = row?;
+            let options = serde_json::from_str(&options)
+                .map_err(|e| StoreError::Corrupt(format!("options of source {name:?}: {e}")))?;
+            Ok(SourceRecord { name, url, options, created_unix_ms })
+        })
+        .collect()
+    }
+
+    fn add_dataset(&self, d: &DatasetRecord) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let source_exists: bool = tx.query_row("SELECT EXISTS(SELECT 1 FROM sources WHERE name = ?1)", [&d.source], |r| r.get(0))?;
+        if !source_exists {
+            return Err(StoreError::NotFound { kind: "source", name: d.source.clone() });
+        }
+        tx.execute(
+            "INSERT INTO datasets (name, source, prefix, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![d.name, d.source, d.prefix, d.created_unix_ms],
+        )
+        .map_err(|e| {
+            if is_constraint(&e) {
+                StoreError::AlreadyExists { kind: "dataset", name: d.name.clone() }
+            } else {
+                e.into()
+            }
+        })?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn dataset(&self, name: &str) -> Result<Option<DatasetRecord>, StoreError> {
+        Ok(self.datasets()?.into_iter().find(|d| d.name == name))
+    }
+
+    fn datasets(&self) -> Result<Vec<DatasetRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT d.name, d.source, d.prefix, d.created_ms, COALESCE(MAX(v.number), 0)
+             FROM datasets d LEFT JOIN versions v ON v.dataset = d.name
+             GROUP BY d.name, d.source, d.prefix, d.created_ms ORDER BY d.name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(DatasetRecord {
+                name: r.get(0)?,
+                source: r.get(1)?,
+                prefix: r.get(2)?,
+                created_unix_ms: r.get(3)?,
+                latest_version: r.get::<_, i64>(4)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn versions(&self, dataset: &str) -> Result<Vec<VersionRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare(&format!("SELECT {VERSION_COLUMNS} FROM versions WHERE dataset = ?1 ORDER BY number"))?;
+        let rows = stmt.query_map([dataset], version_record)?;
+        Ok(rows.map(|r| r.map(|(v, _)| v)).collect::<Result<_, _>>()?)
+    }
+
+    fn version(&self, dataset: &str, number: Option<u64>) -> Result<Option<StoredVersion>, StoreError> {
+        let conn = self.conn();
+        let found = match number {
+            Some(n) => conn
+                .query_row(
+                    &format!("SELECT {VERSION_COLUMNS} FROM versions WHERE dataset = ?1 AND number = ?2"),
+                    params![dataset, n as i64],
+                    version_record,
+                )
+                .optional()?,
+            None => conn
+                .query_row(
+                    &format!("SELECT {VERSION_COLUMNS} FROM versions WHERE dataset = ?1 ORDER BY number DESC LIMIT 1"),
+                    [dataset],
+                    version_record,
+                )
+                .optional()?,
+        };
+        let Some((record, chunker)) = found else { return Ok(None) };
+        let mut stmt = conn.prepare(
+            "SELECT path, object, size, mode, mtime_ms, etag, chunks FROM files
+             WHERE dataset = ?1 AND version = ?2 ORDER BY path",
+        )?;
+        let mut files = Vec::new();
+        let mut stamps = BTreeMap::new();
+        let mut rows = stmt.query(params![dataset, record.number as i64])?;
+        while let Some(r) = rows.next()? {
+            let path: String = r.get(0)?;
+            let size = r.get::<_, i64>(2)? as u64;
+            let mtime_unix_ms: i64 = r.get(4)?;
+            let chunks = decode_chunks(&path, &r.get::<_, Vec<u8>>(6)?)?;
+            stamps.insert(path.clone(), SourceStamp { size, mtime_unix_ms, etag: r.get(5)? });
+            files.push(FileEntry { path, object: r.get(1)?, size, mode: r.get(3)?, mtime_unix_ms, chunks });
+        }
+        let manifest = Manifest { dataset: dataset.to_string(), version: record.number, chunker, files, root: record.root };
+        manifest
+            .validate()
+            .map_err(|e| StoreError::Corrupt(format!("{dataset}@v{}: {e}", record.number)))?;
+        Ok(Some(StoredVersion { record, manifest, stamps }))
+    }
+
+    fn insert_version(
+        &self,
+        previous: u64,
+        m: &Manifest,
+        stamps: &BTreeMap<String, SourceStamp>,
+        new_bytes: u64,
+        bytes_read: u64,
+        created_unix_ms: i64,
+    ) -> Result<VersionRecord, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let latest: i64 =
+            tx.query_row("SELECT COALESCE(MAX(number), 0) FROM versions WHERE dataset = ?1", [&m.dataset], |r| r.get(0))?;
+        if latest as u64 != previous {
+            return Err(StoreError::Conflict { dataset: m.dataset.clone(), latest: latest as u64 });
+        }
+        let record = VersionRecord {
+            dataset: m.dataset.clone(),
+            number: previous + 1,
+            root: m.root,
+            files: m.files.len() as u64,
+            bytes: m.total_bytes(),
+            chunks: m.chunk_count(),
+            new_bytes,
+            bytes_read,
+            created_unix_ms,
+        };
+        tx.execute(
+            &format!("INSERT INTO versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+            params![
+                record.dataset,
+                record.number as i64,
+                record.root.as_bytes().as_slice(),
+                m.chunker.min_size,
+                m.chunker.avg_size,
+                m.chunker.max_size,
+                record.files as i64,
+                record.bytes as i64,
+                record.chunks as i64,
+                record.new_bytes as i64,
+                record.bytes_read as i64,
+                record.created_unix_ms,
+            ],
+        )?;
+        {
+            let mut stmt = tx.prepare(
+                "INSERT INTO files (dataset, version, path, object, size, mode, mtime_ms, etag, chunks)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for f in &m.files {
+                let etag = stamps.get(&f.path).and_then(|s| s.etag.clone());
+                stmt.execute(params![
+                    m.dataset,
+                    record.number as i64,
+                    f.path,
+                    f.object,
+                    f.size as i64,
+                    f.mode,
+                    f.mtime_unix_ms,
+                    etag,
+                    encode_chunks(&f.chunks),
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(dataset: &str, content: &[u8]) -> Manifest {
+        let file = FileEntry {
+            path: "a.bin".into(),
+            object: "p/a.bin".into(),
+            size: content.len() as u64,
+            mode: 0o644,
+            mtime_unix_ms: 5,
+            chunks: vec![ChunkRef { digest: Digest::of(content), offset: 0, length: content.len() as u32 }],
+        };
+        Manifest::new(dataset.into(), 0, ChunkerParams::DEFAULT, vec![file]).unwrap()
+    }
+
+    fn store_with_dataset() -> SqliteStore {
+        let store = SqliteStore::in_memory().unwrap();
+        store
+            .add_source(&SourceRecord { name: "s".into(), url: "file:///x".into(), options: BTreeMap::new(), created_unix_ms: 1 })
+            .unwrap();
+        store
+            .add_dataset(&DatasetRecord { name: "d".into(), source: "s".into(), prefix: "p".into(), created_unix_ms: 2, latest_version: 0 })
+            .unwrap();
+        store
+    }
+
+    #[test]
+    fn versions_round_trip_and_number_up() {
+        let store = store_with_dataset();
+        let stamps = BTreeMap::from([("a.bin".to_string(), SourceStamp { size: 3, mtime_unix_ms: 5, etag: Some("e".into()) })]);
+        let v1 = store.insert_version(0, &manifest("d", b"abc"), &stamps, 3, 3, 10).unwrap();
+        assert_eq!(v1.number, 1);
+        let v2 = store.insert_version(1, &manifest("d", b"xyz"), &stamps, 3, 3, 11).unwrap();
+        assert_eq!(v2.number, 2);
+        let latest = store.version("d", None).unwrap().unwrap();
+        assert_eq!(latest.record, v2);
+        assert_eq!(latest.manifest.version, 2);
+        assert_eq!(latest.manifest.root, manifest("d", b"xyz").root);
+        assert_eq!(latest.stamps, stamps);
+        assert_eq!(store.version("d", Some(1)).unwrap().unwrap().manifest.files[0].chunks[0].digest, Digest::of(b"abc"));
+        assert!(store.version("d", Some(3)).unwrap().is_none());
+        assert_eq!(store.datasets().unwrap()[0].latest_version, 2);
+        assert_eq!(store.versions("d").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn stale_snapshots_conflict_and_leave_nothing() {
+        let store = store_with_dataset();
+        store.insert_version(0, &manifest("d", b"abc"), &BTreeMap::new(), 3, 3, 10).unwrap();
+        let err = store.insert_version(0, &manifest("d", b"xyz"), &BTreeMap::new(), 3, 3, 11).unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { latest: 1, .. }), "{err}");
+        assert_eq!(store.versions("d").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn duplicates_and_dangling_references_are_refused() {
+        let store = store_with_dataset();
+        let err = store
+            .add_source(&SourceRecord { name: "s".into(), url: "file:///y".into(), options: BTreeMap::new(), created_unix_ms: 1 })
+            .unwrap_err();
+        assert!(matches!(err, StoreError::AlreadyExists { kind: "source", .. }));
+        let err = store
+            .add_dataset(&DatasetRecord { name: "e".into(), source: "nope".into(), prefix: "".into(), created_unix_ms: 2, latest_version: 0 })
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NotFound { kind: "source", .. }));
+    }
+
+    #[test]
+    fn reopening_a_file_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            store
+                .add_source(&SourceRecord { name: "s".into(), url: "file:///x".into(), options: BTreeMap::new(), created_unix_ms: 1 })
+                .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.sources().unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,408 @@
+//! Domain types shared by every Aqueduct component.
+//!
+//! A dataset version is a [`Manifest`]: every file with its size, mode, mtime and the ordered,
+//! content-defined chunks that tile it, each named by its BLAKE3 [`Digest`]. The manifest's
+//! root hash covers the file tree's content (paths, metadata, chunk digests and lengths), not
+//! the dataset's name, the version number or where the bytes sit in the source, so the same
+//! tree always has the same root. Wire conversions and their validation live in [`wire`].
+
+use std::fmt;
+use std::str::FromStr;
+
+pub mod wire;
+
+/// Version of the manifest format and of the root-hash rules below. Bumped on any change.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// BLAKE3 hash of a chunk's bytes (or of a manifest's canonical encoding).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    pub const LEN: usize = 32;
+
+    /// Hashes `bytes` with BLAKE3.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(*blake3::hash(bytes).as_bytes())
+    }
+
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        <[u8; 32]>::try_from(bytes).ok().map(Self)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    pub fn to_hex(&self) -> String {
+        blake3::Hash::from(self.0).to_hex().to_string()
+    }
+
+    /// The first 12 hex digits, for logs and tables.
+    pub fn short(&self) -> String {
+        self.to_hex()[..12].to_string()
+    }
+}
+
+impl From<blake3::Hash> for Digest {
+    fn from(hash: blake3::Hash) -> Self {
+        Self(*hash.as_bytes())
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({})", self.short())
+    }
+}
+
+impl FromStr for Digest {
+    type Err = ManifestError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        blake3::Hash::from_hex(s)
+            .map(Self::from)
+            .map_err(|_| ManifestError::BadDigest { what: s.to_string() })
+    }
+}
+
+/// FastCDC parameters. Versions of a dataset must be cut with the same parameters for their
+/// chunks to be shared, so they are recorded in every manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkerParams {
+    pub min_size: u32,
+    pub avg_size: u32,
+    pub max_size: u32,
+}
+
+impl ChunkerParams {
+    /// 128 KiB / 512 KiB / 2 MiB: small enough that an edit moves little, large enough that
+    /// per-chunk overheads (a database row, a gRPC message, a file) stay small.
+    pub const DEFAULT: Self = Self { min_size: 128 << 10, avg_size: 512 << 10, max_size: 2 << 20 };
+}
+
+impl Default for ChunkerParams {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// One chunk of a file: its digest and where it sits in the file (and in the source object).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkRef {
+    pub digest: Digest,
+    pub offset: u64,
+    pub length: u32,
+}
+
+impl ChunkRef {
+    pub fn end(&self) -> u64 {
+        self.offset + u64::from(self.length)
+    }
+}
+
+/// One file of a version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileEntry {
+    /// Relative, `/`-separated path inside the dataset.
+    pub path: String,
+    /// Key of the source object holding the bytes.
+    pub object: String,
+    pub size: u64,
+    pub mode: u32,
+    pub mtime_unix_ms: i64,
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// An immutable version of a dataset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    pub dataset: String,
+    pub version: u64,
+    pub chunker: ChunkerParams,
+    /// Sorted by path, paths unique.
+    pub files: Vec<FileEntry>,
+    pub root: Digest,
+}
+
+impl Manifest {
+    /// Builds a manifest from files in any order: sorts them and computes the root.
+    pub fn new(
+        dataset: String,
+        version: u64,
+        chunker: ChunkerParams,
+        mut files: Vec<FileEntry>,
+    ) -> Result<Self, ManifestError> {
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let root = compute_root(chunker, &files);
+        let manifest = Self { dataset, version, chunker, files, root };
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    /// The root over the canonical encoding of the file tree. Covers (format, chunker
+    /// parameters, and for each file in path order: path, size, mode, mtime, and each chunk's
+    /// digest and length). Offsets follow from the lengths; the object key is a location, not
+    /// content, and is left out.
+    pub fn compute_root(&self) -> Digest {
+        compute_root(self.chunker, &self.files)
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    pub fn chunk_count(&self) -> u64 {
+        self.files.iter().map(|f| f.chunks.len() as u64).sum()
+    }
+
+    /// Every distinct chunk of the version, with its length, in first-seen order.
+    pub fn distinct_chunks(&self) -> Vec<(Digest, u32)> {
+        let mut seen = std::collections::HashSet::new();
+        self.files
+            .iter()
+            .flat_map(|f| f.chunks.iter())
+            .filter(|c| seen.insert(c.digest))
+            .map(|c| (c.digest, c.length))
+            .collect()
+    }
+
+    pub fn file(&self, path: &str) -> Option<&FileEntry> {
+        self.files.binary_search_by(|f| f.path.as_str().cmp(path)).ok().map(|i| &self.files[i])
+    }
+
+    /// Checks the invariants every reader relies on: valid unique sorted paths, chunks that
+    /// tile each file exactly, chunk lengths within the chunker's maximum, and the root.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        let mut previous: Option<&str> = None;
+        for file in &self.files {
+            validate_path(&file.path)?;
+            if let Some(prev) = previous
+                && prev >= file.path.as_str()
+            {
+                return Err(ManifestError::Unsorted { path: file.path.clone() });
+            }
+            previous = Some(&file.path);
+            let mut offset = 0u64;
+            for (index, chunk) in file.chunks.iter().enumerate() {
+                if chunk.offset != offset || chunk.length == 0 || chunk.length > self.chunker.max_size {
+                    return Err(ManifestError::ChunksDoNotTile { path: file.path.clone(), index });
+                }
+                offset = chunk.end();
+            }
+            if offset != file.size {
+                return Err(ManifestError::ChunksDoNotTile {
+                    path: file.path.clone(),
+                    index: file.chunks.len(),
+                });
+            }
+        }
+        let computed = self.compute_root();
+        if computed != self.root {
+            return Err(ManifestError::RootMismatch { expected: self.root, computed });
+        }
+        Ok(())
+    }
+}
+
+fn compute_root(chunker: ChunkerParams, files: &[FileEntry]) -> Digest {
+    fn put_str(h: &mut blake3::Hasher, s: &str) {
+        h.update(&(s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    }
+    let mut h = blake3::Hasher::new();
+    h.update(b"aqueduct-manifest");
+    h.update(&MANIFEST_FORMAT.to_le_bytes());
+    for v in [chunker.min_size, chunker.avg_size, chunker.max_size] {
+        h.update(&v.to_le_bytes());
+    }
+    h.update(&(files.len() as u64).to_le_bytes());
+    for file in files {
+        put_str(&mut h, &file.path);
+        h.update(&file.size.to_le_bytes());
+        h.update(&file.mode.to_le_bytes());
+        h.update(&file.mtime_unix_ms.to_le_bytes());
+        h.update(&(file.chunks.len() as u64).to_le_bytes());
+        for chunk in &file.chunks {
+            h.update(chunk.digest.as_bytes());
+            h.update(&chunk.length.to_le_bytes());
+        }
+    }
+    h.finalize().into()
+}
+
+/// Checks a path inside a dataset: relative, `/`-separated, no empty, `.` or `..` parts.
+pub fn validate_path(path: &str) -> Result<(), ManifestError> {
+    let bad = path.is_empty()
+        || path.starts_with('/')
+        || path.contains('\0')
+        || path.split('/').any(|part| part.is_empty() || part == "." || part == "..");
+    if bad {
+        return Err(ManifestError::BadPath { path: path.to_string() });
+    }
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ManifestError {
+    #[error("manifest format {found} is not supported (this build reads format {MANIFEST_FORMAT}); upgrade this component")]
+    UnsupportedFormat { found: u32 },
+    #[error("{what:?} is not a BLAKE3 digest (64 hex digits or 32 bytes)")]
+    BadDigest { what: String },
+    #[error("file path {path:?} is not a clean relative path")]
+    BadPath { path: String },
+    #[error("file {path:?} is out of order or duplicated in the manifest")]
+    Unsorted { path: String },
+    #[error("the chunks of file {path:?} do not tile it (at chunk {index})")]
+    ChunksDoNotTile { path: String, index: usize },
+    #[error("manifest root mismatch: it says {expected} but its content hashes to {computed}")]
+    RootMismatch { expected: Digest, computed: Digest },
+    #[error("manifest field {field} is missing")]
+    Missing { field: &'static str },
+}
+
+/// Checks a source or dataset name: 1 to 63 characters of `a-z`, `0-9`, `-`, `.` and `_`,
+/// starting and ending with a letter or digit (so it can name Kubernetes objects too).
+pub fn validate_name(kind: &'static str, name: &str) -> Result<(), NameError> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(c);
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if name.is_empty()
+        || name.len() > 63
+        || !name.chars().all(ok_char)
+        || !alnum(name.chars().next())
+        || !alnum(name.chars().last())
+    {
+        return Err(NameError { kind, name: name.to_string() });
+    }
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "{kind} name {name:?} is not valid: use 1 to 63 characters of a-z, 0-9, '-', '.' and '_', starting and ending with a letter or digit"
+)]
+pub struct NameError {
+    pub kind: &'static str,
+    pub name: String,
+}
+
+/// `DATASET`, `DATASET@latest`, `DATASET@v3` or `DATASET@3`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionRef {
+    pub dataset: String,
+    /// `None` means the newest version.
+    pub version: Option<u64>,
+}
+
+impl FromStr for VersionRef {
+    type Err = VersionRefError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (dataset, version) = match s.split_once('@') {
+            None => (s, None),
+            Some((d, "latest")) => (d, None),
+            Some((d, v)) => {
+                let n = v.strip_prefix('v').unwrap_or(v);
+                match n.parse::<u64>() {
+                    Ok(n) if n > 0 => (d, Some(n)),
+                    _ => return Err(VersionRefError::BadVersion { input: s.to_string() }),
+                }
+            }
+        };
+        validate_name("dataset", dataset).map_err(VersionRefError::Name)?;
+        Ok(Self { dataset: dataset.to_string(), version })
+    }
+}
+
+impl fmt::Display for VersionRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.version {
+            Some(v) => write!(f, "{}@v{v}", self.dataset),
+            None => write!(f, "{}@latest", self.dataset),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VersionRefError {
+    #[error("{input:?} has no valid version: write DATASET@vN (e.g. llama@v3) or DATASET@latest")]
+    BadVersion { input: String },
+    #[error(transparent)]
+    Name(NameError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, lengths: &[u32]) -> FileEntry {
+        let mut offset = 0;
+        let chunks = lengths
+            .iter()
+            .enumerate()
+            .map(|(i, &length)| {
+                let c = ChunkRef { digest: Digest::of(format!("{path}{i}").as_bytes()), offset, length };
+                offset += u64::from(length);
+                c
+            })
+            .collect();
+        FileEntry { path: path.into(), object: format!("pre/{path}"), size: offset, mode: 0o644, mtime_unix_ms: 7, chunks }
+    }
+
+    #[test]
+    fn root_ignores_order_name_and_location_but_not_content() {
+        let a = Manifest::new("a".into(), 1, ChunkerParams::DEFAULT, vec![file("x", &[3, 4]), file("d/y", &[5])]).unwrap();
+        let b = Manifest::new("b".into(), 9, ChunkerParams::DEFAULT, vec![file("d/y", &[5]), file("x", &[3, 4])]).unwrap();
+        assert_eq!(a.root, b.root);
+        assert_eq!(a.files[0].path, "d/y");
+
+        let mut moved = a.clone();
+        moved.files[1].object = "elsewhere/x".into();
+        assert_eq!(moved.compute_root(), a.root);
+
+        let mut changed = a.clone();
+        changed.files[1].mode = 0o755;
+        assert_ne!(changed.compute_root(), a.root);
+        assert!(matches!(changed.validate(), Err(ManifestError::RootMismatch { .. })));
+    }
+
+    #[test]
+    fn validate_rejects_gaps_and_bad_paths() {
+        let mut m = Manifest::new("a".into(), 1, ChunkerParams::DEFAULT, vec![file("x", &[3, 4])]).unwrap();
+        m.files[0].chunks[1].offset = 4;
+        m.root = m.compute_root();
+        assert_eq!(m.validate(), Err(ManifestError::ChunksDoNotTile { path: "x".into(), index: 1 }));
+
+        for bad in ["", "/abs", "a//b", "a/../b", "./a", "a/"] {
+            assert!(validate_path(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(validate_path("models/llama/model.safetensors").is_ok());
+    }
+
+    #[test]
+    fn names_and_version_refs() {
+        assert!(validate_name("dataset", "llama-3-8b").is_ok());
+        for bad in ["", "Llama", "-x", "x-", "a b", &"a".repeat(64)] {
+            assert!(validate_name("dataset", bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!("llama@v3".parse::<VersionRef>().unwrap(), VersionRef { dataset: "llama".into(), version: Some(3) });
+        assert_eq!("llama@3".parse::<VersionRef>().unwrap().version, Some(3));
+        assert_eq!("llama".parse::<VersionRef>().unwrap().version, None);
+        assert_eq!("llama@latest".parse::<VersionRef>().unwrap().version, None);
+        assert!(matches!("llama@v0".parse::<VersionRef>(), Err(VersionRefError::BadVersion { .. })));
+        assert!(matches!("llama@x".parse::<VersionRef>(), Err(VersionRefError::BadVersion { .. })));
+    }
+
+    #[test]
+    fn digest_hex_round_trip() {
+        let d = Digest::of(b"hello");
+        assert_eq!(d.to_hex().parse::<Digest>().unwrap(), d);
+        assert!("zz".parse::<Digest>().is_err());
+    }
+}

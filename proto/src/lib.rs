@@ -1,0 +1,21 @@
+//! Aqueduct's wire contract and shared domain types.
+//!
+//! Everything that crosses a process boundary is defined in `proto/` and generated here with
+//! prost and tonic, one module per versioned package (`aqueduct.hub.v1`, ...). The domain
+//! types that hub, spoke and FUSE view all reason about (chunk digests, manifests, names and
+//! version references) live in [`domain`], next to the generated code, and are converted from
+//! the wire types in one place ([`domain::wire`]) with `TryFrom`, where they are validated.
+
+pub mod domain;
+
+/// Generated code of package `aqueduct.hub.v1`.
+pub mod hub {
+    pub mod v1 {
+        tonic::include_proto!("aqueduct.hub.v1");
+    }
+}
+
+pub use domain::{
+    ChunkRef, ChunkerParams, Digest, FileEntry, MANIFEST_FORMAT, Manifest, ManifestError,
+    NameError, VersionRef, validate_name,
+};
