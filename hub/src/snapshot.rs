@@ -63,7 +63,8 @@ impl Default for SnapshotOptions {
 #[derive(Clone, Debug)]
 pub struct SnapshotOutcome {
     pub record: VersionRecord,
-    /// True when the dataset had not changed: `record` is the existing newest version.
+    /// True when the dataset had not changed: `record` is the existing newest version, with
+    /// this run's `bytes_read` and no new bytes.
     pub unchanged: bool,
 }
 
@@ -144,18 +145,20 @@ pub async fn snapshot(
     let manifest = Manifest::new(dataset.name.clone(), 0, options.chunker, files.into_iter().map(|(f, _)| f).collect())
         .map_err(|source| SnapshotError::BadObject { dataset: dataset.name.clone(), key: String::new(), source })?;
 
+    let bytes_read = bytes_read.load(Ordering::Relaxed);
     if let Some(prev) = &previous
         && prev.record.root == manifest.root
     {
-        info!(version = prev.record.number, "unchanged since the newest version");
-        return Ok(SnapshotOutcome { record: prev.record.clone(), unchanged: true });
+        info!(version = prev.record.number, bytes_read, "unchanged since the newest version");
+        // The existing version's figures, with what this run read and found new.
+        let record = VersionRecord { new_bytes: 0, bytes_read, ..prev.record.clone() };
+        return Ok(SnapshotOutcome { record, unchanged: true });
     }
 
     let known: HashSet<_> = previous.iter().flat_map(|p| p.manifest.distinct_chunks()).map(|(d, _)| d).collect();
     let new_bytes: u64 =
         manifest.distinct_chunks().iter().filter(|(d, _)| !known.contains(d)).map(|(_, len)| u64::from(*len)).sum();
     let previous_number = previous.as_ref().map_or(0, |p| p.record.number);
-    let bytes_read = bytes_read.load(Ordering::Relaxed);
     let created = now_unix_ms();
     let record = blocking(db, move |db| {
         db.insert_version(previous_number, &manifest, &stamps, new_bytes, bytes_read, created)

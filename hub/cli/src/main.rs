@@ -204,7 +204,12 @@ async fn run(cli: Cli) -> Result<()> {
             report.finish();
             let root = aqueduct_proto::Digest::from_slice(&done.root).map(|d| d.to_hex()).unwrap_or_default();
             if done.unchanged {
-                println!("{}: unchanged since v{} (root {root}); no new version cut, nothing read from the source", done.dataset, done.version);
+                println!(
+                    "{}: unchanged since v{} (root {root}); no new version cut; read {} from the source",
+                    done.dataset,
+                    done.version,
+                    bytes(done.bytes_read)
+                );
             } else {
                 let against = if done.version > 1 { format!("against v{}", done.version - 1) } else { "(first version)".into() };
                 println!(

@@ -1,0 +1,123 @@
+//! `aq` as a user runs it: the real binary against a real hub over mutual TLS.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use aqueduct_hub::config::HubConfig;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+struct Hub {
+    admin_config: PathBuf,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn start_hub(dir: &Path) -> Hub {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let out = aqueduct_hub::init(dir, listener.local_addr().unwrap(), &[]).unwrap();
+    let config = HubConfig::load(&out.config_path).unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(aqueduct_hub::serve(config, listener, shutdown.clone()));
+    Hub { admin_config: out.admin_config_path, shutdown }
+}
+
+/// Runs `aq` with a clean environment (no AQ_* variables, a HOME without config).
+async fn aq(home: &Path, config: Option<&Path>, args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_aq"));
+    cmd.args(args).env("HOME", home);
+    for var in ["AQ_CONFIG", "AQ_HUB", "AQ_CA", "AQ_CERT", "AQ_KEY"] {
+        cmd.env_remove(var);
+    }
+    if let Some(config) = config {
+        cmd.env("AQ_CONFIG", config);
+    }
+    tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "aq failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+fn fails_with(out: &Output, words: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "aq should fail: {stderr}");
+    for w in words {
+        assert!(stderr.contains(w), "{stderr:?} lacks {w:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_walk_through() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models/llama");
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::write(models.join("model.safetensors"), vec![7u8; 3 << 20]).unwrap();
+    std::fs::write(models.join("config.json"), b"{}").unwrap();
+    let hub = start_hub(&tmp.path().join("hub")).await;
+    let cfg = Some(hub.admin_config.as_path());
+    let home = tmp.path();
+
+    let url = format!("file://{}", tmp.path().join("models").display());
+    assert!(ok(&aq(home, cfg, &["source", "add", "local", &url]).await).contains("source local added"));
+    assert!(ok(&aq(home, cfg, &["source", "list"]).await).contains(&url));
+    ok(&aq(home, cfg, &["dataset", "add", "llama", "--source", "local", "--prefix", "llama"]).await);
+    let out = ok(&aq(home, cfg, &["snapshot", "llama"]).await);
+    assert!(out.contains("llama@v1: 2 files, 3.0 MiB"), "{out}");
+    assert!(out.contains("(first version)"), "{out}");
+    let out = ok(&aq(home, cfg, &["snapshot", "llama"]).await);
+    assert!(out.contains("unchanged since v1") && out.contains("read 0 B"), "{out}");
+
+    std::fs::write(models.join("config.json"), b"{\"a\": 1}").unwrap();
+    let out = ok(&aq(home, cfg, &["snapshot", "llama"]).await);
+    assert!(out.contains("llama@v2") && out.contains("8 B new against v1"), "{out}");
+
+    let out = ok(&aq(home, cfg, &["versions", "llama"]).await);
+    assert!(out.lines().next().unwrap().starts_with("VERSION"), "{out}");
+    assert!(out.contains("v1") && out.contains("v2"), "{out}");
+    let out = ok(&aq(home, cfg, &["manifest", "llama@v1", "--chunks"]).await);
+    assert!(out.contains("llama@v1: 2 files") && out.contains("model.safetensors") && out.contains("llama/config.json"), "{out}");
+    let out = ok(&aq(home, cfg, &["dataset", "list"]).await);
+    assert!(out.contains("llama") && out.contains("v2"), "{out}");
+
+    // The config can also live in the default place.
+    let default = home.join(".config/aqueduct");
+    std::fs::create_dir_all(&default).unwrap();
+    let text = std::fs::read_to_string(&hub.admin_config).unwrap();
+    let dir = hub.admin_config.parent().unwrap().display().to_string();
+    let absolute = text.replace("\"ca.pem\"", &format!("\"{dir}/ca.pem\"")).replace("\"admin.", &format!("\"{dir}/admin."));
+    std::fs::write(default.join("aq.toml"), absolute).unwrap();
+    assert!(ok(&aq(home, None, &["versions", "llama"]).await).contains("v2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mistakes_are_explained() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = start_hub(&tmp.path().join("hub")).await;
+    let other = start_hub(&tmp.path().join("other")).await;
+    let cfg = Some(hub.admin_config.as_path());
+    let home = tmp.path();
+
+    fails_with(&aq(home, None, &["versions", "llama"]).await, &["no hub to talk to", "AQ_CONFIG", "aqueduct-hub init"]);
+    fails_with(&aq(home, cfg, &["--hub", "https://127.0.0.1:1", "versions", "llama"]).await, &["cannot reach the hub", "aqueduct-hub serve"]);
+    let other_admin = other.admin_config.parent().unwrap();
+    let cert = other_admin.join("admin.pem").display().to_string();
+    let key = other_admin.join("admin.key").display().to_string();
+    fails_with(&aq(home, cfg, &["--cert", &cert, "--key", &key, "versions", "llama"]).await, &["refused this client's certificate"]);
+    let ca = other_admin.join("ca.pem").display().to_string();
+    fails_with(&aq(home, cfg, &["--ca", &ca, "versions", "llama"]).await, &["not issued by the CA"]);
+    fails_with(&aq(home, cfg, &["versions", "llama"]).await, &["dataset \"llama\" does not exist"]);
+    fails_with(&aq(home, cfg, &["snapshot", "llama"]).await, &["dataset \"llama\" does not exist"]);
+    fails_with(&aq(home, cfg, &["source", "add", "x", "s3//bucket"]).await, &["malformed"]);
+    fails_with(&aq(home, cfg, &["source", "add", "x", "s3://b", "-o", "endpont=http://x"]).await, &["\"endpont\"", "not known"]);
+    let out = aq(home, cfg, &["manifest", "llama@vx"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DATASET@vN"));
+}

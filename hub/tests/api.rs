@@ -1,0 +1,249 @@
+//! The hub's admin API, served for real over mutual TLS on 127.0.0.1, with certificates
+//! from the hub's own CA (and from a stranger's).
+
+use std::path::Path;
+
+use aqueduct_hub::auth::Identity;
+use aqueduct_hub::config::HubConfig;
+use aqueduct_hub::pki::Authority;
+use aqueduct_proto::Manifest;
+use aqueduct_proto::hub::v1 as pb;
+use aqueduct_proto::hub::v1::admin_client::AdminClient;
+use aqueduct_testkit::{S3Server, noise};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
+
+struct Hub {
+    config: HubConfig,
+    addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Hub {
+    async fn init(dir: &Path) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let out = aqueduct_hub::init(dir, listener.local_addr().unwrap(), &[]).unwrap();
+        let config = HubConfig::load(&out.config_path).unwrap();
+        Self::start(config, listener).await
+    }
+
+    async fn start(config: HubConfig, listener: TcpListener) -> Self {
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(aqueduct_hub::serve(config.clone(), listener, shutdown.clone()).map_ok_unit());
+        Self { config, addr, shutdown, task }
+    }
+
+    async fn restart(self) -> Self {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start(self.config, listener).await
+    }
+
+    async fn client_with(&self, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<AdminClient<Channel>, tonic::transport::Error> {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .identity(TlsIdentity::from_pem(cert_pem, key_pem));
+        let channel = Endpoint::from_shared(format!("https://{}", self.addr)).unwrap().tls_config(tls)?.connect().await?;
+        Ok(AdminClient::new(channel))
+    }
+
+    async fn admin(&self) -> AdminClient<Channel> {
+        let read = |f: &str| std::fs::read_to_string(self.config.data_dir.join("admin").join(f)).unwrap();
+        self.client_with(&read("ca.pem"), &read("admin.pem"), &read("admin.key")).await.unwrap()
+    }
+}
+
+trait MapOkUnit {
+    fn map_ok_unit(self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl<F: std::future::Future<Output = Result<(), aqueduct_hub::HubError>> + Send> MapOkUnit for F {
+    async fn map_ok_unit(self) {
+        self.await.expect("hub failed");
+    }
+}
+
+fn source(name: &str, url: &str, options: &[(&str, String)]) -> pb::AddSourceRequest {
+    pb::AddSourceRequest {
+        source: Some(pb::Source {
+            name: name.into(),
+            url: url.into(),
+            options: options.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            created_unix_ms: 0,
+        }),
+    }
+}
+
+fn dataset(name: &str, source: &str, prefix: &str) -> pb::AddDatasetRequest {
+    pb::AddDatasetRequest {
+        dataset: Some(pb::Dataset { name: name.into(), source: source.into(), prefix: prefix.into(), created_unix_ms: 0, latest_version: 0 }),
+    }
+}
+
+async fn snapshot(client: &mut AdminClient<Channel>, name: &str) -> Result<pb::VersionSummary, tonic::Status> {
+    let mut events = client.snapshot(pb::SnapshotRequest { dataset: name.into() }).await?.into_inner();
+    while let Some(event) = events.message().await? {
+        if let Some(pb::snapshot_event::Event::Done(summary)) = event.event {
+            return Ok(summary);
+        }
+    }
+    panic!("snapshot stream ended without a result");
+}
+
+fn expect_err<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>, code: Code, words: &[&str]) {
+    let status = result.unwrap_err();
+    assert_eq!(status.code(), code, "{status:?}");
+    for w in words {
+        assert!(status.message().contains(w), "{:?} lacks {w:?}", status.message());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_flow_over_mtls_survives_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    std::fs::create_dir_all(models.join("llama")).unwrap();
+    std::fs::write(models.join("llama/model.safetensors"), noise(3 << 20, 5)).unwrap();
+    std::fs::write(models.join("llama/config.json"), b"{}").unwrap();
+    let hub = Hub::init(&tmp.path().join("hub")).await;
+    let mut admin = hub.admin().await;
+    let url = format!("file://{}", models.display());
+
+    admin.add_source(source("local", &url, &[])).await.unwrap();
+    expect_err(admin.add_source(source("local", &url, &[])).await, Code::AlreadyExists, &["local"]);
+    admin.add_dataset(dataset("llama", "local", "llama/")).await.unwrap();
+    let v1 = snapshot(&mut admin, "llama").await.unwrap();
+    assert_eq!((v1.version, v1.files, v1.bytes), (1, 2, (3 << 20) + 2));
+    let again = snapshot(&mut admin, "llama").await.unwrap();
+    assert!(again.unchanged);
+    assert_eq!(again.root, v1.root);
+    assert_eq!(again.bytes_read, 0);
+
+    let wire = admin.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 0 }).await.unwrap().into_inner();
+    let manifest = Manifest::try_from(wire).unwrap();
+    assert_eq!(manifest.root.0.to_vec(), v1.root);
+    assert_eq!(manifest.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["config.json", "model.safetensors"]);
+
+    // A restarted hub has everything it had.
+    let hub = hub.restart().await;
+    let mut admin = hub.admin().await;
+    let datasets = admin.list_datasets(pb::ListDatasetsRequest {}).await.unwrap().into_inner().datasets;
+    assert_eq!(datasets.len(), 1);
+    assert_eq!(datasets[0].latest_version, 1);
+    let versions = admin.list_versions(pb::ListVersionsRequest { dataset: "llama".into() }).await.unwrap().into_inner().versions;
+    assert_eq!(versions.len(), 1);
+    assert_eq!(versions[0].root, v1.root);
+    let wire = admin.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await.unwrap().into_inner();
+    assert_eq!(Manifest::try_from(wire).unwrap(), manifest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("models/empty")).unwrap();
+    let s3 = S3Server::start(&tmp.path().join("s3")).await.unwrap();
+    std::fs::create_dir_all(tmp.path().join("s3/models")).unwrap();
+    let bad_creds = tmp.path().join("bad-credentials");
+    std::fs::write(&bad_creds, "[default]\naws_access_key_id = aqueduct-test\naws_secret_access_key = not-the-secret\n").unwrap();
+    let hub = Hub::init(&tmp.path().join("hub")).await;
+    let mut admin = hub.admin().await;
+
+    expect_err(admin.add_source(source("x", "s3:/models", &[])).await, Code::InvalidArgument, &["malformed", "s3://"]);
+    expect_err(admin.add_source(source("x", "ftp://models", &[])).await, Code::InvalidArgument, &["ftp"]);
+    expect_err(admin.add_source(source("Bad Name", "file:///tmp", &[])).await, Code::InvalidArgument, &["source name"]);
+    expect_err(
+        admin.add_source(source("x", "file:///no/such/dir", &[])).await,
+        Code::NotFound,
+        &["does not exist", "/no/such/dir"],
+    );
+    let s3_opts = |creds: &Path| vec![("endpoint", s3.endpoint()), ("allow_http", "true".into()), ("credentials_file", creds.display().to_string())];
+    expect_err(admin.add_source(source("x", "s3://models", &s3_opts(&bad_creds))).await, Code::PermissionDenied, &["denied access", "credentials"]);
+    let good = tmp.path().join("good");
+    s3.write_credentials(&good).unwrap();
+    expect_err(admin.add_source(source("x", "s3://nope", &s3_opts(&good))).await, Code::NotFound, &["does not exist"]);
+    expect_err(
+        admin.add_source(source("x", "s3://models", &[("secret_access_key", "hunter2".into())])).await,
+        Code::InvalidArgument,
+        &["secret_access_key_env"],
+    );
+    assert!(admin.list_sources(pb::ListSourcesRequest {}).await.unwrap().into_inner().sources.is_empty());
+
+    expect_err(admin.add_dataset(dataset("d", "nope", "")).await, Code::NotFound, &["source \"nope\"", "aq source add"]);
+    let url = format!("file://{}", tmp.path().join("models").display());
+    admin.add_source(source("local", &url, &[])).await.unwrap();
+    admin.add_dataset(dataset("empty", "local", "empty")).await.unwrap();
+    expect_err(admin.add_dataset(dataset("e", "local", "../etc")).await, Code::InvalidArgument, &["prefix"]);
+
+    let err = snapshot(&mut admin, "unknown").await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("dataset \"unknown\" does not exist"), "{}", err.message());
+    let err = snapshot(&mut admin, "empty").await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("no objects"), "{}", err.message());
+    assert!(admin.list_versions(pb::ListVersionsRequest { dataset: "empty".into() }).await.unwrap().into_inner().versions.is_empty());
+    expect_err(
+        admin.get_manifest(pb::GetManifestRequest { dataset: "empty".into(), version: 0 }).await,
+        Code::NotFound,
+        &["no version yet", "aq snapshot empty"],
+    );
+    expect_err(
+        admin.list_versions(pb::ListVersionsRequest { dataset: "ghost".into() }).await,
+        Code::NotFound,
+        &["ghost"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_admins_of_this_ca_get_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Hub::init(&tmp.path().join("hub")).await;
+    let pki = hub.config.data_dir.join("pki");
+    let ca_pem = std::fs::read_to_string(pki.join("ca.pem")).unwrap();
+
+    // A certificate of another CA: the TLS handshake or the first call fails.
+    let stranger = Authority::create("stranger").unwrap();
+    let admin_of_other = stranger.issue(&Identity::Admin, &[]).unwrap();
+    let refused = match hub.client_with(&ca_pem, &admin_of_other.cert_pem, &admin_of_other.key_pem).await {
+        Err(_) => true,
+        Ok(mut client) => client.list_datasets(pb::ListDatasetsRequest {}).await.is_err(),
+    };
+    assert!(refused, "a certificate from another CA was accepted");
+
+    // Our CA, but a region's identity: authenticated, not allowed.
+    let ours = Authority::load(&pki.join("ca.pem"), &pki.join("ca.key")).unwrap();
+    let region = ours.issue(&Identity::Region("eu-west".into()), &[]).unwrap();
+    let mut client = hub.client_with(&ca_pem, &region.cert_pem, &region.key_pem).await.unwrap();
+    expect_err(client.list_datasets(pb::ListDatasetsRequest {}).await, Code::PermissionDenied, &["admin", "region eu-west"]);
+
+    // And the hub's certificate is not trusted by a client that trusts another CA.
+    let other_ca = stranger.ca_pem().to_string();
+    let admin_dir = hub.config.data_dir.join("admin");
+    let cert = std::fs::read_to_string(admin_dir.join("admin.pem")).unwrap();
+    let key = std::fs::read_to_string(admin_dir.join("admin.key")).unwrap();
+    let refused = match hub.client_with(&other_ca, &cert, &key).await {
+        Err(_) => true,
+        Ok(mut client) => client.list_datasets(pb::ListDatasetsRequest {}).await.is_err(),
+    };
+    assert!(refused, "the client trusted a hub certificate of another CA");
+}
+
+#[test]
+fn init_refuses_to_overwrite_a_hub() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = "127.0.0.1:7443".parse().unwrap();
+    aqueduct_hub::init(tmp.path(), addr, &["hub.example".into()]).unwrap();
+    let ca_before = std::fs::read(tmp.path().join("pki/ca.pem")).unwrap();
+    let err = aqueduct_hub::init(tmp.path(), addr, &[]).unwrap_err();
+    assert!(err.to_string().contains("already holds a hub"), "{err}");
+    assert_eq!(std::fs::read(tmp.path().join("pki/ca.pem")).unwrap(), ca_before);
+    use std::os::unix::fs::PermissionsExt;
+    for key in ["pki/ca.key", "pki/hub.key", "admin/admin.key"] {
+        let mode = std::fs::metadata(tmp.path().join(key)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{key} is readable by others");
+    }
+}
