@@ -92,21 +92,9 @@ impl Chunker {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use aqueduct_testkit::noise;
 
-    /// Deterministic pseudo-random bytes (xorshift), so tests need no RNG crate.
-    pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            out.extend_from_slice(&x.to_le_bytes());
-        }
-        out.truncate(len);
-        out
-    }
+    use super::*;
 
     /// A reader that returns at most `step` bytes per call.
     struct Trickle<'a>(&'a [u8], usize);

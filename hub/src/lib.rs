@@ -36,9 +36,6 @@ use crate::pki::{Authority, PkiError};
 use crate::snapshot::SnapshotOptions;
 use crate::store::{SqliteStore, StoreError};
 
-/// Largest gRPC message the hub sends or accepts (a manifest of a very large version).
-pub const MAX_MESSAGE: usize = 256 << 20;
-
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     #[error(transparent)]
@@ -133,8 +130,8 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         snapshot.parallelism = p;
     }
     let admin = AdminServer::new(api::AdminService::new(db, snapshot))
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+        .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
     let addr = listener.local_addr().map_err(io_err("inspect", Path::new("listener")))?;
     info!(%addr, data_dir = %config.data_dir.display(), "hub serving");
     Server::builder()

@@ -492,65 +492,74 @@ pub mod testing {
 
     use super::*;
 
-    /// Counts reads and the bytes they asked for.
-    #[derive(Debug)]
-    pub struct CountingSource {
-        pub inner: Arc<dyn Source>,
+    /// Runs `hook` before every read of `inner` (with the key and range); an error from the
+    /// hook is the read's error.
+    pub struct HookedSource<H> {
+        inner: Arc<dyn Source>,
+        hook: H,
+    }
+
+    impl<H> fmt::Debug for HookedSource<H> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("HookedSource").field("inner", &self.inner).finish_non_exhaustive()
+        }
+    }
+
+    #[async_trait]
+    impl<H> Source for HookedSource<H>
+    where
+        H: Fn(&str, &Range<u64>) -> Result<(), SourceError> + Send + Sync,
+    {
+        fn url(&self) -> &str {
+            self.inner.url()
+        }
+        async fn probe(&self) -> Result<(), SourceError> {
+            self.inner.probe().await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, SourceError> {
+            self.inner.list(prefix).await
+        }
+        async fn read(&self, key: &str, range: Range<u64>, etag: Option<&str>) -> Result<ObjectReader, SourceError> {
+            (self.hook)(key, &range)?;
+            self.inner.read(key, range, etag).await
+        }
+    }
+
+    /// Reads made through a [`counting`] source.
+    #[derive(Debug, Default)]
+    pub struct ReadCounter {
         pub reads: AtomicU64,
         pub bytes: AtomicU64,
     }
 
-    impl CountingSource {
-        pub fn new(inner: Arc<dyn Source>) -> Arc<Self> {
-            Arc::new(Self { inner, reads: AtomicU64::new(0), bytes: AtomicU64::new(0) })
-        }
+    impl ReadCounter {
         pub fn reads(&self) -> u64 {
             self.reads.load(Ordering::Relaxed)
         }
     }
 
-    #[async_trait]
-    impl Source for CountingSource {
-        fn url(&self) -> &str {
-            self.inner.url()
-        }
-        async fn probe(&self) -> Result<(), SourceError> {
-            self.inner.probe().await
-        }
-        async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, SourceError> {
-            self.inner.list(prefix).await
-        }
-        async fn read(&self, key: &str, range: Range<u64>, etag: Option<&str>) -> Result<ObjectReader, SourceError> {
-            self.reads.fetch_add(1, Ordering::Relaxed);
-            self.bytes.fetch_add(range.end - range.start, Ordering::Relaxed);
-            self.inner.read(key, range, etag).await
-        }
+    /// `inner`, counting its reads and the bytes they asked for.
+    pub fn counting(inner: Arc<dyn Source>) -> (Arc<dyn Source>, Arc<ReadCounter>) {
+        let counter = Arc::new(ReadCounter::default());
+        let c = counter.clone();
+        let hook = move |_: &str, range: &Range<u64>| {
+            c.reads.fetch_add(1, Ordering::Relaxed);
+            c.bytes.fetch_add(range.end - range.start, Ordering::Relaxed);
+            Ok(())
+        };
+        (Arc::new(HookedSource { inner, hook }), counter)
     }
 
-    /// Fails every read of an object whose path contains `poison`.
-    #[derive(Debug)]
-    pub struct FailingSource {
-        pub inner: Arc<dyn Source>,
-        pub poison: String,
-    }
-
-    #[async_trait]
-    impl Source for FailingSource {
-        fn url(&self) -> &str {
-            self.inner.url()
-        }
-        async fn probe(&self) -> Result<(), SourceError> {
-            self.inner.probe().await
-        }
-        async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, SourceError> {
-            self.inner.list(prefix).await
-        }
-        async fn read(&self, key: &str, range: Range<u64>, etag: Option<&str>) -> Result<ObjectReader, SourceError> {
-            if key.contains(&self.poison) {
-                return Err(SourceError::Io { url: self.url().to_string(), detail: format!("injected fault reading {key}") });
+    /// `inner`, failing every read of an object whose key contains `poison`.
+    pub fn failing(inner: Arc<dyn Source>, poison: &str) -> Arc<dyn Source> {
+        let (url, poison) = (inner.url().to_string(), poison.to_string());
+        let hook = move |key: &str, _: &Range<u64>| {
+            if key.contains(&poison) {
+                return Err(SourceError::Io { url: url.clone(), detail: format!("injected fault reading {key}") });
             }
-            self.inner.read(key, range, etag).await
-        }
+            Ok(())
+        };
+        Arc::new(HookedSource { inner, hook })
     }
 }
 

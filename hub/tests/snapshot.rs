@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use aqueduct_hub::snapshot::{Progress, SnapshotError, SnapshotOptions, snapshot};
-use aqueduct_hub::source::testing::{CountingSource, FailingSource};
+use aqueduct_hub::source::testing::{counting, failing};
 use aqueduct_hub::source::{Source, SourceSpec};
 use aqueduct_hub::store::{DatasetRecord, MetaStore, SourceRecord, SqliteStore};
 use aqueduct_proto::{Digest, Manifest};
@@ -137,10 +137,9 @@ async fn s3_snapshot_reassembles_reuses_and_tracks_changes() {
 async fn file_snapshot_reassembles_reuses_and_tracks_changes() {
     let tmp = tempfile::tempdir().unwrap();
     let url = format!("file://{}", tmp.path().display());
-    let source = CountingSource::new(SourceSpec::parse(&url, BTreeMap::new()).unwrap().open().unwrap());
+    let (source, counter) = counting(SourceSpec::parse(&url, BTreeMap::new()).unwrap().open().unwrap());
     let (db, dataset) = store(&url, BTreeMap::new(), "llama");
-    let counting = source.clone();
-    lifecycle(db, dataset, source, &tmp.path().join("llama"), move || counting.reads()).await;
+    lifecycle(db, dataset, source, &tmp.path().join("llama"), move || counter.reads()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,8 +176,7 @@ async fn failures_leave_no_version_behind() {
     let inner = SourceSpec::parse(&url, BTreeMap::new()).unwrap().open().unwrap();
     let (db, dataset) = store(&url, BTreeMap::new(), "llama");
 
-    let failing = Arc::new(FailingSource { inner: inner.clone(), poison: "tokenizer".into() });
-    let err = cut(&db, &dataset, failing).await.unwrap_err();
+    let err = cut(&db, &dataset, failing(inner.clone(), "tokenizer")).await.unwrap_err();
     assert!(err.to_string().contains("tokenizer.json"), "{err}");
     assert!(db.versions("llama").unwrap().is_empty(), "a failed snapshot left a version");
 

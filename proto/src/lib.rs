@@ -8,6 +8,10 @@
 
 pub mod domain;
 
+/// Largest gRPC message any Aqueduct component sends or accepts: a manifest of a very large
+/// version (about 40 bytes per chunk) must fit.
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
 /// Generated code of package `aqueduct.hub.v1`.
 pub mod hub {
     pub mod v1 {

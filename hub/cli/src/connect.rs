@@ -10,9 +10,6 @@ use clap::Args;
 use serde::Deserialize;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-/// Largest message accepted from the hub (a very large manifest).
-const MAX_MESSAGE: usize = 256 << 20;
-
 #[derive(Args)]
 pub struct ConnArgs {
     /// Connection config written by `aqueduct-hub init` (DATA_DIR/admin/aq.toml).
@@ -122,7 +119,7 @@ impl HubConn {
             .map_err(|e| anyhow!("cannot use the TLS files from {}: {e}", self.origin))?
             .connect_timeout(Duration::from_secs(5));
         let channel = endpoint.connect().await.map_err(|e| self.transport_error(&chain(&e)))?;
-        Ok(AdminClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE))
+        Ok(AdminClient::new(channel).max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES).max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES))
     }
 
     fn transport_error(&self, detail: &str) -> anyhow::Error {
