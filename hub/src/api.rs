@@ -17,23 +17,26 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, instrument, warn};
 
-use crate::auth::require_admin;
+use crate::auth::{Identity, require_admin};
+use crate::pki::Authority;
 use crate::error::{invalid, unknown_dataset};
 use crate::snapshot::{self, Progress, SnapshotOptions, blocking, now_unix_ms};
 use crate::source::SourceSpec;
-use crate::store::{DatasetRecord, MetaStore, SourceRecord, VersionRecord};
+use crate::store::{DatasetRecord, MetaStore, RegionRecord, SourceRecord, StoreError, VersionRecord};
 
 /// What the handlers share.
 pub struct AdminService {
     db: Arc<dyn MetaStore>,
+    /// Issues the certificates of new regions.
+    authority: Arc<Authority>,
     snapshot: SnapshotOptions,
     /// Datasets with a snapshot under way: one at a time per dataset.
     running: Arc<Mutex<HashSet<String>>>,
 }
 
 impl AdminService {
-    pub fn new(db: Arc<dyn MetaStore>, snapshot: SnapshotOptions) -> Self {
-        Self { db, snapshot, running: Arc::default() }
+    pub fn new(db: Arc<dyn MetaStore>, snapshot: SnapshotOptions, authority: Arc<Authority>) -> Self {
+        Self { db, authority, snapshot, running: Arc::default() }
     }
 
     async fn dataset(&self, name: &str) -> Result<DatasetRecord, Status> {
@@ -132,7 +135,7 @@ impl pb::admin_server::Admin for AdminService {
         };
         let stored = record.clone();
         blocking(&self.db, move |db| db.add_dataset(&stored)).await.map_err(|e| match e {
-            crate::store::StoreError::NotFound { name, .. } => Status::not_found(format!(
+            StoreError::NotFound { name, .. } => Status::not_found(format!(
                 "source {name:?} does not exist; add it first with `aq source add {name} URL`"
             )),
             other => other.into(),
@@ -238,5 +241,105 @@ impl pb::admin_server::Admin for AdminService {
             )),
         })?;
         Ok(Response::new(pb::Manifest::from(&stored.manifest)))
+    }
+    #[instrument(skip_all, fields(region))]
+    async fn add_region(&self, request: Request<pb::AddRegionRequest>) -> Result<Response<pb::AddRegionResponse>, Status> {
+        require_admin(&request)?;
+        let r = request.into_inner().region.ok_or_else(|| Status::invalid_argument("region is missing"))?;
+        Span::current().record("region", r.name.as_str());
+        validate_name("region", &r.name).map_err(invalid)?;
+        if r.rate_bytes_per_sec == 0 {
+            return Err(Status::invalid_argument("a region's link budget must be above 0 bytes per second"));
+        }
+        let identity = Identity::Region(r.name.clone());
+        let issued = self.authority.issue(&identity, &[]).map_err(|e| Status::internal(e.to_string()))?;
+        let record = RegionRecord { name: r.name, rate: r.rate_bytes_per_sec, created_unix_ms: now_unix_ms() };
+        let stored = record.clone();
+        blocking(&self.db, move |db| db.add_region(&stored)).await?;
+        Ok(Response::new(pb::AddRegionResponse {
+            region: Some(pb::Region { name: record.name, rate_bytes_per_sec: record.rate, created_unix_ms: record.created_unix_ms }),
+            bundle: Some(pb::CredentialsBundle {
+                ca_pem: self.authority.ca_pem().to_string(),
+                cert_pem: issued.cert_pem,
+                key_pem: issued.key_pem,
+            }),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_regions(&self, request: Request<pb::ListRegionsRequest>) -> Result<Response<pb::ListRegionsResponse>, Status> {
+        require_admin(&request)?;
+        let regions = blocking(&self.db, |db| db.regions()).await?;
+        Ok(Response::new(pb::ListRegionsResponse {
+            regions: regions
+                .into_iter()
+                .map(|r| pb::Region { name: r.name, rate_bytes_per_sec: r.rate, created_unix_ms: r.created_unix_ms })
+                .collect(),
+        }))
+    }
+
+    #[instrument(skip_all, fields(dataset, version))]
+    async fn rollout(&self, request: Request<pb::RolloutRequest>) -> Result<Response<pb::RolloutResponse>, Status> {
+        require_admin(&request)?;
+        let req = request.into_inner();
+        Span::current().record("dataset", req.dataset.as_str());
+        let dataset = self.dataset(&req.dataset).await?;
+        if req.regions.is_empty() {
+            return Err(Status::invalid_argument("a rollout needs at least one region (--to REGION[,REGION...])"));
+        }
+        for region in &req.regions {
+            validate_name("region", region).map_err(invalid)?;
+        }
+        let version = match req.version {
+            0 if dataset.latest_version == 0 => {
+                return Err(Status::failed_precondition(format!(
+                    "dataset {:?} has no version yet; cut one with `aq snapshot {}`",
+                    dataset.name, dataset.name
+                )));
+            }
+            0 => dataset.latest_version,
+            n => n,
+        };
+        Span::current().record("version", version);
+        let (name, regions) = (dataset.name.clone(), req.regions.clone());
+        blocking(&self.db, move |db| db.add_rollout(&name, version, &regions, now_unix_ms())).await.map_err(|e| match e {
+            StoreError::NotFound { kind: "region", name } => Status::not_found(format!(
+                "region {name:?} does not exist; add it with `aq region add {name} --rate RATE`"
+            )),
+            StoreError::NotFound { kind: "version", .. } => Status::not_found(format!(
+                "dataset {:?} has no version v{version}; `aq versions {}` lists them",
+                dataset.name, dataset.name
+            )),
+            other => other.into(),
+        })?;
+        Ok(Response::new(pb::RolloutResponse { dataset: dataset.name, version, regions: req.regions }))
+    }
+
+    #[instrument(skip_all, fields(dataset))]
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        require_admin(&request)?;
+        let filter = request.into_inner().dataset;
+        Span::current().record("dataset", filter.as_str());
+        if !filter.is_empty() {
+            self.dataset(&filter).await?;
+        }
+        let rows = blocking(&self.db, move |db| db.rollouts((!filter.is_empty()).then_some(filter.as_str()))).await?;
+        Ok(Response::new(pb::StatusResponse {
+            rows: rows
+                .into_iter()
+                .map(|r| pb::StatusRow {
+                    dataset: r.dataset,
+                    version: r.version,
+                    region: r.region,
+                    total_bytes: r.total_bytes,
+                    cached_bytes: r.cached_bytes,
+                    phase: r.phase,
+                    reason: r.reason,
+                    rate_bytes_per_sec: r.rate,
+                    budget_bytes_per_sec: r.budget,
+                    updated_unix_ms: r.updated_unix_ms,
+                })
+                .collect(),
+        }))
     }
 }

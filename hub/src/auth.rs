@@ -51,6 +51,12 @@ impl Identity {
         found.next().is_none().then_some(identity)
     }
 
+    /// Reads the identity from the first certificate of a PEM text.
+    pub fn from_pem(pem: &str) -> Option<Self> {
+        let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+        Self::from_der(&parsed.contents)
+    }
+
     /// The identity of the peer of a gRPC request (verified by mutual TLS).
     pub fn of_request<T>(request: &Request<T>) -> Result<Self, Status> {
         let certs = request
@@ -93,14 +99,8 @@ mod tests {
         let ca = Authority::create("test").unwrap();
         for id in [Identity::Admin, Identity::Hub, Identity::Region("eu-west".into())] {
             let issued = ca.issue(&id, &["localhost".into()]).unwrap();
-            let der = rustls_pki_der(&issued.cert_pem);
-            assert_eq!(Identity::from_der(&der), Some(id));
+            assert_eq!(Identity::from_pem(&issued.cert_pem), Some(id));
         }
-    }
-
-    fn rustls_pki_der(pem: &str) -> Vec<u8> {
-        let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
-        parsed.contents
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct HubConfig {
 pub struct TlsConfig {
     /// CA that issued every certificate allowed to connect.
     pub ca: PathBuf,
+    /// The CA's key: the hub issues regions' certificates with it.
+    pub ca_key: PathBuf,
     /// The hub's own certificate and key.
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -41,7 +43,12 @@ pub struct TlsConfig {
 
 impl Default for TlsConfig {
     fn default() -> Self {
-        Self { ca: "pki/ca.pem".into(), cert: "pki/hub.pem".into(), key: "pki/hub.key".into() }
+        Self {
+            ca: "pki/ca.pem".into(),
+            ca_key: "pki/ca.key".into(),
+            cert: "pki/hub.pem".into(),
+            key: "pki/hub.key".into(),
+        }
     }
 }
 

@@ -81,7 +81,7 @@ pub fn init(data_dir: &Path, listen: SocketAddr, hosts: &[String]) -> Result<Ini
 
     let ca = Authority::create("Aqueduct CA")?;
     let tls = TlsConfig::default();
-    ca.save(&data_dir.join(&tls.ca), &data_dir.join("pki/ca.key"))?;
+    ca.save(&data_dir.join(&tls.ca), &data_dir.join(&tls.ca_key))?;
 
     let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into()];
     if !listen.ip().is_unspecified() && !names.contains(&listen.ip().to_string()) {
@@ -129,7 +129,8 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
     if let Some(p) = config.snapshot.parallelism {
         snapshot.parallelism = p;
     }
-    let admin = AdminServer::new(api::AdminService::new(db, snapshot))
+    let authority = Arc::new(Authority::load(&config.resolve(&config.tls.ca), &config.resolve(&config.tls.ca_key))?);
+    let admin = AdminServer::new(api::AdminService::new(db, snapshot, authority))
         .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
     let addr = listener.local_addr().map_err(io_err("inspect", Path::new("listener")))?;

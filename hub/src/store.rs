@@ -67,6 +67,31 @@ pub struct VersionRecord {
     pub created_unix_ms: i64,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionRecord {
+    pub name: String,
+    /// Link budget, bytes per second.
+    pub rate: u64,
+    pub created_unix_ms: i64,
+}
+
+/// Where a region stands with one version of a dataset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RolloutRecord {
+    pub dataset: String,
+    pub version: u64,
+    pub region: String,
+    pub total_bytes: u64,
+    pub cached_bytes: u64,
+    /// `Pending`, `Transferring`, `Ready` or `Failed`.
+    pub phase: String,
+    pub reason: String,
+    /// Achieved rate, bytes per second, as last reported.
+    pub rate: u64,
+    pub budget: u64,
+    pub updated_unix_ms: i64,
+}
+
 /// What identifies the state of a source object when a version was cut: if the object still
 /// has the same stamp, its chunk list can be reused without reading it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,6 +134,13 @@ pub trait MetaStore: Send + Sync {
         bytes_read: u64,
         created_unix_ms: i64,
     ) -> Result<VersionRecord, StoreError>;
+    fn add_region(&self, region: &RegionRecord) -> Result<(), StoreError>;
+    fn regions(&self) -> Result<Vec<RegionRecord>, StoreError>;
+    /// Asks `regions` to hold a version; regions that already have it keep their state.
+    /// Fails with `NotFound` naming the first unknown region or version, writing nothing.
+    fn add_rollout(&self, dataset: &str, version: u64, regions: &[String], now_unix_ms: i64) -> Result<(), StoreError>;
+    /// Every rollout (of one dataset, or of all), by dataset, version and region.
+    fn rollouts(&self, dataset: Option<&str>) -> Result<Vec<RolloutRecord>, StoreError>;
 }
 
 pub struct SqliteStore {
@@ -155,6 +187,23 @@ CREATE TABLE IF NOT EXISTS files (
     etag TEXT,
     chunks BLOB NOT NULL,
     PRIMARY KEY (dataset, version, path),
+    FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
+);
+CREATE TABLE IF NOT EXISTS regions (
+    name TEXT PRIMARY KEY,
+    rate INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rollouts (
+    dataset TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    region TEXT NOT NULL REFERENCES regions(name),
+    phase TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    cached_bytes INTEGER NOT NULL,
+    rate INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (dataset, version, region),
     FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
 );
 ";
@@ -252,13 +301,7 @@ impl MetaStore for SqliteStore {
                 "INSERT INTO sources (name, url, options, created_ms) VALUES (?1, ?2, ?3, ?4)",
                 params![s.name, s.url, options, s.created_unix_ms],
             )
-            .map_err(|e| {
-                if is_constraint(&e) {
-                    StoreError::AlreadyExists { kind: "source", name: s.name.clone() }
-                } else {
-                    e.into()
-                }
-            })?;
+            .map_err(map_constraint("source", &s.name))?;
         Ok(())
     }
 
@@ -292,13 +335,7 @@ impl MetaStore for SqliteStore {
             "INSERT INTO datasets (name, source, prefix, created_ms) VALUES (?1, ?2, ?3, ?4)",
             params![d.name, d.source, d.prefix, d.created_unix_ms],
         )
-        .map_err(|e| {
-            if is_constraint(&e) {
-                StoreError::AlreadyExists { kind: "dataset", name: d.name.clone() }
-            } else {
-                e.into()
-            }
-        })?;
+        .map_err(map_constraint("dataset", &d.name))?;
         tx.commit()?;
         Ok(())
     }
@@ -442,6 +479,83 @@ impl MetaStore for SqliteStore {
         tx.commit()?;
         Ok(record)
     }
+
+    fn add_region(&self, r: &RegionRecord) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "INSERT INTO regions (name, rate, created_ms) VALUES (?1, ?2, ?3)",
+                params![r.name, r.rate as i64, r.created_unix_ms],
+            )
+            .map_err(map_constraint("region", &r.name))?;
+        Ok(())
+    }
+
+    fn regions(&self) -> Result<Vec<RegionRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, rate, created_ms FROM regions ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(RegionRecord { name: r.get(0)?, rate: r.get::<_, i64>(1)? as u64, created_unix_ms: r.get(2)? })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn add_rollout(&self, dataset: &str, version: u64, regions: &[String], now: i64) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let version_exists: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM versions WHERE dataset = ?1 AND number = ?2)",
+            params![dataset, version as i64],
+            |r| r.get(0),
+        )?;
+        if !version_exists {
+            return Err(StoreError::NotFound { kind: "version", name: format!("{dataset}@v{version}") });
+        }
+        for region in regions {
+            let exists: bool = tx.query_row("SELECT EXISTS(SELECT 1 FROM regions WHERE name = ?1)", [region], |r| r.get(0))?;
+            if !exists {
+                return Err(StoreError::NotFound { kind: "region", name: region.clone() });
+            }
+            tx.execute(
+                "INSERT INTO rollouts (dataset, version, region, phase, reason, cached_bytes, rate, updated_ms)
+                 VALUES (?1, ?2, ?3, 'Pending', '', 0, 0, ?4) ON CONFLICT (dataset, version, region) DO NOTHING",
+                params![dataset, version as i64, region, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn rollouts(&self, dataset: Option<&str>) -> Result<Vec<RolloutRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT o.dataset, o.version, o.region, v.bytes, o.cached_bytes, o.phase, o.reason, o.rate, r.rate, o.updated_ms
+             FROM rollouts o
+             JOIN versions v ON v.dataset = o.dataset AND v.number = o.version
+             JOIN regions r ON r.name = o.region
+             WHERE ?1 IS NULL OR o.dataset = ?1
+             ORDER BY o.dataset, o.version, o.region",
+        )?;
+        let rows = stmt.query_map([dataset], |r| {
+            Ok(RolloutRecord {
+                dataset: r.get(0)?,
+                version: r.get::<_, i64>(1)? as u64,
+                region: r.get(2)?,
+                total_bytes: r.get::<_, i64>(3)? as u64,
+                cached_bytes: r.get::<_, i64>(4)? as u64,
+                phase: r.get(5)?,
+                reason: r.get(6)?,
+                rate: r.get::<_, i64>(7)? as u64,
+                budget: r.get::<_, i64>(8)? as u64,
+                updated_unix_ms: r.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+fn map_constraint(kind: &'static str, name: &str) -> impl FnOnce(rusqlite::Error) -> StoreError + use<> {
+    let name = name.to_string();
+    move |e| if is_constraint(&e) { StoreError::AlreadyExists { kind, name } } else { e.into() }
 }
 
 #[cfg(test)]
@@ -510,6 +624,33 @@ mod tests {
             .add_dataset(&DatasetRecord { name: "e".into(), source: "nope".into(), prefix: "".into(), created_unix_ms: 2, latest_version: 0 })
             .unwrap_err();
         assert!(matches!(err, StoreError::NotFound { kind: "source", .. }));
+    }
+
+    #[test]
+    fn rollouts_need_known_regions_and_versions_and_are_idempotent() {
+        let store = store_with_dataset();
+        store.insert_version(0, &manifest("d", b"abc"), &BTreeMap::new(), 3, 3, 10).unwrap();
+        for (name, rate) in [("eu", 100), ("us", 50)] {
+            store.add_region(&RegionRecord { name: name.into(), rate, created_unix_ms: 1 }).unwrap();
+        }
+        assert!(matches!(
+            store.add_region(&RegionRecord { name: "eu".into(), rate: 1, created_unix_ms: 1 }),
+            Err(StoreError::AlreadyExists { kind: "region", .. })
+        ));
+        let err = store.add_rollout("d", 1, &["eu".into(), "mars".into()], 20).unwrap_err();
+        assert!(matches!(&err, StoreError::NotFound { kind: "region", name } if name == "mars"), "{err}");
+        assert!(store.rollouts(None).unwrap().is_empty(), "a failed rollout wrote rows");
+        let err = store.add_rollout("d", 2, &["eu".into()], 20).unwrap_err();
+        assert!(matches!(err, StoreError::NotFound { kind: "version", .. }), "{err}");
+
+        store.add_rollout("d", 1, &["eu".into(), "us".into()], 20).unwrap();
+        store.add_rollout("d", 1, &["eu".into()], 30).unwrap();
+        let rows = store.rollouts(Some("d")).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].region.as_str(), rows[0].phase.as_str(), rows[0].total_bytes, rows[0].budget), ("eu", "Pending", 3, 100));
+        assert_eq!(rows[0].updated_unix_ms, 20, "a repeated rollout reset the region's state");
+        assert_eq!(rows[1].budget, 50);
+        assert!(store.rollouts(Some("other")).unwrap().is_empty());
     }
 
     #[test]

@@ -247,3 +247,47 @@ fn init_refuses_to_overwrite_a_hub() {
         assert_eq!(mode, 0o600, "{key} is readable by others");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regions_get_credentials_and_rollouts_show_in_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    std::fs::create_dir_all(models.join("llama")).unwrap();
+    std::fs::write(models.join("llama/model.safetensors"), noise(1 << 20, 8)).unwrap();
+    let hub = Hub::init(&tmp.path().join("hub")).await;
+    let mut admin = hub.admin().await;
+    admin.add_source(source("local", &format!("file://{}", models.display()), &[])).await.unwrap();
+    admin.add_dataset(dataset("llama", "local", "llama")).await.unwrap();
+
+    let region = |name: &str, rate| pb::AddRegionRequest { region: Some(pb::Region { name: name.into(), rate_bytes_per_sec: rate, created_unix_ms: 0 }) };
+    let eu = admin.add_region(region("eu-west", 100 << 20)).await.unwrap().into_inner();
+    admin.add_region(region("us-east", 25 << 20)).await.unwrap();
+    expect_err(admin.add_region(region("eu-west", 1)).await, Code::AlreadyExists, &["eu-west"]);
+    expect_err(admin.add_region(region("zero", 0)).await, Code::InvalidArgument, &["above 0"]);
+
+    // The bundle's certificate is issued by the hub's CA and names the region.
+    let bundle = eu.bundle.unwrap();
+    assert_eq!(Identity::from_pem(&bundle.cert_pem), Some(Identity::Region("eu-west".into())));
+    assert_eq!(bundle.ca_pem, std::fs::read_to_string(hub.config.data_dir.join("pki/ca.pem")).unwrap());
+    // ... and it gets through TLS, but is no admin.
+    let mut spoke = hub.client_with(&bundle.ca_pem, &bundle.cert_pem, &bundle.key_pem).await.unwrap();
+    expect_err(spoke.list_regions(pb::ListRegionsRequest {}).await, Code::PermissionDenied, &["region eu-west"]);
+
+    let rollout = |version, regions: &[&str]| pb::RolloutRequest {
+        dataset: "llama".into(),
+        version,
+        regions: regions.iter().map(|r| r.to_string()).collect(),
+    };
+    expect_err(admin.rollout(rollout(0, &["eu-west"])).await, Code::FailedPrecondition, &["no version yet"]);
+    let v1 = snapshot(&mut admin, "llama").await.unwrap();
+    expect_err(admin.rollout(rollout(0, &["eu-west", "mars"])).await, Code::NotFound, &["region \"mars\"", "aq region add mars"]);
+    expect_err(admin.rollout(rollout(7, &["eu-west"])).await, Code::NotFound, &["no version v7"]);
+    expect_err(admin.rollout(rollout(0, &[])).await, Code::InvalidArgument, &["at least one region"]);
+    let done = admin.rollout(rollout(0, &["eu-west", "us-east"])).await.unwrap().into_inner();
+    assert_eq!(done.version, 1);
+
+    let rows = admin.status(pb::StatusRequest { dataset: String::new() }).await.unwrap().into_inner().rows;
+    let summary: Vec<_> = rows.iter().map(|r| (r.region.as_str(), r.version, r.phase.as_str(), r.total_bytes, r.cached_bytes, r.budget_bytes_per_sec)).collect();
+    assert_eq!(summary, [("eu-west", 1, "Pending", v1.bytes, 0, 100 << 20), ("us-east", 1, "Pending", v1.bytes, 0, 25 << 20)]);
+    expect_err(admin.status(pb::StatusRequest { dataset: "ghost".into() }).await, Code::NotFound, &["ghost"]);
+}

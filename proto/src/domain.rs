@@ -9,7 +9,10 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod units;
 pub mod wire;
+
+pub use units::{Rate, RateError};
 
 /// Version of the manifest format and of the root-hash rules below. Bumped on any change.
 pub const MANIFEST_FORMAT: u32 = 1;

@@ -21,5 +21,5 @@ pub mod hub {
 
 pub use domain::{
     ChunkRef, ChunkerParams, Digest, FileEntry, MANIFEST_FORMAT, Manifest, ManifestError,
-    NameError, VersionRef, validate_name,
+    NameError, Rate, RateError, VersionRef, validate_name,
 };

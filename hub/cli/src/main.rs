@@ -9,10 +9,11 @@ mod connect;
 mod output;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use aqueduct_proto::hub::v1 as pb;
-use aqueduct_proto::{Manifest, VersionRef};
+use aqueduct_proto::{Manifest, Rate, VersionRef};
 use clap::{Args, Parser, Subcommand};
 
 use crate::connect::{ConnArgs, explain};
@@ -44,6 +45,22 @@ enum Command {
     Versions {
         /// Dataset name.
         dataset: String,
+    },
+    /// Regions: cloud clusters behind a link with a byte budget.
+    #[command(subcommand)]
+    Region(RegionCommand),
+    /// Ask regions to hold DATASET[@VERSION] (default: the newest version).
+    Rollout {
+        /// DATASET, DATASET@vN or DATASET@latest.
+        version: VersionRef,
+        /// Regions, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<String>,
+    },
+    /// Where each region stands with each rolled-out version (kubectl-get style table).
+    Status {
+        /// Only this dataset.
+        dataset: Option<String>,
     },
     /// Show the manifest of DATASET[@VERSION] (default: the newest version).
     Manifest {
@@ -102,6 +119,23 @@ struct SourceAdd {
 }
 
 #[derive(Subcommand)]
+enum RegionCommand {
+    /// Record a region and its link budget, and write its spokes' credentials bundle.
+    Add {
+        /// Region name (a-z, 0-9, '-', '.', '_').
+        name: String,
+        /// Link budget: bytes per second the region may pull, e.g. 100MiB/s, 50MB/s, 400Mbit/s.
+        #[arg(long)]
+        rate: Rate,
+        /// Directory for the bundle (ca.pem, cert.pem, key.pem); default ./NAME-credentials.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// List regions.
+    List,
+}
+
+#[derive(Subcommand)]
 enum DatasetCommand {
     /// Bind a dataset name to a prefix of a source.
     Add {
@@ -143,6 +177,18 @@ impl SourceAdd {
         }
         Ok(options)
     }
+}
+
+/// Writes a region's credentials: the hub's CA, the region's certificate and its key (0600).
+fn write_bundle(dir: &std::path::Path, bundle: &pb::CredentialsBundle) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("ca.pem"), &bundle.ca_pem)?;
+    std::fs::write(dir.join("cert.pem"), &bundle.cert_pem)?;
+    let mut key = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dir.join("key.pem"))?;
+    key.write_all(bundle.key_pem.as_bytes())?;
+    Ok(())
 }
 
 #[tokio::main]
@@ -231,6 +277,44 @@ async fn run(cli: Cli) -> Result<()> {
             for v in list.versions {
                 let root = aqueduct_proto::Digest::from_slice(&v.root).map(|d| d.short()).unwrap_or_default();
                 t.row([format!("v{}", v.version), v.files.to_string(), bytes(v.bytes), v.chunks.to_string(), bytes(v.new_bytes), root, age(v.created_unix_ms)]);
+            }
+            t.print();
+        }
+        Command::Region(RegionCommand::Add { name, rate, out }) => {
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("{name}-credentials")));
+            if out.exists() {
+                bail!("{} already exists; choose another --out or remove it", out.display());
+            }
+            let region = pb::Region { name: name.clone(), rate_bytes_per_sec: rate.0, created_unix_ms: 0 };
+            let resp = admin.add_region(pb::AddRegionRequest { region: Some(region) }).await.map_err(|e| explain(e, &hub))?.into_inner();
+            let bundle = resp.bundle.context("the hub sent no credentials bundle")?;
+            write_bundle(&out, &bundle).with_context(|| format!("region {name} was added, but its bundle could not be written to {}", out.display()))?;
+            println!("region {name} added with a link budget of {rate}");
+            println!("credentials for its spokes written to {} (hub: {}); keep key.pem private", out.display(), hub.url);
+        }
+        Command::Region(RegionCommand::List) => {
+            let list = admin.list_regions(pb::ListRegionsRequest {}).await.map_err(|e| explain(e, &hub))?.into_inner();
+            let mut t = Table::new(["NAME", "BUDGET", "AGE"]);
+            for r in list.regions {
+                t.row([r.name, Rate(r.rate_bytes_per_sec).to_string(), age(r.created_unix_ms)]);
+            }
+            t.print();
+        }
+        Command::Rollout { version, to } => {
+            let req = pb::RolloutRequest { dataset: version.dataset.clone(), version: version.version.unwrap_or(0), regions: to };
+            let resp = admin.rollout(req).await.map_err(|e| explain(e, &hub))?.into_inner();
+            println!("{}@v{} rolling out to {}", resp.dataset, resp.version, resp.regions.join(", "));
+        }
+        Command::Status { dataset } => {
+            let req = pb::StatusRequest { dataset: dataset.unwrap_or_default() };
+            let rows = admin.status(req).await.map_err(|e| explain(e, &hub))?.into_inner().rows;
+            let mut t = Table::new(["DATASET", "VERSION", "REGION", "TOTAL SIZE", "CACHED", "CACHED %", "PHASE", "RATE"]);
+            for r in rows {
+                let percent = if r.total_bytes == 0 { 100.0 } else { r.cached_bytes as f64 * 100.0 / r.total_bytes as f64 };
+                let phase = if r.reason.is_empty() { r.phase } else { format!("{}: {}", r.phase, r.reason) };
+                let achieved = if r.rate_bytes_per_sec == 0 { "-".to_string() } else { Rate(r.rate_bytes_per_sec).to_string() };
+                let rate = format!("{achieved}/{}", Rate(r.budget_bytes_per_sec));
+                t.row([r.dataset, format!("v{}", r.version), r.region, bytes(r.total_bytes), bytes(r.cached_bytes), format!("{percent:.1}%"), phase, rate]);
             }
             t.print();
         }

@@ -121,3 +121,43 @@ async fn mistakes_are_explained() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("DATASET@vN"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regions_rollouts_and_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models/llama");
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::write(models.join("model.safetensors"), vec![1u8; 2 << 20]).unwrap();
+    let hub = start_hub(&tmp.path().join("hub")).await;
+    let cfg = Some(hub.admin_config.as_path());
+    let home = tmp.path();
+    let url = format!("file://{}", tmp.path().join("models").display());
+    ok(&aq(home, cfg, &["source", "add", "local", &url]).await);
+    ok(&aq(home, cfg, &["dataset", "add", "llama", "--source", "local", "--prefix", "llama"]).await);
+    ok(&aq(home, cfg, &["snapshot", "llama"]).await);
+
+    let bundle = tmp.path().join("eu-creds");
+    let out = ok(&aq(home, cfg, &["region", "add", "eu-west", "--rate", "100MiB/s", "--out", bundle.to_str().unwrap()]).await);
+    assert!(out.contains("link budget of 100MiB/s"), "{out}");
+    for f in ["ca.pem", "cert.pem", "key.pem"] {
+        assert!(bundle.join(f).exists(), "{f} missing from the bundle");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(bundle.join("key.pem")).unwrap().permissions().mode() & 0o777, 0o600);
+    fails_with(&aq(home, cfg, &["region", "add", "eu-west", "--rate", "1MiB/s", "--out", bundle.to_str().unwrap()]).await, &["already exists"]);
+    let out = aq(home, cfg, &["region", "add", "us", "--rate", "fast"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("100MiB/s"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(ok(&aq(home, cfg, &["region", "list"]).await).contains("eu-west"));
+
+    fails_with(&aq(home, cfg, &["rollout", "llama@v1", "--to", "eu-west,mars"]).await, &["region \"mars\" does not exist"]);
+    fails_with(&aq(home, cfg, &["rollout", "llama@v9", "--to", "eu-west"]).await, &["no version v9"]);
+    fails_with(&aq(home, cfg, &["rollout", "ghost", "--to", "eu-west"]).await, &["dataset \"ghost\" does not exist"]);
+    assert!(ok(&aq(home, cfg, &["rollout", "llama", "--to", "eu-west"]).await).contains("llama@v1 rolling out to eu-west"));
+    let out = ok(&aq(home, cfg, &["status"]).await);
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["DATASET", "VERSION", "REGION", "TOTAL", "SIZE", "CACHED", "CACHED", "%", "PHASE", "RATE"], "{out}");
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(row, ["llama", "v1", "eu-west", "2.0", "MiB", "0", "B", "0.0%", "Pending", "-/100MiB/s"], "{out}");
+}

@@ -1,0 +1,78 @@
+//! Human units for byte rates: `100MiB/s`, `50 MB/s`, `1.5GiB/s`, `400Mbit/s`, `400Mbps`.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A byte rate, in bytes per second.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rate(pub u64);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{input:?} is not a rate: write a number and a unit per second, e.g. 100MiB/s, 50MB/s, 1GiB/s or 400Mbit/s")]
+pub struct RateError {
+    pub input: String,
+}
+
+impl FromStr for Rate {
+    type Err = RateError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || RateError { input: s.to_string() };
+        let t = s.trim();
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(err)?;
+        let (number, unit) = t.split_at(split);
+        let number: f64 = number.parse().map_err(|_| err())?;
+        let unit = unit.trim();
+        let unit = unit.strip_suffix("/s").or_else(|| unit.strip_suffix("ps")).ok_or_else(err)?;
+        let (scale, bits) = match unit {
+            "B" => (1.0, false),
+            "KB" | "kB" => (1e3, false),
+            "MB" => (1e6, false),
+            "GB" => (1e9, false),
+            "KiB" => (1024.0, false),
+            "MiB" => (1024.0 * 1024.0, false),
+            "GiB" => (1024.0 * 1024.0 * 1024.0, false),
+            "bit" | "b" => (1.0, true),
+            "Kbit" | "kbit" | "Kb" | "kb" => (1e3, true),
+            "Mbit" | "Mb" => (1e6, true),
+            "Gbit" | "Gb" => (1e9, true),
+            _ => return Err(err()),
+        };
+        let bytes = number * scale / if bits { 8.0 } else { 1.0 };
+        if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+            return Err(err());
+        }
+        Ok(Rate(bytes.round() as u64))
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 4] = ["B/s", "KiB/s", "MiB/s", "GiB/s"];
+        let mut value = self.0 as f64;
+        let mut unit = 0;
+        while value >= 1024.0 && unit < UNITS.len() - 1 {
+            value /= 1024.0;
+            unit += 1;
+        }
+        if value.fract() == 0.0 { write!(f, "{value:.0}{}", UNITS[unit]) } else { write!(f, "{value:.1}{}", UNITS[unit]) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rates() {
+        assert_eq!("100MiB/s".parse(), Ok(Rate(100 << 20)));
+        assert_eq!("50 MB/s".parse(), Ok(Rate(50_000_000)));
+        assert_eq!("1.5GiB/s".parse(), Ok(Rate(3 << 29)));
+        assert_eq!("400Mbit/s".parse(), Ok(Rate(50_000_000)));
+        assert_eq!("400Mbps".parse(), Ok(Rate(50_000_000)));
+        assert_eq!(Rate(25 << 20).to_string(), "25MiB/s");
+        for bad in ["", "100", "MiB/s", "100MiB", "-5MiB/s", "100XB/s", "0B/s", "1e3MB/s"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad:?} accepted");
+        }
+    }
+}
