@@ -138,10 +138,20 @@ impl HubConn {
                 self.url,
                 self.ca.display()
             )
-        } else if lower.contains("certificate") || lower.contains("alert") || lower.contains("handshake") || lower.contains("reset") || lower.contains("broken pipe") {
+        } else if lower.contains("certificate") || lower.contains("alert") || lower.contains("handshake") {
             anyhow!(
                 "the hub at {} refused this client's certificate {} ({detail}); use the admin \
                  bundle that `aqueduct-hub init` wrote for this hub",
+                self.url,
+                self.cert.display()
+            )
+        } else if lower.contains("closed") || lower.contains("reset") || lower.contains("broken pipe") || lower.contains("canceled") {
+            // With TLS 1.3 a server rejects a client certificate after the handshake, so the
+            // client often sees only a closed connection.
+            anyhow!(
+                "the hub at {} closed the connection ({detail}); it does so when the client's \
+                 certificate {} was not issued by its CA: use the admin bundle that \
+                 `aqueduct-hub init` wrote for this hub (or check that the hub is still running)",
                 self.url,
                 self.cert.display()
             )

@@ -110,7 +110,7 @@ async fn mistakes_are_explained() {
     let other_admin = other.admin_config.parent().unwrap();
     let cert = other_admin.join("admin.pem").display().to_string();
     let key = other_admin.join("admin.key").display().to_string();
-    fails_with(&aq(home, cfg, &["--cert", &cert, "--key", &key, "versions", "llama"]).await, &["refused this client's certificate"]);
+    fails_with(&aq(home, cfg, &["--cert", &cert, "--key", &key, "versions", "llama"]).await, &["client's certificate", "admin bundle"]);
     let ca = other_admin.join("ca.pem").display().to_string();
     fails_with(&aq(home, cfg, &["--ca", &ca, "versions", "llama"]).await, &["not issued by the CA"]);
     fails_with(&aq(home, cfg, &["versions", "llama"]).await, &["dataset \"llama\" does not exist"]);
