@@ -19,6 +19,7 @@ use tracing::{Instrument, Span, instrument, warn};
 
 use crate::auth::{Identity, require_admin};
 use crate::pki::Authority;
+use crate::relay::Changes;
 use crate::error::{invalid, unknown_dataset};
 use crate::snapshot::{self, Progress, SnapshotOptions, blocking, now_unix_ms};
 use crate::source::SourceSpec;
@@ -30,13 +31,15 @@ pub struct AdminService {
     /// Issues the certificates of new regions.
     authority: Arc<Authority>,
     snapshot: SnapshotOptions,
+    /// Notified when rollouts change, to wake the spokes' watches.
+    changes: Changes,
     /// Datasets with a snapshot under way: one at a time per dataset.
     running: Arc<Mutex<HashSet<String>>>,
 }
 
 impl AdminService {
-    pub fn new(db: Arc<dyn MetaStore>, snapshot: SnapshotOptions, authority: Arc<Authority>) -> Self {
-        Self { db, authority, snapshot, running: Arc::default() }
+    pub fn new(db: Arc<dyn MetaStore>, snapshot: SnapshotOptions, authority: Arc<Authority>, changes: Changes) -> Self {
+        Self { db, authority, snapshot, changes, running: Arc::default() }
     }
 
     async fn dataset(&self, name: &str) -> Result<DatasetRecord, Status> {
@@ -312,6 +315,7 @@ impl pb::admin_server::Admin for AdminService {
             )),
             other => other.into(),
         })?;
+        self.changes.notify_waiters();
         Ok(Response::new(pb::RolloutResponse { dataset: dataset.name, version, regions: req.regions }))
     }
 

@@ -8,7 +8,7 @@
 //! Modules, from the bottom up: [`source`] (reading sources through `object_store`),
 //! [`chunker`] (FastCDC + BLAKE3), [`store`] (the metadata store), [`snapshot`] (cutting a
 //! version), [`auth`] and [`pki`] (identities and certificates), [`api`] (the gRPC handlers)
-//! and, here, [`init`] and [`serve`], which the `aqueduct-hub` binary calls.
+//! [`relay`] (the spokes' API and chunk relay) and, here, [`init`] and [`serve`], which the `aqueduct-hub` binary calls.
 
 pub mod api;
 pub mod auth;
@@ -16,6 +16,7 @@ pub mod chunker;
 pub mod config;
 mod error;
 pub mod pki;
+pub mod relay;
 pub mod snapshot;
 pub mod source;
 pub mod store;
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use aqueduct_proto::hub::v1::admin_server::AdminServer;
+use aqueduct_proto::hub::v1::spoke_server::SpokeServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsConfig};
@@ -69,8 +71,11 @@ pub struct InitOutcome {
 /// that points `aq` at this hub) and `hub.toml`. Refuses to touch an existing hub.
 pub fn init(data_dir: &Path, listen: SocketAddr, hosts: &[String]) -> Result<InitOutcome, HubError> {
     let config_path = data_dir.join("hub.toml");
-    if config_path.exists() {
-        return Err(HubError::AlreadyInitialised { path: data_dir.to_owned(), what: "hub.toml".into() });
+    // A new CA would invalidate every certificate issued by an existing one.
+    for what in ["hub.toml", "pki/ca.key", "hub.db"] {
+        if data_dir.join(what).exists() {
+            return Err(HubError::AlreadyInitialised { path: data_dir.to_owned(), what: what.into() });
+        }
     }
     let pki_dir = data_dir.join("pki");
     let admin_dir = data_dir.join("admin");
@@ -130,7 +135,11 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         snapshot.parallelism = p;
     }
     let authority = Arc::new(Authority::load(&config.resolve(&config.tls.ca), &config.resolve(&config.tls.ca_key))?);
-    let admin = AdminServer::new(api::AdminService::new(db, snapshot, authority))
+    let changes = relay::Changes::default();
+    let admin = AdminServer::new(api::AdminService::new(db.clone(), snapshot, authority, changes.clone()))
+        .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
+    let spoke = SpokeServer::new(relay::SpokeService::new(db, changes))
         .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
     let addr = listener.local_addr().map_err(io_err("inspect", Path::new("listener")))?;
@@ -138,6 +147,7 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
     Server::builder()
         .tls_config(tls)?
         .add_service(admin)
+        .add_service(spoke)
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await?;
     info!("hub stopped");

@@ -118,7 +118,10 @@ pub fn write_public(path: &Path, contents: &str) -> Result<(), PkiError> {
 /// Writes a private key, readable by its owner only.
 pub fn write_secret(path: &Path, contents: &str) -> Result<(), PkiError> {
     let err = |source| PkiError::Write { path: path.to_owned(), source };
+    use std::os::unix::fs::PermissionsExt;
     let mut file =
         fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(err)?;
+    // `mode` applies only to a new file: tighten an existing one too.
+    file.set_permissions(fs::Permissions::from_mode(0o600)).map_err(err)?;
     file.write_all(contents.as_bytes()).map_err(err)
 }

@@ -74,7 +74,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce(&dyn MetaStore) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
     let db = db.clone();
-    tokio::task::spawn_blocking(move || f(db.as_ref())).await.map_err(|e| StoreError::Corrupt(e.to_string()))?
+    tokio::task::spawn_blocking(move || f(db.as_ref())).await.map_err(|e| StoreError::Task(e.to_string()))?
 }
 
 /// Cuts a new version of `dataset` from `source`.

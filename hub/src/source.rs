@@ -202,9 +202,9 @@ fn check_option(key: &str, value: &str) -> Result<(), SourceError> {
         }
         "endpoint" => Url::parse(value)
             .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.username().is_empty() && u.password().is_none())
             .map(|_| ())
-            .ok_or_else(|| bad(format!("must be an http(s) URL, not {value:?}"))),
+            .ok_or_else(|| bad("must be an http(s) URL without credentials in it".to_string())),
         _ if value.is_empty() => Err(bad("is empty".into())),
         _ => Ok(()),
     }
@@ -344,6 +344,29 @@ impl Read for ChannelReader {
     }
 }
 
+/// Reads `range` of `key` whole into memory (for chunk-sized ranges).
+pub async fn read_range(source: &dyn Source, key: &str, range: Range<u64>) -> Result<Vec<u8>, SourceError> {
+    let expected = (range.end - range.start) as usize;
+    let (url, owned_key) = (source.url().to_string(), key.to_string());
+    let io_err = move |e: io::Error| SourceError::Io { url: url.clone(), detail: format!("{owned_key}: {e}") };
+    let reader = source.read(key, range, None).await?.into_blocking().map_err(io_err.clone())?;
+    let data = tokio::task::spawn_blocking(move || {
+        let mut data = Vec::with_capacity(expected);
+        reader.take(expected as u64 + 1).read_to_end(&mut data).map(|_| data)
+    })
+    .await
+    .map_err(|e| io_err(io::Error::other(e)))?
+    .map_err(io_err)?;
+    if data.len() != expected {
+        return Err(SourceError::Changed {
+            url: source.url().to_string(),
+            key: key.to_string(),
+            detail: format!("expected {expected} bytes, got {}", data.len()),
+        });
+    }
+    Ok(data)
+}
+
 /// What the hub needs of a place that holds bytes.
 #[async_trait]
 pub trait Source: Send + Sync + fmt::Debug {
@@ -405,13 +428,14 @@ impl ObjectStoreSource {
     }
 }
 
-/// S3 errors other than the typed ones come back as text: sort the common ones by meaning.
+/// S3 errors other than the typed ones come back as text: sort the common ones by meaning,
+/// on S3 error codes and HTTP statuses only (a key may contain "403").
 fn classify_generic(url: String, detail: String) -> SourceError {
     let lower = detail.to_ascii_lowercase();
-    if lower.contains("nosuchbucket") || lower.contains("404") || lower.contains("not found") {
+    if lower.contains("nosuchbucket") || lower.contains("404 not found") {
         SourceError::NotFound { url, detail }
     } else if lower.contains("accessdenied")
-        || lower.contains("403")
+        || lower.contains("403 forbidden")
         || lower.contains("signaturedoesnotmatch")
         || lower.contains("invalidaccesskeyid")
     {
@@ -466,7 +490,10 @@ impl Source for ObjectStoreSource {
             if_match: etag.map(str::to_string),
             ..Default::default()
         };
-        let result = self.store.get_opts(&StorePath::from(key), options).await.map_err(|e| self.map_err(key, e))?;
+        // `key` comes from a listing and is already in the store's encoding: parse, don't
+        // encode it again.
+        let path = StorePath::parse(key).unwrap_or_else(|_| StorePath::from(key));
+        let result = self.store.get_opts(&path, options).await.map_err(|e| self.map_err(key, e))?;
         if result.range != range {
             return Err(SourceError::Changed {
                 url: self.url.clone(),

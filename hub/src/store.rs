@@ -29,6 +29,8 @@ pub enum StoreError {
     Conflict { dataset: String, latest: u64 },
     #[error("the hub database has schema version {found}, this build knows {SCHEMA_VERSION}; upgrade the hub")]
     Schema { found: i64 },
+    #[error("a hub task failed: {0}")]
+    Task(String),
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
     #[error("hub database error: {0}")]
@@ -141,6 +143,23 @@ pub trait MetaStore: Send + Sync {
     fn add_rollout(&self, dataset: &str, version: u64, regions: &[String], now_unix_ms: i64) -> Result<(), StoreError>;
     /// Every rollout (of one dataset, or of all), by dataset, version and region.
     fn rollouts(&self, dataset: Option<&str>) -> Result<Vec<RolloutRecord>, StoreError>;
+    /// Records what a region reported about a version it was asked to hold.
+    fn update_rollout(&self, update: &RolloutUpdate) -> Result<(), StoreError>;
+    /// Marks a version failed in every region that was asked to hold it.
+    fn fail_version(&self, dataset: &str, version: u64, reason: &str, now_unix_ms: i64) -> Result<(), StoreError>;
+}
+
+/// A region's report on one version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RolloutUpdate {
+    pub dataset: String,
+    pub version: u64,
+    pub region: String,
+    pub cached_bytes: u64,
+    pub phase: String,
+    pub reason: String,
+    pub rate: u64,
+    pub updated_unix_ms: i64,
 }
 
 pub struct SqliteStore {
@@ -550,6 +569,26 @@ impl MetaStore for SqliteStore {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn update_rollout(&self, u: &RolloutUpdate) -> Result<(), StoreError> {
+        let changed = self.conn().execute(
+            "UPDATE rollouts SET cached_bytes = ?4, phase = ?5, reason = ?6, rate = ?7, updated_ms = ?8
+             WHERE dataset = ?1 AND version = ?2 AND region = ?3",
+            params![u.dataset, u.version as i64, u.region, u.cached_bytes as i64, u.phase, u.reason, u.rate as i64, u.updated_unix_ms],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::NotFound { kind: "rollout", name: format!("{}@v{} to {}", u.dataset, u.version, u.region) });
+        }
+        Ok(())
+    }
+
+    fn fail_version(&self, dataset: &str, version: u64, reason: &str, now: i64) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE rollouts SET phase = 'Failed', reason = ?3, rate = 0, updated_ms = ?4 WHERE dataset = ?1 AND version = ?2",
+            params![dataset, version as i64, reason, now],
+        )?;
+        Ok(())
     }
 }
 

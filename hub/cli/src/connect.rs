@@ -113,6 +113,9 @@ impl HubConn {
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(read("CA certificate", &self.ca)?))
             .identity(Identity::from_pem(read("client certificate", &self.cert)?, read("client key", &self.key)?));
+        if !self.url.starts_with("https://") {
+            bail!("hub address {:?} must start with https:// (the hub speaks only mutual TLS); it comes from {}", self.url, self.origin);
+        }
         let endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|e| anyhow!("hub address {:?} is not a URL ({e}); write https://HOST:PORT", self.url))?
             .tls_config(tls)
@@ -131,7 +134,13 @@ impl HubConn {
                 self.url,
                 self.origin
             )
-        } else if lower.contains("unknownissuer") || lower.contains("invalid peer certificate") {
+        } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
+            anyhow!(
+                "the hub's certificate is not valid for the name in {} ({detail}); reach the hub by a \
+                 name it was created with (`aqueduct-hub init --host NAME`), e.g. 127.0.0.1",
+                self.url
+            )
+        } else if lower.contains("unknownissuer") || lower.contains("badsignature") || lower.contains("invalid peer certificate") {
             anyhow!(
                 "the hub at {} presented a certificate not issued by the CA in {} ({detail}); \
                  use the admin bundle of this hub",
@@ -178,14 +187,10 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// Turns a failed call into a message: the hub's own message for answers it gave, an
 /// explanation of the connection problem otherwise.
 pub fn explain(status: tonic::Status, hub: &HubConn) -> anyhow::Error {
-    use tonic::Code;
     match status.code() {
         // Statuses made by the client's transport carry the error underneath; the hub's own
         // answers do not.
         _ if let Some(source) = std::error::Error::source(&status) => hub.transport_error(&chain(source)),
-        Code::PermissionDenied | Code::Unauthenticated => {
-            anyhow!("{} (certificate {})", status.message(), hub.cert.display())
-        }
         _ => anyhow!("{}", status.message()),
     }
 }

@@ -285,8 +285,16 @@ async fn run(cli: Cli) -> Result<()> {
             if out.exists() {
                 bail!("{} already exists; choose another --out or remove it", out.display());
             }
+            // Make sure the bundle can be written before the hub records the region.
+            std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
             let region = pb::Region { name: name.clone(), rate_bytes_per_sec: rate.0, created_unix_ms: 0 };
-            let resp = admin.add_region(pb::AddRegionRequest { region: Some(region) }).await.map_err(|e| explain(e, &hub))?.into_inner();
+            let resp = match admin.add_region(pb::AddRegionRequest { region: Some(region) }).await {
+                Ok(resp) => resp.into_inner(),
+                Err(e) => {
+                    let _ = std::fs::remove_dir(&out);
+                    return Err(explain(e, &hub));
+                }
+            };
             let bundle = resp.bundle.context("the hub sent no credentials bundle")?;
             write_bundle(&out, &bundle).with_context(|| format!("region {name} was added, but its bundle could not be written to {}", out.display()))?;
             println!("region {name} added with a link budget of {rate}");

@@ -1,0 +1,313 @@
+//! The spokes' API: work assignments, manifests and the chunk relay.
+//!
+//! A spoke proves its region with its certificate and may read only versions rolled out to
+//! that region. [`SpokeService::fetch_chunks`] reads each asked chunk's byte range from the
+//! source, checks its BLAKE3 against the version (a source that changed after the snapshot
+//! fails the version, and no wrong byte is sent), and streams it within the region's link
+//! budget, shared by every stream of the region. Assignments are pushed on every rollout
+//! change ([`Changes`]) and re-checked every [`WATCH_RECHECK`].
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aqueduct_proto::hub::v1 as pb;
+use aqueduct_proto::{Digest, Manifest};
+use futures::{Stream, StreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, Span, debug, instrument, warn};
+
+use crate::auth::Identity;
+use crate::snapshot::{blocking, now_unix_ms};
+use crate::source::{Source, SourceSpec, read_range};
+use crate::store::{MetaStore, RolloutUpdate};
+
+/// How often a watch re-reads its region's assignments even without a change notice.
+pub const WATCH_RECHECK: Duration = Duration::from_secs(30);
+
+/// Rollout changes: the admin API notifies, watches wake up.
+pub type Changes = Arc<Notify>;
+
+/// A region's link budget, in KiB cells, shared by all of the region's streams.
+struct Budget {
+    rate: u64,
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl Budget {
+    fn new(rate_bytes: u64) -> Self {
+        let kib = u32::try_from((rate_bytes / 1024).max(1)).unwrap_or(u32::MAX);
+        // Room for one whole chunk (2 MiB) or a tenth of a second, whichever is larger.
+        let burst = (kib / 10).max(2048);
+        let quota = Quota::per_second(NonZeroU32::new(kib).expect("at least 1"))
+            .allow_burst(NonZeroU32::new(burst).expect("at least 2048"));
+        Self { rate: rate_bytes, limiter: RateLimiter::direct(quota) }
+    }
+
+    async fn take(&self, bytes: usize) {
+        let cells = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).max(1);
+        let cells = NonZeroU32::new(cells).expect("at least 1");
+        // A chunk is at most the burst (2 MiB); anything larger waits as its parts would.
+        if self.limiter.until_n_ready(cells).await.is_err() {
+            for _ in 0..cells.get().div_ceil(2048) {
+                let _ = self.limiter.until_n_ready(NonZeroU32::new(2048).expect("2048")).await;
+            }
+        }
+    }
+}
+
+/// Where each chunk of a version is in its source.
+struct VersionIndex {
+    manifest: Manifest,
+    source: Arc<dyn Source>,
+    locations: HashMap<Digest, (usize, u64, u32)>,
+}
+
+pub struct SpokeService {
+    db: Arc<dyn MetaStore>,
+    changes: Changes,
+    budgets: Mutex<HashMap<String, Arc<Budget>>>,
+    indexes: Mutex<HashMap<(String, u64), Arc<VersionIndex>>>,
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ChunkData, Status>> + Send>>;
+type AssignmentStream = Pin<Box<dyn Stream<Item = Result<pb::Assignments, Status>> + Send>>;
+
+fn region_of<T>(request: &Request<T>) -> Result<String, Status> {
+    match Identity::of_request(request)? {
+        Identity::Region(name) => Ok(name),
+        other => Err(Status::permission_denied(format!("this call is for spokes (a region's certificate); the caller is {other}"))),
+    }
+}
+
+impl SpokeService {
+    pub fn new(db: Arc<dyn MetaStore>, changes: Changes) -> Self {
+        Self { db, changes, budgets: Mutex::default(), indexes: Mutex::default() }
+    }
+
+    /// Fails unless `dataset@version` is rolled out to `region`.
+    async fn authorize(&self, region: &str, dataset: &str, version: u64) -> Result<(), Status> {
+        let owned = dataset.to_string();
+        let rollouts = blocking(&self.db, move |db| db.rollouts(Some(&owned))).await?;
+        if rollouts.iter().any(|r| r.version == version && r.region == region) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!("{dataset}@v{version} is not rolled out to region {region}")))
+        }
+    }
+
+    async fn budget(&self, region: &str) -> Result<Arc<Budget>, Status> {
+        let regions = blocking(&self.db, |db| db.regions()).await?;
+        let rate = regions
+            .iter()
+            .find(|r| r.name == region)
+            .map(|r| r.rate)
+            .ok_or_else(|| Status::permission_denied(format!("region {region} is not known to this hub")))?;
+        let mut budgets = self.budgets.lock().unwrap_or_else(|e| e.into_inner());
+        let budget = budgets.entry(region.to_string()).or_insert_with(|| Arc::new(Budget::new(rate)));
+        if budget.rate != rate {
+            *budget = Arc::new(Budget::new(rate));
+        }
+        Ok(budget.clone())
+    }
+
+    async fn index(&self, dataset: &str, version: u64) -> Result<Arc<VersionIndex>, Status> {
+        let key = (dataset.to_string(), version);
+        if let Some(index) = self.indexes.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(index.clone());
+        }
+        let owned = dataset.to_string();
+        let stored = blocking(&self.db, move |db| db.version(&owned, Some(version)))
+            .await?
+            .ok_or_else(|| Status::not_found(format!("{dataset}@v{version} does not exist")))?;
+        let owned = dataset.to_string();
+        let record = blocking(&self.db, move |db| db.dataset(&owned)).await?.ok_or_else(|| Status::not_found(dataset.to_string()))?;
+        let source_name = record.source.clone();
+        let source = blocking(&self.db, move |db| db.source(&source_name))
+            .await?
+            .ok_or_else(|| Status::internal(format!("dataset {dataset} names a source that is gone")))?;
+        let source = SourceSpec::parse(&source.url, source.options)?.open()?;
+        let mut locations = HashMap::new();
+        for (i, file) in stored.manifest.files.iter().enumerate() {
+            for c in &file.chunks {
+                locations.entry(c.digest).or_insert((i, c.offset, c.length));
+            }
+        }
+        let index = Arc::new(VersionIndex { manifest: stored.manifest, source, locations });
+        self.indexes.lock().unwrap_or_else(|e| e.into_inner()).insert(key, index.clone());
+        Ok(index)
+    }
+
+    async fn assignments(db: &Arc<dyn MetaStore>, region: &str) -> Result<pb::Assignments, Status> {
+        let rollouts = blocking(db, |db| db.rollouts(None)).await?;
+        let regions = blocking(db, |db| db.regions()).await?;
+        let budget = regions.iter().find(|r| r.name == region).map_or(0, |r| r.rate);
+        let mut assignments = Vec::new();
+        for r in rollouts.into_iter().filter(|r| r.region == region) {
+            let (dataset, version) = (r.dataset.clone(), r.version);
+            let root = blocking(db, move |db| Ok(db.versions(&dataset)?.into_iter().find(|v| v.number == version).map(|v| v.root)))
+                .await?
+                .map(|d| d.0.to_vec())
+                .unwrap_or_default();
+            assignments.push(pb::Assignment { dataset: r.dataset, version: r.version, total_bytes: r.total_bytes, root });
+        }
+        Ok(pb::Assignments { assignments, budget_bytes_per_sec: budget })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::spoke_server::Spoke for SpokeService {
+    type WatchStream = AssignmentStream;
+
+    #[instrument(skip_all, fields(region, node))]
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let region = region_of(&request)?;
+        Span::current().record("region", region.as_str()).record("node", request.get_ref().node.as_str());
+        let (tx, rx) = mpsc::channel(4);
+        let (db, changes) = (self.db.clone(), self.changes.clone());
+        tokio::spawn(
+            async move {
+                let mut last: Option<pb::Assignments> = None;
+                loop {
+                    // Register for the next change before reading, so that none is missed.
+                    let notified = changes.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    let current = Self::assignments(&db, &region).await;
+                    let send = match &current {
+                        Ok(a) => last.as_ref() != Some(a),
+                        Err(_) => true,
+                    };
+                    if send {
+                        if let Ok(a) = &current {
+                            last = Some(a.clone());
+                        }
+                        let failed = current.is_err();
+                        if tx.send(current).await.is_err() || failed {
+                            return;
+                        }
+                    }
+                    tokio::select! {
+                        _ = &mut notified => {}
+                        _ = tokio::time::sleep(WATCH_RECHECK) => {}
+                        _ = tx.closed() => return,
+                    }
+                }
+            }
+            .instrument(Span::current()),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    #[instrument(skip_all, fields(region, dataset, version))]
+    async fn get_manifest(&self, request: Request<pb::GetManifestRequest>) -> Result<Response<pb::Manifest>, Status> {
+        let region = region_of(&request)?;
+        let req = request.into_inner();
+        Span::current().record("region", region.as_str()).record("dataset", req.dataset.as_str()).record("version", req.version);
+        self.authorize(&region, &req.dataset, req.version).await?;
+        let index = self.index(&req.dataset, req.version).await?;
+        Ok(Response::new(pb::Manifest::from(&index.manifest)))
+    }
+
+    type FetchChunksStream = ChunkStream;
+
+    #[instrument(skip_all, fields(region, dataset, version, chunks))]
+    async fn fetch_chunks(&self, request: Request<pb::FetchChunksRequest>) -> Result<Response<Self::FetchChunksStream>, Status> {
+        let region = region_of(&request)?;
+        let req = request.into_inner();
+        Span::current()
+            .record("region", region.as_str())
+            .record("dataset", req.dataset.as_str())
+            .record("version", req.version)
+            .record("chunks", req.digests.len());
+        let digests = req
+            .digests
+            .iter()
+            .map(|d| Digest::from_slice(d).ok_or_else(|| Status::invalid_argument(format!("a digest has {} bytes, not 32", d.len()))))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.authorize(&region, &req.dataset, req.version).await?;
+        let index = self.index(&req.dataset, req.version).await?;
+        let budget = self.budget(&region).await?;
+        let (tx, rx) = mpsc::channel(2);
+        let (db, dataset, version) = (self.db.clone(), req.dataset, req.version);
+        tokio::spawn(
+            async move {
+                let reads = futures::stream::iter(digests)
+                    .map(|digest| {
+                        let index = index.clone();
+                        async move {
+                            let &(file, offset, length) = index.locations.get(&digest).ok_or_else(|| {
+                                Status::not_found(format!("chunk {digest} is not part of {}@v{}", index.manifest.dataset, index.manifest.version))
+                            })?;
+                            let object = &index.manifest.files[file].object;
+                            let data = read_range(index.source.as_ref(), object, offset..offset + u64::from(length)).await?;
+                            Ok::<_, Status>((digest, object.clone(), offset, data))
+                        }
+                    })
+                    .buffered(2);
+                tokio::pin!(reads);
+                while let Some(read) = reads.next().await {
+                    let (digest, object, offset, data) = match read {
+                        Ok(read) => read,
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                    };
+                    if Digest::of(&data) != digest {
+                        let reason = format!(
+                            "source changed: {object} at offset {offset} no longer holds chunk {}; snapshot the dataset again",
+                            digest.short()
+                        );
+                        warn!(%reason, "version failed");
+                        let (d, r) = (dataset.clone(), reason.clone());
+                        let _ = blocking(&db, move |db| db.fail_version(&d, version, &r, now_unix_ms())).await;
+                        let _ = tx.send(Err(Status::data_loss(reason))).await;
+                        return;
+                    }
+                    budget.take(data.len()).await;
+                    debug!(digest = %digest.short(), len = data.len(), "chunk relayed");
+                    if tx.send(Ok(pb::ChunkData { digest: digest.0.to_vec(), data })).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            .instrument(Span::current()),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    #[instrument(skip_all, fields(region, dataset, version, phase))]
+    async fn report_progress(&self, request: Request<pb::ProgressReport>) -> Result<Response<pb::ProgressAck>, Status> {
+        let region = region_of(&request)?;
+        let r = request.into_inner();
+        Span::current()
+            .record("region", region.as_str())
+            .record("dataset", r.dataset.as_str())
+            .record("version", r.version)
+            .record("phase", r.phase.as_str());
+        if !["Pending", "Transferring", "Ready", "Failed"].contains(&r.phase.as_str()) {
+            return Err(Status::invalid_argument(format!("phase {:?} is not one of Pending, Transferring, Ready, Failed", r.phase)));
+        }
+        let update = RolloutUpdate {
+            dataset: r.dataset,
+            version: r.version,
+            region,
+            cached_bytes: r.cached_bytes,
+            phase: r.phase,
+            reason: r.reason,
+            rate: r.rate_bytes_per_sec,
+            updated_unix_ms: now_unix_ms(),
+        };
+        blocking(&self.db, move |db| db.update_rollout(&update)).await.map_err(|e| match e {
+            crate::store::StoreError::NotFound { name, .. } => Status::permission_denied(format!("{name} is not a rollout")),
+            other => other.into(),
+        })?;
+        Ok(Response::new(pb::ProgressAck {}))
+    }
+}

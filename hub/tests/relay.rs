@@ -1,0 +1,152 @@
+//! The spokes' API over real mutual TLS: a region reads exactly what is rolled out to it,
+//! every chunk verified, and a source that changed fails the version without a wrong byte.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aqueduct_proto::hub::v1 as pb;
+use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
+use aqueduct_proto::{Digest, Manifest};
+use aqueduct_testkit::noise;
+use common::{Hub, dataset, expect_err, snapshot, source};
+use tonic::Code;
+use tonic::transport::Channel;
+
+async fn spoke_of(hub: &Hub, admin: &mut pb::admin_client::AdminClient<Channel>, region: &str, rate: u64) -> SpokeClient<Channel> {
+    let req = pb::AddRegionRequest { region: Some(pb::Region { name: region.into(), rate_bytes_per_sec: rate, created_unix_ms: 0 }) };
+    let bundle = admin.add_region(req).await.unwrap().into_inner().bundle.unwrap();
+    SpokeClient::new(hub.channel(&bundle.ca_pem, &bundle.cert_pem, &bundle.key_pem).await.unwrap())
+}
+
+async fn fetch(spoke: &mut SpokeClient<Channel>, dataset: &str, version: u64, digests: &[Digest]) -> (Vec<pb::ChunkData>, Option<tonic::Status>) {
+    let req = pb::FetchChunksRequest { dataset: dataset.into(), version, digests: digests.iter().map(|d| d.0.to_vec()).collect() };
+    let mut stream = match spoke.fetch_chunks(req).await {
+        Ok(s) => s.into_inner(),
+        Err(status) => return (Vec::new(), Some(status)),
+    };
+    let mut got = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(chunk)) => got.push(chunk),
+            Ok(None) => return (got, None),
+            Err(status) => return (got, Some(status)),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regions_read_what_is_rolled_out_to_them_verified() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models/llama");
+    std::fs::create_dir_all(&models).unwrap();
+    let mut originals = BTreeMap::new();
+    originals.insert("model.safetensors".to_string(), noise(4 << 20, 11));
+    originals.insert("config.json".to_string(), b"{\"layers\": 32}".to_vec());
+    for (path, bytes) in &originals {
+        std::fs::write(models.join(path), bytes).unwrap();
+    }
+    let hub = Hub::init(&tmp.path().join("hub")).await;
+    let mut admin = hub.admin().await;
+    admin.add_source(source("local", &format!("file://{}", tmp.path().join("models").display()), &[])).await.unwrap();
+    admin.add_dataset(dataset("llama", "local", "llama")).await.unwrap();
+    let v1 = snapshot(&mut admin, "llama").await.unwrap();
+    let mut eu = spoke_of(&hub, &mut admin, "eu", 1 << 30).await;
+    let mut us = spoke_of(&hub, &mut admin, "us", 1 << 30).await;
+    let rollout = |version, region: &str| pb::RolloutRequest { dataset: "llama".into(), version, regions: vec![region.into()] };
+    admin.rollout(rollout(1, "eu")).await.unwrap();
+
+    // The watch says what eu must hold, and its budget.
+    let mut watch = eu.watch(pb::WatchRequest { node: "node-1".into() }).await.unwrap().into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.budget_bytes_per_sec, 1 << 30);
+    assert_eq!(first.assignments.len(), 1);
+    assert_eq!((first.assignments[0].version, first.assignments[0].total_bytes), (1, v1.bytes));
+    assert_eq!(first.assignments[0].root, v1.root);
+
+    // The manifest verifies, and every chunk arrives with the right bytes.
+    let wire = eu.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await.unwrap().into_inner();
+    let manifest = Manifest::try_from(wire).unwrap();
+    let digests: Vec<Digest> = manifest.distinct_chunks().into_iter().map(|(d, _)| d).collect();
+    let (chunks, err) = fetch(&mut eu, "llama", 1, &digests).await;
+    assert!(err.is_none(), "{err:?}");
+    let by_digest: BTreeMap<Vec<u8>, Vec<u8>> = chunks.into_iter().map(|c| (c.digest, c.data)).collect();
+    for file in &manifest.files {
+        let mut rebuilt = Vec::new();
+        for c in &file.chunks {
+            let data = &by_digest[&c.digest.0.to_vec()];
+            assert_eq!(Digest::of(data), c.digest);
+            rebuilt.extend_from_slice(data);
+        }
+        assert_eq!(rebuilt, originals[&file.path], "{}", file.path);
+    }
+
+    // us has no rollout of v1: refused, manifest and bytes alike.
+    expect_err(us.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await, Code::PermissionDenied, &["not rolled out to region us"]);
+    let (got, err) = fetch(&mut us, "llama", 1, &digests).await;
+    assert!(got.is_empty());
+    assert_eq!(err.unwrap().code(), Code::PermissionDenied);
+    // The admin certificate is no region's.
+    let admin_dir = hub.config.data_dir.join("admin");
+    let read = |f: &str| std::fs::read_to_string(admin_dir.join(f)).unwrap();
+    let mut as_admin = SpokeClient::new(hub.channel(&read("ca.pem"), &read("admin.pem"), &read("admin.key")).await.unwrap());
+    expect_err(as_admin.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await, Code::PermissionDenied, &["spokes"]);
+
+    // Asking for what is not in the version, or is no digest.
+    let (_, err) = fetch(&mut eu, "llama", 1, &[Digest::of(b"not a chunk")]).await;
+    assert_eq!(err.unwrap().code(), Code::NotFound);
+    let bad = pb::FetchChunksRequest { dataset: "llama".into(), version: 1, digests: vec![vec![1, 2, 3]] };
+    expect_err(eu.fetch_chunks(bad).await, Code::InvalidArgument, &["not 32"]);
+
+    // Progress shows in the admin's status; a region cannot report on what it was not given.
+    let report = |phase: &str, cached| pb::ProgressReport { dataset: "llama".into(), version: 1, cached_bytes: cached, phase: phase.into(), reason: String::new(), rate_bytes_per_sec: 1000 };
+    eu.report_progress(report("Transferring", 1234)).await.unwrap();
+    let rows = admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
+    assert_eq!((rows[0].phase.as_str(), rows[0].cached_bytes, rows[0].rate_bytes_per_sec), ("Transferring", 1234, 1000));
+    expect_err(eu.report_progress(report("Done", 1)).await, Code::InvalidArgument, &["Ready"]);
+    expect_err(us.report_progress(report("Ready", 1)).await, Code::PermissionDenied, &["not a rollout"]);
+
+    // A new rollout reaches the open watch.
+    std::fs::write(models.join("config.json"), b"{\"layers\": 40}").unwrap();
+    snapshot(&mut admin, "llama").await.unwrap();
+    admin.rollout(rollout(2, "eu")).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(20), watch.message()).await.expect("no assignment update").unwrap().unwrap();
+    assert_eq!(next.assignments.iter().map(|a| a.version).collect::<Vec<_>>(), [1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_source_fails_the_version_and_sends_no_wrong_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models/llama");
+    std::fs::create_dir_all(&models).unwrap();
+    let model = noise(3 << 20, 12);
+    std::fs::write(models.join("model.safetensors"), &model).unwrap();
+    let hub = Hub::init(&tmp.path().join("hub")).await;
+    let mut admin = hub.admin().await;
+    admin.add_source(source("local", &format!("file://{}", tmp.path().join("models").display()), &[])).await.unwrap();
+    admin.add_dataset(dataset("llama", "local", "llama")).await.unwrap();
+    snapshot(&mut admin, "llama").await.unwrap();
+    let mut eu = spoke_of(&hub, &mut admin, "eu", 1 << 30).await;
+    admin.rollout(pb::RolloutRequest { dataset: "llama".into(), version: 1, regions: vec!["eu".into()] }).await.unwrap();
+    let wire = eu.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await.unwrap().into_inner();
+    let manifest = Manifest::try_from(wire).unwrap();
+
+    // Same size, other bytes, after the snapshot: the second half of the file changes.
+    let mut changed = model.clone();
+    changed[2 << 20..].copy_from_slice(&noise(1 << 20, 99));
+    std::fs::write(models.join("model.safetensors"), &changed).unwrap();
+
+    let digests: Vec<Digest> = manifest.files[0].chunks.iter().map(|c| c.digest).collect();
+    let (got, err) = fetch(&mut eu, "llama", 1, &digests).await;
+    let err = err.expect("a changed source must fail the fetch");
+    assert_eq!(err.code(), Code::DataLoss);
+    assert!(err.message().contains("source changed") && err.message().contains("snapshot the dataset again"), "{}", err.message());
+    for chunk in &got {
+        assert_eq!(Digest::of(&chunk.data).0.to_vec(), chunk.digest, "a wrong byte was served");
+    }
+    assert!(got.len() < digests.len());
+    let rows = admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
+    assert_eq!(rows[0].phase, "Failed");
+    assert!(rows[0].reason.contains("source changed"), "{}", rows[0].reason);
+}
