@@ -342,6 +342,7 @@ impl pb::admin_server::Admin for AdminService {
                     rate_bytes_per_sec: r.rate,
                     budget_bytes_per_sec: r.budget,
                     updated_unix_ms: r.updated_unix_ms,
+                    relayed_bytes: r.relayed_bytes,
                 })
                 .collect(),
         }))

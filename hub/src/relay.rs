@@ -61,6 +61,30 @@ impl Budget {
     }
 }
 
+/// Bytes relayed by one stream, added to the rollout's count when the stream ends, however
+/// it ends.
+struct Relayed {
+    db: Arc<dyn MetaStore>,
+    dataset: String,
+    version: u64,
+    region: String,
+    bytes: u64,
+}
+
+impl Drop for Relayed {
+    fn drop(&mut self) {
+        if self.bytes == 0 {
+            return;
+        }
+        let (db, dataset, region, version, bytes) = (self.db.clone(), self.dataset.clone(), self.region.clone(), self.version, self.bytes);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = db.add_relayed(&dataset, version, &region, bytes) {
+                warn!(error = %e, "could not record relayed bytes");
+            }
+        });
+    }
+}
+
 /// Where each chunk of a version is in its source.
 struct VersionIndex {
     manifest: Manifest,
@@ -237,6 +261,8 @@ impl pb::spoke_server::Spoke for SpokeService {
         let (db, dataset, version) = (self.db.clone(), req.dataset, req.version);
         tokio::spawn(
             async move {
+                // Counted as chunks are handed to the transport, recorded when the stream ends.
+                let mut relayed = Relayed { db: db.clone(), dataset: dataset.clone(), version, region, bytes: 0 };
                 let reads = futures::stream::iter(digests)
                     .map(|digest| {
                         let index = index.clone();
@@ -272,9 +298,11 @@ impl pb::spoke_server::Spoke for SpokeService {
                     }
                     budget.take(data.len()).await;
                     debug!(digest = %digest.short(), len = data.len(), "chunk relayed");
+                    let len = data.len() as u64;
                     if tx.send(Ok(pb::ChunkData { digest: digest.0.to_vec(), data })).await.is_err() {
                         return;
                     }
+                    relayed.bytes += len;
                 }
             }
             .instrument(Span::current()),

@@ -91,6 +91,8 @@ pub struct RolloutRecord {
     /// Achieved rate, bytes per second, as last reported.
     pub rate: u64,
     pub budget: u64,
+    /// Bytes the hub relayed to the region for this version.
+    pub relayed_bytes: u64,
     pub updated_unix_ms: i64,
 }
 
@@ -145,6 +147,8 @@ pub trait MetaStore: Send + Sync {
     fn rollouts(&self, dataset: Option<&str>) -> Result<Vec<RolloutRecord>, StoreError>;
     /// Records what a region reported about a version it was asked to hold.
     fn update_rollout(&self, update: &RolloutUpdate) -> Result<(), StoreError>;
+    /// Adds to the bytes relayed to a region for a version.
+    fn add_relayed(&self, dataset: &str, version: u64, region: &str, bytes: u64) -> Result<(), StoreError>;
     /// Marks a version failed in every region that was asked to hold it.
     fn fail_version(&self, dataset: &str, version: u64, reason: &str, now_unix_ms: i64) -> Result<(), StoreError>;
 }
@@ -220,6 +224,7 @@ CREATE TABLE IF NOT EXISTS rollouts (
     phase TEXT NOT NULL,
     reason TEXT NOT NULL,
     cached_bytes INTEGER NOT NULL,
+    relayed_bytes INTEGER NOT NULL,
     rate INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL,
     PRIMARY KEY (dataset, version, region),
@@ -535,8 +540,8 @@ impl MetaStore for SqliteStore {
                 return Err(StoreError::NotFound { kind: "region", name: region.clone() });
             }
             tx.execute(
-                "INSERT INTO rollouts (dataset, version, region, phase, reason, cached_bytes, rate, updated_ms)
-                 VALUES (?1, ?2, ?3, 'Pending', '', 0, 0, ?4) ON CONFLICT (dataset, version, region) DO NOTHING",
+                "INSERT INTO rollouts (dataset, version, region, phase, reason, cached_bytes, relayed_bytes, rate, updated_ms)
+                 VALUES (?1, ?2, ?3, 'Pending', '', 0, 0, 0, ?4) ON CONFLICT (dataset, version, region) DO NOTHING",
                 params![dataset, version as i64, region, now],
             )?;
         }
@@ -547,7 +552,7 @@ impl MetaStore for SqliteStore {
     fn rollouts(&self, dataset: Option<&str>) -> Result<Vec<RolloutRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT o.dataset, o.version, o.region, v.bytes, o.cached_bytes, o.phase, o.reason, o.rate, r.rate, o.updated_ms
+            "SELECT o.dataset, o.version, o.region, v.bytes, o.cached_bytes, o.phase, o.reason, o.rate, r.rate, o.updated_ms, o.relayed_bytes
              FROM rollouts o
              JOIN versions v ON v.dataset = o.dataset AND v.number = o.version
              JOIN regions r ON r.name = o.region
@@ -566,6 +571,7 @@ impl MetaStore for SqliteStore {
                 rate: r.get::<_, i64>(7)? as u64,
                 budget: r.get::<_, i64>(8)? as u64,
                 updated_unix_ms: r.get(9)?,
+                relayed_bytes: r.get::<_, i64>(10)? as u64,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -580,6 +586,14 @@ impl MetaStore for SqliteStore {
         if changed == 0 {
             return Err(StoreError::NotFound { kind: "rollout", name: format!("{}@v{} to {}", u.dataset, u.version, u.region) });
         }
+        Ok(())
+    }
+
+    fn add_relayed(&self, dataset: &str, version: u64, region: &str, bytes: u64) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE rollouts SET relayed_bytes = relayed_bytes + ?4 WHERE dataset = ?1 AND version = ?2 AND region = ?3",
+            params![dataset, version as i64, region, bytes as i64],
+        )?;
         Ok(())
     }
 

@@ -1,7 +1,208 @@
 //! The spoke: Aqueduct's regional agent.
 //!
-//! Not built yet. The spoke will replicate and prefetch chunks under the region's link
-//! budget, keep the regional chunk cache, serve peers, host the FUSE mounts and the CSI node
-//! plugin, and run the Kubernetes operator (see `DESIGN.md`, "Data path" steps 3 and 4). This
-//! crate exists so that the workspace has its final shape; it exports nothing that pretends
-//! to work.
+//! Today it replicates: it connects to the hub with its region's credentials, watches for the
+//! versions its region must hold (a server stream, reconnected with backoff), and makes its
+//! chunk store hold every chunk of each, verified ([`replicate`]). The regional cache with
+//! peers, the FUSE host, the CSI node plugin and the operator come later (see `DESIGN.md`).
+
+pub mod replicate;
+pub mod store;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aqueduct_proto::hub::v1 as pb;
+use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tracing::{info, warn};
+
+use crate::replicate::{Budget, PullOptions, Replicator};
+use crate::store::{ChunkStore, DiskStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpokeError {
+    #[error("cannot read spoke config {path}: {source}")]
+    ReadConfig { path: PathBuf, source: std::io::Error },
+    #[error("spoke config {path} is invalid: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("cannot read {what} {path}: {source}")]
+    Credentials { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Cache(#[from] store::CacheError),
+}
+
+/// The spoke's configuration file (TOML). Relative paths are relative to the file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpokeConfig {
+    /// The hub's address, https://HOST:PORT.
+    pub hub: String,
+    /// This node's name, for the hub's log.
+    pub node: String,
+    /// Where the chunk store lives.
+    pub data_dir: PathBuf,
+    /// The region's credentials bundle (`aq region add` writes it).
+    pub tls: TlsFiles,
+    #[serde(default)]
+    pub replication: ReplicationConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    /// Fetch streams in flight at once.
+    pub streams: usize,
+    /// Chunks asked for per stream.
+    pub chunks_per_request: usize,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self { streams: 4, chunks_per_request: 8 }
+    }
+}
+
+impl SpokeConfig {
+    pub fn load(path: &Path) -> Result<Self, SpokeError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpokeError::ReadConfig { path: path.to_owned(), source })?;
+        let invalid = |message: String| SpokeError::Config { path: path.to_owned(), message };
+        let mut config: Self = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        if !config.hub.starts_with("https://") {
+            return Err(invalid(format!("hub {:?} must be an https:// URL", config.hub)));
+        }
+        if config.replication.streams == 0 || config.replication.chunks_per_request == 0 {
+            return Err(invalid("replication.streams and replication.chunks_per_request must be at least 1".into()));
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut config.data_dir, &mut config.tls.ca, &mut config.tls.cert, &mut config.tls.key] {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        }
+        Ok(config)
+    }
+
+    fn endpoint(&self) -> Result<Endpoint, SpokeError> {
+        let read = |what, path: &PathBuf| std::fs::read(path).map_err(|source| SpokeError::Credentials { what, path: path.clone(), source });
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("CA certificate", &self.tls.ca)?))
+            .identity(Identity::from_pem(read("region certificate", &self.tls.cert)?, read("region key", &self.tls.key)?));
+        let bad = |e: tonic::transport::Error| SpokeError::Config { path: "hub".into(), message: e.to_string() };
+        Ok(Endpoint::from_shared(self.hub.clone())
+            .map_err(bad)?
+            .tls_config(tls)
+            .map_err(bad)?
+            .connect_timeout(Duration::from_secs(5)))
+    }
+}
+
+/// How long to wait before reconnecting, and how often to say so in the log.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const COMPLAIN_EVERY: Duration = Duration::from_secs(30);
+
+/// Runs the spoke until `shutdown` fires.
+pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(), SpokeError> {
+    let store: Arc<dyn ChunkStore> = Arc::new(DiskStore::open(&config.data_dir)?);
+    let endpoint = config.endpoint()?;
+    let options = PullOptions { streams: config.replication.streams, chunks_per_request: config.replication.chunks_per_request };
+    let mut ready: HashSet<(String, u64)> = HashSet::new();
+    let mut backoff = Duration::from_millis(500);
+    let mut last_complaint: Option<Instant> = None;
+    let mut failures = 0u64;
+    info!(hub = %config.hub, node = %config.node, data_dir = %config.data_dir.display(), "spoke starting");
+    loop {
+        let session = async {
+            let channel: Channel = endpoint.connect().await.map_err(|e| chain(&e))?;
+            let client = SpokeClient::new(channel).max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
+            let mut watch = client
+                .clone()
+                .watch(pb::WatchRequest { node: config.node.clone() })
+                .await
+                .map_err(|s| s.message().to_string())?
+                .into_inner();
+            info!("connected to the hub, watching for work");
+            let replicator = Replicator { client, store: store.clone(), options };
+            while let Some(assignments) = watch.message().await.map_err(|s| s.message().to_string())? {
+                let budget = Budget::new(assignments.budget_bytes_per_sec.max(1));
+                for a in &assignments.assignments {
+                    if ready.contains(&(a.dataset.clone(), a.version)) {
+                        continue;
+                    }
+                    match replicator.replicate(a, &budget).await {
+                        Ok(_) => {
+                            ready.insert((a.dataset.clone(), a.version));
+                        }
+                        Err(replicate::ReplicationError::Hub(status)) if status.code() == tonic::Code::Unavailable => {
+                            return Err(status.message().to_string());
+                        }
+                        Err(e) => {
+                            warn!(dataset = %a.dataset, version = a.version, error = %e, "replication failed");
+                            replicator.report(a, "Failed", 0, &e.reason(), 0).await;
+                        }
+                    }
+                }
+            }
+            Err::<(), String>("the hub closed the watch".into())
+        };
+        let outcome = tokio::select! {
+            outcome = session => outcome,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        if let Err(reason) = outcome {
+            failures += 1;
+            // Say it once per interval, not once per attempt.
+            if last_complaint.is_none_or(|t| t.elapsed() >= COMPLAIN_EVERY) {
+                warn!(hub = %config.hub, %reason, failures, retry_in = ?backoff, "hub unreachable; retrying with backoff");
+                last_complaint = Some(Instant::now());
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        text = format!("{text}: {s}");
+        cur = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spoke.toml");
+        std::fs::write(&path, include_str!("../../deploy/spoke/spoke.example.toml")).unwrap();
+        let config = SpokeConfig::load(&path).unwrap();
+        assert_eq!(config.tls.ca, dir.path().join("credentials/ca.pem"));
+        assert_eq!(config.replication.streams, 4);
+
+        std::fs::write(&path, "hub = \"https://h:1\"\nnode = \"n\"\ndata_dir = \"d\"\nstreems = 3\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n").unwrap();
+        let err = SpokeConfig::load(&path).unwrap_err();
+        assert!(err.to_string().contains("streems"), "{err}");
+        std::fs::write(&path, "hub = \"http://h:1\"\nnode = \"n\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n").unwrap();
+        assert!(SpokeConfig::load(&path).unwrap_err().to_string().contains("https://"));
+    }
+}

@@ -1,0 +1,232 @@
+//! Replication: make the local store hold every chunk of a version, fetching only what it
+//! lacks, each chunk verified before it is kept, within the region's link budget.
+//!
+//! The missing chunks are computed from the store itself, so a spoke restarted after a crash
+//! (or a lost connection) resumes where it stopped: nothing verified is fetched twice. Before a
+//! version is reported Ready every chunk is read back and checked; a corrupt one is removed
+//! and fetched again.
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aqueduct_proto::hub::v1 as pb;
+use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
+use aqueduct_proto::{Digest, Manifest, ManifestError};
+use futures::{StreamExt, TryStreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tonic::transport::Channel;
+use tracing::{info, instrument, warn};
+
+use crate::store::{CacheError, ChunkStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    #[error("the hub refused or failed: {0}")]
+    Hub(#[from] tonic::Status),
+    #[error("the hub sent a manifest that does not verify: {0}")]
+    Manifest(#[from] ManifestError),
+    #[error("manifest root {got} is not the assigned version's root {expected}")]
+    WrongRoot { expected: String, got: Digest },
+    #[error("the hub sent chunk {0}, which was not asked for")]
+    Unexpected(String),
+    #[error("chunk {0} did not arrive")]
+    Missing(Digest),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("chunk store task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl ReplicationError {
+    /// The reason shown in `aq status` after `Failed: `.
+    pub fn reason(&self) -> String {
+        match self {
+            ReplicationError::Cache(CacheError::Full { .. }) => "cache full".to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// How a spoke pulls: streams in flight and chunks per request.
+#[derive(Clone, Copy, Debug)]
+pub struct PullOptions {
+    pub streams: usize,
+    pub chunks_per_request: usize,
+}
+
+/// The spoke's side of the link budget (the hub enforces it too).
+pub struct Budget {
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl Budget {
+    pub fn new(rate_bytes: u64) -> Self {
+        let kib = u32::try_from((rate_bytes / 1024).max(1)).unwrap_or(u32::MAX);
+        let quota = Quota::per_second(NonZeroU32::new(kib).expect("at least 1"))
+            .allow_burst(NonZeroU32::new((kib / 10).max(2048)).expect("at least 2048"));
+        Self { limiter: RateLimiter::direct(quota) }
+    }
+
+    async fn take(&self, bytes: usize) {
+        let mut left = bytes.div_ceil(1024).max(1) as u32;
+        while left > 0 {
+            let n = left.min(2048);
+            let _ = self.limiter.until_n_ready(NonZeroU32::new(n).expect("n > 0")).await;
+            left -= n;
+        }
+    }
+}
+
+/// Figures of one replication.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub chunks_fetched: u64,
+    pub bytes_fetched: u64,
+    pub corrupt_refetched: u64,
+}
+
+pub struct Replicator {
+    pub client: SpokeClient<Channel>,
+    pub store: Arc<dyn ChunkStore>,
+    pub options: PullOptions,
+}
+
+impl Replicator {
+    #[instrument(skip_all, fields(dataset = %assignment.dataset, version = assignment.version))]
+    pub async fn replicate(&self, assignment: &pb::Assignment, budget: &Budget) -> Result<Outcome, ReplicationError> {
+        let mut client = self.client.clone();
+        let wire = client
+            .get_manifest(pb::GetManifestRequest { dataset: assignment.dataset.clone(), version: assignment.version })
+            .await?
+            .into_inner();
+        let manifest = Manifest::try_from(wire)?;
+        if manifest.root.0.as_slice() != assignment.root.as_slice() {
+            return Err(ReplicationError::WrongRoot { expected: format!("{:02x?}", assignment.root), got: manifest.root });
+        }
+        // How many bytes of the version each distinct chunk stands for (it may repeat).
+        let mut weight: HashMap<Digest, u64> = HashMap::new();
+        for c in manifest.files.iter().flat_map(|f| &f.chunks) {
+            *weight.entry(c.digest).or_default() += u64::from(c.length);
+        }
+        let total = manifest.total_bytes();
+        let mut outcome = Outcome::default();
+        for round in 0..3 {
+            let missing: Vec<(Digest, u32)> =
+                manifest.distinct_chunks().into_iter().filter(|(d, _)| !self.store.contains(d)).collect();
+            let cached = total - missing.iter().map(|(d, _)| weight[d]).sum::<u64>();
+            info!(round, missing = missing.len(), cached, total, "replicating");
+            self.report(assignment, "Transferring", cached, "", 0).await;
+            self.fetch(assignment, &missing, &weight, cached, budget, &mut outcome).await?;
+            // Read every chunk back before saying Ready; drop the ones that rotted.
+            let store = self.store.clone();
+            let digests: Vec<Digest> = weight.keys().copied().collect();
+            let corrupt = tokio::task::spawn_blocking(move || -> Result<Vec<Digest>, CacheError> {
+                let mut corrupt = Vec::new();
+                for d in digests {
+                    match store.get(&d) {
+                        Ok(Some(_)) => {}
+                        Ok(None) => corrupt.push(d),
+                        Err(CacheError::Corrupt { .. }) => {
+                            store.remove(&d)?;
+                            corrupt.push(d);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(corrupt)
+            })
+            .await??;
+            if corrupt.is_empty() {
+                self.report(assignment, "Ready", total, "", 0).await;
+                info!(?outcome, "version ready");
+                return Ok(outcome);
+            }
+            warn!(corrupt = corrupt.len(), "chunks failed verification in the store; fetching them again");
+            outcome.corrupt_refetched += corrupt.len() as u64;
+        }
+        Err(ReplicationError::Cache(CacheError::Io {
+            path: "chunk store".into(),
+            source: std::io::Error::other("chunks keep failing verification after being fetched three times"),
+        }))
+    }
+
+    async fn fetch(
+        &self,
+        assignment: &pb::Assignment,
+        missing: &[(Digest, u32)],
+        weight: &HashMap<Digest, u64>,
+        cached: u64,
+        budget: &Budget,
+        outcome: &mut Outcome,
+    ) -> Result<(), ReplicationError> {
+        let started = Instant::now();
+        let mut last_report = Instant::now();
+        let mut cached = cached;
+        // The futures are built up front (not by a closure inside the stream), which keeps the
+        // whole future `Send` for any lifetime.
+        let mut batches = Vec::new();
+        for batch in missing.chunks(self.options.chunks_per_request.max(1)) {
+            batches.push(self.fetch_batch(assignment, batch, budget));
+        }
+        let mut results = futures::stream::iter(batches).buffer_unordered(self.options.streams.max(1));
+        while let Some(fetched) = results.try_next().await? {
+            for (digest, len) in fetched {
+                outcome.chunks_fetched += 1;
+                outcome.bytes_fetched += len;
+                cached += weight[&digest];
+            }
+            if last_report.elapsed() >= Duration::from_secs(1) {
+                last_report = Instant::now();
+                let rate = (outcome.bytes_fetched as f64 / started.elapsed().as_secs_f64()) as u64;
+                self.report(assignment, "Transferring", cached, "", rate).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches one batch over one stream; returns what it stored.
+    async fn fetch_batch(&self, assignment: &pb::Assignment, batch: &[(Digest, u32)], budget: &Budget) -> Result<Vec<(Digest, u64)>, ReplicationError> {
+        let mut client = self.client.clone();
+        let req = pb::FetchChunksRequest {
+            dataset: assignment.dataset.clone(),
+            version: assignment.version,
+            digests: batch.iter().map(|(d, _)| d.0.to_vec()).collect(),
+        };
+        let mut stream = client.fetch_chunks(req).await?.into_inner();
+        let mut wanted: HashSet<Digest> = batch.iter().map(|(d, _)| *d).collect();
+        let mut stored = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            let digest = Digest::from_slice(&chunk.digest).filter(|d| wanted.contains(d)).ok_or_else(|| {
+                ReplicationError::Unexpected(format!("{:02x?}", &chunk.digest[..chunk.digest.len().min(8)]))
+            })?;
+            budget.take(chunk.data.len()).await;
+            let len = chunk.data.len() as u64;
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.put(&digest, &chunk.data)).await??;
+            wanted.remove(&digest);
+            stored.push((digest, len));
+        }
+        if let Some(d) = wanted.into_iter().next() {
+            return Err(ReplicationError::Missing(d));
+        }
+        Ok(stored)
+    }
+
+    /// Tells the hub where this region stands; a failure to report is logged, not fatal.
+    pub async fn report(&self, a: &pb::Assignment, phase: &str, cached: u64, reason: &str, rate: u64) {
+        let mut client = self.client.clone();
+        let report = pb::ProgressReport {
+            dataset: a.dataset.clone(),
+            version: a.version,
+            cached_bytes: cached,
+            phase: phase.to_string(),
+            reason: reason.to_string(),
+            rate_bytes_per_sec: rate,
+        };
+        if let Err(e) = client.report_progress(report).await {
+            warn!(error = %e.message(), "could not report progress to the hub");
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The spoke's chunk store: content-addressed, verified on the way in and on the way out.
+//!
+//! [`DiskStore`] keeps one file per chunk, `chunks/AB/ABCDEF...` (the BLAKE3 hex digest),
+//! written atomically: to a temporary file in `tmp/`, fsync, rename, fsync the directory. A
+//! reader never sees half a chunk, and a spoke killed mid-write leaves only a temporary file,
+//! removed at the next start. [`MemStore`] keeps chunks in memory (tests, memory-only mode).
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use aqueduct_proto::Digest;
+
+/// On-disk layout version, written to `FORMAT` in the store's directory.
+pub const STORE_FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("chunk {digest} is corrupt: its bytes hash to {actual}")]
+    Corrupt { digest: Digest, actual: Digest },
+    #[error("the chunk store at {path} is full ({source}); free space or give the spoke a larger disk")]
+    Full { path: PathBuf, source: io::Error },
+    #[error("the chunk store at {path} has format {found}, this build knows {STORE_FORMAT}; upgrade the spoke or move the directory away")]
+    Format { path: PathBuf, found: String },
+    #[error("chunk store I/O on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// What replication and readers need of a chunk store.
+pub trait ChunkStore: Send + Sync {
+    fn contains(&self, digest: &Digest) -> bool;
+    /// The chunk's bytes, checked against `digest`; `Corrupt` if they do not match.
+    fn get(&self, digest: &Digest) -> Result<Option<Vec<u8>>, CacheError>;
+    /// Stores `data` as `digest` after checking it; `Corrupt` (and nothing stored) if it does
+    /// not match.
+    fn put(&self, digest: &Digest, data: &[u8]) -> Result<(), CacheError>;
+    fn remove(&self, digest: &Digest) -> Result<(), CacheError>;
+}
+
+fn check(digest: &Digest, data: &[u8]) -> Result<(), CacheError> {
+    let actual = Digest::of(data);
+    if &actual != digest {
+        return Err(CacheError::Corrupt { digest: *digest, actual });
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+pub struct MemStore {
+    chunks: Mutex<HashMap<Digest, Vec<u8>>>,
+}
+
+impl ChunkStore for MemStore {
+    fn contains(&self, digest: &Digest) -> bool {
+        self.chunks.lock().unwrap_or_else(|e| e.into_inner()).contains_key(digest)
+    }
+    fn get(&self, digest: &Digest) -> Result<Option<Vec<u8>>, CacheError> {
+        let data = self.chunks.lock().unwrap_or_else(|e| e.into_inner()).get(digest).cloned();
+        if let Some(data) = &data {
+            check(digest, data)?;
+        }
+        Ok(data)
+    }
+    fn put(&self, digest: &Digest, data: &[u8]) -> Result<(), CacheError> {
+        check(digest, data)?;
+        self.chunks.lock().unwrap_or_else(|e| e.into_inner()).insert(*digest, data.to_vec());
+        Ok(())
+    }
+    fn remove(&self, digest: &Digest) -> Result<(), CacheError> {
+        self.chunks.lock().unwrap_or_else(|e| e.into_inner()).remove(digest);
+        Ok(())
+    }
+}
+
+pub struct DiskStore {
+    root: PathBuf,
+}
+
+impl DiskStore {
+    /// Opens (creating if needed) a store in `root`, removing temporary files left by a crash.
+    pub fn open(root: &Path) -> Result<Self, CacheError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| CacheError::Io { path, source }
+        };
+        for dir in [root.join("chunks"), root.join("tmp")] {
+            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        }
+        let format = root.join("FORMAT");
+        match std::fs::read_to_string(&format) {
+            Ok(found) if found.trim() == STORE_FORMAT.to_string() => {}
+            Ok(found) => return Err(CacheError::Format { path: root.to_owned(), found: found.trim().to_string() }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::write(&format, format!("{STORE_FORMAT}\n")).map_err(io(&format))?,
+            Err(e) => return Err(CacheError::Io { path: format, source: e }),
+        }
+        let tmp = root.join("tmp");
+        for entry in std::fs::read_dir(&tmp).map_err(io(&tmp))?.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+        Ok(Self { root: root.to_owned() })
+    }
+
+    fn path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.to_hex();
+        self.root.join("chunks").join(&hex[..2]).join(hex)
+    }
+
+    fn error(&self, path: PathBuf, source: io::Error) -> CacheError {
+        // ENOSPC and EDQUOT: the disk or the quota is full.
+        if matches!(source.raw_os_error(), Some(28) | Some(122)) || source.kind() == io::ErrorKind::StorageFull {
+            CacheError::Full { path: self.root.clone(), source }
+        } else {
+            CacheError::Io { path, source }
+        }
+    }
+}
+
+impl ChunkStore for DiskStore {
+    fn contains(&self, digest: &Digest) -> bool {
+        self.path(digest).exists()
+    }
+
+    fn get(&self, digest: &Digest) -> Result<Option<Vec<u8>>, CacheError> {
+        let path = self.path(digest);
+        match std::fs::read(&path) {
+            Ok(data) => {
+                check(digest, &data)?;
+                Ok(Some(data))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.error(path, e)),
+        }
+    }
+
+    fn put(&self, digest: &Digest, data: &[u8]) -> Result<(), CacheError> {
+        check(digest, data)?;
+        let path = self.path(digest);
+        let dir = path.parent().expect("chunk paths have a parent");
+        std::fs::create_dir_all(dir).map_err(|e| self.error(dir.to_owned(), e))?;
+        let tmp = self.root.join("tmp").join(format!("{}.{}", digest.to_hex(), std::process::id()));
+        let write = || -> io::Result<()> {
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(data)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(dir)?.sync_all()
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            self.error(path.clone(), e)
+        })
+    }
+
+    fn remove(&self, digest: &Digest) -> Result<(), CacheError> {
+        let path = self.path(digest);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.error(path, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn suite(store: &dyn ChunkStore) {
+        let data = aqueduct_testkit::noise(300_000, 3);
+        let digest = Digest::of(&data);
+        assert!(!store.contains(&digest));
+        assert_eq!(store.get(&digest).unwrap(), None);
+        let wrong = Digest::of(b"other");
+        assert!(matches!(store.put(&wrong, &data), Err(CacheError::Corrupt { .. })));
+        assert!(!store.contains(&wrong), "unverified bytes were stored");
+        store.put(&digest, &data).unwrap();
+        assert!(store.contains(&digest));
+        assert_eq!(store.get(&digest).unwrap().unwrap(), data);
+        store.put(&digest, &data).unwrap();
+        store.remove(&digest).unwrap();
+        assert!(!store.contains(&digest));
+        store.remove(&digest).unwrap();
+    }
+
+    #[test]
+    fn memory_store() {
+        suite(&MemStore::default());
+    }
+
+    #[test]
+    fn disk_store_detects_corruption_and_cleans_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
+        suite(&store);
+        let data = b"some chunk".to_vec();
+        let digest = Digest::of(&data);
+        store.put(&digest, &data).unwrap();
+        std::fs::write(store.path(&digest), b"some chunK").unwrap();
+        assert!(matches!(store.get(&digest), Err(CacheError::Corrupt { .. })));
+
+        std::fs::write(dir.path().join("tmp/leftover.1"), b"half").unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert!(store.contains(&digest));
+
+        std::fs::write(dir.path().join("FORMAT"), "9\n").unwrap();
+        assert!(matches!(DiskStore::open(dir.path()), Err(CacheError::Format { .. })));
+    }
+}
