@@ -7,6 +7,7 @@
 
 mod connect;
 mod output;
+mod quickstart;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -30,6 +31,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the main job on this machine with embedded defaults: a sample model, a hub, two
+    /// regions with different link budgets, two versions rolled out, every byte verified.
+    /// Needs no hub, flags or config; cleans up after itself.
+    Quickstart {
+        /// Size of the sample model's tensor data, MiB.
+        #[arg(long, default_value_t = 256)]
+        model_mib: usize,
+        /// Keep the temporary directory (hub, stores, logs) instead of removing it.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Sources: where datasets' bytes live (s3://bucket/prefix, file:///path).
     #[command(subcommand)]
     Source(SourceCommand),
@@ -201,9 +213,13 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if let Command::Quickstart { model_mib, keep } = cli.command {
+        return quickstart::run(model_mib, keep).await;
+    }
     let hub = cli.conn.resolve()?;
     let mut admin = hub.connect().await?;
     match cli.command {
+        Command::Quickstart { .. } => unreachable!("handled above"),
         Command::Source(SourceCommand::Add(add)) => {
             let source = pb::Source { name: add.name.clone(), url: add.url.clone(), options: add.options()?.into_iter().collect(), created_unix_ms: 0 };
             let s = admin.add_source(pb::AddSourceRequest { source: Some(source) }).await.map_err(|e| explain(e, &hub))?.into_inner();

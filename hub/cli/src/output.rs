@@ -4,8 +4,8 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use aqueduct_proto::hub::v1::SnapshotProgress;
-use indicatif::{ProgressBar, ProgressStyle};
+use aqueduct_proto::hub::v1::{SnapshotProgress, StatusRow};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 pub struct Table {
     rows: Vec<Vec<String>>,
@@ -102,6 +102,62 @@ impl Reporter {
     pub fn finish(self) {
         if let Reporter::Bar(bar) = self {
             bar.finish_and_clear();
+        }
+    }
+}
+
+/// Progress of a rollout, one bar per region on a terminal, a line per region every few
+/// seconds otherwise.
+pub struct RolloutProgress {
+    what: String,
+    bars: Option<(MultiProgress, Vec<(String, ProgressBar)>)>,
+    last: std::collections::HashMap<String, Instant>,
+}
+
+impl RolloutProgress {
+    pub fn new(what: &str, regions: &[String]) -> Self {
+        let bars = std::io::stderr().is_terminal().then(|| {
+            let multi = MultiProgress::new();
+            let style = ProgressStyle::with_template("{msg:<24} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+                .expect("valid template")
+                .progress_chars("=> ");
+            let bars = regions
+                .iter()
+                .map(|r| {
+                    let bar = multi.add(ProgressBar::new(0));
+                    bar.set_style(style.clone());
+                    bar.set_message(format!("{what} -> {r}"));
+                    (r.clone(), bar)
+                })
+                .collect();
+            (multi, bars)
+        });
+        Self { what: what.to_string(), bars, last: Default::default() }
+    }
+
+    pub fn update(&mut self, row: &StatusRow) {
+        match &self.bars {
+            Some((_, bars)) => {
+                if let Some((_, bar)) = bars.iter().find(|(r, _)| *r == row.region) {
+                    bar.set_length(row.total_bytes);
+                    bar.set_position(row.cached_bytes);
+                }
+            }
+            None => {
+                let last = self.last.entry(row.region.clone()).or_insert_with(Instant::now);
+                if last.elapsed() >= Duration::from_secs(3) {
+                    *last = Instant::now();
+                    eprintln!("{} -> {}: {} of {}, {}", self.what, row.region, bytes(row.cached_bytes), bytes(row.total_bytes), row.phase);
+                }
+            }
+        }
+    }
+
+    pub fn finish(self) {
+        if let Some((_, bars)) = self.bars {
+            for (_, bar) in bars {
+                bar.finish_and_clear();
+            }
         }
     }
 }

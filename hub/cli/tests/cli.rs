@@ -161,3 +161,25 @@ async fn regions_rollouts_and_status() {
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(row, ["llama", "v1", "eu-west", "2.0", "MiB", "0", "B", "0.0%", "Pending", "-/100MiB/s"], "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_runs_the_main_job_and_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_aq"));
+    cmd.args(["quickstart", "--model-mib", "8"]).env("TMPDIR", tmp.path()).env("AQUEDUCT_LOG", "warn");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    let stdout = ok(&out);
+    for line in [
+        "verified: every file of v1 in both regions' stores has the BLAKE3 of the source",
+        "verified: every file of v2 in both regions' stores has the BLAKE3 of the source",
+    ] {
+        assert!(stdout.contains(line), "{stdout}");
+    }
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("eu-west") || l.starts_with("us-east")).collect();
+    assert_eq!(rows.len(), 4, "{stdout}");
+    // v1 moves the whole version once; v2 moves only a small part of it.
+    let ratio = |row: &str| row.split_whitespace().nth(6).unwrap().parse::<f64>().unwrap();
+    assert!(rows.iter().filter(|r| r.contains(" v1 ")).all(|r| (ratio(r) - 1.0).abs() < 0.001), "{stdout}");
+    assert!(rows.iter().filter(|r| r.contains(" v2 ")).all(|r| ratio(r) < 0.2), "{stdout}");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "the quickstart left files behind");
+}
