@@ -117,7 +117,12 @@ async fn run_in(root: &Path, model_mib: usize, shutdown: &CancellationToken) -> 
             bytes(x.relayed),
             format!("{:.3}", x.relayed as f64 / x.version_bytes as f64),
             format!("{:.1}s", x.seconds),
-            format!("{} / {} = {:.2}", Rate(rate as u64), Rate(x.budget), rate / x.budget as f64),
+            // Under a second's worth of budget, start-up latency dominates: no rate to speak of.
+            if x.relayed < x.budget {
+                "n/a (under 1 s of budget)".to_string()
+            } else {
+                format!("{} / {} = {:.2}", Rate(rate as u64), Rate(x.budget), rate / x.budget as f64)
+            },
         ]);
     }
     println!();
