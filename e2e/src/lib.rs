@@ -1,5 +1,163 @@
-//! Whole-system tests and benchmarks of Aqueduct.
+//! Whole-system tests and benchmarks of Aqueduct, and the harness they share.
 //!
-//! Today this crate holds the snapshot benchmark (`benches/snapshot.rs`); the scenario tests
-//! with regions in network namespaces behind shaped links arrive with replication. Real
-//! servers for tests (S3 via s3s-fs) live in `e2e/testkit`, which the crates' own tests use too.
+//! [`World`] runs a hub (in this process, mutual TLS on 127.0.0.1) over a real source (an S3
+//! server from `e2e/testkit`, or a local directory), adds regions with their credentials,
+//! starts spokes, rolls versions out and waits for them. `tests/` holds the scenarios,
+//! `benches/` the benchmarks. Regions in network namespaces behind shaped links come later.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aqueduct_proto::Manifest;
+use aqueduct_proto::hub::v1 as pb;
+use aqueduct_proto::hub::v1::admin_client::AdminClient;
+use aqueduct_spoke::store::{ChunkStore, DiskStore};
+use aqueduct_testkit::S3Server;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// Where the dataset's bytes live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// An S3 server (s3s-fs) on 127.0.0.1.
+    S3,
+    /// A local directory (`file://`).
+    Dir,
+}
+
+pub struct World {
+    _tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub hub_url: String,
+    pub admin: AdminClient<Channel>,
+    _s3: Option<S3Server>,
+    pub data: PathBuf,
+    pub shutdown: CancellationToken,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A hub with dataset `llama` bound to `data` (empty until the caller writes files).
+pub async fn world(kind: SourceKind) -> World {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_owned();
+    let (s3, data) = match kind {
+        SourceKind::S3 => (Some(S3Server::start(&root.join("s3")).await.unwrap()), root.join("s3/models/llama")),
+        SourceKind::Dir => (None, root.join("dir/llama")),
+    };
+    std::fs::create_dir_all(&data).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let out = aqueduct_hub::init(&root.join("hub"), addr, &[]).unwrap();
+    let config = aqueduct_hub::config::HubConfig::load(&out.config_path).unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(aqueduct_hub::serve(config, listener, shutdown.clone()));
+    let admin_dir = root.join("hub/admin");
+    let read = |f: &str| std::fs::read_to_string(admin_dir.join(f)).unwrap();
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("ca.pem"))).identity(Identity::from_pem(read("admin.pem"), read("admin.key")));
+    let hub_url = format!("https://{addr}");
+    let channel = Endpoint::from_shared(hub_url.clone()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+    let mut admin = AdminClient::new(channel);
+
+    let source = match &s3 {
+        Some(s3) => {
+            let creds = root.join("s3-credentials");
+            s3.write_credentials(&creds).unwrap();
+            let options = [("endpoint", s3.endpoint()), ("allow_http", "true".to_string()), ("credentials_file", creds.display().to_string())]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            pb::Source { name: "src".into(), url: "s3://models".into(), options, created_unix_ms: 0 }
+        }
+        None => pb::Source { name: "src".into(), url: format!("file://{}", root.join("dir").display()), options: Default::default(), created_unix_ms: 0 },
+    };
+    admin.add_source(pb::AddSourceRequest { source: Some(source) }).await.unwrap();
+    let dataset = pb::Dataset { name: "llama".into(), source: "src".into(), prefix: "llama".into(), created_unix_ms: 0, latest_version: 0 };
+    admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.unwrap();
+    World { _tmp: tmp, root, hub_url, admin, _s3: s3, data, shutdown }
+}
+
+impl World {
+    pub async fn snapshot(&mut self) -> pb::VersionSummary {
+        let mut events = self.admin.snapshot(pb::SnapshotRequest { dataset: "llama".into() }).await.unwrap().into_inner();
+        while let Some(e) = events.message().await.unwrap() {
+            if let Some(pb::snapshot_event::Event::Done(v)) = e.event {
+                return v;
+            }
+        }
+        panic!("no snapshot result");
+    }
+
+    /// Adds a region and writes a spoke config for one node of it; returns the config path.
+    pub async fn region(&mut self, name: &str, rate: u64) -> PathBuf {
+        let req = pb::AddRegionRequest { region: Some(pb::Region { name: name.into(), rate_bytes_per_sec: rate, created_unix_ms: 0 }) };
+        let bundle = self.admin.add_region(req).await.unwrap().into_inner().bundle.unwrap();
+        let dir = self.root.join(format!("spoke-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.pem"), bundle.ca_pem).unwrap();
+        std::fs::write(dir.join("cert.pem"), bundle.cert_pem).unwrap();
+        std::fs::write(dir.join("key.pem"), bundle.key_pem).unwrap();
+        let config = dir.join("spoke.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "hub = \"{}\"\nnode = \"{name}-1\"\ndata_dir = \"store\"\n[tls]\nca = \"ca.pem\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n",
+                self.hub_url
+            ),
+        )
+        .unwrap();
+        config
+    }
+
+    pub fn start_spoke(&self, config: &Path) -> CancellationToken {
+        let config = aqueduct_spoke::SpokeConfig::load(config).unwrap();
+        let stop = self.shutdown.child_token();
+        tokio::spawn(aqueduct_spoke::run(config, stop.clone()));
+        stop
+    }
+
+    pub async fn rollout(&mut self, version: u64, regions: &[&str]) {
+        let req = pb::RolloutRequest { dataset: "llama".into(), version, regions: regions.iter().map(|r| r.to_string()).collect() };
+        self.admin.rollout(req).await.unwrap();
+    }
+
+    /// Waits (up to a generous limit: this checks completion, not speed) until every region
+    /// of `version` is Ready; returns the status rows.
+    pub async fn wait_ready(&mut self, version: u64) -> Vec<pb::StatusRow> {
+        for _ in 0..600 {
+            let rows: Vec<pb::StatusRow> =
+                self.admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows.into_iter().filter(|r| r.version == version).collect();
+            if let Some(failed) = rows.iter().find(|r| r.phase == "Failed") {
+                panic!("region {} failed: {}", failed.region, failed.reason);
+            }
+            if !rows.is_empty() && rows.iter().all(|r| r.phase == "Ready") {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("v{version} did not become Ready");
+    }
+
+    pub async fn manifest(&mut self, version: u64) -> Manifest {
+        let wire = self.admin.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version }).await.unwrap().into_inner();
+        Manifest::try_from(wire).unwrap()
+    }
+}
+
+/// Every file of `manifest`, rebuilt from a spoke's store, equals the source.
+pub fn assert_store_holds(store_dir: &Path, manifest: &Manifest, source_dir: &Path) {
+    let store = DiskStore::open(store_dir).unwrap();
+    for file in &manifest.files {
+        let mut rebuilt = Vec::new();
+        for c in &file.chunks {
+            rebuilt.extend(store.get(&c.digest).unwrap().unwrap_or_else(|| panic!("{} lacks chunk {}", store_dir.display(), c.digest)));
+        }
+        assert_eq!(rebuilt, std::fs::read(source_dir.join(&file.path)).unwrap(), "{}", file.path);
+    }
+}
+
