@@ -95,3 +95,62 @@ async fn a_corrupt_chunk_on_disk_is_found_and_fetched_again() {
     assert_eq!(after, before + u64::from(victim.length));
     assert_store_holds(&w.root.join("spoke-eu/store"), &m1, &w.data);
 }
+
+fn is_root() -> bool {
+    std::process::Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Unmounts a tmpfs when the test ends, however it ends.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_cache_disk_fails_the_rollout_clearly_and_corrupts_nothing() {
+    if !is_root() {
+        assert!(std::env::var("CI").is_err(), "this test mounts a 4 MiB tmpfs and needs root; run the tests as root");
+        eprintln!("skipped: mounting a small tmpfs for the spoke's store needs root");
+        return;
+    }
+    let mut w = world(SourceKind::Dir).await;
+    write_model(&w.data, 0);
+    w.snapshot().await;
+    let eu = w.region("eu", 1 << 30).await;
+    let store = w.root.join("spoke-eu/store");
+    std::fs::create_dir_all(&store).unwrap();
+    let status = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&store).status().unwrap();
+    assert!(status.success(), "mount -t tmpfs failed");
+    let _mounted = Mounted(store.clone());
+    w.start_spoke(&eu);
+    w.rollout(1, &["eu"]).await;
+    let mut row = None;
+    for _ in 0..600 {
+        let rows = w.admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
+        if rows[0].phase == "Failed" {
+            row = Some(rows[0].clone());
+            break;
+        }
+        assert_ne!(rows[0].phase, "Ready", "a 13 MiB version fit in a 4 MiB store");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let row = row.expect("the rollout never failed");
+    assert_eq!(row.reason, "cache full");
+    // Whatever was stored is whole and verified; nothing half-written is left (once writes
+    // already under way when the failure came have finished).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(std::fs::read_dir(store.join("tmp")).unwrap().count(), 0, "a temporary file was left behind");
+    let chunks = aqueduct_spoke::store::DiskStore::open(&store).unwrap();
+    let manifest = w.manifest(1).await;
+    let mut present = 0;
+    for (digest, _) in manifest.distinct_chunks() {
+        use aqueduct_spoke::store::ChunkStore;
+        if chunks.get(&digest).unwrap().is_some() {
+            present += 1;
+        }
+    }
+    assert!(present > 0 && present < manifest.distinct_chunks().len(), "{present} chunks present");
+}
