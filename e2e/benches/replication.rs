@@ -9,6 +9,8 @@
 //! directories of this machine (`std::fs::copy`, page cache warm), in the same run.
 //!
 //! Run: `cargo bench -p aqueduct-e2e --bench replication`
+//! (AQ_BENCH_BUDGETS_MIB=25,50,100,0 picks the budgets, 0 meaning none; AQUEDUCT_LOG=info
+//! shows the components' logs.)
 
 use std::time::Instant;
 
@@ -16,6 +18,14 @@ use aqueduct_e2e::{SourceKind, world};
 use aqueduct_testkit::noise;
 
 fn main() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("AQUEDUCT_LOG") {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
+    let budgets: Vec<u64> = std::env::var("AQ_BENCH_BUDGETS_MIB")
+        .unwrap_or_else(|_| "25,50,100,0".into())
+        .split(',')
+        .map(|b| b.trim().parse().expect("AQ_BENCH_BUDGETS_MIB is a comma-separated list of MiB/s, 0 for none"))
+        .collect();
     let total_mib: usize = std::env::var("AQ_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(512);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
@@ -32,9 +42,12 @@ fn main() {
 
         println!("replication benchmark: {} MiB version ({} chunks), source = local directory, hub and spoke over mTLS on 127.0.0.1", total_mib, v1.chunks);
         println!("{:<12} {:>10} {:>10} {:>12} {:>14} {:>16}", "budget", "seconds", "MiB/s", "rate/budget", "link bytes", "link/needed");
-        let budgets: [(&str, u64); 4] = [("25MiB/s", 25 << 20), ("50MiB/s", 50 << 20), ("100MiB/s", 100 << 20), ("none", 64 << 30)];
         let mut unbudgeted = 0.0;
-        for (i, (label, rate)) in budgets.into_iter().enumerate() {
+        for (i, mib_per_s) in budgets.into_iter().enumerate() {
+            let (label, rate) = match mib_per_s {
+                0 => ("none".to_string(), 64u64 << 30),
+                n => (format!("{n}MiB/s"), n << 20),
+            };
             let region = format!("r{i}");
             let config = w.region(&region, rate).await;
             w.start_spoke(&config);

@@ -93,6 +93,15 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
     let mut as_admin = SpokeClient::new(hub.channel(&read("ca.pem"), &read("admin.pem"), &read("admin.key")).await.unwrap());
     expect_err(as_admin.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await, Code::PermissionDenied, &["spokes"]);
 
+    // A region certificate from another CA does not get in.
+    let stranger = aqueduct_hub::pki::Authority::create("stranger").unwrap();
+    let forged = stranger.issue(&aqueduct_hub::auth::Identity::Region("eu".into()), &[]).unwrap();
+    let refused = match hub.channel(&read("ca.pem"), &forged.cert_pem, &forged.key_pem).await {
+        Err(_) => true,
+        Ok(channel) => SpokeClient::new(channel).get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await.is_err(),
+    };
+    assert!(refused, "a certificate of another CA was accepted");
+
     // Asking for what is not in the version, or is no digest.
     let (_, err) = fetch(&mut eu, "llama", 1, &[Digest::of(b"not a chunk")]).await;
     assert_eq!(err.unwrap().code(), Code::NotFound);

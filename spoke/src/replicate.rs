@@ -180,7 +180,11 @@ impl Replicator {
             if last_report.elapsed() >= Duration::from_secs(1) {
                 last_report = Instant::now();
                 let rate = (outcome.bytes_fetched as f64 / started.elapsed().as_secs_f64()) as u64;
-                self.report(assignment, "Transferring", cached, "", rate).await;
+                // Report from another task: awaiting here would stop polling the fetch streams,
+                // whose unread data then fills the connection's flow-control window, and the
+                // report's answer could never arrive.
+                let (client, report) = (self.client.clone(), progress_report(assignment, "Transferring", cached, "", rate));
+                tokio::spawn(send_report(client, report));
             }
         }
         Ok(())
@@ -216,17 +220,23 @@ impl Replicator {
 
     /// Tells the hub where this region stands; a failure to report is logged, not fatal.
     pub async fn report(&self, a: &pb::Assignment, phase: &str, cached: u64, reason: &str, rate: u64) {
-        let mut client = self.client.clone();
-        let report = pb::ProgressReport {
-            dataset: a.dataset.clone(),
-            version: a.version,
-            cached_bytes: cached,
-            phase: phase.to_string(),
-            reason: reason.to_string(),
-            rate_bytes_per_sec: rate,
-        };
-        if let Err(e) = client.report_progress(report).await {
-            warn!(error = %e.message(), "could not report progress to the hub");
-        }
+        send_report(self.client.clone(), progress_report(a, phase, cached, reason, rate)).await;
+    }
+}
+
+fn progress_report(a: &pb::Assignment, phase: &str, cached: u64, reason: &str, rate: u64) -> pb::ProgressReport {
+    pb::ProgressReport {
+        dataset: a.dataset.clone(),
+        version: a.version,
+        cached_bytes: cached,
+        phase: phase.to_string(),
+        reason: reason.to_string(),
+        rate_bytes_per_sec: rate,
+    }
+}
+
+async fn send_report(mut client: SpokeClient<Channel>, report: pb::ProgressReport) {
+    if let Err(e) = client.report_progress(report).await {
+        warn!(error = %e.message(), "could not report progress to the hub");
     }
 }
