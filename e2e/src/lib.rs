@@ -97,21 +97,7 @@ impl World {
     pub async fn region(&mut self, name: &str, rate: u64) -> PathBuf {
         let req = pb::AddRegionRequest { region: Some(pb::Region { name: name.into(), rate_bytes_per_sec: rate, created_unix_ms: 0 }) };
         let bundle = self.admin.add_region(req).await.unwrap().into_inner().bundle.unwrap();
-        let dir = self.root.join(format!("spoke-{name}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("ca.pem"), bundle.ca_pem).unwrap();
-        std::fs::write(dir.join("cert.pem"), bundle.cert_pem).unwrap();
-        std::fs::write(dir.join("key.pem"), bundle.key_pem).unwrap();
-        let config = dir.join("spoke.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "hub = \"{}\"\nnode = \"{name}-1\"\ndata_dir = \"store\"\n[tls]\nca = \"ca.pem\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n",
-                self.hub_url
-            ),
-        )
-        .unwrap();
-        config
+        aqueduct_spoke::write_node_config(&self.root.join(format!("spoke-{name}")), &self.hub_url, &format!("{name}-1"), &bundle).unwrap()
     }
 
     pub fn start_spoke(&self, config: &Path) -> CancellationToken {

@@ -108,6 +108,24 @@ impl SpokeConfig {
     }
 }
 
+/// Writes a region's credentials bundle into `dir` (`ca.pem`, `cert.pem`, `key.pem` with mode
+/// 0600) and a `spoke.toml` for one node that uses it, with its store in `dir/store`. Returns
+/// the config's path. For tests, the quickstart and scripted installs.
+pub fn write_node_config(dir: &Path, hub: &str, node: &str, bundle: &pb::CredentialsBundle) -> std::io::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("ca.pem"), &bundle.ca_pem)?;
+    std::fs::write(dir.join("cert.pem"), &bundle.cert_pem)?;
+    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(dir.join("key.pem"))?.write_all(bundle.key_pem.as_bytes())?;
+    let config = dir.join("spoke.toml");
+    std::fs::write(
+        &config,
+        format!("hub = \"{hub}\"\nnode = \"{node}\"\ndata_dir = \"store\"\n[tls]\nca = \"ca.pem\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"),
+    )?;
+    Ok(config)
+}
+
 /// How long to wait before reconnecting, and how often to say so in the log.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const COMPLAIN_EVERY: Duration = Duration::from_secs(30);

@@ -59,12 +59,7 @@ async fn sigkill_and_restart_resumes_without_refetching() {
     let region = pb::Region { name: "eu".into(), rate_bytes_per_sec: 4 << 20, created_unix_ms: 0 };
     let bundle = admin.add_region(pb::AddRegionRequest { region: Some(region) }).await.unwrap().into_inner().bundle.unwrap();
     let dir = root.join("spoke");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("ca.pem"), bundle.ca_pem).unwrap();
-    std::fs::write(dir.join("cert.pem"), bundle.cert_pem).unwrap();
-    std::fs::write(dir.join("key.pem"), bundle.key_pem).unwrap();
-    let config = dir.join("spoke.toml");
-    std::fs::write(&config, format!("hub = \"https://{addr}\"\nnode = \"n1\"\ndata_dir = \"store\"\n[tls]\nca = \"ca.pem\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n")).unwrap();
+    let config = aqueduct_spoke::write_node_config(&dir, &format!("https://{addr}"), "n1", &bundle).unwrap();
     admin.rollout(pb::RolloutRequest { dataset: "llama".into(), version: 1, regions: vec!["eu".into()] }).await.unwrap();
     let manifest = Manifest::try_from(admin.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await.unwrap().into_inner()).unwrap();
     let distinct: u64 = manifest.distinct_chunks().iter().map(|(_, l)| u64::from(*l)).sum();

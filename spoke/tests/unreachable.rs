@@ -12,13 +12,10 @@ fn an_unreachable_hub_is_retried_and_reported_once_per_interval() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = Authority::create("test").unwrap();
     let region = ca.issue(&Identity::Region("eu".into()), &[]).unwrap();
-    std::fs::write(tmp.path().join("ca.pem"), ca.ca_pem()).unwrap();
-    std::fs::write(tmp.path().join("cert.pem"), region.cert_pem).unwrap();
-    std::fs::write(tmp.path().join("key.pem"), region.key_pem).unwrap();
+    let bundle = aqueduct_proto::hub::v1::CredentialsBundle { ca_pem: ca.ca_pem().to_string(), cert_pem: region.cert_pem, key_pem: region.key_pem };
     // A port nothing listens on: bind one, note it, close it.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = tmp.path().join("spoke.toml");
-    std::fs::write(&config, format!("hub = \"https://127.0.0.1:{port}\"\nnode = \"n\"\ndata_dir = \"store\"\n[tls]\nca = \"ca.pem\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n")).unwrap();
+    let config = aqueduct_spoke::write_node_config(tmp.path(), &format!("https://127.0.0.1:{port}"), "n", &bundle).unwrap();
     let log = tmp.path().join("spoke.log");
     let mut spoke = Command::new(env!("CARGO_BIN_EXE_aqueduct-spoke"))
         .args(["run", "--config", config.to_str().unwrap()])

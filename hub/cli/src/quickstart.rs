@@ -82,16 +82,7 @@ async fn run_in(root: &Path, model_mib: usize, shutdown: &CancellationToken) -> 
     for (region, rate) in REGIONS {
         let req = pb::AddRegionRequest { region: Some(pb::Region { name: region.into(), rate_bytes_per_sec: rate, created_unix_ms: 0 }) };
         let bundle = admin.add_region(req).await?.into_inner().bundle.context("no credentials bundle")?;
-        let dir = root.join(format!("spoke-{region}"));
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("ca.pem"), bundle.ca_pem)?;
-        std::fs::write(dir.join("cert.pem"), bundle.cert_pem)?;
-        std::fs::write(dir.join("key.pem"), bundle.key_pem)?;
-        let config = dir.join("spoke.toml");
-        std::fs::write(
-            &config,
-            format!("hub = \"{}\"\nnode = \"{region}-node-1\"\ndata_dir = \"store\"\n[tls]\nca = \"ca.pem\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n", conn.url),
-        )?;
+        let config = aqueduct_spoke::write_node_config(&root.join(format!("spoke-{region}")), &conn.url, &format!("{region}-node-1"), &bundle)?;
         let config = aqueduct_spoke::SpokeConfig::load(&config)?;
         tokio::spawn(aqueduct_spoke::run(config, shutdown.clone()));
         println!("4. region {region}: link budget {}, one spoke", Rate(rate));
