@@ -276,7 +276,7 @@ fn encode_chunks(chunks: &[ChunkRef]) -> Vec<u8> {
 }
 
 fn decode_chunks(path: &str, blob: &[u8]) -> Result<Vec<ChunkRef>, StoreError> {
-    if blob.len() % 36 != 0 {
+    if !blob.len().is_multiple_of(36) {
         return Err(StoreError::Corrupt(format!("chunk list of {path:?} has {} bytes", blob.len())));
     }
     let mut offset = 0u64;

@@ -87,7 +87,7 @@ enum Command {
 #[derive(Subcommand)]
 enum SourceCommand {
     /// Register a source. The hub checks that it exists and that the credentials work.
-    Add(SourceAdd),
+    Add(Box<SourceAdd>),
     /// List sources.
     List,
 }
