@@ -129,6 +129,9 @@ pub fn write_node_config(dir: &Path, hub: &str, node: &str, bundle: &pb::Credent
 /// How long to wait before reconnecting, and how often to say so in the log.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const COMPLAIN_EVERY: Duration = Duration::from_secs(30);
+/// When a failed version is tried again.
+const RETRY_FIRST: Duration = Duration::from_secs(30);
+const RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// Runs the spoke until `shutdown` fires.
 pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(), SpokeError> {
@@ -152,9 +155,26 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
                 .into_inner();
             info!("connected to the hub, watching for work");
             let replicator = Replicator { client, store: store.clone(), options };
-            while let Some(assignments) = watch.message().await.map_err(|s| s.message().to_string())? {
-                let budget = Budget::new(assignments.budget_bytes_per_sec.max(1));
-                for a in &assignments.assignments {
+            let mut current = pb::Assignments::default();
+            // Failed versions are tried again after this long (doubling up to RETRY_MAX), and
+            // at once when the assignments change.
+            let mut retry: Option<Duration> = None;
+            loop {
+                tokio::select! {
+                    message = watch.message() => match message.map_err(|s| s.message().to_string())? {
+                        Some(assignments) => {
+                            current = assignments;
+                            retry = None;
+                        }
+                        None => return Err::<(), String>("the hub closed the watch".into()),
+                    },
+                    _ = tokio::time::sleep(retry.unwrap_or_default()), if retry.is_some() => {
+                        info!("trying failed versions again");
+                    }
+                }
+                let budget = Budget::new(current.budget_bytes_per_sec.max(1));
+                let mut failed = false;
+                for a in &current.assignments {
                     if ready.contains(&(a.dataset.clone(), a.version)) {
                         continue;
                     }
@@ -168,11 +188,12 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
                         Err(e) => {
                             warn!(dataset = %a.dataset, version = a.version, error = %e, "replication failed");
                             replicator.report(a, "Failed", 0, &e.reason(), 0).await;
+                            failed = true;
                         }
                     }
                 }
+                retry = failed.then(|| retry.map_or(RETRY_FIRST, |d| (d * 2).min(RETRY_MAX)));
             }
-            Err::<(), String>("the hub closed the watch".into())
         };
         let outcome = tokio::select! {
             outcome = session => outcome,
