@@ -78,9 +78,11 @@ fn main() {
     let parallel = best(rounds, || {
         std::thread::scope(|s| {
             for group in files.chunks(files.len().div_ceil(cores)) {
-                s.spawn(move || group.iter().for_each(|f| {
-                    std::hint::black_box(hash_file(f));
-                }));
+                s.spawn(move || {
+                    group.iter().for_each(|f| {
+                        std::hint::black_box(hash_file(f));
+                    })
+                });
             }
         });
     });
@@ -92,11 +94,29 @@ fn main() {
     let snap = best(rounds, || {
         // A fresh store each round, so every round reads and hashes everything.
         let db: Arc<dyn MetaStore> = Arc::new(SqliteStore::in_memory().unwrap());
-        db.add_source(&SourceRecord { name: "s".into(), url: url.clone(), options: BTreeMap::new(), created_unix_ms: 0 }).unwrap();
-        let dataset = DatasetRecord { name: "m".into(), source: "s".into(), prefix: "model".into(), created_unix_ms: 0, latest_version: 0 };
+        db.add_source(&SourceRecord {
+            name: "s".into(),
+            url: url.clone(),
+            options: BTreeMap::new(),
+            created_unix_ms: 0,
+        })
+        .unwrap();
+        let dataset = DatasetRecord {
+            name: "m".into(),
+            source: "s".into(),
+            prefix: "model".into(),
+            created_unix_ms: 0,
+            latest_version: 0,
+        };
         db.add_dataset(&dataset).unwrap();
         let outcome = runtime
-            .block_on(snapshot(&db, &dataset, source.clone(), SnapshotOptions::default(), Arc::new(Progress::default())))
+            .block_on(snapshot(
+                &db,
+                &dataset,
+                source.clone(),
+                SnapshotOptions::default(),
+                Arc::new(Progress::default()),
+            ))
             .unwrap();
         chunks = outcome.record.chunks;
     });
@@ -105,7 +125,12 @@ fn main() {
     println!("snapshot benchmark: {} MiB in 4 files, page cache warm, {cores} cores, best of {rounds}", total_mib);
     println!("{:<44} {:>10} {:>10}", "", "MiB/s", "vs plain");
     println!("{:<44} {:>10.0} {:>10.2}", "plain BLAKE3, 1 thread", rate(single), 1.0);
-    println!("{:<44} {:>10.0} {:>10.2}", format!("plain BLAKE3, {} threads", cores.min(4)), rate(parallel), rate(parallel) / rate(single));
+    println!(
+        "{:<44} {:>10.0} {:>10.2}",
+        format!("plain BLAKE3, {} threads", cores.min(4)),
+        rate(parallel),
+        rate(parallel) / rate(single)
+    );
     println!(
         "{:<44} {:>10.0} {:>10.2}",
         format!("aqueduct snapshot ({chunks} chunks)"),

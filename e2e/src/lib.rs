@@ -59,7 +59,9 @@ pub async fn world(kind: SourceKind) -> World {
     tokio::spawn(aqueduct_hub::serve(config, listener, shutdown.clone()));
     let admin_dir = root.join("hub/admin");
     let read = |f: &str| std::fs::read_to_string(admin_dir.join(f)).unwrap();
-    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("ca.pem"))).identity(Identity::from_pem(read("admin.pem"), read("admin.key")));
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")))
+        .identity(Identity::from_pem(read("admin.pem"), read("admin.key")));
     let hub_url = format!("https://{addr}");
     let channel = Endpoint::from_shared(hub_url.clone()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
     let mut admin = AdminClient::new(channel);
@@ -68,23 +70,39 @@ pub async fn world(kind: SourceKind) -> World {
         Some(s3) => {
             let creds = root.join("s3-credentials");
             s3.write_credentials(&creds).unwrap();
-            let options = [("endpoint", s3.endpoint()), ("allow_http", "true".to_string()), ("credentials_file", creds.display().to_string())]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
+            let options = [
+                ("endpoint", s3.endpoint()),
+                ("allow_http", "true".to_string()),
+                ("credentials_file", creds.display().to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
             pb::Source { name: "src".into(), url: "s3://models".into(), options, created_unix_ms: 0 }
         }
-        None => pb::Source { name: "src".into(), url: format!("file://{}", root.join("dir").display()), options: Default::default(), created_unix_ms: 0 },
+        None => pb::Source {
+            name: "src".into(),
+            url: format!("file://{}", root.join("dir").display()),
+            options: Default::default(),
+            created_unix_ms: 0,
+        },
     };
     admin.add_source(pb::AddSourceRequest { source: Some(source) }).await.unwrap();
-    let dataset = pb::Dataset { name: "llama".into(), source: "src".into(), prefix: "llama".into(), created_unix_ms: 0, latest_version: 0 };
+    let dataset = pb::Dataset {
+        name: "llama".into(),
+        source: "src".into(),
+        prefix: "llama".into(),
+        created_unix_ms: 0,
+        latest_version: 0,
+    };
     admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.unwrap();
     World { _tmp: tmp, root, hub_url, admin, _s3: s3, data, shutdown }
 }
 
 impl World {
     pub async fn snapshot(&mut self) -> pb::VersionSummary {
-        let mut events = self.admin.snapshot(pb::SnapshotRequest { dataset: "llama".into() }).await.unwrap().into_inner();
+        let mut events =
+            self.admin.snapshot(pb::SnapshotRequest { dataset: "llama".into() }).await.unwrap().into_inner();
         while let Some(e) = events.message().await.unwrap() {
             if let Some(pb::snapshot_event::Event::Done(v)) = e.event {
                 return v;
@@ -95,9 +113,17 @@ impl World {
 
     /// Adds a region and writes a spoke config for one node of it; returns the config path.
     pub async fn region(&mut self, name: &str, rate: u64) -> PathBuf {
-        let req = pb::AddRegionRequest { region: Some(pb::Region { name: name.into(), rate_bytes_per_sec: rate, created_unix_ms: 0 }) };
+        let req = pb::AddRegionRequest {
+            region: Some(pb::Region { name: name.into(), rate_bytes_per_sec: rate, created_unix_ms: 0 }),
+        };
         let bundle = self.admin.add_region(req).await.unwrap().into_inner().bundle.unwrap();
-        aqueduct_spoke::write_node_config(&self.root.join(format!("spoke-{name}")), &self.hub_url, &format!("{name}-1"), &bundle).unwrap()
+        aqueduct_spoke::write_node_config(
+            &self.root.join(format!("spoke-{name}")),
+            &self.hub_url,
+            &format!("{name}-1"),
+            &bundle,
+        )
+        .unwrap()
     }
 
     pub fn start_spoke(&self, config: &Path) -> CancellationToken {
@@ -108,7 +134,11 @@ impl World {
     }
 
     pub async fn rollout(&mut self, version: u64, regions: &[&str]) {
-        let req = pb::RolloutRequest { dataset: "llama".into(), version, regions: regions.iter().map(|r| r.to_string()).collect() };
+        let req = pb::RolloutRequest {
+            dataset: "llama".into(),
+            version,
+            regions: regions.iter().map(|r| r.to_string()).collect(),
+        };
         self.admin.rollout(req).await.unwrap();
     }
 
@@ -116,8 +146,16 @@ impl World {
     /// of `version` is Ready; returns the status rows.
     pub async fn wait_ready(&mut self, version: u64) -> Vec<pb::StatusRow> {
         for _ in 0..600 {
-            let rows: Vec<pb::StatusRow> =
-                self.admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows.into_iter().filter(|r| r.version == version).collect();
+            let rows: Vec<pb::StatusRow> = self
+                .admin
+                .status(pb::StatusRequest { dataset: "llama".into() })
+                .await
+                .unwrap()
+                .into_inner()
+                .rows
+                .into_iter()
+                .filter(|r| r.version == version)
+                .collect();
             if let Some(failed) = rows.iter().find(|r| r.phase == "Failed") {
                 panic!("region {} failed: {}", failed.region, failed.reason);
             }
@@ -130,7 +168,12 @@ impl World {
     }
 
     pub async fn manifest(&mut self, version: u64) -> Manifest {
-        let wire = self.admin.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version }).await.unwrap().into_inner();
+        let wire = self
+            .admin
+            .get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version })
+            .await
+            .unwrap()
+            .into_inner();
         Manifest::try_from(wire).unwrap()
     }
 }
@@ -141,9 +184,13 @@ pub fn assert_store_holds(store_dir: &Path, manifest: &Manifest, source_dir: &Pa
     for file in &manifest.files {
         let mut rebuilt = Vec::new();
         for c in &file.chunks {
-            rebuilt.extend(store.get(&c.digest).unwrap().unwrap_or_else(|| panic!("{} lacks chunk {}", store_dir.display(), c.digest)));
+            rebuilt.extend(
+                store
+                    .get(&c.digest)
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("{} lacks chunk {}", store_dir.display(), c.digest)),
+            );
         }
         assert_eq!(rebuilt, std::fs::read(source_dir.join(&file.path)).unwrap(), "{}", file.path);
     }
 }
-

@@ -84,7 +84,8 @@ async fn a_corrupt_chunk_on_disk_is_found_and_fetched_again() {
     // Ready again only after the chunk was fetched once more, and nothing else was.
     let mut after = before;
     for _ in 0..600 {
-        after = w.admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows[0].relayed_bytes;
+        after = w.admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows[0]
+            .relayed_bytes;
         if after > before {
             break;
         }
@@ -122,7 +123,11 @@ async fn a_full_cache_disk_fails_the_rollout_clearly_and_corrupts_nothing() {
     let eu = w.region("eu", 1 << 30).await;
     let store = w.root.join("spoke-eu/store");
     std::fs::create_dir_all(&store).unwrap();
-    let status = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&store).status().unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&store)
+        .status()
+        .unwrap();
     assert!(status.success(), "mount -t tmpfs failed");
     let _mounted = Mounted(store.clone());
     w.start_spoke(&eu);

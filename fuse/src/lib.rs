@@ -1,5 +1,8 @@
 //! The read-only POSIX view of a dataset version.
 //!
-//! Not built yet. It will be a pure async filesystem over a manifest and a `ChunkSource`,
-//! with a thin `fuser` adapter, used in-process by the spoke and as a small sidecar binary
-//! (see `DESIGN.md`, "Data path" step 4). It exports nothing that pretends to work.
+//! [`fs::VersionFs`] is the filesystem as a pure async type: inodes, lookups, attributes,
+//! directory listings and reads over a [`aqueduct_proto::Manifest`] and a [`fs::ChunkSource`],
+//! tested without the kernel. The thin `fuser` adapter that mounts it, the spoke's hosting and
+//! the sidecar binary are not built yet (issue 5); nothing here mounts anything.
+
+pub mod fs;

@@ -18,9 +18,9 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, instrument, warn};
 
 use crate::auth::{Identity, require_admin};
+use crate::error::{invalid, unknown_dataset};
 use crate::pki::Authority;
 use crate::relay::Changes;
-use crate::error::{invalid, unknown_dataset};
 use crate::snapshot::{self, Progress, SnapshotOptions, blocking, now_unix_ms};
 use crate::source::SourceSpec;
 use crate::store::{DatasetRecord, MetaStore, RegionRecord, SourceRecord, StoreError, VersionRecord};
@@ -50,7 +50,12 @@ impl AdminService {
 }
 
 fn source_to_pb(s: SourceRecord) -> pb::Source {
-    pb::Source { name: s.name, url: s.url, options: s.options.into_iter().collect(), created_unix_ms: s.created_unix_ms }
+    pb::Source {
+        name: s.name,
+        url: s.url,
+        options: s.options.into_iter().collect(),
+        created_unix_ms: s.created_unix_ms,
+    }
 }
 
 fn dataset_to_pb(d: DatasetRecord) -> pb::Dataset {
@@ -112,7 +117,10 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     #[instrument(skip_all)]
-    async fn list_sources(&self, request: Request<pb::ListSourcesRequest>) -> Result<Response<pb::ListSourcesResponse>, Status> {
+    async fn list_sources(
+        &self,
+        request: Request<pb::ListSourcesRequest>,
+    ) -> Result<Response<pb::ListSourcesResponse>, Status> {
         require_admin(&request)?;
         let sources = blocking(&self.db, |db| db.sources()).await?;
         Ok(Response::new(pb::ListSourcesResponse { sources: sources.into_iter().map(source_to_pb).collect() }))
@@ -129,13 +137,8 @@ impl pb::admin_server::Admin for AdminService {
             aqueduct_proto::domain::validate_path(&prefix)
                 .map_err(|_| Status::invalid_argument(format!("prefix {:?} is not a clean relative path", d.prefix)))?;
         }
-        let record = DatasetRecord {
-            name: d.name,
-            source: d.source,
-            prefix,
-            created_unix_ms: now_unix_ms(),
-            latest_version: 0,
-        };
+        let record =
+            DatasetRecord { name: d.name, source: d.source, prefix, created_unix_ms: now_unix_ms(), latest_version: 0 };
         let stored = record.clone();
         blocking(&self.db, move |db| db.add_dataset(&stored)).await.map_err(|e| match e {
             StoreError::NotFound { name, .. } => Status::not_found(format!(
@@ -147,7 +150,10 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     #[instrument(skip_all)]
-    async fn list_datasets(&self, request: Request<pb::ListDatasetsRequest>) -> Result<Response<pb::ListDatasetsResponse>, Status> {
+    async fn list_datasets(
+        &self,
+        request: Request<pb::ListDatasetsRequest>,
+    ) -> Result<Response<pb::ListDatasetsResponse>, Status> {
         require_admin(&request)?;
         let datasets = blocking(&self.db, |db| db.datasets()).await?;
         Ok(Response::new(pb::ListDatasetsResponse { datasets: datasets.into_iter().map(dataset_to_pb).collect() }))
@@ -179,43 +185,49 @@ impl pb::admin_server::Admin for AdminService {
         let (db, options) = (self.db.clone(), self.snapshot);
         let span = Span::current();
         // The snapshot runs to its end even if the caller goes away: its result is kept.
-        tokio::spawn(async move {
-            let _guard = guard;
-            let work = snapshot::snapshot(&db, &dataset, source, options, progress.clone());
-            tokio::pin!(work);
-            let mut ticker = tokio::time::interval(Duration::from_millis(250));
-            let result = loop {
-                tokio::select! {
-                    result = &mut work => break result,
-                    _ = ticker.tick() => {
-                        let event = pb::snapshot_event::Event::Progress(pb::SnapshotProgress {
-                            files_total: progress.files_total.load(Ordering::Relaxed),
-                            files_done: progress.files_done.load(Ordering::Relaxed),
-                            bytes_total: progress.bytes_total.load(Ordering::Relaxed),
-                            bytes_hashed: progress.bytes_hashed.load(Ordering::Relaxed),
-                            bytes_reused: progress.bytes_reused.load(Ordering::Relaxed),
-                        });
-                        // A full channel only means a slow reader: skip this tick.
-                        let _ = tx.try_send(Ok(pb::SnapshotEvent { event: Some(event) }));
+        tokio::spawn(
+            async move {
+                let _guard = guard;
+                let work = snapshot::snapshot(&db, &dataset, source, options, progress.clone());
+                tokio::pin!(work);
+                let mut ticker = tokio::time::interval(Duration::from_millis(250));
+                let result = loop {
+                    tokio::select! {
+                        result = &mut work => break result,
+                        _ = ticker.tick() => {
+                            let event = pb::snapshot_event::Event::Progress(pb::SnapshotProgress {
+                                files_total: progress.files_total.load(Ordering::Relaxed),
+                                files_done: progress.files_done.load(Ordering::Relaxed),
+                                bytes_total: progress.bytes_total.load(Ordering::Relaxed),
+                                bytes_hashed: progress.bytes_hashed.load(Ordering::Relaxed),
+                                bytes_reused: progress.bytes_reused.load(Ordering::Relaxed),
+                            });
+                            // A full channel only means a slow reader: skip this tick.
+                            let _ = tx.try_send(Ok(pb::SnapshotEvent { event: Some(event) }));
+                        }
                     }
-                }
-            };
-            let last = match result {
-                Ok(outcome) => Ok(pb::SnapshotEvent {
-                    event: Some(pb::snapshot_event::Event::Done(version_to_pb(outcome.record, outcome.unchanged))),
-                }),
-                Err(e) => {
-                    warn!(error = %e, "snapshot failed");
-                    Err(Status::from(e))
-                }
-            };
-            let _ = tx.send(last).await;
-        }.instrument(span));
+                };
+                let last = match result {
+                    Ok(outcome) => Ok(pb::SnapshotEvent {
+                        event: Some(pb::snapshot_event::Event::Done(version_to_pb(outcome.record, outcome.unchanged))),
+                    }),
+                    Err(e) => {
+                        warn!(error = %e, "snapshot failed");
+                        Err(Status::from(e))
+                    }
+                };
+                let _ = tx.send(last).await;
+            }
+            .instrument(span),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     #[instrument(skip_all, fields(dataset))]
-    async fn list_versions(&self, request: Request<pb::ListVersionsRequest>) -> Result<Response<pb::ListVersionsResponse>, Status> {
+    async fn list_versions(
+        &self,
+        request: Request<pb::ListVersionsRequest>,
+    ) -> Result<Response<pb::ListVersionsResponse>, Status> {
         require_admin(&request)?;
         let name = request.into_inner().dataset;
         Span::current().record("dataset", name.as_str());
@@ -246,7 +258,10 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::Manifest::from(&stored.manifest)))
     }
     #[instrument(skip_all, fields(region))]
-    async fn add_region(&self, request: Request<pb::AddRegionRequest>) -> Result<Response<pb::AddRegionResponse>, Status> {
+    async fn add_region(
+        &self,
+        request: Request<pb::AddRegionRequest>,
+    ) -> Result<Response<pb::AddRegionResponse>, Status> {
         require_admin(&request)?;
         let r = request.into_inner().region.ok_or_else(|| Status::invalid_argument("region is missing"))?;
         Span::current().record("region", r.name.as_str());
@@ -260,7 +275,11 @@ impl pb::admin_server::Admin for AdminService {
         let stored = record.clone();
         blocking(&self.db, move |db| db.add_region(&stored)).await?;
         Ok(Response::new(pb::AddRegionResponse {
-            region: Some(pb::Region { name: record.name, rate_bytes_per_sec: record.rate, created_unix_ms: record.created_unix_ms }),
+            region: Some(pb::Region {
+                name: record.name,
+                rate_bytes_per_sec: record.rate,
+                created_unix_ms: record.created_unix_ms,
+            }),
             bundle: Some(pb::CredentialsBundle {
                 ca_pem: self.authority.ca_pem().to_string(),
                 cert_pem: issued.cert_pem,
@@ -270,7 +289,10 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     #[instrument(skip_all)]
-    async fn list_regions(&self, request: Request<pb::ListRegionsRequest>) -> Result<Response<pb::ListRegionsResponse>, Status> {
+    async fn list_regions(
+        &self,
+        request: Request<pb::ListRegionsRequest>,
+    ) -> Result<Response<pb::ListRegionsResponse>, Status> {
         require_admin(&request)?;
         let regions = blocking(&self.db, |db| db.regions()).await?;
         Ok(Response::new(pb::ListRegionsResponse {
@@ -305,16 +327,18 @@ impl pb::admin_server::Admin for AdminService {
         };
         Span::current().record("version", version);
         let (name, regions) = (dataset.name.clone(), req.regions.clone());
-        blocking(&self.db, move |db| db.add_rollout(&name, version, &regions, now_unix_ms())).await.map_err(|e| match e {
-            StoreError::NotFound { kind: "region", name } => Status::not_found(format!(
-                "region {name:?} does not exist; add it with `aq region add {name} --rate RATE`"
-            )),
-            StoreError::NotFound { kind: "version", .. } => Status::not_found(format!(
-                "dataset {:?} has no version v{version}; `aq versions {}` lists them",
-                dataset.name, dataset.name
-            )),
-            other => other.into(),
-        })?;
+        blocking(&self.db, move |db| db.add_rollout(&name, version, &regions, now_unix_ms())).await.map_err(
+            |e| match e {
+                StoreError::NotFound { kind: "region", name } => Status::not_found(format!(
+                    "region {name:?} does not exist; add it with `aq region add {name} --rate RATE`"
+                )),
+                StoreError::NotFound { kind: "version", .. } => Status::not_found(format!(
+                    "dataset {:?} has no version v{version}; `aq versions {}` lists them",
+                    dataset.name, dataset.name
+                )),
+                other => other.into(),
+            },
+        )?;
         self.changes.notify_waiters();
         Ok(Response::new(pb::RolloutResponse { dataset: dataset.name, version, regions: req.regions }))
     }

@@ -63,9 +63,8 @@ impl Identity {
             .peer_certs()
             .ok_or_else(|| Status::unauthenticated("no client certificate: Aqueduct needs mutual TLS"))?;
         let leaf = certs.first().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-        Identity::from_der(leaf.as_ref()).ok_or_else(|| {
-            Status::permission_denied("the client certificate names no Aqueduct identity")
-        })
+        Identity::from_der(leaf.as_ref())
+            .ok_or_else(|| Status::permission_denied("the client certificate names no Aqueduct identity"))
     }
 }
 
@@ -83,9 +82,9 @@ impl fmt::Display for Identity {
 pub fn require_admin<T>(request: &Request<T>) -> Result<(), Status> {
     match Identity::of_request(request)? {
         Identity::Admin => Ok(()),
-        other => Err(Status::permission_denied(format!(
-            "this call needs the admin certificate; the caller is {other}"
-        ))),
+        other => {
+            Err(Status::permission_denied(format!("this call needs the admin certificate; the caller is {other}")))
+        }
     }
 }
 

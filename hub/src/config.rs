@@ -61,7 +61,8 @@ pub struct SnapshotConfig {
 
 impl HubConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(&text, path)
     }
 
@@ -105,15 +106,19 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let err = HubConfig::parse("listen = \"127.0.0.1:1\"\ndata_dir = \"/x\"\nlisten_port = 3\n", Path::new("h.toml"))
-            .unwrap_err();
+        let err =
+            HubConfig::parse("listen = \"127.0.0.1:1\"\ndata_dir = \"/x\"\nlisten_port = 3\n", Path::new("h.toml"))
+                .unwrap_err();
         assert!(err.to_string().contains("listen_port"), "{err}");
         let err = HubConfig::parse("listen = \"nowhere\"\ndata_dir = \"/x\"\n", Path::new("h.toml")).unwrap_err();
         assert!(err.to_string().contains("listen"), "{err}");
         let err = HubConfig::parse("listen = \"127.0.0.1:1\"\ndata_dir = \"x\"\n", Path::new("h.toml")).unwrap_err();
         assert!(err.to_string().contains("absolute"), "{err}");
-        let err = HubConfig::parse("listen = \"127.0.0.1:1\"\ndata_dir = \"/x\"\n[snapshot]\nparallelism = 0\n", Path::new("h.toml"))
-            .unwrap_err();
+        let err = HubConfig::parse(
+            "listen = \"127.0.0.1:1\"\ndata_dir = \"/x\"\n[snapshot]\nparallelism = 0\n",
+            Path::new("h.toml"),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("parallelism"), "{err}");
     }
 }

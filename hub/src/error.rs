@@ -26,7 +26,9 @@ impl From<StoreError> for Status {
             StoreError::AlreadyExists { .. } => Code::AlreadyExists,
             StoreError::NotFound { .. } => Code::NotFound,
             StoreError::Conflict { .. } => Code::Aborted,
-            StoreError::Schema { .. } | StoreError::Corrupt(_) | StoreError::Task(_) | StoreError::Db(_) => Code::Internal,
+            StoreError::Schema { .. } | StoreError::Corrupt(_) | StoreError::Task(_) | StoreError::Db(_) => {
+                Code::Internal
+            }
         };
         Status::new(code, e.to_string())
     }

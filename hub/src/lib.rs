@@ -114,7 +114,8 @@ pub fn init(data_dir: &Path, listen: SocketAddr, hosts: &[String]) -> Result<Ini
 
     SqliteStore::open(&data_dir.join("hub.db"))?;
     let config = HubConfig { listen, data_dir: data_dir.clone(), tls, snapshot: SnapshotConfig::default() };
-    let text = format!("# Aqueduct hub configuration; see deploy/hub/hub.example.toml for every key.\n{}", config.to_toml());
+    let text =
+        format!("# Aqueduct hub configuration; see deploy/hub/hub.example.toml for every key.\n{}", config.to_toml());
     std::fs::write(&config_path, text).map_err(io_err("write", &config_path))?;
     Ok(InitOutcome { config_path: data_dir.join("hub.toml"), admin_config_path: admin_config })
 }
@@ -148,7 +149,10 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         .tls_config(tls)?
         .add_service(admin)
         .add_service(spoke)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.cancelled_owned(),
+        )
         .await?;
     info!("hub stopped");
     Ok(())

@@ -10,8 +10,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
 };
 
 use crate::auth::Identity;
@@ -65,9 +65,8 @@ impl Authority {
 
     /// Loads a CA written by [`Authority::save`].
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, PkiError> {
-        let read = |path: &Path| {
-            fs::read_to_string(path).map_err(|source| PkiError::Read { path: path.to_owned(), source })
-        };
+        let read =
+            |path: &Path| fs::read_to_string(path).map_err(|source| PkiError::Read { path: path.to_owned(), source });
         let (cert_pem, key_pem) = (read(cert_path)?, read(key_path)?);
         let key = KeyPair::from_pem(&key_pem).map_err(|source| PkiError::Parse {
             path: key_path.to_owned(),
@@ -102,8 +101,7 @@ impl Authority {
         params.subject_alt_names.push(SanType::URI(uri));
         params.distinguished_name.push(DnType::CommonName, identity.to_string());
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages =
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.not_after = rcgen::date_time_ymd(2100, 1, 1);
         let cert = params.signed_by(&key, &self.issuer).map_err(gen_err)?;
         Ok(CertifiedKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })

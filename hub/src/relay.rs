@@ -76,7 +76,8 @@ impl Drop for Relayed {
         if self.bytes == 0 {
             return;
         }
-        let (db, dataset, region, version, bytes) = (self.db.clone(), self.dataset.clone(), self.region.clone(), self.version, self.bytes);
+        let (db, dataset, region, version, bytes) =
+            (self.db.clone(), self.dataset.clone(), self.region.clone(), self.version, self.bytes);
         tokio::task::spawn_blocking(move || {
             if let Err(e) = db.add_relayed(&dataset, version, &region, bytes) {
                 warn!(error = %e, "could not record relayed bytes");
@@ -105,7 +106,9 @@ type AssignmentStream = Pin<Box<dyn Stream<Item = Result<pb::Assignments, Status
 fn region_of<T>(request: &Request<T>) -> Result<String, Status> {
     match Identity::of_request(request)? {
         Identity::Region(name) => Ok(name),
-        other => Err(Status::permission_denied(format!("this call is for spokes (a region's certificate); the caller is {other}"))),
+        other => Err(Status::permission_denied(format!(
+            "this call is for spokes (a region's certificate); the caller is {other}"
+        ))),
     }
 }
 
@@ -150,7 +153,9 @@ impl SpokeService {
             .await?
             .ok_or_else(|| Status::not_found(format!("{dataset}@v{version} does not exist")))?;
         let owned = dataset.to_string();
-        let record = blocking(&self.db, move |db| db.dataset(&owned)).await?.ok_or_else(|| Status::not_found(dataset.to_string()))?;
+        let record = blocking(&self.db, move |db| db.dataset(&owned))
+            .await?
+            .ok_or_else(|| Status::not_found(dataset.to_string()))?;
         let source_name = record.source.clone();
         let source = blocking(&self.db, move |db| db.source(&source_name))
             .await?
@@ -174,11 +179,18 @@ impl SpokeService {
         let mut assignments = Vec::new();
         for r in rollouts.into_iter().filter(|r| r.region == region) {
             let (dataset, version) = (r.dataset.clone(), r.version);
-            let root = blocking(db, move |db| Ok(db.versions(&dataset)?.into_iter().find(|v| v.number == version).map(|v| v.root)))
-                .await?
-                .map(|d| d.0.to_vec())
-                .unwrap_or_default();
-            assignments.push(pb::Assignment { dataset: r.dataset, version: r.version, total_bytes: r.total_bytes, root });
+            let root = blocking(db, move |db| {
+                Ok(db.versions(&dataset)?.into_iter().find(|v| v.number == version).map(|v| v.root))
+            })
+            .await?
+            .map(|d| d.0.to_vec())
+            .unwrap_or_default();
+            assignments.push(pb::Assignment {
+                dataset: r.dataset,
+                version: r.version,
+                total_bytes: r.total_bytes,
+                root,
+            });
         }
         Ok(pb::Assignments { assignments, budget_bytes_per_sec: budget })
     }
@@ -232,7 +244,10 @@ impl pb::spoke_server::Spoke for SpokeService {
     async fn get_manifest(&self, request: Request<pb::GetManifestRequest>) -> Result<Response<pb::Manifest>, Status> {
         let region = region_of(&request)?;
         let req = request.into_inner();
-        Span::current().record("region", region.as_str()).record("dataset", req.dataset.as_str()).record("version", req.version);
+        Span::current()
+            .record("region", region.as_str())
+            .record("dataset", req.dataset.as_str())
+            .record("version", req.version);
         self.authorize(&region, &req.dataset, req.version).await?;
         let index = self.index(&req.dataset, req.version).await?;
         Ok(Response::new(pb::Manifest::from(&index.manifest)))
@@ -241,7 +256,10 @@ impl pb::spoke_server::Spoke for SpokeService {
     type FetchChunksStream = ChunkStream;
 
     #[instrument(skip_all, fields(region, dataset, version, chunks))]
-    async fn fetch_chunks(&self, request: Request<pb::FetchChunksRequest>) -> Result<Response<Self::FetchChunksStream>, Status> {
+    async fn fetch_chunks(
+        &self,
+        request: Request<pb::FetchChunksRequest>,
+    ) -> Result<Response<Self::FetchChunksStream>, Status> {
         let region = region_of(&request)?;
         let req = request.into_inner();
         Span::current()
@@ -252,7 +270,10 @@ impl pb::spoke_server::Spoke for SpokeService {
         let digests = req
             .digests
             .iter()
-            .map(|d| Digest::from_slice(d).ok_or_else(|| Status::invalid_argument(format!("a digest has {} bytes, not 32", d.len()))))
+            .map(|d| {
+                Digest::from_slice(d)
+                    .ok_or_else(|| Status::invalid_argument(format!("a digest has {} bytes, not 32", d.len())))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         self.authorize(&region, &req.dataset, req.version).await?;
         let index = self.index(&req.dataset, req.version).await?;
@@ -320,7 +341,10 @@ impl pb::spoke_server::Spoke for SpokeService {
             .record("version", r.version)
             .record("phase", r.phase.as_str());
         if !["Pending", "Transferring", "Ready", "Failed"].contains(&r.phase.as_str()) {
-            return Err(Status::invalid_argument(format!("phase {:?} is not one of Pending, Transferring, Ready, Failed", r.phase)));
+            return Err(Status::invalid_argument(format!(
+                "phase {:?} is not one of Pending, Transferring, Ready, Failed",
+                r.phase
+            )));
         }
         let update = RolloutUpdate {
             dataset: r.dataset,
@@ -333,7 +357,9 @@ impl pb::spoke_server::Spoke for SpokeService {
             updated_unix_ms: now_unix_ms(),
         };
         blocking(&self.db, move |db| db.update_rollout(&update)).await.map_err(|e| match e {
-            crate::store::StoreError::NotFound { name, .. } => Status::permission_denied(format!("{name} is not a rollout")),
+            crate::store::StoreError::NotFound { name, .. } => {
+                Status::permission_denied(format!("{name} is not a rollout"))
+            }
             other => other.into(),
         })?;
         Ok(Response::new(pb::ProgressAck {}))

@@ -22,7 +22,9 @@ use crate::store::{DatasetRecord, MetaStore, SourceStamp, StoreError, StoredVers
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("dataset {dataset:?}: no objects under {url} prefix {prefix:?}; check the dataset's prefix or upload the files first")]
+    #[error(
+        "dataset {dataset:?}: no objects under {url} prefix {prefix:?}; check the dataset's prefix or upload the files first"
+    )]
     EmptyPrefix { dataset: String, url: String, prefix: String },
     #[error("dataset {dataset:?}: object {key:?} cannot be a file of a version: {source}")]
     BadObject { dataset: String, key: String, source: ManifestError },
@@ -114,7 +116,8 @@ pub async fn snapshot(
                     key: object.key.clone(),
                     source,
                 })?;
-                let stamp = SourceStamp { size: object.size, mtime_unix_ms: object.mtime_unix_ms, etag: object.etag.clone() };
+                let stamp =
+                    SourceStamp { size: object.size, mtime_unix_ms: object.mtime_unix_ms, etag: object.etag.clone() };
                 let chunks = match reused {
                     Some(chunks) => {
                         progress.bytes_reused.fetch_add(object.size, Ordering::Relaxed);
@@ -160,10 +163,9 @@ pub async fn snapshot(
         manifest.distinct_chunks().iter().filter(|(d, _)| !known.contains(d)).map(|(_, len)| u64::from(*len)).sum();
     let previous_number = previous.as_ref().map_or(0, |p| p.record.number);
     let created = now_unix_ms();
-    let record = blocking(db, move |db| {
-        db.insert_version(previous_number, &manifest, &stamps, new_bytes, bytes_read, created)
-    })
-    .await?;
+    let record =
+        blocking(db, move |db| db.insert_version(previous_number, &manifest, &stamps, new_bytes, bytes_read, created))
+            .await?;
     info!(version = record.number, files = record.files, bytes = record.bytes, new_bytes, bytes_read, "version cut");
     Ok(SnapshotOutcome { record, unchanged: false })
 }

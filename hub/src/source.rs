@@ -402,7 +402,12 @@ impl fmt::Debug for ObjectStoreSource {
 
 impl ObjectStoreSource {
     fn full_prefix(&self, prefix: &str) -> String {
-        [self.base.as_str(), prefix.trim_matches('/')].iter().filter(|p| !p.is_empty()).copied().collect::<Vec<_>>().join("/")
+        [self.base.as_str(), prefix.trim_matches('/')]
+            .iter()
+            .filter(|p| !p.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join("/")
     }
 
     fn map_err(&self, key: &str, e: object_store::Error) -> SourceError {
@@ -506,7 +511,11 @@ impl Source for ObjectStoreSource {
             GetResultPayload::Stream(stream) => {
                 let (url, key) = (self.url.clone(), key.to_string());
                 ObjectReader::Stream(
-                    stream.map(move |r| r.map_err(|e| SourceError::Io { url: url.clone(), detail: format!("{key}: {e}") })).boxed(),
+                    stream
+                        .map(move |r| {
+                            r.map_err(|e| SourceError::Io { url: url.clone(), detail: format!("{key}: {e}") })
+                        })
+                        .boxed(),
                 )
             }
         })
@@ -635,7 +644,8 @@ mod tests {
 
     #[test]
     fn reads_aws_credentials_files() {
-        let text = "[default]\naws_access_key_id = A\naws_secret_access_key = S\n\n[profile other]\naws_access_key_id=B\n";
+        let text =
+            "[default]\naws_access_key_id = A\naws_secret_access_key = S\n\n[profile other]\naws_access_key_id=B\n";
         assert_eq!(ini_section(text, "default").unwrap()["aws_secret_access_key"], "S");
         assert_eq!(ini_section(text, "other").unwrap()["aws_access_key_id"], "B");
         assert!(ini_section(text, "none").is_none());

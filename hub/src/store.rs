@@ -251,7 +251,10 @@ impl SqliteStore {
             conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).optional()?;
         match found {
             None => {
-                conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?1)", [SCHEMA_VERSION.to_string()])?;
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                    [SCHEMA_VERSION.to_string()],
+                )?;
             }
             Some(v) if v == SCHEMA_VERSION.to_string() => {}
             Some(v) => return Err(StoreError::Schema { found: v.parse().unwrap_or(-1) }),
@@ -351,7 +354,8 @@ impl MetaStore for SqliteStore {
     fn add_dataset(&self, d: &DatasetRecord) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let source_exists: bool = tx.query_row("SELECT EXISTS(SELECT 1 FROM sources WHERE name = ?1)", [&d.source], |r| r.get(0))?;
+        let source_exists: bool =
+            tx.query_row("SELECT EXISTS(SELECT 1 FROM sources WHERE name = ?1)", [&d.source], |r| r.get(0))?;
         if !source_exists {
             return Err(StoreError::NotFound { kind: "source", name: d.source.clone() });
         }
@@ -429,10 +433,9 @@ impl MetaStore for SqliteStore {
             stamps.insert(path.clone(), SourceStamp { size, mtime_unix_ms, etag: r.get(5)? });
             files.push(FileEntry { path, object: r.get(1)?, size, mode: r.get(3)?, mtime_unix_ms, chunks });
         }
-        let manifest = Manifest { dataset: dataset.to_string(), version: record.number, chunker, files, root: record.root };
-        manifest
-            .validate()
-            .map_err(|e| StoreError::Corrupt(format!("{dataset}@v{}: {e}", record.number)))?;
+        let manifest =
+            Manifest { dataset: dataset.to_string(), version: record.number, chunker, files, root: record.root };
+        manifest.validate().map_err(|e| StoreError::Corrupt(format!("{dataset}@v{}: {e}", record.number)))?;
         Ok(Some(StoredVersion { record, manifest, stamps }))
     }
 
@@ -448,7 +451,9 @@ impl MetaStore for SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let latest: i64 =
-            tx.query_row("SELECT COALESCE(MAX(number), 0) FROM versions WHERE dataset = ?1", [&m.dataset], |r| r.get(0))?;
+            tx.query_row("SELECT COALESCE(MAX(number), 0) FROM versions WHERE dataset = ?1", [&m.dataset], |r| {
+                r.get(0)
+            })?;
         if latest as u64 != previous {
             return Err(StoreError::Conflict { dataset: m.dataset.clone(), latest: latest as u64 });
         }
@@ -464,7 +469,9 @@ impl MetaStore for SqliteStore {
             created_unix_ms,
         };
         tx.execute(
-            &format!("INSERT INTO versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+            &format!(
+                "INSERT INTO versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            ),
             params![
                 record.dataset,
                 record.number as i64,
@@ -535,7 +542,8 @@ impl MetaStore for SqliteStore {
             return Err(StoreError::NotFound { kind: "version", name: format!("{dataset}@v{version}") });
         }
         for region in regions {
-            let exists: bool = tx.query_row("SELECT EXISTS(SELECT 1 FROM regions WHERE name = ?1)", [region], |r| r.get(0))?;
+            let exists: bool =
+                tx.query_row("SELECT EXISTS(SELECT 1 FROM regions WHERE name = ?1)", [region], |r| r.get(0))?;
             if !exists {
                 return Err(StoreError::NotFound { kind: "region", name: region.clone() });
             }
@@ -581,10 +589,22 @@ impl MetaStore for SqliteStore {
         let changed = self.conn().execute(
             "UPDATE rollouts SET cached_bytes = ?4, phase = ?5, reason = ?6, rate = ?7, updated_ms = ?8
              WHERE dataset = ?1 AND version = ?2 AND region = ?3",
-            params![u.dataset, u.version as i64, u.region, u.cached_bytes as i64, u.phase, u.reason, u.rate as i64, u.updated_unix_ms],
+            params![
+                u.dataset,
+                u.version as i64,
+                u.region,
+                u.cached_bytes as i64,
+                u.phase,
+                u.reason,
+                u.rate as i64,
+                u.updated_unix_ms
+            ],
         )?;
         if changed == 0 {
-            return Err(StoreError::NotFound { kind: "rollout", name: format!("{}@v{} to {}", u.dataset, u.version, u.region) });
+            return Err(StoreError::NotFound {
+                kind: "rollout",
+                name: format!("{}@v{} to {}", u.dataset, u.version, u.region),
+            });
         }
         Ok(())
     }
@@ -630,10 +650,21 @@ mod tests {
     fn store_with_dataset() -> SqliteStore {
         let store = SqliteStore::in_memory().unwrap();
         store
-            .add_source(&SourceRecord { name: "s".into(), url: "file:///x".into(), options: BTreeMap::new(), created_unix_ms: 1 })
+            .add_source(&SourceRecord {
+                name: "s".into(),
+                url: "file:///x".into(),
+                options: BTreeMap::new(),
+                created_unix_ms: 1,
+            })
             .unwrap();
         store
-            .add_dataset(&DatasetRecord { name: "d".into(), source: "s".into(), prefix: "p".into(), created_unix_ms: 2, latest_version: 0 })
+            .add_dataset(&DatasetRecord {
+                name: "d".into(),
+                source: "s".into(),
+                prefix: "p".into(),
+                created_unix_ms: 2,
+                latest_version: 0,
+            })
             .unwrap();
         store
     }
@@ -641,7 +672,8 @@ mod tests {
     #[test]
     fn versions_round_trip_and_number_up() {
         let store = store_with_dataset();
-        let stamps = BTreeMap::from([("a.bin".to_string(), SourceStamp { size: 3, mtime_unix_ms: 5, etag: Some("e".into()) })]);
+        let stamps =
+            BTreeMap::from([("a.bin".to_string(), SourceStamp { size: 3, mtime_unix_ms: 5, etag: Some("e".into()) })]);
         let v1 = store.insert_version(0, &manifest("d", b"abc"), &stamps, 3, 3, 10).unwrap();
         assert_eq!(v1.number, 1);
         let v2 = store.insert_version(1, &manifest("d", b"xyz"), &stamps, 3, 3, 11).unwrap();
@@ -651,7 +683,10 @@ mod tests {
         assert_eq!(latest.manifest.version, 2);
         assert_eq!(latest.manifest.root, manifest("d", b"xyz").root);
         assert_eq!(latest.stamps, stamps);
-        assert_eq!(store.version("d", Some(1)).unwrap().unwrap().manifest.files[0].chunks[0].digest, Digest::of(b"abc"));
+        assert_eq!(
+            store.version("d", Some(1)).unwrap().unwrap().manifest.files[0].chunks[0].digest,
+            Digest::of(b"abc")
+        );
         assert!(store.version("d", Some(3)).unwrap().is_none());
         assert_eq!(store.datasets().unwrap()[0].latest_version, 2);
         assert_eq!(store.versions("d").unwrap().len(), 2);
@@ -670,11 +705,22 @@ mod tests {
     fn duplicates_and_dangling_references_are_refused() {
         let store = store_with_dataset();
         let err = store
-            .add_source(&SourceRecord { name: "s".into(), url: "file:///y".into(), options: BTreeMap::new(), created_unix_ms: 1 })
+            .add_source(&SourceRecord {
+                name: "s".into(),
+                url: "file:///y".into(),
+                options: BTreeMap::new(),
+                created_unix_ms: 1,
+            })
             .unwrap_err();
         assert!(matches!(err, StoreError::AlreadyExists { kind: "source", .. }));
         let err = store
-            .add_dataset(&DatasetRecord { name: "e".into(), source: "nope".into(), prefix: "".into(), created_unix_ms: 2, latest_version: 0 })
+            .add_dataset(&DatasetRecord {
+                name: "e".into(),
+                source: "nope".into(),
+                prefix: "".into(),
+                created_unix_ms: 2,
+                latest_version: 0,
+            })
             .unwrap_err();
         assert!(matches!(err, StoreError::NotFound { kind: "source", .. }));
     }
@@ -700,7 +746,10 @@ mod tests {
         store.add_rollout("d", 1, &["eu".into()], 30).unwrap();
         let rows = store.rollouts(Some("d")).unwrap();
         assert_eq!(rows.len(), 2);
-        assert_eq!((rows[0].region.as_str(), rows[0].phase.as_str(), rows[0].total_bytes, rows[0].budget), ("eu", "Pending", 3, 100));
+        assert_eq!(
+            (rows[0].region.as_str(), rows[0].phase.as_str(), rows[0].total_bytes, rows[0].budget),
+            ("eu", "Pending", 3, 100)
+        );
         assert_eq!(rows[0].updated_unix_ms, 20, "a repeated rollout reset the region's state");
         assert_eq!(rows[1].budget, 50);
         assert!(store.rollouts(Some("other")).unwrap().is_empty());
@@ -713,7 +762,12 @@ mod tests {
         {
             let store = SqliteStore::open(&path).unwrap();
             store
-                .add_source(&SourceRecord { name: "s".into(), url: "file:///x".into(), options: BTreeMap::new(), created_unix_ms: 1 })
+                .add_source(&SourceRecord {
+                    name: "s".into(),
+                    url: "file:///x".into(),
+                    options: BTreeMap::new(),
+                    created_unix_ms: 1,
+                })
                 .unwrap();
         }
         let store = SqliteStore::open(&path).unwrap();

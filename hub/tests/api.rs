@@ -34,10 +34,14 @@ async fn admin_flow_over_mtls_survives_a_restart() {
     assert_eq!(again.root, v1.root);
     assert_eq!(again.bytes_read, 0);
 
-    let wire = admin.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 0 }).await.unwrap().into_inner();
+    let wire =
+        admin.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 0 }).await.unwrap().into_inner();
     let manifest = Manifest::try_from(wire).unwrap();
     assert_eq!(manifest.root.0.to_vec(), v1.root);
-    assert_eq!(manifest.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["config.json", "model.safetensors"]);
+    assert_eq!(
+        manifest.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
+        ["config.json", "model.safetensors"]
+    );
 
     // A restarted hub has everything it had.
     let hub = hub.restart().await;
@@ -45,10 +49,12 @@ async fn admin_flow_over_mtls_survives_a_restart() {
     let datasets = admin.list_datasets(pb::ListDatasetsRequest {}).await.unwrap().into_inner().datasets;
     assert_eq!(datasets.len(), 1);
     assert_eq!(datasets[0].latest_version, 1);
-    let versions = admin.list_versions(pb::ListVersionsRequest { dataset: "llama".into() }).await.unwrap().into_inner().versions;
+    let versions =
+        admin.list_versions(pb::ListVersionsRequest { dataset: "llama".into() }).await.unwrap().into_inner().versions;
     assert_eq!(versions.len(), 1);
     assert_eq!(versions[0].root, v1.root);
-    let wire = admin.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await.unwrap().into_inner();
+    let wire =
+        admin.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await.unwrap().into_inner();
     assert_eq!(Manifest::try_from(wire).unwrap(), manifest);
 }
 
@@ -59,7 +65,11 @@ async fn bad_input_gets_clear_errors_and_leaves_nothing() {
     let s3 = S3Server::start(&tmp.path().join("s3")).await.unwrap();
     std::fs::create_dir_all(tmp.path().join("s3/models")).unwrap();
     let bad_creds = tmp.path().join("bad-credentials");
-    std::fs::write(&bad_creds, "[default]\naws_access_key_id = aqueduct-test\naws_secret_access_key = not-the-secret\n").unwrap();
+    std::fs::write(
+        &bad_creds,
+        "[default]\naws_access_key_id = aqueduct-test\naws_secret_access_key = not-the-secret\n",
+    )
+    .unwrap();
     let hub = Hub::init(&tmp.path().join("hub")).await;
     let mut admin = hub.admin().await;
 
@@ -71,8 +81,18 @@ async fn bad_input_gets_clear_errors_and_leaves_nothing() {
         Code::NotFound,
         &["does not exist", "/no/such/dir"],
     );
-    let s3_opts = |creds: &Path| vec![("endpoint", s3.endpoint()), ("allow_http", "true".into()), ("credentials_file", creds.display().to_string())];
-    expect_err(admin.add_source(source("x", "s3://models", &s3_opts(&bad_creds))).await, Code::PermissionDenied, &["denied access", "credentials"]);
+    let s3_opts = |creds: &Path| {
+        vec![
+            ("endpoint", s3.endpoint()),
+            ("allow_http", "true".into()),
+            ("credentials_file", creds.display().to_string()),
+        ]
+    };
+    expect_err(
+        admin.add_source(source("x", "s3://models", &s3_opts(&bad_creds))).await,
+        Code::PermissionDenied,
+        &["denied access", "credentials"],
+    );
     let good = tmp.path().join("good");
     s3.write_credentials(&good).unwrap();
     expect_err(admin.add_source(source("x", "s3://nope", &s3_opts(&good))).await, Code::NotFound, &["does not exist"]);
@@ -83,7 +103,11 @@ async fn bad_input_gets_clear_errors_and_leaves_nothing() {
     );
     assert!(admin.list_sources(pb::ListSourcesRequest {}).await.unwrap().into_inner().sources.is_empty());
 
-    expect_err(admin.add_dataset(dataset("d", "nope", "")).await, Code::NotFound, &["source \"nope\"", "aq source add"]);
+    expect_err(
+        admin.add_dataset(dataset("d", "nope", "")).await,
+        Code::NotFound,
+        &["source \"nope\"", "aq source add"],
+    );
     let url = format!("file://{}", tmp.path().join("models").display());
     admin.add_source(source("local", &url, &[])).await.unwrap();
     admin.add_dataset(dataset("empty", "local", "empty")).await.unwrap();
@@ -95,7 +119,15 @@ async fn bad_input_gets_clear_errors_and_leaves_nothing() {
     let err = snapshot(&mut admin, "empty").await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("no objects"), "{}", err.message());
-    assert!(admin.list_versions(pb::ListVersionsRequest { dataset: "empty".into() }).await.unwrap().into_inner().versions.is_empty());
+    assert!(
+        admin
+            .list_versions(pb::ListVersionsRequest { dataset: "empty".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .versions
+            .is_empty()
+    );
     expect_err(
         admin.get_manifest(pb::GetManifestRequest { dataset: "empty".into(), version: 0 }).await,
         Code::NotFound,
@@ -128,7 +160,11 @@ async fn only_admins_of_this_ca_get_in() {
     let ours = Authority::load(&pki.join("ca.pem"), &pki.join("ca.key")).unwrap();
     let region = ours.issue(&Identity::Region("eu-west".into()), &[]).unwrap();
     let mut client = hub.client_with(&ca_pem, &region.cert_pem, &region.key_pem).await.unwrap();
-    expect_err(client.list_datasets(pb::ListDatasetsRequest {}).await, Code::PermissionDenied, &["admin", "region eu-west"]);
+    expect_err(
+        client.list_datasets(pb::ListDatasetsRequest {}).await,
+        Code::PermissionDenied,
+        &["admin", "region eu-west"],
+    );
 
     // And the hub's certificate is not trusted by a client that trusts another CA.
     let other_ca = stranger.ca_pem().to_string();
@@ -169,7 +205,9 @@ async fn regions_get_credentials_and_rollouts_show_in_status() {
     admin.add_source(source("local", &format!("file://{}", models.display()), &[])).await.unwrap();
     admin.add_dataset(dataset("llama", "local", "llama")).await.unwrap();
 
-    let region = |name: &str, rate| pb::AddRegionRequest { region: Some(pb::Region { name: name.into(), rate_bytes_per_sec: rate, created_unix_ms: 0 }) };
+    let region = |name: &str, rate| pb::AddRegionRequest {
+        region: Some(pb::Region { name: name.into(), rate_bytes_per_sec: rate, created_unix_ms: 0 }),
+    };
     let eu = admin.add_region(region("eu-west", 100 << 20)).await.unwrap().into_inner();
     admin.add_region(region("us-east", 25 << 20)).await.unwrap();
     expect_err(admin.add_region(region("eu-west", 1)).await, Code::AlreadyExists, &["eu-west"]);
@@ -190,14 +228,26 @@ async fn regions_get_credentials_and_rollouts_show_in_status() {
     };
     expect_err(admin.rollout(rollout(0, &["eu-west"])).await, Code::FailedPrecondition, &["no version yet"]);
     let v1 = snapshot(&mut admin, "llama").await.unwrap();
-    expect_err(admin.rollout(rollout(0, &["eu-west", "mars"])).await, Code::NotFound, &["region \"mars\"", "aq region add mars"]);
+    expect_err(
+        admin.rollout(rollout(0, &["eu-west", "mars"])).await,
+        Code::NotFound,
+        &["region \"mars\"", "aq region add mars"],
+    );
     expect_err(admin.rollout(rollout(7, &["eu-west"])).await, Code::NotFound, &["no version v7"]);
     expect_err(admin.rollout(rollout(0, &[])).await, Code::InvalidArgument, &["at least one region"]);
     let done = admin.rollout(rollout(0, &["eu-west", "us-east"])).await.unwrap().into_inner();
     assert_eq!(done.version, 1);
 
     let rows = admin.status(pb::StatusRequest { dataset: String::new() }).await.unwrap().into_inner().rows;
-    let summary: Vec<_> = rows.iter().map(|r| (r.region.as_str(), r.version, r.phase.as_str(), r.total_bytes, r.cached_bytes, r.budget_bytes_per_sec)).collect();
-    assert_eq!(summary, [("eu-west", 1, "Pending", v1.bytes, 0, 100 << 20), ("us-east", 1, "Pending", v1.bytes, 0, 25 << 20)]);
+    let summary: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (r.region.as_str(), r.version, r.phase.as_str(), r.total_bytes, r.cached_bytes, r.budget_bytes_per_sec)
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [("eu-west", 1, "Pending", v1.bytes, 0, 100 << 20), ("us-east", 1, "Pending", v1.bytes, 0, 25 << 20)]
+    );
     expect_err(admin.status(pb::StatusRequest { dataset: "ghost".into() }).await, Code::NotFound, &["ghost"]);
 }

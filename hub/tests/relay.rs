@@ -14,14 +14,30 @@ use common::{Hub, dataset, expect_err, snapshot, source};
 use tonic::Code;
 use tonic::transport::Channel;
 
-async fn spoke_of(hub: &Hub, admin: &mut pb::admin_client::AdminClient<Channel>, region: &str, rate: u64) -> SpokeClient<Channel> {
-    let req = pb::AddRegionRequest { region: Some(pb::Region { name: region.into(), rate_bytes_per_sec: rate, created_unix_ms: 0 }) };
+async fn spoke_of(
+    hub: &Hub,
+    admin: &mut pb::admin_client::AdminClient<Channel>,
+    region: &str,
+    rate: u64,
+) -> SpokeClient<Channel> {
+    let req = pb::AddRegionRequest {
+        region: Some(pb::Region { name: region.into(), rate_bytes_per_sec: rate, created_unix_ms: 0 }),
+    };
     let bundle = admin.add_region(req).await.unwrap().into_inner().bundle.unwrap();
     SpokeClient::new(hub.channel(&bundle.ca_pem, &bundle.cert_pem, &bundle.key_pem).await.unwrap())
 }
 
-async fn fetch(spoke: &mut SpokeClient<Channel>, dataset: &str, version: u64, digests: &[Digest]) -> (Vec<pb::ChunkData>, Option<tonic::Status>) {
-    let req = pb::FetchChunksRequest { dataset: dataset.into(), version, digests: digests.iter().map(|d| d.0.to_vec()).collect() };
+async fn fetch(
+    spoke: &mut SpokeClient<Channel>,
+    dataset: &str,
+    version: u64,
+    digests: &[Digest],
+) -> (Vec<pb::ChunkData>, Option<tonic::Status>) {
+    let req = pb::FetchChunksRequest {
+        dataset: dataset.into(),
+        version,
+        digests: digests.iter().map(|d| d.0.to_vec()).collect(),
+    };
     let mut stream = match spoke.fetch_chunks(req).await {
         Ok(s) => s.into_inner(),
         Err(status) => return (Vec::new(), Some(status)),
@@ -54,7 +70,8 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
     let v1 = snapshot(&mut admin, "llama").await.unwrap();
     let mut eu = spoke_of(&hub, &mut admin, "eu", 1 << 30).await;
     let mut us = spoke_of(&hub, &mut admin, "us", 1 << 30).await;
-    let rollout = |version, region: &str| pb::RolloutRequest { dataset: "llama".into(), version, regions: vec![region.into()] };
+    let rollout =
+        |version, region: &str| pb::RolloutRequest { dataset: "llama".into(), version, regions: vec![region.into()] };
     admin.rollout(rollout(1, "eu")).await.unwrap();
 
     // The watch says what eu must hold, and its budget.
@@ -66,7 +83,8 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
     assert_eq!(first.assignments[0].root, v1.root);
 
     // The manifest verifies, and every chunk arrives with the right bytes.
-    let wire = eu.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await.unwrap().into_inner();
+    let wire =
+        eu.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await.unwrap().into_inner();
     let manifest = Manifest::try_from(wire).unwrap();
     let digests: Vec<Digest> = manifest.distinct_chunks().into_iter().map(|(d, _)| d).collect();
     let (chunks, err) = fetch(&mut eu, "llama", 1, &digests).await;
@@ -83,22 +101,34 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
     }
 
     // us has no rollout of v1: refused, manifest and bytes alike.
-    expect_err(us.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await, Code::PermissionDenied, &["not rolled out to region us"]);
+    expect_err(
+        us.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await,
+        Code::PermissionDenied,
+        &["not rolled out to region us"],
+    );
     let (got, err) = fetch(&mut us, "llama", 1, &digests).await;
     assert!(got.is_empty());
     assert_eq!(err.unwrap().code(), Code::PermissionDenied);
     // The admin certificate is no region's.
     let admin_dir = hub.config.data_dir.join("admin");
     let read = |f: &str| std::fs::read_to_string(admin_dir.join(f)).unwrap();
-    let mut as_admin = SpokeClient::new(hub.channel(&read("ca.pem"), &read("admin.pem"), &read("admin.key")).await.unwrap());
-    expect_err(as_admin.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await, Code::PermissionDenied, &["spokes"]);
+    let mut as_admin =
+        SpokeClient::new(hub.channel(&read("ca.pem"), &read("admin.pem"), &read("admin.key")).await.unwrap());
+    expect_err(
+        as_admin.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await,
+        Code::PermissionDenied,
+        &["spokes"],
+    );
 
     // A region certificate from another CA does not get in.
     let stranger = aqueduct_hub::pki::Authority::create("stranger").unwrap();
     let forged = stranger.issue(&aqueduct_hub::auth::Identity::Region("eu".into()), &[]).unwrap();
     let refused = match hub.channel(&read("ca.pem"), &forged.cert_pem, &forged.key_pem).await {
         Err(_) => true,
-        Ok(channel) => SpokeClient::new(channel).get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await.is_err(),
+        Ok(channel) => SpokeClient::new(channel)
+            .get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 })
+            .await
+            .is_err(),
     };
     assert!(refused, "a certificate of another CA was accepted");
 
@@ -109,10 +139,20 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
     expect_err(eu.fetch_chunks(bad).await, Code::InvalidArgument, &["not 32"]);
 
     // Progress shows in the admin's status; a region cannot report on what it was not given.
-    let report = |phase: &str, cached| pb::ProgressReport { dataset: "llama".into(), version: 1, cached_bytes: cached, phase: phase.into(), reason: String::new(), rate_bytes_per_sec: 1000 };
+    let report = |phase: &str, cached| pb::ProgressReport {
+        dataset: "llama".into(),
+        version: 1,
+        cached_bytes: cached,
+        phase: phase.into(),
+        reason: String::new(),
+        rate_bytes_per_sec: 1000,
+    };
     eu.report_progress(report("Transferring", 1234)).await.unwrap();
     let rows = admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
-    assert_eq!((rows[0].phase.as_str(), rows[0].cached_bytes, rows[0].rate_bytes_per_sec), ("Transferring", 1234, 1000));
+    assert_eq!(
+        (rows[0].phase.as_str(), rows[0].cached_bytes, rows[0].rate_bytes_per_sec),
+        ("Transferring", 1234, 1000)
+    );
     expect_err(eu.report_progress(report("Done", 1)).await, Code::InvalidArgument, &["Ready"]);
     expect_err(us.report_progress(report("Ready", 1)).await, Code::PermissionDenied, &["not a rollout"]);
 
@@ -120,7 +160,11 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
     std::fs::write(models.join("config.json"), b"{\"layers\": 40}").unwrap();
     snapshot(&mut admin, "llama").await.unwrap();
     admin.rollout(rollout(2, "eu")).await.unwrap();
-    let next = tokio::time::timeout(Duration::from_secs(20), watch.message()).await.expect("no assignment update").unwrap().unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(20), watch.message())
+        .await
+        .expect("no assignment update")
+        .unwrap()
+        .unwrap();
     assert_eq!(next.assignments.iter().map(|a| a.version).collect::<Vec<_>>(), [1, 2]);
 }
 
@@ -137,8 +181,12 @@ async fn a_changed_source_fails_the_version_and_sends_no_wrong_byte() {
     admin.add_dataset(dataset("llama", "local", "llama")).await.unwrap();
     snapshot(&mut admin, "llama").await.unwrap();
     let mut eu = spoke_of(&hub, &mut admin, "eu", 1 << 30).await;
-    admin.rollout(pb::RolloutRequest { dataset: "llama".into(), version: 1, regions: vec!["eu".into()] }).await.unwrap();
-    let wire = eu.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await.unwrap().into_inner();
+    admin
+        .rollout(pb::RolloutRequest { dataset: "llama".into(), version: 1, regions: vec!["eu".into()] })
+        .await
+        .unwrap();
+    let wire =
+        eu.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await.unwrap().into_inner();
     let manifest = Manifest::try_from(wire).unwrap();
 
     // Same size, other bytes, after the snapshot: the second half of the file changes.
@@ -150,7 +198,11 @@ async fn a_changed_source_fails_the_version_and_sends_no_wrong_byte() {
     let (got, err) = fetch(&mut eu, "llama", 1, &digests).await;
     let err = err.expect("a changed source must fail the fetch");
     assert_eq!(err.code(), Code::DataLoss);
-    assert!(err.message().contains("source changed") && err.message().contains("snapshot the dataset again"), "{}", err.message());
+    assert!(
+        err.message().contains("source changed") && err.message().contains("snapshot the dataset again"),
+        "{}",
+        err.message()
+    );
     for chunk in &got {
         assert_eq!(Digest::of(&chunk.data).0.to_vec(), chunk.digest, "a wrong byte was served");
     }

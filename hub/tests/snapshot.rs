@@ -35,19 +35,32 @@ fn write_dataset(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 fn store(url: &str, options: BTreeMap<String, String>, prefix: &str) -> (Arc<dyn MetaStore>, DatasetRecord) {
     let db = SqliteStore::in_memory().unwrap();
     db.add_source(&SourceRecord { name: "src".into(), url: url.into(), options, created_unix_ms: 0 }).unwrap();
-    let dataset = DatasetRecord { name: "llama".into(), source: "src".into(), prefix: prefix.into(), created_unix_ms: 0, latest_version: 0 };
+    let dataset = DatasetRecord {
+        name: "llama".into(),
+        source: "src".into(),
+        prefix: prefix.into(),
+        created_unix_ms: 0,
+        latest_version: 0,
+    };
     db.add_dataset(&dataset).unwrap();
     (Arc::new(db), dataset)
 }
 
-async fn cut(db: &Arc<dyn MetaStore>, dataset: &DatasetRecord, source: Arc<dyn Source>) -> Result<aqueduct_hub::snapshot::SnapshotOutcome, SnapshotError> {
+async fn cut(
+    db: &Arc<dyn MetaStore>,
+    dataset: &DatasetRecord,
+    source: Arc<dyn Source>,
+) -> Result<aqueduct_hub::snapshot::SnapshotOutcome, SnapshotError> {
     snapshot(db, dataset, source, SnapshotOptions::default(), Arc::new(Progress::default())).await
 }
 
 /// Reads every chunk back from the source at its recorded location and checks it against
 /// both its digest and the original bytes.
 async fn assert_reassembles(source: &dyn Source, manifest: &Manifest, originals: &BTreeMap<String, Vec<u8>>) {
-    assert_eq!(manifest.files.iter().map(|f| f.path.clone()).collect::<Vec<_>>(), originals.keys().cloned().collect::<Vec<_>>());
+    assert_eq!(
+        manifest.files.iter().map(|f| f.path.clone()).collect::<Vec<_>>(),
+        originals.keys().cloned().collect::<Vec<_>>()
+    );
     for file in &manifest.files {
         let mut rebuilt = Vec::new();
         for chunk in &file.chunks {
@@ -68,7 +81,13 @@ async fn assert_reassembles(source: &dyn Source, manifest: &Manifest, originals:
 }
 
 /// The same checks for any source: reassembly, reuse without reads, one changed file.
-async fn lifecycle(db: Arc<dyn MetaStore>, dataset: DatasetRecord, source: Arc<dyn Source>, data_dir: &Path, object_gets: impl Fn() -> u64) {
+async fn lifecycle(
+    db: Arc<dyn MetaStore>,
+    dataset: DatasetRecord,
+    source: Arc<dyn Source>,
+    data_dir: &Path,
+    object_gets: impl Fn() -> u64,
+) {
     let mut originals = write_dataset(data_dir);
     let v1 = cut(&db, &dataset, source.clone()).await.unwrap();
     assert!(!v1.unchanged);
@@ -130,7 +149,8 @@ async fn s3_snapshot_reassembles_reuses_and_tracks_changes() {
     source.probe().await.unwrap();
     let (db, dataset) = store("s3://models", options, "llama-3");
     let counters = server.counters.clone();
-    lifecycle(db, dataset, source, &data_dir, move || counters.object_gets.load(std::sync::atomic::Ordering::Relaxed)).await;
+    lifecycle(db, dataset, source, &data_dir, move || counters.object_gets.load(std::sync::atomic::Ordering::Relaxed))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,10 +220,14 @@ async fn s3_sources_that_are_missing_or_denied_say_so() {
     let bad = tmp.path().join("bad");
     std::fs::write(&bad, "[default]\naws_access_key_id = aqueduct-test\naws_secret_access_key = wrong\n").unwrap();
     let open = |bucket: &str, creds: &Path| {
-        let options = [("endpoint", server.endpoint()), ("allow_http", "true".into()), ("credentials_file", creds.display().to_string())]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+        let options = [
+            ("endpoint", server.endpoint()),
+            ("allow_http", "true".into()),
+            ("credentials_file", creds.display().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
         SourceSpec::parse(&format!("s3://{bucket}"), options).unwrap().open().unwrap()
     };
     open("models", &good).probe().await.unwrap();

@@ -69,9 +69,7 @@ impl FromStr for Digest {
     type Err = ManifestError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        blake3::Hash::from_hex(s)
-            .map(Self::from)
-            .map_err(|_| ManifestError::BadDigest { what: s.to_string() })
+        blake3::Hash::from_hex(s).map(Self::from).map_err(|_| ManifestError::BadDigest { what: s.to_string() })
     }
 }
 
@@ -200,10 +198,7 @@ impl Manifest {
                 offset = chunk.end();
             }
             if offset != file.size {
-                return Err(ManifestError::ChunksDoNotTile {
-                    path: file.path.clone(),
-                    index: file.chunks.len(),
-                });
+                return Err(ManifestError::ChunksDoNotTile { path: file.path.clone(), index: file.chunks.len() });
             }
         }
         let computed = self.compute_root();
@@ -254,7 +249,9 @@ pub fn validate_path(path: &str) -> Result<(), ManifestError> {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ManifestError {
-    #[error("manifest format {found} is not supported (this build reads format {MANIFEST_FORMAT}); upgrade this component")]
+    #[error(
+        "manifest format {found} is not supported (this build reads format {MANIFEST_FORMAT}); upgrade this component"
+    )]
     UnsupportedFormat { found: u32 },
     #[error("{what:?} is not a BLAKE3 digest (64 hex digits or 32 bytes)")]
     BadDigest { what: String },
@@ -355,13 +352,22 @@ mod tests {
                 c
             })
             .collect();
-        FileEntry { path: path.into(), object: format!("pre/{path}"), size: offset, mode: 0o644, mtime_unix_ms: 7, chunks }
+        FileEntry {
+            path: path.into(),
+            object: format!("pre/{path}"),
+            size: offset,
+            mode: 0o644,
+            mtime_unix_ms: 7,
+            chunks,
+        }
     }
 
     #[test]
     fn root_ignores_order_name_and_location_but_not_content() {
-        let a = Manifest::new("a".into(), 1, ChunkerParams::DEFAULT, vec![file("x", &[3, 4]), file("d/y", &[5])]).unwrap();
-        let b = Manifest::new("b".into(), 9, ChunkerParams::DEFAULT, vec![file("d/y", &[5]), file("x", &[3, 4])]).unwrap();
+        let a =
+            Manifest::new("a".into(), 1, ChunkerParams::DEFAULT, vec![file("x", &[3, 4]), file("d/y", &[5])]).unwrap();
+        let b =
+            Manifest::new("b".into(), 9, ChunkerParams::DEFAULT, vec![file("d/y", &[5]), file("x", &[3, 4])]).unwrap();
         assert_eq!(a.root, b.root);
         assert_eq!(a.files[0].path, "d/y");
 

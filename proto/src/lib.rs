@@ -20,6 +20,6 @@ pub mod hub {
 }
 
 pub use domain::{
-    ChunkRef, ChunkerParams, Digest, FileEntry, MANIFEST_FORMAT, Manifest, ManifestError,
-    NameError, Rate, RateError, VersionRef, validate_name,
+    ChunkRef, ChunkerParams, Digest, FileEntry, MANIFEST_FORMAT, Manifest, ManifestError, NameError, Rate, RateError,
+    VersionRef, validate_name,
 };

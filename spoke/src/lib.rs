@@ -76,7 +76,8 @@ impl Default for ReplicationConfig {
 
 impl SpokeConfig {
     pub fn load(path: &Path) -> Result<Self, SpokeError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SpokeError::ReadConfig { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| SpokeError::ReadConfig { path: path.to_owned(), source })?;
         let invalid = |message: String| SpokeError::Config { path: path.to_owned(), message };
         let mut config: Self = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         if !config.hub.starts_with("https://") {
@@ -95,10 +96,15 @@ impl SpokeConfig {
     }
 
     fn endpoint(&self) -> Result<Endpoint, SpokeError> {
-        let read = |what, path: &PathBuf| std::fs::read(path).map_err(|source| SpokeError::Credentials { what, path: path.clone(), source });
+        let read = |what, path: &PathBuf| {
+            std::fs::read(path).map_err(|source| SpokeError::Credentials { what, path: path.clone(), source })
+        };
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(read("CA certificate", &self.tls.ca)?))
-            .identity(Identity::from_pem(read("region certificate", &self.tls.cert)?, read("region key", &self.tls.key)?));
+            .identity(Identity::from_pem(
+                read("region certificate", &self.tls.cert)?,
+                read("region key", &self.tls.key)?,
+            ));
         let bad = |e: tonic::transport::Error| SpokeError::Config { path: "hub".into(), message: e.to_string() };
         Ok(Endpoint::from_shared(self.hub.clone())
             .map_err(bad)?
@@ -111,17 +117,30 @@ impl SpokeConfig {
 /// Writes a region's credentials bundle into `dir` (`ca.pem`, `cert.pem`, `key.pem` with mode
 /// 0600) and a `spoke.toml` for one node that uses it, with its store in `dir/store`. Returns
 /// the config's path. For tests, the quickstart and scripted installs.
-pub fn write_node_config(dir: &Path, hub: &str, node: &str, bundle: &pb::CredentialsBundle) -> std::io::Result<PathBuf> {
+pub fn write_node_config(
+    dir: &Path,
+    hub: &str,
+    node: &str,
+    bundle: &pb::CredentialsBundle,
+) -> std::io::Result<PathBuf> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("ca.pem"), &bundle.ca_pem)?;
     std::fs::write(dir.join("cert.pem"), &bundle.cert_pem)?;
-    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(dir.join("key.pem"))?.write_all(bundle.key_pem.as_bytes())?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dir.join("key.pem"))?
+        .write_all(bundle.key_pem.as_bytes())?;
     let config = dir.join("spoke.toml");
     std::fs::write(
         &config,
-        format!("hub = \"{hub}\"\nnode = \"{node}\"\ndata_dir = \"store\"\n[tls]\nca = \"ca.pem\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"),
+        format!(
+            "hub = \"{hub}\"\nnode = \"{node}\"\ndata_dir = \"store\"\n[tls]\nca = \"ca.pem\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
+        ),
     )?;
     Ok(config)
 }
@@ -137,7 +156,8 @@ const RETRY_MAX: Duration = Duration::from_secs(300);
 pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(), SpokeError> {
     let store: Arc<dyn ChunkStore> = Arc::new(DiskStore::open(&config.data_dir)?);
     let endpoint = config.endpoint()?;
-    let options = PullOptions { streams: config.replication.streams, chunks_per_request: config.replication.chunks_per_request };
+    let options =
+        PullOptions { streams: config.replication.streams, chunks_per_request: config.replication.chunks_per_request };
     let mut ready: HashSet<(String, u64)> = HashSet::new();
     let mut backoff = Duration::from_millis(500);
     let mut last_complaint: Option<Instant> = None;
@@ -241,7 +261,11 @@ mod tests {
         std::fs::write(&path, "hub = \"https://h:1\"\nnode = \"n\"\ndata_dir = \"d\"\nstreems = 3\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n").unwrap();
         let err = SpokeConfig::load(&path).unwrap_err();
         assert!(err.to_string().contains("streems"), "{err}");
-        std::fs::write(&path, "hub = \"http://h:1\"\nnode = \"n\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "hub = \"http://h:1\"\nnode = \"n\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+        )
+        .unwrap();
         assert!(SpokeConfig::load(&path).unwrap_err().to_string().contains("https://"));
     }
 }

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "aqueduct-spoke", version, about = "Aqueduct's regional agent: replicates rolled-out versions into a verified chunk store")]
+#[command(
+    name = "aqueduct-spoke",
+    version,
+    about = "Aqueduct's regional agent: replicates rolled-out versions into a verified chunk store"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,7 +45,8 @@ async fn run() -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             let trigger = shutdown.clone();
             tokio::spawn(async move {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = term.recv() => {}

@@ -103,7 +103,10 @@ impl Replicator {
             .into_inner();
         let manifest = Manifest::try_from(wire)?;
         if manifest.root.0.as_slice() != assignment.root.as_slice() {
-            return Err(ReplicationError::WrongRoot { expected: format!("{:02x?}", assignment.root), got: manifest.root });
+            return Err(ReplicationError::WrongRoot {
+                expected: format!("{:02x?}", assignment.root),
+                got: manifest.root,
+            });
         }
         // How many bytes of the version each distinct chunk stands for (it may repeat).
         let mut weight: HashMap<Digest, u64> = HashMap::new();
@@ -183,7 +186,8 @@ impl Replicator {
                 // Report from another task: awaiting here would stop polling the fetch streams,
                 // whose unread data then fills the connection's flow-control window, and the
                 // report's answer could never arrive.
-                let (client, report) = (self.client.clone(), progress_report(assignment, "Transferring", cached, "", rate));
+                let (client, report) =
+                    (self.client.clone(), progress_report(assignment, "Transferring", cached, "", rate));
                 tokio::spawn(send_report(client, report));
             }
         }
@@ -191,7 +195,12 @@ impl Replicator {
     }
 
     /// Fetches one batch over one stream; returns what it stored.
-    async fn fetch_batch(&self, assignment: &pb::Assignment, batch: &[(Digest, u32)], budget: &Budget) -> Result<Vec<(Digest, u64)>, ReplicationError> {
+    async fn fetch_batch(
+        &self,
+        assignment: &pb::Assignment,
+        batch: &[(Digest, u32)],
+        budget: &Budget,
+    ) -> Result<Vec<(Digest, u64)>, ReplicationError> {
         let mut client = self.client.clone();
         let req = pb::FetchChunksRequest {
             dataset: assignment.dataset.clone(),

@@ -21,7 +21,9 @@ pub enum CacheError {
     Corrupt { digest: Digest, actual: Digest },
     #[error("the chunk store at {path} is full ({source}); free space or give the spoke a larger disk")]
     Full { path: PathBuf, source: io::Error },
-    #[error("the chunk store at {path} has format {found}, this build knows {STORE_FORMAT}; upgrade the spoke or move the directory away")]
+    #[error(
+        "the chunk store at {path} has format {found}, this build knows {STORE_FORMAT}; upgrade the spoke or move the directory away"
+    )]
     Format { path: PathBuf, found: String },
     #[error("chunk store I/O on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
@@ -91,7 +93,9 @@ impl DiskStore {
         match std::fs::read_to_string(&format) {
             Ok(found) if found.trim() == STORE_FORMAT.to_string() => {}
             Ok(found) => return Err(CacheError::Format { path: root.to_owned(), found: found.trim().to_string() }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::write(&format, format!("{STORE_FORMAT}\n")).map_err(io(&format))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::write(&format, format!("{STORE_FORMAT}\n")).map_err(io(&format))?
+            }
             Err(e) => return Err(CacheError::Io { path: format, source: e }),
         }
         let tmp = root.join("tmp");

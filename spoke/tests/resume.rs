@@ -42,26 +42,51 @@ async fn sigkill_and_restart_resumes_without_refetching() {
     let out = aqueduct_hub::init(&root.join("hub"), addr, &[]).unwrap();
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
-    tokio::spawn(aqueduct_hub::serve(aqueduct_hub::config::HubConfig::load(&out.config_path).unwrap(), listener, shutdown.clone()));
+    tokio::spawn(aqueduct_hub::serve(
+        aqueduct_hub::config::HubConfig::load(&out.config_path).unwrap(),
+        listener,
+        shutdown.clone(),
+    ));
     let admin_dir = root.join("hub/admin");
     let read = |f: &str| std::fs::read_to_string(admin_dir.join(f)).unwrap();
-    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("ca.pem"))).identity(Identity::from_pem(read("admin.pem"), read("admin.key")));
-    let channel = Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")))
+        .identity(Identity::from_pem(read("admin.pem"), read("admin.key")));
+    let channel =
+        Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
     let mut admin = AdminClient::new(channel);
 
-    let source = pb::Source { name: "local".into(), url: format!("file://{}", root.join("models").display()), options: Default::default(), created_unix_ms: 0 };
+    let source = pb::Source {
+        name: "local".into(),
+        url: format!("file://{}", root.join("models").display()),
+        options: Default::default(),
+        created_unix_ms: 0,
+    };
     admin.add_source(pb::AddSourceRequest { source: Some(source) }).await.unwrap();
-    let dataset = pb::Dataset { name: "llama".into(), source: "local".into(), prefix: "llama".into(), created_unix_ms: 0, latest_version: 0 };
+    let dataset = pb::Dataset {
+        name: "llama".into(),
+        source: "local".into(),
+        prefix: "llama".into(),
+        created_unix_ms: 0,
+        latest_version: 0,
+    };
     admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.unwrap();
     let mut events = admin.snapshot(pb::SnapshotRequest { dataset: "llama".into() }).await.unwrap().into_inner();
     while events.message().await.unwrap().is_some() {}
     // A slow link (4 MiB/s for 24 MiB), so that the kill lands mid-transfer.
     let region = pb::Region { name: "eu".into(), rate_bytes_per_sec: 4 << 20, created_unix_ms: 0 };
-    let bundle = admin.add_region(pb::AddRegionRequest { region: Some(region) }).await.unwrap().into_inner().bundle.unwrap();
+    let bundle =
+        admin.add_region(pb::AddRegionRequest { region: Some(region) }).await.unwrap().into_inner().bundle.unwrap();
     let dir = root.join("spoke");
     let config = aqueduct_spoke::write_node_config(&dir, &format!("https://{addr}"), "n1", &bundle).unwrap();
-    admin.rollout(pb::RolloutRequest { dataset: "llama".into(), version: 1, regions: vec!["eu".into()] }).await.unwrap();
-    let manifest = Manifest::try_from(admin.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await.unwrap().into_inner()).unwrap();
+    admin
+        .rollout(pb::RolloutRequest { dataset: "llama".into(), version: 1, regions: vec!["eu".into()] })
+        .await
+        .unwrap();
+    let manifest = Manifest::try_from(
+        admin.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await.unwrap().into_inner(),
+    )
+    .unwrap();
     let distinct: u64 = manifest.distinct_chunks().iter().map(|(_, l)| u64::from(*l)).sum();
     let store = dir.join("store");
 
@@ -70,7 +95,11 @@ async fn sigkill_and_restart_resumes_without_refetching() {
     while stored_chunks(&store).len() < manifest.distinct_chunks().len() / 3 {
         tokio::time::sleep(Duration::from_millis(50)).await;
         waited += 1;
-        assert!(waited < 1200, "the spoke stored nothing: {}", std::fs::read_to_string(root.join("spoke-1.log")).unwrap());
+        assert!(
+            waited < 1200,
+            "the spoke stored nothing: {}",
+            std::fs::read_to_string(root.join("spoke-1.log")).unwrap()
+        );
     }
     spoke.kill().unwrap(); // SIGKILL
     spoke.wait().unwrap();

@@ -12,10 +12,15 @@ fn an_unreachable_hub_is_retried_and_reported_once_per_interval() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = Authority::create("test").unwrap();
     let region = ca.issue(&Identity::Region("eu".into()), &[]).unwrap();
-    let bundle = aqueduct_proto::hub::v1::CredentialsBundle { ca_pem: ca.ca_pem().to_string(), cert_pem: region.cert_pem, key_pem: region.key_pem };
+    let bundle = aqueduct_proto::hub::v1::CredentialsBundle {
+        ca_pem: ca.ca_pem().to_string(),
+        cert_pem: region.cert_pem,
+        key_pem: region.key_pem,
+    };
     // A port nothing listens on: bind one, note it, close it.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = aqueduct_spoke::write_node_config(tmp.path(), &format!("https://127.0.0.1:{port}"), "n", &bundle).unwrap();
+    let config =
+        aqueduct_spoke::write_node_config(tmp.path(), &format!("https://127.0.0.1:{port}"), "n", &bundle).unwrap();
     let log = tmp.path().join("spoke.log");
     let mut spoke = Command::new(env!("CARGO_BIN_EXE_aqueduct-spoke"))
         .args(["run", "--config", config.to_str().unwrap()])
@@ -33,5 +38,9 @@ fn an_unreachable_hub_is_retried_and_reported_once_per_interval() {
     assert!(alive, "the spoke gave up: {text}");
     let complaints: Vec<&str> = text.lines().filter(|l| l.contains("hub unreachable")).collect();
     assert_eq!(complaints.len(), 1, "{text}");
-    assert!(complaints[0].contains(&format!("127.0.0.1:{port}")) && complaints[0].contains("retry_in"), "{}", complaints[0]);
+    assert!(
+        complaints[0].contains(&format!("127.0.0.1:{port}")) && complaints[0].contains("retry_in"),
+        "{}",
+        complaints[0]
+    );
 }

@@ -79,7 +79,10 @@ impl S3Server {
 
     /// Writes an AWS credentials file with this server's keys (`[default]` profile).
     pub fn write_credentials(&self, path: &Path) -> io::Result<()> {
-        std::fs::write(path, format!("[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"))
+        std::fs::write(
+            path,
+            format!("[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"),
+        )
     }
 }
 

@@ -69,10 +69,15 @@ impl ConnArgs {
                 slot.clone_from(flag);
             }
         }
-        let missing: Vec<&str> = [("--hub", cfg.hub.is_none()), ("--ca", cfg.ca.is_none()), ("--cert", cfg.cert.is_none()), ("--key", cfg.key.is_none())]
-            .into_iter()
-            .filter_map(|(name, missing)| missing.then_some(name))
-            .collect();
+        let missing: Vec<&str> = [
+            ("--hub", cfg.hub.is_none()),
+            ("--ca", cfg.ca.is_none()),
+            ("--cert", cfg.cert.is_none()),
+            ("--key", cfg.key.is_none()),
+        ]
+        .into_iter()
+        .filter_map(|(name, missing)| missing.then_some(name))
+        .collect();
         if !missing.is_empty() {
             bail!(
                 "no hub to talk to: {} not set. Point aq at the config `aqueduct-hub init` wrote with \
@@ -93,7 +98,8 @@ impl ConnArgs {
 
 fn load(path: &Path) -> Result<FileConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read aq config {}", path.display()))?;
-    let mut cfg: FileConfig = toml::from_str(&text).with_context(|| format!("aq config {} is invalid", path.display()))?;
+    let mut cfg: FileConfig =
+        toml::from_str(&text).with_context(|| format!("aq config {} is invalid", path.display()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     for slot in [&mut cfg.ca, &mut cfg.cert, &mut cfg.key] {
         if let Some(p) = slot.as_mut()
@@ -108,13 +114,18 @@ fn load(path: &Path) -> Result<FileConfig> {
 impl HubConn {
     pub async fn connect(&self) -> Result<AdminClient<Channel>> {
         let read = |what: &str, path: &Path| {
-            std::fs::read(path).with_context(|| format!("cannot read the {what} {} (from {})", path.display(), self.origin))
+            std::fs::read(path)
+                .with_context(|| format!("cannot read the {what} {} (from {})", path.display(), self.origin))
         };
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(read("CA certificate", &self.ca)?))
             .identity(Identity::from_pem(read("client certificate", &self.cert)?, read("client key", &self.key)?));
         if !self.url.starts_with("https://") {
-            bail!("hub address {:?} must start with https:// (the hub speaks only mutual TLS); it comes from {}", self.url, self.origin);
+            bail!(
+                "hub address {:?} must start with https:// (the hub speaks only mutual TLS); it comes from {}",
+                self.url,
+                self.origin
+            );
         }
         let endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|e| anyhow!("hub address {:?} is not a URL ({e}); write https://HOST:PORT", self.url))?
@@ -122,7 +133,9 @@ impl HubConn {
             .map_err(|e| anyhow!("cannot use the TLS files from {}: {e}", self.origin))?
             .connect_timeout(Duration::from_secs(5));
         let channel = endpoint.connect().await.map_err(|e| self.transport_error(&chain(&e)))?;
-        Ok(AdminClient::new(channel).max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES).max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES))
+        Ok(AdminClient::new(channel)
+            .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES))
     }
 
     fn transport_error(&self, detail: &str) -> anyhow::Error {
@@ -140,7 +153,10 @@ impl HubConn {
                  name it was created with (`aqueduct-hub init --host NAME`), e.g. 127.0.0.1",
                 self.url
             )
-        } else if lower.contains("unknownissuer") || lower.contains("badsignature") || lower.contains("invalid peer certificate") {
+        } else if lower.contains("unknownissuer")
+            || lower.contains("badsignature")
+            || lower.contains("invalid peer certificate")
+        {
             anyhow!(
                 "the hub at {} presented a certificate not issued by the CA in {} ({detail}); \
                  use the admin bundle of this hub",
@@ -154,7 +170,11 @@ impl HubConn {
                 self.url,
                 self.cert.display()
             )
-        } else if lower.contains("closed") || lower.contains("reset") || lower.contains("broken pipe") || lower.contains("canceled") {
+        } else if lower.contains("closed")
+            || lower.contains("reset")
+            || lower.contains("broken pipe")
+            || lower.contains("canceled")
+        {
             // With TLS 1.3 a server rejects a client certificate after the handshake, so the
             // client often sees only a closed connection.
             anyhow!(

@@ -178,7 +178,9 @@ impl SourceAdd {
         set("secret_access_key_env", self.secret_access_key_env.as_ref());
         set("credentials_file", self.credentials_file.as_ref());
         set("profile", self.profile.as_ref());
-        for (flag, key) in [(self.allow_http, "allow_http"), (self.path_style, "path_style"), (self.anonymous, "anonymous")] {
+        for (flag, key) in
+            [(self.allow_http, "allow_http"), (self.path_style, "path_style"), (self.anonymous, "anonymous")]
+        {
             if flag {
                 options.insert(key.to_string(), "true".to_string());
             }
@@ -221,8 +223,17 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Quickstart { .. } => unreachable!("handled above"),
         Command::Source(SourceCommand::Add(add)) => {
-            let source = pb::Source { name: add.name.clone(), url: add.url.clone(), options: add.options()?.into_iter().collect(), created_unix_ms: 0 };
-            let s = admin.add_source(pb::AddSourceRequest { source: Some(source) }).await.map_err(|e| explain(e, &hub))?.into_inner();
+            let source = pb::Source {
+                name: add.name.clone(),
+                url: add.url.clone(),
+                options: add.options()?.into_iter().collect(),
+                created_unix_ms: 0,
+            };
+            let s = admin
+                .add_source(pb::AddSourceRequest { source: Some(source) })
+                .await
+                .map_err(|e| explain(e, &hub))?
+                .into_inner();
             println!("source {} added: {}", s.name, s.url);
         }
         Command::Source(SourceCommand::List) => {
@@ -236,11 +247,16 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Dataset(DatasetCommand::Add { name, source, prefix }) => {
             let dataset = pb::Dataset { name, source, prefix, created_unix_ms: 0, latest_version: 0 };
-            let d = admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.map_err(|e| explain(e, &hub))?.into_inner();
+            let d = admin
+                .add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) })
+                .await
+                .map_err(|e| explain(e, &hub))?
+                .into_inner();
             println!("dataset {} added: source {} prefix {:?}", d.name, d.source, d.prefix);
         }
         Command::Dataset(DatasetCommand::List) => {
-            let list = admin.list_datasets(pb::ListDatasetsRequest {}).await.map_err(|e| explain(e, &hub))?.into_inner();
+            let list =
+                admin.list_datasets(pb::ListDatasetsRequest {}).await.map_err(|e| explain(e, &hub))?.into_inner();
             let mut t = Table::new(["NAME", "SOURCE", "PREFIX", "LATEST", "AGE"]);
             for d in list.datasets {
                 let latest = if d.latest_version == 0 { "-".into() } else { format!("v{}", d.latest_version) };
@@ -257,7 +273,9 @@ async fn run(cli: Cli) -> Result<()> {
             let mut report = progress_reporter(&dataset);
             let done = loop {
                 match events.message().await.map_err(|e| explain(e, &hub))? {
-                    Some(pb::SnapshotEvent { event: Some(pb::snapshot_event::Event::Progress(p)) }) => report.update(&p),
+                    Some(pb::SnapshotEvent { event: Some(pb::snapshot_event::Event::Progress(p)) }) => {
+                        report.update(&p)
+                    }
                     Some(pb::SnapshotEvent { event: Some(pb::snapshot_event::Event::Done(v)) }) => break v,
                     Some(_) => {}
                     None => bail!("the hub ended the snapshot of {dataset} without a result; see the hub's log"),
@@ -273,7 +291,8 @@ async fn run(cli: Cli) -> Result<()> {
                     bytes(done.bytes_read)
                 );
             } else {
-                let against = if done.version > 1 { format!("against v{}", done.version - 1) } else { "(first version)".into() };
+                let against =
+                    if done.version > 1 { format!("against v{}", done.version - 1) } else { "(first version)".into() };
                 println!(
                     "{}@v{}: {} files, {}, {} chunks; {} new {against}; read {} from the source",
                     done.dataset,
@@ -288,11 +307,23 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Versions { dataset } => {
-            let list = admin.list_versions(pb::ListVersionsRequest { dataset }).await.map_err(|e| explain(e, &hub))?.into_inner();
+            let list = admin
+                .list_versions(pb::ListVersionsRequest { dataset })
+                .await
+                .map_err(|e| explain(e, &hub))?
+                .into_inner();
             let mut t = Table::new(["VERSION", "FILES", "SIZE", "CHUNKS", "NEW", "ROOT", "AGE"]);
             for v in list.versions {
                 let root = aqueduct_proto::Digest::from_slice(&v.root).map(|d| d.short()).unwrap_or_default();
-                t.row([format!("v{}", v.version), v.files.to_string(), bytes(v.bytes), v.chunks.to_string(), bytes(v.new_bytes), root, age(v.created_unix_ms)]);
+                t.row([
+                    format!("v{}", v.version),
+                    v.files.to_string(),
+                    bytes(v.bytes),
+                    v.chunks.to_string(),
+                    bytes(v.new_bytes),
+                    root,
+                    age(v.created_unix_ms),
+                ]);
             }
             t.print();
         }
@@ -312,9 +343,15 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             };
             let bundle = resp.bundle.context("the hub sent no credentials bundle")?;
-            write_bundle(&out, &bundle).with_context(|| format!("region {name} was added, but its bundle could not be written to {}", out.display()))?;
+            write_bundle(&out, &bundle).with_context(|| {
+                format!("region {name} was added, but its bundle could not be written to {}", out.display())
+            })?;
             println!("region {name} added with a link budget of {rate}");
-            println!("credentials for its spokes written to {} (hub: {}); keep key.pem private", out.display(), hub.url);
+            println!(
+                "credentials for its spokes written to {} (hub: {}); keep key.pem private",
+                out.display(),
+                hub.url
+            );
         }
         Command::Region(RegionCommand::List) => {
             let list = admin.list_regions(pb::ListRegionsRequest {}).await.map_err(|e| explain(e, &hub))?.into_inner();
@@ -325,26 +362,45 @@ async fn run(cli: Cli) -> Result<()> {
             t.print();
         }
         Command::Rollout { version, to } => {
-            let req = pb::RolloutRequest { dataset: version.dataset.clone(), version: version.version.unwrap_or(0), regions: to };
+            let req = pb::RolloutRequest {
+                dataset: version.dataset.clone(),
+                version: version.version.unwrap_or(0),
+                regions: to,
+            };
             let resp = admin.rollout(req).await.map_err(|e| explain(e, &hub))?.into_inner();
             println!("{}@v{} rolling out to {}", resp.dataset, resp.version, resp.regions.join(", "));
         }
         Command::Status { dataset } => {
             let req = pb::StatusRequest { dataset: dataset.unwrap_or_default() };
             let rows = admin.status(req).await.map_err(|e| explain(e, &hub))?.into_inner().rows;
-            let mut t = Table::new(["DATASET", "VERSION", "REGION", "TOTAL SIZE", "CACHED", "CACHED %", "PHASE", "RATE"]);
+            let mut t =
+                Table::new(["DATASET", "VERSION", "REGION", "TOTAL SIZE", "CACHED", "CACHED %", "PHASE", "RATE"]);
             for r in rows {
-                let percent = if r.total_bytes == 0 { 100.0 } else { r.cached_bytes as f64 * 100.0 / r.total_bytes as f64 };
+                let percent =
+                    if r.total_bytes == 0 { 100.0 } else { r.cached_bytes as f64 * 100.0 / r.total_bytes as f64 };
                 let phase = if r.reason.is_empty() { r.phase } else { format!("{}: {}", r.phase, r.reason) };
-                let achieved = if r.rate_bytes_per_sec == 0 { "-".to_string() } else { Rate(r.rate_bytes_per_sec).to_string() };
+                let achieved =
+                    if r.rate_bytes_per_sec == 0 { "-".to_string() } else { Rate(r.rate_bytes_per_sec).to_string() };
                 let rate = format!("{achieved}/{}", Rate(r.budget_bytes_per_sec));
-                t.row([r.dataset, format!("v{}", r.version), r.region, bytes(r.total_bytes), bytes(r.cached_bytes), format!("{percent:.1}%"), phase, rate]);
+                t.row([
+                    r.dataset,
+                    format!("v{}", r.version),
+                    r.region,
+                    bytes(r.total_bytes),
+                    bytes(r.cached_bytes),
+                    format!("{percent:.1}%"),
+                    phase,
+                    rate,
+                ]);
             }
             t.print();
         }
         Command::Manifest { version, chunks } => {
             let wire = admin
-                .get_manifest(pb::GetManifestRequest { dataset: version.dataset.clone(), version: version.version.unwrap_or(0) })
+                .get_manifest(pb::GetManifestRequest {
+                    dataset: version.dataset.clone(),
+                    version: version.version.unwrap_or(0),
+                })
                 .await
                 .map_err(|e| explain(e, &hub))?
                 .into_inner();
@@ -363,7 +419,14 @@ async fn run(cli: Cli) -> Result<()> {
             println!("root {}", m.root);
             let mut t = Table::new(["PATH", "SIZE", "MODE", "MTIME", "CHUNKS", "OBJECT"]);
             for f in &m.files {
-                t.row([f.path.clone(), bytes(f.size), format!("{:o}", f.mode), age(f.mtime_unix_ms), f.chunks.len().to_string(), f.object.clone()]);
+                t.row([
+                    f.path.clone(),
+                    bytes(f.size),
+                    format!("{:o}", f.mode),
+                    age(f.mtime_unix_ms),
+                    f.chunks.len().to_string(),
+                    f.object.clone(),
+                ]);
             }
             t.print();
             if chunks {
@@ -379,4 +442,3 @@ async fn run(cli: Cli) -> Result<()> {
     }
     Ok(())
 }
-

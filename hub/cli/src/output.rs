@@ -22,10 +22,12 @@ impl Table {
 
     pub fn print(&self) {
         let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
-        let widths: Vec<usize> =
-            (0..columns).map(|c| self.rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+        let widths: Vec<usize> = (0..columns)
+            .map(|c| self.rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+            .collect();
         for row in &self.rows {
-            let line: Vec<String> = row.iter().enumerate().map(|(i, cell)| format!("{cell:<w$}", w = widths[i])).collect();
+            let line: Vec<String> =
+                row.iter().enumerate().map(|(i, cell)| format!("{cell:<w$}", w = widths[i])).collect();
             println!("{}", line.join("   ").trim_end());
         }
     }
@@ -147,7 +149,14 @@ impl RolloutProgress {
                 let last = self.last.entry(row.region.clone()).or_insert_with(Instant::now);
                 if last.elapsed() >= Duration::from_secs(3) {
                     *last = Instant::now();
-                    eprintln!("{} -> {}: {} of {}, {}", self.what, row.region, bytes(row.cached_bytes), bytes(row.total_bytes), row.phase);
+                    eprintln!(
+                        "{} -> {}: {} of {}, {}",
+                        self.what,
+                        row.region,
+                        bytes(row.cached_bytes),
+                        bytes(row.total_bytes),
+                        row.phase
+                    );
                 }
             }
         }

@@ -54,7 +54,11 @@ async fn run_in(root: &Path, model_mib: usize, shutdown: &CancellationToken) -> 
     let data = root.join("source/demo-llm");
     std::fs::create_dir_all(&data)?;
     let v1_files = write_sample(&data, model_mib, 0)?;
-    println!("1. sample dataset: {} files, {} (safetensors-style model, config, tokenizer)", v1_files.len(), bytes(total(&v1_files)));
+    println!(
+        "1. sample dataset: {} files, {} (safetensors-style model, config, tokenizer)",
+        v1_files.len(),
+        bytes(total(&v1_files))
+    );
 
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -72,17 +76,35 @@ async fn run_in(root: &Path, model_mib: usize, shutdown: &CancellationToken) -> 
     let mut admin = conn.connect().await?;
     println!("2. hub serving on https://{addr} (mutual TLS, its own CA)");
 
-    let source = pb::Source { name: "local".into(), url: format!("file://{}", root.join("source").display()), options: Default::default(), created_unix_ms: 0 };
+    let source = pb::Source {
+        name: "local".into(),
+        url: format!("file://{}", root.join("source").display()),
+        options: Default::default(),
+        created_unix_ms: 0,
+    };
     admin.add_source(pb::AddSourceRequest { source: Some(source) }).await?;
-    let dataset = pb::Dataset { name: DATASET.into(), source: "local".into(), prefix: DATASET.into(), created_unix_ms: 0, latest_version: 0 };
+    let dataset = pb::Dataset {
+        name: DATASET.into(),
+        source: "local".into(),
+        prefix: DATASET.into(),
+        created_unix_ms: 0,
+        latest_version: 0,
+    };
     admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await?;
     let v1 = snapshot(&mut admin).await?;
     println!("3. snapshot: {DATASET}@v{} = {} files, {}, {} chunks", v1.version, v1.files, bytes(v1.bytes), v1.chunks);
 
     for (region, rate) in REGIONS {
-        let req = pb::AddRegionRequest { region: Some(pb::Region { name: region.into(), rate_bytes_per_sec: rate, created_unix_ms: 0 }) };
+        let req = pb::AddRegionRequest {
+            region: Some(pb::Region { name: region.into(), rate_bytes_per_sec: rate, created_unix_ms: 0 }),
+        };
         let bundle = admin.add_region(req).await?.into_inner().bundle.context("no credentials bundle")?;
-        let config = aqueduct_spoke::write_node_config(&root.join(format!("spoke-{region}")), &conn.url, &format!("{region}-node-1"), &bundle)?;
+        let config = aqueduct_spoke::write_node_config(
+            &root.join(format!("spoke-{region}")),
+            &conn.url,
+            &format!("{region}-node-1"),
+            &bundle,
+        )?;
         let config = aqueduct_spoke::SpokeConfig::load(&config)?;
         tokio::spawn(aqueduct_spoke::run(config, shutdown.clone()));
         println!("4. region {region}: link budget {}, one spoke", Rate(rate));
@@ -94,11 +116,17 @@ async fn run_in(root: &Path, model_mib: usize, shutdown: &CancellationToken) -> 
     // v2: the header grows by 100 bytes (shifting every tensor after it) and the config changes.
     let v2_files = write_sample(&data, model_mib, 100)?;
     let v2 = snapshot(&mut admin).await?;
-    println!("6. snapshot: {DATASET}@v{} = {}, of which {} in new chunks", v2.version, bytes(v2.bytes), bytes(v2.new_bytes));
+    println!(
+        "6. snapshot: {DATASET}@v{} = {}, of which {} in new chunks",
+        v2.version,
+        bytes(v2.bytes),
+        bytes(v2.new_bytes)
+    );
     transfers.extend(rollout(&mut admin, v2.version).await?);
     println!("7. v2 is Ready in both regions");
 
-    let mut t = Table::new(["REGION", "VERSION", "VERSION SIZE", "OVER THE LINK", "LINK / VERSION", "TIME", "RATE / BUDGET"]);
+    let mut t =
+        Table::new(["REGION", "VERSION", "VERSION SIZE", "OVER THE LINK", "LINK / VERSION", "TIME", "RATE / BUDGET"]);
     for x in &transfers {
         let rate = x.relayed as f64 / x.seconds;
         t.row([
@@ -127,7 +155,10 @@ async fn run_in(root: &Path, model_mib: usize, shutdown: &CancellationToken) -> 
             verify(&root.join(format!("spoke-{region}/store")), &manifest, files)
                 .with_context(|| format!("verifying {DATASET}@v{version} in {region}"))?;
         }
-        println!("verified: every file of v{version} in both regions' stores has the BLAKE3 of the source ({} files)", files.len());
+        println!(
+            "verified: every file of v{version} in both regions' stores has the BLAKE3 of the source ({} files)",
+            files.len()
+        );
     }
     println!("\nDone. Next: README.md walks through the same steps with `aqueduct-hub` and `aq`.");
     Ok(())
@@ -159,7 +190,8 @@ fn write_sample(dir: &Path, model_mib: usize, header_growth: usize) -> Result<Sa
         tokenizer.push_str(&format!("\"tok{i}\":{i},"));
     }
     tokenizer.push_str("\"end\":40000}}}\n");
-    let files: [(&str, &[u8]); 3] = [("model.safetensors", &model), ("config.json", config.as_bytes()), ("tokenizer.json", tokenizer.as_bytes())];
+    let files: [(&str, &[u8]); 3] =
+        [("model.safetensors", &model), ("config.json", config.as_bytes()), ("tokenizer.json", tokenizer.as_bytes())];
     let mut sample = Sample::new();
     for (path, data) in files {
         std::fs::write(dir.join(path), data)?;
@@ -229,7 +261,9 @@ fn verify(store_dir: &Path, manifest: &Manifest, sample: &Sample) -> Result<()> 
     for file in &manifest.files {
         let mut hasher = blake3::Hasher::new();
         for c in &file.chunks {
-            hasher.update(&store.get(&c.digest)?.with_context(|| format!("{} lacks chunk {}", store_dir.display(), c.digest))?);
+            hasher.update(
+                &store.get(&c.digest)?.with_context(|| format!("{} lacks chunk {}", store_dir.display(), c.digest))?,
+            );
         }
         let (_, expected) = sample.get(&file.path).with_context(|| format!("{} is not in the sample", file.path))?;
         if hasher.finalize() != *expected {
@@ -238,4 +272,3 @@ fn verify(store_dir: &Path, manifest: &Manifest, sample: &Sample) -> Result<()> 
     }
     Ok(())
 }
-

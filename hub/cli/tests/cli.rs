@@ -83,7 +83,10 @@ async fn operator_walk_through() {
     assert!(out.lines().next().unwrap().starts_with("VERSION"), "{out}");
     assert!(out.contains("v1") && out.contains("v2"), "{out}");
     let out = ok(&aq(home, cfg, &["manifest", "llama@v1", "--chunks"]).await);
-    assert!(out.contains("llama@v1: 2 files") && out.contains("model.safetensors") && out.contains("llama/config.json"), "{out}");
+    assert!(
+        out.contains("llama@v1: 2 files") && out.contains("model.safetensors") && out.contains("llama/config.json"),
+        "{out}"
+    );
     let out = ok(&aq(home, cfg, &["dataset", "list"]).await);
     assert!(out.contains("llama") && out.contains("v2"), "{out}");
 
@@ -92,7 +95,8 @@ async fn operator_walk_through() {
     std::fs::create_dir_all(&default).unwrap();
     let text = std::fs::read_to_string(&hub.admin_config).unwrap();
     let dir = hub.admin_config.parent().unwrap().display().to_string();
-    let absolute = text.replace("\"ca.pem\"", &format!("\"{dir}/ca.pem\"")).replace("\"admin.", &format!("\"{dir}/admin."));
+    let absolute =
+        text.replace("\"ca.pem\"", &format!("\"{dir}/ca.pem\"")).replace("\"admin.", &format!("\"{dir}/admin."));
     std::fs::write(default.join("aq.toml"), absolute).unwrap();
     assert!(ok(&aq(home, None, &["versions", "llama"]).await).contains("v2"));
 }
@@ -106,17 +110,26 @@ async fn mistakes_are_explained() {
     let home = tmp.path();
 
     fails_with(&aq(home, None, &["versions", "llama"]).await, &["no hub to talk to", "AQ_CONFIG", "aqueduct-hub init"]);
-    fails_with(&aq(home, cfg, &["--hub", "https://127.0.0.1:1", "versions", "llama"]).await, &["cannot reach the hub", "aqueduct-hub serve"]);
+    fails_with(
+        &aq(home, cfg, &["--hub", "https://127.0.0.1:1", "versions", "llama"]).await,
+        &["cannot reach the hub", "aqueduct-hub serve"],
+    );
     let other_admin = other.admin_config.parent().unwrap();
     let cert = other_admin.join("admin.pem").display().to_string();
     let key = other_admin.join("admin.key").display().to_string();
-    fails_with(&aq(home, cfg, &["--cert", &cert, "--key", &key, "versions", "llama"]).await, &["client's certificate", "admin bundle"]);
+    fails_with(
+        &aq(home, cfg, &["--cert", &cert, "--key", &key, "versions", "llama"]).await,
+        &["client's certificate", "admin bundle"],
+    );
     let ca = other_admin.join("ca.pem").display().to_string();
     fails_with(&aq(home, cfg, &["--ca", &ca, "versions", "llama"]).await, &["not issued by the CA"]);
     fails_with(&aq(home, cfg, &["versions", "llama"]).await, &["dataset \"llama\" does not exist"]);
     fails_with(&aq(home, cfg, &["snapshot", "llama"]).await, &["dataset \"llama\" does not exist"]);
     fails_with(&aq(home, cfg, &["source", "add", "x", "s3//bucket"]).await, &["malformed"]);
-    fails_with(&aq(home, cfg, &["source", "add", "x", "s3://b", "-o", "endpont=http://x"]).await, &["\"endpont\"", "not known"]);
+    fails_with(
+        &aq(home, cfg, &["source", "add", "x", "s3://b", "-o", "endpont=http://x"]).await,
+        &["\"endpont\"", "not known"],
+    );
     let out = aq(home, cfg, &["manifest", "llama@vx"]).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("DATASET@vN"));
@@ -137,27 +150,41 @@ async fn regions_rollouts_and_status() {
     ok(&aq(home, cfg, &["snapshot", "llama"]).await);
 
     let bundle = tmp.path().join("eu-creds");
-    let out = ok(&aq(home, cfg, &["region", "add", "eu-west", "--rate", "100MiB/s", "--out", bundle.to_str().unwrap()]).await);
+    let out =
+        ok(&aq(home, cfg, &["region", "add", "eu-west", "--rate", "100MiB/s", "--out", bundle.to_str().unwrap()])
+            .await);
     assert!(out.contains("link budget of 100MiB/s"), "{out}");
     for f in ["ca.pem", "cert.pem", "key.pem"] {
         assert!(bundle.join(f).exists(), "{f} missing from the bundle");
     }
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(bundle.join("key.pem")).unwrap().permissions().mode() & 0o777, 0o600);
-    fails_with(&aq(home, cfg, &["region", "add", "eu-west", "--rate", "1MiB/s", "--out", bundle.to_str().unwrap()]).await, &["already exists"]);
+    fails_with(
+        &aq(home, cfg, &["region", "add", "eu-west", "--rate", "1MiB/s", "--out", bundle.to_str().unwrap()]).await,
+        &["already exists"],
+    );
     let out = aq(home, cfg, &["region", "add", "us", "--rate", "fast"]).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("100MiB/s"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(ok(&aq(home, cfg, &["region", "list"]).await).contains("eu-west"));
 
-    fails_with(&aq(home, cfg, &["rollout", "llama@v1", "--to", "eu-west,mars"]).await, &["region \"mars\" does not exist"]);
+    fails_with(
+        &aq(home, cfg, &["rollout", "llama@v1", "--to", "eu-west,mars"]).await,
+        &["region \"mars\" does not exist"],
+    );
     fails_with(&aq(home, cfg, &["rollout", "llama@v9", "--to", "eu-west"]).await, &["no version v9"]);
     fails_with(&aq(home, cfg, &["rollout", "ghost", "--to", "eu-west"]).await, &["dataset \"ghost\" does not exist"]);
-    assert!(ok(&aq(home, cfg, &["rollout", "llama", "--to", "eu-west"]).await).contains("llama@v1 rolling out to eu-west"));
+    assert!(
+        ok(&aq(home, cfg, &["rollout", "llama", "--to", "eu-west"]).await).contains("llama@v1 rolling out to eu-west")
+    );
     let out = ok(&aq(home, cfg, &["status"]).await);
     let mut lines = out.lines();
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["DATASET", "VERSION", "REGION", "TOTAL", "SIZE", "CACHED", "CACHED", "%", "PHASE", "RATE"], "{out}");
+    assert_eq!(
+        header,
+        ["DATASET", "VERSION", "REGION", "TOTAL", "SIZE", "CACHED", "CACHED", "%", "PHASE", "RATE"],
+        "{out}"
+    );
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(row, ["llama", "v1", "eu-west", "2.0", "MiB", "0", "B", "0.0%", "Pending", "-/100MiB/s"], "{out}");
 }

@@ -40,14 +40,24 @@ impl Hub {
         Self::start(self.config, listener).await
     }
 
-    pub async fn channel(&self, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Channel, tonic::transport::Error> {
+    pub async fn channel(
+        &self,
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<Channel, tonic::transport::Error> {
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(ca_pem))
             .identity(TlsIdentity::from_pem(cert_pem, key_pem));
         Endpoint::from_shared(format!("https://{}", self.addr)).unwrap().tls_config(tls)?.connect().await
     }
 
-    pub async fn client_with(&self, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<AdminClient<Channel>, tonic::transport::Error> {
+    pub async fn client_with(
+        &self,
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<AdminClient<Channel>, tonic::transport::Error> {
         Ok(AdminClient::new(self.channel(ca_pem, cert_pem, key_pem).await?))
     }
 
@@ -80,7 +90,13 @@ pub fn source(name: &str, url: &str, options: &[(&str, String)]) -> pb::AddSourc
 
 pub fn dataset(name: &str, source: &str, prefix: &str) -> pb::AddDatasetRequest {
     pb::AddDatasetRequest {
-        dataset: Some(pb::Dataset { name: name.into(), source: source.into(), prefix: prefix.into(), created_unix_ms: 0, latest_version: 0 }),
+        dataset: Some(pb::Dataset {
+            name: name.into(),
+            source: source.into(),
+            prefix: prefix.into(),
+            created_unix_ms: 0,
+            latest_version: 0,
+        }),
     }
 }
 
@@ -101,4 +117,3 @@ pub fn expect_err<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::
         assert!(status.message().contains(w), "{:?} lacks {w:?}", status.message());
     }
 }
-

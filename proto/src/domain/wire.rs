@@ -29,11 +29,7 @@ impl From<&Manifest> for pb::Manifest {
                     chunks: f
                         .chunks
                         .iter()
-                        .map(|c| pb::ChunkRef {
-                            digest: c.digest.0.to_vec(),
-                            offset: c.offset,
-                            length: c.length,
-                        })
+                        .map(|c| pb::ChunkRef { digest: c.digest.0.to_vec(), offset: c.offset, length: c.length })
                         .collect(),
                 })
                 .collect(),

@@ -1,0 +1,339 @@
+//! A dataset version as a filesystem, with no kernel in sight.
+//!
+//! Inode 1 is the root; every directory implied by the manifest's paths gets an inode, then
+//! every file, in path order, so inode numbers are stable for a version. Reads map a byte
+//! range to the chunks that cover it, fetch them from the [`ChunkSource`] (concurrently),
+//! check each against its BLAKE3 digest, and cut the asked range out. Nothing is writable:
+//! a version is immutable.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use aqueduct_proto::{Digest, Manifest};
+use async_trait::async_trait;
+use futures::future::try_join_all;
+
+pub type Ino = u64;
+pub const ROOT: Ino = 1;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("read-only file system: dataset versions are immutable")]
+    ReadOnly,
+    #[error("chunk {digest} is corrupt (its bytes hash to {actual})")]
+    Corrupt { digest: Digest, actual: Digest },
+    #[error("chunk {digest} is unavailable: {reason}")]
+    Unavailable { digest: Digest, reason: String },
+}
+
+impl FsError {
+    /// The errno a FUSE reply carries for this error: the one place errors become errnos.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => 2,                                     // ENOENT
+            FsError::NotDir => 20,                                      // ENOTDIR
+            FsError::IsDir => 21,                                       // EISDIR
+            FsError::ReadOnly => 30,                                    // EROFS
+            FsError::Corrupt { .. } | FsError::Unavailable { .. } => 5, // EIO
+        }
+    }
+}
+
+/// Where chunk bytes come from: the spoke's store, a peer, the hub.
+#[async_trait]
+pub trait ChunkSource: Send + Sync {
+    async fn chunk(&self, digest: &Digest, length: u32) -> Result<Vec<u8>, FsError>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+}
+
+/// What `getattr` answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: Kind,
+    pub size: u64,
+    /// Permission bits; the view is read-only, so write bits are cleared.
+    pub perm: u16,
+    pub mtime_unix_ms: i64,
+    pub nlink: u32,
+}
+
+struct Node {
+    attr: Attr,
+    /// For files: the index of the file in the manifest.
+    file: Option<usize>,
+    /// For directories: children by name.
+    children: BTreeMap<String, Ino>,
+    parent: Ino,
+}
+
+pub struct VersionFs<S> {
+    manifest: Manifest,
+    nodes: Vec<Node>,
+    source: Arc<S>,
+}
+
+impl<S: ChunkSource> VersionFs<S> {
+    pub fn new(manifest: Manifest, source: Arc<S>) -> Self {
+        let newest = manifest.files.iter().map(|f| f.mtime_unix_ms).max().unwrap_or(0);
+        let dir = |ino, parent| Node {
+            attr: Attr { ino, kind: Kind::Dir, size: 0, perm: 0o555, mtime_unix_ms: newest, nlink: 2 },
+            file: None,
+            children: BTreeMap::new(),
+            parent,
+        };
+        // Index 0 is unused so that `nodes[ino]` works; inode 1 is the root.
+        let mut nodes = vec![dir(0, 0), dir(ROOT, ROOT)];
+        for (index, file) in manifest.files.iter().enumerate() {
+            let mut parent = ROOT;
+            let parts: Vec<&str> = file.path.split('/').collect();
+            for part in &parts[..parts.len() - 1] {
+                parent = match nodes[parent as usize].children.get(*part) {
+                    Some(&ino) => ino,
+                    None => {
+                        let ino = nodes.len() as Ino;
+                        nodes.push(dir(ino, parent));
+                        nodes[parent as usize].children.insert(part.to_string(), ino);
+                        nodes[parent as usize].attr.nlink += 1;
+                        ino
+                    }
+                };
+            }
+            let ino = nodes.len() as Ino;
+            nodes.push(Node {
+                attr: Attr {
+                    ino,
+                    kind: Kind::File,
+                    size: file.size,
+                    perm: (file.mode & 0o555) as u16,
+                    mtime_unix_ms: file.mtime_unix_ms,
+                    nlink: 1,
+                },
+                file: Some(index),
+                children: BTreeMap::new(),
+                parent,
+            });
+            nodes[parent as usize].children.insert(parts[parts.len() - 1].to_string(), ino);
+        }
+        Self { manifest, nodes, source }
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    fn node(&self, ino: Ino) -> Result<&Node, FsError> {
+        self.nodes.get(ino as usize).filter(|_| ino >= ROOT).ok_or(FsError::NotFound)
+    }
+
+    pub fn getattr(&self, ino: Ino) -> Result<Attr, FsError> {
+        Ok(self.node(ino)?.attr.clone())
+    }
+
+    pub fn lookup(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
+        let node = self.node(parent)?;
+        if node.attr.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let ino = match name {
+            "." => parent,
+            ".." => node.parent,
+            _ => *node.children.get(name).ok_or(FsError::NotFound)?,
+        };
+        self.getattr(ino)
+    }
+
+    /// Entries of a directory (with `.` and `..`), from position `offset` on.
+    pub fn readdir(&self, ino: Ino, offset: usize) -> Result<Vec<(String, Attr)>, FsError> {
+        let node = self.node(ino)?;
+        if node.attr.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let mut entries = vec![(".".to_string(), node.attr.clone()), ("..".to_string(), self.getattr(node.parent)?)];
+        for (name, &child) in &node.children {
+            entries.push((name.clone(), self.getattr(child)?));
+        }
+        Ok(entries.into_iter().skip(offset).collect())
+    }
+
+    /// Reads up to `size` bytes at `offset`; short only at the end of the file.
+    pub async fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let node = self.node(ino)?;
+        let index = match node.attr.kind {
+            Kind::Dir => return Err(FsError::IsDir),
+            Kind::File => node.file.expect("files have an index"),
+        };
+        let file = &self.manifest.files[index];
+        let end = (offset + u64::from(size)).min(file.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        // The chunks that cover [offset, end): binary search for the first, then walk.
+        let first = file.chunks.partition_point(|c| c.end() <= offset);
+        let covering: Vec<_> = file.chunks[first..].iter().take_while(|c| c.offset < end).collect();
+        let fetched = try_join_all(covering.iter().map(|c| async move {
+            let data = self.source.chunk(&c.digest, c.length).await?;
+            let actual = Digest::of(&data);
+            if actual != c.digest {
+                return Err(FsError::Corrupt { digest: c.digest, actual });
+            }
+            Ok(data)
+        }))
+        .await?;
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for (c, data) in covering.iter().zip(&fetched) {
+            let from = offset.max(c.offset) - c.offset;
+            let to = end.min(c.end()) - c.offset;
+            out.extend_from_slice(&data[from as usize..to as usize]);
+        }
+        Ok(out)
+    }
+
+    /// Any attempt to change the view.
+    pub fn write(&self) -> Result<(), FsError> {
+        Err(FsError::ReadOnly)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use aqueduct_proto::{ChunkRef, ChunkerParams, FileEntry};
+    use aqueduct_testkit::noise;
+
+    use super::*;
+
+    /// Chunks from memory, with an optional digest whose bytes are served wrong.
+    #[derive(Default)]
+    struct MemSource {
+        chunks: HashMap<Digest, Vec<u8>>,
+        corrupt: Mutex<Option<Digest>>,
+    }
+
+    #[async_trait]
+    impl ChunkSource for MemSource {
+        async fn chunk(&self, digest: &Digest, _: u32) -> Result<Vec<u8>, FsError> {
+            let mut data = self
+                .chunks
+                .get(digest)
+                .cloned()
+                .ok_or(FsError::Unavailable { digest: *digest, reason: "absent".into() })?;
+            if *self.corrupt.lock().unwrap() == Some(*digest) {
+                data[0] ^= 1;
+            }
+            Ok(data)
+        }
+    }
+
+    /// A version of `files` cut into uneven fixed pieces (the view does not care how).
+    fn version(files: &[(&str, Vec<u8>)]) -> (Manifest, MemSource) {
+        let mut source = MemSource::default();
+        let mut entries = Vec::new();
+        for (i, (path, bytes)) in files.iter().enumerate() {
+            let mut chunks = Vec::new();
+            let mut offset = 0;
+            let mut step = 1000 + i * 777;
+            while offset < bytes.len() {
+                let end = (offset + step).min(bytes.len());
+                let piece = bytes[offset..end].to_vec();
+                let digest = Digest::of(&piece);
+                chunks.push(ChunkRef { digest, offset: offset as u64, length: piece.len() as u32 });
+                source.chunks.insert(digest, piece);
+                offset = end;
+                step = step * 3 % 5000 + 500;
+            }
+            entries.push(FileEntry {
+                path: path.to_string(),
+                object: path.to_string(),
+                size: bytes.len() as u64,
+                mode: 0o644,
+                mtime_unix_ms: 9,
+                chunks,
+            });
+        }
+        (Manifest::new("ds".into(), 1, ChunkerParams::DEFAULT, entries).unwrap(), source)
+    }
+
+    fn tree() -> (VersionFs<MemSource>, Vec<(&'static str, Vec<u8>)>) {
+        let files = vec![
+            ("config.json", b"{}".to_vec()),
+            ("model.safetensors", noise(200_000, 1)),
+            ("tok/tokenizer.json", noise(33_333, 2)),
+            ("tok/sub/empty", Vec::new()),
+        ];
+        let (manifest, source) = version(&files);
+        (VersionFs::new(manifest, Arc::new(source)), files)
+    }
+
+    #[tokio::test]
+    async fn reads_at_any_offset_and_length_equal_the_bytes() {
+        let (fs, files) = tree();
+        let mut x = 0x9e3779b97f4a7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for (path, bytes) in &files {
+            let mut ino = ROOT;
+            for part in path.split('/') {
+                ino = fs.lookup(ino, part).unwrap().ino;
+            }
+            assert_eq!(fs.read(ino, 0, bytes.len() as u32 + 10).await.unwrap(), *bytes, "{path} whole");
+            for _ in 0..200 {
+                let offset = next() % (bytes.len() as u64 + 50);
+                let size = (next() % 20_000) as u32;
+                let got = fs.read(ino, offset, size).await.unwrap();
+                let start = (offset as usize).min(bytes.len());
+                let end = (start + size as usize).min(bytes.len());
+                assert_eq!(got, bytes[start..end], "{path} at {offset}+{size}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn tree_attributes_and_errors() {
+        let (fs, _) = tree();
+        let names: Vec<String> = fs.readdir(ROOT, 0).unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, [".", "..", "config.json", "model.safetensors", "tok"]);
+        let tok = fs.lookup(ROOT, "tok").unwrap();
+        assert_eq!((tok.kind, tok.perm, tok.nlink), (Kind::Dir, 0o555, 3));
+        assert_eq!(fs.readdir(tok.ino, 3).unwrap()[0].0, "tokenizer.json");
+        assert_eq!(fs.lookup(tok.ino, "..").unwrap().ino, ROOT);
+        let model = fs.lookup(ROOT, "model.safetensors").unwrap();
+        assert_eq!((model.kind, model.size, model.perm), (Kind::File, 200_000, 0o444));
+        assert_eq!(fs.lookup(ROOT, "nope"), Err(FsError::NotFound));
+        assert_eq!(fs.lookup(model.ino, "x"), Err(FsError::NotDir));
+        assert_eq!(fs.read(tok.ino, 0, 10).await, Err(FsError::IsDir));
+        assert_eq!(fs.getattr(999), Err(FsError::NotFound));
+        assert_eq!(fs.getattr(0), Err(FsError::NotFound));
+        assert_eq!(fs.write().unwrap_err().errno(), 30);
+    }
+
+    #[tokio::test]
+    async fn corrupt_chunks_are_an_error_never_bytes() {
+        let (fs, _) = tree();
+        let model = fs.lookup(ROOT, "model.safetensors").unwrap();
+        let victim = fs.manifest().file("model.safetensors").unwrap().chunks[2];
+        *fs.source.corrupt.lock().unwrap() = Some(victim.digest);
+        let err = fs.read(model.ino, victim.offset, 10).await.unwrap_err();
+        assert!(matches!(err, FsError::Corrupt { digest, .. } if digest == victim.digest));
+        assert_eq!(err.errno(), 5);
+        // A read that does not touch it still works.
+        assert!(fs.read(model.ino, 0, 100).await.is_ok());
+    }
+}
