@@ -32,19 +32,6 @@ pub enum FsError {
     Unavailable { digest: Digest, reason: String },
 }
 
-impl FsError {
-    /// The errno a FUSE reply carries for this error: the one place errors become errnos.
-    pub fn errno(&self) -> i32 {
-        match self {
-            FsError::NotFound => 2,                                     // ENOENT
-            FsError::NotDir => 20,                                      // ENOTDIR
-            FsError::IsDir => 21,                                       // EISDIR
-            FsError::ReadOnly => 30,                                    // EROFS
-            FsError::Corrupt { .. } | FsError::Unavailable { .. } => 5, // EIO
-        }
-    }
-}
-
 /// Where chunk bytes come from: the spoke's store, a peer, the hub.
 #[async_trait]
 pub trait ChunkSource: Send + Sync {
@@ -206,21 +193,21 @@ impl<S: ChunkSource> VersionFs<S> {
     }
 }
 
-#[cfg(test)]
-mod tests {
+/// A chunk source in memory and a way to cut files into a version, for tests (here and of
+/// the mount adapter).
+pub mod testing {
     use std::collections::HashMap;
     use std::sync::Mutex;
 
     use aqueduct_proto::{ChunkRef, ChunkerParams, FileEntry};
-    use aqueduct_testkit::noise;
 
     use super::*;
 
     /// Chunks from memory, with an optional digest whose bytes are served wrong.
     #[derive(Default)]
-    struct MemSource {
+    pub struct MemSource {
         chunks: HashMap<Digest, Vec<u8>>,
-        corrupt: Mutex<Option<Digest>>,
+        pub corrupt: Mutex<Option<Digest>>,
     }
 
     #[async_trait]
@@ -239,7 +226,7 @@ mod tests {
     }
 
     /// A version of `files` cut into uneven fixed pieces (the view does not care how).
-    fn version(files: &[(&str, Vec<u8>)]) -> (Manifest, MemSource) {
+    pub fn version(files: &[(&str, Vec<u8>)]) -> (Manifest, MemSource) {
         let mut source = MemSource::default();
         let mut entries = Vec::new();
         for (i, (path, bytes)) in files.iter().enumerate() {
@@ -266,6 +253,14 @@ mod tests {
         }
         (Manifest::new("ds".into(), 1, ChunkerParams::DEFAULT, entries).unwrap(), source)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use aqueduct_testkit::noise;
+
+    use super::testing::{MemSource, version};
+    use super::*;
 
     fn tree() -> (VersionFs<MemSource>, Vec<(&'static str, Vec<u8>)>) {
         let files = vec![
@@ -321,7 +316,7 @@ mod tests {
         assert_eq!(fs.read(tok.ino, 0, 10).await, Err(FsError::IsDir));
         assert_eq!(fs.getattr(999), Err(FsError::NotFound));
         assert_eq!(fs.getattr(0), Err(FsError::NotFound));
-        assert_eq!(fs.write().unwrap_err().errno(), 30);
+        assert_eq!(fs.write(), Err(FsError::ReadOnly));
     }
 
     #[tokio::test]
@@ -332,7 +327,6 @@ mod tests {
         *fs.source.corrupt.lock().unwrap() = Some(victim.digest);
         let err = fs.read(model.ino, victim.offset, 10).await.unwrap_err();
         assert!(matches!(err, FsError::Corrupt { digest, .. } if digest == victim.digest));
-        assert_eq!(err.errno(), 5);
         // A read that does not touch it still works.
         assert!(fs.read(model.ino, 0, 100).await.is_ok());
     }
