@@ -70,14 +70,7 @@ pub async fn world(kind: SourceKind) -> World {
         Some(s3) => {
             let creds = root.join("s3-credentials");
             s3.write_credentials(&creds).unwrap();
-            let options = [
-                ("endpoint", s3.endpoint()),
-                ("allow_http", "true".to_string()),
-                ("credentials_file", creds.display().to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+            let options = s3.source_options(&creds).into_iter().collect();
             pb::Source { name: "src".into(), url: "s3://models".into(), options, created_unix_ms: 0 }
         }
         None => pb::Source {

@@ -3,14 +3,12 @@
 
 mod common;
 
-use std::path::Path;
-
 use aqueduct_hub::auth::Identity;
 use aqueduct_hub::pki::Authority;
 use aqueduct_proto::Manifest;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_testkit::{S3Server, noise};
-use common::{Hub, dataset, expect_err, snapshot, source};
+use common::{Hub, dataset, expect_err, snapshot, source, source_with};
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,21 +79,18 @@ async fn bad_input_gets_clear_errors_and_leaves_nothing() {
         Code::NotFound,
         &["does not exist", "/no/such/dir"],
     );
-    let s3_opts = |creds: &Path| {
-        vec![
-            ("endpoint", s3.endpoint()),
-            ("allow_http", "true".into()),
-            ("credentials_file", creds.display().to_string()),
-        ]
-    };
     expect_err(
-        admin.add_source(source("x", "s3://models", &s3_opts(&bad_creds))).await,
+        admin.add_source(source_with("x", "s3://models", s3.source_options(&bad_creds))).await,
         Code::PermissionDenied,
         &["denied access", "credentials"],
     );
     let good = tmp.path().join("good");
     s3.write_credentials(&good).unwrap();
-    expect_err(admin.add_source(source("x", "s3://nope", &s3_opts(&good))).await, Code::NotFound, &["does not exist"]);
+    expect_err(
+        admin.add_source(source_with("x", "s3://nope", s3.source_options(&good))).await,
+        Code::NotFound,
+        &["does not exist"],
+    );
     expect_err(
         admin.add_source(source("x", "s3://models", &[("secret_access_key", "hunter2".into())])).await,
         Code::InvalidArgument,

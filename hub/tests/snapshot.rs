@@ -136,14 +136,7 @@ async fn s3_snapshot_reassembles_reuses_and_tracks_changes() {
     server.write_credentials(&creds).unwrap();
     let data_dir = tmp.path().join("s3/models/llama-3");
     std::fs::create_dir_all(&data_dir).unwrap();
-    let options: BTreeMap<String, String> = [
-        ("endpoint", server.endpoint()),
-        ("allow_http", "true".into()),
-        ("credentials_file", creds.display().to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let options = server.source_options(&creds);
     let spec = SourceSpec::parse("s3://models", options.clone()).unwrap();
     let source = spec.open().unwrap();
     source.probe().await.unwrap();
@@ -220,15 +213,7 @@ async fn s3_sources_that_are_missing_or_denied_say_so() {
     let bad = tmp.path().join("bad");
     std::fs::write(&bad, "[default]\naws_access_key_id = aqueduct-test\naws_secret_access_key = wrong\n").unwrap();
     let open = |bucket: &str, creds: &Path| {
-        let options = [
-            ("endpoint", server.endpoint()),
-            ("allow_http", "true".into()),
-            ("credentials_file", creds.display().to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        SourceSpec::parse(&format!("s3://{bucket}"), options).unwrap().open().unwrap()
+        SourceSpec::parse(&format!("s3://{bucket}"), server.source_options(creds)).unwrap().open().unwrap()
     };
     open("models", &good).probe().await.unwrap();
     let err = open("models", &bad).probe().await.unwrap_err();

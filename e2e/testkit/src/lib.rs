@@ -4,6 +4,7 @@
 //! top-level folder is a bucket), checks request signatures, and counts the requests it
 //! answers, so that tests can assert what crossed the wire (for example: no object was read).
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -75,6 +76,16 @@ impl S3Server {
 
     pub fn object_gets(&self) -> u64 {
         self.counters.object_gets.load(Ordering::Relaxed)
+    }
+
+    /// The options of an Aqueduct `s3://` source that reach this server, with the credentials
+    /// in the AWS credentials file `credentials` (see [`S3Server::write_credentials`]).
+    pub fn source_options(&self, credentials: &Path) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("endpoint".to_string(), self.endpoint()),
+            ("allow_http".to_string(), "true".to_string()),
+            ("credentials_file".to_string(), credentials.display().to_string()),
+        ])
     }
 
     /// Writes an AWS credentials file with this server's keys (`[default]` profile).

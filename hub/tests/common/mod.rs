@@ -78,11 +78,15 @@ impl<F: std::future::Future<Output = Result<(), aqueduct_hub::HubError>> + Send>
 }
 
 pub fn source(name: &str, url: &str, options: &[(&str, String)]) -> pb::AddSourceRequest {
+    source_with(name, url, options.iter().map(|(k, v)| (k.to_string(), v.clone())))
+}
+
+pub fn source_with(name: &str, url: &str, options: impl IntoIterator<Item = (String, String)>) -> pb::AddSourceRequest {
     pb::AddSourceRequest {
         source: Some(pb::Source {
             name: name.into(),
             url: url.into(),
-            options: options.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            options: options.into_iter().collect(),
             created_unix_ms: 0,
         }),
     }
