@@ -173,25 +173,18 @@ impl SpokeService {
     }
 
     async fn assignments(db: &Arc<dyn MetaStore>, region: &str) -> Result<pb::Assignments, Status> {
-        let rollouts = blocking(db, |db| db.rollouts(None)).await?;
-        let regions = blocking(db, |db| db.regions()).await?;
+        let (rollouts, regions) = blocking(db, |db| Ok((db.rollouts(None)?, db.regions()?))).await?;
         let budget = regions.iter().find(|r| r.name == region).map_or(0, |r| r.rate);
-        let mut assignments = Vec::new();
-        for r in rollouts.into_iter().filter(|r| r.region == region) {
-            let (dataset, version) = (r.dataset.clone(), r.version);
-            let root = blocking(db, move |db| {
-                Ok(db.versions(&dataset)?.into_iter().find(|v| v.number == version).map(|v| v.root))
-            })
-            .await?
-            .map(|d| d.0.to_vec())
-            .unwrap_or_default();
-            assignments.push(pb::Assignment {
+        let assignments = rollouts
+            .into_iter()
+            .filter(|r| r.region == region)
+            .map(|r| pb::Assignment {
                 dataset: r.dataset,
                 version: r.version,
                 total_bytes: r.total_bytes,
-                root,
-            });
-        }
+                root: r.root.0.to_vec(),
+            })
+            .collect();
         Ok(pb::Assignments { assignments, budget_bytes_per_sec: budget })
     }
 }

@@ -93,6 +93,8 @@ pub struct RolloutRecord {
     pub budget: u64,
     /// Bytes the hub relayed to the region for this version.
     pub relayed_bytes: u64,
+    /// The version's root.
+    pub root: Digest,
     pub updated_unix_ms: i64,
 }
 
@@ -560,7 +562,7 @@ impl MetaStore for SqliteStore {
     fn rollouts(&self, dataset: Option<&str>) -> Result<Vec<RolloutRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT o.dataset, o.version, o.region, v.bytes, o.cached_bytes, o.phase, o.reason, o.rate, r.rate, o.updated_ms, o.relayed_bytes
+            "SELECT o.dataset, o.version, o.region, v.bytes, o.cached_bytes, o.phase, o.reason, o.rate, r.rate, o.updated_ms, o.relayed_bytes, v.root
              FROM rollouts o
              JOIN versions v ON v.dataset = o.dataset AND v.number = o.version
              JOIN regions r ON r.name = o.region
@@ -580,6 +582,7 @@ impl MetaStore for SqliteStore {
                 budget: r.get::<_, i64>(8)? as u64,
                 updated_unix_ms: r.get(9)?,
                 relayed_bytes: r.get::<_, i64>(10)? as u64,
+                root: Digest::from_slice(&r.get::<_, Vec<u8>>(11)?).unwrap_or(Digest([0; 32])),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
