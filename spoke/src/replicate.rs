@@ -3,8 +3,8 @@
 //!
 //! The missing chunks are computed from the store itself, so a spoke restarted after a crash
 //! (or a lost connection) resumes where it stopped: nothing verified is fetched twice. Before a
-//! version is reported Ready every chunk is read back and checked; a corrupt one is removed
-//! and fetched again.
+//! version is reported Ready every chunk it did not fetch itself (those already in the store)
+//! is read back and checked; a corrupt one is removed and fetched again.
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
@@ -115,21 +115,25 @@ impl Replicator {
         }
         let total = manifest.total_bytes();
         let mut outcome = Outcome::default();
+        // Chunks known good in this run: stored after a digest check, or read back and checked.
+        let mut verified: HashSet<Digest> = HashSet::new();
         for round in 0..3 {
             let missing: Vec<(Digest, u32)> =
                 manifest.distinct_chunks().into_iter().filter(|(d, _)| !self.store.contains(d)).collect();
             let cached = total - missing.iter().map(|(d, _)| weight[d]).sum::<u64>();
             info!(round, missing = missing.len(), cached, total, "replicating");
             self.report(assignment, "Transferring", cached, "", 0).await;
-            self.fetch(assignment, &missing, &weight, cached, budget, &mut outcome).await?;
-            // Read every chunk back before saying Ready; drop the ones that rotted.
+            let fetched = self.fetch(assignment, &missing, &weight, cached, budget, &mut outcome).await?;
+            verified.extend(fetched);
+            // Read back every chunk this run did not itself check (those that were already in
+            // the store) before saying Ready; drop the ones that rotted.
             let store = self.store.clone();
-            let digests: Vec<Digest> = weight.keys().copied().collect();
-            let corrupt = tokio::task::spawn_blocking(move || -> Result<Vec<Digest>, CacheError> {
-                let mut corrupt = Vec::new();
-                for d in digests {
+            let unchecked: Vec<Digest> = weight.keys().filter(|d| !verified.contains(d)).copied().collect();
+            let (good, corrupt) = tokio::task::spawn_blocking(move || -> Result<_, CacheError> {
+                let (mut good, mut corrupt) = (Vec::new(), Vec::new());
+                for d in unchecked {
                     match store.get(&d) {
-                        Ok(Some(_)) => {}
+                        Ok(Some(_)) => good.push(d),
                         Ok(None) => corrupt.push(d),
                         Err(CacheError::Corrupt { .. }) => {
                             store.remove(&d)?;
@@ -138,9 +142,10 @@ impl Replicator {
                         Err(e) => return Err(e),
                     }
                 }
-                Ok(corrupt)
+                Ok((good, corrupt))
             })
             .await??;
+            verified.extend(good);
             if corrupt.is_empty() {
                 self.report(assignment, "Ready", total, "", 0).await;
                 info!(?outcome, "version ready");
@@ -163,10 +168,11 @@ impl Replicator {
         cached: u64,
         budget: &Budget,
         outcome: &mut Outcome,
-    ) -> Result<(), ReplicationError> {
+    ) -> Result<Vec<Digest>, ReplicationError> {
         let started = Instant::now();
         let mut last_report = Instant::now();
         let mut cached = cached;
+        let mut stored = Vec::new();
         // The futures are built up front (not by a closure inside the stream), which keeps the
         // whole future `Send` for any lifetime.
         let mut batches = Vec::new();
@@ -179,6 +185,7 @@ impl Replicator {
                 outcome.chunks_fetched += 1;
                 outcome.bytes_fetched += len;
                 cached += weight[&digest];
+                stored.push(digest);
             }
             if last_report.elapsed() >= Duration::from_secs(1) {
                 last_report = Instant::now();
@@ -191,7 +198,7 @@ impl Replicator {
                 tokio::spawn(send_report(client, report));
             }
         }
-        Ok(())
+        Ok(stored)
     }
 
     /// Fetches one batch over one stream; returns what it stored.
