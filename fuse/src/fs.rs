@@ -6,17 +6,18 @@
 //! check each against its BLAKE3 digest, and cut the asked range out. Nothing is writable:
 //! a version is immutable.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use aqueduct_proto::{Digest, Manifest};
+use aqueduct_proto::{ChunkRef, Digest, Manifest};
 use async_trait::async_trait;
 use futures::future::try_join_all;
 
 pub type Ino = u64;
 pub const ROOT: Ino = 1;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FsError {
     #[error("no such file or directory")]
     NotFound,
@@ -26,6 +27,8 @@ pub enum FsError {
     IsDir,
     #[error("read-only file system: dataset versions are immutable")]
     ReadOnly,
+    #[error("no such extended attribute")]
+    NoAttribute,
     #[error("chunk {digest} is corrupt (its bytes hash to {actual})")]
     Corrupt { digest: Digest, actual: Digest },
     #[error("chunk {digest} is unavailable: {reason}")]
@@ -36,6 +39,10 @@ pub enum FsError {
 #[async_trait]
 pub trait ChunkSource: Send + Sync {
     async fn chunk(&self, digest: &Digest, length: u32) -> Result<Vec<u8>, FsError>;
+
+    /// A hint that these chunks will be read soon (a sequential reader is ahead of them):
+    /// start fetching them in the background. Must not wait.
+    fn prefetch(&self, _chunks: &[(Digest, u32)]) {}
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +63,96 @@ pub struct Attr {
     pub nlink: u32,
 }
 
+/// What `statfs` answers: the version's size and file count; nothing is free.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stats {
+    pub bytes: u64,
+    pub files: u64,
+}
+
+/// The extended attributes every entry carries (files also carry [`XATTR_ROOT`]).
+pub const XATTR_DATASET: &str = "user.aqueduct.dataset";
+pub const XATTR_VERSION: &str = "user.aqueduct.version";
+/// For a file, [`aqueduct_proto::FileEntry::root`]; for a directory, the version's root.
+pub const XATTR_ROOT: &str = "user.aqueduct.root";
+
+/// Recently read chunks, verified, shared by every version a mount shows (versions share
+/// most chunks). Kernel reads are smaller than chunks, so without it a sequential reader
+/// would fetch and hash each chunk several times.
+pub struct ChunkCache {
+    capacity: u64,
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    chunks: HashMap<Digest, (Arc<[u8]>, u64)>,
+    bytes: u64,
+    tick: u64,
+}
+
+impl ChunkCache {
+    pub fn new(capacity_bytes: u64) -> Arc<Self> {
+        Arc::new(Self { capacity: capacity_bytes, inner: Mutex::default() })
+    }
+
+    fn get(&self, digest: &Digest) -> Option<Arc<[u8]>> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.tick += 1;
+        let tick = inner.tick;
+        inner.chunks.get_mut(digest).map(|(data, used)| {
+            *used = tick;
+            data.clone()
+        })
+    }
+
+    fn contains(&self, digest: &Digest) -> bool {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).chunks.contains_key(digest)
+    }
+
+    fn put(&self, digest: Digest, data: Arc<[u8]>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.tick += 1;
+        let (tick, len) = (inner.tick, data.len() as u64);
+        if inner.chunks.insert(digest, (data, tick)).is_none() {
+            inner.bytes += len;
+        }
+        // Evict the least recently used until under capacity (a few hundred entries at most).
+        while inner.bytes > self.capacity && inner.chunks.len() > 1 {
+            let oldest = *inner.chunks.iter().min_by_key(|(_, (_, used))| *used).map(|(d, _)| d).expect("not empty");
+            if let Some((data, _)) = inner.chunks.remove(&oldest) {
+                inner.bytes -= data.len() as u64;
+            }
+        }
+    }
+}
+
+/// Read-ahead for one open file: when a read starts where the previous one ended, the
+/// chunks after it are prefetched, over a window that doubles with each sequential read up
+/// to [`READAHEAD_MAX`]; a jump resets it.
+#[derive(Default)]
+pub struct ReadPattern {
+    next: AtomicU64,
+    window: AtomicU64,
+}
+
+pub const READAHEAD_MIN: u64 = 1 << 20;
+pub const READAHEAD_MAX: u64 = 32 << 20;
+
+impl ReadPattern {
+    /// The window to prefetch after a read of `[offset, end)`, or 0 for none.
+    fn observe(&self, offset: u64, end: u64) -> u64 {
+        let previous_end = self.next.swap(end, Ordering::Relaxed);
+        if offset != 0 && offset != previous_end {
+            self.window.store(0, Ordering::Relaxed);
+            return 0;
+        }
+        let window = (self.window.load(Ordering::Relaxed) * 2).clamp(READAHEAD_MIN, READAHEAD_MAX);
+        self.window.store(window, Ordering::Relaxed);
+        window
+    }
+}
+
 struct Node {
     attr: Attr,
     /// For files: the index of the file in the manifest.
@@ -69,10 +166,11 @@ pub struct VersionFs<S> {
     manifest: Manifest,
     nodes: Vec<Node>,
     source: Arc<S>,
+    cache: Arc<ChunkCache>,
 }
 
 impl<S: ChunkSource> VersionFs<S> {
-    pub fn new(manifest: Manifest, source: Arc<S>) -> Self {
+    pub fn new(manifest: Manifest, source: Arc<S>, cache: Arc<ChunkCache>) -> Self {
         let newest = manifest.files.iter().map(|f| f.mtime_unix_ms).max().unwrap_or(0);
         let dir = |ino, parent| Node {
             attr: Attr { ino, kind: Kind::Dir, size: 0, perm: 0o555, mtime_unix_ms: newest, nlink: 2 },
@@ -113,11 +211,16 @@ impl<S: ChunkSource> VersionFs<S> {
             });
             nodes[parent as usize].children.insert(parts[parts.len() - 1].to_string(), ino);
         }
-        Self { manifest, nodes, source }
+        Self { manifest, nodes, source, cache }
     }
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// The highest inode number of this version.
+    pub fn max_ino(&self) -> Ino {
+        self.nodes.len() as Ino - 1
     }
 
     fn node(&self, ino: Ino) -> Result<&Node, FsError> {
@@ -154,8 +257,45 @@ impl<S: ChunkSource> VersionFs<S> {
         Ok(entries.into_iter().skip(offset).collect())
     }
 
-    /// Reads up to `size` bytes at `offset`; short only at the end of the file.
-    pub async fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+    /// The names of the root's entries (what a version switch must invalidate).
+    pub fn root_names(&self) -> Vec<String> {
+        self.nodes[ROOT as usize].children.keys().cloned().collect()
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats { bytes: self.manifest.total_bytes(), files: self.manifest.files.len() as u64 }
+    }
+
+    /// The names of an entry's extended attributes.
+    pub fn xattr_names(&self, ino: Ino) -> Result<Vec<&'static str>, FsError> {
+        self.node(ino)?;
+        Ok(vec![XATTR_DATASET, XATTR_VERSION, XATTR_ROOT])
+    }
+
+    /// The value of one extended attribute.
+    pub fn xattr(&self, ino: Ino, name: &str) -> Result<Vec<u8>, FsError> {
+        let node = self.node(ino)?;
+        let value = match name {
+            XATTR_DATASET => self.manifest.dataset.clone(),
+            XATTR_VERSION => self.manifest.version.to_string(),
+            XATTR_ROOT => match node.file {
+                Some(index) => self.manifest.files[index].root().to_hex(),
+                None => self.manifest.root.to_hex(),
+            },
+            _ => return Err(FsError::NoAttribute),
+        };
+        Ok(value.into_bytes())
+    }
+
+    /// Reads up to `size` bytes at `offset`; short only at the end of the file. With a
+    /// `pattern` (one per open file), sequential readers get the following chunks prefetched.
+    pub async fn read(
+        &self,
+        ino: Ino,
+        offset: u64,
+        size: u32,
+        pattern: Option<&ReadPattern>,
+    ) -> Result<Vec<u8>, FsError> {
         let node = self.node(ino)?;
         let index = match node.attr.kind {
             Kind::Dir => return Err(FsError::IsDir),
@@ -168,16 +308,19 @@ impl<S: ChunkSource> VersionFs<S> {
         }
         // The chunks that cover [offset, end): binary search for the first, then walk.
         let first = file.chunks.partition_point(|c| c.end() <= offset);
-        let covering: Vec<_> = file.chunks[first..].iter().take_while(|c| c.offset < end).collect();
-        let fetched = try_join_all(covering.iter().map(|c| async move {
-            let data = self.source.chunk(&c.digest, c.length).await?;
-            let actual = Digest::of(&data);
-            if actual != c.digest {
-                return Err(FsError::Corrupt { digest: c.digest, actual });
+        let covering: Vec<&ChunkRef> = file.chunks[first..].iter().take_while(|c| c.offset < end).collect();
+        if let Some(window) = pattern.map(|p| p.observe(offset, end)).filter(|w| *w > 0) {
+            let ahead: Vec<(Digest, u32)> = file.chunks[first + covering.len()..]
+                .iter()
+                .take_while(|c| c.offset < end + window)
+                .filter(|c| !self.cache.contains(&c.digest))
+                .map(|c| (c.digest, c.length))
+                .collect();
+            if !ahead.is_empty() {
+                self.source.prefetch(&ahead);
             }
-            Ok(data)
-        }))
-        .await?;
+        }
+        let fetched = try_join_all(covering.iter().map(|c| self.verified_chunk(c))).await?;
         let mut out = Vec::with_capacity((end - offset) as usize);
         for (c, data) in covering.iter().zip(&fetched) {
             let from = offset.max(c.offset) - c.offset;
@@ -185,6 +328,20 @@ impl<S: ChunkSource> VersionFs<S> {
             out.extend_from_slice(&data[from as usize..to as usize]);
         }
         Ok(out)
+    }
+
+    async fn verified_chunk(&self, c: &ChunkRef) -> Result<Arc<[u8]>, FsError> {
+        if let Some(data) = self.cache.get(&c.digest) {
+            return Ok(data);
+        }
+        let data = self.source.chunk(&c.digest, c.length).await?;
+        let actual = Digest::of(&data);
+        if actual != c.digest {
+            return Err(FsError::Corrupt { digest: c.digest, actual });
+        }
+        let data: Arc<[u8]> = data.into();
+        self.cache.put(c.digest, data.clone());
+        Ok(data)
     }
 
     /// Any attempt to change the view.
@@ -208,11 +365,15 @@ pub mod testing {
     pub struct MemSource {
         chunks: HashMap<Digest, Vec<u8>>,
         pub corrupt: Mutex<Option<Digest>>,
+        /// Every chunk asked for, and every chunk hinted by `prefetch`, in order.
+        pub asked: Mutex<Vec<Digest>>,
+        pub prefetched: Mutex<Vec<Digest>>,
     }
 
     #[async_trait]
     impl ChunkSource for MemSource {
         async fn chunk(&self, digest: &Digest, _: u32) -> Result<Vec<u8>, FsError> {
+            self.asked.lock().unwrap().push(*digest);
             let mut data = self
                 .chunks
                 .get(digest)
@@ -222,6 +383,10 @@ pub mod testing {
                 data[0] ^= 1;
             }
             Ok(data)
+        }
+
+        fn prefetch(&self, chunks: &[(Digest, u32)]) {
+            self.prefetched.lock().unwrap().extend(chunks.iter().map(|(d, _)| *d));
         }
     }
 
@@ -270,7 +435,7 @@ mod tests {
             ("tok/sub/empty", Vec::new()),
         ];
         let (manifest, source) = version(&files);
-        (VersionFs::new(manifest, Arc::new(source)), files)
+        (VersionFs::new(manifest, Arc::new(source), ChunkCache::new(1 << 20)), files)
     }
 
     #[tokio::test]
@@ -288,11 +453,11 @@ mod tests {
             for part in path.split('/') {
                 ino = fs.lookup(ino, part).unwrap().ino;
             }
-            assert_eq!(fs.read(ino, 0, bytes.len() as u32 + 10).await.unwrap(), *bytes, "{path} whole");
+            assert_eq!(fs.read(ino, 0, bytes.len() as u32 + 10, None).await.unwrap(), *bytes, "{path} whole");
             for _ in 0..200 {
                 let offset = next() % (bytes.len() as u64 + 50);
                 let size = (next() % 20_000) as u32;
-                let got = fs.read(ino, offset, size).await.unwrap();
+                let got = fs.read(ino, offset, size, None).await.unwrap();
                 let start = (offset as usize).min(bytes.len());
                 let end = (start + size as usize).min(bytes.len());
                 assert_eq!(got, bytes[start..end], "{path} at {offset}+{size}");
@@ -313,7 +478,7 @@ mod tests {
         assert_eq!((model.kind, model.size, model.perm), (Kind::File, 200_000, 0o444));
         assert_eq!(fs.lookup(ROOT, "nope"), Err(FsError::NotFound));
         assert_eq!(fs.lookup(model.ino, "x"), Err(FsError::NotDir));
-        assert_eq!(fs.read(tok.ino, 0, 10).await, Err(FsError::IsDir));
+        assert_eq!(fs.read(tok.ino, 0, 10, None).await, Err(FsError::IsDir));
         assert_eq!(fs.getattr(999), Err(FsError::NotFound));
         assert_eq!(fs.getattr(0), Err(FsError::NotFound));
         assert_eq!(fs.write(), Err(FsError::ReadOnly));
@@ -325,9 +490,65 @@ mod tests {
         let model = fs.lookup(ROOT, "model.safetensors").unwrap();
         let victim = fs.manifest().file("model.safetensors").unwrap().chunks[2];
         *fs.source.corrupt.lock().unwrap() = Some(victim.digest);
-        let err = fs.read(model.ino, victim.offset, 10).await.unwrap_err();
+        let err = fs.read(model.ino, victim.offset, 10, None).await.unwrap_err();
         assert!(matches!(err, FsError::Corrupt { digest, .. } if digest == victim.digest));
         // A read that does not touch it still works.
-        assert!(fs.read(model.ino, 0, 100).await.is_ok());
+        assert!(fs.read(model.ino, 0, 100, None).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn extended_attributes_name_dataset_version_and_content() {
+        let (fs, _) = tree();
+        let model = fs.lookup(ROOT, "model.safetensors").unwrap();
+        let text = |ino, name| String::from_utf8(fs.xattr(ino, name).unwrap()).unwrap();
+        assert_eq!(text(model.ino, XATTR_DATASET), "ds");
+        assert_eq!(text(model.ino, XATTR_VERSION), "1");
+        assert_eq!(text(model.ino, XATTR_ROOT), fs.manifest().file("model.safetensors").unwrap().root().to_hex());
+        assert_eq!(text(ROOT, XATTR_ROOT), fs.manifest().root.to_hex());
+        assert_eq!(fs.xattr(model.ino, "user.other"), Err(FsError::NoAttribute));
+        assert_eq!(fs.xattr_names(ROOT).unwrap().len(), 3);
+        assert_eq!(fs.stats(), Stats { bytes: 200_000 + 33_333 + 2, files: 4 });
+    }
+
+    #[tokio::test]
+    async fn sequential_readers_prefetch_and_chunks_are_fetched_once() {
+        let (fs, files) = tree();
+        let model = fs.lookup(ROOT, "model.safetensors").unwrap();
+        let chunks = fs.manifest().file("model.safetensors").unwrap().chunks.clone();
+        let pattern = ReadPattern::default();
+        let mut offset = 0;
+        while offset < files[1].1.len() as u64 {
+            let got = fs.read(model.ino, offset, 700, Some(&pattern)).await.unwrap();
+            assert_eq!(got, files[1].1[offset as usize..][..got.len()]);
+            offset += got.len() as u64;
+        }
+        let asked = fs.source.asked.lock().unwrap().clone();
+        assert_eq!(asked.len(), chunks.len(), "a chunk was fetched twice while it was in the cache");
+        let prefetched = fs.source.prefetched.lock().unwrap().clone();
+        assert!(prefetched.contains(&chunks[1].digest), "a sequential reader did not get read-ahead");
+
+        // A reader that jumps around gets no read-ahead.
+        let (fs, _) = tree();
+        let pattern = ReadPattern::default();
+        for offset in [150_000, 20_000, 90_000, 5_000] {
+            fs.read(model.ino, offset, 100, Some(&pattern)).await.unwrap();
+        }
+        assert!(fs.source.prefetched.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_chunk_cache_keeps_the_recently_used_within_its_capacity() {
+        let cache = ChunkCache::new(250);
+        let chunk = |n: u8| (Digest::of(&[n]), Arc::<[u8]>::from(vec![n; 100]));
+        for n in 0..3 {
+            let (d, data) = chunk(n);
+            cache.put(d, data);
+            if n == 1 {
+                cache.get(&chunk(0).0);
+            }
+        }
+        assert!(cache.contains(&chunk(0).0), "the recently used chunk was evicted");
+        assert!(!cache.contains(&chunk(1).0));
+        assert!(cache.contains(&chunk(2).0));
     }
 }

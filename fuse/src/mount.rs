@@ -6,20 +6,29 @@
 //! and entries get long TTLs and open files keep the kernel's page cache. The mount is
 //! read-only (`ro`): the kernel itself refuses writes with EROFS.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::io;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
     BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
+    KernelConfig, LockOwner, MountOption, Notifier, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
+use tracing::{instrument, warn};
 
-use crate::fs::{Attr, ChunkSource, FsError, Kind, VersionFs};
+use crate::fs::{Attr, ChunkSource, FsError, Kind, ROOT, ReadPattern, VersionFs};
+use crate::view::View;
 
-/// How long the kernel may keep entries and attributes: a version never changes.
+/// How long the kernel may keep entries and attributes: a version never changes, and a
+/// switch to another version invalidates the root's entries explicitly.
 const TTL: Duration = Duration::from_secs(3600);
+/// What the kernel may read ahead on its own, on top of the view's chunk read-ahead.
+const KERNEL_READAHEAD: u32 = 8 << 20;
 
 /// The errno a reply carries for each error: the one place errors become errnos.
 pub fn errno(e: &FsError) -> Errno {
@@ -28,6 +37,7 @@ pub fn errno(e: &FsError) -> Errno {
         FsError::NotDir => Errno::ENOTDIR,
         FsError::IsDir => Errno::EISDIR,
         FsError::ReadOnly => Errno::EROFS,
+        FsError::NoAttribute => Errno::ENODATA,
         FsError::Corrupt { .. } | FsError::Unavailable { .. } => Errno::EIO,
     }
 }
@@ -57,21 +67,30 @@ fn file_attr(a: &Attr) -> FileAttr {
 }
 
 pub struct FuseAdapter<S> {
-    fs: Arc<VersionFs<S>>,
+    view: Arc<View<S>>,
     runtime: tokio::runtime::Handle,
+    /// Read-ahead state per open file.
+    handles: Mutex<HashMap<u64, Arc<ReadPattern>>>,
+    next_handle: AtomicU64,
 }
 
 impl<S: ChunkSource + 'static> Filesystem for FuseAdapter<S> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // The kernel clamps to what it supports; either answer is fine.
+        let _ = config.set_max_readahead(KERNEL_READAHEAD);
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let Some(name) = name.to_str() else { return reply.error(Errno::ENOENT) };
-        match self.fs.lookup(parent.0, name) {
+        match self.view.lookup(parent.0, name) {
             Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0) {
+        match self.view.getattr(ino.0) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
@@ -81,8 +100,12 @@ impl<S: ChunkSource + 'static> Filesystem for FuseAdapter<S> {
         if flags.0 & (libc_o_wronly() | libc_o_rdwr()) != 0 {
             return reply.error(Errno::EROFS);
         }
-        match self.fs.getattr(ino.0) {
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+        match self.view.getattr(ino.0) {
+            Ok(_) => {
+                let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+                self.handles.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, Arc::default());
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -91,24 +114,44 @@ impl<S: ChunkSource + 'static> Filesystem for FuseAdapter<S> {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let fs = self.fs.clone();
+        let view = self.view.clone();
+        let pattern = self.handles.lock().unwrap_or_else(|e| e.into_inner()).get(&fh.0).cloned();
         self.runtime.spawn(async move {
-            match fs.read(ino.0, offset, size).await {
+            match view.read(ino.0, offset, size, pattern.as_deref()).await {
                 Ok(data) => reply.data(&data),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => {
+                    if matches!(e, FsError::Corrupt { .. } | FsError::Unavailable { .. }) {
+                        warn!(ino = ino.0, offset, size, error = %e, "read failed; answering EIO");
+                    }
+                    reply.error(errno(&e))
+                }
             }
         });
     }
 
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
+        reply.ok();
+    }
+
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        match self.fs.readdir(ino.0, offset as usize) {
+        match self.view.readdir(ino.0, offset as usize) {
             Ok(entries) => {
                 for (i, (name, a)) in entries.iter().enumerate() {
                     let kind = if a.kind == Kind::Dir { FileType::Directory } else { FileType::RegularFile };
@@ -121,6 +164,41 @@ impl<S: ChunkSource + 'static> Filesystem for FuseAdapter<S> {
             Err(e) => reply.error(errno(&e)),
         }
     }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let stats = self.view.stats();
+        const BLOCK: u64 = 4096;
+        reply.statfs(stats.bytes.div_ceil(BLOCK), 0, 0, stats.files, 0, BLOCK as u32, 255, BLOCK as u32);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let Some(name) = name.to_str() else { return reply.error(Errno::ENODATA) };
+        match self.view.xattr(ino.0, name) {
+            Ok(value) => answer_xattr(&value, size, reply),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.view.xattr_names(ino.0) {
+            Ok(names) => {
+                let list: Vec<u8> = names.iter().flat_map(|n| n.bytes().chain([0])).collect();
+                answer_xattr(&list, size, reply)
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+/// A size probe (`size == 0`) gets the length; a buffer too small gets ERANGE.
+fn answer_xattr(value: &[u8], size: u32, reply: ReplyXattr) {
+    if size == 0 {
+        reply.size(value.len() as u32)
+    } else if value.len() > size as usize {
+        reply.error(Errno::ERANGE)
+    } else {
+        reply.data(value)
+    }
 }
 
 // O_WRONLY and O_RDWR, the same on every Linux architecture.
@@ -131,20 +209,60 @@ const fn libc_o_rdwr() -> i32 {
     2
 }
 
-/// Mounts `fs` read-only at `mountpoint`; reads run on `runtime`. Unmount with
-/// [`BackgroundSession::umount_and_join`] (not AutoUnmount, which hangs on some kernels).
+/// A mounted view: switch its version, unmount it.
+pub struct Mounted<S> {
+    session: BackgroundSession,
+    notifier: Notifier,
+    view: Arc<View<S>>,
+}
+
+impl<S: ChunkSource + 'static> Mounted<S> {
+    pub fn view(&self) -> &Arc<View<S>> {
+        &self.view
+    }
+
+    /// Shows `fs` to new lookups; files already open keep reading the version they opened.
+    /// Returns whether anything changed.
+    #[instrument(skip_all, fields(dataset = %fs.manifest().dataset, version = fs.manifest().version))]
+    pub fn switch(&self, fs: VersionFs<S>) -> bool {
+        let Some(names) = self.view.switch(fs) else { return false };
+        // The kernel holds the root's entries for TTL: drop them, and the root's listing.
+        // An entry it never cached answers ENOENT, which is fine.
+        for name in names {
+            let _ = self.notifier.inval_entry(INodeNo(ROOT), OsStr::new(&name));
+        }
+        let _ = self.notifier.inval_inode(INodeNo(ROOT), 0, 0);
+        true
+    }
+
+    /// Unmounts and waits for the session to end.
+    pub fn unmount(self) -> io::Result<()> {
+        self.session.umount_and_join()
+    }
+}
+
+/// Mounts `view` read-only at `mountpoint`; reads run on `runtime`. Unmount with
+/// [`Mounted::unmount`] (not AutoUnmount, which hangs on some kernels).
 pub fn mount<S: ChunkSource + 'static>(
-    fs: Arc<VersionFs<S>>,
+    view: Arc<View<S>>,
     mountpoint: &Path,
     runtime: tokio::runtime::Handle,
-) -> std::io::Result<BackgroundSession> {
+) -> io::Result<Mounted<S>> {
+    let current = view.current();
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
-        MountOption::FSName(format!("aqueduct:{}@v{}", fs.manifest().dataset, fs.manifest().version)),
+        MountOption::FSName(format!("aqueduct:{}", current.manifest().dataset)),
         MountOption::Subtype("aqueduct".into()),
         MountOption::NoDev,
         MountOption::NoSuid,
+        MountOption::DefaultPermissions,
     ];
-    fuser::spawn_mount(FuseAdapter { fs, runtime }, mountpoint, &config)
+    // Pods read as whatever user they run as.
+    config.acl = fuser::SessionACL::All;
+    let adapter =
+        FuseAdapter { view: view.clone(), runtime, handles: Mutex::default(), next_handle: AtomicU64::new(1) };
+    let session = fuser::spawn_mount(adapter, mountpoint, &config)?;
+    let notifier = session.notifier();
+    Ok(Mounted { session, notifier, view })
 }

@@ -3,8 +3,9 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
-use aqueduct_fuse::fs::VersionFs;
 use aqueduct_fuse::fs::testing::version;
+use aqueduct_fuse::fs::{ChunkCache, VersionFs};
+use aqueduct_fuse::view::View;
 use aqueduct_testkit::noise;
 
 fn can_mount() -> bool {
@@ -22,7 +23,7 @@ fn can_mount() -> bool {
     false
 }
 
-fn mounted(mnt: &std::path::Path) -> bool {
+fn mounted_at(mnt: &std::path::Path) -> bool {
     std::fs::read_to_string("/proc/mounts")
         .unwrap()
         .lines()
@@ -43,11 +44,12 @@ async fn a_mounted_version_reads_like_files_and_refuses_writes() {
     let (manifest, source) = version(&files);
     let corrupt = manifest.file("tok/other.json").unwrap().chunks[1].digest;
     let source = Arc::new(source);
-    let fs = Arc::new(VersionFs::new(manifest, source.clone()));
+    let model_root = manifest.file("model.safetensors").unwrap().root().to_hex();
+    let view = Arc::new(View::new(VersionFs::new(manifest, source.clone(), ChunkCache::new(1 << 20))));
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let session = aqueduct_fuse::mount::mount(fs, &mnt, tokio::runtime::Handle::current()).unwrap();
+    let session = aqueduct_fuse::mount::mount(view, &mnt, tokio::runtime::Handle::current()).unwrap();
 
     let dir = mnt.clone();
     let files2 = files.clone();
@@ -86,9 +88,86 @@ async fn a_mounted_version_reads_like_files_and_refuses_writes() {
         }
         let err = std::fs::read(dir.join("missing")).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+
+        assert_eq!(xattr(&dir.join("model.safetensors"), "user.aqueduct.root"), Some(model_root));
+        assert_eq!(xattr(&dir.join("tok"), "user.aqueduct.dataset").as_deref(), Some("ds"));
+        assert_eq!(xattr(&dir.join("tok"), "user.aqueduct.nope"), None);
+        let (blocks, block_size, files) = statvfs(&dir);
+        let total: usize = files2.iter().map(|(_, b)| b.len()).sum();
+        assert_eq!((blocks * block_size).div_ceil(4096), (total as u64).div_ceil(4096));
+        assert_eq!(files, 4);
     })
     .await;
-    session.umount_and_join().unwrap();
-    assert!(!mounted(&mnt), "the mount is still there after unmount");
+    session.unmount().unwrap();
+    assert!(!mounted_at(&mnt), "the mount is still there after unmount");
+    checks.unwrap();
+}
+
+/// An extended attribute's value, or `None` if the entry has none of that name.
+fn xattr(path: &std::path::Path, name: &str) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: both strings are NUL-terminated and the buffer's length is passed.
+    let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENODATA));
+        return None;
+    }
+    buf.truncate(n as usize);
+    Some(String::from_utf8(buf).unwrap())
+}
+
+/// (blocks, block size, files) of the filesystem at `path`.
+fn statvfs(path: &std::path::Path) -> (u64, u64, u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: statvfs fills the zeroed struct; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut st) }, 0);
+    (st.f_blocks, st.f_frsize, st.f_files)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_switch_shows_new_opens_the_new_version_and_open_files_the_old() {
+    if !can_mount() {
+        return;
+    }
+    let cache = ChunkCache::new(1 << 20);
+    let v1 = vec![("model.bin", noise(2 << 20, 1)), ("only-v1.json", b"1".to_vec())];
+    let v2 = vec![("model.bin", noise(3 << 20, 2)), ("only-v2.json", b"2".to_vec())];
+    let fs = |files: &[(&str, Vec<u8>)], number| {
+        let (mut manifest, source) = version(files);
+        manifest.version = number;
+        VersionFs::new(manifest, Arc::new(source), cache.clone())
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted =
+        aqueduct_fuse::mount::mount(Arc::new(View::new(fs(&v1, 1))), &mnt, tokio::runtime::Handle::current()).unwrap();
+    let mounted = Arc::new(mounted);
+
+    let (dir, m, v1b, v2b) = (mnt.clone(), mounted.clone(), v1.clone(), v2.clone());
+    let v2fs = fs(&v2, 2);
+    let checks = tokio::task::spawn_blocking(move || {
+        let mut held = std::fs::File::open(dir.join("model.bin")).unwrap();
+        let mut first = vec![0; 1000];
+        held.read_exact(&mut first).unwrap();
+        assert_eq!(std::fs::read(dir.join("only-v1.json")).unwrap(), b"1");
+
+        assert!(m.switch(v2fs));
+        assert_eq!(std::fs::read(dir.join("model.bin")).unwrap(), v2b[0].1, "a new open saw the old version");
+        assert_eq!(std::fs::read(dir.join("only-v2.json")).unwrap(), b"2");
+        assert!(!dir.join("only-v1.json").exists(), "an entry of the old version is still visible");
+        let mut rest = Vec::new();
+        held.read_to_end(&mut rest).unwrap();
+        first.extend(rest);
+        assert_eq!(first, v1b[0].1, "a file open across the switch did not read its version to the end");
+    })
+    .await;
+    Arc::try_unwrap(mounted).ok().expect("one owner").unmount().unwrap();
+    assert!(!mounted_at(&mnt));
     checks.unwrap();
 }

@@ -121,6 +121,23 @@ pub struct FileEntry {
     pub chunks: Vec<ChunkRef>,
 }
 
+impl FileEntry {
+    /// The file's root: BLAKE3 over its size and its chunks' digests and lengths, in order.
+    /// Names the file's content independently of its path and of the version it is in; the
+    /// FUSE view shows it as the `user.aqueduct.root` extended attribute.
+    pub fn root(&self) -> Digest {
+        let mut h = blake3::Hasher::new();
+        h.update(b"aqueduct-file");
+        h.update(&MANIFEST_FORMAT.to_le_bytes());
+        h.update(&self.size.to_le_bytes());
+        for chunk in &self.chunks {
+            h.update(chunk.digest.as_bytes());
+            h.update(&chunk.length.to_le_bytes());
+        }
+        h.finalize().into()
+    }
+}
+
 /// An immutable version of a dataset.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Manifest {
@@ -379,6 +396,13 @@ mod tests {
         changed.files[1].mode = 0o755;
         assert_ne!(changed.compute_root(), a.root);
         assert!(matches!(changed.validate(), Err(ManifestError::RootMismatch { .. })));
+
+        // A file's root follows its content, not its path or metadata.
+        let (x, mut renamed) = (a.file("x").unwrap(), a.file("x").unwrap().clone());
+        renamed.path = "z".into();
+        renamed.mode = 0o600;
+        assert_eq!(renamed.root(), x.root());
+        assert_ne!(a.file("d/y").unwrap().root(), x.root());
     }
 
     #[test]
