@@ -352,10 +352,12 @@ impl pb::admin_server::Admin for AdminService {
             self.dataset(&filter).await?;
         }
         let rows = blocking(&self.db, move |db| db.rollouts((!filter.is_empty()).then_some(filter.as_str()))).await?;
+        let active = crate::relay::active_versions(&rows);
         Ok(Response::new(pb::StatusResponse {
             rows: rows
                 .into_iter()
                 .map(|r| pb::StatusRow {
+                    active: active.contains(&(r.dataset.clone(), r.version, r.region.clone())),
                     dataset: r.dataset,
                     version: r.version,
                     region: r.region,

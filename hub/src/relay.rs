@@ -7,7 +7,7 @@
 //! budget, shared by every stream of the region. Assignments are pushed on every rollout
 //! change ([`Changes`]) and re-checked every [`WATCH_RECHECK`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -25,7 +25,7 @@ use tracing::{Instrument, Span, debug, instrument, warn};
 use crate::auth::Identity;
 use crate::snapshot::{blocking, now_unix_ms};
 use crate::source::{Source, SourceSpec, read_range};
-use crate::store::{MetaStore, RolloutUpdate};
+use crate::store::{MetaStore, RolloutRecord, RolloutUpdate};
 
 /// How often a watch re-reads its region's assignments even without a change notice.
 pub const WATCH_RECHECK: Duration = Duration::from_secs(30);
@@ -175,10 +175,12 @@ impl SpokeService {
     async fn assignments(db: &Arc<dyn MetaStore>, region: &str) -> Result<pb::Assignments, Status> {
         let (rollouts, regions) = blocking(db, |db| Ok((db.rollouts(None)?, db.regions()?))).await?;
         let budget = regions.iter().find(|r| r.name == region).map_or(0, |r| r.rate);
+        let active = active_versions(&rollouts);
         let assignments = rollouts
             .into_iter()
             .filter(|r| r.region == region)
             .map(|r| pb::Assignment {
+                active: active.contains(&(r.dataset.clone(), r.version, r.region.clone())),
                 dataset: r.dataset,
                 version: r.version,
                 total_bytes: r.total_bytes,
@@ -187,6 +189,22 @@ impl SpokeService {
             .collect();
         Ok(pb::Assignments { assignments, budget_bytes_per_sec: budget })
     }
+}
+
+/// The (dataset, version, region) triples a region serves: per dataset and region, the newest
+/// version rolled out there that is Ready in every region of its rollout. A version that
+/// failed anywhere never becomes active, so every region stays on the version before it.
+pub fn active_versions(rollouts: &[RolloutRecord]) -> HashSet<(String, u64, String)> {
+    let mut all_ready: HashMap<(&str, u64), bool> = HashMap::new();
+    for r in rollouts {
+        *all_ready.entry((&r.dataset, r.version)).or_insert(true) &= r.phase == "Ready";
+    }
+    let mut newest: HashMap<(&str, &str), u64> = HashMap::new();
+    for r in rollouts.iter().filter(|r| all_ready[&(r.dataset.as_str(), r.version)]) {
+        let v = newest.entry((&r.dataset, &r.region)).or_insert(r.version);
+        *v = (*v).max(r.version);
+    }
+    newest.into_iter().map(|((d, region), v)| (d.to_string(), v, region.to_string())).collect()
 }
 
 #[tonic::async_trait]
@@ -349,12 +367,61 @@ impl pb::spoke_server::Spoke for SpokeService {
             rate: r.rate_bytes_per_sec,
             updated_unix_ms: now_unix_ms(),
         };
+        let ready = update.phase == "Ready";
         blocking(&self.db, move |db| db.update_rollout(&update)).await.map_err(|e| match e {
             crate::store::StoreError::NotFound { name, .. } => {
                 Status::permission_denied(format!("{name} is not a rollout"))
             }
             other => other.into(),
         })?;
+        if ready {
+            // A version Ready everywhere becomes active: tell the watches.
+            self.changes.notify_waiters();
+        }
         Ok(Response::new(pb::ProgressAck {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(dataset: &str, version: u64, region: &str, phase: &str) -> RolloutRecord {
+        RolloutRecord {
+            dataset: dataset.into(),
+            version,
+            region: region.into(),
+            phase: phase.into(),
+            total_bytes: 0,
+            cached_bytes: 0,
+            reason: String::new(),
+            rate: 0,
+            budget: 0,
+            updated_unix_ms: 0,
+            relayed_bytes: 0,
+            root: Digest([0; 32]),
+        }
+    }
+
+    #[test]
+    fn a_version_is_active_once_ready_in_every_region_of_its_rollout() {
+        let active = |rows: &[RolloutRecord]| {
+            let mut a: Vec<_> = active_versions(rows).into_iter().collect();
+            a.sort();
+            a
+        };
+        let t = |d: &str, v, r: &str| (d.to_string(), v, r.to_string());
+        let mut rows = vec![row("m", 1, "eu", "Ready"), row("m", 1, "us", "Transferring")];
+        assert!(active(&rows).is_empty(), "active before every region was ready");
+        rows[1].phase = "Ready".into();
+        assert_eq!(active(&rows), [t("m", 1, "eu"), t("m", 1, "us")]);
+        // v2 ready in one region only: both stay on v1, in one step later.
+        rows.extend([row("m", 2, "eu", "Ready"), row("m", 2, "us", "Transferring"), row("x", 4, "eu", "Ready")]);
+        assert_eq!(active(&rows), [t("m", 1, "eu"), t("m", 1, "us"), t("x", 4, "eu")]);
+        rows[3].phase = "Ready".into();
+        assert_eq!(active(&rows), [t("m", 2, "eu"), t("m", 2, "us"), t("x", 4, "eu")]);
+        // A failed v3 never becomes active anywhere.
+        rows.extend([row("m", 3, "eu", "Ready"), row("m", 3, "us", "Failed")]);
+        assert_eq!(active(&rows)[..2], [t("m", 2, "eu"), t("m", 2, "us")]);
     }
 }

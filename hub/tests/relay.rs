@@ -166,6 +166,19 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
         .unwrap()
         .unwrap();
     assert_eq!(next.assignments.iter().map(|a| a.version).collect::<Vec<_>>(), [1, 2]);
+    assert!(next.assignments.iter().all(|a| !a.active), "a version was active before it was Ready");
+
+    // Ready makes v1 the region's active version, pushed to the watch and shown in status.
+    eu.report_progress(report("Ready", v1.bytes)).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(20), watch.message())
+        .await
+        .expect("no assignment update after Ready")
+        .unwrap()
+        .unwrap();
+    let active: Vec<(u64, bool)> = next.assignments.iter().map(|a| (a.version, a.active)).collect();
+    assert_eq!(active, [(1, true), (2, false)]);
+    let rows = admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
+    assert_eq!(rows.iter().map(|r| r.active).collect::<Vec<_>>(), [true, false]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

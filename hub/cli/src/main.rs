@@ -378,7 +378,12 @@ async fn run(cli: Cli) -> Result<()> {
             for r in rows {
                 let percent =
                     if r.total_bytes == 0 { 100.0 } else { r.cached_bytes as f64 * 100.0 / r.total_bytes as f64 };
-                let phase = if r.reason.is_empty() { r.phase } else { format!("{}: {}", r.phase, r.reason) };
+                // Ready and served by the region: Active.
+                let phase = match (r.active, r.reason.is_empty()) {
+                    (true, _) => "Active".to_string(),
+                    (false, true) => r.phase,
+                    (false, false) => format!("{}: {}", r.phase, r.reason),
+                };
                 let achieved =
                     if r.rate_bytes_per_sec == 0 { "-".to_string() } else { Rate(r.rate_bytes_per_sec).to_string() };
                 let rate = format!("{achieved}/{}", Rate(r.budget_bytes_per_sec));
