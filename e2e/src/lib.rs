@@ -11,6 +11,8 @@ use std::time::Duration;
 use aqueduct_proto::Manifest;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::admin_client::AdminClient;
+use aqueduct_proto::spoke::v1 as local;
+use aqueduct_proto::spoke::v1::local_client::LocalClient;
 use aqueduct_spoke::store::{ChunkStore, DiskStore};
 use aqueduct_testkit::S3Server;
 use tokio::net::TcpListener;
@@ -172,6 +174,44 @@ impl World {
 }
 
 /// Every file of `manifest`, rebuilt from a spoke's store, equals the source.
+/// A client of a spoke's local API on its unix socket, once the socket answers.
+pub async fn local_client(socket: &Path) -> LocalClient<Channel> {
+    for _ in 0..100 {
+        if let Ok(channel) = Endpoint::from_shared(format!("unix://{}", socket.display())).unwrap().connect().await {
+            return LocalClient::new(channel).max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no spoke answers on {}", socket.display());
+}
+
+/// Asks the spoke to mount, retrying while the spoke has not yet heard of the version (its
+/// watch may not have delivered the assignment); any other error is returned.
+pub async fn mount_when_known(
+    local: &mut LocalClient<Channel>,
+    dataset: &str,
+    version: u64,
+    mountpoint: &Path,
+) -> Result<local::MountInfo, tonic::Status> {
+    let request =
+        local::MountRequest { dataset: dataset.into(), version, mountpoint: mountpoint.display().to_string() };
+    let mut last = None;
+    for _ in 0..300 {
+        match local.mount(request.clone()).await {
+            Ok(info) => return Ok(info.into_inner()),
+            Err(s)
+                if s.code() == tonic::Code::NotFound
+                    || s.code() == tonic::Code::FailedPrecondition && s.message().contains("no active version") =>
+            {
+                last = Some(s);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => return Err(s),
+        }
+    }
+    Err(last.expect("tried"))
+}
+
 pub fn assert_store_holds(store_dir: &Path, manifest: &Manifest, source_dir: &Path) {
     let store = DiskStore::open(store_dir).unwrap();
     for file in &manifest.files {

@@ -9,4 +9,5 @@
 
 pub mod fs;
 pub mod mount;
+pub mod remote;
 pub mod view;

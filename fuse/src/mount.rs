@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
@@ -211,14 +211,19 @@ const fn libc_o_rdwr() -> i32 {
 
 /// A mounted view: switch its version, unmount it.
 pub struct Mounted<S> {
-    session: BackgroundSession,
+    session: Mutex<Option<BackgroundSession>>,
     notifier: Notifier,
     view: Arc<View<S>>,
+    mountpoint: PathBuf,
 }
 
 impl<S: ChunkSource + 'static> Mounted<S> {
     pub fn view(&self) -> &Arc<View<S>> {
         &self.view
+    }
+
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
     }
 
     /// Shows `fs` to new lookups; files already open keep reading the version they opened.
@@ -235,10 +240,46 @@ impl<S: ChunkSource + 'static> Mounted<S> {
         true
     }
 
-    /// Unmounts and waits for the session to end.
-    pub fn unmount(self) -> io::Result<()> {
-        self.session.umount_and_join()
+    /// Unmounts and waits for the session to end. A mount with open files is `Busy`, and
+    /// stays mounted, unless `lazy`: then it is detached at once (new opens fail) and goes
+    /// away when the last open file is closed. Unmounting twice is a no-op.
+    #[instrument(skip_all, fields(mountpoint = %self.mountpoint.display(), lazy))]
+    pub fn unmount(&self, lazy: bool) -> Result<(), UnmountError> {
+        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        if session.is_none() {
+            return Ok(());
+        }
+        let path = std::ffi::CString::new(self.mountpoint.as_os_str().as_encoded_bytes())
+            .map_err(|e| UnmountError::Io(io::Error::other(e)))?;
+        let flags = if lazy { libc::MNT_DETACH } else { 0 };
+        // SAFETY: a NUL-terminated path; umount2 reads nothing else.
+        let unmounted = unsafe { libc::umount2(path.as_ptr(), flags) } == 0;
+        if !unmounted {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EBUSY) => return Err(UnmountError::Busy(self.mountpoint.clone())),
+                // Not root: fuser's own unmount goes through fusermount3.
+                Some(libc::EPERM) => {}
+                _ => return Err(UnmountError::Io(e)),
+            }
+        }
+        let session = session.take().expect("checked above");
+        let end = move || if unmounted { session.join() } else { session.umount_and_join() };
+        if lazy {
+            // The session ends when the last open file closes; do not wait for readers.
+            std::thread::spawn(end);
+            return Ok(());
+        }
+        end().map_err(UnmountError::Io)
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnmountError {
+    #[error("{0} is busy: files under it are open; close them, or unmount lazily")]
+    Busy(PathBuf),
+    #[error("unmount failed: {0}")]
+    Io(io::Error),
 }
 
 /// Mounts `view` read-only at `mountpoint`; reads run on `runtime`. Unmount with
@@ -264,5 +305,5 @@ pub fn mount<S: ChunkSource + 'static>(
         FuseAdapter { view: view.clone(), runtime, handles: Mutex::default(), next_handle: AtomicU64::new(1) };
     let session = fuser::spawn_mount(adapter, mountpoint, &config)?;
     let notifier = session.notifier();
-    Ok(Mounted { session, notifier, view })
+    Ok(Mounted { session: Mutex::new(Some(session)), notifier, view, mountpoint: mountpoint.to_owned() })
 }

@@ -6,29 +6,7 @@ use std::sync::Arc;
 use aqueduct_fuse::fs::testing::version;
 use aqueduct_fuse::fs::{ChunkCache, VersionFs};
 use aqueduct_fuse::view::View;
-use aqueduct_testkit::noise;
-
-fn can_mount() -> bool {
-    let root = std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let fuse = std::path::Path::new("/dev/fuse").exists();
-    if root && fuse {
-        return true;
-    }
-    let missing = if fuse { "root (non-root mounts need fusermount3 from the fuse3 package)" } else { "/dev/fuse" };
-    assert!(std::env::var("CI").is_err(), "this test mounts FUSE and needs {missing}");
-    eprintln!("skipped: mounting FUSE needs {missing}");
-    false
-}
-
-fn mounted_at(mnt: &std::path::Path) -> bool {
-    std::fs::read_to_string("/proc/mounts")
-        .unwrap()
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some(mnt.to_str().unwrap()))
-}
+use aqueduct_testkit::{can_mount_fuse as can_mount, is_mounted as mounted_at, noise, xattr};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mounted_version_reads_like_files_and_refuses_writes() {
@@ -98,25 +76,9 @@ async fn a_mounted_version_reads_like_files_and_refuses_writes() {
         assert_eq!(files, 4);
     })
     .await;
-    session.unmount().unwrap();
+    session.unmount(false).unwrap();
     assert!(!mounted_at(&mnt), "the mount is still there after unmount");
     checks.unwrap();
-}
-
-/// An extended attribute's value, or `None` if the entry has none of that name.
-fn xattr(path: &std::path::Path, name: &str) -> Option<String> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    let name = std::ffi::CString::new(name).unwrap();
-    let mut buf = vec![0u8; 256];
-    // SAFETY: both strings are NUL-terminated and the buffer's length is passed.
-    let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENODATA));
-        return None;
-    }
-    buf.truncate(n as usize);
-    Some(String::from_utf8(buf).unwrap())
 }
 
 /// (blocks, block size, files) of the filesystem at `path`.
@@ -167,7 +129,7 @@ async fn a_version_switch_shows_new_opens_the_new_version_and_open_files_the_old
         assert_eq!(first, v1b[0].1, "a file open across the switch did not read its version to the end");
     })
     .await;
-    Arc::try_unwrap(mounted).ok().expect("one owner").unmount().unwrap();
+    mounted.unmount(false).unwrap();
     assert!(!mounted_at(&mnt));
     checks.unwrap();
 }

@@ -19,6 +19,13 @@ pub mod hub {
     }
 }
 
+/// Generated code of package `aqueduct.spoke.v1` (a spoke's local API).
+pub mod spoke {
+    pub mod v1 {
+        tonic::include_proto!("aqueduct.spoke.v1");
+    }
+}
+
 pub use domain::{
     ChunkRef, ChunkerParams, Digest, FileEntry, MANIFEST_FORMAT, Manifest, ManifestError, NameError, Rate, RateError,
     VersionRef, validate_name,

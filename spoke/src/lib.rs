@@ -1,10 +1,17 @@
 //! The spoke: Aqueduct's regional agent.
 //!
-//! Today it replicates: it connects to the hub with its region's credentials, watches for the
-//! versions its region must hold (a server stream, reconnected with backoff), and makes its
-//! chunk store hold every chunk of each, verified ([`replicate`]). The regional cache with
-//! peers, the FUSE host, the CSI node plugin and the operator come later (see `DESIGN.md`).
+//! It connects to the hub with its region's credentials, watches for the versions its region
+//! must hold (a server stream, reconnected with backoff; kept in the [`catalog`]), and makes
+//! its chunk store hold every chunk of each, verified ([`replicate`]). It hosts read-only FUSE
+//! mounts of those versions ([`mounts`]) that read from the store, or through it from the hub
+//! on a miss, ahead of replication ([`reader`]), driven over a unix socket ([`local`]). The
+//! regional cache with peers, the CSI node plugin and the operator come later (see
+//! `DESIGN.md`).
 
+pub mod catalog;
+pub mod local;
+pub mod mounts;
+pub mod reader;
 pub mod replicate;
 pub mod store;
 
@@ -20,6 +27,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::{info, warn};
 
+use crate::catalog::Catalog;
+use crate::local::LocalService;
+use crate::mounts::Mounts;
+use crate::reader::{Priority, ReadThrough};
 use crate::replicate::{Budget, PullOptions, Replicator};
 use crate::store::{ChunkStore, DiskStore};
 
@@ -33,6 +44,8 @@ pub enum SpokeError {
     Credentials { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Cache(#[from] store::CacheError),
+    #[error(transparent)]
+    Catalog(#[from] catalog::CatalogError),
 }
 
 /// The spoke's configuration file (TOML). Relative paths are relative to the file.
@@ -49,6 +62,9 @@ pub struct SpokeConfig {
     pub tls: TlsFiles,
     #[serde(default)]
     pub replication: ReplicationConfig,
+    /// The local API's unix socket (mounts, sidecars); default `DATA_DIR/spoke.sock`.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -92,6 +108,8 @@ impl SpokeConfig {
                 *p = dir.join(&*p);
             }
         }
+        let socket = config.socket.take().unwrap_or_else(|| "spoke.sock".into());
+        config.socket = Some(if socket.is_relative() { config.data_dir.join(socket) } else { socket });
         Ok(config)
     }
 
@@ -156,6 +174,36 @@ const RETRY_MAX: Duration = Duration::from_secs(300);
 pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(), SpokeError> {
     let store: Arc<dyn ChunkStore> = Arc::new(DiskStore::open(&config.data_dir)?);
     let endpoint = config.endpoint()?;
+    // Readers and manifests go through a channel of their own, connected when first used.
+    let hub = SpokeClient::new(endpoint.connect_lazy()).max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
+    let catalog = Arc::new(Catalog::open(&config.data_dir.join("catalog"), hub.clone())?);
+    let priority = Arc::new(Priority::default());
+    let reader = ReadThrough::new(store.clone(), hub, priority.clone());
+    let mounts = Mounts::new(catalog.clone(), reader.clone());
+    let socket = config.socket.clone().unwrap_or_else(|| config.data_dir.join("spoke.sock"));
+    let service = LocalService { catalog: catalog.clone(), reader, mounts: mounts.clone() };
+    let local = tokio::spawn(local::serve(socket.clone(), service, shutdown.clone()));
+    info!(socket = %socket.display(), "local API listening");
+    let outcome = replicate_until(&config, endpoint, store, catalog, priority, &shutdown).await;
+    mounts.unmount_all().await;
+    shutdown.cancel();
+    match local.await {
+        Ok(Err(e)) => warn!(socket = %socket.display(), error = %e, "local API failed"),
+        Err(e) => warn!(error = %e, "local API task failed"),
+        Ok(Ok(())) => {}
+    }
+    outcome
+}
+
+/// Watches the hub and replicates what it assigns, until `shutdown` fires.
+async fn replicate_until(
+    config: &SpokeConfig,
+    endpoint: Endpoint,
+    store: Arc<dyn ChunkStore>,
+    catalog: Arc<Catalog>,
+    priority: Arc<Priority>,
+    shutdown: &CancellationToken,
+) -> Result<(), SpokeError> {
     let options =
         PullOptions { streams: config.replication.streams, chunks_per_request: config.replication.chunks_per_request };
     let mut ready: HashSet<(String, u64)> = HashSet::new();
@@ -174,7 +222,13 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
                 .map_err(|s| s.message().to_string())?
                 .into_inner();
             info!("connected to the hub, watching for work");
-            let replicator = Replicator { client, store: store.clone(), options };
+            let replicator = Replicator {
+                client,
+                store: store.clone(),
+                catalog: catalog.clone(),
+                priority: priority.clone(),
+                options,
+            };
             let mut current = pb::Assignments::default();
             // Failed versions are tried again after this long (doubling up to RETRY_MAX), and
             // at once when the assignments change.
@@ -183,6 +237,9 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
                 tokio::select! {
                     message = watch.message() => match message.map_err(|s| s.message().to_string())? {
                         Some(assignments) => {
+                            if let Err(e) = catalog.set_assignments(assignments.clone()) {
+                                warn!(error = %e, "could not keep the assignments on disk");
+                            }
                             current = assignments;
                             retry = None;
                         }

@@ -1,15 +1,20 @@
-//! `aqueduct-spoke`: the regional agent.
+//! `aqueduct-spoke`: the regional agent, and the commands that drive its mounts.
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use aqueduct_proto::VersionRef;
+use aqueduct_proto::spoke::v1 as local;
+use aqueduct_proto::spoke::v1::local_client::LocalClient;
+use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 
 #[derive(Parser)]
 #[command(
     name = "aqueduct-spoke",
     version,
-    about = "Aqueduct's regional agent: replicates rolled-out versions into a verified chunk store"
+    about = "Aqueduct's regional agent: replicates rolled-out versions into a verified chunk store and hosts read-only FUSE mounts of them"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -18,12 +23,57 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Connect to the hub and replicate what is rolled out to this region, until interrupted.
+    /// Connect to the hub, replicate what is rolled out to this region and serve mounts, until
+    /// interrupted (mounts end with it).
     Run {
         /// Spoke configuration file (TOML; see deploy/spoke/spoke.example.toml).
         #[arg(long, env = "AQUEDUCT_SPOKE_CONFIG")]
         config: PathBuf,
     },
+    /// Mount a dataset read-only through the running spoke. DATASET follows the region's
+    /// active version (open files keep theirs when it changes); DATASET@vN stays on vN and can
+    /// be read before vN is fully replicated (misses are fetched on demand).
+    Mount {
+        /// DATASET or DATASET@vN.
+        dataset: VersionRef,
+        /// An existing directory.
+        mountpoint: PathBuf,
+        #[command(flatten)]
+        socket: Socket,
+    },
+    /// Unmount a mount of the running spoke (fails while files under it are open).
+    Unmount {
+        mountpoint: PathBuf,
+        #[command(flatten)]
+        socket: Socket,
+    },
+    /// List the running spoke's mounts.
+    Mounts {
+        #[command(flatten)]
+        socket: Socket,
+    },
+}
+
+#[derive(Args)]
+struct Socket {
+    /// The running spoke's local API socket (its config's `socket`, default DATA_DIR/spoke.sock).
+    #[arg(long, env = "AQUEDUCT_SPOKE_SOCKET", default_value = "/var/lib/aqueduct-spoke/spoke.sock")]
+    socket: PathBuf,
+}
+
+impl Socket {
+    async fn connect(&self) -> anyhow::Result<LocalClient<Channel>> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("unix://{}", self.socket.display()))?
+            .connect()
+            .await
+            .with_context(|| {
+                format!(
+                    "no spoke answers on {}; start it with `aqueduct-spoke run --config FILE`, or pass --socket",
+                    self.socket.display()
+                )
+            })?;
+        Ok(LocalClient::new(channel))
+    }
 }
 
 fn main() {
@@ -35,6 +85,10 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn absolute(path: PathBuf) -> anyhow::Result<PathBuf> {
+    std::path::absolute(&path).with_context(|| format!("cannot make {} absolute", path.display()))
 }
 
 #[tokio::main]
@@ -54,6 +108,42 @@ async fn run() -> anyhow::Result<()> {
                 trigger.cancel();
             });
             aqueduct_spoke::run(config, shutdown).await?;
+        }
+        Command::Mount { dataset, mountpoint, socket } => {
+            let request = local::MountRequest {
+                dataset: dataset.dataset.clone(),
+                version: dataset.version.unwrap_or(0),
+                mountpoint: absolute(mountpoint)?.display().to_string(),
+            };
+            let info = socket.connect().await?.mount(request).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            let info = info.into_inner();
+            let follow = if info.follow { " (following the active version)" } else { "" };
+            println!("{}@v{} mounted at {}{follow}", info.dataset, info.version, info.mountpoint);
+        }
+        Command::Unmount { mountpoint, socket } => {
+            let mountpoint = absolute(mountpoint)?.display().to_string();
+            socket
+                .connect()
+                .await?
+                .unmount(local::UnmountRequest { mountpoint: mountpoint.clone() })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            println!("unmounted {mountpoint}");
+        }
+        Command::Mounts { socket } => {
+            let mounts = socket
+                .connect()
+                .await?
+                .list_mounts(local::ListMountsRequest {})
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner()
+                .mounts;
+            println!("{:<40} {:<24} {:<8} FOLLOW", "MOUNTPOINT", "DATASET", "VERSION");
+            for m in mounts {
+                let follow = if m.follow { "active" } else { "-" };
+                println!("{:<40} {:<24} {:<8} {follow}", m.mountpoint, m.dataset, format!("v{}", m.version));
+            }
         }
     }
     Ok(())

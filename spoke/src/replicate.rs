@@ -4,31 +4,33 @@
 //! The missing chunks are computed from the store itself, so a spoke restarted after a crash
 //! (or a lost connection) resumes where it stopped: nothing verified is fetched twice. Before a
 //! version is reported Ready every chunk it did not fetch itself (those already in the store)
-//! is read back and checked; a corrupt one is removed and fetched again.
+//! is read back and checked; a corrupt one is removed and fetched again. Readers come first:
+//! while a reader's on-demand fetch is in flight, replication waits before its next request
+//! and its next chunk.
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aqueduct_proto::Digest;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
-use aqueduct_proto::{Digest, Manifest, ManifestError};
 use futures::{StreamExt, TryStreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tonic::transport::Channel;
 use tracing::{info, instrument, warn};
 
+use crate::catalog::{Catalog, CatalogError};
+use crate::reader::Priority;
 use crate::store::{CacheError, ChunkStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicationError {
     #[error("the hub refused or failed: {0}")]
     Hub(#[from] tonic::Status),
-    #[error("the hub sent a manifest that does not verify: {0}")]
-    Manifest(#[from] ManifestError),
-    #[error("manifest root {got} is not the assigned version's root {expected}")]
-    WrongRoot { expected: String, got: Digest },
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
     #[error("the hub sent chunk {0}, which was not asked for")]
     Unexpected(String),
     #[error("chunk {0} did not arrive")]
@@ -90,24 +92,16 @@ pub struct Outcome {
 pub struct Replicator {
     pub client: SpokeClient<Channel>,
     pub store: Arc<dyn ChunkStore>,
+    pub catalog: Arc<Catalog>,
+    /// Readers' on-demand fetches go first.
+    pub priority: Arc<Priority>,
     pub options: PullOptions,
 }
 
 impl Replicator {
     #[instrument(skip_all, fields(dataset = %assignment.dataset, version = assignment.version))]
     pub async fn replicate(&self, assignment: &pb::Assignment, budget: &Budget) -> Result<Outcome, ReplicationError> {
-        let mut client = self.client.clone();
-        let wire = client
-            .get_manifest(pb::GetManifestRequest { dataset: assignment.dataset.clone(), version: assignment.version })
-            .await?
-            .into_inner();
-        let manifest = Manifest::try_from(wire)?;
-        if manifest.root.0.as_slice() != assignment.root.as_slice() {
-            return Err(ReplicationError::WrongRoot {
-                expected: format!("{:02x?}", assignment.root),
-                got: manifest.root,
-            });
-        }
+        let manifest = self.catalog.manifest(assignment).await?;
         // How many bytes of the version each distinct chunk stands for (it may repeat).
         let mut weight: HashMap<Digest, u64> = HashMap::new();
         for c in manifest.files.iter().flat_map(|f| &f.chunks) {
@@ -180,6 +174,20 @@ impl Replicator {
             batches.push(self.fetch_batch(assignment, batch, budget));
         }
         let mut results = futures::stream::iter(batches).buffer_unordered(self.options.streams.max(1));
+        // Reports go out from a task of their own, in order: awaiting one here would stop
+        // polling the fetch streams, whose unread data then fills the connection's
+        // flow-control window, and the report's answer could never arrive. The task is awaited
+        // at the end, so that no late "Transferring" lands after the "Ready" that follows.
+        let (progress, mut reports) = tokio::sync::watch::channel(None::<pb::ProgressReport>);
+        let client = self.client.clone();
+        let reporter = tokio::spawn(async move {
+            while reports.changed().await.is_ok() {
+                let report = reports.borrow_and_update().clone();
+                if let Some(report) = report {
+                    send_report(client.clone(), report).await;
+                }
+            }
+        });
         while let Some(fetched) = results.try_next().await? {
             for (digest, len) in fetched {
                 outcome.chunks_fetched += 1;
@@ -190,14 +198,11 @@ impl Replicator {
             if last_report.elapsed() >= Duration::from_secs(1) {
                 last_report = Instant::now();
                 let rate = (outcome.bytes_fetched as f64 / started.elapsed().as_secs_f64()) as u64;
-                // Report from another task: awaiting here would stop polling the fetch streams,
-                // whose unread data then fills the connection's flow-control window, and the
-                // report's answer could never arrive.
-                let (client, report) =
-                    (self.client.clone(), progress_report(assignment, "Transferring", cached, "", rate));
-                tokio::spawn(send_report(client, report));
+                let _ = progress.send(Some(progress_report(assignment, "Transferring", cached, "", rate)));
             }
         }
+        drop(progress);
+        let _ = reporter.await;
         Ok(stored)
     }
 
@@ -208,6 +213,12 @@ impl Replicator {
         batch: &[(Digest, u32)],
         budget: &Budget,
     ) -> Result<Vec<(Digest, u64)>, ReplicationError> {
+        self.priority.background_turn().await;
+        // A reader may have fetched some of them on demand since the batch was planned.
+        let batch: Vec<(Digest, u32)> = batch.iter().filter(|(d, _)| !self.store.contains(d)).copied().collect();
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut client = self.client.clone();
         let req = pb::FetchChunksRequest {
             dataset: assignment.dataset.clone(),
@@ -222,6 +233,7 @@ impl Replicator {
                 ReplicationError::Unexpected(format!("{:02x?}", &chunk.digest[..chunk.digest.len().min(8)]))
             })?;
             budget.take(chunk.data.len()).await;
+            self.priority.background_turn().await;
             let len = chunk.data.len() as u64;
             let store = self.store.clone();
             tokio::task::spawn_blocking(move || store.put(&digest, &chunk.data)).await??;

@@ -122,3 +122,45 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// Whether this test may mount FUSE (root and /dev/fuse). Under `CI=true` a missing
+/// prerequisite fails the test with what is missing; elsewhere the test is skipped, saying so.
+pub fn can_mount_fuse() -> bool {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let fuse = std::path::Path::new("/dev/fuse").exists();
+    if root && fuse {
+        return true;
+    }
+    let missing = if fuse { "root (non-root mounts need fusermount3 from the fuse3 package)" } else { "/dev/fuse" };
+    assert!(std::env::var("CI").is_err(), "this test mounts FUSE and needs {missing}");
+    eprintln!("skipped: mounting FUSE needs {missing}");
+    false
+}
+
+/// Whether anything is mounted exactly at `path` (from /proc/mounts).
+pub fn is_mounted(path: &std::path::Path) -> bool {
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(path.to_str().unwrap_or_default()))
+}
+
+/// An extended attribute's value, `None` if the entry has none of that name.
+pub fn xattr(path: &std::path::Path, name: &str) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0u8; 256];
+    // SAFETY: both strings are NUL-terminated and the buffer's length is passed.
+    let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.raw_os_error(), Some(libc::ENODATA), "getxattr failed: {e}");
+        return None;
+    }
+    buf.truncate(n as usize);
+    String::from_utf8(buf).ok()
+}

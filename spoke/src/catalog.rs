@@ -1,0 +1,223 @@
+//! What the region holds: the hub's assignments and the manifests of assigned versions.
+//!
+//! Both are kept on disk under `catalog/` in the spoke's data directory (prost encoding,
+//! written atomically), so a restarted spoke serves its mounts from what it holds even before
+//! the hub answers. Manifests come from the hub once, are checked against the root the hub
+//! assigned, and never change (a version is immutable). Changes of assignments are published
+//! on a watch channel: mounts that follow a dataset's active version subscribe to it.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aqueduct_proto::hub::v1 as pb;
+use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
+use aqueduct_proto::{Manifest, ManifestError};
+use prost::Message;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tracing::{debug, instrument};
+
+/// Layout version of `catalog/`.
+pub const CATALOG_FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error(
+        "dataset {dataset:?} is not rolled out to this region; roll it out with `aq rollout {dataset}@vN --to REGION`"
+    )]
+    UnknownDataset { dataset: String },
+    #[error(
+        "{dataset}@v{version} is not rolled out to this region (it holds {held}); roll it out with `aq rollout {dataset}@v{version} --to REGION`"
+    )]
+    UnknownVersion { dataset: String, version: u64, held: String },
+    #[error(
+        "{dataset} has no active version in this region yet (a version becomes active when it is Ready in every region of its rollout); mount a version ({dataset}@vN) or wait and see `aq status {dataset}`"
+    )]
+    NoActiveVersion { dataset: String },
+    #[error("cannot get the manifest of {dataset}@v{version} from the hub: {status}")]
+    Hub { dataset: String, version: u64, status: String },
+    #[error("the manifest of {dataset}@v{version} does not verify: {source}")]
+    Manifest { dataset: String, version: u64, source: ManifestError },
+    #[error("the catalog at {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+pub struct Catalog {
+    dir: PathBuf,
+    hub: SpokeClient<Channel>,
+    assignments: watch::Sender<pb::Assignments>,
+    manifests: Mutex<HashMap<(String, u64), Arc<Manifest>>>,
+}
+
+impl Catalog {
+    /// Opens the catalog in `dir` (created if needed) with the last assignments it saw.
+    pub fn open(dir: &Path, hub: SpokeClient<Channel>) -> Result<Self, CatalogError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| CatalogError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir.join("manifests")).map_err(io(dir))?;
+        let format = dir.join("FORMAT");
+        match std::fs::read_to_string(&format) {
+            Ok(found) if found.trim() == CATALOG_FORMAT.to_string() => {}
+            Ok(found) => {
+                return Err(CatalogError::Io {
+                    path: format,
+                    source: std::io::Error::other(format!(
+                        "format {} is not {CATALOG_FORMAT}; upgrade the spoke or move the directory away",
+                        found.trim()
+                    )),
+                });
+            }
+            Err(_) => write_atomically(&format, format!("{CATALOG_FORMAT}\n").as_bytes()).map_err(io(&format))?,
+        }
+        let saved = dir.join("assignments.pb");
+        let assignments = match std::fs::read(&saved) {
+            Ok(bytes) => pb::Assignments::decode(bytes.as_slice()).unwrap_or_default(),
+            Err(_) => pb::Assignments::default(),
+        };
+        Ok(Self { dir: dir.to_owned(), hub, assignments: watch::Sender::new(assignments), manifests: Mutex::default() })
+    }
+
+    pub fn assignments(&self) -> pb::Assignments {
+        self.assignments.borrow().clone()
+    }
+
+    /// Changes of the assignments, as they arrive from the hub.
+    pub fn subscribe(&self) -> watch::Receiver<pb::Assignments> {
+        self.assignments.subscribe()
+    }
+
+    /// Records the hub's latest assignments (on disk, then for subscribers).
+    pub fn set_assignments(&self, assignments: pb::Assignments) -> Result<(), CatalogError> {
+        let path = self.dir.join("assignments.pb");
+        write_atomically(&path, &assignments.encode_to_vec()).map_err(|source| CatalogError::Io { path, source })?;
+        self.assignments.send_if_modified(|current| {
+            let changed = *current != assignments;
+            *current = assignments;
+            changed
+        });
+        Ok(())
+    }
+
+    /// The assignment a dataset reference means here: the version asked for, or (`None`)
+    /// the region's active version.
+    pub fn resolve(&self, dataset: &str, version: Option<u64>) -> Result<pb::Assignment, CatalogError> {
+        resolve(&self.assignments.borrow(), dataset, version)
+    }
+
+    /// The manifest of an assigned version: from memory, from disk, or from the hub (then
+    /// kept). Checked against the root the hub assigned.
+    #[instrument(skip_all, fields(dataset = %a.dataset, version = a.version))]
+    pub async fn manifest(&self, a: &pb::Assignment) -> Result<Arc<Manifest>, CatalogError> {
+        let key = (a.dataset.clone(), a.version);
+        if let Some(m) = self.manifests.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(m.clone());
+        }
+        let path = self.dir.join("manifests").join(&a.dataset).join(format!("{}.pb", a.version));
+        let bad = |source| CatalogError::Manifest { dataset: a.dataset.clone(), version: a.version, source };
+        let from_disk = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| pb::Manifest::decode(bytes.as_slice()).ok())
+            .and_then(|wire| Manifest::try_from(wire).ok())
+            .filter(|m| m.root.0.as_slice() == a.root.as_slice());
+        let manifest = match from_disk {
+            Some(m) => m,
+            None => {
+                debug!("fetching the manifest from the hub");
+                let wire = self
+                    .hub
+                    .clone()
+                    .get_manifest(pb::GetManifestRequest { dataset: a.dataset.clone(), version: a.version })
+                    .await
+                    .map_err(|s| CatalogError::Hub {
+                        dataset: a.dataset.clone(),
+                        version: a.version,
+                        status: s.message().to_string(),
+                    })?
+                    .into_inner();
+                let bytes = wire.encode_to_vec();
+                let manifest = Manifest::try_from(wire).map_err(bad)?;
+                if manifest.root.0.as_slice() != a.root.as_slice() {
+                    return Err(bad(ManifestError::RootMismatch {
+                        expected: aqueduct_proto::Digest::from_slice(&a.root)
+                            .unwrap_or(aqueduct_proto::Digest([0; 32])),
+                        computed: manifest.root,
+                    }));
+                }
+                let dir = path.parent().expect("has a parent");
+                std::fs::create_dir_all(dir)
+                    .and_then(|()| write_atomically(&path, &bytes))
+                    .map_err(|source| CatalogError::Io { path: path.clone(), source })?;
+                manifest
+            }
+        };
+        let manifest = Arc::new(manifest);
+        self.manifests.lock().unwrap_or_else(|e| e.into_inner()).insert(key, manifest.clone());
+        Ok(manifest)
+    }
+}
+
+/// Which assignment `dataset` at `version` (or its active version) is.
+pub fn resolve(
+    assignments: &pb::Assignments,
+    dataset: &str,
+    version: Option<u64>,
+) -> Result<pb::Assignment, CatalogError> {
+    let of: Vec<&pb::Assignment> = assignments.assignments.iter().filter(|a| a.dataset == dataset).collect();
+    if of.is_empty() {
+        return Err(CatalogError::UnknownDataset { dataset: dataset.to_string() });
+    }
+    let found = match version {
+        Some(v) => of.iter().find(|a| a.version == v),
+        None => of.iter().find(|a| a.active),
+    };
+    match (found, version) {
+        (Some(a), _) => Ok((*a).clone()),
+        (None, Some(v)) => Err(CatalogError::UnknownVersion {
+            dataset: dataset.to_string(),
+            version: v,
+            held: of.iter().map(|a| format!("v{}", a.version)).collect::<Vec<_>>().join(", "),
+        }),
+        (None, None) => Err(CatalogError::NoActiveVersion { dataset: dataset.to_string() }),
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file of its own, fsync and rename (two tasks
+/// may write the same manifest at once).
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let unique = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let tmp = path.with_extension(format!("tmp.{}.{unique}.{:?}", std::process::id(), std::thread::current().id()));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(dataset: &str, version: u64, active: bool) -> pb::Assignment {
+        pb::Assignment { dataset: dataset.into(), version, total_bytes: 1, root: vec![0; 32], active }
+    }
+
+    #[test]
+    fn references_resolve_to_assignments_or_say_what_to_do() {
+        let a = pb::Assignments {
+            assignments: vec![assignment("m", 1, true), assignment("m", 2, false), assignment("n", 1, false)],
+            budget_bytes_per_sec: 1,
+        };
+        assert_eq!(resolve(&a, "m", None).unwrap().version, 1);
+        assert_eq!(resolve(&a, "m", Some(2)).unwrap().version, 2);
+        let err = resolve(&a, "x", None).unwrap_err().to_string();
+        assert!(err.contains("not rolled out") && err.contains("aq rollout x@vN"), "{err}");
+        let err = resolve(&a, "m", Some(7)).unwrap_err().to_string();
+        assert!(err.contains("m@v7") && err.contains("v1, v2"), "{err}");
+        let err = resolve(&a, "n", None).unwrap_err().to_string();
+        assert!(err.contains("no active version") && err.contains("n@vN"), "{err}");
+    }
+}

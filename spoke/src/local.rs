@@ -1,0 +1,200 @@
+//! The spoke's local API on a unix socket: mounts for the CLI (and the CSI node plugin), and
+//! version resolution and chunk reads for `aqueduct-fuse` sidecars.
+//!
+//! The socket is created with mode 0600: whoever may use it may read every dataset the region
+//! holds, as the spoke itself can. Errors become gRPC statuses in [`status`], one place.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use aqueduct_proto::hub::v1 as pb;
+use aqueduct_proto::spoke::v1 as local;
+use aqueduct_proto::spoke::v1::local_server::{Local, LocalServer};
+use aqueduct_proto::{Digest, validate_name};
+use futures::{Stream, StreamExt};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tracing::{Span, instrument};
+
+use crate::catalog::{Catalog, CatalogError};
+use crate::mounts::{MountError, Mounts};
+use crate::reader::ReadThrough;
+
+/// Chunks read concurrently for one `ReadChunks` call.
+const READ_CONCURRENCY: usize = 4;
+
+pub struct LocalService {
+    pub catalog: Arc<Catalog>,
+    pub reader: Arc<ReadThrough>,
+    pub mounts: Arc<Mounts>,
+}
+
+/// The one place errors of the local API become statuses.
+fn status(e: impl Into<LocalError>) -> Status {
+    match e.into() {
+        LocalError::Mount(MountError::Catalog(e)) | LocalError::Catalog(e) => match e {
+            CatalogError::UnknownDataset { .. } | CatalogError::UnknownVersion { .. } => {
+                Status::not_found(e.to_string())
+            }
+            CatalogError::NoActiveVersion { .. } => Status::failed_precondition(e.to_string()),
+            CatalogError::Hub { .. } => Status::unavailable(e.to_string()),
+            CatalogError::Manifest { .. } | CatalogError::Io { .. } => Status::internal(e.to_string()),
+        },
+        LocalError::Mount(e @ (MountError::Relative(_) | MountError::Missing(_))) => {
+            Status::invalid_argument(e.to_string())
+        }
+        LocalError::Mount(e @ MountError::NotMounted(_)) => Status::not_found(e.to_string()),
+        LocalError::Mount(e @ (MountError::Busy { .. } | MountError::Unmount(_))) => {
+            Status::failed_precondition(e.to_string())
+        }
+        LocalError::Mount(e @ MountError::NoFuse(_)) => Status::failed_precondition(e.to_string()),
+        LocalError::Mount(e @ MountError::Mount { .. }) => Status::internal(e.to_string()),
+        LocalError::Invalid(message) => Status::invalid_argument(message),
+    }
+}
+
+pub enum LocalError {
+    Catalog(CatalogError),
+    Mount(MountError),
+    Invalid(String),
+}
+
+impl From<CatalogError> for LocalError {
+    fn from(e: CatalogError) -> Self {
+        LocalError::Catalog(e)
+    }
+}
+impl From<MountError> for LocalError {
+    fn from(e: MountError) -> Self {
+        LocalError::Mount(e)
+    }
+}
+
+fn dataset_name(name: &str) -> Result<(), Status> {
+    validate_name("dataset", name).map_err(|e| status(LocalError::Invalid(e.to_string())))
+}
+
+fn nonzero(version: u64) -> Option<u64> {
+    (version != 0).then_some(version)
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ChunkData, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Local for LocalService {
+    type ReadChunksStream = ChunkStream;
+
+    #[instrument(skip_all, fields(dataset, version, mountpoint))]
+    async fn mount(&self, request: Request<local::MountRequest>) -> Result<Response<local::MountInfo>, Status> {
+        let r = request.into_inner();
+        Span::current()
+            .record("dataset", r.dataset.as_str())
+            .record("version", r.version)
+            .record("mountpoint", r.mountpoint.as_str());
+        dataset_name(&r.dataset)?;
+        let info = self.mounts.mount(&r.dataset, nonzero(r.version), Path::new(&r.mountpoint)).await.map_err(status)?;
+        Ok(Response::new(info))
+    }
+
+    #[instrument(skip_all, fields(mountpoint))]
+    async fn unmount(
+        &self,
+        request: Request<local::UnmountRequest>,
+    ) -> Result<Response<local::UnmountResponse>, Status> {
+        let r = request.into_inner();
+        Span::current().record("mountpoint", r.mountpoint.as_str());
+        self.mounts.unmount(Path::new(&r.mountpoint), false).await.map_err(status)?;
+        Ok(Response::new(local::UnmountResponse {}))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_mounts(
+        &self,
+        _request: Request<local::ListMountsRequest>,
+    ) -> Result<Response<local::ListMountsResponse>, Status> {
+        Ok(Response::new(local::ListMountsResponse { mounts: self.mounts.list() }))
+    }
+
+    #[instrument(skip_all, fields(dataset, version))]
+    async fn resolve(
+        &self,
+        request: Request<local::ResolveRequest>,
+    ) -> Result<Response<local::ResolveResponse>, Status> {
+        let r = request.into_inner();
+        Span::current().record("dataset", r.dataset.as_str()).record("version", r.version);
+        dataset_name(&r.dataset)?;
+        let assignment = self.catalog.resolve(&r.dataset, nonzero(r.version)).map_err(status)?;
+        let manifest = self.catalog.manifest(&assignment).await.map_err(status)?;
+        Ok(Response::new(local::ResolveResponse {
+            manifest: Some(pb::Manifest::from(manifest.as_ref())),
+            active: assignment.active,
+        }))
+    }
+
+    #[instrument(skip_all, fields(dataset, version, chunks, warm_only))]
+    async fn read_chunks(
+        &self,
+        request: Request<local::ReadChunksRequest>,
+    ) -> Result<Response<Self::ReadChunksStream>, Status> {
+        let r = request.into_inner();
+        Span::current()
+            .record("dataset", r.dataset.as_str())
+            .record("version", r.version)
+            .record("chunks", r.digests.len())
+            .record("warm_only", r.warm_only);
+        // Reads are for versions the region holds; the hub checks the rest on a miss.
+        self.catalog.resolve(&r.dataset, Some(r.version)).map_err(status)?;
+        let digests = r
+            .digests
+            .iter()
+            .map(|d| Digest::from_slice(d).ok_or_else(|| Status::invalid_argument("a digest is not 32 bytes")))
+            .collect::<Result<Vec<Digest>, Status>>()?;
+        if r.warm_only {
+            let chunks: Vec<(Digest, u32)> = digests.into_iter().map(|d| (d, 0)).collect();
+            self.reader.prefetch(&r.dataset, r.version, &chunks);
+            return Ok(Response::new(Box::pin(futures::stream::empty())));
+        }
+        let (reader, dataset, version) = (self.reader.clone(), r.dataset, r.version);
+        let stream = futures::stream::iter(digests)
+            .map(move |digest| {
+                let (reader, dataset) = (reader.clone(), dataset.clone());
+                async move {
+                    let data = reader
+                        .chunk(&dataset, version, digest)
+                        .await
+                        .map_err(|e| Status::unavailable(e.to_string()))?;
+                    Ok(pb::ChunkData { digest: digest.0.to_vec(), data })
+                }
+            })
+            .buffered(READ_CONCURRENCY);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Serves the local API on a unix socket at `path` until `shutdown` fires, then removes it.
+/// A socket left by an earlier spoke is replaced.
+pub async fn serve(path: PathBuf, service: LocalService, shutdown: CancellationToken) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let result = tonic::transport::Server::builder()
+        .add_service(
+            LocalServer::new(service)
+                .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.cancelled())
+        .await;
+    let _ = std::fs::remove_file(&path);
+    result.map_err(std::io::Error::other)
+}
