@@ -95,6 +95,21 @@ pub async fn world(kind: SourceKind) -> World {
 }
 
 impl World {
+    /// A plain S3 client of the world's S3 server (bucket `models`), for baselines.
+    pub fn s3_client(&self) -> object_store::aws::AmazonS3 {
+        let s3 = self._s3.as_ref().expect("an S3 world");
+        object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(s3.endpoint())
+            .with_allow_http(true)
+            .with_bucket_name("models")
+            .with_region("us-east-1")
+            .with_access_key_id(aqueduct_testkit::ACCESS_KEY)
+            .with_secret_access_key(aqueduct_testkit::SECRET_KEY)
+            .with_virtual_hosted_style_request(false)
+            .build()
+            .unwrap()
+    }
+
     pub async fn snapshot(&mut self) -> pb::VersionSummary {
         let mut events =
             self.admin.snapshot(pb::SnapshotRequest { dataset: "llama".into() }).await.unwrap().into_inner();

@@ -277,6 +277,27 @@ async fn a_sidecar_mount_fails_fast_while_its_spoke_is_dead_and_reads_again_when
     let (dir, want) = (mnt.clone(), files[1].1.clone());
     io(move || assert_eq!(std::fs::read(dir.join("model.safetensors")).unwrap(), want)).await;
 
+    // The spoke's CLI mounts, lists and unmounts through the same socket.
+    let hosted = w.root.join("hosted");
+    std::fs::create_dir_all(&hosted).unwrap();
+    let cli = |args: &[&std::ffi::OsStr]| {
+        let out =
+            std::process::Command::new(bin("aqueduct-spoke")).args(args).arg("--socket").arg(&socket).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let (ok, text) = cli(&["mount".as_ref(), "llama@v1".as_ref(), hosted.as_os_str()]);
+    assert!(ok && text.contains("llama@v1 mounted at"), "{text}");
+    let (ok, text) = cli(&["mounts".as_ref()]);
+    assert!(ok && text.contains(hosted.to_str().unwrap()) && text.contains("v1"), "{text}");
+    let (dir, want) = (hosted.clone(), files[2].1.clone());
+    io(move || assert_eq!(std::fs::read(dir.join("tok/tokenizer.json")).unwrap(), want)).await;
+    let (ok, text) = cli(&["mount".as_ref(), "llama@v7".as_ref(), w.root.join("x").as_os_str()]);
+    assert!(!ok && text.contains("does not exist"), "{text}");
+    let (ok, text) = cli(&["unmount".as_ref(), hosted.as_os_str()]);
+    assert!(ok, "{text}");
+    assert!(!is_mounted(&hosted));
+
     // SIGTERM: the sidecar unmounts and exits.
     let pid = cleanup.children[1].id().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());

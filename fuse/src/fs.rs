@@ -127,29 +127,37 @@ impl ChunkCache {
     }
 }
 
-/// Read-ahead for one open file: when a read starts where the previous one ended, the
+/// Read-ahead for one open file: when a read starts near where the reads so far reached, the
 /// chunks after it are prefetched, over a window that doubles with each sequential read up
-/// to [`READAHEAD_MAX`]; a jump resets it.
+/// to [`READAHEAD_MAX`]; a jump resets it. "Near" (within [`NEAR`]) because the kernel sends
+/// a sequential reader's requests concurrently, not always in order.
 #[derive(Default)]
 pub struct ReadPattern {
     next: AtomicU64,
     window: AtomicU64,
+    /// Chunks starting before this offset were hinted already.
+    hinted: AtomicU64,
 }
 
 pub const READAHEAD_MIN: u64 = 1 << 20;
+const NEAR: u64 = 1 << 20;
 pub const READAHEAD_MAX: u64 = 32 << 20;
 
 impl ReadPattern {
-    /// The window to prefetch after a read of `[offset, end)`, or 0 for none.
-    fn observe(&self, offset: u64, end: u64) -> u64 {
-        let previous_end = self.next.swap(end, Ordering::Relaxed);
-        if offset != 0 && offset != previous_end {
+    /// The range of offsets whose chunks to prefetch after a read of `[offset, end)`: empty
+    /// for a reader that jumped, and never a chunk hinted before (each is hinted once).
+    fn observe(&self, offset: u64, end: u64) -> std::ops::Range<u64> {
+        let reached = self.next.fetch_max(end, Ordering::Relaxed);
+        if offset != 0 && offset.abs_diff(reached) > NEAR {
+            self.next.store(end, Ordering::Relaxed);
             self.window.store(0, Ordering::Relaxed);
-            return 0;
+            self.hinted.store(end, Ordering::Relaxed);
+            return 0..0;
         }
         let window = (self.window.load(Ordering::Relaxed) * 2).clamp(READAHEAD_MIN, READAHEAD_MAX);
         self.window.store(window, Ordering::Relaxed);
-        window
+        let from = self.hinted.fetch_max(end + window, Ordering::Relaxed).max(end);
+        from..end + window
     }
 }
 
@@ -309,10 +317,12 @@ impl<S: ChunkSource> VersionFs<S> {
         // The chunks that cover [offset, end): binary search for the first, then walk.
         let first = file.chunks.partition_point(|c| c.end() <= offset);
         let covering: Vec<&ChunkRef> = file.chunks[first..].iter().take_while(|c| c.offset < end).collect();
-        if let Some(window) = pattern.map(|p| p.observe(offset, end)).filter(|w| *w > 0) {
-            let ahead: Vec<(Digest, u32)> = file.chunks[first + covering.len()..]
+        if let Some(range) = pattern.map(|p| p.observe(offset, end)).filter(|r| !r.is_empty()) {
+            // Chunks that start inside the range (the one covering its start was hinted before).
+            let from = file.chunks.partition_point(|c| c.offset < range.start).max(first + covering.len());
+            let ahead: Vec<(Digest, u32)> = file.chunks[from..]
                 .iter()
-                .take_while(|c| c.offset < end + window)
+                .take_while(|c| c.offset < range.end)
                 .filter(|c| !self.cache.contains(&c.digest))
                 .map(|c| (c.digest, c.length))
                 .collect();
@@ -526,12 +536,16 @@ mod tests {
         assert_eq!(asked.len(), chunks.len(), "a chunk was fetched twice while it was in the cache");
         let prefetched = fs.source.prefetched.lock().unwrap().clone();
         assert!(prefetched.contains(&chunks[1].digest), "a sequential reader did not get read-ahead");
+        let distinct: std::collections::HashSet<_> = prefetched.iter().collect();
+        assert_eq!(distinct.len(), prefetched.len(), "a chunk was hinted more than once");
 
         // A reader that jumps around gets no read-ahead.
-        let (fs, _) = tree();
+        let (manifest, source) = version(&[("big", noise(8 << 20, 5))]);
+        let fs = VersionFs::new(manifest, Arc::new(source), ChunkCache::new(1 << 20));
+        let big = fs.lookup(ROOT, "big").unwrap();
         let pattern = ReadPattern::default();
-        for offset in [150_000, 20_000, 90_000, 5_000] {
-            fs.read(model.ino, offset, 100, Some(&pattern)).await.unwrap();
+        for offset in [6 << 20, 1 << 20, 4 << 20, 100_000, 7 << 20] {
+            fs.read(big.ino, offset, 100, Some(&pattern)).await.unwrap();
         }
         assert!(fs.source.prefetched.lock().unwrap().is_empty());
     }

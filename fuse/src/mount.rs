@@ -299,8 +299,12 @@ pub fn mount<S: ChunkSource + 'static>(
         MountOption::NoSuid,
         MountOption::DefaultPermissions,
     ];
-    // Pods read as whatever user they run as.
-    config.acl = fuser::SessionACL::All;
+    // Pods read as whatever user they run as. Other users than root mount through
+    // fusermount3, which allows that only with `user_allow_other` in /etc/fuse.conf.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        config.acl = fuser::SessionACL::All;
+    }
     let adapter =
         FuseAdapter { view: view.clone(), runtime, handles: Mutex::default(), next_handle: AtomicU64::new(1) };
     let session = fuser::spawn_mount(adapter, mountpoint, &config)?;

@@ -20,7 +20,7 @@ use tracing::{Instrument, Span, instrument, warn};
 use crate::auth::{Identity, require_admin};
 use crate::error::{invalid, unknown_dataset};
 use crate::pki::Authority;
-use crate::relay::Changes;
+use crate::relay::{Changes, Ledger};
 use crate::snapshot::{self, Progress, SnapshotOptions, blocking, now_unix_ms};
 use crate::source::SourceSpec;
 use crate::store::{DatasetRecord, MetaStore, RegionRecord, SourceRecord, StoreError, VersionRecord};
@@ -33,13 +33,20 @@ pub struct AdminService {
     snapshot: SnapshotOptions,
     /// Notified when rollouts change, to wake the spokes' watches.
     changes: Changes,
+    ledger: Arc<Ledger>,
     /// Datasets with a snapshot under way: one at a time per dataset.
     running: Arc<Mutex<HashSet<String>>>,
 }
 
 impl AdminService {
-    pub fn new(db: Arc<dyn MetaStore>, snapshot: SnapshotOptions, authority: Arc<Authority>, changes: Changes) -> Self {
-        Self { db, authority, snapshot, changes, running: Arc::default() }
+    pub fn new(
+        db: Arc<dyn MetaStore>,
+        snapshot: SnapshotOptions,
+        authority: Arc<Authority>,
+        changes: Changes,
+        ledger: Arc<Ledger>,
+    ) -> Self {
+        Self { db, authority, snapshot, changes, ledger, running: Arc::default() }
     }
 
     async fn dataset(&self, name: &str) -> Result<DatasetRecord, Status> {
@@ -351,7 +358,19 @@ impl pb::admin_server::Admin for AdminService {
         if !filter.is_empty() {
             self.dataset(&filter).await?;
         }
-        let rows = blocking(&self.db, move |db| db.rollouts((!filter.is_empty()).then_some(filter.as_str()))).await?;
+        // Relayed bytes not yet written are added, under the ledger's lock.
+        let ledger = self.ledger.clone();
+        let rows = blocking(&self.db, move |db| {
+            ledger.with_pending(|pending| {
+                let mut rows = db.rollouts((!filter.is_empty()).then_some(filter.as_str()))?;
+                for r in &mut rows {
+                    r.relayed_bytes +=
+                        pending.get(&(r.dataset.clone(), r.version, r.region.clone())).copied().unwrap_or(0);
+                }
+                Ok(rows)
+            })
+        })
+        .await?;
         let active = crate::relay::active_versions(&rows);
         Ok(Response::new(pb::StatusResponse {
             rows: rows

@@ -137,10 +137,13 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
     }
     let authority = Arc::new(Authority::load(&config.resolve(&config.tls.ca), &config.resolve(&config.tls.ca_key))?);
     let changes = relay::Changes::default();
-    let admin = AdminServer::new(api::AdminService::new(db.clone(), snapshot, authority, changes.clone()))
-        .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
-    let spoke = SpokeServer::new(relay::SpokeService::new(db, changes))
+    let ledger = Arc::new(relay::Ledger::default());
+    let flusher = tokio::spawn(ledger.clone().run(db.clone(), shutdown.clone()));
+    let admin =
+        AdminServer::new(api::AdminService::new(db.clone(), snapshot, authority, changes.clone(), ledger.clone()))
+            .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
+    let spoke = SpokeServer::new(relay::SpokeService::new(db, changes, ledger))
         .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
     let addr = listener.local_addr().map_err(io_err("inspect", Path::new("listener")))?;
@@ -154,6 +157,8 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
             shutdown.cancelled_owned(),
         )
         .await?;
+    // The last relayed bytes reach the database before the hub says it stopped.
+    let _ = flusher.await;
     info!("hub stopped");
     Ok(())
 }

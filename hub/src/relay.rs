@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{Digest, Manifest};
@@ -61,10 +61,59 @@ impl Budget {
     }
 }
 
-/// Bytes relayed by one stream, added to the rollout's count when the stream ends, however
-/// it ends.
+/// Bytes relayed per (dataset, version, region): counted in memory as chunks go out and
+/// written to the database in one go every [`LEDGER_FLUSH`] (and when the hub stops), so that
+/// a stream of one chunk (a reader's miss) costs no database write. The admin API's status adds
+/// what is not written yet, under the same lock as the flush, so it never counts twice.
+#[derive(Default)]
+pub struct Ledger {
+    pending: Mutex<HashMap<(String, u64, String), u64>>,
+}
+
+pub const LEDGER_FLUSH: Duration = Duration::from_secs(1);
+
+impl Ledger {
+    fn add(&self, dataset: &str, version: u64, region: &str, bytes: u64) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        *pending.entry((dataset.to_string(), version, region.to_string())).or_default() += bytes;
+    }
+
+    /// Writes what is pending. Blocking: call from a blocking task.
+    pub fn flush(&self, db: &dyn MetaStore) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.retain(|(dataset, version, region), bytes| match db.add_relayed(dataset, *version, region, *bytes) {
+            Ok(()) => false,
+            Err(e) => {
+                warn!(error = %e, "could not record relayed bytes; will try again");
+                true
+            }
+        });
+    }
+
+    /// Runs `read` (a database read of rollouts) with the pending counts it must add.
+    pub fn with_pending<T>(&self, read: impl FnOnce(&HashMap<(String, u64, String), u64>) -> T) -> T {
+        read(&self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Flushes every [`LEDGER_FLUSH`] until `shutdown`, then once more.
+    pub async fn run(self: Arc<Self>, db: Arc<dyn MetaStore>, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            let stop = tokio::select! {
+                _ = tokio::time::sleep(LEDGER_FLUSH) => false,
+                _ = shutdown.cancelled() => true,
+            };
+            let (ledger, db) = (self.clone(), db.clone());
+            let _ = tokio::task::spawn_blocking(move || ledger.flush(db.as_ref())).await;
+            if stop {
+                return;
+            }
+        }
+    }
+}
+
+/// Bytes relayed by one stream, added to the ledger when the stream ends, however it ends.
 struct Relayed {
-    db: Arc<dyn MetaStore>,
+    ledger: Arc<Ledger>,
     dataset: String,
     version: u64,
     region: String,
@@ -73,18 +122,14 @@ struct Relayed {
 
 impl Drop for Relayed {
     fn drop(&mut self) {
-        if self.bytes == 0 {
-            return;
+        if self.bytes > 0 {
+            self.ledger.add(&self.dataset, self.version, &self.region, self.bytes);
         }
-        let (db, dataset, region, version, bytes) =
-            (self.db.clone(), self.dataset.clone(), self.region.clone(), self.version, self.bytes);
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = db.add_relayed(&dataset, version, &region, bytes) {
-                warn!(error = %e, "could not record relayed bytes");
-            }
-        });
     }
 }
+
+/// How long a region's budget is used before its rate is read again.
+const BUDGET_RECHECK: Duration = Duration::from_secs(5);
 
 /// Where each chunk of a version is in its source.
 struct VersionIndex {
@@ -96,8 +141,12 @@ struct VersionIndex {
 pub struct SpokeService {
     db: Arc<dyn MetaStore>,
     changes: Changes,
-    budgets: Mutex<HashMap<String, Arc<Budget>>>,
+    ledger: Arc<Ledger>,
+    /// Each region's budget, and when its rate was last read.
+    budgets: Mutex<HashMap<String, (Arc<Budget>, Instant)>>,
     indexes: Mutex<HashMap<(String, u64), Arc<VersionIndex>>>,
+    /// (region, dataset, version) found rolled out; rollouts are never withdrawn.
+    granted: Mutex<HashSet<(String, String, u64)>>,
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ChunkData, Status>> + Send>>;
@@ -113,15 +162,20 @@ fn region_of<T>(request: &Request<T>) -> Result<String, Status> {
 }
 
 impl SpokeService {
-    pub fn new(db: Arc<dyn MetaStore>, changes: Changes) -> Self {
-        Self { db, changes, budgets: Mutex::default(), indexes: Mutex::default() }
+    pub fn new(db: Arc<dyn MetaStore>, changes: Changes, ledger: Arc<Ledger>) -> Self {
+        Self { db, changes, ledger, budgets: Mutex::default(), indexes: Mutex::default(), granted: Mutex::default() }
     }
 
     /// Fails unless `dataset@version` is rolled out to `region`.
     async fn authorize(&self, region: &str, dataset: &str, version: u64) -> Result<(), Status> {
+        let key = (region.to_string(), dataset.to_string(), version);
+        if self.granted.lock().unwrap_or_else(|e| e.into_inner()).contains(&key) {
+            return Ok(());
+        }
         let owned = dataset.to_string();
         let rollouts = blocking(&self.db, move |db| db.rollouts(Some(&owned))).await?;
         if rollouts.iter().any(|r| r.version == version && r.region == region) {
+            self.granted.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
             Ok(())
         } else {
             Err(Status::permission_denied(format!("{dataset}@v{version} is not rolled out to region {region}")))
@@ -129,6 +183,11 @@ impl SpokeService {
     }
 
     async fn budget(&self, region: &str) -> Result<Arc<Budget>, Status> {
+        if let Some((budget, read)) = self.budgets.lock().unwrap_or_else(|e| e.into_inner()).get(region)
+            && read.elapsed() < BUDGET_RECHECK
+        {
+            return Ok(budget.clone());
+        }
         let regions = blocking(&self.db, |db| db.regions()).await?;
         let rate = regions
             .iter()
@@ -136,11 +195,12 @@ impl SpokeService {
             .map(|r| r.rate)
             .ok_or_else(|| Status::permission_denied(format!("region {region} is not known to this hub")))?;
         let mut budgets = self.budgets.lock().unwrap_or_else(|e| e.into_inner());
-        let budget = budgets.entry(region.to_string()).or_insert_with(|| Arc::new(Budget::new(rate)));
-        if budget.rate != rate {
-            *budget = Arc::new(Budget::new(rate));
+        let entry = budgets.entry(region.to_string()).or_insert_with(|| (Arc::new(Budget::new(rate)), Instant::now()));
+        if entry.0.rate != rate {
+            entry.0 = Arc::new(Budget::new(rate));
         }
-        Ok(budget.clone())
+        entry.1 = Instant::now();
+        Ok(entry.0.clone())
     }
 
     async fn index(&self, dataset: &str, version: u64) -> Result<Arc<VersionIndex>, Status> {
@@ -290,11 +350,11 @@ impl pb::spoke_server::Spoke for SpokeService {
         let index = self.index(&req.dataset, req.version).await?;
         let budget = self.budget(&region).await?;
         let (tx, rx) = mpsc::channel(2);
-        let (db, dataset, version) = (self.db.clone(), req.dataset, req.version);
+        let (db, ledger, dataset, version) = (self.db.clone(), self.ledger.clone(), req.dataset, req.version);
         tokio::spawn(
             async move {
                 // Counted as chunks are handed to the transport, recorded when the stream ends.
-                let mut relayed = Relayed { db: db.clone(), dataset: dataset.clone(), version, region, bytes: 0 };
+                let mut relayed = Relayed { ledger, dataset: dataset.clone(), version, region, bytes: 0 };
                 let reads = futures::stream::iter(digests)
                     .map(|digest| {
                         let index = index.clone();

@@ -29,7 +29,7 @@ use crate::store::{CacheError, ChunkStore};
 /// How long one on-demand fetch may take before the reader gets EIO.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Prefetches in flight at once, over all readers.
-const PREFETCH_SLOTS: usize = 4;
+const PREFETCH_SLOTS: usize = 8;
 
 /// Foreground (reader) fetches first: background work waits while any is in flight.
 #[derive(Default)]
@@ -90,8 +90,14 @@ impl ReadThrough {
         })
     }
 
-    /// The chunk's bytes, verified: from the store, or fetched through the hub and stored.
+    /// The chunk's bytes, verified: from the store, or fetched through the hub and stored (in
+    /// the background: the reader does not wait for the store's fsyncs, and gets the bytes
+    /// even if the store is full).
     pub async fn chunk(self: &Arc<Self>, dataset: &str, version: u64, digest: Digest) -> Result<Vec<u8>, FsError> {
+        let fetched = self.inflight.lock().unwrap_or_else(|e| e.into_inner()).get(&digest).cloned();
+        if let Some(fetch) = fetched {
+            return fetch.await.map(|data| data.as_ref().clone());
+        }
         if let Some(data) = self.local(digest).await? {
             return Ok(data);
         }
@@ -135,7 +141,22 @@ impl ReadThrough {
                     },
                 )
             };
-            this.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&digest);
+            match &result {
+                // The store keeps it in the background; until it has, the finished fetch stays
+                // in `inflight` and answers at once, so nobody fetches it again meanwhile.
+                Ok(data) => {
+                    let (this, stored) = (this.clone(), data.clone());
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = this.store.put(&digest, &stored) {
+                            warn!(%digest, error = %e, "could not keep a chunk fetched on demand");
+                        }
+                        this.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&digest);
+                    });
+                }
+                Err(_) => {
+                    this.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&digest);
+                }
+            }
             result
         }
         .instrument(span)
@@ -147,6 +168,7 @@ impl ReadThrough {
 
     async fn fetch_now(&self, dataset: &str, version: u64, digest: Digest) -> Result<Arc<Vec<u8>>, FsError> {
         let unavailable = |reason: String| FsError::Unavailable { digest, reason };
+        let started = std::time::Instant::now();
         let request =
             pb::FetchChunksRequest { dataset: dataset.to_string(), version, digests: vec![digest.0.to_vec()] };
         let mut stream = self
@@ -165,30 +187,22 @@ impl ReadThrough {
         if actual != digest {
             return Err(FsError::Corrupt { digest, actual });
         }
-        debug!(bytes = chunk.data.len(), "fetched on demand");
-        let data = Arc::new(chunk.data);
-        let (store, stored) = (self.store.clone(), data.clone());
-        match tokio::task::spawn_blocking(move || store.put(&digest, &stored)).await {
-            Ok(Ok(())) => {}
-            // Served all the same: the reader gets verified bytes even if the store is full.
-            Ok(Err(e)) => warn!(%digest, error = %e, "could not keep a chunk fetched on demand"),
-            Err(e) => warn!(%digest, error = %e, "chunk store task failed"),
-        }
-        Ok(data)
+        debug!(bytes = chunk.data.len(), elapsed = ?started.elapsed(), "fetched on demand");
+        Ok(Arc::new(chunk.data))
     }
 
     /// Starts fetching chunks the store lacks, a few at a time, without waiting.
     pub fn prefetch(self: &Arc<Self>, dataset: &str, version: u64, chunks: &[(Digest, u32)]) {
         for &(digest, _) in chunks {
-            if self.store.contains(&digest)
-                || self.inflight.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&digest)
-            {
+            // The store is asked in the task, not here: this runs in a reader's path.
+            if self.inflight.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&digest) {
                 continue;
             }
             let (this, dataset) = (self.clone(), dataset.to_string());
             tokio::spawn(async move {
                 let Ok(_slot) = this.prefetch_slots.clone().acquire_owned().await else { return };
-                if this.store.contains(&digest) {
+                let store = this.store.clone();
+                if tokio::task::spawn_blocking(move || store.contains(&digest)).await.unwrap_or(true) {
                     return;
                 }
                 if let Err(e) = this.fetch(&dataset, version, digest).await {

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aqueduct_proto::Digest;
 
@@ -77,6 +78,8 @@ impl ChunkStore for MemStore {
 
 pub struct DiskStore {
     root: PathBuf,
+    /// Makes temporary names unique: two tasks may store the same chunk at once.
+    seq: AtomicU64,
 }
 
 impl DiskStore {
@@ -102,7 +105,7 @@ impl DiskStore {
         for entry in std::fs::read_dir(&tmp).map_err(io(&tmp))?.flatten() {
             let _ = std::fs::remove_file(entry.path());
         }
-        Ok(Self { root: root.to_owned() })
+        Ok(Self { root: root.to_owned(), seq: AtomicU64::new(0) })
     }
 
     fn path(&self, digest: &Digest) -> PathBuf {
@@ -142,7 +145,8 @@ impl ChunkStore for DiskStore {
         let path = self.path(digest);
         let dir = path.parent().expect("chunk paths have a parent");
         std::fs::create_dir_all(dir).map_err(|e| self.error(dir.to_owned(), e))?;
-        let tmp = self.root.join("tmp").join(format!("{}.{}", digest.to_hex(), std::process::id()));
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.root.join("tmp").join(format!("{}.{}.{seq}", digest.to_hex(), std::process::id()));
         let write = || -> io::Result<()> {
             let mut file = std::fs::File::create(&tmp)?;
             file.write_all(data)?;
@@ -182,6 +186,13 @@ mod tests {
         assert!(store.contains(&digest));
         assert_eq!(store.get(&digest).unwrap().unwrap(), data);
         store.put(&digest, &data).unwrap();
+        // Two writers of one chunk at once both succeed.
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| store.put(&digest, &data).unwrap());
+            }
+        });
+        assert_eq!(store.get(&digest).unwrap().unwrap(), data);
         store.remove(&digest).unwrap();
         assert!(!store.contains(&digest));
         store.remove(&digest).unwrap();

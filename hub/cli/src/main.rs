@@ -32,8 +32,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the main job on this machine with embedded defaults: a sample model, a hub, two
-    /// regions with different link budgets, two versions rolled out, every byte verified.
-    /// Needs no hub, flags or config; cleans up after itself.
+    /// regions with different link budgets, two versions rolled out, every byte verified, then
+    /// one region's view mounted with FUSE and every file read through it and verified.
+    /// Needs no hub, flags or config; cleans up after itself. The FUSE step needs /dev/fuse and
+    /// root (or the fuse3 package).
     Quickstart {
         /// Size of the sample model's tensor data, MiB.
         #[arg(long, default_value_t = 256)]
@@ -41,6 +43,9 @@ enum Command {
         /// Keep the temporary directory (hub, stores, logs) instead of removing it.
         #[arg(long)]
         keep: bool,
+        /// Skip the FUSE step (for machines without FUSE).
+        #[arg(long)]
+        no_fuse: bool,
     },
     /// Sources: where datasets' bytes live (s3://bucket/prefix, file:///path).
     #[command(subcommand)]
@@ -215,8 +220,8 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    if let Command::Quickstart { model_mib, keep } = cli.command {
-        return quickstart::run(model_mib, keep).await;
+    if let Command::Quickstart { model_mib, keep, no_fuse } = cli.command {
+        return quickstart::run(model_mib, keep, !no_fuse).await;
     }
     let hub = cli.conn.resolve()?;
     let mut admin = hub.connect().await?;

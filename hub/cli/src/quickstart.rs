@@ -5,7 +5,9 @@
 //! rolls it out to both regions, makes a v2 that changes a little (a header that grows,
 //! shifting every byte after it, and a new config), rolls that out, then checks every file of
 //! both versions in both regions' chunk stores against the BLAKE3 of the source and prints
-//! what crossed each link. Everything lives in a temporary directory, removed at the end.
+//! what crossed each link. Last, it mounts one region's view with FUSE (through the spoke's
+//! local API, following the region's active version) and reads every file through it,
+//! checking BLAKE3 again. Everything lives in a temporary directory, removed at the end.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::admin_client::AdminClient;
+use aqueduct_proto::spoke::v1 as local;
+use aqueduct_proto::spoke::v1::local_client::LocalClient;
 use aqueduct_proto::{Manifest, Rate};
 use aqueduct_spoke::store::{ChunkStore, DiskStore};
 use tokio::net::TcpListener;
@@ -36,11 +40,14 @@ struct Transfer {
     budget: u64,
 }
 
-pub async fn run(model_mib: usize, keep: bool) -> Result<()> {
+pub async fn run(model_mib: usize, keep: bool, fuse: bool) -> Result<()> {
+    if fuse {
+        fuse_prerequisites()?;
+    }
     let tmp = tempfile::Builder::new().prefix("aqueduct-quickstart-").tempdir()?;
     let root = tmp.path().to_owned();
     let shutdown = CancellationToken::new();
-    let result = run_in(&root, model_mib, &shutdown).await;
+    let result = run_in(&root, model_mib, fuse, &shutdown).await;
     shutdown.cancel();
     if keep {
         let kept = tmp.keep();
@@ -49,7 +56,7 @@ pub async fn run(model_mib: usize, keep: bool) -> Result<()> {
     result
 }
 
-async fn run_in(root: &Path, model_mib: usize, shutdown: &CancellationToken) -> Result<()> {
+async fn run_in(root: &Path, model_mib: usize, fuse: bool, shutdown: &CancellationToken) -> Result<()> {
     println!("Aqueduct quickstart in {}", root.display());
     let data = root.join("source/demo-llm");
     std::fs::create_dir_all(&data)?;
@@ -160,7 +167,90 @@ async fn run_in(root: &Path, model_mib: usize, shutdown: &CancellationToken) -> 
             files.len()
         );
     }
+    if fuse {
+        read_through_fuse(root, &v2_files).await?;
+    }
     println!("\nDone. Next: README.md walks through the same steps with `aqueduct-hub` and `aq`.");
+    Ok(())
+}
+
+/// Stops early, with the command to run, where the FUSE step could not work.
+fn fuse_prerequisites() -> Result<()> {
+    if !Path::new("/dev/fuse").exists() {
+        bail!(
+            "the quickstart's last step mounts FUSE, and /dev/fuse is missing: run `sudo modprobe fuse`, or pass --no-fuse"
+        );
+    }
+    let root = std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let fusermount = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("fusermount3").is_file()));
+    if !root && !fusermount {
+        bail!(
+            "the quickstart's last step mounts FUSE: as a user other than root that needs fusermount3; run `sudo apt-get install fuse3`, or pass --no-fuse"
+        );
+    }
+    Ok(())
+}
+
+/// Mounts the first region's view of the dataset through its spoke (following the active
+/// version), reads every file and checks its BLAKE3 against the source, then unmounts.
+async fn read_through_fuse(root: &Path, files: &Sample) -> Result<()> {
+    let (region, _) = REGIONS[0];
+    let socket = root.join(format!("spoke-{region}/store/spoke.sock"));
+    let channel = tonic::transport::Endpoint::from_shared(format!("unix://{}", socket.display()))?
+        .connect()
+        .await
+        .with_context(|| format!("the spoke of {region} does not answer on {}", socket.display()))?;
+    let mut local = LocalClient::new(channel);
+    let mountpoint = root.join(format!("mnt-{region}"));
+    std::fs::create_dir_all(&mountpoint)?;
+    let request =
+        local::MountRequest { dataset: DATASET.into(), version: 0, mountpoint: mountpoint.display().to_string() };
+    let newest = files.len();
+    // The spoke hears that v2 became active a moment after the hub says Ready.
+    let started = Instant::now();
+    let info = loop {
+        match local.mount(request.clone()).await {
+            Ok(info) if info.get_ref().version == 2 => break info.into_inner(),
+            Ok(_) => {
+                // Mounted on v1: the mount follows, so wait for it to switch.
+                let mounts = local.list_mounts(local::ListMountsRequest {}).await?.into_inner().mounts;
+                if let Some(m) = mounts.into_iter().find(|m| m.version == 2) {
+                    break m;
+                }
+            }
+            Err(s) if s.message().contains("no active version") => {}
+            Err(s) => bail!("mounting {region}'s view: {}", s.message()),
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("{region} did not make v2 its active version within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (dir, expected) = (mountpoint.clone(), files.clone());
+    let read = tokio::task::spawn_blocking(move || -> Result<(u64, f64)> {
+        let started = Instant::now();
+        let mut total = 0;
+        for (path, (size, hash)) in &expected {
+            let data = std::fs::read(dir.join(path)).with_context(|| format!("reading {path} through FUSE"))?;
+            if data.len() as u64 != *size || blake3::hash(&data) != *hash {
+                bail!("{path} read through FUSE does not match the source");
+            }
+            total += data.len() as u64;
+        }
+        Ok((total, started.elapsed().as_secs_f64()))
+    })
+    .await?;
+    let unmounted = local.unmount(local::UnmountRequest { mountpoint: mountpoint.display().to_string() }).await;
+    let (total, seconds) = read?;
+    unmounted.map_err(|s| anyhow::anyhow!("unmounting {}: {}", mountpoint.display(), s.message()))?;
+    println!(
+        "8. mounted {region}'s view at {} (following the active version, v{}): read every file through FUSE, BLAKE3 matches the source ({newest} files, {} at {}/s)",
+        info.mountpoint,
+        info.version,
+        bytes(total),
+        bytes((total as f64 / seconds.max(1e-6)) as u64),
+    );
     Ok(())
 }
 

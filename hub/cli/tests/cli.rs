@@ -194,12 +194,21 @@ async fn quickstart_runs_the_main_job_and_cleans_up() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_aq"));
     cmd.args(["quickstart", "--model-mib", "8"]).env("TMPDIR", tmp.path()).env("AQUEDUCT_LOG", "warn");
+    let fuse = aqueduct_testkit::can_mount_fuse();
+    if !fuse {
+        cmd.arg("--no-fuse");
+    }
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
     let stdout = ok(&out);
     for line in [
         "verified: every file of v1 in both regions' stores has the BLAKE3 of the source",
         "verified: every file of v2 in both regions' stores has the BLAKE3 of the source",
     ] {
+        assert!(stdout.contains(line), "{stdout}");
+    }
+    if fuse {
+        let line =
+            "(following the active version, v2): read every file through FUSE, BLAKE3 matches the source (3 files";
         assert!(stdout.contains(line), "{stdout}");
     }
     let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("eu-west") || l.starts_with("us-east")).collect();
