@@ -1,13 +1,20 @@
 //! Reading a version through a spoke's FUSE mount, against reading the same bytes natively.
 //!
 //! A hub over an S3 server (s3s-fs on 127.0.0.1, this process) holding a model-shaped
-//! version of AQ_BENCH_MIB MiB (default 256) in two shards; one region with no practical
-//! budget and one spoke, mounts hosted by the spoke. Printed, in one run, as MiB/s and as a
-//! ratio to the native read of the same files from this machine's page cache:
-//! - cold: a fresh mount, read as soon as the rollout starts (read-through from the hub, ahead
-//!   of replication), next to a plain GET of the same objects from the same S3 server;
-//! - warm: a fresh mount of the replicated version (chunks in the spoke's store);
-//! - cached: the same files again on that mount (the kernel's page cache, kept across opens).
+//! version of AQ_BENCH_MIB MiB (default 256) in two shards; two regions with no practical
+//! budget, one spoke each, mounts hosted by the spokes. Printed, in one run, as MiB/s and as
+//! a ratio to the native read of the same files from this machine's page cache:
+//! - warm: a fresh mount of the replicated version (chunks in the spoke's store, none yet in
+//!   its memory);
+//! - cold: a fresh mount in the other region, read as soon as its rollout starts
+//!   (read-through from the hub, ahead of replication), next to a plain GET of the same
+//!   objects from the same S3 server;
+//! - cached: the same files again on that mount (the kernel's page cache, kept across opens);
+//! - the way people mount S3 today, against the same server: `rclone mount --vfs-cache-mode
+//!   full` and `s3fs`, each cold (first read) and again (their caches warm), if installed
+//!   (`apt-get install rclone s3fs`; skipped, saying so, otherwise). s3s-fs serves their access
+//!   patterns slowly (see TESTBED.md), so they read the first AQ_BENCH_PEER_MIB MiB (default
+//!   64) of each file: rates, not totals, are compared.
 //!
 //! Run: `cargo bench -p aqueduct-e2e --bench fuse` as root (FUSE). AQUEDUCT_LOG=info shows
 //! the components' logs.
@@ -19,14 +26,9 @@ use aqueduct_e2e::{SourceKind, local_client, mount_when_known, world};
 use aqueduct_proto::spoke::v1 as local;
 use aqueduct_testkit::{can_mount_fuse, noise};
 
-/// Reads every file under `dir` named in `files`; returns MiB/s.
+/// Reads every file under `dir` named in `files` whole, through one 1 MiB buffer; MiB/s.
 fn read_all(dir: &Path, files: &[String]) -> f64 {
-    let started = Instant::now();
-    let mut total = 0u64;
-    for f in files {
-        total += std::fs::read(dir.join(f)).unwrap().len() as u64;
-    }
-    total as f64 / f64::from(1 << 20) / started.elapsed().as_secs_f64()
+    read_prefixes(dir, files, u64::MAX)
 }
 
 fn main() {
@@ -60,35 +62,61 @@ fn main() {
         };
         let get = object_store_get(&w, &files).await;
 
-        let config = w.region("eu", 64 << 30).await;
-        w.start_spoke(&config);
-        let mut local = local_client(&config.parent().unwrap().join("store/spoke.sock")).await;
         let mount = |name: &str| {
             let p = w.root.join(name);
             std::fs::create_dir_all(&p).unwrap();
             p
         };
         let (cold_dir, warm_dir) = (mount("cold"), mount("warm"));
-        w.rollout(1, &["eu"]).await;
-        mount_when_known(&mut local, "llama", 1, &cold_dir).await.unwrap();
-        let cold = blocking_read(&cold_dir, &files).await;
+        // Warm: a region that replicated the version and has read nothing yet (its spoke's
+        // memory holds no chunk), so reads come from its chunk store.
+        let config = w.region("warm", 64 << 30).await;
+        w.start_spoke(&config);
+        let mut warm_local = local_client(&config.parent().unwrap().join("store/spoke.sock")).await;
+        w.rollout(1, &["warm"]).await;
         w.wait_ready(1).await;
-        mount_when_known(&mut local, "llama", 1, &warm_dir).await.unwrap();
+        mount_when_known(&mut warm_local, "llama", 1, &warm_dir).await.unwrap();
         let warm = blocking_read(&warm_dir, &files).await;
         let cached = blocking_read(&warm_dir, &files).await;
-        for dir in [&cold_dir, &warm_dir] {
+        let chunks_dir = config.parent().unwrap().join("store/chunks");
+        let verified_native = tokio::task::spawn_blocking(move || read_and_hash_chunks(&chunks_dir)).await.unwrap();
+        // Cold: another region, read the moment its rollout starts.
+        let config = w.region("cold", 64 << 30).await;
+        w.start_spoke(&config);
+        let mut cold_local = local_client(&config.parent().unwrap().join("store/spoke.sock")).await;
+        w.rollout(1, &["cold"]).await;
+        mount_when_known(&mut cold_local, "llama", 1, &cold_dir).await.unwrap();
+        let cold = blocking_read(&cold_dir, &files).await;
+        for (local, dir) in [(&mut warm_local, &warm_dir), (&mut cold_local, &cold_dir)] {
             local.unmount(local::UnmountRequest { mountpoint: dir.display().to_string() }).await.unwrap();
         }
 
+        let peer_mib: u64 = std::env::var("AQ_BENCH_PEER_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+        let peers = peers(&w, &files, peer_mib << 20).await;
+
         println!("FUSE read benchmark: {total_mib} MiB in 2 files, S3 = s3s-fs on 127.0.0.1, hub and spoke over mTLS on 127.0.0.1, no link budget");
-        println!("{:<44} {:>10} {:>16}", "read", "MiB/s", "/ native read");
-        let row = |what: &str, rate: f64| println!("{what:<44} {rate:>10.1} {:>16.3}", rate / native);
+        println!("{:<48} {:>10} {:>16}", "read", "MiB/s", "/ native read");
+        let row = |what: &str, rate: f64| println!("{what:<48} {rate:>10.1} {:>16.3}", rate / native);
         row("native read (page cache)", native);
         row("plain S3 GET from the same server", get);
         row("aqueduct cold (read-through, fresh spoke)", cold);
+        row("native read + BLAKE3 of the store's chunk files", verified_native);
         row("aqueduct warm (chunks in the spoke's store)", warm);
         row("aqueduct cached (same mount, again)", cached);
+        for (what, rate) in &peers {
+            match rate {
+                Ok(rate) => row(what, *rate),
+                Err(why) => println!("{what:<48} {why}"),
+            }
+        }
         println!("aqueduct cold / plain S3 GET: {:.3}", cold / get);
+        println!("aqueduct warm / native read + BLAKE3 of the chunk files: {:.3}", warm / verified_native);
+        for (what, rate) in &peers {
+            if let Ok(rate) = rate {
+                let ours = if what.contains("cold") { cold } else { cached };
+                println!("aqueduct {} / {what}: {:.2}", if what.contains("cold") { "cold" } else { "cached" }, ours / rate);
+            }
+        }
     });
 }
 
@@ -105,6 +133,132 @@ async fn object_store_get(w: &aqueduct_e2e::World, files: &[String]) -> f64 {
     for f in files {
         let path = object_store::path::Path::from(format!("llama/{f}"));
         total += object_store::ObjectStoreExt::get(&store, &path).await.unwrap().bytes().await.unwrap().len() as u64;
+    }
+    total as f64 / f64::from(1 << 20) / started.elapsed().as_secs_f64()
+}
+
+/// Reads the first `limit` bytes of each file; returns MiB/s.
+fn read_prefixes(dir: &Path, files: &[String], limit: u64) -> f64 {
+    use std::io::Read;
+    let started = Instant::now();
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    for f in files {
+        let mut file = std::fs::File::open(dir.join(f)).unwrap().take(limit);
+        loop {
+            let n = file.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+    }
+    total as f64 / f64::from(1 << 20) / started.elapsed().as_secs_f64()
+}
+
+/// rclone mount and s3fs over the same S3 server: (label, MiB/s or why not).
+async fn peers(w: &aqueduct_e2e::World, files: &[String], limit: u64) -> Vec<(String, Result<f64, String>)> {
+    let endpoint = format!("http://{}", w.s3_endpoint());
+    let (key, secret) = (aqueduct_testkit::ACCESS_KEY, aqueduct_testkit::SECRET_KEY);
+    let mut out = Vec::new();
+    let rclone_args = |mnt: &Path, cache: &Path| -> Vec<String> {
+        vec![
+            "mount".into(),
+            ":s3:models".into(),
+            mnt.display().to_string(),
+            "--s3-provider=Other".into(),
+            format!("--s3-endpoint={endpoint}"),
+            format!("--s3-access-key-id={key}"),
+            format!("--s3-secret-access-key={secret}"),
+            "--s3-region=us-east-1".into(),
+            "--s3-force-path-style=true".into(),
+            "--vfs-cache-mode=full".into(),
+            format!("--cache-dir={}", cache.display()),
+            "--read-only".into(),
+        ]
+    };
+    let passwd = w.root.join("s3fs-passwd");
+    std::fs::write(&passwd, format!("{key}:{secret}\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let s3fs_args = |mnt: &Path, cache: &Path| -> Vec<String> {
+        vec![
+            "models".into(),
+            mnt.display().to_string(),
+            "-f".into(),
+            "-o".into(),
+            format!("url={endpoint}"),
+            "-o".into(),
+            "use_path_request_style".into(),
+            "-o".into(),
+            format!("passwd_file={}", passwd.display()),
+            "-o".into(),
+            format!("use_cache={}", cache.display()),
+            "-o".into(),
+            "ro".into(),
+        ]
+    };
+    type Args<'a> = &'a dyn Fn(&Path, &Path) -> Vec<String>;
+    let tools: [(&str, &str, Args); 2] = [("rclone mount", "rclone", &rclone_args), ("s3fs", "s3fs", &s3fs_args)];
+    for (label, program, args) in tools {
+        let mnt = w.root.join(format!("{program}-mnt"));
+        let cache = w.root.join(format!("{program}-cache"));
+        std::fs::create_dir_all(&mnt).unwrap();
+        std::fs::create_dir_all(&cache).unwrap();
+        let child = std::process::Command::new(program)
+            .args(args(&mnt, &cache))
+            .env_remove("AWS_CA_BUNDLE")
+            .stdout(std::process::Stdio::null())
+            .stderr(
+                std::fs::File::create(w.root.join(format!("{program}.log")))
+                    .map(Into::into)
+                    .unwrap_or(std::process::Stdio::null()),
+            )
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                out.push((format!("{label} cold"), Err(format!("not run: {e} (apt-get install {program})"))));
+                continue;
+            }
+        };
+        let started = Instant::now();
+        while !aqueduct_testkit::is_mounted(&mnt) && started.elapsed().as_secs() < 30 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        if aqueduct_testkit::is_mounted(&mnt) {
+            let dir = mnt.join("llama");
+            let names = files.to_vec();
+            let (cold, again) = tokio::task::spawn_blocking(move || {
+                (read_prefixes(&dir, &names, limit), read_prefixes(&dir, &names, limit))
+            })
+            .await
+            .unwrap();
+            out.push((format!("{label} cold (first {} MiB per file)", limit >> 20), Ok(cold)));
+            out.push((format!("{label} again (its cache warm)"), Ok(again)));
+            let _ = std::process::Command::new("umount").arg(&mnt).status();
+        } else {
+            out.push((format!("{label} cold"), Err(format!("did not mount in 30 s (see {program}.log)"))));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    out
+}
+
+/// Reads and hashes every chunk file of a store, as a verified local read at its simplest
+/// would; MiB/s.
+fn read_and_hash_chunks(dir: &Path) -> f64 {
+    let started = Instant::now();
+    let mut total = 0u64;
+    for shard in std::fs::read_dir(dir).unwrap().flatten() {
+        for chunk in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            let data = std::fs::read(chunk.path()).unwrap();
+            std::hint::black_box(blake3::hash(&data));
+            total += data.len() as u64;
+        }
     }
     total as f64 / f64::from(1 << 20) / started.elapsed().as_secs_f64()
 }

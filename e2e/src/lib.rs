@@ -95,6 +95,11 @@ pub async fn world(kind: SourceKind) -> World {
 }
 
 impl World {
+    /// The S3 server's address (an S3 world).
+    pub fn s3_endpoint(&self) -> std::net::SocketAddr {
+        self._s3.as_ref().expect("an S3 world").addr
+    }
+
     /// A plain S3 client of the world's S3 server (bucket `models`), for baselines.
     pub fn s3_client(&self) -> object_store::aws::AmazonS3 {
         let s3 = self._s3.as_ref().expect("an S3 world");

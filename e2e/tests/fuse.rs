@@ -97,6 +97,36 @@ async fn a_region_reads_its_versions_through_fuse_before_and_after_they_arrive()
     let info = mount_when_known(&mut local, "llama", 0, &follow).await.unwrap();
     assert_eq!((info.version, info.follow), (1, true));
 
+    // A chunk that rots on the spoke's disk is dropped and fetched again on read, never served.
+    let model = w.manifest(1).await.file("model.safetensors").unwrap().clone();
+    let victim = model.chunks[3];
+    let store_dir = config.parent().unwrap().join("store");
+    let hex = victim.digest.to_hex();
+    let chunk_file = store_dir.join("chunks").join(&hex[..2]).join(&hex);
+    let mut rotten = std::fs::read(&chunk_file).unwrap();
+    rotten[7] ^= 0x40;
+    std::fs::write(&chunk_file, &rotten).unwrap();
+    let (dir, want) = (pinned.clone(), v1_files[1].1[victim.offset as usize..victim.end() as usize].to_vec());
+    let got = io(move || {
+        use std::io::{Seek, SeekFrom};
+        let mut f = std::fs::File::open(dir.join("model.safetensors")).unwrap();
+        f.seek(SeekFrom::Start(victim.offset)).unwrap();
+        let mut buf = vec![0; victim.length as usize];
+        f.read_exact(&mut buf).unwrap();
+        buf
+    })
+    .await;
+    assert!(got == want, "the read did not return the source's bytes over a rotten chunk");
+    let mut repaired = false;
+    for _ in 0..50 {
+        if std::fs::read(&chunk_file).is_ok_and(|b| aqueduct_proto::Digest::of(&b) == victim.digest) {
+            repaired = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(repaired, "the rotten chunk was not replaced in the store");
+
     // Every file of both mounts equals the source; readdir, stat and xattrs match.
     for mnt in [pinned.clone(), follow.clone()] {
         let files = v1_files.clone();

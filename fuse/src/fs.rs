@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use aqueduct_proto::{ChunkRef, Digest, Manifest};
 use async_trait::async_trait;
-use futures::future::try_join_all;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared, try_join_all};
+use tokio::sync::Semaphore;
 
 pub type Ino = u64;
 pub const ROOT: Ino = 1;
@@ -40,9 +42,9 @@ pub enum FsError {
 pub trait ChunkSource: Send + Sync {
     async fn chunk(&self, digest: &Digest, length: u32) -> Result<Vec<u8>, FsError>;
 
-    /// A hint that these chunks will be read soon (a sequential reader is ahead of them):
-    /// start fetching them in the background. Must not wait.
-    fn prefetch(&self, _chunks: &[(Digest, u32)]) {}
+    /// Bytes from [`ChunkSource::chunk`] did not hash to `digest`: drop any copy they came
+    /// from, so that asking again fetches good bytes.
+    fn discard(&self, _digest: &Digest) {}
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,11 +80,20 @@ pub const XATTR_ROOT: &str = "user.aqueduct.root";
 
 /// Recently read chunks, verified, shared by every version a mount shows (versions share
 /// most chunks). Kernel reads are smaller than chunks, so without it a sequential reader
-/// would fetch and hash each chunk several times.
+/// would fetch and hash each chunk several times. It also knows the chunks being loaded, so
+/// concurrent reads of one chunk (the kernel sends a reader's requests in parallel) load it
+/// once, and it bounds the read-ahead in flight.
 pub struct ChunkCache {
     capacity: u64,
     inner: Mutex<CacheInner>,
+    loading: Mutex<HashMap<Digest, Load>>,
+    readahead_slots: Arc<Semaphore>,
 }
+
+type Load = Shared<BoxFuture<'static, Result<Arc<[u8]>, FsError>>>;
+
+/// Chunks loaded ahead of readers at once, per cache.
+const READAHEAD_SLOTS: usize = 8;
 
 #[derive(Default)]
 struct CacheInner {
@@ -93,7 +104,12 @@ struct CacheInner {
 
 impl ChunkCache {
     pub fn new(capacity_bytes: u64) -> Arc<Self> {
-        Arc::new(Self { capacity: capacity_bytes, inner: Mutex::default() })
+        Arc::new(Self {
+            capacity: capacity_bytes,
+            inner: Mutex::default(),
+            loading: Mutex::default(),
+            readahead_slots: Arc::new(Semaphore::new(READAHEAD_SLOTS)),
+        })
     }
 
     fn get(&self, digest: &Digest) -> Option<Arc<[u8]>> {
@@ -108,6 +124,7 @@ impl ChunkCache {
 
     fn contains(&self, digest: &Digest) -> bool {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).chunks.contains_key(digest)
+            || self.loading.lock().unwrap_or_else(|e| e.into_inner()).contains_key(digest)
     }
 
     fn put(&self, digest: Digest, data: Arc<[u8]>) {
@@ -125,10 +142,60 @@ impl ChunkCache {
             }
         }
     }
+
+    /// The chunk's bytes, verified: from memory, or from `source` (once, however many ask at
+    /// the same time), then kept. Bytes that do not hash to the digest are discarded at the
+    /// source and asked for once more; then it is `Corrupt`, never bytes.
+    async fn load<S: ChunkSource + 'static>(
+        self: &Arc<Self>,
+        source: &Arc<S>,
+        c: ChunkRef,
+    ) -> Result<Arc<[u8]>, FsError> {
+        if let Some(data) = self.get(&c.digest) {
+            return Ok(data);
+        }
+        let load = {
+            let mut loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+            match loading.get(&c.digest) {
+                Some(load) => load.clone(),
+                None => {
+                    let (cache, source) = (self.clone(), source.clone());
+                    let load = async move {
+                        let result = fetch_verified(source.as_ref(), &c).await;
+                        if let Ok(data) = &result {
+                            cache.put(c.digest, data.clone());
+                        }
+                        cache.loading.lock().unwrap_or_else(|e| e.into_inner()).remove(&c.digest);
+                        result
+                    }
+                    .boxed()
+                    .shared();
+                    loading.insert(c.digest, load.clone());
+                    load
+                }
+            }
+        };
+        load.await
+    }
+}
+
+async fn fetch_verified<S: ChunkSource>(source: &S, c: &ChunkRef) -> Result<Arc<[u8]>, FsError> {
+    let mut data = source.chunk(&c.digest, c.length).await?;
+    let mut actual = Digest::of(&data);
+    if actual != c.digest {
+        // A rotten copy (say, on the spoke's disk): drop it and ask once more.
+        source.discard(&c.digest);
+        data = source.chunk(&c.digest, c.length).await?;
+        actual = Digest::of(&data);
+        if actual != c.digest {
+            return Err(FsError::Corrupt { digest: c.digest, actual });
+        }
+    }
+    Ok(data.into())
 }
 
 /// Read-ahead for one open file: when a read starts near where the reads so far reached, the
-/// chunks after it are prefetched, over a window that doubles with each sequential read up
+/// chunks after it are loaded ahead (into the [`ChunkCache`]), over a window that doubles with each sequential read up
 /// to [`READAHEAD_MAX`]; a jump resets it. "Near" (within [`NEAR`]) because the kernel sends
 /// a sequential reader's requests concurrently, not always in order.
 #[derive(Default)]
@@ -144,7 +211,7 @@ const NEAR: u64 = 1 << 20;
 pub const READAHEAD_MAX: u64 = 32 << 20;
 
 impl ReadPattern {
-    /// The range of offsets whose chunks to prefetch after a read of `[offset, end)`: empty
+    /// The range of offsets whose chunks to load ahead after a read of `[offset, end)`: empty
     /// for a reader that jumped, and never a chunk hinted before (each is hinted once).
     fn observe(&self, offset: u64, end: u64) -> std::ops::Range<u64> {
         let reached = self.next.fetch_max(end, Ordering::Relaxed);
@@ -177,7 +244,7 @@ pub struct VersionFs<S> {
     cache: Arc<ChunkCache>,
 }
 
-impl<S: ChunkSource> VersionFs<S> {
+impl<S: ChunkSource + 'static> VersionFs<S> {
     pub fn new(manifest: Manifest, source: Arc<S>, cache: Arc<ChunkCache>) -> Self {
         let newest = manifest.files.iter().map(|f| f.mtime_unix_ms).max().unwrap_or(0);
         let dir = |ino, parent| Node {
@@ -296,7 +363,7 @@ impl<S: ChunkSource> VersionFs<S> {
     }
 
     /// Reads up to `size` bytes at `offset`; short only at the end of the file. With a
-    /// `pattern` (one per open file), sequential readers get the following chunks prefetched.
+    /// `pattern` (one per open file), sequential readers get the following chunks loaded ahead.
     pub async fn read(
         &self,
         ino: Ino,
@@ -320,17 +387,22 @@ impl<S: ChunkSource> VersionFs<S> {
         if let Some(range) = pattern.map(|p| p.observe(offset, end)).filter(|r| !r.is_empty()) {
             // Chunks that start inside the range (the one covering its start was hinted before).
             let from = file.chunks.partition_point(|c| c.offset < range.start).max(first + covering.len());
-            let ahead: Vec<(Digest, u32)> = file.chunks[from..]
+            let ahead: Vec<ChunkRef> = file.chunks[from..]
                 .iter()
                 .take_while(|c| c.offset < range.end)
                 .filter(|c| !self.cache.contains(&c.digest))
-                .map(|c| (c.digest, c.length))
+                .copied()
                 .collect();
-            if !ahead.is_empty() {
-                self.source.prefetch(&ahead);
+            for c in ahead {
+                let (cache, source) = (self.cache.clone(), self.source.clone());
+                tokio::spawn(async move {
+                    let Ok(_slot) = cache.readahead_slots.clone().acquire_owned().await else { return };
+                    // A failure here is the read's to report, when it comes.
+                    let _ = cache.load(&source, c).await;
+                });
             }
         }
-        let fetched = try_join_all(covering.iter().map(|c| self.verified_chunk(c))).await?;
+        let fetched = try_join_all(covering.iter().map(|c| self.cache.load(&self.source, **c))).await?;
         let mut out = Vec::with_capacity((end - offset) as usize);
         for (c, data) in covering.iter().zip(&fetched) {
             let from = offset.max(c.offset) - c.offset;
@@ -338,20 +410,6 @@ impl<S: ChunkSource> VersionFs<S> {
             out.extend_from_slice(&data[from as usize..to as usize]);
         }
         Ok(out)
-    }
-
-    async fn verified_chunk(&self, c: &ChunkRef) -> Result<Arc<[u8]>, FsError> {
-        if let Some(data) = self.cache.get(&c.digest) {
-            return Ok(data);
-        }
-        let data = self.source.chunk(&c.digest, c.length).await?;
-        let actual = Digest::of(&data);
-        if actual != c.digest {
-            return Err(FsError::Corrupt { digest: c.digest, actual });
-        }
-        let data: Arc<[u8]> = data.into();
-        self.cache.put(c.digest, data.clone());
-        Ok(data)
     }
 
     /// Any attempt to change the view.
@@ -375,9 +433,8 @@ pub mod testing {
     pub struct MemSource {
         chunks: HashMap<Digest, Vec<u8>>,
         pub corrupt: Mutex<Option<Digest>>,
-        /// Every chunk asked for, and every chunk hinted by `prefetch`, in order.
+        /// Every chunk asked for, in order.
         pub asked: Mutex<Vec<Digest>>,
-        pub prefetched: Mutex<Vec<Digest>>,
     }
 
     #[async_trait]
@@ -393,10 +450,6 @@ pub mod testing {
                 data[0] ^= 1;
             }
             Ok(data)
-        }
-
-        fn prefetch(&self, chunks: &[(Digest, u32)]) {
-            self.prefetched.lock().unwrap().extend(chunks.iter().map(|(d, _)| *d));
         }
     }
 
@@ -521,33 +574,48 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sequential_readers_prefetch_and_chunks_are_fetched_once() {
+    async fn sequential_readers_read_ahead_and_chunks_are_fetched_once() {
         let (fs, files) = tree();
         let model = fs.lookup(ROOT, "model.safetensors").unwrap();
         let chunks = fs.manifest().file("model.safetensors").unwrap().chunks.clone();
         let pattern = ReadPattern::default();
         let mut offset = 0;
+        let head = fs.read(model.ino, 0, 700, Some(&pattern)).await.unwrap();
+        assert_eq!(head, files[1].1[..700]);
+        // Read-ahead loads the next chunks without being asked.
+        for _ in 0..100 {
+            if fs.source.asked.lock().unwrap().contains(&chunks[3].digest) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(fs.source.asked.lock().unwrap().contains(&chunks[3].digest), "no read-ahead");
+        // Concurrent reads of one chunk, and the whole file after, fetch every chunk once.
+        let c = chunks[40];
+        let reads = (0..4).map(|i| fs.read(model.ino, c.offset + i * 10, 10, None));
+        for got in try_join_all(reads).await.unwrap() {
+            assert_eq!(got.len(), 10);
+        }
         while offset < files[1].1.len() as u64 {
             let got = fs.read(model.ino, offset, 700, Some(&pattern)).await.unwrap();
             assert_eq!(got, files[1].1[offset as usize..][..got.len()]);
             offset += got.len() as u64;
         }
         let asked = fs.source.asked.lock().unwrap().clone();
-        assert_eq!(asked.len(), chunks.len(), "a chunk was fetched twice while it was in the cache");
-        let prefetched = fs.source.prefetched.lock().unwrap().clone();
-        assert!(prefetched.contains(&chunks[1].digest), "a sequential reader did not get read-ahead");
-        let distinct: std::collections::HashSet<_> = prefetched.iter().collect();
-        assert_eq!(distinct.len(), prefetched.len(), "a chunk was hinted more than once");
+        let distinct: std::collections::HashSet<_> = asked.iter().collect();
+        assert_eq!(distinct.len(), chunks.len());
+        assert_eq!(asked.len(), chunks.len(), "a chunk was fetched twice while it was cached or loading");
 
-        // A reader that jumps around gets no read-ahead.
+        // A reader that jumps around gets no read-ahead: only what it reads is fetched.
         let (manifest, source) = version(&[("big", noise(8 << 20, 5))]);
-        let fs = VersionFs::new(manifest, Arc::new(source), ChunkCache::new(1 << 20));
+        let fs = VersionFs::new(manifest, Arc::new(source), ChunkCache::new(64 << 20));
         let big = fs.lookup(ROOT, "big").unwrap();
         let pattern = ReadPattern::default();
         for offset in [6 << 20, 1 << 20, 4 << 20, 100_000, 7 << 20] {
             fs.read(big.ino, offset, 100, Some(&pattern)).await.unwrap();
         }
-        assert!(fs.source.prefetched.lock().unwrap().is_empty());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(fs.source.asked.lock().unwrap().len() <= 10, "a random reader got read-ahead");
     }
 
     #[test]

@@ -9,7 +9,6 @@ use aqueduct_proto::spoke::v1 as local;
 use aqueduct_proto::spoke::v1::local_client::LocalClient;
 use async_trait::async_trait;
 use tonic::transport::Channel;
-use tracing::debug;
 
 use crate::fs::{ChunkSource, FsError};
 
@@ -20,12 +19,11 @@ pub struct RemoteSource {
 }
 
 impl RemoteSource {
-    fn request(&self, digests: &[Digest], warm_only: bool) -> local::ReadChunksRequest {
+    fn request(&self, digests: &[Digest]) -> local::ReadChunksRequest {
         local::ReadChunksRequest {
             dataset: self.dataset.clone(),
             version: self.version,
             digests: digests.iter().map(|d| d.0.to_vec()).collect(),
-            warm_only,
         }
     }
 }
@@ -37,7 +35,7 @@ impl ChunkSource for RemoteSource {
         let mut stream = self
             .client
             .clone()
-            .read_chunks(self.request(&[*digest], false))
+            .read_chunks(self.request(&[*digest]))
             .await
             .map_err(|s| unavailable(format!("the spoke: {}", s.message())))?
             .into_inner();
@@ -47,15 +45,5 @@ impl ChunkSource for RemoteSource {
             .map_err(|s| unavailable(format!("the spoke: {}", s.message())))?
             .ok_or_else(|| unavailable("the spoke ended the stream without it".into()))?;
         Ok(chunk.data)
-    }
-
-    fn prefetch(&self, chunks: &[(Digest, u32)]) {
-        let digests: Vec<Digest> = chunks.iter().map(|(d, _)| *d).collect();
-        let (mut client, request) = (self.client.clone(), self.request(&digests, true));
-        tokio::spawn(async move {
-            if let Err(s) = client.read_chunks(request).await {
-                debug!(error = %s.message(), "prefetch through the spoke failed");
-            }
-        });
     }
 }

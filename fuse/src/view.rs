@@ -24,7 +24,7 @@ struct Inner<S> {
     current: usize,
 }
 
-impl<S: ChunkSource> View<S> {
+impl<S: ChunkSource + 'static> View<S> {
     pub fn new(fs: VersionFs<S>) -> Self {
         Self { inner: RwLock::new(Inner { versions: vec![Arc::new(fs)], current: 0 }) }
     }

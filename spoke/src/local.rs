@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
+use aqueduct_fuse::fs::FsError;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::spoke::v1 as local;
 use aqueduct_proto::spoke::v1::local_server::{Local, LocalServer};
@@ -134,7 +135,7 @@ impl Local for LocalService {
         }))
     }
 
-    #[instrument(skip_all, fields(dataset, version, chunks, warm_only))]
+    #[instrument(skip_all, fields(dataset, version, chunks))]
     async fn read_chunks(
         &self,
         request: Request<local::ReadChunksRequest>,
@@ -143,8 +144,7 @@ impl Local for LocalService {
         Span::current()
             .record("dataset", r.dataset.as_str())
             .record("version", r.version)
-            .record("chunks", r.digests.len())
-            .record("warm_only", r.warm_only);
+            .record("chunks", r.digests.len());
         // Reads are for versions the region holds; the hub checks the rest on a miss.
         self.catalog.resolve(&r.dataset, Some(r.version)).map_err(status)?;
         let digests = r
@@ -152,20 +152,22 @@ impl Local for LocalService {
             .iter()
             .map(|d| Digest::from_slice(d).ok_or_else(|| Status::invalid_argument("a digest is not 32 bytes")))
             .collect::<Result<Vec<Digest>, Status>>()?;
-        if r.warm_only {
-            let chunks: Vec<(Digest, u32)> = digests.into_iter().map(|d| (d, 0)).collect();
-            self.reader.prefetch(&r.dataset, r.version, &chunks);
-            return Ok(Response::new(Box::pin(futures::stream::empty())));
-        }
         let (reader, dataset, version) = (self.reader.clone(), r.dataset, r.version);
         let stream = futures::stream::iter(digests)
             .map(move |digest| {
                 let (reader, dataset) = (reader.clone(), dataset.clone());
                 async move {
-                    let data = reader
-                        .chunk(&dataset, version, digest)
-                        .await
-                        .map_err(|e| Status::unavailable(e.to_string()))?;
+                    let unavailable = |e: FsError| Status::unavailable(e.to_string());
+                    let mut data = reader.chunk(&dataset, version, digest).await.map_err(unavailable)?;
+                    // Checked here too: a rotten copy in the store is replaced, not sent.
+                    if Digest::of(&data) != digest {
+                        reader.discard(&digest);
+                        data = reader.chunk(&dataset, version, digest).await.map_err(unavailable)?;
+                        let actual = Digest::of(&data);
+                        if actual != digest {
+                            return Err(unavailable(FsError::Corrupt { digest, actual }));
+                        }
+                    }
                     Ok(pb::ChunkData { digest: digest.0.to_vec(), data })
                 }
             })

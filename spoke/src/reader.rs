@@ -4,8 +4,8 @@
 //! A miss is fetched from the hub (peers come with the regional cache), checked against its
 //! digest, stored and served; two readers missing the same chunk share one fetch. While any
 //! such fetch is in flight, replication holds back before its next request and its next chunk
-//! ([`Priority`]), so a reader waits for one chunk's transfer, not for the version's. Chunks a
-//! sequential reader will reach soon are prefetched the same way, a few at a time.
+//! ([`Priority`]), so a reader waits for one chunk's transfer, not for the version's. The FUSE
+//! view's read-ahead asks for the chunks a sequential reader will reach soon the same way.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,16 +20,14 @@ use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
 use async_trait::async_trait;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tonic::transport::Channel;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::store::{CacheError, ChunkStore};
+use crate::store::ChunkStore;
 
 /// How long one on-demand fetch may take before the reader gets EIO.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
-/// Prefetches in flight at once, over all readers.
-const PREFETCH_SLOTS: usize = 8;
 
 /// Foreground (reader) fetches first: background work waits while any is in flight.
 #[derive(Default)]
@@ -76,18 +74,11 @@ pub struct ReadThrough {
     hub: SpokeClient<Channel>,
     priority: Arc<Priority>,
     inflight: Mutex<HashMap<Digest, Fetch>>,
-    prefetch_slots: Arc<Semaphore>,
 }
 
 impl ReadThrough {
     pub fn new(store: Arc<dyn ChunkStore>, hub: SpokeClient<Channel>, priority: Arc<Priority>) -> Arc<Self> {
-        Arc::new(Self {
-            store,
-            hub,
-            priority,
-            inflight: Mutex::default(),
-            prefetch_slots: Arc::new(Semaphore::new(PREFETCH_SLOTS)),
-        })
+        Arc::new(Self { store, hub, priority, inflight: Mutex::default() })
     }
 
     /// The chunk's bytes, verified: from the store, or fetched through the hub and stored (in
@@ -104,20 +95,23 @@ impl ReadThrough {
         self.fetch(dataset, version, digest).await.map(|data| data.as_ref().clone())
     }
 
-    /// The chunk from the store, `None` if absent; a corrupt copy is removed and is a miss.
+    /// The chunk from the store as stored (`None` if absent): the FUSE view checks it, and
+    /// [`ReadThrough::discard`]s a corrupt copy.
     async fn local(&self, digest: Digest) -> Result<Option<Vec<u8>>, FsError> {
         let store = self.store.clone();
         let unavailable = |reason: String| FsError::Unavailable { digest, reason };
-        let got = tokio::task::spawn_blocking(move || match store.get(&digest) {
-            Err(CacheError::Corrupt { .. }) => {
-                warn!(%digest, "a chunk in the store is corrupt; removing it and fetching it again");
-                store.remove(&digest).map(|()| None)
-            }
-            other => other,
-        })
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
+        let got = tokio::task::spawn_blocking(move || store.get_unchecked(&digest))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
         got.map_err(|e| unavailable(e.to_string()))
+    }
+
+    /// Removes a copy that failed its check, so that the next read fetches it again.
+    pub fn discard(&self, digest: &Digest) {
+        warn!(%digest, "a chunk in the store is corrupt; removing it, the read fetches it again");
+        if let Err(e) = self.store.remove(digest) {
+            warn!(%digest, error = %e, "could not remove a corrupt chunk");
+        }
     }
 
     /// Fetches a chunk through the hub, once however many readers ask at the same time.
@@ -190,27 +184,6 @@ impl ReadThrough {
         debug!(bytes = chunk.data.len(), elapsed = ?started.elapsed(), "fetched on demand");
         Ok(Arc::new(chunk.data))
     }
-
-    /// Starts fetching chunks the store lacks, a few at a time, without waiting.
-    pub fn prefetch(self: &Arc<Self>, dataset: &str, version: u64, chunks: &[(Digest, u32)]) {
-        for &(digest, _) in chunks {
-            // The store is asked in the task, not here: this runs in a reader's path.
-            if self.inflight.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&digest) {
-                continue;
-            }
-            let (this, dataset) = (self.clone(), dataset.to_string());
-            tokio::spawn(async move {
-                let Ok(_slot) = this.prefetch_slots.clone().acquire_owned().await else { return };
-                let store = this.store.clone();
-                if tokio::task::spawn_blocking(move || store.contains(&digest)).await.unwrap_or(true) {
-                    return;
-                }
-                if let Err(e) = this.fetch(&dataset, version, digest).await {
-                    debug!(%digest, error = %e, "prefetch failed; the read will try again");
-                }
-            });
-        }
-    }
 }
 
 /// One version's chunks for a FUSE view hosted by the spoke.
@@ -226,8 +199,8 @@ impl ChunkSource for VersionSource {
         self.reader.chunk(&self.dataset, self.version, *digest).await
     }
 
-    fn prefetch(&self, chunks: &[(Digest, u32)]) {
-        self.reader.prefetch(&self.dataset, self.version, chunks);
+    fn discard(&self, digest: &Digest) {
+        self.reader.discard(digest);
     }
 }
 

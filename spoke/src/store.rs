@@ -34,7 +34,16 @@ pub enum CacheError {
 pub trait ChunkStore: Send + Sync {
     fn contains(&self, digest: &Digest) -> bool;
     /// The chunk's bytes, checked against `digest`; `Corrupt` if they do not match.
-    fn get(&self, digest: &Digest) -> Result<Option<Vec<u8>>, CacheError>;
+    fn get(&self, digest: &Digest) -> Result<Option<Vec<u8>>, CacheError> {
+        let data = self.get_unchecked(digest)?;
+        if let Some(data) = &data {
+            check(digest, data)?;
+        }
+        Ok(data)
+    }
+    /// The chunk's bytes as stored, for a caller that checks them itself (the FUSE view
+    /// hashes every chunk it serves; hashing twice would halve its throughput).
+    fn get_unchecked(&self, digest: &Digest) -> Result<Option<Vec<u8>>, CacheError>;
     /// Stores `data` as `digest` after checking it; `Corrupt` (and nothing stored) if it does
     /// not match.
     fn put(&self, digest: &Digest, data: &[u8]) -> Result<(), CacheError>;
@@ -58,12 +67,8 @@ impl ChunkStore for MemStore {
     fn contains(&self, digest: &Digest) -> bool {
         self.chunks.lock().unwrap_or_else(|e| e.into_inner()).contains_key(digest)
     }
-    fn get(&self, digest: &Digest) -> Result<Option<Vec<u8>>, CacheError> {
-        let data = self.chunks.lock().unwrap_or_else(|e| e.into_inner()).get(digest).cloned();
-        if let Some(data) = &data {
-            check(digest, data)?;
-        }
-        Ok(data)
+    fn get_unchecked(&self, digest: &Digest) -> Result<Option<Vec<u8>>, CacheError> {
+        Ok(self.chunks.lock().unwrap_or_else(|e| e.into_inner()).get(digest).cloned())
     }
     fn put(&self, digest: &Digest, data: &[u8]) -> Result<(), CacheError> {
         check(digest, data)?;
@@ -128,13 +133,10 @@ impl ChunkStore for DiskStore {
         self.path(digest).exists()
     }
 
-    fn get(&self, digest: &Digest) -> Result<Option<Vec<u8>>, CacheError> {
+    fn get_unchecked(&self, digest: &Digest) -> Result<Option<Vec<u8>>, CacheError> {
         let path = self.path(digest);
         match std::fs::read(&path) {
-            Ok(data) => {
-                check(digest, &data)?;
-                Ok(Some(data))
-            }
+            Ok(data) => Ok(Some(data)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.error(path, e)),
         }
