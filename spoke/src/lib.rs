@@ -182,11 +182,13 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     let mounts = Mounts::new(catalog.clone(), reader.clone());
     let socket = config.socket.clone().unwrap_or_else(|| config.data_dir.join("spoke.sock"));
     let service = LocalService { catalog: catalog.clone(), reader, mounts: mounts.clone() };
-    let local = tokio::spawn(local::serve(socket.clone(), service, shutdown.clone()));
+    // Its own token: the caller's is not ours to cancel.
+    let local_stop = shutdown.child_token();
+    let local = tokio::spawn(local::serve(socket.clone(), service, local_stop.clone()));
     info!(socket = %socket.display(), "local API listening");
     let outcome = replicate_until(&config, endpoint, store, catalog, priority, &shutdown).await;
     mounts.unmount_all().await;
-    shutdown.cancel();
+    local_stop.cancel();
     match local.await {
         Ok(Err(e)) => warn!(socket = %socket.display(), error = %e, "local API failed"),
         Err(e) => warn!(error = %e, "local API task failed"),
