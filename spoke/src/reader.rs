@@ -81,9 +81,10 @@ impl ReadThrough {
         Arc::new(Self { store, hub, priority, inflight: Mutex::default() })
     }
 
-    /// The chunk's bytes, verified: from the store, or fetched through the hub and stored (in
-    /// the background: the reader does not wait for the store's fsyncs, and gets the bytes
-    /// even if the store is full).
+    /// The chunk's bytes: from the store as stored (the caller checks them, see
+    /// [`ReadThrough::discard`]), or fetched through the hub, checked, and stored in the
+    /// background (the reader does not wait for the store's fsyncs, and gets the bytes even if
+    /// the store is full).
     pub async fn chunk(self: &Arc<Self>, dataset: &str, version: u64, digest: Digest) -> Result<Vec<u8>, FsError> {
         let fetched = self.inflight.lock().unwrap_or_else(|e| e.into_inner()).get(&digest).cloned();
         if let Some(fetch) = fetched {
