@@ -316,10 +316,18 @@ mod tests {
         let config = SpokeConfig::load(&path).unwrap();
         assert_eq!(config.tls.ca, dir.path().join("credentials/ca.pem"));
         assert_eq!(config.replication.streams, 4);
+        assert_eq!(config.socket.as_deref(), Some(Path::new("/var/lib/aqueduct-spoke/spoke.sock")));
 
         std::fs::write(&path, "hub = \"https://h:1\"\nnode = \"n\"\ndata_dir = \"d\"\nstreems = 3\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n").unwrap();
         let err = SpokeConfig::load(&path).unwrap_err();
         assert!(err.to_string().contains("streems"), "{err}");
+        // Without `socket`, the socket is in the data directory.
+        std::fs::write(
+            &path,
+            "hub = \"https://h:1\"\nnode = \"n\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+        )
+        .unwrap();
+        assert_eq!(SpokeConfig::load(&path).unwrap().socket, Some(dir.path().join("d/spoke.sock")));
         std::fs::write(
             &path,
             "hub = \"http://h:1\"\nnode = \"n\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
