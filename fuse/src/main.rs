@@ -75,10 +75,8 @@ async fn run() -> anyhow::Result<()> {
     if !mountpoint.is_dir() {
         bail!("mountpoint {} does not exist or is not a directory; create it first", mountpoint.display());
     }
-    if !std::path::Path::new("/dev/fuse").exists() {
-        bail!(
-            "FUSE is not available: /dev/fuse is missing (`modprobe fuse`; in a pod, mount /dev/fuse and add CAP_SYS_ADMIN)"
-        );
+    if let Err(missing) = aqueduct_fuse::mount::check_available() {
+        bail!("FUSE is not available: {missing}");
     }
     let channel = tonic::transport::Endpoint::from_shared(format!("unix://{}", socket.display()))?.connect_lazy();
     let mut client = LocalClient::new(channel).max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);

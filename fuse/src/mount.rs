@@ -327,3 +327,22 @@ fn raise_readahead(mountpoint: &Path) {
         tracing::debug!(%path, error = %e, "could not raise the mount's read-ahead");
     }
 }
+
+/// Whether this process can mount FUSE here; if not, what is missing and the command that
+/// fixes it. As root nothing but /dev/fuse is needed (fuser mounts without libfuse); other
+/// users mount through `fusermount3`.
+pub fn check_available() -> Result<(), String> {
+    if !Path::new("/dev/fuse").exists() {
+        return Err(
+            "/dev/fuse is missing: run `modprobe fuse` (in a pod: mount /dev/fuse and add CAP_SYS_ADMIN)".into()
+        );
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let fusermount = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("fusermount3").is_file()));
+    if !root && !fusermount {
+        return Err("this user is not root and fusermount3 is missing: run `apt-get install fuse3`".into());
+    }
+    Ok(())
+}

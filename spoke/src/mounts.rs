@@ -34,9 +34,7 @@ pub enum MountError {
     Busy { path: PathBuf, what: String },
     #[error("nothing is mounted by this spoke at {0} (see `aqueduct-spoke mounts`)")]
     NotMounted(PathBuf),
-    #[error(
-        "FUSE is not available: {0}; on the node, `modprobe fuse`, and give the spoke /dev/fuse and CAP_SYS_ADMIN (as root no package is needed; other users need `apt-get install fuse3`)"
-    )]
+    #[error("FUSE is not available to the spoke: {0}")]
     NoFuse(String),
     #[error("mounting at {path} failed: {source}")]
     Mount { path: PathBuf, source: std::io::Error },
@@ -107,7 +105,7 @@ impl Mounts {
         if let Some(what) = mounted_at(path) {
             return Err(MountError::Busy { path: path.to_owned(), what });
         }
-        fuse_available()?;
+        aqueduct_fuse::mount::check_available().map_err(MountError::NoFuse)?;
         let fs = self.version_fs(dataset, version).await?;
         let shown = fs.manifest().version;
         let view = Arc::new(View::new(fs));
@@ -206,22 +204,6 @@ pub fn mounted_at(path: &Path) -> Option<String> {
         let dash = fields.iter().position(|f| *f == "-")?;
         Some(format!("{} ({})", fields.get(dash + 2)?, fields.get(dash + 1)?))
     })
-}
-
-fn fuse_available() -> Result<(), MountError> {
-    if !Path::new("/dev/fuse").exists() {
-        return Err(MountError::NoFuse("/dev/fuse is missing".into()));
-    }
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root && which("fusermount3").is_none() {
-        return Err(MountError::NoFuse("the spoke is not root and fusermount3 is not installed".into()));
-    }
-    Ok(())
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(program)).find(|p| p.is_file())
 }
 
 fn now_unix_ms() -> i64 {

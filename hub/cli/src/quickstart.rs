@@ -176,20 +176,8 @@ async fn run_in(root: &Path, model_mib: usize, fuse: bool, shutdown: &Cancellati
 
 /// Stops early, with the command to run, where the FUSE step could not work.
 fn fuse_prerequisites() -> Result<()> {
-    if !Path::new("/dev/fuse").exists() {
-        bail!(
-            "the quickstart's last step mounts FUSE, and /dev/fuse is missing: run `sudo modprobe fuse`, or pass --no-fuse"
-        );
-    }
-    let root = std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-    let fusermount = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("fusermount3").is_file()));
-    if !root && !fusermount {
-        bail!(
-            "the quickstart's last step mounts FUSE: as a user other than root that needs fusermount3; run `sudo apt-get install fuse3`, or pass --no-fuse"
-        );
-    }
-    Ok(())
+    aqueduct_fuse::mount::check_available()
+        .map_err(|missing| anyhow::anyhow!("the quickstart's last step mounts FUSE, and {missing}; or pass --no-fuse"))
 }
 
 /// Mounts the first region's view of the dataset through its spoke (following the active
