@@ -238,14 +238,16 @@ struct Node {
 }
 
 pub struct VersionFs<S> {
-    manifest: Manifest,
+    manifest: Arc<Manifest>,
     nodes: Vec<Node>,
     source: Arc<S>,
     cache: Arc<ChunkCache>,
 }
 
 impl<S: ChunkSource + 'static> VersionFs<S> {
-    pub fn new(manifest: Manifest, source: Arc<S>, cache: Arc<ChunkCache>) -> Self {
+    /// The view of `manifest` (shared, not copied: a large version's manifest is big).
+    pub fn new(manifest: impl Into<Arc<Manifest>>, source: Arc<S>, cache: Arc<ChunkCache>) -> Self {
+        let manifest = manifest.into();
         let newest = manifest.files.iter().map(|f| f.mtime_unix_ms).max().unwrap_or(0);
         let dir = |ino, parent| Node {
             attr: Attr { ino, kind: Kind::Dir, size: 0, perm: 0o555, mtime_unix_ms: newest, nlink: 2 },

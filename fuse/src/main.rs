@@ -11,7 +11,7 @@ use aqueduct_fuse::remote::RemoteSource;
 use aqueduct_fuse::view::View;
 use aqueduct_proto::spoke::v1 as local;
 use aqueduct_proto::spoke::v1::local_client::LocalClient;
-use aqueduct_proto::{Manifest, VersionRef};
+use aqueduct_proto::{Digest, Manifest, VersionRef};
 use clap::{Parser, Subcommand};
 use tonic::transport::Channel;
 use tracing::{info, warn};
@@ -59,14 +59,21 @@ fn main() {
     }
 }
 
-async fn resolve(client: &mut LocalClient<Channel>, dataset: &str, version: u64) -> anyhow::Result<Manifest> {
+/// The manifest `dataset@version` means at the spoke, or `None` if it is the one whose root
+/// is `known` (the one shown).
+async fn resolve(
+    client: &mut LocalClient<Channel>,
+    dataset: &str,
+    version: u64,
+    known: Option<Digest>,
+) -> anyhow::Result<Option<Manifest>> {
+    let known_root = known.map(|d| d.0.to_vec()).unwrap_or_default();
     let response = client
-        .resolve(local::ResolveRequest { dataset: dataset.to_string(), version })
+        .resolve(local::ResolveRequest { dataset: dataset.to_string(), version, known_root })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
         .into_inner();
-    let wire = response.manifest.context("the spoke sent no manifest")?;
-    Ok(Manifest::try_from(wire)?)
+    Ok(response.manifest.map(Manifest::try_from).transpose()?)
 }
 
 #[tokio::main]
@@ -81,9 +88,12 @@ async fn run() -> anyhow::Result<()> {
     let channel = tonic::transport::Endpoint::from_shared(format!("unix://{}", socket.display()))?.connect_lazy();
     let mut client = LocalClient::new(channel).max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
     let wanted = dataset.version.unwrap_or(0);
-    let manifest = resolve(&mut client, &dataset.dataset, wanted).await.with_context(|| {
-        format!("cannot resolve {dataset} through the spoke at {} (is `aqueduct-spoke run` up?)", socket.display())
-    })?;
+    let manifest = resolve(&mut client, &dataset.dataset, wanted, None)
+        .await
+        .with_context(|| {
+            format!("cannot resolve {dataset} through the spoke at {} (is `aqueduct-spoke run` up?)", socket.display())
+        })?
+        .context("the spoke sent no manifest")?;
     let cache = ChunkCache::new(cache_mib << 20);
     let fs = {
         let client = client.clone();
@@ -107,8 +117,10 @@ async fn run() -> anyhow::Result<()> {
             let mut complained = false;
             loop {
                 tokio::time::sleep(Duration::from_secs(follow_every_secs.max(1))).await;
-                match resolve(&mut client, &name, 0).await {
-                    Ok(manifest) => {
+                let shown = mounted.view().current().manifest().root;
+                match resolve(&mut client, &name, 0, Some(shown)).await {
+                    Ok(None) => complained = false,
+                    Ok(Some(manifest)) => {
                         complained = false;
                         let version = manifest.version;
                         let (m, next) = (mounted.clone(), fs(manifest));

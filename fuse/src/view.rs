@@ -41,7 +41,9 @@ impl<S: ChunkSource + 'static> View<S> {
     pub fn switch(&self, fs: VersionFs<S>) -> Option<Vec<String>> {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         let old = inner.versions[inner.current].clone();
-        if old.manifest().root == fs.manifest().root && old.manifest().version == fs.manifest().version {
+        let same =
+            |v: &VersionFs<S>| v.manifest().version == fs.manifest().version && v.manifest().root == fs.manifest().root;
+        if same(&old) {
             return None;
         }
         let mut names = old.root_names();
@@ -49,10 +51,7 @@ impl<S: ChunkSource + 'static> View<S> {
         names.sort();
         names.dedup();
         // A version shown before gets its old slot back: the kernel may still hold its inodes.
-        let existing = inner
-            .versions
-            .iter()
-            .position(|v| v.manifest().version == fs.manifest().version && v.manifest().root == fs.manifest().root);
+        let existing = inner.versions.iter().position(|v| same(v));
         inner.current = match existing {
             Some(slot) => slot,
             None => {

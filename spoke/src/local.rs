@@ -128,6 +128,9 @@ impl Local for LocalService {
         Span::current().record("dataset", r.dataset.as_str()).record("version", r.version);
         dataset_name(&r.dataset)?;
         let assignment = self.catalog.resolve(&r.dataset, nonzero(r.version)).map_err(status)?;
+        if assignment.root == r.known_root {
+            return Ok(Response::new(local::ResolveResponse { manifest: None, active: assignment.active }));
+        }
         let manifest = self.catalog.manifest(&assignment).await.map_err(status)?;
         Ok(Response::new(local::ResolveResponse {
             manifest: Some(pb::Manifest::from(manifest.as_ref())),

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use aqueduct_fuse::fs::{ChunkCache, VersionFs};
 use aqueduct_fuse::mount::{Mounted, UnmountError};
 use aqueduct_fuse::view::View;
+use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::spoke::v1 as local;
 use tokio::task::JoinHandle;
 use tracing::{info, instrument, warn};
@@ -69,14 +70,17 @@ impl Mounts {
     }
 
     async fn version_fs(&self, dataset: &str, version: Option<u64>) -> Result<VersionFs<VersionSource>, MountError> {
-        let assignment = self.catalog.resolve(dataset, version)?;
-        let manifest = self.catalog.manifest(&assignment).await?;
+        self.assigned_fs(&self.catalog.resolve(dataset, version)?).await
+    }
+
+    async fn assigned_fs(&self, assignment: &pb::Assignment) -> Result<VersionFs<VersionSource>, MountError> {
+        let manifest = self.catalog.manifest(assignment).await?;
         let source = VersionSource {
             reader: self.reader.clone(),
             dataset: assignment.dataset.clone(),
             version: assignment.version,
         };
-        Ok(VersionFs::new(manifest.as_ref().clone(), Arc::new(source), self.cache.clone()))
+        Ok(VersionFs::new(manifest, Arc::new(source), self.cache.clone()))
     }
 
     /// Mounts `dataset` at `version` (`None`: follow the active version) on `path`. The same
@@ -134,7 +138,14 @@ impl Mounts {
         let mut changes = self.catalog.subscribe();
         let dataset = mounted.view().current().manifest().dataset.clone();
         while changes.changed().await.is_ok() {
-            let fs = match self.version_fs(&dataset, None).await {
+            // Most changes of the assignments are not a new active version of this dataset.
+            let shown = mounted.view().current().manifest().root;
+            let fs = match self.catalog.resolve(&dataset, None) {
+                Ok(a) if a.root.as_slice() == shown.0.as_slice() => continue,
+                Ok(a) => self.assigned_fs(&a).await,
+                Err(e) => Err(e.into()),
+            };
+            let fs = match fs {
                 Ok(fs) => fs,
                 // No active version any more (say, the rollout was withdrawn): keep showing
                 // the last one rather than pull files from under readers.
