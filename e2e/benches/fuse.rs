@@ -22,7 +22,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use aqueduct_e2e::{SourceKind, local_client, mount_when_known, world};
+use aqueduct_e2e::{SourceKind, local_client, mount_when_known, socket_of, world};
 use aqueduct_proto::spoke::v1 as local;
 use aqueduct_testkit::{can_mount_fuse, noise};
 
@@ -72,7 +72,7 @@ fn main() {
         // memory holds no chunk), so reads come from its chunk store.
         let config = w.region("warm", 64 << 30).await;
         w.start_spoke(&config);
-        let mut warm_local = local_client(&config.parent().unwrap().join("store/spoke.sock")).await;
+        let mut warm_local = local_client(&socket_of(&config)).await;
         w.rollout(1, &["warm"]).await;
         w.wait_ready(1).await;
         mount_when_known(&mut warm_local, "llama", 1, &warm_dir).await.unwrap();
@@ -83,7 +83,7 @@ fn main() {
         // Cold: another region, read the moment its rollout starts.
         let config = w.region("cold", 64 << 30).await;
         w.start_spoke(&config);
-        let mut cold_local = local_client(&config.parent().unwrap().join("store/spoke.sock")).await;
+        let mut cold_local = local_client(&socket_of(&config)).await;
         w.rollout(1, &["cold"]).await;
         mount_when_known(&mut cold_local, "llama", 1, &cold_dir).await.unwrap();
         let cold = blocking_read(&cold_dir, &files).await;

@@ -194,6 +194,11 @@ impl World {
 }
 
 /// Every file of `manifest`, rebuilt from a spoke's store, equals the source.
+/// The local API socket of the spoke configured by `config`.
+pub fn socket_of(config: &Path) -> PathBuf {
+    aqueduct_spoke::SpokeConfig::load(config).unwrap().socket()
+}
+
 /// A client of a spoke's local API on its unix socket, once the socket answers.
 pub async fn local_client(socket: &Path) -> LocalClient<Channel> {
     for _ in 0..100 {

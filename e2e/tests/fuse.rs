@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aqueduct_e2e::{SourceKind, local_client, mount_when_known, world};
+use aqueduct_e2e::{SourceKind, local_client, mount_when_known, socket_of, world};
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::spoke::v1 as local;
 use aqueduct_testkit::{can_mount_fuse, is_mounted, noise, xattr};
@@ -56,7 +56,7 @@ async fn a_region_reads_its_versions_through_fuse_before_and_after_they_arrive()
     // A slow link: the version takes seconds to replicate, reads fetch ahead of it.
     let config = w.region("eu", MIB).await;
     let spoke = w.start_spoke(&config);
-    let socket = config.parent().unwrap().join("store/spoke.sock");
+    let socket = socket_of(&config);
     let mut local = local_client(&socket).await;
     w.rollout(1, &["eu"]).await;
 
@@ -265,7 +265,7 @@ async fn a_sidecar_mount_fails_fast_while_its_spoke_is_dead_and_reads_again_when
     let files = write_model(&w.data, 5);
     w.snapshot().await;
     let config = w.region("eu", 200 * MIB).await;
-    let socket = config.parent().unwrap().join("store/spoke.sock");
+    let socket = socket_of(&config);
     let mnt = w.root.join("sidecar");
     std::fs::create_dir_all(&mnt).unwrap();
     let spoke_log = w.root.join("spoke.log");

@@ -7,10 +7,9 @@
 //! on a watch channel: mounts that follow a dataset's active version subscribe to it.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
@@ -19,6 +18,8 @@ use prost::Message;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tracing::{debug, instrument};
+
+use crate::store::write_atomically;
 
 /// Layout version of `catalog/`.
 pub const CATALOG_FORMAT: u32 = 1;
@@ -50,6 +51,7 @@ pub struct Catalog {
     hub: SpokeClient<Channel>,
     assignments: watch::Sender<pb::Assignments>,
     manifests: Mutex<HashMap<(String, u64), Arc<Manifest>>>,
+    seq: AtomicU64,
 }
 
 impl Catalog {
@@ -72,14 +74,30 @@ impl Catalog {
                     )),
                 });
             }
-            Err(_) => write_atomically(&format, format!("{CATALOG_FORMAT}\n").as_bytes()).map_err(io(&format))?,
+            Err(_) => {
+                write_atomically(&format.with_extension("tmp"), &format, format!("{CATALOG_FORMAT}\n").as_bytes())
+                    .map_err(io(&format))?
+            }
         }
         let saved = dir.join("assignments.pb");
         let assignments = match std::fs::read(&saved) {
             Ok(bytes) => pb::Assignments::decode(bytes.as_slice()).unwrap_or_default(),
             Err(_) => pb::Assignments::default(),
         };
-        Ok(Self { dir: dir.to_owned(), hub, assignments: watch::Sender::new(assignments), manifests: Mutex::default() })
+        Ok(Self {
+            dir: dir.to_owned(),
+            hub,
+            assignments: watch::Sender::new(assignments),
+            manifests: Mutex::default(),
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    /// Writes a file of the catalog atomically, through a temporary name of its own (two
+    /// tasks may write the same manifest at once).
+    fn write(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        write_atomically(&path.with_extension(format!("tmp.{}.{seq}", std::process::id())), path, bytes)
     }
 
     pub fn assignments(&self) -> pb::Assignments {
@@ -94,7 +112,7 @@ impl Catalog {
     /// Records the hub's latest assignments (on disk, then for subscribers).
     pub fn set_assignments(&self, assignments: pb::Assignments) -> Result<(), CatalogError> {
         let path = self.dir.join("assignments.pb");
-        write_atomically(&path, &assignments.encode_to_vec()).map_err(|source| CatalogError::Io { path, source })?;
+        self.write(&path, &assignments.encode_to_vec()).map_err(|source| CatalogError::Io { path, source })?;
         self.assignments.send_if_modified(|current| {
             let changed = *current != assignments;
             *current = assignments;
@@ -150,7 +168,7 @@ impl Catalog {
                 }
                 let dir = path.parent().expect("has a parent");
                 std::fs::create_dir_all(dir)
-                    .and_then(|()| write_atomically(&path, &bytes))
+                    .and_then(|()| self.write(&path, &bytes))
                     .map_err(|source| CatalogError::Io { path: path.clone(), source })?;
                 manifest
             }
@@ -184,17 +202,6 @@ pub fn resolve(
         }),
         (None, None) => Err(CatalogError::NoActiveVersion { dataset: dataset.to_string() }),
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file of its own, fsync and rename (two tasks
-/// may write the same manifest at once).
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let unique = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    let tmp = path.with_extension(format!("tmp.{}.{unique}.{:?}", std::process::id(), std::thread::current().id()));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -48,6 +48,9 @@ pub enum SpokeError {
     Catalog(#[from] catalog::CatalogError),
 }
 
+/// Where the local API listens unless the config says: inside the data directory.
+const DEFAULT_SOCKET: &str = "spoke.sock";
+
 /// The spoke's configuration file (TOML). Relative paths are relative to the file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,9 +111,14 @@ impl SpokeConfig {
                 *p = dir.join(&*p);
             }
         }
-        let socket = config.socket.take().unwrap_or_else(|| "spoke.sock".into());
+        let socket = config.socket.take().unwrap_or_else(|| DEFAULT_SOCKET.into());
         config.socket = Some(if socket.is_relative() { config.data_dir.join(socket) } else { socket });
         Ok(config)
+    }
+
+    /// The local API's socket: `socket`, or `DATA_DIR/spoke.sock`.
+    pub fn socket(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(|| self.data_dir.join(DEFAULT_SOCKET))
     }
 
     fn endpoint(&self) -> Result<Endpoint, SpokeError> {
@@ -180,7 +188,7 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     let priority = Arc::new(Priority::default());
     let reader = ReadThrough::new(store.clone(), hub, priority.clone());
     let mounts = Mounts::new(catalog.clone(), reader.clone());
-    let socket = config.socket.clone().unwrap_or_else(|| config.data_dir.join("spoke.sock"));
+    let socket = config.socket();
     let service = LocalService { catalog: catalog.clone(), reader, mounts: mounts.clone() };
     // Its own token: the caller's is not ours to cancel.
     let local_stop = shutdown.child_token();

@@ -50,6 +50,22 @@ pub trait ChunkStore: Send + Sync {
     fn remove(&self, digest: &Digest) -> Result<(), CacheError>;
 }
 
+/// Writes `data` to `path` through `tmp` (a name of its own on the same filesystem): write,
+/// fsync, rename, fsync the directory. Nobody ever sees part of the file; on an error the
+/// temporary file is removed.
+pub(crate) fn write_atomically(tmp: &Path, path: &Path, data: &[u8]) -> io::Result<()> {
+    let write = || -> io::Result<()> {
+        let mut file = std::fs::File::create(tmp)?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        std::fs::rename(tmp, path)?;
+        std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(tmp);
+    })
+}
+
 fn check(digest: &Digest, data: &[u8]) -> Result<(), CacheError> {
     let actual = Digest::of(data);
     if &actual != digest {
@@ -149,17 +165,7 @@ impl ChunkStore for DiskStore {
         std::fs::create_dir_all(dir).map_err(|e| self.error(dir.to_owned(), e))?;
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self.root.join("tmp").join(format!("{}.{}.{seq}", digest.to_hex(), std::process::id()));
-        let write = || -> io::Result<()> {
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(data)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(dir)?.sync_all()
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            self.error(path.clone(), e)
-        })
+        write_atomically(&tmp, &path, data).map_err(|e| self.error(path.clone(), e))
     }
 
     fn remove(&self, digest: &Digest) -> Result<(), CacheError> {

@@ -184,7 +184,7 @@ fn fuse_prerequisites() -> Result<()> {
 /// version), reads every file and checks its BLAKE3 against the source, then unmounts.
 async fn read_through_fuse(root: &Path, files: &Sample) -> Result<()> {
     let (region, _) = REGIONS[0];
-    let socket = root.join(format!("spoke-{region}/store/spoke.sock"));
+    let socket = aqueduct_spoke::SpokeConfig::load(&root.join(format!("spoke-{region}/spoke.toml")))?.socket();
     let channel = tonic::transport::Endpoint::from_shared(format!("unix://{}", socket.display()))?
         .connect()
         .await
