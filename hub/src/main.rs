@@ -54,10 +54,7 @@ fn main() {
 
 #[tokio::main]
 async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AQUEDUCT_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    aqueduct_proto::edge::init_logging();
     match Cli::parse().command {
         Command::Init { data_dir, listen, hosts } => {
             let out = aqueduct_hub::init(&data_dir, listen, &hosts)?;
@@ -77,12 +74,7 @@ async fn run() -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             let trigger = shutdown.clone();
             tokio::spawn(async move {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+                aqueduct_proto::edge::interrupted().await;
                 trigger.cancel();
             });
             aqueduct_hub::serve(config, listener, shutdown).await?;

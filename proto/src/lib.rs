@@ -7,6 +7,8 @@
 //! the wire types in one place ([`domain::wire`]) with `TryFrom`, where they are validated.
 
 pub mod domain;
+#[cfg(feature = "edge")]
+pub mod edge;
 
 /// Largest gRPC message any Aqueduct component sends or accepts: a manifest of a very large
 /// version (about 40 bytes per chunk) must fit.
