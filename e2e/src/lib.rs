@@ -126,12 +126,21 @@ impl World {
         panic!("no snapshot result");
     }
 
+    async fn add_region(&mut self, name: &str, rate: u64) -> pb::CredentialsBundle {
+        let req = pb::AddRegionRequest {
+            region: Some(pb::Region {
+                name: name.into(),
+                rate_bytes_per_sec: rate,
+                created_unix_ms: 0,
+                members: Vec::new(),
+            }),
+        };
+        self.admin.add_region(req).await.unwrap().into_inner().bundle.unwrap()
+    }
+
     /// Adds a region and writes a spoke config for one node of it; returns the config path.
     pub async fn region(&mut self, name: &str, rate: u64) -> PathBuf {
-        let req = pb::AddRegionRequest {
-            region: Some(pb::Region { name: name.into(), rate_bytes_per_sec: rate, created_unix_ms: 0 }),
-        };
-        let bundle = self.admin.add_region(req).await.unwrap().into_inner().bundle.unwrap();
+        let bundle = self.add_region(name, rate).await;
         aqueduct_spoke::write_node_config(
             &self.root.join(format!("spoke-{name}")),
             &self.hub_url,
@@ -139,6 +148,41 @@ impl World {
             &bundle,
         )
         .unwrap()
+    }
+
+    /// Adds a region and writes configs for `nodes` spokes of it (`NAME-1`, ..., each in
+    /// `spoke-NAME-I/`) that exchange chunks as peers on 127.0.0.1; returns the config paths.
+    pub async fn region_of(&mut self, name: &str, rate: u64, nodes: usize) -> Vec<PathBuf> {
+        let bundle = self.add_region(name, rate).await;
+        (1..=nodes)
+            .map(|i| {
+                let dir = self.root.join(format!("spoke-{name}-{i}"));
+                let config =
+                    aqueduct_spoke::write_node_config(&dir, &self.hub_url, &format!("{name}-{i}"), &bundle).unwrap();
+                let mut text = std::fs::read_to_string(&config).unwrap();
+                text.push_str("[peer]\nlisten = \"127.0.0.1:0\"\n");
+                std::fs::write(&config, text).unwrap();
+                config
+            })
+            .collect()
+    }
+
+    /// Waits until the hub counts `nodes` live spokes in `region`.
+    pub async fn wait_members(&mut self, region: &str, nodes: usize) {
+        for _ in 0..300 {
+            let regions = self.admin.list_regions(pb::ListRegionsRequest {}).await.unwrap().into_inner().regions;
+            if regions.iter().any(|r| r.name == region && r.members.len() == nodes) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("region {region} did not reach {nodes} live spokes");
+    }
+
+    /// The status rows of `version`.
+    pub async fn status(&mut self, version: u64) -> Vec<pb::StatusRow> {
+        let rows = self.admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
+        rows.into_iter().filter(|r| r.version == version).collect()
     }
 
     pub fn start_spoke(&self, config: &Path) -> CancellationToken {
@@ -160,17 +204,8 @@ impl World {
     /// Waits (up to a generous limit: this checks completion, not speed) until every region
     /// of `version` is Ready; returns the status rows.
     pub async fn wait_ready(&mut self, version: u64) -> Vec<pb::StatusRow> {
-        for _ in 0..600 {
-            let rows: Vec<pb::StatusRow> = self
-                .admin
-                .status(pb::StatusRequest { dataset: "llama".into() })
-                .await
-                .unwrap()
-                .into_inner()
-                .rows
-                .into_iter()
-                .filter(|r| r.version == version)
-                .collect();
+        for _ in 0..1200 {
+            let rows = self.status(version).await;
             if let Some(failed) = rows.iter().find(|r| r.phase == "Failed") {
                 panic!("region {} failed: {}", failed.region, failed.reason);
             }
@@ -180,6 +215,22 @@ impl World {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("v{version} did not become Ready");
+    }
+
+    /// Like [`World::wait_ready`], then waits until the hub's relayed counts stop moving (a
+    /// stream's bytes are counted when it ends, which may be just after the last Ready).
+    pub async fn wait_ready_settled(&mut self, version: u64) -> Vec<pb::StatusRow> {
+        let mut rows = self.wait_ready(version).await;
+        for _ in 0..25 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let again = self.status(version).await;
+            let relayed = |rows: &[pb::StatusRow]| rows.iter().map(|r| r.relayed_bytes).collect::<Vec<_>>();
+            if relayed(&again) == relayed(&rows) {
+                return again;
+            }
+            rows = again;
+        }
+        rows
     }
 
     pub async fn manifest(&mut self, version: u64) -> Manifest {
@@ -193,7 +244,6 @@ impl World {
     }
 }
 
-/// Every file of `manifest`, rebuilt from a spoke's store, equals the source.
 /// The local API socket of the spoke configured by `config`.
 pub fn socket_of(config: &Path) -> PathBuf {
     aqueduct_spoke::SpokeConfig::load(config).unwrap().socket()
@@ -237,6 +287,7 @@ pub async fn mount_when_known(
     Err(last.expect("tried"))
 }
 
+/// Every file of `manifest`, rebuilt from a spoke's store, equals the source.
 pub fn assert_store_holds(store_dir: &Path, manifest: &Manifest, source_dir: &Path) {
     let store = DiskStore::open(store_dir).unwrap();
     for file in &manifest.files {
@@ -251,4 +302,49 @@ pub fn assert_store_holds(store_dir: &Path, manifest: &Manifest, source_dir: &Pa
         }
         assert_eq!(rebuilt, std::fs::read(source_dir.join(&file.path)).unwrap(), "{}", file.path);
     }
+}
+
+/// A binary of the workspace, built beside the running test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(path.exists(), "{} is not built; run `cargo build --workspace --bins` first", path.display());
+    path
+}
+
+/// Starts `program` with its output appended to `log`, logging at info.
+pub fn spawn_logged(program: &Path, args: &[&std::ffi::OsStr], log: &Path) -> std::process::Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    std::process::Command::new(program)
+        .args(args)
+        .env("AQUEDUCT_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Child processes, killed however the test ends.
+#[derive(Default)]
+pub struct Children(pub Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends `signal` (`STOP`, `CONT`, `KILL`, `TERM`) to a process.
+pub fn signal(child: &std::process::Child, signal: &str) {
+    let ok = std::process::Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status().unwrap();
+    assert!(ok.success(), "kill -{signal} {} failed", child.id());
+}
+
+/// The digests a spoke's store holds, with their sizes (read from its directory).
+pub fn stored_chunks(store_dir: &Path) -> std::collections::HashMap<aqueduct_proto::Digest, u64> {
+    let store = DiskStore::open(store_dir).unwrap();
+    store.list().unwrap().into_iter().collect()
 }

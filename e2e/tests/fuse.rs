@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aqueduct_e2e::{SourceKind, local_client, mount_when_known, socket_of, world};
+use aqueduct_e2e::{SourceKind, bin, local_client, mount_when_known, socket_of, spawn_logged, world};
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::spoke::v1 as local;
 use aqueduct_testkit::{can_mount_fuse, is_mounted, noise, xattr};
@@ -219,14 +219,6 @@ async fn a_region_reads_its_versions_through_fuse_before_and_after_they_arrive()
     assert!(!is_mounted(&last), "a stopped spoke left its mount behind");
 }
 
-/// A binary of the workspace, built beside this test.
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(path.exists(), "{} is not built; run `cargo build --workspace --bins` first", path.display());
-    path
-}
-
 /// Child processes killed, and a mountpoint detached, however the test ends.
 struct Cleanup {
     children: Vec<std::process::Child>,
@@ -245,17 +237,6 @@ impl Drop for Cleanup {
     }
 }
 
-fn spawn(program: &Path, args: &[&std::ffi::OsStr], log: &Path) -> std::process::Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    std::process::Command::new(program)
-        .args(args)
-        .env("AQUEDUCT_LOG", "info")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sidecar_mount_fails_fast_while_its_spoke_is_dead_and_reads_again_when_it_returns() {
     if !can_mount_fuse() {
@@ -270,8 +251,10 @@ async fn a_sidecar_mount_fails_fast_while_its_spoke_is_dead_and_reads_again_when
     std::fs::create_dir_all(&mnt).unwrap();
     let spoke_log = w.root.join("spoke.log");
     let spoke_args = [std::ffi::OsStr::new("run"), "--config".as_ref(), config.as_os_str()];
-    let mut cleanup =
-        Cleanup { children: vec![spawn(&bin("aqueduct-spoke"), &spoke_args, &spoke_log)], mountpoint: mnt.clone() };
+    let mut cleanup = Cleanup {
+        children: vec![spawn_logged(&bin("aqueduct-spoke"), &spoke_args, &spoke_log)],
+        mountpoint: mnt.clone(),
+    };
     w.rollout(1, &["eu"]).await;
     w.wait_ready(1).await;
     local_client(&socket).await;
@@ -279,7 +262,7 @@ async fn a_sidecar_mount_fails_fast_while_its_spoke_is_dead_and_reads_again_when
     let sidecar_args =
         [std::ffi::OsStr::new("mount"), "llama@v1".as_ref(), mnt.as_os_str(), "--socket".as_ref(), socket.as_os_str()];
     let sidecar_log = w.root.join("sidecar.log");
-    cleanup.children.push(spawn(&bin("aqueduct-fuse"), &sidecar_args, &sidecar_log));
+    cleanup.children.push(spawn_logged(&bin("aqueduct-fuse"), &sidecar_args, &sidecar_log));
     let started = Instant::now();
     while !is_mounted(&mnt) {
         assert!(started.elapsed() < Duration::from_secs(20), "{}", std::fs::read_to_string(&sidecar_log).unwrap());
@@ -302,7 +285,7 @@ async fn a_sidecar_mount_fails_fast_while_its_spoke_is_dead_and_reads_again_when
     assert!(std::fs::read_to_string(&sidecar_log).unwrap().contains("answering EIO"), "no logged reason");
 
     // The spoke comes back: the same mount reads again, nobody remounted.
-    cleanup.children[0] = spawn(&bin("aqueduct-spoke"), &spoke_args, &spoke_log);
+    cleanup.children[0] = spawn_logged(&bin("aqueduct-spoke"), &spoke_args, &spoke_log);
     local_client(&socket).await;
     let (dir, want) = (mnt.clone(), files[1].1.clone());
     io(move || assert_eq!(std::fs::read(dir.join("model.safetensors")).unwrap(), want)).await;

@@ -143,7 +143,8 @@ async fn a_full_cache_disk_fails_the_rollout_clearly_and_corrupts_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let row = row.expect("the rollout never failed");
-    assert_eq!(row.reason, "cache full");
+    // The region says which spoke failed, and why.
+    assert_eq!(row.reason, "eu-1: cache full");
     // Whatever was stored is whole and verified; nothing half-written is left (once writes
     // already under way when the failure came have finished).
     tokio::time::sleep(Duration::from_millis(500)).await;

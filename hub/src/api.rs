@@ -20,7 +20,7 @@ use tracing::{Instrument, Span, instrument, warn};
 use crate::auth::{Identity, require_admin};
 use crate::error::{invalid, unknown_dataset};
 use crate::pki::Authority;
-use crate::relay::{Changes, Ledger};
+use crate::relay::Live;
 use crate::snapshot::{self, Progress, SnapshotOptions, blocking, now_unix_ms};
 use crate::source::SourceSpec;
 use crate::store::{DatasetRecord, MetaStore, RegionRecord, SourceRecord, StoreError, VersionRecord};
@@ -31,22 +31,15 @@ pub struct AdminService {
     /// Issues the certificates of new regions.
     authority: Arc<Authority>,
     snapshot: SnapshotOptions,
-    /// Notified when rollouts change, to wake the spokes' watches.
-    changes: Changes,
-    ledger: Arc<Ledger>,
+    /// Rollout changes (to wake the spokes' watches), relayed bytes not yet written, members.
+    live: Live,
     /// Datasets with a snapshot under way: one at a time per dataset.
     running: Arc<Mutex<HashSet<String>>>,
 }
 
 impl AdminService {
-    pub fn new(
-        db: Arc<dyn MetaStore>,
-        snapshot: SnapshotOptions,
-        authority: Arc<Authority>,
-        changes: Changes,
-        ledger: Arc<Ledger>,
-    ) -> Self {
-        Self { db, authority, snapshot, changes, ledger, running: Arc::default() }
+    pub fn new(db: Arc<dyn MetaStore>, snapshot: SnapshotOptions, authority: Arc<Authority>, live: Live) -> Self {
+        Self { db, authority, snapshot, live, running: Arc::default() }
     }
 
     async fn dataset(&self, name: &str) -> Result<DatasetRecord, Status> {
@@ -277,7 +270,8 @@ impl pb::admin_server::Admin for AdminService {
             return Err(Status::invalid_argument("a region's link budget must be above 0 bytes per second"));
         }
         let identity = Identity::Region(r.name.clone());
-        let issued = self.authority.issue(&identity, &[]).map_err(|e| Status::internal(e.to_string()))?;
+        let hosts: Vec<String> = identity.peer_name().into_iter().collect();
+        let issued = self.authority.issue(&identity, &hosts).map_err(|e| Status::internal(e.to_string()))?;
         let record = RegionRecord { name: r.name, rate: r.rate_bytes_per_sec, created_unix_ms: now_unix_ms() };
         let stored = record.clone();
         blocking(&self.db, move |db| db.add_region(&stored)).await?;
@@ -286,6 +280,7 @@ impl pb::admin_server::Admin for AdminService {
                 name: record.name,
                 rate_bytes_per_sec: record.rate,
                 created_unix_ms: record.created_unix_ms,
+                members: Vec::new(),
             }),
             bundle: Some(pb::CredentialsBundle {
                 ca_pem: self.authority.ca_pem().to_string(),
@@ -305,7 +300,12 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::ListRegionsResponse {
             regions: regions
                 .into_iter()
-                .map(|r| pb::Region { name: r.name, rate_bytes_per_sec: r.rate, created_unix_ms: r.created_unix_ms })
+                .map(|r| pb::Region {
+                    members: self.live.members.members(&r.name),
+                    name: r.name,
+                    rate_bytes_per_sec: r.rate,
+                    created_unix_ms: r.created_unix_ms,
+                })
                 .collect(),
         }))
     }
@@ -346,7 +346,7 @@ impl pb::admin_server::Admin for AdminService {
                 other => other.into(),
             },
         )?;
-        self.changes.notify_waiters();
+        self.live.changes.notify_waiters();
         Ok(Response::new(pb::RolloutResponse { dataset: dataset.name, version, regions: req.regions }))
     }
 
@@ -359,7 +359,7 @@ impl pb::admin_server::Admin for AdminService {
             self.dataset(&filter).await?;
         }
         // Relayed bytes not yet written are added, under the ledger's lock.
-        let ledger = self.ledger.clone();
+        let ledger = self.live.ledger.clone();
         let rows = blocking(&self.db, move |db| {
             ledger.with_pending(|pending| {
                 let mut rows = db.rollouts((!filter.is_empty()).then_some(filter.as_str()))?;
@@ -376,6 +376,8 @@ impl pb::admin_server::Admin for AdminService {
             rows: rows
                 .into_iter()
                 .map(|r| pb::StatusRow {
+                    nodes: self.live.members.nodes(&(r.dataset.clone(), r.version, r.region.clone())),
+                    refetched_bytes: self.live.ledger.refetched(&(r.dataset.clone(), r.version, r.region.clone())),
                     active: active.contains(&(r.dataset.clone(), r.version, r.region.clone())),
                     dataset: r.dataset,
                     version: r.version,

@@ -1,82 +1,7 @@
-//! Who is calling: identities carried in client certificates, and the checks made on them.
-//!
-//! Every certificate issued by the hub's CA carries exactly one URI subject alternative name:
-//! `spiffe://aqueduct/admin` for operators, `spiffe://aqueduct/hub` for the hub itself and
-//! `spiffe://aqueduct/region/NAME` for the spokes of a region. TLS proves the certificate was
-//! issued by our CA; this module reads which identity it names.
+//! The checks the hub makes on who is calling (identities: [`aqueduct_proto::identity`]).
 
-use std::fmt;
-
+pub use aqueduct_proto::identity::Identity;
 use tonic::{Request, Status};
-
-const PREFIX: &str = "spiffe://aqueduct/";
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Identity {
-    Admin,
-    Hub,
-    Region(String),
-}
-
-impl Identity {
-    pub fn uri(&self) -> String {
-        match self {
-            Identity::Admin => format!("{PREFIX}admin"),
-            Identity::Hub => format!("{PREFIX}hub"),
-            Identity::Region(name) => format!("{PREFIX}region/{name}"),
-        }
-    }
-
-    fn from_uri(uri: &str) -> Option<Self> {
-        match uri.strip_prefix(PREFIX)? {
-            "admin" => Some(Identity::Admin),
-            "hub" => Some(Identity::Hub),
-            rest => rest
-                .strip_prefix("region/")
-                .filter(|name| aqueduct_proto::validate_name("region", name).is_ok())
-                .map(|name| Identity::Region(name.to_string())),
-        }
-    }
-
-    /// Reads the identity from a DER certificate.
-    pub fn from_der(der: &[u8]) -> Option<Self> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-        let san = cert.subject_alternative_name().ok()??;
-        let mut found = san.value.general_names.iter().filter_map(|name| match name {
-            x509_parser::extensions::GeneralName::URI(uri) => Identity::from_uri(uri),
-            _ => None,
-        });
-        let identity = found.next()?;
-        // A certificate naming two identities is not one we issued.
-        found.next().is_none().then_some(identity)
-    }
-
-    /// Reads the identity from the first certificate of a PEM text.
-    pub fn from_pem(pem: &str) -> Option<Self> {
-        let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
-        Self::from_der(&parsed.contents)
-    }
-
-    /// The identity of the peer of a gRPC request (verified by mutual TLS).
-    pub fn of_request<T>(request: &Request<T>) -> Result<Self, Status> {
-        let certs = request
-            .peer_certs()
-            .ok_or_else(|| Status::unauthenticated("no client certificate: Aqueduct needs mutual TLS"))?;
-        let leaf = certs.first().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-        Identity::from_der(leaf.as_ref())
-            .ok_or_else(|| Status::permission_denied("the client certificate names no Aqueduct identity"))
-    }
-}
-
-impl fmt::Display for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Identity::Admin => f.write_str("admin"),
-            Identity::Hub => f.write_str("hub"),
-            Identity::Region(name) => write!(f, "region {name}"),
-        }
-    }
-}
 
 /// Fails unless the caller holds the admin identity.
 pub fn require_admin<T>(request: &Request<T>) -> Result<(), Status> {
@@ -100,12 +25,5 @@ mod tests {
             let issued = ca.issue(&id, &["localhost".into()]).unwrap();
             assert_eq!(Identity::from_pem(&issued.cert_pem), Some(id));
         }
-    }
-
-    #[test]
-    fn unknown_uris_are_no_identity() {
-        assert_eq!(Identity::from_uri("spiffe://other/admin"), None);
-        assert_eq!(Identity::from_uri("spiffe://aqueduct/region/BAD NAME"), None);
-        assert_eq!(Identity::from_uri("spiffe://aqueduct/root"), None);
     }
 }

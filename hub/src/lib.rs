@@ -15,6 +15,7 @@ pub mod auth;
 pub mod chunker;
 pub mod config;
 mod error;
+pub mod members;
 pub mod pki;
 pub mod relay;
 pub mod snapshot;
@@ -120,6 +121,9 @@ pub fn init(data_dir: &Path, listen: SocketAddr, hosts: &[String]) -> Result<Ini
     Ok(InitOutcome { config_path: data_dir.join("hub.toml"), admin_config_path: admin_config })
 }
 
+/// How often the hub pings an idle connection, and how long it waits for the answer.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves the hub's API on `listener` until `shutdown` fires.
 pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<(), HubError> {
     let read = |p: &Path| {
@@ -136,19 +140,21 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         snapshot.parallelism = p;
     }
     let authority = Arc::new(Authority::load(&config.resolve(&config.tls.ca), &config.resolve(&config.tls.ca_key))?);
-    let changes = relay::Changes::default();
-    let ledger = Arc::new(relay::Ledger::default());
-    let flusher = tokio::spawn(ledger.clone().run(db.clone(), shutdown.clone()));
-    let admin =
-        AdminServer::new(api::AdminService::new(db.clone(), snapshot, authority, changes.clone(), ledger.clone()))
-            .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
-    let spoke = SpokeServer::new(relay::SpokeService::new(db, changes, ledger))
+    let live = relay::Live::default();
+    let flusher = tokio::spawn(live.ledger.clone().run(db.clone(), shutdown.clone()));
+    let admin = AdminServer::new(api::AdminService::new(db.clone(), snapshot, authority, live.clone()))
+        .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
+    let spoke = SpokeServer::new(relay::SpokeService::new(db, live))
         .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
     let addr = listener.local_addr().map_err(io_err("inspect", Path::new("listener")))?;
     info!(%addr, data_dir = %config.data_dir.display(), "hub serving");
     Server::builder()
+        // A spoke that vanishes without closing its connection stops being a member of its
+        // region when its keepalive goes unanswered.
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE))
         .tls_config(tls)?
         .add_service(admin)
         .add_service(spoke)

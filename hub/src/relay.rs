@@ -20,9 +20,10 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use tracing::{Instrument, Span, debug, instrument, warn};
+use tracing::{Instrument, Span, debug, info, instrument, warn};
 
 use crate::auth::Identity;
+use crate::members::{Members, NodeReport, RegionProgress};
 use crate::snapshot::{blocking, now_unix_ms};
 use crate::source::{Source, SourceSpec, read_range};
 use crate::store::{MetaStore, RolloutRecord, RolloutUpdate};
@@ -32,6 +33,14 @@ pub const WATCH_RECHECK: Duration = Duration::from_secs(30);
 
 /// Rollout changes: the admin API notifies, watches wake up.
 pub type Changes = Arc<Notify>;
+
+/// What the hub keeps in memory, shared by its services.
+#[derive(Clone, Default)]
+pub struct Live {
+    pub changes: Changes,
+    pub ledger: Arc<Ledger>,
+    pub members: Arc<Members>,
+}
 
 /// A region's link budget, in KiB cells, shared by all of the region's streams.
 struct Budget {
@@ -65,9 +74,21 @@ impl Budget {
 /// written to the database in one go every [`LEDGER_FLUSH`] (and when the hub stops), so that
 /// a stream of one chunk (a reader's miss) costs no database write. The admin API's status adds
 /// what is not written yet, under the same lock as the flush, so it never counts twice.
+///
+/// It also keeps which chunks each region got of each version, in memory until the region is
+/// Ready, to count the bytes of chunks sent to a region more than once ([`Ledger::refetched`]):
+/// the measure of how well the region's spokes kept to "once per region" (a spoke that died
+/// with chunks no other held costs that much again). Counts start over when the hub restarts.
 #[derive(Default)]
 pub struct Ledger {
     pending: Mutex<HashMap<(String, u64, String), u64>>,
+    sent: Mutex<HashMap<(String, u64, String), Sent>>,
+}
+
+#[derive(Default)]
+struct Sent {
+    chunks: HashSet<Digest>,
+    refetched: u64,
 }
 
 pub const LEDGER_FLUSH: Duration = Duration::from_secs(1);
@@ -76,6 +97,27 @@ impl Ledger {
     fn add(&self, dataset: &str, version: u64, region: &str, bytes: u64) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         *pending.entry((dataset.to_string(), version, region.to_string())).or_default() += bytes;
+    }
+
+    /// Notes that `digest` goes to `region`; counts it as refetched if it went before.
+    fn sent(&self, key: &(String, u64, String), digest: Digest, bytes: u64) {
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = sent.entry(key.clone()).or_default();
+        if !entry.chunks.insert(digest) {
+            entry.refetched += bytes;
+        }
+    }
+
+    /// Bytes of chunks of `dataset@version` sent to `region` more than once.
+    pub fn refetched(&self, key: &(String, u64, String)) -> u64 {
+        self.sent.lock().unwrap_or_else(|e| e.into_inner()).get(key).map_or(0, |s| s.refetched)
+    }
+
+    /// The region is Ready with the version: forget which chunks it got, keep the count.
+    fn settle(&self, key: &(String, u64, String)) {
+        if let Some(s) = self.sent.lock().unwrap_or_else(|e| e.into_inner()).get_mut(key) {
+            s.chunks = HashSet::new();
+        }
     }
 
     /// Writes what is pending. Blocking: call from a blocking task.
@@ -140,8 +182,7 @@ struct VersionIndex {
 
 pub struct SpokeService {
     db: Arc<dyn MetaStore>,
-    changes: Changes,
-    ledger: Arc<Ledger>,
+    live: Live,
     /// Each region's budget, and when its rate was last read.
     budgets: Mutex<HashMap<String, (Arc<Budget>, Instant)>>,
     indexes: Mutex<HashMap<(String, u64), Arc<VersionIndex>>>,
@@ -162,8 +203,8 @@ fn region_of<T>(request: &Request<T>) -> Result<String, Status> {
 }
 
 impl SpokeService {
-    pub fn new(db: Arc<dyn MetaStore>, changes: Changes, ledger: Arc<Ledger>) -> Self {
-        Self { db, changes, ledger, budgets: Mutex::default(), indexes: Mutex::default(), granted: Mutex::default() }
+    pub fn new(db: Arc<dyn MetaStore>, live: Live) -> Self {
+        Self { db, live, budgets: Mutex::default(), indexes: Mutex::default(), granted: Mutex::default() }
     }
 
     /// Fails unless `dataset@version` is rolled out to `region`.
@@ -232,7 +273,7 @@ impl SpokeService {
         Ok(index)
     }
 
-    async fn assignments(db: &Arc<dyn MetaStore>, region: &str) -> Result<pb::Assignments, Status> {
+    async fn assignments(db: &Arc<dyn MetaStore>, members: &Members, region: &str) -> Result<pb::Assignments, Status> {
         let (rollouts, regions) = blocking(db, |db| Ok((db.rollouts(None)?, db.regions()?))).await?;
         let budget = regions.iter().find(|r| r.name == region).map_or(0, |r| r.rate);
         let active = active_versions(&rollouts);
@@ -247,7 +288,7 @@ impl SpokeService {
                 root: r.root.0.to_vec(),
             })
             .collect();
-        Ok(pb::Assignments { assignments, budget_bytes_per_sec: budget })
+        Ok(pb::Assignments { assignments, budget_bytes_per_sec: budget, members: members.members(region) })
     }
 }
 
@@ -274,18 +315,24 @@ impl pb::spoke_server::Spoke for SpokeService {
     #[instrument(skip_all, fields(region, node))]
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let region = region_of(&request)?;
-        Span::current().record("region", region.as_str()).record("node", request.get_ref().node.as_str());
+        let pb::WatchRequest { node, peer_address } = request.into_inner();
+        Span::current().record("region", region.as_str()).record("node", node.as_str());
+        aqueduct_proto::validate_name("node", &node).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (tx, rx) = mpsc::channel(4);
-        let (db, changes) = (self.db.clone(), self.changes.clone());
+        let (db, live) = (self.db.clone(), self.live.clone());
+        let membership = live.members.join(&region, &node, &peer_address);
+        info!(%peer_address, "spoke joined its region");
+        // The region's other spokes learn of the new member.
+        live.changes.notify_waiters();
         tokio::spawn(
             async move {
                 let mut last: Option<pb::Assignments> = None;
                 loop {
                     // Register for the next change before reading, so that none is missed.
-                    let notified = changes.notified();
+                    let notified = live.changes.notified();
                     tokio::pin!(notified);
                     notified.as_mut().enable();
-                    let current = Self::assignments(&db, &region).await;
+                    let current = Self::assignments(&db, &live.members, &region).await;
                     let send = match &current {
                         Ok(a) => last.as_ref() != Some(a),
                         Err(_) => true,
@@ -296,15 +343,19 @@ impl pb::spoke_server::Spoke for SpokeService {
                         }
                         let failed = current.is_err();
                         if tx.send(current).await.is_err() || failed {
-                            return;
+                            break;
                         }
                     }
                     tokio::select! {
                         _ = &mut notified => {}
                         _ = tokio::time::sleep(WATCH_RECHECK) => {}
-                        _ = tx.closed() => return,
+                        _ = tx.closed() => break,
                     }
                 }
+                info!("spoke left its region");
+                let changed = live.members.leave(membership);
+                write_region_rows(&db, &region, changed).await;
+                live.changes.notify_waiters();
             }
             .instrument(Span::current()),
         );
@@ -350,7 +401,7 @@ impl pb::spoke_server::Spoke for SpokeService {
         let index = self.index(&req.dataset, req.version).await?;
         let budget = self.budget(&region).await?;
         let (tx, rx) = mpsc::channel(2);
-        let (db, ledger, dataset, version) = (self.db.clone(), self.ledger.clone(), req.dataset, req.version);
+        let (db, ledger, dataset, version) = (self.db.clone(), self.live.ledger.clone(), req.dataset, req.version);
         tokio::spawn(
             async move {
                 // Counted as chunks are handed to the transport, recorded when the stream ends.
@@ -395,6 +446,7 @@ impl pb::spoke_server::Spoke for SpokeService {
                         return;
                     }
                     relayed.bytes += len;
+                    relayed.ledger.sent(&(dataset.clone(), version, relayed.region.clone()), digest, len);
                 }
             }
             .instrument(Span::current()),
@@ -417,28 +469,60 @@ impl pb::spoke_server::Spoke for SpokeService {
                 r.phase
             )));
         }
-        let update = RolloutUpdate {
-            dataset: r.dataset,
-            version: r.version,
-            region,
-            cached_bytes: r.cached_bytes,
-            phase: r.phase,
-            reason: r.reason,
-            rate: r.rate_bytes_per_sec,
-            updated_unix_ms: now_unix_ms(),
+        let report =
+            NodeReport { phase: r.phase, cached_bytes: r.cached_bytes, reason: r.reason, rate: r.rate_bytes_per_sec };
+        let key = (r.dataset, r.version, region);
+        let node = if r.node.is_empty() { "(unnamed)".to_string() } else { r.node };
+        // A report about a version that is not rolled out to the region is refused before it
+        // is kept.
+        self.authorize(&key.2, &key.0, key.1).await?;
+        let Some(row) = self.live.members.report(key.clone(), &node, report) else {
+            return Ok(Response::new(pb::ProgressAck {}));
         };
-        let ready = update.phase == "Ready";
-        blocking(&self.db, move |db| db.update_rollout(&update)).await.map_err(|e| match e {
-            crate::store::StoreError::NotFound { name, .. } => {
-                Status::permission_denied(format!("{name} is not a rollout"))
-            }
-            other => other.into(),
-        })?;
+        let ready = row.phase == "Ready";
+        if ready {
+            self.live.ledger.settle(&key);
+        }
+        write_region_row(&self.db, key, row).await?;
         if ready {
             // A version Ready everywhere becomes active: tell the watches.
-            self.changes.notify_waiters();
+            self.live.changes.notify_waiters();
         }
         Ok(Response::new(pb::ProgressAck {}))
+    }
+}
+
+/// Writes a region's row, folded from its members' reports.
+async fn write_region_row(
+    db: &Arc<dyn MetaStore>,
+    key: (String, u64, String),
+    row: RegionProgress,
+) -> Result<(), Status> {
+    let (dataset, version, region) = key;
+    let update = RolloutUpdate {
+        dataset,
+        version,
+        region,
+        cached_bytes: row.cached_bytes,
+        phase: row.phase,
+        reason: row.reason,
+        rate: row.rate,
+        updated_unix_ms: now_unix_ms(),
+    };
+    blocking(db, move |db| db.update_rollout(&update)).await.map_err(|e| match e {
+        crate::store::StoreError::NotFound { name, .. } => {
+            Status::permission_denied(format!("{name} is not a rollout"))
+        }
+        other => other.into(),
+    })
+}
+
+/// Writes the rows that changed when a member left; failures are logged.
+async fn write_region_rows(db: &Arc<dyn MetaStore>, region: &str, rows: Vec<((String, u64, String), RegionProgress)>) {
+    for (key, row) in rows {
+        if let Err(e) = write_region_row(db, key, row).await {
+            warn!(region, error = %e.message(), "could not update the region's progress");
+        }
     }
 }
 

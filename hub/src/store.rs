@@ -590,7 +590,13 @@ impl MetaStore for SqliteStore {
 
     fn update_rollout(&self, u: &RolloutUpdate) -> Result<(), StoreError> {
         let changed = self.conn().execute(
-            "UPDATE rollouts SET cached_bytes = ?4, phase = ?5, reason = ?6, rate = ?7, updated_ms = ?8
+            // Ready stays Ready: a spoke joining the region later does not take a version the
+            // region serves back to Transferring.
+            "UPDATE rollouts SET
+                cached_bytes = CASE WHEN phase = 'Ready' THEN cached_bytes ELSE ?4 END,
+                phase = CASE WHEN phase = 'Ready' THEN 'Ready' ELSE ?5 END,
+                reason = CASE WHEN phase = 'Ready' THEN '' ELSE ?6 END,
+                rate = ?7, updated_ms = ?8
              WHERE dataset = ?1 AND version = ?2 AND region = ?3",
             params![
                 u.dataset,

@@ -201,7 +201,12 @@ async fn regions_get_credentials_and_rollouts_show_in_status() {
     admin.add_dataset(dataset("llama", "local", "llama")).await.unwrap();
 
     let region = |name: &str, rate| pb::AddRegionRequest {
-        region: Some(pb::Region { name: name.into(), rate_bytes_per_sec: rate, created_unix_ms: 0 }),
+        region: Some(pb::Region {
+            name: name.into(),
+            rate_bytes_per_sec: rate,
+            created_unix_ms: 0,
+            members: Vec::new(),
+        }),
     };
     let eu = admin.add_region(region("eu-west", 100 << 20)).await.unwrap().into_inner();
     admin.add_region(region("us-east", 25 << 20)).await.unwrap();

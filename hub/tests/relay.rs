@@ -21,7 +21,12 @@ async fn spoke_of(
     rate: u64,
 ) -> SpokeClient<Channel> {
     let req = pb::AddRegionRequest {
-        region: Some(pb::Region { name: region.into(), rate_bytes_per_sec: rate, created_unix_ms: 0 }),
+        region: Some(pb::Region {
+            name: region.into(),
+            rate_bytes_per_sec: rate,
+            created_unix_ms: 0,
+            members: Vec::new(),
+        }),
     };
     let bundle = admin.add_region(req).await.unwrap().into_inner().bundle.unwrap();
     SpokeClient::new(hub.channel(&bundle.ca_pem, &bundle.cert_pem, &bundle.key_pem).await.unwrap())
@@ -75,9 +80,12 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
     admin.rollout(rollout(1, "eu")).await.unwrap();
 
     // The watch says what eu must hold, and its budget.
-    let mut watch = eu.watch(pb::WatchRequest { node: "node-1".into() }).await.unwrap().into_inner();
+    let watch_as = |node: &str| pb::WatchRequest { node: node.into(), peer_address: format!("{node}.test:7443") };
+    let mut watch = eu.watch(watch_as("node-1")).await.unwrap().into_inner();
     let first = watch.message().await.unwrap().unwrap();
     assert_eq!(first.budget_bytes_per_sec, 1 << 30);
+    // The watch makes the spoke a live member of its region.
+    assert_eq!(first.members, [pb::Member { node: "node-1".into(), peer_address: "node-1.test:7443".into() }]);
     assert_eq!(first.assignments.len(), 1);
     assert_eq!((first.assignments[0].version, first.assignments[0].total_bytes), (1, v1.bytes));
     assert_eq!(first.assignments[0].root, v1.root);
@@ -146,6 +154,7 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
         phase: phase.into(),
         reason: String::new(),
         rate_bytes_per_sec: 1000,
+        node: "node-1".into(),
     };
     eu.report_progress(report("Transferring", 1234)).await.unwrap();
     let rows = admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
@@ -154,7 +163,7 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
         ("Transferring", 1234, 1000)
     );
     expect_err(eu.report_progress(report("Done", 1)).await, Code::InvalidArgument, &["Ready"]);
-    expect_err(us.report_progress(report("Ready", 1)).await, Code::PermissionDenied, &["not a rollout"]);
+    expect_err(us.report_progress(report("Ready", 1)).await, Code::PermissionDenied, &["not rolled out to region us"]);
 
     // A new rollout reaches the open watch.
     std::fs::write(models.join("config.json"), b"{\"layers\": 40}").unwrap();
@@ -179,6 +188,33 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
     assert_eq!(active, [(1, true), (2, false)]);
     let rows = admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
     assert_eq!(rows.iter().map(|r| r.active).collect::<Vec<_>>(), [true, false]);
+
+    // A second spoke of eu joins: the first hears of it, and v2 is Ready in eu only once both
+    // reported Ready; each spoke's report shows in the status.
+    let mut watch2 = eu.watch(watch_as("node-2")).await.unwrap().into_inner();
+    let members = |a: &pb::Assignments| a.members.iter().map(|m| m.node.clone()).collect::<Vec<_>>();
+    assert_eq!(members(&watch2.message().await.unwrap().unwrap()), ["node-1", "node-2"]);
+    let next = tokio::time::timeout(Duration::from_secs(20), watch.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(members(&next), ["node-1", "node-2"]);
+    let v2 = |phase: &str, node: &str| pb::ProgressReport { version: 2, node: node.into(), ..report(phase, 10) };
+    eu.report_progress(v2("Ready", "node-1")).await.unwrap();
+    eu.report_progress(v2("Transferring", "node-2")).await.unwrap();
+    let rows = admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
+    assert_eq!(rows[1].phase, "Transferring");
+    let nodes: Vec<(&str, &str)> = rows[1].nodes.iter().map(|n| (n.node.as_str(), n.phase.as_str())).collect();
+    assert_eq!(nodes, [("node-1", "Ready"), ("node-2", "Transferring")]);
+    // node-2 goes away: it no longer holds the region back.
+    drop(watch2);
+    let mut phase = String::new();
+    for _ in 0..100 {
+        let rows = admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
+        phase = rows[1].phase.clone();
+        if phase == "Ready" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(phase, "Ready", "a spoke that left still held its region back");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,6 +41,11 @@ impl Digest {
         blake3::Hash::from(self.0).to_hex().to_string()
     }
 
+    /// Parses 64 hex digits (what [`Digest::to_hex`] writes).
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        blake3::Hash::from_hex(hex).ok().map(|h| Self(*h.as_bytes()))
+    }
+
     /// The first 12 hex digits, for logs and tables.
     pub fn short(&self) -> String {
         self.to_hex()[..12].to_string()

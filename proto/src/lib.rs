@@ -9,6 +9,8 @@
 pub mod domain;
 #[cfg(feature = "edge")]
 pub mod edge;
+#[cfg(feature = "identity")]
+pub mod identity;
 
 /// Largest gRPC message any Aqueduct component sends or accepts: a manifest of a very large
 /// version (about 40 bytes per chunk) must fit.
@@ -21,7 +23,7 @@ pub mod hub {
     }
 }
 
-/// Generated code of package `aqueduct.spoke.v1` (a spoke's local API).
+/// Generated code of package `aqueduct.spoke.v1` (a spoke's local API and its peer API).
 pub mod spoke {
     pub mod v1 {
         tonic::include_proto!("aqueduct.spoke.v1");

@@ -3,14 +3,19 @@
 //! It connects to the hub with its region's credentials, watches for the versions its region
 //! must hold (a server stream, reconnected with backoff; kept in the [`catalog`]), and makes
 //! its chunk store hold every chunk of each, verified ([`replicate`]). It hosts read-only FUSE
-//! mounts of those versions ([`mounts`]) that read from the store, or through it from the hub
-//! on a miss, ahead of replication ([`reader`]), driven over a unix socket ([`local`]). The
-//! regional cache with peers, the CSI node plugin and the operator come later (see
-//! `DESIGN.md`).
+//! mounts of those versions ([`mounts`]) that read from the store, or through it on a miss,
+//! ahead of replication ([`reader`]), driven over a unix socket ([`local`]).
+//!
+//! The spokes of a region act as one cache: the hub tells each who the region's live members
+//! are, each chunk has an owner among them ([`peers`]), only the owner fetches it over the
+//! link, and the others get it from a peer over mutual TLS ([`peer_service`]). The CSI node
+//! plugin and the operator come later (see `DESIGN.md`).
 
 pub mod catalog;
 pub mod local;
 pub mod mounts;
+pub mod peer_service;
+pub mod peers;
 pub mod reader;
 pub mod replicate;
 pub mod store;
@@ -22,14 +27,17 @@ use std::time::{Duration, Instant};
 
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
+use aqueduct_proto::identity::Identity;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity, ServerTlsConfig};
 use tracing::{info, warn};
 
 use crate::catalog::Catalog;
 use crate::local::LocalService;
 use crate::mounts::Mounts;
+use crate::peer_service::PeerService;
+use crate::peers::Peers;
 use crate::reader::{Priority, ReadThrough};
 use crate::replicate::{Budget, PullOptions, Replicator};
 use crate::store::{ChunkStore, DiskStore};
@@ -68,6 +76,21 @@ pub struct SpokeConfig {
     /// The local API's unix socket (mounts, sidecars); default `DATA_DIR/spoke.sock`.
     #[serde(default)]
     pub socket: Option<PathBuf>,
+    /// Peer exchange with the other spokes of the region. Without it this spoke fetches every
+    /// chunk it needs over the link itself.
+    #[serde(default)]
+    pub peer: Option<PeerConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Where to serve the region's peers, `IP:PORT` (port 0: any free port).
+    pub listen: std::net::SocketAddr,
+    /// The `HOST:PORT` the other spokes reach this one at; default: `listen` (which then must
+    /// name an address, not 0.0.0.0).
+    #[serde(default)]
+    pub advertise: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -102,6 +125,16 @@ impl SpokeConfig {
         if !config.hub.starts_with("https://") {
             return Err(invalid(format!("hub {:?} must be an https:// URL", config.hub)));
         }
+        aqueduct_proto::validate_name("node", &config.node).map_err(|e| invalid(format!("node: {e}")))?;
+        if let Some(peer) = &config.peer
+            && peer.advertise.is_none()
+            && peer.listen.ip().is_unspecified()
+        {
+            return Err(invalid(format!(
+                "peer.listen is {}, which other spokes cannot reach: set peer.advertise to this node's HOST:PORT",
+                peer.listen
+            )));
+        }
         if config.replication.streams == 0 || config.replication.chunks_per_request == 0 {
             return Err(invalid("replication.streams and replication.chunks_per_request must be at least 1".into()));
         }
@@ -121,20 +154,37 @@ impl SpokeConfig {
         self.socket.clone().unwrap_or_else(|| self.data_dir.join(DEFAULT_SOCKET))
     }
 
+    fn read(&self, what: &'static str, path: &Path) -> Result<Vec<u8>, SpokeError> {
+        std::fs::read(path).map_err(|source| SpokeError::Credentials { what, path: path.to_owned(), source })
+    }
+
+    /// The region this spoke's certificate names.
+    fn region(&self) -> Result<Identity, SpokeError> {
+        let pem = self.read("region certificate", &self.tls.cert)?;
+        match Identity::from_pem(&String::from_utf8_lossy(&pem)) {
+            Some(region @ Identity::Region(_)) => Ok(region),
+            _ => Err(SpokeError::Config {
+                path: self.tls.cert.clone(),
+                message: "this certificate names no region: use the bundle `aq region add` wrote".into(),
+            }),
+        }
+    }
+
+    /// The region's client TLS settings: the hub's CA and the region's certificate.
+    fn client_tls(&self) -> Result<ClientTlsConfig, SpokeError> {
+        Ok(ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.read("CA certificate", &self.tls.ca)?))
+            .identity(TlsIdentity::from_pem(
+                self.read("region certificate", &self.tls.cert)?,
+                self.read("region key", &self.tls.key)?,
+            )))
+    }
+
     fn endpoint(&self) -> Result<Endpoint, SpokeError> {
-        let read = |what, path: &PathBuf| {
-            std::fs::read(path).map_err(|source| SpokeError::Credentials { what, path: path.clone(), source })
-        };
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read("CA certificate", &self.tls.ca)?))
-            .identity(Identity::from_pem(
-                read("region certificate", &self.tls.cert)?,
-                read("region key", &self.tls.key)?,
-            ));
         let bad = |e: tonic::transport::Error| SpokeError::Config { path: "hub".into(), message: e.to_string() };
         Ok(Endpoint::from_shared(self.hub.clone())
             .map_err(bad)?
-            .tls_config(tls)
+            .tls_config(self.client_tls()?)
             .map_err(bad)?
             .connect_timeout(Duration::from_secs(5)))
     }
@@ -182,19 +232,47 @@ const RETRY_MAX: Duration = Duration::from_secs(300);
 pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(), SpokeError> {
     let store: Arc<dyn ChunkStore> = Arc::new(DiskStore::open(&config.data_dir)?);
     let endpoint = config.endpoint()?;
+    let region = config.region()?;
     // Readers and manifests go through a channel of their own, connected when first used.
     let hub = SpokeClient::new(endpoint.connect_lazy()).max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
     let catalog = Arc::new(Catalog::open(&config.data_dir.join("catalog"), hub.clone())?);
     let priority = Arc::new(Priority::default());
-    let reader = ReadThrough::new(store.clone(), hub, priority.clone());
-    let mounts = Mounts::new(catalog.clone(), reader.clone());
-    let socket = config.socket();
-    let service = LocalService { catalog: catalog.clone(), reader, mounts: mounts.clone() };
     // Its own token: the caller's is not ours to cancel.
     let local_stop = shutdown.child_token();
+    let (peers, peer_address, peer_task) = match &config.peer {
+        None => (Arc::new(Peers::new(&config.node, &region, None)), String::new(), None),
+        Some(peer) => {
+            let listener = tokio::net::TcpListener::bind(peer.listen).await.map_err(|e| SpokeError::Config {
+                path: "peer.listen".into(),
+                message: format!("cannot listen on {}: {e}", peer.listen),
+            })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| SpokeError::Config { path: "peer.listen".into(), message: e.to_string() })?;
+            let address = peer.advertise.clone().unwrap_or_else(|| bound.to_string());
+            let peers = Arc::new(Peers::new(&config.node, &region, Some(config.client_tls()?)));
+            let tls = ServerTlsConfig::new()
+                .identity(TlsIdentity::from_pem(
+                    config.read("region certificate", &config.tls.cert)?,
+                    config.read("region key", &config.tls.key)?,
+                ))
+                .client_ca_root(Certificate::from_pem(config.read("CA certificate", &config.tls.ca)?));
+            (peers, address, Some((listener, tls)))
+        }
+    };
+    let reader = ReadThrough::new(store.clone(), hub, peers.clone(), priority.clone());
+    let peer_task = peer_task.map(|(listener, tls)| {
+        let Identity::Region(name) = &region else { unreachable!("checked by SpokeConfig::region") };
+        let service = PeerService { region: name.clone(), reader: reader.clone() };
+        info!(address = %peer_address, "serving the region's peers");
+        tokio::spawn(peer_service::serve(listener, tls, service, local_stop.clone()))
+    });
+    let mounts = Mounts::new(catalog.clone(), reader.clone());
+    let socket = config.socket();
+    let service = LocalService { catalog: catalog.clone(), reader: reader.clone(), mounts: mounts.clone() };
     let local = tokio::spawn(local::serve(socket.clone(), service, local_stop.clone()));
     info!(socket = %socket.display(), "local API listening");
-    let outcome = replicate_until(&config, endpoint, store, catalog, priority, &shutdown).await;
+    let outcome = replicate_until(&config, &peer_address, endpoint, reader, catalog, priority, &shutdown).await;
     mounts.unmount_all().await;
     local_stop.cancel();
     match local.await {
@@ -202,14 +280,22 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
         Err(e) => warn!(error = %e, "local API task failed"),
         Ok(Ok(())) => {}
     }
+    if let Some(task) = peer_task {
+        match task.await {
+            Ok(Err(e)) => warn!(error = %chain(&e), "peer API failed"),
+            Err(e) => warn!(error = %e, "peer API task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     outcome
 }
 
 /// Watches the hub and replicates what it assigns, until `shutdown` fires.
 async fn replicate_until(
     config: &SpokeConfig,
+    peer_address: &str,
     endpoint: Endpoint,
-    store: Arc<dyn ChunkStore>,
+    reader: Arc<ReadThrough>,
     catalog: Arc<Catalog>,
     priority: Arc<Priority>,
     shutdown: &CancellationToken,
@@ -227,26 +313,31 @@ async fn replicate_until(
             let client = SpokeClient::new(channel).max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
             let mut watch = client
                 .clone()
-                .watch(pb::WatchRequest { node: config.node.clone() })
+                .watch(pb::WatchRequest { node: config.node.clone(), peer_address: peer_address.to_string() })
                 .await
                 .map_err(|s| s.message().to_string())?
                 .into_inner();
             info!("connected to the hub, watching for work");
             let replicator = Replicator {
                 client,
-                store: store.clone(),
+                reader: reader.clone(),
                 catalog: catalog.clone(),
                 priority: priority.clone(),
                 options,
             };
             let mut current = pb::Assignments::default();
+            // Versions already Ready are reported again once per session: a restarted hub
+            // keeps each spoke's progress in memory only.
+            let mut reported: HashSet<(String, u64)> = HashSet::new();
             // Failed versions are tried again after this long (doubling up to RETRY_MAX), and
             // at once when the assignments change.
             let mut retry: Option<Duration> = None;
             loop {
                 tokio::select! {
                     message = watch.message() => match message.map_err(|s| s.message().to_string())? {
-                        Some(assignments) => {
+                        Some(mut assignments) => {
+                            // Members change often and are not the catalog's business.
+                            reader.peers().set_members(std::mem::take(&mut assignments.members));
                             if let Err(e) = catalog.set_assignments(assignments.clone()) {
                                 warn!(error = %e, "could not keep the assignments on disk");
                             }
@@ -262,12 +353,17 @@ async fn replicate_until(
                 let budget = Budget::new(current.budget_bytes_per_sec.max(1));
                 let mut failed = false;
                 for a in &current.assignments {
-                    if ready.contains(&(a.dataset.clone(), a.version)) {
+                    let key = (a.dataset.clone(), a.version);
+                    if ready.contains(&key) {
+                        if reported.insert(key) {
+                            replicator.report(a, "Ready", a.total_bytes, "", 0).await;
+                        }
                         continue;
                     }
                     match replicator.replicate(a, &budget).await {
                         Ok(_) => {
-                            ready.insert((a.dataset.clone(), a.version));
+                            ready.insert(key.clone());
+                            reported.insert(key);
                         }
                         Err(replicate::ReplicationError::Hub(status)) if status.code() == tonic::Code::Unavailable => {
                             return Err(status.message().to_string());
@@ -325,6 +421,14 @@ mod tests {
         assert_eq!(config.tls.ca, dir.path().join("credentials/ca.pem"));
         assert_eq!(config.replication.streams, 4);
         assert_eq!(config.socket.as_deref(), Some(Path::new("/var/lib/aqueduct-spoke/spoke.sock")));
+        let peer = config.peer.as_ref().unwrap();
+        assert_eq!((peer.listen.port(), peer.advertise.as_deref()), (7444, Some("10.0.3.17:7444")));
+        // Peers must be reachable: 0.0.0.0 needs an address to advertise.
+        let text =
+            include_str!("../../deploy/spoke/spoke.example.toml").replace("advertise = \"10.0.3.17:7444\"\n", "");
+        std::fs::write(&path, text).unwrap();
+        let err = SpokeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("peer.advertise"), "{err}");
 
         std::fs::write(&path, "hub = \"https://h:1\"\nnode = \"n\"\ndata_dir = \"d\"\nstreems = 3\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n").unwrap();
         let err = SpokeConfig::load(&path).unwrap_err();

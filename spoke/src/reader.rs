@@ -1,30 +1,37 @@
 //! Chunks for readers: from the store, or fetched on demand (read-through) ahead of
 //! background replication.
 //!
-//! A miss is fetched from the hub (peers come with the regional cache), checked against its
-//! digest, stored and served; two readers missing the same chunk share one fetch. While any
-//! such fetch is in flight, replication holds back before its next request and its next chunk
-//! ([`Priority`]), so a reader waits for one chunk's transfer, not for the version's. The FUSE
-//! view's read-ahead asks for the chunks a sequential reader will reach soon the same way.
+//! A miss is asked of the chunk's owner in the region ([`crate::peers`]), which gets it over
+//! the link if no peer holds it; the owner itself asks the peers that hold it first, then the
+//! hub. Every chunk is checked against its digest as it arrives, handed to whoever waits for
+//! it, and stored. One primitive does all of it, [`ReadThrough::pull`]: readers, replication
+//! and peers' requests that want the same chunk at the same time share one fetch. While a
+//! reader's fetch is in flight, replication holds back before its next request and its next
+//! chunk ([`Priority`]), so a reader waits for one chunk's transfer, not for the version's.
+//! The FUSE view's read-ahead asks for the chunks a sequential reader will reach soon the same
+//! way.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use aqueduct_fuse::fs::{ChunkSource, FsError};
 use aqueduct_proto::Digest;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
+use aqueduct_proto::spoke::v1 as spb;
 use async_trait::async_trait;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tonic::transport::Channel;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::store::ChunkStore;
+use crate::peers::{Owner, PeerError, Peers};
+use crate::replicate::Budget;
+use crate::store::{CacheError, ChunkStore};
 
 /// How long one on-demand fetch may take before the reader gets EIO.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -69,31 +76,148 @@ impl Priority {
 
 type Fetch = Shared<BoxFuture<'static, Result<Arc<Vec<u8>>, FsError>>>;
 
+/// A chunk on its way, and whether someone who must not wait for background work (a reader,
+/// a peer) waits for it: then the pull bringing it does not yield to readers.
+#[derive(Clone)]
+struct InFlight {
+    fetch: Fetch,
+    wanted: Arc<AtomicBool>,
+}
+
+impl InFlight {
+    fn join(&self, urgent: bool) -> Fetch {
+        if urgent {
+            self.wanted.store(true, Ordering::Relaxed);
+        }
+        self.fetch.clone()
+    }
+}
+type Waiter = oneshot::Sender<Result<Arc<Vec<u8>>, FsError>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("the hub: {}", .0.message())]
+    Hub(tonic::Status),
+    #[error("the hub sent wrong bytes for chunk {digest} (their hash is {actual})")]
+    Corrupt { digest: Digest, actual: Digest },
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    #[error("the hub sent chunk {0}, which was not asked for")]
+    Unexpected(String),
+    #[error("chunk {0} did not arrive")]
+    Missing(Digest),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("no answer in {0:?}")]
+    Timeout(Duration),
+}
+
+/// Where a pull gets its chunks.
+pub enum Origin<'a> {
+    /// Over the link. Background work passes its budget: it takes from it for every chunk and
+    /// yields to readers between chunks.
+    Hub { background: Option<&'a Budget> },
+    /// From a peer of the region; with `fetch_on_miss` the peer gets what it lacks.
+    Peer { member: pb::Member, fetch_on_miss: bool, urgent: bool },
+}
+
+/// What a pull brought: the chunks (including those another pull was already fetching), and
+/// those the origin did not send (a peer that does not hold them).
+#[derive(Default)]
+pub struct Pulled {
+    pub got: Vec<(Digest, Arc<Vec<u8>>)>,
+    pub missing: Vec<Digest>,
+}
+
 pub struct ReadThrough {
     store: Arc<dyn ChunkStore>,
     hub: SpokeClient<Channel>,
+    peers: Arc<Peers>,
     priority: Arc<Priority>,
-    inflight: Mutex<HashMap<Digest, Fetch>>,
+    /// Chunks coming over the link, or from a peer that holds them.
+    link: Mutex<HashMap<Digest, InFlight>>,
+    /// Chunks asked of their owner (which may fetch them over the link).
+    asked: Mutex<HashMap<Digest, InFlight>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ReadThrough {
-    pub fn new(store: Arc<dyn ChunkStore>, hub: SpokeClient<Channel>, priority: Arc<Priority>) -> Arc<Self> {
-        Arc::new(Self { store, hub, priority, inflight: Mutex::default() })
+    pub fn new(
+        store: Arc<dyn ChunkStore>,
+        hub: SpokeClient<Channel>,
+        peers: Arc<Peers>,
+        priority: Arc<Priority>,
+    ) -> Arc<Self> {
+        Arc::new(Self { store, hub, peers, priority, link: Mutex::default(), asked: Mutex::default() })
+    }
+
+    /// Chunks in flight over the link (or from a peer that holds them), or asked of owners.
+    fn inflight(&self, link: bool) -> &Mutex<HashMap<Digest, InFlight>> {
+        if link { &self.link } else { &self.asked }
+    }
+
+    pub fn store(&self) -> &Arc<dyn ChunkStore> {
+        &self.store
+    }
+
+    pub fn peers(&self) -> &Arc<Peers> {
+        &self.peers
     }
 
     /// The chunk's bytes: from the store as stored (the caller checks them, see
-    /// [`ReadThrough::discard`]), or fetched through the hub, checked, and stored in the
-    /// background (the reader does not wait for the store's fsyncs, and gets the bytes even if
-    /// the store is full).
+    /// [`ReadThrough::discard`]), or fetched, checked, and stored in the background (the
+    /// reader does not wait for the store's fsyncs, and gets the bytes even if the store is
+    /// full). A miss is asked of the chunk's owners in the region, best first; this spoke
+    /// fetches it over the link itself when it is the owner or every owner before it failed.
     pub async fn chunk(self: &Arc<Self>, dataset: &str, version: u64, digest: Digest) -> Result<Vec<u8>, FsError> {
-        let fetched = self.inflight.lock().unwrap_or_else(|e| e.into_inner()).get(&digest).cloned();
-        if let Some(fetch) = fetched {
-            return fetch.await.map(|data| data.as_ref().clone());
+        let span = info_span!("read_through", %digest, dataset, version);
+        let _foreground = self.priority.foreground();
+        tokio::time::timeout(FETCH_TIMEOUT, self.chunk_now(dataset, version, digest).instrument(span))
+            .await
+            .unwrap_or_else(|_| {
+                Err(FsError::Unavailable { digest, reason: format!("not found in the region in {FETCH_TIMEOUT:?}") })
+            })
+    }
+
+    async fn chunk_now(self: &Arc<Self>, dataset: &str, version: u64, digest: Digest) -> Result<Vec<u8>, FsError> {
+        let joined = lock(&self.link)
+            .get(&digest)
+            .map(|f| f.join(true))
+            .or_else(|| lock(&self.asked).get(&digest).map(|f| f.join(true)));
+        if let Some(Ok(data)) = match joined {
+            Some(fetch) => Some(fetch.await),
+            None => None,
+        } {
+            return Ok(data.as_ref().clone());
         }
         if let Some(data) = self.local(digest).await? {
             return Ok(data);
         }
-        self.fetch(dataset, version, digest).await.map(|data| data.as_ref().clone())
+        let unavailable = |e: FetchError| FsError::Unavailable { digest, reason: e.to_string() };
+        for owner in self.peers.owners(&digest) {
+            let pulled = match owner {
+                Owner::Peer(member) => {
+                    let origin = Origin::Peer { member, fetch_on_miss: true, urgent: true };
+                    match self.pull(dataset, version, &[digest], origin, false).await {
+                        Ok(pulled) => pulled,
+                        Err(e) => {
+                            debug!(error = %e, "an owner failed; asking the next");
+                            continue;
+                        }
+                    }
+                }
+                Owner::Me => {
+                    self.over_link(dataset, version, &[digest], None, true, false).await.map_err(unavailable)?
+                }
+            };
+            if let Some((_, data)) = pulled.got.into_iter().find(|(d, _)| *d == digest) {
+                return Ok(data.as_ref().clone());
+            }
+        }
+        Err(FsError::Unavailable { digest, reason: "neither the region nor the hub sent it".into() })
     }
 
     /// The chunk from the store as stored (`None` if absent): the FUSE view checks it, and
@@ -115,75 +239,255 @@ impl ReadThrough {
         }
     }
 
-    /// Fetches a chunk through the hub, once however many readers ask at the same time.
-    fn fetch(self: &Arc<Self>, dataset: &str, version: u64, digest: Digest) -> Fetch {
-        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(fetch) = inflight.get(&digest) {
-            return fetch.clone();
+    /// Fetches `digests` as their owner: from peers that hold them (asked first, so that a
+    /// chunk a live peer holds never crosses the link again), the rest from the hub.
+    /// `background` work takes from its budget; `urgent` work is a reader's, ahead of it.
+    pub async fn over_link(
+        self: &Arc<Self>,
+        dataset: &str,
+        version: u64,
+        digests: &[Digest],
+        background: Option<&Budget>,
+        urgent: bool,
+        wait_stored: bool,
+    ) -> Result<Pulled, FetchError> {
+        let _foreground = urgent.then(|| self.priority.foreground());
+        let wanted: Vec<Digest> = digests.iter().filter(|d| !self.store.contains(d)).copied().collect();
+        let mut by_holder: HashMap<String, (pb::Member, Vec<Digest>)> = HashMap::new();
+        let holders = self.peers.holders(&wanted).await;
+        let mut rest = Vec::new();
+        for d in wanted {
+            match holders.get(&d) {
+                Some(m) => by_holder.entry(m.node.clone()).or_insert_with(|| (m.clone(), Vec::new())).1.push(d),
+                None => rest.push(d),
+            }
         }
-        let this = self.clone();
-        let span = info_span!("read_through", %digest, dataset, version);
-        let (dataset, version) = (dataset.to_string(), version);
-        let fetch = async move {
-            let result = {
-                let _foreground = this.priority.foreground();
-                tokio::time::timeout(FETCH_TIMEOUT, this.fetch_now(&dataset, version, digest)).await.unwrap_or_else(
-                    |_| {
-                        Err(FsError::Unavailable {
-                            digest,
-                            reason: format!("no answer from the hub in {FETCH_TIMEOUT:?}"),
-                        })
-                    },
-                )
-            };
-            match &result {
-                // The store keeps it in the background; until it has, the finished fetch stays
-                // in `inflight` and answers at once, so nobody fetches it again meanwhile.
-                Ok(data) => {
-                    let (this, stored) = (this.clone(), data.clone());
-                    tokio::task::spawn_blocking(move || {
-                        if let Err(e) = this.store.put(&digest, &stored) {
-                            warn!(%digest, error = %e, "could not keep a chunk fetched on demand");
-                        }
-                        this.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&digest);
-                    });
+        let mut pulled = Pulled::default();
+        for (_, (member, digests)) in by_holder {
+            let origin = Origin::Peer { member, fetch_on_miss: false, urgent };
+            match self.pull(dataset, version, &digests, origin, wait_stored).await {
+                Ok(p) => {
+                    pulled.got.extend(p.got);
+                    rest.extend(p.missing);
                 }
+                Err(FetchError::Cache(e)) => return Err(e.into()),
                 Err(_) => {
-                    this.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&digest);
+                    let have: HashSet<Digest> = pulled.got.iter().map(|(d, _)| *d).collect();
+                    rest.extend(digests.into_iter().filter(|d| !have.contains(d) && !self.store.contains(d)));
                 }
             }
-            result
         }
-        .instrument(span)
-        .boxed()
-        .shared();
-        inflight.insert(digest, fetch.clone());
-        fetch
+        if !rest.is_empty() {
+            let p = self.pull(dataset, version, &rest, Origin::Hub { background }, wait_stored).await?;
+            if let Some(d) = p.missing.first() {
+                return Err(FetchError::Missing(*d));
+            }
+            pulled.got.extend(p.got);
+        }
+        Ok(pulled)
     }
 
-    async fn fetch_now(&self, dataset: &str, version: u64, digest: Digest) -> Result<Arc<Vec<u8>>, FsError> {
-        let unavailable = |reason: String| FsError::Unavailable { digest, reason };
-        let started = std::time::Instant::now();
-        let request =
-            pb::FetchChunksRequest { dataset: dataset.to_string(), version, digests: vec![digest.0.to_vec()] };
-        let mut stream = self
-            .hub
-            .clone()
-            .fetch_chunks(request)
-            .await
-            .map_err(|s| unavailable(format!("the hub: {}", s.message())))?
-            .into_inner();
-        let chunk = stream
-            .message()
-            .await
-            .map_err(|s| unavailable(format!("the hub: {}", s.message())))?
-            .ok_or_else(|| unavailable("the hub ended the stream without it".into()))?;
-        let actual = Digest::of(&chunk.data);
-        if actual != digest {
-            return Err(FsError::Corrupt { digest, actual });
+    /// Fetches `digests` from `origin`, once however many ask at the same time: those already
+    /// coming (from an origin of the same kind) are waited for instead. Each chunk is checked
+    /// against its digest as it arrives, handed to everyone waiting for it, and stored (the
+    /// call waits for the store only if `wait_stored`). A peer that sends wrong bytes is
+    /// suspected and its stream dropped; what it did not send is returned as missing.
+    pub async fn pull(
+        self: &Arc<Self>,
+        dataset: &str,
+        version: u64,
+        digests: &[Digest],
+        origin: Origin<'_>,
+        wait_stored: bool,
+    ) -> Result<Pulled, FetchError> {
+        let link = !matches!(origin, Origin::Peer { fetch_on_miss: true, .. });
+        let map = self.inflight(link);
+        let mut waiters: HashMap<Digest, Waiter> = HashMap::new();
+        let mut joined: Vec<(Digest, Fetch)> = Vec::new();
+        let mut stored = Vec::new();
+        let background = matches!(origin, Origin::Hub { background: Some(_) });
+        let wanted = Arc::new(AtomicBool::new(false));
+        {
+            let mut inflight = lock(map);
+            let mut seen = HashSet::new();
+            for &d in digests.iter().filter(|d| seen.insert(**d)) {
+                if let Some(f) = inflight.get(&d) {
+                    joined.push((d, f.join(!background)));
+                } else if self.store.contains(&d) {
+                    // Stored since the caller looked (a fetch leaves `inflight` only once the
+                    // store has the chunk, under this lock): nothing to fetch.
+                    stored.push(d);
+                } else {
+                    let (tx, rx) = oneshot::channel();
+                    let fetch = rx
+                        .map(move |r| {
+                            r.unwrap_or_else(|_| {
+                                Err(FsError::Unavailable { digest: d, reason: "the fetch was dropped".into() })
+                            })
+                        })
+                        .boxed()
+                        .shared();
+                    inflight.insert(d, InFlight { fetch, wanted: wanted.clone() });
+                    waiters.insert(d, tx);
+                }
+            }
         }
-        debug!(bytes = chunk.data.len(), elapsed = ?started.elapsed(), "fetched on demand");
-        Ok(Arc::new(chunk.data))
+        let mut pulled = Pulled::default();
+        let asked: Vec<Digest> = digests.iter().filter(|d| waiters.contains_key(d)).copied().collect();
+        let outcome = if asked.is_empty() {
+            Ok(())
+        } else {
+            self.stream_in(dataset, version, &asked, &origin, &wanted, &mut waiters, &mut pulled, wait_stored).await
+        };
+        // What did not arrive is no longer in flight; its waiters learn why.
+        let reason = match &outcome {
+            Ok(()) => "the origin does not hold it".to_string(),
+            Err(e) => e.to_string(),
+        };
+        {
+            let mut inflight = lock(map);
+            for (d, tx) in waiters.drain() {
+                inflight.remove(&d);
+                let _ = tx.send(Err(FsError::Unavailable { digest: d, reason: reason.clone() }));
+                pulled.missing.push(d);
+            }
+        }
+        outcome?;
+        for d in stored {
+            let store = self.store.clone();
+            match tokio::task::spawn_blocking(move || store.get(&d)).await {
+                Ok(Ok(Some(data))) => pulled.got.push((d, Arc::new(data))),
+                _ => pulled.missing.push(d),
+            }
+        }
+        for (d, fetch) in joined {
+            match fetch.await {
+                Ok(data) => pulled.got.push((d, data)),
+                Err(_) => pulled.missing.push(d),
+            }
+        }
+        Ok(pulled)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_in(
+        self: &Arc<Self>,
+        dataset: &str,
+        version: u64,
+        asked: &[Digest],
+        origin: &Origin<'_>,
+        wanted: &AtomicBool,
+        waiters: &mut HashMap<Digest, Waiter>,
+        pulled: &mut Pulled,
+        wait_stored: bool,
+    ) -> Result<(), FetchError> {
+        let link = !matches!(origin, Origin::Peer { fetch_on_miss: true, .. });
+        let digests = asked.iter().map(|d| d.0.to_vec()).collect();
+        let (mut stream, peer) = match origin {
+            Origin::Hub { .. } => {
+                let request = pb::FetchChunksRequest { dataset: dataset.to_string(), version, digests };
+                (self.hub.clone().fetch_chunks(request).await.map_err(FetchError::Hub)?.into_inner(), None)
+            }
+            Origin::Peer { member, fetch_on_miss, urgent } => {
+                let request = spb::PeerFetchRequest {
+                    dataset: dataset.to_string(),
+                    version,
+                    digests,
+                    fetch_on_miss: *fetch_on_miss,
+                    urgent: *urgent,
+                };
+                match self.peers.fetch(member, request).await {
+                    Ok(stream) => (stream, Some(member)),
+                    Err(e) => {
+                        self.peers.suspect(&member.node, &e.to_string());
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
+        let mut stores = Vec::new();
+        loop {
+            let next = match tokio::time::timeout(FETCH_TIMEOUT, stream.message()).await {
+                Ok(Ok(next)) => next,
+                Ok(Err(status)) => {
+                    return Err(match peer {
+                        None => FetchError::Hub(status),
+                        Some(m) => {
+                            let e = PeerError::Unavailable {
+                                node: m.node.clone(),
+                                address: m.peer_address.clone(),
+                                reason: status.message().to_string(),
+                            };
+                            // A peer that could not get a chunk over the link is not at fault.
+                            if status.code() != tonic::Code::Aborted {
+                                self.peers.suspect(&m.node, &e.to_string());
+                            }
+                            e.into()
+                        }
+                    });
+                }
+                Err(_) => return Err(FetchError::Timeout(FETCH_TIMEOUT)),
+            };
+            let Some(chunk) = next else { break };
+            let Some(digest) = Digest::from_slice(&chunk.digest).filter(|d| waiters.contains_key(d)) else {
+                return Err(FetchError::Unexpected(format!("{:02x?}", &chunk.digest[..chunk.digest.len().min(8)])));
+            };
+            let actual = Digest::of(&chunk.data);
+            if actual != digest {
+                return Err(match peer {
+                    None => FetchError::Corrupt { digest, actual },
+                    Some(m) => {
+                        self.peers.stats.corrupt_from_peers.fetch_add(1, Ordering::Relaxed);
+                        let e = PeerError::Corrupt { node: m.node.clone(), digest, actual };
+                        warn!(peer = %m.node, %digest, %actual, "a peer sent wrong bytes; reporting it and asking elsewhere");
+                        self.peers.suspect(&m.node, &e.to_string());
+                        e.into()
+                    }
+                });
+            }
+            if let Origin::Hub { background: Some(budget) } = origin {
+                budget.take(chunk.data.len()).await;
+            }
+            if peer.is_some() {
+                self.peers.stats.from_peers.fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
+            }
+            let data = Arc::new(chunk.data);
+            if let Some(tx) = waiters.remove(&digest) {
+                let _ = tx.send(Ok(data.clone()));
+            }
+            // Background work yields to readers, unless one of them waits for what it brings.
+            if matches!(origin, Origin::Hub { background: Some(_) }) && !wanted.load(Ordering::Relaxed) {
+                self.priority.background_turn().await;
+            }
+            pulled.got.push((digest, data.clone()));
+            // Until the store has it, the finished fetch stays in flight and answers at once,
+            // so nobody fetches it again meanwhile.
+            let this = self.clone();
+            stores.push(tokio::task::spawn_blocking(move || {
+                let stored = this.store.put(&digest, &data);
+                lock(this.inflight(link)).remove(&digest);
+                stored
+            }));
+        }
+        if wait_stored {
+            for stored in stores {
+                stored.await.map_err(|e| {
+                    FetchError::Cache(CacheError::Io {
+                        path: "chunk store".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    })
+                })??;
+            }
+        } else {
+            tokio::spawn(async move {
+                for stored in stores {
+                    if let Ok(Err(e)) = stored.await {
+                        warn!(error = %e, "could not keep a fetched chunk");
+                    }
+                }
+            });
+        }
+        Ok(())
     }
 }
 

@@ -1,5 +1,7 @@
 //! Replication: make the local store hold every chunk of a version, fetching only what it
-//! lacks, each chunk verified before it is kept, within the region's link budget.
+//! lacks, each chunk verified before it is kept, within the region's link budget. Each chunk
+//! crosses the link once per region: this spoke fetches over the link only the chunks it owns
+//! ([`crate::peers`]), and gets the others from their owners.
 //!
 //! The missing chunks are computed from the store itself, so a spoke restarted after a crash
 //! (or a lost connection) resumes where it stopped: nothing verified is fetched twice. Before a
@@ -16,13 +18,14 @@ use std::time::{Duration, Instant};
 use aqueduct_proto::Digest;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tonic::transport::Channel;
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::catalog::{Catalog, CatalogError};
-use crate::reader::Priority;
+use crate::peers::Owner;
+use crate::reader::{FetchError, Origin, Priority, ReadThrough};
 use crate::store::{CacheError, ChunkStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,10 +34,10 @@ pub enum ReplicationError {
     Hub(#[from] tonic::Status),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
-    #[error("the hub sent chunk {0}, which was not asked for")]
-    Unexpected(String),
-    #[error("chunk {0} did not arrive")]
-    Missing(Digest),
+    #[error(transparent)]
+    Fetch(FetchError),
+    #[error("{0} chunks could be fetched neither from the region's peers nor over the link")]
+    Stalled(usize),
     #[error(transparent)]
     Cache(#[from] CacheError),
     #[error("chunk store task failed: {0}")]
@@ -71,7 +74,7 @@ impl Budget {
         Self { limiter: RateLimiter::direct(quota) }
     }
 
-    async fn take(&self, bytes: usize) {
+    pub async fn take(&self, bytes: usize) {
         let mut left = bytes.div_ceil(1024).max(1) as u32;
         while left > 0 {
             let n = left.min(2048);
@@ -90,15 +93,25 @@ pub struct Outcome {
 }
 
 pub struct Replicator {
+    /// For progress reports.
     pub client: SpokeClient<Channel>,
-    pub store: Arc<dyn ChunkStore>,
+    /// Fetches chunks: from their owners in the region, or over the link as their owner.
+    pub reader: Arc<ReadThrough>,
     pub catalog: Arc<Catalog>,
     /// Readers' on-demand fetches go first.
     pub priority: Arc<Priority>,
     pub options: PullOptions,
 }
 
+/// Rounds in a row that may bring nothing (owners failing, membership changing) before the
+/// version fails.
+const STALLED_ROUNDS: u32 = 10;
+
 impl Replicator {
+    fn store(&self) -> &Arc<dyn ChunkStore> {
+        self.reader.store()
+    }
+
     #[instrument(skip_all, fields(dataset = %assignment.dataset, version = assignment.version))]
     pub async fn replicate(&self, assignment: &pb::Assignment, budget: &Budget) -> Result<Outcome, ReplicationError> {
         let manifest = self.catalog.manifest(assignment).await?;
@@ -111,17 +124,30 @@ impl Replicator {
         let mut outcome = Outcome::default();
         // Chunks known good in this run: stored after a digest check, or read back and checked.
         let mut verified: HashSet<Digest> = HashSet::new();
-        for round in 0..3 {
+        let (mut stalled, mut corrupt_rounds) = (0, 0);
+        loop {
             let missing: Vec<(Digest, u32)> =
-                manifest.distinct_chunks().into_iter().filter(|(d, _)| !self.store.contains(d)).collect();
+                manifest.distinct_chunks().into_iter().filter(|(d, _)| !self.store().contains(d)).collect();
             let cached = total - missing.iter().map(|(d, _)| weight[d]).sum::<u64>();
-            info!(round, missing = missing.len(), cached, total, "replicating");
+            info!(missing = missing.len(), cached, total, "replicating");
             self.report(assignment, "Transferring", cached, "", 0).await;
-            let fetched = self.fetch(assignment, &missing, &weight, cached, budget, &mut outcome).await?;
-            verified.extend(fetched);
+            if !missing.is_empty() {
+                let fetched = self.fetch(assignment, &missing, &weight, cached, budget, &mut outcome).await?;
+                if fetched.is_empty() {
+                    stalled += 1;
+                    if stalled >= STALLED_ROUNDS {
+                        return Err(ReplicationError::Stalled(missing.len()));
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                } else {
+                    stalled = 0;
+                }
+                verified.extend(fetched);
+                continue;
+            }
             // Read back every chunk this run did not itself check (those that were already in
             // the store) before saying Ready; drop the ones that rotted.
-            let store = self.store.clone();
+            let store = self.store().clone();
             let unchecked: Vec<Digest> = weight.keys().filter(|d| !verified.contains(d)).copied().collect();
             let (good, corrupt) = tokio::task::spawn_blocking(move || -> Result<_, CacheError> {
                 let (mut good, mut corrupt) = (Vec::new(), Vec::new());
@@ -147,13 +173,19 @@ impl Replicator {
             }
             warn!(corrupt = corrupt.len(), "chunks failed verification in the store; fetching them again");
             outcome.corrupt_refetched += corrupt.len() as u64;
+            corrupt_rounds += 1;
+            if corrupt_rounds >= 3 {
+                return Err(ReplicationError::Cache(CacheError::Io {
+                    path: "chunk store".into(),
+                    source: std::io::Error::other("chunks keep failing verification after being fetched three times"),
+                }));
+            }
         }
-        Err(ReplicationError::Cache(CacheError::Io {
-            path: "chunk store".into(),
-            source: std::io::Error::other("chunks keep failing verification after being fetched three times"),
-        }))
     }
 
+    /// Fetches `missing` once: the chunks this spoke owns over the link (or from a peer that
+    /// holds them), the others from their owners. Returns what it stored; a chunk whose owner
+    /// failed is left for the next round, when another owner is in line.
     async fn fetch(
         &self,
         assignment: &pb::Assignment,
@@ -167,11 +199,25 @@ impl Replicator {
         let mut last_report = Instant::now();
         let mut cached = cached;
         let mut stored = Vec::new();
+        let per_request = self.options.chunks_per_request.max(1);
+        let mut mine = Vec::new();
+        let mut theirs: HashMap<String, (pb::Member, Vec<Digest>)> = HashMap::new();
+        for (d, _) in missing {
+            match self.reader.peers().owner(d) {
+                Owner::Me => mine.push(*d),
+                Owner::Peer(m) => theirs.entry(m.node.clone()).or_insert_with(|| (m, Vec::new())).1.push(*d),
+            }
+        }
         // The futures are built up front (not by a closure inside the stream), which keeps the
         // whole future `Send` for any lifetime.
         let mut batches = Vec::new();
-        for batch in missing.chunks(self.options.chunks_per_request.max(1)) {
-            batches.push(self.fetch_batch(assignment, batch, budget));
+        for batch in mine.chunks(per_request) {
+            batches.push(self.fetch_batch(assignment, batch.to_vec(), None, budget).boxed());
+        }
+        for (member, digests) in theirs.values() {
+            for batch in digests.chunks(per_request) {
+                batches.push(self.fetch_batch(assignment, batch.to_vec(), Some(member.clone()), budget).boxed());
+            }
         }
         let mut results = futures::stream::iter(batches).buffer_unordered(self.options.streams.max(1));
         // Reports go out from a task of their own, in order: awaiting one here would stop
@@ -188,6 +234,7 @@ impl Replicator {
                 }
             }
         });
+        let node = self.reader.peers().me().to_string();
         while let Some(fetched) = results.try_next().await? {
             for (digest, len) in fetched {
                 outcome.chunks_fetched += 1;
@@ -198,7 +245,7 @@ impl Replicator {
             if last_report.elapsed() >= Duration::from_secs(1) {
                 last_report = Instant::now();
                 let rate = (outcome.bytes_fetched as f64 / started.elapsed().as_secs_f64()) as u64;
-                let _ = progress.send(Some(progress_report(assignment, "Transferring", cached, "", rate)));
+                let _ = progress.send(Some(progress_report(assignment, &node, "Transferring", cached, "", rate)));
             }
         }
         drop(progress);
@@ -206,54 +253,61 @@ impl Replicator {
         Ok(stored)
     }
 
-    /// Fetches one batch over one stream; returns what it stored.
+    /// Fetches one batch, from its owner `from` or (None) as its owner; returns what it stored.
+    /// An owner that fails costs nothing but the round: its chunks are planned again.
     async fn fetch_batch(
         &self,
         assignment: &pb::Assignment,
-        batch: &[(Digest, u32)],
+        batch: Vec<Digest>,
+        from: Option<pb::Member>,
         budget: &Budget,
     ) -> Result<Vec<(Digest, u64)>, ReplicationError> {
         self.priority.background_turn().await;
         // A reader may have fetched some of them on demand since the batch was planned.
-        let batch: Vec<(Digest, u32)> = batch.iter().filter(|(d, _)| !self.store.contains(d)).copied().collect();
+        let batch: Vec<Digest> = batch.into_iter().filter(|d| !self.store().contains(d)).collect();
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut client = self.client.clone();
-        let req = pb::FetchChunksRequest {
-            dataset: assignment.dataset.clone(),
-            version: assignment.version,
-            digests: batch.iter().map(|(d, _)| d.0.to_vec()).collect(),
+        let (dataset, version) = (&assignment.dataset, assignment.version);
+        let pulled = match from {
+            None => self.reader.over_link(dataset, version, &batch, Some(budget), false, true).await,
+            Some(member) => {
+                let origin = Origin::Peer { member, fetch_on_miss: true, urgent: false };
+                match self.reader.pull(dataset, version, &batch, origin, true).await {
+                    Err(FetchError::Cache(e)) => return Err(e.into()),
+                    Err(e) => {
+                        debug!(error = %e, "an owner failed; its chunks wait for the next round");
+                        return Ok(Vec::new());
+                    }
+                    ok => ok,
+                }
+            }
         };
-        let mut stream = client.fetch_chunks(req).await?.into_inner();
-        let mut wanted: HashSet<Digest> = batch.iter().map(|(d, _)| *d).collect();
-        let mut stored = Vec::new();
-        while let Some(chunk) = stream.message().await? {
-            let digest = Digest::from_slice(&chunk.digest).filter(|d| wanted.contains(d)).ok_or_else(|| {
-                ReplicationError::Unexpected(format!("{:02x?}", &chunk.digest[..chunk.digest.len().min(8)]))
-            })?;
-            budget.take(chunk.data.len()).await;
-            self.priority.background_turn().await;
-            let len = chunk.data.len() as u64;
-            let store = self.store.clone();
-            tokio::task::spawn_blocking(move || store.put(&digest, &chunk.data)).await??;
-            wanted.remove(&digest);
-            stored.push((digest, len));
-        }
-        if let Some(d) = wanted.into_iter().next() {
-            return Err(ReplicationError::Missing(d));
-        }
-        Ok(stored)
+        let pulled = pulled.map_err(|e| match e {
+            FetchError::Hub(status) => ReplicationError::Hub(status),
+            FetchError::Cache(e) => ReplicationError::Cache(e),
+            other => ReplicationError::Fetch(other),
+        })?;
+        Ok(pulled.got.into_iter().map(|(d, data)| (d, data.len() as u64)).collect())
     }
 
-    /// Tells the hub where this region stands; a failure to report is logged, not fatal.
+    /// Tells the hub where this spoke stands; a failure to report is logged, not fatal.
     pub async fn report(&self, a: &pb::Assignment, phase: &str, cached: u64, reason: &str, rate: u64) {
-        send_report(self.client.clone(), progress_report(a, phase, cached, reason, rate)).await;
+        let report = progress_report(a, self.reader.peers().me(), phase, cached, reason, rate);
+        send_report(self.client.clone(), report).await;
     }
 }
 
-fn progress_report(a: &pb::Assignment, phase: &str, cached: u64, reason: &str, rate: u64) -> pb::ProgressReport {
+fn progress_report(
+    a: &pb::Assignment,
+    node: &str,
+    phase: &str,
+    cached: u64,
+    reason: &str,
+    rate: u64,
+) -> pb::ProgressReport {
     pb::ProgressReport {
+        node: node.to_string(),
         dataset: a.dataset.clone(),
         version: a.version,
         cached_bytes: cached,

@@ -48,6 +48,8 @@ pub trait ChunkStore: Send + Sync {
     /// not match.
     fn put(&self, digest: &Digest, data: &[u8]) -> Result<(), CacheError>;
     fn remove(&self, digest: &Digest) -> Result<(), CacheError>;
+    /// Every chunk held, with its size.
+    fn list(&self) -> Result<Vec<(Digest, u64)>, CacheError>;
 }
 
 /// Writes `data` to `path` through `tmp` (a name of its own on the same filesystem): write,
@@ -94,6 +96,9 @@ impl ChunkStore for MemStore {
     fn remove(&self, digest: &Digest) -> Result<(), CacheError> {
         self.chunks.lock().unwrap_or_else(|e| e.into_inner()).remove(digest);
         Ok(())
+    }
+    fn list(&self) -> Result<Vec<(Digest, u64)>, CacheError> {
+        Ok(self.chunks.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(d, c)| (*d, c.len() as u64)).collect())
     }
 }
 
@@ -176,6 +181,24 @@ impl ChunkStore for DiskStore {
             Err(e) => Err(self.error(path, e)),
         }
     }
+
+    fn list(&self) -> Result<Vec<(Digest, u64)>, CacheError> {
+        let chunks = self.root.join("chunks");
+        let read = |dir: &Path| std::fs::read_dir(dir).map_err(|e| self.error(dir.to_owned(), e));
+        let mut found = Vec::new();
+        for fan in read(&chunks)? {
+            let fan = fan.map_err(|e| self.error(chunks.clone(), e))?.path();
+            for entry in read(&fan)? {
+                let entry = entry.map_err(|e| self.error(fan.clone(), e))?;
+                // Anything that is not named by a digest is not ours.
+                if let Some(digest) = entry.file_name().to_str().and_then(Digest::from_hex) {
+                    let len = entry.metadata().map_err(|e| self.error(entry.path(), e))?.len();
+                    found.push((digest, len));
+                }
+            }
+        }
+        Ok(found)
+    }
 }
 
 #[cfg(test)]
@@ -192,6 +215,7 @@ mod tests {
         assert!(!store.contains(&wrong), "unverified bytes were stored");
         store.put(&digest, &data).unwrap();
         assert!(store.contains(&digest));
+        assert_eq!(store.list().unwrap(), [(digest, data.len() as u64)]);
         assert_eq!(store.get(&digest).unwrap().unwrap(), data);
         store.put(&digest, &data).unwrap();
         // Two writers of one chunk at once both succeed.

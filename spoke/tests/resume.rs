@@ -74,7 +74,7 @@ async fn sigkill_and_restart_resumes_without_refetching() {
     let mut events = admin.snapshot(pb::SnapshotRequest { dataset: "llama".into() }).await.unwrap().into_inner();
     while events.message().await.unwrap().is_some() {}
     // A slow link (4 MiB/s for 24 MiB), so that the kill lands mid-transfer.
-    let region = pb::Region { name: "eu".into(), rate_bytes_per_sec: 4 << 20, created_unix_ms: 0 };
+    let region = pb::Region { name: "eu".into(), rate_bytes_per_sec: 4 << 20, created_unix_ms: 0, members: Vec::new() };
     let bundle =
         admin.add_region(pb::AddRegionRequest { region: Some(region) }).await.unwrap().into_inner().bundle.unwrap();
     let dir = root.join("spoke");

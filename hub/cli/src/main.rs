@@ -339,7 +339,8 @@ async fn run(cli: Cli) -> Result<()> {
             }
             // Make sure the bundle can be written before the hub records the region.
             std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-            let region = pb::Region { name: name.clone(), rate_bytes_per_sec: rate.0, created_unix_ms: 0 };
+            let region =
+                pb::Region { name: name.clone(), rate_bytes_per_sec: rate.0, created_unix_ms: 0, members: Vec::new() };
             let resp = match admin.add_region(pb::AddRegionRequest { region: Some(region) }).await {
                 Ok(resp) => resp.into_inner(),
                 Err(e) => {

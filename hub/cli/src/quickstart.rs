@@ -103,7 +103,12 @@ async fn run_in(root: &Path, model_mib: usize, fuse: bool, shutdown: &Cancellati
 
     for (region, rate) in REGIONS {
         let req = pb::AddRegionRequest {
-            region: Some(pb::Region { name: region.into(), rate_bytes_per_sec: rate, created_unix_ms: 0 }),
+            region: Some(pb::Region {
+                name: region.into(),
+                rate_bytes_per_sec: rate,
+                created_unix_ms: 0,
+                members: Vec::new(),
+            }),
         };
         let bundle = admin.add_region(req).await?.into_inner().bundle.context("no credentials bundle")?;
         let config = aqueduct_spoke::write_node_config(

@@ -1,0 +1,266 @@
+//! A region of several spokes acts as one cache: each chunk crosses the region's link once,
+//! to its owner, and the other spokes get it from their peers over mutual TLS. Real hub, real
+//! S3 server, spokes in this process or as processes on 127.0.0.1.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use aqueduct_e2e::{Children, SourceKind, assert_store_holds, bin, signal, spawn_logged, stored_chunks, world};
+use aqueduct_proto::hub::v1 as pb;
+use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
+use aqueduct_proto::spoke::v1 as local;
+use aqueduct_proto::spoke::v1::peer_client::PeerClient;
+use aqueduct_testkit::noise;
+
+const MIB: u64 = 1 << 20;
+
+fn write_model(dir: &Path, size: usize, header_extra: usize) {
+    let mut model = format!("{{\"__metadata__\":{{\"pad\":\"{}\"}}}}", "x".repeat(header_extra)).into_bytes();
+    model.extend(noise(size, 31));
+    std::fs::write(dir.join("model.safetensors"), model).unwrap();
+    std::fs::write(dir.join("config.json"), format!("{{\"pad\": {header_extra}}}")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_spokes_of_a_region_move_each_chunk_over_the_link_once() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("AQUEDUCT_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+    let mut w = world(SourceKind::S3).await;
+    write_model(&w.data, 16 << 20, 0);
+    let v1 = w.snapshot().await;
+    let configs = w.region_of("eu", 1 << 30, 3).await;
+    for c in &configs {
+        w.start_spoke(c);
+    }
+    w.wait_members("eu", 3).await;
+    w.rollout(1, &["eu"]).await;
+    let rows = w.wait_ready_settled(1).await;
+    let m1 = w.manifest(1).await;
+    let distinct: u64 = m1.distinct_chunks().iter().map(|(_, l)| u64::from(*l)).sum();
+    let row = &rows[0];
+    assert_eq!(row.relayed_bytes, distinct, "the link carried more than one copy of the version");
+    assert_eq!(row.refetched_bytes, 0);
+    // Ready means every spoke holds the whole version (every-node), each verified.
+    let nodes: Vec<(&str, &str, u64)> =
+        row.nodes.iter().map(|n| (n.node.as_str(), n.phase.as_str(), n.cached_bytes)).collect();
+    assert_eq!(nodes, [("eu-1", "Ready", v1.bytes), ("eu-2", "Ready", v1.bytes), ("eu-3", "Ready", v1.bytes)]);
+    for i in 1..=3 {
+        assert_store_holds(&w.root.join(format!("spoke-eu-{i}/store")), &m1, &w.data);
+    }
+
+    // v2: a grown header shifts the rest; only the new chunks cross the link, once.
+    write_model(&w.data, 16 << 20, 41);
+    let v2 = w.snapshot().await;
+    w.rollout(2, &["eu"]).await;
+    let rows = w.wait_ready_settled(2).await;
+    let m2 = w.manifest(2).await;
+    assert_eq!(rows[0].relayed_bytes, v2.new_bytes, "v2 moved more than its new chunks");
+    for i in 1..=3 {
+        assert_store_holds(&w.root.join(format!("spoke-eu-{i}/store")), &m2, &w.data);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_owner_killed_mid_rollout_costs_only_what_died_with_it() {
+    let mut w = world(SourceKind::S3).await;
+    write_model(&w.data, 40 << 20, 0);
+    w.snapshot().await;
+    // A slow link, so that the rollout is well under way when the owner dies.
+    let configs = w.region_of("eu", 8 * MIB, 3).await;
+    let mut spokes = Children::default();
+    for (i, config) in configs.iter().enumerate() {
+        let mut text = std::fs::read_to_string(config).unwrap();
+        text.push_str("[replication]\nstreams = 2\nchunks_per_request = 2\n");
+        std::fs::write(config, text).unwrap();
+        let log = w.root.join(format!("spoke-eu-{}.log", i + 1));
+        spokes.0.push(spawn_logged(
+            &bin("aqueduct-spoke"),
+            &["run".as_ref(), "--config".as_ref(), config.as_os_str()],
+            &log,
+        ));
+    }
+    w.wait_members("eu", 3).await;
+    w.rollout(1, &["eu"]).await;
+    let m1 = w.manifest(1).await;
+    let total = m1.total_bytes();
+
+    // Once eu-2 holds a third of the version: freeze everyone, note who holds what, kill eu-2.
+    for _ in 0..600 {
+        let rows = w.status(1).await;
+        if rows[0].nodes.iter().any(|n| n.node == "eu-2" && n.cached_bytes >= total / 3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for s in &spokes.0 {
+        signal(s, "STOP");
+    }
+    let victim = stored_chunks(&w.root.join("spoke-eu-2/store"));
+    let live: HashSet<_> =
+        [1, 3].iter().flat_map(|i| stored_chunks(&w.root.join(format!("spoke-eu-{i}/store"))).into_keys()).collect();
+    signal(&spokes.0[1], "KILL");
+    signal(&spokes.0[0], "CONT");
+    signal(&spokes.0[2], "CONT");
+    let lost: u64 = victim.iter().filter(|(d, _)| !live.contains(d)).map(|(_, len)| len).sum();
+    assert!(victim.len() > 3, "eu-2 held too little to test anything");
+
+    let rows = w.wait_ready_settled(1).await;
+    let row = &rows[0];
+    for i in [1, 3] {
+        assert_store_holds(&w.root.join(format!("spoke-eu-{i}/store")), &m1, &w.data);
+    }
+    assert_eq!(row.nodes.iter().map(|n| n.node.as_str()).collect::<Vec<_>>(), ["eu-1", "eu-3"]);
+    // What crossed the link again is at most what only eu-2 held, plus what was on its way to
+    // eu-2 when it died (a few chunks of its streams); never what a live peer held.
+    let in_flight = 8 * MIB;
+    println!(
+        "refetched {} bytes; eu-2 alone held {lost} bytes; relayed {} of {total}",
+        row.refetched_bytes, row.relayed_bytes
+    );
+    assert!(
+        row.refetched_bytes <= lost + in_flight,
+        "{} bytes crossed the link again, but only {lost} bytes died with eu-2",
+        row.refetched_bytes
+    );
+    let distinct: u64 = m1.distinct_chunks().iter().map(|(_, l)| u64::from(*l)).sum();
+    assert_eq!(row.relayed_bytes, distinct + row.refetched_bytes);
+}
+
+/// A peer that claims to hold everything and sends garbage.
+struct Liar;
+
+#[tonic::async_trait]
+impl aqueduct_proto::spoke::v1::peer_server::Peer for Liar {
+    async fn has(
+        &self,
+        request: tonic::Request<local::HasRequest>,
+    ) -> Result<tonic::Response<local::HasResponse>, tonic::Status> {
+        let held = vec![true; request.into_inner().digests.len()];
+        Ok(tonic::Response::new(local::HasResponse { held }))
+    }
+
+    type FetchChunksStream = futures::stream::BoxStream<'static, Result<pb::ChunkData, tonic::Status>>;
+
+    async fn fetch_chunks(
+        &self,
+        request: tonic::Request<local::PeerFetchRequest>,
+    ) -> Result<tonic::Response<Self::FetchChunksStream>, tonic::Status> {
+        let chunks: Vec<_> = request
+            .into_inner()
+            .digests
+            .into_iter()
+            .map(|digest| Ok(pb::ChunkData { digest, data: b"not the chunk you asked for".to_vec() }))
+            .collect();
+        Ok(tonic::Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+}
+
+/// Serves [`Liar`] on 127.0.0.1 with the certificate in `dir` (a spoke config's directory).
+async fn serve_liar(dir: &Path) -> std::net::SocketAddr {
+    use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read("cert.pem"), read("key.pem")))
+        .client_ca_root(Certificate::from_pem(read("ca.pem")));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::builder()
+        .tls_config(tls)
+        .unwrap()
+        .add_service(aqueduct_proto::spoke::v1::peer_server::PeerServer::new(Liar))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    tokio::spawn(server);
+    addr
+}
+
+/// A client over mutual TLS with the credentials in `dir`, checking the server's name.
+async fn channel(url: &str, dir: &Path, server_name: &str) -> Result<tonic::transport::Channel, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")))
+        .identity(Identity::from_pem(read("cert.pem"), read("key.pem")))
+        .domain_name(server_name);
+    Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peers_that_lie_or_belong_to_another_region_are_caught_and_cost_no_link_bytes() {
+    let mut w = world(SourceKind::S3).await;
+    write_model(&w.data, 8 << 20, 0);
+    w.snapshot().await;
+    let eu = w.region_of("eu", 1 << 30, 1).await;
+    let us = w.region_of("us", 1 << 30, 1).await;
+    let (eu_dir, us_dir) = (eu[0].parent().unwrap().to_owned(), us[0].parent().unwrap().to_owned());
+
+    // Two members of eu that are not what they say: one sends wrong bytes for every chunk,
+    // one presents the certificate of region us. Both join eu through the hub with eu's
+    // credentials, as a stolen or misconfigured node would.
+    let liar = serve_liar(&eu_dir).await;
+    let alien = serve_liar(&us_dir).await;
+    let hub = channel(&w.hub_url, &eu_dir, "localhost").await.unwrap();
+    let mut as_eu = SpokeClient::new(hub);
+    let mut watches = Vec::new();
+    for (node, addr) in [("eu-liar", liar), ("eu-alien", alien)] {
+        let watch = pb::WatchRequest { node: node.into(), peer_address: addr.to_string() };
+        watches.push(as_eu.watch(watch).await.unwrap().into_inner());
+    }
+    let log = w.root.join("spoke-eu-1.log");
+    let _spoke = Children(vec![spawn_logged(
+        &bin("aqueduct-spoke"),
+        &["run".as_ref(), "--config".as_ref(), eu[0].as_os_str()],
+        &log,
+    )]);
+    w.wait_members("eu", 3).await;
+    w.rollout(1, &["eu"]).await;
+
+    // eu-1 gets every chunk right: the liar's bytes fail verification, the alien's certificate
+    // fails the TLS name check, and eu-1 fetches those chunks over the link instead.
+    let m1 = w.manifest(1).await;
+    let mut ready = false;
+    for _ in 0..600 {
+        let rows = w.status(1).await;
+        if rows[0].nodes.iter().any(|n| n.node == "eu-1" && n.phase == "Ready") {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(ready, "eu-1 never became Ready:\n{text}");
+    assert_store_holds(&w.root.join("spoke-eu-1/store"), &m1, &w.data);
+    let distinct: u64 = m1.distinct_chunks().iter().map(|(_, l)| u64::from(*l)).sum();
+    assert_eq!(w.status(1).await[0].relayed_bytes, distinct, "a lying peer made the link carry a chunk twice");
+    for line in text.lines().filter(|l| l.contains("eu-liar") || l.contains("eu-alien")).take(4) {
+        println!("{line}");
+    }
+    // The liar is reported by name, with what it did.
+    assert!(text.lines().any(|l| l.contains("eu-liar") && l.contains("wrong bytes")), "liar not reported:\n{text}");
+    assert!(text.lines().any(|l| l.contains("eu-alien") && l.contains("peer failed")), "alien not reported:\n{text}");
+
+    // The other way round: a spoke of us that calls eu-1's peer API is refused, even when it
+    // accepts eu-1's certificate.
+    let regions = w.admin.list_regions(pb::ListRegionsRequest {}).await.unwrap().into_inner().regions;
+    let eu1 = regions.iter().find(|r| r.name == "eu").unwrap().members.iter().find(|m| m.node == "eu-1").unwrap();
+    let url = format!("https://{}", eu1.peer_address);
+    let err = channel(&url, &us_dir, "us.region.aqueduct").await.unwrap_err();
+    assert!(err.contains("NotValidForName") || err.contains("certificate"), "{err}");
+    let mut as_us = PeerClient::new(channel(&url, &us_dir, "eu.region.aqueduct").await.unwrap());
+    let status = as_us.has(local::HasRequest { digests: vec![vec![0; 32]] }).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(
+        status.message().contains("serves the peers of region eu; the caller is region us"),
+        "{}",
+        status.message()
+    );
+    drop(watches);
+}

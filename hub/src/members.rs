@@ -1,0 +1,218 @@
+//! The live spokes of each region, and where each of them stands with each version.
+//!
+//! A spoke is a live member of its region while its watch is open: the hub learns of a spoke
+//! that stops or loses its connection as soon as the connection closes (HTTP/2 keepalive
+//! catches a silent one within seconds). Members are pushed to every spoke of the region with
+//! its assignments; the spokes pick each chunk's owner among them.
+//!
+//! Progress is reported per spoke. A region's row (what `aq status` and the cut-over read) is
+//! folded from its live members' reports by [`fold`]: Ready once every live member is Ready,
+//! Failed when one failed, Transferring otherwise; its cached bytes are the least any live
+//! member holds. The per-spoke reports live in memory only: after a hub restart the spokes
+//! report again when they reconnect.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use aqueduct_proto::hub::v1 as pb;
+
+/// Where one spoke stands with one version, as it last reported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeReport {
+    pub phase: String,
+    pub cached_bytes: u64,
+    pub reason: String,
+    pub rate: u64,
+}
+
+/// A region's row, folded from its members' reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionProgress {
+    pub phase: String,
+    pub cached_bytes: u64,
+    pub reason: String,
+    /// The sum of the members' rates.
+    pub rate: u64,
+}
+
+type VersionKey = (String, u64, String);
+
+#[derive(Default)]
+pub struct Members {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Per region, per node: the watch that made it a member, and its peer address.
+    live: HashMap<String, BTreeMap<String, (u64, String)>>,
+    /// Per (dataset, version, region), per node.
+    reports: HashMap<VersionKey, BTreeMap<String, NodeReport>>,
+    next_watch: u64,
+}
+
+/// Proof of membership, given to a watch; [`Members::leave`] takes it back.
+#[derive(Debug)]
+pub struct Membership {
+    region: String,
+    node: String,
+    watch: u64,
+}
+
+impl Members {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `node` of `region` is live, serving peers at `peer_address` (maybe empty). A node that
+    /// watches again replaces its older watch.
+    pub fn join(&self, region: &str, node: &str, peer_address: &str) -> Membership {
+        let mut inner = self.lock();
+        inner.next_watch += 1;
+        let watch = inner.next_watch;
+        inner.live.entry(region.to_string()).or_default().insert(node.to_string(), (watch, peer_address.to_string()));
+        Membership { region: region.to_string(), node: node.to_string(), watch }
+    }
+
+    /// The watch behind `membership` ended. Returns the regions' rows that change because the
+    /// node no longer counts (to be written by the caller).
+    pub fn leave(&self, membership: Membership) -> Vec<(VersionKey, RegionProgress)> {
+        let mut inner = self.lock();
+        let Membership { region, node, watch } = membership;
+        let Some(nodes) = inner.live.get_mut(&region) else { return Vec::new() };
+        if nodes.get(&node).is_none_or(|(w, _)| *w != watch) {
+            return Vec::new();
+        }
+        nodes.remove(&node);
+        let keys: Vec<VersionKey> = inner.reports.keys().filter(|k| k.2 == region).cloned().collect();
+        keys.into_iter().filter_map(|k| inner.fold(&k).map(|p| (k, p))).collect()
+    }
+
+    pub fn members(&self, region: &str) -> Vec<pb::Member> {
+        self.lock().live.get(region).map_or_else(Vec::new, |nodes| {
+            nodes
+                .iter()
+                .map(|(node, (_, address))| pb::Member { node: node.clone(), peer_address: address.clone() })
+                .collect()
+        })
+    }
+
+    /// Records a node's report; returns the region's row, folded anew.
+    pub fn report(&self, key: VersionKey, node: &str, report: NodeReport) -> Option<RegionProgress> {
+        let mut inner = self.lock();
+        inner.reports.entry(key.clone()).or_default().insert(node.to_string(), report);
+        inner.fold(&key)
+    }
+
+    /// What each live member of the region last reported for the version.
+    pub fn nodes(&self, key: &VersionKey) -> Vec<pb::NodeProgress> {
+        let inner = self.lock();
+        let reports = inner.reports.get(key);
+        inner.live.get(&key.2).map_or_else(Vec::new, |nodes| {
+            nodes
+                .keys()
+                .map(|node| match reports.and_then(|r| r.get(node)) {
+                    Some(r) => pb::NodeProgress {
+                        node: node.clone(),
+                        phase: r.phase.clone(),
+                        cached_bytes: r.cached_bytes,
+                        reason: r.reason.clone(),
+                        rate_bytes_per_sec: r.rate,
+                    },
+                    None => pb::NodeProgress { node: node.clone(), phase: "Pending".into(), ..Default::default() },
+                })
+                .collect()
+        })
+    }
+}
+
+impl Inner {
+    fn fold(&self, key: &VersionKey) -> Option<RegionProgress> {
+        let reports = self.reports.get(key)?;
+        let live: Vec<&String> = self.live.get(&key.2).map(|n| n.keys().collect()).unwrap_or_default();
+        Some(fold(&live, reports))
+    }
+}
+
+/// A region's row from its live members' reports. With no live member (every spoke gone),
+/// the reports that are left speak for the region.
+pub fn fold(live: &[&String], reports: &BTreeMap<String, NodeReport>) -> RegionProgress {
+    let counted: Vec<(&String, Option<&NodeReport>)> = if live.is_empty() {
+        reports.iter().map(|(n, r)| (n, Some(r))).collect()
+    } else {
+        live.iter().map(|n| (*n, reports.get(*n))).collect()
+    };
+    let rate = counted.iter().filter_map(|(_, r)| r.map(|r| r.rate)).sum();
+    let cached_bytes = counted.iter().map(|(_, r)| r.map_or(0, |r| r.cached_bytes)).min().unwrap_or(0);
+    let failed: Vec<String> = counted
+        .iter()
+        .filter_map(|(n, r)| r.filter(|r| r.phase == "Failed").map(|r| format!("{n}: {}", r.reason)))
+        .collect();
+    let phase = if !failed.is_empty() {
+        "Failed"
+    } else if counted.iter().all(|(_, r)| r.is_some_and(|r| r.phase == "Ready")) {
+        "Ready"
+    } else if counted.iter().any(|(_, r)| r.is_some_and(|r| r.phase != "Pending")) {
+        "Transferring"
+    } else {
+        "Pending"
+    };
+    RegionProgress { phase: phase.into(), cached_bytes, reason: failed.join("; "), rate }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(phase: &str, cached: u64) -> NodeReport {
+        NodeReport { phase: phase.into(), cached_bytes: cached, reason: String::new(), rate: 10 }
+    }
+
+    fn key() -> VersionKey {
+        ("llama".into(), 1, "eu".into())
+    }
+
+    #[test]
+    fn a_region_is_ready_once_every_live_member_is() {
+        let members = Members::default();
+        let a = members.join("eu", "a", "10.0.0.1:1");
+        let _b = members.join("eu", "b", "10.0.0.2:1");
+        let row = members.report(key(), "a", report("Ready", 100)).unwrap();
+        assert_eq!((row.phase.as_str(), row.cached_bytes), ("Transferring", 0), "b has not reported");
+        let row = members.report(key(), "b", report("Transferring", 40)).unwrap();
+        assert_eq!((row.phase.as_str(), row.cached_bytes, row.rate), ("Transferring", 40, 20));
+        let row = members.report(key(), "b", report("Ready", 100)).unwrap();
+        assert_eq!((row.phase.as_str(), row.cached_bytes), ("Ready", 100));
+        assert_eq!(members.nodes(&key()).len(), 2);
+
+        // A member that leaves no longer holds the region back.
+        let c = members.join("eu", "c", "10.0.0.3:1");
+        assert_eq!(members.report(key(), "c", report("Transferring", 5)).unwrap().phase, "Transferring");
+        let changed = members.leave(c);
+        assert_eq!(
+            changed,
+            vec![(key(), RegionProgress { phase: "Ready".into(), cached_bytes: 100, reason: String::new(), rate: 20 })]
+        );
+        assert_eq!(members.members("eu").iter().map(|m| m.node.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        drop(a);
+    }
+
+    #[test]
+    fn a_failed_member_fails_the_region_with_its_reason() {
+        let members = Members::default();
+        let _a = members.join("eu", "a", "");
+        let mut failed = report("Failed", 0);
+        failed.reason = "cache full".into();
+        let row = members.report(key(), "a", failed).unwrap();
+        assert_eq!((row.phase.as_str(), row.reason.as_str()), ("Failed", "a: cache full"));
+    }
+
+    #[test]
+    fn an_old_watch_ending_does_not_remove_the_node_that_watches_again() {
+        let members = Members::default();
+        let old = members.join("eu", "a", "10.0.0.1:1");
+        let _new = members.join("eu", "a", "10.0.0.1:2");
+        members.leave(old);
+        assert_eq!(members.members("eu"), vec![pb::Member { node: "a".into(), peer_address: "10.0.0.1:2".into() }]);
+    }
+}

@@ -1,0 +1,163 @@
+//! The peer API a spoke serves to the other spokes of its region (`aqueduct.spoke.v1.Peer`),
+//! over mutual TLS with the region's certificate.
+//!
+//! Only spokes of the same region may call: the caller's certificate must name this region.
+//! `FetchChunks` sends what the store holds, each chunk checked on the way out (a rotten copy is
+//! removed, never sent); with `fetch_on_miss` the rest is fetched as their owner would
+//! ([`ReadThrough::over_link`]) and sent as it arrives.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use aqueduct_proto::Digest;
+use aqueduct_proto::hub::v1 as pb;
+use aqueduct_proto::identity::Identity;
+use aqueduct_proto::spoke::v1 as spb;
+use aqueduct_proto::spoke::v1::peer_server::{Peer, PeerServer};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::ServerTlsConfig;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, Span, debug, instrument, warn};
+
+use crate::reader::ReadThrough;
+use crate::store::CacheError;
+
+pub struct PeerService {
+    /// This spoke's region: callers must be of it.
+    pub region: String,
+    pub reader: Arc<ReadThrough>,
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ChunkData, Status>> + Send>>;
+
+impl PeerService {
+    fn check_caller<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        match Identity::of_request(request)? {
+            Identity::Region(r) if r == self.region => Ok(()),
+            other => Err(Status::permission_denied(format!(
+                "this spoke serves the peers of region {}; the caller is {other}",
+                self.region
+            ))),
+        }
+    }
+}
+
+fn digests(raw: &[Vec<u8>]) -> Result<Vec<Digest>, Status> {
+    raw.iter()
+        .map(|d| {
+            Digest::from_slice(d)
+                .ok_or_else(|| Status::invalid_argument(format!("a digest has {} bytes, not 32", d.len())))
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    #[instrument(skip_all, fields(chunks))]
+    async fn has(&self, request: Request<spb::HasRequest>) -> Result<Response<spb::HasResponse>, Status> {
+        self.check_caller(&request)?;
+        let digests = digests(&request.into_inner().digests)?;
+        Span::current().record("chunks", digests.len());
+        let store = self.reader.store();
+        Ok(Response::new(spb::HasResponse { held: digests.iter().map(|d| store.contains(d)).collect() }))
+    }
+
+    type FetchChunksStream = ChunkStream;
+
+    #[instrument(skip_all, fields(dataset, version, chunks, fetch_on_miss))]
+    async fn fetch_chunks(
+        &self,
+        request: Request<spb::PeerFetchRequest>,
+    ) -> Result<Response<Self::FetchChunksStream>, Status> {
+        self.check_caller(&request)?;
+        let r = request.into_inner();
+        let digests = digests(&r.digests)?;
+        Span::current()
+            .record("dataset", r.dataset.as_str())
+            .record("version", r.version)
+            .record("chunks", digests.len())
+            .record("fetch_on_miss", r.fetch_on_miss);
+        let (tx, rx) = mpsc::channel(2);
+        let reader = self.reader.clone();
+        tokio::spawn(
+            async move {
+                let mut misses = Vec::new();
+                for digest in digests {
+                    let store = reader.store().clone();
+                    let got = tokio::task::spawn_blocking(move || match store.get(&digest) {
+                        Err(CacheError::Corrupt { .. }) => {
+                            warn!(%digest, "a chunk in the store is corrupt; removing it");
+                            let _ = store.remove(&digest);
+                            Ok(None)
+                        }
+                        other => other,
+                    })
+                    .await;
+                    match got {
+                        Ok(Ok(Some(data))) => {
+                            reader.peers().stats.to_peers.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            if tx.send(Ok(pb::ChunkData { digest: digest.0.to_vec(), data })).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(Ok(None)) => misses.push(digest),
+                        Ok(Err(e)) => {
+                            let _ = tx.send(Err(Status::internal(format!("the chunk store: {e}")))).await;
+                            return;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                            return;
+                        }
+                    }
+                }
+                if misses.is_empty() || !r.fetch_on_miss {
+                    return;
+                }
+                debug!(misses = misses.len(), "fetching for a peer");
+                match reader.over_link(&r.dataset, r.version, &misses, None, r.urgent, false).await {
+                    Ok(pulled) => {
+                        for (digest, data) in pulled.got {
+                            reader.peers().stats.to_peers.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            let chunk = pb::ChunkData { digest: digest.0.to_vec(), data: data.as_ref().clone() };
+                            if tx.send(Ok(chunk)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    // Not this spoke's fault: the asker must not suspect it.
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::aborted(format!("could not get it over the link: {e}")))).await;
+                    }
+                }
+            }
+            .instrument(Span::current()),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Serves the peer API on `listener` until `shutdown` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: ServerTlsConfig,
+    service: PeerService,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .add_service(
+            PeerServer::new(service)
+                .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.cancelled_owned(),
+        )
+        .await
+}
