@@ -13,7 +13,6 @@ use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::admin_client::AdminClient;
 use aqueduct_proto::spoke::v1 as local;
 use aqueduct_proto::spoke::v1::local_client::LocalClient;
-use aqueduct_spoke::store::{ChunkStore, DiskStore};
 use aqueduct_testkit::S3Server;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -287,16 +286,25 @@ pub async fn mount_when_known(
     Err(last.expect("tried"))
 }
 
+/// A spoke's store holds every chunk of `manifest`, each matching its digest.
+pub fn assert_store_has(store_dir: &Path, manifest: &Manifest) {
+    for (digest, _) in manifest.distinct_chunks() {
+        assert!(
+            read_stored(store_dir, &digest).is_some(),
+            "{} lacks chunk {digest} of v{}",
+            store_dir.display(),
+            manifest.version
+        );
+    }
+}
+
 /// Every file of `manifest`, rebuilt from a spoke's store, equals the source.
 pub fn assert_store_holds(store_dir: &Path, manifest: &Manifest, source_dir: &Path) {
-    let store = DiskStore::open(store_dir).unwrap();
     for file in &manifest.files {
         let mut rebuilt = Vec::new();
         for c in &file.chunks {
             rebuilt.extend(
-                store
-                    .get(&c.digest)
-                    .unwrap()
+                read_stored(store_dir, &c.digest)
                     .unwrap_or_else(|| panic!("{} lacks chunk {}", store_dir.display(), c.digest)),
             );
         }
@@ -343,8 +351,47 @@ pub fn signal(child: &std::process::Child, signal: &str) {
     assert!(ok.success(), "kill -{signal} {} failed", child.id());
 }
 
-/// The digests a spoke's store holds, with their sizes (read from its directory).
+/// A chunk from a spoke's store directory if it is there and matches its digest. Read-only:
+/// opening the store (`DiskStore::open`) would clear the temporary files of a running spoke.
+pub fn read_stored(store_dir: &Path, digest: &aqueduct_proto::Digest) -> Option<Vec<u8>> {
+    let hex = digest.to_hex();
+    let data = std::fs::read(store_dir.join("chunks").join(&hex[..2]).join(&hex)).ok()?;
+    (aqueduct_proto::Digest::of(&data) == *digest).then_some(data)
+}
+
+/// The digests a spoke's store holds, with their sizes (read from its directory, read-only).
 pub fn stored_chunks(store_dir: &Path) -> std::collections::HashMap<aqueduct_proto::Digest, u64> {
-    let store = DiskStore::open(store_dir).unwrap();
-    store.list().unwrap().into_iter().collect()
+    let mut found = std::collections::HashMap::new();
+    let Ok(fans) = std::fs::read_dir(store_dir.join("chunks")) else { return found };
+    for fan in fans.flatten() {
+        for entry in std::fs::read_dir(fan.path()).unwrap().flatten() {
+            if let Some(d) = entry.file_name().to_str().and_then(aqueduct_proto::Digest::from_hex) {
+                found.insert(d, entry.metadata().unwrap().len());
+            }
+        }
+    }
+    found
+}
+
+/// Reads every file of `manifest` through a spoke's local API (`ReadChunks`, verified by the
+/// spoke) and checks it equals the file in `source_dir`.
+pub async fn assert_reads(local: &mut LocalClient<Channel>, manifest: &Manifest, source_dir: &Path) {
+    for file in &manifest.files {
+        let request = local::ReadChunksRequest {
+            dataset: manifest.dataset.clone(),
+            version: manifest.version,
+            digests: file.chunks.iter().map(|c| c.digest.0.to_vec()).collect(),
+        };
+        let mut stream = local.read_chunks(request).await.unwrap().into_inner();
+        let mut read = Vec::new();
+        while let Some(chunk) = stream.message().await.unwrap() {
+            read.extend(chunk.data);
+        }
+        assert!(read == std::fs::read(source_dir.join(&file.path)).unwrap(), "{} read wrong", file.path);
+    }
+}
+
+/// Bytes of the chunk files in a spoke's store directory.
+pub fn stored_bytes(store_dir: &Path) -> u64 {
+    stored_chunks(store_dir).values().sum()
 }

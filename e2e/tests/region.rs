@@ -6,7 +6,10 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use aqueduct_e2e::{Children, SourceKind, assert_store_holds, bin, signal, spawn_logged, stored_chunks, world};
+use aqueduct_e2e::{
+    Children, SourceKind, assert_reads, assert_store_has, assert_store_holds, bin, local_client, signal, socket_of,
+    spawn_logged, stored_bytes, stored_chunks, world,
+};
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
 use aqueduct_proto::spoke::v1 as local;
@@ -50,6 +53,29 @@ async fn three_spokes_of_a_region_move_each_chunk_over_the_link_once() {
     for i in 1..=3 {
         assert_store_holds(&w.root.join(format!("spoke-eu-{i}/store")), &m1, &w.data);
     }
+    // `aq status --nodes` shows each spoke's progress and cache once they reported it.
+    let mut text = String::new();
+    for _ in 0..100 {
+        let out = std::process::Command::new(bin("aq"))
+            .args(["status", "--nodes"])
+            .env("AQ_CONFIG", w.root.join("hub/admin/aq.toml"))
+            .output()
+            .unwrap();
+        text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        if text.lines().any(|l| l.starts_with("eu ") && l.contains("48.0 MiB")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The region's three spokes hold 16 MiB each; each got about two thirds from its peers.
+    let region = text.lines().find(|l| l.starts_with("eu ") && l.contains("unlimited")).unwrap_or_default();
+    assert!(region.contains(" 3 ") && region.contains("48.0 MiB"), "no region line with 3 spokes and 48 MiB:\n{text}");
+    for i in 1..=3 {
+        let node = text.lines().find(|l| l.starts_with(&format!("eu       eu-{i}")) && l.contains("memory+disk"));
+        assert!(node.is_some_and(|l| l.contains("16.0 MiB")), "no cache line for eu-{i}:\n{text}");
+    }
+    println!("{text}");
 
     // v2: a grown header shifts the rest; only the new chunks cross the link, once.
     write_model(&w.data, 16 << 20, 41);
@@ -263,4 +289,83 @@ async fn peers_that_lie_or_belong_to_another_region_are_caught_and_cost_no_link_
         status.message()
     );
     drop(watches);
+}
+
+/// Appends `section` to a spoke's config.
+fn configure(config: &Path, section: &str) {
+    let mut text = std::fs::read_to_string(config).unwrap();
+    text.push_str(section);
+    std::fs::write(config, text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_disk_quota_holds_its_watermarks_and_never_evicts_the_versions_in_use() {
+    let mut w = world(SourceKind::S3).await;
+    let configs = w.region_of("eu", 1 << 30, 1).await;
+    // 30 MiB with watermarks at 90% and 60%, for versions of 10 MiB that share nothing: the
+    // active version and the one rolling out fit, a third does not.
+    configure(&configs[0], "[cache]\ndisk = \"30MiB\"\nhigh_watermark = 0.9\nlow_watermark = 0.6\n");
+    w.start_spoke(&configs[0]);
+    let store = w.root.join("spoke-eu-1/store");
+    let mut manifests = Vec::new();
+    for (version, seed) in [(1, 100), (2, 200), (3, 300)] {
+        std::fs::write(w.data.join("model.safetensors"), noise(10 << 20, seed)).unwrap();
+        w.snapshot().await;
+        w.rollout(version, &["eu"]).await;
+        w.wait_ready(version).await;
+        manifests.push(w.manifest(version).await);
+        let used = stored_bytes(&store);
+        assert!(used <= 27 * MIB, "after v{version}, {used} bytes on disk: above the high watermark");
+    }
+    // v3 (rolling out, now active) and v2 (active while v3 rolled out) were pinned: whole.
+    assert_store_has(&store, &manifests[1]);
+    assert_store_holds(&store, &manifests[2], &w.data);
+    // v1, no longer in use, gave way.
+    let held = stored_chunks(&store);
+    assert!(manifests[0].distinct_chunks().iter().any(|(d, _)| !held.contains_key(d)), "v1 was not evicted");
+
+    // Reading all of v1 again brings it back through the cache; what gives way is what is no
+    // longer in use (v2, now that v3 is active, and v1's own older chunks), never v3.
+    let mut local = local_client(&socket_of(&configs[0])).await;
+    std::fs::write(w.data.join("model.safetensors"), noise(10 << 20, 100)).unwrap();
+    assert_reads(&mut local, &manifests[0], &w.data).await;
+    assert!(stored_bytes(&store) <= 27 * MIB);
+    assert_store_has(&store, &manifests[2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_only_mode_leaves_no_dataset_byte_on_disk() {
+    let mut w = world(SourceKind::S3).await;
+    write_model(&w.data, 8 << 20, 0);
+    w.snapshot().await;
+    let configs = w.region_of("eu", 1 << 30, 1).await;
+    configure(&configs[0], "[cache]\nmemory_only = true\nmemory = \"64MiB\"\n");
+    w.start_spoke(&configs[0]);
+    w.rollout(1, &["eu"]).await;
+    w.wait_ready(1).await;
+    let m1 = w.manifest(1).await;
+    let mut local = local_client(&socket_of(&configs[0])).await;
+    assert_reads(&mut local, &m1, &w.data).await;
+
+    // Nothing under the spoke's directory holds any piece of the model: look for 64-byte
+    // samples from all over it in every file there.
+    let model = std::fs::read(w.data.join("model.safetensors")).unwrap();
+    let samples: Vec<&[u8]> = (0..64).map(|i| &model[i * (model.len() - 64) / 63..][..64]).collect();
+    let mut files = 0;
+    let mut dirs = vec![configs[0].parent().unwrap().to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                files += 1;
+                for s in &samples {
+                    assert!(!bytes.windows(64).any(|w| w == *s), "{} holds model bytes", path.display());
+                }
+            }
+        }
+    }
+    assert!(files > 0);
+    assert!(!configs[0].parent().unwrap().join("store/chunks").exists(), "a chunk directory was created");
 }

@@ -392,6 +392,7 @@ impl pb::admin_server::Admin for AdminService {
                     relayed_bytes: r.relayed_bytes,
                 })
                 .collect(),
+            caches: self.live.members.caches(),
         }))
     }
 }

@@ -48,6 +48,8 @@ struct Inner {
     live: HashMap<String, BTreeMap<String, (u64, String)>>,
     /// Per (dataset, version, region), per node.
     reports: HashMap<VersionKey, BTreeMap<String, NodeReport>>,
+    /// Per region, per node: its cache as last reported.
+    caches: HashMap<String, BTreeMap<String, pb::CacheReport>>,
     next_watch: u64,
 }
 
@@ -84,6 +86,9 @@ impl Members {
             return Vec::new();
         }
         nodes.remove(&node);
+        if let Some(caches) = inner.caches.get_mut(&region) {
+            caches.remove(&node);
+        }
         let keys: Vec<VersionKey> = inner.reports.keys().filter(|k| k.2 == region).cloned().collect();
         keys.into_iter().filter_map(|k| inner.fold(&k).map(|p| (k, p))).collect()
     }
@@ -102,6 +107,27 @@ impl Members {
         let mut inner = self.lock();
         inner.reports.entry(key.clone()).or_default().insert(node.to_string(), report);
         inner.fold(&key)
+    }
+
+    /// Keeps a live member's cache report (one from a node that is not a member is dropped).
+    pub fn report_cache(&self, region: &str, report: pb::CacheReport) {
+        let mut inner = self.lock();
+        if inner.live.get(region).is_some_and(|n| n.contains_key(&report.node)) {
+            inner.caches.entry(region.to_string()).or_default().insert(report.node.clone(), report);
+        }
+    }
+
+    /// Every region's cache, by what its live members last reported.
+    pub fn caches(&self) -> Vec<pb::RegionCache> {
+        let inner = self.lock();
+        let mut caches: Vec<pb::RegionCache> = inner
+            .caches
+            .iter()
+            .filter(|(_, nodes)| !nodes.is_empty())
+            .map(|(region, nodes)| pb::RegionCache { region: region.clone(), nodes: nodes.values().cloned().collect() })
+            .collect();
+        caches.sort_by(|a, b| a.region.cmp(&b.region));
+        caches
     }
 
     /// What each live member of the region last reported for the version.

@@ -490,6 +490,15 @@ impl pb::spoke_server::Spoke for SpokeService {
         }
         Ok(Response::new(pb::ProgressAck {}))
     }
+
+    #[instrument(skip_all, fields(region, node))]
+    async fn report_cache(&self, request: Request<pb::CacheReport>) -> Result<Response<pb::ProgressAck>, Status> {
+        let region = region_of(&request)?;
+        let report = request.into_inner();
+        Span::current().record("region", region.as_str()).record("node", report.node.as_str());
+        self.live.members.report_cache(&region, report);
+        Ok(Response::new(pb::ProgressAck {}))
+    }
 }
 
 /// Writes a region's row, folded from its members' reports.

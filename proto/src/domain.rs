@@ -12,7 +12,7 @@ use std::str::FromStr;
 pub mod units;
 pub mod wire;
 
-pub use units::{Rate, RateError};
+pub use units::{Rate, RateError, Size, SizeError};
 
 /// Version of the manifest format and of the root-hash rules below. Bumped on any change.
 pub const MANIFEST_FORMAT: u32 = 1;

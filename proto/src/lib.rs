@@ -32,5 +32,5 @@ pub mod spoke {
 
 pub use domain::{
     ChunkRef, ChunkerParams, Digest, FileEntry, MANIFEST_FORMAT, Manifest, ManifestError, NameError, Rate, RateError,
-    VersionRef, validate_name,
+    Size, SizeError, VersionRef, validate_name,
 };

@@ -11,6 +11,7 @@
 //! link, and the others get it from a peer over mutual TLS ([`peer_service`]). The CSI node
 //! plugin and the operator come later (see `DESIGN.md`).
 
+pub mod cache;
 pub mod catalog;
 pub mod local;
 pub mod mounts;
@@ -20,7 +21,7 @@ pub mod reader;
 pub mod replicate;
 pub mod store;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity, ServerTlsConfig};
 use tracing::{info, warn};
 
+use crate::cache::{CacheConfig, TieredStore};
 use crate::catalog::Catalog;
 use crate::local::LocalService;
 use crate::mounts::Mounts;
@@ -40,7 +42,7 @@ use crate::peer_service::PeerService;
 use crate::peers::Peers;
 use crate::reader::{Priority, ReadThrough};
 use crate::replicate::{Budget, PullOptions, Replicator};
-use crate::store::{ChunkStore, DiskStore};
+use crate::store::ChunkStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpokeError {
@@ -80,6 +82,9 @@ pub struct SpokeConfig {
     /// chunk it needs over the link itself.
     #[serde(default)]
     pub peer: Option<PeerConfig>,
+    /// The chunk cache's tiers and quotas.
+    #[serde(default)]
+    pub cache: CacheConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -135,6 +140,7 @@ impl SpokeConfig {
                 peer.listen
             )));
         }
+        config.cache.validate().map_err(invalid)?;
         if config.replication.streams == 0 || config.replication.chunks_per_request == 0 {
             return Err(invalid("replication.streams and replication.chunks_per_request must be at least 1".into()));
         }
@@ -230,7 +236,8 @@ const RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// Runs the spoke until `shutdown` fires.
 pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(), SpokeError> {
-    let store: Arc<dyn ChunkStore> = Arc::new(DiskStore::open(&config.data_dir)?);
+    let cache = Arc::new(TieredStore::open(&config.data_dir, &config.cache)?);
+    let store: Arc<dyn ChunkStore> = cache.clone();
     let endpoint = config.endpoint()?;
     let region = config.region()?;
     // Readers and manifests go through a channel of their own, connected when first used.
@@ -272,7 +279,8 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     let service = LocalService { catalog: catalog.clone(), reader: reader.clone(), mounts: mounts.clone() };
     let local = tokio::spawn(local::serve(socket.clone(), service, local_stop.clone()));
     info!(socket = %socket.display(), "local API listening");
-    let outcome = replicate_until(&config, &peer_address, endpoint, reader, catalog, priority, &shutdown).await;
+    let parts = Parts { peer_address, reader, cache, catalog, priority };
+    let outcome = replicate_until(&config, endpoint, parts, &shutdown).await;
     mounts.unmount_all().await;
     local_stop.cancel();
     match local.await {
@@ -290,16 +298,24 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     outcome
 }
 
+/// What the replication loop works with.
+struct Parts {
+    /// Where this spoke serves its peers (empty: it does not).
+    peer_address: String,
+    reader: Arc<ReadThrough>,
+    cache: Arc<TieredStore>,
+    catalog: Arc<Catalog>,
+    priority: Arc<Priority>,
+}
+
 /// Watches the hub and replicates what it assigns, until `shutdown` fires.
 async fn replicate_until(
     config: &SpokeConfig,
-    peer_address: &str,
     endpoint: Endpoint,
-    reader: Arc<ReadThrough>,
-    catalog: Arc<Catalog>,
-    priority: Arc<Priority>,
+    parts: Parts,
     shutdown: &CancellationToken,
 ) -> Result<(), SpokeError> {
+    let Parts { peer_address, reader, cache, catalog, priority } = &parts;
     let options =
         PullOptions { streams: config.replication.streams, chunks_per_request: config.replication.chunks_per_request };
     let mut ready: HashSet<(String, u64)> = HashSet::new();
@@ -313,11 +329,20 @@ async fn replicate_until(
             let client = SpokeClient::new(channel).max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
             let mut watch = client
                 .clone()
-                .watch(pb::WatchRequest { node: config.node.clone(), peer_address: peer_address.to_string() })
+                .watch(pb::WatchRequest { node: config.node.clone(), peer_address: peer_address.clone() })
                 .await
                 .map_err(|s| s.message().to_string())?
                 .into_inner();
             info!("connected to the hub, watching for work");
+            // Reported every few seconds, and at once when a version is Ready.
+            let cache_changed = Arc::new(tokio::sync::Notify::new());
+            let _cache_reports = AbortOnDrop(tokio::spawn(report_cache(
+                client.clone(),
+                reader.clone(),
+                cache.clone(),
+                config.cache.memory_only,
+                cache_changed.clone(),
+            )));
             let replicator = Replicator {
                 client,
                 reader: reader.clone(),
@@ -350,6 +375,7 @@ async fn replicate_until(
                         info!("trying failed versions again");
                     }
                 }
+                pin(catalog, cache, &current).await;
                 let budget = Budget::new(current.budget_bytes_per_sec.max(1));
                 let mut failed = false;
                 for a in &current.assignments {
@@ -364,6 +390,7 @@ async fn replicate_until(
                         Ok(_) => {
                             ready.insert(key.clone());
                             reported.insert(key);
+                            cache_changed.notify_one();
                         }
                         Err(replicate::ReplicationError::Hub(status)) if status.code() == tonic::Code::Unavailable => {
                             return Err(status.message().to_string());
@@ -398,6 +425,75 @@ async fn replicate_until(
     }
 }
 
+/// How often the spoke tells the hub how its cache is doing.
+const CACHE_REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// Aborts a task when dropped (when the session that started it ends).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reports the cache's usage and counters every [`CACHE_REPORT_EVERY`].
+async fn report_cache(
+    mut client: SpokeClient<Channel>,
+    reader: Arc<ReadThrough>,
+    cache: Arc<TieredStore>,
+    memory_only: bool,
+    changed: Arc<tokio::sync::Notify>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    loop {
+        let (memory, disk) = (cache.memory_usage().unwrap_or_default(), cache.disk_usage().unwrap_or_default());
+        let peers = &reader.peers().stats;
+        let report = pb::CacheReport {
+            node: reader.peers().me().to_string(),
+            memory_quota_bytes: memory.quota.unwrap_or(0),
+            memory_used_bytes: memory.used,
+            disk_quota_bytes: disk.quota.unwrap_or(0),
+            disk_used_bytes: disk.used,
+            memory_only,
+            memory_hits: cache.stats.memory_hits.load(Relaxed),
+            disk_hits: cache.stats.disk_hits.load(Relaxed),
+            misses: cache.stats.misses.load(Relaxed),
+            evictions: cache.stats.evictions.load(Relaxed),
+            bytes_from_peers: peers.from_peers.load(Relaxed),
+            bytes_to_peers: peers.to_peers.load(Relaxed),
+            corrupt_from_peers: peers.corrupt_from_peers.load(Relaxed),
+        };
+        if let Err(e) = client.report_cache(report).await {
+            warn!(error = %e.message(), "could not report the cache to the hub");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(CACHE_REPORT_EVERY) => {}
+            _ = changed.notified() => {}
+        }
+    }
+}
+
+/// Pins the chunks of each dataset's active version and of the versions rolling out (those
+/// newer than the active one), so that eviction never takes them.
+async fn pin(catalog: &Catalog, cache: &TieredStore, current: &pb::Assignments) {
+    let mut active: HashMap<&str, u64> = HashMap::new();
+    for a in current.assignments.iter().filter(|a| a.active) {
+        active.insert(&a.dataset, a.version);
+    }
+    let mut pinned = HashSet::new();
+    for a in &current.assignments {
+        if active.get(a.dataset.as_str()).is_some_and(|&v| a.version < v) {
+            continue;
+        }
+        match catalog.manifest(a).await {
+            Ok(manifest) => pinned.extend(manifest.files.iter().flat_map(|f| f.chunks.iter().map(|c| c.digest))),
+            Err(e) => warn!(dataset = %a.dataset, version = a.version, error = %e, "cannot pin a version's chunks"),
+        }
+    }
+    cache.set_pinned(pinned);
+}
+
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut cur = e.source();
@@ -423,6 +519,18 @@ mod tests {
         assert_eq!(config.socket.as_deref(), Some(Path::new("/var/lib/aqueduct-spoke/spoke.sock")));
         let peer = config.peer.as_ref().unwrap();
         assert_eq!((peer.listen.port(), peer.advertise.as_deref()), (7444, Some("10.0.3.17:7444")));
+        assert_eq!((config.cache.memory.0, config.cache.disk.map(|d| d.0)), (4 << 30, Some(200 << 30)));
+        // A quota below one chunk is refused, naming the key.
+        let text =
+            include_str!("../../deploy/spoke/spoke.example.toml").replace("disk = \"200GiB\"", "disk = \"1MiB\"");
+        std::fs::write(&path, text).unwrap();
+        let err = SpokeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("cache.disk is 1MiB, smaller than one chunk"), "{err}");
+        let text =
+            include_str!("../../deploy/spoke/spoke.example.toml").replace("disk = \"200GiB\"", "disk = \"lots\"");
+        std::fs::write(&path, text).unwrap();
+        let err = SpokeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("\"lots\" is not a size"), "{err}");
         // Peers must be reachable: 0.0.0.0 needs an address to advertise.
         let text =
             include_str!("../../deploy/spoke/spoke.example.toml").replace("advertise = \"10.0.3.17:7444\"\n", "");

@@ -78,6 +78,9 @@ enum Command {
     Status {
         /// Only this dataset.
         dataset: Option<String>,
+        /// Also show each spoke: where it stands with each version, and its cache.
+        #[arg(long)]
+        nodes: bool,
     },
     /// Show the manifest of DATASET[@VERSION] (default: the newest version).
     Manifest {
@@ -208,6 +211,84 @@ fn write_bundle(dir: &std::path::Path, bundle: &pb::CredentialsBundle) -> Result
     let mut key = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dir.join("key.pem"))?;
     key.write_all(bundle.key_pem.as_bytes())?;
     Ok(())
+}
+
+/// `part` of `whole` as a percentage; an empty whole is complete.
+fn percent(part: u64, whole: u64) -> String {
+    let p = if whole == 0 { 100.0 } else { part as f64 * 100.0 / whole as f64 };
+    format!("{p:.1}%")
+}
+
+/// Each region's cache (and with `nodes`, each spoke's): capacity, what it holds, hits.
+fn cache_tables(caches: &[pb::RegionCache], nodes: bool) {
+    // What a spoke keeps its chunks in: memory in memory-only mode, disk otherwise.
+    let kept = |n: &pb::CacheReport| {
+        if n.memory_only {
+            (Some(n.memory_quota_bytes), n.memory_used_bytes)
+        } else {
+            ((n.disk_quota_bytes > 0).then_some(n.disk_quota_bytes), n.disk_used_bytes)
+        }
+    };
+    let hit_ratio = |hits: u64, misses: u64| {
+        if hits + misses == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.1}%", hits as f64 * 100.0 / (hits + misses) as f64)
+        }
+    };
+    let mut regions =
+        Table::new(["REGION", "NODES", "CACHE CAPACITY", "CACHED", "CACHED %", "HIT RATIO", "FROM PEERS"]);
+    let mut per_node = Table::new([
+        "REGION",
+        "NODE",
+        "TIER",
+        "CAPACITY",
+        "CACHED",
+        "MEMORY",
+        "HIT RATIO",
+        "EVICTIONS",
+        "FROM PEERS",
+        "TO PEERS",
+        "BAD FROM PEERS",
+    ]);
+    for c in caches {
+        let (mut capacity, mut used, mut hits, mut misses, mut from_peers) = (Some(0u64), 0, 0, 0, 0);
+        for n in &c.nodes {
+            let (quota, held) = kept(n);
+            capacity = capacity.zip(quota).map(|(a, b)| a + b);
+            used += held;
+            hits += n.memory_hits + n.disk_hits;
+            misses += n.misses;
+            from_peers += n.bytes_from_peers;
+            per_node.row([
+                c.region.clone(),
+                n.node.clone(),
+                if n.memory_only { "memory only" } else { "memory+disk" }.to_string(),
+                quota.map_or("unlimited".to_string(), bytes),
+                bytes(held),
+                format!("{}/{}", bytes(n.memory_used_bytes), bytes(n.memory_quota_bytes)),
+                hit_ratio(n.memory_hits + n.disk_hits, n.misses),
+                n.evictions.to_string(),
+                bytes(n.bytes_from_peers),
+                bytes(n.bytes_to_peers),
+                n.corrupt_from_peers.to_string(),
+            ]);
+        }
+        regions.row([
+            c.region.clone(),
+            c.nodes.len().to_string(),
+            capacity.map_or("unlimited".to_string(), bytes),
+            bytes(used),
+            capacity.map_or("-".to_string(), |cap| percent(used, cap)),
+            hit_ratio(hits, misses),
+            bytes(from_peers),
+        ]);
+    }
+    regions.print();
+    if nodes {
+        println!();
+        per_node.print();
+    }
 }
 
 #[tokio::main]
@@ -361,9 +442,11 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Region(RegionCommand::List) => {
             let list = admin.list_regions(pb::ListRegionsRequest {}).await.map_err(|e| explain(e, &hub))?.into_inner();
-            let mut t = Table::new(["NAME", "BUDGET", "AGE"]);
+            let mut t = Table::new(["NAME", "BUDGET", "LIVE SPOKES", "AGE"]);
             for r in list.regions {
-                t.row([r.name, Rate(r.rate_bytes_per_sec).to_string(), age(r.created_unix_ms)]);
+                let spokes = r.members.iter().map(|m| m.node.as_str()).collect::<Vec<_>>().join(",");
+                let spokes = if spokes.is_empty() { "-".to_string() } else { spokes };
+                t.row([r.name, Rate(r.rate_bytes_per_sec).to_string(), spokes, age(r.created_unix_ms)]);
             }
             t.print();
         }
@@ -376,14 +459,13 @@ async fn run(cli: Cli) -> Result<()> {
             let resp = admin.rollout(req).await.map_err(|e| explain(e, &hub))?.into_inner();
             println!("{}@v{} rolling out to {}", resp.dataset, resp.version, resp.regions.join(", "));
         }
-        Command::Status { dataset } => {
+        Command::Status { dataset, nodes } => {
             let req = pb::StatusRequest { dataset: dataset.unwrap_or_default() };
-            let rows = admin.status(req).await.map_err(|e| explain(e, &hub))?.into_inner().rows;
+            let status = admin.status(req).await.map_err(|e| explain(e, &hub))?.into_inner();
             let mut t =
                 Table::new(["DATASET", "VERSION", "REGION", "TOTAL SIZE", "CACHED", "CACHED %", "PHASE", "RATE"]);
-            for r in rows {
-                let percent =
-                    if r.total_bytes == 0 { 100.0 } else { r.cached_bytes as f64 * 100.0 / r.total_bytes as f64 };
+            let mut per_node = Table::new(["DATASET", "VERSION", "REGION", "NODE", "CACHED", "CACHED %", "PHASE"]);
+            for r in status.rows {
                 // Ready and served by the region: Active.
                 let phase = match (r.active, r.reason.is_empty()) {
                     (true, _) => "Active".to_string(),
@@ -393,18 +475,39 @@ async fn run(cli: Cli) -> Result<()> {
                 let achieved =
                     if r.rate_bytes_per_sec == 0 { "-".to_string() } else { Rate(r.rate_bytes_per_sec).to_string() };
                 let rate = format!("{achieved}/{}", Rate(r.budget_bytes_per_sec));
+                for n in &r.nodes {
+                    let phase =
+                        if n.reason.is_empty() { n.phase.clone() } else { format!("{}: {}", n.phase, n.reason) };
+                    per_node.row([
+                        r.dataset.clone(),
+                        format!("v{}", r.version),
+                        r.region.clone(),
+                        n.node.clone(),
+                        bytes(n.cached_bytes),
+                        percent(n.cached_bytes, r.total_bytes),
+                        phase,
+                    ]);
+                }
                 t.row([
                     r.dataset,
                     format!("v{}", r.version),
                     r.region,
                     bytes(r.total_bytes),
                     bytes(r.cached_bytes),
-                    format!("{percent:.1}%"),
+                    percent(r.cached_bytes, r.total_bytes),
                     phase,
                     rate,
                 ]);
             }
             t.print();
+            if nodes {
+                println!();
+                per_node.print();
+            }
+            if !status.caches.is_empty() {
+                println!();
+                cache_tables(&status.caches, nodes);
+            }
         }
         Command::Manifest { version, chunks } => {
             let wire = admin

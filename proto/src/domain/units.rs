@@ -1,4 +1,5 @@
-//! Human units for byte rates: `100MiB/s`, `50 MB/s`, `1.5GiB/s`, `400Mbit/s`, `400Mbps`.
+//! Human units for byte rates (`100MiB/s`, `50 MB/s`, `1.5GiB/s`, `400Mbit/s`, `400Mbps`) and
+//! sizes (`64MiB`, `200GiB`, `1.5TB`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -24,25 +25,77 @@ impl FromStr for Rate {
         let number: f64 = number.parse().map_err(|_| err())?;
         let unit = unit.trim();
         let unit = unit.strip_suffix("/s").or_else(|| unit.strip_suffix("ps")).ok_or_else(err)?;
-        let (scale, bits) = match unit {
-            "B" => (1.0, false),
-            "KB" | "kB" => (1e3, false),
-            "MB" => (1e6, false),
-            "GB" => (1e9, false),
-            "KiB" => (1024.0, false),
-            "MiB" => (1024.0 * 1024.0, false),
-            "GiB" => (1024.0 * 1024.0 * 1024.0, false),
-            "bit" | "b" => (1.0, true),
-            "Kbit" | "kbit" | "Kb" | "kb" => (1e3, true),
-            "Mbit" | "Mb" => (1e6, true),
-            "Gbit" | "Gb" => (1e9, true),
-            _ => return Err(err()),
-        };
+        let (scale, bits) = scale(unit).ok_or_else(err)?;
         let bytes = number * scale / if bits { 8.0 } else { 1.0 };
         if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
             return Err(err());
         }
         Ok(Rate(bytes.round() as u64))
+    }
+}
+
+/// What a unit multiplies by, and whether it counts bits.
+fn scale(unit: &str) -> Option<(f64, bool)> {
+    Some(match unit {
+        "B" => (1.0, false),
+        "KB" | "kB" => (1e3, false),
+        "MB" => (1e6, false),
+        "GB" => (1e9, false),
+        "TB" => (1e12, false),
+        "KiB" => (1024.0, false),
+        "MiB" => (1024.0 * 1024.0, false),
+        "GiB" => (1024.0 * 1024.0 * 1024.0, false),
+        "TiB" => (1024.0 * 1024.0 * 1024.0 * 1024.0, false),
+        "bit" | "b" => (1.0, true),
+        "Kbit" | "kbit" | "Kb" | "kb" => (1e3, true),
+        "Mbit" | "Mb" => (1e6, true),
+        "Gbit" | "Gb" => (1e9, true),
+        _ => return None,
+    })
+}
+
+/// A size in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Size(pub u64);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{input:?} is not a size: write a number and a unit, e.g. 512MiB, 200GiB or 1.5TB")]
+pub struct SizeError {
+    pub input: String,
+}
+
+impl FromStr for Size {
+    type Err = SizeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || SizeError { input: s.to_string() };
+        let t = s.trim();
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(err)?;
+        let (number, unit) = t.split_at(split);
+        let number: f64 = number.parse().map_err(|_| err())?;
+        let (scale, bits) = scale(unit.trim()).ok_or_else(err)?;
+        let bytes = number * scale;
+        if bits || !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+            return Err(err());
+        }
+        Ok(Size(bytes.round() as u64))
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let mut value = self.0 as f64;
+        let mut unit = 0;
+        while value >= 1024.0 && unit < UNITS.len() - 1 {
+            value /= 1024.0;
+            unit += 1;
+        }
+        if value.fract() == 0.0 {
+            write!(f, "{value:.0}{}", UNITS[unit])
+        } else {
+            write!(f, "{value:.1}{}", UNITS[unit])
+        }
     }
 }
 
@@ -77,6 +130,18 @@ mod tests {
         assert_eq!(Rate(25 << 20).to_string(), "25MiB/s");
         for bad in ["", "100", "MiB/s", "100MiB", "-5MiB/s", "100XB/s", "0B/s", "1e3MB/s"] {
             assert!(bad.parse::<Rate>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!("64MiB".parse(), Ok(Size(64 << 20)));
+        assert_eq!("1.5 GiB".parse(), Ok(Size(3 << 29)));
+        assert_eq!("2TB".parse(), Ok(Size(2_000_000_000_000)));
+        assert_eq!("0B".parse(), Ok(Size(0)));
+        assert_eq!(Size(200 << 30).to_string(), "200GiB");
+        for bad in ["", "100", "MiB", "-5MiB", "100XB", "8Mbit", "100MiB/s"] {
+            assert!(bad.parse::<Size>().is_err(), "{bad:?} accepted");
         }
     }
 }

@@ -1,0 +1,446 @@
+//! The spoke's chunk cache: a memory tier and a disk tier, each with a quota and high/low
+//! watermarks, least-recently-used eviction, and pinned chunks that are never evicted.
+//!
+//! Chunks are written to the disk tier (or, in memory-only mode, to the memory tier, and no
+//! dataset byte ever touches the disk). A read that finds a chunk on disk also keeps it in
+//! the memory tier, so hot chunks (those peers and mounts ask for again and again) are served
+//! from memory. When a write takes a tier above its high watermark, the least recently used
+//! chunks that are not pinned are evicted until the tier is at its low watermark. The spoke
+//! pins the chunks of each dataset's active version and of the versions rolling out
+//! ([`TieredStore::set_pinned`]); if pinned chunks alone fill a tier, a write fails with
+//! [`CacheError::Full`] rather than evict them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use aqueduct_proto::{ChunkerParams, Digest, Size};
+use serde::Deserialize;
+
+use crate::store::{CacheError, ChunkStore, DiskStore, MemStore};
+
+/// The largest chunk any version has: a tier must hold at least one.
+pub const LARGEST_CHUNK: u64 = ChunkerParams::DEFAULT.max_size as u64;
+
+/// The `[cache]` section of the spoke's config.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// The memory tier's quota (`0B`: no memory tier).
+    #[serde(deserialize_with = "size")]
+    pub memory: Size,
+    /// The disk tier's quota; none: as much as the disk holds.
+    #[serde(deserialize_with = "optional_size")]
+    pub disk: Option<Size>,
+    /// Eviction starts when a tier holds more than this fraction of its quota ...
+    pub high_watermark: f64,
+    /// ... and stops when it is down to this fraction.
+    pub low_watermark: f64,
+    /// Keep chunks in memory only: no dataset byte is written to disk.
+    pub memory_only: bool,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { memory: Size(256 << 20), disk: None, high_watermark: 0.95, low_watermark: 0.85, memory_only: false }
+    }
+}
+
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
+    String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+}
+
+fn optional_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Size>, D::Error> {
+    size(d).map(Some)
+}
+
+impl CacheConfig {
+    /// Checks the section; the message names the key and says what to write instead.
+    pub fn validate(&self) -> Result<(), String> {
+        let (low, high) = (self.low_watermark, self.high_watermark);
+        if !(low > 0.0 && low < high && high <= 1.0) {
+            return Err(format!(
+                "cache.low_watermark ({low}) and cache.high_watermark ({high}) must satisfy 0 < low < high <= 1, e.g. 0.85 and 0.95"
+            ));
+        }
+        let small = |key: &str, quota: Size| {
+            format!(
+                "cache.{key} is {quota}, smaller than one chunk (up to {}): give it at least {} (a few GiB in practice)",
+                Size(LARGEST_CHUNK),
+                Size(LARGEST_CHUNK * 2)
+            )
+        };
+        if self.memory_only {
+            if self.memory.0 < LARGEST_CHUNK * 2 {
+                return Err(if self.memory.0 == 0 {
+                    "cache.memory_only needs a memory tier: set cache.memory, e.g. \"8GiB\"".to_string()
+                } else {
+                    small("memory", self.memory)
+                });
+            }
+            if self.disk.is_some() {
+                return Err("cache.disk cannot be set with cache.memory_only = true: nothing is written to disk".into());
+            }
+        } else if self.memory.0 != 0 && self.memory.0 < LARGEST_CHUNK * 2 {
+            return Err(small("memory", self.memory));
+        }
+        if let Some(disk) = self.disk
+            && disk.0 < LARGEST_CHUNK * 2
+        {
+            return Err(small("disk", disk));
+        }
+        Ok(())
+    }
+}
+
+/// Least-recently-used order of a tier's chunks, and the bytes they take.
+#[derive(Default)]
+struct Lru {
+    used: u64,
+    tick: u64,
+    entries: HashMap<Digest, (u64, u64)>,
+    order: BTreeMap<u64, Digest>,
+}
+
+impl Lru {
+    fn touch(&mut self, digest: Digest, len: u64) {
+        self.tick += 1;
+        if let Some((old_len, old_tick)) = self.entries.insert(digest, (len, self.tick)) {
+            self.order.remove(&old_tick);
+            self.used -= old_len;
+        }
+        self.used += len;
+        self.order.insert(self.tick, digest);
+    }
+
+    fn forget(&mut self, digest: &Digest) {
+        if let Some((len, tick)) = self.entries.remove(digest) {
+            self.order.remove(&tick);
+            self.used -= len;
+        }
+    }
+}
+
+/// One tier: a store, its quota and what it holds, in use order.
+struct Tier<S> {
+    store: S,
+    quota: Option<u64>,
+    high: f64,
+    low: f64,
+    lru: Mutex<Lru>,
+}
+
+impl<S: ChunkStore> Tier<S> {
+    fn new(store: S, quota: Option<u64>, config: &CacheConfig) -> Result<Self, CacheError> {
+        let mut lru = Lru::default();
+        for (digest, len) in store.list()? {
+            lru.touch(digest, len);
+        }
+        Ok(Self { store, quota, high: config.high_watermark, low: config.low_watermark, lru: Mutex::new(lru) })
+    }
+
+    fn lru(&self) -> std::sync::MutexGuard<'_, Lru> {
+        self.lru.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes room for `len` more bytes: above the high watermark, evicts unpinned chunks,
+    /// oldest first, down to the low watermark. Fails if pinned chunks leave no room.
+    fn make_room(&self, len: u64, pinned: &HashSet<Digest>, evictions: &AtomicU64) -> Result<(), CacheError> {
+        let Some(quota) = self.quota else { return Ok(()) };
+        let mut victims = Vec::new();
+        {
+            let lru = self.lru();
+            if (lru.used + len) as f64 <= quota as f64 * self.high {
+                return Ok(());
+            }
+            let target = (quota as f64 * self.low) as u64;
+            let mut used = lru.used + len;
+            for digest in lru.order.values() {
+                if used <= target {
+                    break;
+                }
+                if !pinned.contains(digest) {
+                    used -= lru.entries[digest].0;
+                    victims.push(*digest);
+                }
+            }
+            if used > quota {
+                return Err(CacheError::Full {
+                    path: "cache".into(),
+                    source: std::io::Error::other(format!(
+                        "the quota of {} is taken by pinned chunks (the active and rolling-out versions); raise it",
+                        Size(quota)
+                    )),
+                });
+            }
+        }
+        for digest in victims {
+            self.store.remove(&digest)?;
+            self.lru().forget(&digest);
+            evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn put(
+        &self,
+        digest: &Digest,
+        data: &[u8],
+        pinned: &HashSet<Digest>,
+        evictions: &AtomicU64,
+    ) -> Result<(), CacheError> {
+        if self.lru().entries.contains_key(digest) && self.store.contains(digest) {
+            return Ok(());
+        }
+        self.make_room(data.len() as u64, pinned, evictions)?;
+        self.store.put(digest, data)?;
+        self.lru().touch(*digest, data.len() as u64);
+        Ok(())
+    }
+
+    fn get_unchecked(&self, digest: &Digest) -> Result<Option<Vec<u8>>, CacheError> {
+        let data = self.store.get_unchecked(digest)?;
+        match &data {
+            Some(d) => self.lru().touch(*digest, d.len() as u64),
+            None => self.lru().forget(digest),
+        }
+        Ok(data)
+    }
+
+    fn remove(&self, digest: &Digest) -> Result<(), CacheError> {
+        self.store.remove(digest)?;
+        self.lru().forget(digest);
+        Ok(())
+    }
+}
+
+/// How a tier is doing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TierUsage {
+    pub quota: Option<u64>,
+    pub used: u64,
+}
+
+/// Counters since the spoke started.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub memory_hits: AtomicU64,
+    pub disk_hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub evictions: AtomicU64,
+}
+
+pub struct TieredStore {
+    memory: Option<Tier<MemStore>>,
+    disk: Option<Tier<DiskStore>>,
+    pinned: RwLock<HashSet<Digest>>,
+    pub stats: CacheStats,
+}
+
+impl TieredStore {
+    /// Opens the tiers `config` asks for; the disk tier lives in `dir` (and is not opened,
+    /// nor created, in memory-only mode).
+    pub fn open(dir: &Path, config: &CacheConfig) -> Result<Self, CacheError> {
+        let memory =
+            (config.memory.0 > 0).then(|| Tier::new(MemStore::default(), Some(config.memory.0), config)).transpose()?;
+        let disk = if config.memory_only {
+            None
+        } else {
+            Some(Tier::new(DiskStore::open(dir)?, config.disk.map(|s| s.0), config)?)
+        };
+        Ok(Self { memory, disk, pinned: RwLock::default(), stats: CacheStats::default() })
+    }
+
+    /// The chunks that must not be evicted: those of the active and rolling-out versions.
+    pub fn set_pinned(&self, pinned: HashSet<Digest>) {
+        *self.pinned.write().unwrap_or_else(|e| e.into_inner()) = pinned;
+    }
+
+    pub fn memory_usage(&self) -> Option<TierUsage> {
+        self.memory.as_ref().map(|t| TierUsage { quota: t.quota, used: t.lru().used })
+    }
+
+    pub fn disk_usage(&self) -> Option<TierUsage> {
+        self.disk.as_ref().map(|t| TierUsage { quota: t.quota, used: t.lru().used })
+    }
+
+    /// The tier chunks are kept in: disk, or memory in memory-only mode.
+    fn keeping(&self) -> Keeping<'_> {
+        match (&self.disk, &self.memory) {
+            (Some(disk), _) => Keeping::Disk(disk),
+            (None, Some(memory)) => Keeping::Memory(memory),
+            (None, None) => unreachable!("memory-only needs a memory tier (checked by CacheConfig::validate)"),
+        }
+    }
+}
+
+enum Keeping<'a> {
+    Disk(&'a Tier<DiskStore>),
+    Memory(&'a Tier<MemStore>),
+}
+
+impl ChunkStore for TieredStore {
+    fn contains(&self, digest: &Digest) -> bool {
+        match self.keeping() {
+            Keeping::Disk(t) => t.store.contains(digest),
+            Keeping::Memory(t) => t.store.contains(digest),
+        }
+    }
+
+    fn get_unchecked(&self, digest: &Digest) -> Result<Option<Vec<u8>>, CacheError> {
+        if let Some(memory) = &self.memory
+            && let Some(data) = memory.get_unchecked(digest)?
+        {
+            self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(data));
+        }
+        let Some(disk) = &self.disk else {
+            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        };
+        let Some(data) = disk.get_unchecked(digest)? else {
+            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        };
+        self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+        // Hot chunks are served from memory next time; the memory tier of a disk cache holds
+        // copies only, so nothing there is pinned. A digest mismatch is the reader's to find
+        // (it then discards the chunk from both tiers).
+        if let Some(memory) = &self.memory
+            && memory.quota.is_some_and(|q| data.len() as u64 <= q)
+        {
+            let _ = memory.make_room(data.len() as u64, &HashSet::new(), &self.stats.evictions);
+            let _ = memory.store.put_unchecked(digest, &data);
+            memory.lru().touch(*digest, data.len() as u64);
+        }
+        Ok(Some(data))
+    }
+
+    fn put(&self, digest: &Digest, data: &[u8]) -> Result<(), CacheError> {
+        let pinned = self.pinned.read().unwrap_or_else(|e| e.into_inner());
+        match self.keeping() {
+            Keeping::Disk(t) => t.put(digest, data, &pinned, &self.stats.evictions),
+            Keeping::Memory(t) => t.put(digest, data, &pinned, &self.stats.evictions),
+        }
+    }
+
+    fn remove(&self, digest: &Digest) -> Result<(), CacheError> {
+        if let Some(memory) = &self.memory {
+            memory.remove(digest)?;
+        }
+        if let Some(disk) = &self.disk {
+            disk.remove(digest)?;
+        }
+        Ok(())
+    }
+
+    fn list(&self) -> Result<Vec<(Digest, u64)>, CacheError> {
+        match self.keeping() {
+            Keeping::Disk(t) => t.store.list(),
+            Keeping::Memory(t) => t.store.list(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn chunk(i: u64) -> (Digest, Vec<u8>) {
+        let data = aqueduct_testkit::noise(MIB as usize, i);
+        (Digest::of(&data), data)
+    }
+
+    fn config(disk: Option<u64>, memory: u64, memory_only: bool) -> CacheConfig {
+        CacheConfig { memory: Size(memory), disk: disk.map(Size), high_watermark: 0.8, low_watermark: 0.5, memory_only }
+    }
+
+    /// Writes 40 chunks of 1 MiB through a tier of 10 MiB with three of them pinned: the
+    /// tier never holds more than its high watermark after a write, the pinned chunks and
+    /// the newest ones survive, the oldest unpinned ones go.
+    fn watermarks_hold(store: &TieredStore, usage: impl Fn(&TieredStore) -> TierUsage) {
+        let pinned: HashSet<Digest> = (0..3).map(|i| chunk(i).0).collect();
+        store.set_pinned(pinned.clone());
+        for i in 0..40 {
+            let (d, data) = chunk(i);
+            store.put(&d, &data).unwrap();
+            let used = usage(store).used;
+            assert!(used <= 8 * MIB, "after chunk {i}, {used} bytes are held, above the high watermark");
+        }
+        for d in &pinned {
+            assert!(store.contains(d), "a pinned chunk was evicted");
+            assert!(store.get(d).unwrap().is_some());
+        }
+        assert!(store.contains(&chunk(39).0), "the newest chunk was evicted");
+        assert!(!store.contains(&chunk(3).0), "the oldest unpinned chunk is still held");
+        assert!(store.stats.evictions.load(Ordering::Relaxed) >= 30);
+        // Pinned chunks alone above the quota: a write fails as full, nothing pinned goes.
+        let mut many: HashSet<Digest> = (0..40).map(|i| chunk(i).0).filter(|d| store.contains(d)).collect();
+        store.set_pinned(many.clone());
+        let mut full = None;
+        for i in 100..120 {
+            let (d, data) = chunk(i);
+            if let Err(e) = store.put(&d, &data) {
+                full = Some(e);
+                break;
+            }
+            many.insert(d);
+            store.set_pinned(many.clone());
+        }
+        assert!(matches!(full, Some(CacheError::Full { .. })), "{full:?}");
+        assert!(many.iter().all(|d| store.contains(d)));
+    }
+
+    #[test]
+    fn disk_tier_evicts_to_its_low_watermark_and_keeps_pinned_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TieredStore::open(dir.path(), &config(Some(10 * MIB), 4 * MIB, false)).unwrap();
+        watermarks_hold(&store, |s| s.disk_usage().unwrap());
+        // The disk agrees with the count.
+        let on_disk: u64 = DiskStore::open(dir.path()).unwrap().list().unwrap().iter().map(|(_, l)| l).sum();
+        assert_eq!(on_disk, store.disk_usage().unwrap().used);
+        // Reopened, the tier knows what it holds.
+        let again = TieredStore::open(dir.path(), &config(Some(10 * MIB), 0, false)).unwrap();
+        assert_eq!(again.disk_usage().unwrap().used, on_disk);
+    }
+
+    #[test]
+    fn memory_only_keeps_nothing_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TieredStore::open(&dir.path().join("store"), &config(None, 10 * MIB, true)).unwrap();
+        watermarks_hold(&store, |s| s.memory_usage().unwrap());
+        assert!(!dir.path().join("store").exists(), "memory-only mode created the disk store");
+    }
+
+    #[test]
+    fn reads_from_disk_are_kept_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TieredStore::open(dir.path(), &config(None, 4 * MIB, false)).unwrap();
+        let (d, data) = chunk(1);
+        store.put(&d, &data).unwrap();
+        assert_eq!(store.get(&d).unwrap().unwrap(), data);
+        assert_eq!(store.get(&d).unwrap().unwrap(), data);
+        assert_eq!(store.stats.disk_hits.load(Ordering::Relaxed), 1);
+        assert_eq!(store.stats.memory_hits.load(Ordering::Relaxed), 1);
+        // Removing a (corrupt) chunk removes every copy.
+        store.remove(&d).unwrap();
+        assert_eq!(store.get(&d).unwrap(), None);
+    }
+
+    #[test]
+    fn bad_quotas_are_refused_with_the_key() {
+        let err = config(Some(MIB), 0, false).validate().unwrap_err();
+        assert!(err.contains("cache.disk is 1MiB, smaller than one chunk"), "{err}");
+        let err = config(None, 0, true).validate().unwrap_err();
+        assert!(err.contains("cache.memory_only needs a memory tier"), "{err}");
+        let err = config(Some(MIB << 10), 64 * MIB, true).validate().unwrap_err();
+        assert!(err.contains("cache.disk cannot be set"), "{err}");
+        let mut c = config(None, 0, false);
+        c.low_watermark = 0.99;
+        assert!(c.validate().unwrap_err().contains("low_watermark"));
+        assert!(CacheConfig::default().validate().is_ok());
+    }
+}
