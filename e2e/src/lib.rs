@@ -192,10 +192,16 @@ impl World {
     }
 
     pub async fn rollout(&mut self, version: u64, regions: &[&str]) {
+        self.rollout_as(version, regions, "").await;
+    }
+
+    /// Rolls out with a replication mode (`auto`, `region`, `every-node`).
+    pub async fn rollout_as(&mut self, version: u64, regions: &[&str], mode: &str) {
         let req = pb::RolloutRequest {
             dataset: "llama".into(),
             version,
             regions: regions.iter().map(|r| r.to_string()).collect(),
+            mode: mode.into(),
         };
         self.admin.rollout(req).await.unwrap();
     }

@@ -369,3 +369,43 @@ async fn memory_only_mode_leaves_no_dataset_byte_on_disk() {
     assert!(files > 0);
     assert!(!configs[0].parent().unwrap().join("store/chunks").exists(), "a chunk directory was created");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_region_mode_the_region_holds_one_copy_and_every_spoke_reads_all_of_it() {
+    let mut w = world(SourceKind::S3).await;
+    write_model(&w.data, 16 << 20, 0);
+    let v1 = w.snapshot().await;
+    let configs = w.region_of("eu", 1 << 30, 3).await;
+    let stops: Vec<_> = configs.iter().map(|c| w.start_spoke(c)).collect();
+    w.wait_members("eu", 3).await;
+    w.rollout_as(1, &["eu"], "region").await;
+    let rows = w.wait_ready_settled(1).await;
+    let m1 = w.manifest(1).await;
+    let distinct: u64 = m1.distinct_chunks().iter().map(|(_, l)| u64::from(*l)).sum();
+    assert_eq!((rows[0].mode.as_str(), rows[0].cached_bytes), ("region", v1.bytes), "the shares do not add up");
+    assert_eq!(rows[0].relayed_bytes, distinct);
+    // One copy in the region: every chunk on exactly one spoke, each spoke a fair share.
+    let stores: Vec<_> = (1..=3).map(|i| stored_chunks(&w.root.join(format!("spoke-eu-{i}/store")))).collect();
+    for (d, _) in m1.distinct_chunks() {
+        assert_eq!(stores.iter().filter(|s| s.contains_key(&d)).count(), 1, "chunk {d} is not held exactly once");
+    }
+    for (i, s) in stores.iter().enumerate() {
+        assert!(s.len() * 6 >= m1.distinct_chunks().len(), "eu-{} holds only {} chunks", i + 1, s.len());
+    }
+    // Every spoke reads the whole version, from its peers: not one more byte over the link.
+    for config in &configs {
+        let mut local = local_client(&socket_of(config)).await;
+        assert_reads(&mut local, &m1, &w.data).await;
+    }
+    assert_eq!(w.status(1).await[0].relayed_bytes, distinct, "reads went over the link");
+
+    // eu-2 leaves: the others take up its share from the copies they read, not the link.
+    stops[1].cancel();
+    w.wait_members("eu", 2).await;
+    for config in [&configs[0], &configs[2]] {
+        let mut local = local_client(&socket_of(config)).await;
+        assert_reads(&mut local, &m1, &w.data).await;
+    }
+    let row = &w.wait_ready_settled(1).await[0];
+    assert_eq!((row.relayed_bytes, row.refetched_bytes), (distinct, 0));
+}

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aqueduct_proto::hub::v1 as pb;
-use aqueduct_proto::validate_name;
+use aqueduct_proto::{ReplicationMode, validate_name};
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -333,8 +333,10 @@ impl pb::admin_server::Admin for AdminService {
             n => n,
         };
         Span::current().record("version", version);
+        let mode: ReplicationMode =
+            req.mode.parse().map_err(|e: aqueduct_proto::ModeError| Status::invalid_argument(e.to_string()))?;
         let (name, regions) = (dataset.name.clone(), req.regions.clone());
-        blocking(&self.db, move |db| db.add_rollout(&name, version, &regions, now_unix_ms())).await.map_err(
+        blocking(&self.db, move |db| db.add_rollout(&name, version, &regions, mode, now_unix_ms())).await.map_err(
             |e| match e {
                 StoreError::NotFound { kind: "region", name } => Status::not_found(format!(
                     "region {name:?} does not exist; add it with `aq region add {name} --rate RATE`"
@@ -378,6 +380,7 @@ impl pb::admin_server::Admin for AdminService {
                 .map(|r| pb::StatusRow {
                     nodes: self.live.members.nodes(&(r.dataset.clone(), r.version, r.region.clone())),
                     refetched_bytes: self.live.ledger.refetched(&(r.dataset.clone(), r.version, r.region.clone())),
+                    mode: r.mode.to_string(),
                     active: active.contains(&(r.dataset.clone(), r.version, r.region.clone())),
                     dataset: r.dataset,
                     version: r.version,

@@ -23,6 +23,9 @@ pub struct NodeReport {
     pub cached_bytes: u64,
     pub reason: String,
     pub rate: u64,
+    /// The spoke holds a share of the region's one copy (`region` mode): the region's cached
+    /// bytes are the sum of the shares, not the least any spoke holds.
+    pub share: bool,
 }
 
 /// A region's row, folded from its members' reports.
@@ -169,7 +172,9 @@ pub fn fold(live: &[&String], reports: &BTreeMap<String, NodeReport>) -> RegionP
         live.iter().map(|n| (*n, reports.get(*n))).collect()
     };
     let rate = counted.iter().filter_map(|(_, r)| r.map(|r| r.rate)).sum();
-    let cached_bytes = counted.iter().map(|(_, r)| r.map_or(0, |r| r.cached_bytes)).min().unwrap_or(0);
+    let shares = counted.iter().any(|(_, r)| r.is_some_and(|r| r.share));
+    let held = counted.iter().map(|(_, r)| r.map_or(0, |r| r.cached_bytes));
+    let cached_bytes = if shares { held.sum() } else { held.min().unwrap_or(0) };
     let failed: Vec<String> = counted
         .iter()
         .filter_map(|(n, r)| r.filter(|r| r.phase == "Failed").map(|r| format!("{n}: {}", r.reason)))
@@ -191,7 +196,7 @@ mod tests {
     use super::*;
 
     fn report(phase: &str, cached: u64) -> NodeReport {
-        NodeReport { phase: phase.into(), cached_bytes: cached, reason: String::new(), rate: 10 }
+        NodeReport { phase: phase.into(), cached_bytes: cached, reason: String::new(), rate: 10, share: false }
     }
 
     fn key() -> VersionKey {
@@ -221,6 +226,16 @@ mod tests {
         );
         assert_eq!(members.members("eu").iter().map(|m| m.node.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         drop(a);
+    }
+
+    #[test]
+    fn in_region_mode_the_shares_add_up() {
+        let members = Members::default();
+        let (_a, _b) = (members.join("eu", "a", "x:1"), members.join("eu", "b", "x:2"));
+        let share = |phase: &str, cached| NodeReport { share: true, ..report(phase, cached) };
+        members.report(key(), "a", share("Ready", 60));
+        let row = members.report(key(), "b", share("Ready", 40)).unwrap();
+        assert_eq!((row.phase.as_str(), row.cached_bytes), ("Ready", 100));
     }
 
     #[test]

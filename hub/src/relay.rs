@@ -286,6 +286,7 @@ impl SpokeService {
                 version: r.version,
                 total_bytes: r.total_bytes,
                 root: r.root.0.to_vec(),
+                mode: r.mode.to_string(),
             })
             .collect();
         Ok(pb::Assignments { assignments, budget_bytes_per_sec: budget, members: members.members(region) })
@@ -469,8 +470,13 @@ impl pb::spoke_server::Spoke for SpokeService {
                 r.phase
             )));
         }
-        let report =
-            NodeReport { phase: r.phase, cached_bytes: r.cached_bytes, reason: r.reason, rate: r.rate_bytes_per_sec };
+        let report = NodeReport {
+            phase: r.phase,
+            cached_bytes: r.cached_bytes,
+            reason: r.reason,
+            rate: r.rate_bytes_per_sec,
+            share: r.mode == "region",
+        };
         let key = (r.dataset, r.version, region);
         let node = if r.node.is_empty() { "(unnamed)".to_string() } else { r.node };
         // A report about a version that is not rolled out to the region is refused before it
@@ -551,6 +557,7 @@ mod tests {
             rate: 0,
             budget: 0,
             updated_unix_ms: 0,
+            mode: Default::default(),
             relayed_bytes: 0,
             root: Digest([0; 32]),
         }

@@ -14,10 +14,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use aqueduct_proto::{ChunkRef, ChunkerParams, Digest, FileEntry, Manifest};
+use aqueduct_proto::{ChunkRef, ChunkerParams, Digest, FileEntry, Manifest, ReplicationMode};
 use rusqlite::{Connection, OptionalExtension, params};
 
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -96,6 +96,7 @@ pub struct RolloutRecord {
     /// The version's root.
     pub root: Digest,
     pub updated_unix_ms: i64,
+    pub mode: ReplicationMode,
 }
 
 /// What identifies the state of a source object when a version was cut: if the object still
@@ -144,7 +145,15 @@ pub trait MetaStore: Send + Sync {
     fn regions(&self) -> Result<Vec<RegionRecord>, StoreError>;
     /// Asks `regions` to hold a version; regions that already have it keep their state.
     /// Fails with `NotFound` naming the first unknown region or version, writing nothing.
-    fn add_rollout(&self, dataset: &str, version: u64, regions: &[String], now_unix_ms: i64) -> Result<(), StoreError>;
+    /// Asks `regions` to hold the version in `mode`; a region asked again gets the new mode.
+    fn add_rollout(
+        &self,
+        dataset: &str,
+        version: u64,
+        regions: &[String],
+        mode: ReplicationMode,
+        now_unix_ms: i64,
+    ) -> Result<(), StoreError>;
     /// Every rollout (of one dataset, or of all), by dataset, version and region.
     fn rollouts(&self, dataset: Option<&str>) -> Result<Vec<RolloutRecord>, StoreError>;
     /// Records what a region reported about a version it was asked to hold.
@@ -229,6 +238,7 @@ CREATE TABLE IF NOT EXISTS rollouts (
     relayed_bytes INTEGER NOT NULL,
     rate INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL,
+    mode TEXT NOT NULL DEFAULT 'auto',
     PRIMARY KEY (dataset, version, region),
     FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
 );
@@ -259,6 +269,16 @@ impl SqliteStore {
                 )?;
             }
             Some(v) if v == SCHEMA_VERSION.to_string() => {}
+            // Version 1 had no replication mode per rollout: every rollout was every-node
+            // then, which `auto` still gives for what fits a spoke.
+            Some(v) if v == "1" => {
+                conn.execute_batch(
+                    "BEGIN;
+                     ALTER TABLE rollouts ADD COLUMN mode TEXT NOT NULL DEFAULT 'auto';
+                     UPDATE meta SET value = '2' WHERE key = 'schema_version';
+                     COMMIT;",
+                )?;
+            }
             Some(v) => return Err(StoreError::Schema { found: v.parse().unwrap_or(-1) }),
         }
         Ok(Self { conn: Mutex::new(conn) })
@@ -532,7 +552,14 @@ impl MetaStore for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn add_rollout(&self, dataset: &str, version: u64, regions: &[String], now: i64) -> Result<(), StoreError> {
+    fn add_rollout(
+        &self,
+        dataset: &str,
+        version: u64,
+        regions: &[String],
+        mode: ReplicationMode,
+        now: i64,
+    ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let version_exists: bool = tx.query_row(
@@ -550,9 +577,10 @@ impl MetaStore for SqliteStore {
                 return Err(StoreError::NotFound { kind: "region", name: region.clone() });
             }
             tx.execute(
-                "INSERT INTO rollouts (dataset, version, region, phase, reason, cached_bytes, relayed_bytes, rate, updated_ms)
-                 VALUES (?1, ?2, ?3, 'Pending', '', 0, 0, 0, ?4) ON CONFLICT (dataset, version, region) DO NOTHING",
-                params![dataset, version as i64, region, now],
+                "INSERT INTO rollouts (dataset, version, region, phase, reason, cached_bytes, relayed_bytes, rate, updated_ms, mode)
+                 VALUES (?1, ?2, ?3, 'Pending', '', 0, 0, 0, ?4, ?5)
+                 ON CONFLICT (dataset, version, region) DO UPDATE SET mode = excluded.mode",
+                params![dataset, version as i64, region, now, mode.to_string()],
             )?;
         }
         tx.commit()?;
@@ -562,7 +590,7 @@ impl MetaStore for SqliteStore {
     fn rollouts(&self, dataset: Option<&str>) -> Result<Vec<RolloutRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT o.dataset, o.version, o.region, v.bytes, o.cached_bytes, o.phase, o.reason, o.rate, r.rate, o.updated_ms, o.relayed_bytes, v.root
+            "SELECT o.dataset, o.version, o.region, v.bytes, o.cached_bytes, o.phase, o.reason, o.rate, r.rate, o.updated_ms, o.relayed_bytes, v.root, o.mode
              FROM rollouts o
              JOIN versions v ON v.dataset = o.dataset AND v.number = o.version
              JOIN regions r ON r.name = o.region
@@ -583,6 +611,7 @@ impl MetaStore for SqliteStore {
                 updated_unix_ms: r.get(9)?,
                 relayed_bytes: r.get::<_, i64>(10)? as u64,
                 root: Digest::from_slice(&r.get::<_, Vec<u8>>(11)?).unwrap_or(Digest([0; 32])),
+                mode: r.get::<_, String>(12)?.parse().unwrap_or_default(),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -657,7 +686,11 @@ mod tests {
     }
 
     fn store_with_dataset() -> SqliteStore {
-        let store = SqliteStore::in_memory().unwrap();
+        with_dataset(SqliteStore::in_memory().unwrap())
+    }
+
+    /// Source `s` and dataset `d` in `store`.
+    fn with_dataset(store: SqliteStore) -> SqliteStore {
         store
             .add_source(&SourceRecord {
                 name: "s".into(),
@@ -745,16 +778,18 @@ mod tests {
             store.add_region(&RegionRecord { name: "eu".into(), rate: 1, created_unix_ms: 1 }),
             Err(StoreError::AlreadyExists { kind: "region", .. })
         ));
-        let err = store.add_rollout("d", 1, &["eu".into(), "mars".into()], 20).unwrap_err();
+        let err = store.add_rollout("d", 1, &["eu".into(), "mars".into()], ReplicationMode::Auto, 20).unwrap_err();
         assert!(matches!(&err, StoreError::NotFound { kind: "region", name } if name == "mars"), "{err}");
         assert!(store.rollouts(None).unwrap().is_empty(), "a failed rollout wrote rows");
-        let err = store.add_rollout("d", 2, &["eu".into()], 20).unwrap_err();
+        let err = store.add_rollout("d", 2, &["eu".into()], ReplicationMode::Auto, 20).unwrap_err();
         assert!(matches!(err, StoreError::NotFound { kind: "version", .. }), "{err}");
 
-        store.add_rollout("d", 1, &["eu".into(), "us".into()], 20).unwrap();
-        store.add_rollout("d", 1, &["eu".into()], 30).unwrap();
+        store.add_rollout("d", 1, &["eu".into(), "us".into()], ReplicationMode::Auto, 20).unwrap();
+        store.add_rollout("d", 1, &["eu".into()], ReplicationMode::Region, 30).unwrap();
         let rows = store.rollouts(Some("d")).unwrap();
         assert_eq!(rows.len(), 2);
+        // Asked again, a region takes the new mode.
+        assert_eq!((rows[0].mode, rows[1].mode), (ReplicationMode::Region, ReplicationMode::Auto));
         assert_eq!(
             (rows[0].region.as_str(), rows[0].phase.as_str(), rows[0].total_bytes, rows[0].budget),
             ("eu", "Pending", 3, 100)
@@ -762,6 +797,31 @@ mod tests {
         assert_eq!(rows[0].updated_unix_ms, 20, "a repeated rollout reset the region's state");
         assert_eq!(rows[1].budget, 50);
         assert!(store.rollouts(Some("other")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_schema_1_database_gains_replication_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        {
+            let store = with_dataset(SqliteStore::open(&path).unwrap());
+            store.insert_version(0, &manifest("d", b"abc"), &BTreeMap::new(), 3, 3, 10).unwrap();
+            store.add_region(&RegionRecord { name: "eu".into(), rate: 1, created_unix_ms: 1 }).unwrap();
+            store.add_rollout("d", 1, &["eu".into()], ReplicationMode::Region, 20).unwrap();
+            // Back to what schema 1 was.
+            store
+                .conn()
+                .execute_batch(
+                    "ALTER TABLE rollouts DROP COLUMN mode; UPDATE meta SET value = '1' WHERE key = 'schema_version';",
+                )
+                .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let rows = store.rollouts(None).unwrap();
+        assert_eq!((rows.len(), rows[0].mode), (1, ReplicationMode::Auto));
+        let version: String =
+            store.conn().query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, "2");
     }
 
     #[test]

@@ -225,6 +225,7 @@ async fn regions_get_credentials_and_rollouts_show_in_status() {
         dataset: "llama".into(),
         version,
         regions: regions.iter().map(|r| r.to_string()).collect(),
+        mode: String::new(),
     };
     expect_err(admin.rollout(rollout(0, &["eu-west"])).await, Code::FailedPrecondition, &["no version yet"]);
     let v1 = snapshot(&mut admin, "llama").await.unwrap();

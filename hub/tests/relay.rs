@@ -75,8 +75,12 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
     let v1 = snapshot(&mut admin, "llama").await.unwrap();
     let mut eu = spoke_of(&hub, &mut admin, "eu", 1 << 30).await;
     let mut us = spoke_of(&hub, &mut admin, "us", 1 << 30).await;
-    let rollout =
-        |version, region: &str| pb::RolloutRequest { dataset: "llama".into(), version, regions: vec![region.into()] };
+    let rollout = |version, region: &str| pb::RolloutRequest {
+        dataset: "llama".into(),
+        version,
+        regions: vec![region.into()],
+        mode: String::new(),
+    };
     admin.rollout(rollout(1, "eu")).await.unwrap();
 
     // The watch says what eu must hold, and its budget.
@@ -155,6 +159,7 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
         reason: String::new(),
         rate_bytes_per_sec: 1000,
         node: "node-1".into(),
+        mode: String::new(),
     };
     eu.report_progress(report("Transferring", 1234)).await.unwrap();
     let rows = admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
@@ -231,7 +236,12 @@ async fn a_changed_source_fails_the_version_and_sends_no_wrong_byte() {
     snapshot(&mut admin, "llama").await.unwrap();
     let mut eu = spoke_of(&hub, &mut admin, "eu", 1 << 30).await;
     admin
-        .rollout(pb::RolloutRequest { dataset: "llama".into(), version: 1, regions: vec!["eu".into()] })
+        .rollout(pb::RolloutRequest {
+            dataset: "llama".into(),
+            version: 1,
+            regions: vec!["eu".into()],
+            mode: String::new(),
+        })
         .await
         .unwrap();
     let wire =

@@ -31,6 +31,6 @@ pub mod spoke {
 }
 
 pub use domain::{
-    ChunkRef, ChunkerParams, Digest, FileEntry, MANIFEST_FORMAT, Manifest, ManifestError, NameError, Rate, RateError,
-    Size, SizeError, VersionRef, validate_name,
+    ChunkRef, ChunkerParams, Digest, FileEntry, MANIFEST_FORMAT, Manifest, ManifestError, ModeError, NameError, Rate,
+    RateError, ReplicationMode, Size, SizeError, VersionRef, validate_name,
 };

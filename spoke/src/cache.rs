@@ -265,6 +265,18 @@ impl TieredStore {
         self.disk.as_ref().map(|t| TierUsage { quota: t.quota, used: t.lru().used })
     }
 
+    /// Whether a version of `bytes` fits below the high watermark of the tier chunks are kept
+    /// in (a disk tier with no quota: what the filesystem of `dir` has free, plus what the
+    /// tier holds).
+    pub fn fits(&self, bytes: u64, dir: &Path) -> bool {
+        let (quota, used, high) = match self.keeping() {
+            Keeping::Disk(t) => (t.quota, t.lru().used, t.high),
+            Keeping::Memory(t) => (t.quota, t.lru().used, t.high),
+        };
+        let capacity = quota.unwrap_or_else(|| free_bytes(dir).map_or(u64::MAX, |free| free + used));
+        bytes as f64 <= capacity as f64 * high
+    }
+
     /// The tier chunks are kept in: disk, or memory in memory-only mode.
     fn keeping(&self) -> Keeping<'_> {
         match (&self.disk, &self.memory) {
@@ -273,6 +285,16 @@ impl TieredStore {
             (None, None) => unreachable!("memory-only needs a memory tier (checked by CacheConfig::validate)"),
         }
     }
+}
+
+/// Bytes free for unprivileged use on the filesystem of `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `stat` a writable statvfs.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+    (rc == 0).then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
 enum Keeping<'a> {

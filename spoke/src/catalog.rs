@@ -209,7 +209,14 @@ mod tests {
     use super::*;
 
     fn assignment(dataset: &str, version: u64, active: bool) -> pb::Assignment {
-        pb::Assignment { dataset: dataset.into(), version, total_bytes: 1, root: vec![0; 32], active }
+        pb::Assignment {
+            dataset: dataset.into(),
+            version,
+            total_bytes: 1,
+            root: vec![0; 32],
+            active,
+            mode: String::new(),
+        }
     }
 
     #[test]

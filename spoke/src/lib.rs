@@ -43,6 +43,7 @@ use crate::peers::Peers;
 use crate::reader::{Priority, ReadThrough};
 use crate::replicate::{Budget, PullOptions, Replicator};
 use crate::store::ChunkStore;
+use aqueduct_proto::ReplicationMode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpokeError {
@@ -96,6 +97,13 @@ pub struct PeerConfig {
     /// name an address, not 0.0.0.0).
     #[serde(default)]
     pub advertise: Option<String>,
+    /// In `region` mode, how many spokes hold each chunk (its first owners). Default 1.
+    #[serde(default = "one")]
+    pub replicas: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -141,6 +149,9 @@ impl SpokeConfig {
             )));
         }
         config.cache.validate().map_err(invalid)?;
+        if config.peer.as_ref().is_some_and(|p| p.replicas == 0) {
+            return Err(invalid("peer.replicas must be at least 1".into()));
+        }
         if config.replication.streams == 0 || config.replication.chunks_per_request == 0 {
             return Err(invalid("replication.streams and replication.chunks_per_request must be at least 1".into()));
         }
@@ -318,7 +329,9 @@ async fn replicate_until(
     let Parts { peer_address, reader, cache, catalog, priority } = &parts;
     let options =
         PullOptions { streams: config.replication.streams, chunks_per_request: config.replication.chunks_per_request };
-    let mut ready: HashSet<(String, u64)> = HashSet::new();
+    // Versions this spoke holds its part of: how, and the bytes it reported Ready with.
+    let mut ready: HashMap<(String, u64), (ReplicationMode, u64)> = HashMap::new();
+    let mut members: Vec<String> = Vec::new();
     let mut backoff = Duration::from_millis(500);
     let mut last_complaint: Option<Instant> = None;
     let mut failures = 0u64;
@@ -375,20 +388,35 @@ async fn replicate_until(
                         info!("trying failed versions again");
                     }
                 }
-                pin(catalog, cache, &current).await;
+                // Who owns what changed: the versions held as shares are taken up again, so
+                // that the region still holds one copy of each (newly owned chunks come from
+                // the peers that hold them, the link only for what died with a spoke).
+                let now_members = reader.peers().member_names();
+                if now_members != members {
+                    ready.retain(|_, (mode, _)| *mode != ReplicationMode::Region);
+                    members = now_members;
+                }
+                let replicas = config.peer.as_ref().map_or(1, |p| p.replicas);
+                let modes: HashMap<(String, u64), ReplicationMode> = current
+                    .assignments
+                    .iter()
+                    .map(|a| ((a.dataset.clone(), a.version), effective_mode(a, cache, &config.data_dir)))
+                    .collect();
+                pin(catalog, cache, reader.peers(), &current, &modes, replicas).await;
                 let budget = Budget::new(current.budget_bytes_per_sec.max(1));
                 let mut failed = false;
                 for a in &current.assignments {
                     let key = (a.dataset.clone(), a.version);
-                    if ready.contains(&key) {
+                    let mode = modes[&key];
+                    if let Some(&(held, total)) = ready.get(&key) {
                         if reported.insert(key) {
-                            replicator.report(a, "Ready", a.total_bytes, "", 0).await;
+                            replicator.report(a, held, "Ready", total, "", 0).await;
                         }
                         continue;
                     }
-                    match replicator.replicate(a, &budget).await {
-                        Ok(_) => {
-                            ready.insert(key.clone());
+                    match replicator.replicate(a, &budget, mode, replicas).await {
+                        Ok(outcome) => {
+                            ready.insert(key.clone(), (mode, outcome.held_bytes));
                             reported.insert(key);
                             cache_changed.notify_one();
                         }
@@ -397,7 +425,7 @@ async fn replicate_until(
                         }
                         Err(e) => {
                             warn!(dataset = %a.dataset, version = a.version, error = %e, "replication failed");
-                            replicator.report(a, "Failed", 0, &e.reason(), 0).await;
+                            replicator.report(a, mode, "Failed", 0, &e.reason(), 0).await;
                             failed = true;
                         }
                     }
@@ -474,9 +502,28 @@ async fn report_cache(
     }
 }
 
-/// Pins the chunks of each dataset's active version and of the versions rolling out (those
-/// newer than the active one), so that eviction never takes them.
-async fn pin(catalog: &Catalog, cache: &TieredStore, current: &pb::Assignments) {
+/// How this spoke holds `a`: as the rollout says, and for `auto`, the whole version when it
+/// fits the cache (below the high watermark of the tier chunks are kept in), a share of the
+/// region's one copy otherwise.
+fn effective_mode(a: &pb::Assignment, cache: &TieredStore, data_dir: &Path) -> ReplicationMode {
+    match a.mode.parse().unwrap_or_default() {
+        ReplicationMode::Auto if cache.fits(a.total_bytes, data_dir) => ReplicationMode::EveryNode,
+        ReplicationMode::Auto => ReplicationMode::Region,
+        mode => mode,
+    }
+}
+
+/// Pins what eviction must never take: the chunks this spoke holds of each dataset's active
+/// version and of the versions rolling out (those newer than the active one): all of them
+/// for a version held whole, the owned ones for a share.
+async fn pin(
+    catalog: &Catalog,
+    cache: &TieredStore,
+    peers: &Peers,
+    current: &pb::Assignments,
+    modes: &HashMap<(String, u64), ReplicationMode>,
+    replicas: usize,
+) {
     let mut active: HashMap<&str, u64> = HashMap::new();
     for a in current.assignments.iter().filter(|a| a.active) {
         active.insert(&a.dataset, a.version);
@@ -486,8 +533,15 @@ async fn pin(catalog: &Catalog, cache: &TieredStore, current: &pb::Assignments) 
         if active.get(a.dataset.as_str()).is_some_and(|&v| a.version < v) {
             continue;
         }
+        let share = modes.get(&(a.dataset.clone(), a.version)) == Some(&ReplicationMode::Region);
         match catalog.manifest(a).await {
-            Ok(manifest) => pinned.extend(manifest.files.iter().flat_map(|f| f.chunks.iter().map(|c| c.digest))),
+            Ok(manifest) => pinned.extend(
+                manifest
+                    .files
+                    .iter()
+                    .flat_map(|f| f.chunks.iter().map(|c| c.digest))
+                    .filter(|d| !share || peers.holds(d, replicas)),
+            ),
             Err(e) => warn!(dataset = %a.dataset, version = a.version, error = %e, "cannot pin a version's chunks"),
         }
     }
@@ -507,6 +561,23 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_holds_the_whole_version_when_it_fits_and_a_share_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = CacheConfig { disk: Some(aqueduct_proto::Size(20 << 20)), ..CacheConfig::default() };
+        let cache = TieredStore::open(dir.path(), &config).unwrap();
+        let a =
+            |mib: u64, mode: &str| pb::Assignment { total_bytes: mib << 20, mode: mode.into(), ..Default::default() };
+        assert_eq!(effective_mode(&a(16, ""), &cache, dir.path()), ReplicationMode::EveryNode);
+        assert_eq!(effective_mode(&a(20, "auto"), &cache, dir.path()), ReplicationMode::Region, "above the watermark");
+        assert_eq!(effective_mode(&a(64, "every-node"), &cache, dir.path()), ReplicationMode::EveryNode);
+        assert_eq!(effective_mode(&a(1, "region"), &cache, dir.path()), ReplicationMode::Region);
+        // No quota: what the disk has free decides.
+        let unlimited = TieredStore::open(&dir.path().join("u"), &CacheConfig::default()).unwrap();
+        assert_eq!(effective_mode(&a(16, ""), &unlimited, dir.path()), ReplicationMode::EveryNode);
+        assert_eq!(effective_mode(&a(u64::MAX >> 20, ""), &unlimited, dir.path()), ReplicationMode::Region);
+    }
 
     #[test]
     fn example_config_parses_and_errors_name_the_key() {

@@ -128,6 +128,21 @@ impl Peers {
         owners
     }
 
+    /// Whether this spoke is among the first `replicas` owners of `digest` (a spoke outside
+    /// peer exchange owns everything).
+    pub fn holds(&self, digest: &Digest, replicas: usize) -> bool {
+        let ranked = rank(self.candidates(), digest);
+        match ranked.iter().position(|m| m.node == self.me) {
+            Some(place) => place < replicas.max(1),
+            None => true,
+        }
+    }
+
+    /// The live members' names, sorted (what ownership depends on).
+    pub fn member_names(&self) -> Vec<String> {
+        self.candidates().into_iter().map(|m| m.node).collect()
+    }
+
     /// The first owner of `digest`.
     pub fn owner(&self, digest: &Digest) -> Owner {
         self.owners(digest).swap_remove(0)

@@ -23,6 +23,8 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tonic::transport::Channel;
 use tracing::{debug, info, instrument, warn};
 
+use aqueduct_proto::ReplicationMode;
+
 use crate::catalog::{Catalog, CatalogError};
 use crate::peers::Owner;
 use crate::reader::{FetchError, Origin, Priority, ReadThrough};
@@ -90,6 +92,8 @@ pub struct Outcome {
     pub chunks_fetched: u64,
     pub bytes_fetched: u64,
     pub corrupt_refetched: u64,
+    /// Bytes of the version this spoke holds (its share in region mode), as reported Ready.
+    pub held_bytes: u64,
 }
 
 pub struct Replicator {
@@ -112,27 +116,51 @@ impl Replicator {
         self.reader.store()
     }
 
-    #[instrument(skip_all, fields(dataset = %assignment.dataset, version = assignment.version))]
-    pub async fn replicate(&self, assignment: &pb::Assignment, budget: &Budget) -> Result<Outcome, ReplicationError> {
+    /// Makes this spoke hold its part of the version: all of it (`every-node`), or the chunks
+    /// it owns (`region`, among the first `replicas` owners of each). Reports where it stands
+    /// as it goes, and Ready at the end.
+    #[instrument(skip_all, fields(dataset = %assignment.dataset, version = assignment.version, %mode))]
+    pub async fn replicate(
+        &self,
+        assignment: &pb::Assignment,
+        budget: &Budget,
+        mode: ReplicationMode,
+        replicas: usize,
+    ) -> Result<Outcome, ReplicationError> {
         let manifest = self.catalog.manifest(assignment).await?;
-        // How many bytes of the version each distinct chunk stands for (it may repeat).
+        // How many bytes of the version each distinct chunk this spoke holds stands for (it
+        // may repeat); in region mode, divided among its holders so that the shares add up.
         let mut weight: HashMap<Digest, u64> = HashMap::new();
         for c in manifest.files.iter().flat_map(|f| &f.chunks) {
             *weight.entry(c.digest).or_default() += u64::from(c.length);
         }
-        let total = manifest.total_bytes();
+        if mode == ReplicationMode::Region {
+            let peers = self.reader.peers();
+            weight.retain(|d, _| peers.holds(d, replicas));
+            let replicas = replicas.clamp(1, peers.member_names().len().max(1)) as u64;
+            weight.values_mut().for_each(|w| *w /= replicas);
+        }
+        let mode_name = mode.to_string();
+        let report = |phase: &'static str, cached: u64| {
+            progress_report(assignment, self.reader.peers().me(), &mode_name, phase, cached, "", 0)
+        };
+        let total: u64 = weight.values().sum();
         let mut outcome = Outcome::default();
         // Chunks known good in this run: stored after a digest check, or read back and checked.
         let mut verified: HashSet<Digest> = HashSet::new();
         let (mut stalled, mut corrupt_rounds) = (0, 0);
         loop {
-            let missing: Vec<(Digest, u32)> =
-                manifest.distinct_chunks().into_iter().filter(|(d, _)| !self.store().contains(d)).collect();
+            let missing: Vec<(Digest, u32)> = manifest
+                .distinct_chunks()
+                .into_iter()
+                .filter(|(d, _)| weight.contains_key(d) && !self.store().contains(d))
+                .collect();
             let cached = total - missing.iter().map(|(d, _)| weight[d]).sum::<u64>();
             info!(missing = missing.len(), cached, total, "replicating");
-            self.report(assignment, "Transferring", cached, "", 0).await;
+            send_report(self.client.clone(), report("Transferring", cached)).await;
             if !missing.is_empty() {
-                let fetched = self.fetch(assignment, &missing, &weight, cached, budget, &mut outcome).await?;
+                let fetched =
+                    self.fetch(assignment, &mode_name, &missing, &weight, cached, budget, &mut outcome).await?;
                 if fetched.is_empty() {
                     stalled += 1;
                     if stalled >= STALLED_ROUNDS {
@@ -167,7 +195,8 @@ impl Replicator {
             .await??;
             verified.extend(good);
             if corrupt.is_empty() {
-                self.report(assignment, "Ready", total, "", 0).await;
+                send_report(self.client.clone(), report("Ready", total)).await;
+                outcome.held_bytes = total;
                 info!(?outcome, "version ready");
                 return Ok(outcome);
             }
@@ -186,9 +215,11 @@ impl Replicator {
     /// Fetches `missing` once: the chunks this spoke owns over the link (or from a peer that
     /// holds them), the others from their owners. Returns what it stored; a chunk whose owner
     /// failed is left for the next round, when another owner is in line.
+    #[allow(clippy::too_many_arguments)]
     async fn fetch(
         &self,
         assignment: &pb::Assignment,
+        mode: &str,
         missing: &[(Digest, u32)],
         weight: &HashMap<Digest, u64>,
         cached: u64,
@@ -245,7 +276,8 @@ impl Replicator {
             if last_report.elapsed() >= Duration::from_secs(1) {
                 last_report = Instant::now();
                 let rate = (outcome.bytes_fetched as f64 / started.elapsed().as_secs_f64()) as u64;
-                let _ = progress.send(Some(progress_report(assignment, &node, "Transferring", cached, "", rate)));
+                let report = progress_report(assignment, &node, mode, "Transferring", cached, "", rate);
+                let _ = progress.send(Some(report));
             }
         }
         drop(progress);
@@ -292,8 +324,16 @@ impl Replicator {
     }
 
     /// Tells the hub where this spoke stands; a failure to report is logged, not fatal.
-    pub async fn report(&self, a: &pb::Assignment, phase: &str, cached: u64, reason: &str, rate: u64) {
-        let report = progress_report(a, self.reader.peers().me(), phase, cached, reason, rate);
+    pub async fn report(
+        &self,
+        a: &pb::Assignment,
+        mode: ReplicationMode,
+        phase: &str,
+        cached: u64,
+        reason: &str,
+        rate: u64,
+    ) {
+        let report = progress_report(a, self.reader.peers().me(), &mode.to_string(), phase, cached, reason, rate);
         send_report(self.client.clone(), report).await;
     }
 }
@@ -301,6 +341,7 @@ impl Replicator {
 fn progress_report(
     a: &pb::Assignment,
     node: &str,
+    mode: &str,
     phase: &str,
     cached: u64,
     reason: &str,
@@ -314,6 +355,7 @@ fn progress_report(
         phase: phase.to_string(),
         reason: reason.to_string(),
         rate_bytes_per_sec: rate,
+        mode: mode.to_string(),
     }
 }
 

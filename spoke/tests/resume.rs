@@ -80,7 +80,12 @@ async fn sigkill_and_restart_resumes_without_refetching() {
     let dir = root.join("spoke");
     let config = aqueduct_spoke::write_node_config(&dir, &format!("https://{addr}"), "n1", &bundle).unwrap();
     admin
-        .rollout(pb::RolloutRequest { dataset: "llama".into(), version: 1, regions: vec!["eu".into()] })
+        .rollout(pb::RolloutRequest {
+            dataset: "llama".into(),
+            version: 1,
+            regions: vec!["eu".into()],
+            mode: String::new(),
+        })
         .await
         .unwrap();
     let manifest = Manifest::try_from(

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use aqueduct_proto::hub::v1 as pb;
-use aqueduct_proto::{Manifest, Rate, VersionRef};
+use aqueduct_proto::{Manifest, Rate, ReplicationMode, VersionRef};
 use clap::{Args, Parser, Subcommand};
 
 use crate::connect::{ConnArgs, explain};
@@ -73,6 +73,11 @@ enum Command {
         /// Regions, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         to: Vec<String>,
+        /// How each region holds the version: every-node (each spoke the whole of it before
+        /// Ready: the fastest pod start), region (one copy spread over the spokes; they fetch
+        /// from each other what they read) or auto (every-node when it fits a spoke's cache).
+        #[arg(long, default_value = "auto")]
+        mode: ReplicationMode,
     },
     /// Where each region stands with each rolled-out version (kubectl-get style table).
     Status {
@@ -450,11 +455,12 @@ async fn run(cli: Cli) -> Result<()> {
             }
             t.print();
         }
-        Command::Rollout { version, to } => {
+        Command::Rollout { version, to, mode } => {
             let req = pb::RolloutRequest {
                 dataset: version.dataset.clone(),
                 version: version.version.unwrap_or(0),
                 regions: to,
+                mode: mode.to_string(),
             };
             let resp = admin.rollout(req).await.map_err(|e| explain(e, &hub))?.into_inner();
             println!("{}@v{} rolling out to {}", resp.dataset, resp.version, resp.regions.join(", "));
@@ -462,8 +468,17 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Status { dataset, nodes } => {
             let req = pb::StatusRequest { dataset: dataset.unwrap_or_default() };
             let status = admin.status(req).await.map_err(|e| explain(e, &hub))?.into_inner();
-            let mut t =
-                Table::new(["DATASET", "VERSION", "REGION", "TOTAL SIZE", "CACHED", "CACHED %", "PHASE", "RATE"]);
+            let mut t = Table::new([
+                "DATASET",
+                "VERSION",
+                "REGION",
+                "MODE",
+                "TOTAL SIZE",
+                "CACHED",
+                "CACHED %",
+                "PHASE",
+                "RATE",
+            ]);
             let mut per_node = Table::new(["DATASET", "VERSION", "REGION", "NODE", "CACHED", "CACHED %", "PHASE"]);
             for r in status.rows {
                 // Ready and served by the region: Active.
@@ -492,6 +507,7 @@ async fn run(cli: Cli) -> Result<()> {
                     r.dataset,
                     format!("v{}", r.version),
                     r.region,
+                    r.mode,
                     bytes(r.total_bytes),
                     bytes(r.cached_bytes),
                     percent(r.cached_bytes, r.total_bytes),

@@ -302,7 +302,9 @@ async fn snapshot(admin: &mut AdminClient<Channel>) -> Result<pb::VersionSummary
 /// Rolls `version` out to both regions and follows it until both are Ready.
 async fn rollout(admin: &mut AdminClient<Channel>, version: u64) -> Result<Vec<Transfer>> {
     let regions: Vec<String> = REGIONS.iter().map(|(r, _)| r.to_string()).collect();
-    admin.rollout(pb::RolloutRequest { dataset: DATASET.into(), version, regions: regions.clone() }).await?;
+    admin
+        .rollout(pb::RolloutRequest { dataset: DATASET.into(), version, regions: regions.clone(), mode: String::new() })
+        .await?;
     let started = Instant::now();
     let mut done: BTreeMap<String, Transfer> = BTreeMap::new();
     let mut progress = RolloutProgress::new(&format!("{DATASET}@v{version}"), &regions);

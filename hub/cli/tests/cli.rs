@@ -173,6 +173,10 @@ async fn regions_rollouts_and_status() {
         &["region \"mars\" does not exist"],
     );
     fails_with(&aq(home, cfg, &["rollout", "llama@v9", "--to", "eu-west"]).await, &["no version v9"]);
+    let out = aq(home, cfg, &["rollout", "llama", "--to", "eu-west", "--mode", "everywhere"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not one of auto, region, every-node"), "{err}");
     fails_with(&aq(home, cfg, &["rollout", "ghost", "--to", "eu-west"]).await, &["dataset \"ghost\" does not exist"]);
     assert!(
         ok(&aq(home, cfg, &["rollout", "llama", "--to", "eu-west"]).await).contains("llama@v1 rolling out to eu-west")
@@ -182,11 +186,15 @@ async fn regions_rollouts_and_status() {
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["DATASET", "VERSION", "REGION", "TOTAL", "SIZE", "CACHED", "CACHED", "%", "PHASE", "RATE"],
+        ["DATASET", "VERSION", "REGION", "MODE", "TOTAL", "SIZE", "CACHED", "CACHED", "%", "PHASE", "RATE"],
         "{out}"
     );
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!(row, ["llama", "v1", "eu-west", "2.0", "MiB", "0", "B", "0.0%", "Pending", "-/100MiB/s"], "{out}");
+    assert_eq!(
+        row,
+        ["llama", "v1", "eu-west", "auto", "2.0", "MiB", "0", "B", "0.0%", "Pending", "-/100MiB/s"],
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

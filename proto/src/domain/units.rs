@@ -19,11 +19,7 @@ impl FromStr for Rate {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || RateError { input: s.to_string() };
-        let t = s.trim();
-        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(err)?;
-        let (number, unit) = t.split_at(split);
-        let number: f64 = number.parse().map_err(|_| err())?;
-        let unit = unit.trim();
+        let (number, unit) = number_and_unit(s).ok_or_else(err)?;
         let unit = unit.strip_suffix("/s").or_else(|| unit.strip_suffix("ps")).ok_or_else(err)?;
         let (scale, bits) = scale(unit).ok_or_else(err)?;
         let bytes = number * scale / if bits { 8.0 } else { 1.0 };
@@ -32,6 +28,14 @@ impl FromStr for Rate {
         }
         Ok(Rate(bytes.round() as u64))
     }
+}
+
+/// `12.5 MiB/s` -> (12.5, "MiB/s").
+fn number_and_unit(s: &str) -> Option<(f64, &str)> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = t.split_at(split);
+    Some((number.parse().ok()?, unit.trim()))
 }
 
 /// What a unit multiplies by, and whether it counts bits.
@@ -69,11 +73,8 @@ impl FromStr for Size {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || SizeError { input: s.to_string() };
-        let t = s.trim();
-        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(err)?;
-        let (number, unit) = t.split_at(split);
-        let number: f64 = number.parse().map_err(|_| err())?;
-        let (scale, bits) = scale(unit.trim()).ok_or_else(err)?;
+        let (number, unit) = number_and_unit(s).ok_or_else(err)?;
+        let (scale, bits) = scale(unit).ok_or_else(err)?;
         let bytes = number * scale;
         if bits || !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
             return Err(err());
