@@ -26,6 +26,8 @@ pub struct NodeReport {
     /// The spoke holds a share of the region's one copy (`region` mode): the region's cached
     /// bytes are the sum of the shares, not the least any spoke holds.
     pub share: bool,
+    /// For a share: the members it was computed for (see `ProgressReport.membership`).
+    pub membership: String,
 }
 
 /// A region's row, folded from its members' reports.
@@ -158,14 +160,24 @@ impl Members {
 impl Inner {
     fn fold(&self, key: &VersionKey) -> Option<RegionProgress> {
         let reports = self.reports.get(key)?;
-        let live: Vec<&String> = self.live.get(&key.2).map(|n| n.keys().collect()).unwrap_or_default();
-        Some(fold(&live, reports))
+        let nodes = self.live.get(&key.2);
+        let live: Vec<&String> = nodes.map(|n| n.keys().collect()).unwrap_or_default();
+        let membership = nodes.map_or_else(String::new, |n| {
+            n.iter()
+                .filter(|(_, (_, address))| !address.is_empty())
+                .map(|(name, _)| name.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        Some(fold(&live, &membership, reports))
     }
 }
 
 /// A region's row from its live members' reports. With no live member (every spoke gone),
-/// the reports that are left speak for the region.
-pub fn fold(live: &[&String], reports: &BTreeMap<String, NodeReport>) -> RegionProgress {
+/// the reports that are left speak for the region. A share (region mode) counts as Ready only
+/// if it was computed for the region's current `membership`: when a spoke comes or goes, the
+/// others' shares change, and the region is Ready again once they hold their new ones.
+pub fn fold(live: &[&String], membership: &str, reports: &BTreeMap<String, NodeReport>) -> RegionProgress {
     let counted: Vec<(&String, Option<&NodeReport>)> = if live.is_empty() {
         reports.iter().map(|(n, r)| (n, Some(r))).collect()
     } else {
@@ -181,7 +193,9 @@ pub fn fold(live: &[&String], reports: &BTreeMap<String, NodeReport>) -> RegionP
         .collect();
     let phase = if !failed.is_empty() {
         "Failed"
-    } else if counted.iter().all(|(_, r)| r.is_some_and(|r| r.phase == "Ready")) {
+    } else if counted.iter().all(|(_, r)| {
+        r.is_some_and(|r| r.phase == "Ready" && (!r.share || live.is_empty() || r.membership == membership))
+    }) {
         "Ready"
     } else if counted.iter().any(|(_, r)| r.is_some_and(|r| r.phase != "Pending")) {
         "Transferring"
@@ -196,7 +210,14 @@ mod tests {
     use super::*;
 
     fn report(phase: &str, cached: u64) -> NodeReport {
-        NodeReport { phase: phase.into(), cached_bytes: cached, reason: String::new(), rate: 10, share: false }
+        NodeReport {
+            phase: phase.into(),
+            cached_bytes: cached,
+            reason: String::new(),
+            rate: 10,
+            share: false,
+            membership: String::new(),
+        }
     }
 
     fn key() -> VersionKey {
@@ -232,9 +253,21 @@ mod tests {
     fn in_region_mode_the_shares_add_up() {
         let members = Members::default();
         let (_a, _b) = (members.join("eu", "a", "x:1"), members.join("eu", "b", "x:2"));
-        let share = |phase: &str, cached| NodeReport { share: true, ..report(phase, cached) };
-        members.report(key(), "a", share("Ready", 60));
-        let row = members.report(key(), "b", share("Ready", 40)).unwrap();
+        let share = |phase: &str, cached, membership: &str| NodeReport {
+            share: true,
+            membership: membership.into(),
+            ..report(phase, cached)
+        };
+        members.report(key(), "a", share("Ready", 60, "a,b"));
+        let row = members.report(key(), "b", share("Ready", 40, "a,b")).unwrap();
+        assert_eq!((row.phase.as_str(), row.cached_bytes), ("Ready", 100));
+        // c joins: the shares computed for a and b alone no longer make the region Ready.
+        let _c = members.join("eu", "c", "x:3");
+        let row = members.report(key(), "c", share("Ready", 0, "a,b,c")).unwrap();
+        assert_eq!(row.phase, "Transferring", "old shares counted after the members changed");
+        members.report(key(), "a", share("Ready", 40, "a,b,c"));
+        members.report(key(), "b", share("Ready", 30, "a,b,c"));
+        let row = members.report(key(), "c", share("Ready", 30, "a,b,c")).unwrap();
         assert_eq!((row.phase.as_str(), row.cached_bytes), ("Ready", 100));
     }
 

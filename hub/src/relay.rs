@@ -476,6 +476,7 @@ impl pb::spoke_server::Spoke for SpokeService {
             reason: r.reason,
             rate: r.rate_bytes_per_sec,
             share: r.mode == "region",
+            membership: r.membership,
         };
         let key = (r.dataset, r.version, region);
         let node = if r.node.is_empty() { "(unnamed)".to_string() } else { r.node };

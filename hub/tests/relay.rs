@@ -160,6 +160,7 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
         rate_bytes_per_sec: 1000,
         node: "node-1".into(),
         mode: String::new(),
+        membership: String::new(),
     };
     eu.report_progress(report("Transferring", 1234)).await.unwrap();
     let rows = admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;

@@ -2,8 +2,8 @@
 //! watermarks, least-recently-used eviction, and pinned chunks that are never evicted.
 //!
 //! Chunks are written to the disk tier (or, in memory-only mode, to the memory tier, and no
-//! dataset byte ever touches the disk). A read that finds a chunk on disk also keeps it in
-//! the memory tier, so hot chunks (those peers and mounts ask for again and again) are served
+//! dataset byte ever touches the disk). A chunk read from disk a second time is kept in the
+//! memory tier too, so hot chunks (those peers and mounts ask for again and again) are served
 //! from memory. When a write takes a tier above its high watermark, the least recently used
 //! chunks that are not pinned are evicted until the tier is at its low watermark. The spoke
 //! pins the chunks of each dataset's active version and of the versions rolling out
@@ -98,6 +98,9 @@ impl CacheConfig {
 #[derive(Default)]
 struct Lru {
     used: u64,
+    /// Bytes of writes under way: counted against the quota before they land, so that
+    /// writers at the same time cannot all find the same room.
+    reserved: u64,
     tick: u64,
     entries: HashMap<Digest, (u64, u64)>,
     order: BTreeMap<u64, Digest>,
@@ -112,6 +115,13 @@ impl Lru {
         }
         self.used += len;
         self.order.insert(self.tick, digest);
+    }
+
+    /// Marks a held chunk as just used.
+    fn refresh(&mut self, digest: &Digest) {
+        if let Some(&(len, _)) = self.entries.get(digest) {
+            self.touch(*digest, len);
+        }
     }
 
     fn forget(&mut self, digest: &Digest) {
@@ -131,7 +141,26 @@ struct Tier<S> {
     lru: Mutex<Lru>,
 }
 
-impl<S: ChunkStore> Tier<S> {
+/// What a tier keeps its chunks in.
+trait TierStore: ChunkStore {
+    /// Keeps bytes as they are (a copy the reader checks).
+    fn put_unchecked(&self, digest: &Digest, data: &[u8]);
+}
+
+impl TierStore for MemStore {
+    fn put_unchecked(&self, digest: &Digest, data: &[u8]) {
+        let _ = MemStore::put_unchecked(self, digest, data);
+    }
+}
+
+impl TierStore for DiskStore {
+    fn put_unchecked(&self, digest: &Digest, data: &[u8]) {
+        // Disk copies are always checked.
+        let _ = self.put(digest, data);
+    }
+}
+
+impl<S: TierStore> Tier<S> {
     fn new(store: S, quota: Option<u64>, config: &CacheConfig) -> Result<Self, CacheError> {
         let mut lru = Lru::default();
         for (digest, len) in store.list()? {
@@ -144,59 +173,84 @@ impl<S: ChunkStore> Tier<S> {
         self.lru.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes room for `len` more bytes: above the high watermark, evicts unpinned chunks,
-    /// oldest first, down to the low watermark. Fails if pinned chunks leave no room.
-    fn make_room(&self, len: u64, pinned: &HashSet<Digest>, evictions: &AtomicU64) -> Result<(), CacheError> {
-        let Some(quota) = self.quota else { return Ok(()) };
-        let mut victims = Vec::new();
-        {
-            let lru = self.lru();
-            if (lru.used + len) as f64 <= quota as f64 * self.high {
-                return Ok(());
-            }
-            let target = (quota as f64 * self.low) as u64;
-            let mut used = lru.used + len;
-            for digest in lru.order.values() {
-                if used <= target {
-                    break;
+    /// Makes room for `len` more bytes and reserves them: above the high watermark, evicts
+    /// unpinned chunks, oldest first, down to the low watermark. Fails if pinned chunks leave
+    /// no room. Returns what it evicted.
+    fn make_room(&self, len: u64, pinned: &HashSet<Digest>, evictions: &AtomicU64) -> Result<Vec<Digest>, CacheError> {
+        let victims = {
+            let mut lru = self.lru();
+            let mut victims = Vec::new();
+            if let Some(quota) = self.quota {
+                let mut used = lru.used + lru.reserved + len;
+                if used as f64 > quota as f64 * self.high {
+                    let target = (quota as f64 * self.low) as u64;
+                    for digest in lru.order.values() {
+                        if used <= target {
+                            break;
+                        }
+                        if !pinned.contains(digest) {
+                            used -= lru.entries[digest].0;
+                            victims.push(*digest);
+                        }
+                    }
+                    if used > quota {
+                        return Err(CacheError::Full {
+                            path: "cache".into(),
+                            source: std::io::Error::other(format!(
+                                "the quota of {} is taken by pinned chunks (the active and rolling-out versions); raise it",
+                                Size(quota)
+                            )),
+                        });
+                    }
+                    // Forgotten now, under the lock: no other writer picks them again.
+                    for digest in &victims {
+                        lru.forget(digest);
+                    }
                 }
-                if !pinned.contains(digest) {
-                    used -= lru.entries[digest].0;
-                    victims.push(*digest);
-                }
             }
-            if used > quota {
-                return Err(CacheError::Full {
-                    path: "cache".into(),
-                    source: std::io::Error::other(format!(
-                        "the quota of {} is taken by pinned chunks (the active and rolling-out versions); raise it",
-                        Size(quota)
-                    )),
-                });
-            }
-        }
-        for digest in victims {
-            self.store.remove(&digest)?;
-            self.lru().forget(&digest);
+            lru.reserved += len;
+            victims
+        };
+        for digest in &victims {
+            self.store.remove(digest)?;
             evictions.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(())
+        Ok(victims)
     }
 
+    /// Stores a chunk (checked against its digest); returns what was evicted for it.
     fn put(
         &self,
         digest: &Digest,
         data: &[u8],
         pinned: &HashSet<Digest>,
         evictions: &AtomicU64,
-    ) -> Result<(), CacheError> {
+    ) -> Result<Vec<Digest>, CacheError> {
         if self.lru().entries.contains_key(digest) && self.store.contains(digest) {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        self.make_room(data.len() as u64, pinned, evictions)?;
-        self.store.put(digest, data)?;
-        self.lru().touch(*digest, data.len() as u64);
-        Ok(())
+        let len = data.len() as u64;
+        let victims = self.make_room(len, pinned, evictions)?;
+        let stored = self.store.put(digest, data);
+        let mut lru = self.lru();
+        lru.reserved -= len;
+        if stored.is_ok() {
+            lru.touch(*digest, len);
+        }
+        stored.map(|()| victims)
+    }
+
+    /// Keeps a copy whose check is its reader's (the memory tier of a disk cache), evicting
+    /// whatever it must: nothing there is pinned.
+    fn put_copy(&self, digest: &Digest, data: &[u8], evictions: &AtomicU64) {
+        let len = data.len() as u64;
+        if self.quota.is_some_and(|q| len > q) || self.make_room(len, &HashSet::new(), evictions).is_err() {
+            return;
+        }
+        self.store.put_unchecked(digest, data);
+        let mut lru = self.lru();
+        lru.reserved -= len;
+        lru.touch(*digest, len);
     }
 
     fn get_unchecked(&self, digest: &Digest) -> Result<Option<Vec<u8>>, CacheError> {
@@ -234,6 +288,10 @@ pub struct CacheStats {
 pub struct TieredStore {
     memory: Option<Tier<MemStore>>,
     disk: Option<Tier<DiskStore>>,
+    /// Chunks read from disk once since they were last kept in memory: a second read makes a
+    /// chunk hot, and only hot chunks are copied into memory (a reader going through a
+    /// version once gains nothing from the copy).
+    read_once: Mutex<HashSet<Digest>>,
     pinned: RwLock<HashSet<Digest>>,
     pub stats: CacheStats,
 }
@@ -249,7 +307,22 @@ impl TieredStore {
         } else {
             Some(Tier::new(DiskStore::open(dir)?, config.disk.map(|s| s.0), config)?)
         };
-        Ok(Self { memory, disk, pinned: RwLock::default(), stats: CacheStats::default() })
+        Ok(Self { memory, disk, read_once: Mutex::default(), pinned: RwLock::default(), stats: CacheStats::default() })
+    }
+
+    /// Whether a chunk read from disk is hot: read before since it was last in memory.
+    fn hot(&self, digest: &Digest) -> bool {
+        /// Bounds the set's memory: about 4 MiB of digests.
+        const REMEMBERED: usize = 100_000;
+        let mut seen = self.read_once.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.remove(digest) {
+            return true;
+        }
+        if seen.len() >= REMEMBERED {
+            seen.clear();
+        }
+        seen.insert(*digest);
+        false
     }
 
     /// The chunks that must not be evicted: those of the active and rolling-out versions.
@@ -315,6 +388,10 @@ impl ChunkStore for TieredStore {
             && let Some(data) = memory.get_unchecked(digest)?
         {
             self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+            // A chunk hot in memory is hot on disk too: it is not the disk's to evict first.
+            if let Some(disk) = &self.disk {
+                disk.lru().refresh(digest);
+            }
             return Ok(Some(data));
         }
         let Some(disk) = &self.disk else {
@@ -330,11 +407,9 @@ impl ChunkStore for TieredStore {
         // copies only, so nothing there is pinned. A digest mismatch is the reader's to find
         // (it then discards the chunk from both tiers).
         if let Some(memory) = &self.memory
-            && memory.quota.is_some_and(|q| data.len() as u64 <= q)
+            && self.hot(digest)
         {
-            let _ = memory.make_room(data.len() as u64, &HashSet::new(), &self.stats.evictions);
-            let _ = memory.store.put_unchecked(digest, &data);
-            memory.lru().touch(*digest, data.len() as u64);
+            memory.put_copy(digest, &data, &self.stats.evictions);
         }
         Ok(Some(data))
     }
@@ -342,8 +417,17 @@ impl ChunkStore for TieredStore {
     fn put(&self, digest: &Digest, data: &[u8]) -> Result<(), CacheError> {
         let pinned = self.pinned.read().unwrap_or_else(|e| e.into_inner());
         match self.keeping() {
-            Keeping::Disk(t) => t.put(digest, data, &pinned, &self.stats.evictions),
-            Keeping::Memory(t) => t.put(digest, data, &pinned, &self.stats.evictions),
+            Keeping::Disk(t) => {
+                // What leaves the disk leaves memory too: `contains` must not say no while a
+                // copy still answers reads.
+                for evicted in t.put(digest, data, &pinned, &self.stats.evictions)? {
+                    if let Some(memory) = &self.memory {
+                        memory.remove(&evicted)?;
+                    }
+                }
+                Ok(())
+            }
+            Keeping::Memory(t) => t.put(digest, data, &pinned, &self.stats.evictions).map(drop),
         }
     }
 
@@ -438,14 +522,16 @@ mod tests {
     }
 
     #[test]
-    fn reads_from_disk_are_kept_in_memory() {
+    fn hot_chunks_are_kept_in_memory() {
         let dir = tempfile::tempdir().unwrap();
         let store = TieredStore::open(dir.path(), &config(None, 4 * MIB, false)).unwrap();
         let (d, data) = chunk(1);
         store.put(&d, &data).unwrap();
-        assert_eq!(store.get(&d).unwrap().unwrap(), data);
-        assert_eq!(store.get(&d).unwrap().unwrap(), data);
-        assert_eq!(store.stats.disk_hits.load(Ordering::Relaxed), 1);
+        // Read once: from disk; twice: hot, kept in memory; then served from memory.
+        for _ in 0..3 {
+            assert_eq!(store.get(&d).unwrap().unwrap(), data);
+        }
+        assert_eq!(store.stats.disk_hits.load(Ordering::Relaxed), 2);
         assert_eq!(store.stats.memory_hits.load(Ordering::Relaxed), 1);
         // Removing a (corrupt) chunk removes every copy.
         store.remove(&d).unwrap();

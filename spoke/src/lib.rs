@@ -331,7 +331,7 @@ async fn replicate_until(
         PullOptions { streams: config.replication.streams, chunks_per_request: config.replication.chunks_per_request };
     // Versions this spoke holds its part of: how, and the bytes it reported Ready with.
     let mut ready: HashMap<(String, u64), (ReplicationMode, u64)> = HashMap::new();
-    let mut members: Vec<String> = Vec::new();
+    let mut members = String::new();
     let mut backoff = Duration::from_millis(500);
     let mut last_complaint: Option<Instant> = None;
     let mut failures = 0u64;
@@ -340,12 +340,17 @@ async fn replicate_until(
         let session = async {
             let channel: Channel = endpoint.connect().await.map_err(|e| chain(&e))?;
             let client = SpokeClient::new(channel).max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
-            let mut watch = client
+            let watch = client
                 .clone()
                 .watch(pb::WatchRequest { node: config.node.clone(), peer_address: peer_address.clone() })
                 .await
                 .map_err(|s| s.message().to_string())?
                 .into_inner();
+            // The watch is read by a task of its own, so that the region's membership is
+            // current even while a version replicates; assignments queue for the loop below.
+            let (updates, mut assigned) = tokio::sync::mpsc::channel(16);
+            let _watching =
+                AbortOnDrop(tokio::spawn(follow_watch(watch, reader.peers().clone(), catalog.clone(), updates)));
             info!("connected to the hub, watching for work");
             // Reported every few seconds, and at once when a version is Ready.
             let cache_changed = Arc::new(tokio::sync::Notify::new());
@@ -372,18 +377,14 @@ async fn replicate_until(
             let mut retry: Option<Duration> = None;
             loop {
                 tokio::select! {
-                    message = watch.message() => match message.map_err(|s| s.message().to_string())? {
-                        Some(mut assignments) => {
-                            // Members change often and are not the catalog's business.
-                            reader.peers().set_members(std::mem::take(&mut assignments.members));
-                            if let Err(e) = catalog.set_assignments(assignments.clone()) {
-                                warn!(error = %e, "could not keep the assignments on disk");
-                            }
-                            current = assignments;
-                            retry = None;
+                    update = assigned.recv() => {
+                        current = update.unwrap_or_else(|| Err::<_, String>("the watch ended".into()))?;
+                        retry = None;
+                        // Only the newest assignments matter.
+                        while let Ok(update) = assigned.try_recv() {
+                            current = update?;
                         }
-                        None => return Err::<(), String>("the hub closed the watch".into()),
-                    },
+                    }
                     _ = tokio::time::sleep(retry.unwrap_or_default()), if retry.is_some() => {
                         info!("trying failed versions again");
                     }
@@ -391,7 +392,7 @@ async fn replicate_until(
                 // Who owns what changed: the versions held as shares are taken up again, so
                 // that the region still holds one copy of each (newly owned chunks come from
                 // the peers that hold them, the link only for what died with a spoke).
-                let now_members = reader.peers().member_names();
+                let now_members = reader.peers().membership();
                 if now_members != members {
                     ready.retain(|_, (mode, _)| *mode != ReplicationMode::Region);
                     members = now_members;
@@ -433,7 +434,7 @@ async fn replicate_until(
                 retry = failed.then(|| retry.map_or(RETRY_FIRST, |d| (d * 2).min(RETRY_MAX)));
             }
         };
-        let outcome = tokio::select! {
+        let outcome: Result<(), String> = tokio::select! {
             outcome = session => outcome,
             _ = shutdown.cancelled() => return Ok(()),
         };
@@ -450,6 +451,34 @@ async fn replicate_until(
             _ = shutdown.cancelled() => return Ok(()),
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Reads the hub's watch: keeps the region's members current in `peers` and the assignments
+/// on disk, and queues them for the replication loop; ends with the watch, saying why.
+async fn follow_watch(
+    mut watch: tonic::Streaming<pb::Assignments>,
+    peers: Arc<Peers>,
+    catalog: Arc<Catalog>,
+    updates: tokio::sync::mpsc::Sender<Result<pb::Assignments, String>>,
+) {
+    loop {
+        let update = match watch.message().await {
+            Ok(Some(mut assignments)) => {
+                // Members change often and are not the catalog's business.
+                peers.set_members(std::mem::take(&mut assignments.members));
+                if let Err(e) = catalog.set_assignments(assignments.clone()) {
+                    warn!(error = %e, "could not keep the assignments on disk");
+                }
+                Ok(assignments)
+            }
+            Ok(None) => Err("the hub closed the watch".to_string()),
+            Err(status) => Err(status.message().to_string()),
+        };
+        let ended = update.is_err();
+        if updates.send(update).await.is_err() || ended {
+            return;
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use tonic::transport::ServerTlsConfig;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, debug, instrument, warn};
 
-use crate::reader::ReadThrough;
+use crate::reader::{FETCH_TIMEOUT, FetchError, ReadThrough};
 use crate::store::CacheError;
 
 pub struct PeerService {
@@ -119,7 +119,16 @@ impl Peer for PeerService {
                     return;
                 }
                 debug!(misses = misses.len(), "fetching for a peer");
-                match reader.over_link(&r.dataset, r.version, &misses, None, r.urgent, false).await {
+                // Not past the asker's patience, and not at all once it has gone.
+                let fetched = tokio::select! {
+                    fetched = tokio::time::timeout(
+                        FETCH_TIMEOUT,
+                        reader.over_link(&r.dataset, r.version, &misses, None, r.urgent, false),
+                    ) => fetched,
+                    _ = tx.closed() => return,
+                };
+                let fetched = fetched.unwrap_or_else(|_| Err(FetchError::Timeout(FETCH_TIMEOUT)));
+                match fetched {
                     Ok(pulled) => {
                         for (digest, data) in pulled.got {
                             reader.peers().stats.to_peers.fetch_add(data.len() as u64, Ordering::Relaxed);

@@ -143,6 +143,16 @@ impl Peers {
         self.candidates().into_iter().map(|m| m.node).collect()
     }
 
+    /// The region's members that take part in peer exchange, as the hub last said (suspects
+    /// included), sorted and comma-separated: what a share in region mode was computed for.
+    pub fn membership(&self) -> String {
+        let members = self.members.read().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<&str> =
+            members.iter().filter(|m| !m.peer_address.is_empty()).map(|m| m.node.as_str()).collect();
+        names.sort_unstable();
+        names.join(",")
+    }
+
     /// The first owner of `digest`.
     pub fn owner(&self, digest: &Digest) -> Owner {
         self.owners(digest).swap_remove(0)

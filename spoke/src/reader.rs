@@ -34,7 +34,7 @@ use crate::replicate::Budget;
 use crate::store::{CacheError, ChunkStore};
 
 /// How long one on-demand fetch may take before the reader gets EIO.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Foreground (reader) fetches first: background work waits while any is in flight.
 #[derive(Default)]
@@ -62,15 +62,27 @@ impl Priority {
 
     /// Returns when no foreground fetch is in flight.
     pub async fn background_turn(&self) {
+        self.background_turn_unless(&AtomicBool::new(false)).await;
+    }
+
+    /// Returns when no foreground fetch is in flight, or as soon as `wanted` is set (someone
+    /// in the foreground waits for what this background work brings: pausing it would make
+    /// them wait for themselves). Whoever sets `wanted` calls [`Priority::wake`].
+    pub async fn background_turn_unless(&self, wanted: &AtomicBool) {
         loop {
             let idle = self.idle.notified();
             tokio::pin!(idle);
             idle.as_mut().enable();
-            if self.foreground.load(Ordering::Acquire) == 0 {
+            if self.foreground.load(Ordering::Acquire) == 0 || wanted.load(Ordering::Acquire) {
                 return;
             }
             idle.await;
         }
+    }
+
+    /// Wakes background work that waits for its turn, to look again.
+    fn wake(&self) {
+        self.idle.notify_waiters();
     }
 }
 
@@ -85,11 +97,43 @@ struct InFlight {
 }
 
 impl InFlight {
-    fn join(&self, urgent: bool) -> Fetch {
-        if urgent {
-            self.wanted.store(true, Ordering::Relaxed);
+    /// The chunk, when it comes. An `urgent` joiner (one that holds up a reader or a peer)
+    /// stops the pull bringing it from yielding to readers.
+    fn join(&self, urgent: bool, priority: &Priority) -> Fetch {
+        if urgent && !self.wanted.swap(true, Ordering::AcqRel) {
+            priority.wake();
         }
         self.fetch.clone()
+    }
+}
+
+/// Chunks a pull registered as in flight and has not delivered yet. However the pull ends,
+/// even cancelled (a reader's timeout, a failed batch next to it), they leave the in-flight
+/// map and their waiters learn why, so that nobody waits for, or joins, a fetch that is gone.
+struct Registered<'a> {
+    inflight: &'a Mutex<HashMap<Digest, InFlight>>,
+    waiters: HashMap<Digest, Waiter>,
+}
+
+impl Registered<'_> {
+    /// Fails the undelivered chunks with `reason`; returns them.
+    fn release(&mut self, reason: &str) -> Vec<Digest> {
+        let mut inflight = lock(self.inflight);
+        let mut released = Vec::new();
+        for (d, tx) in self.waiters.drain() {
+            inflight.remove(&d);
+            let _ = tx.send(Err(FsError::Unavailable { digest: d, reason: reason.to_string() }));
+            released.push(d);
+        }
+        released
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if !self.waiters.is_empty() {
+            self.release("the fetch was cancelled");
+        }
     }
 }
 type Waiter = oneshot::Sender<Result<Arc<Vec<u8>>, FsError>>;
@@ -185,8 +229,8 @@ impl ReadThrough {
     async fn chunk_now(self: &Arc<Self>, dataset: &str, version: u64, digest: Digest) -> Result<Vec<u8>, FsError> {
         let joined = lock(&self.link)
             .get(&digest)
-            .map(|f| f.join(true))
-            .or_else(|| lock(&self.asked).get(&digest).map(|f| f.join(true)));
+            .map(|f| f.join(true, &self.priority))
+            .or_else(|| lock(&self.asked).get(&digest).map(|f| f.join(true, &self.priority)));
         if let Some(Ok(data)) = match joined {
             Some(fetch) => Some(fetch.await),
             None => None,
@@ -302,7 +346,7 @@ impl ReadThrough {
     ) -> Result<Pulled, FetchError> {
         let link = !matches!(origin, Origin::Peer { fetch_on_miss: true, .. });
         let map = self.inflight(link);
-        let mut waiters: HashMap<Digest, Waiter> = HashMap::new();
+        let mut registered = Registered { inflight: map, waiters: HashMap::new() };
         let mut joined: Vec<(Digest, Fetch)> = Vec::new();
         let mut stored = Vec::new();
         let background = matches!(origin, Origin::Hub { background: Some(_) });
@@ -312,7 +356,7 @@ impl ReadThrough {
             let mut seen = HashSet::new();
             for &d in digests.iter().filter(|d| seen.insert(**d)) {
                 if let Some(f) = inflight.get(&d) {
-                    joined.push((d, f.join(!background)));
+                    joined.push((d, f.join(!background, &self.priority)));
                 } else if self.store.contains(&d) {
                     // Stored since the caller looked (a fetch leaves `inflight` only once the
                     // store has the chunk, under this lock): nothing to fetch.
@@ -328,30 +372,33 @@ impl ReadThrough {
                         .boxed()
                         .shared();
                     inflight.insert(d, InFlight { fetch, wanted: wanted.clone() });
-                    waiters.insert(d, tx);
+                    registered.waiters.insert(d, tx);
                 }
             }
         }
         let mut pulled = Pulled::default();
-        let asked: Vec<Digest> = digests.iter().filter(|d| waiters.contains_key(d)).copied().collect();
+        let asked: Vec<Digest> = digests.iter().filter(|d| registered.waiters.contains_key(d)).copied().collect();
         let outcome = if asked.is_empty() {
             Ok(())
         } else {
-            self.stream_in(dataset, version, &asked, &origin, &wanted, &mut waiters, &mut pulled, wait_stored).await
+            self.stream_in(
+                dataset,
+                version,
+                &asked,
+                &origin,
+                &wanted,
+                &mut registered.waiters,
+                &mut pulled,
+                wait_stored,
+            )
+            .await
         };
         // What did not arrive is no longer in flight; its waiters learn why.
         let reason = match &outcome {
             Ok(()) => "the origin does not hold it".to_string(),
             Err(e) => e.to_string(),
         };
-        {
-            let mut inflight = lock(map);
-            for (d, tx) in waiters.drain() {
-                inflight.remove(&d);
-                let _ = tx.send(Err(FsError::Unavailable { digest: d, reason: reason.clone() }));
-                pulled.missing.push(d);
-            }
-        }
+        pulled.missing.extend(registered.release(&reason));
         outcome?;
         for d in stored {
             let store = self.store.clone();
@@ -456,8 +503,8 @@ impl ReadThrough {
                 let _ = tx.send(Ok(data.clone()));
             }
             // Background work yields to readers, unless one of them waits for what it brings.
-            if matches!(origin, Origin::Hub { background: Some(_) }) && !wanted.load(Ordering::Relaxed) {
-                self.priority.background_turn().await;
+            if matches!(origin, Origin::Hub { background: Some(_) }) {
+                self.priority.background_turn_unless(wanted).await;
             }
             pulled.got.push((digest, data.clone()));
             // Until the store has it, the finished fetch stays in flight and answers at once,

@@ -141,8 +141,10 @@ impl Replicator {
             weight.values_mut().for_each(|w| *w /= replicas);
         }
         let mode_name = mode.to_string();
-        let report = |phase: &'static str, cached: u64| {
-            progress_report(assignment, self.reader.peers().me(), &mode_name, phase, cached, "", 0)
+        let membership = self.reader.peers().membership();
+        let report = |phase: &'static str, cached: u64| pb::ProgressReport {
+            membership: membership.clone(),
+            ..progress_report(assignment, self.reader.peers().me(), &mode_name, phase, cached, "", 0)
         };
         let total: u64 = weight.values().sum();
         let mut outcome = Outcome::default();
@@ -276,7 +278,10 @@ impl Replicator {
             if last_report.elapsed() >= Duration::from_secs(1) {
                 last_report = Instant::now();
                 let rate = (outcome.bytes_fetched as f64 / started.elapsed().as_secs_f64()) as u64;
-                let report = progress_report(assignment, &node, mode, "Transferring", cached, "", rate);
+                let report = pb::ProgressReport {
+                    membership: self.reader.peers().membership(),
+                    ..progress_report(assignment, &node, mode, "Transferring", cached, "", rate)
+                };
                 let _ = progress.send(Some(report));
             }
         }
@@ -333,7 +338,10 @@ impl Replicator {
         reason: &str,
         rate: u64,
     ) {
-        let report = progress_report(a, self.reader.peers().me(), &mode.to_string(), phase, cached, reason, rate);
+        let report = pb::ProgressReport {
+            membership: self.reader.peers().membership(),
+            ..progress_report(a, self.reader.peers().me(), &mode.to_string(), phase, cached, reason, rate)
+        };
         send_report(self.client.clone(), report).await;
     }
 }
@@ -356,6 +364,7 @@ fn progress_report(
         reason: reason.to_string(),
         rate_bytes_per_sec: rate,
         mode: mode.to_string(),
+        membership: String::new(),
     }
 }
 
