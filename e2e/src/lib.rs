@@ -2,8 +2,9 @@
 //!
 //! [`World`] runs a hub (in this process, mutual TLS on 127.0.0.1) over a real source (an S3
 //! server from `e2e/testkit`, or a local directory), adds regions with their credentials,
-//! starts spokes, rolls versions out and waits for them. `tests/` holds the scenarios,
-//! `benches/` the benchmarks. Regions in network namespaces behind shaped links come later.
+//! starts spokes, rolls versions out and waits for them. [`netns`] puts regions in network
+//! namespaces behind shaped links, with spokes as processes on their nodes. `tests/` holds
+//! the scenarios, `benches/` the benchmarks.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,6 +28,8 @@ pub enum SourceKind {
     Dir,
 }
 
+pub mod netns;
+
 pub struct World {
     _tmp: tempfile::TempDir,
     pub root: PathBuf,
@@ -45,6 +48,12 @@ impl Drop for World {
 
 /// A hub with dataset `llama` bound to `data` (empty until the caller writes files).
 pub async fn world(kind: SourceKind) -> World {
+    world_at(kind, "127.0.0.1:0".parse().unwrap(), &[]).await
+}
+
+/// Like [`world`], with the hub listening on `listen` and its certificate naming `hosts` too
+/// (for spokes in other network namespaces, see [`netns`]).
+pub async fn world_at(kind: SourceKind, listen: std::net::SocketAddr, hosts: &[String]) -> World {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_owned();
     let (s3, data) = match kind {
@@ -52,9 +61,9 @@ pub async fn world(kind: SourceKind) -> World {
         SourceKind::Dir => (None, root.join("dir/llama")),
     };
     std::fs::create_dir_all(&data).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TcpListener::bind(listen).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let out = aqueduct_hub::init(&root.join("hub"), addr, &[]).unwrap();
+    let out = aqueduct_hub::init(&root.join("hub"), addr, hosts).unwrap();
     let config = aqueduct_hub::config::HubConfig::load(&out.config_path).unwrap();
     let shutdown = CancellationToken::new();
     tokio::spawn(aqueduct_hub::serve(config, listener, shutdown.clone()));
@@ -63,7 +72,7 @@ pub async fn world(kind: SourceKind) -> World {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read("ca.pem")))
         .identity(Identity::from_pem(read("admin.pem"), read("admin.key")));
-    let hub_url = format!("https://{addr}");
+    let hub_url = format!("https://127.0.0.1:{}", addr.port());
     let channel = Endpoint::from_shared(hub_url.clone()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
     let mut admin = AdminClient::new(channel);
 
@@ -160,6 +169,26 @@ impl World {
                     aqueduct_spoke::write_node_config(&dir, &self.hub_url, &format!("{name}-{i}"), &bundle).unwrap();
                 let mut text = std::fs::read_to_string(&config).unwrap();
                 text.push_str("[peer]\nlisten = \"127.0.0.1:0\"\n");
+                std::fs::write(&config, text).unwrap();
+                config
+            })
+            .collect()
+    }
+
+    /// Adds a region for `net` (a region of a [`netns::Topology`]) and writes a config for
+    /// each of its nodes: the hub at its address as the region sees it, peers on the node's
+    /// address. Returns the config paths.
+    pub async fn region_in(&mut self, net: &netns::RegionNet, rate: u64) -> Vec<PathBuf> {
+        let bundle = self.add_region(&net.name, rate).await;
+        let port = self.hub_url.rsplit(':').next().unwrap().to_string();
+        let hub = format!("https://{}:{port}", net.hub_ip);
+        net.nodes
+            .iter()
+            .map(|node| {
+                let dir = self.root.join(format!("spoke-{}", node.name));
+                let config = aqueduct_spoke::write_node_config(&dir, &hub, &node.name, &bundle).unwrap();
+                let mut text = std::fs::read_to_string(&config).unwrap();
+                text.push_str(&format!("[peer]\nlisten = \"{}:7444\"\n", node.ip));
                 std::fs::write(&config, text).unwrap();
                 config
             })
