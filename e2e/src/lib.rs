@@ -38,6 +38,8 @@ pub struct World {
     _s3: Option<S3Server>,
     pub data: PathBuf,
     pub shutdown: CancellationToken,
+    /// The running hub: its address, config, and what stops it.
+    hub: (std::net::SocketAddr, aqueduct_hub::config::HubConfig, CancellationToken, tokio::task::JoinHandle<()>),
 }
 
 impl Drop for World {
@@ -66,7 +68,7 @@ pub async fn world_at(kind: SourceKind, listen: std::net::SocketAddr, hosts: &[S
     let out = aqueduct_hub::init(&root.join("hub"), addr, hosts).unwrap();
     let config = aqueduct_hub::config::HubConfig::load(&out.config_path).unwrap();
     let shutdown = CancellationToken::new();
-    tokio::spawn(aqueduct_hub::serve(config, listener, shutdown.clone()));
+    let hub = serve_hub(config.clone(), listener, &shutdown);
     let admin_dir = root.join("hub/admin");
     let read = |f: &str| std::fs::read_to_string(admin_dir.join(f)).unwrap();
     let tls = ClientTlsConfig::new()
@@ -99,10 +101,39 @@ pub async fn world_at(kind: SourceKind, listen: std::net::SocketAddr, hosts: &[S
         latest_version: 0,
     };
     admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.unwrap();
-    World { _tmp: tmp, root, hub_url, admin, _s3: s3, data, shutdown }
+    World { _tmp: tmp, root, hub_url, admin, _s3: s3, data, shutdown, hub: (addr, config, hub.0, hub.1) }
+}
+
+/// Starts the hub on `listener`, stopped by its own token (a child of `shutdown`).
+fn serve_hub(
+    config: aqueduct_hub::config::HubConfig,
+    listener: TcpListener,
+    shutdown: &CancellationToken,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let stop = shutdown.child_token();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            if let Err(e) = aqueduct_hub::serve(config, listener, stop).await {
+                panic!("the hub failed: {e}");
+            }
+        }
+    });
+    (stop, task)
 }
 
 impl World {
+    /// Stops the hub (as its shutdown does: relayed counts are written first) and starts it
+    /// again on the same address, with the same database.
+    pub async fn restart_hub(&mut self) {
+        self.hub.2.cancel();
+        (&mut self.hub.3).await.unwrap();
+        let listener = TcpListener::bind(self.hub.0).await.unwrap();
+        let (stop, task) = serve_hub(self.hub.1.clone(), listener, &self.shutdown);
+        self.hub.2 = stop;
+        self.hub.3 = task;
+    }
+
     /// The S3 server's address (an S3 world).
     pub fn s3_endpoint(&self) -> std::net::SocketAddr {
         self._s3.as_ref().expect("an S3 world").addr
@@ -124,8 +155,28 @@ impl World {
     }
 
     pub async fn snapshot(&mut self) -> pb::VersionSummary {
+        self.snapshot_of("llama").await
+    }
+
+    /// Binds dataset `name` to prefix `name` of the world's source; returns the directory its
+    /// files go in.
+    pub async fn add_dataset(&mut self, name: &str) -> PathBuf {
+        let dir = self.data.parent().unwrap().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let dataset = pb::Dataset {
+            name: name.into(),
+            source: "src".into(),
+            prefix: name.into(),
+            created_unix_ms: 0,
+            latest_version: 0,
+        };
+        self.admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.unwrap();
+        dir
+    }
+
+    pub async fn snapshot_of(&mut self, dataset: &str) -> pb::VersionSummary {
         let mut events =
-            self.admin.snapshot(pb::SnapshotRequest { dataset: "llama".into() }).await.unwrap().into_inner();
+            self.admin.snapshot(pb::SnapshotRequest { dataset: dataset.into() }).await.unwrap().into_inner();
         while let Some(e) = events.message().await.unwrap() {
             if let Some(pb::snapshot_event::Event::Done(v)) = e.event {
                 return v;
@@ -226,8 +277,12 @@ impl World {
 
     /// Rolls out with a replication mode (`auto`, `region`, `every-node`).
     pub async fn rollout_as(&mut self, version: u64, regions: &[&str], mode: &str) {
+        self.rollout_of("llama", version, regions, mode).await;
+    }
+
+    pub async fn rollout_of(&mut self, dataset: &str, version: u64, regions: &[&str], mode: &str) {
         let req = pb::RolloutRequest {
-            dataset: "llama".into(),
+            dataset: dataset.into(),
             version,
             regions: regions.iter().map(|r| r.to_string()).collect(),
             mode: mode.into(),

@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use aqueduct_e2e::{
     Children, SourceKind, World, bin, local_client, mount_when_known, socket_of, stored_chunks, world_at,
 };
+use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{Digest, Manifest};
 use aqueduct_testkit::{can_mount_fuse, noise};
 
@@ -29,17 +30,24 @@ fn write_model(dir: &Path, seed: u64) -> Vec<(String, Vec<u8>)> {
     files
 }
 
-/// A topology of `regions` (name, nodes, link rate), a hub that every region reaches over its
-/// uplink, and a spoke process on every node. Returns the configs per region.
-async fn start(regions: &[(&str, usize, u64)]) -> (Topology, World, Children, Vec<Vec<PathBuf>>) {
-    let mut net = Topology::build(regions);
+/// A region of a test: name, nodes, link rate and link budget (bytes per second).
+type Region<'a> = (&'a str, usize, u64, u64);
+
+/// A budget far above any link here: the link is the limit.
+const OPEN: u64 = 1 << 30;
+
+/// A topology of `regions`, a hub that every region reaches over its uplink, and a spoke
+/// process on every node. Returns the configs per region.
+async fn start(regions: &[Region<'_>]) -> (Topology, World, Children, Vec<Vec<PathBuf>>) {
+    let links: Vec<(&str, usize, u64)> = regions.iter().map(|&(name, nodes, link, _)| (name, nodes, link)).collect();
+    let mut net = Topology::build(&links);
     let hosts: Vec<String> = net.regions.iter().map(|r| r.hub_ip.to_string()).collect();
     let mut w = world_at(SourceKind::S3, "0.0.0.0:0".parse().unwrap(), &hosts).await;
     net.mount_roots.push(w.root.clone());
     let mut spokes = Children::default();
     let mut configs = Vec::new();
-    for (r, &(_, _, rate)) in regions.iter().enumerate() {
-        let region_configs = w.region_in(&net.regions[r], rate).await;
+    for (r, &(_, _, _, budget)) in regions.iter().enumerate() {
+        let region_configs = w.region_in(&net.regions[r], budget).await;
         for (node, config) in net.regions[r].nodes.iter().zip(&region_configs) {
             let log = w.root.join(format!("{}.log", node.name));
             let mut cmd = net.command(node, &bin("aqueduct-spoke"));
@@ -48,7 +56,7 @@ async fn start(regions: &[(&str, usize, u64)]) -> (Topology, World, Children, Ve
         }
         configs.push(region_configs);
     }
-    for &(name, nodes, _) in regions {
+    for &(name, nodes, _, _) in regions {
         w.wait_members(name, nodes).await;
     }
     (net, w, spokes, configs)
@@ -85,7 +93,7 @@ async fn two_regions_behind_shaped_links_serve_the_source_on_every_node() {
     let namespaces;
     {
         // 100 Mbit/s and 50 Mbit/s links.
-        let (net, mut w, _spokes, configs) = start(&[("eu", 2, 12_500_000), ("us", 2, 6_250_000)]).await;
+        let (net, mut w, _spokes, configs) = start(&[("eu", 2, 12_500_000, OPEN), ("us", 2, 6_250_000, OPEN)]).await;
         namespaces = net.namespaces();
         assert_eq!(namespaces.len(), 6, "{namespaces:?}");
         let files = write_model(&w.data, 1);
@@ -115,7 +123,7 @@ async fn a_region_link_that_goes_down_mid_transfer_and_comes_back_completes_with
         return;
     }
     // 4 MiB/s: the 12 MiB model takes about three seconds.
-    let (net, mut w, _spokes, configs) = start(&[("eu", 2, 4 * MIB)]).await;
+    let (net, mut w, _spokes, configs) = start(&[("eu", 2, 4 * MIB, OPEN)]).await;
     let files = write_model(&w.data, 2);
     w.snapshot().await;
     w.rollout(1, &["eu"]).await;
@@ -144,4 +152,135 @@ async fn a_region_link_that_goes_down_mid_transfer_and_comes_back_completes_with
     assert_eq!((rows[0].relayed_bytes, rows[0].refetched_bytes), (distinct(&m1), 0), "a chunk crossed the link twice");
     assert_fuse_view(&configs[0][1], &files).await;
     drop(net);
+}
+
+/// Waits until some spoke of the first region's row holds `part` of the version.
+async fn wait_progress(w: &mut World, part: f64) {
+    let total = w.manifest(1).await.total_bytes() as f64;
+    for _ in 0..800 {
+        if w.status(1).await[0].nodes.iter().any(|n| n.cached_bytes as f64 >= total * part) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the rollout never reached {part} of the version");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hub_restarted_mid_rollout_and_a_spoke_killed_and_restarted_still_complete() {
+    if !aqueduct_e2e::netns::available() || !can_mount_fuse() {
+        return;
+    }
+    let (net, mut w, mut spokes, configs) = start(&[("eu", 2, 4 * MIB, OPEN)]).await;
+    let files = write_model(&w.data, 3);
+    w.snapshot().await;
+    w.rollout(1, &["eu"]).await;
+    wait_progress(&mut w, 0.2).await;
+    w.restart_hub().await;
+    wait_progress(&mut w, 0.5).await;
+    // eu-1 dies with SIGKILL and comes back on the same store.
+    spokes.0[0].kill().unwrap();
+    spokes.0[0].wait().unwrap();
+    let node = &net.regions[0].nodes[0];
+    let mut cmd = net.command(node, &bin("aqueduct-spoke"));
+    cmd.args(["run", "--config"]).arg(&configs[0][0]);
+    spokes.0[0] = spawn_in(cmd, &w.root.join(format!("{}.log", node.name)));
+    // The region is Ready as soon as its live spokes are; a spoke still reconnecting to the
+    // restarted hub reports in when it is back.
+    w.wait_ready(1).await;
+    let mut rows = Vec::new();
+    for _ in 0..600 {
+        rows = w.status(1).await;
+        if rows[0].nodes.iter().filter(|n| n.phase == "Ready").count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rows[0].nodes.iter().filter(|n| n.phase == "Ready").count(), 2, "{:?}", rows[0].nodes);
+    let m1 = w.manifest(1).await;
+    println!(
+        "relayed {} bytes for {} distinct after a hub restart and a spoke kill",
+        rows[0].relayed_bytes,
+        distinct(&m1)
+    );
+    for config in &configs[0] {
+        assert_fuse_view(config, &files).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_region_holds_a_budget_below_its_link_and_fills_a_link_below_its_budget() {
+    if !aqueduct_e2e::netns::available() || !can_mount_fuse() {
+        return;
+    }
+    // Both links carry 8 MiB/s; "held" may pull 2 MiB/s, "open" 64 MiB/s.
+    let (_net, mut w, _spokes, _configs) =
+        start(&[("held", 1, 8 * MIB, 2 * MIB), ("open", 1, 8 * MIB, 64 * MIB)]).await;
+    write_model(&w.data, 4);
+    w.snapshot().await;
+    let total = w.manifest(1).await.total_bytes();
+    let started = std::time::Instant::now();
+    w.rollout(1, &["held", "open"]).await;
+    let mut ready: Vec<(String, f64)> = Vec::new();
+    while ready.len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(120), "the rollout did not finish: {ready:?}");
+        for row in w.status(1).await {
+            assert_ne!(row.phase, "Failed", "{}: {}", row.region, row.reason);
+            if row.phase == "Ready" && !ready.iter().any(|(r, _)| *r == row.region) {
+                ready.push((row.region.clone(), started.elapsed().as_secs_f64()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seconds = |region: &str| ready.iter().find(|(r, _)| r == region).unwrap().1;
+    let mib = total as f64 / MIB as f64;
+    println!(
+        "{mib:.1} MiB: held (2 MiB/s budget, 8 MiB/s link) {:.2} s = {:.2} MiB/s; open (64 MiB/s budget, 8 MiB/s link) {:.2} s = {:.2} MiB/s",
+        seconds("held"),
+        mib / seconds("held"),
+        seconds("open"),
+        mib / seconds("open")
+    );
+    // The budget is a limit: past the first burst (2 MiB), no faster than 2 MiB/s.
+    let floor = (mib - 2.0) / 2.0;
+    assert!(seconds("held") >= floor * 0.95, "held pulled {mib:.1} MiB in {:.2} s: over its budget", seconds("held"));
+    // The open region was held by its link, not by a budget like held's.
+    assert_eq!(ready[0].0, "open", "the region with the open budget was not the first done: {ready:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_datasets_rolled_out_at_once_share_their_region_s_budget() {
+    if !aqueduct_e2e::netns::available() || !can_mount_fuse() {
+        return;
+    }
+    // A 16 MiB/s link with a 3 MiB/s budget, and two models of about 12 MiB each.
+    let (_net, mut w, _spokes, configs) = start(&[("eu", 1, 16 * MIB, 3 * MIB)]).await;
+    let llama = write_model(&w.data, 5);
+    let mistral_dir = w.add_dataset("mistral").await;
+    write_model(&mistral_dir, 6);
+    let (a, b) = (w.snapshot().await, w.snapshot_of("mistral").await);
+    let started = std::time::Instant::now();
+    w.rollout_of("llama", 1, &["eu"], "").await;
+    w.rollout_of("mistral", 1, &["eu"], "").await;
+    loop {
+        let rows = w.admin.status(pb::StatusRequest::default()).await.unwrap().into_inner().rows;
+        if let Some(failed) = rows.iter().find(|r| r.phase == "Failed") {
+            panic!("{}: {}", failed.dataset, failed.reason);
+        }
+        if rows.len() == 2 && rows.iter().all(|r| r.phase == "Ready") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "the rollouts did not finish: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let mib = (a.bytes + b.bytes) as f64 / MIB as f64;
+    println!(
+        "two datasets, {mib:.1} MiB together, under one 3 MiB/s budget: {seconds:.2} s = {:.2} MiB/s",
+        mib / seconds
+    );
+    // One budget for the region, not one per dataset: past the first burst, 3 MiB/s together.
+    let floor = (mib - 2.0) / 3.0;
+    assert!(seconds >= floor * 0.95, "{mib:.1} MiB in {seconds:.2} s: the datasets did not share the budget");
+    assert_fuse_view(&configs[0][0], &llama).await;
 }

@@ -140,12 +140,12 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         snapshot.parallelism = p;
     }
     let authority = Arc::new(Authority::load(&config.resolve(&config.tls.ca), &config.resolve(&config.tls.ca_key))?);
-    let live = relay::Live::default();
+    let live = relay::Live { stopping: shutdown.clone(), ..Default::default() };
     let flusher = tokio::spawn(live.ledger.clone().run(db.clone(), shutdown.clone()));
     let admin = AdminServer::new(api::AdminService::new(db.clone(), snapshot, authority, live.clone()))
         .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
-    let spoke = SpokeServer::new(relay::SpokeService::new(db, live))
+    let spoke = SpokeServer::new(relay::SpokeService::new(db.clone(), live.clone()))
         .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
     let addr = listener.local_addr().map_err(io_err("inspect", Path::new("listener")))?;
@@ -163,8 +163,11 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
             shutdown.cancelled_owned(),
         )
         .await?;
-    // The last relayed bytes reach the database before the hub says it stopped.
+    // The last relayed bytes reach the database before the hub says it stopped: once more
+    // after the server has let go of its streams (each counts its bytes as it ends).
     let _ = flusher.await;
+    let (ledger, db) = (live.ledger.clone(), db.clone());
+    let _ = tokio::task::spawn_blocking(move || ledger.flush(db.as_ref())).await;
     info!("hub stopped");
     Ok(())
 }

@@ -40,6 +40,9 @@ pub struct Live {
     pub changes: Changes,
     pub ledger: Arc<Ledger>,
     pub members: Arc<Members>,
+    /// Fires when the hub stops: watches end, so that the server's graceful shutdown is not
+    /// held up by streams that never finish on their own.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// A region's link budget, in KiB cells, shared by all of the region's streams.
@@ -351,6 +354,8 @@ impl pb::spoke_server::Spoke for SpokeService {
                         _ = &mut notified => {}
                         _ = tokio::time::sleep(WATCH_RECHECK) => {}
                         _ = tx.closed() => break,
+                        // The spokes reconnect to the next hub and report again.
+                        _ = live.stopping.cancelled() => return,
                     }
                 }
                 info!("spoke left its region");

@@ -332,11 +332,14 @@ async fn replicate_until(
     // Versions this spoke holds its part of: how, and the bytes it reported Ready with.
     let mut ready: HashMap<(String, u64), (ReplicationMode, u64)> = HashMap::new();
     let mut members = String::new();
-    let mut backoff = Duration::from_millis(500);
+    const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+    let mut backoff = BACKOFF_FIRST;
     let mut last_complaint: Option<Instant> = None;
     let mut failures = 0u64;
     info!(hub = %config.hub, node = %config.node, data_dir = %config.data_dir.display(), "spoke starting");
     loop {
+        // Set once the hub answered: the next failure is a new one, retried soon.
+        let mut watched = false;
         let session = async {
             let channel: Channel = endpoint.connect().await.map_err(|e| chain(&e))?;
             let client = SpokeClient::new(channel).max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
@@ -346,6 +349,7 @@ async fn replicate_until(
                 .await
                 .map_err(|s| s.message().to_string())?
                 .into_inner();
+            watched = true;
             // The watch is read by a task of its own, so that the region's membership is
             // current even while a version replicates; assignments queue for the loop below.
             let (updates, mut assigned) = tokio::sync::mpsc::channel(16);
@@ -438,6 +442,9 @@ async fn replicate_until(
             outcome = session => outcome,
             _ = shutdown.cancelled() => return Ok(()),
         };
+        if watched {
+            backoff = BACKOFF_FIRST;
+        }
         if let Err(reason) = outcome {
             failures += 1;
             // Say it once per interval, not once per attempt.
