@@ -59,7 +59,12 @@ pub async fn world_at(kind: SourceKind, listen: std::net::SocketAddr, hosts: &[S
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_owned();
     let (s3, data) = match kind {
-        SourceKind::S3 => (Some(S3Server::start(&root.join("s3")).await.unwrap()), root.join("s3/models/llama")),
+        // Where the hub listens on every address, so does the S3 server (for baselines run
+        // from other network namespaces).
+        SourceKind::S3 => {
+            let s3_listen = std::net::SocketAddr::new(listen.ip(), 0);
+            (Some(S3Server::start_on(&root.join("s3"), s3_listen).await.unwrap()), root.join("s3/models/llama"))
+        }
         SourceKind::Dir => (None, root.join("dir/llama")),
     };
     std::fs::create_dir_all(&data).unwrap();

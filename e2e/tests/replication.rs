@@ -94,7 +94,16 @@ async fn a_corrupt_chunk_on_disk_is_found_and_fetched_again() {
     let rows = w.wait_ready(1).await;
     assert_eq!(rows[0].relayed_bytes, before + u64::from(victim.length));
     assert_eq!(after, before + u64::from(victim.length));
-    assert_store_holds(&w.root.join("spoke-eu/store"), &m1, &w.data);
+    // The region stayed Ready (Ready stays Ready); the chunk lands once the spoke's write of
+    // it has finished.
+    let store = w.root.join("spoke-eu/store");
+    for _ in 0..100 {
+        if aqueduct_e2e::read_stored(&store, &victim.digest).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_store_holds(&store, &m1, &w.data);
 }
 
 fn is_root() -> bool {

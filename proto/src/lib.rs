@@ -12,6 +12,13 @@ pub mod edge;
 #[cfg(feature = "identity")]
 pub mod identity;
 
+/// HTTP/2 receive windows for chunk streams, per stream and per connection. The protocol's
+/// default (64 KiB) caps a stream at 64 KiB per round trip: over a link whose queue adds
+/// 100 ms that is 640 KiB/s, a fraction of the link. These let a few streams fill a link
+/// of a few Gbit/s at that delay.
+pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+pub const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
+
 /// Largest gRPC message any Aqueduct component sends or accepts: a manifest of a very large
 /// version (about 40 bytes per chunk) must fit.
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;

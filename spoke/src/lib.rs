@@ -203,7 +203,9 @@ impl SpokeConfig {
             .map_err(bad)?
             .tls_config(self.client_tls()?)
             .map_err(bad)?
-            .connect_timeout(Duration::from_secs(5)))
+            .connect_timeout(Duration::from_secs(5))
+            .initial_stream_window_size(aqueduct_proto::STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(aqueduct_proto::CONNECTION_WINDOW_BYTES))
     }
 }
 

@@ -177,7 +177,9 @@ impl Peers {
         let endpoint = Endpoint::from_shared(format!("https://{}", member.peer_address))
             .and_then(|e| e.tls_config(tls.domain_name(self.peer_name.clone())))
             .map_err(|e| unavailable(e.to_string()))?
-            .connect_timeout(Duration::from_secs(3));
+            .connect_timeout(Duration::from_secs(3))
+            .initial_stream_window_size(aqueduct_proto::STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(aqueduct_proto::CONNECTION_WINDOW_BYTES);
         let client =
             PeerClient::new(endpoint.connect_lazy()).max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
         clients.insert(member.peer_address.clone(), client.clone());

@@ -37,15 +37,23 @@ pub struct S3Server {
 }
 
 impl S3Server {
-    /// Serves `root` (created if missing). Must be called inside a tokio runtime.
+    /// Serves `root` (created if missing) on 127.0.0.1. Must be called inside a tokio runtime.
     pub async fn start(root: &Path) -> io::Result<Self> {
+        Self::start_on(root, "127.0.0.1:0".parse().expect("an address")).await
+    }
+
+    /// Serves `root` on `listen` (0.0.0.0 for clients in other network namespaces).
+    pub async fn start_on(root: &Path, listen: SocketAddr) -> io::Result<Self> {
         std::fs::create_dir_all(root)?;
         let fs = s3s_fs::FileSystem::new(root).map_err(|e| io::Error::other(format!("{e:?}")))?;
         let mut builder = S3ServiceBuilder::new(fs);
         builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = builder.build();
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
+        let listener = TcpListener::bind(listen).await?;
+        let mut addr = listener.local_addr()?;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
         let counters = Arc::new(Counters::default());
         let counted = counters.clone();
         let task = tokio::spawn(async move {
