@@ -102,14 +102,17 @@ struct Lru {
     /// writers at the same time cannot all find the same room.
     reserved: u64,
     tick: u64,
-    entries: HashMap<Digest, (u64, u64)>,
+    /// Per chunk: its size, when it was last used, and whether this process checked it
+    /// against its digest (stored it, see [`ChunkStore::known_good`]).
+    entries: HashMap<Digest, (u64, u64, bool)>,
     order: BTreeMap<u64, Digest>,
 }
 
 impl Lru {
     fn touch(&mut self, digest: Digest, len: u64) {
         self.tick += 1;
-        if let Some((old_len, old_tick)) = self.entries.insert(digest, (len, self.tick)) {
+        let checked = self.entries.get(&digest).is_some_and(|e| e.2);
+        if let Some((old_len, old_tick, _)) = self.entries.insert(digest, (len, self.tick, checked)) {
             self.order.remove(&old_tick);
             self.used -= old_len;
         }
@@ -119,13 +122,13 @@ impl Lru {
 
     /// Marks a held chunk as just used.
     fn refresh(&mut self, digest: &Digest) {
-        if let Some(&(len, _)) = self.entries.get(digest) {
+        if let Some(&(len, _, _)) = self.entries.get(digest) {
             self.touch(*digest, len);
         }
     }
 
     fn forget(&mut self, digest: &Digest) {
-        if let Some((len, tick)) = self.entries.remove(digest) {
+        if let Some((len, tick, _)) = self.entries.remove(digest) {
             self.order.remove(&tick);
             self.used -= len;
         }
@@ -236,6 +239,9 @@ impl<S: TierStore> Tier<S> {
         lru.reserved -= len;
         if stored.is_ok() {
             lru.touch(*digest, len);
+            if let Some(entry) = lru.entries.get_mut(digest) {
+                entry.2 = true;
+            }
         }
         stored.map(|()| victims)
     }
@@ -447,6 +453,14 @@ impl ChunkStore for TieredStore {
             Keeping::Memory(t) => t.store.list(),
         }
     }
+
+    fn known_good(&self, digest: &Digest) -> bool {
+        let checked = |lru: &Lru| lru.entries.get(digest).is_some_and(|e| e.2);
+        match self.keeping() {
+            Keeping::Disk(t) => checked(&t.lru()),
+            Keeping::Memory(t) => checked(&t.lru()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -519,6 +533,23 @@ mod tests {
         let store = TieredStore::open(&dir.path().join("store"), &config(None, 10 * MIB, true)).unwrap();
         watermarks_hold(&store, |s| s.memory_usage().unwrap());
         assert!(!dir.path().join("store").exists(), "memory-only mode created the disk store");
+    }
+
+    #[test]
+    fn chunks_stored_by_this_process_are_known_good_and_found_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, data) = chunk(7);
+        {
+            let store = TieredStore::open(dir.path(), &config(None, 0, false)).unwrap();
+            store.put(&d, &data).unwrap();
+            assert!(store.known_good(&d));
+            store.remove(&d).unwrap();
+            assert!(!store.known_good(&d));
+            store.put(&d, &data).unwrap();
+        }
+        // Found on disk by a new process: read back before anyone relies on it.
+        let store = TieredStore::open(dir.path(), &config(None, 0, false)).unwrap();
+        assert!(store.contains(&d) && !store.known_good(&d));
     }
 
     #[test]

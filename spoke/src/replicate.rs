@@ -5,8 +5,8 @@
 //!
 //! The missing chunks are computed from the store itself, so a spoke restarted after a crash
 //! (or a lost connection) resumes where it stopped: nothing verified is fetched twice. Before a
-//! version is reported Ready every chunk it did not fetch itself (those already in the store)
-//! is read back and checked; a corrupt one is removed and fetched again. Readers come first:
+//! version is reported Ready every chunk this process did not store itself (those found in the
+//! store when it started) is read back and checked; a corrupt one is removed and fetched again. Readers come first:
 //! while a reader's on-demand fetch is in flight, replication waits before its next request
 //! and its next chunk.
 
@@ -178,7 +178,10 @@ impl Replicator {
             // Read back every chunk this run did not itself check (those that were already in
             // the store) before saying Ready; drop the ones that rotted.
             let store = self.store().clone();
-            let unchecked: Vec<Digest> = weight.keys().filter(|d| !verified.contains(d)).copied().collect();
+            // Chunks this spoke stored itself since it started were checked on the way in
+            // (those of the previous version a delta shares, typically): no read-back.
+            let unchecked: Vec<Digest> =
+                weight.keys().filter(|d| !verified.contains(d) && !store.known_good(d)).copied().collect();
             let (good, corrupt) = tokio::task::spawn_blocking(move || -> Result<_, CacheError> {
                 let (mut good, mut corrupt) = (Vec::new(), Vec::new());
                 for d in unchecked {

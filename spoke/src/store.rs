@@ -50,6 +50,12 @@ pub trait ChunkStore: Send + Sync {
     fn remove(&self, digest: &Digest) -> Result<(), CacheError>;
     /// Every chunk held, with its size.
     fn list(&self) -> Result<Vec<(Digest, u64)>, CacheError>;
+    /// Whether this process stored the chunk itself (checked against its digest on the way
+    /// in) and still holds it: such a chunk needs no read-back before a version is Ready.
+    /// Chunks found on disk at start are not known good until read back.
+    fn known_good(&self, _digest: &Digest) -> bool {
+        false
+    }
 }
 
 /// Writes `data` to `path` through `tmp` (a name of its own on the same filesystem): write,
