@@ -61,9 +61,9 @@ fn main() {
             let started = Instant::now();
             w.rollout(1, &[&region]).await;
             // Ready in the region means every live spoke holds the version, verified.
-            w.wait_ready(1).await;
+            let rows = w.wait_ready(1).await;
             let seconds = started.elapsed().as_secs_f64();
-            let rows = w.wait_ready_settled(1).await.into_iter().filter(|r| r.region == region).collect::<Vec<_>>();
+            let rows = rows.into_iter().filter(|r| r.region == region).collect::<Vec<_>>();
             let row = &rows[0];
             let base = *one.get_or_insert(seconds);
             println!(

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use aqueduct_e2e::netns::Topology;
-use aqueduct_e2e::{Children, SourceKind, World, world_at};
+use aqueduct_e2e::{SourceKind, World, world_at};
 use aqueduct_testkit::noise;
 
 const MIB: f64 = (1 << 20) as f64;
@@ -93,15 +93,21 @@ async fn aqueduct(w: &mut World, net: &Topology, version: u64, label: &str, boun
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let total = w.manifest(version).await.total_bytes();
+    let done: Vec<f64> = done.into_iter().map(Option::unwrap).collect();
+    rows(net, label, &before, &done, total, bound_bytes)
+}
+
+/// One row per region: what crossed its link since `before`, in `done` seconds.
+fn rows(net: &Topology, what: &str, before: &[u64], done: &[f64], version_bytes: u64, bound_bytes: u64) -> Vec<Row> {
     net.regions
         .iter()
         .enumerate()
         .map(|(i, r)| Row {
-            what: label.to_string(),
+            what: what.to_string(),
             region: r.name.clone(),
             link_bytes: tx_bytes(&r.uplink) - before[i],
-            version_bytes: total,
-            seconds: done[i].unwrap(),
+            version_bytes,
+            seconds: done[i],
             bound_bytes,
         })
         .collect()
@@ -141,19 +147,7 @@ fn rclone(w: &World, net: &Topology, label: &str, version_bytes: u64, bound_byte
         }
         done[i] = done[i].max(started.elapsed().as_secs_f64());
     }
-    Ok(net
-        .regions
-        .iter()
-        .enumerate()
-        .map(|(i, r)| Row {
-            what: label.to_string(),
-            region: r.name.clone(),
-            link_bytes: tx_bytes(&r.uplink) - before[i],
-            version_bytes,
-            seconds: done[i],
-            bound_bytes,
-        })
-        .collect())
+    Ok(rows(net, label, &before, &done, version_bytes, bound_bytes))
 }
 
 fn main() {
@@ -176,19 +170,8 @@ fn main() {
         net.mount_roots.push(w.root.clone());
         write_model(&w, size_mib << 20, false).await;
         let v1 = w.snapshot().await;
-        let mut spokes = Children::default();
-        for r in 0..net.regions.len() {
-            let configs = w.region_in(&net.regions[r], 1 << 30).await;
-            for (node, config) in net.regions[r].nodes.iter().zip(&configs) {
-                let log = std::fs::File::create(w.root.join(format!("{}.log", node.name))).unwrap();
-                let mut cmd = net.command(node, &spoke);
-                cmd.args(["run", "--config"]).arg(config).stdout(log.try_clone().unwrap()).stderr(log);
-                spokes.0.push(cmd.spawn().unwrap());
-            }
-        }
-        for region in &net.regions {
-            w.wait_members(&region.name, region.nodes.len()).await;
-        }
+        let budgets = vec![1 << 30; net.regions.len()];
+        let (spokes, _configs) = w.start_spokes_in(&net, &budgets, &spoke).await;
 
         let mut rows = aqueduct(&mut w, &net, 1, "aqueduct v1", v1.bytes).await;
         let rclone_v1 = rclone(&w, &net, "rclone copy v1", v1.bytes, v1.bytes);

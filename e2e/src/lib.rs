@@ -251,6 +251,43 @@ impl World {
             .collect()
     }
 
+    /// Adds every region of `net` with its budget (`budgets[r]`), starts `spoke` (the
+    /// `aqueduct-spoke` binary) on every node, logging to `ROOT/NODE.log`, and waits until the
+    /// hub counts them all. Returns the processes and the configs per region.
+    pub async fn start_spokes_in(
+        &mut self,
+        net: &netns::Topology,
+        budgets: &[u64],
+        spoke: &Path,
+    ) -> (Children, Vec<Vec<PathBuf>>) {
+        let mut spokes = Children::default();
+        let mut configs = Vec::new();
+        for (region, &budget) in net.regions.iter().zip(budgets) {
+            let region_configs = self.region_in(region, budget).await;
+            for (node, config) in region.nodes.iter().zip(&region_configs) {
+                spokes.0.push(self.start_spoke_in(net, node, config, spoke));
+            }
+            configs.push(region_configs);
+        }
+        for region in &net.regions {
+            self.wait_members(&region.name, region.nodes.len()).await;
+        }
+        (spokes, configs)
+    }
+
+    /// Starts `spoke` with `config` in `node`'s network namespace, logging to `ROOT/NODE.log`.
+    pub fn start_spoke_in(
+        &self,
+        net: &netns::Topology,
+        node: &netns::Node,
+        config: &Path,
+        spoke: &Path,
+    ) -> std::process::Child {
+        let mut cmd = net.command(node, spoke);
+        cmd.args(["run", "--config"]).arg(config);
+        spawn_command(cmd, &self.root.join(format!("{}.log", node.name)))
+    }
+
     /// Waits until the hub counts `nodes` live spokes in `region`.
     pub async fn wait_members(&mut self, region: &str, nodes: usize) {
         for _ in 0..300 {
@@ -309,22 +346,6 @@ impl World {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("v{version} did not become Ready");
-    }
-
-    /// Like [`World::wait_ready`], then waits until the hub's relayed counts stop moving (a
-    /// stream's bytes are counted when it ends, which may be just after the last Ready).
-    pub async fn wait_ready_settled(&mut self, version: u64) -> Vec<pb::StatusRow> {
-        let mut rows = self.wait_ready(version).await;
-        for _ in 0..25 {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let again = self.status(version).await;
-            let relayed = |rows: &[pb::StatusRow]| rows.iter().map(|r| r.relayed_bytes).collect::<Vec<_>>();
-            if relayed(&again) == relayed(&rows) {
-                return again;
-            }
-            rows = again;
-        }
-        rows
     }
 
     pub async fn manifest(&mut self, version: u64) -> Manifest {
@@ -417,14 +438,15 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// Starts `program` with its output appended to `log`, logging at info.
 pub fn spawn_logged(program: &Path, args: &[&std::ffi::OsStr], log: &Path) -> std::process::Child {
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    spawn_command(cmd, log)
+}
+
+/// Starts `cmd` with its output appended to `log`, logging at info.
+pub fn spawn_command(mut cmd: std::process::Command, log: &Path) -> std::process::Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    std::process::Command::new(program)
-        .args(args)
-        .env("AQUEDUCT_LOG", "info")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+    cmd.env("AQUEDUCT_LOG", "info").stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap()
 }
 
 /// Child processes, killed however the test ends.
@@ -449,8 +471,7 @@ pub fn signal(child: &std::process::Child, signal: &str) {
 /// A chunk from a spoke's store directory if it is there and matches its digest. Read-only:
 /// opening the store (`DiskStore::open`) would clear the temporary files of a running spoke.
 pub fn read_stored(store_dir: &Path, digest: &aqueduct_proto::Digest) -> Option<Vec<u8>> {
-    let hex = digest.to_hex();
-    let data = std::fs::read(store_dir.join("chunks").join(&hex[..2]).join(&hex)).ok()?;
+    let data = std::fs::read(aqueduct_spoke::store::chunk_path(store_dir, digest)).ok()?;
     (aqueduct_proto::Digest::of(&data) == *digest).then_some(data)
 }
 

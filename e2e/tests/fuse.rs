@@ -101,8 +101,7 @@ async fn a_region_reads_its_versions_through_fuse_before_and_after_they_arrive()
     let model = w.manifest(1).await.file("model.safetensors").unwrap().clone();
     let victim = model.chunks[3];
     let store_dir = config.parent().unwrap().join("store");
-    let hex = victim.digest.to_hex();
-    let chunk_file = store_dir.join("chunks").join(&hex[..2]).join(&hex);
+    let chunk_file = aqueduct_spoke::store::chunk_path(&store_dir, &victim.digest);
     let mut rotten = std::fs::read(&chunk_file).unwrap();
     rotten[7] ^= 0x40;
     std::fs::write(&chunk_file, &rotten).unwrap();

@@ -40,7 +40,7 @@ async fn three_spokes_of_a_region_move_each_chunk_over_the_link_once() {
     }
     w.wait_members("eu", 3).await;
     w.rollout(1, &["eu"]).await;
-    let rows = w.wait_ready_settled(1).await;
+    let rows = w.wait_ready(1).await;
     let m1 = w.manifest(1).await;
     let distinct: u64 = m1.distinct_chunks().iter().map(|(_, l)| u64::from(*l)).sum();
     let row = &rows[0];
@@ -81,7 +81,7 @@ async fn three_spokes_of_a_region_move_each_chunk_over_the_link_once() {
     write_model(&w.data, 16 << 20, 41);
     let v2 = w.snapshot().await;
     w.rollout(2, &["eu"]).await;
-    let rows = w.wait_ready_settled(2).await;
+    let rows = w.wait_ready(2).await;
     let m2 = w.manifest(2).await;
     assert_eq!(rows[0].relayed_bytes, v2.new_bytes, "v2 moved more than its new chunks");
     for i in 1..=3 {
@@ -133,7 +133,7 @@ async fn an_owner_killed_mid_rollout_costs_only_what_died_with_it() {
     let lost: u64 = victim.iter().filter(|(d, _)| !live.contains(d)).map(|(_, len)| len).sum();
     assert!(victim.len() > 3, "eu-2 held too little to test anything");
 
-    let rows = w.wait_ready_settled(1).await;
+    let rows = w.wait_ready(1).await;
     let row = &rows[0];
     for i in [1, 3] {
         assert_store_holds(&w.root.join(format!("spoke-eu-{i}/store")), &m1, &w.data);
@@ -379,7 +379,7 @@ async fn in_region_mode_the_region_holds_one_copy_and_every_spoke_reads_all_of_i
     let stops: Vec<_> = configs.iter().map(|c| w.start_spoke(c)).collect();
     w.wait_members("eu", 3).await;
     w.rollout_as(1, &["eu"], "region").await;
-    let rows = w.wait_ready_settled(1).await;
+    let rows = w.wait_ready(1).await;
     let m1 = w.manifest(1).await;
     let distinct: u64 = m1.distinct_chunks().iter().map(|(_, l)| u64::from(*l)).sum();
     assert_eq!((rows[0].mode.as_str(), rows[0].cached_bytes), ("region", v1.bytes), "the shares do not add up");
@@ -406,6 +406,6 @@ async fn in_region_mode_the_region_holds_one_copy_and_every_spoke_reads_all_of_i
         let mut local = local_client(&socket_of(config)).await;
         assert_reads(&mut local, &m1, &w.data).await;
     }
-    let row = &w.wait_ready_settled(1).await[0];
+    let row = &w.wait_ready(1).await[0];
     assert_eq!((row.relayed_bytes, row.refetched_bytes), (distinct, 0));
 }

@@ -73,8 +73,7 @@ async fn a_corrupt_chunk_on_disk_is_found_and_fetched_again() {
     // Rot one chunk on disk, then restart the spoke: it checks before it says Ready.
     let m1 = w.manifest(1).await;
     let victim = m1.file("model.safetensors").unwrap().chunks[3];
-    let hex = victim.digest.to_hex();
-    let path = w.root.join(format!("spoke-eu/store/chunks/{}/{hex}", &hex[..2]));
+    let path = aqueduct_spoke::store::chunk_path(&w.root.join("spoke-eu/store"), &victim.digest);
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[100] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();

@@ -44,27 +44,9 @@ async fn start(regions: &[Region<'_>]) -> (Topology, World, Children, Vec<Vec<Pa
     let hosts: Vec<String> = net.regions.iter().map(|r| r.hub_ip.to_string()).collect();
     let mut w = world_at(SourceKind::S3, "0.0.0.0:0".parse().unwrap(), &hosts).await;
     net.mount_roots.push(w.root.clone());
-    let mut spokes = Children::default();
-    let mut configs = Vec::new();
-    for (r, &(_, _, _, budget)) in regions.iter().enumerate() {
-        let region_configs = w.region_in(&net.regions[r], budget).await;
-        for (node, config) in net.regions[r].nodes.iter().zip(&region_configs) {
-            let log = w.root.join(format!("{}.log", node.name));
-            let mut cmd = net.command(node, &bin("aqueduct-spoke"));
-            cmd.args(["run", "--config"]).arg(config);
-            spokes.0.push(spawn_in(cmd, &log));
-        }
-        configs.push(region_configs);
-    }
-    for &(name, nodes, _, _) in regions {
-        w.wait_members(name, nodes).await;
-    }
+    let budgets: Vec<u64> = regions.iter().map(|r| r.3).collect();
+    let (spokes, configs) = w.start_spokes_in(&net, &budgets, &bin("aqueduct-spoke")).await;
     (net, w, spokes, configs)
-}
-
-fn spawn_in(mut cmd: std::process::Command, log: &Path) -> std::process::Child {
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    cmd.env("AQUEDUCT_LOG", "info").stdout(file.try_clone().unwrap()).stderr(file).spawn().unwrap()
 }
 
 /// Mounts `dataset` (following the region's active version) on the spoke of `config` and
@@ -99,7 +81,7 @@ async fn two_regions_behind_shaped_links_serve_the_source_on_every_node() {
         let files = write_model(&w.data, 1);
         w.snapshot().await;
         w.rollout(1, &["eu", "us"]).await;
-        let rows = w.wait_ready_settled(1).await;
+        let rows = w.wait_ready(1).await;
         let m1 = w.manifest(1).await;
         for row in &rows {
             assert_eq!(row.relayed_bytes, distinct(&m1), "region {} pulled more than one copy", row.region);
@@ -147,7 +129,7 @@ async fn a_region_link_that_goes_down_mid_transfer_and_comes_back_completes_with
     assert_eq!(before.len(), after.len(), "chunks crossed a cut link");
     assert_ne!(w.status(1).await[0].phase, "Ready", "the rollout finished before the link was cut");
     net.restore(0);
-    let rows = w.wait_ready_settled(1).await;
+    let rows = w.wait_ready(1).await;
     let m1 = w.manifest(1).await;
     assert_eq!((rows[0].relayed_bytes, rows[0].refetched_bytes), (distinct(&m1), 0), "a chunk crossed the link twice");
     assert_fuse_view(&configs[0][1], &files).await;
@@ -181,10 +163,7 @@ async fn a_hub_restarted_mid_rollout_and_a_spoke_killed_and_restarted_still_comp
     // eu-1 dies with SIGKILL and comes back on the same store.
     spokes.0[0].kill().unwrap();
     spokes.0[0].wait().unwrap();
-    let node = &net.regions[0].nodes[0];
-    let mut cmd = net.command(node, &bin("aqueduct-spoke"));
-    cmd.args(["run", "--config"]).arg(&configs[0][0]);
-    spokes.0[0] = spawn_in(cmd, &w.root.join(format!("{}.log", node.name)));
+    spokes.0[0] = w.start_spoke_in(&net, &net.regions[0].nodes[0], &configs[0][0], &bin("aqueduct-spoke"));
     // The region is Ready as soon as its live spokes are; a spoke still reconnecting to the
     // restarted hub reports in when it is back.
     w.wait_ready(1).await;

@@ -366,8 +366,7 @@ impl pb::admin_server::Admin for AdminService {
             ledger.with_pending(|pending| {
                 let mut rows = db.rollouts((!filter.is_empty()).then_some(filter.as_str()))?;
                 for r in &mut rows {
-                    r.relayed_bytes +=
-                        pending.get(&(r.dataset.clone(), r.version, r.region.clone())).copied().unwrap_or(0);
+                    r.relayed_bytes += pending(&(r.dataset.clone(), r.version, r.region.clone()));
                 }
                 Ok(rows)
             })

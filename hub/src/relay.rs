@@ -73,9 +73,9 @@ impl Budget {
     }
 }
 
-/// Bytes relayed per (dataset, version, region): counted in memory as chunks go out and
-/// written to the database in one go every [`LEDGER_FLUSH`] (and when the hub stops), so that
-/// a stream of one chunk (a reader's miss) costs no database write. The admin API's status adds
+/// Bytes relayed per (dataset, version, region): counted in memory as each chunk is handed to
+/// the transport and written to the database in one go every [`LEDGER_FLUSH`] (and when the
+/// hub stops), so that a stream of one chunk (a reader's miss) costs no database write. The admin API's status adds
 /// what is not written yet, under the same lock as the flush, so it never counts twice.
 ///
 /// It also keeps which chunks each region got of each version, in memory until the region is
@@ -84,12 +84,17 @@ impl Budget {
 /// with chunks no other held costs that much again). Counts start over when the hub restarts.
 #[derive(Default)]
 pub struct Ledger {
-    pending: Mutex<HashMap<(String, u64, String), u64>>,
-    sent: Mutex<HashMap<(String, u64, String), Sent>>,
+    entries: Mutex<HashMap<RolloutKey, Sent>>,
 }
+
+/// (dataset, version, region).
+pub type RolloutKey = (String, u64, String);
 
 #[derive(Default)]
 struct Sent {
+    /// Relayed bytes not written to the database yet.
+    pending: u64,
+    /// Chunks sent, until the region is Ready.
     chunks: HashSet<Digest>,
     refetched: u64,
 }
@@ -97,47 +102,51 @@ struct Sent {
 pub const LEDGER_FLUSH: Duration = Duration::from_secs(1);
 
 impl Ledger {
-    fn add(&self, dataset: &str, version: u64, region: &str, bytes: u64) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        *pending.entry((dataset.to_string(), version, region.to_string())).or_default() += bytes;
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RolloutKey, Sent>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Notes that `digest` goes to `region`; counts it as refetched if it went before.
-    fn sent(&self, key: &(String, u64, String), digest: Digest, bytes: u64) {
-        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = sent.entry(key.clone()).or_default();
+    /// Counts `digest` as handed to the transport for `key`'s region, and as refetched if it
+    /// went there before.
+    fn sent(&self, key: &RolloutKey, digest: Digest, bytes: u64) {
+        let mut entries = self.lock();
+        let entry = match entries.get_mut(key) {
+            Some(entry) => entry,
+            None => entries.entry(key.clone()).or_default(),
+        };
+        entry.pending += bytes;
         if !entry.chunks.insert(digest) {
             entry.refetched += bytes;
         }
     }
 
     /// Bytes of chunks of `dataset@version` sent to `region` more than once.
-    pub fn refetched(&self, key: &(String, u64, String)) -> u64 {
-        self.sent.lock().unwrap_or_else(|e| e.into_inner()).get(key).map_or(0, |s| s.refetched)
+    pub fn refetched(&self, key: &RolloutKey) -> u64 {
+        self.lock().get(key).map_or(0, |s| s.refetched)
     }
 
     /// The region is Ready with the version: forget which chunks it got, keep the count.
-    fn settle(&self, key: &(String, u64, String)) {
-        if let Some(s) = self.sent.lock().unwrap_or_else(|e| e.into_inner()).get_mut(key) {
+    fn settle(&self, key: &RolloutKey) {
+        if let Some(s) = self.lock().get_mut(key) {
             s.chunks = HashSet::new();
         }
     }
 
     /// Writes what is pending. Blocking: call from a blocking task.
     pub fn flush(&self, db: &dyn MetaStore) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.retain(|(dataset, version, region), bytes| match db.add_relayed(dataset, *version, region, *bytes) {
-            Ok(()) => false,
-            Err(e) => {
-                warn!(error = %e, "could not record relayed bytes; will try again");
-                true
+        for ((dataset, version, region), entry) in self.lock().iter_mut().filter(|(_, e)| e.pending > 0) {
+            match db.add_relayed(dataset, *version, region, entry.pending) {
+                Ok(()) => entry.pending = 0,
+                Err(e) => warn!(error = %e, "could not record relayed bytes; will try again"),
             }
-        });
+        }
     }
 
-    /// Runs `read` (a database read of rollouts) with the pending counts it must add.
-    pub fn with_pending<T>(&self, read: impl FnOnce(&HashMap<(String, u64, String), u64>) -> T) -> T {
-        read(&self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    /// Runs `read` (a database read of rollouts) with the pending bytes it must add per
+    /// rollout, under the flush's lock so that nothing counts twice.
+    pub fn with_pending<T>(&self, read: impl FnOnce(&dyn Fn(&RolloutKey) -> u64) -> T) -> T {
+        let entries = self.lock();
+        read(&|key| entries.get(key).map_or(0, |e| e.pending))
     }
 
     /// Flushes every [`LEDGER_FLUSH`] until `shutdown`, then once more.
@@ -152,23 +161,6 @@ impl Ledger {
             if stop {
                 return;
             }
-        }
-    }
-}
-
-/// Bytes relayed by one stream, added to the ledger when the stream ends, however it ends.
-struct Relayed {
-    ledger: Arc<Ledger>,
-    dataset: String,
-    version: u64,
-    region: String,
-    bytes: u64,
-}
-
-impl Drop for Relayed {
-    fn drop(&mut self) {
-        if self.bytes > 0 {
-            self.ledger.add(&self.dataset, self.version, &self.region, self.bytes);
         }
     }
 }
@@ -411,7 +403,7 @@ impl pb::spoke_server::Spoke for SpokeService {
         tokio::spawn(
             async move {
                 // Counted as chunks are handed to the transport, recorded when the stream ends.
-                let mut relayed = Relayed { ledger, dataset: dataset.clone(), version, region, bytes: 0 };
+                let key = (dataset.clone(), version, region);
                 let reads = futures::stream::iter(digests)
                     .map(|digest| {
                         let index = index.clone();
@@ -451,8 +443,7 @@ impl pb::spoke_server::Spoke for SpokeService {
                     if tx.send(Ok(pb::ChunkData { digest: digest.0.to_vec(), data })).await.is_err() {
                         return;
                     }
-                    relayed.bytes += len;
-                    relayed.ledger.sent(&(dataset.clone(), version, relayed.region.clone()), digest, len);
+                    ledger.sent(&key, digest, len);
                 }
             }
             .instrument(Span::current()),

@@ -144,26 +144,7 @@ struct Tier<S> {
     lru: Mutex<Lru>,
 }
 
-/// What a tier keeps its chunks in.
-trait TierStore: ChunkStore {
-    /// Keeps bytes as they are (a copy the reader checks).
-    fn put_unchecked(&self, digest: &Digest, data: &[u8]);
-}
-
-impl TierStore for MemStore {
-    fn put_unchecked(&self, digest: &Digest, data: &[u8]) {
-        let _ = MemStore::put_unchecked(self, digest, data);
-    }
-}
-
-impl TierStore for DiskStore {
-    fn put_unchecked(&self, digest: &Digest, data: &[u8]) {
-        // Disk copies are always checked.
-        let _ = self.put(digest, data);
-    }
-}
-
-impl<S: TierStore> Tier<S> {
+impl<S: ChunkStore> Tier<S> {
     fn new(store: S, quota: Option<u64>, config: &CacheConfig) -> Result<Self, CacheError> {
         let mut lru = Lru::default();
         for (digest, len) in store.list()? {
@@ -246,19 +227,6 @@ impl<S: TierStore> Tier<S> {
         stored.map(|()| victims)
     }
 
-    /// Keeps a copy whose check is its reader's (the memory tier of a disk cache), evicting
-    /// whatever it must: nothing there is pinned.
-    fn put_copy(&self, digest: &Digest, data: &[u8], evictions: &AtomicU64) {
-        let len = data.len() as u64;
-        if self.quota.is_some_and(|q| len > q) || self.make_room(len, &HashSet::new(), evictions).is_err() {
-            return;
-        }
-        self.store.put_unchecked(digest, data);
-        let mut lru = self.lru();
-        lru.reserved -= len;
-        lru.touch(*digest, len);
-    }
-
     fn get_unchecked(&self, digest: &Digest) -> Result<Option<Vec<u8>>, CacheError> {
         let data = self.store.get_unchecked(digest)?;
         match &data {
@@ -272,6 +240,21 @@ impl<S: TierStore> Tier<S> {
         self.store.remove(digest)?;
         self.lru().forget(digest);
         Ok(())
+    }
+}
+
+impl Tier<MemStore> {
+    /// Keeps a copy whose check is its reader's (the memory tier of a disk cache), evicting
+    /// whatever it must: nothing there is pinned.
+    fn put_copy(&self, digest: &Digest, data: &[u8], evictions: &AtomicU64) {
+        let len = data.len() as u64;
+        if self.quota.is_some_and(|q| len > q) || self.make_room(len, &HashSet::new(), evictions).is_err() {
+            return;
+        }
+        self.store.put_unchecked(digest, data);
+        let mut lru = self.lru();
+        lru.reserved -= len;
+        lru.touch(*digest, len);
     }
 }
 

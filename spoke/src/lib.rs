@@ -567,6 +567,7 @@ async fn pin(
         active.insert(&a.dataset, a.version);
     }
     let mut pinned = HashSet::new();
+    let ring = peers.ring();
     for a in &current.assignments {
         if active.get(a.dataset.as_str()).is_some_and(|&v| a.version < v) {
             continue;
@@ -578,7 +579,7 @@ async fn pin(
                     .files
                     .iter()
                     .flat_map(|f| f.chunks.iter().map(|c| c.digest))
-                    .filter(|d| !share || peers.holds(d, replicas)),
+                    .filter(|d| !share || ring.holds(d, replicas)),
             ),
             Err(e) => warn!(dataset = %a.dataset, version = a.version, error = %e, "cannot pin a version's chunks"),
         }

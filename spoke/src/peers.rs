@@ -98,49 +98,26 @@ impl Peers {
         self.suspects.lock().unwrap_or_else(|e| e.into_inner()).insert(node.to_string(), Instant::now());
     }
 
-    fn suspected(&self, node: &str) -> bool {
-        let mut suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
-        suspects.retain(|_, since| since.elapsed() < SUSPECT_FOR);
-        suspects.contains_key(node)
-    }
-
     /// Members that take part in peer exchange and are not suspected, this spoke included when
     /// it serves peers.
     fn candidates(&self) -> Vec<pb::Member> {
         if self.tls.is_none() {
             return Vec::new();
         }
+        let mut suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
+        suspects.retain(|_, since| since.elapsed() < SUSPECT_FOR);
         let members = self.members.read().unwrap_or_else(|e| e.into_inner());
-        members.iter().filter(|m| !m.peer_address.is_empty() && !self.suspected(&m.node)).cloned().collect()
+        members.iter().filter(|m| !m.peer_address.is_empty() && !suspects.contains_key(&m.node)).cloned().collect()
     }
 
-    /// Who to ask for `digest`, best first, ending with this spoke: the owners by rendezvous
-    /// rank up to this spoke's own place (past it, this spoke fetches over the link itself).
+    /// Who owns what now. Planning many chunks takes one ring and asks it for each.
+    pub fn ring(&self) -> Ring {
+        Ring { me: self.me.clone(), members: self.candidates() }
+    }
+
+    /// Who to ask for `digest`, best first (see [`Ring::owners`]).
     pub fn owners(&self, digest: &Digest) -> Vec<Owner> {
-        let mut owners = Vec::new();
-        for m in rank(self.candidates(), digest) {
-            if m.node == self.me {
-                break;
-            }
-            owners.push(Owner::Peer(m));
-        }
-        owners.push(Owner::Me);
-        owners
-    }
-
-    /// Whether this spoke is among the first `replicas` owners of `digest` (a spoke outside
-    /// peer exchange owns everything).
-    pub fn holds(&self, digest: &Digest, replicas: usize) -> bool {
-        let ranked = rank(self.candidates(), digest);
-        match ranked.iter().position(|m| m.node == self.me) {
-            Some(place) => place < replicas.max(1),
-            None => true,
-        }
-    }
-
-    /// The live members' names, sorted (what ownership depends on).
-    pub fn member_names(&self) -> Vec<String> {
-        self.candidates().into_iter().map(|m| m.node).collect()
+        self.ring().owners(digest)
     }
 
     /// The region's members that take part in peer exchange, as the hub last said (suspects
@@ -151,11 +128,6 @@ impl Peers {
             members.iter().filter(|m| !m.peer_address.is_empty()).map(|m| m.node.as_str()).collect();
         names.sort_unstable();
         names.join(",")
-    }
-
-    /// The first owner of `digest`.
-    pub fn owner(&self, digest: &Digest) -> Owner {
-        self.owners(digest).swap_remove(0)
     }
 
     /// Live peers (not this spoke), in no particular order.
@@ -244,6 +216,60 @@ impl Peers {
     }
 }
 
+/// The live, unsuspected members at one moment, and this spoke's name: who owns each chunk.
+pub struct Ring {
+    me: String,
+    members: Vec<pb::Member>,
+}
+
+impl Ring {
+    /// Who to ask for `digest`, best first, ending with this spoke: the owners by rendezvous
+    /// rank up to this spoke's own place (past it, this spoke fetches over the link itself).
+    pub fn owners(&self, digest: &Digest) -> Vec<Owner> {
+        let mine = weight(&self.me, digest);
+        let mut ahead: Vec<(u64, &pb::Member)> = self
+            .members
+            .iter()
+            .filter(|m| m.node != self.me)
+            .map(|m| (weight(&m.node, digest), m))
+            .filter(|&(w, m)| (w, m.node.as_str()) > (mine, self.me.as_str()) || !self.has_me())
+            .collect();
+        ahead.sort_by(|a, b| (b.0, &b.1.node).cmp(&(a.0, &a.1.node)));
+        let mut owners: Vec<Owner> = ahead.into_iter().map(|(_, m)| Owner::Peer(m.clone())).collect();
+        owners.push(Owner::Me);
+        owners
+    }
+
+    /// The first owner of `digest`.
+    pub fn owner(&self, digest: &Digest) -> Owner {
+        self.owners(digest).swap_remove(0)
+    }
+
+    /// Whether this spoke is among the first `replicas` owners of `digest` (a spoke outside
+    /// peer exchange owns everything).
+    pub fn holds(&self, digest: &Digest, replicas: usize) -> bool {
+        if !self.has_me() {
+            return true;
+        }
+        let mine = (weight(&self.me, digest), self.me.as_str());
+        let ahead = self.members.iter().filter(|m| (weight(&m.node, digest), m.node.as_str()) > mine).count();
+        ahead < replicas.max(1)
+    }
+
+    /// How many members there are.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    fn has_me(&self) -> bool {
+        self.members.iter().any(|m| m.node == self.me)
+    }
+}
+
 /// Rendezvous weight of `node` for `digest`.
 fn weight(node: &str, digest: &Digest) -> u64 {
     let mut h = blake3::Hasher::new();
@@ -296,13 +322,19 @@ mod tests {
         for d in digests(100) {
             let owners = peers.owners(&d);
             assert_eq!(owners.last(), Some(&Owner::Me));
+            // The ring agrees with a full ranking: the members ahead of this spoke, in order.
             let ranked = rank(members(3), &d);
             let mine = ranked.iter().position(|m| m.node == "node-1").unwrap();
+            let ahead: Vec<Owner> = ranked[..mine].iter().cloned().map(Owner::Peer).collect();
+            assert_eq!(owners[..mine], ahead[..]);
             assert_eq!(owners.len(), mine + 1);
+            for replicas in 1..=3 {
+                assert_eq!(peers.ring().holds(&d, replicas), mine < replicas);
+            }
         }
         peers.suspect("node-0", "test");
         peers.suspect("node-2", "test");
-        assert!(digests(100).iter().all(|d| peers.owner(d) == Owner::Me));
+        assert!(digests(100).iter().all(|d| peers.ring().owner(d) == Owner::Me));
         // A spoke outside peer exchange owns everything it reads.
         let alone = Peers::new("node-1", &Identity::Region("eu".into()), None);
         alone.set_members(members(3));

@@ -296,11 +296,13 @@ impl ReadThrough {
         wait_stored: bool,
     ) -> Result<Pulled, FetchError> {
         let _foreground = urgent.then(|| self.priority.foreground());
-        let wanted: Vec<Digest> = digests.iter().filter(|d| !self.store.contains(d)).copied().collect();
+        // Every caller has just found them missing from the store; a chunk stored since is
+        // caught by `pull`, under its lock.
+        let wanted = digests;
         let mut by_holder: HashMap<String, (pb::Member, Vec<Digest>)> = HashMap::new();
-        let holders = self.peers.holders(&wanted).await;
+        let holders = self.peers.holders(wanted).await;
         let mut rest = Vec::new();
-        for d in wanted {
+        for &d in wanted {
             match holders.get(&d) {
                 Some(m) => by_holder.entry(m.node.clone()).or_insert_with(|| (m.clone(), Vec::new())).1.push(d),
                 None => rest.push(d),

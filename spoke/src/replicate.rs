@@ -136,8 +136,9 @@ impl Replicator {
         }
         if mode == ReplicationMode::Region {
             let peers = self.reader.peers();
-            weight.retain(|d, _| peers.holds(d, replicas));
-            let replicas = replicas.clamp(1, peers.member_names().len().max(1)) as u64;
+            let ring = peers.ring();
+            weight.retain(|d, _| ring.holds(d, replicas));
+            let replicas = replicas.clamp(1, ring.len().max(1)) as u64;
             weight.values_mut().for_each(|w| *w /= replicas);
         }
         let mode_name = mode.to_string();
@@ -238,8 +239,9 @@ impl Replicator {
         let per_request = self.options.chunks_per_request.max(1);
         let mut mine = Vec::new();
         let mut theirs: HashMap<String, (pb::Member, Vec<Digest>)> = HashMap::new();
+        let ring = self.reader.peers().ring();
         for (d, _) in missing {
-            match self.reader.peers().owner(d) {
+            match ring.owner(d) {
                 Owner::Me => mine.push(*d),
                 Owner::Peer(m) => theirs.entry(m.node.clone()).or_insert_with(|| (m, Vec::new())).1.push(*d),
             }

@@ -89,9 +89,8 @@ pub struct MemStore {
 
 impl MemStore {
     /// Keeps a copy whose check is its reader's (see [`ChunkStore::get_unchecked`]).
-    pub fn put_unchecked(&self, digest: &Digest, data: &[u8]) -> Result<(), CacheError> {
+    pub fn put_unchecked(&self, digest: &Digest, data: &[u8]) {
         self.chunks.lock().unwrap_or_else(|e| e.into_inner()).insert(*digest, data.to_vec());
-        Ok(())
     }
 }
 
@@ -114,6 +113,12 @@ impl ChunkStore for MemStore {
     fn list(&self) -> Result<Vec<(Digest, u64)>, CacheError> {
         Ok(self.chunks.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(d, c)| (*d, c.len() as u64)).collect())
     }
+}
+
+/// Where a store in `root` keeps a chunk: `chunks/` and the digest's first two hex digits.
+pub fn chunk_path(root: &Path, digest: &Digest) -> PathBuf {
+    let hex = digest.to_hex();
+    root.join("chunks").join(&hex[..2]).join(hex)
 }
 
 pub struct DiskStore {
@@ -149,8 +154,7 @@ impl DiskStore {
     }
 
     fn path(&self, digest: &Digest) -> PathBuf {
-        let hex = digest.to_hex();
-        self.root.join("chunks").join(&hex[..2]).join(hex)
+        chunk_path(&self.root, digest)
     }
 
     fn error(&self, path: PathBuf, source: io::Error) -> CacheError {

@@ -85,36 +85,26 @@ impl FromStr for Size {
 
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-        let mut value = self.0 as f64;
-        let mut unit = 0;
-        while value >= 1024.0 && unit < UNITS.len() - 1 {
-            value /= 1024.0;
-            unit += 1;
-        }
-        if value.fract() == 0.0 {
-            write!(f, "{value:.0}{}", UNITS[unit])
-        } else {
-            write!(f, "{value:.1}{}", UNITS[unit])
-        }
+        binary(f, self.0, &["B", "KiB", "MiB", "GiB", "TiB"])
     }
 }
 
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [&str; 4] = ["B/s", "KiB/s", "MiB/s", "GiB/s"];
-        let mut value = self.0 as f64;
-        let mut unit = 0;
-        while value >= 1024.0 && unit < UNITS.len() - 1 {
-            value /= 1024.0;
-            unit += 1;
-        }
-        if value.fract() == 0.0 {
-            write!(f, "{value:.0}{}", UNITS[unit])
-        } else {
-            write!(f, "{value:.1}{}", UNITS[unit])
-        }
+        binary(f, self.0, &["B/s", "KiB/s", "MiB/s", "GiB/s"])
     }
+}
+
+/// Writes `n` in the largest of `units` (powers of 1024) that keeps it at least 1, with one
+/// decimal unless it is whole.
+fn binary(f: &mut fmt::Formatter<'_>, n: u64, units: &[&str]) -> fmt::Result {
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < units.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 { write!(f, "{value:.0}{}", units[unit]) } else { write!(f, "{value:.1}{}", units[unit]) }
 }
 
 #[cfg(test)]
