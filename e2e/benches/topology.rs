@@ -8,9 +8,15 @@
 //! time, bytes over each link read from the uplink's interface counters:
 //! - Aqueduct: roll v1, then v2, out to both regions (every spoke holds the whole version,
 //!   peers share chunks inside the region); time until the region is Ready.
-//! - `rclone copy` (if installed): every node copies the model from the same S3 server through
-//!   the same link, v1 into an empty directory, then v2 over it; time until every node of the
-//!   region is done.
+//! - The ways people do it today, chosen with AQ_BENCH_BASELINES (comma-separated; default
+//!   `copy,rclone-mount`; `none` for Aqueduct alone), each only if installed:
+//!   - `copy`: every node runs `rclone copy` of the model from the same S3 server through the
+//!     same link, v1 into an empty directory, then v2 over it;
+//!   - `rclone-mount` and `s3fs`: every node mounts the bucket (`rclone mount --vfs-cache-mode
+//!     full`, or `s3fs`) with a fresh cache and reads every file of the version once through
+//!     the mount, as an inference pod would on first start; the bytes read are hashed and
+//!     checked against the source.
+//!   The time counts until every node of the region is done, mounting included.
 //!
 //! Printed: per phase and region, bytes over the link, the version's bytes, seconds,
 //! achieved rate / link rate, and the lower bound (bytes the region must receive / link
@@ -113,13 +119,81 @@ fn rows(net: &Topology, what: &str, before: &[u64], done: &[f64], version_bytes:
         .collect()
 }
 
+/// The ways people move models today that this benchmark can run.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Baseline {
+    Copy,
+    RcloneMount,
+    S3fs,
+}
+
+impl Baseline {
+    fn parse(list: &str) -> Vec<Baseline> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|b| !b.is_empty() && *b != "none")
+            .map(|b| match b {
+                "copy" => Baseline::Copy,
+                "rclone-mount" => Baseline::RcloneMount,
+                "s3fs" => Baseline::S3fs,
+                other => panic!("AQ_BENCH_BASELINES: unknown baseline {other:?}; use copy, rclone-mount, s3fs or none"),
+            })
+            .collect()
+    }
+
+    fn label(self, version: u64) -> String {
+        match self {
+            Baseline::Copy => format!("rclone copy v{version}"),
+            Baseline::RcloneMount => format!("rclone mnt v{version}"),
+            Baseline::S3fs => format!("s3fs v{version}"),
+        }
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            Baseline::Copy | Baseline::RcloneMount => "rclone",
+            Baseline::S3fs => "s3fs",
+        }
+    }
+
+    fn run(
+        self,
+        w: &World,
+        net: &Topology,
+        version: u64,
+        version_bytes: u64,
+        bound_bytes: u64,
+    ) -> Result<Vec<Row>, String> {
+        let program = self.program();
+        if std::process::Command::new(program).arg("--version").output().is_err() {
+            return Err(format!("{program} is not installed (apt-get install {program})"));
+        }
+        match self {
+            Baseline::Copy => rclone_copy(w, net, &self.label(version), version_bytes, bound_bytes),
+            _ => first_read(self, w, net, version, version_bytes, bound_bytes),
+        }
+    }
+}
+
+/// The S3 options rclone needs for the test server as `region` sees it.
+fn rclone_s3(cmd: &mut std::process::Command, w: &World, region: &aqueduct_e2e::netns::RegionNet) {
+    cmd.arg("--s3-provider=Other")
+        .arg(format!("--s3-endpoint=http://{}:{}", region.hub_ip, w.s3_endpoint().port()))
+        .arg(format!("--s3-access-key-id={}", aqueduct_testkit::ACCESS_KEY))
+        .arg(format!("--s3-secret-access-key={}", aqueduct_testkit::SECRET_KEY))
+        .args(["--s3-region=us-east-1", "--s3-force-path-style=true"])
+        .env_remove("AWS_CA_BUNDLE");
+}
+
 /// Every node runs `rclone copy` of the model into its own directory; times each region
 /// until all its nodes are done.
-fn rclone(w: &World, net: &Topology, label: &str, version_bytes: u64, bound_bytes: u64) -> Result<Vec<Row>, String> {
-    if std::process::Command::new("rclone").arg("version").output().is_err() {
-        return Err("rclone is not installed (apt-get install rclone)".into());
-    }
-    let port = w.s3_endpoint().port();
+fn rclone_copy(
+    w: &World,
+    net: &Topology,
+    label: &str,
+    version_bytes: u64,
+    bound_bytes: u64,
+) -> Result<Vec<Row>, String> {
     let before: Vec<u64> = net.regions.iter().map(|r| tx_bytes(&r.uplink)).collect();
     let started = Instant::now();
     let mut children = Vec::new();
@@ -127,14 +201,9 @@ fn rclone(w: &World, net: &Topology, label: &str, version_bytes: u64, bound_byte
         for node in &region.nodes {
             let dest = w.root.join(format!("rclone-{}", node.name));
             let mut cmd = net.command(node, Path::new("rclone"));
-            cmd.args(["copy", ":s3:models", &dest.display().to_string(), "--include", "llama/**"])
-                .arg("--s3-provider=Other")
-                .arg(format!("--s3-endpoint=http://{}:{port}", region.hub_ip))
-                .arg(format!("--s3-access-key-id={}", aqueduct_testkit::ACCESS_KEY))
-                .arg(format!("--s3-secret-access-key={}", aqueduct_testkit::SECRET_KEY))
-                .args(["--s3-region=us-east-1", "--s3-force-path-style=true"])
-                .env_remove("AWS_CA_BUNDLE")
-                .stdout(std::process::Stdio::null())
+            cmd.args(["copy", ":s3:models", &dest.display().to_string(), "--include", "llama/**"]);
+            rclone_s3(&mut cmd, w, region);
+            cmd.stdout(std::process::Stdio::null())
                 .stderr(std::fs::File::create(w.root.join(format!("rclone-{}.log", node.name))).unwrap());
             children.push((i, cmd.spawn().map_err(|e| format!("rclone: {e}"))?));
         }
@@ -148,6 +217,108 @@ fn rclone(w: &World, net: &Topology, label: &str, version_bytes: u64, bound_byte
         done[i] = done[i].max(started.elapsed().as_secs_f64());
     }
     Ok(rows(net, label, &before, &done, version_bytes, bound_bytes))
+}
+
+/// BLAKE3 of every file of the dataset as the source holds it now, by path.
+fn source_hashes(w: &World) -> Vec<(String, blake3::Hash)> {
+    let mut files: Vec<(String, blake3::Hash)> = std::fs::read_dir(&w.data)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), blake3::hash(&std::fs::read(e.path()).unwrap())))
+        .collect();
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    files
+}
+
+/// Every node mounts the bucket with `tool` (a fresh cache each) and reads every file of the
+/// dataset once through its mount, hashing what it reads; times each region until all its
+/// nodes are done, mounting included.
+fn first_read(
+    tool: Baseline,
+    w: &World,
+    net: &Topology,
+    version: u64,
+    version_bytes: u64,
+    bound_bytes: u64,
+) -> Result<Vec<Row>, String> {
+    let expected = source_hashes(w);
+    let before: Vec<u64> = net.regions.iter().map(|r| tx_bytes(&r.uplink)).collect();
+    let started = Instant::now();
+    let mut mounts = aqueduct_e2e::Children::default();
+    let mut readers = Vec::new();
+    let mut dirs = Vec::new();
+    for (i, region) in net.regions.iter().enumerate() {
+        for node in &region.nodes {
+            let name = format!("{tool:?}-v{version}-{}", node.name).to_lowercase();
+            let dir = w.root.join(format!("mnt-{name}"));
+            let cache = w.root.join(format!("cache-{name}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::create_dir_all(&cache).unwrap();
+            dirs.push(dir.clone());
+            let mut cmd = net.command(node, Path::new(tool.program()));
+            if tool == Baseline::RcloneMount {
+                cmd.args(["mount", ":s3:models"]).arg(&dir).args(["--read-only", "--vfs-cache-mode", "full"]);
+                cmd.arg("--cache-dir").arg(&cache);
+                rclone_s3(&mut cmd, w, region);
+            } else {
+                let passwd = w.root.join(format!("s3fs-{name}.passwd"));
+                std::fs::write(&passwd, format!("{}:{}", aqueduct_testkit::ACCESS_KEY, aqueduct_testkit::SECRET_KEY))
+                    .unwrap();
+                std::fs::set_permissions(&passwd, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+                cmd.arg("models").arg(&dir).args([
+                    "-f",
+                    "-o",
+                    "ro",
+                    "-o",
+                    "use_path_request_style",
+                    "-o",
+                    "endpoint=us-east-1",
+                ]);
+                cmd.arg("-o").arg(format!("url=http://{}:{}", region.hub_ip, w.s3_endpoint().port()));
+                cmd.arg("-o").arg(format!("passwd_file={}", passwd.display()));
+            }
+            mounts.0.push(aqueduct_e2e::spawn_command(cmd, &w.root.join(format!("{name}.log"))));
+            let expected = expected.clone();
+            readers.push((
+                i,
+                std::thread::spawn(move || -> Result<(), String> {
+                    let files = dir.join("llama");
+                    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+                    while !files.join(&expected[0].0).exists() {
+                        if Instant::now() > deadline {
+                            return Err(format!("{} did not show the dataset within 120 s", dir.display()));
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    for (file, hash) in &expected {
+                        let mut hasher = blake3::Hasher::new();
+                        let mut reader = std::fs::File::open(files.join(file)).map_err(|e| format!("{file}: {e}"))?;
+                        std::io::copy(&mut reader, &mut hasher).map_err(|e| format!("reading {file}: {e}"))?;
+                        if hasher.finalize() != *hash {
+                            return Err(format!("{file} read through {} differs from the source", dir.display()));
+                        }
+                    }
+                    Ok(())
+                }),
+            ));
+        }
+    }
+    let mut done = vec![0.0f64; net.regions.len()];
+    let mut failed = None;
+    for (i, reader) in readers {
+        match reader.join().unwrap() {
+            Ok(()) => done[i] = done[i].max(started.elapsed().as_secs_f64()),
+            Err(e) => failed = Some(e),
+        }
+    }
+    let rows = rows(net, &tool.label(version), &before, &done, version_bytes, bound_bytes);
+    dirs.iter().for_each(|dir| aqueduct_e2e::netns::unmount_under(dir));
+    drop(mounts);
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(rows),
+    }
 }
 
 fn main() {
@@ -173,15 +344,22 @@ fn main() {
         let budgets = vec![1 << 30; net.regions.len()];
         let (spokes, _configs) = w.start_spokes_in(&net, &budgets, &spoke).await;
 
+        let baselines = Baseline::parse(&std::env::var("AQ_BENCH_BASELINES").unwrap_or("copy,rclone-mount".into()));
         let mut rows = aqueduct(&mut w, &net, 1, "aqueduct v1", v1.bytes).await;
-        let rclone_v1 = rclone(&w, &net, "rclone copy v1", v1.bytes, v1.bytes);
+        // Each baseline's rows, or why it did not run.
+        let mut baseline_rows: Vec<(Baseline, Result<Vec<Row>, String>)> =
+            baselines.iter().map(|&b| (b, b.run(&w, &net, 1, v1.bytes, v1.bytes))).collect();
         write_model(&w, size_mib << 20, true).await;
         let v2 = w.snapshot().await;
         rows.extend(aqueduct(&mut w, &net, 2, "aqueduct v2", v2.new_bytes).await);
-        let rclone_v2 = rclone_v1.and_then(|mut v1_rows| {
-            v1_rows.extend(rclone(&w, &net, "rclone copy v2", v2.bytes, v2.new_bytes)?);
-            Ok(v1_rows)
-        });
+        for (b, result) in &mut baseline_rows {
+            if let Ok(v1_rows) = result {
+                match b.run(&w, &net, 2, v2.bytes, v2.new_bytes) {
+                    Ok(v2_rows) => v1_rows.extend(v2_rows),
+                    Err(e) => *result = Err(e),
+                }
+            }
+        }
 
         println!(
             "topology benchmark: 2 regions x 2 nodes, each region behind a {link_mbit} Mbit/s tbf link; \
@@ -207,25 +385,32 @@ fn main() {
             );
         };
         rows.iter().for_each(print);
-        match &rclone_v2 {
-            Ok(baseline) => {
-                baseline.iter().for_each(print);
-                for region in ["eu", "us"] {
-                    let find = |rows: &[Row], what: &str| {
-                        rows.iter().find(|r| r.what == what && r.region == region).map(|r| (r.link_bytes, r.seconds))
-                    };
-                    let (Some(a), Some(b)) = (find(&rows, "aqueduct v2"), find(baseline, "rclone copy v2")) else {
-                        continue;
-                    };
+        for (b, result) in &baseline_rows {
+            match result {
+                Ok(baseline) => baseline.iter().for_each(print),
+                Err(why) => println!("{} not run: {why}", b.label(1)),
+            }
+        }
+        for region in ["eu", "us"] {
+            let find = |rows: &[Row], what: &str| {
+                rows.iter().find(|r| r.what == what && r.region == region).map(|r| (r.link_bytes, r.seconds))
+            };
+            let Some(ours) = find(&rows, "aqueduct v2") else { continue };
+            println!(
+                "{region}: aqueduct v2 link bytes / new bytes {:.3}, time / bound {:.2}",
+                ours.0 as f64 / v2.new_bytes as f64,
+                ours.1 / (v2.new_bytes as f64 / link as f64)
+            );
+            for (b, result) in &baseline_rows {
+                if let Some(theirs) = result.as_ref().ok().and_then(|rows| find(rows, &b.label(2))) {
                     println!(
-                        "{region}: v2 rclone / aqueduct: link bytes {:.1}x, time {:.1}x; aqueduct v2 link bytes / new bytes {:.3}",
-                        b.0 as f64 / a.0 as f64,
-                        b.1 / a.1,
-                        a.0 as f64 / v2.new_bytes as f64
+                        "{region}: v2 {} / aqueduct: link bytes {:.1}x, time {:.1}x",
+                        b.label(2).trim_end_matches(" v2"),
+                        theirs.0 as f64 / ours.0 as f64,
+                        theirs.1 / ours.1
                     );
                 }
             }
-            Err(why) => println!("rclone copy not run: {why}"),
         }
         drop(spokes);
         drop(w);

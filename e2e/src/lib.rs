@@ -43,8 +43,14 @@ pub struct World {
 }
 
 impl Drop for World {
+    /// Stops the hub. With `AQ_KEEP=1` in the environment the world's directory (hub, stores,
+    /// every process's log) is kept for inspection and its path printed.
     fn drop(&mut self) {
         self.shutdown.cancel();
+        if std::env::var_os("AQ_KEEP").is_some_and(|v| v == "1") {
+            let tmp = std::mem::replace(&mut self._tmp, tempfile::TempDir::new().unwrap());
+            eprintln!("AQ_KEEP=1: kept {}", tmp.keep().display());
+        }
     }
 }
 
@@ -446,7 +452,8 @@ pub fn spawn_logged(program: &Path, args: &[&std::ffi::OsStr], log: &Path) -> st
 /// Starts `cmd` with its output appended to `log`, logging at info.
 pub fn spawn_command(mut cmd: std::process::Command, log: &Path) -> std::process::Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    cmd.env("AQUEDUCT_LOG", "info").stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap()
+    let filter = std::env::var("AQUEDUCT_LOG").unwrap_or_else(|_| "info".into());
+    cmd.env("AQUEDUCT_LOG", filter).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap()
 }
 
 /// Child processes, killed however the test ends.

@@ -128,6 +128,10 @@ impl Peer for PeerService {
                     _ = tx.closed() => return,
                 };
                 let fetched = fetched.unwrap_or_else(|_| Err(FetchError::Timeout(FETCH_TIMEOUT)));
+                match &fetched {
+                    Ok(p) => debug!(got = p.got.len(), missing = p.missing.len(), "fetched for a peer"),
+                    Err(e) => debug!(error = %e, "could not fetch for a peer"),
+                }
                 match fetched {
                     Ok(pulled) => {
                         for (digest, data) in pulled.got {

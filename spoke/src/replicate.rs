@@ -164,7 +164,10 @@ impl Replicator {
             if !missing.is_empty() {
                 let fetched =
                     self.fetch(assignment, &mode_name, &missing, &weight, cached, budget, &mut outcome).await?;
-                if fetched.is_empty() {
+                // Chunks that arrived by another way meanwhile (a fetch this spoke made for a
+                // peer or a reader, still being stored when this round looked) are progress.
+                let progressed = missing.iter().any(|(d, _)| self.store().contains(d));
+                if fetched.is_empty() && !progressed {
                     stalled += 1;
                     if stalled >= STALLED_ROUNDS {
                         return Err(ReplicationError::Stalled(missing.len()));
@@ -297,6 +300,7 @@ impl Replicator {
 
     /// Fetches one batch, from its owner `from` or (None) as its owner; returns what it stored.
     /// An owner that fails costs nothing but the round: its chunks are planned again.
+    #[instrument(level = "debug", skip_all, fields(from = from.as_ref().map_or("link", |m| m.node.as_str()), chunks = batch.len()))]
     async fn fetch_batch(
         &self,
         assignment: &pb::Assignment,
@@ -330,6 +334,7 @@ impl Replicator {
             FetchError::Cache(e) => ReplicationError::Cache(e),
             other => ReplicationError::Fetch(other),
         })?;
+        debug!(asked = batch.len(), got = pulled.got.len(), missing = pulled.missing.len(), "batch done");
         Ok(pulled.got.into_iter().map(|(d, data)| (d, data.len() as u64)).collect())
     }
 
