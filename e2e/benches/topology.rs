@@ -16,6 +16,7 @@
 //!     full`, or `s3fs`) with a fresh cache and reads every file of the version once through
 //!     the mount, as an inference pod would on first start; the bytes read are hashed and
 //!     checked against the source.
+//!
 //!   The time counts until every node of the region is done, mounting included.
 //!
 //! Printed: per phase and region, bytes over the link, the version's bytes, seconds,
