@@ -218,10 +218,15 @@ async fn pods_on_a_node_share_one_fuse_mount_and_the_last_unpublish_removes_it()
     let staged = clients.node.node_stage_volume(csi::NodeStageVolumeRequest::default()).await;
     expect_err(staged, Code::Unimplemented, &["NodeStageVolume"]);
 
-    // Two pods publish the same volume: one FUSE mount, bound read-only into both.
+    // Two pods publish the same volume at once: one FUSE mount, bound read-only into both.
     let v1 = [("dataset", "llama"), ("version", "1")];
-    clients.node.node_publish_volume(publish("pv-llama", &a, &v1)).await.unwrap();
-    clients.node.node_publish_volume(publish("pv-llama", &b, &v1)).await.unwrap();
+    let (mut node_a, mut node_b) = (clients.node.clone(), clients.node.clone());
+    let (at_a, at_b) = tokio::join!(
+        node_a.node_publish_volume(publish("pv-llama", &a, &v1)),
+        node_b.node_publish_volume(publish("pv-llama", &b, &v1)),
+    );
+    at_a.unwrap();
+    at_b.unwrap();
     let fuse = shares(&data_dir);
     assert_eq!(fuse.len(), 1, "one FUSE mount per version on the node: {fuse:?}");
     assert_eq!(fuse[0].point, data_dir.join("csi/mounts/llama@v1"));
@@ -329,7 +334,7 @@ async fn bad_requests_get_invalid_argument_saying_what_is_expected() {
 
     // A dataset the region does not hold: NotFound once the wait is over, saying what to do.
     let unknown = publish("pv", &target, &[("dataset", "mistral"), ("version", "1")]);
-    let r = node.node_publish_volume(within(unknown, Duration::from_secs(1))).await;
+    let r = node.node_publish_volume(within(unknown, Duration::from_secs(2))).await;
     expect_err(r, Code::NotFound, &["mistral", "not rolled out", "aq rollout mistral@vN"]);
 }
 
@@ -358,10 +363,10 @@ async fn a_publish_waits_until_its_version_is_ready_in_the_region() {
     node.node_publish_volume(publish("pv", &early, &eager)).await.unwrap();
     assert_ne!(w.status(1).await[0].phase, "Ready", "the version was Ready already: the test proves nothing");
 
-    // A caller that gives up after a second gets the reason before its deadline: which
+    // A caller that gives up after two seconds gets the reason before its deadline: which
     // version, which region, how far this node is, and what to do.
     let v1 = [("dataset", "llama"), ("version", "1")];
-    let r = node.node_publish_volume(within(publish("pv", &waiting, &v1), Duration::from_secs(1))).await;
+    let r = node.node_publish_volume(within(publish("pv", &waiting, &v1), Duration::from_secs(2))).await;
     expect_err(
         r,
         Code::FailedPrecondition,

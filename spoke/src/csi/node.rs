@@ -254,18 +254,12 @@ impl Node {
         Ok(())
     }
 
-    /// Unmounts a share's FUSE mount (lazily if files are still open) and forgets it.
+    /// Unmounts a share's FUSE mount and forgets it. Lazily: a pod's bind that had to be
+    /// detached lazily (files still open) keeps the FUSE connection alive until those files
+    /// close, and nothing here waits for that.
     async fn release_share(&self, state: &mut State, name: &str) {
         let Some(share) = state.shares.remove(name) else { return };
-        let mounts = &self.parts.mounts;
-        let outcome = match mounts.unmount(&share.path, false).await {
-            Err(MountError::Unmount(e)) => {
-                warn!(path = %share.path.display(), error = %e, "the node's mount is busy; detaching it lazily");
-                mounts.unmount(&share.path, true).await
-            }
-            other => other,
-        };
-        match outcome {
+        match self.parts.mounts.unmount(&share.path, true).await {
             Ok(()) | Err(MountError::NotMounted(_)) => {}
             Err(e) => warn!(path = %share.path.display(), error = %e, "could not unmount the node's mount"),
         }
@@ -288,12 +282,7 @@ impl Node {
         }
         let names: Vec<String> = state.shares.keys().cloned().collect();
         for name in names {
-            if let Some(share) = state.shares.remove(&name) {
-                if let Err(e) = self.parts.mounts.unmount(&share.path, true).await {
-                    warn!(path = %share.path.display(), error = %e, "could not unmount the node's mount");
-                }
-                let _ = std::fs::remove_dir(&share.path);
-            }
+            self.release_share(&mut state, &name).await;
         }
     }
 
