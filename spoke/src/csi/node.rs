@@ -20,7 +20,7 @@ use std::time::Duration;
 use aqueduct_proto::hub::v1 as pb;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, instrument, warn};
+use tracing::{Instrument, Span, info, instrument, warn};
 
 use super::volume::{Publish, VolumeSpec};
 use super::{CsiConfig, CsiError};
@@ -157,7 +157,7 @@ impl Node {
             info!(volume_mode = %mode, rollout_mode = %assignment.mode, "the region holds the version as its rollout says, not as the volume does");
         }
         let node = self.clone();
-        tokio::spawn(async move { node.attach(p).await }).await.unwrap_or_else(|e| {
+        tokio::spawn(async move { node.attach(p).await }.instrument(Span::current())).await.unwrap_or_else(|e| {
             Err(CsiError::Io { action: "publishing", path: PathBuf::new(), source: std::io::Error::other(e) })
         })
     }
@@ -207,9 +207,11 @@ impl Node {
     #[instrument(skip_all, fields(volume_id, target = %target.display()))]
     pub async fn unpublish(self: &Arc<Self>, volume_id: String, target: PathBuf) -> Result<(), CsiError> {
         let node = self.clone();
-        tokio::spawn(async move { node.detach(&volume_id, &target).await }).await.unwrap_or_else(|e| {
-            Err(CsiError::Io { action: "unpublishing", path: PathBuf::new(), source: std::io::Error::other(e) })
-        })
+        tokio::spawn(async move { node.detach(&volume_id, &target).await }.instrument(Span::current()))
+            .await
+            .unwrap_or_else(|e| {
+                Err(CsiError::Io { action: "unpublishing", path: PathBuf::new(), source: std::io::Error::other(e) })
+            })
     }
 
     async fn detach(&self, volume_id: &str, target: &Path) -> Result<(), CsiError> {
