@@ -271,21 +271,28 @@ impl SpokeService {
     async fn assignments(db: &Arc<dyn MetaStore>, members: &Members, region: &str) -> Result<pb::Assignments, Status> {
         let (rollouts, regions) = blocking(db, |db| Ok((db.rollouts(None)?, db.regions()?))).await?;
         let budget = regions.iter().find(|r| r.name == region).map_or(0, |r| r.rate);
-        let active = active_versions(&rollouts);
-        let assignments = rollouts
-            .into_iter()
-            .filter(|r| r.region == region)
-            .map(|r| pb::Assignment {
-                active: active.contains(&(r.dataset.clone(), r.version, r.region.clone())),
-                dataset: r.dataset,
-                version: r.version,
-                total_bytes: r.total_bytes,
-                root: r.root.0.to_vec(),
-                mode: r.mode.to_string(),
-            })
-            .collect();
+        let assignments = assignments_of(rollouts, region);
         Ok(pb::Assignments { assignments, budget_bytes_per_sec: budget, members: members.members(region) })
     }
+}
+
+/// What `region` must hold, from every region's rollout rows: its versions, which of them it
+/// serves (active: Ready in every region of the rollout) and which are Ready in it.
+pub fn assignments_of(rollouts: Vec<RolloutRecord>, region: &str) -> Vec<pb::Assignment> {
+    let active = active_versions(&rollouts);
+    rollouts
+        .into_iter()
+        .filter(|r| r.region == region)
+        .map(|r| pb::Assignment {
+            active: active.contains(&(r.dataset.clone(), r.version, r.region.clone())),
+            ready: r.phase == "Ready",
+            dataset: r.dataset,
+            version: r.version,
+            total_bytes: r.total_bytes,
+            root: r.root.0.to_vec(),
+            mode: r.mode.to_string(),
+        })
+        .collect()
 }
 
 /// The (dataset, version, region) triples a region serves: per dataset and region, the newest
@@ -580,5 +587,19 @@ mod tests {
         // A failed v3 never becomes active anywhere.
         rows.extend([row("m", 3, "eu", "Ready"), row("m", 3, "us", "Failed")]);
         assert_eq!(active(&rows)[..2], [t("m", 2, "eu"), t("m", 2, "us")]);
+    }
+
+    #[test]
+    fn a_version_is_ready_in_a_region_before_it_is_active_everywhere() {
+        let rows = vec![row("m", 1, "eu", "Ready"), row("m", 1, "us", "Transferring"), row("m", 2, "eu", "Pending")];
+        let flags = |region: &str| {
+            assignments_of(rows.clone(), region).iter().map(|a| (a.version, a.ready, a.active)).collect::<Vec<_>>()
+        };
+        assert_eq!(flags("eu"), [(1, true, false), (2, false, false)], "Ready in eu waits for no other region");
+        assert_eq!(flags("us"), [(1, false, false)]);
+        let mut all = rows.clone();
+        all[1].phase = "Ready".into();
+        let eu: Vec<_> = assignments_of(all, "eu").iter().map(|a| (a.version, a.ready, a.active)).collect();
+        assert_eq!(eu, [(1, true, true), (2, false, false)]);
     }
 }

@@ -181,7 +181,7 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
         .unwrap()
         .unwrap();
     assert_eq!(next.assignments.iter().map(|a| a.version).collect::<Vec<_>>(), [1, 2]);
-    assert!(next.assignments.iter().all(|a| !a.active), "a version was active before it was Ready");
+    assert!(next.assignments.iter().all(|a| !a.active && !a.ready), "a version was active before it was Ready");
 
     // Ready makes v1 the region's active version, pushed to the watch and shown in status.
     eu.report_progress(report("Ready", v1.bytes)).await.unwrap();
@@ -190,8 +190,8 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
         .expect("no assignment update after Ready")
         .unwrap()
         .unwrap();
-    let active: Vec<(u64, bool)> = next.assignments.iter().map(|a| (a.version, a.active)).collect();
-    assert_eq!(active, [(1, true), (2, false)]);
+    let active: Vec<(u64, bool, bool)> = next.assignments.iter().map(|a| (a.version, a.active, a.ready)).collect();
+    assert_eq!(active, [(1, true, true), (2, false, false)]);
     let rows = admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
     assert_eq!(rows.iter().map(|r| r.active).collect::<Vec<_>>(), [true, false]);
 
@@ -221,6 +221,51 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(phase, "Ready", "a spoke that left still held its region back");
+}
+
+/// The CSI node plugin starts pods once a version is Ready in its own region: the hub tells a
+/// region's watches as soon as it is, before the version is active (Ready everywhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_hears_at_once_that_a_version_is_ready_in_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models/llama");
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::write(models.join("config.json"), b"{}").unwrap();
+    let hub = Hub::init(&tmp.path().join("hub")).await;
+    let mut admin = hub.admin().await;
+    admin.add_source(source("local", &format!("file://{}", tmp.path().join("models").display()), &[])).await.unwrap();
+    admin.add_dataset(dataset("llama", "local", "llama")).await.unwrap();
+    let v1 = snapshot(&mut admin, "llama").await.unwrap();
+    let mut eu = spoke_of(&hub, &mut admin, "eu", 1 << 30).await;
+    let _us = spoke_of(&hub, &mut admin, "us", 1 << 30).await;
+    let rollout = pb::RolloutRequest {
+        dataset: "llama".into(),
+        version: 1,
+        regions: vec!["eu".into(), "us".into()],
+        mode: String::new(),
+    };
+    admin.rollout(rollout).await.unwrap();
+    let watch = pb::WatchRequest { node: "node-1".into(), peer_address: String::new() };
+    let mut watch = eu.watch(watch).await.unwrap().into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.assignments.iter().map(|a| (a.ready, a.active)).collect::<Vec<_>>(), [(false, false)]);
+    let ready = pb::ProgressReport {
+        dataset: "llama".into(),
+        version: 1,
+        cached_bytes: v1.bytes,
+        phase: "Ready".into(),
+        node: "node-1".into(),
+        ..Default::default()
+    };
+    eu.report_progress(ready).await.unwrap();
+    // Pushed on the change (the watch's periodic re-check comes only after 30 s).
+    let next = tokio::time::timeout(Duration::from_secs(20), watch.message())
+        .await
+        .expect("no assignment update after Ready in the region")
+        .unwrap()
+        .unwrap();
+    let flags: Vec<(bool, bool)> = next.assignments.iter().map(|a| (a.ready, a.active)).collect();
+    assert_eq!(flags, [(true, false)], "Ready in eu, not active while us is not Ready");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

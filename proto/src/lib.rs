@@ -37,6 +37,15 @@ pub mod spoke {
     }
 }
 
+/// Generated code of package `csi.v1`: the Container Storage Interface, v1.12.0 of the spec
+/// (vendored in `proto/csi/v1/csi.proto`), which the kubelet speaks to node plugins.
+#[cfg(feature = "csi")]
+pub mod csi {
+    pub mod v1 {
+        tonic::include_proto!("csi.v1");
+    }
+}
+
 pub use domain::{
     ChunkRef, ChunkerParams, Digest, FileEntry, MANIFEST_FORMAT, Manifest, ManifestError, ModeError, NameError, Rate,
     RateError, ReplicationMode, Size, SizeError, VersionRef, validate_name,

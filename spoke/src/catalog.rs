@@ -216,6 +216,7 @@ mod tests {
             root: vec![0; 32],
             active,
             mode: String::new(),
+            ready: active,
         }
     }
 

@@ -8,11 +8,15 @@
 //!
 //! The spokes of a region act as one cache: the hub tells each who the region's live members
 //! are, each chunk has an owner among them ([`peers`]), only the owner fetches it over the
-//! link, and the others get it from a peer over mutual TLS ([`peer_service`]). The CSI node
-//! plugin and the operator come later (see `DESIGN.md`).
+//! link, and the others get it from a peer over mutual TLS ([`peer_service`]).
+//!
+//! With a `[csi]` section in its config, the spoke is also the region's CSI node plugin
+//! ([`csi`]): the kubelet asks it to put a dataset version into a pod, as a read-only bind
+//! mount of one FUSE mount per version on the node.
 
 pub mod cache;
 pub mod catalog;
+pub mod csi;
 pub mod local;
 pub mod mounts;
 pub mod peer_service;
@@ -86,6 +90,9 @@ pub struct SpokeConfig {
     /// The chunk cache's tiers and quotas.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Serve the CSI node plugin (in Kubernetes). Without it the spoke serves none.
+    #[serde(default)]
+    pub csi: Option<csi::CsiConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -163,6 +170,12 @@ impl SpokeConfig {
         }
         let socket = config.socket.take().unwrap_or_else(|| DEFAULT_SOCKET.into());
         config.socket = Some(if socket.is_relative() { config.data_dir.join(socket) } else { socket });
+        if let Some(csi) = &mut config.csi {
+            csi.resolve(&config.data_dir);
+            if csi.ready_timeout.is_zero() {
+                return Err(invalid("csi.ready_timeout must be more than 0s".into()));
+            }
+        }
         Ok(config)
     }
 
@@ -292,10 +305,45 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     let service = LocalService { catalog: catalog.clone(), reader: reader.clone(), mounts: mounts.clone() };
     let local = tokio::spawn(local::serve(socket.clone(), service, local_stop.clone()));
     info!(socket = %socket.display(), "local API listening");
+    let csi = config.csi.as_ref().map(|csi_config| {
+        let Identity::Region(region) = &region else { unreachable!("checked by SpokeConfig::region") };
+        let node = csi::node::Node::new(
+            csi::node::NodeParts {
+                node: config.node.clone(),
+                region: region.clone(),
+                data_dir: config.data_dir.clone(),
+                config: csi_config.clone(),
+                catalog: catalog.clone(),
+                mounts: mounts.clone(),
+                store: store.clone(),
+            },
+            local_stop.child_token(),
+        );
+        let service = csi::service::NodeService { node: node.clone() };
+        let task = tokio::spawn(csi::serve(
+            csi_config.socket.clone(),
+            csi::service::IdentityService,
+            service,
+            local_stop.clone(),
+        ));
+        info!(socket = %csi_config.socket.display(), driver = csi::DRIVER_NAME, "CSI node plugin listening");
+        (node, task)
+    });
     let parts = Parts { peer_address, reader, cache, catalog, priority };
     let outcome = replicate_until(&config, endpoint, parts, &shutdown).await;
+    // Pods' bind mounts go before the FUSE mounts they show.
+    if let Some((node, _)) = &csi {
+        node.stop().await;
+    }
     mounts.unmount_all().await;
     local_stop.cancel();
+    if let Some((_, task)) = csi {
+        match task.await {
+            Ok(Err(e)) => warn!(error = %e, "CSI node plugin failed"),
+            Err(e) => warn!(error = %e, "CSI node plugin task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     match local.await {
         Ok(Err(e)) => warn!(socket = %socket.display(), error = %e, "local API failed"),
         Err(e) => warn!(error = %e, "local API task failed"),
@@ -630,6 +678,14 @@ mod tests {
         let peer = config.peer.as_ref().unwrap();
         assert_eq!((peer.listen.port(), peer.advertise.as_deref()), (7444, Some("10.0.3.17:7444")));
         assert_eq!((config.cache.memory.0, config.cache.disk.map(|d| d.0)), (4 << 30, Some(200 << 30)));
+        let csi = config.csi.as_ref().unwrap();
+        assert_eq!(csi.socket, Path::new("/var/lib/kubelet/plugins/csi.aqueduct.io/csi.sock"));
+        assert_eq!((csi.ready_timeout, csi.start_before_ready), (Duration::from_secs(90), false));
+        let text = include_str!("../../deploy/spoke/spoke.example.toml")
+            .replace("ready_timeout = \"90s\"", "ready_timeout = \"0s\"");
+        std::fs::write(&path, text).unwrap();
+        let err = SpokeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("csi.ready_timeout must be more than 0s"), "{err}");
         // A quota below one chunk is refused, naming the key.
         let text =
             include_str!("../../deploy/spoke/spoke.example.toml").replace("disk = \"200GiB\"", "disk = \"1MiB\"");
@@ -658,6 +714,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(SpokeConfig::load(&path).unwrap().socket, Some(dir.path().join("d/spoke.sock")));
+        assert!(SpokeConfig::load(&path).unwrap().csi.is_none(), "no [csi]: no node plugin");
+        // A [csi] section with nothing in it: the socket is in the data directory too.
+        std::fs::write(
+            &path,
+            "hub = \"https://h:1\"\nnode = \"n\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[csi]\n",
+        )
+        .unwrap();
+        let csi = SpokeConfig::load(&path).unwrap().csi.unwrap();
+        assert_eq!((csi.socket, csi.ready_timeout), (dir.path().join("d/csi.sock"), Duration::from_secs(90)));
         std::fs::write(
             &path,
             "hub = \"http://h:1\"\nnode = \"n\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",

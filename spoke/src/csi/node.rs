@@ -1,0 +1,482 @@
+//! The node plugin's state: which node-level FUSE mounts exist, and which pods' target paths
+//! are bind-mounted from each.
+//!
+//! One FUSE mount per volume share (`DATASET@vN` or `DATASET@active`) lives at
+//! `DATA_DIR/csi/mounts/SHARE`, made through the spoke's [`Mounts`] (so `aqueduct-spoke mounts`
+//! lists it, and an `active` share switches versions as the region does). Each publication
+//! bind-mounts it read-only at a target path; the share counts its targets and is unmounted
+//! with the last. Publications are kept in memory: the FUSE mounts die with the spoke anyway,
+//! and an unpublish of a target this process does not know still removes a mount left there.
+//!
+//! Publish and unpublish change the state under one lock, in a task of their own: a caller
+//! that gives up (the kubelet's deadline) never leaves a mount made and not recorded. Waiting
+//! for a version to be Ready happens before, outside the lock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aqueduct_proto::hub::v1 as pb;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span, info, instrument, warn};
+
+use super::volume::{Publish, VolumeSpec};
+use super::{CsiConfig, CsiError};
+use crate::catalog::{Catalog, CatalogError};
+use crate::mounts::{MountError, Mounts};
+use crate::store::ChunkStore;
+
+/// What the node plugin works with.
+pub struct NodeParts {
+    /// This node's name (the CSI node id).
+    pub node: String,
+    /// The region this spoke serves.
+    pub region: String,
+    pub data_dir: PathBuf,
+    pub config: CsiConfig,
+    pub catalog: Arc<Catalog>,
+    pub mounts: Arc<Mounts>,
+    /// For the progress a publish that timed out reports.
+    pub store: Arc<dyn ChunkStore>,
+}
+
+pub struct Node {
+    parts: NodeParts,
+    /// Where the node-level FUSE mounts live.
+    root: PathBuf,
+    state: tokio::sync::Mutex<State>,
+    /// Fired when the spoke stops: waiting publishes give up, new ones are refused.
+    stopping: CancellationToken,
+}
+
+#[derive(Default)]
+struct State {
+    /// Per share name: the FUSE mount and the target paths bound from it.
+    shares: BTreeMap<String, Share>,
+    /// Per target path: what is published there.
+    targets: BTreeMap<PathBuf, Published>,
+}
+
+struct Share {
+    path: PathBuf,
+    targets: BTreeSet<PathBuf>,
+}
+
+struct Published {
+    volume_id: String,
+    share: String,
+}
+
+/// Why a wait for a version ended without it.
+#[derive(Debug)]
+pub enum Unready {
+    /// The region holds the version, not Ready yet.
+    NotReady(pb::Assignment),
+    /// The region does not hold it (or, for `active`, has no active version).
+    Missing(CatalogError),
+    Stopping,
+}
+
+/// Waits until the version `spec` names is assigned to the region and Ready there (or only
+/// assigned, with `early`), up to `timeout`; returns its assignment.
+pub async fn wait_until_ready(
+    catalog: &Catalog,
+    spec: &VolumeSpec,
+    early: bool,
+    timeout: Duration,
+    stopping: &CancellationToken,
+) -> Result<pb::Assignment, Unready> {
+    let deadline = Instant::now() + timeout;
+    // Subscribed before reading, so that no change between the two is missed.
+    let mut changes = catalog.subscribe();
+    loop {
+        let unready = match catalog.resolve(&spec.dataset, spec.pin.version()) {
+            // Active means Ready in every region of the rollout, this one included.
+            Ok(a) if a.ready || a.active || early => return Ok(a),
+            Ok(a) => Unready::NotReady(a),
+            Err(e) => Unready::Missing(e),
+        };
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return Err(Unready::Stopping) },
+            _ = tokio::time::sleep_until(deadline) => return Err(unready),
+            _ = stopping.cancelled() => return Err(Unready::Stopping),
+        }
+    }
+}
+
+impl Node {
+    /// The node plugin's state, empty; FUSE mounts a killed spoke left under
+    /// `DATA_DIR/csi/mounts` are detached.
+    pub fn new(parts: NodeParts, stopping: CancellationToken) -> Arc<Self> {
+        let root = parts.data_dir.join("csi/mounts");
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if unmount(&path, true).is_ok_and(|was| was) {
+                    info!(path = %path.display(), "detached a mount an earlier spoke left");
+                }
+                let _ = std::fs::remove_dir(&path);
+            }
+        }
+        Arc::new(Self { parts, root, state: tokio::sync::Mutex::default(), stopping })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.parts.node
+    }
+
+    pub fn region(&self) -> &str {
+        &self.parts.region
+    }
+
+    /// Publishes a volume at its target path: waits for its version to be Ready (unless it
+    /// may start before), makes sure the share is mounted, bind-mounts it read-only. Publishing
+    /// what is already published there succeeds and changes nothing. `deadline`: the caller's
+    /// own (the gRPC timeout), if it set one.
+    #[instrument(skip_all, fields(volume_id = %p.volume_id, target = %p.target.display(), share = %p.spec.share_name()))]
+    pub async fn publish(self: &Arc<Self>, p: Publish, deadline: Option<Duration>) -> Result<(), CsiError> {
+        if self.state.lock().await.published(&p)? {
+            info!("already published");
+            return Ok(());
+        }
+        let config = &self.parts.config;
+        let early = p.spec.start_before_ready.unwrap_or(config.start_before_ready);
+        let timeout = deadline.map_or(config.ready_timeout, |d| config.ready_timeout.min(d * 3 / 4));
+        let assignment = match wait_until_ready(&self.parts.catalog, &p.spec, early, timeout, &self.stopping).await {
+            Ok(a) => a,
+            Err(Unready::Stopping) => return Err(CsiError::ShuttingDown),
+            Err(Unready::Missing(source)) => return Err(CsiError::NotAssigned { source, waited: timeout }),
+            Err(Unready::NotReady(a)) => return Err(self.not_ready(&a, timeout).await),
+        };
+        if let Some(mode) = p.spec.mode
+            && mode.to_string() != assignment.mode
+            && !assignment.mode.is_empty()
+        {
+            info!(volume_mode = %mode, rollout_mode = %assignment.mode, "the region holds the version as its rollout says, not as the volume does");
+        }
+        let node = self.clone();
+        tokio::spawn(async move { node.attach(p).await }.instrument(Span::current())).await.unwrap_or_else(|e| {
+            Err(CsiError::Io { action: "publishing", path: PathBuf::new(), source: std::io::Error::other(e) })
+        })
+    }
+
+    async fn attach(&self, p: Publish) -> Result<(), CsiError> {
+        let mut state = self.state.lock().await;
+        if self.stopping.is_cancelled() {
+            return Err(CsiError::ShuttingDown);
+        }
+        // Another call may have published it while this one waited.
+        if state.published(&p)? {
+            return Ok(());
+        }
+        let name = p.spec.share_name();
+        let path = self.root.join(&name);
+        if !state.shares.contains_key(&name) {
+            std::fs::create_dir_all(&path).map_err(|source| CsiError::Io {
+                action: "creating the node's mount point",
+                path: path.clone(),
+                source,
+            })?;
+            if let Err(e) = self.parts.mounts.mount(&p.spec.dataset, p.spec.pin.version(), &path).await {
+                let _ = std::fs::remove_dir(&path);
+                return Err(e.into());
+            }
+            state.shares.insert(name.clone(), Share { path: path.clone(), targets: BTreeSet::new() });
+            info!(path = %path.display(), "the node's mount of this share is up");
+        }
+        let (source, target) = (path.clone(), p.target.clone());
+        let bound = tokio::task::spawn_blocking(move || bind_read_only(&source, &target)).await.unwrap_or_else(|e| {
+            Err(CsiError::Io { action: "bind-mounting", path: p.target.clone(), source: std::io::Error::other(e) })
+        });
+        if let Err(e) = bound {
+            if state.shares.get(&name).is_some_and(|s| s.targets.is_empty()) {
+                self.release_share(&mut state, &name).await;
+            }
+            return Err(e);
+        }
+        state.shares.get_mut(&name).expect("inserted above").targets.insert(p.target.clone());
+        state.targets.insert(p.target.clone(), Published { volume_id: p.volume_id.clone(), share: name });
+        info!("published");
+        Ok(())
+    }
+
+    /// Removes the bind mount at `target` (and the directory), and with the last user the
+    /// share's FUSE mount. Unpublishing what is not published succeeds.
+    #[instrument(skip_all, fields(volume_id, target = %target.display()))]
+    pub async fn unpublish(self: &Arc<Self>, volume_id: String, target: PathBuf) -> Result<(), CsiError> {
+        let node = self.clone();
+        tokio::spawn(async move { node.detach(&volume_id, &target).await }.instrument(Span::current()))
+            .await
+            .unwrap_or_else(|e| {
+                Err(CsiError::Io { action: "unpublishing", path: PathBuf::new(), source: std::io::Error::other(e) })
+            })
+    }
+
+    async fn detach(&self, volume_id: &str, target: &Path) -> Result<(), CsiError> {
+        let mut state = self.state.lock().await;
+        let share = match state.targets.get(target) {
+            Some(p) if p.volume_id != volume_id => {
+                return Err(CsiError::OtherVolume {
+                    target: target.to_owned(),
+                    volume_id: volume_id.to_string(),
+                    published: p.volume_id.clone(),
+                });
+            }
+            Some(p) => Some(p.share.clone()),
+            // Not published by this process: a mount left there (by a spoke before a
+            // restart, whose FUSE mount is gone) is detached all the same.
+            None => None,
+        };
+        let t = target.to_owned();
+        let lazy = share.is_none();
+        tokio::task::spawn_blocking(move || unbind(&t, lazy)).await.unwrap_or_else(|e| {
+            Err(CsiError::Io { action: "unmounting", path: target.to_owned(), source: std::io::Error::other(e) })
+        })?;
+        match std::fs::remove_dir(target) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                warn!(error = %e, "could not remove the target directory");
+            }
+            _ => {}
+        }
+        let Some(name) = share else {
+            info!("was not published; nothing left there");
+            return Ok(());
+        };
+        state.targets.remove(target);
+        let last = state.shares.get_mut(&name).is_some_and(|s| {
+            s.targets.remove(target);
+            s.targets.is_empty()
+        });
+        if last {
+            self.release_share(&mut state, &name).await;
+        }
+        info!(last, "unpublished");
+        Ok(())
+    }
+
+    /// Unmounts a share's FUSE mount and forgets it. Lazily: a pod's bind that had to be
+    /// detached lazily (files still open) keeps the FUSE connection alive until those files
+    /// close, and nothing here waits for that.
+    async fn release_share(&self, state: &mut State, name: &str) {
+        let Some(share) = state.shares.remove(name) else { return };
+        match self.parts.mounts.unmount(&share.path, true).await {
+            Ok(()) | Err(MountError::NotMounted(_)) => {}
+            Err(e) => warn!(path = %share.path.display(), error = %e, "could not unmount the node's mount"),
+        }
+        let _ = std::fs::remove_dir(&share.path);
+        info!(share = name, "the node's mount of this share is gone");
+    }
+
+    /// Stops: waiting publishes give up; every bind mount and share this plugin made is
+    /// detached.
+    pub async fn stop(&self) {
+        self.stopping.cancel();
+        let mut state = self.state.lock().await;
+        for target in std::mem::take(&mut state.targets).into_keys() {
+            let t = target.clone();
+            match tokio::task::spawn_blocking(move || unbind(&t, true)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "could not unmount a published volume"),
+                Err(e) => warn!(target = %target.display(), error = %e, "could not unmount a published volume"),
+            }
+        }
+        let names: Vec<String> = state.shares.keys().cloned().collect();
+        for name in names {
+            self.release_share(&mut state, &name).await;
+        }
+    }
+
+    /// The error of a publish whose version did not become Ready in time, with how far this
+    /// node is.
+    async fn not_ready(&self, a: &pb::Assignment, waited: Duration) -> CsiError {
+        let progress = match self.parts.catalog.manifest(a).await {
+            Ok(manifest) => {
+                let (mut held, mut total) = (0u64, 0u64);
+                for (digest, length) in manifest.distinct_chunks() {
+                    total += u64::from(length);
+                    if self.parts.store.contains(&digest) {
+                        held += u64::from(length);
+                    }
+                }
+                let share = if a.mode == "region" { " (in region mode a node holds its share only)" } else { "" };
+                format!(
+                    "the region's spokes are still replicating it; this node holds {} of {}{share}",
+                    mib(held),
+                    mib(total)
+                )
+            }
+            Err(e) => format!("the region's spokes are still replicating it ({e})"),
+        };
+        CsiError::NotReady {
+            what: format!("{}@v{}", a.dataset, a.version),
+            dataset: a.dataset.clone(),
+            region: self.parts.region.clone(),
+            waited,
+            progress,
+        }
+    }
+}
+
+impl State {
+    /// Whether `p` is published already (then nothing is to be done); an error if its target
+    /// holds another volume.
+    fn published(&self, p: &Publish) -> Result<bool, CsiError> {
+        match self.targets.get(&p.target) {
+            None => Ok(false),
+            Some(there) if there.volume_id == p.volume_id && there.share == p.spec.share_name() => Ok(true),
+            Some(there) => Err(CsiError::TargetInUse {
+                target: p.target.clone(),
+                volume_id: there.volume_id.clone(),
+                what: there.share.clone(),
+            }),
+        }
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+fn c_path(path: &Path) -> Result<std::ffi::CString, CsiError> {
+    std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| CsiError::Invalid(format!("path {} has a NUL byte: {e}", path.display())))
+}
+
+/// Bind-mounts `source` at `target` (created if missing) and makes the bind read-only.
+fn bind_read_only(source: &Path, target: &Path) -> Result<(), CsiError> {
+    std::fs::create_dir_all(target).map_err(|e| CsiError::Io {
+        action: "creating the target directory",
+        path: target.to_owned(),
+        source: e,
+    })?;
+    let (src, dst) = (c_path(source)?, c_path(target)?);
+    let io = |action: &'static str| CsiError::Io {
+        action,
+        path: target.to_owned(),
+        source: std::io::Error::last_os_error(),
+    };
+    // SAFETY: NUL-terminated paths; no filesystem type or data for a bind mount.
+    if unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) } != 0 {
+        return Err(io("bind-mounting the node's mount"));
+    }
+    let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+    // SAFETY: as above; a remount of the bind just made.
+    if unsafe { libc::mount(std::ptr::null(), dst.as_ptr(), std::ptr::null(), flags, std::ptr::null()) } != 0 {
+        let e = io("making the bind mount read-only");
+        // SAFETY: a NUL-terminated path.
+        unsafe { libc::umount2(dst.as_ptr(), libc::MNT_DETACH) };
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Unmounts whatever is mounted at `path` (lazily if asked, or if it is busy). Returns whether
+/// something was; nothing mounted there is no error.
+fn unmount(path: &Path, lazy: bool) -> Result<bool, CsiError> {
+    let p = c_path(path)?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // SAFETY: a NUL-terminated path.
+    if unsafe { libc::umount2(p.as_ptr(), flags) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        // Not a mount point, or no such path.
+        Some(libc::EINVAL | libc::ENOENT) => Ok(false),
+        // SAFETY: as above.
+        Some(libc::EBUSY) if !lazy => match unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) } {
+            0 => Ok(true),
+            _ => Err(CsiError::Io {
+                action: "unmounting",
+                path: path.to_owned(),
+                source: std::io::Error::last_os_error(),
+            }),
+        },
+        _ => Err(CsiError::Io { action: "unmounting", path: path.to_owned(), source: e }),
+    }
+}
+
+/// Removes the bind mount at `target`, if any.
+fn unbind(target: &Path, lazy: bool) -> Result<(), CsiError> {
+    unmount(target, lazy).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::csi::volume::Pin;
+    use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
+
+    fn catalog(dir: &Path) -> Catalog {
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        Catalog::open(dir, SpokeClient::new(channel)).unwrap()
+    }
+
+    fn assignments(list: &[(u64, bool)]) -> pb::Assignments {
+        pb::Assignments {
+            assignments: list
+                .iter()
+                .map(|&(version, ready)| pb::Assignment {
+                    dataset: "llama".into(),
+                    version,
+                    ready,
+                    root: vec![0; 32],
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn spec(pin: Pin) -> VolumeSpec {
+        VolumeSpec { dataset: "llama".into(), pin, mode: None, start_before_ready: None }
+    }
+
+    #[tokio::test]
+    async fn a_publish_waits_for_ready_and_gives_up_after_its_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Arc::new(catalog(dir.path()));
+        let stopping = CancellationToken::new();
+        let long = Duration::from_secs(3600);
+        // Not assigned yet, then assigned, then Ready: the wait ends only then.
+        let waiting = tokio::spawn({
+            let (catalog, stopping) = (catalog.clone(), stopping.clone());
+            async move { wait_until_ready(&catalog, &spec(Pin::Version(2)), false, long, &stopping).await }
+        });
+        catalog.set_assignments(assignments(&[(2, false)])).unwrap();
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "returned before the version was Ready");
+        catalog.set_assignments(assignments(&[(2, true)])).unwrap();
+        assert_eq!(waiting.await.unwrap().unwrap().version, 2);
+
+        // Not Ready within the timeout: says what it saw last.
+        catalog.set_assignments(assignments(&[(2, true), (3, false)])).unwrap();
+        let short = Duration::from_millis(50);
+        match wait_until_ready(&catalog, &spec(Pin::Version(3)), false, short, &stopping).await {
+            Err(Unready::NotReady(a)) => assert_eq!(a.version, 3),
+            other => panic!("{other:?}"),
+        }
+        // Allowed to start early: assigned is enough.
+        assert_eq!(
+            wait_until_ready(&catalog, &spec(Pin::Version(3)), true, short, &stopping).await.unwrap().version,
+            3
+        );
+        // Never assigned, or no active version: the catalog's reason.
+        match wait_until_ready(&catalog, &spec(Pin::Version(9)), true, short, &stopping).await {
+            Err(Unready::Missing(CatalogError::UnknownVersion { version: 9, .. })) => {}
+            other => panic!("{other:?}"),
+        }
+        match wait_until_ready(&catalog, &spec(Pin::Active), false, short, &stopping).await {
+            Err(Unready::Missing(CatalogError::NoActiveVersion { .. })) => {}
+            other => panic!("{other:?}"),
+        }
+        // The spoke stopping ends a wait at once.
+        stopping.cancel();
+        match wait_until_ready(&catalog, &spec(Pin::Version(3)), false, long, &stopping).await {
+            Err(Unready::Stopping) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
