@@ -15,6 +15,7 @@ pub mod cache;
 pub mod catalog;
 pub mod local;
 pub mod mounts;
+pub mod operator;
 pub mod peer_service;
 pub mod peers;
 pub mod reader;
