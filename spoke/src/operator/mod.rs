@@ -21,7 +21,9 @@ pub mod crd;
 pub mod reconcile;
 pub mod region;
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
@@ -29,6 +31,7 @@ use kube::runtime::Controller;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde::Deserialize;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -101,45 +104,45 @@ pub async fn run(
     let lease_namespace = config.lease_namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
     let lease_error =
         |source| OperatorError::Lease { namespace: lease_namespace.clone(), name: config.lease_name.clone(), source };
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &config.lease_name)
-        .with_namespace(&lease_namespace)
-        .with_identity(identity)
-        .with_duration(LEASE_SECONDS)
-        .with_grace(LEASE_GRACE_SECONDS)
-        .with_field_manager(build::MANAGER)
-        .build()
-        .await
-        .map_err(lease_error)?;
+    // The lease manager reads (or creates) the Lease when built: retried while the API server
+    // cannot be reached, so that a spoke started before it still comes to lead.
+    let mut backoff = Duration::from_secs(1);
+    let manager = loop {
+        let built = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &config.lease_name)
+            .with_namespace(&lease_namespace)
+            .with_identity(identity)
+            .with_duration(LEASE_SECONDS)
+            .with_grace(LEASE_GRACE_SECONDS)
+            .with_field_manager(build::MANAGER)
+            .build()
+            .await;
+        match built {
+            Ok(manager) => break manager,
+            Err(e) => warn!(error = %lease_error(e), retry_in = ?backoff, "cannot start leader election"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    };
     let (mut leading, lease_task) = manager.watch().await;
     let ctx = Arc::new(Context::new(client.clone(), region.clone()));
     info!(lease = %config.lease_name, namespace = %lease_namespace, "operator waiting to lead the region");
-    let outcome = loop {
-        // Wait to lead.
-        let lead = tokio::select! {
-            changed = leading.wait_for(|leads| *leads) => changed.is_ok(),
-            _ = shutdown.cancelled() => break Ok(()),
-        };
-        if !lead {
-            break Err("the lease manager stopped");
-        }
-        info!(lease = %config.lease_name, "leading the region: serving AqueductVolumes");
-        let stop = CancellationToken::new();
-        let controller = control(client.clone(), config.namespace.as_deref(), ctx.clone(), stop.clone());
-        tokio::pin!(controller);
-        let ended = tokio::select! {
-            _ = &mut controller => Some("the controller ended"),
-            _ = leading.wait_for(|leads| !*leads) => None,
-            _ = shutdown.cancelled() => Some(""),
-        };
-        stop.cancel();
-        controller.await;
-        region.release_all();
-        match ended {
-            Some("") => break Ok(()),
-            Some(why) => break Err(why),
-            None => warn!(lease = %config.lease_name, "lost the lease: stopped serving AqueductVolumes"),
-        }
-    };
+    let outcome = while_leading(
+        &mut leading,
+        &shutdown,
+        |stop| {
+            info!(lease = %config.lease_name, "leading the region: serving AqueductVolumes");
+            control(client.clone(), config.namespace.clone(), ctx.clone(), stop)
+        },
+        || {
+            region.release_all();
+            warn!(lease = %config.lease_name, "not leading the region: stopped serving AqueductVolumes");
+        },
+    )
+    .await;
+    region.release_all();
     // Closing the channel makes the lease task release the lease and end.
     drop(leading);
     match lease_task.await {
@@ -150,16 +153,58 @@ pub async fn run(
     outcome.map_err(OperatorError::Stopped)
 }
 
+/// Runs `serve` while `leading` says this instance leads the region: starts it when the lead
+/// is won, and when it is lost fires the token `serve` was given, waits for it to end and
+/// calls `lost`; again for each lead won. Ends when `shutdown` fires (Ok), or with the reason
+/// when the lease manager or `serve` stops by itself.
+pub async fn while_leading<S, F>(
+    leading: &mut watch::Receiver<bool>,
+    shutdown: &CancellationToken,
+    mut serve: S,
+    mut lost: impl FnMut(),
+) -> Result<(), &'static str>
+where
+    S: FnMut(CancellationToken) -> F,
+    F: Future<Output = ()>,
+{
+    loop {
+        tokio::select! {
+            won = leading.wait_for(|leads| *leads) => if won.is_err() {
+                return Err("the lease manager stopped");
+            },
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        let stop = CancellationToken::new();
+        let serving = serve(stop.clone());
+        tokio::pin!(serving);
+        let ended = tokio::select! {
+            _ = &mut serving => return Err("the controller ended"),
+            still = leading.wait_for(|leads| !*leads) => still.is_err(),
+            _ = shutdown.cancelled() => true,
+        };
+        stop.cancel();
+        serving.await;
+        if ended {
+            return if shutdown.is_cancelled() { Ok(()) } else { Err("the lease manager stopped") };
+        }
+        lost();
+    }
+}
+
 /// Runs the controller over the AqueductVolumes of `namespace` (or all) and the claims it
 /// made, until `stop` fires.
-pub async fn control(client: Client, namespace: Option<&str>, ctx: Arc<Context>, stop: CancellationToken) {
-    let (volumes, claims): (Api<AqueductVolume>, Api<PersistentVolumeClaim>) = match namespace {
+pub async fn control(client: Client, namespace: Option<String>, ctx: Arc<Context>, stop: CancellationToken) {
+    let (volumes, claims): (Api<AqueductVolume>, Api<PersistentVolumeClaim>) = match namespace.as_deref() {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
         None => (Api::all(client.clone()), Api::all(client)),
     };
     let ours = format!("{}={}", build::LABEL_MANAGED_BY, build::MANAGER);
+    // Every volume again when the region's assignments change (a new active version, a
+    // version gone), besides each volume's own requeue.
+    let region_changed = ctx.region.changes();
     Controller::new(volumes, watcher::Config::default())
         .owns(claims, watcher::Config::default().labels(&ours))
+        .reconcile_all_on(region_changed)
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|outcome| async move {
@@ -169,4 +214,68 @@ pub async fn control(client: Client, namespace: Option<&str>, ctx: Arc<Context>,
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    use super::*;
+
+    /// The controller runs only while the lease is held: started on each lead won, stopped
+    /// (and the holds released) on each lead lost, stopped on shutdown.
+    #[tokio::test]
+    async fn serves_only_while_leading() {
+        let (lease, mut leading) = watch::channel(false);
+        let shutdown = CancellationToken::new();
+        let (started, stopped, lost) =
+            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let task = {
+            let (started, stopped, lost, shutdown) = (started.clone(), stopped.clone(), lost.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                while_leading(
+                    &mut leading,
+                    &shutdown,
+                    |stop| {
+                        started.fetch_add(1, SeqCst);
+                        let stopped = stopped.clone();
+                        async move {
+                            stop.cancelled().await;
+                            stopped.fetch_add(1, SeqCst);
+                        }
+                    },
+                    || {
+                        lost.fetch_add(1, SeqCst);
+                    },
+                )
+                .await
+            })
+        };
+        let count = |c: &Arc<AtomicUsize>| c.load(SeqCst);
+        let settle = || tokio::time::sleep(Duration::from_millis(50));
+        settle().await;
+        assert_eq!(count(&started), 0, "not leading: not serving");
+        lease.send(true).unwrap();
+        settle().await;
+        assert_eq!((count(&started), count(&stopped)), (1, 0));
+        lease.send(false).unwrap();
+        settle().await;
+        assert_eq!((count(&started), count(&stopped), count(&lost)), (1, 1, 1));
+        lease.send(true).unwrap();
+        settle().await;
+        assert_eq!(count(&started), 2);
+        shutdown.cancel();
+        assert_eq!(task.await.unwrap(), Ok(()));
+        assert_eq!((count(&stopped), count(&lost)), (2, 1));
+
+        // The lease manager gone while leading: the controller stops, the reason is given.
+        let (lease, mut leading) = watch::channel(true);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(async move {
+            while_leading(&mut leading, &shutdown, |stop| async move { stop.cancelled().await }, || {}).await
+        });
+        settle().await;
+        drop(lease);
+        assert_eq!(task.await.unwrap(), Err("the lease manager stopped"));
+    }
 }

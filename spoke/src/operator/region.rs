@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex};
 
 use aqueduct_proto::ReplicationMode;
 use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use tokio::sync::Notify;
 
 use crate::cache::TieredStore;
@@ -58,6 +60,11 @@ pub trait RegionView: Send + Sync + 'static {
     fn release(&self, holder: &str);
     /// Drops every hold (this instance stopped leading the region).
     fn release_all(&self);
+    /// Fires when what the region holds changes (its assignments): every volume is then
+    /// reconciled again. Default: never.
+    fn changes(&self) -> BoxStream<'static, ()> {
+        futures::stream::pending().boxed()
+    }
 }
 
 /// The versions volumes hold, by holder (`NAMESPACE/NAME`). `pin()` keeps their chunks.
@@ -187,6 +194,13 @@ impl RegionView for SpokeRegion {
 
     fn release_all(&self) {
         self.holds.release_all();
+    }
+
+    fn changes(&self) -> BoxStream<'static, ()> {
+        futures::stream::unfold(self.catalog.subscribe(), |mut assignments| async move {
+            assignments.changed().await.ok().map(|()| ((), assignments))
+        })
+        .boxed()
     }
 }
 
