@@ -144,6 +144,21 @@ fn invalid_specs_get_conditions_that_say_what_is_wrong() {
     }
 }
 
+#[test]
+fn a_changed_spec_cannot_change_an_existing_pv() {
+    let mut aqv = volume("pinned-version");
+    let (pv, _) = build::build(&aqv).unwrap();
+    assert_eq!(build::changed_source(&aqv, &pv), None, "the same spec: nothing to say");
+    aqv.spec.version = Some(1);
+    let problem = build::changed_source(&aqv, &pv).unwrap();
+    assert_eq!(problem.reason(), "SpecImmutable");
+    let text = problem.to_string();
+    assert!(
+        text.contains("version=2") && text.contains("version=1") && text.contains("create a new AqueductVolume"),
+        "{text}"
+    );
+}
+
 /// Checks the example manifests, the CRD, and the fixtures (inputs and built PV and PVC) with
 /// `scripts/validate-manifests.py`. Without the Python packages this skips, saying so, except
 /// under `CI=true`, where it fails with the command that installs them.
