@@ -319,6 +319,12 @@ impl TieredStore {
         *self.pinned.write().unwrap_or_else(|e| e.into_inner()) = pinned;
     }
 
+    /// The chunks pinned now.
+    #[cfg(test)]
+    pub(crate) fn pinned(&self) -> HashSet<Digest> {
+        self.pinned.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     pub fn memory_usage(&self) -> Option<TierUsage> {
         self.memory.as_ref().map(|t| TierUsage { quota: t.quota, used: t.lru().used })
     }

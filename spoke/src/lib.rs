@@ -13,12 +13,16 @@
 //! With a `[csi]` section in its config, the spoke is also the region's CSI node plugin
 //! ([`csi`]): the kubelet asks it to put a dataset version into a pod, as a read-only bind
 //! mount of one FUSE mount per version on the node.
+//! In Kubernetes, with an `[operator]` section in its config, the spoke also competes for its
+//! region's operator lease; the leader turns `AqueductVolume`s into PVCs ([`operator`]) and
+//! holds the versions they name in the cache.
 
 pub mod cache;
 pub mod catalog;
 pub mod csi;
 pub mod local;
 pub mod mounts;
+pub mod operator;
 pub mod peer_service;
 pub mod peers;
 pub mod reader;
@@ -42,6 +46,8 @@ use crate::cache::{CacheConfig, TieredStore};
 use crate::catalog::Catalog;
 use crate::local::LocalService;
 use crate::mounts::Mounts;
+use crate::operator::OperatorConfig;
+use crate::operator::region::{Holds, ReadyVersions, SpokeRegion};
 use crate::peer_service::PeerService;
 use crate::peers::Peers;
 use crate::reader::{Priority, ReadThrough};
@@ -61,6 +67,8 @@ pub enum SpokeError {
     Cache(#[from] store::CacheError),
     #[error(transparent)]
     Catalog(#[from] catalog::CatalogError),
+    #[error(transparent)]
+    Operator(#[from] operator::OperatorError),
 }
 
 /// Where the local API listens unless the config says: inside the data directory.
@@ -93,6 +101,9 @@ pub struct SpokeConfig {
     /// Serve the CSI node plugin (in Kubernetes). Without it the spoke serves none.
     #[serde(default)]
     pub csi: Option<csi::CsiConfig>,
+    /// The Kubernetes operator (AqueductVolumes into PVCs). Without it, none runs here.
+    #[serde(default)]
+    pub operator: Option<OperatorConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -156,6 +167,14 @@ impl SpokeConfig {
             )));
         }
         config.cache.validate().map_err(invalid)?;
+        if let Some(op) = &config.operator {
+            if op.lease_name.is_empty() {
+                return Err(invalid("operator.lease_name must not be empty".into()));
+            }
+            if op.namespace.as_deref() == Some("") {
+                return Err(invalid("operator.namespace is empty: leave it out to watch every namespace".into()));
+            }
+        }
         if config.peer.as_ref().is_some_and(|p| p.replicas == 0) {
             return Err(invalid("peer.replicas must be at least 1".into()));
         }
@@ -266,6 +285,11 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     let store: Arc<dyn ChunkStore> = cache.clone();
     let endpoint = config.endpoint()?;
     let region = config.region()?;
+    // Found before any task starts: a spoke that cannot reach Kubernetes does not start.
+    let kube = match config.operator.as_ref().filter(|o| o.enabled) {
+        Some(_) => Some(kube::Client::try_default().await.map_err(operator::OperatorError::Config)?),
+        None => None,
+    };
     // Readers and manifests go through a channel of their own, connected when first used.
     let hub = SpokeClient::new(endpoint.connect_lazy()).max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
     let catalog = Arc::new(Catalog::open(&config.data_dir.join("catalog"), hub.clone())?);
@@ -329,7 +353,23 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
         info!(socket = %csi_config.socket.display(), driver = csi::DRIVER_NAME, "CSI node plugin listening");
         (node, task)
     });
-    let parts = Parts { peer_address, reader, cache, catalog, priority };
+    let holds = Arc::new(Holds::default());
+    let ready = Arc::new(ReadyVersions::default());
+    let operator = match (config.operator.clone(), kube) {
+        (Some(op), Some(client)) => {
+            let region: Arc<dyn operator::region::RegionView> = Arc::new(SpokeRegion {
+                catalog: catalog.clone(),
+                cache: cache.clone(),
+                holds: holds.clone(),
+                ready: ready.clone(),
+            });
+            let node = config.node.clone();
+            let stop = local_stop.clone();
+            Some(tokio::spawn(async move { operator::run(client, op, &node, region, stop).await }))
+        }
+        _ => None,
+    };
+    let parts = Parts { peer_address, reader, cache, catalog, priority, holds, ready };
     let outcome = replicate_until(&config, endpoint, parts, &shutdown).await;
     // Pods' bind mounts go before the FUSE mounts they show.
     if let Some((node, _)) = &csi {
@@ -338,23 +378,14 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     mounts.unmount_all().await;
     local_stop.cancel();
     if let Some((_, task)) = csi {
-        match task.await {
-            Ok(Err(e)) => warn!(error = %e, "CSI node plugin failed"),
-            Err(e) => warn!(error = %e, "CSI node plugin task failed"),
-            Ok(Ok(())) => {}
-        }
+        join_logged(task, "CSI node plugin").await;
     }
-    match local.await {
-        Ok(Err(e)) => warn!(socket = %socket.display(), error = %e, "local API failed"),
-        Err(e) => warn!(error = %e, "local API task failed"),
-        Ok(Ok(())) => {}
+    if let Some(task) = operator {
+        join_logged(task, "operator").await;
     }
+    join_logged(local, "local API").await;
     if let Some(task) = peer_task {
-        match task.await {
-            Ok(Err(e)) => warn!(error = %chain(&e), "peer API failed"),
-            Err(e) => warn!(error = %e, "peer API task failed"),
-            Ok(Ok(())) => {}
-        }
+        join_logged(task, "peer API").await;
     }
     outcome
 }
@@ -367,6 +398,10 @@ struct Parts {
     cache: Arc<TieredStore>,
     catalog: Arc<Catalog>,
     priority: Arc<Priority>,
+    /// Versions AqueductVolumes hold (pinned like the active ones), and the versions this
+    /// spoke replicated to Ready (for the operator's status).
+    holds: Arc<Holds>,
+    ready: Arc<ReadyVersions>,
 }
 
 /// Watches the hub and replicates what it assigns, until `shutdown` fires.
@@ -376,7 +411,7 @@ async fn replicate_until(
     parts: Parts,
     shutdown: &CancellationToken,
 ) -> Result<(), SpokeError> {
-    let Parts { peer_address, reader, cache, catalog, priority } = &parts;
+    let Parts { peer_address, reader, cache, catalog, priority, holds, ready: ready_versions } = &parts;
     let options =
         PullOptions { streams: config.replication.streams, chunks_per_request: config.replication.chunks_per_request };
     // Versions this spoke holds its part of: how, and the bytes it reported Ready with.
@@ -442,6 +477,9 @@ async fn replicate_until(
                     _ = tokio::time::sleep(retry.unwrap_or_default()), if retry.is_some() => {
                         info!("trying failed versions again");
                     }
+                    // A volume holds another version (or none): pin again (once the hub's
+                    // assignments are known: before, there is nothing to pin).
+                    _ = holds.changed.notified(), if !current.assignments.is_empty() => {}
                 }
                 // Who owns what changed: the versions held as shares are taken up again, so
                 // that the region still holds one copy of each (newly owned chunks come from
@@ -457,7 +495,7 @@ async fn replicate_until(
                     .iter()
                     .map(|a| ((a.dataset.clone(), a.version), effective_mode(a, cache, &config.data_dir)))
                     .collect();
-                pin(catalog, cache, reader.peers(), &current, &modes, replicas).await;
+                pin(catalog, cache, reader.peers(), &current, &modes, replicas, &holds.held()).await;
                 let budget = Budget::new(current.budget_bytes_per_sec.max(1));
                 let mut failed = false;
                 for a in &current.assignments {
@@ -472,6 +510,7 @@ async fn replicate_until(
                     match replicator.replicate(a, &budget, mode, replicas).await {
                         Ok(outcome) => {
                             ready.insert(key.clone(), (mode, outcome.held_bytes));
+                            ready_versions.set(ready.keys().cloned());
                             reported.insert(key);
                             cache_changed.notify_one();
                         }
@@ -485,6 +524,7 @@ async fn replicate_until(
                         }
                     }
                 }
+                ready_versions.set(ready.keys().cloned());
                 retry = failed.then(|| retry.map_or(RETRY_FIRST, |d| (d * 2).min(RETRY_MAX)));
             }
         };
@@ -600,8 +640,9 @@ fn effective_mode(a: &pb::Assignment, cache: &TieredStore, data_dir: &Path) -> R
 }
 
 /// Pins what eviction must never take: the chunks this spoke holds of each dataset's active
-/// version and of the versions rolling out (those newer than the active one): all of them
-/// for a version held whole, the owned ones for a share.
+/// version, of the versions rolling out (those newer than the active one) and of the older
+/// versions AqueductVolumes hold (`held`): all of them for a version held whole, the owned
+/// ones for a share.
 async fn pin(
     catalog: &Catalog,
     cache: &TieredStore,
@@ -609,6 +650,7 @@ async fn pin(
     current: &pb::Assignments,
     modes: &HashMap<(String, u64), ReplicationMode>,
     replicas: usize,
+    held: &HashSet<(String, u64)>,
 ) {
     let mut active: HashMap<&str, u64> = HashMap::new();
     for a in current.assignments.iter().filter(|a| a.active) {
@@ -617,7 +659,9 @@ async fn pin(
     let mut pinned = HashSet::new();
     let ring = peers.ring();
     for a in &current.assignments {
-        if active.get(a.dataset.as_str()).is_some_and(|&v| a.version < v) {
+        if active.get(a.dataset.as_str()).is_some_and(|&v| a.version < v)
+            && !held.contains(&(a.dataset.clone(), a.version))
+        {
             continue;
         }
         let share = modes.get(&(a.dataset.clone(), a.version)) == Some(&ReplicationMode::Region);
@@ -633,6 +677,15 @@ async fn pin(
         }
     }
     cache.set_pinned(pinned);
+}
+
+/// Waits for one of the spoke's servers to end, and logs why if it failed.
+async fn join_logged<E: std::error::Error + 'static>(task: tokio::task::JoinHandle<Result<(), E>>, what: &str) {
+    match task.await {
+        Ok(Err(e)) => warn!(error = %chain(&e), "{what} failed"),
+        Err(e) => warn!(error = %e, "{what} task failed"),
+        Ok(Ok(())) => {}
+    }
 }
 
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -666,6 +719,77 @@ mod tests {
         assert_eq!(effective_mode(&a(u64::MAX >> 20, ""), &unlimited, dir.path()), ReplicationMode::Region);
     }
 
+    /// A version older than the active one is pinned only while a volume holds it, and the
+    /// operator's view of the region counts the bytes of it the cache holds.
+    #[tokio::test]
+    async fn held_versions_stay_pinned_and_the_region_view_counts_them() {
+        use crate::operator::region::RegionView;
+        use aqueduct_proto::{ChunkRef, ChunkerParams, Digest, FileEntry, Manifest};
+        use prost::Message;
+
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(TieredStore::open(dir.path(), &CacheConfig::default()).unwrap());
+        let hub = SpokeClient::new(Endpoint::from_static("https://127.0.0.1:1").connect_lazy());
+        let catalog = Arc::new(Catalog::open(&dir.path().join("catalog"), hub).unwrap());
+        // Two versions of one file of two chunks each, kept in the catalog as the hub sent them.
+        let data = |v: u64, i: u64| {
+            format!("{v}.{i}").into_bytes().into_iter().chain(std::iter::repeat(b' ')).take(100).collect::<Vec<u8>>()
+        };
+        let version = |v: u64| {
+            // Each chunk's bytes are its name, 100 bytes long.
+            let chunks =
+                (0..2u64).map(|i| ChunkRef { digest: Digest::of(&data(v, i)), offset: i * 100, length: 100 }).collect();
+            let file = FileEntry {
+                path: "model".into(),
+                object: "model".into(),
+                size: 200,
+                mode: 0o644,
+                mtime_unix_ms: 0,
+                chunks,
+            };
+            let m = Manifest::new("m".into(), v, ChunkerParams::DEFAULT, vec![file]).unwrap();
+            let path = dir.path().join(format!("catalog/manifests/m/{v}.pb"));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, pb::Manifest::from(&m).encode_to_vec()).unwrap();
+            let a = pb::Assignment {
+                dataset: "m".into(),
+                version: v,
+                total_bytes: 200,
+                root: m.root.0.to_vec(),
+                active: v == 2,
+                mode: "every-node".into(),
+                ready: v == 2,
+            };
+            (m, a)
+        };
+        let ((v1, a1), (v2, a2)) = (version(1), version(2));
+        let current = pb::Assignments { assignments: vec![a1, a2], ..Default::default() };
+        catalog.set_assignments(current.clone()).unwrap();
+        let modes =
+            current.assignments.iter().map(|a| ((a.dataset.clone(), a.version), ReplicationMode::EveryNode)).collect();
+        let peers = Peers::new("n", &Identity::Region("r".into()), None);
+        let chunks = |m: &Manifest| m.distinct_chunks().into_iter().map(|(d, _)| d).collect::<HashSet<_>>();
+
+        pin(&catalog, &cache, &peers, &current, &modes, 1, &HashSet::new()).await;
+        assert_eq!(cache.pinned(), chunks(&v2), "only the active version");
+        let holds = Arc::new(Holds::default());
+        holds.hold("ns/old", "m", 1);
+        pin(&catalog, &cache, &peers, &current, &modes, 1, &holds.held()).await;
+        assert_eq!(cache.pinned(), &chunks(&v2) | &chunks(&v1), "the held version too");
+
+        let region = SpokeRegion { catalog, cache: cache.clone(), holds, ready: Arc::new(ReadyVersions::default()) };
+        let names: Vec<u64> = region.versions("m").iter().map(|v| v.version).collect();
+        assert_eq!(names, [1, 2]);
+        // v2 is active: Ready. v1: one chunk of two in the cache.
+        assert!(region.holding("m", 2).await.ready);
+        cache.put(&v1.files[0].chunks[0].digest, &data(1, 0)).unwrap();
+        let held = region.holding("m", 1).await;
+        assert_eq!((held.cached_bytes, held.ready), (100, false));
+        region.ready.set([("m".to_string(), 1)]);
+        assert!(region.holding("m", 1).await.ready, "replicated to Ready by this spoke");
+        assert_eq!(region.holding("x", 1).await, Default::default());
+    }
+
     #[test]
     fn example_config_parses_and_errors_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
@@ -686,6 +810,16 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let err = SpokeConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("csi.ready_timeout must be more than 0s"), "{err}");
+        let op = config.operator.as_ref().unwrap();
+        assert_eq!(
+            (op.enabled, op.namespace.as_deref(), op.lease_name.as_str()),
+            (false, Some("inference"), "aqueduct-operator")
+        );
+        // Unknown keys of the operator's section are errors too.
+        let text = include_str!("../../deploy/spoke/spoke.example.toml").replace("lease_name =", "lease =");
+        std::fs::write(&path, text).unwrap();
+        let err = SpokeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("lease"), "{err}");
         // A quota below one chunk is refused, naming the key.
         let text =
             include_str!("../../deploy/spoke/spoke.example.toml").replace("disk = \"200GiB\"", "disk = \"1MiB\"");
