@@ -864,4 +864,21 @@ mod tests {
         .unwrap();
         assert!(SpokeConfig::load(&path).unwrap_err().to_string().contains("https://"));
     }
+
+    /// The spoke config inside the sidecar example's ConfigMap loads: memory-only, its socket
+    /// where the `aqueduct-fuse` sidecar looks for it.
+    #[test]
+    fn sidecar_example_config_loads() {
+        let docs: Vec<serde_json::Value> =
+            serde_saphyr::from_multiple(include_str!("../../deploy/spoke/examples/sidecar-pod.yaml")).unwrap();
+        let toml = docs[0]["data"]["spoke.toml"].as_str().expect("the ConfigMap holds spoke.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spoke.toml");
+        std::fs::write(&path, toml).unwrap();
+        let config = SpokeConfig::load(&path).unwrap();
+        assert!(config.cache.memory_only);
+        assert_eq!(config.socket, Some(PathBuf::from("/run/aqueduct/spoke.sock")));
+        let fuse_args = docs[1]["spec"]["initContainers"][1]["args"].to_string();
+        assert!(fuse_args.contains("/run/aqueduct/spoke.sock"), "{fuse_args}");
+    }
 }
