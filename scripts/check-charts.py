@@ -43,7 +43,7 @@ except ImportError as e:
 CUSTOM_GROUPS = ("monitoring.coreos.com/",)
 # Free-form maps in values.yaml: their own keys (resources' requests, labels...) are data
 # that Kubernetes defines, not the chart's settings, and need no comment each.
-FREE_MAPS = {"resources", "labels", "annotations", "nodeSelector", "affinity", "podAnnotations", "persistence.annotations"}
+FREE_MAPS = {"resources", "labels", "annotations", "nodeSelector", "affinity", "podAnnotations"}
 RELEASE = "ci"
 NAMESPACE = "aqueduct-system"
 
