@@ -80,7 +80,9 @@ const DEFAULT_SOCKET: &str = "spoke.sock";
 pub struct SpokeConfig {
     /// The hub's address, https://HOST:PORT.
     pub hub: String,
-    /// This node's name, for the hub's log.
+    /// This node's name, for the hub's log and the region's peers. May be left out of the file
+    /// when the command line gives it ([`Overrides::node`]: `--node`, `AQUEDUCT_NODE`).
+    #[serde(default)]
     pub node: String,
     /// Where the chunk store lives.
     pub data_dir: PathBuf,
@@ -147,14 +149,46 @@ impl Default for ReplicationConfig {
     }
 }
 
+/// Values given on the command line (or in the environment) that replace the config file's.
+///
+/// What one file cannot know when many nodes share it: in Kubernetes the spoke's config is one
+/// ConfigMap for the whole DaemonSet, while the node's name and the pod's address come from
+/// the downward API, through `AQUEDUCT_NODE` and `AQUEDUCT_PEER_ADVERTISE`.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// Replaces `node`.
+    pub node: Option<String>,
+    /// Replaces `[peer] advertise` (the config must have a `[peer]` section).
+    pub advertise: Option<String>,
+}
+
 impl SpokeConfig {
     pub fn load(path: &Path) -> Result<Self, SpokeError> {
+        Self::load_with(path, &Overrides::default())
+    }
+
+    /// Loads the file, replaces what `overrides` gives, then validates the result.
+    pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Self, SpokeError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| SpokeError::ReadConfig { path: path.to_owned(), source })?;
         let invalid = |message: String| SpokeError::Config { path: path.to_owned(), message };
         let mut config: Self = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        if let Some(node) = &overrides.node {
+            config.node = node.clone();
+        }
+        if let Some(advertise) = &overrides.advertise {
+            let Some(peer) = &mut config.peer else {
+                return Err(invalid(format!(
+                    "--advertise (AQUEDUCT_PEER_ADVERTISE) is {advertise:?} but the config has no [peer] section: add one or leave the address out"
+                )));
+            };
+            peer.advertise = Some(advertise.clone());
+        }
         if !config.hub.starts_with("https://") {
             return Err(invalid(format!("hub {:?} must be an https:// URL", config.hub)));
+        }
+        if config.node.is_empty() {
+            return Err(invalid("node is missing: set `node` in the config or pass --node (AQUEDUCT_NODE)".into()));
         }
         aqueduct_proto::validate_name("node", &config.node).map_err(|e| invalid(format!("node: {e}")))?;
         if let Some(peer) = &config.peer
@@ -880,5 +914,46 @@ mod tests {
         assert_eq!(config.socket, Some(PathBuf::from("/run/aqueduct/spoke.sock")));
         let fuse_args = docs[1]["spec"]["initContainers"][1]["args"].to_string();
         assert!(fuse_args.contains("/run/aqueduct/spoke.sock"), "{fuse_args}");
+    }
+
+    /// The command line's node name and peer address replace the file's, and are validated
+    /// like them; a file without `node` needs one from the command line.
+    #[test]
+    fn overrides_replace_node_and_advertise() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spoke.toml");
+        let base = "hub = \"https://h:1\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        let with_peer = format!("{base}[peer]\nlisten = \"0.0.0.0:7444\"\n");
+        let overrides = |node: Option<&str>, advertise: Option<&str>| Overrides {
+            node: node.map(Into::into),
+            advertise: advertise.map(Into::into),
+        };
+
+        std::fs::write(&path, &with_peer).unwrap();
+        let err = SpokeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("node is missing") && err.contains("AQUEDUCT_NODE"), "{err}");
+        let config = SpokeConfig::load_with(&path, &overrides(Some("gpu-node-7"), Some("10.0.3.17:7444"))).unwrap();
+        assert_eq!(config.node, "gpu-node-7");
+        assert_eq!(config.peer.unwrap().advertise.as_deref(), Some("10.0.3.17:7444"));
+        // Without the address, 0.0.0.0 is still refused.
+        let err = SpokeConfig::load_with(&path, &overrides(Some("n"), None)).unwrap_err().to_string();
+        assert!(err.contains("peer.advertise"), "{err}");
+        // The name from the command line is checked like the file's.
+        let err = SpokeConfig::load_with(&path, &overrides(Some("Bad Name"), Some("h:1"))).unwrap_err().to_string();
+        assert!(err.contains("node:"), "{err}");
+
+        // The command line wins over the file.
+        std::fs::write(&path, format!("node = \"from-file\"\n{with_peer}advertise = \"f:1\"\n")).unwrap();
+        assert_eq!(SpokeConfig::load(&path).unwrap().node, "from-file");
+        let config = SpokeConfig::load_with(&path, &overrides(Some("from-env"), Some("10.1.2.3:7444"))).unwrap();
+        assert_eq!(
+            (config.node.as_str(), config.peer.unwrap().advertise.as_deref()),
+            ("from-env", Some("10.1.2.3:7444"))
+        );
+
+        // An address with nowhere to go is an error, not silently dropped.
+        std::fs::write(&path, format!("node = \"n\"\n{base}")).unwrap();
+        let err = SpokeConfig::load_with(&path, &overrides(None, Some("10.1.2.3:7444"))).unwrap_err().to_string();
+        assert!(err.contains("no [peer] section"), "{err}");
     }
 }

@@ -29,6 +29,15 @@ enum Command {
         /// Spoke configuration file (TOML; see deploy/spoke/spoke.example.toml).
         #[arg(long, env = "AQUEDUCT_SPOKE_CONFIG")]
         config: PathBuf,
+        /// This node's name, instead of the config's `node` (which may then be left out). In
+        /// Kubernetes the chart sets AQUEDUCT_NODE to the pod's spec.nodeName.
+        #[arg(long, env = "AQUEDUCT_NODE", value_name = "NAME")]
+        node: Option<String>,
+        /// HOST:PORT the region's other spokes reach this one at, instead of the config's
+        /// `[peer] advertise` (the config needs a [peer] section). In Kubernetes the chart sets
+        /// AQUEDUCT_PEER_ADVERTISE to the pod's IP and the peer port.
+        #[arg(long, env = "AQUEDUCT_PEER_ADVERTISE", value_name = "HOST:PORT")]
+        advertise: Option<String>,
     },
     /// Mount a dataset read-only through the running spoke. DATASET follows the region's
     /// active version (open files keep theirs when it changes); DATASET@vN stays on vN and can
@@ -91,8 +100,9 @@ fn absolute(path: PathBuf) -> anyhow::Result<PathBuf> {
 #[tokio::main]
 async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Run { config } => {
-            let config = aqueduct_spoke::SpokeConfig::load(&config)?;
+        Command::Run { config, node, advertise } => {
+            let overrides = aqueduct_spoke::Overrides { node, advertise };
+            let config = aqueduct_spoke::SpokeConfig::load_with(&config, &overrides)?;
             let shutdown = CancellationToken::new();
             let trigger = shutdown.clone();
             tokio::spawn(async move {

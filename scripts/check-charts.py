@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Checks Aqueduct's Helm charts offline (no API server, no helm binary).
+
+usage: check-charts.py [--out DIR] CHART_DIR...
+
+For each chart:
+- the chart lints cleanly (helm lint, strict: warnings are failures), with its defaults and
+  with every values file in CHART/ci/*-values.yaml;
+- values.yaml documents every value: each key the chart defines has a comment above it;
+- every values file in CHART/ci/ (and the defaults) passes values.schema.json, and every file
+  in CHART/ci/invalid/ is REFUSED by it (and by a render, as `helm install` would), at the
+  key its `# expect: /KEY` line names (for an unknown key: its name);
+- the chart renders with each values file, and every rendered object of a built-in kind (and
+  each CRD of crds/, which a render leaves out) passes `kubernetes-validate --strict` for the
+  Kubernetes version below. Custom resources (a PodMonitor) have no schema here: they are
+  listed as not validated, never passed silently.
+
+With --out DIR, each render is written to DIR/CHART/VALUES/ (one file per template), so that
+a test can load the configs the charts render with the binaries' own loaders.
+
+Prints one line per check and exits 1 if any failed, 3 if a package is missing.
+"""
+
+import argparse
+import glob
+import os
+import re
+import sys
+
+KUBERNETES_VERSION = "1.33.0"
+PIP = "python3 -m pip install --quiet helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 jsonschema==4.26.0"
+
+try:
+    import helm_python as helm
+    import jsonschema
+    import kubernetes_validate
+    import yaml
+except ImportError as e:
+    print(f"missing Python package ({e.name}); install them with:\n  {PIP}", file=sys.stderr)
+    sys.exit(3)
+
+# Custom resources the charts may render, which kubernetes-validate has no schema for.
+CUSTOM_GROUPS = ("monitoring.coreos.com/",)
+# Free-form maps in values.yaml: their own keys (resources' requests, labels...) are data
+# that Kubernetes defines, not the chart's settings, and need no comment each.
+FREE_MAPS = {"resources", "labels", "annotations", "nodeSelector", "affinity", "podAnnotations"}
+RELEASE = "ci"
+NAMESPACE = "aqueduct-system"
+
+
+class Report:
+    def __init__(self):
+        self.failures = 0
+
+    def ok(self, what):
+        print(f"ok   {what}")
+
+    def fail(self, what, problems=()):
+        self.failures += 1
+        print(f"FAIL {what}")
+        for p in problems:
+            for line in str(p).splitlines():
+                print(f"  {line}")
+
+    def note(self, what):
+        print(f"note {what}")
+
+
+def load_values(path):
+    with open(path) as f:
+        values = yaml.safe_load(f)
+    return values or {}
+
+
+def undocumented_keys(values_path):
+    """Keys of values.yaml with no comment line right above them (or above their block)."""
+    missing = []
+    stack = []  # (indent, key)
+    previous = ""
+    with open(values_path) as f:
+        for number, line in enumerate(f, 1):
+            stripped = line.strip()
+            match = re.match(r"^( *)([A-Za-z0-9_.-]+):", line)
+            if match and not stripped.startswith("#") and not stripped.startswith("-"):
+                indent = len(match.group(1))
+                while stack and stack[-1][0] >= indent:
+                    stack.pop()
+                parents = [k for _, k in stack]
+                path = ".".join(parents + [match.group(2)])
+                free = any(p in FREE_MAPS or ".".join(parents[: i + 1]) in FREE_MAPS for i, p in enumerate(parents))
+                if not free and not previous.startswith("#"):
+                    missing.append(f"line {number}: {path}")
+                stack.append((indent, match.group(2)))
+            if stripped:
+                previous = stripped
+    return missing
+
+
+def documents(rendered):
+    """(template, object) for every object of a render, in template order."""
+    for template, text in sorted(rendered.items()):
+        if template.endswith("NOTES.txt") or not text.strip():
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                yield template, doc
+
+
+def validate_object(report, what, doc):
+    api = doc.get("apiVersion", "")
+    if api.startswith(CUSTOM_GROUPS):
+        report.note(f"{what}: custom resource {api} {doc.get('kind')}, not validated (no schema offline)")
+        return
+    try:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        report.ok(what)
+    except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as e:
+        report.fail(what, [getattr(e, "message", e)])
+
+
+def lint(report, chart_dir, label, values):
+    result = helm.lint(chart_dir, values, strict=True, namespace=NAMESPACE, kube_version=f"v{KUBERNETES_VERSION}")
+    problems = [f"{m.get('path')}: {m.get('error')}" for m in result.get("messages", []) if m.get("severity", 0) >= 2]
+    problems += result.get("errors") or []
+    if problems:
+        report.fail(f"{label}: helm lint --strict", problems)
+    else:
+        report.ok(f"{label}: helm lint --strict")
+
+
+def check_chart(report, chart_dir, out):
+    chart = helm.Chart.load(chart_dir)
+    name = chart.name
+    schema = chart.schema
+    if schema is None:
+        report.fail(f"{name}: values.schema.json is missing")
+        return
+    try:
+        jsonschema.Draft7Validator.check_schema(schema)
+        report.ok(f"{name}: values.schema.json is a valid JSON schema")
+    except jsonschema.SchemaError as e:
+        report.fail(f"{name}: values.schema.json is not a valid JSON schema", [e.message])
+
+    missing = undocumented_keys(os.path.join(chart_dir, "values.yaml"))
+    if missing:
+        report.fail(f"{name}: values.yaml has values without a comment", missing)
+    else:
+        report.ok(f"{name}: every value in values.yaml has a comment")
+
+    for crd in chart.crds:
+        for doc in yaml.safe_load_all(crd["data"]):
+            if doc:
+                validate_object(report, f"{name}: {crd['filename']} {doc.get('kind')}/{doc['metadata']['name']}", doc)
+
+    files = sorted(glob.glob(os.path.join(chart_dir, "ci", "*-values.yaml")))
+    if not files:
+        report.fail(f"{name}: no values files in {chart_dir}/ci/*-values.yaml")
+    for path in files:
+        label = f"{name} {os.path.basename(path)}"
+        values = load_values(path)
+        try:
+            chart.validate_schema(chart.merge_values(values))
+            report.ok(f"{label}: values match values.schema.json")
+        except helm.HelmError as e:
+            report.fail(f"{label}: values do not match values.schema.json", [e])
+            continue
+        lint(report, chart_dir, label, values)
+        try:
+            rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        except helm.HelmError as e:
+            report.fail(f"{label}: render", [e])
+            continue
+        kinds = []
+        for template, doc in documents(rendered):
+            kinds.append(doc.get("kind"))
+            validate_object(report, f"{label}: {template} {doc.get('kind')}/{doc.get('metadata', {}).get('name')}", doc)
+        if not kinds:
+            report.fail(f"{label}: the render holds no object")
+        notes = [t for t in rendered if t.endswith("NOTES.txt")]
+        if notes and not rendered[notes[0]].strip():
+            report.fail(f"{label}: NOTES.txt renders empty")
+        if out:
+            where = os.path.join(out, name, os.path.basename(path)[: -len("-values.yaml")])
+            for template, text in rendered.items():
+                target = os.path.join(where, template)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with open(target, "w") as f:
+                    f.write(text)
+
+    invalid = sorted(glob.glob(os.path.join(chart_dir, "ci", "invalid", "*.yaml")))
+    for path in invalid:
+        label = f"{name} invalid/{os.path.basename(path)}"
+        values = load_values(path)
+        refused = []
+        try:
+            chart.validate_schema(chart.merge_values(values))
+        except helm.HelmError as e:
+            refused.append(f"schema: {e}")
+        try:
+            chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        except helm.HelmError as e:
+            refused.append(f"render: {e}")
+        # Each file names the key it breaks (`# expect: /cache/disk`), so that a file refused
+        # for another reason (a typo) does not pass as a rejection.
+        with open(path) as f:
+            expect = re.findall(r"^# expect: (\S+)", f.read(), re.M)
+        if not expect:
+            report.fail(f"{label}: no `# expect: /KEY` line says which key it breaks")
+        elif len(refused) == 2 and not all(f"'{expect[0]}'" in r for r in refused):
+            report.fail(f"{label}: refused, but not for {expect[0]}", refused)
+        elif len(refused) == 2:
+            report.ok(f"{label}: refused ({' '.join(refused[0].split())})")
+        else:
+            report.fail(f"{label}: bad values were accepted", refused or ["by the schema and by a render"])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="write each render under this directory")
+    parser.add_argument("charts", nargs="+")
+    args = parser.parse_args()
+    print(f"helm-python-sdk {helm.__version__} (Helm {helm.helm_sdk_version()}), Kubernetes {KUBERNETES_VERSION}")
+    report = Report()
+    for chart_dir in args.charts:
+        try:
+            check_chart(report, chart_dir, args.out)
+        except helm.HelmError as e:
+            report.fail(f"{chart_dir}: cannot load or check the chart", [e])
+    print(f"{report.failures} failure(s)" if report.failures else "all chart checks passed")
+    return 1 if report.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
