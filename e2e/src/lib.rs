@@ -518,3 +518,24 @@ pub async fn assert_reads(local: &mut LocalClient<Channel>, manifest: &Manifest,
 pub fn stored_bytes(store_dir: &Path) -> u64 {
     stored_chunks(store_dir).values().sum()
 }
+
+/// Writes a small model into `dir` (a config, 6 MiB of tensors, a tokenizer in a folder), its
+/// bytes derived from `seed`; returns each file's path and bytes.
+pub fn write_model(dir: &Path, seed: u64) -> Vec<(String, Vec<u8>)> {
+    let files = vec![
+        ("config.json".to_string(), format!("{{\"seed\": {seed}}}").into_bytes()),
+        ("model.safetensors".to_string(), aqueduct_testkit::noise(6 << 20, seed)),
+        ("tok/tokenizer.json".to_string(), aqueduct_testkit::noise(100_000, seed + 1)),
+    ];
+    for (path, bytes) in &files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    files
+}
+
+/// Runs blocking file I/O off the runtime (FUSE mounts served in-process are served from it).
+pub async fn io<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}

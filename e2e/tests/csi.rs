@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aqueduct_e2e::{SourceKind, World, local_client, socket_of, world};
+use aqueduct_e2e::{SourceKind, World, io, local_client, socket_of, world, write_model};
 use aqueduct_proto::csi::v1 as csi;
 use aqueduct_proto::csi::v1::identity_client::IdentityClient;
 use aqueduct_proto::csi::v1::node_client::NodeClient;
@@ -19,24 +19,7 @@ use tonic::transport::Channel;
 
 const MIB: u64 = 1 << 20;
 
-fn write_model(dir: &Path, seed: u64) -> Vec<(String, Vec<u8>)> {
-    let files = vec![
-        ("config.json".to_string(), format!("{{\"seed\": {seed}}}").into_bytes()),
-        ("model.safetensors".to_string(), noise(6 << 20, seed)),
-        ("tok/tokenizer.json".to_string(), noise(100_000, seed + 1)),
-    ];
-    for (path, bytes) in &files {
-        let p = dir.join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, bytes).unwrap();
-    }
-    files
-}
 
-/// Runs blocking file I/O off the runtime (the FUSE mounts are served from it).
-async fn io<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
-}
 
 /// Every file of `files` under `dir` equals its source.
 async fn assert_shows(dir: &Path, files: &[(String, Vec<u8>)]) {

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aqueduct_e2e::{SourceKind, bin, local_client, mount_when_known, socket_of, spawn_logged, world};
+use aqueduct_e2e::{SourceKind, bin, io, local_client, mount_when_known, socket_of, spawn_logged, world, write_model};
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::spoke::v1 as local;
 use aqueduct_testkit::{can_mount_fuse, is_mounted, noise, xattr};
@@ -14,24 +14,7 @@ use tonic::Code;
 
 const MIB: u64 = 1 << 20;
 
-fn write_model(dir: &Path, seed: u64) -> Vec<(String, Vec<u8>)> {
-    let files = vec![
-        ("config.json".to_string(), format!("{{\"seed\": {seed}}}").into_bytes()),
-        ("model.safetensors".to_string(), noise(6 << 20, seed)),
-        ("tok/tokenizer.json".to_string(), noise(100_000, seed + 1)),
-    ];
-    for (path, bytes) in &files {
-        let p = dir.join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, bytes).unwrap();
-    }
-    files
-}
 
-/// Runs blocking file I/O off the runtime (the FUSE mount is served from it).
-async fn io<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
-}
 
 async fn expect_err<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, words: &[&str]) {
     let s = r.unwrap_err();

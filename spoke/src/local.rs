@@ -182,16 +182,7 @@ impl Local for LocalService {
 /// Serves the local API on a unix socket at `path` until `shutdown` fires, then removes it.
 /// A socket left by an earlier spoke is replaced.
 pub async fn serve(path: PathBuf, service: LocalService, shutdown: CancellationToken) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let listener = UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = bind_socket(&path)?;
     let result = tonic::transport::Server::builder()
         .add_service(
             LocalServer::new(service)
@@ -203,3 +194,20 @@ pub async fn serve(path: PathBuf, service: LocalService, shutdown: CancellationT
     let _ = std::fs::remove_file(&path);
     result.map_err(std::io::Error::other)
 }
+
+/// Listens on a unix socket at `path`, only for this user (mode 0600), creating its directory
+/// and replacing a socket an earlier spoke left there.
+pub(crate) fn bind_socket(path: &std::path::Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+

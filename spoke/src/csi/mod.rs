@@ -30,7 +30,6 @@ use std::time::Duration;
 use aqueduct_proto::csi::v1::identity_server::IdentityServer;
 use aqueduct_proto::csi::v1::node_server::NodeServer;
 use serde::Deserialize;
-use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -191,16 +190,7 @@ pub async fn serve(
     node: service::NodeService,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let listener = UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = crate::local::bind_socket(&path)?;
     let result = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(identity))
         .add_service(NodeServer::new(node))

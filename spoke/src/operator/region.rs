@@ -53,13 +53,21 @@ pub trait RegionView: Send + Sync + 'static {
     async fn holding(&self, dataset: &str, version: u64) -> Holding;
     /// The cache's capacity in bytes; `None` when it has no quota.
     fn cache_capacity(&self) -> Option<u64>;
+    /// The versions volumes hold in the region.
+    fn holds(&self) -> &Holds;
     /// Asks the region to keep `dataset@version` for `holder` (one hold per holder: a new
     /// one replaces the old). Idempotent.
-    fn hold(&self, holder: &str, dataset: &str, version: u64);
+    fn hold(&self, holder: &str, dataset: &str, version: u64) {
+        self.holds().hold(holder, dataset, version);
+    }
     /// Drops `holder`'s hold, if any. Idempotent.
-    fn release(&self, holder: &str);
+    fn release(&self, holder: &str) {
+        self.holds().release(holder);
+    }
     /// Drops every hold (this instance stopped leading the region).
-    fn release_all(&self);
+    fn release_all(&self) {
+        self.holds().release_all();
+    }
     /// Fires when what the region holds changes (its assignments): every volume is then
     /// reconciled again. Default: never.
     fn changes(&self) -> BoxStream<'static, ()> {
@@ -184,16 +192,8 @@ impl RegionView for SpokeRegion {
         }
     }
 
-    fn hold(&self, holder: &str, dataset: &str, version: u64) {
-        self.holds.hold(holder, dataset, version);
-    }
-
-    fn release(&self, holder: &str) {
-        self.holds.release(holder);
-    }
-
-    fn release_all(&self) {
-        self.holds.release_all();
+    fn holds(&self) -> &Holds {
+        &self.holds
     }
 
     fn changes(&self) -> BoxStream<'static, ()> {
@@ -245,16 +245,8 @@ impl RegionView for MemoryRegion {
         self.capacity
     }
 
-    fn hold(&self, holder: &str, dataset: &str, version: u64) {
-        self.holds.hold(holder, dataset, version);
-    }
-
-    fn release(&self, holder: &str) {
-        self.holds.release(holder);
-    }
-
-    fn release_all(&self) {
-        self.holds.release_all();
+    fn holds(&self) -> &Holds {
+        &self.holds
     }
 }
 
