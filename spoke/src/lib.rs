@@ -421,6 +421,8 @@ async fn replicate_until(
     let mut backoff = BACKOFF_FIRST;
     let mut last_complaint: Option<Instant> = None;
     let mut failures = 0u64;
+    // One budget for every transfer; each new assignment's rate applies to it at once.
+    let budget = Arc::new(Budget::new(u64::MAX));
     info!(hub = %config.hub, node = %config.node, data_dir = %config.data_dir.display(), "spoke starting");
     loop {
         // Set once the hub answered: the next failure is a new one, retried soon.
@@ -438,8 +440,13 @@ async fn replicate_until(
             // The watch is read by a task of its own, so that the region's membership is
             // current even while a version replicates; assignments queue for the loop below.
             let (updates, mut assigned) = tokio::sync::mpsc::channel(16);
-            let _watching =
-                AbortOnDrop(tokio::spawn(follow_watch(watch, reader.peers().clone(), catalog.clone(), updates)));
+            let _watching = AbortOnDrop(tokio::spawn(follow_watch(
+                watch,
+                reader.peers().clone(),
+                catalog.clone(),
+                budget.clone(),
+                updates,
+            )));
             info!("connected to the hub, watching for work");
             // Reported every few seconds, and at once when a version is Ready.
             let cache_changed = Arc::new(tokio::sync::Notify::new());
@@ -496,7 +503,6 @@ async fn replicate_until(
                     .map(|a| ((a.dataset.clone(), a.version), effective_mode(a, cache, &config.data_dir)))
                     .collect();
                 pin(catalog, cache, reader.peers(), &current, &modes, replicas, &holds.held()).await;
-                let budget = Budget::new(current.budget_bytes_per_sec.max(1));
                 let mut failed = false;
                 for a in &current.assignments {
                     let key = (a.dataset.clone(), a.version);
@@ -507,7 +513,7 @@ async fn replicate_until(
                         }
                         continue;
                     }
-                    match replicator.replicate(a, &budget, mode, replicas).await {
+                    match replicator.replicate(a, budget.as_ref(), mode, replicas).await {
                         Ok(outcome) => {
                             ready.insert(key.clone(), (mode, outcome.held_bytes));
                             ready_versions.set(ready.keys().cloned());
@@ -551,12 +557,14 @@ async fn replicate_until(
     }
 }
 
-/// Reads the hub's watch: keeps the region's members current in `peers` and the assignments
-/// on disk, and queues them for the replication loop; ends with the watch, saying why.
+/// Reads the hub's watch: keeps the region's members current in `peers`, the link budget in
+/// `budget` (transfers under way follow a change at once) and the assignments on disk, and
+/// queues them for the replication loop; ends with the watch, saying why.
 async fn follow_watch(
     mut watch: tonic::Streaming<pb::Assignments>,
     peers: Arc<Peers>,
     catalog: Arc<Catalog>,
+    budget: Arc<Budget>,
     updates: tokio::sync::mpsc::Sender<Result<pb::Assignments, String>>,
 ) {
     loop {
@@ -564,6 +572,10 @@ async fn follow_watch(
             Ok(Some(mut assignments)) => {
                 // Members change often and are not the catalog's business.
                 peers.set_members(std::mem::take(&mut assignments.members));
+                let rate = assignments.budget_bytes_per_sec.max(1);
+                if budget.set_rate(rate) {
+                    info!(budget_bytes_per_sec = rate, "link budget set");
+                }
                 if let Err(e) = catalog.set_assignments(assignments.clone()) {
                     warn!(error = %e, "could not keep the assignments on disk");
                 }
