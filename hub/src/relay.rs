@@ -42,6 +42,8 @@ pub struct Live {
     pub members: Arc<Members>,
     /// Each region's link budget, as the relay applies it.
     pub budgets: Arc<Budgets>,
+    /// What the hub counts for Prometheus.
+    pub metrics: Arc<crate::metrics::HubMetrics>,
     /// Fires when the hub stops: watches end, so that the server's graceful shutdown is not
     /// held up by streams that never finish on their own.
     pub stopping: tokio_util::sync::CancellationToken,
@@ -457,6 +459,7 @@ impl pb::spoke_server::Spoke for SpokeService {
         let budget = self.budget(&region).await?;
         let (tx, rx) = mpsc::channel(2);
         let (db, ledger, dataset, version) = (self.db.clone(), self.live.ledger.clone(), req.dataset, req.version);
+        let metrics = self.live.metrics.clone();
         tokio::spawn(
             async move {
                 // Counted as chunks are handed to the transport, recorded when the stream ends.
@@ -489,6 +492,7 @@ impl pb::spoke_server::Spoke for SpokeService {
                             digest.short()
                         );
                         warn!(%reason, "version failed");
+                        metrics.verification_failed(&dataset);
                         let (d, r) = (dataset.clone(), reason.clone());
                         let _ = blocking(&db, move |db| db.fail_version(&d, version, &r, now_unix_ms())).await;
                         let _ = tx.send(Err(Status::data_loss(reason))).await;
@@ -501,6 +505,7 @@ impl pb::spoke_server::Spoke for SpokeService {
                         return;
                     }
                     ledger.sent(&key, digest, len);
+                    metrics.relayed(&key.2, &key.0, len);
                 }
             }
             .instrument(Span::current()),

@@ -21,6 +21,7 @@ pub mod cache;
 pub mod catalog;
 pub mod csi;
 pub mod local;
+pub mod metrics;
 pub mod mounts;
 pub mod operator;
 pub mod peer_service;
@@ -69,6 +70,8 @@ pub enum SpokeError {
     Catalog(#[from] catalog::CatalogError),
     #[error(transparent)]
     Operator(#[from] operator::OperatorError),
+    #[error(transparent)]
+    Metrics(#[from] aqueduct_proto::metrics::MetricsError),
 }
 
 /// Where the local API listens unless the config says: inside the data directory.
@@ -104,6 +107,9 @@ pub struct SpokeConfig {
     /// The Kubernetes operator (AqueductVolumes into PVCs). Without it, none runs here.
     #[serde(default)]
     pub operator: Option<OperatorConfig>,
+    /// The Prometheus endpoint (`GET /metrics`); without this section, none.
+    #[serde(default)]
+    pub metrics: Option<aqueduct_proto::metrics::MetricsConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -317,7 +323,16 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
             (peers, address, Some((listener, tls)))
         }
     };
-    let reader = ReadThrough::new(store.clone(), hub, peers.clone(), priority.clone());
+    let metrics = Arc::new(metrics::SpokeMetrics::default());
+    // One budget for every transfer; the rate of each new assignments applies to it at once.
+    let budget = Arc::new(Budget::new(u64::MAX));
+    if let Some(listen) = &config.metrics {
+        let (listener, _) = aqueduct_proto::metrics::bind(listen).await?;
+        let (m, c, b) = (metrics.clone(), cache.clone(), budget.clone());
+        let exporter = aqueduct_proto::metrics::Exporter::new(metrics.registry(), move || m.refresh(&c, &b));
+        tokio::spawn(aqueduct_proto::metrics::serve(listener, exporter, local_stop.clone()));
+    }
+    let reader = ReadThrough::new(store.clone(), hub, peers.clone(), priority.clone(), metrics);
     let peer_task = peer_task.map(|(listener, tls)| {
         let Identity::Region(name) = &region else { unreachable!("checked by SpokeConfig::region") };
         let service = PeerService { region: name.clone(), reader: reader.clone() };
@@ -369,7 +384,7 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
         }
         _ => None,
     };
-    let parts = Parts { peer_address, reader, cache, catalog, priority, holds, ready };
+    let parts = Parts { peer_address, reader, cache, catalog, priority, holds, ready, budget };
     let outcome = replicate_until(&config, endpoint, parts, &shutdown).await;
     // Pods' bind mounts go before the FUSE mounts they show.
     if let Some((node, _)) = &csi {
@@ -402,6 +417,8 @@ struct Parts {
     /// spoke replicated to Ready (for the operator's status).
     holds: Arc<Holds>,
     ready: Arc<ReadyVersions>,
+    /// The link budget every transfer takes from.
+    budget: Arc<Budget>,
 }
 
 /// Watches the hub and replicates what it assigns, until `shutdown` fires.
@@ -411,7 +428,7 @@ async fn replicate_until(
     parts: Parts,
     shutdown: &CancellationToken,
 ) -> Result<(), SpokeError> {
-    let Parts { peer_address, reader, cache, catalog, priority, holds, ready: ready_versions } = &parts;
+    let Parts { peer_address, reader, cache, catalog, priority, holds, ready: ready_versions, budget } = &parts;
     let options =
         PullOptions { streams: config.replication.streams, chunks_per_request: config.replication.chunks_per_request };
     // Versions this spoke holds its part of: how, and the bytes it reported Ready with.
@@ -421,8 +438,6 @@ async fn replicate_until(
     let mut backoff = BACKOFF_FIRST;
     let mut last_complaint: Option<Instant> = None;
     let mut failures = 0u64;
-    // One budget for every transfer; each new assignment's rate applies to it at once.
-    let budget = Arc::new(Budget::new(u64::MAX));
     info!(hub = %config.hub, node = %config.node, data_dir = %config.data_dir.display(), "spoke starting");
     loop {
         // Set once the hub answered: the next failure is a new one, retried soon.
@@ -625,7 +640,7 @@ async fn report_cache(
             memory_hits: cache.stats.memory_hits.load(Relaxed),
             disk_hits: cache.stats.disk_hits.load(Relaxed),
             misses: cache.stats.misses.load(Relaxed),
-            evictions: cache.stats.evictions.load(Relaxed),
+            evictions: cache.stats.evictions(),
             bytes_from_peers: peers.from_peers.load(Relaxed),
             bytes_to_peers: peers.to_peers.load(Relaxed),
             corrupt_from_peers: peers.corrupt_from_peers.load(Relaxed),
@@ -810,6 +825,7 @@ mod tests {
         let config = SpokeConfig::load(&path).unwrap();
         assert_eq!(config.tls.ca, dir.path().join("credentials/ca.pem"));
         assert_eq!(config.replication.streams, 4);
+        assert_eq!(config.metrics.as_ref().map(|m| m.listen.port()), Some(9464));
         assert_eq!(config.socket.as_deref(), Some(Path::new("/var/lib/aqueduct-spoke/spoke.sock")));
         let peer = config.peer.as_ref().unwrap();
         assert_eq!((peer.listen.port(), peer.advertise.as_deref()), (7444, Some("10.0.3.17:7444")));
@@ -861,6 +877,7 @@ mod tests {
         .unwrap();
         assert_eq!(SpokeConfig::load(&path).unwrap().socket, Some(dir.path().join("d/spoke.sock")));
         assert!(SpokeConfig::load(&path).unwrap().csi.is_none(), "no [csi]: no node plugin");
+        assert!(SpokeConfig::load(&path).unwrap().metrics.is_none(), "no [metrics]: no endpoint");
         // A [csi] section with nothing in it: the socket is in the data directory too.
         std::fs::write(
             &path,

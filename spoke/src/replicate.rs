@@ -186,6 +186,7 @@ impl Replicator {
                 .collect();
             let cached = total - missing.iter().map(|(d, _)| weight[d]).sum::<u64>();
             info!(missing = missing.len(), cached, total, "replicating");
+            self.reader.metrics().progress(&assignment.dataset, assignment.version, cached, total, false);
             send_report(self.client.clone(), report("Transferring", cached)).await;
             if !missing.is_empty() {
                 let fetched =
@@ -231,6 +232,7 @@ impl Replicator {
             verified.extend(good);
             if corrupt.is_empty() {
                 send_report(self.client.clone(), report("Ready", total)).await;
+                self.reader.metrics().progress(&assignment.dataset, assignment.version, total, total, true);
                 outcome.held_bytes = total;
                 info!(?outcome, "version ready");
                 return Ok(outcome);
@@ -311,6 +313,8 @@ impl Replicator {
             }
             if last_report.elapsed() >= Duration::from_secs(1) {
                 last_report = Instant::now();
+                let total = weight.values().sum();
+                self.reader.metrics().progress(&assignment.dataset, assignment.version, cached, total, false);
                 let rate = (outcome.bytes_fetched as f64 / started.elapsed().as_secs_f64()) as u64;
                 let report = pb::ProgressReport {
                     membership: self.reader.peers().membership(),
