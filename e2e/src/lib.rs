@@ -145,6 +145,15 @@ impl World {
         self.hub.3 = task;
     }
 
+    /// Serves the hub's metrics on a free port of 127.0.0.1 (the hub restarts with a
+    /// `[metrics]` section); returns the endpoint's address.
+    pub async fn hub_metrics(&mut self) -> std::net::SocketAddr {
+        let listen = free_port();
+        self.hub.1.metrics = Some(aqueduct_proto::metrics::MetricsConfig { listen });
+        self.restart_hub().await;
+        listen
+    }
+
     /// The S3 server's address (an S3 world).
     pub fn s3_endpoint(&self) -> std::net::SocketAddr {
         self._s3.as_ref().expect("an S3 world").addr
@@ -363,6 +372,44 @@ impl World {
             .into_inner();
         Manifest::try_from(wire).unwrap()
     }
+}
+
+/// A port of 127.0.0.1 free now (bound, then let go), for a config that needs one in advance.
+pub fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// Adds a `[metrics]` section on a free port of 127.0.0.1 to a spoke's config; returns the
+/// endpoint's address.
+pub fn with_spoke_metrics(config: &Path) -> std::net::SocketAddr {
+    let listen = free_port();
+    let mut text = std::fs::read_to_string(config).unwrap();
+    text.push_str(&format!("[metrics]\nlisten = \"{listen}\"\n"));
+    std::fs::write(config, text).unwrap();
+    listen
+}
+
+/// `GET /metrics` of a hub or spoke: the body, in the Prometheus text format.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut last = None;
+    for _ in 0..100 {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(mut stream) => {
+                let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+                stream.write_all(request.as_bytes()).await.unwrap();
+                let mut response = String::new();
+                stream.read_to_string(&mut response).await.unwrap();
+                let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                return body.to_string();
+            }
+            // The endpoint may not be up yet (a spoke starting).
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no metrics endpoint answers on {addr}: {last:?}");
 }
 
 /// The local API socket of the spoke configured by `config`.

@@ -13,13 +13,11 @@ use aqueduct_proto::csi::v1::node_client::NodeClient;
 use aqueduct_proto::csi::v1::volume_capability::access_mode::Mode;
 use aqueduct_proto::csi::v1::volume_capability::{AccessMode, AccessType};
 use aqueduct_proto::spoke::v1 as local;
-use aqueduct_testkit::{can_mount_fuse, noise};
+use aqueduct_testkit::can_mount_fuse;
 use tonic::Code;
 use tonic::transport::Channel;
 
 const MIB: u64 = 1 << 20;
-
-
 
 /// Every file of `files` under `dir` equals its source.
 async fn assert_shows(dir: &Path, files: &[(String, Vec<u8>)]) {

@@ -6,15 +6,16 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aqueduct_e2e::{SourceKind, bin, io, local_client, mount_when_known, socket_of, spawn_logged, world, write_model};
+use aqueduct_e2e::{
+    SourceKind, bin, io, local_client, mount_when_known, scrape, socket_of, spawn_logged, with_spoke_metrics, world,
+    write_model,
+};
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::spoke::v1 as local;
-use aqueduct_testkit::{can_mount_fuse, is_mounted, noise, xattr};
+use aqueduct_testkit::{can_mount_fuse, is_mounted, xattr};
 use tonic::Code;
 
 const MIB: u64 = 1 << 20;
-
-
 
 async fn expect_err<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, words: &[&str]) {
     let s = r.unwrap_err();
@@ -38,6 +39,7 @@ async fn a_region_reads_its_versions_through_fuse_before_and_after_they_arrive()
     w.snapshot().await;
     // A slow link: the version takes seconds to replicate, reads fetch ahead of it.
     let config = w.region("eu", MIB).await;
+    let metrics = with_spoke_metrics(&config);
     let spoke = w.start_spoke(&config);
     let socket = socket_of(&config);
     let mut local = local_client(&socket).await;
@@ -53,9 +55,18 @@ async fn a_region_reads_its_versions_through_fuse_before_and_after_they_arrive()
 
     // A file not yet replicated reads correctly (read-through), before the version is Ready.
     let (dir, expected) = (pinned.clone(), v1_files[2].1.clone());
+    let expected_len = expected.len();
     assert_eq!(io(move || std::fs::read(dir.join("tok/tokenizer.json")).unwrap()).await, expected);
     let rows = w.admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
     assert_ne!(rows[0].phase, "Ready", "the version was Ready already: the read did not read through");
+    // The spoke's metrics saw the reads: their bytes and their latencies.
+    let text = scrape(metrics).await;
+    let value = |name: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("no {name}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("aqueduct_spoke_fuse_read_bytes_total") >= expected_len as f64, "{text}");
+    assert!(value("aqueduct_spoke_fuse_read_duration_seconds_count") >= 1.0, "{text}");
 
     // Following needs an active version; until v1 is Ready there is none.
     let request = |version, path: &Path| local::MountRequest {

@@ -20,7 +20,8 @@ use tracing::{info, warn};
 #[command(
     name = "aqueduct-fuse",
     version,
-    about = "Mounts an Aqueduct dataset version read-only through a spoke (sidecar mode)"
+    about = "Mounts an Aqueduct dataset version read-only through a spoke (sidecar mode)",
+    after_help = aqueduct_proto::edge::LOG_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -49,7 +50,10 @@ enum Command {
 }
 
 fn main() {
-    aqueduct_proto::edge::init_logging();
+    if let Err(e) = aqueduct_proto::edge::init_logging() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     if let Err(e) = run() {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -66,8 +66,16 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// Told of every read a mount answers: how many bytes, how long it took (from the kernel's
+/// request to the answer) and whether it succeeded. The spoke counts reads for its metrics
+/// with one; this crate knows nothing of metrics.
+pub trait ReadObserver: Send + Sync {
+    fn read_done(&self, bytes: usize, elapsed: std::time::Duration, ok: bool);
+}
+
 pub struct FuseAdapter<S> {
     view: Arc<View<S>>,
+    observer: Option<Arc<dyn ReadObserver>>,
     runtime: tokio::runtime::Handle,
     /// Read-ahead state per open file.
     handles: Mutex<HashMap<u64, Arc<ReadPattern>>>,
@@ -123,8 +131,14 @@ impl<S: ChunkSource + 'static> Filesystem for FuseAdapter<S> {
     ) {
         let view = self.view.clone();
         let pattern = self.handles.lock().unwrap_or_else(|e| e.into_inner()).get(&fh.0).cloned();
+        let observer = self.observer.clone();
+        let started = std::time::Instant::now();
         self.runtime.spawn(async move {
-            match view.read(ino.0, offset, size, pattern.as_deref()).await {
+            let result = view.read(ino.0, offset, size, pattern.as_deref()).await;
+            if let Some(observer) = &observer {
+                observer.read_done(result.as_ref().map_or(0, |d| d.len()), started.elapsed(), result.is_ok());
+            }
+            match result {
                 Ok(data) => reply.data(&data),
                 Err(e) => {
                     if matches!(e, FsError::Corrupt { .. } | FsError::Unavailable { .. }) {
@@ -289,6 +303,16 @@ pub fn mount<S: ChunkSource + 'static>(
     mountpoint: &Path,
     runtime: tokio::runtime::Handle,
 ) -> io::Result<Mounted<S>> {
+    mount_observed(view, mountpoint, runtime, None)
+}
+
+/// [`mount`], telling `observer` of every read.
+pub fn mount_observed<S: ChunkSource + 'static>(
+    view: Arc<View<S>>,
+    mountpoint: &Path,
+    runtime: tokio::runtime::Handle,
+    observer: Option<Arc<dyn ReadObserver>>,
+) -> io::Result<Mounted<S>> {
     let current = view.current();
     let mut config = Config::default();
     config.mount_options = vec![
@@ -305,8 +329,13 @@ pub fn mount<S: ChunkSource + 'static>(
     if unsafe { libc::geteuid() } == 0 {
         config.acl = fuser::SessionACL::All;
     }
-    let adapter =
-        FuseAdapter { view: view.clone(), runtime, handles: Mutex::default(), next_handle: AtomicU64::new(1) };
+    let adapter = FuseAdapter {
+        view: view.clone(),
+        observer,
+        runtime,
+        handles: Mutex::default(),
+        next_handle: AtomicU64::new(1),
+    };
     let session = fuser::spawn_mount(adapter, mountpoint, &config)?;
     raise_readahead(mountpoint);
     let notifier = session.notifier();

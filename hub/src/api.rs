@@ -15,7 +15,7 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use tracing::{Instrument, Span, instrument, warn};
+use tracing::{Instrument, Span, info, instrument, warn};
 
 use crate::auth::{Identity, require_admin};
 use crate::error::{invalid, unknown_dataset};
@@ -307,6 +307,40 @@ impl pb::admin_server::Admin for AdminService {
                     created_unix_ms: r.created_unix_ms,
                 })
                 .collect(),
+        }))
+    }
+
+    #[instrument(skip_all, fields(region, rate))]
+    async fn update_region(&self, request: Request<pb::UpdateRegionRequest>) -> Result<Response<pb::Region>, Status> {
+        require_admin(&request)?;
+        let pb::UpdateRegionRequest { name, rate_bytes_per_sec: rate } = request.into_inner();
+        Span::current().record("region", name.as_str()).record("rate", rate);
+        validate_name("region", &name).map_err(invalid)?;
+        if rate == 0 {
+            return Err(Status::invalid_argument("a region's link budget must be above 0 bytes per second"));
+        }
+        let owned = name.clone();
+        blocking(&self.db, move |db| db.set_region_rate(&owned, rate)).await.map_err(|e| match e {
+            StoreError::NotFound { .. } => Status::not_found(format!(
+                "region {name:?} does not exist; `aq region list` shows the known ones, `aq region add {name} --rate RATE` adds it"
+            )),
+            other => other.into(),
+        })?;
+        // The relay's streams use the new rate from their next chunk; the region's spokes get
+        // it with the assignments the watches push now.
+        self.live.budgets.set(&name, rate);
+        self.live.changes.notify_waiters();
+        info!(rate_bytes_per_sec = rate, "region's link budget changed");
+        let region = blocking(&self.db, |db| db.regions())
+            .await?
+            .into_iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| Status::not_found(format!("region {name:?} was removed meanwhile")))?;
+        Ok(Response::new(pb::Region {
+            members: self.live.members.members(&region.name),
+            name: region.name,
+            rate_bytes_per_sec: region.rate,
+            created_unix_ms: region.created_unix_ms,
         }))
     }
 

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use aqueduct_proto::metrics::MetricsConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,9 @@ pub struct HubConfig {
     pub tls: TlsConfig,
     #[serde(default)]
     pub snapshot: SnapshotConfig,
+    /// The Prometheus endpoint (`GET /metrics`); without this section, none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -101,6 +105,7 @@ mod tests {
         let text = include_str!("../../deploy/hub/hub.example.toml");
         let config = HubConfig::parse(text, Path::new("hub.example.toml")).unwrap();
         assert_eq!(config.snapshot.parallelism, Some(2));
+        assert_eq!(config.metrics.as_ref().map(|m| m.listen.port()), Some(9465));
         assert_eq!(config.resolve(&config.tls.ca), Path::new("/var/lib/aqueduct-hub/pki/ca.pem"));
     }
 
@@ -120,5 +125,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("parallelism"), "{err}");
+        let err = HubConfig::parse(
+            "listen = \"127.0.0.1:1\"\ndata_dir = \"/x\"\n[metrics]\nlisten = \"0.0.0.0:9465\"\npath = \"/m\"\n",
+            Path::new("h.toml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("path"), "{err}");
     }
 }

@@ -8,7 +8,7 @@
 //! Modules, from the bottom up: [`source`] (reading sources through `object_store`),
 //! [`chunker`] (FastCDC + BLAKE3), [`store`] (the metadata store), [`snapshot`] (cutting a
 //! version), [`auth`] and [`pki`] (identities and certificates), [`api`] (the gRPC handlers)
-//! [`relay`] (the spokes' API and chunk relay) and, here, [`init`] and [`serve`], which the `aqueduct-hub` binary calls.
+//! [`relay`] (the spokes' API and chunk relay), [`metrics`] (Prometheus) and, here, [`init`] and [`serve`], which the `aqueduct-hub` binary calls.
 
 pub mod api;
 pub mod auth;
@@ -16,6 +16,7 @@ pub mod chunker;
 pub mod config;
 mod error;
 pub mod members;
+pub mod metrics;
 pub mod pki;
 pub mod relay;
 pub mod snapshot;
@@ -51,6 +52,8 @@ pub enum HubError {
     AlreadyInitialised { path: PathBuf, what: String },
     #[error("cannot {action} {path}: {source}")]
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Metrics(#[from] aqueduct_proto::metrics::MetricsError),
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -114,7 +117,8 @@ pub fn init(data_dir: &Path, listen: SocketAddr, hosts: &[String]) -> Result<Ini
     pki::write_secret(&admin_config, &aq)?;
 
     SqliteStore::open(&data_dir.join("hub.db"))?;
-    let config = HubConfig { listen, data_dir: data_dir.clone(), tls, snapshot: SnapshotConfig::default() };
+    let config =
+        HubConfig { listen, data_dir: data_dir.clone(), tls, snapshot: SnapshotConfig::default(), metrics: None };
     let text =
         format!("# Aqueduct hub configuration; see deploy/hub/hub.example.toml for every key.\n{}", config.to_toml());
     std::fs::write(&config_path, text).map_err(io_err("write", &config_path))?;
@@ -142,6 +146,15 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
     let authority = Arc::new(Authority::load(&config.resolve(&config.tls.ca), &config.resolve(&config.tls.ca_key))?);
     let live = relay::Live { stopping: shutdown.clone(), ..Default::default() };
     let flusher = tokio::spawn(live.ledger.clone().run(db.clone(), shutdown.clone()));
+    if let Some(metrics) = &config.metrics {
+        let (listener, _) = aqueduct_proto::metrics::bind(metrics).await?;
+        let (state, members, hub_metrics) = (db.clone(), live.members.clone(), live.metrics.clone());
+        let exporter = aqueduct_proto::metrics::Exporter::new(live.metrics.registry(), move || {
+            hub_metrics.refresh(state.as_ref(), &members)
+        });
+        tokio::spawn(aqueduct_proto::metrics::serve(listener, exporter, shutdown.clone()));
+        tokio::spawn(live.metrics.clone().run(shutdown.clone()));
+    }
     let admin = AdminServer::new(api::AdminService::new(db.clone(), snapshot, authority, live.clone()))
         .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);

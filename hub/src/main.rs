@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 #[command(
     name = "aqueduct-hub",
     version,
-    about = "Aqueduct's on-prem control plane: sources, datasets, versioned manifests"
+    about = "Aqueduct's on-prem control plane: sources, datasets, versioned manifests",
+    after_help = aqueduct_proto::edge::LOG_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -46,6 +47,10 @@ enum Command {
 }
 
 fn main() {
+    if let Err(e) = aqueduct_proto::edge::init_logging() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     if let Err(e) = run() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -54,7 +59,6 @@ fn main() {
 
 #[tokio::main]
 async fn run() -> anyhow::Result<()> {
-    aqueduct_proto::edge::init_logging();
     match Cli::parse().command {
         Command::Init { data_dir, listen, hosts } => {
             let out = aqueduct_hub::init(&data_dir, listen, &hosts)?;

@@ -40,36 +40,96 @@ pub struct Live {
     pub changes: Changes,
     pub ledger: Arc<Ledger>,
     pub members: Arc<Members>,
+    /// Each region's link budget, as the relay applies it.
+    pub budgets: Arc<Budgets>,
+    /// What the hub counts for Prometheus.
+    pub metrics: Arc<crate::metrics::HubMetrics>,
     /// Fires when the hub stops: watches end, so that the server's graceful shutdown is not
     /// held up by streams that never finish on their own.
     pub stopping: tokio_util::sync::CancellationToken,
 }
 
-/// A region's link budget, in KiB cells, shared by all of the region's streams.
-struct Budget {
-    rate: u64,
-    limiter: DefaultDirectRateLimiter,
+/// A region's link budget, in KiB cells, shared by all of the region's streams. Its rate can
+/// change while streams use it ([`Budget::set_rate`]): the next chunk of every stream waits
+/// under the new rate.
+pub struct Budget {
+    current: Mutex<(u64, Arc<DefaultDirectRateLimiter>)>,
+}
+
+fn limiter(rate_bytes: u64) -> Arc<DefaultDirectRateLimiter> {
+    let kib = u32::try_from((rate_bytes / 1024).max(1)).unwrap_or(u32::MAX);
+    // Room for one whole chunk (2 MiB) or a tenth of a second, whichever is larger.
+    let burst = (kib / 10).max(2048);
+    let quota = Quota::per_second(NonZeroU32::new(kib).expect("at least 1"))
+        .allow_burst(NonZeroU32::new(burst).expect("at least 2048"));
+    Arc::new(RateLimiter::direct(quota))
 }
 
 impl Budget {
-    fn new(rate_bytes: u64) -> Self {
-        let kib = u32::try_from((rate_bytes / 1024).max(1)).unwrap_or(u32::MAX);
-        // Room for one whole chunk (2 MiB) or a tenth of a second, whichever is larger.
-        let burst = (kib / 10).max(2048);
-        let quota = Quota::per_second(NonZeroU32::new(kib).expect("at least 1"))
-            .allow_burst(NonZeroU32::new(burst).expect("at least 2048"));
-        Self { rate: rate_bytes, limiter: RateLimiter::direct(quota) }
+    pub fn new(rate_bytes: u64) -> Self {
+        Self { current: Mutex::new((rate_bytes, limiter(rate_bytes))) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, Arc<DefaultDirectRateLimiter>)> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes per second.
+    pub fn rate(&self) -> u64 {
+        self.lock().0
+    }
+
+    /// Uses `rate_bytes` from the next chunk on (a new rate starts with a full burst).
+    pub fn set_rate(&self, rate_bytes: u64) {
+        let mut current = self.lock();
+        if current.0 != rate_bytes {
+            *current = (rate_bytes, limiter(rate_bytes));
+        }
     }
 
     async fn take(&self, bytes: usize) {
+        let limiter = self.lock().1.clone();
         let cells = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).max(1);
         let cells = NonZeroU32::new(cells).expect("at least 1");
         // A chunk is at most the burst (2 MiB); anything larger waits as its parts would.
-        if self.limiter.until_n_ready(cells).await.is_err() {
+        if limiter.until_n_ready(cells).await.is_err() {
             for _ in 0..cells.get().div_ceil(2048) {
-                let _ = self.limiter.until_n_ready(NonZeroU32::new(2048).expect("2048")).await;
+                let _ = limiter.until_n_ready(NonZeroU32::new(2048).expect("2048")).await;
             }
         }
+    }
+}
+
+/// Every region's budget, and when its rate was last read from the database. Shared by the
+/// relay (which takes from them) and the admin API (which changes a rate at once).
+#[derive(Default)]
+pub struct Budgets {
+    regions: Mutex<HashMap<String, (Arc<Budget>, Instant)>>,
+}
+
+impl Budgets {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<Budget>, Instant)>> {
+        self.regions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The region's budget, if it was read less than [`BUDGET_RECHECK`] ago.
+    fn fresh(&self, region: &str) -> Option<Arc<Budget>> {
+        self.lock().get(region).filter(|(_, read)| read.elapsed() < BUDGET_RECHECK).map(|(b, _)| b.clone())
+    }
+
+    /// Sets the region's rate (as just read or changed) and returns its budget: streams that
+    /// hold it use the new rate from their next chunk.
+    pub fn set(&self, region: &str, rate: u64) -> Arc<Budget> {
+        let mut regions = self.lock();
+        let entry = regions.entry(region.to_string()).or_insert_with(|| (Arc::new(Budget::new(rate)), Instant::now()));
+        entry.0.set_rate(rate);
+        entry.1 = Instant::now();
+        entry.0.clone()
+    }
+
+    /// The rate the relay's limiter uses for `region`, if it relayed anything to it yet.
+    pub fn rate(&self, region: &str) -> Option<u64> {
+        self.lock().get(region).map(|(b, _)| b.rate())
     }
 }
 
@@ -178,8 +238,6 @@ struct VersionIndex {
 pub struct SpokeService {
     db: Arc<dyn MetaStore>,
     live: Live,
-    /// Each region's budget, and when its rate was last read.
-    budgets: Mutex<HashMap<String, (Arc<Budget>, Instant)>>,
     indexes: Mutex<HashMap<(String, u64), Arc<VersionIndex>>>,
     /// (region, dataset, version) found rolled out; rollouts are never withdrawn.
     granted: Mutex<HashSet<(String, String, u64)>>,
@@ -199,7 +257,7 @@ fn region_of<T>(request: &Request<T>) -> Result<String, Status> {
 
 impl SpokeService {
     pub fn new(db: Arc<dyn MetaStore>, live: Live) -> Self {
-        Self { db, live, budgets: Mutex::default(), indexes: Mutex::default(), granted: Mutex::default() }
+        Self { db, live, indexes: Mutex::default(), granted: Mutex::default() }
     }
 
     /// Fails unless `dataset@version` is rolled out to `region`.
@@ -218,11 +276,11 @@ impl SpokeService {
         }
     }
 
+    /// The region's budget; its rate is read again every [`BUDGET_RECHECK`] (the admin API
+    /// sets a changed rate at once, see [`Budgets::set`]).
     async fn budget(&self, region: &str) -> Result<Arc<Budget>, Status> {
-        if let Some((budget, read)) = self.budgets.lock().unwrap_or_else(|e| e.into_inner()).get(region)
-            && read.elapsed() < BUDGET_RECHECK
-        {
-            return Ok(budget.clone());
+        if let Some(budget) = self.live.budgets.fresh(region) {
+            return Ok(budget);
         }
         let regions = blocking(&self.db, |db| db.regions()).await?;
         let rate = regions
@@ -230,13 +288,7 @@ impl SpokeService {
             .find(|r| r.name == region)
             .map(|r| r.rate)
             .ok_or_else(|| Status::permission_denied(format!("region {region} is not known to this hub")))?;
-        let mut budgets = self.budgets.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = budgets.entry(region.to_string()).or_insert_with(|| (Arc::new(Budget::new(rate)), Instant::now()));
-        if entry.0.rate != rate {
-            entry.0 = Arc::new(Budget::new(rate));
-        }
-        entry.1 = Instant::now();
-        Ok(entry.0.clone())
+        Ok(self.live.budgets.set(region, rate))
     }
 
     async fn index(&self, dataset: &str, version: u64) -> Result<Arc<VersionIndex>, Status> {
@@ -407,6 +459,7 @@ impl pb::spoke_server::Spoke for SpokeService {
         let budget = self.budget(&region).await?;
         let (tx, rx) = mpsc::channel(2);
         let (db, ledger, dataset, version) = (self.db.clone(), self.live.ledger.clone(), req.dataset, req.version);
+        let metrics = self.live.metrics.clone();
         tokio::spawn(
             async move {
                 // Counted as chunks are handed to the transport, recorded when the stream ends.
@@ -439,6 +492,7 @@ impl pb::spoke_server::Spoke for SpokeService {
                             digest.short()
                         );
                         warn!(%reason, "version failed");
+                        metrics.verification_failed(&dataset);
                         let (d, r) = (dataset.clone(), reason.clone());
                         let _ = blocking(&db, move |db| db.fail_version(&d, version, &r, now_unix_ms())).await;
                         let _ = tx.send(Err(Status::data_loss(reason))).await;
@@ -451,6 +505,7 @@ impl pb::spoke_server::Spoke for SpokeService {
                         return;
                     }
                     ledger.sent(&key, digest, len);
+                    metrics.relayed(&key.2, &key.0, len);
                 }
             }
             .instrument(Span::current()),
@@ -565,6 +620,19 @@ mod tests {
             relayed_bytes: 0,
             root: Digest([0; 32]),
         }
+    }
+
+    #[test]
+    fn a_changed_rate_applies_to_the_budget_streams_already_hold() {
+        let budgets = Budgets::default();
+        assert_eq!(budgets.rate("eu"), None);
+        let held = budgets.set("eu", 1 << 20);
+        assert_eq!((held.rate(), budgets.rate("eu")), (1 << 20, Some(1 << 20)));
+        // The admin API sets the new rate: the budget a stream holds follows, no re-read.
+        let again = budgets.set("eu", 8 << 20);
+        assert!(Arc::ptr_eq(&held, &again), "one budget per region");
+        assert_eq!(held.rate(), 8 << 20);
+        assert!(budgets.fresh("eu").is_some());
     }
 
     #[test]

@@ -143,6 +143,8 @@ pub trait MetaStore: Send + Sync {
     ) -> Result<VersionRecord, StoreError>;
     fn add_region(&self, region: &RegionRecord) -> Result<(), StoreError>;
     fn regions(&self) -> Result<Vec<RegionRecord>, StoreError>;
+    /// Sets a region's link budget; fails with `NotFound` if there is no such region.
+    fn set_region_rate(&self, name: &str, rate: u64) -> Result<(), StoreError>;
     /// Asks `regions` to hold a version; regions that already have it keep their state.
     /// Fails with `NotFound` naming the first unknown region or version, writing nothing.
     /// Asks `regions` to hold the version in `mode`; a region asked again gets the new mode.
@@ -552,6 +554,15 @@ impl MetaStore for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn set_region_rate(&self, name: &str, rate: u64) -> Result<(), StoreError> {
+        let changed =
+            self.conn().execute("UPDATE regions SET rate = ?2 WHERE name = ?1", params![name, rate as i64])?;
+        if changed == 0 {
+            return Err(StoreError::NotFound { kind: "region", name: name.to_string() });
+        }
+        Ok(())
+    }
+
     fn add_rollout(
         &self,
         dataset: &str,
@@ -797,6 +808,12 @@ mod tests {
         assert_eq!(rows[0].updated_unix_ms, 20, "a repeated rollout reset the region's state");
         assert_eq!(rows[1].budget, 50);
         assert!(store.rollouts(Some("other")).unwrap().is_empty());
+        // A region's budget changes in place; an unknown region is NotFound.
+        store.set_region_rate("us", 75).unwrap();
+        assert_eq!(store.rollouts(Some("d")).unwrap()[1].budget, 75);
+        assert_eq!(store.regions().unwrap()[1].rate, 75);
+        let err = store.set_region_rate("mars", 1).unwrap_err();
+        assert!(matches!(&err, StoreError::NotFound { kind: "region", name } if name == "mars"), "{err}");
     }
 
     #[test]

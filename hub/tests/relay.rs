@@ -316,3 +316,62 @@ async fn a_changed_source_fails_the_version_and_sends_no_wrong_byte() {
     assert_eq!(rows[0].phase, "Failed");
     assert!(rows[0].reason.contains("source changed"), "{}", rows[0].reason);
 }
+
+/// `aq region set`: a region's new link budget reaches its open watch in the next push, and the
+/// relay's limiter uses it for the streams that follow (the old one would hold them for minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_budget_is_pushed_to_the_region_and_used_by_the_relay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models/llama");
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::write(models.join("model.safetensors"), noise(8 << 20, 5)).unwrap();
+    std::fs::write(models.join("config.json"), b"{}").unwrap();
+    let hub = Hub::init(&tmp.path().join("hub")).await;
+    let mut admin = hub.admin().await;
+    admin.add_source(source("local", &format!("file://{}", tmp.path().join("models").display()), &[])).await.unwrap();
+    admin.add_dataset(dataset("llama", "local", "llama")).await.unwrap();
+    snapshot(&mut admin, "llama").await.unwrap();
+    let slow = 64 << 10;
+    let mut eu = spoke_of(&hub, &mut admin, "eu", slow).await;
+    let req =
+        pb::RolloutRequest { dataset: "llama".into(), version: 1, regions: vec!["eu".into()], mode: String::new() };
+    admin.rollout(req).await.unwrap();
+    let mut watch =
+        eu.watch(pb::WatchRequest { node: "node-1".into(), peer_address: String::new() }).await.unwrap().into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().budget_bytes_per_sec, slow);
+    let wire =
+        eu.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await.unwrap().into_inner();
+    let manifest = Manifest::try_from(wire).unwrap();
+    let config = manifest.files.iter().find(|f| f.path == "config.json").unwrap().chunks[0].digest;
+    // A first stream makes the relay hold eu's budget, at the slow rate.
+    let (got, err) = fetch(&mut eu, "llama", 1, &[config]).await;
+    assert!(err.is_none() && got.len() == 1, "{err:?}");
+
+    // Unknown regions, a zero rate and a caller that is not the admin are refused.
+    let set = |name: &str, rate| pb::UpdateRegionRequest { name: name.into(), rate_bytes_per_sec: rate };
+    expect_err(admin.update_region(set("mars", 1 << 20)).await, Code::NotFound, &["mars", "aq region add"]);
+    expect_err(admin.update_region(set("eu", 0)).await, Code::InvalidArgument, &["above 0"]);
+    let fast = 256 << 20;
+    let region = admin.update_region(set("eu", fast)).await.unwrap().into_inner();
+    assert_eq!((region.name.as_str(), region.rate_bytes_per_sec), ("eu", fast));
+    assert_eq!(region.members.len(), 1, "the live spoke is listed");
+    let listed = admin.list_regions(pb::ListRegionsRequest {}).await.unwrap().into_inner().regions;
+    assert_eq!(listed[0].rate_bytes_per_sec, fast, "stored");
+
+    // Pushed to the open watch (its periodic re-check comes only after 30 s).
+    let next = tokio::time::timeout(Duration::from_secs(20), watch.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(next.budget_bytes_per_sec, fast);
+    assert_eq!(next.assignments.len(), 1);
+
+    // The next stream runs at the new rate: 8 MiB at 64 KiB/s would take over 90 s.
+    let digests: Vec<Digest> = manifest.distinct_chunks().into_iter().map(|(d, _)| d).collect();
+    let started = std::time::Instant::now();
+    let (got, err) = fetch(&mut eu, "llama", 1, &digests).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(got.len(), digests.len());
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "the relay still used the old budget: {:?}",
+        started.elapsed()
+    );
+}

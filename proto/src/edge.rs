@@ -1,15 +1,66 @@
 //! What every Aqueduct binary does at its edge, written once: logs to stderr filtered by
-//! `AQUEDUCT_LOG` (default `info`), and the signals that stop a long-running command.
-//! Behind the `edge` feature, so that libraries do not pull in a log subscriber.
+//! `AQUEDUCT_LOG` (default `info`) in the format `AQUEDUCT_LOG_FORMAT` asks for, and the
+//! signals that stop a long-running command. Behind the `edge` feature, so that libraries do
+//! not pull in a log subscriber.
 
-/// Logs to stderr, filtered by `AQUEDUCT_LOG` (default `info`); colours only on a terminal.
-pub fn init_logging() {
+use std::str::FromStr;
+
+/// What `--help` of every binary says about its logs.
+pub const LOG_HELP: &str = "Logs go to stderr. Environment:\n  \
+    AQUEDUCT_LOG         which events, as a tracing filter (default info; e.g. debug, aqueduct_spoke=debug,info)\n  \
+    AQUEDUCT_LOG_FORMAT  text (human-readable, the default) or json (one JSON object per line, with its spans)";
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines, coloured on a terminal (the default).
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, message and fields, and the spans
+    /// the event happened in), for log collectors.
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoggingError {
+    #[error(
+        "AQUEDUCT_LOG_FORMAT is {0:?}, not a log format: use `text` (human-readable, the default) or `json` (one JSON object per line)"
+    )]
+    Format(String),
+}
+
+impl FromStr for LogFormat {
+    type Err = LoggingError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err(LoggingError::Format(s.to_string())),
+        }
+    }
+}
+
+impl LogFormat {
+    /// The format `AQUEDUCT_LOG_FORMAT` names (unset: text).
+    pub fn from_env() -> Result<Self, LoggingError> {
+        std::env::var("AQUEDUCT_LOG_FORMAT").map_or(Ok(Self::Text), |v| v.parse())
+    }
+}
+
+/// Logs to stderr, filtered by `AQUEDUCT_LOG` (default `info`), as `AQUEDUCT_LOG_FORMAT` says:
+/// `text` (colours only on a terminal) or `json`. An unknown format is an error: the binary
+/// says so and stops before it does anything.
+pub fn init_logging() -> Result<(), LoggingError> {
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AQUEDUCT_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let format = LogFormat::from_env()?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AQUEDUCT_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).init(),
+    }
+    Ok(())
 }
 
 /// Returns on Ctrl-C or SIGTERM.
@@ -18,5 +69,19 @@ pub async fn interrupted() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_parse_and_an_unknown_one_says_what_to_use() {
+        assert_eq!("text".parse::<LogFormat>().unwrap(), LogFormat::Text);
+        assert_eq!("JSON".parse::<LogFormat>().unwrap(), LogFormat::Json);
+        assert_eq!("".parse::<LogFormat>().unwrap(), LogFormat::Text);
+        let err = "yaml".parse::<LogFormat>().unwrap_err().to_string();
+        assert!(err.contains("\"yaml\"") && err.contains("`json`"), "{err}");
     }
 }

@@ -11,6 +11,8 @@ pub mod domain;
 pub mod edge;
 #[cfg(feature = "identity")]
 pub mod identity;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 
 /// HTTP/2 receive windows for chunk streams, per stream and per connection. The protocol's
 /// default (64 KiB) caps a stream at 64 KiB per round trip: over a link whose queue adds

@@ -271,7 +271,17 @@ pub struct CacheStats {
     pub memory_hits: AtomicU64,
     pub disk_hits: AtomicU64,
     pub misses: AtomicU64,
-    pub evictions: AtomicU64,
+    /// Chunks evicted from each tier (from memory: copies of hot chunks, or in memory-only
+    /// mode the chunks themselves).
+    pub memory_evictions: AtomicU64,
+    pub disk_evictions: AtomicU64,
+}
+
+impl CacheStats {
+    /// Evictions from both tiers.
+    pub fn evictions(&self) -> u64 {
+        self.memory_evictions.load(Ordering::Relaxed) + self.disk_evictions.load(Ordering::Relaxed)
+    }
 }
 
 pub struct TieredStore {
@@ -404,7 +414,7 @@ impl ChunkStore for TieredStore {
         if let Some(memory) = &self.memory
             && self.hot(digest)
         {
-            memory.put_copy(digest, &data, &self.stats.evictions);
+            memory.put_copy(digest, &data, &self.stats.memory_evictions);
         }
         Ok(Some(data))
     }
@@ -415,14 +425,14 @@ impl ChunkStore for TieredStore {
             Keeping::Disk(t) => {
                 // What leaves the disk leaves memory too: `contains` must not say no while a
                 // copy still answers reads.
-                for evicted in t.put(digest, data, &pinned, &self.stats.evictions)? {
+                for evicted in t.put(digest, data, &pinned, &self.stats.disk_evictions)? {
                     if let Some(memory) = &self.memory {
                         memory.remove(&evicted)?;
                     }
                 }
                 Ok(())
             }
-            Keeping::Memory(t) => t.put(digest, data, &pinned, &self.stats.evictions).map(drop),
+            Keeping::Memory(t) => t.put(digest, data, &pinned, &self.stats.memory_evictions).map(drop),
         }
     }
 
@@ -485,7 +495,7 @@ mod tests {
         }
         assert!(store.contains(&chunk(39).0), "the newest chunk was evicted");
         assert!(!store.contains(&chunk(3).0), "the oldest unpinned chunk is still held");
-        assert!(store.stats.evictions.load(Ordering::Relaxed) >= 30);
+        assert!(store.stats.evictions() >= 30);
         // Pinned chunks alone above the quota: a write fails as full, nothing pinned goes.
         let mut many: HashSet<Digest> = (0..40).map(|i| chunk(i).0).filter(|d| store.contains(d)).collect();
         store.set_pinned(many.clone());

@@ -21,6 +21,7 @@ pub mod cache;
 pub mod catalog;
 pub mod csi;
 pub mod local;
+pub mod metrics;
 pub mod mounts;
 pub mod operator;
 pub mod peer_service;
@@ -69,6 +70,8 @@ pub enum SpokeError {
     Catalog(#[from] catalog::CatalogError),
     #[error(transparent)]
     Operator(#[from] operator::OperatorError),
+    #[error(transparent)]
+    Metrics(#[from] aqueduct_proto::metrics::MetricsError),
 }
 
 /// Where the local API listens unless the config says: inside the data directory.
@@ -106,6 +109,9 @@ pub struct SpokeConfig {
     /// The Kubernetes operator (AqueductVolumes into PVCs). Without it, none runs here.
     #[serde(default)]
     pub operator: Option<OperatorConfig>,
+    /// The Prometheus endpoint (`GET /metrics`); without this section, none.
+    #[serde(default)]
+    pub metrics: Option<aqueduct_proto::metrics::MetricsConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -351,7 +357,16 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
             (peers, address, Some((listener, tls)))
         }
     };
-    let reader = ReadThrough::new(store.clone(), hub, peers.clone(), priority.clone());
+    let metrics = Arc::new(metrics::SpokeMetrics::default());
+    // One budget for every transfer; the rate of each new assignments applies to it at once.
+    let budget = Arc::new(Budget::new(u64::MAX));
+    if let Some(listen) = &config.metrics {
+        let (listener, _) = aqueduct_proto::metrics::bind(listen).await?;
+        let (m, c, b) = (metrics.clone(), cache.clone(), budget.clone());
+        let exporter = aqueduct_proto::metrics::Exporter::new(metrics.registry(), move || m.refresh(&c, &b));
+        tokio::spawn(aqueduct_proto::metrics::serve(listener, exporter, local_stop.clone()));
+    }
+    let reader = ReadThrough::new(store.clone(), hub, peers.clone(), priority.clone(), metrics);
     let peer_task = peer_task.map(|(listener, tls)| {
         let Identity::Region(name) = &region else { unreachable!("checked by SpokeConfig::region") };
         let service = PeerService { region: name.clone(), reader: reader.clone() };
@@ -403,7 +418,7 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
         }
         _ => None,
     };
-    let parts = Parts { peer_address, reader, cache, catalog, priority, holds, ready };
+    let parts = Parts { peer_address, reader, cache, catalog, priority, holds, ready, budget };
     let outcome = replicate_until(&config, endpoint, parts, &shutdown).await;
     // Pods' bind mounts go before the FUSE mounts they show.
     if let Some((node, _)) = &csi {
@@ -436,6 +451,8 @@ struct Parts {
     /// spoke replicated to Ready (for the operator's status).
     holds: Arc<Holds>,
     ready: Arc<ReadyVersions>,
+    /// The link budget every transfer takes from.
+    budget: Arc<Budget>,
 }
 
 /// Watches the hub and replicates what it assigns, until `shutdown` fires.
@@ -445,7 +462,7 @@ async fn replicate_until(
     parts: Parts,
     shutdown: &CancellationToken,
 ) -> Result<(), SpokeError> {
-    let Parts { peer_address, reader, cache, catalog, priority, holds, ready: ready_versions } = &parts;
+    let Parts { peer_address, reader, cache, catalog, priority, holds, ready: ready_versions, budget } = &parts;
     let options =
         PullOptions { streams: config.replication.streams, chunks_per_request: config.replication.chunks_per_request };
     // Versions this spoke holds its part of: how, and the bytes it reported Ready with.
@@ -472,8 +489,13 @@ async fn replicate_until(
             // The watch is read by a task of its own, so that the region's membership is
             // current even while a version replicates; assignments queue for the loop below.
             let (updates, mut assigned) = tokio::sync::mpsc::channel(16);
-            let _watching =
-                AbortOnDrop(tokio::spawn(follow_watch(watch, reader.peers().clone(), catalog.clone(), updates)));
+            let _watching = AbortOnDrop(tokio::spawn(follow_watch(
+                watch,
+                reader.peers().clone(),
+                catalog.clone(),
+                budget.clone(),
+                updates,
+            )));
             info!("connected to the hub, watching for work");
             // Reported every few seconds, and at once when a version is Ready.
             let cache_changed = Arc::new(tokio::sync::Notify::new());
@@ -530,7 +552,6 @@ async fn replicate_until(
                     .map(|a| ((a.dataset.clone(), a.version), effective_mode(a, cache, &config.data_dir)))
                     .collect();
                 pin(catalog, cache, reader.peers(), &current, &modes, replicas, &holds.held()).await;
-                let budget = Budget::new(current.budget_bytes_per_sec.max(1));
                 let mut failed = false;
                 for a in &current.assignments {
                     let key = (a.dataset.clone(), a.version);
@@ -541,7 +562,7 @@ async fn replicate_until(
                         }
                         continue;
                     }
-                    match replicator.replicate(a, &budget, mode, replicas).await {
+                    match replicator.replicate(a, budget.as_ref(), mode, replicas).await {
                         Ok(outcome) => {
                             ready.insert(key.clone(), (mode, outcome.held_bytes));
                             ready_versions.set(ready.keys().cloned());
@@ -585,12 +606,14 @@ async fn replicate_until(
     }
 }
 
-/// Reads the hub's watch: keeps the region's members current in `peers` and the assignments
-/// on disk, and queues them for the replication loop; ends with the watch, saying why.
+/// Reads the hub's watch: keeps the region's members current in `peers`, the link budget in
+/// `budget` (transfers under way follow a change at once) and the assignments on disk, and
+/// queues them for the replication loop; ends with the watch, saying why.
 async fn follow_watch(
     mut watch: tonic::Streaming<pb::Assignments>,
     peers: Arc<Peers>,
     catalog: Arc<Catalog>,
+    budget: Arc<Budget>,
     updates: tokio::sync::mpsc::Sender<Result<pb::Assignments, String>>,
 ) {
     loop {
@@ -598,6 +621,10 @@ async fn follow_watch(
             Ok(Some(mut assignments)) => {
                 // Members change often and are not the catalog's business.
                 peers.set_members(std::mem::take(&mut assignments.members));
+                let rate = assignments.budget_bytes_per_sec.max(1);
+                if budget.set_rate(rate) {
+                    info!(budget_bytes_per_sec = rate, "link budget set");
+                }
                 if let Err(e) = catalog.set_assignments(assignments.clone()) {
                     warn!(error = %e, "could not keep the assignments on disk");
                 }
@@ -647,7 +674,7 @@ async fn report_cache(
             memory_hits: cache.stats.memory_hits.load(Relaxed),
             disk_hits: cache.stats.disk_hits.load(Relaxed),
             misses: cache.stats.misses.load(Relaxed),
-            evictions: cache.stats.evictions.load(Relaxed),
+            evictions: cache.stats.evictions(),
             bytes_from_peers: peers.from_peers.load(Relaxed),
             bytes_to_peers: peers.to_peers.load(Relaxed),
             corrupt_from_peers: peers.corrupt_from_peers.load(Relaxed),
@@ -832,6 +859,7 @@ mod tests {
         let config = SpokeConfig::load(&path).unwrap();
         assert_eq!(config.tls.ca, dir.path().join("credentials/ca.pem"));
         assert_eq!(config.replication.streams, 4);
+        assert_eq!(config.metrics.as_ref().map(|m| m.listen.port()), Some(9464));
         assert_eq!(config.socket.as_deref(), Some(Path::new("/var/lib/aqueduct-spoke/spoke.sock")));
         let peer = config.peer.as_ref().unwrap();
         assert_eq!((peer.listen.port(), peer.advertise.as_deref()), (7444, Some("10.0.3.17:7444")));
@@ -883,6 +911,7 @@ mod tests {
         .unwrap();
         assert_eq!(SpokeConfig::load(&path).unwrap().socket, Some(dir.path().join("d/spoke.sock")));
         assert!(SpokeConfig::load(&path).unwrap().csi.is_none(), "no [csi]: no node plugin");
+        assert!(SpokeConfig::load(&path).unwrap().metrics.is_none(), "no [metrics]: no endpoint");
         // A [csi] section with nothing in it: the socket is in the data directory too.
         std::fs::write(
             &path,

@@ -210,4 +210,3 @@ pub(crate) fn bind_socket(path: &std::path::Path) -> std::io::Result<UnixListene
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
-

@@ -14,7 +14,8 @@ use tonic::transport::Channel;
 #[command(
     name = "aqueduct-spoke",
     version,
-    about = "Aqueduct's regional agent: replicates rolled-out versions into a verified chunk store and hosts read-only FUSE mounts of them"
+    about = "Aqueduct's regional agent: replicates rolled-out versions into a verified chunk store and hosts read-only FUSE mounts of them",
+    after_help = aqueduct_proto::edge::LOG_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -86,7 +87,10 @@ impl Socket {
 }
 
 fn main() {
-    aqueduct_proto::edge::init_logging();
+    if let Err(e) = aqueduct_proto::edge::init_logging() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     if let Err(e) = run() {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -115,10 +115,13 @@ impl Mounts {
         let view = Arc::new(View::new(fs));
         let runtime = tokio::runtime::Handle::current();
         let at = path.to_owned();
-        let mounted = tokio::task::spawn_blocking(move || aqueduct_fuse::mount::mount(view, &at, runtime))
-            .await
-            .map_err(|e| MountError::Mount { path: path.to_owned(), source: std::io::Error::other(e) })?
-            .map_err(|source| MountError::Mount { path: path.to_owned(), source })?;
+        let observer: Arc<dyn aqueduct_fuse::mount::ReadObserver> = self.reader.metrics().clone();
+        let mounted = tokio::task::spawn_blocking(move || {
+            aqueduct_fuse::mount::mount_observed(view, &at, runtime, Some(observer))
+        })
+        .await
+        .map_err(|e| MountError::Mount { path: path.to_owned(), source: std::io::Error::other(e) })?
+        .map_err(|source| MountError::Mount { path: path.to_owned(), source })?;
         let mounted = Arc::new(mounted);
         let info = local::MountInfo {
             mountpoint: path.display().to_string(),

@@ -29,6 +29,7 @@ use tokio::sync::{Notify, oneshot};
 use tonic::transport::Channel;
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::metrics::{self, SpokeMetrics};
 use crate::peers::{Owner, PeerError, Peers};
 use crate::replicate::Budget;
 use crate::store::{CacheError, ChunkStore};
@@ -182,6 +183,7 @@ pub struct ReadThrough {
     link: Mutex<HashMap<Digest, InFlight>>,
     /// Chunks asked of their owner (which may fetch them over the link).
     asked: Mutex<HashMap<Digest, InFlight>>,
+    metrics: Arc<SpokeMetrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -194,8 +196,14 @@ impl ReadThrough {
         hub: SpokeClient<Channel>,
         peers: Arc<Peers>,
         priority: Arc<Priority>,
+        metrics: Arc<SpokeMetrics>,
     ) -> Arc<Self> {
-        Arc::new(Self { store, hub, peers, priority, link: Mutex::default(), asked: Mutex::default() })
+        Arc::new(Self { store, hub, peers, priority, link: Mutex::default(), asked: Mutex::default(), metrics })
+    }
+
+    /// What the spoke counts for Prometheus.
+    pub fn metrics(&self) -> &Arc<SpokeMetrics> {
+        &self.metrics
     }
 
     /// Chunks in flight over the link (or from a peer that holds them), or asked of owners.
@@ -238,6 +246,7 @@ impl ReadThrough {
             return Ok(data.as_ref().clone());
         }
         if let Some(data) = self.local(digest).await? {
+            self.metrics.chunk(metrics::Origin::Local);
             return Ok(data);
         }
         let unavailable = |e: FetchError| FsError::Unavailable { digest, reason: e.to_string() };
@@ -278,6 +287,7 @@ impl ReadThrough {
     /// Removes a copy that failed its check, so that the next read fetches it again.
     pub fn discard(&self, digest: &Digest) {
         warn!(%digest, "a chunk in the store is corrupt; removing it, the read fetches it again");
+        self.metrics.verification_failed(metrics::Origin::Local);
         if let Err(e) = self.store.remove(digest) {
             warn!(%digest, error = %e, "could not remove a corrupt chunk");
         }
@@ -482,7 +492,9 @@ impl ReadThrough {
                 return Err(FetchError::Unexpected(format!("{:02x?}", &chunk.digest[..chunk.digest.len().min(8)])));
             };
             let actual = Digest::of(&chunk.data);
+            let from = if peer.is_some() { metrics::Origin::Peer } else { metrics::Origin::Hub };
             if actual != digest {
+                self.metrics.verification_failed(from);
                 return Err(match peer {
                     None => FetchError::Corrupt { digest, actual },
                     Some(m) => {
@@ -500,6 +512,7 @@ impl ReadThrough {
             if peer.is_some() {
                 self.peers.stats.from_peers.fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
             }
+            self.metrics.received(from, dataset, chunk.data.len() as u64);
             let data = Arc::new(chunk.data);
             if let Some(tx) = waiters.remove(&digest) {
                 let _ = tx.send(Ok(data.clone()));

@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aqueduct_proto::Digest;
@@ -63,24 +63,50 @@ pub struct PullOptions {
     pub chunks_per_request: usize,
 }
 
-/// The spoke's side of the link budget (the hub enforces it too).
+/// The spoke's side of the link budget (the hub enforces it too). One per spoke, shared by
+/// every replication; its rate follows the hub's assignments ([`Budget::set_rate`]) while
+/// transfers run: each next chunk waits under the new rate.
 pub struct Budget {
-    limiter: DefaultDirectRateLimiter,
+    current: Mutex<(u64, Arc<DefaultDirectRateLimiter>)>,
+}
+
+fn limiter(rate_bytes: u64) -> Arc<DefaultDirectRateLimiter> {
+    let kib = u32::try_from((rate_bytes / 1024).max(1)).unwrap_or(u32::MAX);
+    let quota = Quota::per_second(NonZeroU32::new(kib).expect("at least 1"))
+        .allow_burst(NonZeroU32::new((kib / 10).max(2048)).expect("at least 2048"));
+    Arc::new(RateLimiter::direct(quota))
 }
 
 impl Budget {
     pub fn new(rate_bytes: u64) -> Self {
-        let kib = u32::try_from((rate_bytes / 1024).max(1)).unwrap_or(u32::MAX);
-        let quota = Quota::per_second(NonZeroU32::new(kib).expect("at least 1"))
-            .allow_burst(NonZeroU32::new((kib / 10).max(2048)).expect("at least 2048"));
-        Self { limiter: RateLimiter::direct(quota) }
+        Self { current: Mutex::new((rate_bytes, limiter(rate_bytes))) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, Arc<DefaultDirectRateLimiter>)> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes per second.
+    pub fn rate(&self) -> u64 {
+        self.lock().0
+    }
+
+    /// Uses `rate_bytes` from the next chunk on; returns whether the rate changed.
+    pub fn set_rate(&self, rate_bytes: u64) -> bool {
+        let mut current = self.lock();
+        let changed = current.0 != rate_bytes;
+        if changed {
+            *current = (rate_bytes, limiter(rate_bytes));
+        }
+        changed
     }
 
     pub async fn take(&self, bytes: usize) {
+        let limiter = self.lock().1.clone();
         let mut left = bytes.div_ceil(1024).max(1) as u32;
         while left > 0 {
             let n = left.min(2048);
-            let _ = self.limiter.until_n_ready(NonZeroU32::new(n).expect("n > 0")).await;
+            let _ = limiter.until_n_ready(NonZeroU32::new(n).expect("n > 0")).await;
             left -= n;
         }
     }
@@ -160,6 +186,7 @@ impl Replicator {
                 .collect();
             let cached = total - missing.iter().map(|(d, _)| weight[d]).sum::<u64>();
             info!(missing = missing.len(), cached, total, "replicating");
+            self.reader.metrics().progress(&assignment.dataset, assignment.version, cached, total, false);
             send_report(self.client.clone(), report("Transferring", cached)).await;
             if !missing.is_empty() {
                 let fetched =
@@ -205,6 +232,7 @@ impl Replicator {
             verified.extend(good);
             if corrupt.is_empty() {
                 send_report(self.client.clone(), report("Ready", total)).await;
+                self.reader.metrics().progress(&assignment.dataset, assignment.version, total, total, true);
                 outcome.held_bytes = total;
                 info!(?outcome, "version ready");
                 return Ok(outcome);
@@ -285,6 +313,8 @@ impl Replicator {
             }
             if last_report.elapsed() >= Duration::from_secs(1) {
                 last_report = Instant::now();
+                let total = weight.values().sum();
+                self.reader.metrics().progress(&assignment.dataset, assignment.version, cached, total, false);
                 let rate = (outcome.bytes_fetched as f64 / started.elapsed().as_secs_f64()) as u64;
                 let report = pb::ProgressReport {
                     membership: self.reader.peers().membership(),
@@ -381,5 +411,21 @@ fn progress_report(
 async fn send_report(mut client: SpokeClient<Channel>, report: pb::ProgressReport) {
     if let Err(e) = client.report_progress(report).await {
         warn!(error = %e.message(), "could not report progress to the hub");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_rate_replaces_the_limiter_only_when_it_changes() {
+        let budget = Budget::new(1 << 20);
+        let before = budget.lock().1.clone();
+        assert!(!budget.set_rate(1 << 20), "the same rate keeps the limiter (and what it counted)");
+        assert!(Arc::ptr_eq(&before, &budget.lock().1));
+        assert!(budget.set_rate(4 << 20));
+        assert_eq!(budget.rate(), 4 << 20);
+        assert!(!Arc::ptr_eq(&before, &budget.lock().1));
     }
 }

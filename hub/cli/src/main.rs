@@ -158,6 +158,15 @@ enum RegionCommand {
     },
     /// List regions.
     List,
+    /// Change a region's link budget at run time: the hub's relay uses it at once, the
+    /// region's spokes within seconds (no restart).
+    Set {
+        /// Region name.
+        name: String,
+        /// New link budget: bytes per second the region may pull, e.g. 100MiB/s, 50MB/s, 400Mbit/s.
+        #[arg(long)]
+        rate: Rate,
+    },
 }
 
 #[derive(Subcommand)]
@@ -444,6 +453,11 @@ async fn run(cli: Cli) -> Result<()> {
                 out.display(),
                 hub.url
             );
+        }
+        Command::Region(RegionCommand::Set { name, rate }) => {
+            let req = pb::UpdateRegionRequest { name: name.clone(), rate_bytes_per_sec: rate.0 };
+            let region = admin.update_region(req).await.map_err(|e| explain(e, &hub))?.into_inner();
+            println!("region {} now has a link budget of {}", region.name, Rate(region.rate_bytes_per_sec));
         }
         Command::Region(RegionCommand::List) => {
             let list = admin.list_regions(pb::ListRegionsRequest {}).await.map_err(|e| explain(e, &hub))?.into_inner();

@@ -167,6 +167,13 @@ async fn regions_rollouts_and_status() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("100MiB/s"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(ok(&aq(home, cfg, &["region", "list"]).await).contains("eu-west"));
+    let out = ok(&aq(home, cfg, &["region", "set", "eu-west", "--rate", "200MiB/s"]).await);
+    assert!(out.contains("eu-west now has a link budget of 200MiB/s"), "{out}");
+    assert!(ok(&aq(home, cfg, &["region", "list"]).await).contains("200MiB/s"));
+    fails_with(
+        &aq(home, cfg, &["region", "set", "mars", "--rate", "1MiB/s"]).await,
+        &["region \"mars\" does not exist"],
+    );
 
     fails_with(
         &aq(home, cfg, &["rollout", "llama@v1", "--to", "eu-west,mars"]).await,
@@ -192,7 +199,7 @@ async fn regions_rollouts_and_status() {
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(
         row,
-        ["llama", "v1", "eu-west", "auto", "2.0", "MiB", "0", "B", "0.0%", "Pending", "-/100MiB/s"],
+        ["llama", "v1", "eu-west", "auto", "2.0", "MiB", "0", "B", "0.0%", "Pending", "-/200MiB/s"],
         "{out}"
     );
 }

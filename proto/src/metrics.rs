@@ -1,0 +1,161 @@
+//! The Prometheus endpoint that hub and spoke share: `GET /metrics` on the address of their
+//! config's `[metrics]` section, in the text exposition format (OpenMetrics flavour).
+//!
+//! Each binary builds its own [`Registry`] (no global state) with `prometheus-client` and hands
+//! it to [`serve`], with a `refresh` callback that brings gauges read from state (a database, a
+//! cache's usage) up to date just before each scrape. The server is a few lines of hyper (already
+//! in the dependency tree through tonic): HTTP/1.1, one task per connection, no TLS (scrapes
+//! stay inside the cluster or the data centre's management network).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+/// `[metrics]` in the hub's and the spoke's configs. Without the section, no endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where to serve `GET /metrics`, `IP:PORT` (port 0: any free port, logged).
+    pub listen: SocketAddr,
+}
+
+/// What the server encodes: the registry, and what refreshes its gauges before a scrape.
+/// Scrapes are serialised, so that a refresh and the encoding that follows see one state.
+pub struct Exporter {
+    registry: Registry,
+    refresh: Box<dyn Fn() + Send + Sync>,
+    scrape: Mutex<()>,
+}
+
+impl Exporter {
+    pub fn new(registry: Registry, refresh: impl Fn() + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(Self { registry, refresh: Box::new(refresh), scrape: Mutex::new(()) })
+    }
+
+    /// The registry in the text format, refreshed first. Blocking (the refresh may read a
+    /// database): call it from a blocking task.
+    pub fn render(&self) -> String {
+        let _one = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        (self.refresh)();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("cannot serve metrics on {listen}: {source}; change metrics.listen or free the port")]
+    Bind { listen: SocketAddr, source: std::io::Error },
+}
+
+/// Binds `config.listen`; returns the listener and the address it got.
+pub async fn bind(config: &MetricsConfig) -> Result<(TcpListener, SocketAddr), MetricsError> {
+    let bind = |source| MetricsError::Bind { listen: config.listen, source };
+    let listener = TcpListener::bind(config.listen).await.map_err(bind)?;
+    let addr = listener.local_addr().map_err(bind)?;
+    Ok((listener, addr))
+}
+
+/// Serves `GET /metrics` from `exporter` on `listener` until `shutdown` fires.
+pub async fn serve(listener: TcpListener, exporter: Arc<Exporter>, shutdown: CancellationToken) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "serving metrics at http://{addr}/metrics");
+    }
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    debug!(error = %e, "could not accept a metrics connection");
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let exporter = exporter.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| answer(request, exporter.clone()));
+            let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        debug!(%peer, error = %e, "metrics connection ended with an error");
+                    }
+                }
+                _ = stop.cancelled() => connection.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+}
+
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+async fn answer(request: Request<Incoming>, exporter: Arc<Exporter>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let reply = |status: StatusCode, text: String| {
+        let mut response = Response::new(Full::new(Bytes::from(text)));
+        *response.status_mut() = status;
+        response
+    };
+    if request.uri().path() != "/metrics" {
+        return Ok(reply(StatusCode::NOT_FOUND, "not found: metrics are at /metrics\n".into()));
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "only GET /metrics\n".into()));
+    }
+    match tokio::task::spawn_blocking(move || exporter.render()).await {
+        Ok(text) => {
+            let mut response = reply(StatusCode::OK, text);
+            response.headers_mut().insert(hyper::header::CONTENT_TYPE, CONTENT_TYPE.parse().expect("a valid header"));
+            Ok(response)
+        }
+        Err(e) => Ok(reply(StatusCode::INTERNAL_SERVER_ERROR, format!("the scrape failed: {e}\n"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::metrics::counter::Counter;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.unwrap();
+        text
+    }
+
+    #[tokio::test]
+    async fn serves_the_registry_refreshed_at_each_scrape() {
+        let mut registry = Registry::default();
+        let scrapes = Counter::<u64>::default();
+        registry.register("test_scrapes", "Scrapes so far", scrapes.clone());
+        let exporter = Exporter::new(registry, move || {
+            scrapes.inc();
+        });
+        let (listener, addr) = bind(&MetricsConfig { listen: "127.0.0.1:0".parse().unwrap() }).await.unwrap();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, exporter, stop.clone()));
+        let first = get(addr, "/metrics").await;
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        assert!(first.contains("test_scrapes_total 1\n"), "{first}");
+        assert!(get(addr, "/metrics").await.contains("test_scrapes_total 2\n"));
+        assert!(get(addr, "/").await.starts_with("HTTP/1.1 404"));
+        stop.cancel();
+        server.await.unwrap();
+    }
+}

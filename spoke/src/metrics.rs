@@ -1,0 +1,226 @@
+//! The spoke's Prometheus metrics (`[metrics]` in its config; see `aqueduct_proto::metrics`
+//! for the endpoint).
+//!
+//! Counted as things happen, in [`SpokeMetrics`]: bytes received over the link (from the hub)
+//! and from the region's peers, per dataset; chunks by where they came from (`hub`, `peer`,
+//! or `local`: a read the store answered); chunks that failed verification, by origin;
+//! replication progress per version; FUSE read latency ([`ReadObserver`], which the `fuse`
+//! crate calls without knowing of metrics). Read at each scrape ([`SpokeMetrics::refresh`]):
+//! each cache tier's usage, quota and evictions, and the link budget the spoke applies.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use aqueduct_fuse::mount::ReadObserver;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::cache::TieredStore;
+use crate::replicate::Budget;
+
+/// Where a chunk came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Over the link, from the hub's relay.
+    Hub,
+    /// From a peer of the region.
+    Peer,
+    /// From this spoke's store.
+    Local,
+}
+
+impl Origin {
+    fn label(self) -> &'static str {
+        match self {
+            Origin::Hub => "hub",
+            Origin::Peer => "peer",
+            Origin::Local => "local",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OriginLabels {
+    pub origin: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReceivedLabels {
+    pub origin: &'static str,
+    pub dataset: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabels {
+    pub tier: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub dataset: String,
+    pub version: String,
+}
+
+pub struct SpokeMetrics {
+    received_bytes: Family<ReceivedLabels, Counter>,
+    chunks: Family<OriginLabels, Counter>,
+    verification_failures: Family<OriginLabels, Counter>,
+    cache_used: Family<TierLabels, Gauge>,
+    cache_capacity: Family<TierLabels, Gauge>,
+    evictions: Family<TierLabels, Counter>,
+    replication_cached: Family<VersionLabels, Gauge>,
+    replication_size: Family<VersionLabels, Gauge>,
+    replication_ready: Family<VersionLabels, Gauge>,
+    budget: Gauge,
+    fuse_reads: Histogram,
+    fuse_read_bytes: Counter,
+    fuse_read_errors: Counter,
+}
+
+impl Default for SpokeMetrics {
+    fn default() -> Self {
+        Self {
+            received_bytes: Family::default(),
+            chunks: Family::default(),
+            verification_failures: Family::default(),
+            cache_used: Family::default(),
+            cache_capacity: Family::default(),
+            evictions: Family::default(),
+            replication_cached: Family::default(),
+            replication_size: Family::default(),
+            replication_ready: Family::default(),
+            budget: Gauge::default(),
+            // 50 µs to about 13 s.
+            fuse_reads: Histogram::new(exponential_buckets(0.000_05, 4.0, 10)),
+            fuse_read_bytes: Counter::default(),
+            fuse_read_errors: Counter::default(),
+        }
+    }
+}
+
+impl SpokeMetrics {
+    /// A registry (prefix `aqueduct_spoke`) holding every metric.
+    pub fn registry(&self) -> Registry {
+        let mut r = Registry::with_prefix("aqueduct_spoke");
+        r.register_with_unit(
+            "received",
+            "Bytes of chunks received, verified, per origin (hub: over the link; peer) and dataset",
+            Unit::Bytes,
+            self.received_bytes.clone(),
+        );
+        r.register(
+            "chunks",
+            "Chunks got, per origin: hub (over the link), peer, local (the store answered a read)",
+            self.chunks.clone(),
+        );
+        r.register(
+            "verification_failures",
+            "Chunks whose bytes did not match their digest, per origin (hub, peer, local store)",
+            self.verification_failures.clone(),
+        );
+        r.register_with_unit("cache_used", "Bytes a cache tier holds", Unit::Bytes, self.cache_used.clone());
+        r.register_with_unit(
+            "cache_capacity",
+            "A cache tier's quota (0: none, as much as the disk holds)",
+            Unit::Bytes,
+            self.cache_capacity.clone(),
+        );
+        r.register(
+            "cache_evictions",
+            "Chunks evicted from a cache tier since the spoke started",
+            self.evictions.clone(),
+        );
+        r.register_with_unit(
+            "replication_cached",
+            "Bytes of a version this spoke holds (its share in region mode), verified",
+            Unit::Bytes,
+            self.replication_cached.clone(),
+        );
+        r.register_with_unit(
+            "replication_size",
+            "Bytes of a version this spoke must hold (its share in region mode)",
+            Unit::Bytes,
+            self.replication_size.clone(),
+        );
+        r.register(
+            "replication_ready",
+            "1 once this spoke holds its part of a version",
+            self.replication_ready.clone(),
+        );
+        r.register_with_unit(
+            "link_budget",
+            "The region's link budget this spoke applies (from the hub's assignments)",
+            Unit::Other("bytes_per_second".into()),
+            self.budget.clone(),
+        );
+        r.register_with_unit(
+            "fuse_read_duration",
+            "Time from a FUSE read request to its answer",
+            Unit::Seconds,
+            self.fuse_reads.clone(),
+        );
+        r.register_with_unit("fuse_read", "Bytes answered to FUSE reads", Unit::Bytes, self.fuse_read_bytes.clone());
+        r.register("fuse_read_errors", "FUSE reads answered with an error", self.fuse_read_errors.clone());
+        r
+    }
+
+    /// A chunk of `dataset` arrived from `origin` (hub or peer), verified.
+    pub fn received(&self, origin: Origin, dataset: &str, bytes: u64) {
+        let labels = ReceivedLabels { origin: origin.label(), dataset: dataset.to_string() };
+        self.received_bytes.get_or_create(&labels).inc_by(bytes);
+        self.chunk(origin);
+    }
+
+    /// A chunk was got from `origin`.
+    pub fn chunk(&self, origin: Origin) {
+        self.chunks.get_or_create(&OriginLabels { origin: origin.label() }).inc();
+    }
+
+    /// A chunk from `origin` failed verification.
+    pub fn verification_failed(&self, origin: Origin) {
+        self.verification_failures.get_or_create(&OriginLabels { origin: origin.label() }).inc();
+    }
+
+    /// Where this spoke stands with a version.
+    pub fn progress(&self, dataset: &str, version: u64, cached: u64, total: u64, ready: bool) {
+        let labels = VersionLabels { dataset: dataset.to_string(), version: version.to_string() };
+        self.replication_cached.get_or_create(&labels).set(cached as i64);
+        self.replication_size.get_or_create(&labels).set(total as i64);
+        self.replication_ready.get_or_create(&labels).set(i64::from(ready));
+    }
+
+    /// Brings the gauges read from state up to date (cheap: counters and in-memory sums).
+    pub fn refresh(&self, cache: &TieredStore, budget: &Budget) {
+        let tiers = [
+            ("memory", cache.memory_usage(), &cache.stats.memory_evictions),
+            ("disk", cache.disk_usage(), &cache.stats.disk_evictions),
+        ];
+        for (tier, usage, evictions) in tiers {
+            let Some(usage) = usage else { continue };
+            let labels = TierLabels { tier };
+            self.cache_used.get_or_create(&labels).set(usage.used as i64);
+            self.cache_capacity.get_or_create(&labels).set(usage.quota.unwrap_or(0) as i64);
+            // The store counts; the counter follows it.
+            let counter = self.evictions.get_or_create(&labels);
+            counter.inc_by(evictions.load(Ordering::Relaxed).saturating_sub(counter.get()));
+        }
+        // Before the first assignments the budget is unlimited: shown as 0.
+        let rate = budget.rate();
+        self.budget.set(if rate == u64::MAX { 0 } else { rate.min(i64::MAX as u64) as i64 });
+    }
+}
+
+impl ReadObserver for SpokeMetrics {
+    fn read_done(&self, bytes: usize, elapsed: Duration, ok: bool) {
+        self.fuse_reads.observe(elapsed.as_secs_f64());
+        if ok {
+            self.fuse_read_bytes.inc_by(bytes as u64);
+        } else {
+            self.fuse_read_errors.inc();
+        }
+    }
+}
