@@ -8,15 +8,14 @@
 //! change ([`Changes`]) and re-checked every [`WATCH_RECHECK`].
 
 use std::collections::{HashMap, HashSet};
-use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use aqueduct_proto::budget::Budget;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{Digest, Manifest};
 use futures::{Stream, StreamExt};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -47,57 +46,6 @@ pub struct Live {
     /// Fires when the hub stops: watches end, so that the server's graceful shutdown is not
     /// held up by streams that never finish on their own.
     pub stopping: tokio_util::sync::CancellationToken,
-}
-
-/// A region's link budget, in KiB cells, shared by all of the region's streams. Its rate can
-/// change while streams use it ([`Budget::set_rate`]): the next chunk of every stream waits
-/// under the new rate.
-pub struct Budget {
-    current: Mutex<(u64, Arc<DefaultDirectRateLimiter>)>,
-}
-
-fn limiter(rate_bytes: u64) -> Arc<DefaultDirectRateLimiter> {
-    let kib = u32::try_from((rate_bytes / 1024).max(1)).unwrap_or(u32::MAX);
-    // Room for one whole chunk (2 MiB) or a tenth of a second, whichever is larger.
-    let burst = (kib / 10).max(2048);
-    let quota = Quota::per_second(NonZeroU32::new(kib).expect("at least 1"))
-        .allow_burst(NonZeroU32::new(burst).expect("at least 2048"));
-    Arc::new(RateLimiter::direct(quota))
-}
-
-impl Budget {
-    pub fn new(rate_bytes: u64) -> Self {
-        Self { current: Mutex::new((rate_bytes, limiter(rate_bytes))) }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, Arc<DefaultDirectRateLimiter>)> {
-        self.current.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Bytes per second.
-    pub fn rate(&self) -> u64 {
-        self.lock().0
-    }
-
-    /// Uses `rate_bytes` from the next chunk on (a new rate starts with a full burst).
-    pub fn set_rate(&self, rate_bytes: u64) {
-        let mut current = self.lock();
-        if current.0 != rate_bytes {
-            *current = (rate_bytes, limiter(rate_bytes));
-        }
-    }
-
-    async fn take(&self, bytes: usize) {
-        let limiter = self.lock().1.clone();
-        let cells = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).max(1);
-        let cells = NonZeroU32::new(cells).expect("at least 1");
-        // A chunk is at most the burst (2 MiB); anything larger waits as its parts would.
-        if limiter.until_n_ready(cells).await.is_err() {
-            for _ in 0..cells.get().div_ceil(2048) {
-                let _ = limiter.until_n_ready(NonZeroU32::new(2048).expect("2048")).await;
-            }
-        }
-    }
 }
 
 /// Every region's budget, and when its rate was last read from the database. Shared by the

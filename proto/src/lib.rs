@@ -6,6 +6,8 @@
 //! version references) live in [`domain`], next to the generated code, and are converted from
 //! the wire types in one place ([`domain::wire`]) with `TryFrom`, where they are validated.
 
+#[cfg(feature = "budget")]
+pub mod budget;
 pub mod domain;
 #[cfg(feature = "edge")]
 pub mod edge;

@@ -11,15 +11,14 @@
 //! and its next chunk.
 
 use std::collections::{HashMap, HashSet};
-use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aqueduct_proto::Digest;
+pub use aqueduct_proto::budget::Budget;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tonic::transport::Channel;
 use tracing::{debug, info, instrument, warn};
 
@@ -61,55 +60,6 @@ impl ReplicationError {
 pub struct PullOptions {
     pub streams: usize,
     pub chunks_per_request: usize,
-}
-
-/// The spoke's side of the link budget (the hub enforces it too). One per spoke, shared by
-/// every replication; its rate follows the hub's assignments ([`Budget::set_rate`]) while
-/// transfers run: each next chunk waits under the new rate.
-pub struct Budget {
-    current: Mutex<(u64, Arc<DefaultDirectRateLimiter>)>,
-}
-
-fn limiter(rate_bytes: u64) -> Arc<DefaultDirectRateLimiter> {
-    let kib = u32::try_from((rate_bytes / 1024).max(1)).unwrap_or(u32::MAX);
-    let quota = Quota::per_second(NonZeroU32::new(kib).expect("at least 1"))
-        .allow_burst(NonZeroU32::new((kib / 10).max(2048)).expect("at least 2048"));
-    Arc::new(RateLimiter::direct(quota))
-}
-
-impl Budget {
-    pub fn new(rate_bytes: u64) -> Self {
-        Self { current: Mutex::new((rate_bytes, limiter(rate_bytes))) }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, Arc<DefaultDirectRateLimiter>)> {
-        self.current.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Bytes per second.
-    pub fn rate(&self) -> u64 {
-        self.lock().0
-    }
-
-    /// Uses `rate_bytes` from the next chunk on; returns whether the rate changed.
-    pub fn set_rate(&self, rate_bytes: u64) -> bool {
-        let mut current = self.lock();
-        let changed = current.0 != rate_bytes;
-        if changed {
-            *current = (rate_bytes, limiter(rate_bytes));
-        }
-        changed
-    }
-
-    pub async fn take(&self, bytes: usize) {
-        let limiter = self.lock().1.clone();
-        let mut left = bytes.div_ceil(1024).max(1) as u32;
-        while left > 0 {
-            let n = left.min(2048);
-            let _ = limiter.until_n_ready(NonZeroU32::new(n).expect("n > 0")).await;
-            left -= n;
-        }
-    }
 }
 
 /// Figures of one replication.
@@ -411,21 +361,5 @@ fn progress_report(
 async fn send_report(mut client: SpokeClient<Channel>, report: pb::ProgressReport) {
     if let Err(e) = client.report_progress(report).await {
         warn!(error = %e.message(), "could not report progress to the hub");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_new_rate_replaces_the_limiter_only_when_it_changes() {
-        let budget = Budget::new(1 << 20);
-        let before = budget.lock().1.clone();
-        assert!(!budget.set_rate(1 << 20), "the same rate keeps the limiter (and what it counted)");
-        assert!(Arc::ptr_eq(&before, &budget.lock().1));
-        assert!(budget.set_rate(4 << 20));
-        assert_eq!(budget.rate(), 4 << 20);
-        assert!(!Arc::ptr_eq(&before, &budget.lock().1));
     }
 }
