@@ -938,10 +938,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spoke.toml");
         std::fs::write(&path, toml).unwrap();
-        let config = SpokeConfig::load(&path).unwrap();
-        assert!(config.cache.memory_only);
+        let err = SpokeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("AQUEDUCT_NODE"), "the pod's name comes from the environment: {err}");
+        let pod = Overrides { node: Some("llama-server".into()), advertise: None };
+        let config = SpokeConfig::load_with(&path, &pod).unwrap();
+        assert_eq!(config.node, "llama-server");
+        assert!(config.cache.memory_only && config.peer.is_none());
         assert_eq!(config.socket, Some(PathBuf::from("/run/aqueduct/spoke.sock")));
-        let fuse_args = docs[1]["spec"]["initContainers"][1]["args"].to_string();
+        let sidecars = &docs[1]["spec"]["initContainers"];
+        assert_eq!(sidecars[0]["env"][0]["name"], "AQUEDUCT_NODE");
+        let fuse_args = sidecars[1]["args"].to_string();
         assert!(fuse_args.contains("/run/aqueduct/spoke.sock"), "{fuse_args}");
     }
 
