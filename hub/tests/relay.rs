@@ -32,6 +32,25 @@ async fn spoke_of(
     SpokeClient::new(hub.channel(&bundle.ca_pem, &bundle.cert_pem, &bundle.key_pem).await.unwrap())
 }
 
+/// A hub whose dataset `llama` is the folder `MODELS/llama` with `files` in it, snapshotted as
+/// v1; with its admin client and v1's summary.
+async fn hub_with(
+    tmp: &std::path::Path,
+    files: &[(&str, &[u8])],
+) -> (Hub, pb::admin_client::AdminClient<Channel>, pb::VersionSummary) {
+    let models = tmp.join("models/llama");
+    std::fs::create_dir_all(&models).unwrap();
+    for (path, bytes) in files {
+        std::fs::write(models.join(path), bytes).unwrap();
+    }
+    let hub = Hub::init(&tmp.join("hub")).await;
+    let mut admin = hub.admin().await;
+    admin.add_source(source("local", &format!("file://{}", tmp.join("models").display()), &[])).await.unwrap();
+    admin.add_dataset(dataset("llama", "local", "llama")).await.unwrap();
+    let v1 = snapshot(&mut admin, "llama").await.unwrap();
+    (hub, admin, v1)
+}
+
 async fn fetch(
     spoke: &mut SpokeClient<Channel>,
     dataset: &str,
@@ -60,19 +79,12 @@ async fn fetch(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regions_read_what_is_rolled_out_to_them_verified() {
     let tmp = tempfile::tempdir().unwrap();
-    let models = tmp.path().join("models/llama");
-    std::fs::create_dir_all(&models).unwrap();
     let mut originals = BTreeMap::new();
     originals.insert("model.safetensors".to_string(), noise(4 << 20, 11));
     originals.insert("config.json".to_string(), b"{\"layers\": 32}".to_vec());
-    for (path, bytes) in &originals {
-        std::fs::write(models.join(path), bytes).unwrap();
-    }
-    let hub = Hub::init(&tmp.path().join("hub")).await;
-    let mut admin = hub.admin().await;
-    admin.add_source(source("local", &format!("file://{}", tmp.path().join("models").display()), &[])).await.unwrap();
-    admin.add_dataset(dataset("llama", "local", "llama")).await.unwrap();
-    let v1 = snapshot(&mut admin, "llama").await.unwrap();
+    let files: Vec<(&str, &[u8])> = originals.iter().map(|(p, b)| (p.as_str(), b.as_slice())).collect();
+    let (hub, mut admin, v1) = hub_with(tmp.path(), &files).await;
+    let models = tmp.path().join("models/llama");
     let mut eu = spoke_of(&hub, &mut admin, "eu", 1 << 30).await;
     let mut us = spoke_of(&hub, &mut admin, "us", 1 << 30).await;
     let rollout = |version, region: &str| pb::RolloutRequest {
@@ -228,14 +240,7 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_region_hears_at_once_that_a_version_is_ready_in_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let models = tmp.path().join("models/llama");
-    std::fs::create_dir_all(&models).unwrap();
-    std::fs::write(models.join("config.json"), b"{}").unwrap();
-    let hub = Hub::init(&tmp.path().join("hub")).await;
-    let mut admin = hub.admin().await;
-    admin.add_source(source("local", &format!("file://{}", tmp.path().join("models").display()), &[])).await.unwrap();
-    admin.add_dataset(dataset("llama", "local", "llama")).await.unwrap();
-    let v1 = snapshot(&mut admin, "llama").await.unwrap();
+    let (hub, mut admin, v1) = hub_with(tmp.path(), &[("config.json", b"{}")]).await;
     let mut eu = spoke_of(&hub, &mut admin, "eu", 1 << 30).await;
     let _us = spoke_of(&hub, &mut admin, "us", 1 << 30).await;
     let rollout = pb::RolloutRequest {
@@ -271,15 +276,9 @@ async fn a_region_hears_at_once_that_a_version_is_ready_in_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_source_fails_the_version_and_sends_no_wrong_byte() {
     let tmp = tempfile::tempdir().unwrap();
-    let models = tmp.path().join("models/llama");
-    std::fs::create_dir_all(&models).unwrap();
     let model = noise(3 << 20, 12);
-    std::fs::write(models.join("model.safetensors"), &model).unwrap();
-    let hub = Hub::init(&tmp.path().join("hub")).await;
-    let mut admin = hub.admin().await;
-    admin.add_source(source("local", &format!("file://{}", tmp.path().join("models").display()), &[])).await.unwrap();
-    admin.add_dataset(dataset("llama", "local", "llama")).await.unwrap();
-    snapshot(&mut admin, "llama").await.unwrap();
+    let (hub, mut admin, _) = hub_with(tmp.path(), &[("model.safetensors", &model)]).await;
+    let models = tmp.path().join("models/llama");
     let mut eu = spoke_of(&hub, &mut admin, "eu", 1 << 30).await;
     admin
         .rollout(pb::RolloutRequest {
@@ -322,15 +321,8 @@ async fn a_changed_source_fails_the_version_and_sends_no_wrong_byte() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_budget_is_pushed_to_the_region_and_used_by_the_relay() {
     let tmp = tempfile::tempdir().unwrap();
-    let models = tmp.path().join("models/llama");
-    std::fs::create_dir_all(&models).unwrap();
-    std::fs::write(models.join("model.safetensors"), noise(8 << 20, 5)).unwrap();
-    std::fs::write(models.join("config.json"), b"{}").unwrap();
-    let hub = Hub::init(&tmp.path().join("hub")).await;
-    let mut admin = hub.admin().await;
-    admin.add_source(source("local", &format!("file://{}", tmp.path().join("models").display()), &[])).await.unwrap();
-    admin.add_dataset(dataset("llama", "local", "llama")).await.unwrap();
-    snapshot(&mut admin, "llama").await.unwrap();
+    let model = noise(8 << 20, 5);
+    let (hub, mut admin, _) = hub_with(tmp.path(), &[("model.safetensors", &model), ("config.json", b"{}")]).await;
     let slow = 64 << 10;
     let mut eu = spoke_of(&hub, &mut admin, "eu", slow).await;
     let req =

@@ -141,10 +141,10 @@ impl Replicator {
             if !missing.is_empty() {
                 let fetched =
                     self.fetch(assignment, &mode_name, &missing, &weight, cached, budget, &mut outcome).await?;
-                // Chunks that arrived by another way meanwhile (a fetch this spoke made for a
-                // peer or a reader, still being stored when this round looked) are progress.
-                let progressed = missing.iter().any(|(d, _)| self.store().contains(d));
-                if fetched.is_empty() && !progressed {
+                // An empty round is a stall only if nothing arrived by another way meanwhile
+                // (a fetch this spoke made for a peer or a reader, still being stored when
+                // this round looked); the store is looked at only then.
+                if fetched.is_empty() && !missing.iter().any(|(d, _)| self.store().contains(d)) {
                     stalled += 1;
                     if stalled >= STALLED_ROUNDS {
                         return Err(ReplicationError::Stalled(missing.len()));

@@ -33,6 +33,13 @@ pub enum CacheError {
 /// What replication and readers need of a chunk store.
 pub trait ChunkStore: Send + Sync {
     fn contains(&self, digest: &Digest) -> bool;
+    /// Bytes of `manifest`'s distinct chunks this store holds, and their total.
+    fn held_of(&self, manifest: &aqueduct_proto::Manifest) -> (u64, u64) {
+        manifest.distinct_chunks().into_iter().fold((0, 0), |(held, total), (digest, length)| {
+            let length = u64::from(length);
+            (held + if self.contains(&digest) { length } else { 0 }, total + length)
+        })
+    }
     /// The chunk's bytes, checked against `digest`; `Corrupt` if they do not match.
     fn get(&self, digest: &Digest) -> Result<Option<Vec<u8>>, CacheError> {
         let data = self.get_unchecked(digest)?;

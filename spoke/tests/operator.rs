@@ -16,6 +16,7 @@ use aqueduct_spoke::operator::crd::{self, AqueductVolume, Phase};
 use aqueduct_spoke::operator::reconcile::{self, Context};
 use aqueduct_spoke::operator::region::{MemoryRegion, RegionView};
 use http::{Request, Response};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
 use kube::client::Body;
@@ -317,6 +318,18 @@ fn with_finalizer(mut aqv: AqueductVolume) -> AqueductVolume {
 }
 
 /// The API server's answer to a status patch: the volume with that status.
+/// One pass over a volume whose PV and claim exist already: both read, both applied again,
+/// then the status.
+fn applied_over(aqv: &AqueductVolume, pv: &PersistentVolume, pvc: &PersistentVolumeClaim) -> Vec<Expect> {
+    vec![
+        expect("GET", PVC, Reply::Json(serde_json::to_value(pvc).unwrap())),
+        expect("GET", PV, Reply::Json(serde_json::to_value(pv).unwrap())),
+        expect("PATCH", PV, Reply::Echo),
+        expect("PATCH", PVC, Reply::Echo),
+        expect("PATCH", format!("{AQV}/status"), with_status(aqv)),
+    ]
+}
+
 fn with_status(aqv: &AqueductVolume) -> Reply {
     let aqv = serde_json::to_value(aqv).unwrap();
     Reply::With(Box::new(move |body| {
@@ -379,18 +392,7 @@ async fn status_follows_the_region_and_keeps_transition_times() {
     let aqv = with_finalizer(volume("follow-active"));
     let (pv, pvc) = build::build(&aqv).unwrap();
     // A first pass: Ready.
-    let (_, seen) = run(
-        &aqv,
-        region.clone(),
-        vec![
-            expect("GET", PVC, Reply::Json(serde_json::to_value(&pvc).unwrap())),
-            expect("GET", PV, Reply::Json(serde_json::to_value(&pv).unwrap())),
-            expect("PATCH", PV, Reply::Echo),
-            expect("PATCH", PVC, Reply::Echo),
-            expect("PATCH", format!("{AQV}/status"), with_status(&aqv)),
-        ],
-    )
-    .await;
+    let (_, seen) = run(&aqv, region.clone(), applied_over(&aqv, &pv, &pvc)).await;
     let first = seen[4].body["status"].clone();
     // The hub makes v2 active while it is half cached here (as seen by this spoke): the volume
     // follows, Transferring; Valid stays True since the first pass (its time is kept), Ready
@@ -403,18 +405,7 @@ async fn status_follows_the_region_and_keeps_transition_times() {
         c.last_transition_time = Time("2026-01-01T00:00:00Z".parse().unwrap());
     }
     aqv.status = Some(old);
-    let (outcome, seen) = run(
-        &aqv,
-        region.clone(),
-        vec![
-            expect("GET", PVC, Reply::Json(serde_json::to_value(&pvc).unwrap())),
-            expect("GET", PV, Reply::Json(serde_json::to_value(&pv).unwrap())),
-            expect("PATCH", PV, Reply::Echo),
-            expect("PATCH", PVC, Reply::Echo),
-            expect("PATCH", format!("{AQV}/status"), with_status(&aqv)),
-        ],
-    )
-    .await;
+    let (outcome, seen) = run(&aqv, region.clone(), applied_over(&aqv, &pv, &pvc)).await;
     assert_eq!(outcome.unwrap(), Action::requeue(reconcile::REQUEUE_TRANSFERRING));
     let status = &seen[4].body["status"];
     assert_eq!(status["phase"], "Transferring");

@@ -293,13 +293,7 @@ impl Node {
     async fn not_ready(&self, a: &pb::Assignment, waited: Duration) -> CsiError {
         let progress = match self.parts.catalog.manifest(a).await {
             Ok(manifest) => {
-                let (mut held, mut total) = (0u64, 0u64);
-                for (digest, length) in manifest.distinct_chunks() {
-                    total += u64::from(length);
-                    if self.parts.store.contains(&digest) {
-                        held += u64::from(length);
-                    }
-                }
+                let (held, total) = self.parts.store.held_of(&manifest);
                 let share = if a.mode == "region" { " (in region mode a node holds its share only)" } else { "" };
                 format!(
                     "the region's spokes are still replicating it; this node holds {} of {}{share}",

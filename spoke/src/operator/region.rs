@@ -170,16 +170,7 @@ impl RegionView for SpokeRegion {
         // Not Ready: count what the cache holds (the manifest is on disk once replication
         // started; without it nothing is cached yet).
         let cached_bytes = match self.catalog.manifest(&a).await {
-            Ok(manifest) => {
-                let mut seen = HashSet::new();
-                manifest
-                    .files
-                    .iter()
-                    .flat_map(|f| &f.chunks)
-                    .filter(|c| seen.insert(c.digest) && self.cache.contains(&c.digest))
-                    .map(|c| u64::from(c.length))
-                    .sum()
-            }
+            Ok(manifest) => self.cache.held_of(&manifest).0,
             Err(_) => 0,
         };
         Holding { cached_bytes, ready: false }
