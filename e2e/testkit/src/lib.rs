@@ -3,6 +3,9 @@
 //! [`S3Server`] serves a directory over the S3 protocol on 127.0.0.1 with `s3s-fs` (each
 //! top-level folder is a bucket), checks request signatures, and counts the requests it
 //! answers, so that tests can assert what crossed the wire (for example: no object was read).
+//! [`fuzz`] is the one configuration of every property-based test.
+
+pub mod fuzz;
 
 use std::collections::BTreeMap;
 use std::io;
