@@ -110,6 +110,7 @@ pub async fn world_at(kind: SourceKind, listen: std::net::SocketAddr, hosts: &[S
         prefix: "llama".into(),
         created_unix_ms: 0,
         latest_version: 0,
+        outside_links: String::new(),
     };
     admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.unwrap();
     World { _tmp: tmp, root, hub_url, admin, _s3: s3, data, shutdown, hub: (addr, config, hub.0, hub.1) }
@@ -189,6 +190,7 @@ impl World {
             prefix: name.into(),
             created_unix_ms: 0,
             latest_version: 0,
+            outside_links: String::new(),
         };
         self.admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.unwrap();
         dir

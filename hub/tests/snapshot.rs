@@ -41,6 +41,7 @@ fn store(url: &str, options: BTreeMap<String, String>, prefix: &str) -> (Arc<dyn
         prefix: prefix.into(),
         created_unix_ms: 0,
         latest_version: 0,
+        outside_links: Default::default(),
     };
     db.add_dataset(&dataset).unwrap();
     (Arc::new(db), dataset)
