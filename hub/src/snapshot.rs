@@ -379,8 +379,8 @@ mod tests {
         let listing = Listing {
             objects: vec![object("p/a", "a", 1)],
             refused: vec![
-                refused("p/etc", Refusal::OutsideLink { target: "/etc".into() }),
-                refused("p/hub", Refusal::HubFiles { target: "/srv/hub".into() }),
+                refused("p/etc", Refusal::OutsideLink { target: "\"/etc\"".into() }),
+                refused("p/hub", Refusal::HubFiles { target: "\"/srv/hub\"".into() }),
             ],
         };
         let err = plan("d", "p", listing.clone(), OutsideLinks::Fail).unwrap_err();

@@ -156,7 +156,7 @@ impl Walk<'_> {
             let (rel, key) = (join(&frame.rel, text), join(&frame.key, text));
             let path = self.source.root.join(&key);
             if let Some(hub) = self.source.hub.holding(&path) {
-                let target = hub.display().to_string();
+                let target = format!("{:?}", hub.display().to_string());
                 self.refuse(&rel, Refusal::HubFiles { target });
                 continue;
             }
@@ -220,7 +220,7 @@ impl Walk<'_> {
         };
         let shown = |resolved: &Path| {
             let resolved = resolved.display().to_string();
-            if resolved == text { text.clone() } else { format!("{text} (resolves to {resolved})") }
+            if resolved == text { format!("{text:?}") } else { format!("{text:?} (resolves to {resolved:?})") }
         };
         let key = match classify_link(&resolved, &self.source.root, &self.real_prefix, &self.source.hub) {
             LinkClass::HubFiles => {

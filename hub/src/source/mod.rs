@@ -318,6 +318,7 @@ pub struct Refused {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
     /// A symbolic link whose target resolves outside the dataset's prefix: never followed.
+    /// `target` is shown as it is (quoted), with where it resolves to.
     OutsideLink { target: String },
     /// A link, or a directory, that resolves into the hub's own files: never read.
     HubFiles { target: String },
@@ -332,13 +333,11 @@ impl Refusal {
     pub fn reason(&self) -> String {
         match self {
             Refusal::OutsideLink { target } => {
-                format!("a symbolic link to {target:?}, outside the dataset's prefix: never followed")
+                format!("a symbolic link to {target}, outside the dataset's prefix: never followed")
             }
-            Refusal::HubFiles { target } => {
-                format!("it resolves to {target:?}, the hub's own files: never read")
-            }
+            Refusal::HubFiles { target } => format!("it leads to {target}, the hub's own files: never read"),
             Refusal::LinkCycle { target } => {
-                format!("a link to the directory {target:?}, which holds the link itself (a cycle)")
+                format!("a link to the directory {target}, which holds the link itself (a cycle)")
             }
             Refusal::Other(why) => why.clone(),
         }
