@@ -155,11 +155,11 @@ impl S3Source {
         }
         let query: Vec<String> =
             query.iter().map(|(k, v)| format!("{k}={}", utf8_percent_encode(v, QUERY_VALUE))).collect();
-        let uri = format!("{}?{}", self.lister.bucket_endpoint, query.join("&"));
+        let uri = list_url(&self.lister.bucket_endpoint, &query.join("&"));
         let mut last = String::new();
         for attempt in 0..LIST_ATTEMPTS {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(100 << (2 * attempt))).await;
+                tokio::time::sleep(Duration::from_millis(100 << (2 * (attempt - 1)))).await;
             }
             let mut request: HttpRequest =
                 http::Request::builder().method(http::Method::GET).uri(&uri).body(HttpRequestBody::empty()).map_err(
@@ -212,6 +212,17 @@ impl S3Source {
     }
 }
 
+/// The URL of a listing request: the bucket's endpoint (`https://host/bucket` path-style, or
+/// `https://bucket.host`, which needs the root path) and the query.
+fn list_url(bucket_endpoint: &str, query: &str) -> String {
+    let has_path = Url::parse(bucket_endpoint).is_ok_and(|u| !u.path().trim_matches('/').is_empty());
+    if has_path {
+        format!("{}?{query}", bucket_endpoint.trim_end_matches('/'))
+    } else {
+        format!("{}/?{query}", bucket_endpoint.trim_end_matches('/'))
+    }
+}
+
 /// S3 errors other than the typed ones come back as text: sort the common ones by meaning,
 /// on S3 error codes and HTTP statuses only (a key may contain "403").
 fn classify_generic(url: String, detail: String) -> SourceError {
@@ -240,7 +251,8 @@ struct Content {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct ListPage {
-    contents: Vec<Result<Content, String>>,
+    /// A key that cannot be decoded is `Err((the key as listed, why))`.
+    contents: Vec<Result<Content, (String, String)>>,
     next_token: Option<String>,
 }
 
@@ -307,7 +319,7 @@ fn parse_list(xml: &str) -> Result<ListPage, String> {
     let encoded =
         items.iter().any(|i| matches!(i, Xml::End(p, t) if p.len() == 2 && p[1] == "EncodingType" && t == "url"));
     let mut page = ListPage::default();
-    let mut current: Option<Result<Content, String>> = None;
+    let mut current: Option<Result<Content, (String, String)>> = None;
     let mut truncated = false;
     for item in items {
         match item {
@@ -319,7 +331,7 @@ fn parse_list(xml: &str) -> Result<ListPage, String> {
                     ([_, "Contents"], _) => page.contents.extend(current.take()),
                     ([_, "Contents", "Key"], Some(Ok(c))) => match decode_key(&text, encoded) {
                         Ok(key) => c.key = key,
-                        Err(e) => current = Some(Err(e)),
+                        Err(e) => current = Some(Err((text, e))),
                     },
                     ([_, "Contents", "LastModified"], Some(Ok(c))) => c.last_modified = text,
                     ([_, "Contents", "ETag"], Some(Ok(c))) => c.etag = Some(text),
@@ -380,8 +392,8 @@ impl Source for S3Source {
             for content in page.contents {
                 let content = match content {
                     Ok(content) => content,
-                    Err(why) => {
-                        listing.refused.push(Refused { key: why.clone(), why: Refusal::Other(why) });
+                    Err((key, why)) => {
+                        listing.refused.push(Refused { key, why: Refusal::Other(why) });
                         continue;
                     }
                 };
@@ -483,10 +495,12 @@ mod tests {
 </ListBucketResult>"#;
         let page = parse_list(xml).unwrap();
         assert_eq!(page.next_token.as_deref(), Some("t&2"));
-        let keys: Vec<Result<String, String>> = page.contents.iter().map(|c| c.clone().map(|c| c.key)).collect();
+        let keys: Vec<Result<String, (String, String)>> =
+            page.contents.iter().map(|c| c.clone().map(|c| c.key)).collect();
         assert_eq!(keys[0].as_deref(), Ok("llm/./dot.txt"));
         assert_eq!(keys[1].as_deref(), Ok("llm/a b+c%#\n\u{4e2d}"));
-        assert!(keys[2].as_ref().unwrap_err().contains("not UTF-8"));
+        assert_eq!(keys[2].as_ref().unwrap_err().0, "llm/%FF");
+        assert!(keys[2].as_ref().unwrap_err().1.contains("not UTF-8"));
         assert_eq!(keys[3].as_deref(), Ok("llm//x"));
         let first = page.contents[0].as_ref().unwrap();
         assert_eq!((first.size, first.etag.as_deref()), (3, Some("\"abc\"")));
@@ -507,6 +521,16 @@ mod tests {
         let xml = "<?xml version=\"1.0\"?><Error><Code>NoSuchBucket</Code><Message>gone &lt;b&gt;</Message></Error>";
         assert_eq!(parse_error(xml), ("NoSuchBucket".into(), "gone <b>".into()));
         assert_eq!(parse_error("not xml <"), (String::new(), String::new()));
+    }
+
+    #[test]
+    fn listing_urls_name_the_bucket_once() {
+        assert_eq!(list_url("http://127.0.0.1:9000/models", "a=1"), "http://127.0.0.1:9000/models?a=1");
+        assert_eq!(
+            list_url("https://b.s3.eu-west-1.amazonaws.com", "a=1"),
+            "https://b.s3.eu-west-1.amazonaws.com/?a=1"
+        );
+        assert_eq!(list_url("https://b.example.com/", "a=1"), "https://b.example.com/?a=1");
     }
 
     #[test]
