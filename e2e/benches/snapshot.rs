@@ -107,6 +107,7 @@ fn main() {
             prefix: "model".into(),
             created_unix_ms: 0,
             latest_version: 0,
+            outside_links: Default::default(),
         };
         db.add_dataset(&dataset).unwrap();
         let outcome = runtime

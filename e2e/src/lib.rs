@@ -15,6 +15,7 @@ use aqueduct_proto::hub::v1::admin_client::AdminClient;
 use aqueduct_proto::spoke::v1 as local;
 use aqueduct_proto::spoke::v1::local_client::LocalClient;
 use aqueduct_testkit::S3Server;
+use aqueduct_testkit::memory::MemoryS3Server;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -26,6 +27,10 @@ pub enum SourceKind {
     S3,
     /// A local directory (`file://`).
     Dir,
+    /// An S3 server over a map in memory (`aqueduct_testkit::memory`): it holds any key. The
+    /// world's directory `data` is a staging area, uploaded whole (bucket `models`, keys the
+    /// files' paths) before each snapshot.
+    MemoryS3,
 }
 
 pub mod netns;
@@ -36,6 +41,7 @@ pub struct World {
     pub hub_url: String,
     pub admin: AdminClient<Channel>,
     _s3: Option<S3Server>,
+    memory_s3: Option<MemoryS3Server>,
     pub data: PathBuf,
     pub shutdown: CancellationToken,
     /// The running hub: its address, config, and what stops it.
@@ -64,14 +70,19 @@ pub async fn world(kind: SourceKind) -> World {
 pub async fn world_at(kind: SourceKind, listen: std::net::SocketAddr, hosts: &[String]) -> World {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_owned();
-    let (s3, data) = match kind {
-        // Where the hub listens on every address, so does the S3 server (for baselines run
-        // from other network namespaces).
+    // Where the hub listens on every address, so does the S3 server (for baselines run from
+    // other network namespaces).
+    let s3_listen = std::net::SocketAddr::new(listen.ip(), 0);
+    let (s3, memory_s3, data) = match kind {
         SourceKind::S3 => {
-            let s3_listen = std::net::SocketAddr::new(listen.ip(), 0);
-            (Some(S3Server::start_on(&root.join("s3"), s3_listen).await.unwrap()), root.join("s3/models/llama"))
+            (Some(S3Server::start_on(&root.join("s3"), s3_listen).await.unwrap()), None, root.join("s3/models/llama"))
         }
-        SourceKind::Dir => (None, root.join("dir/llama")),
+        SourceKind::Dir => (None, None, root.join("dir/llama")),
+        SourceKind::MemoryS3 => {
+            let server = MemoryS3Server::start_on(s3_listen).await.unwrap();
+            server.store.create_bucket("models");
+            (None, Some(server), root.join("memory/llama"))
+        }
     };
     std::fs::create_dir_all(&data).unwrap();
     let listener = TcpListener::bind(listen).await.unwrap();
@@ -89,14 +100,19 @@ pub async fn world_at(kind: SourceKind, listen: std::net::SocketAddr, hosts: &[S
     let channel = Endpoint::from_shared(hub_url.clone()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
     let mut admin = AdminClient::new(channel);
 
-    let source = match &s3 {
-        Some(s3) => {
-            let creds = root.join("s3-credentials");
+    let creds = root.join("s3-credentials");
+    let source = match (&s3, &memory_s3) {
+        (Some(s3), _) => {
             s3.write_credentials(&creds).unwrap();
             let options = s3.source_options(&creds).into_iter().collect();
             pb::Source { name: "src".into(), url: "s3://models".into(), options, created_unix_ms: 0 }
         }
-        None => pb::Source {
+        (None, Some(memory)) => {
+            memory.write_credentials(&creds).unwrap();
+            let options = memory.source_options(&creds).into_iter().collect();
+            pb::Source { name: "src".into(), url: "s3://models".into(), options, created_unix_ms: 0 }
+        }
+        (None, None) => pb::Source {
             name: "src".into(),
             url: format!("file://{}", root.join("dir").display()),
             options: Default::default(),
@@ -110,9 +126,10 @@ pub async fn world_at(kind: SourceKind, listen: std::net::SocketAddr, hosts: &[S
         prefix: "llama".into(),
         created_unix_ms: 0,
         latest_version: 0,
+        outside_links: String::new(),
     };
     admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.unwrap();
-    World { _tmp: tmp, root, hub_url, admin, _s3: s3, data, shutdown, hub: (addr, config, hub.0, hub.1) }
+    World { _tmp: tmp, root, hub_url, admin, _s3: s3, memory_s3, data, shutdown, hub: (addr, config, hub.0, hub.1) }
 }
 
 /// Starts the hub on `listener`, stopped by its own token (a child of `shutdown`).
@@ -189,12 +206,39 @@ impl World {
             prefix: name.into(),
             created_unix_ms: 0,
             latest_version: 0,
+            outside_links: String::new(),
         };
         self.admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.unwrap();
         dir
     }
 
+    /// The in-memory S3 server of a [`SourceKind::MemoryS3`] world.
+    pub fn memory_s3(&self) -> &MemoryS3Server {
+        self.memory_s3.as_ref().expect("a MemoryS3 world")
+    }
+
+    /// A [`SourceKind::MemoryS3`] world: uploads the staging directory whole into bucket
+    /// `models` (replacing what it held). Other worlds: nothing.
+    pub fn upload(&self) {
+        let Some(memory) = &self.memory_s3 else { return };
+        let staging = self.data.parent().unwrap();
+        memory.store.clear("models");
+        let mut dirs = vec![staging.to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    let key = path.strip_prefix(staging).unwrap().to_str().expect("a UTF-8 path").to_string();
+                    memory.store.put("models", &key, std::fs::read(&path).unwrap());
+                }
+            }
+        }
+    }
+
     pub async fn snapshot_of(&mut self, dataset: &str) -> pb::VersionSummary {
+        self.upload();
         let mut events =
             self.admin.snapshot(pb::SnapshotRequest { dataset: dataset.into() }).await.unwrap().into_inner();
         while let Some(e) = events.message().await.unwrap() {

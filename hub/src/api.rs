@@ -22,8 +22,8 @@ use crate::error::{invalid, unknown_dataset};
 use crate::pki::Authority;
 use crate::relay::Live;
 use crate::snapshot::{self, Progress, SnapshotOptions, blocking, now_unix_ms};
-use crate::source::SourceSpec;
-use crate::store::{DatasetRecord, MetaStore, RegionRecord, SourceRecord, StoreError, VersionRecord};
+use crate::source::{HubFiles, SourceSpec};
+use crate::store::{DatasetRecord, MetaStore, OutsideLinks, RegionRecord, SourceRecord, StoreError, VersionRecord};
 
 /// What the handlers share.
 pub struct AdminService {
@@ -35,11 +35,19 @@ pub struct AdminService {
     live: Live,
     /// Datasets with a snapshot under way: one at a time per dataset.
     running: Arc<Mutex<HashSet<String>>>,
+    /// The hub's data directory and keys: no source may hold them, no snapshot reads them.
+    hub_files: HubFiles,
 }
 
 impl AdminService {
-    pub fn new(db: Arc<dyn MetaStore>, snapshot: SnapshotOptions, authority: Arc<Authority>, live: Live) -> Self {
-        Self { db, authority, snapshot, live, running: Arc::default() }
+    pub fn new(
+        db: Arc<dyn MetaStore>,
+        snapshot: SnapshotOptions,
+        authority: Arc<Authority>,
+        live: Live,
+        hub_files: HubFiles,
+    ) -> Self {
+        Self { db, authority, snapshot, live, running: Arc::default(), hub_files }
     }
 
     async fn dataset(&self, name: &str) -> Result<DatasetRecord, Status> {
@@ -65,7 +73,13 @@ fn dataset_to_pb(d: DatasetRecord) -> pb::Dataset {
         prefix: d.prefix,
         created_unix_ms: d.created_unix_ms,
         latest_version: d.latest_version,
+        outside_links: d.outside_links.to_string(),
     }
+}
+
+/// A dataset's outside-links policy from the wire: empty is the default (fail).
+fn outside_links(text: &str) -> Result<OutsideLinks, Status> {
+    if text.is_empty() { Ok(OutsideLinks::default()) } else { text.parse().map_err(Status::invalid_argument) }
 }
 
 fn version_to_pb(v: VersionRecord, unchanged: bool) -> pb::VersionSummary {
@@ -80,6 +94,7 @@ fn version_to_pb(v: VersionRecord, unchanged: bool) -> pb::VersionSummary {
         bytes_read: v.bytes_read,
         created_unix_ms: v.created_unix_ms,
         unchanged,
+        skipped: v.skipped.into_iter().map(|s| pb::SkippedObject { key: s.key, reason: s.reason }).collect(),
     }
 }
 
@@ -103,8 +118,9 @@ impl pb::admin_server::Admin for AdminService {
         Span::current().record("source", s.name.as_str());
         validate_name("source", &s.name).map_err(invalid)?;
         let spec = SourceSpec::parse(&s.url, s.options.into_iter().collect())?;
+        spec.check_hub_files(&self.hub_files)?;
         // Check now that the source exists and the credentials work, not at the first snapshot.
-        spec.open()?.probe().await?;
+        spec.open_guarded(&self.hub_files)?.probe().await?;
         let record = SourceRecord {
             name: s.name,
             url: spec.url.to_string(),
@@ -137,8 +153,14 @@ impl pb::admin_server::Admin for AdminService {
             aqueduct_proto::domain::validate_path(&prefix)
                 .map_err(|_| Status::invalid_argument(format!("prefix {:?} is not a clean relative path", d.prefix)))?;
         }
-        let record =
-            DatasetRecord { name: d.name, source: d.source, prefix, created_unix_ms: now_unix_ms(), latest_version: 0 };
+        let record = DatasetRecord {
+            name: d.name,
+            source: d.source,
+            prefix,
+            created_unix_ms: now_unix_ms(),
+            latest_version: 0,
+            outside_links: outside_links(&d.outside_links)?,
+        };
         let stored = record.clone();
         blocking(&self.db, move |db| db.add_dataset(&stored)).await.map_err(|e| match e {
             StoreError::NotFound { name, .. } => Status::not_found(format!(
@@ -159,6 +181,25 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::ListDatasetsResponse { datasets: datasets.into_iter().map(dataset_to_pb).collect() }))
     }
 
+    #[instrument(skip_all, fields(dataset, outside_links))]
+    async fn update_dataset(
+        &self,
+        request: Request<pb::UpdateDatasetRequest>,
+    ) -> Result<Response<pb::Dataset>, Status> {
+        require_admin(&request)?;
+        let req = request.into_inner();
+        Span::current().record("dataset", req.name.as_str()).record("outside_links", req.outside_links.as_str());
+        self.dataset(&req.name).await?;
+        let policy = outside_links(&req.outside_links)?;
+        let name = req.name.clone();
+        blocking(&self.db, move |db| db.set_outside_links(&name, policy)).await.map_err(|e| match e {
+            StoreError::NotFound { .. } => unknown_dataset(&req.name),
+            other => other.into(),
+        })?;
+        info!(%policy, "dataset's outside-links policy changed");
+        Ok(Response::new(dataset_to_pb(self.dataset(&req.name).await?)))
+    }
+
     type SnapshotStream = EventStream;
 
     #[instrument(skip_all, fields(dataset))]
@@ -171,7 +212,7 @@ impl pb::admin_server::Admin for AdminService {
         let source = blocking(&self.db, move |db| db.source(&source_name))
             .await?
             .ok_or_else(|| Status::internal(format!("dataset {name:?} names a source that is gone")))?;
-        let source = SourceSpec::parse(&source.url, source.options)?.open()?;
+        let source = SourceSpec::parse(&source.url, source.options)?.open_guarded(&self.hub_files)?;
 
         if !self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone()) {
             return Err(Status::failed_precondition(format!(

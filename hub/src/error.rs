@@ -10,7 +10,9 @@ impl From<SourceError> for Status {
     fn from(e: SourceError) -> Self {
         let code = match &e {
             SourceError::BadUrl { .. } | SourceError::BadOption { .. } => Code::InvalidArgument,
-            SourceError::MissingCredential { .. } => Code::FailedPrecondition,
+            SourceError::MissingCredential { .. }
+            | SourceError::HoldsHubFiles { .. }
+            | SourceError::PrefixOutside { .. } => Code::FailedPrecondition,
             SourceError::NotFound { .. } => Code::NotFound,
             SourceError::Denied { .. } => Code::PermissionDenied,
             SourceError::Changed { .. } => Code::Aborted,
@@ -40,7 +42,9 @@ impl From<SnapshotError> for Status {
             SnapshotError::Source(e) => e.into(),
             SnapshotError::Store(e) => e.into(),
             SnapshotError::EmptyPrefix { .. } => Status::failed_precondition(e.to_string()),
-            SnapshotError::BadObject { .. } => Status::failed_precondition(e.to_string()),
+            SnapshotError::BadObject { .. } | SnapshotError::OutsideLinks { .. } | SnapshotError::LinkCycles { .. } => {
+                Status::failed_precondition(e.to_string())
+            }
             SnapshotError::Read { .. } => Status::unavailable(e.to_string()),
             SnapshotError::Task(_) => Status::internal(e.to_string()),
         }

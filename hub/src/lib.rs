@@ -5,7 +5,7 @@
 //! database, and answers for them over gRPC with mutual TLS. The hub never copies the data:
 //! a version records, for every chunk, where its bytes are in the source.
 //!
-//! Modules, from the bottom up: [`source`] (reading sources through `object_store`),
+//! Modules, from the bottom up: [`source`] (listing and reading sources: directories, S3),
 //! [`chunker`] (FastCDC + BLAKE3), [`store`] (the metadata store), [`snapshot`] (cutting a
 //! version), [`auth`] and [`pki`] (identities and certificates), [`api`] (the gRPC handlers)
 //! [`relay`] (the spokes' API and chunk relay), [`metrics`] (Prometheus) and, here, [`init`] and [`serve`], which the `aqueduct-hub` binary calls.
@@ -125,6 +125,16 @@ pub fn init(data_dir: &Path, listen: SocketAddr, hosts: &[String]) -> Result<Ini
     Ok(InitOutcome { config_path: data_dir.join("hub.toml"), admin_config_path: admin_config })
 }
 
+/// What no source may hold and no snapshot may read: the hub's data directory (database, PKI,
+/// admin bundle) and its keys, wherever the config puts them.
+fn hub_files(config: &HubConfig) -> source::HubFiles {
+    source::HubFiles::new([
+        config.data_dir.clone(),
+        config.resolve(&config.tls.ca_key),
+        config.resolve(&config.tls.key),
+    ])
+}
+
 /// How often the hub pings an idle connection, and how long it waits for the answer.
 const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -155,9 +165,10 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         tokio::spawn(aqueduct_proto::metrics::serve(listener, exporter, shutdown.clone()));
         tokio::spawn(live.metrics.clone().run(shutdown.clone()));
     }
-    let admin = AdminServer::new(api::AdminService::new(db.clone(), snapshot, authority, live.clone()))
-        .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
+    let admin =
+        AdminServer::new(api::AdminService::new(db.clone(), snapshot, authority, live.clone(), hub_files(&config)))
+            .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
     let spoke = SpokeServer::new(relay::SpokeService::new(db.clone(), live.clone()))
         .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);

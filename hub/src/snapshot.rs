@@ -1,5 +1,13 @@
 //! Cutting a version: list the dataset's prefix, chunk and hash what changed, record it.
 //!
+//! What the listing found becomes the version's files by [`plan`], a pure function: every
+//! object whose key is a valid path is a file, at exactly that path; S3 folder markers are
+//! ignored; anything else (a key the path rules refuse, a file shadowed by a directory of the
+//! same name, a name that is not UTF-8, a dangling link...) is left out and listed with the
+//! version, with why. Links that lead outside the prefix (or into the hub's own files) fail
+//! the snapshot, naming each, unless the dataset says to skip them; a cycle of directory
+//! links always fails it.
+//!
 //! An object whose size, mtime and etag are those recorded for the same path in the newest
 //! version keeps its chunk list and is not read at all. Every other object is read once,
 //! streamed through the [`Chunker`] on a blocking thread; several objects are processed at
@@ -7,25 +15,63 @@
 //! one transaction; if its root equals the newest version's, nothing is written and the
 //! newest version is reported as unchanged.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aqueduct_proto::domain::validate_path;
 use aqueduct_proto::{ChunkerParams, FileEntry, Manifest, ManifestError};
 use futures::{StreamExt, TryStreamExt};
-use tracing::{debug, info, instrument};
+use tracing::{debug, info, instrument, warn};
 
 use crate::chunker::Chunker;
-use crate::source::{ObjectInfo, Source, SourceError};
-use crate::store::{DatasetRecord, MetaStore, SourceStamp, StoreError, StoredVersion, VersionRecord};
+use crate::source::keys::{KeyClass, clashes, classify_key};
+use crate::source::{Listing, ObjectInfo, Refusal, Source, SourceError};
+use crate::store::{
+    DatasetRecord, MetaStore, OutsideLinks, SkippedObject, SourceStamp, StoreError, StoredVersion, VersionCut,
+    VersionRecord,
+};
+
+/// Entries named in one error message at most.
+const NAMED: usize = 50;
+
+/// `items` joined for a message, the first [`NAMED`] of them.
+fn named(items: &[String]) -> String {
+    let mut text = items.iter().take(NAMED).cloned().collect::<Vec<_>>().join("; ");
+    if items.len() > NAMED {
+        text.push_str(&format!("; and {} more", items.len() - NAMED));
+    }
+    text
+}
+
+fn skipped_note(skipped: &[SkippedObject]) -> String {
+    if skipped.is_empty() {
+        return String::new();
+    }
+    let items: Vec<String> = skipped.iter().map(|s| format!("{:?}: {}", s.key, s.reason)).collect();
+    format!(" ({} object(s) there cannot be files of a version: {})", skipped.len(), named(&items))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error(
-        "dataset {dataset:?}: no objects under {url} prefix {prefix:?}; check the dataset's prefix or upload the files first"
+        "dataset {dataset:?}: no objects under {url} prefix {prefix:?}{}; check the dataset's prefix or upload the files first",
+        skipped_note(skipped)
     )]
-    EmptyPrefix { dataset: String, url: String, prefix: String },
+    EmptyPrefix { dataset: String, url: String, prefix: String, skipped: Vec<SkippedObject> },
+    #[error(
+        "dataset {dataset:?}: {} symbolic link(s) lead outside its prefix {prefix:?} or into the hub's own files, and \
+         are never followed: {}; remove them or copy what they point to into the dataset, or leave such links out \
+         of its versions with `aq dataset set {dataset} --outside-links skip`",
+        links.len(), named(links)
+    )]
+    OutsideLinks { dataset: String, prefix: String, links: Vec<String> },
+    #[error(
+        "dataset {dataset:?}: directory links that lead back into a directory holding them (a cycle): {}; \
+         remove them or point them elsewhere",
+        named(links)
+    )]
+    LinkCycles { dataset: String, links: Vec<String> },
     #[error("dataset {dataset:?}: object {key:?} cannot be a file of a version: {source}")]
     BadObject { dataset: String, key: String, source: ManifestError },
     #[error("dataset {dataset:?}: reading {key:?} failed: {source}")]
@@ -62,6 +108,61 @@ impl Default for SnapshotOptions {
     }
 }
 
+/// What a listing becomes: the objects that are the version's files, and what is left out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Sorted by path; every path valid and no file shadowed by a directory.
+    pub objects: Vec<ObjectInfo>,
+    /// Sorted by key.
+    pub skipped: Vec<SkippedObject>,
+}
+
+/// Decides what of `listing` (of `dataset`'s `prefix`) is in the version; see the module's
+/// documentation.
+pub fn plan(dataset: &str, prefix: &str, listing: Listing, policy: OutsideLinks) -> Result<Plan, SnapshotError> {
+    let (mut skipped, mut outside, mut cycles) = (Vec::new(), Vec::new(), Vec::new());
+    for refused in listing.refused {
+        let named = format!("{:?}: {}", refused.key, refused.why.reason());
+        match refused.why {
+            Refusal::LinkCycle { .. } => cycles.push(named),
+            Refusal::OutsideLink { .. } | Refusal::HubFiles { .. } if policy == OutsideLinks::Fail => {
+                outside.push(named)
+            }
+            why => skipped.push(SkippedObject { key: refused.key, reason: why.reason() }),
+        }
+    }
+    if !cycles.is_empty() {
+        return Err(SnapshotError::LinkCycles { dataset: dataset.to_string(), links: cycles });
+    }
+    if !outside.is_empty() {
+        return Err(SnapshotError::OutsideLinks {
+            dataset: dataset.to_string(),
+            prefix: prefix.to_string(),
+            links: outside,
+        });
+    }
+    let mut objects = Vec::new();
+    for object in listing.objects {
+        match classify_key(&object.path, object.size) {
+            KeyClass::File(_) => objects.push(object),
+            KeyClass::FolderMarker => {}
+            KeyClass::Refused(reason) => skipped.push(SkippedObject { key: object.key, reason }),
+        }
+    }
+    let shadowed: HashMap<String, String> =
+        clashes(objects.iter().map(|o| o.path.as_str())).into_iter().map(|c| (c.path.clone(), c.reason())).collect();
+    objects.retain(|o| match shadowed.get(&o.path) {
+        Some(reason) => {
+            skipped.push(SkippedObject { key: o.key.clone(), reason: reason.clone() });
+            false
+        }
+        None => true,
+    });
+    objects.sort_by(|a, b| a.path.cmp(&b.path));
+    skipped.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(Plan { objects, skipped })
+}
+
 #[derive(Clone, Debug)]
 pub struct SnapshotOutcome {
     pub record: VersionRecord,
@@ -90,12 +191,17 @@ pub async fn snapshot(
 ) -> Result<SnapshotOutcome, SnapshotError> {
     let name = dataset.name.clone();
     let previous = blocking(db, move |db| db.version(&name, None)).await?;
-    let objects = source.list(&dataset.prefix).await?;
+    let listing = source.list(&dataset.prefix).await?;
+    let Plan { objects, skipped } = plan(&dataset.name, &dataset.prefix, listing, dataset.outside_links)?;
+    for s in &skipped {
+        warn!(key = s.key, reason = s.reason, "left out of the version");
+    }
     if objects.is_empty() {
         return Err(SnapshotError::EmptyPrefix {
             dataset: dataset.name.clone(),
             url: source.url().to_string(),
             prefix: dataset.prefix.clone(),
+            skipped,
         });
     }
     progress.files_total.store(objects.len() as u64, Ordering::Relaxed);
@@ -153,8 +259,8 @@ pub async fn snapshot(
         && prev.record.root == manifest.root
     {
         info!(version = prev.record.number, bytes_read, "unchanged since the newest version");
-        // The existing version's figures, with what this run read and found new.
-        let record = VersionRecord { new_bytes: 0, bytes_read, ..prev.record.clone() };
+        // The existing version's figures, with what this run read, found new and left out.
+        let record = VersionRecord { new_bytes: 0, bytes_read, skipped, ..prev.record.clone() };
         return Ok(SnapshotOutcome { record, unchanged: true });
     }
 
@@ -162,11 +268,17 @@ pub async fn snapshot(
     let new_bytes: u64 =
         manifest.distinct_chunks().iter().filter(|(d, _)| !known.contains(d)).map(|(_, len)| u64::from(*len)).sum();
     let previous_number = previous.as_ref().map_or(0, |p| p.record.number);
-    let created = now_unix_ms();
-    let record =
-        blocking(db, move |db| db.insert_version(previous_number, &manifest, &stamps, new_bytes, bytes_read, created))
-            .await?;
-    info!(version = record.number, files = record.files, bytes = record.bytes, new_bytes, bytes_read, "version cut");
+    let cut = VersionCut { stamps, new_bytes, bytes_read, created_unix_ms: now_unix_ms(), skipped };
+    let record = blocking(db, move |db| db.insert_version(previous_number, &manifest, &cut)).await?;
+    info!(
+        version = record.number,
+        files = record.files,
+        bytes = record.bytes,
+        new_bytes,
+        bytes_read,
+        skipped = record.skipped.len(),
+        "version cut"
+    );
     Ok(SnapshotOutcome { record, unchanged: false })
 }
 
@@ -219,4 +331,88 @@ async fn read_chunks(
 
 pub fn now_unix_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Refused;
+
+    fn object(key: &str, path: &str, size: u64) -> ObjectInfo {
+        ObjectInfo { key: key.into(), path: path.into(), size, mtime_unix_ms: 0, etag: None, mode: 0o644 }
+    }
+
+    fn refused(key: &str, why: Refusal) -> Refused {
+        Refused { key: key.into(), why }
+    }
+
+    #[test]
+    fn every_object_is_a_file_or_named() {
+        let listing = Listing {
+            objects: vec![
+                object("llm/a#1", "a#1", 1),
+                object("llm/", "", 0),
+                object("llm/dir/", "dir/", 0),
+                object("llm/./dot.txt", "./dot.txt", 1),
+                object("llm/../up", "../up", 1),
+                object("llm//x", "/x", 1),
+                object("llm/tok", "tok", 4),
+                object("llm/tok/x", "tok/x", 1),
+                object("llm/100%/\u{4e2d} b", "100%/\u{4e2d} b", 1),
+            ],
+            refused: vec![refused("llm/bad\\xFF", Refusal::Other("not UTF-8".into()))],
+        };
+        let plan = plan("d", "llm", listing, OutsideLinks::Fail).unwrap();
+        let paths: Vec<&str> = plan.objects.iter().map(|o| o.path.as_str()).collect();
+        assert_eq!(paths, ["100%/\u{4e2d} b", "a#1", "tok/x"]);
+        let skipped: Vec<(&str, &str)> = plan.skipped.iter().map(|s| (s.key.as_str(), s.reason.as_str())).collect();
+        let keys: Vec<&str> = skipped.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, ["llm/../up", "llm/./dot.txt", "llm//x", "llm/bad\\xFF", "llm/tok"]);
+        assert!(skipped[0].1.contains("'..' segment"));
+        assert!(skipped[1].1.contains("'.' segment"));
+        assert!(skipped[2].1.contains("empty segment"));
+        assert!(skipped[4].1.contains("directory of the same name") && skipped[4].1.contains("tok/x"));
+    }
+
+    #[test]
+    fn outside_links_fail_or_are_skipped_and_cycles_always_fail() {
+        let listing = Listing {
+            objects: vec![object("p/a", "a", 1)],
+            refused: vec![
+                refused("p/etc", Refusal::OutsideLink { target: "\"/etc\"".into() }),
+                refused("p/hub", Refusal::HubFiles { target: "\"/srv/hub\"".into() }),
+            ],
+        };
+        let err = plan("d", "p", listing.clone(), OutsideLinks::Fail).unwrap_err();
+        let text = err.to_string();
+        for word in
+            ["\"p/etc\"", "/etc", "\"p/hub\"", "/srv/hub", "aq dataset set d --outside-links skip", "2 symbolic"]
+        {
+            assert!(text.contains(word), "{text} lacks {word}");
+        }
+        let plan = plan("d", "p", listing.clone(), OutsideLinks::Skip).unwrap();
+        assert_eq!(plan.objects.len(), 1);
+        assert_eq!(plan.skipped.iter().map(|s| s.key.as_str()).collect::<Vec<_>>(), ["p/etc", "p/hub"]);
+        assert!(plan.skipped[0].reason.contains("/etc") && plan.skipped[1].reason.contains("hub's own files"));
+
+        let mut cyclic = listing;
+        cyclic.refused.push(refused("p/loop", Refusal::LinkCycle { target: "/data/p".into() }));
+        for policy in [OutsideLinks::Fail, OutsideLinks::Skip] {
+            let err = super::plan("d", "p", cyclic.clone(), policy).unwrap_err();
+            assert!(matches!(err, SnapshotError::LinkCycles { .. }), "{err}");
+            assert!(err.to_string().contains("p/loop") && err.to_string().contains("cycle"), "{err}");
+        }
+    }
+
+    #[test]
+    fn long_lists_are_cut_in_messages() {
+        let links: Vec<String> = (0..60).map(|i| format!("l{i}")).collect();
+        let text = SnapshotError::OutsideLinks { dataset: "d".into(), prefix: "p".into(), links }.to_string();
+        assert!(
+            text.contains("60 symbolic")
+                && text.contains("l49")
+                && !text.contains("l50;")
+                && text.contains("and 10 more")
+        );
+    }
 }

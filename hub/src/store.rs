@@ -8,7 +8,8 @@
 //! A version is written in one transaction with all its files, so a failed or interrupted
 //! snapshot leaves nothing behind. Each file's chunk list is one blob: for each chunk, its
 //! 32-byte digest and its length as a little-endian u32 (format 1; offsets follow from the
-//! lengths). The schema carries a version number in table `meta` from the start.
+//! lengths). The schema carries a version number in table `meta` from the start; older
+//! databases are brought up to date by [`MIGRATIONS`], one step per version.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,7 +18,7 @@ use std::sync::Mutex;
 use aqueduct_proto::{ChunkRef, ChunkerParams, Digest, FileEntry, Manifest, ReplicationMode};
 use rusqlite::{Connection, OptionalExtension, params};
 
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -53,6 +54,48 @@ pub struct DatasetRecord {
     pub created_unix_ms: i64,
     /// Newest version number, 0 if none.
     pub latest_version: u64,
+    /// What a snapshot does with symbolic links that lead outside the prefix.
+    pub outside_links: OutsideLinks,
+}
+
+/// What a snapshot does with symbolic links whose target is outside the dataset's prefix (or
+/// in the hub's own files). Either way they are never followed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OutsideLinks {
+    /// The snapshot fails, naming each such link.
+    #[default]
+    Fail,
+    /// The snapshot leaves them out and lists them with the version.
+    Skip,
+}
+
+impl std::fmt::Display for OutsideLinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OutsideLinks::Fail => "fail",
+            OutsideLinks::Skip => "skip",
+        })
+    }
+}
+
+impl std::str::FromStr for OutsideLinks {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fail" => Ok(OutsideLinks::Fail),
+            "skip" => Ok(OutsideLinks::Skip),
+            other => Err(format!("outside-links must be fail or skip, not {other:?}")),
+        }
+    }
+}
+
+/// An object under a dataset's prefix that is not in a version, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedObject {
+    /// Its key in the source.
+    pub key: String,
+    pub reason: String,
 }
 
 /// Figures of one version.
@@ -67,6 +110,8 @@ pub struct VersionRecord {
     pub new_bytes: u64,
     pub bytes_read: u64,
     pub created_unix_ms: i64,
+    /// Objects under the prefix that the snapshot left out, with why.
+    pub skipped: Vec<SkippedObject>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,21 +171,17 @@ pub trait MetaStore: Send + Sync {
     fn add_dataset(&self, dataset: &DatasetRecord) -> Result<(), StoreError>;
     fn dataset(&self, name: &str) -> Result<Option<DatasetRecord>, StoreError>;
     fn datasets(&self) -> Result<Vec<DatasetRecord>, StoreError>;
+    /// Sets what snapshots of a dataset do with links outside its prefix; `NotFound` if there
+    /// is no such dataset.
+    fn set_outside_links(&self, dataset: &str, policy: OutsideLinks) -> Result<(), StoreError>;
     fn versions(&self, dataset: &str) -> Result<Vec<VersionRecord>, StoreError>;
     /// One version, or the newest with `None`.
     fn version(&self, dataset: &str, number: Option<u64>) -> Result<Option<StoredVersion>, StoreError>;
-    /// Records `manifest` as version `previous + 1` of its dataset, atomically; fails with
-    /// `Conflict` if the newest version is no longer `previous`. The manifest's version number
-    /// is ignored and the assigned one returned.
-    fn insert_version(
-        &self,
-        previous: u64,
-        manifest: &Manifest,
-        stamps: &BTreeMap<String, SourceStamp>,
-        new_bytes: u64,
-        bytes_read: u64,
-        created_unix_ms: i64,
-    ) -> Result<VersionRecord, StoreError>;
+    /// Records `manifest` as version `previous + 1` of its dataset, with the objects it left
+    /// out, atomically; fails with `Conflict` if the newest version is no longer `previous`.
+    /// The manifest's version number is ignored and the assigned one returned.
+    fn insert_version(&self, previous: u64, manifest: &Manifest, cut: &VersionCut)
+    -> Result<VersionRecord, StoreError>;
     fn add_region(&self, region: &RegionRecord) -> Result<(), StoreError>;
     fn regions(&self) -> Result<Vec<RegionRecord>, StoreError>;
     /// Sets a region's link budget; fails with `NotFound` if there is no such region.
@@ -164,6 +205,17 @@ pub trait MetaStore: Send + Sync {
     fn add_relayed(&self, dataset: &str, version: u64, region: &str, bytes: u64) -> Result<(), StoreError>;
     /// Marks a version failed in every region that was asked to hold it.
     fn fail_version(&self, dataset: &str, version: u64, reason: &str, now_unix_ms: i64) -> Result<(), StoreError>;
+}
+
+/// What a snapshot adds to a manifest when it records a version.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VersionCut {
+    /// Each file's source stamp, by path.
+    pub stamps: BTreeMap<String, SourceStamp>,
+    pub new_bytes: u64,
+    pub bytes_read: u64,
+    pub created_unix_ms: i64,
+    pub skipped: Vec<SkippedObject>,
 }
 
 /// A region's report on one version.
@@ -195,7 +247,8 @@ CREATE TABLE IF NOT EXISTS datasets (
     name TEXT PRIMARY KEY,
     source TEXT NOT NULL REFERENCES sources(name),
     prefix TEXT NOT NULL,
-    created_ms INTEGER NOT NULL
+    created_ms INTEGER NOT NULL,
+    outside_links TEXT NOT NULL DEFAULT 'fail'
 );
 CREATE TABLE IF NOT EXISTS versions (
     dataset TEXT NOT NULL REFERENCES datasets(name),
@@ -244,7 +297,37 @@ CREATE TABLE IF NOT EXISTS rollouts (
     PRIMARY KEY (dataset, version, region),
     FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
 );
+CREATE TABLE IF NOT EXISTS skipped_objects (
+    dataset TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
+);
 ";
+
+/// Steps that bring a database of schema version `from` to `from + 1`, in order. Each runs
+/// in one transaction with the version bump; a step is self-contained (it does not rely on
+/// `SCHEMA` having run), so steps can be renumbered or added without touching the others.
+const MIGRATIONS: &[(i64, &str)] = &[
+    // Version 1 had no replication mode per rollout: every rollout was every-node then, which
+    // `auto` still gives for what fits a spoke.
+    (1, "ALTER TABLE rollouts ADD COLUMN mode TEXT NOT NULL DEFAULT 'auto';"),
+    // Version 2 followed every link out of a dataset and dropped what it could not name:
+    // datasets gain their outside-links policy (failing, as every snapshot now does by
+    // default), versions the list of objects they left out.
+    (
+        2,
+        "ALTER TABLE datasets ADD COLUMN outside_links TEXT NOT NULL DEFAULT 'fail';
+         CREATE TABLE IF NOT EXISTS skipped_objects (
+             dataset TEXT NOT NULL,
+             version INTEGER NOT NULL,
+             key TEXT NOT NULL,
+             reason TEXT NOT NULL,
+             FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
+         );",
+    ),
+];
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`.
@@ -270,18 +353,22 @@ impl SqliteStore {
                     [SCHEMA_VERSION.to_string()],
                 )?;
             }
-            Some(v) if v == SCHEMA_VERSION.to_string() => {}
-            // Version 1 had no replication mode per rollout: every rollout was every-node
-            // then, which `auto` still gives for what fits a spoke.
-            Some(v) if v == "1" => {
-                conn.execute_batch(
-                    "BEGIN;
-                     ALTER TABLE rollouts ADD COLUMN mode TEXT NOT NULL DEFAULT 'auto';
-                     UPDATE meta SET value = '2' WHERE key = 'schema_version';
-                     COMMIT;",
-                )?;
+            Some(v) => {
+                let mut found: i64 = v.parse().unwrap_or(-1);
+                if !(1..=SCHEMA_VERSION).contains(&found) {
+                    return Err(StoreError::Schema { found });
+                }
+                while found < SCHEMA_VERSION {
+                    let Some((_, step)) = MIGRATIONS.iter().find(|(from, _)| *from == found) else {
+                        return Err(StoreError::Schema { found });
+                    };
+                    conn.execute_batch(&format!(
+                        "BEGIN;\n{step}\nUPDATE meta SET value = '{}' WHERE key = 'schema_version';\nCOMMIT;",
+                        found + 1
+                    ))?;
+                    found += 1;
+                }
             }
-            Some(v) => return Err(StoreError::Schema { found: v.parse().unwrap_or(-1) }),
         }
         Ok(Self { conn: Mutex::new(conn) })
     }
@@ -336,6 +423,7 @@ fn version_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<(VersionRecord, C
             new_bytes: row.get::<_, i64>(9)? as u64,
             bytes_read: row.get::<_, i64>(10)? as u64,
             created_unix_ms: row.get(11)?,
+            skipped: Vec::new(),
         },
         ChunkerParams { min_size: row.get(3)?, avg_size: row.get(4)?, max_size: row.get(5)? },
     ))
@@ -384,8 +472,8 @@ impl MetaStore for SqliteStore {
             return Err(StoreError::NotFound { kind: "source", name: d.source.clone() });
         }
         tx.execute(
-            "INSERT INTO datasets (name, source, prefix, created_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![d.name, d.source, d.prefix, d.created_unix_ms],
+            "INSERT INTO datasets (name, source, prefix, created_ms, outside_links) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![d.name, d.source, d.prefix, d.created_unix_ms, d.outside_links.to_string()],
         )
         .map_err(map_constraint("dataset", &d.name))?;
         tx.commit()?;
@@ -399,20 +487,41 @@ impl MetaStore for SqliteStore {
     fn datasets(&self) -> Result<Vec<DatasetRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT d.name, d.source, d.prefix, d.created_ms, COALESCE(MAX(v.number), 0)
+            "SELECT d.name, d.source, d.prefix, d.created_ms, COALESCE(MAX(v.number), 0), d.outside_links
              FROM datasets d LEFT JOIN versions v ON v.dataset = d.name
-             GROUP BY d.name, d.source, d.prefix, d.created_ms ORDER BY d.name",
+             GROUP BY d.name, d.source, d.prefix, d.created_ms, d.outside_links ORDER BY d.name",
         )?;
         let rows = stmt.query_map([], |r| {
-            Ok(DatasetRecord {
-                name: r.get(0)?,
-                source: r.get(1)?,
-                prefix: r.get(2)?,
-                created_unix_ms: r.get(3)?,
-                latest_version: r.get::<_, i64>(4)? as u64,
-            })
+            Ok((
+                DatasetRecord {
+                    name: r.get(0)?,
+                    source: r.get(1)?,
+                    prefix: r.get(2)?,
+                    created_unix_ms: r.get(3)?,
+                    latest_version: r.get::<_, i64>(4)? as u64,
+                    outside_links: OutsideLinks::Fail,
+                },
+                r.get::<_, String>(5)?,
+            ))
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        rows.map(|row| {
+            let (mut d, policy) = row?;
+            d.outside_links = policy
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("outside_links of dataset {:?}: {e}", d.name)))?;
+            Ok(d)
+        })
+        .collect()
+    }
+
+    fn set_outside_links(&self, dataset: &str, policy: OutsideLinks) -> Result<(), StoreError> {
+        let changed = self
+            .conn()
+            .execute("UPDATE datasets SET outside_links = ?2 WHERE name = ?1", params![dataset, policy.to_string()])?;
+        if changed == 0 {
+            return Err(StoreError::NotFound { kind: "dataset", name: dataset.to_string() });
+        }
+        Ok(())
     }
 
     fn versions(&self, dataset: &str) -> Result<Vec<VersionRecord>, StoreError> {
@@ -420,7 +529,17 @@ impl MetaStore for SqliteStore {
         let mut stmt =
             conn.prepare(&format!("SELECT {VERSION_COLUMNS} FROM versions WHERE dataset = ?1 ORDER BY number"))?;
         let rows = stmt.query_map([dataset], version_record)?;
-        Ok(rows.map(|r| r.map(|(v, _)| v)).collect::<Result<_, _>>()?)
+        let mut versions: Vec<VersionRecord> = rows.map(|r| r.map(|(v, _)| v)).collect::<Result<_, _>>()?;
+        let mut stmt =
+            conn.prepare("SELECT version, key, reason FROM skipped_objects WHERE dataset = ?1 ORDER BY rowid")?;
+        let mut rows = stmt.query([dataset])?;
+        while let Some(r) = rows.next()? {
+            let number = r.get::<_, i64>(0)? as u64;
+            if let Some(v) = versions.iter_mut().find(|v| v.number == number) {
+                v.skipped.push(SkippedObject { key: r.get(1)?, reason: r.get(2)? });
+            }
+        }
+        Ok(versions)
     }
 
     fn version(&self, dataset: &str, number: Option<u64>) -> Result<Option<StoredVersion>, StoreError> {
@@ -441,7 +560,14 @@ impl MetaStore for SqliteStore {
                 )
                 .optional()?,
         };
-        let Some((record, chunker)) = found else { return Ok(None) };
+        let Some((mut record, chunker)) = found else { return Ok(None) };
+        let mut stmt =
+            conn.prepare("SELECT key, reason FROM skipped_objects WHERE dataset = ?1 AND version = ?2 ORDER BY rowid")?;
+        record.skipped = stmt
+            .query_map(params![dataset, record.number as i64], |r| {
+                Ok(SkippedObject { key: r.get(0)?, reason: r.get(1)? })
+            })?
+            .collect::<Result<_, _>>()?;
         let mut stmt = conn.prepare(
             "SELECT path, object, size, mode, mtime_ms, etag, chunks FROM files
              WHERE dataset = ?1 AND version = ?2 ORDER BY path",
@@ -463,15 +589,7 @@ impl MetaStore for SqliteStore {
         Ok(Some(StoredVersion { record, manifest, stamps }))
     }
 
-    fn insert_version(
-        &self,
-        previous: u64,
-        m: &Manifest,
-        stamps: &BTreeMap<String, SourceStamp>,
-        new_bytes: u64,
-        bytes_read: u64,
-        created_unix_ms: i64,
-    ) -> Result<VersionRecord, StoreError> {
+    fn insert_version(&self, previous: u64, m: &Manifest, cut: &VersionCut) -> Result<VersionRecord, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let latest: i64 =
@@ -488,9 +606,10 @@ impl MetaStore for SqliteStore {
             files: m.files.len() as u64,
             bytes: m.total_bytes(),
             chunks: m.chunk_count(),
-            new_bytes,
-            bytes_read,
-            created_unix_ms,
+            new_bytes: cut.new_bytes,
+            bytes_read: cut.bytes_read,
+            created_unix_ms: cut.created_unix_ms,
+            skipped: cut.skipped.clone(),
         };
         tx.execute(
             &format!(
@@ -517,7 +636,7 @@ impl MetaStore for SqliteStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             for f in &m.files {
-                let etag = stamps.get(&f.path).and_then(|s| s.etag.clone());
+                let etag = cut.stamps.get(&f.path).and_then(|s| s.etag.clone());
                 stmt.execute(params![
                     m.dataset,
                     record.number as i64,
@@ -529,6 +648,11 @@ impl MetaStore for SqliteStore {
                     etag,
                     encode_chunks(&f.chunks),
                 ])?;
+            }
+            let mut stmt =
+                tx.prepare("INSERT INTO skipped_objects (dataset, version, key, reason) VALUES (?1, ?2, ?3, ?4)")?;
+            for skipped in &cut.skipped {
+                stmt.execute(params![m.dataset, record.number as i64, skipped.key, skipped.reason])?;
             }
         }
         tx.commit()?;
@@ -696,6 +820,10 @@ mod tests {
         Manifest::new(dataset.into(), 0, ChunkerParams::DEFAULT, vec![file]).unwrap()
     }
 
+    fn cut(stamps: BTreeMap<String, SourceStamp>, created_unix_ms: i64) -> VersionCut {
+        VersionCut { stamps, new_bytes: 3, bytes_read: 3, created_unix_ms, skipped: Vec::new() }
+    }
+
     fn store_with_dataset() -> SqliteStore {
         with_dataset(SqliteStore::in_memory().unwrap())
     }
@@ -717,6 +845,7 @@ mod tests {
                 prefix: "p".into(),
                 created_unix_ms: 2,
                 latest_version: 0,
+                outside_links: OutsideLinks::Fail,
             })
             .unwrap();
         store
@@ -727,9 +856,9 @@ mod tests {
         let store = store_with_dataset();
         let stamps =
             BTreeMap::from([("a.bin".to_string(), SourceStamp { size: 3, mtime_unix_ms: 5, etag: Some("e".into()) })]);
-        let v1 = store.insert_version(0, &manifest("d", b"abc"), &stamps, 3, 3, 10).unwrap();
+        let v1 = store.insert_version(0, &manifest("d", b"abc"), &cut(stamps.clone(), 10)).unwrap();
         assert_eq!(v1.number, 1);
-        let v2 = store.insert_version(1, &manifest("d", b"xyz"), &stamps, 3, 3, 11).unwrap();
+        let v2 = store.insert_version(1, &manifest("d", b"xyz"), &cut(stamps.clone(), 11)).unwrap();
         assert_eq!(v2.number, 2);
         let latest = store.version("d", None).unwrap().unwrap();
         assert_eq!(latest.record, v2);
@@ -748,8 +877,8 @@ mod tests {
     #[test]
     fn stale_snapshots_conflict_and_leave_nothing() {
         let store = store_with_dataset();
-        store.insert_version(0, &manifest("d", b"abc"), &BTreeMap::new(), 3, 3, 10).unwrap();
-        let err = store.insert_version(0, &manifest("d", b"xyz"), &BTreeMap::new(), 3, 3, 11).unwrap_err();
+        store.insert_version(0, &manifest("d", b"abc"), &cut(BTreeMap::new(), 10)).unwrap();
+        let err = store.insert_version(0, &manifest("d", b"xyz"), &cut(BTreeMap::new(), 11)).unwrap_err();
         assert!(matches!(err, StoreError::Conflict { latest: 1, .. }), "{err}");
         assert_eq!(store.versions("d").unwrap().len(), 1);
     }
@@ -773,6 +902,7 @@ mod tests {
                 prefix: "".into(),
                 created_unix_ms: 2,
                 latest_version: 0,
+                outside_links: OutsideLinks::Fail,
             })
             .unwrap_err();
         assert!(matches!(err, StoreError::NotFound { kind: "source", .. }));
@@ -781,7 +911,7 @@ mod tests {
     #[test]
     fn rollouts_need_known_regions_and_versions_and_are_idempotent() {
         let store = store_with_dataset();
-        store.insert_version(0, &manifest("d", b"abc"), &BTreeMap::new(), 3, 3, 10).unwrap();
+        store.insert_version(0, &manifest("d", b"abc"), &cut(BTreeMap::new(), 10)).unwrap();
         for (name, rate) in [("eu", 100), ("us", 50)] {
             store.add_region(&RegionRecord { name: name.into(), rate, created_unix_ms: 1 }).unwrap();
         }
@@ -822,14 +952,16 @@ mod tests {
         let path = dir.path().join("hub.db");
         {
             let store = with_dataset(SqliteStore::open(&path).unwrap());
-            store.insert_version(0, &manifest("d", b"abc"), &BTreeMap::new(), 3, 3, 10).unwrap();
+            store.insert_version(0, &manifest("d", b"abc"), &cut(BTreeMap::new(), 10)).unwrap();
             store.add_region(&RegionRecord { name: "eu".into(), rate: 1, created_unix_ms: 1 }).unwrap();
             store.add_rollout("d", 1, &["eu".into()], ReplicationMode::Region, 20).unwrap();
             // Back to what schema 1 was.
             store
                 .conn()
                 .execute_batch(
-                    "ALTER TABLE rollouts DROP COLUMN mode; UPDATE meta SET value = '1' WHERE key = 'schema_version';",
+                    "ALTER TABLE rollouts DROP COLUMN mode; DROP TABLE skipped_objects;
+                     ALTER TABLE datasets DROP COLUMN outside_links;
+                     UPDATE meta SET value = '1' WHERE key = 'schema_version';",
                 )
                 .unwrap();
         }
@@ -838,7 +970,74 @@ mod tests {
         assert_eq!((rows.len(), rows[0].mode), (1, ReplicationMode::Auto));
         let version: String =
             store.conn().query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
-        assert_eq!(version, "2");
+        assert_eq!(version, SCHEMA_VERSION.to_string());
+    }
+
+    #[test]
+    fn skipped_objects_and_link_policies_are_kept() {
+        let store = store_with_dataset();
+        assert_eq!(store.dataset("d").unwrap().unwrap().outside_links, OutsideLinks::Fail);
+        store.set_outside_links("d", OutsideLinks::Skip).unwrap();
+        assert_eq!(store.dataset("d").unwrap().unwrap().outside_links, OutsideLinks::Skip);
+        let err = store.set_outside_links("nope", OutsideLinks::Skip).unwrap_err();
+        assert!(matches!(err, StoreError::NotFound { kind: "dataset", .. }), "{err}");
+        let skipped = vec![
+            SkippedObject { key: "p/./x".into(), reason: "a '.' segment".into() },
+            SkippedObject { key: "p/etc".into(), reason: "outside".into() },
+        ];
+        let v1 = store
+            .insert_version(
+                0,
+                &manifest("d", b"abc"),
+                &VersionCut { skipped: skipped.clone(), ..cut(BTreeMap::new(), 1) },
+            )
+            .unwrap();
+        assert_eq!(v1.skipped, skipped);
+        store.insert_version(1, &manifest("d", b"xyz"), &cut(BTreeMap::new(), 2)).unwrap();
+        assert_eq!(store.version("d", Some(1)).unwrap().unwrap().record.skipped, skipped);
+        assert!(store.version("d", None).unwrap().unwrap().record.skipped.is_empty());
+        let versions = store.versions("d").unwrap();
+        assert_eq!((versions[0].skipped.len(), versions[1].skipped.len()), (2, 0));
+        assert!("sometimes".parse::<OutsideLinks>().unwrap_err().contains("fail or skip"));
+    }
+
+    #[test]
+    fn a_schema_2_database_gains_link_policies_and_skipped_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        {
+            let store = with_dataset(SqliteStore::open(&path).unwrap());
+            store.insert_version(0, &manifest("d", b"abc"), &cut(BTreeMap::new(), 10)).unwrap();
+            // Back to what schema 2 was.
+            store
+                .conn()
+                .execute_batch(
+                    "DROP TABLE skipped_objects; ALTER TABLE datasets DROP COLUMN outside_links;
+                     UPDATE meta SET value = '2' WHERE key = 'schema_version';",
+                )
+                .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let d = store.dataset("d").unwrap().unwrap();
+        assert_eq!((d.outside_links, d.latest_version), (OutsideLinks::Fail, 1));
+        assert!(store.versions("d").unwrap()[0].skipped.is_empty());
+        let skipped = vec![SkippedObject { key: "p/x".into(), reason: "r".into() }];
+        let v2 = store
+            .insert_version(
+                1,
+                &manifest("d", b"xyz"),
+                &VersionCut { skipped: skipped.clone(), ..cut(BTreeMap::new(), 11) },
+            )
+            .unwrap();
+        assert_eq!(store.version("d", Some(v2.number)).unwrap().unwrap().record.skipped, skipped);
+        let version: String =
+            store.conn().query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION.to_string());
+        // A database from a newer hub is refused, named.
+        store.conn().execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'", []).unwrap();
+        drop(store);
+        let err = SqliteStore::open(&path).err().unwrap();
+        assert!(matches!(err, StoreError::Schema { found: 99 }), "{err}");
     }
 
     #[test]

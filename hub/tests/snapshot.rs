@@ -11,6 +11,7 @@ use aqueduct_hub::source::testing::{counting, failing};
 use aqueduct_hub::source::{Source, SourceSpec};
 use aqueduct_hub::store::{DatasetRecord, MetaStore, SourceRecord, SqliteStore};
 use aqueduct_proto::{Digest, Manifest};
+use aqueduct_testkit::memory::MemoryS3Server;
 use aqueduct_testkit::{S3Server, noise};
 
 /// A small model-shaped dataset: header + tensors, config, tokenizer, a nested file, an
@@ -41,6 +42,7 @@ fn store(url: &str, options: BTreeMap<String, String>, prefix: &str) -> (Arc<dyn
         prefix: prefix.into(),
         created_unix_ms: 0,
         latest_version: 0,
+        outside_links: Default::default(),
     };
     db.add_dataset(&dataset).unwrap();
     (Arc::new(db), dataset)
@@ -221,4 +223,130 @@ async fn s3_sources_that_are_missing_or_denied_say_so() {
     assert!(!err.to_string().contains("wrong"), "the secret leaked into the message: {err}");
     let err = open("no-such-bucket", &good).probe().await.unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
+/// An S3 bucket (a real S3 server over a map: it holds keys no folder can) with what real
+/// buckets have: folder markers, a file beside a directory of its name, keys with `.`, `..`
+/// and `//` segments, a control character, and names with `#`, `%`, `+`, spaces and Unicode;
+/// more than one page of keys. Every key is a file at exactly its name, or named with why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_keys_are_files_at_their_exact_names_or_named_with_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = MemoryS3Server::start().await.unwrap();
+    let creds = tmp.path().join("credentials");
+    server.write_credentials(&creds).unwrap();
+    let s3 = &server.store;
+    s3.create_bucket("models");
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for (i, path) in [
+        "x#123",
+        "100%.csv",
+        "with space.txt",
+        "plus+sign",
+        "\u{65e5}\u{672c}/\u{30e2}\u{30c7}\u{30eb}.bin",
+        "dir/inside.bin",
+        "tok/x.json",
+        "a/b/c/d/e/f/g/h/deep.txt",
+        "%41?&=;:@$,!'()*[]{}",
+        "..hidden/..x",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        files.insert(path.to_string(), noise(1000 + i * 77, i as u64));
+    }
+    files.insert("empty.bin".into(), Vec::new());
+    // More than one page (1000 keys) of listing.
+    for i in 0..1100 {
+        files.insert(format!("many/{i:04}"), format!("small file {i}").into_bytes());
+    }
+    for (path, bytes) in &files {
+        s3.put("models", &format!("llm/{path}"), bytes.clone());
+    }
+    for (key, bytes) in [
+        ("llm/", &b""[..]),
+        ("llm/dir/", b""),
+        ("llm/tok", b"shadowed"),
+        ("llm/./dot.txt", b"dot"),
+        ("llm/a/../up.txt", b"up"),
+        ("llm//double.txt", b"double"),
+        ("llm/full-marker/", b"bytes in a marker"),
+        ("llm/ctl\u{1}.txt", b"control"),
+        ("llmx/not-under-the-prefix", b"x"),
+        ("other/x", b"x"),
+    ] {
+        s3.put("models", key, bytes.to_vec());
+    }
+    let options = server.source_options(&creds);
+    let source = SourceSpec::parse("s3://models", options.clone()).unwrap().open().unwrap();
+    source.probe().await.unwrap();
+    let (db, dataset) = store("s3://models", options, "llm");
+
+    let v1 = cut(&db, &dataset, source.clone()).await.unwrap();
+    let m1 = db.version("llama", Some(1)).unwrap().unwrap().manifest;
+    assert_reassembles(source.as_ref(), &m1, &files).await;
+    for f in &m1.files {
+        assert_eq!(f.object, format!("llm/{}", f.path), "a key did not round-trip");
+    }
+    let skipped: Vec<(&str, &str)> = v1.record.skipped.iter().map(|s| (s.key.as_str(), s.reason.as_str())).collect();
+    println!("skipped: {skipped:#?}");
+    let expect = [
+        ("llm/./dot.txt", "'.' segment"),
+        ("llm//double.txt", "empty segment"),
+        ("llm/a/../up.txt", "'..' segment"),
+        ("llm/ctl\u{1}.txt", "control character U+0001"),
+        ("llm/full-marker/", "ends with '/'"),
+        ("llm/tok", "directory of the same name"),
+    ];
+    assert_eq!(skipped.len(), expect.len(), "{skipped:?}");
+    for ((key, reason), (want_key, want_reason)) in skipped.iter().zip(expect) {
+        assert_eq!(*key, want_key);
+        assert!(reason.contains(want_reason), "{key:?}: {reason}");
+    }
+    // What was left out stays with the version.
+    assert_eq!(db.version("llama", Some(1)).unwrap().unwrap().record.skipped, v1.record.skipped);
+
+    // Unchanged: nothing is read again, and the summary still names what is left out.
+    let gets = server.object_gets();
+    let again = cut(&db, &dataset, source.clone()).await.unwrap();
+    assert!(again.unchanged);
+    assert_eq!(server.object_gets(), gets);
+    assert_eq!(again.record.skipped, v1.record.skipped);
+
+    // A key with `#` changes: only it is read again, at its exact name.
+    files.insert("x#123".into(), b"changed".to_vec());
+    s3.put("models", "llm/x#123", b"changed".to_vec());
+    let gets = server.object_gets();
+    let v2 = cut(&db, &dataset, source.clone()).await.unwrap();
+    assert_eq!((v2.record.number, server.object_gets() - gets), (2, 1));
+    let m2 = db.version("llama", Some(2)).unwrap().unwrap().manifest;
+    assert_reassembles(source.as_ref(), &m2, &files).await;
+
+    // A source that names a prefix in its URL lists relative to it, decoded.
+    s3.put("models", "My Models/llm/a b", b"ab".to_vec());
+    let opts = server.source_options(&creds);
+    let spaced = SourceSpec::parse("s3://models/My%20Models", opts.clone()).unwrap().open().unwrap();
+    let (db, dataset) = store("s3://models/My%20Models", opts, "llm");
+    let v = cut(&db, &dataset, spaced.clone()).await.unwrap();
+    let m = db.version("llama", Some(v.record.number)).unwrap().unwrap().manifest;
+    assert_eq!((m.files.len(), m.files[0].path.as_str(), m.files[0].object.as_str()), (1, "a b", "My Models/llm/a b"));
+    assert_reassembles(spaced.as_ref(), &m, &BTreeMap::from([("a b".to_string(), b"ab".to_vec())])).await;
+}
+
+/// An object that changes between the listing and its read is a `Changed` error (the S3
+/// server honours `If-Match`), never bytes of another object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_object_replaced_after_the_listing_is_refused_at_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = MemoryS3Server::start().await.unwrap();
+    let creds = tmp.path().join("credentials");
+    server.write_credentials(&creds).unwrap();
+    server.store.put("models", "llm/a", b"first".to_vec());
+    let source = SourceSpec::parse("s3://models", server.source_options(&creds)).unwrap().open().unwrap();
+    let listing = source.list("llm").await.unwrap();
+    let object = &listing.objects[0];
+    assert_eq!((object.path.as_str(), object.size), ("a", 5));
+    server.store.put("models", "llm/a", b"other".to_vec());
+    let err = source.read(&object.key, 0..5, object.etag.as_deref()).await.err().unwrap();
+    assert!(matches!(err, aqueduct_hub::source::SourceError::Changed { .. }), "{err}");
 }

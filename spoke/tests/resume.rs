@@ -69,6 +69,7 @@ async fn sigkill_and_restart_resumes_without_refetching() {
         prefix: "llama".into(),
         created_unix_ms: 0,
         latest_version: 0,
+        outside_links: String::new(),
     };
     admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.unwrap();
     let mut events = admin.snapshot(pb::SnapshotRequest { dataset: "llama".into() }).await.unwrap().into_inner();

@@ -3,9 +3,12 @@
 //! [`S3Server`] serves a directory over the S3 protocol on 127.0.0.1 with `s3s-fs` (each
 //! top-level folder is a bucket), checks request signatures, and counts the requests it
 //! answers, so that tests can assert what crossed the wire (for example: no object was read).
+//! [`memory::MemoryS3Server`] is the same protocol over a map in memory, for keys a folder
+//! cannot hold (`dir/` markers, `tok` beside `tok/x`, `.`, `..` and `//` segments).
 //! [`fuzz`] is the one configuration of every property-based test.
 
 pub mod fuzz;
+pub mod memory;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -49,35 +52,7 @@ impl S3Server {
     pub async fn start_on(root: &Path, listen: SocketAddr) -> io::Result<Self> {
         std::fs::create_dir_all(root)?;
         let fs = s3s_fs::FileSystem::new(root).map_err(|e| io::Error::other(format!("{e:?}")))?;
-        let mut builder = S3ServiceBuilder::new(fs);
-        builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-        let service = builder.build();
-        let listener = TcpListener::bind(listen).await?;
-        let mut addr = listener.local_addr()?;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        let counters = Arc::new(Counters::default());
-        let counted = counters.clone();
-        let task = tokio::spawn(async move {
-            let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            loop {
-                let Ok((socket, _)) = listener.accept().await else { continue };
-                let (service, counters) = (service.clone(), counted.clone());
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    counters.requests.fetch_add(1, Ordering::Relaxed);
-                    if is_object_get(&req) {
-                        counters.object_gets.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let service = service.clone();
-                    async move { service.call(req.map(s3s::Body::from)).await }
-                });
-                let conn = http.serve_connection(TokioIo::new(socket), svc).into_owned();
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
-        });
+        let (addr, counters, task) = serve(fs, listen).await?;
         Ok(Self { addr, root: root.to_owned(), counters, task })
     }
 
@@ -92,11 +67,7 @@ impl S3Server {
     /// The options of an Aqueduct `s3://` source that reach this server, with the credentials
     /// in the AWS credentials file `credentials` (see [`S3Server::write_credentials`]).
     pub fn source_options(&self, credentials: &Path) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            ("endpoint".to_string(), self.endpoint()),
-            ("allow_http".to_string(), "true".to_string()),
-            ("credentials_file".to_string(), credentials.display().to_string()),
-        ])
+        source_options(&self.endpoint(), credentials)
     }
 
     /// Writes an AWS credentials file with this server's keys (`[default]` profile).
@@ -112,6 +83,54 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Serves `s3` over the S3 protocol on `listen` (signatures checked with the test keys),
+/// counting requests; returns the address (127.0.0.1 for an unspecified one).
+pub(crate) async fn serve(
+    s3: impl s3s::S3,
+    listen: SocketAddr,
+) -> io::Result<(SocketAddr, Arc<Counters>, tokio::task::JoinHandle<()>)> {
+    let mut builder = S3ServiceBuilder::new(s3);
+    builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+    let service = builder.build();
+    let listener = TcpListener::bind(listen).await?;
+    let mut addr = listener.local_addr()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let counters = Arc::new(Counters::default());
+    let counted = counters.clone();
+    let task = tokio::spawn(async move {
+        let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        loop {
+            let Ok((socket, _)) = listener.accept().await else { continue };
+            let (service, counters) = (service.clone(), counted.clone());
+            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                counters.requests.fetch_add(1, Ordering::Relaxed);
+                if is_object_get(&req) {
+                    counters.object_gets.fetch_add(1, Ordering::Relaxed);
+                }
+                let service = service.clone();
+                async move { service.call(req.map(s3s::Body::from)).await }
+            });
+            let conn = http.serve_connection(TokioIo::new(socket), svc).into_owned();
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+    });
+    Ok((addr, counters, task))
+}
+
+/// The options of an Aqueduct `s3://` source that reach `endpoint`, with the credentials in
+/// the AWS credentials file `credentials`.
+pub(crate) fn source_options(endpoint: &str, credentials: &Path) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("endpoint".to_string(), endpoint.to_string()),
+        ("allow_http".to_string(), "true".to_string()),
+        ("credentials_file".to_string(), credentials.display().to_string()),
+    ])
 }
 
 fn is_object_get<B>(req: &hyper::Request<B>) -> bool {

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use aqueduct_hub::store::OutsideLinks;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{Manifest, Rate, ReplicationMode, VersionRef};
 use clap::{Args, Parser, Subcommand};
@@ -181,9 +182,34 @@ enum DatasetCommand {
         /// Prefix inside the source (default: the whole source).
         #[arg(long, default_value = "")]
         prefix: String,
+        /// What a snapshot does with a symbolic link (file:// sources) that leads outside the
+        /// prefix or into the hub's own files: fail (name each link, cut nothing) or skip
+        /// (leave them out, listed with the version). Such links are never followed.
+        #[arg(long, value_name = "fail|skip", default_value = "fail")]
+        outside_links: OutsideLinks,
     },
     /// List datasets.
     List,
+    /// Change a dataset's options; they apply from its next snapshot.
+    Set {
+        /// Dataset name.
+        name: String,
+        /// What a snapshot does with a symbolic link that leads outside the prefix or into the
+        /// hub's own files: fail or skip (see `aq dataset add --help`).
+        #[arg(long, value_name = "fail|skip")]
+        outside_links: OutsideLinks,
+    },
+}
+
+/// Lists what a version left out, if anything.
+fn print_skipped(version: u64, skipped: &[pb::SkippedObject]) {
+    if skipped.is_empty() {
+        return;
+    }
+    println!("warning: {} object(s) under the prefix are not in v{version}:", skipped.len());
+    for s in skipped {
+        println!("  {:?}: {}", s.key, s.reason);
+    }
 }
 
 impl SourceAdd {
@@ -345,22 +371,37 @@ async fn run(cli: Cli) -> Result<()> {
             }
             t.print();
         }
-        Command::Dataset(DatasetCommand::Add { name, source, prefix }) => {
-            let dataset = pb::Dataset { name, source, prefix, created_unix_ms: 0, latest_version: 0 };
+        Command::Dataset(DatasetCommand::Add { name, source, prefix, outside_links }) => {
+            let dataset = pb::Dataset {
+                name,
+                source,
+                prefix,
+                created_unix_ms: 0,
+                latest_version: 0,
+                outside_links: outside_links.to_string(),
+            };
             let d = admin
                 .add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) })
                 .await
                 .map_err(|e| explain(e, &hub))?
                 .into_inner();
-            println!("dataset {} added: source {} prefix {:?}", d.name, d.source, d.prefix);
+            println!(
+                "dataset {} added: source {} prefix {:?}, outside links: {}",
+                d.name, d.source, d.prefix, d.outside_links
+            );
+        }
+        Command::Dataset(DatasetCommand::Set { name, outside_links }) => {
+            let req = pb::UpdateDatasetRequest { name, outside_links: outside_links.to_string() };
+            let d = admin.update_dataset(req).await.map_err(|e| explain(e, &hub))?.into_inner();
+            println!("dataset {}: outside links: {} (from its next snapshot)", d.name, d.outside_links);
         }
         Command::Dataset(DatasetCommand::List) => {
             let list =
                 admin.list_datasets(pb::ListDatasetsRequest {}).await.map_err(|e| explain(e, &hub))?.into_inner();
-            let mut t = Table::new(["NAME", "SOURCE", "PREFIX", "LATEST", "AGE"]);
+            let mut t = Table::new(["NAME", "SOURCE", "PREFIX", "LATEST", "OUTSIDE LINKS", "AGE"]);
             for d in list.datasets {
                 let latest = if d.latest_version == 0 { "-".into() } else { format!("v{}", d.latest_version) };
-                t.row([d.name, d.source, d.prefix, latest, age(d.created_unix_ms)]);
+                t.row([d.name, d.source, d.prefix, latest, d.outside_links, age(d.created_unix_ms)]);
             }
             t.print();
         }
@@ -405,6 +446,7 @@ async fn run(cli: Cli) -> Result<()> {
                 );
                 println!("root {root}");
             }
+            print_skipped(done.version, &done.skipped);
         }
         Command::Versions { dataset } => {
             let list = admin
@@ -412,7 +454,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .map_err(|e| explain(e, &hub))?
                 .into_inner();
-            let mut t = Table::new(["VERSION", "FILES", "SIZE", "CHUNKS", "NEW", "ROOT", "AGE"]);
+            let mut t = Table::new(["VERSION", "FILES", "SIZE", "CHUNKS", "NEW", "SKIPPED", "ROOT", "AGE"]);
             for v in list.versions {
                 let root = aqueduct_proto::Digest::from_slice(&v.root).map(|d| d.short()).unwrap_or_default();
                 t.row([
@@ -421,6 +463,7 @@ async fn run(cli: Cli) -> Result<()> {
                     bytes(v.bytes),
                     v.chunks.to_string(),
                     bytes(v.new_bytes),
+                    v.skipped.len().to_string(),
                     root,
                     age(v.created_unix_ms),
                 ]);
@@ -573,6 +616,16 @@ async fn run(cli: Cli) -> Result<()> {
                 ]);
             }
             t.print();
+            // What the version left out is kept with its summary.
+            let versions = admin
+                .list_versions(pb::ListVersionsRequest { dataset: m.dataset.clone() })
+                .await
+                .map_err(|e| explain(e, &hub))?
+                .into_inner()
+                .versions;
+            if let Some(v) = versions.iter().find(|v| v.version == m.version) {
+                print_skipped(m.version, &v.skipped);
+            }
             if chunks {
                 let mut t = Table::new(["PATH", "OFFSET", "LENGTH", "BLAKE3"]);
                 for f in &m.files {

@@ -96,6 +96,7 @@ async fn run_in(root: &Path, model_mib: usize, fuse: bool, shutdown: &Cancellati
         prefix: DATASET.into(),
         created_unix_ms: 0,
         latest_version: 0,
+        outside_links: String::new(),
     };
     admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await?;
     let v1 = snapshot(&mut admin).await?;

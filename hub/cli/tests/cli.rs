@@ -234,3 +234,52 @@ async fn quickstart_runs_the_main_job_and_cleans_up() {
     assert!(rows.iter().filter(|r| r.contains(" v2 ")).all(|r| ratio(r) < 0.2), "{stdout}");
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "the quickstart left files behind");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_out_of_a_dataset_are_named_and_skipped_on_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models/llama");
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::write(models.join("model.safetensors"), vec![7u8; 1 << 20]).unwrap();
+    std::os::unix::fs::symlink("/etc", models.join("etc")).unwrap();
+    let hub = start_hub(&tmp.path().join("hub")).await;
+    let cfg = Some(hub.admin_config.as_path());
+    let home = tmp.path();
+
+    // A source that holds the hub's data directory is refused.
+    let holding = format!("file://{}", tmp.path().display());
+    fails_with(&aq(home, cfg, &["source", "add", "all", &holding]).await, &["hub's own files"]);
+    let url = format!("file://{}", tmp.path().join("models").display());
+    ok(&aq(home, cfg, &["source", "add", "local", &url]).await);
+    let out = aq(home, cfg, &["dataset", "add", "llama", "--source", "local", "--outside-links", "maybe"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fail or skip"));
+    let out = ok(&aq(home, cfg, &["dataset", "add", "llama", "--source", "local", "--prefix", "llama"]).await);
+    assert!(out.contains("outside links: fail"), "{out}");
+    fails_with(
+        &aq(home, cfg, &["snapshot", "llama"]).await,
+        &["\"llama/etc\"", "\"/etc\"", "never followed", "aq dataset set llama --outside-links skip"],
+    );
+
+    let out = ok(&aq(home, cfg, &["dataset", "set", "llama", "--outside-links", "skip"]).await);
+    assert!(out.contains("outside links: skip"), "{out}");
+    let out = ok(&aq(home, cfg, &["dataset", "list"]).await);
+    assert!(out.contains("OUTSIDE LINKS") && out.contains("skip"), "{out}");
+    let out = ok(&aq(home, cfg, &["snapshot", "llama"]).await);
+    assert!(out.contains("llama@v1: 1 files"), "{out}");
+    assert!(
+        out.contains("warning: 1 object(s) under the prefix are not in v1") && out.contains("\"llama/etc\""),
+        "{out}"
+    );
+    let out = ok(&aq(home, cfg, &["versions", "llama"]).await);
+    assert!(out.lines().next().unwrap().contains("SKIPPED"), "{out}");
+    let out = ok(&aq(home, cfg, &["manifest", "llama@v1"]).await);
+    assert!(
+        out.contains("model.safetensors") && out.contains("\"llama/etc\"") && out.contains("never followed"),
+        "{out}"
+    );
+    fails_with(
+        &aq(home, cfg, &["dataset", "set", "nope", "--outside-links", "skip"]).await,
+        &["\"nope\" does not exist"],
+    );
+}

@@ -1,4 +1,4 @@
-//! Sources: where a dataset's bytes live, read through `object_store`.
+//! Sources: where a dataset's bytes live.
 //!
 //! A source is a URL (`s3://bucket[/prefix]` or `file:///path`) plus options. Options carry
 //! connection settings and *references* to credentials (the name of an environment variable,
@@ -6,25 +6,30 @@
 //! and prints them in listings, so a secret among them would leak. Credentials are resolved
 //! from the hub's own environment each time the source is opened.
 //!
-//! The rest of the hub sees a source only through the [`Source`] trait: list the objects under
-//! a prefix, read a byte range of one. [`testing`] has wrappers that count reads and inject
-//! faults, for tests.
+//! The rest of the hub sees a source only through the [`Source`] trait: list what is under a
+//! prefix, read a byte range of one object. Two implementations: [`file`] walks a directory
+//! with `openat` and never follows a link out of the dataset's prefix or into the hub's own
+//! files ([`HubFiles`]); [`s3`] lists with signed ListObjectsV2 requests of its own (so that
+//! any key survives the listing) and reads through `object_store`. A listing is exact: names
+//! are the source's own, and whatever cannot be a file of a version is returned as
+//! [`Refused`], with why. [`keys`] holds the pure rules that turn keys into paths. [`testing`]
+//! has wrappers that count reads and inject faults, for tests.
+
+pub mod file;
+pub mod keys;
+pub mod s3;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use object_store::aws::AmazonS3Builder;
-use object_store::local::LocalFileSystem;
-use object_store::path::Path as StorePath;
-use object_store::{ClientOptions, GetOptions, GetRange, GetResultPayload, ObjectStore, RetryConfig};
 use url::Url;
 
 /// Options a source may have. Anything else is refused, so that a typo is not silently
@@ -60,8 +65,47 @@ pub enum SourceError {
     Denied { url: String, detail: String },
     #[error("object {key:?} of source {url} changed while it was read ({detail}); snapshot again")]
     Changed { url: String, key: String, detail: String },
+    #[error(
+        "source {url} holds the hub's own files ({}): every region could read them (the hub's CA key among \
+         them); point the source at a directory that does not contain the hub's data directory",
+        hub.display()
+    )]
+    HoldsHubFiles { url: String, hub: PathBuf },
+    #[error(
+        "prefix {prefix:?} of source {url} resolves to {}, {where_}; a dataset's prefix must be a directory of \
+         its source: add a source for that directory instead",
+        target.display()
+    )]
+    PrefixOutside { url: String, prefix: String, target: PathBuf, where_: &'static str },
     #[error("source {url}: {detail}")]
     Io { url: String, detail: String },
+}
+
+/// The hub's own files (its data directory, its keys), as canonical paths. No source may
+/// contain them and no snapshot reads them, whatever a source's links say.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HubFiles {
+    paths: Vec<PathBuf>,
+}
+
+impl HubFiles {
+    /// `paths` made canonical (those that do not exist yet are kept as given).
+    pub fn new(paths: impl IntoIterator<Item = PathBuf>) -> Self {
+        let mut paths: Vec<PathBuf> = paths.into_iter().map(|p| p.canonicalize().unwrap_or(p)).collect();
+        paths.sort();
+        paths.dedup();
+        Self { paths }
+    }
+
+    /// The hub's file that `path` (canonical) is, or is inside of.
+    pub fn holding(&self, path: &Path) -> Option<&Path> {
+        self.paths.iter().find(|p| path.starts_with(p)).map(PathBuf::as_path)
+    }
+
+    /// The first of the hub's files that lies inside `dir` (canonical), or is `dir`.
+    pub fn inside(&self, dir: &Path) -> Option<&Path> {
+        self.paths.iter().find(|p| p.starts_with(dir)).map(PathBuf::as_path)
+    }
 }
 
 /// A validated source definition: URL and options, as stored in the hub's database.
@@ -87,6 +131,9 @@ impl SourceSpec {
                 if parsed.host_str().is_none_or(str::is_empty) {
                     return Err(bad("it names no bucket"));
                 }
+                if s3::decode_url_path(&parsed).is_none() {
+                    return Err(bad("its path is not valid UTF-8 once decoded"));
+                }
                 for (key, value) in &options {
                     check_option(key, value)?;
                 }
@@ -94,6 +141,9 @@ impl SourceSpec {
             "file" => {
                 if parsed.host_str().is_some_and(|h| !h.is_empty()) {
                     return Err(bad("a file URL has no host (three slashes: file:///path)"));
+                }
+                if parsed.to_file_path().is_err() {
+                    return Err(bad("it is not an absolute local path"));
                 }
                 if let Some(key) = options.keys().next() {
                     return Err(SourceError::BadOption {
@@ -107,74 +157,29 @@ impl SourceSpec {
         Ok(Self { url: parsed, options })
     }
 
-    /// The URL's own prefix inside the store (bucket-relative for S3, empty for files).
-    fn base_prefix(&self) -> &str {
-        match self.url.scheme() {
-            "s3" => self.url.path().trim_matches('/'),
-            _ => "",
-        }
-    }
-
     /// Opens the source, resolving credential references from this process's environment.
+    /// Nothing of the hub's own is guarded: see [`SourceSpec::open_guarded`].
     pub fn open(&self) -> Result<Arc<dyn Source>, SourceError> {
-        let url = self.url.to_string();
+        self.open_guarded(&HubFiles::default())
+    }
+
+    /// Opens the source; a `file://` source never lists or reads anything of `hub`.
+    pub fn open_guarded(&self, hub: &HubFiles) -> Result<Arc<dyn Source>, SourceError> {
         match self.url.scheme() {
-            "file" => {
-                let root = self.url.to_file_path().map_err(|()| SourceError::BadUrl {
-                    url: url.clone(),
-                    reason: "it is not an absolute local path".into(),
-                })?;
-                if !root.is_dir() {
-                    return Err(SourceError::NotFound {
-                        url,
-                        detail: format!("{} is not a directory", root.display()),
-                    });
-                }
-                let store = LocalFileSystem::new_with_prefix(&root)
-                    .map(Arc::new)
-                    .map_err(|e| SourceError::NotFound { url: url.clone(), detail: e.to_string() })?;
-                Ok(Arc::new(ObjectStoreSource { url, store: store.clone(), base: String::new(), local: Some(store) }))
-            }
-            _ => {
-                let store = self.build_s3()?;
-                Ok(Arc::new(ObjectStoreSource {
-                    url,
-                    store: Arc::new(store),
-                    base: self.base_prefix().to_string(),
-                    local: None,
-                }))
-            }
+            "file" => Ok(Arc::new(file::FileSource::open(&self.url, hub.clone())?)),
+            _ => Ok(Arc::new(s3::S3Source::open(self)?)),
         }
     }
 
-    fn build_s3(&self) -> Result<object_store::aws::AmazonS3, SourceError> {
-        let url = self.url.to_string();
-        let opt = |k: &str| self.options.get(k).map(String::as_str);
-        let flag = |k: &str| opt(k) == Some("true");
-        let bucket = self.url.host_str().unwrap_or_default();
-        let mut builder = AmazonS3Builder::new()
-            .with_bucket_name(bucket)
-            .with_region(opt("region").unwrap_or("us-east-1"))
-            .with_retry(RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(15), ..Default::default() })
-            .with_client_options(ClientOptions::new().with_connect_timeout(Duration::from_secs(5)));
-        if let Some(endpoint) = opt("endpoint") {
-            builder = builder.with_endpoint(endpoint).with_allow_http(flag("allow_http"));
+    /// Refuses a `file://` source whose directory contains the hub's own files, or lies inside
+    /// them. (A directory that does not exist yet is left to the probe.)
+    pub fn check_hub_files(&self, hub: &HubFiles) -> Result<(), SourceError> {
+        let Ok(root) = self.url.to_file_path() else { return Ok(()) };
+        let Ok(root) = root.canonicalize() else { return Ok(()) };
+        match hub.inside(&root).or_else(|| hub.holding(&root)) {
+            Some(found) => Err(SourceError::HoldsHubFiles { url: self.url.to_string(), hub: found.to_owned() }),
+            None => Ok(()),
         }
-        // Path-style addressing by default when an endpoint is given (MinIO, Ceph, garage...).
-        let path_style = opt("path_style").map_or(opt("endpoint").is_some(), |v| v == "true");
-        builder = builder.with_virtual_hosted_style_request(!path_style);
-        if flag("anonymous") {
-            return builder
-                .with_skip_signature(true)
-                .build()
-                .map_err(|e| SourceError::Io { url, detail: e.to_string() });
-        }
-        let creds = Credentials::resolve(&url, &self.options)?;
-        builder = builder.with_access_key_id(creds.access_key_id).with_secret_access_key(creds.secret_access_key);
-        if let Some(token) = creds.session_token {
-            builder = builder.with_token(token);
-        }
-        builder.build().map_err(|e| SourceError::Io { url, detail: e.to_string() })
     }
 }
 
@@ -282,14 +287,61 @@ fn ini_section(text: &str, wanted: &str) -> Option<BTreeMap<String, String>> {
 /// One object found under a dataset's prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectInfo {
-    /// Key in the store, to read it with.
+    /// Key in the source, to read it with.
     pub key: String,
-    /// Path relative to the listed prefix: the file's path in the dataset.
+    /// The key relative to the listed prefix, exactly as the source names it: the file's path
+    /// in the dataset, if [`keys::classify_key`] accepts it.
     pub path: String,
     pub size: u64,
     pub mtime_unix_ms: i64,
     pub etag: Option<String>,
     pub mode: u32,
+}
+
+/// What a source found under a prefix.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Objects that hold bytes, sorted by path.
+    pub objects: Vec<ObjectInfo>,
+    /// What the source found but cannot offer as an object, with why.
+    pub refused: Vec<Refused>,
+}
+
+/// An entry under a prefix that is not an object of the listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// The entry's key in the source (bytes that are not UTF-8 shown as `\xNN`).
+    pub key: String,
+    pub why: Refusal,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A symbolic link whose target resolves outside the dataset's prefix: never followed.
+    /// `target` is shown as it is (quoted), with where it resolves to.
+    OutsideLink { target: String },
+    /// A link, or a directory, that resolves into the hub's own files: never read.
+    HubFiles { target: String },
+    /// A directory link that leads back into a directory that holds it.
+    LinkCycle { target: String },
+    /// Anything else that cannot be a file of a version; why, for people.
+    Other(String),
+}
+
+impl Refusal {
+    /// Why the entry is not in the version, for people.
+    pub fn reason(&self) -> String {
+        match self {
+            Refusal::OutsideLink { target } => {
+                format!("a symbolic link to {target}, outside the dataset's prefix: never followed")
+            }
+            Refusal::HubFiles { target } => format!("it leads to {target}, the hub's own files: never read"),
+            Refusal::LinkCycle { target } => {
+                format!("a link to the directory {target}, which holds the link itself (a cycle)")
+            }
+            Refusal::Other(why) => why.clone(),
+        }
+    }
 }
 
 /// Bytes of an object being read: a local file (read with plain blocking reads, which beats
@@ -376,150 +428,13 @@ pub trait Source: Send + Sync + fmt::Debug {
     /// Checks that the source exists and is readable with the configured credentials.
     async fn probe(&self) -> Result<(), SourceError>;
 
-    /// Every object under `prefix` (relative to the source's URL), recursively.
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, SourceError>;
+    /// Everything under `prefix` (a clean path relative to the source's URL, or empty),
+    /// recursively: the objects, and what cannot be one (with why).
+    async fn list(&self, prefix: &str) -> Result<Listing, SourceError>;
 
     /// Opens `range` of object `key`. With `etag`, fails with [`SourceError::Changed`] when the
     /// object is no longer the one that was listed.
     async fn read(&self, key: &str, range: Range<u64>, etag: Option<&str>) -> Result<ObjectReader, SourceError>;
-}
-
-/// A [`Source`] over an `object_store` store.
-pub struct ObjectStoreSource {
-    url: String,
-    store: Arc<dyn ObjectStore>,
-    /// The URL's own prefix inside the store.
-    base: String,
-    /// For `file://`: the same store, typed, to find files' modes.
-    local: Option<Arc<LocalFileSystem>>,
-}
-
-impl fmt::Debug for ObjectStoreSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ObjectStoreSource").field("url", &self.url).finish_non_exhaustive()
-    }
-}
-
-impl ObjectStoreSource {
-    fn full_prefix(&self, prefix: &str) -> String {
-        [self.base.as_str(), prefix.trim_matches('/')]
-            .iter()
-            .filter(|p| !p.is_empty())
-            .copied()
-            .collect::<Vec<_>>()
-            .join("/")
-    }
-
-    fn map_err(&self, key: &str, e: object_store::Error) -> SourceError {
-        let url = self.url.clone();
-        let detail = e.to_string();
-        match e {
-            object_store::Error::NotFound { .. } => SourceError::NotFound { url, detail: format!("{key:?}: {detail}") },
-            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-                SourceError::Denied { url, detail }
-            }
-            object_store::Error::Precondition { .. } => SourceError::Changed { url, key: key.to_string(), detail },
-            _ => classify_generic(url, detail),
-        }
-    }
-
-    fn mode_of(&self, key: &StorePath) -> u32 {
-        use std::os::unix::fs::PermissionsExt;
-        self.local
-            .as_ref()
-            .and_then(|local| local.path_to_filesystem(key).ok())
-            .and_then(|path| std::fs::metadata(path).ok())
-            .map_or(0o644, |m| m.permissions().mode() & 0o7777)
-    }
-}
-
-/// S3 errors other than the typed ones come back as text: sort the common ones by meaning,
-/// on S3 error codes and HTTP statuses only (a key may contain "403").
-fn classify_generic(url: String, detail: String) -> SourceError {
-    let lower = detail.to_ascii_lowercase();
-    if lower.contains("nosuchbucket") || lower.contains("404 not found") {
-        SourceError::NotFound { url, detail }
-    } else if lower.contains("accessdenied")
-        || lower.contains("403 forbidden")
-        || lower.contains("signaturedoesnotmatch")
-        || lower.contains("invalidaccesskeyid")
-    {
-        SourceError::Denied { url, detail }
-    } else {
-        SourceError::Io { url, detail }
-    }
-}
-
-#[async_trait]
-impl Source for ObjectStoreSource {
-    fn url(&self) -> &str {
-        &self.url
-    }
-
-    async fn probe(&self) -> Result<(), SourceError> {
-        let prefix = self.full_prefix("");
-        let path = (!prefix.is_empty()).then(|| StorePath::from(prefix.as_str()));
-        self.store.list_with_delimiter(path.as_ref()).await.map_err(|e| self.map_err(&prefix, e))?;
-        Ok(())
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, SourceError> {
-        let full = self.full_prefix(prefix);
-        let path = (!full.is_empty()).then(|| StorePath::from(full.as_str()));
-        let mut stream = self.store.list(path.as_ref());
-        let mut objects = Vec::new();
-        while let Some(meta) = stream.next().await {
-            let meta = meta.map_err(|e| self.map_err(&full, e))?;
-            let key = meta.location.to_string();
-            let rel = if full.is_empty() { key.as_str() } else { key.strip_prefix(&full).unwrap_or(&key) };
-            let rel = rel.trim_start_matches('/');
-            if rel.is_empty() {
-                continue;
-            }
-            objects.push(ObjectInfo {
-                path: rel.to_string(),
-                mode: self.mode_of(&meta.location),
-                key,
-                size: meta.size,
-                mtime_unix_ms: meta.last_modified.timestamp_millis(),
-                etag: meta.e_tag,
-            });
-        }
-        objects.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(objects)
-    }
-
-    async fn read(&self, key: &str, range: Range<u64>, etag: Option<&str>) -> Result<ObjectReader, SourceError> {
-        let options = GetOptions {
-            range: Some(GetRange::Bounded(range.clone())),
-            if_match: etag.map(str::to_string),
-            ..Default::default()
-        };
-        // `key` comes from a listing and is already in the store's encoding: parse, don't
-        // encode it again.
-        let path = StorePath::parse(key).unwrap_or_else(|_| StorePath::from(key));
-        let result = self.store.get_opts(&path, options).await.map_err(|e| self.map_err(key, e))?;
-        if result.range != range {
-            return Err(SourceError::Changed {
-                url: self.url.clone(),
-                key: key.to_string(),
-                detail: format!("asked for bytes {range:?}, got {:?}", result.range),
-            });
-        }
-        Ok(match result.payload {
-            GetResultPayload::File(file, _) => ObjectReader::File { file, range },
-            GetResultPayload::Stream(stream) => {
-                let (url, key) = (self.url.clone(), key.to_string());
-                ObjectReader::Stream(
-                    stream
-                        .map(move |r| {
-                            r.map_err(|e| SourceError::Io { url: url.clone(), detail: format!("{key}: {e}") })
-                        })
-                        .boxed(),
-                )
-            }
-        })
-    }
 }
 
 /// Wrappers around a [`Source`] for tests: count what is read, fail on purpose.
@@ -552,7 +467,7 @@ pub mod testing {
         async fn probe(&self) -> Result<(), SourceError> {
             self.inner.probe().await
         }
-        async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, SourceError> {
+        async fn list(&self, prefix: &str) -> Result<Listing, SourceError> {
             self.inner.list(prefix).await
         }
         async fn read(&self, key: &str, range: Range<u64>, etag: Option<&str>) -> Result<ObjectReader, SourceError> {
@@ -601,6 +516,8 @@ pub mod testing {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn opts(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -610,7 +527,7 @@ mod tests {
     #[test]
     fn parses_good_urls() {
         let s = SourceSpec::parse("s3://models/llama", opts(&[("endpoint", "http://127.0.0.1:9000")])).unwrap();
-        assert_eq!(s.base_prefix(), "llama");
+        assert_eq!(s3::decode_url_path(&s.url).as_deref(), Some("llama"));
         assert!(SourceSpec::parse("file:///srv/models", BTreeMap::new()).is_ok());
     }
 
@@ -649,5 +566,89 @@ mod tests {
         assert_eq!(ini_section(text, "default").unwrap()["aws_secret_access_key"], "S");
         assert_eq!(ini_section(text, "other").unwrap()["aws_access_key_id"], "B");
         assert!(ini_section(text, "none").is_none());
+    }
+
+    #[test]
+    fn sources_holding_the_hubs_files_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hub_dir = tmp.path().join("hub");
+        std::fs::create_dir_all(hub_dir.join("pki")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("models")).unwrap();
+        let hub = HubFiles::new([hub_dir.clone()]);
+        let spec = |p: &Path| SourceSpec::parse(&format!("file://{}", p.display()), BTreeMap::new()).unwrap();
+        for holding in [tmp.path().to_owned(), hub_dir.clone(), hub_dir.join("pki")] {
+            let err = spec(&holding).check_hub_files(&hub).unwrap_err();
+            assert!(matches!(err, SourceError::HoldsHubFiles { .. }), "{}: {err}", holding.display());
+            assert!(err.to_string().contains(&hub_dir.canonicalize().unwrap().display().to_string()), "{err}");
+        }
+        spec(&tmp.path().join("models")).check_hub_files(&hub).unwrap();
+        // Through a link, the same.
+        std::os::unix::fs::symlink(tmp.path(), tmp.path().join("models/up")).unwrap();
+        assert!(spec(&tmp.path().join("models/up")).check_hub_files(&hub).is_err());
+    }
+
+    fn option_strategy() -> impl Strategy<Value = BTreeMap<String, String>> {
+        let key = prop_oneof![
+            proptest::sample::select(S3_OPTIONS.to_vec()).prop_map(str::to_string),
+            proptest::sample::select(SECRET_OPTIONS.to_vec()).prop_map(str::to_string),
+            "\\PC{0,12}",
+        ];
+        proptest::collection::btree_map(key, "\\PC{0,24}", 0..5)
+    }
+
+    fn url_strategy() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,40}",
+            ("(s3|file|S3|ftp|http)", "(:|://|:///)", "[a-zA-Z0-9@:%/?#.\\- ]{0,30}")
+                .prop_map(|(a, b, c)| format!("{a}{b}{c}")),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(aqueduct_testkit::fuzz::config(2000))]
+
+        /// Any URL and options: never a panic, and the value of an option refused as a secret
+        /// never appears in the error.
+        #[test]
+        fn fuzz_source_spec_parse(url in url_strategy(), options in option_strategy(), secret in "[a-zA-Z0-9]{12,20}") {
+            let mut options = options;
+            let secret_key = SECRET_OPTIONS[secret.len() % SECRET_OPTIONS.len()];
+            let with_secret = secret.len() % 2 == 0;
+            if with_secret {
+                options.insert(secret_key.to_string(), secret.clone());
+            }
+            match SourceSpec::parse(&url, options.clone()) {
+                Ok(spec) => {
+                    prop_assert!(matches!(spec.url.scheme(), "s3" | "file"));
+                    prop_assert!(!with_secret || spec.url.scheme() != "s3", "a secret option was accepted");
+                    if spec.url.scheme() == "file" {
+                        prop_assert!(spec.options.is_empty());
+                    }
+                }
+                Err(e) => {
+                    if with_secret && !url.contains(&secret) {
+                        prop_assert!(!e.to_string().contains(&secret), "{}", e);
+                    }
+                }
+            }
+        }
+
+        /// Any text as an AWS credentials file: never a panic; a profile found holds what the
+        /// file says for it.
+        #[test]
+        fn fuzz_ini_credentials(text in "(\\PC{0,20}\n|\\[[a-z ]{0,10}\\]\n|[a-z_]{1,8} ?= ?[a-zA-Z0-9]{0,8}\n){0,12}", profile in "[a-z]{0,6}") {
+            if let Some(section) = ini_section(&text, &profile) {
+                for (k, v) in &section {
+                    prop_assert_eq!(k.trim(), k.as_str());
+                    prop_assert_eq!(v.trim(), v.as_str());
+                    prop_assert!(text.contains(k.as_str()) && text.contains(v.as_str()));
+                }
+            }
+            let known = format!("{text}\n[{profile}]\naws_access_key_id = K1\naws_secret_access_key = S1\n");
+            if !profile.is_empty() {
+                let section = ini_section(&known, &profile).unwrap();
+                prop_assert_eq!(section.get("aws_access_key_id").map(String::as_str), Some("K1"));
+            }
+        }
     }
 }
