@@ -8,7 +8,8 @@
 //! A version is written in one transaction with all its files, so a failed or interrupted
 //! snapshot leaves nothing behind. Each file's chunk list is one blob: for each chunk, its
 //! 32-byte digest and its length as a little-endian u32 (format 1; offsets follow from the
-//! lengths). The schema carries a version number in table `meta` from the start.
+//! lengths). The schema carries a version number in table `meta` from the start; an older
+//! database is migrated one step at a time when the hub opens it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,7 +18,7 @@ use std::sync::Mutex;
 use aqueduct_proto::{ChunkRef, ChunkerParams, Digest, FileEntry, Manifest, ReplicationMode};
 use rusqlite::{Connection, OptionalExtension, params};
 
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -97,6 +98,11 @@ pub struct RolloutRecord {
     pub root: Digest,
     pub updated_unix_ms: i64,
     pub mode: ReplicationMode,
+    /// When the region was asked to hold the version (0: before schema 3 kept it).
+    pub added_unix_ms: i64,
+    /// When the region first held the version whole and verified (Ready); never again unset.
+    /// What the cut-over and a changed source go by (see `relay::active_versions`).
+    pub ready_unix_ms: Option<i64>,
 }
 
 /// What identifies the state of a source object when a version was cut: if the object still
@@ -158,12 +164,21 @@ pub trait MetaStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Every rollout (of one dataset, or of all), by dataset, version and region.
     fn rollouts(&self, dataset: Option<&str>) -> Result<Vec<RolloutRecord>, StoreError>;
-    /// Records what a region reported about a version it was asked to hold.
+    /// Records what a region reported about a version it was asked to hold. A row that was
+    /// Ready once stays Ready (with its cached bytes): a spoke that joins the region later, or
+    /// fails, shows per node, not in the region's row.
     fn update_rollout(&self, update: &RolloutUpdate) -> Result<(), StoreError>;
     /// Adds to the bytes relayed to a region for a version.
     fn add_relayed(&self, dataset: &str, version: u64, region: &str, bytes: u64) -> Result<(), StoreError>;
-    /// Marks a version failed in every region that was asked to hold it.
-    fn fail_version(&self, dataset: &str, version: u64, reason: &str, now_unix_ms: i64) -> Result<(), StoreError>;
+    /// Marks a version failed, with `reason`, in every region that was asked to hold it and
+    /// never held it whole; the regions that did keep it. Returns the regions it failed in.
+    fn fail_version(
+        &self,
+        dataset: &str,
+        version: u64,
+        reason: &str,
+        now_unix_ms: i64,
+    ) -> Result<Vec<String>, StoreError>;
 }
 
 /// A region's report on one version.
@@ -241,6 +256,8 @@ CREATE TABLE IF NOT EXISTS rollouts (
     rate INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL,
     mode TEXT NOT NULL DEFAULT 'auto',
+    added_ms INTEGER NOT NULL DEFAULT 0,
+    ready_ms INTEGER,
     PRIMARY KEY (dataset, version, region),
     FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
 );
@@ -263,25 +280,29 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA)?;
         let found: Option<String> =
             conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).optional()?;
-        match found {
-            None => {
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
-                    [SCHEMA_VERSION.to_string()],
-                )?;
-            }
-            Some(v) if v == SCHEMA_VERSION.to_string() => {}
-            // Version 1 had no replication mode per rollout: every rollout was every-node
-            // then, which `auto` still gives for what fits a spoke.
-            Some(v) if v == "1" => {
-                conn.execute_batch(
+        let Some(found) = found else {
+            conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?1)", [SCHEMA_VERSION.to_string()])?;
+            return Ok(Self { conn: Mutex::new(conn) });
+        };
+        let mut version: i64 = found.parse().map_err(|_| StoreError::Schema { found: -1 })?;
+        // One step at a time, each in its own transaction, up to this build's schema.
+        while version < SCHEMA_VERSION {
+            match version {
+                // Version 1 had no replication mode per rollout: every rollout was every-node
+                // then, which `auto` still gives for what fits a spoke.
+                1 => conn.execute_batch(
                     "BEGIN;
                      ALTER TABLE rollouts ADD COLUMN mode TEXT NOT NULL DEFAULT 'auto';
                      UPDATE meta SET value = '2' WHERE key = 'schema_version';
                      COMMIT;",
-                )?;
+                )?,
+                2 => migrate_rollout_activation(&conn, 3)?,
+                _ => break,
             }
-            Some(v) => return Err(StoreError::Schema { found: v.parse().unwrap_or(-1) }),
+            version += 1;
+        }
+        if version != SCHEMA_VERSION {
+            return Err(StoreError::Schema { found: version });
         }
         Ok(Self { conn: Mutex::new(conn) })
     }
@@ -291,6 +312,23 @@ impl SqliteStore {
         // back on drop), so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The step to schema `to` that remembers when each region was asked to hold a version and
+/// when it first held it whole (`rollouts.added_ms`, `rollouts.ready_ms`), so that the
+/// cut-over need not recompute activation from the phases of the moment. Rows Ready before
+/// (Ready stayed Ready already) count as Ready since their last update; rows of old get
+/// `added_ms` 0, as if asked for at the start.
+fn migrate_rollout_activation(conn: &Connection, to: i64) -> Result<(), StoreError> {
+    conn.execute_batch(&format!(
+        "BEGIN;
+         ALTER TABLE rollouts ADD COLUMN added_ms INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE rollouts ADD COLUMN ready_ms INTEGER;
+         UPDATE rollouts SET ready_ms = updated_ms WHERE phase = 'Ready';
+         UPDATE meta SET value = '{to}' WHERE key = 'schema_version';
+         COMMIT;"
+    ))?;
+    Ok(())
 }
 
 fn encode_chunks(chunks: &[ChunkRef]) -> Vec<u8> {
@@ -588,8 +626,8 @@ impl MetaStore for SqliteStore {
                 return Err(StoreError::NotFound { kind: "region", name: region.clone() });
             }
             tx.execute(
-                "INSERT INTO rollouts (dataset, version, region, phase, reason, cached_bytes, relayed_bytes, rate, updated_ms, mode)
-                 VALUES (?1, ?2, ?3, 'Pending', '', 0, 0, 0, ?4, ?5)
+                "INSERT INTO rollouts (dataset, version, region, phase, reason, cached_bytes, relayed_bytes, rate, updated_ms, mode, added_ms)
+                 VALUES (?1, ?2, ?3, 'Pending', '', 0, 0, 0, ?4, ?5, ?4)
                  ON CONFLICT (dataset, version, region) DO UPDATE SET mode = excluded.mode",
                 params![dataset, version as i64, region, now, mode.to_string()],
             )?;
@@ -601,7 +639,7 @@ impl MetaStore for SqliteStore {
     fn rollouts(&self, dataset: Option<&str>) -> Result<Vec<RolloutRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT o.dataset, o.version, o.region, v.bytes, o.cached_bytes, o.phase, o.reason, o.rate, r.rate, o.updated_ms, o.relayed_bytes, v.root, o.mode
+            "SELECT o.dataset, o.version, o.region, v.bytes, o.cached_bytes, o.phase, o.reason, o.rate, r.rate, o.updated_ms, o.relayed_bytes, v.root, o.mode, o.added_ms, o.ready_ms
              FROM rollouts o
              JOIN versions v ON v.dataset = o.dataset AND v.number = o.version
              JOIN regions r ON r.name = o.region
@@ -623,6 +661,8 @@ impl MetaStore for SqliteStore {
                 relayed_bytes: r.get::<_, i64>(10)? as u64,
                 root: Digest::from_slice(&r.get::<_, Vec<u8>>(11)?).unwrap_or(Digest([0; 32])),
                 mode: r.get::<_, String>(12)?.parse().unwrap_or_default(),
+                added_unix_ms: r.get(13)?,
+                ready_unix_ms: r.get(14)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -631,11 +671,12 @@ impl MetaStore for SqliteStore {
     fn update_rollout(&self, u: &RolloutUpdate) -> Result<(), StoreError> {
         let changed = self.conn().execute(
             // Ready stays Ready: a spoke joining the region later does not take a version the
-            // region serves back to Transferring.
+            // region serves back to Transferring. The first Ready is remembered.
             "UPDATE rollouts SET
-                cached_bytes = CASE WHEN phase = 'Ready' THEN cached_bytes ELSE ?4 END,
-                phase = CASE WHEN phase = 'Ready' THEN 'Ready' ELSE ?5 END,
-                reason = CASE WHEN phase = 'Ready' THEN '' ELSE ?6 END,
+                cached_bytes = CASE WHEN ready_ms IS NOT NULL THEN cached_bytes ELSE ?4 END,
+                phase = CASE WHEN ready_ms IS NOT NULL THEN 'Ready' ELSE ?5 END,
+                reason = CASE WHEN ready_ms IS NOT NULL THEN '' ELSE ?6 END,
+                ready_ms = CASE WHEN ready_ms IS NULL AND ?5 = 'Ready' THEN ?8 ELSE ready_ms END,
                 rate = ?7, updated_ms = ?8
              WHERE dataset = ?1 AND version = ?2 AND region = ?3",
             params![
@@ -666,12 +707,22 @@ impl MetaStore for SqliteStore {
         Ok(())
     }
 
-    fn fail_version(&self, dataset: &str, version: u64, reason: &str, now: i64) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE rollouts SET phase = 'Failed', reason = ?3, rate = 0, updated_ms = ?4 WHERE dataset = ?1 AND version = ?2",
-            params![dataset, version as i64, reason, now],
-        )?;
-        Ok(())
+    fn fail_version(&self, dataset: &str, version: u64, reason: &str, now: i64) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let failed = {
+            let mut stmt = tx.prepare(
+                "UPDATE rollouts SET phase = 'Failed', reason = ?3, rate = 0, updated_ms = ?4
+                 WHERE dataset = ?1 AND version = ?2 AND ready_ms IS NULL
+                 RETURNING region",
+            )?;
+            let rows = stmt.query_map(params![dataset, version as i64, reason, now], |r| r.get::<_, String>(0))?;
+            rows.collect::<Result<Vec<String>, _>>()?
+        };
+        tx.commit()?;
+        let mut failed = failed;
+        failed.sort();
+        Ok(failed)
     }
 }
 
@@ -829,7 +880,9 @@ mod tests {
             store
                 .conn()
                 .execute_batch(
-                    "ALTER TABLE rollouts DROP COLUMN mode; UPDATE meta SET value = '1' WHERE key = 'schema_version';",
+                    "ALTER TABLE rollouts DROP COLUMN mode; ALTER TABLE rollouts DROP COLUMN added_ms;
+                     ALTER TABLE rollouts DROP COLUMN ready_ms;
+                     UPDATE meta SET value = '1' WHERE key = 'schema_version';",
                 )
                 .unwrap();
         }
@@ -838,7 +891,100 @@ mod tests {
         assert_eq!((rows.len(), rows[0].mode), (1, ReplicationMode::Auto));
         let version: String =
             store.conn().query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
-        assert_eq!(version, "2");
+        assert_eq!(version, SCHEMA_VERSION.to_string(), "migrated step by step to this build's schema");
+    }
+
+    /// A schema 2 database (no activation columns) is migrated: a row that was Ready is Ready
+    /// since its last update, the others never were; new rows record when they were added.
+    #[test]
+    fn a_schema_2_database_remembers_which_regions_were_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        {
+            let store = with_dataset(SqliteStore::open(&path).unwrap());
+            store.insert_version(0, &manifest("d", b"abc"), &BTreeMap::new(), 3, 3, 10).unwrap();
+            for name in ["eu", "us"] {
+                store.add_region(&RegionRecord { name: name.into(), rate: 1, created_unix_ms: 1 }).unwrap();
+            }
+            store.add_rollout("d", 1, &["eu".into(), "us".into()], ReplicationMode::Auto, 20).unwrap();
+            store.update_rollout(&update("eu", "Ready", 3, 30)).unwrap();
+            store.update_rollout(&update("us", "Transferring", 1, 31)).unwrap();
+            // Back to what schema 2 was.
+            store
+                .conn()
+                .execute_batch(
+                    "ALTER TABLE rollouts DROP COLUMN added_ms; ALTER TABLE rollouts DROP COLUMN ready_ms;
+                     UPDATE meta SET value = '2' WHERE key = 'schema_version';",
+                )
+                .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let rows = store.rollouts(None).unwrap();
+        let seen: Vec<(&str, &str, i64, Option<i64>)> =
+            rows.iter().map(|r| (r.region.as_str(), r.phase.as_str(), r.added_unix_ms, r.ready_unix_ms)).collect();
+        assert_eq!(seen, [("eu", "Ready", 0, Some(30)), ("us", "Transferring", 0, None)]);
+        let version: String =
+            store.conn().query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION.to_string());
+        // And it works on: us becomes Ready later, and a newer schema is refused.
+        store.update_rollout(&update("us", "Ready", 3, 40)).unwrap();
+        assert_eq!(store.rollouts(None).unwrap()[1].ready_unix_ms, Some(40));
+        store.conn().execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'", []).unwrap();
+        drop(store);
+        assert!(matches!(SqliteStore::open(&path), Err(StoreError::Schema { found: 99 })));
+    }
+
+    fn update(region: &str, phase: &str, cached: u64, now: i64) -> RolloutUpdate {
+        RolloutUpdate {
+            dataset: "d".into(),
+            version: 1,
+            region: region.into(),
+            cached_bytes: cached,
+            phase: phase.into(),
+            reason: if phase == "Failed" { "a reason".into() } else { String::new() },
+            rate: 5,
+            updated_unix_ms: now,
+        }
+    }
+
+    /// Ready once, Ready for good: later reports (a spoke that joined, one that failed) and a
+    /// source that changed do not take it back; the version fails where it was not whole yet.
+    #[test]
+    fn a_region_that_was_ready_keeps_the_version_and_only_the_others_fail() {
+        let store = store_with_dataset();
+        store.insert_version(0, &manifest("d", b"abc"), &BTreeMap::new(), 3, 3, 10).unwrap();
+        for name in ["ap", "eu", "us"] {
+            store.add_region(&RegionRecord { name: name.into(), rate: 1, created_unix_ms: 1 }).unwrap();
+        }
+        store.add_rollout("d", 1, &["eu".into(), "us".into()], ReplicationMode::Auto, 20).unwrap();
+        store.update_rollout(&update("eu", "Ready", 3, 30)).unwrap();
+        store.update_rollout(&update("eu", "Transferring", 1, 35)).unwrap();
+        store.update_rollout(&update("eu", "Failed", 0, 36)).unwrap();
+        store.update_rollout(&update("us", "Transferring", 1, 37)).unwrap();
+        // Asked again (another mode): when it was added does not change.
+        store.add_rollout("d", 1, &["eu".into(), "ap".into()], ReplicationMode::Region, 50).unwrap();
+        let rows = store.rollouts(None).unwrap();
+        let seen: Vec<(&str, &str, u64, i64, Option<i64>)> = rows
+            .iter()
+            .map(|r| (r.region.as_str(), r.phase.as_str(), r.cached_bytes, r.added_unix_ms, r.ready_unix_ms))
+            .collect();
+        assert_eq!(
+            seen,
+            [("ap", "Pending", 0, 50, None), ("eu", "Ready", 3, 20, Some(30)), ("us", "Transferring", 1, 20, None)]
+        );
+        let failed = store.fail_version("d", 1, "source changed: p/a.bin", 60).unwrap();
+        assert_eq!(failed, ["ap", "us"]);
+        let rows = store.rollouts(None).unwrap();
+        let seen: Vec<(&str, &str, &str)> =
+            rows.iter().map(|r| (r.region.as_str(), r.phase.as_str(), r.reason.as_str())).collect();
+        assert_eq!(
+            seen,
+            [
+                ("ap", "Failed", "source changed: p/a.bin"),
+                ("eu", "Ready", ""),
+                ("us", "Failed", "source changed: p/a.bin")
+            ]
+        );
     }
 
     #[test]
