@@ -105,8 +105,10 @@ pub struct SpokeConfig {
     /// The local API's unix socket (mounts, sidecars); default `DATA_DIR/spoke.sock`.
     #[serde(default)]
     pub socket: Option<PathBuf>,
-    /// Peer exchange with the other spokes of the region. Without it this spoke fetches every
-    /// chunk it needs over the link itself.
+    /// Peer exchange with the other spokes of the region (a *peer share*). Without it this
+    /// spoke serves no peers and owns no chunk: in a region whose other spokes have a share it
+    /// is a sidecar (replicates nothing, does not count for readiness, asks the owners for
+    /// what it reads); alone, it holds every version itself, over the link.
     #[serde(default)]
     pub peer: Option<PeerConfig>,
     /// The chunk cache's tiers and quotas.
