@@ -11,8 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aqueduct_e2e::{
-    SourceKind, Children, World, bin, io, local_client, mount_when_known, socket_of, spawn_logged, stored_chunks,
-    world,
+    Children, SourceKind, World, bin, io, local_client, mount_when_known, socket_of, spawn_logged, stored_chunks, world,
 };
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
@@ -106,7 +105,11 @@ async fn forged_reports_with_the_regions_key_change_nothing() {
         mode: "every-node".into(),
         ..Default::default()
     };
-    expect_err(forger.report_progress(ready("eu-1", "")).await, Code::PermissionDenied, &["session", "nothing changed"]);
+    expect_err(
+        forger.report_progress(ready("eu-1", "")).await,
+        Code::PermissionDenied,
+        &["session", "nothing changed"],
+    );
     expect_err(forger.report_progress(ready("eu-1", &"ab".repeat(16))).await, Code::PermissionDenied, &["session"]);
     expect_err(
         forger.report_progress(ready("ghost", &"ab".repeat(16))).await,
