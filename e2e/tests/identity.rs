@@ -257,9 +257,26 @@ async fn a_sidecar_without_a_peer_share_never_fails_the_region_and_reads_its_fil
     assert_eq!((row.phase.as_str(), row.active), ("Ready", true));
     // Memory only: nothing on the sidecar's disk.
     assert!(!w.root.join("spoke-pod-sidecar/store/chunks").exists());
-    for stop in stops {
-        stop.cancel();
-    }
+
+    // The node spoke restarts while v2 rolls out: meanwhile the sidecar is the region's only
+    // live spoke, and still takes nothing on (it would not fit) and does not count.
+    let [node_stop, sidecar_stop] = stops;
+    node_stop.cancel();
+    w.wait_members("eu", 1).await;
+    std::fs::write(w.data.join("model.safetensors"), noise(16 << 20, 8)).unwrap();
+    w.snapshot().await;
+    w.rollout_as(2, &["eu"], "region").await;
+    // Time for a sidecar that took the version on to start on it (nothing is timed).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let row = w.status(2).await.remove(0);
+    assert_ne!(row.phase, "Failed", "{}", row.reason);
+    let node_stop = w.start_spoke(&node);
+    let rows = w.wait_ready(2).await;
+    let nodes: Vec<(&str, &str, bool)> =
+        rows[0].nodes.iter().map(|n| (n.node.as_str(), n.phase.as_str(), n.counted)).collect();
+    assert_eq!(nodes, [("eu-1", "Ready", true), ("pod-sidecar", "Pending", false)], "the sidecar took v2 on");
+    node_stop.cancel();
+    sidecar_stop.cancel();
 }
 
 /// The source changes in place after eu holds v1 whole and serves it: a spoke that joins eu

@@ -103,6 +103,9 @@ struct Inner {
     reports: HashMap<VersionKey, BTreeMap<String, (u64, NodeReport)>>,
     /// Per region, per node: its cache as last reported.
     caches: HashMap<String, BTreeMap<String, pb::CacheReport>>,
+    /// Regions that have had a member with a peer share since the hub started: their spokes
+    /// without one are sidecars, even while every spoke with a share is away (restarting).
+    shared: std::collections::HashSet<String>,
     next_watch: u64,
 }
 
@@ -160,6 +163,9 @@ impl Members {
         let member =
             Live { watch, session: session.clone(), peer_address: peer_address.to_string(), since: Instant::now() };
         inner.live.entry(region.to_string()).or_default().insert(node.to_string(), member);
+        if !peer_address.is_empty() {
+            inner.shared.insert(region.to_string());
+        }
         Ok(Membership { region: region.to_string(), node: node.to_string(), watch, session })
     }
 
@@ -248,7 +254,8 @@ impl Members {
         let inner = self.lock();
         let reports = inner.reports.get(key);
         let Some(nodes) = inner.live.get(&key.2) else { return Vec::new() };
-        let counted = counted(nodes.iter().map(|(n, m)| (n.as_str(), m.peer_address.as_str())));
+        let shared = inner.shared.contains(&key.2);
+        let counted = counted(nodes.iter().map(|(n, m)| (n.as_str(), m.peer_address.as_str())), shared);
         nodes
             .iter()
             .map(|(node, m)| {
@@ -293,7 +300,7 @@ impl Inner {
         let reports = self.reports.get(key);
         let members: Vec<(&str, &str)> = nodes.iter().map(|(n, m)| (n.as_str(), m.peer_address.as_str())).collect();
         let membership = sharers(&members);
-        let counted: Vec<(&str, Option<&NodeReport>)> = counted(members.iter().copied())
+        let counted: Vec<(&str, Option<&NodeReport>)> = counted(members.iter().copied(), self.shared.contains(&key.2))
             .into_iter()
             .map(|node| {
                 let watch = nodes.get(node).map(|m| m.watch);
@@ -306,13 +313,14 @@ impl Inner {
 }
 
 /// The live members that count for a region's readiness, from (node, peer address) pairs:
-/// those with a peer share (an address); in a region where none has one (lone spokes, each
-/// holding every version itself), all of them. A spoke without a share in a region that has
-/// shares (a sidecar) holds no part of the region's copy, so it never holds the region back
-/// nor fails it.
-pub fn counted<'a>(members: impl Iterator<Item = (&'a str, &'a str)> + Clone) -> Vec<&'a str> {
-    let any_share = members.clone().any(|(_, address)| !address.is_empty());
-    members.filter(|(_, address)| !any_share || !address.is_empty()).map(|(node, _)| node).collect()
+/// those with a peer share (an address); in a region where none has one and none had one
+/// (`shared`: since the hub started), all of them (lone spokes, each holding every version
+/// itself). A spoke without a share in a region of shares (a sidecar) holds no part of the
+/// region's copy, so it never holds the region back nor fails it, even while the spokes with
+/// shares are away (the spokes keep to the same rule).
+pub fn counted<'a>(members: impl Iterator<Item = (&'a str, &'a str)> + Clone, shared: bool) -> Vec<&'a str> {
+    let shares = shared || members.clone().any(|(_, address)| !address.is_empty());
+    members.filter(|(_, address)| !shares || !address.is_empty()).map(|(node, _)| node).collect()
 }
 
 /// The members with a peer share, sorted and comma-separated: what a share in region mode is
@@ -541,11 +549,29 @@ mod tests {
         let members = Members::default();
         let a = members.join("us", "a", "").unwrap();
         let _b = members.join("us", "b", "").unwrap();
-        let key = ("llama".to_string(), 1, "us".to_string());
-        let row = members.report(key.clone(), "a", as_member(&a), report("Ready", 100)).unwrap().unwrap();
+        let us = ("llama".to_string(), 1, "us".to_string());
+        let row = members.report(us, "a", as_member(&a), report("Ready", 100)).unwrap().unwrap();
         assert_eq!(row.phase, "Transferring", "b counts and has not reported");
-        assert_eq!(counted([("a", ""), ("b", "h:1"), ("c", "")].into_iter()), ["b"]);
-        assert_eq!(counted([("a", ""), ("c", "")].into_iter()), ["a", "c"]);
+        assert_eq!(counted([("a", ""), ("b", "h:1"), ("c", "")].into_iter(), false), ["b"]);
+        assert_eq!(counted([("a", ""), ("c", "")].into_iter(), false), ["a", "c"]);
+        assert!(counted([("a", ""), ("c", "")].into_iter(), true).is_empty(), "sidecars counted in a region of shares");
+
+        // In a region of shares, the node spoke away (restarting): the sidecar still does not
+        // count, and the row stays as it was rather than follow the sidecar.
+        let members = Members::default();
+        let node = members.join("eu", "node", "10.0.0.1:7444").unwrap();
+        let sidecar = members.join("eu", "pod-sidecar", "").unwrap();
+        members.report(key(), "node", as_member(&node), report("Transferring", 40)).unwrap();
+        members.leave(node);
+        assert_eq!(members.progress(&key()), None);
+        let row = members.report(
+            key(),
+            "pod-sidecar",
+            as_member(&sidecar),
+            NodeReport { reason: "cache full".into(), ..report("Failed", 0) },
+        );
+        assert_eq!(row.unwrap(), None, "a sidecar's report moved the row");
+        assert!(!members.nodes(&key())[0].counted);
     }
 
     #[test]
@@ -610,6 +636,8 @@ mod tests {
         #[derive(Default)]
         struct Model {
             live: BTreeMap<usize, (bool, Option<NodeReport>)>,
+            /// A member with a share was live once.
+            shared: bool,
         }
 
         impl Model {
@@ -622,7 +650,7 @@ mod tests {
             /// Every counted live member reported Ready in its current watch (a share for the
             /// current membership).
             fn ready(&self) -> bool {
-                let any_share = self.live.values().any(|(s, _)| *s);
+                let any_share = self.shared || self.live.values().any(|(s, _)| *s);
                 let counted: Vec<&Option<NodeReport>> =
                     self.live.values().filter(|(s, _)| !any_share || *s).map(|(_, r)| r).collect();
                 let membership = self.sharers();
@@ -658,6 +686,7 @@ mod tests {
                                 std::collections::btree_map::Entry::Vacant(slot) => {
                                     slot.insert(joined.unwrap());
                                     model.live.insert(node, (share, None));
+                                    model.shared |= share;
                                 }
                             }
                         }

@@ -10,9 +10,10 @@
 //! are, each chunk has an owner among them ([`peers`]), only the owner fetches it over the
 //! link, and the others get it from a peer over mutual TLS ([`peer_service`]). A spoke without
 //! a peer share (no `[peer]` section: a sidecar) in a region whose other spokes have one holds
-//! no part of the region's copy: it replicates nothing, pins nothing and reports no progress;
-//! its readers' misses come from the chunks' owners (or the link). Alone, or among spokes
-//! without shares, it holds every version itself, as before.
+//! no part of the region's copy: it replicates nothing, pins nothing and reports no progress
+//! (and stays so while those spokes restart); its readers' misses come from the chunks'
+//! owners (or the link). In a region that never had a spoke with a share, it holds every
+//! version itself, as a lone spoke does.
 //!
 //! The hub gives each watch a session token; the spoke's progress and cache reports carry it,
 //! so that they count for this spoke's own watch and no other. A node name is one live watch's
@@ -502,7 +503,8 @@ async fn replicate_until(
     let mut last_complaint: Option<Instant> = None;
     let mut failures = 0u64;
     // A spoke with a peer share holds its part of every version; one without holds nothing
-    // while the region has spokes with one (it is a sidecar), every version otherwise.
+    // once the region has had spokes with one (it is a sidecar: it stays one while they
+    // restart, as the hub counts it), every version otherwise.
     let sharer = !peer_address.is_empty();
     let mut was_reader = false;
     info!(hub = %config.hub, node = %config.node, data_dir = %config.data_dir.display(), "spoke starting");
@@ -592,16 +594,12 @@ async fn replicate_until(
                 }
                 // Without a share, in a region whose other spokes have one: a sidecar. It
                 // holds, pins and reports nothing; its readers fetch what they read.
-                let reader_only = !sharer && !members.is_empty();
-                if reader_only != was_reader {
-                    if reader_only {
-                        info!(
-                            "no peer share, in a region whose spokes have one: holding no part of the region's copy, fetching only what readers ask for"
-                        );
-                    } else {
-                        info!("no spoke of the region has a peer share: holding every version here");
-                    }
-                    was_reader = reader_only;
+                let reader_only = !sharer && (was_reader || !members.is_empty());
+                if reader_only && !was_reader {
+                    info!(
+                        "no peer share, in a region whose spokes have one: holding no part of the region's copy, fetching only what readers ask for"
+                    );
+                    was_reader = true;
                 }
                 if reader_only {
                     ready.clear();
