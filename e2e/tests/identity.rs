@@ -344,3 +344,47 @@ async fn a_source_changed_after_a_region_became_active_fails_only_where_it_is_in
         stop.cancel();
     }
 }
+
+/// A spoke whose connection went silent (frozen here; a crash behind a cut link looks the
+/// same to the hub) keeps its name until the hub's keepalive gives up on it; a spoke claiming
+/// the name meanwhile says why it waits, and gets in soon after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_name_held_by_a_silent_watch_is_free_once_keepalive_gives_up() {
+    let mut w = world(SourceKind::Dir).await;
+    std::fs::write(w.data.join("config.json"), b"{}").unwrap();
+    w.snapshot().await;
+    let old = w.region_of("eu", 1 << 30, 1).await.remove(0);
+    let new = spoke_like(&w, &old, &w.root.join("spoke-eu-1-restarted"), "eu-1");
+    append(&new, "[peer]\nlisten = \"127.0.0.1:0\"\n");
+    let root = w.root.clone();
+    let run = |config: &Path, log: &str| {
+        spawn_logged(
+            &bin("aqueduct-spoke"),
+            &["run".as_ref(), "--config".as_ref(), config.as_os_str()],
+            &root.join(log),
+        )
+    };
+    let mut spokes = Children(vec![run(&old, "old.log")]);
+    w.wait_members("eu", 1).await;
+    let held = w.admin.list_regions(pb::ListRegionsRequest {}).await.unwrap().into_inner().regions[0].members.clone();
+
+    aqueduct_e2e::signal(&spokes.0[0], "STOP");
+    let frozen = std::time::Instant::now();
+    spokes.0.push(run(&new, "new.log"));
+    let mut admitted = None;
+    for _ in 0..600 {
+        let regions = w.admin.list_regions(pb::ListRegionsRequest {}).await.unwrap().into_inner().regions;
+        if regions[0].members.len() == 1 && regions[0].members != held {
+            admitted = Some(frozen.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(w.root.join("new.log")).unwrap();
+    let admitted = admitted.unwrap_or_else(|| panic!("the new spoke never got the name:\n{log}"));
+    println!("the name was free again {admitted:?} after the old spoke went silent");
+    assert!(log.contains("refuses this node's name"), "the new spoke did not say why it waited:\n{log}");
+    aqueduct_e2e::signal(&spokes.0[0], "KILL");
+    w.rollout(1, &["eu"]).await;
+    w.wait_ready(1).await;
+}
