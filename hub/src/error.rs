@@ -2,6 +2,7 @@
 
 use tonic::{Code, Status};
 
+use crate::members::MembersError;
 use crate::snapshot::SnapshotError;
 use crate::source::SourceError;
 use crate::store::StoreError;
@@ -48,6 +49,16 @@ impl From<SnapshotError> for Status {
             SnapshotError::Read { .. } => Status::unavailable(e.to_string()),
             SnapshotError::Task(_) => Status::internal(e.to_string()),
         }
+    }
+}
+
+impl From<MembersError> for Status {
+    fn from(e: MembersError) -> Self {
+        let code = match &e {
+            MembersError::NameTaken { .. } => Code::AlreadyExists,
+            MembersError::NotLive { .. } | MembersError::WrongSession { .. } => Code::PermissionDenied,
+        };
+        Status::new(code, e.to_string())
     }
 }
 

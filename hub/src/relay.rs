@@ -1,11 +1,14 @@
 //! The spokes' API: work assignments, manifests and the chunk relay.
 //!
 //! A spoke proves its region with its certificate and may read only versions rolled out to
-//! that region. [`SpokeService::fetch_chunks`] reads each asked chunk's byte range from the
+//! that region; it speaks for its node with the session of its open watch ([`crate::members`]).
+//! [`SpokeService::fetch_chunks`] reads each asked chunk's byte range from the
 //! source, checks its BLAKE3 against the version (a source that changed after the snapshot
-//! fails the version, and no wrong byte is sent), and streams it within the region's link
-//! budget, shared by every stream of the region. Assignments are pushed on every rollout
-//! change ([`Changes`]) and re-checked every [`WATCH_RECHECK`].
+//! fails the version in the regions where it is not whole yet, and no wrong byte is sent), and
+//! streams it within the region's link budget, shared by every stream of the region.
+//! Assignments are pushed on every rollout change ([`Changes`]) and re-checked every
+//! [`WATCH_RECHECK`]. Which version a region serves is decided by [`active_versions`], from
+//! when each region of a rollout was added and first became Ready.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
@@ -22,7 +25,7 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, debug, info, instrument, warn};
 
 use crate::auth::Identity;
-use crate::members::{Members, NodeReport, RegionProgress};
+use crate::members::{Members, NodeReport, Proof, RegionProgress};
 use crate::snapshot::{blocking, now_unix_ms};
 use crate::source::{Source, SourceSpec, read_range};
 use crate::store::{MetaStore, RolloutRecord, RolloutUpdate};
@@ -272,12 +275,17 @@ impl SpokeService {
         let (rollouts, regions) = blocking(db, |db| Ok((db.rollouts(None)?, db.regions()?))).await?;
         let budget = regions.iter().find(|r| r.name == region).map_or(0, |r| r.rate);
         let assignments = assignments_of(rollouts, region);
-        Ok(pb::Assignments { assignments, budget_bytes_per_sec: budget, members: members.members(region) })
+        Ok(pb::Assignments {
+            assignments,
+            budget_bytes_per_sec: budget,
+            members: members.members(region),
+            session: String::new(),
+        })
     }
 }
 
 /// What `region` must hold, from every region's rollout rows: its versions, which of them it
-/// serves (active: Ready in every region of the rollout) and which are Ready in it.
+/// serves (see [`active_versions`]) and which are Ready in it (ever: Ready stays Ready).
 pub fn assignments_of(rollouts: Vec<RolloutRecord>, region: &str) -> Vec<pb::Assignment> {
     let active = active_versions(&rollouts);
     rollouts
@@ -285,7 +293,7 @@ pub fn assignments_of(rollouts: Vec<RolloutRecord>, region: &str) -> Vec<pb::Ass
         .filter(|r| r.region == region)
         .map(|r| pb::Assignment {
             active: active.contains(&(r.dataset.clone(), r.version, r.region.clone())),
-            ready: r.phase == "Ready",
+            ready: r.ready_unix_ms.is_some(),
             dataset: r.dataset,
             version: r.version,
             total_bytes: r.total_bytes,
@@ -296,19 +304,41 @@ pub fn assignments_of(rollouts: Vec<RolloutRecord>, region: &str) -> Vec<pb::Ass
 }
 
 /// The (dataset, version, region) triples a region serves: per dataset and region, the newest
-/// version rolled out there that is Ready in every region of its rollout. A version that
-/// failed anywhere never becomes active, so every region stays on the version before it.
+/// version that is *activated* (see [`activated_at`]) and became Ready in that region.
+///
+/// Activation is remembered, not recomputed from the phases of the moment: it follows from
+/// when each row was added and first became Ready, which the store keeps. So a spoke that joins
+/// a region later, a region added to the rollout later, or a source that changed after the
+/// region held the version whole never takes back a version a region serves. A version that
+/// failed (or is not Ready yet) in a region its rollout named never becomes active, so every
+/// region stays on the version before it.
 pub fn active_versions(rollouts: &[RolloutRecord]) -> HashSet<(String, u64, String)> {
-    let mut all_ready: HashMap<(&str, u64), bool> = HashMap::new();
+    let mut rows: HashMap<(&str, u64), Vec<&RolloutRecord>> = HashMap::new();
     for r in rollouts {
-        *all_ready.entry((&r.dataset, r.version)).or_insert(true) &= r.phase == "Ready";
+        rows.entry((&r.dataset, r.version)).or_default().push(r);
     }
+    let activated: HashSet<(&str, u64)> =
+        rows.iter().filter(|(_, rows)| activated_at(rows).is_some()).map(|(k, _)| *k).collect();
     let mut newest: HashMap<(&str, &str), u64> = HashMap::new();
-    for r in rollouts.iter().filter(|r| all_ready[&(r.dataset.as_str(), r.version)]) {
+    for r in
+        rollouts.iter().filter(|r| r.ready_unix_ms.is_some() && activated.contains(&(r.dataset.as_str(), r.version)))
+    {
         let v = newest.entry((&r.dataset, &r.region)).or_insert(r.version);
         *v = (*v).max(r.version);
     }
     newest.into_iter().map(|((d, region), v)| (d.to_string(), v, region.to_string())).collect()
+}
+
+/// When a version (its rows, one per region) became active: the first moment at which every
+/// region its rollout named by then had been Ready (the `all-ready` cut-over). `None` while
+/// some region named is not Ready yet, or failed. Regions added after that moment do not take
+/// it back; they serve the version once Ready themselves.
+pub fn activated_at(rows: &[&RolloutRecord]) -> Option<i64> {
+    let mut candidates: Vec<i64> = rows.iter().filter_map(|r| r.ready_unix_ms).collect();
+    candidates.sort_unstable();
+    candidates.into_iter().find(|&t| {
+        rows.iter().filter(|r| r.added_unix_ms <= t).all(|r| r.ready_unix_ms.is_some_and(|ready| ready <= t))
+    })
 }
 
 #[tonic::async_trait]
@@ -323,7 +353,12 @@ impl pb::spoke_server::Spoke for SpokeService {
         aqueduct_proto::validate_name("node", &node).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (tx, rx) = mpsc::channel(4);
         let (db, live) = (self.db.clone(), self.live.clone());
-        let membership = live.members.join(&region, &node, &peer_address);
+        let membership = live.members.join(&region, &node, &peer_address).map_err(|e| {
+            warn!(%peer_address, error = %e, "refused a watch: its node name is live already");
+            Status::from(e)
+        })?;
+        // Only this watch's stream carries it.
+        let session = membership.session().to_string();
         info!(%peer_address, "spoke joined its region");
         // The region's other spokes learn of the new member.
         live.changes.notify_waiters();
@@ -335,7 +370,9 @@ impl pb::spoke_server::Spoke for SpokeService {
                     let notified = live.changes.notified();
                     tokio::pin!(notified);
                     notified.as_mut().enable();
-                    let current = Self::assignments(&db, &live.members, &region).await;
+                    let current = Self::assignments(&db, &live.members, &region)
+                        .await
+                        .map(|a| pb::Assignments { session: session.clone(), ..a });
                     let send = match &current {
                         Ok(a) => last.as_ref() != Some(a),
                         Err(_) => true,
@@ -439,10 +476,13 @@ impl pb::spoke_server::Spoke for SpokeService {
                             "source changed: {object} at offset {offset} no longer holds chunk {}; snapshot the dataset again",
                             digest.short()
                         );
-                        warn!(%reason, "version failed");
                         metrics.verification_failed(&dataset);
                         let (d, r) = (dataset.clone(), reason.clone());
-                        let _ = blocking(&db, move |db| db.fail_version(&d, version, &r, now_unix_ms())).await;
+                        // Regions that hold the version whole keep it; it fails where it is not.
+                        match blocking(&db, move |db| db.fail_version(&d, version, &r, now_unix_ms())).await {
+                            Ok(failed) => warn!(%reason, ?failed, "version failed in the regions where it was not whole"),
+                            Err(e) => warn!(%reason, error = %e, "could not record the version's failure"),
+                        }
                         let _ = tx.send(Err(Status::data_loss(reason))).await;
                         return;
                     }
@@ -461,12 +501,13 @@ impl pb::spoke_server::Spoke for SpokeService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    #[instrument(skip_all, fields(region, dataset, version, phase))]
+    #[instrument(skip_all, fields(region, node, dataset, version, phase))]
     async fn report_progress(&self, request: Request<pb::ProgressReport>) -> Result<Response<pb::ProgressAck>, Status> {
         let region = region_of(&request)?;
         let r = request.into_inner();
         Span::current()
             .record("region", region.as_str())
+            .record("node", r.node.as_str())
             .record("dataset", r.dataset.as_str())
             .record("version", r.version)
             .record("phase", r.phase.as_str());
@@ -485,11 +526,14 @@ impl pb::spoke_server::Spoke for SpokeService {
             membership: r.membership,
         };
         let key = (r.dataset, r.version, region);
-        let node = if r.node.is_empty() { "(unnamed)".to_string() } else { r.node };
         // A report about a version that is not rolled out to the region is refused before it
-        // is kept.
+        // is kept, and so is one that does not speak for its node's open watch.
         self.authorize(&key.2, &key.0, key.1).await?;
-        let Some(row) = self.live.members.report(key.clone(), &node, report) else {
+        let row = self.live.members.report(key.clone(), &r.node, Proof::Session(&r.session), report).map_err(|e| {
+            warn!(error = %e, "refused a progress report");
+            Status::from(e)
+        })?;
+        let Some(row) = row else {
             return Ok(Response::new(pb::ProgressAck {}));
         };
         let ready = row.phase == "Ready";
@@ -507,9 +551,13 @@ impl pb::spoke_server::Spoke for SpokeService {
     #[instrument(skip_all, fields(region, node))]
     async fn report_cache(&self, request: Request<pb::CacheReport>) -> Result<Response<pb::ProgressAck>, Status> {
         let region = region_of(&request)?;
-        let report = request.into_inner();
+        let mut report = request.into_inner();
         Span::current().record("region", region.as_str()).record("node", report.node.as_str());
-        self.live.members.report_cache(&region, report);
+        let session = std::mem::take(&mut report.session);
+        self.live.members.report_cache(&region, Proof::Session(&session), report).map_err(|e| {
+            warn!(error = %e, "refused a cache report");
+            Status::from(e)
+        })?;
         Ok(Response::new(pb::ProgressAck {}))
     }
 }
@@ -552,8 +600,11 @@ async fn write_region_rows(db: &Arc<dyn MetaStore>, region: &str, rows: Vec<((St
 mod tests {
     use super::*;
 
+    /// A row added at 0 and, if `phase` is Ready, Ready since 1.
     fn row(dataset: &str, version: u64, region: &str, phase: &str) -> RolloutRecord {
         RolloutRecord {
+            added_unix_ms: 0,
+            ready_unix_ms: (phase == "Ready").then_some(1),
             dataset: dataset.into(),
             version,
             region: region.into(),
@@ -593,12 +644,12 @@ mod tests {
         let t = |d: &str, v, r: &str| (d.to_string(), v, r.to_string());
         let mut rows = vec![row("m", 1, "eu", "Ready"), row("m", 1, "us", "Transferring")];
         assert!(active(&rows).is_empty(), "active before every region was ready");
-        rows[1].phase = "Ready".into();
+        rows[1] = row("m", 1, "us", "Ready");
         assert_eq!(active(&rows), [t("m", 1, "eu"), t("m", 1, "us")]);
         // v2 ready in one region only: both stay on v1, in one step later.
         rows.extend([row("m", 2, "eu", "Ready"), row("m", 2, "us", "Transferring"), row("x", 4, "eu", "Ready")]);
         assert_eq!(active(&rows), [t("m", 1, "eu"), t("m", 1, "us"), t("x", 4, "eu")]);
-        rows[3].phase = "Ready".into();
+        rows[3] = row("m", 2, "us", "Ready");
         assert_eq!(active(&rows), [t("m", 2, "eu"), t("m", 2, "us"), t("x", 4, "eu")]);
         // A failed v3 never becomes active anywhere.
         rows.extend([row("m", 3, "eu", "Ready"), row("m", 3, "us", "Failed")]);
@@ -614,8 +665,51 @@ mod tests {
         assert_eq!(flags("eu"), [(1, true, false), (2, false, false)], "Ready in eu waits for no other region");
         assert_eq!(flags("us"), [(1, false, false)]);
         let mut all = rows.clone();
-        all[1].phase = "Ready".into();
+        all[1] = row("m", 1, "us", "Ready");
         let eu: Vec<_> = assignments_of(all, "eu").iter().map(|a| (a.version, a.ready, a.active)).collect();
         assert_eq!(eu, [(1, true, true), (2, false, false)]);
+    }
+
+    /// A row with its times: added at `added`, Ready since `ready`, in `phase` now.
+    fn timed(version: u64, region: &str, phase: &str, added: i64, ready: Option<i64>) -> RolloutRecord {
+        RolloutRecord { added_unix_ms: added, ready_unix_ms: ready, ..row("m", version, region, phase) }
+    }
+
+    /// Activation is remembered: a region added to the rollout later, a spoke that joined (the
+    /// row's phase moved on) or a version that failed later where it was not whole do not
+    /// take back what a region serves; the late region serves it once Ready itself.
+    #[test]
+    fn activation_is_remembered_not_recomputed() {
+        let active = |rows: &[RolloutRecord]| {
+            let mut a: Vec<_> = active_versions(rows).into_iter().map(|(_, v, r)| (v, r)).collect();
+            a.sort();
+            a
+        };
+        let v = |version: u64, region: &str| (version, region.to_string());
+        // v1 in eu and us, Ready in both by 20: active in both since 20.
+        let mut rows = vec![timed(1, "eu", "Ready", 0, Some(10)), timed(1, "us", "Ready", 0, Some(20))];
+        let refs: Vec<&RolloutRecord> = rows.iter().collect();
+        assert_eq!(activated_at(&refs), Some(20));
+        assert_eq!(active(&rows), [v(1, "eu"), v(1, "us")]);
+        // ap is asked for v1 at 30 and fails (the source changed): eu and us keep serving v1.
+        rows.push(timed(1, "ap", "Failed", 30, None));
+        assert_eq!(active(&rows), [v(1, "eu"), v(1, "us")]);
+        // v2 was Ready in eu at 40 and then eu's phase moved on (a late spoke's report): still
+        // Ready since 40. us never got there and failed: v2 is active nowhere.
+        rows.extend([timed(2, "eu", "Transferring", 35, Some(40)), timed(2, "us", "Failed", 35, None)]);
+        assert_eq!(active(&rows), [v(1, "eu"), v(1, "us")], "a version failed in a region it named became active");
+        // v3 for eu only, Ready at 60: active in eu; us was added at 70 and is Ready at 80.
+        rows.extend([timed(3, "eu", "Ready", 50, Some(60)), timed(3, "us", "Transferring", 70, None)]);
+        assert_eq!(active(&rows), [v(1, "us"), v(3, "eu")], "a region added later took the version back");
+        rows.pop();
+        rows.push(timed(3, "us", "Ready", 70, Some(80)));
+        assert_eq!(active(&rows), [v(3, "eu"), v(3, "us")]);
+        // A region added while the others were still on their way is waited for.
+        let rows = [timed(4, "eu", "Ready", 0, Some(10)), timed(4, "us", "Ready", 5, Some(20))];
+        let refs: Vec<&RolloutRecord> = rows.iter().collect();
+        assert_eq!(activated_at(&refs), Some(20));
+        let rows = [timed(4, "eu", "Ready", 0, Some(10)), timed(4, "us", "Pending", 5, None)];
+        let refs: Vec<&RolloutRecord> = rows.iter().collect();
+        assert_eq!(activated_at(&refs), None);
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use aqueduct_proto::{ChunkRef, ChunkerParams, Digest, FileEntry, Manifest, ReplicationMode};
 use rusqlite::{Connection, OptionalExtension, params};
 
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -142,6 +142,11 @@ pub struct RolloutRecord {
     pub root: Digest,
     pub updated_unix_ms: i64,
     pub mode: ReplicationMode,
+    /// When the region was asked to hold the version (0: before schema 3 kept it).
+    pub added_unix_ms: i64,
+    /// When the region first held the version whole and verified (Ready); never again unset.
+    /// What the cut-over and a changed source go by (see `relay::active_versions`).
+    pub ready_unix_ms: Option<i64>,
 }
 
 /// What identifies the state of a source object when a version was cut: if the object still
@@ -199,12 +204,21 @@ pub trait MetaStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Every rollout (of one dataset, or of all), by dataset, version and region.
     fn rollouts(&self, dataset: Option<&str>) -> Result<Vec<RolloutRecord>, StoreError>;
-    /// Records what a region reported about a version it was asked to hold.
+    /// Records what a region reported about a version it was asked to hold. A row that was
+    /// Ready once stays Ready (with its cached bytes): a spoke that joins the region later, or
+    /// fails, shows per node, not in the region's row.
     fn update_rollout(&self, update: &RolloutUpdate) -> Result<(), StoreError>;
     /// Adds to the bytes relayed to a region for a version.
     fn add_relayed(&self, dataset: &str, version: u64, region: &str, bytes: u64) -> Result<(), StoreError>;
-    /// Marks a version failed in every region that was asked to hold it.
-    fn fail_version(&self, dataset: &str, version: u64, reason: &str, now_unix_ms: i64) -> Result<(), StoreError>;
+    /// Marks a version failed, with `reason`, in every region that was asked to hold it and
+    /// never held it whole; the regions that did keep it. Returns the regions it failed in.
+    fn fail_version(
+        &self,
+        dataset: &str,
+        version: u64,
+        reason: &str,
+        now_unix_ms: i64,
+    ) -> Result<Vec<String>, StoreError>;
 }
 
 /// What a snapshot adds to a manifest when it records a version.
@@ -294,6 +308,8 @@ CREATE TABLE IF NOT EXISTS rollouts (
     rate INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL,
     mode TEXT NOT NULL DEFAULT 'auto',
+    added_ms INTEGER NOT NULL DEFAULT 0,
+    ready_ms INTEGER,
     PRIMARY KEY (dataset, version, region),
     FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
 );
@@ -326,6 +342,15 @@ const MIGRATIONS: &[(i64, &str)] = &[
              reason TEXT NOT NULL,
              FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
          );",
+    ),
+    // Version 3 recomputed each region's cut-over from its current phase, so a spoke joining
+    // later (or a source changed after the fact) could take a region's version away: rollout
+    // rows remember when they were added and when the region first held the version whole.
+    (
+        3,
+        "ALTER TABLE rollouts ADD COLUMN added_ms INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE rollouts ADD COLUMN ready_ms INTEGER;
+         UPDATE rollouts SET ready_ms = updated_ms WHERE phase = 'Ready';",
     ),
 ];
 
@@ -380,6 +405,11 @@ impl SqliteStore {
     }
 }
 
+/// The step to schema `to` that remembers when each region was asked to hold a version and
+/// when it first held it whole (`rollouts.added_ms`, `rollouts.ready_ms`), so that the
+/// cut-over need not recompute activation from the phases of the moment. Rows Ready before
+/// (Ready stayed Ready already) count as Ready since their last update; rows of old get
+/// `added_ms` 0, as if asked for at the start.
 fn encode_chunks(chunks: &[ChunkRef]) -> Vec<u8> {
     let mut out = Vec::with_capacity(chunks.len() * 36);
     for c in chunks {
@@ -712,8 +742,8 @@ impl MetaStore for SqliteStore {
                 return Err(StoreError::NotFound { kind: "region", name: region.clone() });
             }
             tx.execute(
-                "INSERT INTO rollouts (dataset, version, region, phase, reason, cached_bytes, relayed_bytes, rate, updated_ms, mode)
-                 VALUES (?1, ?2, ?3, 'Pending', '', 0, 0, 0, ?4, ?5)
+                "INSERT INTO rollouts (dataset, version, region, phase, reason, cached_bytes, relayed_bytes, rate, updated_ms, mode, added_ms)
+                 VALUES (?1, ?2, ?3, 'Pending', '', 0, 0, 0, ?4, ?5, ?4)
                  ON CONFLICT (dataset, version, region) DO UPDATE SET mode = excluded.mode",
                 params![dataset, version as i64, region, now, mode.to_string()],
             )?;
@@ -725,7 +755,7 @@ impl MetaStore for SqliteStore {
     fn rollouts(&self, dataset: Option<&str>) -> Result<Vec<RolloutRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT o.dataset, o.version, o.region, v.bytes, o.cached_bytes, o.phase, o.reason, o.rate, r.rate, o.updated_ms, o.relayed_bytes, v.root, o.mode
+            "SELECT o.dataset, o.version, o.region, v.bytes, o.cached_bytes, o.phase, o.reason, o.rate, r.rate, o.updated_ms, o.relayed_bytes, v.root, o.mode, o.added_ms, o.ready_ms
              FROM rollouts o
              JOIN versions v ON v.dataset = o.dataset AND v.number = o.version
              JOIN regions r ON r.name = o.region
@@ -747,6 +777,8 @@ impl MetaStore for SqliteStore {
                 relayed_bytes: r.get::<_, i64>(10)? as u64,
                 root: Digest::from_slice(&r.get::<_, Vec<u8>>(11)?).unwrap_or(Digest([0; 32])),
                 mode: r.get::<_, String>(12)?.parse().unwrap_or_default(),
+                added_unix_ms: r.get(13)?,
+                ready_unix_ms: r.get(14)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -755,11 +787,12 @@ impl MetaStore for SqliteStore {
     fn update_rollout(&self, u: &RolloutUpdate) -> Result<(), StoreError> {
         let changed = self.conn().execute(
             // Ready stays Ready: a spoke joining the region later does not take a version the
-            // region serves back to Transferring.
+            // region serves back to Transferring. The first Ready is remembered.
             "UPDATE rollouts SET
-                cached_bytes = CASE WHEN phase = 'Ready' THEN cached_bytes ELSE ?4 END,
-                phase = CASE WHEN phase = 'Ready' THEN 'Ready' ELSE ?5 END,
-                reason = CASE WHEN phase = 'Ready' THEN '' ELSE ?6 END,
+                cached_bytes = CASE WHEN ready_ms IS NOT NULL THEN cached_bytes ELSE ?4 END,
+                phase = CASE WHEN ready_ms IS NOT NULL THEN 'Ready' ELSE ?5 END,
+                reason = CASE WHEN ready_ms IS NOT NULL THEN '' ELSE ?6 END,
+                ready_ms = CASE WHEN ready_ms IS NULL AND ?5 = 'Ready' THEN ?8 ELSE ready_ms END,
                 rate = ?7, updated_ms = ?8
              WHERE dataset = ?1 AND version = ?2 AND region = ?3",
             params![
@@ -790,12 +823,22 @@ impl MetaStore for SqliteStore {
         Ok(())
     }
 
-    fn fail_version(&self, dataset: &str, version: u64, reason: &str, now: i64) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE rollouts SET phase = 'Failed', reason = ?3, rate = 0, updated_ms = ?4 WHERE dataset = ?1 AND version = ?2",
-            params![dataset, version as i64, reason, now],
-        )?;
-        Ok(())
+    fn fail_version(&self, dataset: &str, version: u64, reason: &str, now: i64) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let failed = {
+            let mut stmt = tx.prepare(
+                "UPDATE rollouts SET phase = 'Failed', reason = ?3, rate = 0, updated_ms = ?4
+                 WHERE dataset = ?1 AND version = ?2 AND ready_ms IS NULL
+                 RETURNING region",
+            )?;
+            let rows = stmt.query_map(params![dataset, version as i64, reason, now], |r| r.get::<_, String>(0))?;
+            rows.collect::<Result<Vec<String>, _>>()?
+        };
+        tx.commit()?;
+        let mut failed = failed;
+        failed.sort();
+        Ok(failed)
     }
 }
 
@@ -961,6 +1004,7 @@ mod tests {
                 .execute_batch(
                     "ALTER TABLE rollouts DROP COLUMN mode; DROP TABLE skipped_objects;
                      ALTER TABLE datasets DROP COLUMN outside_links;
+                     ALTER TABLE rollouts DROP COLUMN added_ms; ALTER TABLE rollouts DROP COLUMN ready_ms;
                      UPDATE meta SET value = '1' WHERE key = 'schema_version';",
                 )
                 .unwrap();
@@ -970,7 +1014,7 @@ mod tests {
         assert_eq!((rows.len(), rows[0].mode), (1, ReplicationMode::Auto));
         let version: String =
             store.conn().query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
-        assert_eq!(version, SCHEMA_VERSION.to_string());
+        assert_eq!(version, SCHEMA_VERSION.to_string(), "migrated step by step to this build's schema");
     }
 
     #[test]
@@ -1013,6 +1057,7 @@ mod tests {
                 .conn()
                 .execute_batch(
                     "DROP TABLE skipped_objects; ALTER TABLE datasets DROP COLUMN outside_links;
+                     ALTER TABLE rollouts DROP COLUMN added_ms; ALTER TABLE rollouts DROP COLUMN ready_ms;
                      UPDATE meta SET value = '2' WHERE key = 'schema_version';",
                 )
                 .unwrap();
@@ -1038,6 +1083,99 @@ mod tests {
         drop(store);
         let err = SqliteStore::open(&path).err().unwrap();
         assert!(matches!(err, StoreError::Schema { found: 99 }), "{err}");
+    }
+
+    /// A schema 3 database (no activation columns) is migrated: a row that was Ready is Ready
+    /// since its last update, the others never were; new rows record when they were added.
+    #[test]
+    fn a_schema_3_database_remembers_which_regions_were_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        {
+            let store = with_dataset(SqliteStore::open(&path).unwrap());
+            store.insert_version(0, &manifest("d", b"abc"), &cut(BTreeMap::new(), 10)).unwrap();
+            for name in ["eu", "us"] {
+                store.add_region(&RegionRecord { name: name.into(), rate: 1, created_unix_ms: 1 }).unwrap();
+            }
+            store.add_rollout("d", 1, &["eu".into(), "us".into()], ReplicationMode::Auto, 20).unwrap();
+            store.update_rollout(&update("eu", "Ready", 3, 30)).unwrap();
+            store.update_rollout(&update("us", "Transferring", 1, 31)).unwrap();
+            // Back to what schema 3 was.
+            store
+                .conn()
+                .execute_batch(
+                    "ALTER TABLE rollouts DROP COLUMN added_ms; ALTER TABLE rollouts DROP COLUMN ready_ms;
+                     UPDATE meta SET value = '3' WHERE key = 'schema_version';",
+                )
+                .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let rows = store.rollouts(None).unwrap();
+        let seen: Vec<(&str, &str, i64, Option<i64>)> =
+            rows.iter().map(|r| (r.region.as_str(), r.phase.as_str(), r.added_unix_ms, r.ready_unix_ms)).collect();
+        assert_eq!(seen, [("eu", "Ready", 0, Some(30)), ("us", "Transferring", 0, None)]);
+        let version: String =
+            store.conn().query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION.to_string());
+        // And it works on: us becomes Ready later, and a newer schema is refused.
+        store.update_rollout(&update("us", "Ready", 3, 40)).unwrap();
+        assert_eq!(store.rollouts(None).unwrap()[1].ready_unix_ms, Some(40));
+        store.conn().execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'", []).unwrap();
+        drop(store);
+        assert!(matches!(SqliteStore::open(&path), Err(StoreError::Schema { found: 99 })));
+    }
+
+    fn update(region: &str, phase: &str, cached: u64, now: i64) -> RolloutUpdate {
+        RolloutUpdate {
+            dataset: "d".into(),
+            version: 1,
+            region: region.into(),
+            cached_bytes: cached,
+            phase: phase.into(),
+            reason: if phase == "Failed" { "a reason".into() } else { String::new() },
+            rate: 5,
+            updated_unix_ms: now,
+        }
+    }
+
+    /// Ready once, Ready for good: later reports (a spoke that joined, one that failed) and a
+    /// source that changed do not take it back; the version fails where it was not whole yet.
+    #[test]
+    fn a_region_that_was_ready_keeps_the_version_and_only_the_others_fail() {
+        let store = store_with_dataset();
+        store.insert_version(0, &manifest("d", b"abc"), &cut(BTreeMap::new(), 10)).unwrap();
+        for name in ["ap", "eu", "us"] {
+            store.add_region(&RegionRecord { name: name.into(), rate: 1, created_unix_ms: 1 }).unwrap();
+        }
+        store.add_rollout("d", 1, &["eu".into(), "us".into()], ReplicationMode::Auto, 20).unwrap();
+        store.update_rollout(&update("eu", "Ready", 3, 30)).unwrap();
+        store.update_rollout(&update("eu", "Transferring", 1, 35)).unwrap();
+        store.update_rollout(&update("eu", "Failed", 0, 36)).unwrap();
+        store.update_rollout(&update("us", "Transferring", 1, 37)).unwrap();
+        // Asked again (another mode): when it was added does not change.
+        store.add_rollout("d", 1, &["eu".into(), "ap".into()], ReplicationMode::Region, 50).unwrap();
+        let rows = store.rollouts(None).unwrap();
+        let seen: Vec<(&str, &str, u64, i64, Option<i64>)> = rows
+            .iter()
+            .map(|r| (r.region.as_str(), r.phase.as_str(), r.cached_bytes, r.added_unix_ms, r.ready_unix_ms))
+            .collect();
+        assert_eq!(
+            seen,
+            [("ap", "Pending", 0, 50, None), ("eu", "Ready", 3, 20, Some(30)), ("us", "Transferring", 1, 20, None)]
+        );
+        let failed = store.fail_version("d", 1, "source changed: p/a.bin", 60).unwrap();
+        assert_eq!(failed, ["ap", "us"]);
+        let rows = store.rollouts(None).unwrap();
+        let seen: Vec<(&str, &str, &str)> =
+            rows.iter().map(|r| (r.region.as_str(), r.phase.as_str(), r.reason.as_str())).collect();
+        assert_eq!(
+            seen,
+            [
+                ("ap", "Failed", "source changed: p/a.bin"),
+                ("eu", "Ready", ""),
+                ("us", "Failed", "source changed: p/a.bin")
+            ]
+        );
     }
 
     #[test]

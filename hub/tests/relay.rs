@@ -105,6 +105,9 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
     assert_eq!(first.assignments.len(), 1);
     assert_eq!((first.assignments[0].version, first.assignments[0].total_bytes), (1, v1.bytes));
     assert_eq!(first.assignments[0].root, v1.root);
+    // The watch's session, which node-1's reports carry.
+    let session = first.session.clone();
+    assert_eq!(session.len(), 32, "a 128-bit token");
 
     // The manifest verifies, and every chunk arrives with the right bytes.
     let wire =
@@ -173,6 +176,7 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
         node: "node-1".into(),
         mode: String::new(),
         membership: String::new(),
+        session: session.clone(),
     };
     eu.report_progress(report("Transferring", 1234)).await.unwrap();
     let rows = admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
@@ -211,10 +215,17 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
     // reported Ready; each spoke's report shows in the status.
     let mut watch2 = eu.watch(watch_as("node-2")).await.unwrap().into_inner();
     let members = |a: &pb::Assignments| a.members.iter().map(|m| m.node.clone()).collect::<Vec<_>>();
-    assert_eq!(members(&watch2.message().await.unwrap().unwrap()), ["node-1", "node-2"]);
+    let first2 = watch2.message().await.unwrap().unwrap();
+    assert_eq!(members(&first2), ["node-1", "node-2"]);
     let next = tokio::time::timeout(Duration::from_secs(20), watch.message()).await.unwrap().unwrap().unwrap();
     assert_eq!(members(&next), ["node-1", "node-2"]);
-    let v2 = |phase: &str, node: &str| pb::ProgressReport { version: 2, node: node.into(), ..report(phase, 10) };
+    let sessions = BTreeMap::from([("node-1", session.clone()), ("node-2", first2.session.clone())]);
+    let v2 = |phase: &str, node: &str| pb::ProgressReport {
+        version: 2,
+        node: node.into(),
+        session: sessions[node].clone(),
+        ..report(phase, 10)
+    };
     eu.report_progress(v2("Ready", "node-1")).await.unwrap();
     eu.report_progress(v2("Transferring", "node-2")).await.unwrap();
     let rows = admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
@@ -260,6 +271,7 @@ async fn a_region_hears_at_once_that_a_version_is_ready_in_it() {
         cached_bytes: v1.bytes,
         phase: "Ready".into(),
         node: "node-1".into(),
+        session: first.session.clone(),
         ..Default::default()
     };
     eu.report_progress(ready).await.unwrap();
@@ -366,4 +378,166 @@ async fn a_changed_budget_is_pushed_to_the_region_and_used_by_the_relay() {
         "the relay still used the old budget: {:?}",
         started.elapsed()
     );
+}
+
+/// The region's certificate is not enough to speak for a node: a report counts only with the
+/// session of that node's open watch, and a second watch cannot take a live name. Refused
+/// calls change nothing in the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_counts_only_for_its_own_open_watch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (hub, mut admin, v1) = hub_with(tmp.path(), &[("config.json", b"{}")]).await;
+    let mut eu = spoke_of(&hub, &mut admin, "eu", 1 << 30).await;
+    let req =
+        pb::RolloutRequest { dataset: "llama".into(), version: 1, regions: vec!["eu".into()], mode: String::new() };
+    admin.rollout(req).await.unwrap();
+    let watch_as = |node: &str| pb::WatchRequest { node: node.into(), peer_address: format!("{node}.test:7443") };
+    let mut watch = eu.watch(watch_as("node-1")).await.unwrap().into_inner();
+    let session = watch.message().await.unwrap().unwrap().session;
+
+    // A second watch in node-1's name, from the same region's certificate: refused, and the
+    // first keeps the name.
+    expect_err(
+        eu.watch(watch_as("node-1")).await,
+        Code::AlreadyExists,
+        &["\"node-1\" is already a live member", "--node"],
+    );
+    let regions = admin.list_regions(pb::ListRegionsRequest {}).await.unwrap().into_inner().regions;
+    assert_eq!(regions[0].members, [pb::Member { node: "node-1".into(), peer_address: "node-1.test:7443".into() }]);
+
+    let status = |admin: &mut pb::admin_client::AdminClient<Channel>| {
+        let mut admin = admin.clone();
+        async move { admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner() }
+    };
+    let before = status(&mut admin).await;
+    let ready = |node: &str, session: &str| pb::ProgressReport {
+        dataset: "llama".into(),
+        version: 1,
+        cached_bytes: v1.bytes,
+        phase: "Ready".into(),
+        node: node.into(),
+        session: session.into(),
+        ..Default::default()
+    };
+    // No session, a made-up one, the live node's for a node that does not exist.
+    expect_err(eu.report_progress(ready("node-1", "")).await, Code::PermissionDenied, &["session", "nothing changed"]);
+    let forged = "0".repeat(32);
+    expect_err(eu.report_progress(ready("node-1", &forged)).await, Code::PermissionDenied, &["session"]);
+    expect_err(
+        eu.report_progress(ready("ghost", &session)).await,
+        Code::PermissionDenied,
+        &["\"ghost\" is not a live member"],
+    );
+    let cache = pb::CacheReport { node: "node-1".into(), memory_used_bytes: 1, ..Default::default() };
+    expect_err(eu.report_cache(cache.clone()).await, Code::PermissionDenied, &["session"]);
+    let after = status(&mut admin).await;
+    assert_eq!(after.rows[0].phase, "Pending");
+    assert_eq!(
+        (after.rows[0].phase.as_str(), after.rows[0].cached_bytes, after.rows[0].active, &after.rows[0].nodes),
+        (before.rows[0].phase.as_str(), before.rows[0].cached_bytes, before.rows[0].active, &before.rows[0].nodes),
+        "a refused report changed the status"
+    );
+    assert!(after.caches.is_empty());
+
+    // With its session, node-1's reports count.
+    eu.report_cache(pb::CacheReport { session: session.clone(), ..cache }).await.unwrap();
+    eu.report_progress(pb::ProgressReport {
+        phase: "Transferring".into(),
+        cached_bytes: 1,
+        ..ready("node-1", &session)
+    })
+    .await
+    .unwrap();
+    let now = status(&mut admin).await;
+    assert_eq!((now.rows[0].phase.as_str(), now.caches.len()), ("Transferring", 1));
+
+    // The watch ends: node-1's session is worth nothing any more, its reports are forgotten.
+    drop(watch);
+    for _ in 0..100 {
+        let regions = admin.list_regions(pb::ListRegionsRequest {}).await.unwrap().into_inner().regions;
+        if regions[0].members.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    expect_err(eu.report_progress(ready("node-1", &session)).await, Code::PermissionDenied, &["not a live member"]);
+    let now = status(&mut admin).await;
+    assert_ne!(now.rows[0].phase, "Ready", "a stale report made the region Ready");
+    assert!(now.caches.is_empty(), "a member that left still shows its cache");
+}
+
+/// The source changes after eu holds v1 whole (Ready, active): eu keeps v1 and serves it, a
+/// spoke that joins eu later does not take it back, and the version fails only in us, where
+/// it was not whole yet, with the reason naming the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_source_fails_the_version_only_where_it_is_not_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = noise(3 << 20, 21);
+    let (hub, mut admin, v1) = hub_with(tmp.path(), &[("model.safetensors", &model)]).await;
+    let models = tmp.path().join("models/llama");
+    let mut eu = spoke_of(&hub, &mut admin, "eu", 1 << 30).await;
+    let mut us = spoke_of(&hub, &mut admin, "us", 1 << 30).await;
+    let rollout = |region: &str| pb::RolloutRequest {
+        dataset: "llama".into(),
+        version: 1,
+        regions: vec![region.into()],
+        mode: String::new(),
+    };
+    admin.rollout(rollout("eu")).await.unwrap();
+    let watch_as = |node: &str| pb::WatchRequest { node: node.into(), peer_address: format!("{node}.test:7443") };
+    let mut watch = eu.watch(watch_as("eu-1")).await.unwrap().into_inner();
+    let session = watch.message().await.unwrap().unwrap().session;
+    let report = |node: &str, session: &str, phase: &str| pb::ProgressReport {
+        dataset: "llama".into(),
+        version: 1,
+        cached_bytes: if phase == "Ready" { v1.bytes } else { 0 },
+        phase: phase.into(),
+        node: node.into(),
+        session: session.into(),
+        ..Default::default()
+    };
+    eu.report_progress(report("eu-1", &session, "Ready")).await.unwrap();
+    let rows = admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
+    assert_eq!((rows[0].phase.as_str(), rows[0].active), ("Ready", true));
+
+    // The file changes in place; us is asked for v1 and reads it.
+    let mut changed = model.clone();
+    changed[1 << 20..].copy_from_slice(&noise(2 << 20, 77));
+    std::fs::write(models.join("model.safetensors"), &changed).unwrap();
+    admin.rollout(rollout("us")).await.unwrap();
+    let wire =
+        us.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await.unwrap().into_inner();
+    let digests: Vec<Digest> =
+        Manifest::try_from(wire).unwrap().distinct_chunks().into_iter().map(|(d, _)| d).collect();
+    let (_, err) = fetch(&mut us, "llama", 1, &digests).await;
+    assert_eq!(err.expect("the changed source fails the fetch").code(), Code::DataLoss);
+
+    // A second spoke joins eu and is still on its way.
+    let mut watch2 = eu.watch(watch_as("eu-2")).await.unwrap().into_inner();
+    let session2 = watch2.message().await.unwrap().unwrap().session;
+    eu.report_progress(report("eu-2", &session2, "Transferring")).await.unwrap();
+    eu.report_progress(pb::ProgressReport { reason: "source changed".into(), ..report("eu-2", &session2, "Failed") })
+        .await
+        .unwrap();
+
+    let rows = admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
+    let seen: Vec<(&str, &str, bool)> = rows.iter().map(|r| (r.region.as_str(), r.phase.as_str(), r.active)).collect();
+    assert_eq!(seen, [("eu", "Ready", true), ("us", "Failed", false)]);
+    assert_eq!(rows[0].cached_bytes, v1.bytes, "eu's row moved");
+    assert!(
+        rows[1].reason.contains("source changed") && rows[1].reason.contains("llama/model.safetensors"),
+        "the reason names the object: {}",
+        rows[1].reason
+    );
+    let nodes: Vec<(&str, &str)> = rows[0].nodes.iter().map(|n| (n.node.as_str(), n.phase.as_str())).collect();
+    assert_eq!(nodes, [("eu-1", "Ready"), ("eu-2", "Failed")], "each spoke's own progress shows per node");
+    // eu's spokes are still told to serve v1 (a spoke that watches now hears it first thing).
+    let mut watch3 = eu.watch(watch_as("eu-3")).await.unwrap().into_inner();
+    let first = watch3.message().await.unwrap().unwrap();
+    let flags: Vec<(u64, bool, bool)> = first.assignments.iter().map(|a| (a.version, a.ready, a.active)).collect();
+    assert_eq!(flags, [(1, true, true)]);
+    let regions = admin.list_regions(pb::ListRegionsRequest {}).await.unwrap().into_inner().regions;
+    assert_eq!(regions.iter().find(|r| r.name == "eu").unwrap().members.len(), 3);
+    drop(watch2);
+    drop(watch);
 }

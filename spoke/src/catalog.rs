@@ -226,6 +226,7 @@ mod tests {
             assignments: vec![assignment("m", 1, true), assignment("m", 2, false), assignment("n", 1, false)],
             budget_bytes_per_sec: 1,
             members: Vec::new(),
+            session: String::new(),
         };
         assert_eq!(resolve(&a, "m", None).unwrap().version, 1);
         assert_eq!(resolve(&a, "m", Some(2)).unwrap().version, 2);

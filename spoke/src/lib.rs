@@ -8,7 +8,17 @@
 //!
 //! The spokes of a region act as one cache: the hub tells each who the region's live members
 //! are, each chunk has an owner among them ([`peers`]), only the owner fetches it over the
-//! link, and the others get it from a peer over mutual TLS ([`peer_service`]).
+//! link, and the others get it from a peer over mutual TLS ([`peer_service`]). A spoke without
+//! a peer share (no `[peer]` section: a sidecar) in a region whose other spokes have one holds
+//! no part of the region's copy: it replicates nothing, pins nothing and reports no progress
+//! (and stays so while those spokes restart); its readers' misses come from the chunks'
+//! owners (or the link). In a region that never had a spoke with a share, it holds every
+//! version itself, as a lone spoke does.
+//!
+//! The hub gives each watch a session token; the spoke's progress and cache reports carry it,
+//! so that they count for this spoke's own watch and no other. A node name is one live watch's
+//! at a time: while the hub still holds an earlier watch of this name (a restart before the hub
+//! noticed the old connection close), the watch is refused and retried soon.
 //!
 //! With a `[csi]` section in its config, the spoke is also the region's CSI node plugin
 //! ([`csi`]): the kubelet asks it to put a dataset version into a pod, as a read-only bind
@@ -96,8 +106,10 @@ pub struct SpokeConfig {
     /// The local API's unix socket (mounts, sidecars); default `DATA_DIR/spoke.sock`.
     #[serde(default)]
     pub socket: Option<PathBuf>,
-    /// Peer exchange with the other spokes of the region. Without it this spoke fetches every
-    /// chunk it needs over the link itself.
+    /// Peer exchange with the other spokes of the region (a *peer share*). Without it this
+    /// spoke serves no peers and owns no chunk: in a region whose other spokes have a share it
+    /// is a sidecar (replicates nothing, does not count for readiness, asks the owners for
+    /// what it reads); alone, it holds every version itself, over the link.
     #[serde(default)]
     pub peer: Option<PeerConfig>,
     /// The chunk cache's tiers and quotas.
@@ -315,6 +327,23 @@ pub fn write_node_config(
 /// How long to wait before reconnecting, and how often to say so in the log.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const COMPLAIN_EVERY: Duration = Duration::from_secs(30);
+/// How long to wait at most before asking again for a node name the hub says is live: an
+/// earlier watch of this spoke (before a restart) is gone within about 10 s of keepalive.
+const NAME_RETRY_MAX: Duration = Duration::from_secs(4);
+
+/// Why a session with the hub ended.
+enum Ended {
+    /// The hub could not be reached, or the watch broke.
+    Hub(String),
+    /// The hub refused the watch: another live watch of the region holds this node's name.
+    NameTaken(String),
+}
+
+impl From<String> for Ended {
+    fn from(reason: String) -> Self {
+        Ended::Hub(reason)
+    }
+}
 /// When a failed version is tried again.
 const RETRY_FIRST: Duration = Duration::from_secs(30);
 const RETRY_MAX: Duration = Duration::from_secs(300);
@@ -337,7 +366,8 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     // Its own token: the caller's is not ours to cancel.
     let local_stop = shutdown.child_token();
     let (peers, peer_address, peer_task) = match &config.peer {
-        None => (Arc::new(Peers::new(&config.node, &region, None)), String::new(), None),
+        // No share and no server, but it may still ask the region's peers for what it reads.
+        None => (Arc::new(Peers::new(&config.node, &region, Some(config.client_tls()?))), String::new(), None),
         Some(peer) => {
             let listener = tokio::net::TcpListener::bind(peer.listen).await.map_err(|e| SpokeError::Config {
                 path: "peer.listen".into(),
@@ -472,6 +502,11 @@ async fn replicate_until(
     let mut backoff = BACKOFF_FIRST;
     let mut last_complaint: Option<Instant> = None;
     let mut failures = 0u64;
+    // A spoke with a peer share holds its part of every version; one without holds nothing
+    // once the region has had spokes with one (it is a sidecar: it stays one while they
+    // restart, as the hub counts it), every version otherwise.
+    let sharer = !peer_address.is_empty();
+    let mut was_reader = false;
     info!(hub = %config.hub, node = %config.node, data_dir = %config.data_dir.display(), "spoke starting");
     loop {
         // Set once the hub answered: the next failure is a new one, retried soon.
@@ -479,17 +514,27 @@ async fn replicate_until(
         let session = async {
             let channel: Channel = endpoint.connect().await.map_err(|e| chain(&e))?;
             let client = SpokeClient::new(channel).max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
-            let watch = client
-                .clone()
-                .watch(pb::WatchRequest { node: config.node.clone(), peer_address: peer_address.clone() })
+            let request = pb::WatchRequest { node: config.node.clone(), peer_address: peer_address.clone() };
+            let mut watch = match client.clone().watch(request).await {
+                Ok(watch) => watch.into_inner(),
+                Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                    return Err(Ended::NameTaken(s.message().to_string()));
+                }
+                Err(s) => return Err(Ended::Hub(s.message().to_string())),
+            };
+            // The first message carries the watch's session, which every report carries.
+            let first = watch
+                .message()
                 .await
                 .map_err(|s| s.message().to_string())?
-                .into_inner();
+                .ok_or_else(|| "the hub closed the watch".to_string())?;
+            let session = first.session.clone();
             watched = true;
             // The watch is read by a task of its own, so that the region's membership is
             // current even while a version replicates; assignments queue for the loop below.
             let (updates, mut assigned) = tokio::sync::mpsc::channel(16);
             let _watching = AbortOnDrop(tokio::spawn(follow_watch(
+                first,
                 watch,
                 reader.peers().clone(),
                 catalog.clone(),
@@ -501,6 +546,7 @@ async fn replicate_until(
             let cache_changed = Arc::new(tokio::sync::Notify::new());
             let _cache_reports = AbortOnDrop(tokio::spawn(report_cache(
                 client.clone(),
+                session.clone(),
                 reader.clone(),
                 cache.clone(),
                 config.cache.memory_only,
@@ -508,6 +554,7 @@ async fn replicate_until(
             )));
             let replicator = Replicator {
                 client,
+                session,
                 reader: reader.clone(),
                 catalog: catalog.clone(),
                 priority: priority.clone(),
@@ -545,6 +592,22 @@ async fn replicate_until(
                     ready.retain(|_, (mode, _)| *mode != ReplicationMode::Region);
                     members = now_members;
                 }
+                // Without a share, in a region whose other spokes have one: a sidecar. It
+                // holds, pins and reports nothing; its readers fetch what they read.
+                let reader_only = !sharer && (was_reader || !members.is_empty());
+                if reader_only && !was_reader {
+                    info!(
+                        "no peer share, in a region whose spokes have one: holding no part of the region's copy, fetching only what readers ask for"
+                    );
+                    was_reader = true;
+                }
+                if reader_only {
+                    ready.clear();
+                    ready_versions.set(ready.keys().cloned());
+                    cache.set_pinned(HashSet::new());
+                    retry = None;
+                    continue;
+                }
                 let replicas = config.peer.as_ref().map_or(1, |p| p.replicas);
                 let modes: HashMap<(String, u64), ReplicationMode> = current
                     .assignments
@@ -570,7 +633,7 @@ async fn replicate_until(
                             cache_changed.notify_one();
                         }
                         Err(replicate::ReplicationError::Hub(status)) if status.code() == tonic::Code::Unavailable => {
-                            return Err(status.message().to_string());
+                            return Err(Ended::Hub(status.message().to_string()));
                         }
                         Err(e) => {
                             warn!(dataset = %a.dataset, version = a.version, error = %e, "replication failed");
@@ -583,44 +646,70 @@ async fn replicate_until(
                 retry = failed.then(|| retry.map_or(RETRY_FIRST, |d| (d * 2).min(RETRY_MAX)));
             }
         };
-        let outcome: Result<(), String> = tokio::select! {
+        let outcome: Result<(), Ended> = tokio::select! {
             outcome = session => outcome,
             _ = shutdown.cancelled() => return Ok(()),
         };
         if watched {
             backoff = BACKOFF_FIRST;
         }
-        if let Err(reason) = outcome {
-            failures += 1;
-            // Say it once per interval, not once per attempt.
-            if last_complaint.is_none_or(|t| t.elapsed() >= COMPLAIN_EVERY) {
-                warn!(hub = %config.hub, %reason, failures, retry_in = ?backoff, "hub unreachable; retrying with backoff");
-                last_complaint = Some(Instant::now());
+        let mut wait = backoff;
+        match outcome {
+            Ok(()) => {}
+            Err(Ended::Hub(reason)) => {
+                failures += 1;
+                // Say it once per interval, not once per attempt.
+                if last_complaint.is_none_or(|t| t.elapsed() >= COMPLAIN_EVERY) {
+                    warn!(hub = %config.hub, %reason, failures, retry_in = ?backoff, "hub unreachable; retrying with backoff");
+                    last_complaint = Some(Instant::now());
+                }
+            }
+            Err(Ended::NameTaken(reason)) => {
+                // Soon: the usual cause is this spoke's own earlier watch, not yet seen gone.
+                wait = backoff.min(NAME_RETRY_MAX);
+                if last_complaint.is_none_or(|t| t.elapsed() >= COMPLAIN_EVERY) {
+                    warn!(
+                        node = %config.node,
+                        %reason,
+                        retry_in = ?wait,
+                        "the hub refuses this node's name while another watch holds it: waiting for it to close (a restarted spoke's old connection), or give this spoke its own name"
+                    );
+                    last_complaint = Some(Instant::now());
+                }
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => return Ok(()),
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
-/// Reads the hub's watch: keeps the region's members current in `peers`, the link budget in
-/// `budget` (transfers under way follow a change at once) and the assignments on disk, and
-/// queues them for the replication loop; ends with the watch, saying why.
+/// Reads the hub's watch (`first`, its first message, already read): keeps the region's
+/// members current in `peers`, the link budget in `budget` (transfers under way follow a change
+/// at once) and the assignments on disk, and queues them for the replication loop; ends with
+/// the watch, saying why.
 async fn follow_watch(
+    first: pb::Assignments,
     mut watch: tonic::Streaming<pb::Assignments>,
     peers: Arc<Peers>,
     catalog: Arc<Catalog>,
     budget: Arc<Budget>,
     updates: tokio::sync::mpsc::Sender<Result<pb::Assignments, String>>,
 ) {
+    let mut first = Some(first);
     loop {
-        let update = match watch.message().await {
+        let message = match first.take() {
+            Some(first) => Ok(Some(first)),
+            None => watch.message().await,
+        };
+        let update = match message {
             Ok(Some(mut assignments)) => {
-                // Members change often and are not the catalog's business.
+                // Members change often and are not the catalog's business; the session is a
+                // secret of this watch, never written to disk.
                 peers.set_members(std::mem::take(&mut assignments.members));
+                assignments.session = String::new();
                 let rate = assignments.budget_bytes_per_sec.max(1);
                 if budget.set_rate(rate) {
                     info!(budget_bytes_per_sec = rate, "link budget set");
@@ -655,6 +744,7 @@ impl Drop for AbortOnDrop {
 /// Reports the cache's usage and counters every [`CACHE_REPORT_EVERY`].
 async fn report_cache(
     mut client: SpokeClient<Channel>,
+    session: String,
     reader: Arc<ReadThrough>,
     cache: Arc<TieredStore>,
     memory_only: bool,
@@ -678,6 +768,7 @@ async fn report_cache(
             bytes_from_peers: peers.from_peers.load(Relaxed),
             bytes_to_peers: peers.to_peers.load(Relaxed),
             corrupt_from_peers: peers.corrupt_from_peers.load(Relaxed),
+            session: session.clone(),
         };
         if let Err(e) = client.report_cache(report).await {
             warn!(error = %e.message(), "could not report the cache to the hub");

@@ -31,7 +31,9 @@ enum Command {
         #[arg(long, env = "AQUEDUCT_SPOKE_CONFIG")]
         config: PathBuf,
         /// This node's name, instead of the config's `node` (which may then be left out). In
-        /// Kubernetes the chart sets AQUEDUCT_NODE to the pod's spec.nodeName.
+        /// Kubernetes the chart sets AQUEDUCT_NODE to the pod's spec.nodeName. Unique among the
+        /// region's live spokes: the hub refuses a name another live spoke holds (this spoke
+        /// then retries every few seconds and says why in its log).
         #[arg(long, env = "AQUEDUCT_NODE", value_name = "NAME")]
         node: Option<String>,
         /// HOST:PORT the region's other spokes reach this one at, instead of the config's

@@ -69,8 +69,9 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// `tls` is the region's client configuration (CA and certificate); `None` for a spoke that
-    /// takes no part in peer exchange.
+    /// `tls` is the region's client configuration (CA and certificate), to ask peers; `None`
+    /// for a spoke that never asks them. A spoke that serves no peers (no peer share) still asks
+    /// them for what it reads, and owns nothing.
     pub fn new(me: &str, region: &Identity, tls: Option<ClientTlsConfig>) -> Self {
         Self {
             me: me.to_string(),
@@ -245,11 +246,12 @@ impl Ring {
         self.owners(digest).swap_remove(0)
     }
 
-    /// Whether this spoke is among the first `replicas` owners of `digest` (a spoke outside
-    /// peer exchange owns everything).
+    /// Whether this spoke is among the first `replicas` owners of `digest`. A spoke that is not
+    /// a member with a peer share owns nothing while the region has such members (it is a
+    /// sidecar), and everything when it has none (a lone spoke).
     pub fn holds(&self, digest: &Digest, replicas: usize) -> bool {
         if !self.has_me() {
-            return true;
+            return self.members.is_empty();
         }
         let mine = (weight(&self.me, digest), self.me.as_str());
         let ahead = self.members.iter().filter(|m| (weight(&m.node, digest), m.node.as_str()) > mine).count();
@@ -339,5 +341,35 @@ mod tests {
         let alone = Peers::new("node-1", &Identity::Region("eu".into()), None);
         alone.set_members(members(3));
         assert!(digests(10).iter().all(|d| alone.owners(d) == [Owner::Me]));
+    }
+
+    /// A spoke without a peer share (a sidecar: a member without an address) owns no chunk
+    /// while the region has members with shares, and asks them first for what it reads; with
+    /// none it owns everything (a lone spoke).
+    #[test]
+    fn a_spoke_without_a_peer_share_owns_nothing_and_asks_the_owners() {
+        let sidecar = Peers::new("pod-sidecar", &Identity::Region("eu".into()), Some(ClientTlsConfig::new()));
+        let mut all = members(3);
+        all.push(pb::Member { node: "pod-sidecar".into(), peer_address: String::new() });
+        sidecar.set_members(all);
+        for d in digests(100) {
+            assert!(!sidecar.ring().holds(&d, 1), "a sidecar took a share");
+            let owners = sidecar.owners(&d);
+            let ranked: Vec<Owner> = rank(members(3), &d).into_iter().map(Owner::Peer).collect();
+            assert_eq!(owners[..3], ranked[..], "the owners, best first");
+            assert_eq!(owners.last(), Some(&Owner::Me), "the link last");
+        }
+        // On a node spoke, the sidecar is in no ring of owners.
+        let node = Peers::new("node-0", &Identity::Region("eu".into()), Some(ClientTlsConfig::new()));
+        let mut all = members(3);
+        all.push(pb::Member { node: "pod-sidecar".into(), peer_address: String::new() });
+        node.set_members(all);
+        assert_eq!(node.membership(), "node-0,node-1,node-2");
+        for d in digests(100) {
+            assert!(node.owners(&d).iter().all(|o| !matches!(o, Owner::Peer(m) if m.node == "pod-sidecar")));
+        }
+        // Alone (or among spokes without shares), it holds everything.
+        sidecar.set_members(vec![pb::Member { node: "pod-sidecar".into(), peer_address: String::new() }]);
+        assert!(digests(10).iter().all(|d| sidecar.ring().holds(d, 1) && sidecar.owners(d) == [Owner::Me]));
     }
 }

@@ -75,6 +75,9 @@ pub struct Outcome {
 pub struct Replicator {
     /// For progress reports.
     pub client: SpokeClient<Channel>,
+    /// The session of this spoke's open watch, which its reports carry (the hub counts them for
+    /// this watch only).
+    pub session: String,
     /// Fetches chunks: from their owners in the region, or over the link as their owner.
     pub reader: Arc<ReadThrough>,
     pub catalog: Arc<Catalog>,
@@ -121,6 +124,7 @@ impl Replicator {
         let membership = self.reader.peers().membership();
         let report = |phase: &'static str, cached: u64| pb::ProgressReport {
             membership: membership.clone(),
+            session: self.session.clone(),
             ..progress_report(assignment, self.reader.peers().me(), &mode_name, phase, cached, "", 0)
         };
         let total: u64 = weight.values().sum();
@@ -268,6 +272,7 @@ impl Replicator {
                 let rate = (outcome.bytes_fetched as f64 / started.elapsed().as_secs_f64()) as u64;
                 let report = pb::ProgressReport {
                     membership: self.reader.peers().membership(),
+                    session: self.session.clone(),
                     ..progress_report(assignment, &node, mode, "Transferring", cached, "", rate)
                 };
                 let _ = progress.send(Some(report));
@@ -330,6 +335,7 @@ impl Replicator {
     ) {
         let report = pb::ProgressReport {
             membership: self.reader.peers().membership(),
+            session: self.session.clone(),
             ..progress_report(a, self.reader.peers().me(), &mode.to_string(), phase, cached, reason, rate)
         };
         send_report(self.client.clone(), report).await;
@@ -355,6 +361,7 @@ fn progress_report(
         rate_bytes_per_sec: rate,
         mode: mode.to_string(),
         membership: String::new(),
+        session: String::new(),
     }
 }
 

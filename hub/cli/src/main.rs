@@ -84,7 +84,8 @@ enum Command {
     Status {
         /// Only this dataset.
         dataset: Option<String>,
-        /// Also show each spoke: where it stands with each version, and its cache.
+        /// Also show each spoke: where it stands with each version, and its cache (a spoke
+        /// without a peer share, a sidecar, is listed but does not count for the region).
         #[arg(long)]
         nodes: bool,
     },
@@ -548,8 +549,12 @@ async fn run(cli: Cli) -> Result<()> {
                     if r.rate_bytes_per_sec == 0 { "-".to_string() } else { Rate(r.rate_bytes_per_sec).to_string() };
                 let rate = format!("{achieved}/{}", Rate(r.budget_bytes_per_sec));
                 for n in &r.nodes {
-                    let phase =
-                        if n.reason.is_empty() { n.phase.clone() } else { format!("{}: {}", n.phase, n.reason) };
+                    let phase = match (n.counted, n.reason.is_empty()) {
+                        // A sidecar: it reads what its pods ask for and holds no part of the copy.
+                        (false, _) => "- (no peer share: reads on demand, not counted)".to_string(),
+                        (true, true) => n.phase.clone(),
+                        (true, false) => format!("{}: {}", n.phase, n.reason),
+                    };
                     per_node.row([
                         r.dataset.clone(),
                         format!("v{}", r.version),
