@@ -184,14 +184,7 @@ mod size_tests {
                         c
                     })
                     .collect();
-                FileEntry {
-                    path: format!("{i}/{path}"),
-                    object,
-                    size: offset,
-                    mode,
-                    mtime_unix_ms: mtime,
-                    chunks,
-                }
+                FileEntry { path: format!("{i}/{path}"), object, size: offset, mode, mtime_unix_ms: mtime, chunks }
             })
             .collect();
         Manifest::new("ds".into(), version, ChunkerParams::DEFAULT, files).unwrap()
