@@ -40,7 +40,9 @@ impl From<SnapshotError> for Status {
             SnapshotError::Source(e) => e.into(),
             SnapshotError::Store(e) => e.into(),
             SnapshotError::EmptyPrefix { .. } => Status::failed_precondition(e.to_string()),
-            SnapshotError::BadObject { .. } => Status::failed_precondition(e.to_string()),
+            SnapshotError::BadObject { .. } | SnapshotError::TooLarge { .. } => {
+                Status::failed_precondition(e.to_string())
+            }
             SnapshotError::Read { .. } => Status::unavailable(e.to_string()),
             SnapshotError::Task(_) => Status::internal(e.to_string()),
         }

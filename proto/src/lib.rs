@@ -91,5 +91,5 @@ pub mod csi {
 
 pub use domain::{
     ChunkRef, ChunkerParams, Digest, FileEntry, MANIFEST_FORMAT, Manifest, ManifestError, ModeError, NameError, Rate,
-    RateError, ReplicationMode, Size, SizeError, VersionRef, validate_name,
+    RateError, ReplicationMode, Size, SizeError, VersionRef, format_duration, parse_duration, validate_name,
 };
