@@ -547,15 +547,18 @@ pub fn stored_chunks(store_dir: &Path) -> std::collections::HashMap<aqueduct_pro
 /// spoke) and checks it equals the file in `source_dir`.
 pub async fn assert_reads(local: &mut LocalClient<Channel>, manifest: &Manifest, source_dir: &Path) {
     for file in &manifest.files {
-        let request = local::ReadChunksRequest {
-            dataset: manifest.dataset.clone(),
-            version: manifest.version,
-            digests: file.chunks.iter().map(|c| c.digest.0.to_vec()).collect(),
-        };
-        let mut stream = local.read_chunks(request).await.unwrap().into_inner();
         let mut read = Vec::new();
-        while let Some(chunk) = stream.message().await.unwrap() {
-            read.extend(chunk.data);
+        // As many digests per request as the spoke takes.
+        for chunks in file.chunks.chunks(aqueduct_proto::MAX_DIGESTS_PER_REQUEST) {
+            let request = local::ReadChunksRequest {
+                dataset: manifest.dataset.clone(),
+                version: manifest.version,
+                digests: chunks.iter().map(|c| c.digest.0.to_vec()).collect(),
+            };
+            let mut stream = local.read_chunks(request).await.unwrap().into_inner();
+            while let Some(chunk) = stream.message().await.unwrap() {
+                read.extend(chunk.data);
+            }
         }
         assert!(read == std::fs::read(source_dir.join(&file.path)).unwrap(), "{} read wrong", file.path);
     }

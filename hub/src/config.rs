@@ -96,19 +96,11 @@ impl LimitsConfig {
 
     /// Checks the section; the message names the key and says what to write instead.
     pub fn validate(&self) -> Result<(), String> {
-        let at_least = |key: &str, value: u64, min: u64, why: &str| {
-            if value < min { Err(format!("limits.{key} is {value}; it must be at least {min}{why}")) } else { Ok(()) }
-        };
-        at_least("max_connections", self.max_connections as u64, 1, "")?;
-        at_least("max_handshakes", self.max_handshakes as u64, 1, "")?;
-        at_least(
-            "max_streams_per_connection",
-            self.max_streams_per_connection.into(),
-            MIN_STREAMS_PER_CONNECTION.into(),
-            ": a spoke keeps a watch open and reports and fetches beside it on one connection",
-        )?;
-        at_least("fetch_streams_per_region", self.fetch_streams_per_region as u64, 1, "")?;
-        at_least("metrics_connections", self.metrics_connections as u64, 1, "")?;
+        self.server().validate(MIN_STREAMS_PER_CONNECTION)?;
+        self.metrics().validate()?;
+        if self.fetch_streams_per_region == 0 {
+            return Err("limits.fetch_streams_per_region must be at least 1".into());
+        }
         let two_chunks = 2 * aqueduct_proto::MAX_CHUNK_BYTES as u64;
         if self.relay_memory_per_region.0 < two_chunks {
             return Err(format!(
@@ -116,13 +108,6 @@ impl LimitsConfig {
                 self.relay_memory_per_region,
                 Size(two_chunks)
             ));
-        }
-        for (key, value) in
-            [("handshake_timeout", self.handshake_timeout), ("metrics_header_timeout", self.metrics_header_timeout)]
-        {
-            if value.is_zero() {
-                return Err(format!("limits.{key} must be more than 0s, e.g. \"10s\""));
-            }
         }
         Ok(())
     }

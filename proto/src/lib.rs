@@ -44,6 +44,10 @@ pub const MAX_MANIFEST_BYTES: usize = 128 << 20;
 /// Aqueduct service.
 pub const MAX_MESSAGE_BYTES: usize = MAX_MANIFEST_BYTES + 1024;
 
+/// A control message a hub sends a spoke (its region's assignments and live members), or an
+/// admin (a status table): tens of bytes per member, version and row.
+pub const MAX_CONTROL_MESSAGE_BYTES: usize = 16 << 20;
+
 /// Digests one request may name (the hub's and the peers' `FetchChunks`, `Has`, the local
 /// API's `ReadChunks`). Spokes ask for a few at a time (`replication.chunks_per_request`,
 /// default 8); a longer list is refused with InvalidArgument, so that one request cannot make

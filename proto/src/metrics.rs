@@ -48,6 +48,20 @@ impl Default for MetricsLimits {
     }
 }
 
+impl MetricsLimits {
+    /// Checks the values as `[limits]` of hub and spoke give them (`metrics_connections`,
+    /// `metrics_header_timeout`).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_connections == 0 {
+            return Err("limits.metrics_connections must be at least 1".into());
+        }
+        if self.header_timeout.is_zero() {
+            return Err("limits.metrics_header_timeout must be more than 0s, e.g. \"5s\"".into());
+        }
+        Ok(())
+    }
+}
+
 /// The largest request head the endpoint reads (a scrape's is a few hundred bytes; hyper's
 /// smallest allowed buffer).
 const MAX_REQUEST_HEAD_BYTES: usize = 8 << 10;

@@ -36,10 +36,11 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+pub use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
+use tokio_rustls::rustls::{self, RootCertStore};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 use tracing::{debug, info, warn};
@@ -56,6 +57,29 @@ pub struct ServerLimits {
     /// Calls (HTTP/2 streams) one connection may carry at once (SETTINGS_MAX_CONCURRENT_STREAMS:
     /// a client queues its calls past it).
     pub max_streams_per_connection: u32,
+}
+
+impl ServerLimits {
+    /// Checks the values as `[limits]` of hub and spoke give them (the keys have the fields'
+    /// names); `min_streams` is the fewest calls per connection the server's clients work with.
+    pub fn validate(&self, min_streams: u32) -> Result<(), String> {
+        if self.max_connections == 0 {
+            return Err("limits.max_connections must be at least 1".into());
+        }
+        if self.max_handshakes == 0 {
+            return Err("limits.max_handshakes must be at least 1".into());
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err("limits.handshake_timeout must be more than 0s, e.g. \"10s\"".into());
+        }
+        if self.max_streams_per_connection < min_streams {
+            return Err(format!(
+                "limits.max_streams_per_connection is {}; it must be at least {min_streams}: a client keeps a watch or a stream open and calls beside it",
+                self.max_streams_per_connection
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// How often a server pings a connection's client, and how long it waits for the answer: a
