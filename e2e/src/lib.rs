@@ -145,6 +145,12 @@ impl World {
         self.hub.3 = task;
     }
 
+    /// Restarts the hub with `limits` as its `[limits]`.
+    pub async fn set_hub_limits(&mut self, limits: aqueduct_hub::config::LimitsConfig) {
+        self.hub.1.limits = limits;
+        self.restart_hub().await;
+    }
+
     /// Serves the hub's metrics on a free port of 127.0.0.1 (the hub restarts with a
     /// `[metrics]` section); returns the endpoint's address.
     pub async fn hub_metrics(&mut self) -> std::net::SocketAddr {

@@ -460,6 +460,7 @@ impl pb::spoke_server::Spoke for SpokeService {
                 busy.held, busy.waited
             ))
         })?;
+        debug!(streams = limits.streams.held(&region), "stream turn taken");
         // Each chunk travels with its share of the region's relay memory, given back when the
         // connection takes the chunk.
         let (tx, rx) = mpsc::channel::<(Result<pb::ChunkData, Status>, Option<OwnedSemaphorePermit>)>(2);
@@ -521,8 +522,8 @@ impl pb::spoke_server::Spoke for SpokeService {
                 // A caller that went away gives back its turn and memory at once, even while
                 // its stream waits for room or budget.
                 tokio::select! {
-                    _ = relay => {}
-                    _ = gone.closed() => {}
+                    _ = relay => debug!("stream ended"),
+                    _ = gone.closed() => debug!("the caller went away"),
                 }
             }
             .instrument(Span::current()),
