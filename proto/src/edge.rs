@@ -89,7 +89,7 @@ pub fn raise_open_file_limit() -> std::io::Result<OpenFiles> {
             return Err(e);
         }
     }
-    let files = OpenFiles { was: was as u64, now: limit.rlim_cur as u64 };
+    let files = OpenFiles { was, now: limit.rlim_cur };
     tracing::info!(was = files.was, now = files.now, "open-file limit (RLIMIT_NOFILE) raised to the hard limit");
     Ok(files)
 }
@@ -113,7 +113,7 @@ mod tests {
         assert!(files.now >= files.was);
         let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
-        assert_eq!((limit.rlim_cur as u64, limit.rlim_cur), (files.now, limit.rlim_max));
+        assert_eq!((limit.rlim_cur, limit.rlim_cur), (files.now, limit.rlim_max));
     }
 
     #[test]

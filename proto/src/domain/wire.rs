@@ -170,7 +170,10 @@ mod size_tests {
     use proptest::prelude::*;
     use prost::Message;
 
-    fn manifest(files: Vec<(String, String, u32, i64, Vec<(u64, u32)>)>, version: u64) -> Manifest {
+    /// A file: its path, object key, mode, mtime, and its chunks as (seed of the digest, length).
+    type File = (String, String, u32, i64, Vec<(u64, u32)>);
+
+    fn manifest(files: Vec<File>, version: u64) -> Manifest {
         let files = files
             .into_iter()
             .enumerate()
