@@ -274,25 +274,69 @@ impl Throttle {
     }
 }
 
-/// The accepted TLS connections of a listener, for `serve_with_incoming_shutdown`. Dropping it
-/// (tonic does when it stops accepting) stops the accept loop and closes the listener.
+/// The accepted TLS connections of a listener, for `serve_with_incoming_shutdown`. It owns the
+/// listener: when tonic drops it (as it stops accepting), the port is closed at once and the
+/// handshakes under way are abandoned.
 pub struct TlsIncoming {
-    connections: mpsc::Receiver<Result<LimitedTls, io::Error>>,
-    stop: CancellationToken,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    connections: mpsc::Receiver<LimitedTls>,
+    /// Set after an accept error (out of descriptors): accepting resumes when it fires.
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
     pub stats: Arc<AcceptStats>,
+}
+
+/// What the handshake tasks share with the listener.
+struct Shared {
+    acceptor: tokio_rustls::TlsAcceptor,
+    limits: ServerLimits,
+    name: &'static str,
+    permits: Arc<Semaphore>,
+    handshakes: Mutex<Handshakes>,
+    stats: Arc<AcceptStats>,
+    say: Throttle,
+    done: mpsc::Sender<LimitedTls>,
+    stop: CancellationToken,
 }
 
 impl Drop for TlsIncoming {
     fn drop(&mut self) {
-        self.stop.cancel();
+        self.shared.stop.cancel();
     }
 }
+
+/// Connections accepted in one poll before the accept loop lets other tasks run.
+const ACCEPTS_PER_POLL: usize = 64;
 
 impl tokio_stream::Stream for TlsIncoming {
     type Item = Result<LimitedTls, io::Error>;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.connections.poll_recv(cx)
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        for _ in 0..ACCEPTS_PER_POLL {
+            if let Poll::Ready(Some(connection)) = this.connections.poll_recv(cx) {
+                return Poll::Ready(Some(Ok(connection)));
+            }
+            if let Some(pause) = &mut this.pause {
+                if pause.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.pause = None;
+            }
+            match this.listener.poll_accept(cx) {
+                Poll::Ready(Ok((tcp, peer))) => this.shared.clone().admit(tcp, peer),
+                Poll::Ready(Err(e)) => {
+                    // Out of file descriptors, typically: wait a little rather than spin.
+                    if this.shared.say.due() {
+                        warn!(server = this.shared.name, error = %e, "cannot accept a connection");
+                    }
+                    this.pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(50))));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -304,26 +348,8 @@ pub fn incoming(
     limits: ServerLimits,
     name: &'static str,
 ) -> TlsIncoming {
-    let (tx, rx) = mpsc::channel(64);
-    let stop = CancellationToken::new();
+    let (done, connections) = mpsc::channel(64);
     let stats = Arc::new(AcceptStats::default());
-    tokio::spawn(accept_loop(listener, tls, limits, name, tx, stop.clone(), stats.clone()));
-    TlsIncoming { connections: rx, stop, stats }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    tls: Arc<ServerConfig>,
-    limits: ServerLimits,
-    name: &'static str,
-    tx: mpsc::Sender<Result<LimitedTls, io::Error>>,
-    stop: CancellationToken,
-    stats: Arc<AcceptStats>,
-) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let handshakes = Arc::new(Mutex::new(Handshakes::new(limits.max_handshakes)));
-    let say = Arc::new(Throttle::new(Duration::from_secs(10)));
     info!(
         server = name,
         max_connections = limits.max_connections,
@@ -332,70 +358,74 @@ async fn accept_loop(
         max_streams_per_connection = limits.max_streams_per_connection,
         "accepting connections"
     );
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors, typically: wait a little rather than spin.
-                    if say.due() {
-                        warn!(server = name, error = %e, "cannot accept a connection");
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => return,
-        };
+    let shared = Arc::new(Shared {
+        acceptor: tokio_rustls::TlsAcceptor::from(tls),
+        limits,
+        name,
+        permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+        handshakes: Mutex::new(Handshakes::new(limits.max_handshakes)),
+        stats: stats.clone(),
+        say: Throttle::new(Duration::from_secs(10)),
+        done,
+        stop: CancellationToken::new(),
+    });
+    TlsIncoming { listener, shared, connections, pause: None, stats }
+}
+
+impl Shared {
+    /// Takes a new TCP connection: closed at once if every permit is taken, else its TLS
+    /// handshake runs in a task of its own (pushing out the oldest pending one if there are
+    /// too many), and a connection that completes it takes a permit or is closed.
+    fn admit(self: Arc<Self>, tcp: TcpStream, peer: std::net::SocketAddr) {
+        let stats = &self.stats;
         // Every permit taken: closed at once, before any TLS work.
-        if permits.available_permits() == 0 {
-            refuse(&stats, &say, name, &limits, peer);
-            continue;
+        if self.permits.available_permits() == 0 {
+            refuse(stats, &self.say, self.name, &self.limits, peer);
+            return;
         }
         let _ = tcp.set_nodelay(true);
-        let (id, cancel, evicted) = handshakes.lock().unwrap_or_else(|e| e.into_inner()).admit();
+        let (id, cancel, evicted) = self.handshakes.lock().unwrap_or_else(|e| e.into_inner()).admit();
         if let Some(oldest) = evicted {
             oldest.cancel();
             stats.evicted.fetch_add(1, Ordering::Relaxed);
-            if say.due() {
+            if self.say.due() {
                 warn!(
-                    server = name,
-                    max_handshakes = limits.max_handshakes,
+                    server = self.name,
+                    max_handshakes = self.limits.max_handshakes,
                     "too many connections in their TLS handshake: dropping the oldest (limits.max_handshakes)"
                 );
             }
         }
         stats.handshaking.fetch_add(1, Ordering::Relaxed);
-        let (acceptor, permits, handshakes) = (acceptor.clone(), permits.clone(), handshakes.clone());
-        let (tx, stats, say, stop) = (tx.clone(), stats.clone(), say.clone(), stop.clone());
         tokio::spawn(async move {
             let outcome = tokio::select! {
-                done = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)) => Some(done),
+                done = tokio::time::timeout(self.limits.handshake_timeout, self.acceptor.accept(tcp)) => Some(done),
                 _ = cancel.cancelled() => None,
-                _ = stop.cancelled() => None,
+                _ = self.stop.cancelled() => None,
             };
-            handshakes.lock().unwrap_or_else(|e| e.into_inner()).done(id);
+            self.handshakes.lock().unwrap_or_else(|e| e.into_inner()).done(id);
+            let stats = &self.stats;
             stats.handshaking.fetch_sub(1, Ordering::Relaxed);
             let tls = match outcome {
                 Some(Ok(Ok(tls))) => tls,
                 Some(Ok(Err(e))) => {
                     stats.failed.fetch_add(1, Ordering::Relaxed);
-                    debug!(server = name, %peer, error = %e, "TLS handshake failed");
+                    debug!(server = self.name, %peer, error = %e, "TLS handshake failed");
                     return;
                 }
                 Some(Err(_)) => {
                     stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                    debug!(server = name, %peer, "no TLS handshake within {:?}; closed", limits.handshake_timeout);
+                    debug!(server = self.name, %peer, "no TLS handshake within {:?}; closed", self.limits.handshake_timeout);
                     return;
                 }
                 None => return,
             };
-            let Ok(permit) = permits.try_acquire_owned() else {
-                refuse(&stats, &say, name, &limits, peer);
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                refuse(stats, &self.say, self.name, &self.limits, peer);
                 return;
             };
             stats.open.fetch_add(1, Ordering::Relaxed);
-            let _ = tx.send(Ok(LimitedTls { inner: tls, _permit: permit, stats: stats.clone() })).await;
+            let _ = self.done.send(LimitedTls { inner: tls, _permit: permit, stats: stats.clone() }).await;
         });
     }
 }
@@ -720,6 +750,8 @@ mod tests {
 
         stop.cancel();
         server.await.unwrap().unwrap();
+        // The port is free as soon as the server stopped: a restarted one binds it again.
+        TcpListener::bind(addr).await.expect("the listener was not closed with the server");
     }
 
     #[tokio::test]
