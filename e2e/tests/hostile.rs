@@ -454,4 +454,12 @@ async fn a_region_with_every_stream_taken_waits_its_turn_and_completes() {
     let rows = w.wait_ready(v1.version).await;
     assert_eq!(rows[0].region, "eu");
     aqueduct_e2e::assert_store_holds(&dir.join("store"), &manifest, &w.data);
+
+    // The spoke's local API bounds its lists of digests too, and says the bound.
+    let mut local = aqueduct_e2e::local_client(&aqueduct_e2e::socket_of(&config)).await;
+    let many = (0..=aqueduct_proto::MAX_DIGESTS_PER_REQUEST).map(|_| digests[0].0.to_vec()).collect();
+    let request = aqueduct_proto::spoke::v1::ReadChunksRequest { dataset: "llama".into(), version: 1, digests: many };
+    let status = local.read_chunks(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("at most 256"), "{status:?}");
 }
