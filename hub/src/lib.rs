@@ -132,7 +132,10 @@ pub fn init(data_dir: &Path, listen: SocketAddr, hosts: &[String]) -> Result<Ini
     Ok(InitOutcome { config_path: data_dir.join("hub.toml"), admin_config_path: admin_config })
 }
 
-/// Serves the hub's API on `listener` until `shutdown` fires, within `config.limits`.
+/// How often the hub pings an idle connection, and how long it waits for the answer.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves the hub's API on `listener` until `shutdown` fires.
 pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<(), HubError> {
     let read = |p: &Path| {
         let path = config.resolve(p);
@@ -177,7 +180,7 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
     let incoming = aqueduct_proto::server::incoming(listener, tls, config.limits.server(), "hub API");
     // A spoke that vanishes without closing its connection stops being a member of its region
     // when its keepalive goes unanswered.
-    aqueduct_proto::server::grpc_server(config.limits.max_streams_per_connection)
+    aqueduct_proto::server::grpc_server(config.limits.max_streams_per_connection, KEEPALIVE)
         .add_service(admin)
         .add_service(spoke)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())

@@ -16,7 +16,7 @@ pub use aqueduct_proto::budget::Budget;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{Digest, Manifest};
 use futures::{Stream, StreamExt};
-use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
+use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, debug, info, instrument, warn};
@@ -461,21 +461,20 @@ impl pb::spoke_server::Spoke for SpokeService {
             ))
         })?;
         debug!(streams = limits.streams.held(&region), "stream turn taken");
-        // Each chunk travels with its share of the region's relay memory, given back when the
-        // connection takes the chunk.
-        let (tx, rx) = mpsc::channel::<(Result<pb::ChunkData, Status>, Option<OwnedSemaphorePermit>)>(2);
+        let (tx, rx) = mpsc::channel(2);
         let (db, ledger, dataset, version) = (self.db.clone(), self.live.ledger.clone(), req.dataset, req.version);
         let metrics = self.live.metrics.clone();
-        let gone = tx.clone();
-        tokio::spawn(
+        // Each chunk's share of the region's relay memory, in the order the chunks are sent,
+        // given back when the connection takes the chunk.
+        let memory = Arc::new(Mutex::new(std::collections::VecDeque::<tokio::sync::OwnedSemaphorePermit>::new()));
+        let (held_memory, stream_region, gone) = (memory.clone(), region.clone(), tx.clone());
+        let mut relay = tokio::spawn(
             async move {
-                let _turn = turn;
                 // Counted as chunks are handed to the transport, recorded when the stream ends.
                 let key = (dataset.clone(), version, region);
-                let region = key.2.clone();
                 let reads = futures::stream::iter(digests)
                     .map(|digest| {
-                        let (index, limits, region) = (index.clone(), limits.clone(), region.clone());
+                        let (index, limits, region) = (index.clone(), limits.clone(), stream_region.clone());
                         async move {
                             let &(file, offset, length) = index.locations.get(&digest).ok_or_else(|| {
                                 Status::not_found(format!("chunk {digest} is not part of {}@v{}", index.manifest.dataset, index.manifest.version))
@@ -488,47 +487,60 @@ impl pb::spoke_server::Spoke for SpokeService {
                     })
                     .buffered(2);
                 tokio::pin!(reads);
-                let relay = async {
-                    while let Some(read) = reads.next().await {
-                        let (digest, object, offset, data, held) = match read {
-                            Ok(read) => read,
-                            Err(status) => {
-                                let _ = tx.send((Err(status), None)).await;
-                                return;
-                            }
-                        };
-                        if Digest::of(&data) != digest {
-                            let reason = format!(
-                                "source changed: {object} at offset {offset} no longer holds chunk {}; snapshot the dataset again",
-                                digest.short()
-                            );
-                            warn!(%reason, "version failed");
-                            metrics.verification_failed(&dataset);
-                            let (d, r) = (dataset.clone(), reason.clone());
-                            let _ = blocking(&db, move |db| db.fail_version(&d, version, &r, now_unix_ms())).await;
-                            let _ = tx.send((Err(Status::data_loss(reason)), None)).await;
+                while let Some(read) = reads.next().await {
+                    let (digest, object, offset, data, held) = match read {
+                        Ok(read) => read,
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
                             return;
                         }
-                        budget.take(data.len()).await;
-                        debug!(digest = %digest.short(), len = data.len(), "chunk relayed");
-                        let len = data.len() as u64;
-                        if tx.send((Ok(pb::ChunkData { digest: digest.0.to_vec(), data }), Some(held))).await.is_err() {
-                            return;
-                        }
-                        ledger.sent(&key, digest, len);
-                        metrics.relayed(&key.2, &key.0, len);
+                    };
+                    if Digest::of(&data) != digest {
+                        let reason = format!(
+                            "source changed: {object} at offset {offset} no longer holds chunk {}; snapshot the dataset again",
+                            digest.short()
+                        );
+                        warn!(%reason, "version failed");
+                        metrics.verification_failed(&dataset);
+                        let (d, r) = (dataset.clone(), reason.clone());
+                        let _ = blocking(&db, move |db| db.fail_version(&d, version, &r, now_unix_ms())).await;
+                        let _ = tx.send(Err(Status::data_loss(reason))).await;
+                        return;
                     }
-                };
-                // A caller that went away gives back its turn and memory at once, even while
-                // its stream waits for room or budget.
-                tokio::select! {
-                    _ = relay => debug!("stream ended"),
-                    _ = gone.closed() => debug!("the caller went away"),
+                    budget.take(data.len()).await;
+                    debug!(digest = %digest.short(), len = data.len(), "chunk relayed");
+                    let len = data.len() as u64;
+                    held_memory.lock().unwrap_or_else(|e| e.into_inner()).push_back(held);
+                    if tx.send(Ok(pb::ChunkData { digest: digest.0.to_vec(), data })).await.is_err() {
+                        return;
+                    }
+                    ledger.sent(&key, digest, len);
+                    metrics.relayed(&key.2, &key.0, len);
                 }
             }
             .instrument(Span::current()),
         );
-        let chunks = ReceiverStream::new(rx).map(|(chunk, _memory)| chunk);
+        // The stream keeps its turn while it relays; a caller that goes away ends it at once
+        // (its turn and memory given back), even while it waits for room or budget.
+        tokio::spawn(
+            async move {
+                let _turn = turn;
+                tokio::select! {
+                    _ = &mut relay => debug!("stream ended"),
+                    _ = gone.closed() => {
+                        relay.abort();
+                        debug!("the caller went away");
+                    }
+                }
+            }
+            .instrument(Span::current()),
+        );
+        let chunks = ReceiverStream::new(rx).map(move |chunk| {
+            if chunk.is_ok() {
+                memory.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+            }
+            chunk
+        });
         Ok(Response::new(Box::pin(chunks)))
     }
 

@@ -82,8 +82,9 @@ impl ServerLimits {
     }
 }
 
-/// How often a server pings a connection's client, and how long it waits for the answer: a
-/// client that vanished without closing its connection is dropped within twice this.
+/// How often a server pings a connection's client, and how long it waits for the answer,
+/// unless it says otherwise: a client that vanished without closing its connection is dropped
+/// within twice this.
 pub const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// The largest header block a server accepts on one call (gRPC's metadata are a few hundred
@@ -91,13 +92,14 @@ pub const KEEPALIVE: Duration = Duration::from_secs(5);
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
 
 /// A tonic server with Aqueduct's settings: at most `max_streams_per_connection` calls at once
-/// per connection, HTTP/2 keepalive ([`KEEPALIVE`]), header blocks bounded. Every server of
-/// the project starts from it (the unix-socket ones too); message sizes are set per service.
-pub fn grpc_server(max_streams_per_connection: u32) -> tonic::transport::Server {
+/// per connection, an HTTP/2 ping every `keepalive` (answered within as long, or the
+/// connection is dropped), header blocks bounded. Every server of the project starts from it
+/// (the unix-socket ones too, with [`KEEPALIVE`]); message sizes are set per service.
+pub fn grpc_server(max_streams_per_connection: u32, keepalive: Duration) -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .max_concurrent_streams(max_streams_per_connection)
-        .http2_keepalive_interval(Some(KEEPALIVE))
-        .http2_keepalive_timeout(Some(KEEPALIVE))
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive))
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
 }
 
@@ -695,7 +697,7 @@ mod tests {
         let stats = incoming.stats.clone();
         let stop = CancellationToken::new();
         let server = tokio::spawn(
-            grpc_server(limits.max_streams_per_connection)
+            grpc_server(limits.max_streams_per_connection, KEEPALIVE)
                 .add_service(crate::spoke::v1::peer_server::PeerServer::new(SeesCerts))
                 .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
         );

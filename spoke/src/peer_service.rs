@@ -189,7 +189,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = aqueduct_proto::server::incoming(listener, tls, limits, "peer API");
-    aqueduct_proto::server::grpc_server(limits.max_streams_per_connection)
+    aqueduct_proto::server::grpc_server(limits.max_streams_per_connection, aqueduct_proto::server::KEEPALIVE)
         .add_service(
             PeerServer::new(service)
                 .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES)
