@@ -162,6 +162,12 @@ impl World {
         self.hub.3 = task;
     }
 
+    /// Restarts the hub with `limits` as its `[limits]`.
+    pub async fn set_hub_limits(&mut self, limits: aqueduct_hub::config::LimitsConfig) {
+        self.hub.1.limits = limits;
+        self.restart_hub().await;
+    }
+
     /// Serves the hub's metrics on a free port of 127.0.0.1 (the hub restarts with a
     /// `[metrics]` section); returns the endpoint's address.
     pub async fn hub_metrics(&mut self) -> std::net::SocketAddr {
@@ -591,15 +597,18 @@ pub fn stored_chunks(store_dir: &Path) -> std::collections::HashMap<aqueduct_pro
 /// spoke) and checks it equals the file in `source_dir`.
 pub async fn assert_reads(local: &mut LocalClient<Channel>, manifest: &Manifest, source_dir: &Path) {
     for file in &manifest.files {
-        let request = local::ReadChunksRequest {
-            dataset: manifest.dataset.clone(),
-            version: manifest.version,
-            digests: file.chunks.iter().map(|c| c.digest.0.to_vec()).collect(),
-        };
-        let mut stream = local.read_chunks(request).await.unwrap().into_inner();
         let mut read = Vec::new();
-        while let Some(chunk) = stream.message().await.unwrap() {
-            read.extend(chunk.data);
+        // As many digests per request as the spoke takes.
+        for chunks in file.chunks.chunks(aqueduct_proto::MAX_DIGESTS_PER_REQUEST) {
+            let request = local::ReadChunksRequest {
+                dataset: manifest.dataset.clone(),
+                version: manifest.version,
+                digests: chunks.iter().map(|c| c.digest.0.to_vec()).collect(),
+            };
+            let mut stream = local.read_chunks(request).await.unwrap().into_inner();
+            while let Some(chunk) = stream.message().await.unwrap() {
+                read.extend(chunk.data);
+            }
         }
         assert!(read == std::fs::read(source_dir.join(&file.path)).unwrap(), "{} read wrong", file.path);
     }

@@ -93,6 +93,8 @@ fn charts_lint_render_validate_and_refuse_bad_values() {
         "aqueduct-spoke invalid/unknown-medium.yaml: refused",
         "aqueduct-hub loadbalancer-values.yaml: aqueduct-hub/templates/statefulset.yaml StatefulSet",
         "aqueduct-hub invalid/negative-volume.yaml: refused",
+        "aqueduct-spoke invalid/limit-without-unit.yaml: refused",
+        "aqueduct-hub invalid/relay-memory-without-unit.yaml: refused",
     ] {
         assert!(text.lines().any(|l| l.starts_with("ok ") && l.contains(needle)), "no `ok {needle}` in\n{text}");
     }
@@ -126,6 +128,16 @@ fn charts_lint_render_validate_and_refuse_bad_values() {
     }
     let region = rendered(out.path(), "aqueduct-spoke", "region", "configmap.yaml");
     assert!(region.contains("disk = \"1.5TiB\"") && region.contains("namespace = \"inference\""), "{region}");
+    // [limits] as the values say, the rest the defaults.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spoke.toml"), config_map_file(&region, "spoke.toml")).unwrap();
+    let overrides = Overrides { node: Some("n".into()), advertise: Some("10.0.3.17:17444".into()) };
+    let limits = SpokeConfig::load_with(&dir.path().join("spoke.toml"), &overrides).unwrap().limits;
+    assert_eq!(
+        (limits.max_connections, limits.handshake_timeout.as_secs(), limits.fetch_streams_per_peer),
+        (2048, 15, 32)
+    );
+    assert_eq!(limits.max_handshakes, aqueduct_spoke::limits::LimitsConfig::default().max_handshakes);
     // The PodMonitor is a custom resource, which kubernetes-validate cannot check: at least
     // the port it scrapes is the one the pods name, and the metrics Service serves.
     let monitor = rendered(out.path(), "aqueduct-spoke", "region", "podmonitor.yaml");
@@ -140,6 +152,11 @@ fn charts_lint_render_validate_and_refuse_bad_values() {
         let config = HubConfig::parse(&config_map_file(&manifest, "hub.toml"), Path::new("hub.toml"))
             .unwrap_or_else(|e| panic!("{values}: {e}\n{manifest}"));
         assert_eq!(config.data_dir, Path::new("/var/lib/aqueduct-hub"));
+        let (connections, relay_memory) = if values == "loadbalancer" { (8192, 256 << 20) } else { (4096, 128 << 20) };
+        assert_eq!(
+            (config.limits.max_connections, config.limits.relay_memory_per_region.0),
+            (connections, relay_memory)
+        );
     }
     let statefulset = rendered(out.path(), "aqueduct-hub", "loadbalancer", "statefulset.yaml");
     assert!(statefulset.contains("--host aqueduct-hub.dc1.example.com --host 10.20.0.15"), "{statefulset}");

@@ -87,7 +87,10 @@ async fn run() -> anyhow::Result<()> {
         bail!("FUSE is not available: {missing}");
     }
     let channel = tonic::transport::Endpoint::from_shared(format!("unix://{}", socket.display()))?.connect_lazy();
-    let mut client = LocalClient::new(channel).max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
+    // Manifests (the largest message) and chunks come back; requests are small.
+    let mut client = LocalClient::new(channel)
+        .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES);
     let wanted = dataset.version.unwrap_or(0);
     let manifest = resolve(&mut client, &dataset.dataset, wanted, None)
         .await

@@ -296,6 +296,7 @@ impl pb::admin_server::Admin for AdminService {
                 req.dataset, req.dataset
             )),
         })?;
+        stored.manifest.check_size().map_err(|e| Status::failed_precondition(e.to_string()))?;
         Ok(Response::new(pb::Manifest::from(&stored.manifest)))
     }
     #[instrument(skip_all, fields(region))]

@@ -6,7 +6,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use aqueduct_proto::metrics::MetricsConfig;
+use std::time::Duration;
+
+use aqueduct_proto::Size;
+use aqueduct_proto::metrics::{MetricsConfig, MetricsLimits};
+use aqueduct_proto::server::ServerLimits;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +35,101 @@ pub struct HubConfig {
     /// The Prometheus endpoint (`GET /metrics`); without this section, none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
+    /// What the hub serves at once (connections, calls, relay work per region).
+    #[serde(default, skip_serializing_if = "LimitsConfig::is_default")]
+    pub limits: LimitsConfig,
 }
+
+/// `[limits]`: how much the hub takes on at once, so that no client (nor a flood of
+/// connections) can exhaust it. The defaults fit a hub of 1000 spokes; each key is described,
+/// with what its default allows, in `deploy/hub/hub.example.toml`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// TLS connections held at once (each spoke keeps about two); past it, new connections
+    /// are closed at once and their clients retry.
+    pub max_connections: usize,
+    /// Connections in their TLS handshake at once; past it, the oldest is dropped.
+    pub max_handshakes: usize,
+    /// How long a connection may take to complete its TLS handshake.
+    #[serde(with = "aqueduct_proto::server::human::duration")]
+    pub handshake_timeout: Duration,
+    /// Calls one connection may carry at once (HTTP/2 streams; clients queue past it).
+    pub max_streams_per_connection: u32,
+    /// `FetchChunks` streams the relay serves at once per region.
+    pub fetch_streams_per_region: usize,
+    /// Chunk bytes the relay holds at once per region: read from the source and not yet
+    /// handed to the connection.
+    #[serde(with = "aqueduct_proto::server::human::size")]
+    pub relay_memory_per_region: Size,
+    /// How long a `FetchChunks` call waits for one of its region's streams before it is
+    /// refused with RESOURCE_EXHAUSTED (spokes retry with backoff).
+    #[serde(with = "aqueduct_proto::server::human::duration")]
+    pub fetch_wait: Duration,
+    /// Connections to the metrics endpoint at once.
+    pub metrics_connections: usize,
+    /// How long a metrics client has to send its request's headers.
+    #[serde(with = "aqueduct_proto::server::human::duration")]
+    pub metrics_header_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            max_handshakes: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            max_streams_per_connection: 128,
+            fetch_streams_per_region: 64,
+            relay_memory_per_region: Size(128 << 20),
+            fetch_wait: Duration::from_secs(10),
+            metrics_connections: 16,
+            metrics_header_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Checks the section; the message names the key and says what to write instead.
+    pub fn validate(&self) -> Result<(), String> {
+        self.server().validate(MIN_STREAMS_PER_CONNECTION)?;
+        self.metrics().validate()?;
+        if self.fetch_streams_per_region == 0 {
+            return Err("limits.fetch_streams_per_region must be at least 1".into());
+        }
+        let two_chunks = 2 * aqueduct_proto::MAX_CHUNK_BYTES as u64;
+        if self.relay_memory_per_region.0 < two_chunks {
+            return Err(format!(
+                "limits.relay_memory_per_region is {}; it must hold at least two chunks ({}), e.g. \"128MiB\"",
+                self.relay_memory_per_region,
+                Size(two_chunks)
+            ));
+        }
+        Ok(())
+    }
+
+    /// The accept path's and tonic's limits.
+    pub fn server(&self) -> ServerLimits {
+        ServerLimits {
+            max_connections: self.max_connections,
+            max_handshakes: self.max_handshakes,
+            handshake_timeout: self.handshake_timeout,
+            max_streams_per_connection: self.max_streams_per_connection,
+        }
+    }
+
+    /// The metrics endpoint's limits.
+    pub fn metrics(&self) -> MetricsLimits {
+        MetricsLimits { max_connections: self.metrics_connections, header_timeout: self.metrics_header_timeout }
+    }
+}
+
+/// The fewest calls per connection a spoke can work with: its watch, a report and fetches.
+pub const MIN_STREAMS_PER_CONNECTION: u32 = 4;
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -79,6 +177,7 @@ impl HubConfig {
         if !config.data_dir.is_absolute() {
             return Err(invalid(format!("data_dir {:?} must be an absolute path", config.data_dir)));
         }
+        config.limits.validate().map_err(invalid)?;
         Ok(config)
     }
 
@@ -107,6 +206,96 @@ mod tests {
         assert_eq!(config.snapshot.parallelism, Some(2));
         assert_eq!(config.metrics.as_ref().map(|m| m.listen.port()), Some(9465));
         assert_eq!(config.resolve(&config.tls.ca), Path::new("/var/lib/aqueduct-hub/pki/ca.pem"));
+        // The example's [limits] are the defaults, written out.
+        assert_eq!(config.limits, LimitsConfig::default());
+        assert!(!text.replace("[limits]", "").contains("\n[limits"), "one [limits] section");
+    }
+
+    const BASE: &str = "listen = \"127.0.0.1:1\"\ndata_dir = \"/x\"\n";
+
+    #[test]
+    fn limits_take_units_and_errors_name_the_key() {
+        let parse = |limits: &str| HubConfig::parse(&format!("{BASE}[limits]\n{limits}"), Path::new("h.toml"));
+        let config =
+            parse("handshake_timeout = \"2s\"\nrelay_memory_per_region = \"1GiB\"\nmax_connections = 10\n").unwrap();
+        assert_eq!(config.limits.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(config.limits.relay_memory_per_region, Size(1 << 30));
+        assert_eq!(config.limits.server().max_connections, 10);
+        assert_eq!(config.limits.fetch_streams_per_region, 64, "what is left out is the default");
+        for (limits, key) in [
+            ("max_connections = 0", "limits.max_connections"),
+            ("max_handshakes = 0", "limits.max_handshakes"),
+            ("max_streams_per_connection = 2", "limits.max_streams_per_connection"),
+            ("fetch_streams_per_region = 0", "limits.fetch_streams_per_region"),
+            ("relay_memory_per_region = \"1MiB\"", "limits.relay_memory_per_region"),
+            ("handshake_timeout = \"0s\"", "limits.handshake_timeout"),
+            ("metrics_header_timeout = \"0ms\"", "limits.metrics_header_timeout"),
+            ("metrics_connections = 0", "limits.metrics_connections"),
+            ("handshake_timeout = \"soon\"", "handshake_timeout"),
+            ("handshake_timeout = 10", "handshake_timeout"),
+            ("relay_memory_per_region = \"lots\"", "relay_memory_per_region"),
+            ("max_connections = -1", "max_connections"),
+            ("max_conections = 5", "max_conections"),
+        ] {
+            let err = parse(limits).unwrap_err().to_string();
+            assert!(err.contains(key), "{limits}: {err}");
+        }
+        // A config written back (by init) leaves out default limits and keeps others.
+        let mut config = parse("").unwrap();
+        assert!(!config.to_toml().contains("[limits]"));
+        config.limits.relay_memory_per_region = Size((64 << 20) + 1);
+        config.limits.fetch_wait = Duration::from_millis(1500);
+        let again = HubConfig::parse(&config.to_toml(), Path::new("h.toml")).unwrap();
+        assert_eq!(again.limits, config.limits);
+    }
+
+    /// The keys of `[limits]`, and values of every TOML kind for them.
+    fn limits_table() -> impl proptest::strategy::Strategy<Value = Vec<(String, String)>> {
+        use proptest::prelude::*;
+        const KEYS: [&str; 9] = [
+            "max_connections",
+            "max_handshakes",
+            "handshake_timeout",
+            "max_streams_per_connection",
+            "fetch_streams_per_region",
+            "relay_memory_per_region",
+            "fetch_wait",
+            "metrics_connections",
+            "metrics_header_timeout",
+        ];
+        let keys = prop_oneof![
+            4 => proptest::sample::select(KEYS.to_vec()).prop_map(String::from),
+            1 => "[a-z_]{1,24}",
+        ];
+        let values = prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            (0u64..10_000).prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|f| format!("{f:?}")),
+            any::<bool>().prop_map(|b| b.to_string()),
+            "[0-9]{1,22}(ms|s|m|h|B|KiB|MiB|GiB|TB|x|)".prop_map(|s| format!("{s:?}")),
+            ".{0,12}".prop_map(|s| format!("{s:?}")),
+            Just("[1, 2]".to_string()),
+            Just("{ a = 1 }".to_string()),
+        ];
+        proptest::collection::btree_map(keys, values, 0..6).prop_map(|m| m.into_iter().collect())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(aqueduct_testkit::fuzz::config(1024))]
+
+        /// Whatever `[limits]` holds, loading never panics, and a refusal names one of the
+        /// keys that are there.
+        #[test]
+        fn fuzz_limits_never_panic_and_errors_name_the_key(table in limits_table()) {
+            let text: String = table.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+            match HubConfig::parse(&format!("{BASE}[limits]\n{text}"), Path::new("h.toml")) {
+                Ok(config) => proptest::prop_assert!(config.limits.validate().is_ok()),
+                Err(e) => {
+                    let e = e.to_string();
+                    proptest::prop_assert!(table.iter().any(|(k, _)| e.contains(k.as_str())), "{e}");
+                }
+            }
+        }
     }
 
     #[test]

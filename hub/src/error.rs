@@ -43,7 +43,10 @@ impl From<SnapshotError> for Status {
             SnapshotError::Source(e) => e.into(),
             SnapshotError::Store(e) => e.into(),
             SnapshotError::EmptyPrefix { .. } => Status::failed_precondition(e.to_string()),
-            SnapshotError::BadObject { .. } | SnapshotError::OutsideLinks { .. } | SnapshotError::LinkCycles { .. } => {
+            SnapshotError::BadObject { .. }
+            | SnapshotError::OutsideLinks { .. }
+            | SnapshotError::LinkCycles { .. }
+            | SnapshotError::TooLarge { .. } => {
                 Status::failed_precondition(e.to_string())
             }
             SnapshotError::Read { .. } => Status::unavailable(e.to_string()),

@@ -31,11 +31,10 @@ use aqueduct_proto::hub::v1::admin_server::AdminServer;
 use aqueduct_proto::hub::v1::spoke_server::SpokeServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsConfig};
 use tracing::info;
 
 use crate::auth::Identity;
-use crate::config::{HubConfig, SnapshotConfig, TlsConfig};
+use crate::config::{HubConfig, LimitsConfig, SnapshotConfig, TlsConfig};
 use crate::pki::{Authority, PkiError};
 use crate::snapshot::SnapshotOptions;
 use crate::store::{SqliteStore, StoreError};
@@ -56,6 +55,8 @@ pub enum HubError {
     Metrics(#[from] aqueduct_proto::metrics::MetricsError),
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("the hub's TLS files (tls.cert, tls.key, tls.ca) are not usable: {0}")]
+    Tls(#[from] aqueduct_proto::server::TlsSetupError),
 }
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> HubError + use<> {
@@ -117,8 +118,14 @@ pub fn init(data_dir: &Path, listen: SocketAddr, hosts: &[String]) -> Result<Ini
     pki::write_secret(&admin_config, &aq)?;
 
     SqliteStore::open(&data_dir.join("hub.db"))?;
-    let config =
-        HubConfig { listen, data_dir: data_dir.clone(), tls, snapshot: SnapshotConfig::default(), metrics: None };
+    let config = HubConfig {
+        listen,
+        data_dir: data_dir.clone(),
+        tls,
+        snapshot: SnapshotConfig::default(),
+        metrics: None,
+        limits: LimitsConfig::default(),
+    };
     let text =
         format!("# Aqueduct hub configuration; see deploy/hub/hub.example.toml for every key.\n{}", config.to_toml());
     std::fs::write(&config_path, text).map_err(io_err("write", &config_path))?;
@@ -144,9 +151,11 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         let path = config.resolve(p);
         std::fs::read(&path).map_err(|source| HubError::Pki(PkiError::Read { path, source }))
     };
-    let tls = ServerTlsConfig::new()
-        .identity(TlsIdentity::from_pem(read(&config.tls.cert)?, read(&config.tls.key)?))
-        .client_ca_root(Certificate::from_pem(read(&config.tls.ca)?));
+    let tls = aqueduct_proto::server::server_config(
+        &read(&config.tls.cert)?,
+        &read(&config.tls.key)?,
+        &read(&config.tls.ca)?,
+    )?;
     std::fs::create_dir_all(&config.data_dir).map_err(io_err("create", &config.data_dir))?;
     let db = Arc::new(SqliteStore::open(&config.database_path())?);
     let mut snapshot = SnapshotOptions::default();
@@ -154,7 +163,11 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         snapshot.parallelism = p;
     }
     let authority = Arc::new(Authority::load(&config.resolve(&config.tls.ca), &config.resolve(&config.tls.ca_key))?);
-    let live = relay::Live { stopping: shutdown.clone(), ..Default::default() };
+    let live = relay::Live {
+        stopping: shutdown.clone(),
+        relay_limits: Arc::new(relay::RelayLimits::new(&config.limits)),
+        ..Default::default()
+    };
     let flusher = tokio::spawn(live.ledger.clone().run(db.clone(), shutdown.clone()));
     if let Some(metrics) = &config.metrics {
         let (listener, _) = aqueduct_proto::metrics::bind(metrics).await?;
@@ -162,30 +175,26 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         let exporter = aqueduct_proto::metrics::Exporter::new(live.metrics.registry(), move || {
             hub_metrics.refresh(state.as_ref(), &members)
         });
-        tokio::spawn(aqueduct_proto::metrics::serve(listener, exporter, shutdown.clone()));
+        tokio::spawn(aqueduct_proto::metrics::serve(listener, exporter, config.limits.metrics(), shutdown.clone()));
         tokio::spawn(live.metrics.clone().run(shutdown.clone()));
     }
+    // Requests are small; answers go up to a manifest (the largest message there is).
     let admin =
         AdminServer::new(api::AdminService::new(db.clone(), snapshot, authority, live.clone(), hub_files(&config)))
-            .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES)
             .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
     let spoke = SpokeServer::new(relay::SpokeService::new(db.clone(), live.clone()))
-        .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES)
         .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
     let addr = listener.local_addr().map_err(io_err("inspect", Path::new("listener")))?;
     info!(%addr, data_dir = %config.data_dir.display(), "hub serving");
-    Server::builder()
-        // A spoke that vanishes without closing its connection stops being a member of its
-        // region when its keepalive goes unanswered.
-        .http2_keepalive_interval(Some(KEEPALIVE))
-        .http2_keepalive_timeout(Some(KEEPALIVE))
-        .tls_config(tls)?
+    let incoming = aqueduct_proto::server::incoming(listener, tls, config.limits.server(), "hub API");
+    // A spoke that vanishes without closing its connection stops being a member of its region
+    // when its keepalive goes unanswered.
+    aqueduct_proto::server::grpc_server(config.limits.max_streams_per_connection, KEEPALIVE)
         .add_service(admin)
         .add_service(spoke)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown.cancelled_owned(),
-        )
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     // The last relayed bytes reach the database before the hub says it stopped: once more
     // after the server has let go of its streams (each counts its bytes as it ends).

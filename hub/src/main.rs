@@ -69,6 +69,8 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Serve { config, listen } => {
             let mut config = HubConfig::load(&config)?;
+            // The connection caps of `[limits]`, not the descriptor limit, are what binds.
+            let _ = aqueduct_proto::edge::raise_open_file_limit();
             if let Some(listen) = listen {
                 config.listen = listen;
             }

@@ -49,6 +49,50 @@ pub struct Live {
     /// Fires when the hub stops: watches end, so that the server's graceful shutdown is not
     /// held up by streams that never finish on their own.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// How much `FetchChunks` work each region may have at once.
+    pub relay_limits: Arc<RelayLimits>,
+}
+
+/// `FetchChunks` work per region, bounded so that one region's certificate cannot make the
+/// hub hold more than a known amount of memory: at most `limits.fetch_streams_per_region`
+/// streams (a call past it waits up to `limits.fetch_wait` for one to end, then is refused
+/// with RESOURCE_EXHAUSTED), and at most `limits.relay_memory_per_region` of chunk bytes read
+/// from the source and not yet taken by the connection (a stream waits for room before it
+/// reads). What one region's streams hold besides is bounded per stream (one chunk in the
+/// encoder, the connection's send buffer), so a region costs the hub at most about
+/// `relay_memory_per_region + fetch_streams_per_region x 2.5 MiB`.
+pub struct RelayLimits {
+    streams: aqueduct_proto::server::KeyedLimit,
+    /// In KiB.
+    memory: aqueduct_proto::server::KeyedLimit,
+}
+
+impl RelayLimits {
+    pub fn new(limits: &crate::config::LimitsConfig) -> Self {
+        Self {
+            streams: aqueduct_proto::server::KeyedLimit::new(limits.fetch_streams_per_region, limits.fetch_wait),
+            memory: aqueduct_proto::server::KeyedLimit::new(
+                (limits.relay_memory_per_region.0 >> 10) as usize,
+                limits.fetch_wait,
+            ),
+        }
+    }
+
+    /// `FetchChunks` streams of `region` open now.
+    pub fn streams_of(&self, region: &str) -> usize {
+        self.streams.held(region)
+    }
+
+    /// Bytes the relay holds for `region` now (read and not yet taken by the connection).
+    pub fn memory_of(&self, region: &str) -> u64 {
+        (self.memory.held(region) as u64) << 10
+    }
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self::new(&crate::config::LimitsConfig::default())
+    }
 }
 
 /// Every region's budget, and when its rate was last read from the database. Shared by the
@@ -414,6 +458,8 @@ impl pb::spoke_server::Spoke for SpokeService {
             .record("version", req.version);
         self.authorize(&region, &req.dataset, req.version).await?;
         let index = self.index(&req.dataset, req.version).await?;
+        // Cut by a hub without the bound: refused with the reason, not sent to fail below.
+        index.manifest.check_size().map_err(|e| Status::failed_precondition(e.to_string()))?;
         Ok(Response::new(pb::Manifest::from(&index.manifest)))
     }
 
@@ -431,6 +477,7 @@ impl pb::spoke_server::Spoke for SpokeService {
             .record("dataset", req.dataset.as_str())
             .record("version", req.version)
             .record("chunks", req.digests.len());
+        aqueduct_proto::check_digest_count(req.digests.len())?;
         let digests = req
             .digests
             .iter()
@@ -442,29 +489,43 @@ impl pb::spoke_server::Spoke for SpokeService {
         self.authorize(&region, &req.dataset, req.version).await?;
         let index = self.index(&req.dataset, req.version).await?;
         let budget = self.budget(&region).await?;
+        let limits = self.live.relay_limits.clone();
+        // Held until the stream ends.
+        let turn = limits.streams.enter(&region).await.map_err(|busy| {
+            Status::resource_exhausted(format!(
+                "region {region} has {} FetchChunks streams open at the hub, the most it may (limits.fetch_streams_per_region), and none ended within {:?}; try again shortly",
+                busy.held, busy.waited
+            ))
+        })?;
+        debug!(streams = limits.streams.held(&region), "stream turn taken");
         let (tx, rx) = mpsc::channel(2);
         let (db, ledger, dataset, version) = (self.db.clone(), self.live.ledger.clone(), req.dataset, req.version);
         let metrics = self.live.metrics.clone();
-        tokio::spawn(
+        // Each chunk's share of the region's relay memory, in the order the chunks are sent,
+        // given back when the connection takes the chunk.
+        let memory = Arc::new(Mutex::new(std::collections::VecDeque::<tokio::sync::OwnedSemaphorePermit>::new()));
+        let (held_memory, stream_region, gone) = (memory.clone(), region.clone(), tx.clone());
+        let mut relay = tokio::spawn(
             async move {
                 // Counted as chunks are handed to the transport, recorded when the stream ends.
                 let key = (dataset.clone(), version, region);
                 let reads = futures::stream::iter(digests)
                     .map(|digest| {
-                        let index = index.clone();
+                        let (index, limits, region) = (index.clone(), limits.clone(), stream_region.clone());
                         async move {
                             let &(file, offset, length) = index.locations.get(&digest).ok_or_else(|| {
                                 Status::not_found(format!("chunk {digest} is not part of {}@v{}", index.manifest.dataset, index.manifest.version))
                             })?;
+                            let held = limits.memory.wait_many(&region, (length as usize).div_ceil(1024)).await;
                             let object = &index.manifest.files[file].object;
                             let data = read_range(index.source.as_ref(), object, offset..offset + u64::from(length)).await?;
-                            Ok::<_, Status>((digest, object.clone(), offset, data))
+                            Ok::<_, Status>((digest, object.clone(), offset, data, held))
                         }
                     })
                     .buffered(2);
                 tokio::pin!(reads);
                 while let Some(read) = reads.next().await {
-                    let (digest, object, offset, data) = match read {
+                    let (digest, object, offset, data, held) = match read {
                         Ok(read) => read,
                         Err(status) => {
                             let _ = tx.send(Err(status)).await;
@@ -489,6 +550,7 @@ impl pb::spoke_server::Spoke for SpokeService {
                     budget.take(data.len()).await;
                     debug!(digest = %digest.short(), len = data.len(), "chunk relayed");
                     let len = data.len() as u64;
+                    held_memory.lock().unwrap_or_else(|e| e.into_inner()).push_back(held);
                     if tx.send(Ok(pb::ChunkData { digest: digest.0.to_vec(), data })).await.is_err() {
                         return;
                     }
@@ -498,7 +560,28 @@ impl pb::spoke_server::Spoke for SpokeService {
             }
             .instrument(Span::current()),
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        // The stream keeps its turn while it relays; a caller that goes away ends it at once
+        // (its turn and memory given back), even while it waits for room or budget.
+        tokio::spawn(
+            async move {
+                let _turn = turn;
+                tokio::select! {
+                    _ = &mut relay => debug!("stream ended"),
+                    _ = gone.closed() => {
+                        relay.abort();
+                        debug!("the caller went away");
+                    }
+                }
+            }
+            .instrument(Span::current()),
+        );
+        let chunks = ReceiverStream::new(rx).map(move |chunk| {
+            if chunk.is_ok() {
+                memory.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+            }
+            chunk
+        });
+        Ok(Response::new(Box::pin(chunks)))
     }
 
     #[instrument(skip_all, fields(region, node, dataset, version, phase))]

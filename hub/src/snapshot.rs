@@ -74,6 +74,8 @@ pub enum SnapshotError {
     LinkCycles { dataset: String, links: Vec<String> },
     #[error("dataset {dataset:?}: object {key:?} cannot be a file of a version: {source}")]
     BadObject { dataset: String, key: String, source: ManifestError },
+    #[error("dataset {dataset:?}: {source}")]
+    TooLarge { dataset: String, source: ManifestError },
     #[error("dataset {dataset:?}: reading {key:?} failed: {source}")]
     Read { dataset: String, key: String, source: std::io::Error },
     #[error(transparent)]
@@ -252,7 +254,12 @@ pub async fn snapshot(
 
     let stamps: BTreeMap<String, SourceStamp> = files.iter().map(|(f, s)| (f.path.clone(), s.clone())).collect();
     let manifest = Manifest::new(dataset.name.clone(), 0, options.chunker, files.into_iter().map(|(f, _)| f).collect())
-        .map_err(|source| SnapshotError::BadObject { dataset: dataset.name.clone(), key: String::new(), source })?;
+        .map_err(|source| match source {
+            source @ aqueduct_proto::ManifestError::TooLarge { .. } => {
+                SnapshotError::TooLarge { dataset: dataset.name.clone(), source }
+            }
+            source => SnapshotError::BadObject { dataset: dataset.name.clone(), key: String::new(), source },
+        })?;
 
     let bytes_read = bytes_read.load(Ordering::Relaxed);
     if let Some(prev) = &previous

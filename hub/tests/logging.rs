@@ -33,11 +33,20 @@ fn json_logs_are_one_object_per_line_and_an_unknown_format_is_an_error() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(hub.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    // Every line is a JSON object; the hub says it serves within its first few (it may say
+    // first that it raised its open-file limit).
+    let mut stderr = BufReader::new(hub.stderr.take().unwrap());
+    let (mut line, mut event) = (String::new(), serde_json::Value::Null);
+    for _ in 0..5 {
+        line.clear();
+        stderr.read_line(&mut line).unwrap();
+        event = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if event["fields"]["message"] == "hub serving" {
+            break;
+        }
+    }
     let _ = hub.kill();
     let _ = hub.wait();
-    let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
     assert_eq!(event["level"], "INFO", "{line}");
     assert_eq!(event["fields"]["message"], "hub serving", "{line}");
     assert!(event["fields"]["addr"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{line}");

@@ -12,7 +12,7 @@ use std::str::FromStr;
 pub mod units;
 pub mod wire;
 
-pub use units::{Rate, RateError, Size, SizeError};
+pub use units::{DurationError, Rate, RateError, Size, SizeError, format_duration, parse_duration};
 
 /// Version of the manifest format and of the root-hash rules below. Bumped on any change.
 pub const MANIFEST_FORMAT: u32 = 1;
@@ -166,7 +166,28 @@ impl Manifest {
         let root = compute_root(chunker, &files);
         let manifest = Self { dataset, version, chunker, files, root };
         manifest.validate()?;
+        manifest.check_size()?;
         Ok(manifest)
+    }
+
+    /// Refuses a manifest whose wire form is above [`crate::MAX_MANIFEST_BYTES`]: no
+    /// component could send or accept it. The hub checks it when it cuts a version and
+    /// before it serves one; spokes when they decode one.
+    pub fn check_size(&self) -> Result<(), ManifestError> {
+        self.check_size_within(crate::MAX_MANIFEST_BYTES)
+    }
+
+    pub(crate) fn check_size_within(&self, limit: usize) -> Result<(), ManifestError> {
+        let (bytes, limit) = (self.wire_len() as u64, limit as u64);
+        if bytes > limit {
+            return Err(ManifestError::TooLarge {
+                bytes,
+                limit,
+                files: self.files.len() as u64,
+                chunks: self.chunk_count(),
+            });
+        }
+        Ok(())
     }
 
     /// The root over the canonical encoding of the file tree. Covers (format, chunker
@@ -203,6 +224,9 @@ impl Manifest {
     /// Checks the invariants every reader relies on: valid unique sorted paths, chunks that
     /// tile each file exactly, chunk lengths within the chunker's maximum, and the root.
     pub fn validate(&self) -> Result<(), ManifestError> {
+        if self.chunker.max_size as usize > crate::MAX_CHUNK_BYTES {
+            return Err(ManifestError::ChunkerTooLarge { max_size: self.chunker.max_size });
+        }
         let mut previous: Option<&str> = None;
         for file in &self.files {
             validate_path(&file.path)?;
@@ -287,6 +311,16 @@ pub enum ManifestError {
     RootMismatch { expected: Digest, computed: Digest },
     #[error("manifest field {field} is missing")]
     Missing { field: &'static str },
+    #[error(
+        "the manifest allows chunks of up to {max_size} bytes, more than the {} any component moves",
+        crate::MAX_CHUNK_BYTES
+    )]
+    ChunkerTooLarge { max_size: u32 },
+    #[error(
+        "the manifest of this version would be {} ({files} files, {chunks} chunks), above Aqueduct's limit of {} per manifest: split the dataset into smaller ones (one per model, or by prefix)",
+        units::Size(*bytes), units::Size(*limit)
+    )]
+    TooLarge { bytes: u64, limit: u64, files: u64, chunks: u64 },
 }
 
 /// Checks a source or dataset name: 1 to 63 characters of `a-z`, `0-9`, `-`, `.` and `_`,

@@ -63,6 +63,37 @@ pub fn init_logging() -> Result<(), LoggingError> {
     Ok(())
 }
 
+/// The open-file limit before and after [`raise_open_file_limit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenFiles {
+    pub was: u64,
+    pub now: u64,
+}
+
+/// Raises this process's soft limit of open files (RLIMIT_NOFILE) to its hard limit, so that a
+/// server's connection caps, not the descriptor limit (often 1024), are what binds. Logs the
+/// outcome; returns the limits, or the error (the process keeps its limit).
+pub fn raise_open_file_limit() -> std::io::Result<OpenFiles> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write the struct passed, nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let was = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            let e = std::io::Error::last_os_error();
+            tracing::warn!(soft = was, hard = limit.rlim_max, error = %e, "could not raise the open-file limit");
+            return Err(e);
+        }
+    }
+    let files = OpenFiles { was, now: limit.rlim_cur };
+    tracing::info!(was = files.was, now = files.now, "open-file limit (RLIMIT_NOFILE) raised to the hard limit");
+    Ok(files)
+}
+
 /// Returns on Ctrl-C or SIGTERM.
 pub async fn interrupted() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
@@ -75,6 +106,15 @@ pub async fn interrupted() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_open_file_limit_is_raised_to_the_hard_limit() {
+        let files = raise_open_file_limit().unwrap();
+        assert!(files.now >= files.was);
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+        assert_eq!((limit.rlim_cur, limit.rlim_cur), (files.now, limit.rlim_max));
+    }
 
     #[test]
     fn formats_parse_and_an_unknown_one_says_what_to_use() {

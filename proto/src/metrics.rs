@@ -5,7 +5,11 @@
 //! it to [`serve`], with a `refresh` callback that brings gauges read from state (a database, a
 //! cache's usage) up to date just before each scrape. The server is a few lines of hyper (already
 //! in the dependency tree through tonic): HTTP/1.1, one task per connection, no TLS (scrapes
-//! stay inside the cluster or the data centre's management network).
+//! stay inside the cluster or the data centre's management network), with limits
+//! ([`MetricsLimits`]): a connection cap (past it, new connections are closed at once), a
+//! deadline for a request's headers (a client that connects and sends nothing, or dribbles
+//! its headers, is dropped), headers of a few KiB, one request per connection, and only
+//! `GET /metrics`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,7 +22,7 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// `[metrics]` in the hub's and the spoke's configs. Without the section, no endpoint.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -27,6 +31,40 @@ pub struct MetricsConfig {
     /// Where to serve `GET /metrics`, `IP:PORT` (port 0: any free port, logged).
     pub listen: SocketAddr,
 }
+
+/// How much the metrics endpoint takes (`[limits]` of hub and spoke).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsLimits {
+    /// Connections served at once; past it, new ones are closed at once.
+    pub max_connections: usize,
+    /// How long a client has to send its request's headers, from when it connects.
+    pub header_timeout: std::time::Duration,
+}
+
+impl Default for MetricsLimits {
+    /// A Prometheus or two scraping every few seconds, and room for people with curl.
+    fn default() -> Self {
+        Self { max_connections: 16, header_timeout: std::time::Duration::from_secs(5) }
+    }
+}
+
+impl MetricsLimits {
+    /// Checks the values as `[limits]` of hub and spoke give them (`metrics_connections`,
+    /// `metrics_header_timeout`).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_connections == 0 {
+            return Err("limits.metrics_connections must be at least 1".into());
+        }
+        if self.header_timeout.is_zero() {
+            return Err("limits.metrics_header_timeout must be more than 0s, e.g. \"5s\"".into());
+        }
+        Ok(())
+    }
+}
+
+/// The largest request head the endpoint reads (a scrape's is a few hundred bytes; hyper's
+/// smallest allowed buffer).
+const MAX_REQUEST_HEAD_BYTES: usize = 8 << 10;
 
 /// What the server encodes: the registry, and what refreshes its gauges before a scrape.
 /// Scrapes are serialised, so that a refresh and the encoding that follows see one state.
@@ -66,11 +104,13 @@ pub async fn bind(config: &MetricsConfig) -> Result<(TcpListener, SocketAddr), M
     Ok((listener, addr))
 }
 
-/// Serves `GET /metrics` from `exporter` on `listener` until `shutdown` fires.
-pub async fn serve(listener: TcpListener, exporter: Arc<Exporter>, shutdown: CancellationToken) {
+/// Serves `GET /metrics` from `exporter` on `listener` until `shutdown` fires, within `limits`.
+pub async fn serve(listener: TcpListener, exporter: Arc<Exporter>, limits: MetricsLimits, shutdown: CancellationToken) {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "serving metrics at http://{addr}/metrics");
     }
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let mut last_refusal: Option<std::time::Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -82,11 +122,24 @@ pub async fn serve(listener: TcpListener, exporter: Arc<Exporter>, shutdown: Can
             },
             _ = shutdown.cancelled() => return,
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if last_refusal.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10)) {
+                warn!(%peer, max_connections = limits.max_connections, "metrics connection cap reached: closing new connections (limits.metrics_connections)");
+                last_refusal = Some(std::time::Instant::now());
+            }
+            continue;
+        };
         let exporter = exporter.clone();
         let stop = shutdown.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |request| answer(request, exporter.clone()));
-            let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(MAX_REQUEST_HEAD_BYTES)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {
                 result = connection.as_mut() => {
@@ -111,7 +164,7 @@ async fn answer(request: Request<Incoming>, exporter: Arc<Exporter>) -> Result<R
     if request.uri().path() != "/metrics" {
         return Ok(reply(StatusCode::NOT_FOUND, "not found: metrics are at /metrics\n".into()));
     }
-    if request.method() != Method::GET && request.method() != Method::HEAD {
+    if request.method() != Method::GET {
         return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "only GET /metrics\n".into()));
     }
     match tokio::task::spawn_blocking(move || exporter.render()).await {
@@ -149,12 +202,69 @@ mod tests {
         });
         let (listener, addr) = bind(&MetricsConfig { listen: "127.0.0.1:0".parse().unwrap() }).await.unwrap();
         let stop = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, exporter, stop.clone()));
+        let server = tokio::spawn(serve(listener, exporter, MetricsLimits::default(), stop.clone()));
         let first = get(addr, "/metrics").await;
         assert!(first.starts_with("HTTP/1.1 200"), "{first}");
         assert!(first.contains("test_scrapes_total 1\n"), "{first}");
         assert!(get(addr, "/metrics").await.contains("test_scrapes_total 2\n"));
         assert!(get(addr, "/").await.starts_with("HTTP/1.1 404"));
+        stop.cancel();
+        server.await.unwrap();
+    }
+
+    /// Reads until the server closes the connection (or 10 s pass, a generous bound that only
+    /// a server that never closes reaches); returns what came and whether it closed.
+    async fn until_closed(stream: &mut tokio::net::TcpStream) -> (String, bool) {
+        let mut text = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut text)).await;
+        (String::from_utf8_lossy(&text).into_owned(), read.is_ok())
+    }
+
+    #[tokio::test]
+    async fn silent_clients_are_dropped_the_cap_holds_and_only_get_is_served() {
+        let exporter = Exporter::new(Registry::default(), || {});
+        let (listener, addr) = bind(&MetricsConfig { listen: "127.0.0.1:0".parse().unwrap() }).await.unwrap();
+        let stop = CancellationToken::new();
+        let limits = MetricsLimits { max_connections: 2, header_timeout: std::time::Duration::from_millis(300) };
+        let server = tokio::spawn(serve(listener, exporter, limits, stop.clone()));
+
+        // Two clients that connect and send nothing hold both connections...
+        let mut silent = vec![
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+        ];
+        // ... so a third is closed at once, without an answer.
+        let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = third.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let (text, closed) = until_closed(&mut third).await;
+        assert!(closed && text.is_empty(), "past the cap: {text:?}");
+        // The silent ones are dropped after the header deadline, and the endpoint serves again.
+        for s in &mut silent {
+            let (text, closed) = until_closed(s).await;
+            assert!(closed, "a client that sent no header was kept: {text:?}");
+        }
+        let started = std::time::Instant::now();
+        loop {
+            let text = get(addr, "/metrics").await;
+            if text.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(started.elapsed() < std::time::Duration::from_secs(10), "never served again: {text:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // Only GET.
+        let mut post = tokio::net::TcpStream::connect(addr).await.unwrap();
+        post.write_all(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").await.unwrap();
+        assert!(until_closed(&mut post).await.0.starts_with("HTTP/1.1 405"));
+        let mut head = tokio::net::TcpStream::connect(addr).await.unwrap();
+        head.write_all(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        assert!(until_closed(&mut head).await.0.starts_with("HTTP/1.1 405"));
+        // A header block past the bound is refused, not buffered.
+        let mut big = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let long = format!("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n", "a".repeat(64 << 10));
+        let _ = big.write_all(long.as_bytes()).await;
+        let (text, _) = until_closed(&mut big).await;
+        assert!(!text.starts_with("HTTP/1.1 200"), "{text:?}");
         stop.cancel();
         server.await.unwrap();
     }

@@ -30,6 +30,7 @@
 pub mod cache;
 pub mod catalog;
 pub mod csi;
+pub mod limits;
 pub mod local;
 pub mod metrics;
 pub mod mounts;
@@ -50,7 +51,7 @@ use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
 use aqueduct_proto::identity::Identity;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity, ServerTlsConfig};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
 use tracing::{info, warn};
 
 use crate::cache::{CacheConfig, TieredStore};
@@ -82,6 +83,8 @@ pub enum SpokeError {
     Operator(#[from] operator::OperatorError),
     #[error(transparent)]
     Metrics(#[from] aqueduct_proto::metrics::MetricsError),
+    #[error("the region's credentials (tls.cert, tls.key, tls.ca) cannot serve the peer API: {0}")]
+    Tls(#[from] aqueduct_proto::server::TlsSetupError),
 }
 
 /// Where the local API listens unless the config says: inside the data directory.
@@ -124,6 +127,9 @@ pub struct SpokeConfig {
     /// The Prometheus endpoint (`GET /metrics`); without this section, none.
     #[serde(default)]
     pub metrics: Option<aqueduct_proto::metrics::MetricsConfig>,
+    /// What the spoke's servers take on at once.
+    #[serde(default)]
+    pub limits: limits::LimitsConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -233,6 +239,14 @@ impl SpokeConfig {
         if config.replication.streams == 0 || config.replication.chunks_per_request == 0 {
             return Err(invalid("replication.streams and replication.chunks_per_request must be at least 1".into()));
         }
+        if config.replication.chunks_per_request > aqueduct_proto::MAX_DIGESTS_PER_REQUEST {
+            return Err(invalid(format!(
+                "replication.chunks_per_request is {}; servers take at most {} digests per request",
+                config.replication.chunks_per_request,
+                aqueduct_proto::MAX_DIGESTS_PER_REQUEST
+            )));
+        }
+        config.limits.validate().map_err(invalid)?;
         let dir = path.parent().unwrap_or(Path::new("."));
         for p in [&mut config.data_dir, &mut config.tls.ca, &mut config.tls.cert, &mut config.tls.key] {
             if p.is_relative() {
@@ -359,9 +373,15 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
         Some(_) => Some(kube::Client::try_default().await.map_err(operator::OperatorError::Config)?),
         None => None,
     };
-    // Readers and manifests go through a channel of their own, connected when first used.
-    let hub = SpokeClient::new(endpoint.connect_lazy()).max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
-    let catalog = Arc::new(Catalog::open(&config.data_dir.join("catalog"), hub.clone())?);
+    // Readers and manifests go through a channel of their own, connected when first used:
+    // the catalog takes manifests (the largest message), readers chunks.
+    let hub = SpokeClient::new(endpoint.connect_lazy())
+        .max_decoding_message_size(aqueduct_proto::MAX_CHUNK_MESSAGE_BYTES)
+        .max_encoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES);
+    let catalog = Arc::new(Catalog::open(
+        &config.data_dir.join("catalog"),
+        hub.clone().max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES),
+    )?);
     let priority = Arc::new(Priority::default());
     // Its own token: the caller's is not ours to cancel.
     let local_stop = shutdown.child_token();
@@ -378,12 +398,11 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
                 .map_err(|e| SpokeError::Config { path: "peer.listen".into(), message: e.to_string() })?;
             let address = peer.advertise.clone().unwrap_or_else(|| bound.to_string());
             let peers = Arc::new(Peers::new(&config.node, &region, Some(config.client_tls()?)));
-            let tls = ServerTlsConfig::new()
-                .identity(TlsIdentity::from_pem(
-                    config.read("region certificate", &config.tls.cert)?,
-                    config.read("region key", &config.tls.key)?,
-                ))
-                .client_ca_root(Certificate::from_pem(config.read("CA certificate", &config.tls.ca)?));
+            let tls = aqueduct_proto::server::server_config(
+                &config.read("region certificate", &config.tls.cert)?,
+                &config.read("region key", &config.tls.key)?,
+                &config.read("CA certificate", &config.tls.ca)?,
+            )?;
             (peers, address, Some((listener, tls)))
         }
     };
@@ -394,19 +413,22 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
         let (listener, _) = aqueduct_proto::metrics::bind(listen).await?;
         let (m, c, b) = (metrics.clone(), cache.clone(), budget.clone());
         let exporter = aqueduct_proto::metrics::Exporter::new(metrics.registry(), move || m.refresh(&c, &b));
-        tokio::spawn(aqueduct_proto::metrics::serve(listener, exporter, local_stop.clone()));
+        tokio::spawn(aqueduct_proto::metrics::serve(listener, exporter, config.limits.metrics(), local_stop.clone()));
     }
     let reader = ReadThrough::new(store.clone(), hub, peers.clone(), priority.clone(), metrics);
     let peer_task = peer_task.map(|(listener, tls)| {
         let Identity::Region(name) = &region else { unreachable!("checked by SpokeConfig::region") };
-        let service = PeerService { region: name.clone(), reader: reader.clone() };
+        let limits = &config.limits;
+        let per_peer = aqueduct_proto::server::KeyedLimit::new(limits.fetch_streams_per_peer, limits.fetch_wait);
+        let service = PeerService { region: name.clone(), reader: reader.clone(), per_peer };
         info!(address = %peer_address, "serving the region's peers");
-        tokio::spawn(peer_service::serve(listener, tls, service, local_stop.clone()))
+        tokio::spawn(peer_service::serve(listener, tls, limits.server(), service, local_stop.clone()))
     });
     let mounts = Mounts::new(catalog.clone(), reader.clone());
     let socket = config.socket();
     let service = LocalService { catalog: catalog.clone(), reader: reader.clone(), mounts: mounts.clone() };
-    let local = tokio::spawn(local::serve(socket.clone(), service, local_stop.clone()));
+    let max_streams = config.limits.max_streams_per_connection;
+    let local = tokio::spawn(local::serve(socket.clone(), service, max_streams, local_stop.clone()));
     info!(socket = %socket.display(), "local API listening");
     let csi = config.csi.as_ref().map(|csi_config| {
         let Identity::Region(region) = &region else { unreachable!("checked by SpokeConfig::region") };
@@ -427,6 +449,7 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
             csi_config.socket.clone(),
             csi::service::IdentityService,
             service,
+            max_streams,
             local_stop.clone(),
         ));
         info!(socket = %csi_config.socket.display(), driver = csi::DRIVER_NAME, "CSI node plugin listening");
@@ -513,7 +536,10 @@ async fn replicate_until(
         let mut watched = false;
         let session = async {
             let channel: Channel = endpoint.connect().await.map_err(|e| chain(&e))?;
-            let client = SpokeClient::new(channel).max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
+            // Assignments (with the region's members) and acks come back; reports go out.
+            let client = SpokeClient::new(channel)
+                .max_decoding_message_size(aqueduct_proto::MAX_CONTROL_MESSAGE_BYTES)
+                .max_encoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES);
             let request = pb::WatchRequest { node: config.node.clone(), peer_address: peer_address.clone() };
             let mut watch = match client.clone().watch(request).await {
                 Ok(watch) => watch.into_inner(),

@@ -148,6 +148,7 @@ impl Local for LocalService {
             .record("dataset", r.dataset.as_str())
             .record("version", r.version)
             .record("chunks", r.digests.len());
+        aqueduct_proto::check_digest_count(r.digests.len())?;
         // Reads are for versions the region holds; the hub checks the rest on a miss.
         self.catalog.resolve(&r.dataset, Some(r.version)).map_err(status)?;
         let digests = r
@@ -179,14 +180,21 @@ impl Local for LocalService {
     }
 }
 
-/// Serves the local API on a unix socket at `path` until `shutdown` fires, then removes it.
-/// A socket left by an earlier spoke is replaced.
-pub async fn serve(path: PathBuf, service: LocalService, shutdown: CancellationToken) -> std::io::Result<()> {
+/// Serves the local API on a unix socket at `path` until `shutdown` fires, then removes it,
+/// with at most `max_streams` calls at once per connection. A socket left by an earlier spoke
+/// is replaced.
+pub async fn serve(
+    path: PathBuf,
+    service: LocalService,
+    max_streams: u32,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let listener = bind_socket(&path)?;
-    let result = tonic::transport::Server::builder()
+    // Requests are small; answers go up to a manifest (`Resolve`).
+    let result = aqueduct_proto::server::grpc_server(max_streams, aqueduct_proto::server::KEEPALIVE)
         .add_service(
             LocalServer::new(service)
-                .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
+                .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES)
                 .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.cancelled())

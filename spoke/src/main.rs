@@ -109,6 +109,8 @@ async fn run() -> anyhow::Result<()> {
         Command::Run { config, node, advertise } => {
             let overrides = aqueduct_spoke::Overrides { node, advertise };
             let config = aqueduct_spoke::SpokeConfig::load_with(&config, &overrides)?;
+            // The connection caps of `[limits]`, not the descriptor limit, are what binds.
+            let _ = aqueduct_proto::edge::raise_open_file_limit();
             let shutdown = CancellationToken::new();
             let trigger = shutdown.clone();
             tokio::spawn(async move {

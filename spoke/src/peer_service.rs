@@ -5,6 +5,14 @@
 //! `FetchChunks` sends what the store holds, each chunk checked on the way out (a rotten copy is
 //! removed, never sent); with `fetch_on_miss` the rest is fetched as their owner would
 //! ([`ReadThrough::over_link`]) and sent as it arrives.
+//!
+//! Within limits (`[limits]` of the config): the server takes connections through the one
+//! accept path of [`aqueduct_proto::server`], a peer (by its address) has at most
+//! `limits.fetch_streams_per_peer` `FetchChunks` streams at once (past it, a call waits up to
+//! `limits.fetch_wait`, then gets RESOURCE_EXHAUSTED, which the asker does not hold against
+//! this spoke), a request names at most [`aqueduct_proto::MAX_DIGESTS_PER_REQUEST`] digests,
+//! and what a peer asks to be fetched over the link is fetched [`MISS_BATCH`] chunks at a
+//! time, so that one stream holds at most that many chunks in memory.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,7 +27,6 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::ServerTlsConfig;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, debug, instrument, warn};
 
@@ -30,7 +37,12 @@ pub struct PeerService {
     /// This spoke's region: callers must be of it.
     pub region: String,
     pub reader: Arc<ReadThrough>,
+    /// `FetchChunks` streams per peer (keyed by its address).
+    pub per_peer: aqueduct_proto::server::KeyedLimit,
 }
+
+/// Chunks a peer asked for and this spoke lacks, fetched over the link (and held) at a time.
+pub const MISS_BATCH: usize = 8;
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ChunkData, Status>> + Send>>;
 
@@ -47,6 +59,7 @@ impl PeerService {
 }
 
 fn digests(raw: &[Vec<u8>]) -> Result<Vec<Digest>, Status> {
+    aqueduct_proto::check_digest_count(raw.len())?;
     raw.iter()
         .map(|d| {
             Digest::from_slice(d)
@@ -74,8 +87,16 @@ impl Peer for PeerService {
         request: Request<spb::PeerFetchRequest>,
     ) -> Result<Response<Self::FetchChunksStream>, Status> {
         self.check_caller(&request)?;
+        let peer = request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.ip().to_string());
         let r = request.into_inner();
         let digests = digests(&r.digests)?;
+        // Held until the stream ends.
+        let turn = self.per_peer.enter(&peer).await.map_err(|busy| {
+            Status::resource_exhausted(format!(
+                "peer {peer} has {} FetchChunks streams open at this spoke, the most it may (limits.fetch_streams_per_peer), and none ended within {:?}; try again shortly",
+                busy.held, busy.waited
+            ))
+        })?;
         Span::current()
             .record("dataset", r.dataset.as_str())
             .record("version", r.version)
@@ -85,6 +106,7 @@ impl Peer for PeerService {
         let reader = self.reader.clone();
         tokio::spawn(
             async move {
+                let _turn = turn;
                 let mut misses = Vec::new();
                 for digest in digests {
                     let store = reader.store().clone();
@@ -119,32 +141,35 @@ impl Peer for PeerService {
                     return;
                 }
                 debug!(misses = misses.len(), "fetching for a peer");
-                // Not past the asker's patience, and not at all once it has gone.
-                let fetched = tokio::select! {
-                    fetched = tokio::time::timeout(
-                        FETCH_TIMEOUT,
-                        reader.over_link(&r.dataset, r.version, &misses, None, r.urgent, false),
-                    ) => fetched,
-                    _ = tx.closed() => return,
-                };
-                let fetched = fetched.unwrap_or_else(|_| Err(FetchError::Timeout(FETCH_TIMEOUT)));
-                match &fetched {
-                    Ok(p) => debug!(got = p.got.len(), missing = p.missing.len(), "fetched for a peer"),
-                    Err(e) => debug!(error = %e, "could not fetch for a peer"),
-                }
-                match fetched {
-                    Ok(pulled) => {
-                        for (digest, data) in pulled.got {
-                            reader.peers().stats.to_peers.fetch_add(data.len() as u64, Ordering::Relaxed);
-                            let chunk = pb::ChunkData { digest: digest.0.to_vec(), data: data.as_ref().clone() };
-                            if tx.send(Ok(chunk)).await.is_err() {
-                                return;
+                for batch in misses.chunks(MISS_BATCH) {
+                    // Not past the asker's patience, and not at all once it has gone.
+                    let fetched = tokio::select! {
+                        fetched = tokio::time::timeout(
+                            FETCH_TIMEOUT,
+                            reader.over_link(&r.dataset, r.version, batch, None, r.urgent, false),
+                        ) => fetched,
+                        _ = tx.closed() => return,
+                    };
+                    let fetched = fetched.unwrap_or_else(|_| Err(FetchError::Timeout(FETCH_TIMEOUT)));
+                    match &fetched {
+                        Ok(p) => debug!(got = p.got.len(), missing = p.missing.len(), "fetched for a peer"),
+                        Err(e) => debug!(error = %e, "could not fetch for a peer"),
+                    }
+                    match fetched {
+                        Ok(pulled) => {
+                            for (digest, data) in pulled.got {
+                                reader.peers().stats.to_peers.fetch_add(data.len() as u64, Ordering::Relaxed);
+                                let chunk = pb::ChunkData { digest: digest.0.to_vec(), data: data.as_ref().clone() };
+                                if tx.send(Ok(chunk)).await.is_err() {
+                                    return;
+                                }
                             }
                         }
-                    }
-                    // Not this spoke's fault: the asker must not suspect it.
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::aborted(format!("could not get it over the link: {e}")))).await;
+                        // Not this spoke's fault: the asker must not suspect it.
+                        Err(e) => {
+                            let _ = tx.send(Err(Status::aborted(format!("could not get it over the link: {e}")))).await;
+                            return;
+                        }
                     }
                 }
             }
@@ -154,23 +179,22 @@ impl Peer for PeerService {
     }
 }
 
-/// Serves the peer API on `listener` until `shutdown` fires.
+/// Serves the peer API on `listener` until `shutdown` fires, with TLS as `tls` says and within
+/// `limits`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    tls: ServerTlsConfig,
+    tls: Arc<aqueduct_proto::server::ServerConfig>,
+    limits: aqueduct_proto::server::ServerLimits,
     service: PeerService,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
-        .tls_config(tls)?
+    let incoming = aqueduct_proto::server::incoming(listener, tls, limits, "peer API");
+    aqueduct_proto::server::grpc_server(limits.max_streams_per_connection, aqueduct_proto::server::KEEPALIVE)
         .add_service(
             PeerServer::new(service)
-                .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES),
+                .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES)
+                .max_encoding_message_size(aqueduct_proto::MAX_CHUNK_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown.cancelled_owned(),
-        )
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
 }

@@ -38,6 +38,10 @@ pub enum PeerError {
     Unavailable { node: String, address: String, reason: String },
     #[error("peer {node} sent wrong bytes for chunk {digest} (their hash is {actual})")]
     Corrupt { node: String, digest: Digest, actual: Digest },
+    /// The peer serves this spoke as many streams as it allows (RESOURCE_EXHAUSTED): not its
+    /// fault, and not suspected.
+    #[error("peer {node} ({address}) is busy: {reason}")]
+    Busy { node: String, address: String, reason: String },
 }
 
 /// Who to ask for a chunk.
@@ -153,8 +157,10 @@ impl Peers {
             .connect_timeout(Duration::from_secs(3))
             .initial_stream_window_size(aqueduct_proto::STREAM_WINDOW_BYTES)
             .initial_connection_window_size(aqueduct_proto::CONNECTION_WINDOW_BYTES);
-        let client =
-            PeerClient::new(endpoint.connect_lazy()).max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
+        // Chunks (and `Has` answers) come back; requests are lists of digests.
+        let client = PeerClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(aqueduct_proto::MAX_CHUNK_MESSAGE_BYTES)
+            .max_encoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES);
         clients.insert(member.peer_address.clone(), client.clone());
         Ok(client)
     }
@@ -209,10 +215,12 @@ impl Peers {
         request: spb::PeerFetchRequest,
     ) -> Result<tonic::Streaming<pb::ChunkData>, PeerError> {
         let mut client = self.client(member)?;
-        client.fetch_chunks(request).await.map(|r| r.into_inner()).map_err(|s| PeerError::Unavailable {
-            node: member.node.clone(),
-            address: member.peer_address.clone(),
-            reason: s.message().to_string(),
+        client.fetch_chunks(request).await.map(|r| r.into_inner()).map_err(|s| {
+            let (node, address, reason) = (member.node.clone(), member.peer_address.clone(), s.message().to_string());
+            match s.code() {
+                tonic::Code::ResourceExhausted => PeerError::Busy { node, address, reason },
+                _ => PeerError::Unavailable { node, address, reason },
+            }
         })
     }
 }

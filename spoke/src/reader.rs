@@ -37,6 +37,43 @@ use crate::store::{CacheError, ChunkStore};
 /// How long one on-demand fetch may take before the reader gets EIO.
 pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Waits between asks of a server that is busy (RESOURCE_EXHAUSTED: the hub serves the region,
+/// or a peer this spoke, as many `FetchChunks` streams as it allows): doubling from
+/// [`Backoff::FIRST`] up to [`Backoff::MAX`], each shortened by up to a quarter so that the
+/// spokes of a region do not all ask again at once.
+struct Backoff {
+    started: std::time::Instant,
+    attempt: u32,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn new() -> Self {
+        Self { started: std::time::Instant::now(), attempt: 0 }
+    }
+
+    /// The wait before ask number `attempt + 2`, before jitter.
+    fn delay(attempt: u32) -> Duration {
+        Self::FIRST.saturating_mul(1u32 << attempt.min(16)).min(Self::MAX)
+    }
+
+    /// How long since the first ask.
+    fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    async fn wait(&mut self) {
+        let delay = Self::delay(self.attempt);
+        self.attempt += 1;
+        // Jitter from the clock: a few bits that differ between spokes and attempts.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let jitter = delay.mul_f64(f64::from(nanos % 1000) / 4000.0);
+        tokio::time::sleep(delay - jitter).await;
+    }
+}
+
 /// Foreground (reader) fetches first: background work waits while any is in flight.
 #[derive(Default)]
 pub struct Priority {
@@ -442,10 +479,23 @@ impl ReadThrough {
     ) -> Result<(), FetchError> {
         let link = !matches!(origin, Origin::Peer { fetch_on_miss: true, .. });
         let digests = asked.iter().map(|d| d.0.to_vec()).collect();
+        let mut backoff = Backoff::new();
         let (mut stream, peer) = match origin {
             Origin::Hub { .. } => {
                 let request = pb::FetchChunksRequest { dataset: dataset.to_string(), version, digests };
-                (self.hub.clone().fetch_chunks(request).await.map_err(FetchError::Hub)?.into_inner(), None)
+                // A region whose streams are all taken at the hub waits its turn: background
+                // work for as long as it takes (a version does not fail for it), a reader
+                // within its own deadline.
+                loop {
+                    match self.hub.clone().fetch_chunks(request.clone()).await {
+                        Ok(stream) => break (stream.into_inner(), None),
+                        Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                            debug!(reason = status.message(), "the hub is busy with this region; asking again");
+                            backoff.wait().await;
+                        }
+                        Err(status) => return Err(FetchError::Hub(status)),
+                    }
+                }
             }
             Origin::Peer { member, fetch_on_miss, urgent } => {
                 let request = spb::PeerFetchRequest {
@@ -455,11 +505,22 @@ impl ReadThrough {
                     fetch_on_miss: *fetch_on_miss,
                     urgent: *urgent,
                 };
-                match self.peers.fetch(member, request).await {
-                    Ok(stream) => (stream, Some(member)),
-                    Err(e) => {
-                        self.peers.suspect(&member.node, &e.to_string());
-                        return Err(e.into());
+                loop {
+                    match self.peers.fetch(member, request.clone()).await {
+                        Ok(stream) => break (stream, Some(member)),
+                        // A busy peer is not at fault: background work asks it again for a
+                        // while, a reader asks the next owner at once.
+                        Err(e @ PeerError::Busy { .. }) => {
+                            if *urgent || backoff.elapsed() >= FETCH_TIMEOUT {
+                                return Err(e.into());
+                            }
+                            debug!(error = %e, "asking again");
+                            backoff.wait().await;
+                        }
+                        Err(e) => {
+                            self.peers.suspect(&member.node, &e.to_string());
+                            return Err(e.into());
+                        }
                     }
                 }
             }
@@ -477,8 +538,9 @@ impl ReadThrough {
                                 address: m.peer_address.clone(),
                                 reason: status.message().to_string(),
                             };
-                            // A peer that could not get a chunk over the link is not at fault.
-                            if status.code() != tonic::Code::Aborted {
+                            // A peer that could not get a chunk over the link, or is busy, is
+                            // not at fault.
+                            if !matches!(status.code(), tonic::Code::Aborted | tonic::Code::ResourceExhausted) {
                                 self.peers.suspect(&m.node, &e.to_string());
                             }
                             e.into()
@@ -586,5 +648,17 @@ mod tests {
         assert!(!waiting.is_finished(), "background work ran while a reader waited");
         drop(guard);
         tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn asks_of_a_busy_server_back_off_doubling_up_to_a_bound() {
+        let delays: Vec<u64> = (0..8).map(|a| Backoff::delay(a).as_millis() as u64).collect();
+        assert_eq!(delays, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        assert_eq!(Backoff::delay(u32::MAX), Backoff::MAX, "no overflow however long it waits");
     }
 }

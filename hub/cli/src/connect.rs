@@ -133,9 +133,10 @@ impl HubConn {
             .map_err(|e| anyhow!("cannot use the TLS files from {}: {e}", self.origin))?
             .connect_timeout(Duration::from_secs(5));
         let channel = endpoint.connect().await.map_err(|e| self.transport_error(&chain(&e)))?;
+        // Answers go up to a manifest; requests are small (the hub takes at most so much).
         Ok(AdminClient::new(channel)
             .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES))
+            .max_encoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES))
     }
 
     fn transport_error(&self, detail: &str) -> anyhow::Error {

@@ -107,6 +107,94 @@ fn binary(f: &mut fmt::Formatter<'_>, n: u64, units: &[&str]) -> fmt::Result {
     if value.fract() == 0.0 { write!(f, "{value:.0}{}", units[unit]) } else { write!(f, "{value:.1}{}", units[unit]) }
 }
 
+/// A duration with units: `500ms`, `90s`, `2m`, `1h`, or parts of them in a row (`1m30s`).
+/// Overflow-safe: a duration too long to represent is an error, never a panic.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, DurationError> {
+    use std::time::Duration;
+    let bad = || DurationError { input: text.to_string() };
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let number: u64 = rest.get(..digits).and_then(|n| n.parse().ok()).ok_or_else(bad)?;
+        rest = rest.get(digits..).ok_or_else(bad)?;
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let part = match rest.get(..unit_len).ok_or_else(bad)? {
+            "ms" => Some(Duration::from_millis(number)),
+            "s" => Some(Duration::from_secs(number)),
+            "m" => number.checked_mul(60).map(Duration::from_secs),
+            "h" => number.checked_mul(3600).map(Duration::from_secs),
+            _ => None,
+        };
+        total = part.and_then(|p| total.checked_add(p)).ok_or_else(bad)?;
+        rest = rest.get(unit_len..).ok_or_else(bad)?;
+    }
+    Ok(total)
+}
+
+/// A duration as [`parse_duration`] reads it back: `1h30m`, `90s` (`1m30s`), `250ms`.
+pub fn format_duration(d: std::time::Duration) -> String {
+    let (mut secs, millis) = (d.as_secs(), d.subsec_millis());
+    let mut text = String::new();
+    for (unit, len) in [("h", 3600), ("m", 60), ("s", 1)] {
+        if secs >= len {
+            text.push_str(&format!("{}{unit}", secs / len));
+            secs %= len;
+        }
+    }
+    if millis > 0 || text.is_empty() {
+        text.push_str(&format!("{millis}ms"));
+    }
+    text
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{input:?} is not a duration: write it with units, e.g. 500ms, 10s, 2m or 1m30s")]
+pub struct DurationError {
+    pub input: String,
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_take_units_and_overflow_is_an_error() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration(" 10s "), Ok(Duration::from_secs(10)));
+        for bad in ["", "90", "s", "1x", "1.5s", "-1s", "99999999999999999999s", "18446744073709551615h"] {
+            let err = parse_duration(bad).unwrap_err().to_string();
+            assert!(err.contains("not a duration") && err.contains("10s"), "{bad:?}: {err}");
+        }
+        assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1s500ms");
+        assert_eq!(format_duration(Duration::ZERO), "0ms");
+    }
+
+    proptest! {
+        #![proptest_config(aqueduct_testkit::fuzz::config(1024))]
+
+        #[test]
+        fn fuzz_durations_never_panic(text in ".{0,24}") {
+            let _ = parse_duration(&text);
+        }
+
+        #[test]
+        fn fuzz_durations_round_trip(ms in any::<u64>()) {
+            let d = Duration::from_millis(ms);
+            prop_assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

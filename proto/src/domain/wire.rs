@@ -80,7 +80,51 @@ impl TryFrom<pb::Manifest> for Manifest {
             root: digest(&m.root)?,
         };
         manifest.validate()?;
+        manifest.check_size()?;
         Ok(manifest)
+    }
+}
+
+impl Manifest {
+    /// The length of this manifest's wire form (`pb::Manifest`, protobuf-encoded), computed
+    /// without building it: what [`Manifest::check_size`] holds against the limit.
+    pub fn wire_len(&self) -> usize {
+        fn varint(v: u64) -> usize {
+            (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+        }
+        // Field numbers are below 16: every key is one byte. Proto3 leaves out zero scalars
+        // and empty strings and bytes; a nested message is always written.
+        let scalar = |v: u64| if v == 0 { 0 } else { 1 + varint(v) };
+        let bytes = |len: usize| if len == 0 { 0 } else { 1 + varint(len as u64) + len };
+        let message = |body: usize| 1 + varint(body as u64) + body;
+        let chunker = scalar(self.chunker.min_size.into())
+            + scalar(self.chunker.avg_size.into())
+            + scalar(self.chunker.max_size.into());
+        let files: usize = self
+            .files
+            .iter()
+            .map(|f| {
+                let chunks: usize = f
+                    .chunks
+                    .iter()
+                    .map(|c| message(bytes(Digest::LEN) + scalar(c.offset) + scalar(c.length.into())))
+                    .sum();
+                message(
+                    bytes(f.path.len())
+                        + bytes(f.object.len())
+                        + scalar(f.size)
+                        + scalar(f.mode.into())
+                        + scalar(f.mtime_unix_ms as u64)
+                        + chunks,
+                )
+            })
+            .sum();
+        scalar(MANIFEST_FORMAT.into())
+            + bytes(self.dataset.len())
+            + scalar(self.version)
+            + message(chunker)
+            + files
+            + bytes(Digest::LEN)
     }
 }
 
@@ -115,5 +159,70 @@ mod tests {
         let mut tampered = wire;
         tampered.files[0].chunks[0].digest.pop();
         assert!(matches!(Manifest::try_from(tampered), Err(ManifestError::BadDigest { .. })));
+    }
+}
+
+/// The manifest's size bound: [`Manifest::wire_len`] is exactly what prost encodes, for any
+/// manifest, and a manifest above the bound is refused where it is cut and where it is read.
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    /// A file: its path, object key, mode, mtime, and its chunks as (seed of the digest, length).
+    type File = (String, String, u32, i64, Vec<(u64, u32)>);
+
+    fn manifest(files: Vec<File>, version: u64) -> Manifest {
+        let files = files
+            .into_iter()
+            .enumerate()
+            .map(|(i, (path, object, mode, mtime, chunks))| {
+                let mut offset = 0;
+                let chunks: Vec<ChunkRef> = chunks
+                    .into_iter()
+                    .map(|(seed, length)| {
+                        let c = ChunkRef { digest: Digest::of(&seed.to_le_bytes()), offset, length };
+                        offset += u64::from(length);
+                        c
+                    })
+                    .collect();
+                FileEntry { path: format!("{i}/{path}"), object, size: offset, mode, mtime_unix_ms: mtime, chunks }
+            })
+            .collect();
+        Manifest::new("ds".into(), version, ChunkerParams::DEFAULT, files).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(aqueduct_testkit::fuzz::config(512))]
+
+        #[test]
+        fn fuzz_wire_len_is_the_encoded_length(
+            files in proptest::collection::vec(
+                ("[a-z]{1,20}", ".{0,40}", any::<u32>(), any::<i64>(),
+                 proptest::collection::vec((any::<u64>(), 1..=ChunkerParams::DEFAULT.max_size), 0..6)),
+                0..6,
+            ),
+            version in any::<u64>(),
+        ) {
+            let m = manifest(files, version);
+            prop_assert_eq!(m.wire_len(), pb::Manifest::from(&m).encoded_len());
+        }
+    }
+
+    #[test]
+    fn a_manifest_above_the_bound_is_refused_with_its_size() {
+        let m = manifest(vec![("a".into(), "a".into(), 0o644, 1, vec![(1, 100), (2, 100)])], 1);
+        let len = m.wire_len();
+        assert!(m.check_size_within(len).is_ok());
+        let err = m.check_size_within(len - 1).unwrap_err();
+        assert!(matches!(err, ManifestError::TooLarge { files: 1, chunks: 2, .. }), "{err}");
+        assert!(err.to_string().contains("split the dataset"), "{err}");
+        // The real bound holds far more than a small manifest.
+        assert!(m.check_size().is_ok());
+        // A chunker that allows chunks above what any component moves is refused.
+        let mut big = m.clone();
+        big.chunker.max_size = crate::MAX_CHUNK_BYTES as u32 + 1;
+        assert!(matches!(big.validate(), Err(ManifestError::ChunkerTooLarge { .. })));
     }
 }

@@ -183,17 +183,21 @@ impl From<CsiError> for Status {
 }
 
 /// Serves the Identity and Node services on a unix socket at `path` until `shutdown` fires,
-/// then removes it. A socket left by an earlier spoke is replaced.
+/// then removes it, with at most `max_streams` calls at once per connection. A socket left by
+/// an earlier spoke is replaced.
 pub async fn serve(
     path: PathBuf,
     identity: service::IdentityService,
     node: service::NodeService,
+    max_streams: u32,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = crate::local::bind_socket(&path)?;
-    let result = tonic::transport::Server::builder()
-        .add_service(IdentityServer::new(identity))
-        .add_service(NodeServer::new(node))
+    // The kubelet's requests and our answers are a few KiB (volume attributes, paths).
+    let size = aqueduct_proto::MAX_REQUEST_BYTES;
+    let result = aqueduct_proto::server::grpc_server(max_streams, aqueduct_proto::server::KEEPALIVE)
+        .add_service(IdentityServer::new(identity).max_decoding_message_size(size).max_encoding_message_size(size))
+        .add_service(NodeServer::new(node).max_decoding_message_size(size).max_encoding_message_size(size))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.cancelled())
         .await;
     let _ = std::fs::remove_file(&path);

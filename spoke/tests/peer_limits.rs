@@ -1,0 +1,124 @@
+//! The peer API's limits, served for real over mutual TLS: a peer has at most
+//! `limits.fetch_streams_per_peer` FetchChunks streams at once (past it, RESOURCE_EXHAUSTED
+//! naming the key), a busy peer is not suspected by the spoke that asked, a stream that ends
+//! gives its turn back, and lists of digests are bounded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aqueduct_hub::auth::Identity;
+use aqueduct_hub::pki::Authority;
+use aqueduct_proto::Digest;
+use aqueduct_proto::hub::v1 as pb;
+use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
+use aqueduct_proto::server::{KeyedLimit, ServerLimits};
+use aqueduct_proto::spoke::v1 as spb;
+use aqueduct_spoke::peer_service::{self, PeerService};
+use aqueduct_spoke::peers::{PeerError, Peers};
+use aqueduct_spoke::reader::{FetchError, Origin, Priority, ReadThrough};
+use aqueduct_spoke::store::{ChunkStore, MemStore};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
+
+fn request(digests: &[Digest], urgent: bool) -> spb::PeerFetchRequest {
+    spb::PeerFetchRequest {
+        dataset: "llama".into(),
+        version: 1,
+        digests: digests.iter().map(|d| d.0.to_vec()).collect(),
+        fetch_on_miss: false,
+        urgent,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_has_its_share_of_streams_and_a_busy_peer_is_not_suspected() {
+    let ca = Authority::create("test CA").unwrap();
+    let region = Identity::Region("eu".into());
+    let hosts: Vec<String> = region.peer_name().into_iter().collect();
+    let (server, client) = (ca.issue(&region, &hosts).unwrap(), ca.issue(&region, &hosts).unwrap());
+
+    // The serving spoke holds 24 MiB of chunks: more than the asker's HTTP/2 windows take
+    // (8 MiB per stream), so that an unread stream keeps the server's sends waiting.
+    let store = Arc::new(MemStore::default());
+    let chunks: Vec<Vec<u8>> = (0..24u64).map(|i| aqueduct_testkit::noise(1 << 20, i)).collect();
+    let digests: Vec<Digest> = chunks.iter().map(|c| Digest::of(c)).collect();
+    for (d, c) in digests.iter().zip(&chunks) {
+        store.put(d, c).unwrap();
+    }
+    let nowhere = SpokeClient::new(Endpoint::from_static("https://127.0.0.1:1").connect_lazy());
+    let reader = |store: Arc<dyn ChunkStore>, peers: Arc<Peers>| {
+        ReadThrough::new(store, nowhere.clone(), peers, Arc::new(Priority::default()), Arc::default())
+    };
+    let service = PeerService {
+        region: "eu".into(),
+        reader: reader(store.clone(), Arc::new(Peers::new("server", &region, None))),
+        per_peer: KeyedLimit::new(1, Duration::from_millis(200)),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = aqueduct_proto::server::server_config(
+        server.cert_pem.as_bytes(),
+        server.key_pem.as_bytes(),
+        ca.ca_pem().as_bytes(),
+    )
+    .unwrap();
+    let limits = ServerLimits {
+        max_connections: 16,
+        max_handshakes: 16,
+        handshake_timeout: Duration::from_secs(10),
+        max_streams_per_connection: 16,
+    };
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(peer_service::serve(listener, tls, limits, service, stop.clone()));
+
+    // The asking spoke knows the server as a live member of the region.
+    let client_tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca.ca_pem()))
+        .identity(TlsIdentity::from_pem(&client.cert_pem, &client.key_pem));
+    let peers = Arc::new(Peers::new("asker", &region, Some(client_tls)));
+    let member = pb::Member { node: "server".into(), peer_address: addr.to_string() };
+    peers.set_members(vec![member.clone(), pb::Member { node: "asker".into(), peer_address: "127.0.0.1:9".into() }]);
+    assert_eq!(peers.ring().len(), 2);
+
+    // One stream, unread: the server's sends wait, and the asker's one turn is taken.
+    let held = peers.fetch(&member, request(&digests, false)).await.unwrap();
+    let busy = peers.fetch(&member, request(&digests[..1], false)).await.unwrap_err();
+    assert!(matches!(busy, PeerError::Busy { .. }), "{busy}");
+    assert!(busy.to_string().contains("limits.fetch_streams_per_peer"), "{busy}");
+    // A reader (urgent) that finds the peer busy is told at once, and does not suspect it.
+    let asker = reader(Arc::new(MemStore::default()), peers.clone());
+    let origin = Origin::Peer { member: member.clone(), fetch_on_miss: false, urgent: true };
+    match asker.pull("llama", 1, &digests[..1], origin, true).await {
+        Err(FetchError::Peer(PeerError::Busy { .. })) => {}
+        other => panic!("expected a busy peer, got {:?}", other.map(|p| p.got.len())),
+    }
+    assert_eq!(peers.ring().len(), 2, "a busy peer was suspected");
+
+    // Background work asks a busy peer again: started while the turn is taken, it gets every
+    // chunk once the stream that held it ends.
+    let started = Instant::now();
+    let background = tokio::spawn({
+        let (asker, member, digests) = (asker.clone(), member.clone(), digests.clone());
+        async move {
+            let origin = Origin::Peer { member, fetch_on_miss: false, urgent: false };
+            asker.pull("llama", 1, &digests, origin, true).await.map(|p| p.got.len())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(held);
+    let got = background.await.unwrap().unwrap_or_else(|e| panic!("background work gave up on a busy peer: {e}"));
+    assert_eq!(got, digests.len());
+    assert_eq!(peers.ring().len(), 2, "a busy peer was suspected");
+    println!("background pull, started while the peer was busy, done in {:?}", started.elapsed());
+
+    // A list of digests is bounded, and the refusal says the bound.
+    let many: Vec<Digest> =
+        (0..=aqueduct_proto::MAX_DIGESTS_PER_REQUEST as u32).map(|i| Digest::of(&i.to_le_bytes())).collect();
+    match peers.fetch(&member, request(&many, false)).await {
+        Err(PeerError::Unavailable { reason, .. }) => assert!(reason.contains("at most 256"), "{reason}"),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+
+    stop.cancel();
+    serving.await.unwrap().unwrap();
+}
