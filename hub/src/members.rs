@@ -183,10 +183,11 @@ pub fn fold(live: &[&String], membership: &str, reports: &BTreeMap<String, NodeR
     } else {
         live.iter().map(|n| (*n, reports.get(*n))).collect()
     };
-    let rate = counted.iter().filter_map(|(_, r)| r.map(|r| r.rate)).sum();
+    // Numbers from spokes: summed without overflow, whatever they say.
+    let rate = counted.iter().filter_map(|(_, r)| r.map(|r| r.rate)).fold(0, u64::saturating_add);
     let shares = counted.iter().any(|(_, r)| r.is_some_and(|r| r.share));
     let held = counted.iter().map(|(_, r)| r.map_or(0, |r| r.cached_bytes));
-    let cached_bytes = if shares { held.sum() } else { held.min().unwrap_or(0) };
+    let cached_bytes = if shares { held.fold(0, u64::saturating_add) } else { held.min().unwrap_or(0) };
     let failed: Vec<String> = counted
         .iter()
         .filter_map(|(n, r)| r.filter(|r| r.phase == "Failed").map(|r| format!("{n}: {}", r.reason)))
@@ -269,6 +270,16 @@ mod tests {
         members.report(key(), "b", share("Ready", 30, "a,b,c"));
         let row = members.report(key(), "c", share("Ready", 30, "a,b,c")).unwrap();
         assert_eq!((row.phase.as_str(), row.cached_bytes), ("Ready", 100));
+    }
+
+    #[test]
+    fn sums_of_reported_numbers_saturate() {
+        let members = Members::default();
+        let (_a, _b) = (members.join("eu", "a", "x:1"), members.join("eu", "b", "x:2"));
+        let huge = NodeReport { share: true, rate: u64::MAX, membership: "a,b".into(), ..report("Ready", u64::MAX) };
+        members.report(key(), "a", huge.clone());
+        let row = members.report(key(), "b", huge).unwrap();
+        assert_eq!((row.cached_bytes, row.rate), (u64::MAX, u64::MAX));
     }
 
     #[test]

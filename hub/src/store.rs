@@ -293,8 +293,11 @@ impl SqliteStore {
     }
 }
 
+/// Bytes per chunk in a file's chunk list: the digest, and the length as a little-endian u32.
+const CHUNK_RECORD: usize = Digest::LEN + 4;
+
 fn encode_chunks(chunks: &[ChunkRef]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(chunks.len() * 36);
+    let mut out = Vec::with_capacity(chunks.len() * CHUNK_RECORD);
     for c in chunks {
         out.extend_from_slice(c.digest.as_bytes());
         out.extend_from_slice(&c.length.to_le_bytes());
@@ -302,21 +305,25 @@ fn encode_chunks(chunks: &[ChunkRef]) -> Vec<u8> {
     out
 }
 
+/// The chunks of the file at `path` from their blob (see the module's doc); damaged bytes
+/// are `Corrupt`, never a panic.
 fn decode_chunks(path: &str, blob: &[u8]) -> Result<Vec<ChunkRef>, StoreError> {
-    if !blob.len().is_multiple_of(36) {
-        return Err(StoreError::Corrupt(format!("chunk list of {path:?} has {} bytes", blob.len())));
+    let corrupt = |what: String| StoreError::Corrupt(format!("chunk list of {path:?} {what}"));
+    if !blob.len().is_multiple_of(CHUNK_RECORD) {
+        return Err(corrupt(format!("has {} bytes, not a multiple of {CHUNK_RECORD}", blob.len())));
     }
     let mut offset = 0u64;
-    Ok(blob
-        .chunks_exact(36)
-        .map(|rec| {
-            let digest = Digest::from_slice(&rec[..32]).expect("32 bytes");
-            let length = u32::from_le_bytes(rec[32..].try_into().expect("4 bytes"));
-            let c = ChunkRef { digest, offset, length };
-            offset += u64::from(length);
-            c
-        })
-        .collect())
+    let mut chunks = Vec::with_capacity(blob.len() / CHUNK_RECORD);
+    for record in blob.chunks_exact(CHUNK_RECORD) {
+        let (digest, length) = record.split_at(Digest::LEN);
+        let (Some(digest), Ok(length)) = (Digest::from_slice(digest), <[u8; 4]>::try_from(length)) else {
+            return Err(corrupt("has a record of the wrong size".into()));
+        };
+        let length = u32::from_le_bytes(length);
+        chunks.push(ChunkRef { digest, offset, length });
+        offset = offset.checked_add(u64::from(length)).ok_or_else(|| corrupt("is longer than a file can be".into()))?;
+    }
+    Ok(chunks)
 }
 
 fn is_constraint(e: &rusqlite::Error) -> bool {
