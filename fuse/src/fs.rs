@@ -379,7 +379,8 @@ impl<S: ChunkSource + 'static> VersionFs<S> {
             Kind::File => node.file.expect("files have an index"),
         };
         let file = &self.manifest.files[index];
-        let end = (offset + u64::from(size)).min(file.size);
+        // Offsets come from the kernel (or a sidecar's caller): any u64.
+        let end = offset.saturating_add(u64::from(size)).min(file.size);
         if offset >= end {
             return Ok(Vec::new());
         }
@@ -528,6 +529,19 @@ mod tests {
                 assert_eq!(got, bytes[start..end], "{path} at {offset}+{size}");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_read_at_the_end_of_the_offset_range_is_empty() {
+        // Found by fuzz_version_fs_against_a_model: offset + size overflowed.
+        let (fs, _) = tree();
+        let empty = fs.lookup(fs.lookup(fs.lookup(ROOT, "tok").unwrap().ino, "sub").unwrap().ino, "empty").unwrap();
+        let model = fs.lookup(ROOT, "model.safetensors").unwrap();
+        for ino in [empty.ino, model.ino] {
+            assert_eq!(fs.read(ino, u64::MAX, 1, None).await.unwrap(), b"");
+            assert_eq!(fs.read(ino, u64::MAX - 5, u32::MAX, None).await.unwrap(), b"");
+        }
+        assert_eq!(fs.read(model.ino, 199_990, u32::MAX, None).await.unwrap().len(), 10);
     }
 
     #[tokio::test]
