@@ -204,6 +204,8 @@ impl Manifest {
     /// tile each file exactly, chunk lengths within the chunker's maximum, and the root.
     pub fn validate(&self) -> Result<(), ManifestError> {
         let mut previous: Option<&str> = None;
+        // Sorted, so a file's directories come before it: none of them may be a file.
+        let mut seen = std::collections::HashSet::with_capacity(self.files.len());
         for file in &self.files {
             validate_path(&file.path)?;
             if let Some(prev) = previous
@@ -212,12 +214,18 @@ impl Manifest {
                 return Err(ManifestError::Unsorted { path: file.path.clone() });
             }
             previous = Some(&file.path);
+            if let Some(dir) = file.path.match_indices('/').map(|(i, _)| &file.path[..i]).find(|d| seen.contains(d)) {
+                return Err(ManifestError::FileIsDirectory { path: dir.to_string(), inside: file.path.clone() });
+            }
+            seen.insert(file.path.as_str());
             let mut offset = 0u64;
             for (index, chunk) in file.chunks.iter().enumerate() {
                 if chunk.offset != offset || chunk.length == 0 || chunk.length > self.chunker.max_size {
                     return Err(ManifestError::ChunksDoNotTile { path: file.path.clone(), index });
                 }
-                offset = chunk.end();
+                offset = offset
+                    .checked_add(u64::from(chunk.length))
+                    .ok_or(ManifestError::ChunksDoNotTile { path: file.path.clone(), index })?;
             }
             if offset != file.size {
                 return Err(ManifestError::ChunksDoNotTile { path: file.path.clone(), index: file.chunks.len() });
@@ -281,6 +289,10 @@ pub enum ManifestError {
     BadPath { path: String },
     #[error("file {path:?} is out of order or duplicated in the manifest")]
     Unsorted { path: String },
+    #[error(
+        "{path:?} is both a file and a directory in the manifest (it holds {inside:?}): a path names one or the other"
+    )]
+    FileIsDirectory { path: String, inside: String },
     #[error("the chunks of file {path:?} do not tile it (at chunk {index})")]
     ChunksDoNotTile { path: String, index: usize },
     #[error("manifest root mismatch: it says {expected} but its content hashes to {computed}")]
@@ -420,6 +432,19 @@ mod tests {
         for bad in ["", "/abs", "a//b", "a/../b", "./a", "a/"] {
             assert!(validate_path(bad).is_err(), "{bad:?} accepted");
         }
+
+        // Found by fuzz_every_file_of_a_valid_manifest_is_reachable: a file where another
+        // file's directory is was accepted, and the view showed only one of them.
+        for paths in [&["b", "b/a"][..], &["a", "a!", "a/x/y"], &["t", "t/u/v"]] {
+            let files = paths.iter().map(|p| file(p, &[1])).collect();
+            let err = Manifest::new("a".into(), 1, ChunkerParams::DEFAULT, files).unwrap_err();
+            assert!(
+                matches!(&err, ManifestError::FileIsDirectory { path, .. } if paths.contains(&path.as_str())),
+                "{err}"
+            );
+        }
+        let files = ["a", "a!", "a.b/c", "ab/c"].iter().map(|p| file(p, &[1])).collect();
+        Manifest::new("a".into(), 1, ChunkerParams::DEFAULT, files).unwrap();
         assert!(validate_path("models/llama/model.safetensors").is_ok());
     }
 
