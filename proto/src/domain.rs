@@ -462,6 +462,61 @@ mod tests {
         assert!(matches!("llama@x".parse::<VersionRef>(), Err(VersionRefError::BadVersion { .. })));
     }
 
+    use aqueduct_testkit::fuzz;
+    use proptest::prelude::*;
+
+    /// The rule a name must follow, written out plainly.
+    fn is_name(name: &str) -> bool {
+        let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+        let bytes = name.as_bytes();
+        (1..=63).contains(&bytes.len())
+            && bytes.iter().all(|&b| alnum(b) || b"-._".contains(&b))
+            && alnum(bytes[0])
+            && alnum(bytes[bytes.len() - 1])
+    }
+
+    proptest! {
+        #![proptest_config(fuzz::config(5000))]
+
+        #[test]
+        fn fuzz_names(name in "[a-z0-9._-]{0,66}|.{0,20}|[a-zA-Z0-9]{1,3}") {
+            let checked = validate_name("dataset", &name);
+            prop_assert_eq!(checked.is_ok(), is_name(&name), "{:?}", name);
+            if let Err(e) = checked {
+                prop_assert!(e.to_string().contains(&format!("{name:?}")), "{}", e);
+            }
+        }
+
+        /// Any text: a reference or an error, never a panic; what parses prints as text that
+        /// parses to the same reference.
+        #[test]
+        fn fuzz_version_refs_from_text(text in "[a-z0-9-]{0,8}(@(v?[0-9]{0,22}|latest|.{0,4}))?|.{0,24}") {
+            if let Ok(r) = text.parse::<VersionRef>() {
+                prop_assert!(is_name(&r.dataset));
+                prop_assert!(r.version != Some(0));
+                prop_assert_eq!(r.to_string().parse::<VersionRef>(), Ok(r.clone()));
+                prop_assert!(text.starts_with(&r.dataset));
+            }
+        }
+
+        #[test]
+        fn fuzz_version_refs_round_trip(dataset in "[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?", version in proptest::option::of(1u64..)) {
+            let r = VersionRef { dataset, version };
+            prop_assert_eq!(r.to_string().parse::<VersionRef>(), Ok(r.clone()));
+            if let Some(v) = version {
+                prop_assert_eq!(format!("{}@{v}", r.dataset).parse::<VersionRef>(), Ok(r.clone()));
+            }
+        }
+
+        #[test]
+        fn fuzz_digests_from_text(text in "[0-9a-fA-F]{62,66}|.{0,70}") {
+            if let Ok(d) = text.parse::<Digest>() {
+                prop_assert_eq!(d.to_hex(), text.to_ascii_lowercase());
+                prop_assert_eq!(Digest::from_hex(&d.to_hex()), Some(d));
+            }
+        }
+    }
+
     #[test]
     fn digest_hex_round_trip() {
         let d = Digest::of(b"hello");
