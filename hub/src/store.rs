@@ -689,7 +689,52 @@ fn map_constraint(kind: &'static str, name: &str) -> impl FnOnce(rusqlite::Error
 
 #[cfg(test)]
 mod tests {
+    use aqueduct_testkit::fuzz;
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        #![proptest_config(fuzz::config(5000))]
+
+        /// A chunk list read from the database, damaged or not: the chunks it holds (tiling
+        /// from 0) or `Corrupt`, never a panic; what decodes encodes to the same bytes.
+        #[test]
+        fn fuzz_chunk_list_blob_from_any_bytes(blob in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..400),
+            proptest::collection::vec(any::<u8>(), 0..12).prop_map(|r| r.repeat(36)),
+        ]) {
+            match decode_chunks("f", &blob) {
+                Ok(chunks) => {
+                    prop_assert_eq!(chunks.len() * CHUNK_RECORD, blob.len());
+                    let mut offset = 0;
+                    for c in &chunks {
+                        prop_assert_eq!(c.offset, offset);
+                        offset += u64::from(c.length);
+                    }
+                    prop_assert_eq!(encode_chunks(&chunks), blob);
+                }
+                Err(e) => {
+                    prop_assert!(!blob.len().is_multiple_of(CHUNK_RECORD));
+                    prop_assert!(e.to_string().contains("chunk list of \"f\""), "{}", e);
+                }
+            }
+        }
+
+        #[test]
+        fn fuzz_chunk_list_blob_round_trip(chunks in proptest::collection::vec((any::<[u8; 32]>(), any::<u32>()), 0..20)) {
+            let mut offset = 0;
+            let chunks: Vec<ChunkRef> = chunks
+                .into_iter()
+                .map(|(d, length)| {
+                    let c = ChunkRef { digest: Digest(d), offset, length };
+                    offset += u64::from(length);
+                    c
+                })
+                .collect();
+            prop_assert_eq!(decode_chunks("f", &encode_chunks(&chunks)).unwrap(), chunks);
+        }
+    }
 
     fn manifest(dataset: &str, content: &[u8]) -> Manifest {
         let file = FileEntry {
