@@ -214,6 +214,38 @@ pub async fn serve(
 mod tests {
     use super::*;
 
+    use aqueduct_testkit::fuzz;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(fuzz::config(5000))]
+
+        /// Any text: a duration or an error that quotes it, never a panic or an overflow.
+        #[test]
+        fn fuzz_durations_from_text(text in "( ?[0-9]{0,21}(ms|s|m|h|x|)){0,4} ?|.{0,12}") {
+            match parse_duration(&text) {
+                Ok(_) => {}
+                Err(e) => prop_assert!(e.contains(&format!("{text:?}")), "{}", e),
+            }
+        }
+
+        /// Parts in a row add up, exactly, up to the largest duration; beyond it, an error.
+        #[test]
+        fn fuzz_durations_add_up(parts in proptest::collection::vec((prop_oneof![0u64..100_000, any::<u64>()], 0usize..4), 1..4)) {
+            let units = [("ms", 0), ("s", 1), ("m", 60), ("h", 3600)];
+            let text: String = parts.iter().map(|&(n, u)| format!("{n}{}", units[u].0)).collect();
+            let want = parts.iter().try_fold(Duration::ZERO, |total, &(n, u)| {
+                let part = if u == 0 { Some(Duration::from_millis(n)) } else { n.checked_mul(units[u].1).map(Duration::from_secs) };
+                total.checked_add(part?)
+            });
+            match (parse_duration(&text), want) {
+                (Ok(got), Some(want)) => prop_assert_eq!(got, want),
+                (Err(e), None) => prop_assert!(e.contains("too long"), "{}", e),
+                (got, want) => prop_assert!(false, "{:?}: {:?}, not {:?}", text, got, want),
+            }
+        }
+    }
+
     #[test]
     fn durations_take_units() {
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));

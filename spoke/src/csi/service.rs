@@ -166,6 +166,25 @@ impl csi::node_server::Node for NodeService {
 mod tests {
     use super::*;
 
+    use aqueduct_testkit::fuzz;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(fuzz::config(5000))]
+
+        /// Any header value: a deadline that is exactly what it says, or none; never a panic.
+        #[test]
+        fn fuzz_grpc_timeout(text in "[0-9]{0,10}[HMSmun]?|.{0,10}") {
+            if let Some(d) = parse_grpc_timeout(&text) {
+                let (digits, unit) = text.split_at(text.len() - 1);
+                let n: u64 = digits.parse().unwrap();
+                prop_assert!(digits.len() <= 8);
+                let nanos = u128::from(n) * match unit { "H" => 3_600_000_000_000, "M" => 60_000_000_000, "S" => 1_000_000_000, "m" => 1_000_000, "u" => 1_000, _ => 1 };
+                prop_assert_eq!(d.as_nanos(), nanos);
+            }
+        }
+    }
+
     #[test]
     fn the_callers_deadline_is_read_from_grpc_timeout() {
         let with = |value: &str| {
