@@ -137,7 +137,7 @@ impl Catalog {
         })?;
         let path = self.dir.join("manifests").join(&a.dataset).join(format!("{}.pb", a.version));
         let bad = |source| CatalogError::Manifest { dataset: a.dataset.clone(), version: a.version, source };
-        let from_disk = std::fs::read(&path).ok().and_then(|bytes| saved_manifest(&bytes, &a.root));
+        let from_disk = std::fs::read(&path).ok().and_then(|bytes| saved_manifest(&bytes, a));
         let manifest = match from_disk {
             Some(m) => m,
             None => {
@@ -162,6 +162,16 @@ impl Catalog {
                         computed: manifest.root,
                     }));
                 }
+                if !is_assigned(&manifest, a) {
+                    return Err(CatalogError::Hub {
+                        dataset: a.dataset.clone(),
+                        version: a.version,
+                        status: format!(
+                            "the hub answered with the manifest of {}@v{}",
+                            manifest.dataset, manifest.version
+                        ),
+                    });
+                }
                 durable::create_dir_all(path.parent().unwrap_or(&self.dir))
                     .and_then(|()| self.write(&path, &bytes))
                     .map_err(|source| CatalogError::Io { path: path.clone(), source })?;
@@ -174,11 +184,17 @@ impl Catalog {
     }
 }
 
-/// A manifest the catalog saved, if `bytes` hold one whose root is `root`; anything else
+/// A manifest the catalog saved, if `bytes` hold the one `a` assigns; anything else
 /// (damaged, truncated, of another version) is `None`, and the manifest is fetched again.
-pub fn saved_manifest(bytes: &[u8], root: &[u8]) -> Option<Manifest> {
+pub fn saved_manifest(bytes: &[u8], a: &pb::Assignment) -> Option<Manifest> {
     let wire = pb::Manifest::decode(bytes).ok()?;
-    Manifest::try_from(wire).ok().filter(|m| m.root.0.as_slice() == root)
+    Manifest::try_from(wire).ok().filter(|m| is_assigned(m, a))
+}
+
+/// Whether `m` is the manifest `a` assigns: its root, and its dataset and version, which the
+/// root does not cover (and readers see, as extended attributes).
+fn is_assigned(m: &Manifest, a: &pb::Assignment) -> bool {
+    m.root.0.as_slice() == a.root.as_slice() && m.dataset == a.dataset && m.version == a.version
 }
 
 /// Which assignment `dataset` at `version` (or its active version) is.
@@ -219,6 +235,30 @@ mod tests {
             active,
             mode: String::new(),
             ready: active,
+        }
+    }
+
+    #[test]
+    fn a_saved_manifest_is_the_assigned_one_in_its_dataset_and_version_too() {
+        // Found by fuzz_saved_manifests_from_disk: a damaged byte in a field the root does not
+        // cover (the dataset's name, the version, shown to readers) went unnoticed.
+        use aqueduct_proto::{ChunkRef, ChunkerParams, Digest, FileEntry};
+        let chunk = ChunkRef { digest: Digest::of(b"x"), offset: 0, length: 1 };
+        let file = FileEntry {
+            path: "f".into(),
+            object: "f".into(),
+            size: 1,
+            mode: 0o644,
+            mtime_unix_ms: 1,
+            chunks: vec![chunk],
+        };
+        let m = Manifest::new("llama".into(), 2, ChunkerParams::DEFAULT, vec![file]).unwrap();
+        let a = pb::Assignment { dataset: "llama".into(), version: 2, root: m.root.0.to_vec(), ..Default::default() };
+        assert_eq!(saved_manifest(&pb::Manifest::from(&m).encode_to_vec(), &a), Some(m.clone()));
+        for (dataset, version) in [("llamb", 2), ("llama", 3)] {
+            let other = Manifest { dataset: dataset.into(), version, ..m.clone() };
+            assert_eq!(other.validate(), Ok(()), "the root covers neither");
+            assert_eq!(saved_manifest(&pb::Manifest::from(&other).encode_to_vec(), &a), None);
         }
     }
 
