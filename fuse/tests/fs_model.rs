@@ -441,3 +441,152 @@ proptest! {
         reachable(paths)?;
     }
 }
+
+/// What a test does to a view: show another version, walk to a path from the root (and hold
+/// the inode, as the kernel holds an open file), or read a held inode.
+#[derive(Clone, Debug)]
+enum Op {
+    Switch(usize),
+    Walk(usize),
+    ReadHeld(usize, u16, u32),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        1 => (0usize..4).prop_map(Op::Switch),
+        2 => any::<usize>().prop_map(Op::Walk),
+        2 => (any::<usize>(), any::<u16>(), prop_oneof![0u32..5000, Just(u32::MAX)]).prop_map(|(h, at, size)| Op::ReadHeld(h, at, size)),
+    ]
+}
+
+fn plain_files() -> impl Strategy<Value = Vec<FileSpec>> {
+    proptest::collection::vec(file(), 0..8).prop_map(|files| {
+        tidy(
+            files
+                .into_iter()
+                .map(|mut f| {
+                    f.chunks.iter_mut().for_each(|c| c.declared = None);
+                    f
+                })
+                .collect(),
+        )
+    })
+}
+
+/// A view switched between versions, against the models of those versions: new walks from the
+/// root see the version shown, inodes held from before read the version they came from, and
+/// a version shown again gets its old inodes back.
+async fn check_view(versions: Vec<Vec<FileSpec>>, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    use aqueduct_fuse::view::View;
+    let built: Vec<(Manifest, Model)> = versions
+        .iter()
+        .enumerate()
+        .map(|(i, files)| {
+            let (mut m, _, model) = build(&Case {
+                files: files.clone(),
+                rotten: None,
+                cache_bytes: 1 << 20,
+                reads: vec![],
+                sequential: false,
+            });
+            m.version = i as u64 + 1;
+            (m, model)
+        })
+        .collect();
+    let fs = |i: usize| {
+        let (_, source, _) =
+            build(&Case { files: versions[i].clone(), rotten: None, cache_bytes: 0, reads: vec![], sequential: false });
+        VersionFs::new(built[i].0.clone(), Arc::new(source), ChunkCache::new(1 << 16))
+    };
+    let view = View::new(fs(0));
+    let mut current = 0;
+    let mut held: Vec<(usize, String, Ino)> = Vec::new();
+    let mut first_ino: HashMap<(usize, String), Ino> = HashMap::new();
+    for op in ops {
+        match op {
+            Op::Switch(i) => {
+                let i = i % built.len();
+                let names = view.switch(fs(i));
+                if i == current {
+                    prop_assert!(names.is_none(), "a switch to the version shown");
+                } else {
+                    let mut want: Vec<String> =
+                        built[current].1.dirs[""].iter().chain(&built[i].1.dirs[""]).cloned().collect();
+                    want.sort();
+                    want.dedup();
+                    prop_assert_eq!(names, Some(want));
+                }
+                current = i;
+                prop_assert_eq!(view.current().manifest().version, i as u64 + 1);
+            }
+            Op::Walk(pick) => {
+                let model = &built[current].1;
+                let paths: Vec<&String> =
+                    model.dirs.keys().filter(|d| !d.is_empty()).chain(model.files.keys()).collect();
+                if paths.is_empty() {
+                    continue;
+                }
+                let path = paths[pick % paths.len()].clone();
+                let mut attr = view.getattr(ROOT).unwrap();
+                for part in path.split('/') {
+                    attr = view.lookup(attr.ino, part).unwrap();
+                }
+                let is_file = model.files.contains_key(&path);
+                prop_assert_eq!(attr.kind, if is_file { Kind::File } else { Kind::Dir });
+                if is_file {
+                    prop_assert_eq!(attr.size, model.size(&path));
+                }
+                let first = *first_ino.entry((current, path.clone())).or_insert(attr.ino);
+                prop_assert_eq!(attr.ino, first, "{} in v{} got another inode", path, current + 1);
+                held.push((current, path, attr.ino));
+            }
+            Op::ReadHeld(pick, at, size) => {
+                if held.is_empty() {
+                    continue;
+                }
+                let (version, path, ino) = &held[pick % held.len()];
+                let model = &built[*version].1;
+                match model.files.get(path) {
+                    Some(_) => {
+                        let offset = (model.size(path) + 8) * u64::from(at) / u64::from(u16::MAX);
+                        let want = model.read(path, offset, size).unwrap();
+                        prop_assert_eq!(
+                            view.read(*ino, offset, size, None).await.unwrap(),
+                            want,
+                            "{} of v{}",
+                            path,
+                            version + 1
+                        );
+                        prop_assert_eq!(view.getattr(*ino).unwrap().size, model.size(path));
+                    }
+                    None => {
+                        let names: Vec<String> = view.readdir(*ino, 2).unwrap().into_iter().map(|(n, _)| n).collect();
+                        prop_assert_eq!(
+                            names,
+                            model.dirs[path].iter().cloned().collect::<Vec<_>>(),
+                            "{} of v{}",
+                            path,
+                            version + 1
+                        );
+                    }
+                }
+                let xattr = view.xattr(*ino, XATTR_VERSION).unwrap();
+                prop_assert_eq!(xattr, (version + 1).to_string().into_bytes());
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(fuzz::config(500))]
+
+    #[test]
+    fn fuzz_view_switches_against_a_model(
+        versions in proptest::collection::vec(plain_files(), 2..4),
+        ops in proptest::collection::vec(op(), 1..24),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(check_view(versions, ops))?;
+    }
+}
