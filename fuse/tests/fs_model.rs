@@ -381,7 +381,7 @@ async fn check(case: Case) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(fuzz::config(1500))]
+    #![proptest_config(fuzz::config(3000))]
 
     #[test]
     fn fuzz_version_fs_against_a_model(case in case()) {
@@ -579,7 +579,7 @@ async fn check_view(versions: Vec<Vec<FileSpec>>, ops: Vec<Op>) -> Result<(), Te
 }
 
 proptest! {
-    #![proptest_config(fuzz::config(500))]
+    #![proptest_config(fuzz::config(1000))]
 
     #[test]
     fn fuzz_view_switches_against_a_model(
