@@ -90,7 +90,9 @@ fi
 
 # 3. The data directory and the hub's PKI and database.
 install -d -m 0750 -o "$uid" -g "$gid" "$root$data_dir"
-if [ -e "$root$data_dir/pki/ca.key" ] || [ -e "$root$data_dir/hub.db" ]; then
+# hub.toml (the link made below) marks a finished install. Without it, init runs: it also
+# completes a hub that an interrupted install left, keeping the CA and database it made.
+if [ -L "$root$data_dir/hub.toml" ] || [ -e "$root$data_dir/hub.toml" ]; then
     echo "$data_dir holds a hub already: kept (its CA, certificates and database)"
 else
     host_args=()

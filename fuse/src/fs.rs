@@ -35,6 +35,12 @@ pub enum FsError {
     Corrupt { digest: Digest, actual: Digest },
     #[error("chunk {digest} is unavailable: {reason}")]
     Unavailable { digest: Digest, reason: String },
+    /// The chunk's bytes are right (they hash to its digest) but not of the length the
+    /// manifest gives it: the manifest is wrong, and no byte of that range can be trusted.
+    #[error(
+        "chunk {digest} has {found} bytes, not the {expected} the version's manifest says: the manifest is damaged; cut the version again (`aq snapshot`)"
+    )]
+    WrongLength { digest: Digest, found: usize, expected: u32 },
 }
 
 /// Where chunk bytes come from: the spoke's store, a peer, the hub.
@@ -379,7 +385,8 @@ impl<S: ChunkSource + 'static> VersionFs<S> {
             Kind::File => node.file.expect("files have an index"),
         };
         let file = &self.manifest.files[index];
-        let end = (offset + u64::from(size)).min(file.size);
+        // Offsets come from the kernel (or a sidecar's caller): any u64.
+        let end = offset.saturating_add(u64::from(size)).min(file.size);
         if offset >= end {
             return Ok(Vec::new());
         }
@@ -407,6 +414,10 @@ impl<S: ChunkSource + 'static> VersionFs<S> {
         let fetched = try_join_all(covering.iter().map(|c| self.cache.load(&self.source, **c))).await?;
         let mut out = Vec::with_capacity((end - offset) as usize);
         for (c, data) in covering.iter().zip(&fetched) {
+            // A digest names its bytes; the manifest may still give them another length.
+            if data.len() != c.length as usize {
+                return Err(FsError::WrongLength { digest: c.digest, found: data.len(), expected: c.length });
+            }
             let from = offset.max(c.offset) - c.offset;
             let to = end.min(c.end()) - c.offset;
             out.extend_from_slice(&data[from as usize..to as usize]);
@@ -452,6 +463,13 @@ pub mod testing {
                 data[0] ^= 1;
             }
             Ok(data)
+        }
+    }
+
+    impl MemSource {
+        /// Serves `data` as `digest` (whether it hashes to it or not).
+        pub fn insert(&mut self, digest: Digest, data: Vec<u8>) {
+            self.chunks.insert(digest, data);
         }
     }
 
@@ -528,6 +546,39 @@ mod tests {
                 assert_eq!(got, bytes[start..end], "{path} at {offset}+{size}");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_read_at_the_end_of_the_offset_range_is_empty() {
+        // Found by fuzz_version_fs_against_a_model: offset + size overflowed.
+        let (fs, _) = tree();
+        let empty = fs.lookup(fs.lookup(fs.lookup(ROOT, "tok").unwrap().ino, "sub").unwrap().ino, "empty").unwrap();
+        let model = fs.lookup(ROOT, "model.safetensors").unwrap();
+        for ino in [empty.ino, model.ino] {
+            assert_eq!(fs.read(ino, u64::MAX, 1, None).await.unwrap(), b"");
+            assert_eq!(fs.read(ino, u64::MAX - 5, u32::MAX, None).await.unwrap(), b"");
+        }
+        assert_eq!(fs.read(model.ino, 199_990, u32::MAX, None).await.unwrap().len(), 10);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_of_another_length_than_the_manifest_says_is_an_error_never_bytes() {
+        // Found by fuzz_version_fs_against_a_model: a manifest that says 2 bytes for a chunk of
+        // 1 served that byte as if it were the file, and a read of both panicked.
+        let (mut manifest, mut source) = version(&[("a", b"xy".to_vec())]);
+        let one = Digest::of(b"y");
+        source.insert(one, b"y".to_vec());
+        manifest.files[0].chunks[0].digest = one;
+        manifest.root = manifest.compute_root();
+        manifest.validate().unwrap();
+        let fs = VersionFs::new(manifest, Arc::new(source), ChunkCache::new(1 << 20));
+        let a = fs.lookup(ROOT, "a").unwrap();
+        for size in [1, 2, 100] {
+            let err = fs.read(a.ino, 0, size, None).await.unwrap_err();
+            assert_eq!(err, FsError::WrongLength { digest: one, found: 1, expected: 2 });
+        }
+        let message = fs.read(a.ino, 0, 2, None).await.unwrap_err().to_string();
+        assert!(message.contains("has 1 bytes, not the 2"), "{message}");
     }
 
     #[tokio::test]

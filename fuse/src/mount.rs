@@ -38,7 +38,7 @@ pub fn errno(e: &FsError) -> Errno {
         FsError::IsDir => Errno::EISDIR,
         FsError::ReadOnly => Errno::EROFS,
         FsError::NoAttribute => Errno::ENODATA,
-        FsError::Corrupt { .. } | FsError::Unavailable { .. } => Errno::EIO,
+        FsError::Corrupt { .. } | FsError::Unavailable { .. } | FsError::WrongLength { .. } => Errno::EIO,
     }
 }
 
@@ -141,7 +141,8 @@ impl<S: ChunkSource + 'static> Filesystem for FuseAdapter<S> {
             match result {
                 Ok(data) => reply.data(&data),
                 Err(e) => {
-                    if matches!(e, FsError::Corrupt { .. } | FsError::Unavailable { .. }) {
+                    if matches!(e, FsError::Corrupt { .. } | FsError::Unavailable { .. } | FsError::WrongLength { .. })
+                    {
                         warn!(ino = ino.0, offset, size, error = %e, "read failed; answering EIO");
                     }
                     reply.error(errno(&e))

@@ -18,6 +18,49 @@ mod tests {
     use super::*;
     use crate::pki::Authority;
 
+    use aqueduct_testkit::fuzz;
+    use proptest::prelude::*;
+
+    /// The DER of a region's certificate issued by a CA of ours.
+    fn region_der() -> &'static [u8] {
+        static DER: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        DER.get_or_init(|| {
+            let ca = Authority::create("test").unwrap();
+            let pem = ca.issue(&Identity::Region("eu-west".into()), &["localhost".into()]).unwrap().cert_pem;
+            x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap().1.contents
+        })
+    }
+
+    proptest! {
+        #![proptest_config(fuzz::config(3000))]
+
+        /// A real certificate, damaged (bytes flipped, cut short, bytes inserted): an identity
+        /// or none, never a panic; an identity only a certificate of ours names.
+        #[test]
+        fn fuzz_identity_from_damaged_certificates(
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            cut in proptest::option::weighted(0.3, any::<prop::sample::Index>()),
+            insert in proptest::option::weighted(0.2, (any::<prop::sample::Index>(), proptest::collection::vec(any::<u8>(), 1..8))),
+        ) {
+            let mut der = region_der().to_vec();
+            for (at, byte) in flips {
+                let i = at.index(der.len());
+                der[i] = byte;
+            }
+            if let Some(at) = cut {
+                der.truncate(at.index(der.len()));
+            }
+            if let Some((at, bytes)) = insert {
+                let i = at.index(der.len() + 1);
+                der.splice(i..i, bytes);
+            }
+            match Identity::from_der(&der) {
+                None | Some(Identity::Region(_)) => {}
+                Some(other) => prop_assert!(false, "a region's certificate, damaged, named {}", other),
+            }
+        }
+    }
+
     #[test]
     fn issued_certificates_carry_their_identity() {
         let ca = Authority::create("test").unwrap();

@@ -197,7 +197,52 @@ impl HubConfig {
 
 #[cfg(test)]
 mod tests {
+    use aqueduct_testkit::fuzz::{self, Kind};
+    use proptest::prelude::*;
+
     use super::*;
+
+    const VALID: &str = "listen = \"127.0.0.1:7443\"\ndata_dir = \"/var/lib/aqueduct-hub\"\n\
+        [tls]\nca = \"pki/ca.pem\"\nca_key = \"pki/ca.key\"\ncert = \"pki/hub.pem\"\nkey = \"pki/hub.key\"\n\
+        [snapshot]\nparallelism = 2\n[metrics]\nlisten = \"127.0.0.1:9465\"\n";
+
+    const KEYS: &[fuzz::Key] = &[
+        ("listen", Kind::Address, true),
+        ("data_dir", Kind::AbsolutePath, true),
+        ("tls.ca", Kind::Text, true),
+        ("tls.ca_key", Kind::Text, true),
+        ("tls.cert", Kind::Text, true),
+        ("tls.key", Kind::Text, true),
+        ("snapshot.parallelism", Kind::Count, false),
+        ("metrics.listen", Kind::Address, true),
+    ];
+
+    proptest! {
+        #![proptest_config(fuzz::config(3000))]
+
+        /// Any TOML over the config's names, or any text: a config or an error, never a panic.
+        #[test]
+        fn fuzz_hub_config_from_any_toml(
+            text in prop_oneof![fuzz::toml_document(&["listen", "data_dir", "tls", "ca", "ca_key", "cert", "key", "snapshot", "parallelism", "metrics"]), "(?s).{0,64}"]
+        ) {
+            if let Ok(config) = HubConfig::parse(&text, Path::new("hub.toml")) {
+                prop_assert!(config.data_dir.is_absolute());
+                prop_assert_eq!(HubConfig::parse(&config.to_toml(), Path::new("hub.toml")).unwrap(), config);
+            }
+        }
+
+        /// One key broken in a valid config: the error names it.
+        #[test]
+        fn fuzz_hub_config_errors_name_the_key((text, key) in fuzz::broken_config(VALID, KEYS)) {
+            let err = HubConfig::parse(&text, Path::new("hub.toml")).unwrap_err().to_string();
+            prop_assert!(fuzz::names_key(&err, &key), "{} is not named in: {}\n{}", key, err, text);
+        }
+    }
+
+    #[test]
+    fn the_valid_config_of_the_fuzz_tests_is_valid() {
+        HubConfig::parse(VALID, Path::new("hub.toml")).unwrap();
+    }
 
     #[test]
     fn example_config_parses() {

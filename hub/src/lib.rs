@@ -8,7 +8,8 @@
 //! Modules, from the bottom up: [`source`] (listing and reading sources: directories, S3),
 //! [`chunker`] (FastCDC + BLAKE3), [`store`] (the metadata store), [`snapshot`] (cutting a
 //! version), [`auth`] and [`pki`] (identities and certificates), [`api`] (the gRPC handlers)
-//! [`relay`] (the spokes' API and chunk relay), [`metrics`] (Prometheus) and, here, [`init`] and [`serve`], which the `aqueduct-hub` binary calls.
+//! [`relay`] (the spokes' API and chunk relay), [`metrics`] (Prometheus) and, here, [`init`] (its
+//! steps, crash-safe, in `setup`) and [`serve`], which the `aqueduct-hub` binary calls.
 
 pub mod api;
 pub mod auth;
@@ -19,6 +20,7 @@ pub mod members;
 pub mod metrics;
 pub mod pki;
 pub mod relay;
+mod setup;
 pub mod snapshot;
 pub mod source;
 pub mod store;
@@ -33,8 +35,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::auth::Identity;
-use crate::config::{HubConfig, LimitsConfig, SnapshotConfig, TlsConfig};
+use crate::config::HubConfig;
 use crate::pki::{Authority, PkiError};
 use crate::snapshot::SnapshotOptions;
 use crate::store::{SqliteStore, StoreError};
@@ -73,63 +74,10 @@ pub struct InitOutcome {
 
 /// Creates a hub's data directory: the CA, the hub's certificate (valid for `hosts` plus
 /// localhost), an admin bundle (`admin/`: CA, admin certificate and key, and an `aq.toml`
-/// that points `aq` at this hub) and `hub.toml`. Refuses to touch an existing hub.
+/// that points `aq` at this hub) and `hub.toml`. Refuses a directory that holds `hub.toml`;
+/// completes one that an interrupted init left, keeping its CA (see `setup`).
 pub fn init(data_dir: &Path, listen: SocketAddr, hosts: &[String]) -> Result<InitOutcome, HubError> {
-    let config_path = data_dir.join("hub.toml");
-    // A new CA would invalidate every certificate issued by an existing one.
-    for what in ["hub.toml", "pki/ca.key", "hub.db"] {
-        if data_dir.join(what).exists() {
-            return Err(HubError::AlreadyInitialised { path: data_dir.to_owned(), what: what.into() });
-        }
-    }
-    let pki_dir = data_dir.join("pki");
-    let admin_dir = data_dir.join("admin");
-    for dir in [data_dir, &pki_dir, &admin_dir] {
-        std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-    }
-    let data_dir = data_dir.canonicalize().map_err(io_err("resolve", data_dir))?;
-
-    let ca = Authority::create("Aqueduct CA")?;
-    let tls = TlsConfig::default();
-    ca.save(&data_dir.join(&tls.ca), &data_dir.join(&tls.ca_key))?;
-
-    let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into()];
-    if !listen.ip().is_unspecified() && !names.contains(&listen.ip().to_string()) {
-        names.push(listen.ip().to_string());
-    }
-    names.extend(hosts.iter().filter(|h| !names.contains(h)).cloned().collect::<Vec<_>>());
-    let hub = ca.issue(&Identity::Hub, &names)?;
-    pki::write_public(&data_dir.join(&tls.cert), &hub.cert_pem)?;
-    pki::write_secret(&data_dir.join(&tls.key), &hub.key_pem)?;
-
-    let admin = ca.issue(&Identity::Admin, &[])?;
-    let admin_dir = data_dir.join("admin");
-    pki::write_public(&admin_dir.join("ca.pem"), ca.ca_pem())?;
-    pki::write_public(&admin_dir.join("admin.pem"), &admin.cert_pem)?;
-    pki::write_secret(&admin_dir.join("admin.key"), &admin.key_pem)?;
-    let host = if listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { listen.ip().to_string() };
-    let host = if host.contains(':') { format!("[{host}]") } else { host };
-    let admin_config = admin_dir.join("aq.toml");
-    let aq = format!(
-        "# aq's connection to this hub (written by `aqueduct-hub init`). Paths are relative to this file.\n\
-         hub = \"https://{host}:{port}\"\nca = \"ca.pem\"\ncert = \"admin.pem\"\nkey = \"admin.key\"\n",
-        port = listen.port()
-    );
-    pki::write_secret(&admin_config, &aq)?;
-
-    SqliteStore::open(&data_dir.join("hub.db"))?;
-    let config = HubConfig {
-        listen,
-        data_dir: data_dir.clone(),
-        tls,
-        snapshot: SnapshotConfig::default(),
-        metrics: None,
-        limits: LimitsConfig::default(),
-    };
-    let text =
-        format!("# Aqueduct hub configuration; see deploy/hub/hub.example.toml for every key.\n{}", config.to_toml());
-    std::fs::write(&config_path, text).map_err(io_err("write", &config_path))?;
-    Ok(InitOutcome { config_path: data_dir.join("hub.toml"), admin_config_path: admin_config })
+    setup::init_with(data_dir, listen, hosts, &mut |_| Ok(()))
 }
 
 /// What no source may hold and no snapshot may read: the hub's data directory (database, PKI,

@@ -23,6 +23,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Create a hub: CA, hub and admin certificates, database and hub.toml in DATA_DIR.
+    ///
+    /// hub.toml is written last: a directory that holds it is a hub, and init refuses it. An
+    /// init cut short (a crash, a full disk) is completed by running it again; a CA it already
+    /// wrote is kept.
     Init {
         /// Directory for the hub's database, PKI and admin bundle (created if missing).
         #[arg(long, env = "AQUEDUCT_HUB_DATA_DIR", default_value = "/var/lib/aqueduct-hub")]

@@ -199,7 +199,8 @@ impl HubMetrics {
         for r in &rollouts {
             let labels =
                 RolloutLabels { dataset: r.dataset.clone(), version: r.version.to_string(), region: r.region.clone() };
-            self.rollout_cached.get_or_create(&labels).set(r.cached_bytes as i64);
+            // Reported by spokes: any u64, shown as the most a gauge holds rather than negative.
+            self.rollout_cached.get_or_create(&labels).set(i64::try_from(r.cached_bytes).unwrap_or(i64::MAX));
             self.rollout_size.get_or_create(&labels).set(r.total_bytes as i64);
             for phase in PHASES {
                 let labels = PhaseLabels {

@@ -2,12 +2,14 @@
 //! certificates whose identity (a URI subject alternative name, see [`crate::auth`]) says who
 //! holds them. Everything speaks mutual TLS; only certificates issued here are accepted.
 //!
-//! Keys are written with mode 0600; certificates are PEM. Nothing here is ever logged.
+//! Keys are written with mode 0600; certificates are PEM. Both are written atomically and
+//! fsynced ([`aqueduct_proto::durable`]): a crash leaves a file whole or absent, never half a
+//! key. Nothing here is ever logged.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use aqueduct_proto::durable;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
@@ -26,6 +28,10 @@ pub enum PkiError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a usable {what}: {source}; was it written by `aqueduct-hub init`?")]
     Parse { path: PathBuf, what: &'static str, source: rcgen::Error },
+    #[error(
+        "the CA certificate {cert} was not made with the CA key {key}: they belong to two CAs; restore the pair from a backup (or, for a new hub, use an empty --data-dir)"
+    )]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
 }
 
 /// A certificate and its private key, both PEM.
@@ -50,8 +56,14 @@ pub struct Authority {
 impl Authority {
     /// Creates a new CA with a fresh key.
     pub fn create(name: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::generate().map_err(|source| PkiError::Generate { what: "the CA".into(), source })?;
+        Self::with_key(name, key)
+    }
+
+    /// A CA certificate made anew for an existing CA key. Certificates the key signed still
+    /// verify against it: they name the same subject and carry the key's identifier.
+    pub fn with_key(name: &str, key: KeyPair) -> Result<Self, PkiError> {
         let gen_err = |source| PkiError::Generate { what: "the CA".into(), source };
-        let key = KeyPair::generate().map_err(gen_err)?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
@@ -63,21 +75,29 @@ impl Authority {
         Ok(Self { issuer: Issuer::new(params, key), ca })
     }
 
-    /// Loads a CA written by [`Authority::save`].
-    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, PkiError> {
-        let read =
-            |path: &Path| fs::read_to_string(path).map_err(|source| PkiError::Read { path: path.to_owned(), source });
-        let (cert_pem, key_pem) = (read(cert_path)?, read(key_path)?);
-        let key = KeyPair::from_pem(&key_pem).map_err(|source| PkiError::Parse {
+    /// Reads a CA key written by [`Authority::save`].
+    pub fn load_key(key_path: &Path) -> Result<KeyPair, PkiError> {
+        let key_pem =
+            fs::read_to_string(key_path).map_err(|source| PkiError::Read { path: key_path.to_owned(), source })?;
+        KeyPair::from_pem(&key_pem).map_err(|source| PkiError::Parse {
             path: key_path.to_owned(),
             what: "CA key",
             source,
-        })?;
-        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|source| PkiError::Parse {
-            path: cert_path.to_owned(),
-            what: "CA certificate",
-            source,
-        })?;
+        })
+    }
+
+    /// Loads a CA written by [`Authority::save`]; the certificate must be the key's.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, PkiError> {
+        let cert_pem =
+            fs::read_to_string(cert_path).map_err(|source| PkiError::Read { path: cert_path.to_owned(), source })?;
+        let key = Self::load_key(key_path)?;
+        let parse_err = |source| PkiError::Parse { path: cert_path.to_owned(), what: "CA certificate", source };
+        let spki = public_key_of(&cert_pem).ok_or_else(|| parse_err(rcgen::Error::CouldNotParseCertificate))?;
+        if spki != key.public_key_raw() {
+            return Err(PkiError::KeyMismatch { cert: cert_path.to_owned(), key: key_path.to_owned() });
+        }
+        let key_pem = key.serialize_pem();
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(parse_err)?;
         Ok(Self { issuer, ca: CertifiedKey { cert_pem, key_pem } })
     }
 
@@ -85,9 +105,20 @@ impl Authority {
         &self.ca.cert_pem
     }
 
+    /// Writes the key, then the certificate: a certificate on disk always has its key.
     pub fn save(&self, cert_path: &Path, key_path: &Path) -> Result<(), PkiError> {
-        write_public(cert_path, &self.ca.cert_pem)?;
+        self.save_key(key_path)?;
+        self.save_cert(cert_path)
+    }
+
+    /// Writes the CA's key (mode 0600).
+    pub fn save_key(&self, key_path: &Path) -> Result<(), PkiError> {
         write_secret(key_path, &self.ca.key_pem)
+    }
+
+    /// Writes the CA's certificate.
+    pub fn save_cert(&self, cert_path: &Path) -> Result<(), PkiError> {
+        write_public(cert_path, &self.ca.cert_pem)
     }
 
     /// Issues a certificate for `identity`, usable as TLS server and client certificate.
@@ -108,18 +139,22 @@ impl Authority {
     }
 }
 
-/// Writes a certificate (world-readable).
-pub fn write_public(path: &Path, contents: &str) -> Result<(), PkiError> {
-    fs::write(path, contents).map_err(|source| PkiError::Write { path: path.to_owned(), source })
+/// The raw public key a PEM certificate carries.
+fn public_key_of(cert_pem: &str) -> Option<Vec<u8>> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some(cert.tbs_certificate.subject_pki.subject_public_key.data.to_vec())
 }
 
-/// Writes a private key, readable by its owner only.
+/// Writes a certificate (world-readable), atomically.
+pub fn write_public(path: &Path, contents: &str) -> Result<(), PkiError> {
+    durable::write_file(path, contents.as_bytes(), durable::PUBLIC)
+        .map_err(|source| PkiError::Write { path: path.to_owned(), source })
+}
+
+/// Writes a private key, readable by its owner only, atomically: the file is made with mode
+/// 0600 and replaces any earlier one (whatever its mode was).
 pub fn write_secret(path: &Path, contents: &str) -> Result<(), PkiError> {
-    let err = |source| PkiError::Write { path: path.to_owned(), source };
-    use std::os::unix::fs::PermissionsExt;
-    let mut file =
-        fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(err)?;
-    // `mode` applies only to a new file: tighten an existing one too.
-    file.set_permissions(fs::Permissions::from_mode(0o600)).map_err(err)?;
-    file.write_all(contents.as_bytes()).map_err(err)
+    durable::write_file(path, contents.as_bytes(), durable::SECRET)
+        .map_err(|source| PkiError::Write { path: path.to_owned(), source })
 }

@@ -228,6 +228,8 @@ impl Manifest {
             return Err(ManifestError::ChunkerTooLarge { max_size: self.chunker.max_size });
         }
         let mut previous: Option<&str> = None;
+        // Sorted, so a file's directories come before it: none of them may be a file.
+        let mut seen = std::collections::HashSet::with_capacity(self.files.len());
         for file in &self.files {
             validate_path(&file.path)?;
             if let Some(prev) = previous
@@ -236,12 +238,18 @@ impl Manifest {
                 return Err(ManifestError::Unsorted { path: file.path.clone() });
             }
             previous = Some(&file.path);
+            if let Some(dir) = file.path.match_indices('/').map(|(i, _)| &file.path[..i]).find(|d| seen.contains(d)) {
+                return Err(ManifestError::FileIsDirectory { path: dir.to_string(), inside: file.path.clone() });
+            }
+            seen.insert(file.path.as_str());
             let mut offset = 0u64;
             for (index, chunk) in file.chunks.iter().enumerate() {
                 if chunk.offset != offset || chunk.length == 0 || chunk.length > self.chunker.max_size {
                     return Err(ManifestError::ChunksDoNotTile { path: file.path.clone(), index });
                 }
-                offset = chunk.end();
+                offset = offset
+                    .checked_add(u64::from(chunk.length))
+                    .ok_or(ManifestError::ChunksDoNotTile { path: file.path.clone(), index })?;
             }
             if offset != file.size {
                 return Err(ManifestError::ChunksDoNotTile { path: file.path.clone(), index: file.chunks.len() });
@@ -305,6 +313,10 @@ pub enum ManifestError {
     BadPath { path: String },
     #[error("file {path:?} is out of order or duplicated in the manifest")]
     Unsorted { path: String },
+    #[error(
+        "{path:?} is both a file and a directory in the manifest (it holds {inside:?}): a path names one or the other"
+    )]
+    FileIsDirectory { path: String, inside: String },
     #[error("the chunks of file {path:?} do not tile it (at chunk {index})")]
     ChunksDoNotTile { path: String, index: usize },
     #[error("manifest root mismatch: it says {expected} but its content hashes to {computed}")]
@@ -454,6 +466,19 @@ mod tests {
         for bad in ["", "/abs", "a//b", "a/../b", "./a", "a/"] {
             assert!(validate_path(bad).is_err(), "{bad:?} accepted");
         }
+
+        // Found by fuzz_every_file_of_a_valid_manifest_is_reachable: a file where another
+        // file's directory is was accepted, and the view showed only one of them.
+        for paths in [&["b", "b/a"][..], &["a", "a!", "a/x/y"], &["t", "t/u/v"]] {
+            let files = paths.iter().map(|p| file(p, &[1])).collect();
+            let err = Manifest::new("a".into(), 1, ChunkerParams::DEFAULT, files).unwrap_err();
+            assert!(
+                matches!(&err, ManifestError::FileIsDirectory { path, .. } if paths.contains(&path.as_str())),
+                "{err}"
+            );
+        }
+        let files = ["a", "a!", "a.b/c", "ab/c"].iter().map(|p| file(p, &[1])).collect();
+        Manifest::new("a".into(), 1, ChunkerParams::DEFAULT, files).unwrap();
         assert!(validate_path("models/llama/model.safetensors").is_ok());
     }
 
@@ -469,6 +494,61 @@ mod tests {
         assert_eq!("llama@latest".parse::<VersionRef>().unwrap().version, None);
         assert!(matches!("llama@v0".parse::<VersionRef>(), Err(VersionRefError::BadVersion { .. })));
         assert!(matches!("llama@x".parse::<VersionRef>(), Err(VersionRefError::BadVersion { .. })));
+    }
+
+    use aqueduct_testkit::fuzz;
+    use proptest::prelude::*;
+
+    /// The rule a name must follow, written out plainly.
+    fn is_name(name: &str) -> bool {
+        let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+        let bytes = name.as_bytes();
+        (1..=63).contains(&bytes.len())
+            && bytes.iter().all(|&b| alnum(b) || b"-._".contains(&b))
+            && alnum(bytes[0])
+            && alnum(bytes[bytes.len() - 1])
+    }
+
+    proptest! {
+        #![proptest_config(fuzz::config(5000))]
+
+        #[test]
+        fn fuzz_names(name in "[a-z0-9._-]{0,66}|.{0,20}|[a-zA-Z0-9]{1,3}") {
+            let checked = validate_name("dataset", &name);
+            prop_assert_eq!(checked.is_ok(), is_name(&name), "{:?}", name);
+            if let Err(e) = checked {
+                prop_assert!(e.to_string().contains(&format!("{name:?}")), "{}", e);
+            }
+        }
+
+        /// Any text: a reference or an error, never a panic; what parses prints as text that
+        /// parses to the same reference.
+        #[test]
+        fn fuzz_version_refs_from_text(text in "[a-z0-9-]{0,8}(@(v?[0-9]{0,22}|latest|.{0,4}))?|.{0,24}") {
+            if let Ok(r) = text.parse::<VersionRef>() {
+                prop_assert!(is_name(&r.dataset));
+                prop_assert!(r.version != Some(0));
+                prop_assert_eq!(r.to_string().parse::<VersionRef>(), Ok(r.clone()));
+                prop_assert!(text.starts_with(&r.dataset));
+            }
+        }
+
+        #[test]
+        fn fuzz_version_refs_round_trip(dataset in "[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?", version in proptest::option::of(1u64..)) {
+            let r = VersionRef { dataset, version };
+            prop_assert_eq!(r.to_string().parse::<VersionRef>(), Ok(r.clone()));
+            if let Some(v) = version {
+                prop_assert_eq!(format!("{}@{v}", r.dataset).parse::<VersionRef>(), Ok(r.clone()));
+            }
+        }
+
+        #[test]
+        fn fuzz_digests_from_text(text in "[0-9a-fA-F]{62,66}|.{0,70}") {
+            if let Ok(d) = text.parse::<Digest>() {
+                prop_assert_eq!(d.to_hex(), text.to_ascii_lowercase());
+                prop_assert_eq!(Digest::from_hex(&d.to_hex()), Some(d));
+            }
+        }
     }
 
     #[test]

@@ -89,7 +89,44 @@ impl fmt::Display for Identity {
 
 #[cfg(test)]
 mod tests {
+    use aqueduct_testkit::fuzz;
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        #![proptest_config(fuzz::config(5000))]
+
+        /// Any bytes a peer presents as its certificate: an identity or none, never a panic.
+        #[test]
+        fn fuzz_identity_from_der(der in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..600),
+            // A DER sequence header and then anything: the parser goes deeper.
+            proptest::collection::vec(any::<u8>(), 0..600).prop_map(|mut b| { b.splice(0..0, [0x30, 0x82, 0x02, 0x50]); b }),
+        ]) {
+            let _ = Identity::from_der(&der);
+            let _ = Identity::from_pem(&String::from_utf8_lossy(&der));
+        }
+
+        /// Any URI: an identity whose URI is that text, or none.
+        #[test]
+        fn fuzz_identity_from_uri(uri in "(spiffe://aqueduct/)?(admin|hub|region/)?.{0,20}") {
+            if let Some(identity) = Identity::from_uri(&uri) {
+                prop_assert_eq!(identity.uri(), uri);
+                if let Identity::Region(name) = &identity {
+                    prop_assert!(crate::validate_name("region", name).is_ok());
+                    prop_assert_eq!(identity.peer_name(), Some(format!("{name}.region.aqueduct")));
+                }
+            }
+        }
+
+        #[test]
+        fn fuzz_identity_uri_round_trip(name in "[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?") {
+            for identity in [Identity::Admin, Identity::Hub, Identity::Region(name.clone())] {
+                prop_assert_eq!(Identity::from_uri(&identity.uri()), Some(identity));
+            }
+        }
+    }
 
     #[test]
     fn unknown_uris_are_no_identity() {

@@ -5,10 +5,12 @@
 //! types that hub, spoke and FUSE view all reason about (chunk digests, manifests, names and
 //! version references) live in [`domain`], next to the generated code, and are converted from
 //! the wire types in one place ([`domain::wire`]) with `TryFrom`, where they are validated.
+//! [`durable`] is how hub and spoke write the small files they keep (atomically, fsynced).
 
 #[cfg(feature = "budget")]
 pub mod budget;
 pub mod domain;
+pub mod durable;
 #[cfg(feature = "edge")]
 pub mod edge;
 #[cfg(feature = "identity")]

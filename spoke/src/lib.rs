@@ -195,8 +195,13 @@ impl SpokeConfig {
     pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Self, SpokeError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| SpokeError::ReadConfig { path: path.to_owned(), source })?;
+        Self::parse_with(&text, path, overrides)
+    }
+
+    /// [`SpokeConfig::load_with`] on the text of the file at `path`.
+    pub fn parse_with(text: &str, path: &Path, overrides: &Overrides) -> Result<Self, SpokeError> {
         let invalid = |message: String| SpokeError::Config { path: path.to_owned(), message };
-        let mut config: Self = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let mut config: Self = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         if let Some(node) = &overrides.node {
             config.node = node.clone();
         }

@@ -1,17 +1,18 @@
 //! The spoke's chunk store: content-addressed, verified on the way in and on the way out.
 //!
 //! [`DiskStore`] keeps one file per chunk, `chunks/AB/ABCDEF...` (the BLAKE3 hex digest),
-//! written atomically: to a temporary file in `tmp/`, fsync, rename, fsync the directory. A
+//! written atomically: to a temporary file in `tmp/`, fsync, rename, fsync the directory
+//! ([`aqueduct_proto::durable`], as the `FORMAT` file and the `chunks/AB` directories are). A
 //! reader never sees half a chunk, and a spoke killed mid-write leaves only a temporary file,
 //! removed at the next start. [`MemStore`] keeps chunks in memory (tests, memory-only mode).
 
 use std::collections::HashMap;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use aqueduct_proto::Digest;
+use aqueduct_proto::{Digest, durable};
 
 /// On-disk layout version, written to `FORMAT` in the store's directory.
 pub const STORE_FORMAT: u32 = 1;
@@ -65,22 +66,6 @@ pub trait ChunkStore: Send + Sync {
     }
 }
 
-/// Writes `data` to `path` through `tmp` (a name of its own on the same filesystem): write,
-/// fsync, rename, fsync the directory. Nobody ever sees part of the file; on an error the
-/// temporary file is removed.
-pub(crate) fn write_atomically(tmp: &Path, path: &Path, data: &[u8]) -> io::Result<()> {
-    let write = || -> io::Result<()> {
-        let mut file = std::fs::File::create(tmp)?;
-        file.write_all(data)?;
-        file.sync_all()?;
-        std::fs::rename(tmp, path)?;
-        std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
-    };
-    write().inspect_err(|_| {
-        let _ = std::fs::remove_file(tmp);
-    })
-}
-
 fn check(digest: &Digest, data: &[u8]) -> Result<(), CacheError> {
     let actual = Digest::of(data);
     if &actual != digest {
@@ -128,6 +113,11 @@ pub fn chunk_path(root: &Path, digest: &Digest) -> PathBuf {
     root.join("chunks").join(&hex[..2]).join(hex)
 }
 
+/// Writes the store's `FORMAT` file (atomically: a crash never leaves it empty).
+fn write_format(path: &Path) -> io::Result<()> {
+    durable::write_file(path, format!("{STORE_FORMAT}\n").as_bytes(), durable::PUBLIC)
+}
+
 pub struct DiskStore {
     root: PathBuf,
     /// Makes temporary names unique: two tasks may store the same chunk at once.
@@ -142,15 +132,16 @@ impl DiskStore {
             move |source| CacheError::Io { path, source }
         };
         for dir in [root.join("chunks"), root.join("tmp")] {
-            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+            durable::create_dir_all(&dir).map_err(io(&dir))?;
         }
         let format = root.join("FORMAT");
         match std::fs::read_to_string(&format) {
             Ok(found) if found.trim() == STORE_FORMAT.to_string() => {}
+            // Empty: a build that wrote FORMAT in place crashed before its bytes reached the
+            // disk. Every build so far wrote format 1 (and only after making the directories).
+            Ok(found) if found.trim().is_empty() => write_format(&format).map_err(io(&format))?,
             Ok(found) => return Err(CacheError::Format { path: root.to_owned(), found: found.trim().to_string() }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                std::fs::write(&format, format!("{STORE_FORMAT}\n")).map_err(io(&format))?
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => write_format(&format).map_err(io(&format))?,
             Err(e) => return Err(CacheError::Io { path: format, source: e }),
         }
         let tmp = root.join("tmp");
@@ -191,11 +182,12 @@ impl ChunkStore for DiskStore {
     fn put(&self, digest: &Digest, data: &[u8]) -> Result<(), CacheError> {
         check(digest, data)?;
         let path = self.path(digest);
-        let dir = path.parent().expect("chunk paths have a parent");
-        std::fs::create_dir_all(dir).map_err(|e| self.error(dir.to_owned(), e))?;
+        // `chunks/AB`: made durable before a chunk is renamed into it.
+        let dir = path.parent().unwrap_or(&self.root);
+        durable::create_dir_all(dir).map_err(|e| self.error(dir.to_owned(), e))?;
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self.root.join("tmp").join(format!("{}.{}.{seq}", digest.to_hex(), std::process::id()));
-        write_atomically(&tmp, &path, data).map_err(|e| self.error(path.clone(), e))
+        durable::write_file_via(&tmp, &path, data, durable::PUBLIC).map_err(|e| self.error(path.clone(), e))
     }
 
     fn remove(&self, digest: &Digest) -> Result<(), CacheError> {
@@ -278,5 +270,20 @@ mod tests {
 
         std::fs::write(dir.path().join("FORMAT"), "9\n").unwrap();
         assert!(matches!(DiskStore::open(dir.path()), Err(CacheError::Format { .. })));
+    }
+
+    #[test]
+    fn an_empty_format_file_left_by_a_crash_is_written_again() {
+        // Builds before this one wrote FORMAT in place: a crash could leave it empty, and the
+        // spoke would then refuse its own store.
+        let dir = tempfile::tempdir().unwrap();
+        let data = b"kept".to_vec();
+        DiskStore::open(dir.path()).unwrap().put(&Digest::of(&data), &data).unwrap();
+        std::fs::write(dir.path().join("FORMAT"), "").unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("FORMAT")).unwrap(), "1\n");
+        assert_eq!(store.get(&Digest::of(&data)).unwrap(), Some(data));
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(names.iter().all(|n| !aqueduct_proto::durable::is_temporary(n)), "{names:?}");
     }
 }

@@ -69,37 +69,36 @@ impl ConnArgs {
                 slot.clone_from(flag);
             }
         }
-        let missing: Vec<&str> = [
-            ("--hub", cfg.hub.is_none()),
-            ("--ca", cfg.ca.is_none()),
-            ("--cert", cfg.cert.is_none()),
-            ("--key", cfg.key.is_none()),
-        ]
-        .into_iter()
-        .filter_map(|(name, missing)| missing.then_some(name))
-        .collect();
-        if !missing.is_empty() {
+        let (Some(url), Some(ca), Some(cert), Some(key)) = (&cfg.hub, &cfg.ca, &cfg.cert, &cfg.key) else {
+            let missing: Vec<&str> = [
+                ("--hub", cfg.hub.is_none()),
+                ("--ca", cfg.ca.is_none()),
+                ("--cert", cfg.cert.is_none()),
+                ("--key", cfg.key.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(name, missing)| missing.then_some(name))
+            .collect();
             bail!(
                 "no hub to talk to: {} not set. Point aq at the config `aqueduct-hub init` wrote with \
                  --config DATA_DIR/admin/aq.toml or AQ_CONFIG=DATA_DIR/admin/aq.toml (or copy it to \
                  ~/.config/aqueduct/aq.toml), or give --hub, --ca, --cert and --key",
                 missing.join(", ")
             );
-        }
-        Ok(HubConn {
-            url: cfg.hub.expect("checked"),
-            ca: cfg.ca.expect("checked"),
-            cert: cfg.cert.expect("checked"),
-            key: cfg.key.expect("checked"),
-            origin,
-        })
+        };
+        Ok(HubConn { url: url.clone(), ca: ca.clone(), cert: cert.clone(), key: key.clone(), origin })
     }
 }
 
 fn load(path: &Path) -> Result<FileConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read aq config {}", path.display()))?;
+    parse(&text, path)
+}
+
+/// The config in `text`, read from `path` (relative paths in it are relative to the file).
+fn parse(text: &str, path: &Path) -> Result<FileConfig> {
     let mut cfg: FileConfig =
-        toml::from_str(&text).with_context(|| format!("aq config {} is invalid", path.display()))?;
+        toml::from_str(text).with_context(|| format!("aq config {} is invalid", path.display()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     for slot in [&mut cfg.ca, &mut cfg.cert, &mut cfg.key] {
         if let Some(p) = slot.as_mut()
@@ -213,5 +212,47 @@ pub fn explain(status: tonic::Status, hub: &HubConn) -> anyhow::Error {
         // answers do not.
         _ if let Some(source) = std::error::Error::source(&status) => hub.transport_error(&chain(source)),
         _ => anyhow!("{}", status.message()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aqueduct_testkit::fuzz::{self, Kind};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const VALID: &str =
+        "hub = \"https://127.0.0.1:7443\"\nca = \"ca.pem\"\ncert = \"admin.pem\"\nkey = \"admin.key\"\n";
+    const KEYS: &[fuzz::Key] = &[
+        ("hub", Kind::Text, false),
+        ("ca", Kind::Text, false),
+        ("cert", Kind::Text, false),
+        ("key", Kind::Text, false),
+    ];
+
+    #[test]
+    fn the_config_init_writes_parses_with_paths_beside_it() {
+        let cfg = parse(VALID, Path::new("/data/admin/aq.toml")).unwrap();
+        assert_eq!(cfg.ca.as_deref(), Some(Path::new("/data/admin/ca.pem")));
+    }
+
+    proptest! {
+        #![proptest_config(fuzz::config(3000))]
+
+        #[test]
+        fn fuzz_aq_config_from_any_toml(text in prop_oneof![fuzz::toml_document(&["hub", "ca", "cert", "key"]), "(?s).{0,64}"]) {
+            if let Ok(cfg) = parse(&text, Path::new("/data/admin/aq.toml")) {
+                for path in [&cfg.ca, &cfg.cert, &cfg.key].into_iter().flatten() {
+                    prop_assert!(path.is_absolute(), "{}", path.display());
+                }
+            }
+        }
+
+        #[test]
+        fn fuzz_aq_config_errors_name_the_key((text, key) in fuzz::broken_config(VALID, KEYS)) {
+            let err = format!("{:#}", parse(&text, Path::new("aq.toml")).map(|_| ()).unwrap_err());
+            prop_assert!(fuzz::names_key(&err, &key), "{} is not named in: {}\n{}", key, err, text);
+        }
     }
 }

@@ -19,7 +19,7 @@ use aqueduct_proto::{Manifest, Rate, ReplicationMode, VersionRef};
 use clap::{Args, Parser, Subcommand};
 
 use crate::connect::{ConnArgs, explain};
-use crate::output::{Table, age, bytes, progress_reporter};
+use crate::output::{Table, age, bytes, hit_ratio, progress_reporter};
 
 #[derive(Parser)]
 #[command(name = "aq", version, about = "Operate an Aqueduct hub: sources, datasets, snapshots, versions")]
@@ -270,13 +270,6 @@ fn cache_tables(caches: &[pb::RegionCache], nodes: bool) {
             ((n.disk_quota_bytes > 0).then_some(n.disk_quota_bytes), n.disk_used_bytes)
         }
     };
-    let hit_ratio = |hits: u64, misses: u64| {
-        if hits + misses == 0 {
-            "-".to_string()
-        } else {
-            format!("{:.1}%", hits as f64 * 100.0 / (hits + misses) as f64)
-        }
-    };
     let mut regions =
         Table::new(["REGION", "NODES", "CACHE CAPACITY", "CACHED", "CACHED %", "HIT RATIO", "FROM PEERS"]);
     let mut per_node = Table::new([
@@ -296,11 +289,12 @@ fn cache_tables(caches: &[pb::RegionCache], nodes: bool) {
         let (mut capacity, mut used, mut hits, mut misses, mut from_peers) = (Some(0u64), 0, 0, 0, 0);
         for n in &c.nodes {
             let (quota, held) = kept(n);
-            capacity = capacity.zip(quota).map(|(a, b)| a + b);
-            used += held;
-            hits += n.memory_hits + n.disk_hits;
-            misses += n.misses;
-            from_peers += n.bytes_from_peers;
+            // Spokes' numbers: summed without overflow, whatever they say.
+            capacity = capacity.zip(quota).map(|(a, b)| a.saturating_add(b));
+            used = held.saturating_add(used);
+            hits = n.memory_hits.saturating_add(n.disk_hits).saturating_add(hits);
+            misses = n.misses.saturating_add(misses);
+            from_peers = n.bytes_from_peers.saturating_add(from_peers);
             per_node.row([
                 c.region.clone(),
                 n.node.clone(),
@@ -308,7 +302,7 @@ fn cache_tables(caches: &[pb::RegionCache], nodes: bool) {
                 quota.map_or("unlimited".to_string(), bytes),
                 bytes(held),
                 format!("{}/{}", bytes(n.memory_used_bytes), bytes(n.memory_quota_bytes)),
-                hit_ratio(n.memory_hits + n.disk_hits, n.misses),
+                hit_ratio(n.memory_hits.saturating_add(n.disk_hits), n.misses),
                 n.evictions.to_string(),
                 bytes(n.bytes_from_peers),
                 bytes(n.bytes_to_peers),

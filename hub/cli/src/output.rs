@@ -45,10 +45,20 @@ pub fn bytes(n: u64) -> String {
     if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
+/// Hits as a share of all lookups (`-` when there were none); counters as spokes report them.
+pub fn hit_ratio(hits: u64, misses: u64) -> String {
+    match hits.checked_add(misses) {
+        Some(0) => "-".to_string(),
+        Some(all) => format!("{:.1}%", hits as f64 * 100.0 / all as f64),
+        None => format!("{:.1}%", hits as f64 * 100.0 / (hits as f64 + misses as f64)),
+    }
+}
+
 /// Time since a unix-ms instant, kubectl style: 45s, 12m, 3h, 5d.
 pub fn age(unix_ms: i64) -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    let s = ((now - unix_ms) / 1000).max(0);
+    // An instant from the hub may be anything: no overflow, and the future is 0s.
+    let s = (now.saturating_sub(unix_ms) / 1000).max(0);
     match s {
         0..60 => format!("{s}s"),
         60..3600 => format!("{}m", s / 60),
@@ -168,5 +178,19 @@ impl RolloutProgress {
                 bar.finish_and_clear();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_and_ratios_of_any_numbers() {
+        assert_eq!(age(i64::MIN), format!("{}d", i64::MAX / 1000 / 86400));
+        assert_eq!(age(i64::MAX), "0s");
+        assert_eq!(hit_ratio(0, 0), "-");
+        assert_eq!(hit_ratio(1, 3), "25.0%");
+        assert_eq!(hit_ratio(u64::MAX, u64::MAX), "50.0%");
     }
 }

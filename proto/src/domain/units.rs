@@ -212,6 +212,76 @@ mod tests {
         }
     }
 
+    use aqueduct_testkit::fuzz;
+    use proptest::prelude::*;
+
+    const UNITS: &[&str] = &[
+        "B", "KB", "kB", "MB", "GB", "TB", "KiB", "MiB", "GiB", "TiB", "bit", "b", "Kbit", "kbit", "Kb", "kb", "Mbit",
+        "Mb", "Gbit", "Gb", "XB", "", "/s", "iB",
+    ];
+
+    /// Text shaped like a size or a rate (a number, maybe a space, a unit, maybe per second),
+    /// or anything at all.
+    fn text() -> impl Strategy<Value = String> {
+        let number = prop_oneof!["[0-9]{1,25}", "[0-9]{0,5}\\.[0-9]{0,5}", "[0-9.]{1,6}", Just("1e3".to_string())];
+        prop_oneof![
+            4 => (number, " ?", proptest::sample::select(UNITS), prop_oneof![Just(""), Just("/s"), Just("ps"), Just("/h")])
+                .prop_map(|(n, space, unit, per)| format!("{n}{space}{unit}{per}")),
+            1 => ".{0,16}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(fuzz::config(5000))]
+
+        /// Any text: a value or an error that quotes it, never a panic or an overflow; a value
+        /// is the number times its unit, rounded, and within the range of a u64.
+        #[test]
+        fn fuzz_sizes_and_rates_from_text(text in text()) {
+            let quoted = format!("{text:?}");
+            match text.parse::<Size>() {
+                Ok(size) => {
+                    let (number, unit) = number_and_unit(&text).unwrap();
+                    let (scale, bits) = scale(unit).unwrap();
+                    prop_assert!(!bits);
+                    let want = number * scale;
+                    prop_assert!((size.0 as f64 - want).abs() <= 0.5 + want * 1e-15, "{text:?}: {size:?}");
+                }
+                Err(e) => prop_assert!(e.to_string().contains(&quoted)),
+            }
+            match text.parse::<Rate>() {
+                Ok(rate) => {
+                    let (number, unit) = number_and_unit(&text).unwrap();
+                    let unit = unit.strip_suffix("/s").or_else(|| unit.strip_suffix("ps")).unwrap();
+                    let (scale, bits) = scale(unit).unwrap();
+                    let want = number * scale / if bits { 8.0 } else { 1.0 };
+                    prop_assert!(rate.0 >= 1 && (rate.0 as f64 - want).abs() <= 0.5 + want * 1e-15, "{text:?}: {rate:?}");
+                }
+                Err(e) => prop_assert!(e.to_string().contains(&quoted)),
+            }
+        }
+
+        /// What a size or a rate prints parses back: exactly for a whole number of its unit,
+        /// within the one decimal printed otherwise.
+        #[test]
+        fn fuzz_sizes_and_rates_round_trip(n in prop_oneof![any::<u64>(), 0u64..1 << 20, (0u64..1024, 0u32..5).prop_map(|(m, k)| m << (10 * k))]) {
+            let size: Size = Size(n).to_string().parse().unwrap();
+            let error = (size.0 as f64 - n as f64).abs();
+            prop_assert!(error <= n as f64 * 0.05, "{n} printed as {} read as {}", Size(n), size.0);
+            let whole = (0..5).any(|k| n.is_multiple_of(1 << (10 * k)) && n >> (10 * k) < 1024);
+            if whole {
+                prop_assert_eq!(size.0, n, "{}", Size(n));
+            }
+            if n >= 1 {
+                let rate: Rate = Rate(n).to_string().parse().unwrap();
+                prop_assert!((rate.0 as f64 - n as f64).abs() <= n as f64 * 0.05, "{} read as {}", Rate(n), rate.0);
+                if whole && n < 1 << 40 {
+                    prop_assert_eq!(rate.0, n);
+                }
+            }
+        }
+    }
+
     #[test]
     fn parses_sizes() {
         assert_eq!("64MiB".parse(), Ok(Size(64 << 20)));

@@ -132,6 +132,227 @@ impl Manifest {
 mod tests {
     use super::*;
 
+    use aqueduct_testkit::fuzz;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    /// A valid manifest: a few files of clean paths, each tiled by chunks.
+    pub(crate) fn manifest() -> impl Strategy<Value = Manifest> {
+        let file = (
+            proptest::collection::vec("[a-c]{1,3}|[^/\u{0}]{1,6}", 1..4),
+            proptest::collection::vec((any::<[u8; 32]>(), 1u32..(4 << 20)), 0..5),
+            any::<u32>(),
+            any::<i64>(),
+        );
+        (".{0,12}", any::<u64>(), proptest::collection::vec(file, 0..6)).prop_map(|(dataset, version, files)| {
+            let mut by_path = std::collections::BTreeMap::new();
+            for (parts, chunks, mode, mtime) in files {
+                let path = parts.join("/");
+                if super::super::validate_path(&path).is_err() {
+                    continue;
+                }
+                let mut offset = 0;
+                let chunks: Vec<ChunkRef> = chunks
+                    .into_iter()
+                    .map(|(d, length)| {
+                        let c = ChunkRef { digest: Digest(d), offset, length };
+                        offset += u64::from(length);
+                        c
+                    })
+                    .collect();
+                let object = format!("prefix/{path}");
+                by_path
+                    .insert(path.clone(), FileEntry { path, object, size: offset, mode, mtime_unix_ms: mtime, chunks });
+            }
+            // No file where another file's directory is.
+            let dirs: std::collections::HashSet<String> = by_path
+                .keys()
+                .flat_map(|p| p.match_indices('/').map(|(i, _)| p[..i].to_string()).collect::<Vec<_>>())
+                .collect();
+            let files = by_path.into_values().filter(|f| !dirs.contains(&f.path)).collect();
+            let chunker = ChunkerParams { min_size: 1, avg_size: 2 << 20, max_size: 4 << 20 };
+            Manifest::new(dataset, version, chunker, files).expect("valid by construction")
+        })
+    }
+
+    /// One change to a manifest's wire form, as a corrupting link or a forger would make it.
+    #[derive(Clone, Debug)]
+    enum Change {
+        Format(u32),
+        Dataset(String),
+        Chunker(Option<(u32, u32, u32)>),
+        Path(usize, String),
+        Size(usize, u64),
+        Digest(usize, usize, Vec<u8>),
+        Offset(usize, usize, u64),
+        Length(usize, usize, u32),
+        DropChunk(usize, usize),
+        DuplicateFile(usize),
+        SwapFiles(usize, usize),
+        Root(Vec<u8>),
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        let i = || 0usize..8;
+        prop_oneof![
+            any::<u32>().prop_map(Change::Format),
+            ".{0,8}".prop_map(Change::Dataset),
+            proptest::option::of(any::<(u32, u32, u32)>()).prop_map(Change::Chunker),
+            (i(), "([a-c./]|[^\u{0}]){0,8}").prop_map(|(f, p)| Change::Path(f, p)),
+            (i(), any::<u64>()).prop_map(|(f, s)| Change::Size(f, s)),
+            (i(), i(), proptest::collection::vec(any::<u8>(), 0..40)).prop_map(|(f, c, d)| Change::Digest(f, c, d)),
+            (i(), i(), any::<u64>()).prop_map(|(f, c, o)| Change::Offset(f, c, o)),
+            (i(), i(), any::<u32>()).prop_map(|(f, c, l)| Change::Length(f, c, l)),
+            (i(), i()).prop_map(|(f, c)| Change::DropChunk(f, c)),
+            i().prop_map(Change::DuplicateFile),
+            (i(), i()).prop_map(|(a, b)| Change::SwapFiles(a, b)),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(Change::Root),
+        ]
+    }
+
+    fn apply(m: &mut pb::Manifest, change: Change) {
+        let n = m.files.len().max(1);
+        fn chunk(m: &mut pb::Manifest, f: usize, c: usize) -> Option<&mut pb::ChunkRef> {
+            let n = m.files.len().max(1);
+            let file = m.files.get_mut(f % n)?;
+            let len = file.chunks.len().max(1);
+            file.chunks.get_mut(c % len)
+        }
+        match change {
+            Change::Format(f) => m.format = f,
+            Change::Dataset(d) => m.dataset = d,
+            Change::Chunker(c) => {
+                m.chunker = c.map(|(min_size, avg_size, max_size)| pb::ChunkerParams { min_size, avg_size, max_size })
+            }
+            Change::Path(f, p) => m.files.get_mut(f % n).into_iter().for_each(|file| file.path = p.clone()),
+            Change::Size(f, s) => m.files.get_mut(f % n).into_iter().for_each(|file| file.size = s),
+            Change::Digest(f, c, d) => chunk(m, f, c).into_iter().for_each(|c| c.digest = d.clone()),
+            Change::Offset(f, c, o) => chunk(m, f, c).into_iter().for_each(|c| c.offset = o),
+            Change::Length(f, c, l) => chunk(m, f, c).into_iter().for_each(|c| c.length = l),
+            Change::DropChunk(f, c) => {
+                if let Some(file) = m.files.get_mut(f % n)
+                    && !file.chunks.is_empty()
+                {
+                    let len = file.chunks.len();
+                    file.chunks.remove(c % len);
+                }
+            }
+            Change::DuplicateFile(f) => {
+                if let Some(file) = m.files.get(f % n).cloned() {
+                    m.files.insert(f % n, file);
+                }
+            }
+            Change::SwapFiles(a, b) => {
+                if !m.files.is_empty() {
+                    m.files.swap(a % n, b % n);
+                }
+            }
+            Change::Root(r) => m.root = r,
+        }
+    }
+
+    /// The root a forger would compute for `m` (when its digests have the right length).
+    fn forged_root(m: &pb::Manifest) -> Option<Vec<u8>> {
+        let c = m.chunker.unwrap_or_default();
+        let files = m
+            .files
+            .iter()
+            .map(|f| {
+                let chunks = f
+                    .chunks
+                    .iter()
+                    .map(|c| {
+                        Some(ChunkRef { digest: Digest::from_slice(&c.digest)?, offset: c.offset, length: c.length })
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                Some(FileEntry {
+                    path: f.path.clone(),
+                    object: f.object.clone(),
+                    size: f.size,
+                    mode: f.mode,
+                    mtime_unix_ms: f.mtime_unix_ms,
+                    chunks,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let chunker = ChunkerParams { min_size: c.min_size, avg_size: c.avg_size, max_size: c.max_size };
+        let unchecked = Manifest { dataset: String::new(), version: 0, chunker, files, root: Digest([0; 32]) };
+        Some(unchecked.compute_root().0.to_vec())
+    }
+
+    /// What every decoded manifest must be: valid, and the same after another trip.
+    fn accepted(wire: pb::Manifest) -> Result<(), TestCaseError> {
+        if let Ok(m) = Manifest::try_from(wire) {
+            prop_assert_eq!(m.validate(), Ok(()));
+            let again = pb::Manifest::from(&m);
+            let bytes = again.encode_to_vec();
+            let decoded = pb::Manifest::decode(bytes.as_slice());
+            prop_assert_eq!(decoded.ok(), Some(again.clone()));
+            prop_assert_eq!(Manifest::try_from(again), Ok(m));
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(fuzz::config(3000))]
+
+        /// Any bytes off the wire: decoded or refused, never a panic; what is accepted is valid.
+        #[test]
+        fn fuzz_manifest_from_wire_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(wire) = pb::Manifest::decode(bytes.as_slice()) {
+                accepted(wire)?;
+            }
+        }
+
+        /// A valid manifest's encoding, cut short or with bytes flipped.
+        #[test]
+        fn fuzz_manifest_from_damaged_encodings(
+            m in manifest(),
+            cut in any::<prop::sample::Index>(),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 0..4),
+        ) {
+            let mut bytes = pb::Manifest::from(&m).encode_to_vec();
+            for (at, mask) in flips {
+                if !bytes.is_empty() {
+                    let i = at.index(bytes.len());
+                    bytes[i] ^= mask;
+                }
+            }
+            if !bytes.is_empty() && cut.index(4) == 0 {
+                bytes.truncate(cut.index(bytes.len()));
+            }
+            if let Ok(wire) = pb::Manifest::decode(bytes.as_slice()) {
+                accepted(wire)?;
+            }
+        }
+
+        /// Arbitrary field values, each change alone or with the root recomputed (a forger):
+        /// refused or valid, never a panic.
+        #[test]
+        fn fuzz_manifest_from_wire_fields(
+            m in manifest(),
+            changes in proptest::collection::vec(change(), 1..4),
+            forge in any::<bool>(),
+        ) {
+            let mut wire = pb::Manifest::from(&m);
+            for c in changes {
+                apply(&mut wire, c);
+            }
+            if forge && let Some(root) = forged_root(&wire) {
+                wire.root = root;
+            }
+            accepted(wire)?;
+        }
+
+        /// Every valid manifest crosses the wire unchanged.
+        #[test]
+        fn fuzz_manifest_round_trips(m in manifest()) {
+            let wire = pb::Manifest::from(&m);
+            let decoded = pb::Manifest::decode(wire.encode_to_vec().as_slice()).unwrap();
+            prop_assert_eq!(Manifest::try_from(decoded), Ok(m));
+        }
+    }
+
     #[test]
     fn round_trip_and_tamper_detection() {
         let data = b"0123456789";

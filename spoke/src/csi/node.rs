@@ -79,6 +79,9 @@ pub enum Unready {
     Stopping,
 }
 
+/// What a wait "forever" lasts: far beyond any pod's patience, well inside the clock's range.
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Waits until the version `spec` names is assigned to the region and Ready there (or only
 /// assigned, with `early`), up to `timeout`; returns its assignment.
 pub async fn wait_until_ready(
@@ -88,7 +91,9 @@ pub async fn wait_until_ready(
     timeout: Duration,
     stopping: &CancellationToken,
 ) -> Result<pb::Assignment, Unready> {
-    let deadline = Instant::now() + timeout;
+    // A timeout beyond the clock's range (the config allows any) waits as long as it can.
+    let now = Instant::now();
+    let deadline = now.checked_add(timeout).unwrap_or_else(|| now + FOREVER);
     // Subscribed before reading, so that no change between the two is missed.
     let mut changes = catalog.subscribe();
     loop {
@@ -143,7 +148,7 @@ impl Node {
         }
         let config = &self.parts.config;
         let early = p.spec.start_before_ready.unwrap_or(config.start_before_ready);
-        let timeout = deadline.map_or(config.ready_timeout, |d| config.ready_timeout.min(d * 3 / 4));
+        let timeout = deadline.map_or(config.ready_timeout, |d| config.ready_timeout.min(d / 4 * 3));
         let assignment = match wait_until_ready(&self.parts.catalog, &p.spec, early, timeout, &self.stopping).await {
             Ok(a) => a,
             Err(Unready::Stopping) => return Err(CsiError::ShuttingDown),
@@ -466,6 +471,11 @@ mod tests {
             Err(Unready::Missing(CatalogError::NoActiveVersion { .. })) => {}
             other => panic!("{other:?}"),
         }
+        // A timeout beyond the clock's range (a config may say so) waits, never panics.
+        assert_eq!(
+            wait_until_ready(&catalog, &spec(Pin::Version(2)), false, Duration::MAX, &stopping).await.unwrap().version,
+            2
+        );
         // The spoke stopping ends a wait at once.
         stopping.cancel();
         match wait_until_ready(&catalog, &spec(Pin::Version(3)), false, long, &stopping).await {

@@ -49,18 +49,27 @@ pub struct NodeService {
     pub node: Arc<Node>,
 }
 
-/// The deadline a gRPC caller set (header `grpc-timeout`: digits and a unit, H M S m u n).
+/// The deadline a gRPC caller set (header `grpc-timeout`).
 fn caller_deadline<T>(request: &Request<T>) -> Option<Duration> {
-    let text = request.metadata().get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    parse_grpc_timeout(request.metadata().get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// A `grpc-timeout` value: at most 8 digits and a unit, H M S m u n (the gRPC spec). Anything
+/// else is no deadline (the config's timeout applies), never an error or a panic.
+pub fn parse_grpc_timeout(text: &str) -> Option<Duration> {
+    let unit = text.chars().last()?;
+    let digits = &text[..text.len() - unit.len_utf8()];
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let n: u64 = digits.parse().ok()?;
     Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
+        'H' => Duration::from_secs(n * 3600),
+        'M' => Duration::from_secs(n * 60),
+        'S' => Duration::from_secs(n),
+        'm' => Duration::from_millis(n),
+        'u' => Duration::from_micros(n),
+        'n' => Duration::from_nanos(n),
         _ => return None,
     })
 }
@@ -157,6 +166,25 @@ impl csi::node_server::Node for NodeService {
 mod tests {
     use super::*;
 
+    use aqueduct_testkit::fuzz;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(fuzz::config(5000))]
+
+        /// Any header value: a deadline that is exactly what it says, or none; never a panic.
+        #[test]
+        fn fuzz_grpc_timeout(text in "[0-9]{0,10}[HMSmun]?|.{0,10}") {
+            if let Some(d) = parse_grpc_timeout(&text) {
+                let (digits, unit) = text.split_at(text.len() - 1);
+                let n: u64 = digits.parse().unwrap();
+                prop_assert!(digits.len() <= 8);
+                let nanos = u128::from(n) * match unit { "H" => 3_600_000_000_000, "M" => 60_000_000_000, "S" => 1_000_000_000, "m" => 1_000_000, "u" => 1_000, _ => 1 };
+                prop_assert_eq!(d.as_nanos(), nanos);
+            }
+        }
+    }
+
     #[test]
     fn the_callers_deadline_is_read_from_grpc_timeout() {
         let with = |value: &str| {
@@ -169,5 +197,12 @@ mod tests {
         assert_eq!(with("2M"), Some(Duration::from_secs(120)));
         assert_eq!(with("x"), None);
         assert_eq!(caller_deadline(&Request::new(())), None);
+        assert_eq!(with("99999999H"), Some(Duration::from_secs(99_999_999 * 3600)));
+        // More than 8 digits (a u64's worth would overflow the arithmetic after it), no
+        // digits, signs, a unit alone or twice: no deadline.
+        for bad in ["184467440737095516S", "123456789m", "S", "-1S", "+1S", "1SS", "1 S", "1s", ""] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+        assert_eq!(parse_grpc_timeout("5\u{e9}"), None);
     }
 }

@@ -202,6 +202,87 @@ mod tests {
         }
     }
 
+    use aqueduct_testkit::fuzz;
+    use proptest::prelude::*;
+
+    fn attribute() -> impl Strategy<Value = (String, String)> {
+        let key = prop_oneof![
+            4 => proptest::sample::select(&[DATASET, VERSION, MODE, START_BEFORE_READY][..]).prop_map(str::to_string),
+            1 => Just("csi.storage.k8s.io/pod.name".to_string()),
+            1 => ".{0,12}",
+        ];
+        let value = prop_oneof![
+            "[a-z0-9][a-z0-9.-]{0,8}",
+            "v?[0-9]{1,22}",
+            proptest::sample::select(&["active", "auto", "region", "every-node", "true", "false", " 3 ", "v0", ""][..])
+                .prop_map(str::to_string),
+            ".{0,12}",
+        ];
+        (key, value)
+    }
+
+    proptest! {
+        #![proptest_config(fuzz::config(3000))]
+
+        /// Any attributes the kubelet passes: a spec or an Invalid that names an attribute,
+        /// never a panic; a spec is what the attributes say.
+        #[test]
+        fn fuzz_volume_attributes(attributes in proptest::collection::hash_map(attribute().prop_map(|a| a.0), attribute().prop_map(|a| a.1), 0..6)) {
+            match VolumeSpec::parse(&attributes) {
+                Ok(spec) => {
+                    prop_assert_eq!(Some(&spec.dataset), attributes.get(DATASET));
+                    prop_assert!(aqueduct_proto::validate_name("dataset", &spec.dataset).is_ok());
+                    match (spec.pin, attributes.get(VERSION).map(|v| v.trim())) {
+                        (Pin::Active, None | Some("active")) => {}
+                        (Pin::Version(v), Some(text)) => {
+                            prop_assert!(v > 0);
+                            prop_assert_eq!(text.trim_start_matches('v').parse::<u64>().ok(), Some(v));
+                        }
+                        (pin, text) => prop_assert!(false, "{:?} from {:?}", pin, text),
+                    }
+                    prop_assert_eq!(spec.mode.is_some(), attributes.contains_key(MODE));
+                    prop_assert_eq!(spec.start_before_ready.is_some(), attributes.contains_key(START_BEFORE_READY));
+                    let prefix = format!("{}@", spec.dataset);
+                    prop_assert!(spec.share_name().starts_with(&prefix), "{}", spec.share_name());
+                }
+                Err(CsiError::Invalid(message)) => prop_assert!(message.contains("volume attribute"), "{}", message),
+                Err(other) => prop_assert!(false, "not Invalid: {}", other),
+            }
+        }
+
+        /// Any publish request: checked or Invalid, never a panic.
+        #[test]
+        fn fuzz_publish_requests(
+            volume_id in ".{0,6}",
+            target in "/?[a-z/.]{0,12}|.{0,8}",
+            capability in proptest::option::of((proptest::option::of(any::<bool>()), proptest::option::of(any::<i32>()))),
+            readonly in any::<bool>(),
+            attributes in proptest::collection::hash_map(attribute().prop_map(|a| a.0), attribute().prop_map(|a| a.1), 0..5),
+        ) {
+            let request = csi::NodePublishVolumeRequest {
+                volume_id: volume_id.clone(),
+                target_path: target.clone(),
+                volume_capability: capability.map(|(access, mode)| csi::VolumeCapability {
+                    access_type: access.map(|mount| {
+                        if mount { AccessType::Mount(Default::default()) } else { AccessType::Block(Default::default()) }
+                    }),
+                    access_mode: mode.map(|mode| csi::volume_capability::AccessMode { mode }),
+                }),
+                readonly,
+                volume_context: attributes,
+                ..Default::default()
+            };
+            match Publish::parse(&request) {
+                Ok(p) => {
+                    prop_assert_eq!(p.volume_id, volume_id);
+                    prop_assert!(p.target.is_absolute());
+                }
+                Err(CsiError::Invalid(_)) => {}
+                Err(other) => prop_assert!(false, "not Invalid: {}", other),
+            }
+        }
+    }
+
     #[test]
     fn attributes_name_a_dataset_and_a_version_or_active() {
         let spec =
