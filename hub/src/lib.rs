@@ -131,7 +131,7 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         AdminServer::new(api::AdminService::new(db.clone(), snapshot, authority, live.clone(), hub_files(&config)))
             .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES)
             .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
-    let spoke = SpokeServer::new(relay::SpokeService::new(db.clone(), live.clone()))
+    let spoke = SpokeServer::new(relay::SpokeService::new(db.clone(), live.clone(), hub_files(&config)))
         .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES)
         .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
     let addr = listener.local_addr().map_err(io_err("inspect", Path::new("listener")))?;

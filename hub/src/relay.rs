@@ -27,7 +27,7 @@ use tracing::{Instrument, Span, debug, info, instrument, warn};
 use crate::auth::Identity;
 use crate::members::{Members, NodeReport, Proof, RegionProgress};
 use crate::snapshot::{blocking, now_unix_ms};
-use crate::source::{Source, SourceSpec, read_range};
+use crate::source::{HubFiles, Source, SourceSpec, read_range};
 use crate::store::{MetaStore, RolloutRecord, RolloutUpdate};
 
 /// How often a watch re-reads its region's assignments even without a change notice.
@@ -236,6 +236,8 @@ pub struct SpokeService {
     indexes: Mutex<HashMap<(String, u64), Arc<VersionIndex>>>,
     /// (region, dataset, version) found rolled out; rollouts are never withdrawn.
     granted: Mutex<HashSet<(String, String, u64)>>,
+    /// The hub's own files: no source read may reach them, whatever a link says.
+    hub_files: HubFiles,
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ChunkData, Status>> + Send>>;
@@ -251,8 +253,8 @@ fn region_of<T>(request: &Request<T>) -> Result<String, Status> {
 }
 
 impl SpokeService {
-    pub fn new(db: Arc<dyn MetaStore>, live: Live) -> Self {
-        Self { db, live, indexes: Mutex::default(), granted: Mutex::default() }
+    pub fn new(db: Arc<dyn MetaStore>, live: Live, hub_files: HubFiles) -> Self {
+        Self { db, live, indexes: Mutex::default(), granted: Mutex::default(), hub_files }
     }
 
     /// Fails unless `dataset@version` is rolled out to `region`.
@@ -303,7 +305,7 @@ impl SpokeService {
         let source = blocking(&self.db, move |db| db.source(&source_name))
             .await?
             .ok_or_else(|| Status::internal(format!("dataset {dataset} names a source that is gone")))?;
-        let source = SourceSpec::parse(&source.url, source.options)?.open()?;
+        let source = SourceSpec::parse(&source.url, source.options)?.open_guarded(&self.hub_files)?;
         let mut locations = HashMap::new();
         for (i, file) in stored.manifest.files.iter().enumerate() {
             for c in &file.chunks {

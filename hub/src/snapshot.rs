@@ -207,7 +207,8 @@ pub async fn snapshot(
         });
     }
     progress.files_total.store(objects.len() as u64, Ordering::Relaxed);
-    progress.bytes_total.store(objects.iter().map(|o| o.size).sum(), Ordering::Relaxed);
+    // Sizes as the source lists them: summed without overflow, whatever they say.
+    progress.bytes_total.store(objects.iter().map(|o| o.size).fold(0, u64::saturating_add), Ordering::Relaxed);
 
     let chunker = Chunker::new(options.chunker);
     // Reuse only chunk lists cut with the same parameters.

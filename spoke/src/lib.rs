@@ -321,25 +321,16 @@ pub fn write_node_config(
     node: &str,
     bundle: &pb::CredentialsBundle,
 ) -> std::io::Result<PathBuf> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("ca.pem"), &bundle.ca_pem)?;
-    std::fs::write(dir.join("cert.pem"), &bundle.cert_pem)?;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(dir.join("key.pem"))?
-        .write_all(bundle.key_pem.as_bytes())?;
+    use aqueduct_proto::durable::{self, PUBLIC, SECRET};
+    durable::create_dir_all(dir)?;
+    durable::write_file(&dir.join("ca.pem"), bundle.ca_pem.as_bytes(), PUBLIC)?;
+    durable::write_file(&dir.join("cert.pem"), bundle.cert_pem.as_bytes(), PUBLIC)?;
+    durable::write_file(&dir.join("key.pem"), bundle.key_pem.as_bytes(), SECRET)?;
     let config = dir.join("spoke.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "hub = \"{hub}\"\nnode = \"{node}\"\ndata_dir = \"store\"\n[tls]\nca = \"ca.pem\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
-        ),
-    )?;
+    let text = format!(
+        "hub = \"{hub}\"\nnode = \"{node}\"\ndata_dir = \"store\"\n[tls]\nca = \"ca.pem\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
+    );
+    durable::write_file(&config, text.as_bytes(), PUBLIC)?;
     Ok(config)
 }
 

@@ -244,13 +244,16 @@ impl SourceAdd {
 
 /// Writes a region's credentials: the hub's CA, the region's certificate and its key (0600).
 fn write_bundle(dir: &std::path::Path, bundle: &pb::CredentialsBundle) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("ca.pem"), &bundle.ca_pem)?;
-    std::fs::write(dir.join("cert.pem"), &bundle.cert_pem)?;
-    let mut key = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dir.join("key.pem"))?;
-    key.write_all(bundle.key_pem.as_bytes())?;
+    use aqueduct_proto::durable::{self, PUBLIC, SECRET};
+    let key = dir.join("key.pem");
+    // A bundle is issued once: never write over the key of another.
+    if key.exists() {
+        anyhow::bail!("{} already exists; choose another --out directory", key.display());
+    }
+    durable::create_dir_all(dir)?;
+    durable::write_file(&dir.join("ca.pem"), bundle.ca_pem.as_bytes(), PUBLIC)?;
+    durable::write_file(&dir.join("cert.pem"), bundle.cert_pem.as_bytes(), PUBLIC)?;
+    durable::write_file(&key, bundle.key_pem.as_bytes(), SECRET)?;
     Ok(())
 }
 

@@ -108,10 +108,12 @@ fn binary(f: &mut fmt::Formatter<'_>, n: u64, units: &[&str]) -> fmt::Result {
 }
 
 /// A duration with units: `500ms`, `90s`, `2m`, `1h`, or parts of them in a row (`1m30s`).
-/// Overflow-safe: a duration too long to represent is an error, never a panic.
+/// Overflow-safe: a duration too long for the clock (beyond about 584 billion years) is an
+/// error, never a panic or a wrap.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, DurationError> {
     use std::time::Duration;
-    let bad = || DurationError { input: text.to_string() };
+    let bad = || DurationError::NotADuration { input: text.to_string() };
+    let too_long = || DurationError::TooLong { input: text.to_string() };
     let mut total = Duration::ZERO;
     let mut rest = text.trim();
     if rest.is_empty() {
@@ -119,18 +121,25 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, DurationError> 
     }
     while !rest.is_empty() {
         let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        let number: u64 = rest.get(..digits).and_then(|n| n.parse().ok()).ok_or_else(bad)?;
-        rest = rest.get(digits..).ok_or_else(bad)?;
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
-        let part = match rest.get(..unit_len).ok_or_else(bad)? {
-            "ms" => Some(Duration::from_millis(number)),
-            "s" => Some(Duration::from_secs(number)),
-            "m" => number.checked_mul(60).map(Duration::from_secs),
-            "h" => number.checked_mul(3600).map(Duration::from_secs),
-            _ => None,
+        let (number, after) = rest.split_at(digits);
+        // Digits only, so the one failure is a number beyond u64 (or none at all).
+        let number: u64 = match number.parse() {
+            Ok(n) => n,
+            Err(_) if number.is_empty() => return Err(bad()),
+            Err(_) => return Err(too_long()),
         };
-        total = part.and_then(|p| total.checked_add(p)).ok_or_else(bad)?;
-        rest = rest.get(unit_len..).ok_or_else(bad)?;
+        let unit_len = after.find(|c: char| c.is_ascii_digit()).unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        let seconds = |scale: u64| number.checked_mul(scale).map(Duration::from_secs);
+        let part = match unit {
+            "ms" => Some(Duration::from_millis(number)),
+            "s" => seconds(1),
+            "m" => seconds(60),
+            "h" => seconds(3600),
+            _ => return Err(bad()),
+        };
+        total = part.and_then(|p| total.checked_add(p)).ok_or_else(too_long)?;
+        rest = after;
     }
     Ok(total)
 }
@@ -152,9 +161,13 @@ pub fn format_duration(d: std::time::Duration) -> String {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{input:?} is not a duration: write it with units, e.g. 500ms, 10s, 2m or 1m30s")]
-pub struct DurationError {
-    pub input: String,
+pub enum DurationError {
+    #[error("{input:?} is not a duration: write it with units, e.g. 500ms, 10s, 90s, 2m or 1m30s")]
+    NotADuration { input: String },
+    #[error(
+        "{input:?} is too long a duration (not a duration the clock can hold): write at most a few days, e.g. 10s, 90s, 2m or 1h"
+    )]
+    TooLong { input: String },
 }
 
 #[cfg(test)]
@@ -177,6 +190,54 @@ mod duration_tests {
         assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1s500ms");
         assert_eq!(format_duration(Duration::ZERO), "0ms");
+    }
+
+    #[test]
+    fn durations_too_long_for_the_clock_are_errors_that_say_so() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["", "90", "s", "1x", "1.5s", "-1s", "1s 2s", "1ms1", "1\u{0663}s"] {
+            let err = parse_duration(bad).unwrap_err().to_string();
+            assert!(err.contains("not a duration") && err.contains("90s"), "{bad:?}: {err}");
+        }
+        // Numbers that overflow a u64 or the clock are errors, never a panic or a wrap.
+        for huge in ["99999999999999999999s", "18446744073709551615h", "5124095576030432h", "18446744073709551615s1s"] {
+            let err = parse_duration(huge).unwrap_err().to_string();
+            assert!(err.contains("too long a duration"), "{huge:?}: {err}");
+        }
+        assert_eq!(parse_duration("18446744073709551615s"), Ok(Duration::from_secs(u64::MAX)));
+    }
+
+    proptest! {
+        #![proptest_config(aqueduct_testkit::fuzz::config(5000))]
+
+        /// Any text: a duration or an error that quotes it, never a panic or an overflow.
+        #[test]
+        fn fuzz_durations_from_text(text in "( ?[0-9]{0,21}(ms|s|m|h|x|)){0,4} ?|.{0,12}") {
+            match parse_duration(&text) {
+                Ok(_) => {}
+                Err(e) => prop_assert!(e.to_string().contains(&format!("{text:?}")), "{}", e),
+            }
+        }
+
+        /// Parts in a row add up, exactly, up to the largest duration; beyond it, an error.
+        #[test]
+        fn fuzz_durations_add_up(parts in proptest::collection::vec((prop_oneof![0u64..100_000, any::<u64>()], 0usize..4), 1..4)) {
+            let units = [("ms", 0), ("s", 1), ("m", 60), ("h", 3600)];
+            let text: String = parts.iter().map(|&(n, u)| format!("{n}{}", units[u].0)).collect();
+            let want = parts.iter().try_fold(Duration::ZERO, |total, &(n, u)| {
+                let part = if u == 0 { Some(Duration::from_millis(n)) } else { n.checked_mul(units[u].1).map(Duration::from_secs) };
+                total.checked_add(part?)
+            });
+            match (parse_duration(&text), want) {
+                (Ok(got), Some(want)) => prop_assert_eq!(got, want),
+                (Err(e), None) => prop_assert!(e.to_string().contains("too long"), "{}", e),
+                (got, want) => prop_assert!(false, "{:?}: {:?}, not {:?}", text, got, want),
+            }
+        }
     }
 
     proptest! {

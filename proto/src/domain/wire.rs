@@ -140,7 +140,7 @@ mod tests {
     pub(crate) fn manifest() -> impl Strategy<Value = Manifest> {
         let file = (
             proptest::collection::vec("[a-c]{1,3}|[^/\u{0}]{1,6}", 1..4),
-            proptest::collection::vec((any::<[u8; 32]>(), 1u32..(4 << 20)), 0..5),
+            proptest::collection::vec((any::<[u8; 32]>(), 1u32..=(crate::MAX_CHUNK_BYTES as u32)), 0..5),
             any::<u32>(),
             any::<i64>(),
         );
@@ -170,7 +170,7 @@ mod tests {
                 .flat_map(|p| p.match_indices('/').map(|(i, _)| p[..i].to_string()).collect::<Vec<_>>())
                 .collect();
             let files = by_path.into_values().filter(|f| !dirs.contains(&f.path)).collect();
-            let chunker = ChunkerParams { min_size: 1, avg_size: 2 << 20, max_size: 4 << 20 };
+            let chunker = ChunkerParams { min_size: 1, avg_size: 1 << 20, max_size: crate::MAX_CHUNK_BYTES as u32 };
             Manifest::new(dataset, version, chunker, files).expect("valid by construction")
         })
     }

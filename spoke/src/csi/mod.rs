@@ -91,44 +91,8 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error
     }
     match Raw::deserialize(d)? {
         Raw::Seconds(s) => Ok(Duration::from_secs(s)),
-        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+        Raw::Text(t) => aqueduct_proto::parse_duration(&t).map_err(serde::de::Error::custom),
     }
-}
-
-/// A duration with units: `500ms`, `90s`, `2m`, `1h`, or parts of them in a row (`1m30s`).
-/// A duration too long for the clock (beyond about 584 billion years) is an error, not an
-/// overflow.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration: write it with units, e.g. 90s, 2m or 1m30s");
-    let too_long = || format!("{text:?} is too long a duration: write at most a few days, e.g. 90s, 2m or 1h");
-    let mut total = Duration::ZERO;
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        let (number, after) = rest.split_at(digits);
-        // Digits only, so the one failure is a number beyond u64 (or none at all).
-        let number: u64 = match number.parse() {
-            Ok(n) => n,
-            Err(_) if number.is_empty() => return Err(bad()),
-            Err(_) => return Err(too_long()),
-        };
-        let unit = after.find(|c: char| c.is_ascii_digit()).unwrap_or(after.len());
-        let (unit, after) = after.split_at(unit);
-        let seconds = |scale: u64| number.checked_mul(scale).map(Duration::from_secs);
-        let part = match unit {
-            "ms" => Some(Duration::from_millis(number)),
-            "s" => seconds(1),
-            "m" => seconds(60),
-            "h" => seconds(3600),
-            _ => return Err(bad()),
-        };
-        total = part.and_then(|p| total.checked_add(p)).ok_or_else(too_long)?;
-        rest = after;
-    }
-    Ok(total)
 }
 
 impl CsiConfig {
@@ -218,55 +182,8 @@ pub async fn serve(
 mod tests {
     use super::*;
 
-    use aqueduct_testkit::fuzz;
-    use proptest::prelude::*;
-
-    proptest! {
-        #![proptest_config(fuzz::config(5000))]
-
-        /// Any text: a duration or an error that quotes it, never a panic or an overflow.
-        #[test]
-        fn fuzz_durations_from_text(text in "( ?[0-9]{0,21}(ms|s|m|h|x|)){0,4} ?|.{0,12}") {
-            match parse_duration(&text) {
-                Ok(_) => {}
-                Err(e) => prop_assert!(e.contains(&format!("{text:?}")), "{}", e),
-            }
-        }
-
-        /// Parts in a row add up, exactly, up to the largest duration; beyond it, an error.
-        #[test]
-        fn fuzz_durations_add_up(parts in proptest::collection::vec((prop_oneof![0u64..100_000, any::<u64>()], 0usize..4), 1..4)) {
-            let units = [("ms", 0), ("s", 1), ("m", 60), ("h", 3600)];
-            let text: String = parts.iter().map(|&(n, u)| format!("{n}{}", units[u].0)).collect();
-            let want = parts.iter().try_fold(Duration::ZERO, |total, &(n, u)| {
-                let part = if u == 0 { Some(Duration::from_millis(n)) } else { n.checked_mul(units[u].1).map(Duration::from_secs) };
-                total.checked_add(part?)
-            });
-            match (parse_duration(&text), want) {
-                (Ok(got), Some(want)) => prop_assert_eq!(got, want),
-                (Err(e), None) => prop_assert!(e.contains("too long"), "{}", e),
-                (got, want) => prop_assert!(false, "{:?}: {:?}, not {:?}", text, got, want),
-            }
-        }
-    }
-
     #[test]
-    fn durations_take_units() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        for bad in ["", "90", "s", "1x", "1.5s", "-1s", "1s 2s", "1ms1", "1\u{0663}s"] {
-            let err = parse_duration(bad).unwrap_err();
-            assert!(err.contains("not a duration") && err.contains("90s"), "{bad:?}: {err}");
-        }
-        // Numbers that overflow a u64 or the clock are errors, never a panic or a wrap.
-        for huge in ["99999999999999999999s", "18446744073709551615h", "5124095576030432h", "18446744073709551615s1s"] {
-            let err = parse_duration(huge).unwrap_err();
-            assert!(err.contains("too long a duration"), "{huge:?}: {err}");
-        }
-        assert_eq!(parse_duration("18446744073709551615s"), Ok(Duration::from_secs(u64::MAX)));
+    fn ready_timeouts_take_seconds_or_durations_with_units() {
         let config: CsiConfig = toml::from_str("ready_timeout = 30").unwrap();
         assert_eq!(config.ready_timeout, Duration::from_secs(30));
         let err = toml::from_str::<CsiConfig>("ready_timeout = \"soon\"").unwrap_err().to_string();
