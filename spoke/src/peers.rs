@@ -42,6 +42,10 @@ pub enum PeerError {
     /// fault, and not suspected.
     #[error("peer {node} ({address}) is busy: {reason}")]
     Busy { node: String, address: String, reason: String },
+    /// The peer could not get a chunk it was asked to fetch over the link (ABORTED): not its
+    /// fault, and not suspected.
+    #[error("peer {node} ({address}): {reason}")]
+    Declined { node: String, address: String, reason: String },
 }
 
 /// Who to ask for a chunk.
