@@ -140,7 +140,7 @@ impl Peers {
     }
 
     /// Live peers (not this spoke), in no particular order.
-    fn others(&self) -> Vec<pb::Member> {
+    pub(crate) fn others(&self) -> Vec<pb::Member> {
         self.candidates().into_iter().filter(|m| m.node != self.me).collect()
     }
 

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use tokio::sync::Semaphore;
 
 use super::{ChunkOrigin, ChunkStream, FetchError, FetchRequest, OriginKind, Origins};
-use crate::peers::PeerError;
+use crate::peers::{PeerError, Peers};
 
 /// What one call of a fake origin does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,11 +169,18 @@ impl ChunkOrigin for FakeOrigin {
 pub struct FakeRegion {
     pub hub: Arc<FakeOrigin>,
     peers: Mutex<HashMap<String, Arc<FakeOrigin>>>,
+    /// The spoke's view of the region: as the real `Has`, only live, unsuspected peers answer.
+    live: Mutex<Option<Arc<Peers>>>,
 }
 
 impl FakeRegion {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self { hub: FakeOrigin::new(OriginKind::Hub), peers: Mutex::default() })
+        Arc::new(Self { hub: FakeOrigin::new(OriginKind::Hub), peers: Mutex::default(), live: Mutex::default() })
+    }
+
+    /// Only the peers `peers` sees live (not suspected) answer who holds what.
+    pub fn seen_by(&self, peers: Arc<Peers>) {
+        *lock(&self.live) = Some(peers);
     }
 
     /// The fake origin of `member` (made on first use; it serves what it holds).
@@ -195,10 +202,16 @@ impl Origins for FakeRegion {
         FakeRegion::peer(self, member)
     }
 
-    /// Peers say they hold what they hold (a scripted failure or stall applies to fetches only).
+    /// Live peers say they hold what they hold (a scripted failure or stall applies to fetches
+    /// only).
     async fn holders(&self, digests: &[Digest]) -> HashMap<Digest, pb::Member> {
+        let live: Option<Vec<String>> =
+            lock(&self.live).as_ref().map(|p| p.others().into_iter().map(|m| m.node).collect());
         let peers = lock(&self.peers);
-        let mut named: Vec<&Arc<FakeOrigin>> = peers.values().collect();
+        let mut named: Vec<&Arc<FakeOrigin>> = peers
+            .values()
+            .filter(|p| live.as_ref().is_none_or(|live| p.kind.peer().is_some_and(|m| live.contains(&m.node))))
+            .collect();
         named.sort_by_key(|p| p.kind.peer().map(|m| m.node.clone()));
         let mut held = HashMap::new();
         for p in named {

@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aqueduct_proto::Digest;
 use aqueduct_proto::budget::Budget;
@@ -435,7 +435,8 @@ impl Transfer<'_> {
     /// at once). A peer that refuses otherwise is suspected.
     async fn open(&self, request: &FetchRequest) -> Result<ChunkStream, FetchError> {
         let mut retry = Retry::new(Backoff::BUSY);
-        let started = Instant::now();
+        // Tokio's clock: paused in tests.
+        let started = tokio::time::Instant::now();
         let server = self.origin.kind().server();
         loop {
             match self.origin.fetch(request).await {
