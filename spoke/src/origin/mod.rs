@@ -10,9 +10,6 @@
 //! reader's ([`crate::reader`]), so that a fake origin ([`fake`], in tests) can stand in for
 //! the hub and the peers: one that serves, fails, stalls, lies or is busy.
 
-#[cfg(test)]
-pub mod fake;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -232,3 +229,6 @@ impl Origins for Network {
         self.peers.holders(digests).await
     }
 }
+
+#[cfg(test)]
+pub mod fake;

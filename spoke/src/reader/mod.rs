@@ -18,8 +18,6 @@
 //! and why), which the FUSE view maps to its own error in one place (`crate::mounts`).
 
 mod inflight;
-#[cfg(test)]
-mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -462,3 +460,6 @@ impl Transfer<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -387,3 +387,6 @@ fn progress_report(
         session: String::new(),
     }
 }
+
+#[cfg(test)]
+mod tests;
