@@ -58,12 +58,12 @@ impl Retry {
     }
 
     /// Counts a failure; returns how long to wait before trying again (jittered at random).
-    pub fn next(&mut self) -> Duration {
-        self.next_capped(self.policy.max)
+    pub fn failed(&mut self) -> Duration {
+        self.failed_within(self.policy.max)
     }
 
-    /// As [`Retry::next`], with waits of at most `cap` (before jitter).
-    pub fn next_capped(&mut self, cap: Duration) -> Duration {
+    /// As [`Retry::failed`], with waits of at most `cap` (before jitter).
+    pub fn failed_within(&mut self, cap: Duration) -> Duration {
         let policy = Backoff { max: self.policy.max.min(cap), ..self.policy };
         let wait = policy.delay(self.failures, fastrand::f64());
         self.failures = self.failures.saturating_add(1);
@@ -144,7 +144,7 @@ mod tests {
     /// are not all the same, and all are within the jitter's range.
     #[test]
     fn spokes_that_lost_the_hub_together_come_back_spread_out() {
-        let waits: Vec<Duration> = (0..200).map(|_| Retry::new(Backoff::HUB).next()).collect();
+        let waits: Vec<Duration> = (0..200).map(|_| Retry::new(Backoff::HUB).failed()).collect();
         assert!(waits.iter().all(|w| (MS(250)..=MS(500)).contains(w)), "{waits:?}");
         let distinct: std::collections::HashSet<Duration> = waits.iter().copied().collect();
         assert!(distinct.len() > 100, "only {} distinct waits of 200", distinct.len());
@@ -156,7 +156,7 @@ mod tests {
     #[test]
     fn a_retry_grows_with_failures_and_a_reset_starts_it_over() {
         let mut retry = Retry::new(Backoff::HUB);
-        let waits: Vec<Duration> = (0..8).map(|_| retry.next()).collect();
+        let waits: Vec<Duration> = (0..8).map(|_| retry.failed()).collect();
         assert_eq!(retry.failures(), 8);
         for (n, w) in waits.iter().enumerate() {
             let base = Backoff::HUB.base(n as u32);
@@ -165,13 +165,13 @@ mod tests {
         assert!(waits[7] > waits[0] * 10, "{waits:?}");
         retry.reset();
         assert_eq!(retry.failures(), 0);
-        assert!(retry.next() <= MS(500), "after a reset the first wait is the first again");
+        assert!(retry.failed() <= MS(500), "after a reset the first wait is the first again");
         // A cap bounds the wait (and still jitters it), and counts as a failure.
         let mut retry = Retry::new(Backoff::HUB);
         for _ in 0..10 {
-            retry.next();
+            retry.failed();
         }
-        let capped = retry.next_capped(Duration::from_secs(4));
+        let capped = retry.failed_within(Duration::from_secs(4));
         assert!((Duration::from_secs(2)..=Duration::from_secs(4)).contains(&capped), "{capped:?}");
         assert_eq!(retry.failures(), 11);
     }

@@ -106,7 +106,7 @@ pub async fn run(config: &SpokeConfig, endpoint: Endpoint, parts: Parts, shutdow
         let wait = match ended {
             Ended::Hub(reason) => {
                 failures += 1;
-                let wait = retry.next();
+                let wait = retry.failed();
                 // Say it once per interval, not once per attempt.
                 if complain {
                     warn!(hub = %config.hub, %reason, failures, retry_in = ?wait, "hub unreachable; retrying with backoff");
@@ -116,7 +116,7 @@ pub async fn run(config: &SpokeConfig, endpoint: Endpoint, parts: Parts, shutdow
             }
             Ended::NameTaken(reason) => {
                 // Soon: the usual cause is this spoke's own earlier watch, not yet seen gone.
-                let wait = retry.next_capped(NAME_RETRY_MAX);
+                let wait = retry.failed_within(NAME_RETRY_MAX);
                 if complain {
                     warn!(
                         node = %config.node,

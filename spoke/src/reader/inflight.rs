@@ -37,8 +37,7 @@ impl InFlight {
     /// the chunk (or why not) to the returned waiter.
     pub(super) fn new(digest: Digest, wanted: Arc<AtomicBool>) -> (Self, Waiter) {
         let (tx, rx) = oneshot::channel();
-        let fetch =
-            rx.map(move |r| r.unwrap_or_else(|_| Err(ReadError { digest, reason: Reason::Dropped }))).boxed().shared();
+        let fetch = rx.map(move |r| r.unwrap_or(Err(ReadError { digest, reason: Reason::Dropped }))).boxed().shared();
         (Self { fetch, wanted }, tx)
     }
 

@@ -441,7 +441,7 @@ impl Transfer<'_> {
                 Ok(stream) => return Ok(stream),
                 Err(e) if e.is_busy() && ask_busy_again(server, self.pull.urgent, started.elapsed(), FETCH_TIMEOUT) => {
                     debug!(error = %e, "the server is busy; asking again");
-                    tokio::time::sleep(retry.next()).await;
+                    tokio::time::sleep(retry.failed()).await;
                 }
                 Err(e) => {
                     self.blame(&e);

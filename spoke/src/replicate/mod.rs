@@ -102,6 +102,18 @@ pub struct Replicator {
     pub options: PullOptions,
 }
 
+/// This spoke's part of a version, as one round of fetches works on it.
+#[derive(Clone, Copy)]
+struct Part<'a> {
+    assignment: &'a pb::Assignment,
+    /// How it is held (`every-node`, `region`), as reports name it.
+    mode: &'a str,
+    /// The bytes of the version each chunk this spoke holds stands for.
+    weight: &'a HashMap<Digest, u64>,
+    /// The link budget its chunks over the link take from.
+    budget: &'a Budget,
+}
+
 /// Rounds in a row that may bring nothing (owners failing, membership changing) before the
 /// version fails.
 const STALLED_ROUNDS: u32 = 10;
@@ -159,8 +171,8 @@ impl Replicator {
             self.reader.metrics().progress(&assignment.dataset, assignment.version, cached, total, false);
             self.progress.report(report("Transferring", cached)).await;
             if !missing.is_empty() {
-                let fetched =
-                    self.fetch(assignment, &mode_name, &missing, &weight, cached, budget, &mut outcome).await?;
+                let part = Part { assignment, mode: &mode_name, weight: &weight, budget };
+                let fetched = self.fetch(&part, &missing, cached, &mut outcome).await?;
                 // An empty round is a stall only if nothing arrived by another way meanwhile
                 // (a fetch this spoke made for a peer or a reader, still being stored when
                 // this round looked); the store is looked at only then.
@@ -222,17 +234,14 @@ impl Replicator {
     /// Fetches `missing` once: the chunks this spoke owns over the link (or from a peer that
     /// holds them), the others from their owners. Returns what it stored; a chunk whose owner
     /// failed is left for the next round, when another owner is in line.
-    #[allow(clippy::too_many_arguments)]
     async fn fetch(
         &self,
-        assignment: &pb::Assignment,
-        mode: &str,
+        part: &Part<'_>,
         missing: &[(Digest, u32)],
-        weight: &HashMap<Digest, u64>,
         cached: u64,
-        budget: &Budget,
         outcome: &mut Outcome,
     ) -> Result<Vec<Digest>, ReplicationError> {
+        let Part { assignment, mode, weight, budget } = *part;
         let started = Instant::now();
         let mut last_report = Instant::now();
         let mut cached = cached;
