@@ -85,6 +85,7 @@ pub enum SpokeError {
     Tls(#[from] aqueduct_proto::server::TlsSetupError),
 }
 
+/// Runs the spoke until `shutdown` fires.
 pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(), SpokeError> {
     let cache = Arc::new(TieredStore::open(&config.data_dir, &config.cache)?);
     let store: Arc<dyn ChunkStore> = cache.clone();
