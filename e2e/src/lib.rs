@@ -172,7 +172,7 @@ impl World {
     /// `[metrics]` section); returns the endpoint's address.
     pub async fn hub_metrics(&mut self) -> std::net::SocketAddr {
         let listen = free_port();
-        self.hub.1.metrics = Some(aqueduct_proto::metrics::MetricsConfig { listen });
+        self.hub.1.metrics = Some(aqueduct_core::metrics::MetricsConfig { listen });
         self.restart_hub().await;
         listen
     }

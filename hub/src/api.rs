@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aqueduct_core::identity::Identity;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{ReplicationMode, validate_name};
 use futures::Stream;
@@ -17,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, info, instrument, warn};
 
-use crate::auth::{Identity, require_admin};
+use crate::auth::require_admin;
 use crate::error::{invalid, unknown_dataset};
 use crate::pki::Authority;
 use crate::relay::Live;

@@ -3,7 +3,7 @@
 
 mod common;
 
-use aqueduct_hub::auth::Identity;
+use aqueduct_core::identity::Identity;
 use aqueduct_hub::pki::Authority;
 use aqueduct_proto::Manifest;
 use aqueduct_proto::hub::v1 as pb;

@@ -149,7 +149,7 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
 
     // A region certificate from another CA does not get in.
     let stranger = aqueduct_hub::pki::Authority::create("stranger").unwrap();
-    let forged = stranger.issue(&aqueduct_hub::auth::Identity::Region("eu".into()), &[]).unwrap();
+    let forged = stranger.issue(&aqueduct_core::identity::Identity::Region("eu".into()), &[]).unwrap();
     let refused = match hub.channel(&read("ca.pem"), &forged.cert_pem, &forged.key_pem).await {
         Err(_) => true,
         Ok(channel) => SpokeClient::new(channel)

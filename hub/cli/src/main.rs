@@ -244,7 +244,7 @@ impl SourceAdd {
 
 /// Writes a region's credentials: the hub's CA, the region's certificate and its key (0600).
 fn write_bundle(dir: &std::path::Path, bundle: &pb::CredentialsBundle) -> Result<()> {
-    use aqueduct_proto::durable::{self, PUBLIC, SECRET};
+    use aqueduct_core::durable::{self, PUBLIC, SECRET};
     let key = dir.join("key.pem");
     // A bundle is issued once: never write over the key of another.
     if key.exists() {
