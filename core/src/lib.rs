@@ -16,7 +16,10 @@ pub mod durable;
 pub mod edge;
 #[cfg(feature = "identity")]
 pub mod identity;
+pub mod lru;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "singleflight")]
+pub mod singleflight;
