@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aqueduct_core::identity::Identity;
+use aqueduct_proto::domain::modes::OutsideLinks;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{ReplicationMode, validate_name};
 use futures::Stream;
@@ -24,7 +25,7 @@ use crate::pki::Authority;
 use crate::relay::Live;
 use crate::snapshot::{self, Progress, SnapshotOptions, blocking, now_unix_ms};
 use crate::source::{HubFiles, SourceSpec};
-use crate::store::{DatasetRecord, MetaStore, OutsideLinks, RegionRecord, SourceRecord, StoreError, VersionRecord};
+use crate::store::{DatasetRecord, MetaStore, RegionRecord, SourceRecord, StoreError, VersionRecord};
 
 /// What the handlers share.
 pub struct AdminService {

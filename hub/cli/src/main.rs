@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use aqueduct_hub::store::OutsideLinks;
+use aqueduct_proto::domain::modes::OutsideLinks;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{Manifest, Rate, ReplicationMode, VersionRef};
 use clap::{Args, Parser, Subcommand};
