@@ -204,35 +204,15 @@ async fn regions_rollouts_and_status() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quickstart_runs_the_main_job_and_cleans_up() {
+#[tokio::test]
+async fn quickstart_says_where_it_went() {
+    // The quickstart is `aq-quickstart` (quickstart/tests/quickstart.rs runs it); `aq
+    // quickstart` names the command, with the flags it was given.
     let tmp = tempfile::tempdir().unwrap();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_aq"));
-    cmd.args(["quickstart", "--model-mib", "8"]).env("TMPDIR", tmp.path()).env("AQUEDUCT_LOG", "warn");
-    let fuse = aqueduct_testkit::can_mount_fuse();
-    if !fuse {
-        cmd.arg("--no-fuse");
-    }
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
-    let stdout = ok(&out);
-    for line in [
-        "verified: every file of v1 in both regions' stores has the BLAKE3 of the source",
-        "verified: every file of v2 in both regions' stores has the BLAKE3 of the source",
-    ] {
-        assert!(stdout.contains(line), "{stdout}");
-    }
-    if fuse {
-        let line =
-            "(following the active version, v2): read every file through FUSE, BLAKE3 matches the source (3 files";
-        assert!(stdout.contains(line), "{stdout}");
-    }
-    let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("eu-west") || l.starts_with("us-east")).collect();
-    assert_eq!(rows.len(), 4, "{stdout}");
-    // v1 moves the whole version once; v2 moves only a small part of it.
-    let ratio = |row: &str| row.split_whitespace().nth(6).unwrap().parse::<f64>().unwrap();
-    assert!(rows.iter().filter(|r| r.contains(" v1 ")).all(|r| (ratio(r) - 1.0).abs() < 0.001), "{stdout}");
-    assert!(rows.iter().filter(|r| r.contains(" v2 ")).all(|r| ratio(r) < 0.2), "{stdout}");
-    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "the quickstart left files behind");
+    fails_with(
+        &aq(tmp.path(), None, &["quickstart", "--model-mib", "8"]).await,
+        &["cargo run --release --bin aq-quickstart -- --model-mib 8", "aq-quickstart --model-mib 8"],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
