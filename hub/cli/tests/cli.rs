@@ -1,30 +1,12 @@
 //! `aq` as a user runs it: the real binary against a real hub over mutual TLS.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
-use aqueduct_hub::config::HubConfig;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use aqueduct_testkit::hub::TestHub;
 
-struct Hub {
-    admin_config: PathBuf,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-async fn start_hub(dir: &Path) -> Hub {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let out = aqueduct_hub::init(dir, listener.local_addr().unwrap(), &[]).unwrap();
-    let config = HubConfig::load(&out.config_path).unwrap();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(aqueduct_hub::serve(config, listener, shutdown.clone()));
-    Hub { admin_config: out.admin_config_path, shutdown }
+async fn start_hub(dir: &Path) -> TestHub {
+    TestHub::init(dir).await
 }
 
 /// Runs `aq` with a clean environment (no AQ_* variables, a HOME without config).
