@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use aqueduct_core::identity::Identity;
 use aqueduct_proto::hub::v1 as pb;
-use aqueduct_proto::identity::Identity;
 use serde::Deserialize;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
 
@@ -66,7 +66,7 @@ pub struct SpokeConfig {
     pub operator: Option<OperatorConfig>,
     /// The Prometheus endpoint (`GET /metrics`); without this section, none.
     #[serde(default)]
-    pub metrics: Option<aqueduct_proto::metrics::MetricsConfig>,
+    pub metrics: Option<aqueduct_core::metrics::MetricsConfig>,
     /// What the spoke's servers take on at once.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -261,7 +261,7 @@ pub fn write_node_config(
     node: &str,
     bundle: &pb::CredentialsBundle,
 ) -> std::io::Result<PathBuf> {
-    use aqueduct_proto::durable::{self, PUBLIC, SECRET};
+    use aqueduct_core::durable::{self, PUBLIC, SECRET};
     durable::create_dir_all(dir)?;
     durable::write_file(&dir.join("ca.pem"), bundle.ca_pem.as_bytes(), PUBLIC)?;
     durable::write_file(&dir.join("cert.pem"), bundle.cert_pem.as_bytes(), PUBLIC)?;

@@ -23,8 +23,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aqueduct_core::budget::Budget;
 use aqueduct_proto::ReplicationMode;
-use aqueduct_proto::budget::Budget;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
 use tokio::sync::{Notify, mpsc};
@@ -430,7 +430,7 @@ async fn report_cache(
 mod tests {
     use std::path::Path;
 
-    use aqueduct_proto::identity::Identity;
+    use aqueduct_core::identity::Identity;
 
     use super::*;
     use crate::cache::CacheConfig;

@@ -25,8 +25,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use aqueduct_core::budget::Budget;
 use aqueduct_proto::Digest;
-use aqueduct_proto::budget::Budget;
 use aqueduct_proto::hub::v1 as pb;
 use futures::StreamExt;
 use tracing::{Instrument, debug, info_span, warn};

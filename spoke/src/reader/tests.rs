@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use aqueduct_core::budget::Budget;
+use aqueduct_core::identity::Identity;
 use aqueduct_proto::Digest;
-use aqueduct_proto::budget::Budget;
-use aqueduct_proto::identity::Identity;
 use tonic::transport::ClientTlsConfig;
 
 use super::*;

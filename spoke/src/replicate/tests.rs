@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use aqueduct_proto::identity::Identity;
+use aqueduct_core::identity::Identity;
 use aqueduct_proto::{ChunkRef, ChunkerParams, FileEntry, Manifest};
 use prost::Message;
 use tonic::transport::{ClientTlsConfig, Endpoint};
