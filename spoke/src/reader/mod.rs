@@ -21,7 +21,6 @@ mod inflight;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -31,7 +30,9 @@ use aqueduct_proto::hub::v1 as pb;
 use futures::StreamExt;
 use tracing::{Instrument, debug, info_span, warn};
 
-use self::inflight::{Fetch, InFlight, InFlightMap, Registered, Waiter, lock};
+use aqueduct_core::singleflight::Role;
+
+use self::inflight::{Fetch, Flights, Leader, Registered, cancelled, join};
 use crate::metrics::{self, SpokeMetrics};
 use crate::origin::{ChunkOrigin, ChunkStream, FetchError, FetchRequest, OriginKind, Origins};
 use crate::peers::{Owner, PeerError, Peers};
@@ -62,8 +63,6 @@ pub enum Reason {
     /// The fetch it waited for was cancelled (its reader gave up, or a batch beside it failed).
     #[error("the fetch was cancelled")]
     Cancelled,
-    #[error("the fetch was dropped")]
-    Dropped,
     /// The origin asked left it out.
     #[error("the origin does not hold it")]
     NotHeld,
@@ -103,9 +102,9 @@ pub struct ReadThrough {
     peers: Arc<Peers>,
     priority: Arc<Priority>,
     /// Chunks coming over the link, or from a peer that holds them.
-    link: InFlightMap,
+    link: Flights,
     /// Chunks asked of their owner (which may fetch them over the link).
-    asked: InFlightMap,
+    asked: Flights,
     metrics: Arc<SpokeMetrics>,
 }
 
@@ -119,7 +118,7 @@ impl ReadThrough {
         priority: Arc<Priority>,
         metrics: Arc<SpokeMetrics>,
     ) -> Arc<Self> {
-        Arc::new(Self { store, origins, peers, priority, link: Mutex::default(), asked: Mutex::default(), metrics })
+        Arc::new(Self { store, origins, peers, priority, link: Flights::new(), asked: Flights::new(), metrics })
     }
 
     /// What the spoke counts for Prometheus.
@@ -128,7 +127,7 @@ impl ReadThrough {
     }
 
     /// Chunks in flight over the link (or from a peer that holds them), or asked of owners.
-    fn inflight(&self, link: bool) -> &InFlightMap {
+    fn inflight(&self, link: bool) -> &Flights {
         if link { &self.link } else { &self.asked }
     }
 
@@ -158,10 +157,8 @@ impl ReadThrough {
     }
 
     async fn chunk_now(self: &Arc<Self>, dataset: &str, version: u64, digest: Digest) -> Result<Vec<u8>, ReadError> {
-        let joined = lock(&self.link)
-            .get(&digest)
-            .map(|f| f.join(true, &self.priority))
-            .or_else(|| lock(&self.asked).get(&digest).map(|f| f.join(true, &self.priority)));
+        let joined =
+            self.link.follow(&digest).or_else(|| self.asked.follow(&digest)).map(|f| join(f, true, &self.priority));
         if let Some(Ok(data)) = match joined {
             Some(fetch) => Some(fetch.await),
             None => None,
@@ -266,35 +263,53 @@ impl ReadThrough {
         digests: &[Digest],
     ) -> Result<Pulled, FetchError> {
         let map = self.inflight(!pull.from_owner);
-        let mut registered = Registered::new(map);
+        let mut registered = Registered::default();
         let mut joined: Vec<(Digest, Fetch)> = Vec::new();
         let mut stored = Vec::new();
+        let mut stored_leading: Vec<(Digest, Leader)> = Vec::new();
         let background = pull.budget.is_some();
         let wanted = Arc::new(AtomicBool::new(false));
-        {
-            let mut inflight = lock(map);
-            let mut seen = HashSet::new();
-            for &d in digests.iter().filter(|d| seen.insert(**d)) {
-                if let Some(f) = inflight.get(&d) {
-                    joined.push((d, f.join(!background, &self.priority)));
-                } else if self.store.contains(&d) {
-                    // Stored since the caller looked (a fetch leaves `inflight` only once the
-                    // store has the chunk, under this lock): nothing to fetch.
-                    stored.push(d);
-                } else {
-                    let (fetch, waiter) = InFlight::new(d, wanted.clone());
-                    inflight.insert(d, fetch);
-                    registered.waiters.insert(d, waiter);
+        let mut seen = HashSet::new();
+        for &d in digests.iter().filter(|d| seen.insert(**d)) {
+            if let Some(f) = map.follow(&d) {
+                joined.push((d, join(f, !background, &self.priority)));
+            } else if self.store.contains(&d) {
+                // Stored since the caller looked: nothing to fetch.
+                stored.push(d);
+            } else {
+                match map.lead_or_follow(d, wanted.clone(), cancelled(d)) {
+                    Role::Follow(f) => joined.push((d, join(f, !background, &self.priority))),
+                    // A flight lets go of its chunk only once the store has it: one that ended
+                    // just now left it there.
+                    Role::Lead(leader) if self.store.contains(&d) => stored_leading.push((d, leader)),
+                    Role::Lead(leader) => {
+                        registered.leaders.insert(d, leader);
+                    }
                 }
             }
         }
         let mut pulled = Pulled::default();
-        let asked: Vec<Digest> = digests.iter().filter(|d| registered.waiters.contains_key(d)).copied().collect();
+        // Those who follow a chunk found in the store get it before the origin is asked.
+        for (d, mut leader) in stored_leading {
+            let store = self.store.clone();
+            match tokio::task::spawn_blocking(move || store.get(&d)).await {
+                Ok(Ok(Some(data))) => {
+                    let data = Arc::new(data);
+                    leader.deliver(Ok(data.clone()));
+                    pulled.got.push((d, data));
+                }
+                _ => {
+                    leader.deliver(Err(ReadError { digest: d, reason: Reason::NotHeld }));
+                    pulled.missing.push(d);
+                }
+            }
+        }
+        let asked: Vec<Digest> = digests.iter().filter(|d| registered.leaders.contains_key(d)).copied().collect();
         let outcome = if asked.is_empty() {
             Ok(())
         } else {
             let transfer = Transfer { reader: self, origin, pull, wanted: &wanted };
-            transfer.stream_in(&asked, &mut registered.waiters, &mut pulled).await
+            transfer.stream_in(&asked, &mut registered.leaders, &mut pulled).await
         };
         // What did not arrive is no longer in flight; its waiters learn why.
         let reason = match &outcome {
@@ -330,16 +345,16 @@ struct Transfer<'a> {
 }
 
 impl Transfer<'_> {
-    /// Asks the origin for `asked` (each has a waiter in `waiters`); puts what arrives in
-    /// `pulled`. Ends when the origin has sent what it will; fails on the first wrong chunk.
+    /// Asks the origin for `asked` (this pull leads each one's flight: `leaders`); puts what
+    /// arrives in `pulled`. Ends when the origin has sent what it will; fails on the first
+    /// wrong chunk.
     async fn stream_in(
         &self,
         asked: &[Digest],
-        waiters: &mut HashMap<Digest, Waiter>,
+        leaders: &mut HashMap<Digest, Leader>,
         pulled: &mut Pulled,
     ) -> Result<(), FetchError> {
         let (reader, pull) = (self.reader, self.pull);
-        let link = !pull.from_owner;
         let kind = self.origin.kind();
         let from = match kind {
             OriginKind::Hub => metrics::Origin::Hub,
@@ -364,7 +379,7 @@ impl Transfer<'_> {
                 Ok(None) => break,
                 Err(_) => return Err(FetchError::Timeout(FETCH_TIMEOUT)),
             };
-            let Some(digest) = Digest::from_slice(&chunk.digest).filter(|d| waiters.contains_key(d)) else {
+            let Some(digest) = Digest::from_slice(&chunk.digest).filter(|d| leaders.contains_key(d)) else {
                 return Err(FetchError::Unexpected(format!("{:02x?}", &chunk.digest[..chunk.digest.len().min(8)])));
             };
             let actual = Digest::of(&chunk.data);
@@ -389,20 +404,21 @@ impl Transfer<'_> {
             }
             reader.metrics.received(from, pull.dataset, chunk.data.len() as u64);
             let data = Arc::new(chunk.data);
-            if let Some(tx) = waiters.remove(&digest) {
-                let _ = tx.send(Ok(data.clone()));
+            let mut leader = leaders.remove(&digest);
+            if let Some(leader) = &mut leader {
+                leader.deliver(Ok(data.clone()));
             }
             // Background work yields to readers, unless one of them waits for what it brings.
             if pull.budget.is_some() {
                 reader.priority.background_turn_unless(self.wanted).await;
             }
             pulled.got.push((digest, data.clone()));
-            // Until the store has it, the finished fetch stays in flight and answers at once,
-            // so nobody fetches it again meanwhile.
-            let this = reader.clone();
+            // Until the store has it, the finished flight stays (its leader held) and answers at
+            // once, so nobody fetches it again meanwhile.
+            let store = reader.store.clone();
             stores.push(tokio::task::spawn_blocking(move || {
-                let stored = this.store.put(&digest, &data);
-                lock(this.inflight(link)).remove(&digest);
+                let stored = store.put(&digest, &data);
+                drop(leader);
                 stored
             }));
         }
