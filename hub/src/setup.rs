@@ -17,9 +17,9 @@ use std::path::Path;
 use aqueduct_proto::durable;
 
 use crate::auth::Identity;
-use crate::config::{HubConfig, SnapshotConfig, LimitsConfig, TlsConfig};
+use crate::config::{HubConfig, LimitsConfig, SnapshotConfig, TlsConfig};
 use crate::pki::{self, Authority};
-use crate::store::SqliteStore;
+use crate::store::sqlite::SqliteStore;
 use crate::{HubError, InitOutcome, io_err};
 
 /// The common name of every hub's CA.
@@ -100,8 +100,7 @@ pub(crate) fn init_with(
     wrote(&db)?;
 
     let config_path = data_dir.join("hub.toml");
-    let config =
-        HubConfig {
+    let config = HubConfig {
         listen,
         data_dir: data_dir.clone(),
         tls,
