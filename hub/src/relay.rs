@@ -2,7 +2,7 @@
 //!
 //! A spoke proves its region with its certificate and may read only versions rolled out to
 //! that region; it speaks for its node with the session of its open watch
-//! ([`crate::live::members`]). [`SpokeService::fetch_chunks`] reads each asked chunk's byte
+//! ([`crate::live::members`]). `FetchChunks` reads each asked chunk's byte
 //! range from the source, checks its BLAKE3 against the version (a source that changed after
 //! the snapshot fails the version in the regions where it is not whole yet, and no wrong byte
 //! is sent), and streams it within the region's link budget, shared by every stream of the
