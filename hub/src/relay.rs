@@ -2,11 +2,11 @@
 //!
 //! A spoke proves its region with its certificate and may read only versions rolled out to
 //! that region; it speaks for its node with the session of its open watch
-//! ([`crate::live::members`]). `FetchChunks` reads each asked chunk's byte
-//! range from the source, checks its BLAKE3 against the version (a source that changed after
-//! the snapshot fails the version in the regions where it is not whole yet, and no wrong byte
-//! is sent), and streams it within the region's link budget, shared by every stream of the
-//! region, and within the region's [`RelayLimits`]. Assignments are pushed on every rollout
+//! ([`crate::live::members`]). `FetchChunks` reads each asked chunk's byte range from the
+//! source, checks its BLAKE3 against the version (a source that changed after the snapshot
+//! fails the version in the regions where it is not whole yet, and no wrong byte is sent), and
+//! streams it within the region's link budget, shared by every stream of the region, and
+//! within the region's [`RelayLimits`]. Assignments are pushed on every rollout
 //! change ([`crate::live::Changes`]) and re-checked every [`WATCH_RECHECK`]. The rules this
 //! service applies (how reports fold into a region's row, which version a region serves, what
 //! a changed source fails) are [`crate::rollout`]'s; what it keeps in memory is
