@@ -197,7 +197,7 @@ async fn closed(stream: &mut TcpStream, within: Duration) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_cannot_exhaust_the_hub() {
     // Thousands of connections need descriptors, here and in the hub (which raises its own).
-    let files = aqueduct_proto::edge::raise_open_file_limit().unwrap();
+    let files = aqueduct_core::edge::raise_open_file_limit().unwrap();
     let idle_target = 3000usize.min((files.now as usize).saturating_sub(512) / 2);
     println!("open-file limit {} (was {}): {idle_target} idle connections", files.now, files.was);
     assert!(idle_target >= 1000, "this machine allows too few open files ({}) for the test", files.now);

@@ -12,6 +12,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aqueduct_core::identity::Identity;
+use aqueduct_proto::domain::modes::OutsideLinks;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{ReplicationMode, validate_name};
 use futures::Stream;
@@ -20,14 +22,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, info, instrument, warn};
 
-use crate::auth::{Identity, require_admin};
+use crate::auth::require_admin;
 use crate::error::{invalid, unknown_dataset};
 use crate::live::Live;
 use crate::pki::Authority;
 use crate::rollout::{VersionId, active_versions};
 use crate::snapshot::{self, Progress, SnapshotOptions, blocking, now_unix_ms};
 use crate::source::{HubFiles, SourceSpec};
-use crate::store::{DatasetRecord, MetaStore, OutsideLinks, RegionRecord, SourceRecord, StoreError, VersionRecord};
+use crate::store::{DatasetRecord, MetaStore, RegionRecord, SourceRecord, StoreError, VersionRecord};
 
 /// What the handlers share.
 pub struct AdminService {

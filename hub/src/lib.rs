@@ -58,11 +58,11 @@ pub enum HubError {
     #[error("cannot {action} {path}: {source}")]
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
     #[error(transparent)]
-    Metrics(#[from] aqueduct_proto::metrics::MetricsError),
+    Metrics(#[from] aqueduct_core::metrics::MetricsError),
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("the hub's TLS files (tls.cert, tls.key, tls.ca) are not usable: {0}")]
-    Tls(#[from] aqueduct_proto::server::TlsSetupError),
+    Tls(#[from] aqueduct_core::server::TlsSetupError),
 }
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> HubError + use<> {
@@ -104,7 +104,7 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         let path = config.resolve(p);
         std::fs::read(&path).map_err(|source| HubError::Pki(PkiError::Read { path, source }))
     };
-    let tls = aqueduct_proto::server::server_config(
+    let tls = aqueduct_core::server::server_config(
         &read(&config.tls.cert)?,
         &read(&config.tls.key)?,
         &read(&config.tls.ca)?,
@@ -119,12 +119,12 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
     let live = live::Live { stopping: shutdown.clone(), ..Default::default() };
     let flusher = tokio::spawn(live.ledger.clone().run(db.clone(), shutdown.clone()));
     if let Some(metrics) = &config.metrics {
-        let (listener, _) = aqueduct_proto::metrics::bind(metrics).await?;
+        let (listener, _) = aqueduct_core::metrics::bind(metrics).await?;
         let (state, members, hub_metrics) = (db.clone(), live.members.clone(), live.metrics.clone());
-        let exporter = aqueduct_proto::metrics::Exporter::new(live.metrics.registry(), move || {
+        let exporter = aqueduct_core::metrics::Exporter::new(live.metrics.registry(), move || {
             hub_metrics.refresh(state.as_ref(), |region| members.members(region).len())
         });
-        tokio::spawn(aqueduct_proto::metrics::serve(listener, exporter, config.limits.metrics(), shutdown.clone()));
+        tokio::spawn(aqueduct_core::metrics::serve(listener, exporter, config.limits.metrics(), shutdown.clone()));
         tokio::spawn(live.metrics.clone().run(shutdown.clone()));
     }
     // Requests are small; answers go up to a manifest (the largest message there is).
@@ -138,10 +138,10 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
     let addr = listener.local_addr().map_err(io_err("inspect", Path::new("listener")))?;
     info!(%addr, data_dir = %config.data_dir.display(), "hub serving");
-    let incoming = aqueduct_proto::server::incoming(listener, tls, config.limits.server(), "hub API");
+    let incoming = aqueduct_core::server::incoming(listener, tls, config.limits.server(), "hub API");
     // A spoke that vanishes without closing its connection stops being a member of its region
     // when its keepalive goes unanswered.
-    aqueduct_proto::server::grpc_server(config.limits.max_streams_per_connection, KEEPALIVE)
+    aqueduct_core::server::grpc_server(config.limits.max_streams_per_connection, KEEPALIVE)
         .add_service(admin)
         .add_service(spoke)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())

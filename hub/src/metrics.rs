@@ -1,4 +1,4 @@
-//! The hub's Prometheus metrics (`[metrics]` in its config; see `aqueduct_proto::metrics` for
+//! The hub's Prometheus metrics (`[metrics]` in its config; see `aqueduct_core::metrics` for
 //! the endpoint).
 //!
 //! Counted as things happen, in [`HubMetrics`]: bytes and chunks relayed per region and

@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aqueduct_proto::budget::Budget;
+use aqueduct_core::budget::Budget;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{Digest, Manifest, Phase, ReplicationMode};
 use futures::{Stream, StreamExt};
@@ -26,7 +26,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, debug, info, instrument, warn};
 
-use crate::auth::Identity;
 use crate::config::LimitsConfig;
 use crate::error::invalid;
 use crate::live::Live;
@@ -35,6 +34,7 @@ use crate::rollout::{NodeReport, RegionProgress, RolloutKey, VersionId, assignme
 use crate::snapshot::{blocking, now_unix_ms};
 use crate::source::{HubFiles, Source, SourceSpec, read_range};
 use crate::store::{MetaStore, RolloutUpdate, StoreError};
+use aqueduct_core::identity::Identity;
 
 /// How often a watch re-reads its region's assignments even without a change notice.
 pub const WATCH_RECHECK: Duration = Duration::from_secs(30);
@@ -48,16 +48,16 @@ pub const WATCH_RECHECK: Duration = Duration::from_secs(30);
 /// encoder, the connection's send buffer), so a region costs the hub at most about
 /// `relay_memory_per_region + fetch_streams_per_region x 2.5 MiB`.
 pub struct RelayLimits {
-    streams: aqueduct_proto::server::KeyedLimit,
+    streams: aqueduct_core::server::KeyedLimit,
     /// In KiB.
-    memory: aqueduct_proto::server::KeyedLimit,
+    memory: aqueduct_core::server::KeyedLimit,
 }
 
 impl RelayLimits {
     pub fn new(limits: &LimitsConfig) -> Self {
         Self {
-            streams: aqueduct_proto::server::KeyedLimit::new(limits.fetch_streams_per_region, limits.fetch_wait),
-            memory: aqueduct_proto::server::KeyedLimit::new(
+            streams: aqueduct_core::server::KeyedLimit::new(limits.fetch_streams_per_region, limits.fetch_wait),
+            memory: aqueduct_core::server::KeyedLimit::new(
                 (limits.relay_memory_per_region.0 >> 10) as usize,
                 limits.fetch_wait,
             ),

@@ -9,13 +9,14 @@ use std::time::Duration;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
 use aqueduct_proto::{Digest, Manifest};
+use aqueduct_testkit::hub::TestHub;
 use aqueduct_testkit::noise;
-use common::{Hub, dataset, expect_err, snapshot, source};
+use common::{dataset, expect_err, snapshot, source};
 use tonic::Code;
 use tonic::transport::Channel;
 
 async fn spoke_of(
-    hub: &Hub,
+    hub: &TestHub,
     admin: &mut pb::admin_client::AdminClient<Channel>,
     region: &str,
     rate: u64,
@@ -37,13 +38,13 @@ async fn spoke_of(
 async fn hub_with(
     tmp: &std::path::Path,
     files: &[(&str, &[u8])],
-) -> (Hub, pb::admin_client::AdminClient<Channel>, pb::VersionSummary) {
+) -> (TestHub, pb::admin_client::AdminClient<Channel>, pb::VersionSummary) {
     let models = tmp.join("models/llama");
     std::fs::create_dir_all(&models).unwrap();
     for (path, bytes) in files {
         std::fs::write(models.join(path), bytes).unwrap();
     }
-    let hub = Hub::init(&tmp.join("hub")).await;
+    let hub = TestHub::init(&tmp.join("hub")).await;
     let mut admin = hub.admin().await;
     admin.add_source(source("local", &format!("file://{}", tmp.join("models").display()), &[])).await.unwrap();
     admin.add_dataset(dataset("llama", "local", "llama")).await.unwrap();
@@ -149,7 +150,7 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
 
     // A region certificate from another CA does not get in.
     let stranger = aqueduct_hub::pki::Authority::create("stranger").unwrap();
-    let forged = stranger.issue(&aqueduct_hub::auth::Identity::Region("eu".into()), &[]).unwrap();
+    let forged = stranger.issue(&aqueduct_core::identity::Identity::Region("eu".into()), &[]).unwrap();
     let refused = match hub.channel(&read("ca.pem"), &forged.cert_pem, &forged.key_pem).await {
         Err(_) => true,
         Ok(channel) => SpokeClient::new(channel)

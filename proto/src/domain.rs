@@ -9,6 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod modes;
 pub mod rollout;
 pub mod units;
 pub mod wire;

@@ -46,9 +46,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aqueduct_core::budget::Budget;
+use aqueduct_core::identity::Identity;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
-use aqueduct_proto::identity::Identity;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
@@ -63,7 +64,7 @@ use crate::operator::region::{Holds, ReadyVersions, SpokeRegion};
 use crate::peer_service::PeerService;
 use crate::peers::Peers;
 use crate::reader::{Priority, ReadThrough};
-use crate::replicate::{Budget, PullOptions, Replicator};
+use crate::replicate::{PullOptions, Replicator};
 use crate::store::ChunkStore;
 use aqueduct_proto::ReplicationMode;
 
@@ -82,9 +83,9 @@ pub enum SpokeError {
     #[error(transparent)]
     Operator(#[from] operator::OperatorError),
     #[error(transparent)]
-    Metrics(#[from] aqueduct_proto::metrics::MetricsError),
+    Metrics(#[from] aqueduct_core::metrics::MetricsError),
     #[error("the region's credentials (tls.cert, tls.key, tls.ca) cannot serve the peer API: {0}")]
-    Tls(#[from] aqueduct_proto::server::TlsSetupError),
+    Tls(#[from] aqueduct_core::server::TlsSetupError),
 }
 
 /// Where the local API listens unless the config says: inside the data directory.
@@ -126,7 +127,7 @@ pub struct SpokeConfig {
     pub operator: Option<OperatorConfig>,
     /// The Prometheus endpoint (`GET /metrics`); without this section, none.
     #[serde(default)]
-    pub metrics: Option<aqueduct_proto::metrics::MetricsConfig>,
+    pub metrics: Option<aqueduct_core::metrics::MetricsConfig>,
     /// What the spoke's servers take on at once.
     #[serde(default)]
     pub limits: limits::LimitsConfig,
@@ -321,7 +322,7 @@ pub fn write_node_config(
     node: &str,
     bundle: &pb::CredentialsBundle,
 ) -> std::io::Result<PathBuf> {
-    use aqueduct_proto::durable::{self, PUBLIC, SECRET};
+    use aqueduct_core::durable::{self, PUBLIC, SECRET};
     durable::create_dir_all(dir)?;
     durable::write_file(&dir.join("ca.pem"), bundle.ca_pem.as_bytes(), PUBLIC)?;
     durable::write_file(&dir.join("cert.pem"), bundle.cert_pem.as_bytes(), PUBLIC)?;
@@ -394,7 +395,7 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
                 .map_err(|e| SpokeError::Config { path: "peer.listen".into(), message: e.to_string() })?;
             let address = peer.advertise.clone().unwrap_or_else(|| bound.to_string());
             let peers = Arc::new(Peers::new(&config.node, &region, Some(config.client_tls()?)));
-            let tls = aqueduct_proto::server::server_config(
+            let tls = aqueduct_core::server::server_config(
                 &config.read("region certificate", &config.tls.cert)?,
                 &config.read("region key", &config.tls.key)?,
                 &config.read("CA certificate", &config.tls.ca)?,
@@ -406,16 +407,16 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     // One budget for every transfer; the rate of each new assignments applies to it at once.
     let budget = Arc::new(Budget::new(u64::MAX));
     if let Some(listen) = &config.metrics {
-        let (listener, _) = aqueduct_proto::metrics::bind(listen).await?;
+        let (listener, _) = aqueduct_core::metrics::bind(listen).await?;
         let (m, c, b) = (metrics.clone(), cache.clone(), budget.clone());
-        let exporter = aqueduct_proto::metrics::Exporter::new(metrics.registry(), move || m.refresh(&c, &b));
-        tokio::spawn(aqueduct_proto::metrics::serve(listener, exporter, config.limits.metrics(), local_stop.clone()));
+        let exporter = aqueduct_core::metrics::Exporter::new(metrics.registry(), move || m.refresh(&c, &b));
+        tokio::spawn(aqueduct_core::metrics::serve(listener, exporter, config.limits.metrics(), local_stop.clone()));
     }
     let reader = ReadThrough::new(store.clone(), hub, peers.clone(), priority.clone(), metrics);
     let peer_task = peer_task.map(|(listener, tls)| {
         let Identity::Region(name) = &region else { unreachable!("checked by SpokeConfig::region") };
         let limits = &config.limits;
-        let per_peer = aqueduct_proto::server::KeyedLimit::new(limits.fetch_streams_per_peer, limits.fetch_wait);
+        let per_peer = aqueduct_core::server::KeyedLimit::new(limits.fetch_streams_per_peer, limits.fetch_wait);
         let service = PeerService { region: name.clone(), reader: reader.clone(), per_peer };
         info!(address = %peer_address, "serving the region's peers");
         tokio::spawn(peer_service::serve(listener, tls, limits.server(), service, local_stop.clone()))

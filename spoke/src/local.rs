@@ -191,7 +191,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = bind_socket(&path)?;
     // Requests are small; answers go up to a manifest (`Resolve`).
-    let result = aqueduct_proto::server::grpc_server(max_streams, aqueduct_proto::server::KEEPALIVE)
+    let result = aqueduct_core::server::grpc_server(max_streams, aqueduct_core::server::KEEPALIVE)
         .add_service(
             LocalServer::new(service)
                 .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES)

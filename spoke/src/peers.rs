@@ -19,9 +19,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use aqueduct_core::identity::Identity;
 use aqueduct_proto::Digest;
 use aqueduct_proto::hub::v1 as pb;
-use aqueduct_proto::identity::Identity;
 use aqueduct_proto::spoke::v1 as spb;
 use aqueduct_proto::spoke::v1::peer_client::PeerClient;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};

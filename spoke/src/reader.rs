@@ -31,8 +31,8 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::metrics::{self, SpokeMetrics};
 use crate::peers::{Owner, PeerError, Peers};
-use crate::replicate::Budget;
 use crate::store::{CacheError, ChunkStore};
+use aqueduct_core::budget::Budget;
 
 /// How long one on-demand fetch may take before the reader gets EIO.
 pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(60);

@@ -14,8 +14,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aqueduct_core::budget::Budget;
 use aqueduct_proto::Digest;
-pub use aqueduct_proto::budget::Budget;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
 use futures::{FutureExt, StreamExt, TryStreamExt};

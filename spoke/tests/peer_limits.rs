@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aqueduct_hub::auth::Identity;
+use aqueduct_core::identity::Identity;
+use aqueduct_core::server::{KeyedLimit, ServerLimits};
 use aqueduct_hub::pki::Authority;
 use aqueduct_proto::Digest;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
-use aqueduct_proto::server::{KeyedLimit, ServerLimits};
 use aqueduct_proto::spoke::v1 as spb;
 use aqueduct_spoke::peer_service::{self, PeerService};
 use aqueduct_spoke::peers::{PeerError, Peers};
@@ -56,7 +56,7 @@ async fn a_peer_has_its_share_of_streams_and_a_busy_peer_is_not_suspected() {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let tls = aqueduct_proto::server::server_config(
+    let tls = aqueduct_core::server::server_config(
         server.cert_pem.as_bytes(),
         server.key_pem.as_bytes(),
         ca.ca_pem().as_bytes(),

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aqueduct_proto::budget::Budget;
+use aqueduct_core::budget::Budget;
 
 /// How long a region's budget is used before its rate is read again.
 pub const BUDGET_RECHECK: Duration = Duration::from_secs(5);

@@ -111,7 +111,9 @@ mod tests {
     use super::*;
     use crate::rollout::VersionId;
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{DatasetRecord, OutsideLinks, RegionRecord, SourceRecord, VersionCut};
+    use aqueduct_proto::domain::modes::OutsideLinks;
+
+    use crate::store::{DatasetRecord, RegionRecord, SourceRecord, VersionCut};
 
     /// A store with `d@v1` (3 bytes) rolled out to eu and us.
     fn store() -> SqliteStore {

@@ -22,6 +22,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 
+use aqueduct_proto::domain::modes::OutsideLinks;
 use aqueduct_proto::{Digest, Manifest, ReplicationMode};
 
 use crate::rollout::{RegionProgress, RolloutKey, RolloutRecord, VersionId};
@@ -63,38 +64,6 @@ pub struct DatasetRecord {
     pub latest_version: u64,
     /// What a snapshot does with symbolic links that lead outside the prefix.
     pub outside_links: OutsideLinks,
-}
-
-/// What a snapshot does with symbolic links whose target is outside the dataset's prefix (or
-/// in the hub's own files). Either way they are never followed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum OutsideLinks {
-    /// The snapshot fails, naming each such link.
-    #[default]
-    Fail,
-    /// The snapshot leaves them out and lists them with the version.
-    Skip,
-}
-
-impl std::fmt::Display for OutsideLinks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            OutsideLinks::Fail => "fail",
-            OutsideLinks::Skip => "skip",
-        })
-    }
-}
-
-impl std::str::FromStr for OutsideLinks {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "fail" => Ok(OutsideLinks::Fail),
-            "skip" => Ok(OutsideLinks::Skip),
-            other => Err(format!("outside-links must be fail or skip, not {other:?}")),
-        }
-    }
 }
 
 /// An object under a dataset's prefix that is not in a version, and why.

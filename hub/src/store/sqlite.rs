@@ -8,14 +8,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
+use aqueduct_proto::domain::modes::OutsideLinks;
 use aqueduct_proto::{ChunkerParams, Digest, FileEntry, Manifest, Phase, ReplicationMode};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::chunk_list::{decode_chunks, encode_chunks};
 use super::schema;
 use super::{
-    DatasetRecord, MetaStore, OutsideLinks, RegionRecord, RolloutUpdate, SkippedObject, SourceRecord, SourceStamp,
-    StoreError, StoredVersion, VersionCut, VersionRecord,
+    DatasetRecord, MetaStore, RegionRecord, RolloutUpdate, SkippedObject, SourceRecord, SourceStamp, StoreError,
+    StoredVersion, VersionCut, VersionRecord,
 };
 use crate::rollout::{self, RolloutKey, RolloutRecord, RowState, VersionId};
 

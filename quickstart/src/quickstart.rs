@@ -1,4 +1,4 @@
-//! `aq quickstart`: the main job on one machine, with embedded defaults.
+//! `aq-quickstart`: the main job on one machine, with embedded defaults.
 //!
 //! Makes a model-shaped sample dataset, starts a hub and one spoke in each of two regions
 //! with different link budgets (all in this process, over mutual TLS on 127.0.0.1), cuts v1,
@@ -14,6 +14,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use aqueduct_cli::connect::HubConn;
+use aqueduct_cli::output::{RolloutProgress, Table, bytes, progress_reporter};
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::admin_client::AdminClient;
 use aqueduct_proto::spoke::v1 as local;
@@ -23,9 +25,6 @@ use aqueduct_spoke::store::{ChunkStore, DiskStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
-
-use crate::connect::HubConn;
-use crate::output::{RolloutProgress, Table, bytes, progress_reporter};
 
 const DATASET: &str = "demo-llm";
 const REGIONS: [(&str, u64); 2] = [("eu-west", 100 << 20), ("us-east", 40 << 20)];
