@@ -644,7 +644,7 @@ async fn replicate_until(
                     let mode = modes[&key];
                     if let Some(&(held, total)) = ready.get(&key) {
                         if reported.insert(key) {
-                            replicator.report(a, held, "Ready", total, "", 0).await;
+                            replicator.report(a, held, aqueduct_proto::Phase::Ready, total, "", 0).await;
                         }
                         continue;
                     }
@@ -660,7 +660,7 @@ async fn replicate_until(
                         }
                         Err(e) => {
                             warn!(dataset = %a.dataset, version = a.version, error = %e, "replication failed");
-                            replicator.report(a, mode, "Failed", 0, &e.reason(), 0).await;
+                            replicator.report(a, mode, aqueduct_proto::Phase::Failed, 0, &e.reason(), 0).await;
                             failed = true;
                         }
                     }
@@ -807,7 +807,7 @@ async fn report_cache(
 /// fits the cache (below the high watermark of the tier chunks are kept in), a share of the
 /// region's one copy otherwise.
 fn effective_mode(a: &pb::Assignment, cache: &TieredStore, data_dir: &Path) -> ReplicationMode {
-    match a.mode.parse().unwrap_or_default() {
+    match ReplicationMode::from_wire(a.mode).unwrap_or_default() {
         ReplicationMode::Auto if cache.fits(a.total_bytes, data_dir) => ReplicationMode::EveryNode,
         ReplicationMode::Auto => ReplicationMode::Region,
         mode => mode,
@@ -882,8 +882,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = CacheConfig { disk: Some(aqueduct_proto::Size(20 << 20)), ..CacheConfig::default() };
         let cache = TieredStore::open(dir.path(), &config).unwrap();
-        let a =
-            |mib: u64, mode: &str| pb::Assignment { total_bytes: mib << 20, mode: mode.into(), ..Default::default() };
+        let a = |mib: u64, mode: &str| pb::Assignment {
+            total_bytes: mib << 20,
+            mode: mode.parse::<ReplicationMode>().unwrap().to_wire(),
+            ..Default::default()
+        };
         assert_eq!(effective_mode(&a(16, ""), &cache, dir.path()), ReplicationMode::EveryNode);
         assert_eq!(effective_mode(&a(20, "auto"), &cache, dir.path()), ReplicationMode::Region, "above the watermark");
         assert_eq!(effective_mode(&a(64, "every-node"), &cache, dir.path()), ReplicationMode::EveryNode);
@@ -932,7 +935,7 @@ mod tests {
                 total_bytes: 200,
                 root: m.root.0.to_vec(),
                 active: v == 2,
-                mode: "every-node".into(),
+                mode: ReplicationMode::EveryNode.to_wire(),
                 ready: v == 2,
             };
             (m, a)

@@ -22,7 +22,7 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use tonic::transport::Channel;
 use tracing::{debug, info, instrument, warn};
 
-use aqueduct_proto::ReplicationMode;
+use aqueduct_proto::{Phase, ReplicationMode};
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::peers::Owner;
@@ -120,12 +120,11 @@ impl Replicator {
             let replicas = replicas.clamp(1, ring.len().max(1)) as u64;
             weight.values_mut().for_each(|w| *w /= replicas);
         }
-        let mode_name = mode.to_string();
         let membership = self.reader.peers().membership();
-        let report = |phase: &'static str, cached: u64| pb::ProgressReport {
+        let report = |phase: Phase, cached: u64| pb::ProgressReport {
             membership: membership.clone(),
             session: self.session.clone(),
-            ..progress_report(assignment, self.reader.peers().me(), &mode_name, phase, cached, "", 0)
+            ..progress_report(assignment, self.reader.peers().me(), mode, phase, cached, "", 0)
         };
         let total: u64 = weight.values().sum();
         let mut outcome = Outcome::default();
@@ -141,10 +140,9 @@ impl Replicator {
             let cached = total - missing.iter().map(|(d, _)| weight[d]).sum::<u64>();
             info!(missing = missing.len(), cached, total, "replicating");
             self.reader.metrics().progress(&assignment.dataset, assignment.version, cached, total, false);
-            send_report(self.client.clone(), report("Transferring", cached)).await;
+            send_report(self.client.clone(), report(Phase::Transferring, cached)).await;
             if !missing.is_empty() {
-                let fetched =
-                    self.fetch(assignment, &mode_name, &missing, &weight, cached, budget, &mut outcome).await?;
+                let fetched = self.fetch(assignment, mode, &missing, &weight, cached, budget, &mut outcome).await?;
                 // An empty round is a stall only if nothing arrived by another way meanwhile
                 // (a fetch this spoke made for a peer or a reader, still being stored when
                 // this round looked); the store is looked at only then.
@@ -185,7 +183,7 @@ impl Replicator {
             .await??;
             verified.extend(good);
             if corrupt.is_empty() {
-                send_report(self.client.clone(), report("Ready", total)).await;
+                send_report(self.client.clone(), report(Phase::Ready, total)).await;
                 self.reader.metrics().progress(&assignment.dataset, assignment.version, total, total, true);
                 outcome.held_bytes = total;
                 info!(?outcome, "version ready");
@@ -210,7 +208,7 @@ impl Replicator {
     async fn fetch(
         &self,
         assignment: &pb::Assignment,
-        mode: &str,
+        mode: ReplicationMode,
         missing: &[(Digest, u32)],
         weight: &HashMap<Digest, u64>,
         cached: u64,
@@ -273,7 +271,7 @@ impl Replicator {
                 let report = pb::ProgressReport {
                     membership: self.reader.peers().membership(),
                     session: self.session.clone(),
-                    ..progress_report(assignment, &node, mode, "Transferring", cached, "", rate)
+                    ..progress_report(assignment, &node, mode, Phase::Transferring, cached, "", rate)
                 };
                 let _ = progress.send(Some(report));
             }
@@ -328,7 +326,7 @@ impl Replicator {
         &self,
         a: &pb::Assignment,
         mode: ReplicationMode,
-        phase: &str,
+        phase: Phase,
         cached: u64,
         reason: &str,
         rate: u64,
@@ -336,7 +334,7 @@ impl Replicator {
         let report = pb::ProgressReport {
             membership: self.reader.peers().membership(),
             session: self.session.clone(),
-            ..progress_report(a, self.reader.peers().me(), &mode.to_string(), phase, cached, reason, rate)
+            ..progress_report(a, self.reader.peers().me(), mode, phase, cached, reason, rate)
         };
         send_report(self.client.clone(), report).await;
     }
@@ -345,8 +343,8 @@ impl Replicator {
 fn progress_report(
     a: &pb::Assignment,
     node: &str,
-    mode: &str,
-    phase: &str,
+    mode: ReplicationMode,
+    phase: Phase,
     cached: u64,
     reason: &str,
     rate: u64,
@@ -356,10 +354,10 @@ fn progress_report(
         dataset: a.dataset.clone(),
         version: a.version,
         cached_bytes: cached,
-        phase: phase.to_string(),
+        phase: phase.to_wire(),
         reason: reason.to_string(),
         rate_bytes_per_sec: rate,
-        mode: mode.to_string(),
+        mode: mode.to_wire(),
         membership: String::new(),
         session: String::new(),
     }
