@@ -348,7 +348,7 @@ impl World {
             dataset: dataset.into(),
             version,
             regions: regions.iter().map(|r| r.to_string()).collect(),
-            mode: mode.into(),
+            mode: mode.parse::<aqueduct_proto::ReplicationMode>().unwrap().to_wire(),
         };
         self.admin.rollout(req).await.unwrap();
     }
@@ -358,10 +358,10 @@ impl World {
     pub async fn wait_ready(&mut self, version: u64) -> Vec<pb::StatusRow> {
         for _ in 0..1200 {
             let rows = self.status(version).await;
-            if let Some(failed) = rows.iter().find(|r| r.phase == "Failed") {
+            if let Some(failed) = rows.iter().find(|r| r.phase() == pb::Phase::Failed) {
                 panic!("region {} failed: {}", failed.region, failed.reason);
             }
-            if !rows.is_empty() && rows.iter().all(|r| r.phase == "Ready") {
+            if !rows.is_empty() && rows.iter().all(|r| r.phase() == pb::Phase::Ready) {
                 return rows;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -18,7 +18,7 @@ use aqueduct_core::durable;
 
 use crate::config::{HubConfig, LimitsConfig, SnapshotConfig, TlsConfig};
 use crate::pki::{self, Authority};
-use crate::store::SqliteStore;
+use crate::store::sqlite::SqliteStore;
 use crate::{HubError, InitOutcome, io_err};
 use aqueduct_core::identity::Identity;
 

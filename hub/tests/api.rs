@@ -227,7 +227,7 @@ async fn regions_get_credentials_and_rollouts_show_in_status() {
         dataset: "llama".into(),
         version,
         regions: regions.iter().map(|r| r.to_string()).collect(),
-        mode: String::new(),
+        mode: Default::default(),
     };
     expect_err(admin.rollout(rollout(0, &["eu-west"])).await, Code::FailedPrecondition, &["no version yet"]);
     let v1 = snapshot(&mut admin, "llama").await.unwrap();
@@ -244,13 +244,14 @@ async fn regions_get_credentials_and_rollouts_show_in_status() {
     let rows = admin.status(pb::StatusRequest { dataset: String::new() }).await.unwrap().into_inner().rows;
     let summary: Vec<_> = rows
         .iter()
-        .map(|r| {
-            (r.region.as_str(), r.version, r.phase.as_str(), r.total_bytes, r.cached_bytes, r.budget_bytes_per_sec)
-        })
+        .map(|r| (r.region.as_str(), r.version, r.phase(), r.total_bytes, r.cached_bytes, r.budget_bytes_per_sec))
         .collect();
     assert_eq!(
         summary,
-        [("eu-west", 1, "Pending", v1.bytes, 0, 100 << 20), ("us-east", 1, "Pending", v1.bytes, 0, 25 << 20)]
+        [
+            ("eu-west", 1, pb::Phase::Pending, v1.bytes, 0, 100 << 20),
+            ("us-east", 1, pb::Phase::Pending, v1.bytes, 0, 25 << 20)
+        ]
     );
     expect_err(admin.status(pb::StatusRequest { dataset: "ghost".into() }).await, Code::NotFound, &["ghost"]);
 }

@@ -2,12 +2,12 @@
 //!
 //! Everything that crosses a process boundary is defined in `proto/` and generated here with
 //! prost and tonic, one module per versioned package (`aqueduct.hub.v1`, ...). The domain
-//! types that hub, spoke and FUSE view all reason about (chunk digests, manifests, names and
-//! version references) live in [`domain`], next to the generated code, and are converted from
-//! the wire types in one place ([`domain::wire`]) with `TryFrom`, where they are validated.
-//! The constants below bound the messages of the contract. What hub, spoke and FUSE view share
-//! beyond the contract (budgets, the TLS accept path, identities, metrics, durable files) is
-//! in `aqueduct-core`.
+//! types that hub, spoke and FUSE view all reason about (chunk digests, manifests, names,
+//! version references, rollout phases and replication modes) live in [`domain`], next to the
+//! generated code, and are converted from the wire types in one place ([`domain::wire`]), where
+//! they are validated. The constants below bound the messages of the contract. What hub, spoke
+//! and FUSE view share beyond the contract (budgets, the TLS accept path, identities, metrics,
+//! durable files) is in `aqueduct-core`.
 
 pub mod domain;
 
@@ -87,6 +87,7 @@ pub mod csi {
 }
 
 pub use domain::{
-    ChunkRef, ChunkerParams, Digest, FileEntry, MANIFEST_FORMAT, Manifest, ManifestError, ModeError, NameError, Rate,
-    RateError, ReplicationMode, Size, SizeError, VersionRef, format_duration, parse_duration, validate_name,
+    ChunkRef, ChunkerParams, Digest, FileEntry, MANIFEST_FORMAT, Manifest, ManifestError, ModeError, NameError, Phase,
+    PhaseError, Rate, RateError, ReplicationMode, Size, SizeError, VersionRef, format_duration, parse_duration,
+    validate_name,
 };

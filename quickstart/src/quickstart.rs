@@ -303,7 +303,12 @@ async fn snapshot(admin: &mut AdminClient<Channel>) -> Result<pb::VersionSummary
 async fn rollout(admin: &mut AdminClient<Channel>, version: u64) -> Result<Vec<Transfer>> {
     let regions: Vec<String> = REGIONS.iter().map(|(r, _)| r.to_string()).collect();
     admin
-        .rollout(pb::RolloutRequest { dataset: DATASET.into(), version, regions: regions.clone(), mode: String::new() })
+        .rollout(pb::RolloutRequest {
+            dataset: DATASET.into(),
+            version,
+            regions: regions.clone(),
+            mode: Default::default(),
+        })
         .await?;
     let started = Instant::now();
     let mut done: BTreeMap<String, Transfer> = BTreeMap::new();
@@ -315,9 +320,9 @@ async fn rollout(admin: &mut AdminClient<Channel>, version: u64) -> Result<Vec<T
         let rows = admin.status(pb::StatusRequest { dataset: DATASET.into() }).await?.into_inner().rows;
         for row in rows.iter().filter(|r| r.version == version) {
             progress.update(row);
-            match row.phase.as_str() {
-                "Failed" => bail!("region {} failed: {}", row.region, row.reason),
-                "Ready" if !done.contains_key(&row.region) => {
+            match row.phase() {
+                pb::Phase::Failed => bail!("region {} failed: {}", row.region, row.reason),
+                pb::Phase::Ready if !done.contains_key(&row.region) => {
                     done.insert(
                         row.region.clone(),
                         Transfer {

@@ -234,7 +234,7 @@ mod tests {
             total_bytes: 1,
             root: vec![0; 32],
             active,
-            mode: String::new(),
+            mode: Default::default(),
             ready: active,
         }
     }

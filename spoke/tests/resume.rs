@@ -66,7 +66,7 @@ async fn sigkill_and_restart_resumes_without_refetching() {
             dataset: "llama".into(),
             version: 1,
             regions: vec!["eu".into()],
-            mode: String::new(),
+            mode: Default::default(),
         })
         .await
         .unwrap();
@@ -107,7 +107,7 @@ async fn sigkill_and_restart_resumes_without_refetching() {
     let mut spoke = spawn_spoke(&config, &root.join("spoke-2.log"));
     let mut row = status(&mut admin).await;
     for _ in 0..1200 {
-        if row.phase == "Ready" {
+        if row.phase() == pb::Phase::Ready {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -115,7 +115,7 @@ async fn sigkill_and_restart_resumes_without_refetching() {
     }
     spoke.kill().unwrap();
     spoke.wait().unwrap();
-    assert_eq!(row.phase, "Ready", "{}", std::fs::read_to_string(root.join("spoke-2.log")).unwrap());
+    assert_eq!(row.phase(), pb::Phase::Ready, "{}", std::fs::read_to_string(root.join("spoke-2.log")).unwrap());
     // After the restart the hub relayed exactly what the store lacked: nothing twice.
     assert_eq!(row.relayed_bytes - relayed_at_kill, distinct - kept_bytes);
     assert_eq!(stored_chunks(&store).len(), manifest.distinct_chunks().len());

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use aqueduct_cli::connect::{ConnArgs, explain};
-use aqueduct_cli::output::{Table, age, bytes, hit_ratio, progress_reporter};
+use aqueduct_cli::output::{Table, age, bytes, hit_ratio, mode_name, phase_name, progress_reporter};
 use aqueduct_proto::domain::modes::OutsideLinks;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{Manifest, Rate, ReplicationMode, VersionRef};
@@ -510,7 +510,7 @@ async fn run(cli: Cli) -> Result<()> {
                 dataset: version.dataset.clone(),
                 version: version.version.unwrap_or(0),
                 regions: to,
-                mode: mode.to_string(),
+                mode: mode.to_wire(),
             };
             let resp = admin.rollout(req).await.map_err(|e| explain(e, &hub))?.into_inner();
             println!("{}@v{} rolling out to {}", resp.dataset, resp.version, resp.regions.join(", "));
@@ -534,8 +534,8 @@ async fn run(cli: Cli) -> Result<()> {
                 // Ready and served by the region: Active.
                 let phase = match (r.active, r.reason.is_empty()) {
                     (true, _) => "Active".to_string(),
-                    (false, true) => r.phase,
-                    (false, false) => format!("{}: {}", r.phase, r.reason),
+                    (false, true) => phase_name(r.phase),
+                    (false, false) => format!("{}: {}", phase_name(r.phase), r.reason),
                 };
                 let achieved =
                     if r.rate_bytes_per_sec == 0 { "-".to_string() } else { Rate(r.rate_bytes_per_sec).to_string() };
@@ -544,8 +544,8 @@ async fn run(cli: Cli) -> Result<()> {
                     let phase = match (n.counted, n.reason.is_empty()) {
                         // A sidecar: it reads what its pods ask for and holds no part of the copy.
                         (false, _) => "- (no peer share: reads on demand, not counted)".to_string(),
-                        (true, true) => n.phase.clone(),
-                        (true, false) => format!("{}: {}", n.phase, n.reason),
+                        (true, true) => phase_name(n.phase),
+                        (true, false) => format!("{}: {}", phase_name(n.phase), n.reason),
                     };
                     per_node.row([
                         r.dataset.clone(),
@@ -561,7 +561,7 @@ async fn run(cli: Cli) -> Result<()> {
                     r.dataset,
                     format!("v{}", r.version),
                     r.region,
-                    r.mode,
+                    mode_name(r.mode),
                     bytes(r.total_bytes),
                     bytes(r.cached_bytes),
                     percent(r.cached_bytes, r.total_bytes),

@@ -24,9 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aqueduct_core::budget::Budget;
-use aqueduct_proto::ReplicationMode;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
+use aqueduct_proto::{Phase, ReplicationMode};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
@@ -271,7 +271,7 @@ impl Controller<'_> {
         for step in plan.steps {
             match step {
                 Step::ReportReady { assignment, mode, bytes } => {
-                    session.replicator.report(&assignment, mode, "Ready", bytes, "", 0).await;
+                    session.replicator.report(&assignment, mode, Phase::Ready, bytes, "", 0).await;
                     memory.reported_ready(VersionKey::of(&assignment));
                 }
                 Step::Replicate { assignment: a, mode } => {
@@ -286,7 +286,7 @@ impl Controller<'_> {
                         }
                         Err(e) => {
                             warn!(dataset = %a.dataset, version = a.version, error = %e, "replication failed");
-                            session.replicator.report(&a, mode, "Failed", 0, &e.reason(), 0).await;
+                            session.replicator.report(&a, mode, Phase::Failed, 0, &e.reason(), 0).await;
                             memory.failed(VersionKey::of(&a), Instant::now(), fastrand::f64());
                         }
                     }
@@ -437,6 +437,10 @@ mod tests {
     use crate::operator::region::SpokeRegion;
     use crate::store::ChunkStore;
 
+    fn wire_mode(mode: &str) -> i32 {
+        mode.parse::<ReplicationMode>().unwrap().to_wire()
+    }
+
     /// Pins as a pass of the controller does: what the plan says, then the chunks of it.
     async fn pin_as_planned(
         catalog: &Catalog,
@@ -464,8 +468,11 @@ mod tests {
         let cache = TieredStore::open(dir.path(), &config).unwrap();
         let effective_mode =
             |a: &pb::Assignment, cache: &TieredStore, dir: &Path| plan::effective_mode(a, cache.room(dir));
-        let a =
-            |mib: u64, mode: &str| pb::Assignment { total_bytes: mib << 20, mode: mode.into(), ..Default::default() };
+        let a = |mib: u64, mode: &str| pb::Assignment {
+            total_bytes: mib << 20,
+            mode: wire_mode(mode),
+            ..Default::default()
+        };
         assert_eq!(effective_mode(&a(16, ""), &cache, dir.path()), ReplicationMode::EveryNode);
         assert_eq!(effective_mode(&a(20, "auto"), &cache, dir.path()), ReplicationMode::Region, "above the watermark");
         assert_eq!(effective_mode(&a(64, "every-node"), &cache, dir.path()), ReplicationMode::EveryNode);
@@ -514,7 +521,7 @@ mod tests {
                 total_bytes: 200,
                 root: m.root.0.to_vec(),
                 active: v == 2,
-                mode: "every-node".into(),
+                mode: ReplicationMode::EveryNode.to_wire(),
                 ready: v == 2,
             };
             (m, a)

@@ -179,7 +179,7 @@ pub enum Step {
 /// How this spoke holds `a`: as the rollout says, and for `auto`, the whole version when it
 /// fits in `room`, a share of the region's one copy otherwise.
 pub fn effective_mode(a: &pb::Assignment, room: u64) -> ReplicationMode {
-    match a.mode.parse().unwrap_or_default() {
+    match ReplicationMode::from_wire(a.mode).unwrap_or_default() {
         ReplicationMode::Auto if a.total_bytes <= room => ReplicationMode::EveryNode,
         ReplicationMode::Auto => ReplicationMode::Region,
         mode => mode,
@@ -233,7 +233,7 @@ mod tests {
             version,
             total_bytes: 100 << 20,
             active,
-            mode: mode.into(),
+            mode: mode.parse::<ReplicationMode>().unwrap().to_wire(),
             ..Default::default()
         }
     }
@@ -420,8 +420,11 @@ mod tests {
 
     #[test]
     fn auto_holds_the_whole_version_when_it_fits_and_a_share_otherwise() {
-        let sized =
-            |mib: u64, mode: &str| pb::Assignment { total_bytes: mib << 20, mode: mode.into(), ..Default::default() };
+        let sized = |mib: u64, mode: &str| pb::Assignment {
+            total_bytes: mib << 20,
+            mode: mode.parse::<ReplicationMode>().unwrap().to_wire(),
+            ..Default::default()
+        };
         let room = 19 << 20;
         assert_eq!(effective_mode(&sized(19, "auto"), room), EveryNode);
         assert_eq!(effective_mode(&sized(19, ""), room), EveryNode, "auto is the default");

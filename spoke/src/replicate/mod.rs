@@ -29,6 +29,7 @@ use crate::peers::Owner;
 use crate::priority::Priority;
 use crate::reader::{Pull, ReadThrough};
 use crate::store::{CacheError, ChunkStore};
+use aqueduct_proto::Phase;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicationError {
@@ -106,8 +107,8 @@ pub struct Replicator {
 #[derive(Clone, Copy)]
 struct Part<'a> {
     assignment: &'a pb::Assignment,
-    /// How it is held (`every-node`, `region`), as reports name it.
-    mode: &'a str,
+    /// How it is held (`every-node`, `region`).
+    mode: ReplicationMode,
     /// The bytes of the version each chunk this spoke holds stands for.
     weight: &'a HashMap<Digest, u64>,
     /// The link budget its chunks over the link take from.
@@ -148,12 +149,11 @@ impl Replicator {
             let replicas = replicas.clamp(1, ring.len().max(1)) as u64;
             weight.values_mut().for_each(|w| *w /= replicas);
         }
-        let mode_name = mode.to_string();
         let membership = self.reader.peers().membership();
-        let report = |phase: &'static str, cached: u64| pb::ProgressReport {
+        let report = |phase: Phase, cached: u64| pb::ProgressReport {
             membership: membership.clone(),
             session: self.session.clone(),
-            ..progress_report(assignment, self.reader.peers().me(), &mode_name, phase, cached, "", 0)
+            ..progress_report(assignment, self.reader.peers().me(), mode, phase, cached, "", 0)
         };
         let total: u64 = weight.values().sum();
         let mut outcome = Outcome::default();
@@ -169,9 +169,9 @@ impl Replicator {
             let cached = total - missing.iter().map(|(d, _)| weight[d]).sum::<u64>();
             info!(missing = missing.len(), cached, total, "replicating");
             self.reader.metrics().progress(&assignment.dataset, assignment.version, cached, total, false);
-            self.progress.report(report("Transferring", cached)).await;
+            self.progress.report(report(Phase::Transferring, cached)).await;
             if !missing.is_empty() {
-                let part = Part { assignment, mode: &mode_name, weight: &weight, budget };
+                let part = Part { assignment, mode, weight: &weight, budget };
                 let fetched = self.fetch(&part, &missing, cached, &mut outcome).await?;
                 // An empty round is a stall only if nothing arrived by another way meanwhile
                 // (a fetch this spoke made for a peer or a reader, still being stored when
@@ -213,7 +213,7 @@ impl Replicator {
             .await??;
             verified.extend(good);
             if corrupt.is_empty() {
-                self.progress.report(report("Ready", total)).await;
+                self.progress.report(report(Phase::Ready, total)).await;
                 self.reader.metrics().progress(&assignment.dataset, assignment.version, total, total, true);
                 outcome.held_bytes = total;
                 info!(?outcome, "version ready");
@@ -298,7 +298,7 @@ impl Replicator {
                 let report = pb::ProgressReport {
                     membership: self.reader.peers().membership(),
                     session: self.session.clone(),
-                    ..progress_report(assignment, &node, mode, "Transferring", cached, "", rate)
+                    ..progress_report(assignment, &node, mode, Phase::Transferring, cached, "", rate)
                 };
                 let _ = progress.send(Some(report));
             }
@@ -360,7 +360,7 @@ impl Replicator {
         &self,
         a: &pb::Assignment,
         mode: ReplicationMode,
-        phase: &str,
+        phase: Phase,
         cached: u64,
         reason: &str,
         rate: u64,
@@ -368,7 +368,7 @@ impl Replicator {
         let report = pb::ProgressReport {
             membership: self.reader.peers().membership(),
             session: self.session.clone(),
-            ..progress_report(a, self.reader.peers().me(), &mode.to_string(), phase, cached, reason, rate)
+            ..progress_report(a, self.reader.peers().me(), mode, phase, cached, reason, rate)
         };
         self.progress.report(report).await;
     }
@@ -377,8 +377,8 @@ impl Replicator {
 fn progress_report(
     a: &pb::Assignment,
     node: &str,
-    mode: &str,
-    phase: &str,
+    mode: ReplicationMode,
+    phase: Phase,
     cached: u64,
     reason: &str,
     rate: u64,
@@ -388,10 +388,10 @@ fn progress_report(
         dataset: a.dataset.clone(),
         version: a.version,
         cached_bytes: cached,
-        phase: phase.to_string(),
+        phase: phase.to_wire(),
         reason: reason.to_string(),
         rate_bytes_per_sec: rate,
-        mode: mode.to_string(),
+        mode: mode.to_wire(),
         membership: String::new(),
         session: String::new(),
     }

@@ -26,8 +26,8 @@ impl Progress for Reports {
 }
 
 impl Reports {
-    fn phases(&self) -> Vec<(String, u64)> {
-        self.0.lock().unwrap().iter().map(|r| (r.phase.clone(), r.cached_bytes)).collect()
+    fn phases(&self) -> Vec<(Phase, u64)> {
+        self.0.lock().unwrap().iter().map(|r| (Phase::from_wire(r.phase).unwrap(), r.cached_bytes)).collect()
     }
 }
 
@@ -79,7 +79,7 @@ async fn spoke(me: &str, members: &[&str], mode: &str) -> Spoke {
         version: 1,
         total_bytes: CHUNKS * CHUNK,
         root: manifest.root.0.to_vec(),
-        mode: mode.into(),
+        mode: mode.parse::<ReplicationMode>().unwrap().to_wire(),
         ..Default::default()
     };
 
@@ -158,10 +158,14 @@ async fn a_version_resumes_from_the_store_and_is_reported_ready() {
     assert_eq!(s.asked_of(&s.region.hub), sorted(s.digests[1..].to_vec()), "each missing chunk asked once");
     assert!(s.digests.iter().all(|d| s.store.contains(d)));
     let phases = s.reports.phases();
-    assert_eq!(phases.first(), Some(&("Transferring".to_string(), CHUNK)), "{phases:?}");
-    assert_eq!(phases.last(), Some(&("Ready".to_string(), CHUNKS * CHUNK)), "{phases:?}");
+    assert_eq!(phases.first(), Some(&(Phase::Transferring, CHUNK)), "{phases:?}");
+    assert_eq!(phases.last(), Some(&(Phase::Ready, CHUNKS * CHUNK)), "{phases:?}");
     let reports = s.reports.0.lock().unwrap();
-    assert!(reports.iter().all(|r| r.session == "session-1" && r.mode == "every-node" && r.node == "me"));
+    assert!(
+        reports
+            .iter()
+            .all(|r| r.session == "session-1" && r.mode == ReplicationMode::EveryNode.to_wire() && r.node == "me")
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -171,7 +175,7 @@ async fn a_corrupt_copy_in_the_store_is_fetched_again_before_ready() {
     let outcome = s.replicate(ReplicationMode::EveryNode).await.unwrap();
     assert_eq!((outcome.corrupt_refetched, outcome.chunks_fetched), (1, CHUNKS));
     assert_eq!(s.store.get(&s.digests[3]).unwrap(), Some(s.chunks[3].clone()));
-    assert_eq!(s.reports.phases().last(), Some(&("Ready".to_string(), CHUNKS * CHUNK)));
+    assert_eq!(s.reports.phases().last(), Some(&(Phase::Ready, CHUNKS * CHUNK)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -198,7 +202,7 @@ async fn owned_chunks_come_over_the_link_the_others_from_their_owners() {
     assert_eq!(outcome.held_bytes, mine.len() as u64 * CHUNK);
     assert_eq!(s.asked_of(&s.region.hub), mine);
     assert_eq!(s.region.peer(&member("a")).calls(), 0);
-    assert_eq!(s.reports.phases().last(), Some(&("Ready".to_string(), mine.len() as u64 * CHUNK)));
+    assert_eq!(s.reports.phases().last(), Some(&(Phase::Ready, mine.len() as u64 * CHUNK)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -263,7 +267,7 @@ async fn a_lying_hub_fails_the_version_and_nothing_wrong_is_kept() {
         other => panic!("expected wrong bytes refused, got {other:?}"),
     }
     assert!(s.digests.iter().all(|d| !s.store.contains(d)));
-    assert!(s.reports.phases().iter().all(|(phase, _)| phase != "Ready"));
+    assert!(s.reports.phases().iter().all(|(phase, _)| *phase != Phase::Ready));
 }
 
 #[tokio::test(start_paused = true)]
