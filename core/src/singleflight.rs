@@ -155,6 +155,15 @@ where
         self.lock().contains_key(key)
     }
 
+    /// The flight under way for `key`, to follow, if there is one (none is started): for a
+    /// caller that would join a flight but not lead one (it looks elsewhere first).
+    pub fn follow(&self, key: &K) -> Option<Follow<V, T>> {
+        let flights = self.lock();
+        let entry = flights.get(key)?;
+        let flight = entry.flight.get()?;
+        Some(Follow { flight, tag: entry.tag.clone() })
+    }
+
     /// Flights under way.
     pub fn len(&self) -> usize {
         self.lock().len()
@@ -332,6 +341,29 @@ mod tests {
         assert!(flights.is_empty());
         assert!(matches!(flights.lead_or_follow(1, Arc::default(), || Err("x".into())), Role::Lead(_)));
         assert!(flights.is_empty(), "a dropped leader's entry stayed");
+    }
+
+    #[tokio::test]
+    async fn a_caller_may_follow_a_flight_without_ever_leading_one() {
+        let flights: SingleFlight<u8, u32, Arc<AtomicUsize>> = SingleFlight::new();
+        assert!(flights.follow(&1).is_none(), "no flight, and none started");
+        assert!(flights.is_empty());
+        let tag = Arc::new(AtomicUsize::new(0));
+        let Role::Lead(mut leader) = flights.lead_or_follow(1, tag.clone(), || 0) else {
+            panic!("the first caller did not lead");
+        };
+        let follow = flights.follow(&1).expect("the leader's flight");
+        follow.tag.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(tag.load(Ordering::SeqCst), 1, "the follower reaches the leader's tag");
+        leader.deliver(4);
+        assert_eq!(follow.flight.await, 4);
+        drop(leader);
+        assert!(flights.follow(&1).is_none() && flights.is_empty());
+        // A `run` flight is followed as long as a caller holds it.
+        let held = flights.run(2, || async { 6 });
+        assert_eq!(flights.follow(&2).expect("the run flight").flight.await, 6);
+        drop(held);
+        assert!(flights.follow(&2).is_none());
     }
 
     #[tokio::test]

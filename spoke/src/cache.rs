@@ -344,16 +344,16 @@ impl TieredStore {
         self.disk.as_ref().map(|t| TierUsage { quota: t.quota, used: t.lru().used() })
     }
 
-    /// Whether a version of `bytes` fits below the high watermark of the tier chunks are kept
-    /// in (a disk tier with no quota: what the filesystem of `dir` has free, plus what the
-    /// tier holds).
-    pub fn fits(&self, bytes: u64, dir: &Path) -> bool {
+    /// The most bytes a version may have and fit below the high watermark of the tier chunks
+    /// are kept in (a disk tier with no quota: what the filesystem of `dir` has free, plus what
+    /// the tier holds).
+    pub fn room(&self, dir: &Path) -> u64 {
         let (quota, used, high) = match self.keeping() {
             Keeping::Disk(t) => (t.quota, t.lru().used(), t.high),
             Keeping::Memory(t) => (t.quota, t.lru().used(), t.high),
         };
-        let capacity = quota.unwrap_or_else(|| free_bytes(dir).map_or(u64::MAX, |free| free + used));
-        bytes as f64 <= capacity as f64 * high
+        let capacity = quota.unwrap_or_else(|| free_bytes(dir).map_or(u64::MAX, |free| free.saturating_add(used)));
+        (capacity as f64 * high) as u64
     }
 
     /// The tier chunks are kept in: disk, or memory in memory-only mode.

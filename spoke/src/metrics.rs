@@ -19,8 +19,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::cache::TieredStore;
 use aqueduct_core::budget::Budget;
+
+use crate::cache::TieredStore;
 
 /// Where a chunk came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

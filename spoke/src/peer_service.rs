@@ -30,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, debug, instrument, warn};
 
-use crate::reader::{FETCH_TIMEOUT, FetchError, ReadThrough};
+use crate::origin::FetchError;
+use crate::reader::{FETCH_TIMEOUT, Pull, ReadThrough};
 use crate::store::CacheError;
 
 pub struct PeerService {
@@ -141,12 +142,20 @@ impl Peer for PeerService {
                     return;
                 }
                 debug!(misses = misses.len(), "fetching for a peer");
+                let pull = Pull {
+                    dataset: &r.dataset,
+                    version: r.version,
+                    budget: None,
+                    from_owner: false,
+                    urgent: r.urgent,
+                    wait_stored: false,
+                };
                 for batch in misses.chunks(MISS_BATCH) {
                     // Not past the asker's patience, and not at all once it has gone.
                     let fetched = tokio::select! {
                         fetched = tokio::time::timeout(
                             FETCH_TIMEOUT,
-                            reader.over_link(&r.dataset, r.version, batch, None, r.urgent, false),
+                            reader.over_link(&pull, batch),
                         ) => fetched,
                         _ = tx.closed() => return,
                     };
