@@ -111,8 +111,13 @@ fn time_snapshot(runtime: &tokio::runtime::Runtime, dataset: &Dataset, rounds: u
     let mut chunks = 0;
     let times = time(rounds, || {
         let db: Arc<dyn MetaStore> = Arc::new(SqliteStore::in_memory().unwrap());
-        db.add_source(&SourceRecord { name: "s".into(), url: url.clone(), options: BTreeMap::new(), created_unix_ms: 0 })
-            .unwrap();
+        db.add_source(&SourceRecord {
+            name: "s".into(),
+            url: url.clone(),
+            options: BTreeMap::new(),
+            created_unix_ms: 0,
+        })
+        .unwrap();
         let record = DatasetRecord {
             name: "m".into(),
             source: "s".into(),
@@ -156,9 +161,11 @@ fn main() {
     let parallel = time(rounds, || {
         std::thread::scope(|s| {
             for group in four.files.chunks(four.files.len().div_ceil(cores)) {
-                s.spawn(move || group.iter().for_each(|f| {
-                    std::hint::black_box(hash_file(f));
-                }));
+                s.spawn(move || {
+                    group.iter().for_each(|f| {
+                        std::hint::black_box(hash_file(f));
+                    })
+                });
             }
         });
     });
