@@ -70,7 +70,7 @@ fn main() {
                 mib(h.1)
             );
             (last_hub, last_spoke, last_t) = (h.0, s.0, t);
-            if w.status(1).await.iter().all(|r| r.phase == "Ready") {
+            if w.status(1).await.iter().all(|r| r.phase() == pb::Phase::Ready) {
                 println!("Ready after {t:.1} s; relayed {:.1} MiB, received {:.1} MiB", mib(h.0), mib(s.0));
                 break;
             }

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use aqueduct_hub::snapshot::{Progress, SnapshotOptions, snapshot};
 use aqueduct_hub::source::SourceSpec;
-use aqueduct_hub::store::{DatasetRecord, MetaStore, SourceRecord, SqliteStore};
+use aqueduct_hub::store::sqlite::SqliteStore;
+use aqueduct_hub::store::{DatasetRecord, MetaStore, SourceRecord};
 use aqueduct_proto::ChunkerParams;
 use aqueduct_testkit::noise;
 

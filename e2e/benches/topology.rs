@@ -31,6 +31,7 @@ use std::time::Instant;
 
 use aqueduct_e2e::netns::Topology;
 use aqueduct_e2e::{SourceKind, World, world_at};
+use aqueduct_proto::hub::v1 as pb;
 use aqueduct_testkit::noise;
 
 const MIB: f64 = (1 << 20) as f64;
@@ -91,9 +92,9 @@ async fn aqueduct(w: &mut World, net: &Topology, version: u64, label: &str, boun
     let mut done: Vec<Option<f64>> = vec![None; regions.len()];
     while done.iter().any(Option::is_none) {
         for row in w.status(version).await {
-            assert_ne!(row.phase, "Failed", "{}: {}", row.region, row.reason);
+            assert_ne!(row.phase(), pb::Phase::Failed, "{}: {}", row.region, row.reason);
             let i = regions.iter().position(|r| *r == row.region).unwrap();
-            if row.phase == "Ready" && done[i].is_none() {
+            if row.phase() == pb::Phase::Ready && done[i].is_none() {
                 done[i] = Some(started.elapsed().as_secs_f64());
             }
         }

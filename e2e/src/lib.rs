@@ -15,10 +15,10 @@ use aqueduct_proto::hub::v1::admin_client::AdminClient;
 use aqueduct_proto::spoke::v1 as local;
 use aqueduct_proto::spoke::v1::local_client::LocalClient;
 use aqueduct_testkit::S3Server;
+use aqueduct_testkit::hub::TestHub;
 use aqueduct_testkit::memory::MemoryS3Server;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 
 /// Where the dataset's bytes live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,8 +44,8 @@ pub struct World {
     memory_s3: Option<MemoryS3Server>,
     pub data: PathBuf,
     pub shutdown: CancellationToken,
-    /// The running hub: its address, config, and what stops it.
-    hub: (std::net::SocketAddr, aqueduct_hub::config::HubConfig, CancellationToken, tokio::task::JoinHandle<()>),
+    /// The running hub.
+    pub hub: TestHub,
 }
 
 impl Drop for World {
@@ -53,6 +53,7 @@ impl Drop for World {
     /// every process's log) is kept for inspection and its path printed.
     fn drop(&mut self) {
         self.shutdown.cancel();
+        self.hub.stop();
         if std::env::var_os("AQ_KEEP").is_some_and(|v| v == "1") {
             let tmp = std::mem::replace(&mut self._tmp, tempfile::TempDir::new().unwrap());
             eprintln!("AQ_KEEP=1: kept {}", tmp.keep().display());
@@ -85,20 +86,10 @@ pub async fn world_at(kind: SourceKind, listen: std::net::SocketAddr, hosts: &[S
         }
     };
     std::fs::create_dir_all(&data).unwrap();
-    let listener = TcpListener::bind(listen).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let out = aqueduct_hub::init(&root.join("hub"), addr, hosts).unwrap();
-    let config = aqueduct_hub::config::HubConfig::load(&out.config_path).unwrap();
+    let hub = TestHub::init_with(&root.join("hub"), listen, hosts, |_| {}).await;
     let shutdown = CancellationToken::new();
-    let hub = serve_hub(config.clone(), listener, &shutdown);
-    let admin_dir = root.join("hub/admin");
-    let read = |f: &str| std::fs::read_to_string(admin_dir.join(f)).unwrap();
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("ca.pem")))
-        .identity(Identity::from_pem(read("admin.pem"), read("admin.key")));
-    let hub_url = format!("https://127.0.0.1:{}", addr.port());
-    let channel = Endpoint::from_shared(hub_url.clone()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
-    let mut admin = AdminClient::new(channel);
+    let hub_url = hub.url();
+    let mut admin = hub.admin().await;
 
     let creds = root.join("s3-credentials");
     let source = match (&s3, &memory_s3) {
@@ -129,42 +120,19 @@ pub async fn world_at(kind: SourceKind, listen: std::net::SocketAddr, hosts: &[S
         outside_links: String::new(),
     };
     admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.unwrap();
-    World { _tmp: tmp, root, hub_url, admin, _s3: s3, memory_s3, data, shutdown, hub: (addr, config, hub.0, hub.1) }
-}
-
-/// Starts the hub on `listener`, stopped by its own token (a child of `shutdown`).
-fn serve_hub(
-    config: aqueduct_hub::config::HubConfig,
-    listener: TcpListener,
-    shutdown: &CancellationToken,
-) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let stop = shutdown.child_token();
-    let task = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            if let Err(e) = aqueduct_hub::serve(config, listener, stop).await {
-                panic!("the hub failed: {e}");
-            }
-        }
-    });
-    (stop, task)
+    World { _tmp: tmp, root, hub_url, admin, _s3: s3, memory_s3, data, shutdown, hub }
 }
 
 impl World {
     /// Stops the hub (as its shutdown does: relayed counts are written first) and starts it
     /// again on the same address, with the same database.
     pub async fn restart_hub(&mut self) {
-        self.hub.2.cancel();
-        (&mut self.hub.3).await.unwrap();
-        let listener = TcpListener::bind(self.hub.0).await.unwrap();
-        let (stop, task) = serve_hub(self.hub.1.clone(), listener, &self.shutdown);
-        self.hub.2 = stop;
-        self.hub.3 = task;
+        self.hub.restart().await;
     }
 
     /// Restarts the hub with `limits` as its `[limits]`.
     pub async fn set_hub_limits(&mut self, limits: aqueduct_hub::config::LimitsConfig) {
-        self.hub.1.limits = limits;
+        self.hub.config.limits = limits;
         self.restart_hub().await;
     }
 
@@ -172,7 +140,7 @@ impl World {
     /// `[metrics]` section); returns the endpoint's address.
     pub async fn hub_metrics(&mut self) -> std::net::SocketAddr {
         let listen = free_port();
-        self.hub.1.metrics = Some(aqueduct_proto::metrics::MetricsConfig { listen });
+        self.hub.config.metrics = Some(aqueduct_core::metrics::MetricsConfig { listen });
         self.restart_hub().await;
         listen
     }
@@ -255,21 +223,9 @@ impl World {
         panic!("no snapshot result");
     }
 
-    async fn add_region(&mut self, name: &str, rate: u64) -> pb::CredentialsBundle {
-        let req = pb::AddRegionRequest {
-            region: Some(pb::Region {
-                name: name.into(),
-                rate_bytes_per_sec: rate,
-                created_unix_ms: 0,
-                members: Vec::new(),
-            }),
-        };
-        self.admin.add_region(req).await.unwrap().into_inner().bundle.unwrap()
-    }
-
     /// Adds a region and writes a spoke config for one node of it; returns the config path.
     pub async fn region(&mut self, name: &str, rate: u64) -> PathBuf {
-        let bundle = self.add_region(name, rate).await;
+        let bundle = self.hub.add_region(name, rate).await;
         aqueduct_spoke::write_node_config(
             &self.root.join(format!("spoke-{name}")),
             &self.hub_url,
@@ -282,7 +238,7 @@ impl World {
     /// Adds a region and writes configs for `nodes` spokes of it (`NAME-1`, ..., each in
     /// `spoke-NAME-I/`) that exchange chunks as peers on 127.0.0.1; returns the config paths.
     pub async fn region_of(&mut self, name: &str, rate: u64, nodes: usize) -> Vec<PathBuf> {
-        let bundle = self.add_region(name, rate).await;
+        let bundle = self.hub.add_region(name, rate).await;
         (1..=nodes)
             .map(|i| {
                 let dir = self.root.join(format!("spoke-{name}-{i}"));
@@ -300,7 +256,7 @@ impl World {
     /// each of its nodes: the hub at its address as the region sees it, peers on the node's
     /// address. Returns the config paths.
     pub async fn region_in(&mut self, net: &netns::RegionNet, rate: u64) -> Vec<PathBuf> {
-        let bundle = self.add_region(&net.name, rate).await;
+        let bundle = self.hub.add_region(&net.name, rate).await;
         let port = self.hub_url.rsplit(':').next().unwrap().to_string();
         let hub = format!("https://{}:{port}", net.hub_ip);
         net.nodes
@@ -392,7 +348,7 @@ impl World {
             dataset: dataset.into(),
             version,
             regions: regions.iter().map(|r| r.to_string()).collect(),
-            mode: mode.into(),
+            mode: mode.parse::<aqueduct_proto::ReplicationMode>().unwrap().to_wire(),
         };
         self.admin.rollout(req).await.unwrap();
     }
@@ -402,10 +358,10 @@ impl World {
     pub async fn wait_ready(&mut self, version: u64) -> Vec<pb::StatusRow> {
         for _ in 0..1200 {
             let rows = self.status(version).await;
-            if let Some(failed) = rows.iter().find(|r| r.phase == "Failed") {
+            if let Some(failed) = rows.iter().find(|r| r.phase() == pb::Phase::Failed) {
                 panic!("region {} failed: {}", failed.region, failed.reason);
             }
-            if !rows.is_empty() && rows.iter().all(|r| r.phase == "Ready") {
+            if !rows.is_empty() && rows.iter().all(|r| r.phase() == pb::Phase::Ready) {
                 return rows;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -12,6 +12,7 @@ use aqueduct_proto::csi::v1::identity_client::IdentityClient;
 use aqueduct_proto::csi::v1::node_client::NodeClient;
 use aqueduct_proto::csi::v1::volume_capability::access_mode::Mode;
 use aqueduct_proto::csi::v1::volume_capability::{AccessMode, AccessType};
+use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::spoke::v1 as local;
 use aqueduct_testkit::can_mount_fuse;
 use tonic::Code;
@@ -342,7 +343,11 @@ async fn a_publish_waits_until_its_version_is_ready_in_the_region() {
     // here yet. (The link cannot have delivered 6 MiB yet.)
     let eager = [("dataset", "llama"), ("version", "1"), ("startBeforeReady", "true")];
     node.node_publish_volume(publish("pv", &early, &eager)).await.unwrap();
-    assert_ne!(w.status(1).await[0].phase, "Ready", "the version was Ready already: the test proves nothing");
+    assert_ne!(
+        w.status(1).await[0].phase(),
+        pb::Phase::Ready,
+        "the version was Ready already: the test proves nothing"
+    );
 
     // A caller that gives up after two seconds gets the reason before its deadline: which
     // version, which region, how far this node is, and what to do.
@@ -360,7 +365,7 @@ async fn a_publish_waits_until_its_version_is_ready_in_the_region() {
     // is Ready in the region, then mounts.
     node.node_publish_volume(publish("pv", &waiting, &v1)).await.unwrap();
     let rows = w.status(1).await;
-    assert_eq!(rows[0].phase, "Ready", "published before the version was Ready in the region");
+    assert_eq!(rows[0].phase(), pb::Phase::Ready, "published before the version was Ready in the region");
     assert_shows(&waiting, &files).await;
     assert_shows(&early, &files).await;
     assert_eq!(shares(&data_dir).len(), 1, "both volumes share the node's mount of llama@v1");

@@ -58,7 +58,7 @@ async fn a_region_reads_its_versions_through_fuse_before_and_after_they_arrive()
     let expected_len = expected.len();
     assert_eq!(io(move || std::fs::read(dir.join("tok/tokenizer.json")).unwrap()).await, expected);
     let rows = w.admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
-    assert_ne!(rows[0].phase, "Ready", "the version was Ready already: the read did not read through");
+    assert_ne!(rows[0].phase(), pb::Phase::Ready, "the version was Ready already: the read did not read through");
     // The spoke's metrics saw the reads: their bytes and their latencies.
     let text = scrape(metrics).await;
     let value = |name: &str| -> f64 {

@@ -161,7 +161,7 @@ fn flood(client: SpokeClient<Channel>, c: usize, digests: Vec<Digest>, stats: Ar
                     dataset: "llama".into(),
                     version: 1,
                     cached_bytes: i as u64,
-                    phase: "Transferring".into(),
+                    phase: pb::Phase::Transferring.into(),
                     node: format!("flood-{c}-{i}"),
                     ..Default::default()
                 };
@@ -197,7 +197,7 @@ async fn closed(stream: &mut TcpStream, within: Duration) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_cannot_exhaust_the_hub() {
     // Thousands of connections need descriptors, here and in the hub (which raises its own).
-    let files = aqueduct_proto::edge::raise_open_file_limit().unwrap();
+    let files = aqueduct_core::edge::raise_open_file_limit().unwrap();
     let idle_target = 3000usize.min((files.now as usize).saturating_sub(512) / 2);
     println!("open-file limit {} (was {}): {idle_target} idle connections", files.now, files.was);
     assert!(idle_target >= 1000, "this machine allows too few open files ({}) for the test", files.now);
@@ -265,7 +265,7 @@ async fn hostile_clients_cannot_exhaust_the_hub() {
         dataset: "llama".into(),
         version: 1,
         regions: vec!["good".into(), "hostile".into()],
-        mode: String::new(),
+        mode: Default::default(),
     };
     admin.rollout(rollout).await.unwrap();
     let wire = admin.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await.unwrap();
@@ -363,8 +363,8 @@ async fn hostile_clients_cannot_exhaust_the_hub() {
         let Ok(status) = admin.status(pb::StatusRequest { dataset: "llama".into() }).await else { return false };
         let rows = status.into_inner().rows;
         let good = rows.iter().find(|r| r.region == "good");
-        assert!(good.is_none_or(|r| r.phase != "Failed"), "{good:?}");
-        good.is_some_and(|r| r.phase == "Ready")
+        assert!(good.is_none_or(|r| r.phase() != pb::Phase::Failed), "{good:?}");
+        good.is_some_and(|r| r.phase() == pb::Phase::Ready)
     })
     .await;
     println!(
@@ -447,7 +447,7 @@ async fn a_region_with_every_stream_taken_waits_its_turn_and_completes() {
     let _spoke = w.start_spoke(&config);
     for _ in 0..30 {
         let rows = w.status(v1.version).await;
-        assert!(rows.iter().all(|r| r.phase != "Failed" && r.phase != "Ready"), "{rows:?}");
+        assert!(rows.iter().all(|r| r.phase() != pb::Phase::Failed && r.phase() != pb::Phase::Ready), "{rows:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(held);

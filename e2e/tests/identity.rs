@@ -99,10 +99,10 @@ async fn forged_reports_with_the_regions_key_change_nothing() {
         dataset: "llama".into(),
         version: 1,
         cached_bytes: v1.bytes,
-        phase: "Ready".into(),
+        phase: pb::Phase::Ready.into(),
         node: node.into(),
         session: session.into(),
-        mode: "every-node".into(),
+        mode: aqueduct_proto::ReplicationMode::EveryNode.to_wire(),
         ..Default::default()
     };
     expect_err(
@@ -128,12 +128,17 @@ async fn forged_reports_with_the_regions_key_change_nothing() {
     forger.report_progress(ready("ghost", &session)).await.unwrap();
 
     let row = w.status(1).await.remove(0);
-    let nodes: Vec<(&str, &str)> = row.nodes.iter().map(|n| (n.node.as_str(), n.phase.as_str())).collect();
-    println!("after the forgeries: {} {} of {} bytes, nodes {nodes:?}", row.phase, row.cached_bytes, row.total_bytes);
-    assert_ne!(row.phase, "Ready", "a forged report made the region Ready");
+    let nodes: Vec<(&str, pb::Phase)> = row.nodes.iter().map(|n| (n.node.as_str(), n.phase())).collect();
+    println!(
+        "after the forgeries: {:?} {} of {} bytes, nodes {nodes:?}",
+        row.phase(),
+        row.cached_bytes,
+        row.total_bytes
+    );
+    assert_ne!(row.phase(), pb::Phase::Ready, "a forged report made the region Ready");
     assert!(!row.active, "a forged report made the version active");
     assert!(row.cached_bytes < v1.bytes, "the region's row claims more than eu-1 holds");
-    assert_eq!(nodes, [("eu-1", "Transferring"), ("ghost", "Ready")]);
+    assert_eq!(nodes, [("eu-1", pb::Phase::Transferring), ("ghost", pb::Phase::Ready)]);
     let caches = w.admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().caches;
     assert!(caches.iter().flat_map(|c| &c.nodes).all(|n| n.memory_used_bytes != 1 << 40), "a forged cache report");
 
@@ -231,10 +236,10 @@ async fn a_sidecar_without_a_peer_share_never_fails_the_region_and_reads_its_fil
     let rows = w.wait_ready(1).await;
     let m1 = w.manifest(1).await;
     let distinct: u64 = m1.distinct_chunks().iter().map(|(_, l)| u64::from(*l)).sum();
-    let nodes: Vec<(&str, &str, bool)> =
-        rows[0].nodes.iter().map(|n| (n.node.as_str(), n.phase.as_str(), n.counted)).collect();
-    println!("region row: {} {} of {} bytes; nodes {nodes:?}", rows[0].phase, rows[0].cached_bytes, v1.bytes);
-    assert_eq!(nodes, [("eu-1", "Ready", true), ("pod-sidecar", "Pending", false)]);
+    let nodes: Vec<(&str, pb::Phase, bool)> =
+        rows[0].nodes.iter().map(|n| (n.node.as_str(), n.phase(), n.counted)).collect();
+    println!("region row: {:?} {} of {} bytes; nodes {nodes:?}", rows[0].phase(), rows[0].cached_bytes, v1.bytes);
+    assert_eq!(nodes, [("eu-1", pb::Phase::Ready, true), ("pod-sidecar", pb::Phase::Pending, false)]);
     assert_eq!(rows[0].cached_bytes, v1.bytes, "the one copy is eu-1's");
     assert!(rows[0].active);
     assert_eq!(stored_chunks(&w.root.join("spoke-eu-1/store")).len(), m1.distinct_chunks().len());
@@ -254,7 +259,7 @@ async fn a_sidecar_without_a_peer_share_never_fails_the_region_and_reads_its_fil
     let row = w.status(1).await.remove(0);
     println!("relayed {} bytes for {distinct} distinct after the sidecar read every file", row.relayed_bytes);
     assert_eq!(row.relayed_bytes, distinct, "the sidecar read over the link what the region's owner held");
-    assert_eq!((row.phase.as_str(), row.active), ("Ready", true));
+    assert_eq!((row.phase(), row.active), (pb::Phase::Ready, true));
     // Memory only: nothing on the sidecar's disk.
     assert!(!w.root.join("spoke-pod-sidecar/store/chunks").exists());
 
@@ -269,12 +274,16 @@ async fn a_sidecar_without_a_peer_share_never_fails_the_region_and_reads_its_fil
     // Time for a sidecar that took the version on to start on it (nothing is timed).
     tokio::time::sleep(Duration::from_secs(1)).await;
     let row = w.status(2).await.remove(0);
-    assert_ne!(row.phase, "Failed", "{}", row.reason);
+    assert_ne!(row.phase(), pb::Phase::Failed, "{}", row.reason);
     let node_stop = w.start_spoke(&node);
     let rows = w.wait_ready(2).await;
-    let nodes: Vec<(&str, &str, bool)> =
-        rows[0].nodes.iter().map(|n| (n.node.as_str(), n.phase.as_str(), n.counted)).collect();
-    assert_eq!(nodes, [("eu-1", "Ready", true), ("pod-sidecar", "Pending", false)], "the sidecar took v2 on");
+    let nodes: Vec<(&str, pb::Phase, bool)> =
+        rows[0].nodes.iter().map(|n| (n.node.as_str(), n.phase(), n.counted)).collect();
+    assert_eq!(
+        nodes,
+        [("eu-1", pb::Phase::Ready, true), ("pod-sidecar", pb::Phase::Pending, false)],
+        "the sidecar took v2 on"
+    );
     node_stop.cancel();
     sidecar_stop.cancel();
 }
@@ -309,17 +318,17 @@ async fn a_source_changed_after_a_region_became_active_fails_only_where_it_is_in
     let eu2 = w.start_spoke(&eu[1]);
     w.wait_members("eu", 2).await;
     let row = wait_row(&mut w, 1, "eu", "eu-2 Ready", |r| {
-        r.nodes.iter().any(|n| n.node == "eu-2" && (n.phase == "Ready" || n.phase == "Failed"))
+        r.nodes.iter().any(|n| n.node == "eu-2" && (n.phase() == pb::Phase::Ready || n.phase() == pb::Phase::Failed))
     })
     .await;
-    let nodes: Vec<(&str, &str)> = row.nodes.iter().map(|n| (n.node.as_str(), n.phase.as_str())).collect();
-    assert_eq!(nodes, [("eu-1", "Ready"), ("eu-2", "Ready")], "eu-2 did not get v1 from its peer");
-    assert_eq!((row.phase.as_str(), row.active), ("Ready", true));
+    let nodes: Vec<(&str, pb::Phase)> = row.nodes.iter().map(|n| (n.node.as_str(), n.phase())).collect();
+    assert_eq!(nodes, [("eu-1", pb::Phase::Ready), ("eu-2", pb::Phase::Ready)], "eu-2 did not get v1 from its peer");
+    assert_eq!((row.phase(), row.active), (pb::Phase::Ready, true));
 
     // us is asked for v1 now: the relay finds the source changed, and v1 fails in us only.
     let us1 = w.start_spoke(&us);
     w.rollout(1, &["us"]).await;
-    let failed = wait_row(&mut w, 1, "us", "us Failed", |r| r.phase == "Failed").await;
+    let failed = wait_row(&mut w, 1, "us", "us Failed", |r| r.phase() == pb::Phase::Failed).await;
     println!("us: Failed: {}", failed.reason);
     assert!(
         failed.reason.contains("source changed") && failed.reason.contains("llama/model.safetensors"),
@@ -328,7 +337,7 @@ async fn a_source_changed_after_a_region_became_active_fails_only_where_it_is_in
     );
     assert!(!failed.active);
     let row = w.status(1).await.into_iter().find(|r| r.region == "eu").unwrap();
-    assert_eq!((row.phase.as_str(), row.active, row.reason.as_str()), ("Ready", true, ""), "eu lost v1");
+    assert_eq!((row.phase(), row.active, row.reason.as_str()), (pb::Phase::Ready, true, ""), "eu lost v1");
 
     // eu serves v1 still: a mount that follows the region's active version reads v1's bytes.
     let mountpoint = w.root.join("eu-models");

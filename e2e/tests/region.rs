@@ -47,9 +47,10 @@ async fn three_spokes_of_a_region_move_each_chunk_over_the_link_once() {
     assert_eq!(row.relayed_bytes, distinct, "the link carried more than one copy of the version");
     assert_eq!(row.refetched_bytes, 0);
     // Ready means every spoke holds the whole version (every-node), each verified.
-    let nodes: Vec<(&str, &str, u64)> =
-        row.nodes.iter().map(|n| (n.node.as_str(), n.phase.as_str(), n.cached_bytes)).collect();
-    assert_eq!(nodes, [("eu-1", "Ready", v1.bytes), ("eu-2", "Ready", v1.bytes), ("eu-3", "Ready", v1.bytes)]);
+    let nodes: Vec<(&str, pb::Phase, u64)> =
+        row.nodes.iter().map(|n| (n.node.as_str(), n.phase(), n.cached_bytes)).collect();
+    let ready = pb::Phase::Ready;
+    assert_eq!(nodes, [("eu-1", ready, v1.bytes), ("eu-2", ready, v1.bytes), ("eu-3", ready, v1.bytes)]);
     for i in 1..=3 {
         assert_store_holds(&w.root.join(format!("spoke-eu-{i}/store")), &m1, &w.data);
     }
@@ -255,7 +256,7 @@ async fn peers_that_lie_or_belong_to_another_region_are_caught_and_cost_no_link_
     let mut ready = false;
     for _ in 0..600 {
         let rows = w.status(1).await;
-        if rows[0].nodes.iter().any(|n| n.node == "eu-1" && n.phase == "Ready") {
+        if rows[0].nodes.iter().any(|n| n.node == "eu-1" && n.phase() == pb::Phase::Ready) {
             ready = true;
             break;
         }
@@ -382,7 +383,11 @@ async fn in_region_mode_the_region_holds_one_copy_and_every_spoke_reads_all_of_i
     let rows = w.wait_ready(1).await;
     let m1 = w.manifest(1).await;
     let distinct: u64 = m1.distinct_chunks().iter().map(|(_, l)| u64::from(*l)).sum();
-    assert_eq!((rows[0].mode.as_str(), rows[0].cached_bytes), ("region", v1.bytes), "the shares do not add up");
+    assert_eq!(
+        (rows[0].mode(), rows[0].cached_bytes),
+        (pb::ReplicationMode::Region, v1.bytes),
+        "the shares do not add up"
+    );
     assert_eq!(rows[0].relayed_bytes, distinct);
     // One copy in the region: every chunk on exactly one spoke, each spoke a fair share.
     let stores: Vec<_> = (1..=3).map(|i| stored_chunks(&w.root.join(format!("spoke-eu-{i}/store")))).collect();

@@ -143,11 +143,11 @@ async fn a_full_cache_disk_fails_the_rollout_clearly_and_corrupts_nothing() {
     let mut row = None;
     for _ in 0..600 {
         let rows = w.admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
-        if rows[0].phase == "Failed" {
+        if rows[0].phase() == pb::Phase::Failed {
             row = Some(rows[0].clone());
             break;
         }
-        assert_ne!(rows[0].phase, "Ready", "a 13 MiB version fit in a 4 MiB store");
+        assert_ne!(rows[0].phase(), pb::Phase::Ready, "a 13 MiB version fit in a 4 MiB store");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let row = row.expect("the rollout never failed");

@@ -85,7 +85,7 @@ async fn two_regions_behind_shaped_links_serve_the_source_on_every_node() {
         let m1 = w.manifest(1).await;
         for row in &rows {
             assert_eq!(row.relayed_bytes, distinct(&m1), "region {} pulled more than one copy", row.region);
-            assert_eq!(row.nodes.iter().filter(|n| n.phase == "Ready").count(), 2, "{row:?}");
+            assert_eq!(row.nodes.iter().filter(|n| n.phase() == pb::Phase::Ready).count(), 2, "{row:?}");
         }
         for config in configs.iter().flatten() {
             assert_fuse_view(config, &files).await;
@@ -127,7 +127,7 @@ async fn a_region_link_that_goes_down_mid_transfer_and_comes_back_completes_with
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = held(&w);
     assert_eq!(before.len(), after.len(), "chunks crossed a cut link");
-    assert_ne!(w.status(1).await[0].phase, "Ready", "the rollout finished before the link was cut");
+    assert_ne!(w.status(1).await[0].phase(), pb::Phase::Ready, "the rollout finished before the link was cut");
     net.restore(0);
     let rows = w.wait_ready(1).await;
     let m1 = w.manifest(1).await;
@@ -170,12 +170,12 @@ async fn a_hub_restarted_mid_rollout_and_a_spoke_killed_and_restarted_still_comp
     let mut rows = Vec::new();
     for _ in 0..600 {
         rows = w.status(1).await;
-        if rows[0].nodes.iter().filter(|n| n.phase == "Ready").count() == 2 {
+        if rows[0].nodes.iter().filter(|n| n.phase() == pb::Phase::Ready).count() == 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(rows[0].nodes.iter().filter(|n| n.phase == "Ready").count(), 2, "{:?}", rows[0].nodes);
+    assert_eq!(rows[0].nodes.iter().filter(|n| n.phase() == pb::Phase::Ready).count(), 2, "{:?}", rows[0].nodes);
     let m1 = w.manifest(1).await;
     println!(
         "relayed {} bytes for {} distinct after a hub restart and a spoke kill",
@@ -204,8 +204,8 @@ async fn a_region_holds_a_budget_below_its_link_and_fills_a_link_below_its_budge
     while ready.len() < 2 {
         assert!(started.elapsed() < Duration::from_secs(120), "the rollout did not finish: {ready:?}");
         for row in w.status(1).await {
-            assert_ne!(row.phase, "Failed", "{}: {}", row.region, row.reason);
-            if row.phase == "Ready" && !ready.iter().any(|(r, _)| *r == row.region) {
+            assert_ne!(row.phase(), pb::Phase::Failed, "{}: {}", row.region, row.reason);
+            if row.phase() == pb::Phase::Ready && !ready.iter().any(|(r, _)| *r == row.region) {
                 ready.push((row.region.clone(), started.elapsed().as_secs_f64()));
             }
         }
@@ -243,10 +243,10 @@ async fn two_datasets_rolled_out_at_once_share_their_region_s_budget() {
     w.rollout_of("mistral", 1, &["eu"], "").await;
     loop {
         let rows = w.admin.status(pb::StatusRequest::default()).await.unwrap().into_inner().rows;
-        if let Some(failed) = rows.iter().find(|r| r.phase == "Failed") {
+        if let Some(failed) = rows.iter().find(|r| r.phase() == pb::Phase::Failed) {
             panic!("{}: {}", failed.dataset, failed.reason);
         }
-        if rows.len() == 2 && rows.iter().all(|r| r.phase == "Ready") {
+        if rows.len() == 2 && rows.iter().all(|r| r.phase() == pb::Phase::Ready) {
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(120), "the rollouts did not finish: {rows:?}");

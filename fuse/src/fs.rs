@@ -6,14 +6,15 @@
 //! check each against its BLAKE3 digest, and cut the asked range out. Nothing is writable:
 //! a version is immutable.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use aqueduct_core::lru::Lru;
+use aqueduct_core::singleflight::SingleFlight;
 use aqueduct_proto::{ChunkRef, Digest, Manifest};
 use async_trait::async_trait;
-use futures::FutureExt;
-use futures::future::{BoxFuture, Shared, try_join_all};
+use futures::future::try_join_all;
 use tokio::sync::Semaphore;
 
 pub type Ino = u64;
@@ -90,63 +91,41 @@ pub const XATTR_ROOT: &str = "user.aqueduct.root";
 /// concurrent reads of one chunk (the kernel sends a reader's requests in parallel) load it
 /// once, and it bounds the read-ahead in flight.
 pub struct ChunkCache {
-    capacity: u64,
-    inner: Mutex<CacheInner>,
-    loading: Mutex<HashMap<Digest, Load>>,
+    /// By bytes, least recently used first.
+    chunks: Mutex<Lru<Digest, Arc<[u8]>>>,
+    loading: SingleFlight<Digest, Result<Arc<[u8]>, FsError>>,
     readahead_slots: Arc<Semaphore>,
 }
-
-type Load = Shared<BoxFuture<'static, Result<Arc<[u8]>, FsError>>>;
 
 /// Chunks loaded ahead of readers at once, per cache.
 const READAHEAD_SLOTS: usize = 8;
 
-#[derive(Default)]
-struct CacheInner {
-    chunks: HashMap<Digest, (Arc<[u8]>, u64)>,
-    bytes: u64,
-    tick: u64,
-}
-
 impl ChunkCache {
     pub fn new(capacity_bytes: u64) -> Arc<Self> {
         Arc::new(Self {
-            capacity: capacity_bytes,
-            inner: Mutex::default(),
-            loading: Mutex::default(),
+            chunks: Mutex::new(Lru::new(capacity_bytes)),
+            loading: SingleFlight::new(),
             readahead_slots: Arc::new(Semaphore::new(READAHEAD_SLOTS)),
         })
     }
 
+    fn chunks(&self) -> std::sync::MutexGuard<'_, Lru<Digest, Arc<[u8]>>> {
+        self.chunks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn get(&self, digest: &Digest) -> Option<Arc<[u8]>> {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.tick += 1;
-        let tick = inner.tick;
-        inner.chunks.get_mut(digest).map(|(data, used)| {
-            *used = tick;
-            data.clone()
-        })
+        self.chunks().get(digest).cloned()
     }
 
     fn contains(&self, digest: &Digest) -> bool {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).chunks.contains_key(digest)
-            || self.loading.lock().unwrap_or_else(|e| e.into_inner()).contains_key(digest)
+        self.chunks().contains(digest) || self.loading.contains(digest)
     }
 
+    /// Keeps a chunk, evicting the least recently used beyond the capacity (but never the
+    /// chunk just kept).
     fn put(&self, digest: Digest, data: Arc<[u8]>) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.tick += 1;
-        let (tick, len) = (inner.tick, data.len() as u64);
-        if inner.chunks.insert(digest, (data, tick)).is_none() {
-            inner.bytes += len;
-        }
-        // Evict the least recently used until under capacity (a few hundred entries at most).
-        while inner.bytes > self.capacity && inner.chunks.len() > 1 {
-            let oldest = *inner.chunks.iter().min_by_key(|(_, (_, used))| *used).map(|(d, _)| d).expect("not empty");
-            if let Some((data, _)) = inner.chunks.remove(&oldest) {
-                inner.bytes -= data.len() as u64;
-            }
-        }
+        let len = data.len() as u64;
+        self.chunks().insert(digest, data, len);
     }
 
     /// The chunk's bytes, verified: from memory, or from `source` (once, however many ask at
@@ -160,27 +139,14 @@ impl ChunkCache {
         if let Some(data) = self.get(&c.digest) {
             return Ok(data);
         }
-        let load = {
-            let mut loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
-            match loading.get(&c.digest) {
-                Some(load) => load.clone(),
-                None => {
-                    let (cache, source) = (self.clone(), source.clone());
-                    let load = async move {
-                        let result = fetch_verified(source.as_ref(), &c).await;
-                        if let Ok(data) = &result {
-                            cache.put(c.digest, data.clone());
-                        }
-                        cache.loading.lock().unwrap_or_else(|e| e.into_inner()).remove(&c.digest);
-                        result
-                    }
-                    .boxed()
-                    .shared();
-                    loading.insert(c.digest, load.clone());
-                    load
-                }
+        let (cache, source) = (self.clone(), source.clone());
+        let load = self.loading.run(c.digest, move || async move {
+            let result = fetch_verified(source.as_ref(), &c).await;
+            if let Ok(data) = &result {
+                cache.put(c.digest, data.clone());
             }
-        };
+            result
+        });
         load.await
     }
 }
@@ -431,77 +397,7 @@ impl<S: ChunkSource + 'static> VersionFs<S> {
     }
 }
 
-/// A chunk source in memory and a way to cut files into a version, for tests (here and of
-/// the mount adapter).
-pub mod testing {
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-
-    use aqueduct_proto::{ChunkRef, ChunkerParams, FileEntry};
-
-    use super::*;
-
-    /// Chunks from memory, with an optional digest whose bytes are served wrong.
-    #[derive(Default)]
-    pub struct MemSource {
-        chunks: HashMap<Digest, Vec<u8>>,
-        pub corrupt: Mutex<Option<Digest>>,
-        /// Every chunk asked for, in order.
-        pub asked: Mutex<Vec<Digest>>,
-    }
-
-    #[async_trait]
-    impl ChunkSource for MemSource {
-        async fn chunk(&self, digest: &Digest, _: u32) -> Result<Vec<u8>, FsError> {
-            self.asked.lock().unwrap().push(*digest);
-            let mut data = self
-                .chunks
-                .get(digest)
-                .cloned()
-                .ok_or(FsError::Unavailable { digest: *digest, reason: "absent".into() })?;
-            if *self.corrupt.lock().unwrap() == Some(*digest) {
-                data[0] ^= 1;
-            }
-            Ok(data)
-        }
-    }
-
-    impl MemSource {
-        /// Serves `data` as `digest` (whether it hashes to it or not).
-        pub fn insert(&mut self, digest: Digest, data: Vec<u8>) {
-            self.chunks.insert(digest, data);
-        }
-    }
-
-    /// A version of `files` cut into uneven fixed pieces (the view does not care how).
-    pub fn version(files: &[(&str, Vec<u8>)]) -> (Manifest, MemSource) {
-        let mut source = MemSource::default();
-        let mut entries = Vec::new();
-        for (i, (path, bytes)) in files.iter().enumerate() {
-            let mut chunks = Vec::new();
-            let mut offset = 0;
-            let mut step = 1000 + i * 777;
-            while offset < bytes.len() {
-                let end = (offset + step).min(bytes.len());
-                let piece = bytes[offset..end].to_vec();
-                let digest = Digest::of(&piece);
-                chunks.push(ChunkRef { digest, offset: offset as u64, length: piece.len() as u32 });
-                source.chunks.insert(digest, piece);
-                offset = end;
-                step = step * 3 % 5000 + 500;
-            }
-            entries.push(FileEntry {
-                path: path.to_string(),
-                object: path.to_string(),
-                size: bytes.len() as u64,
-                mode: 0o644,
-                mtime_unix_ms: 9,
-                chunks,
-            });
-        }
-        (Manifest::new("ds".into(), 1, ChunkerParams::DEFAULT, entries).unwrap(), source)
-    }
-}
+pub mod testing;
 
 #[cfg(test)]
 mod tests {

@@ -21,7 +21,7 @@ use tracing::{info, warn};
     name = "aqueduct-fuse",
     version,
     about = "Mounts an Aqueduct dataset version read-only through a spoke (sidecar mode)",
-    after_help = aqueduct_proto::edge::LOG_HELP
+    after_help = aqueduct_core::edge::LOG_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -50,7 +50,7 @@ enum Command {
 }
 
 fn main() {
-    if let Err(e) = aqueduct_proto::edge::init_logging() {
+    if let Err(e) = aqueduct_core::edge::init_logging() {
         eprintln!("error: {e}");
         std::process::exit(2);
     }
@@ -141,7 +141,7 @@ async fn run() -> anyhow::Result<()> {
             }
         })
     });
-    aqueduct_proto::edge::interrupted().await;
+    aqueduct_core::edge::interrupted().await;
     if let Some(f) = follower {
         f.abort();
     }

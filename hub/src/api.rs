@@ -1,7 +1,10 @@
 //! The hub's admin gRPC service: thin handlers over the store, sources and snapshots.
 //!
 //! Each handler checks the caller's identity, validates its input, does the work through the
-//! modules that own it and maps their errors to statuses in `error.rs`.
+//! modules that own it and maps their errors to statuses in `error.rs`. It shares what the hub
+//! keeps in memory with the spokes' API through [`crate::live`] (members, budgets, the relay's
+//! ledger, change notices) and reads rollouts by [`crate::rollout`]'s rules; it never calls
+//! the spokes' API.
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -9,6 +12,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aqueduct_core::identity::Identity;
+use aqueduct_proto::domain::modes::OutsideLinks;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{ReplicationMode, validate_name};
 use futures::Stream;
@@ -17,13 +22,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, info, instrument, warn};
 
-use crate::auth::{Identity, require_admin};
+use crate::auth::require_admin;
 use crate::error::{invalid, unknown_dataset};
+use crate::live::Live;
 use crate::pki::Authority;
-use crate::relay::Live;
+use crate::rollout::{VersionId, active_versions};
 use crate::snapshot::{self, Progress, SnapshotOptions, blocking, now_unix_ms};
 use crate::source::{HubFiles, SourceSpec};
-use crate::store::{DatasetRecord, MetaStore, OutsideLinks, RegionRecord, SourceRecord, StoreError, VersionRecord};
+use crate::store::{DatasetRecord, MetaStore, RegionRecord, SourceRecord, StoreError, VersionRecord};
 
 /// What the handlers share.
 pub struct AdminService {
@@ -409,10 +415,9 @@ impl pb::admin_server::Admin for AdminService {
             n => n,
         };
         Span::current().record("version", version);
-        let mode: ReplicationMode =
-            req.mode.parse().map_err(|e: aqueduct_proto::ModeError| Status::invalid_argument(e.to_string()))?;
-        let (name, regions) = (dataset.name.clone(), req.regions.clone());
-        blocking(&self.db, move |db| db.add_rollout(&name, version, &regions, mode, now_unix_ms())).await.map_err(
+        let mode = ReplicationMode::from_wire(req.mode).map_err(invalid)?;
+        let (id, regions) = (VersionId::new(dataset.name.clone(), version), req.regions.clone());
+        blocking(&self.db, move |db| db.add_rollout(&id, &regions, mode, now_unix_ms())).await.map_err(
             |e| match e {
                 StoreError::NotFound { kind: "region", name } => Status::not_found(format!(
                     "region {name:?} does not exist; add it with `aq region add {name} --rate RATE`"
@@ -442,32 +447,35 @@ impl pb::admin_server::Admin for AdminService {
             ledger.with_pending(|pending| {
                 let mut rows = db.rollouts((!filter.is_empty()).then_some(filter.as_str()))?;
                 for r in &mut rows {
-                    r.relayed_bytes += pending(&(r.dataset.clone(), r.version, r.region.clone()));
+                    r.relayed_bytes += pending(&r.key());
                 }
                 Ok(rows)
             })
         })
         .await?;
-        let active = crate::relay::active_versions(&rows);
+        let active = active_versions(&rows);
         Ok(Response::new(pb::StatusResponse {
             rows: rows
                 .into_iter()
-                .map(|r| pb::StatusRow {
-                    nodes: self.live.members.nodes(&(r.dataset.clone(), r.version, r.region.clone())),
-                    refetched_bytes: self.live.ledger.refetched(&(r.dataset.clone(), r.version, r.region.clone())),
-                    mode: r.mode.to_string(),
-                    active: active.contains(&(r.dataset.clone(), r.version, r.region.clone())),
-                    dataset: r.dataset,
-                    version: r.version,
-                    region: r.region,
-                    total_bytes: r.total_bytes,
-                    cached_bytes: r.cached_bytes,
-                    phase: r.phase,
-                    reason: r.reason,
-                    rate_bytes_per_sec: r.rate,
-                    budget_bytes_per_sec: r.budget,
-                    updated_unix_ms: r.updated_unix_ms,
-                    relayed_bytes: r.relayed_bytes,
+                .map(|r| {
+                    let key = r.key();
+                    pb::StatusRow {
+                        nodes: self.live.members.nodes(&key),
+                        refetched_bytes: self.live.ledger.refetched(&key),
+                        mode: r.mode.to_wire(),
+                        active: active.contains(&key),
+                        dataset: r.dataset,
+                        version: r.version,
+                        region: r.region,
+                        total_bytes: r.total_bytes,
+                        cached_bytes: r.cached_bytes,
+                        phase: r.phase.to_wire(),
+                        reason: r.reason,
+                        rate_bytes_per_sec: r.rate,
+                        budget_bytes_per_sec: r.budget,
+                        updated_unix_ms: r.updated_unix_ms,
+                        relayed_bytes: r.relayed_bytes,
+                    }
                 })
                 .collect(),
             caches: self.live.members.caches(),

@@ -1,6 +1,6 @@
-//! The checks the hub makes on who is calling (identities: [`aqueduct_proto::identity`]).
+//! The checks the hub makes on who is calling (identities: [`aqueduct_core::identity`]).
 
-pub use aqueduct_proto::identity::Identity;
+use aqueduct_core::identity::Identity;
 use tonic::{Request, Status};
 
 /// Fails unless the caller holds the admin identity.

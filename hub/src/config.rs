@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
+use aqueduct_core::metrics::{MetricsConfig, MetricsLimits};
+use aqueduct_core::server::ServerLimits;
 use aqueduct_proto::Size;
-use aqueduct_proto::metrics::{MetricsConfig, MetricsLimits};
-use aqueduct_proto::server::ServerLimits;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +52,7 @@ pub struct LimitsConfig {
     /// Connections in their TLS handshake at once; past it, the oldest is dropped.
     pub max_handshakes: usize,
     /// How long a connection may take to complete its TLS handshake.
-    #[serde(with = "aqueduct_proto::server::human::duration")]
+    #[serde(with = "aqueduct_core::server::human::duration")]
     pub handshake_timeout: Duration,
     /// Calls one connection may carry at once (HTTP/2 streams; clients queue past it).
     pub max_streams_per_connection: u32,
@@ -60,16 +60,16 @@ pub struct LimitsConfig {
     pub fetch_streams_per_region: usize,
     /// Chunk bytes the relay holds at once per region: read from the source and not yet
     /// handed to the connection.
-    #[serde(with = "aqueduct_proto::server::human::size")]
+    #[serde(with = "aqueduct_core::server::human::size")]
     pub relay_memory_per_region: Size,
     /// How long a `FetchChunks` call waits for one of its region's streams before it is
     /// refused with RESOURCE_EXHAUSTED (spokes retry with backoff).
-    #[serde(with = "aqueduct_proto::server::human::duration")]
+    #[serde(with = "aqueduct_core::server::human::duration")]
     pub fetch_wait: Duration,
     /// Connections to the metrics endpoint at once.
     pub metrics_connections: usize,
     /// How long a metrics client has to send its request's headers.
-    #[serde(with = "aqueduct_proto::server::human::duration")]
+    #[serde(with = "aqueduct_core::server::human::duration")]
     pub metrics_header_timeout: Duration,
 }
 

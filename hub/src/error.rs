@@ -2,7 +2,7 @@
 
 use tonic::{Code, Status};
 
-use crate::members::MembersError;
+use crate::live::members::MembersError;
 use crate::snapshot::SnapshotError;
 use crate::source::SourceError;
 use crate::store::StoreError;
@@ -46,9 +46,7 @@ impl From<SnapshotError> for Status {
             SnapshotError::BadObject { .. }
             | SnapshotError::OutsideLinks { .. }
             | SnapshotError::LinkCycles { .. }
-            | SnapshotError::TooLarge { .. } => {
-                Status::failed_precondition(e.to_string())
-            }
+            | SnapshotError::TooLarge { .. } => Status::failed_precondition(e.to_string()),
             SnapshotError::Read { .. } => Status::unavailable(e.to_string()),
             SnapshotError::Task(_) => Status::internal(e.to_string()),
         }
@@ -65,7 +63,7 @@ impl From<MembersError> for Status {
     }
 }
 
-/// A name that was not valid.
+/// An argument that was not valid (a name, a phase, a replication mode).
 pub(crate) fn invalid(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(e.to_string())
 }

@@ -6,20 +6,24 @@
 //! a version records, for every chunk, where its bytes are in the source.
 //!
 //! Modules, from the bottom up: [`source`] (listing and reading sources: directories, S3),
-//! [`chunker`] (FastCDC + BLAKE3), [`store`] (the metadata store), [`snapshot`] (cutting a
-//! version), [`auth`] and [`pki`] (identities and certificates), [`api`] (the gRPC handlers)
-//! [`relay`] (the spokes' API and chunk relay), [`metrics`] (Prometheus) and, here, [`init`] (its
-//! steps, crash-safe, in `setup`) and [`serve`], which the `aqueduct-hub` binary calls.
+//! [`chunker`] (FastCDC + BLAKE3), [`rollout`] (the rollout lifecycle's rules, pure),
+//! [`store`] (the metadata store), [`snapshot`] (cutting a version), [`auth`] and [`pki`]
+//! (identities and certificates), [`metrics`] (Prometheus), [`live`] (what the hub keeps in
+//! memory: live members and their reports, budgets, the relay's ledger, change notices), then
+//! the two services, siblings that share `live` and never call each other: [`api`] (the
+//! admin API) and [`relay`] (the spokes' API and chunk relay). Here: [`init`] (its steps,
+//! crash-safe, in `setup`) and [`serve`], which the `aqueduct-hub` binary calls.
 
 pub mod api;
 pub mod auth;
 pub mod chunker;
 pub mod config;
 mod error;
-pub mod members;
+pub mod live;
 pub mod metrics;
 pub mod pki;
 pub mod relay;
+pub mod rollout;
 mod setup;
 pub mod snapshot;
 pub mod source;
@@ -38,7 +42,8 @@ use tracing::info;
 use crate::config::HubConfig;
 use crate::pki::{Authority, PkiError};
 use crate::snapshot::SnapshotOptions;
-use crate::store::{SqliteStore, StoreError};
+use crate::store::StoreError;
+use crate::store::sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -53,11 +58,11 @@ pub enum HubError {
     #[error("cannot {action} {path}: {source}")]
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
     #[error(transparent)]
-    Metrics(#[from] aqueduct_proto::metrics::MetricsError),
+    Metrics(#[from] aqueduct_core::metrics::MetricsError),
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("the hub's TLS files (tls.cert, tls.key, tls.ca) are not usable: {0}")]
-    Tls(#[from] aqueduct_proto::server::TlsSetupError),
+    Tls(#[from] aqueduct_core::server::TlsSetupError),
 }
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> HubError + use<> {
@@ -99,7 +104,7 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         let path = config.resolve(p);
         std::fs::read(&path).map_err(|source| HubError::Pki(PkiError::Read { path, source }))
     };
-    let tls = aqueduct_proto::server::server_config(
+    let tls = aqueduct_core::server::server_config(
         &read(&config.tls.cert)?,
         &read(&config.tls.key)?,
         &read(&config.tls.ca)?,
@@ -111,19 +116,15 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         snapshot.parallelism = p;
     }
     let authority = Arc::new(Authority::load(&config.resolve(&config.tls.ca), &config.resolve(&config.tls.ca_key))?);
-    let live = relay::Live {
-        stopping: shutdown.clone(),
-        relay_limits: Arc::new(relay::RelayLimits::new(&config.limits)),
-        ..Default::default()
-    };
+    let live = live::Live { stopping: shutdown.clone(), ..Default::default() };
     let flusher = tokio::spawn(live.ledger.clone().run(db.clone(), shutdown.clone()));
     if let Some(metrics) = &config.metrics {
-        let (listener, _) = aqueduct_proto::metrics::bind(metrics).await?;
+        let (listener, _) = aqueduct_core::metrics::bind(metrics).await?;
         let (state, members, hub_metrics) = (db.clone(), live.members.clone(), live.metrics.clone());
-        let exporter = aqueduct_proto::metrics::Exporter::new(live.metrics.registry(), move || {
-            hub_metrics.refresh(state.as_ref(), &members)
+        let exporter = aqueduct_core::metrics::Exporter::new(live.metrics.registry(), move || {
+            hub_metrics.refresh(state.as_ref(), |region| members.members(region).len())
         });
-        tokio::spawn(aqueduct_proto::metrics::serve(listener, exporter, config.limits.metrics(), shutdown.clone()));
+        tokio::spawn(aqueduct_core::metrics::serve(listener, exporter, config.limits.metrics(), shutdown.clone()));
         tokio::spawn(live.metrics.clone().run(shutdown.clone()));
     }
     // Requests are small; answers go up to a manifest (the largest message there is).
@@ -131,15 +132,16 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         AdminServer::new(api::AdminService::new(db.clone(), snapshot, authority, live.clone(), hub_files(&config)))
             .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES)
             .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
-    let spoke = SpokeServer::new(relay::SpokeService::new(db.clone(), live.clone(), hub_files(&config)))
+    let relay_limits = relay::RelayLimits::new(&config.limits);
+    let spoke = SpokeServer::new(relay::SpokeService::new(db.clone(), live.clone(), relay_limits, hub_files(&config)))
         .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES)
         .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
     let addr = listener.local_addr().map_err(io_err("inspect", Path::new("listener")))?;
     info!(%addr, data_dir = %config.data_dir.display(), "hub serving");
-    let incoming = aqueduct_proto::server::incoming(listener, tls, config.limits.server(), "hub API");
+    let incoming = aqueduct_core::server::incoming(listener, tls, config.limits.server(), "hub API");
     // A spoke that vanishes without closing its connection stops being a member of its region
     // when its keepalive goes unanswered.
-    aqueduct_proto::server::grpc_server(config.limits.max_streams_per_connection, KEEPALIVE)
+    aqueduct_core::server::grpc_server(config.limits.max_streams_per_connection, KEEPALIVE)
         .add_service(admin)
         .add_service(spoke)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())

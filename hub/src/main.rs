@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
     name = "aqueduct-hub",
     version,
     about = "Aqueduct's on-prem control plane: sources, datasets, versioned manifests",
-    after_help = aqueduct_proto::edge::LOG_HELP
+    after_help = aqueduct_core::edge::LOG_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -51,7 +51,7 @@ enum Command {
 }
 
 fn main() {
-    if let Err(e) = aqueduct_proto::edge::init_logging() {
+    if let Err(e) = aqueduct_core::edge::init_logging() {
         eprintln!("error: {e}");
         std::process::exit(2);
     }
@@ -74,7 +74,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Serve { config, listen } => {
             let mut config = HubConfig::load(&config)?;
             // The connection caps of `[limits]`, not the descriptor limit, are what binds.
-            let _ = aqueduct_proto::edge::raise_open_file_limit();
+            let _ = aqueduct_core::edge::raise_open_file_limit();
             if let Some(listen) = listen {
                 config.listen = listen;
             }
@@ -84,7 +84,7 @@ async fn run() -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             let trigger = shutdown.clone();
             tokio::spawn(async move {
-                aqueduct_proto::edge::interrupted().await;
+                aqueduct_core::edge::interrupted().await;
                 trigger.cancel();
             });
             aqueduct_hub::serve(config, listener, shutdown).await?;

@@ -1,4 +1,4 @@
-//! The hub's Prometheus metrics (`[metrics]` in its config; see `aqueduct_proto::metrics` for
+//! The hub's Prometheus metrics (`[metrics]` in its config; see `aqueduct_core::metrics` for
 //! the endpoint).
 //!
 //! Counted as things happen, in [`HubMetrics`]: bytes and chunks relayed per region and
@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aqueduct_proto::Phase;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -23,9 +24,8 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::members::Members;
-use crate::relay::active_versions;
-use crate::store::MetaStore;
+use crate::rollout::active_versions;
+use crate::store::{MetaStore, StoreError};
 
 /// How often the achieved rate per region is measured.
 pub const RATE_EVERY: Duration = Duration::from_secs(1);
@@ -60,8 +60,6 @@ pub struct PhaseLabels {
     pub region: String,
     pub phase: String,
 }
-
-const PHASES: [&str; 4] = ["Pending", "Transferring", "Ready", "Failed"];
 
 /// Every metric of the hub. Cheap to update from the relay's hot path (atomics under a
 /// family's read lock); the gauges read from state are refreshed before each scrape.
@@ -174,9 +172,10 @@ impl HubMetrics {
         }
     }
 
-    /// Brings the gauges read from state up to date. Blocking (reads the database).
-    pub fn refresh(&self, db: &dyn MetaStore, members: &Members) {
-        let read = (|| Ok::<_, crate::store::StoreError>((db.regions()?, db.datasets()?, db.rollouts(None)?)))();
+    /// Brings the gauges read from state up to date, with `spokes` telling how many live
+    /// spokes a region has. Blocking (reads the database).
+    pub fn refresh(&self, db: &dyn MetaStore, spokes: impl Fn(&str) -> usize) {
+        let read = (|| Ok::<_, StoreError>((db.regions()?, db.datasets()?, db.rollouts(None)?)))();
         let (regions, datasets, rollouts) = match read {
             Ok(read) => read,
             Err(e) => return warn!(error = %e, "could not read the hub's state for metrics"),
@@ -186,7 +185,7 @@ impl HubMetrics {
         for r in &regions {
             let labels = RegionLabels { region: r.name.clone() };
             self.budget.get_or_create(&labels).set(r.rate as i64);
-            self.spokes.get_or_create(&labels).set(members.members(&r.name).len() as i64);
+            self.spokes.get_or_create(&labels).set(spokes(&r.name) as i64);
         }
         self.version_newest.clear();
         for d in &datasets {
@@ -202,7 +201,7 @@ impl HubMetrics {
             // Reported by spokes: any u64, shown as the most a gauge holds rather than negative.
             self.rollout_cached.get_or_create(&labels).set(i64::try_from(r.cached_bytes).unwrap_or(i64::MAX));
             self.rollout_size.get_or_create(&labels).set(r.total_bytes as i64);
-            for phase in PHASES {
+            for phase in Phase::ALL {
                 let labels = PhaseLabels {
                     dataset: r.dataset.clone(),
                     version: r.version.to_string(),
@@ -217,8 +216,8 @@ impl HubMetrics {
             *v = (*v).max(r.version);
         }
         let mut served: HashMap<RegionDatasetLabels, u64> = HashMap::new();
-        for (dataset, version, region) in active_versions(&rollouts) {
-            served.insert(RegionDatasetLabels { region, dataset }, version);
+        for key in active_versions(&rollouts) {
+            served.insert(RegionDatasetLabels { region: key.region, dataset: key.dataset }, key.version);
         }
         self.version_served.clear();
         self.version_lag.clear();

@@ -3,20 +3,20 @@
 //! holds them. Everything speaks mutual TLS; only certificates issued here are accepted.
 //!
 //! Keys are written with mode 0600; certificates are PEM. Both are written atomically and
-//! fsynced ([`aqueduct_proto::durable`]): a crash leaves a file whole or absent, never half a
+//! fsynced ([`aqueduct_core::durable`]): a crash leaves a file whole or absent, never half a
 //! key. Nothing here is ever logged.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use aqueduct_proto::durable;
+use aqueduct_core::durable;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     SanType,
 };
 
-use crate::auth::Identity;
+use aqueduct_core::identity::Identity;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {

@@ -1,57 +1,43 @@
 //! The spokes' API: work assignments, manifests and the chunk relay.
 //!
 //! A spoke proves its region with its certificate and may read only versions rolled out to
-//! that region; it speaks for its node with the session of its open watch ([`crate::members`]).
-//! [`SpokeService::fetch_chunks`] reads each asked chunk's byte range from the
+//! that region; it speaks for its node with the session of its open watch
+//! ([`crate::live::members`]). `FetchChunks` reads each asked chunk's byte range from the
 //! source, checks its BLAKE3 against the version (a source that changed after the snapshot
 //! fails the version in the regions where it is not whole yet, and no wrong byte is sent), and
-//! streams it within the region's link budget, shared by every stream of the region.
-//! Assignments are pushed on every rollout change ([`Changes`]) and re-checked every
-//! [`WATCH_RECHECK`]. Which version a region serves is decided by [`active_versions`], from
-//! when each region of a rollout was added and first became Ready.
+//! streams it within the region's link budget, shared by every stream of the region, and
+//! within the region's [`RelayLimits`]. Assignments are pushed on every rollout
+//! change ([`crate::live::Changes`]) and re-checked every [`WATCH_RECHECK`]. The rules this
+//! service applies (how reports fold into a region's row, which version a region serves, what
+//! a changed source fails) are [`crate::rollout`]'s; what it keeps in memory is
+//! [`crate::live`]'s.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-pub use aqueduct_proto::budget::Budget;
+use aqueduct_core::budget::Budget;
 use aqueduct_proto::hub::v1 as pb;
-use aqueduct_proto::{Digest, Manifest};
+use aqueduct_proto::{Digest, Manifest, Phase, ReplicationMode};
 use futures::{Stream, StreamExt};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, debug, info, instrument, warn};
 
-use crate::auth::Identity;
-use crate::members::{Members, NodeReport, Proof, RegionProgress};
+use crate::config::LimitsConfig;
+use crate::error::invalid;
+use crate::live::Live;
+use crate::live::members::{Members, Proof};
+use crate::rollout::{NodeReport, RegionProgress, RolloutKey, VersionId, assignments_of};
 use crate::snapshot::{blocking, now_unix_ms};
 use crate::source::{HubFiles, Source, SourceSpec, read_range};
-use crate::store::{MetaStore, RolloutRecord, RolloutUpdate};
+use crate::store::{MetaStore, RolloutUpdate, StoreError};
+use aqueduct_core::identity::Identity;
 
 /// How often a watch re-reads its region's assignments even without a change notice.
 pub const WATCH_RECHECK: Duration = Duration::from_secs(30);
-
-/// Rollout changes: the admin API notifies, watches wake up.
-pub type Changes = Arc<Notify>;
-
-/// What the hub keeps in memory, shared by its services.
-#[derive(Clone, Default)]
-pub struct Live {
-    pub changes: Changes,
-    pub ledger: Arc<Ledger>,
-    pub members: Arc<Members>,
-    /// Each region's link budget, as the relay applies it.
-    pub budgets: Arc<Budgets>,
-    /// What the hub counts for Prometheus.
-    pub metrics: Arc<crate::metrics::HubMetrics>,
-    /// Fires when the hub stops: watches end, so that the server's graceful shutdown is not
-    /// held up by streams that never finish on their own.
-    pub stopping: tokio_util::sync::CancellationToken,
-    /// How much `FetchChunks` work each region may have at once.
-    pub relay_limits: Arc<RelayLimits>,
-}
 
 /// `FetchChunks` work per region, bounded so that one region's certificate cannot make the
 /// hub hold more than a known amount of memory: at most `limits.fetch_streams_per_region`
@@ -62,16 +48,16 @@ pub struct Live {
 /// encoder, the connection's send buffer), so a region costs the hub at most about
 /// `relay_memory_per_region + fetch_streams_per_region x 2.5 MiB`.
 pub struct RelayLimits {
-    streams: aqueduct_proto::server::KeyedLimit,
+    streams: aqueduct_core::server::KeyedLimit,
     /// In KiB.
-    memory: aqueduct_proto::server::KeyedLimit,
+    memory: aqueduct_core::server::KeyedLimit,
 }
 
 impl RelayLimits {
-    pub fn new(limits: &crate::config::LimitsConfig) -> Self {
+    pub fn new(limits: &LimitsConfig) -> Self {
         Self {
-            streams: aqueduct_proto::server::KeyedLimit::new(limits.fetch_streams_per_region, limits.fetch_wait),
-            memory: aqueduct_proto::server::KeyedLimit::new(
+            streams: aqueduct_core::server::KeyedLimit::new(limits.fetch_streams_per_region, limits.fetch_wait),
+            memory: aqueduct_core::server::KeyedLimit::new(
                 (limits.relay_memory_per_region.0 >> 10) as usize,
                 limits.fetch_wait,
             ),
@@ -91,137 +77,9 @@ impl RelayLimits {
 
 impl Default for RelayLimits {
     fn default() -> Self {
-        Self::new(&crate::config::LimitsConfig::default())
+        Self::new(&LimitsConfig::default())
     }
 }
-
-/// Every region's budget, and when its rate was last read from the database. Shared by the
-/// relay (which takes from them) and the admin API (which changes a rate at once).
-#[derive(Default)]
-pub struct Budgets {
-    regions: Mutex<HashMap<String, (Arc<Budget>, Instant)>>,
-}
-
-impl Budgets {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<Budget>, Instant)>> {
-        self.regions.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The region's budget, if it was read less than [`BUDGET_RECHECK`] ago.
-    fn fresh(&self, region: &str) -> Option<Arc<Budget>> {
-        self.lock().get(region).filter(|(_, read)| read.elapsed() < BUDGET_RECHECK).map(|(b, _)| b.clone())
-    }
-
-    /// Sets the region's rate (as just read or changed) and returns its budget: streams that
-    /// hold it use the new rate from their next chunk.
-    pub fn set(&self, region: &str, rate: u64) -> Arc<Budget> {
-        let mut regions = self.lock();
-        let entry = regions.entry(region.to_string()).or_insert_with(|| (Arc::new(Budget::new(rate)), Instant::now()));
-        entry.0.set_rate(rate);
-        entry.1 = Instant::now();
-        entry.0.clone()
-    }
-
-    /// The rate the relay's limiter uses for `region`, if it relayed anything to it yet.
-    pub fn rate(&self, region: &str) -> Option<u64> {
-        self.lock().get(region).map(|(b, _)| b.rate())
-    }
-}
-
-/// Bytes relayed per (dataset, version, region): counted in memory as each chunk is handed to
-/// the transport and written to the database in one go every [`LEDGER_FLUSH`] (and when the
-/// hub stops), so that a stream of one chunk (a reader's miss) costs no database write. The admin API's status adds
-/// what is not written yet, under the same lock as the flush, so it never counts twice.
-///
-/// It also keeps which chunks each region got of each version, in memory until the region is
-/// Ready, to count the bytes of chunks sent to a region more than once ([`Ledger::refetched`]):
-/// the measure of how well the region's spokes kept to "once per region" (a spoke that died
-/// with chunks no other held costs that much again). Counts start over when the hub restarts.
-#[derive(Default)]
-pub struct Ledger {
-    entries: Mutex<HashMap<RolloutKey, Sent>>,
-}
-
-/// (dataset, version, region).
-pub type RolloutKey = (String, u64, String);
-
-#[derive(Default)]
-struct Sent {
-    /// Relayed bytes not written to the database yet.
-    pending: u64,
-    /// Chunks sent, until the region is Ready.
-    chunks: HashSet<Digest>,
-    refetched: u64,
-}
-
-pub const LEDGER_FLUSH: Duration = Duration::from_secs(1);
-
-impl Ledger {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RolloutKey, Sent>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Counts `digest` as handed to the transport for `key`'s region, and as refetched if it
-    /// went there before.
-    fn sent(&self, key: &RolloutKey, digest: Digest, bytes: u64) {
-        let mut entries = self.lock();
-        let entry = match entries.get_mut(key) {
-            Some(entry) => entry,
-            None => entries.entry(key.clone()).or_default(),
-        };
-        entry.pending += bytes;
-        if !entry.chunks.insert(digest) {
-            entry.refetched += bytes;
-        }
-    }
-
-    /// Bytes of chunks of `dataset@version` sent to `region` more than once.
-    pub fn refetched(&self, key: &RolloutKey) -> u64 {
-        self.lock().get(key).map_or(0, |s| s.refetched)
-    }
-
-    /// The region is Ready with the version: forget which chunks it got, keep the count.
-    fn settle(&self, key: &RolloutKey) {
-        if let Some(s) = self.lock().get_mut(key) {
-            s.chunks = HashSet::new();
-        }
-    }
-
-    /// Writes what is pending. Blocking: call from a blocking task.
-    pub fn flush(&self, db: &dyn MetaStore) {
-        for ((dataset, version, region), entry) in self.lock().iter_mut().filter(|(_, e)| e.pending > 0) {
-            match db.add_relayed(dataset, *version, region, entry.pending) {
-                Ok(()) => entry.pending = 0,
-                Err(e) => warn!(error = %e, "could not record relayed bytes; will try again"),
-            }
-        }
-    }
-
-    /// Runs `read` (a database read of rollouts) with the pending bytes it must add per
-    /// rollout, under the flush's lock so that nothing counts twice.
-    pub fn with_pending<T>(&self, read: impl FnOnce(&dyn Fn(&RolloutKey) -> u64) -> T) -> T {
-        let entries = self.lock();
-        read(&|key| entries.get(key).map_or(0, |e| e.pending))
-    }
-
-    /// Flushes every [`LEDGER_FLUSH`] until `shutdown`, then once more.
-    pub async fn run(self: Arc<Self>, db: Arc<dyn MetaStore>, shutdown: tokio_util::sync::CancellationToken) {
-        loop {
-            let stop = tokio::select! {
-                _ = tokio::time::sleep(LEDGER_FLUSH) => false,
-                _ = shutdown.cancelled() => true,
-            };
-            let (ledger, db) = (self.clone(), db.clone());
-            let _ = tokio::task::spawn_blocking(move || ledger.flush(db.as_ref())).await;
-            if stop {
-                return;
-            }
-        }
-    }
-}
-
-/// How long a region's budget is used before its rate is read again.
-const BUDGET_RECHECK: Duration = Duration::from_secs(5);
 
 /// Where each chunk of a version is in its source.
 struct VersionIndex {
@@ -233,9 +91,11 @@ struct VersionIndex {
 pub struct SpokeService {
     db: Arc<dyn MetaStore>,
     live: Live,
-    indexes: Mutex<HashMap<(String, u64), Arc<VersionIndex>>>,
-    /// (region, dataset, version) found rolled out; rollouts are never withdrawn.
-    granted: Mutex<HashSet<(String, String, u64)>>,
+    /// How much `FetchChunks` work each region may have at once.
+    limits: Arc<RelayLimits>,
+    indexes: Mutex<HashMap<VersionId, Arc<VersionIndex>>>,
+    /// Rows found rolled out; rollouts are never withdrawn.
+    granted: Mutex<HashSet<RolloutKey>>,
     /// The hub's own files: no source read may reach them, whatever a link says.
     hub_files: HubFiles,
 }
@@ -253,23 +113,25 @@ fn region_of<T>(request: &Request<T>) -> Result<String, Status> {
 }
 
 impl SpokeService {
-    pub fn new(db: Arc<dyn MetaStore>, live: Live, hub_files: HubFiles) -> Self {
-        Self { db, live, indexes: Mutex::default(), granted: Mutex::default(), hub_files }
+    pub fn new(db: Arc<dyn MetaStore>, live: Live, limits: RelayLimits, hub_files: HubFiles) -> Self {
+        Self { db, live, limits: Arc::new(limits), indexes: Mutex::default(), granted: Mutex::default(), hub_files }
     }
 
-    /// Fails unless `dataset@version` is rolled out to `region`.
-    async fn authorize(&self, region: &str, dataset: &str, version: u64) -> Result<(), Status> {
-        let key = (region.to_string(), dataset.to_string(), version);
-        if self.granted.lock().unwrap_or_else(|e| e.into_inner()).contains(&key) {
+    /// Fails unless the key's version is rolled out to its region.
+    async fn authorize(&self, key: &RolloutKey) -> Result<(), Status> {
+        if self.granted.lock().unwrap_or_else(|e| e.into_inner()).contains(key) {
             return Ok(());
         }
-        let owned = dataset.to_string();
+        let owned = key.dataset.clone();
         let rollouts = blocking(&self.db, move |db| db.rollouts(Some(&owned))).await?;
-        if rollouts.iter().any(|r| r.version == version && r.region == region) {
-            self.granted.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
+        if rollouts.iter().any(|r| r.version == key.version && r.region == key.region) {
+            self.granted.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone());
             Ok(())
         } else {
-            Err(Status::permission_denied(format!("{dataset}@v{version} is not rolled out to region {region}")))
+            Err(Status::permission_denied(format!(
+                "{}@v{} is not rolled out to region {}",
+                key.dataset, key.version, key.region
+            )))
         }
     }
 
@@ -288,11 +150,11 @@ impl SpokeService {
         Ok(self.live.budgets.set(region, rate))
     }
 
-    async fn index(&self, dataset: &str, version: u64) -> Result<Arc<VersionIndex>, Status> {
-        let key = (dataset.to_string(), version);
-        if let Some(index) = self.indexes.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+    async fn index(&self, key: &VersionId) -> Result<Arc<VersionIndex>, Status> {
+        if let Some(index) = self.indexes.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
             return Ok(index.clone());
         }
+        let (dataset, version) = (key.dataset.as_str(), key.version);
         let owned = dataset.to_string();
         let stored = blocking(&self.db, move |db| db.version(&owned, Some(version)))
             .await?
@@ -313,7 +175,7 @@ impl SpokeService {
             }
         }
         let index = Arc::new(VersionIndex { manifest: stored.manifest, source, locations });
-        self.indexes.lock().unwrap_or_else(|e| e.into_inner()).insert(key, index.clone());
+        self.indexes.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), index.clone());
         Ok(index)
     }
 
@@ -328,63 +190,6 @@ impl SpokeService {
             session: String::new(),
         })
     }
-}
-
-/// What `region` must hold, from every region's rollout rows: its versions, which of them it
-/// serves (see [`active_versions`]) and which are Ready in it (ever: Ready stays Ready).
-pub fn assignments_of(rollouts: Vec<RolloutRecord>, region: &str) -> Vec<pb::Assignment> {
-    let active = active_versions(&rollouts);
-    rollouts
-        .into_iter()
-        .filter(|r| r.region == region)
-        .map(|r| pb::Assignment {
-            active: active.contains(&(r.dataset.clone(), r.version, r.region.clone())),
-            ready: r.ready_unix_ms.is_some(),
-            dataset: r.dataset,
-            version: r.version,
-            total_bytes: r.total_bytes,
-            root: r.root.0.to_vec(),
-            mode: r.mode.to_string(),
-        })
-        .collect()
-}
-
-/// The (dataset, version, region) triples a region serves: per dataset and region, the newest
-/// version that is *activated* (see [`activated_at`]) and became Ready in that region.
-///
-/// Activation is remembered, not recomputed from the phases of the moment: it follows from
-/// when each row was added and first became Ready, which the store keeps. So a spoke that joins
-/// a region later, a region added to the rollout later, or a source that changed after the
-/// region held the version whole never takes back a version a region serves. A version that
-/// failed (or is not Ready yet) in a region its rollout named never becomes active, so every
-/// region stays on the version before it.
-pub fn active_versions(rollouts: &[RolloutRecord]) -> HashSet<(String, u64, String)> {
-    let mut rows: HashMap<(&str, u64), Vec<&RolloutRecord>> = HashMap::new();
-    for r in rollouts {
-        rows.entry((&r.dataset, r.version)).or_default().push(r);
-    }
-    let activated: HashSet<(&str, u64)> =
-        rows.iter().filter(|(_, rows)| activated_at(rows).is_some()).map(|(k, _)| *k).collect();
-    let mut newest: HashMap<(&str, &str), u64> = HashMap::new();
-    for r in
-        rollouts.iter().filter(|r| r.ready_unix_ms.is_some() && activated.contains(&(r.dataset.as_str(), r.version)))
-    {
-        let v = newest.entry((&r.dataset, &r.region)).or_insert(r.version);
-        *v = (*v).max(r.version);
-    }
-    newest.into_iter().map(|((d, region), v)| (d.to_string(), v, region.to_string())).collect()
-}
-
-/// When a version (its rows, one per region) became active: the first moment at which every
-/// region its rollout named by then had been Ready (the `all-ready` cut-over). `None` while
-/// some region named is not Ready yet, or failed. Regions added after that moment do not take
-/// it back; they serve the version once Ready themselves.
-pub fn activated_at(rows: &[&RolloutRecord]) -> Option<i64> {
-    let mut candidates: Vec<i64> = rows.iter().filter_map(|r| r.ready_unix_ms).collect();
-    candidates.sort_unstable();
-    candidates.into_iter().find(|&t| {
-        rows.iter().filter(|r| r.added_unix_ms <= t).all(|r| r.ready_unix_ms.is_some_and(|ready| ready <= t))
-    })
 }
 
 #[tonic::async_trait]
@@ -458,8 +263,9 @@ impl pb::spoke_server::Spoke for SpokeService {
             .record("region", region.as_str())
             .record("dataset", req.dataset.as_str())
             .record("version", req.version);
-        self.authorize(&region, &req.dataset, req.version).await?;
-        let index = self.index(&req.dataset, req.version).await?;
+        let key = RolloutKey::new(req.dataset, req.version, region);
+        self.authorize(&key).await?;
+        let index = self.index(&VersionId::new(key.dataset, key.version)).await?;
         // Cut by a hub without the bound: refused with the reason, not sent to fail below.
         index.manifest.check_size().map_err(|e| Status::failed_precondition(e.to_string()))?;
         Ok(Response::new(pb::Manifest::from(&index.manifest)))
@@ -488,10 +294,12 @@ impl pb::spoke_server::Spoke for SpokeService {
                     .ok_or_else(|| Status::invalid_argument(format!("a digest has {} bytes, not 32", d.len())))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.authorize(&region, &req.dataset, req.version).await?;
-        let index = self.index(&req.dataset, req.version).await?;
+        let key = RolloutKey::new(req.dataset, req.version, region);
+        self.authorize(&key).await?;
+        let index = self.index(&VersionId::new(key.dataset.clone(), key.version)).await?;
+        let region = key.region.clone();
         let budget = self.budget(&region).await?;
-        let limits = self.live.relay_limits.clone();
+        let limits = self.limits.clone();
         // Held until the stream ends.
         let turn = limits.streams.enter(&region).await.map_err(|busy| {
             Status::resource_exhausted(format!(
@@ -501,7 +309,7 @@ impl pb::spoke_server::Spoke for SpokeService {
         })?;
         debug!(streams = limits.streams.held(&region), "stream turn taken");
         let (tx, rx) = mpsc::channel(2);
-        let (db, ledger, dataset, version) = (self.db.clone(), self.live.ledger.clone(), req.dataset, req.version);
+        let (db, ledger) = (self.db.clone(), self.live.ledger.clone());
         let metrics = self.live.metrics.clone();
         // Each chunk's share of the region's relay memory, in the order the chunks are sent,
         // given back when the connection takes the chunk.
@@ -509,8 +317,8 @@ impl pb::spoke_server::Spoke for SpokeService {
         let (held_memory, stream_region, gone) = (memory.clone(), region.clone(), tx.clone());
         let mut relay = tokio::spawn(
             async move {
-                // Counted as chunks are handed to the transport, recorded when the stream ends.
-                let key = (dataset.clone(), version, region);
+                // Each chunk counts for the key's row (ledger, metrics) as it is handed to the
+                // transport.
                 let reads = futures::stream::iter(digests)
                     .map(|digest| {
                         let (index, limits, region) = (index.clone(), limits.clone(), stream_region.clone());
@@ -539,10 +347,10 @@ impl pb::spoke_server::Spoke for SpokeService {
                             "source changed: {object} at offset {offset} no longer holds chunk {}; snapshot the dataset again",
                             digest.short()
                         );
-                        metrics.verification_failed(&dataset);
-                        let (d, r) = (dataset.clone(), reason.clone());
+                        metrics.verification_failed(&key.dataset);
+                        let (version, r) = (VersionId::new(key.dataset.clone(), key.version), reason.clone());
                         // Regions that hold the version whole keep it; it fails where it is not.
-                        match blocking(&db, move |db| db.fail_version(&d, version, &r, now_unix_ms())).await {
+                        match blocking(&db, move |db| db.fail_version(&version, &r, now_unix_ms())).await {
                             Ok(failed) => warn!(%reason, ?failed, "version failed in the regions where it was not whole"),
                             Err(e) => warn!(%reason, error = %e, "could not record the version's failure"),
                         }
@@ -557,7 +365,7 @@ impl pb::spoke_server::Spoke for SpokeService {
                         return;
                     }
                     ledger.sent(&key, digest, len);
-                    metrics.relayed(&key.2, &key.0, len);
+                    metrics.relayed(&key.region, &key.dataset, len);
                 }
             }
             .instrument(Span::current()),
@@ -594,26 +402,22 @@ impl pb::spoke_server::Spoke for SpokeService {
             .record("region", region.as_str())
             .record("node", r.node.as_str())
             .record("dataset", r.dataset.as_str())
-            .record("version", r.version)
-            .record("phase", r.phase.as_str());
-        if !["Pending", "Transferring", "Ready", "Failed"].contains(&r.phase.as_str()) {
-            return Err(Status::invalid_argument(format!(
-                "phase {:?} is not one of Pending, Transferring, Ready, Failed",
-                r.phase
-            )));
-        }
+            .record("version", r.version);
+        let phase = Phase::from_wire(r.phase).map_err(invalid)?;
+        Span::current().record("phase", phase.as_str());
         let report = NodeReport {
-            phase: r.phase,
+            phase,
             cached_bytes: r.cached_bytes,
             reason: r.reason,
             rate: r.rate_bytes_per_sec,
-            share: r.mode == "region",
+            // A mode this hub does not know holds no share, as an unknown text did.
+            share: ReplicationMode::from_wire(r.mode) == Ok(ReplicationMode::Region),
             membership: r.membership,
         };
-        let key = (r.dataset, r.version, region);
+        let key = RolloutKey::new(r.dataset, r.version, region);
         // A report about a version that is not rolled out to the region is refused before it
         // is kept, and so is one that does not speak for its node's open watch.
-        self.authorize(&key.2, &key.0, key.1).await?;
+        self.authorize(&key).await?;
         let row = self.live.members.report(key.clone(), &r.node, Proof::Session(&r.session), report).map_err(|e| {
             warn!(error = %e, "refused a progress report");
             Status::from(e)
@@ -621,7 +425,7 @@ impl pb::spoke_server::Spoke for SpokeService {
         let Some(row) = row else {
             return Ok(Response::new(pb::ProgressAck {}));
         };
-        let ready = row.phase == "Ready";
+        let ready = row.phase == Phase::Ready;
         if ready {
             self.live.ledger.settle(&key);
         }
@@ -648,153 +452,19 @@ impl pb::spoke_server::Spoke for SpokeService {
 }
 
 /// Writes a region's row, folded from its members' reports.
-async fn write_region_row(
-    db: &Arc<dyn MetaStore>,
-    key: (String, u64, String),
-    row: RegionProgress,
-) -> Result<(), Status> {
-    let (dataset, version, region) = key;
-    let update = RolloutUpdate {
-        dataset,
-        version,
-        region,
-        cached_bytes: row.cached_bytes,
-        phase: row.phase,
-        reason: row.reason,
-        rate: row.rate,
-        updated_unix_ms: now_unix_ms(),
-    };
+async fn write_region_row(db: &Arc<dyn MetaStore>, key: RolloutKey, progress: RegionProgress) -> Result<(), Status> {
+    let update = RolloutUpdate { key, progress, updated_unix_ms: now_unix_ms() };
     blocking(db, move |db| db.update_rollout(&update)).await.map_err(|e| match e {
-        crate::store::StoreError::NotFound { name, .. } => {
-            Status::permission_denied(format!("{name} is not a rollout"))
-        }
+        StoreError::NotFound { name, .. } => Status::permission_denied(format!("{name} is not a rollout")),
         other => other.into(),
     })
 }
 
 /// Writes the rows that changed when a member left; failures are logged.
-async fn write_region_rows(db: &Arc<dyn MetaStore>, region: &str, rows: Vec<((String, u64, String), RegionProgress)>) {
+async fn write_region_rows(db: &Arc<dyn MetaStore>, region: &str, rows: Vec<(RolloutKey, RegionProgress)>) {
     for (key, row) in rows {
         if let Err(e) = write_region_row(db, key, row).await {
             warn!(region, error = %e.message(), "could not update the region's progress");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A row added at 0 and, if `phase` is Ready, Ready since 1.
-    fn row(dataset: &str, version: u64, region: &str, phase: &str) -> RolloutRecord {
-        RolloutRecord {
-            added_unix_ms: 0,
-            ready_unix_ms: (phase == "Ready").then_some(1),
-            dataset: dataset.into(),
-            version,
-            region: region.into(),
-            phase: phase.into(),
-            total_bytes: 0,
-            cached_bytes: 0,
-            reason: String::new(),
-            rate: 0,
-            budget: 0,
-            updated_unix_ms: 0,
-            mode: Default::default(),
-            relayed_bytes: 0,
-            root: Digest([0; 32]),
-        }
-    }
-
-    #[test]
-    fn a_changed_rate_applies_to_the_budget_streams_already_hold() {
-        let budgets = Budgets::default();
-        assert_eq!(budgets.rate("eu"), None);
-        let held = budgets.set("eu", 1 << 20);
-        assert_eq!((held.rate(), budgets.rate("eu")), (1 << 20, Some(1 << 20)));
-        // The admin API sets the new rate: the budget a stream holds follows, no re-read.
-        let again = budgets.set("eu", 8 << 20);
-        assert!(Arc::ptr_eq(&held, &again), "one budget per region");
-        assert_eq!(held.rate(), 8 << 20);
-        assert!(budgets.fresh("eu").is_some());
-    }
-
-    #[test]
-    fn a_version_is_active_once_ready_in_every_region_of_its_rollout() {
-        let active = |rows: &[RolloutRecord]| {
-            let mut a: Vec<_> = active_versions(rows).into_iter().collect();
-            a.sort();
-            a
-        };
-        let t = |d: &str, v, r: &str| (d.to_string(), v, r.to_string());
-        let mut rows = vec![row("m", 1, "eu", "Ready"), row("m", 1, "us", "Transferring")];
-        assert!(active(&rows).is_empty(), "active before every region was ready");
-        rows[1] = row("m", 1, "us", "Ready");
-        assert_eq!(active(&rows), [t("m", 1, "eu"), t("m", 1, "us")]);
-        // v2 ready in one region only: both stay on v1, in one step later.
-        rows.extend([row("m", 2, "eu", "Ready"), row("m", 2, "us", "Transferring"), row("x", 4, "eu", "Ready")]);
-        assert_eq!(active(&rows), [t("m", 1, "eu"), t("m", 1, "us"), t("x", 4, "eu")]);
-        rows[3] = row("m", 2, "us", "Ready");
-        assert_eq!(active(&rows), [t("m", 2, "eu"), t("m", 2, "us"), t("x", 4, "eu")]);
-        // A failed v3 never becomes active anywhere.
-        rows.extend([row("m", 3, "eu", "Ready"), row("m", 3, "us", "Failed")]);
-        assert_eq!(active(&rows)[..2], [t("m", 2, "eu"), t("m", 2, "us")]);
-    }
-
-    #[test]
-    fn a_version_is_ready_in_a_region_before_it_is_active_everywhere() {
-        let rows = vec![row("m", 1, "eu", "Ready"), row("m", 1, "us", "Transferring"), row("m", 2, "eu", "Pending")];
-        let flags = |region: &str| {
-            assignments_of(rows.clone(), region).iter().map(|a| (a.version, a.ready, a.active)).collect::<Vec<_>>()
-        };
-        assert_eq!(flags("eu"), [(1, true, false), (2, false, false)], "Ready in eu waits for no other region");
-        assert_eq!(flags("us"), [(1, false, false)]);
-        let mut all = rows.clone();
-        all[1] = row("m", 1, "us", "Ready");
-        let eu: Vec<_> = assignments_of(all, "eu").iter().map(|a| (a.version, a.ready, a.active)).collect();
-        assert_eq!(eu, [(1, true, true), (2, false, false)]);
-    }
-
-    /// A row with its times: added at `added`, Ready since `ready`, in `phase` now.
-    fn timed(version: u64, region: &str, phase: &str, added: i64, ready: Option<i64>) -> RolloutRecord {
-        RolloutRecord { added_unix_ms: added, ready_unix_ms: ready, ..row("m", version, region, phase) }
-    }
-
-    /// Activation is remembered: a region added to the rollout later, a spoke that joined (the
-    /// row's phase moved on) or a version that failed later where it was not whole do not
-    /// take back what a region serves; the late region serves it once Ready itself.
-    #[test]
-    fn activation_is_remembered_not_recomputed() {
-        let active = |rows: &[RolloutRecord]| {
-            let mut a: Vec<_> = active_versions(rows).into_iter().map(|(_, v, r)| (v, r)).collect();
-            a.sort();
-            a
-        };
-        let v = |version: u64, region: &str| (version, region.to_string());
-        // v1 in eu and us, Ready in both by 20: active in both since 20.
-        let mut rows = vec![timed(1, "eu", "Ready", 0, Some(10)), timed(1, "us", "Ready", 0, Some(20))];
-        let refs: Vec<&RolloutRecord> = rows.iter().collect();
-        assert_eq!(activated_at(&refs), Some(20));
-        assert_eq!(active(&rows), [v(1, "eu"), v(1, "us")]);
-        // ap is asked for v1 at 30 and fails (the source changed): eu and us keep serving v1.
-        rows.push(timed(1, "ap", "Failed", 30, None));
-        assert_eq!(active(&rows), [v(1, "eu"), v(1, "us")]);
-        // v2 was Ready in eu at 40 and then eu's phase moved on (a late spoke's report): still
-        // Ready since 40. us never got there and failed: v2 is active nowhere.
-        rows.extend([timed(2, "eu", "Transferring", 35, Some(40)), timed(2, "us", "Failed", 35, None)]);
-        assert_eq!(active(&rows), [v(1, "eu"), v(1, "us")], "a version failed in a region it named became active");
-        // v3 for eu only, Ready at 60: active in eu; us was added at 70 and is Ready at 80.
-        rows.extend([timed(3, "eu", "Ready", 50, Some(60)), timed(3, "us", "Transferring", 70, None)]);
-        assert_eq!(active(&rows), [v(1, "us"), v(3, "eu")], "a region added later took the version back");
-        rows.pop();
-        rows.push(timed(3, "us", "Ready", 70, Some(80)));
-        assert_eq!(active(&rows), [v(3, "eu"), v(3, "us")]);
-        // A region added while the others were still on their way is waited for.
-        let rows = [timed(4, "eu", "Ready", 0, Some(10)), timed(4, "us", "Ready", 5, Some(20))];
-        let refs: Vec<&RolloutRecord> = rows.iter().collect();
-        assert_eq!(activated_at(&refs), Some(20));
-        let rows = [timed(4, "eu", "Ready", 0, Some(10)), timed(4, "us", "Pending", 5, None)];
-        let refs: Vec<&RolloutRecord> = rows.iter().collect();
-        assert_eq!(activated_at(&refs), None);
     }
 }

@@ -1,7 +1,7 @@
 //! What `aqueduct-hub init` writes into a data directory, so that a crash at any point of it
 //! is mended by running it again.
 //!
-//! Every file is written atomically and fsynced ([`aqueduct_proto::durable`]), in this order:
+//! Every file is written atomically and fsynced ([`aqueduct_core::durable`]), in this order:
 //! the CA's key, then its certificate; the hub's key and certificate; the admin bundle (the
 //! CA's certificate, the admin key and certificate, `aq.toml`); the database; and `hub.toml`
 //! last, as the mark of a finished init. A directory that holds `hub.toml` is a hub: init
@@ -14,13 +14,13 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use aqueduct_proto::durable;
+use aqueduct_core::durable;
 
-use crate::auth::Identity;
-use crate::config::{HubConfig, SnapshotConfig, LimitsConfig, TlsConfig};
+use crate::config::{HubConfig, LimitsConfig, SnapshotConfig, TlsConfig};
 use crate::pki::{self, Authority};
-use crate::store::SqliteStore;
+use crate::store::sqlite::SqliteStore;
 use crate::{HubError, InitOutcome, io_err};
+use aqueduct_core::identity::Identity;
 
 /// The common name of every hub's CA.
 const CA_NAME: &str = "Aqueduct CA";
@@ -100,8 +100,7 @@ pub(crate) fn init_with(
     wrote(&db)?;
 
     let config_path = data_dir.join("hub.toml");
-    let config =
-        HubConfig {
+    let config = HubConfig {
         listen,
         data_dir: data_dir.clone(),
         tls,

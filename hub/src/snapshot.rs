@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use aqueduct_proto::domain::modes::OutsideLinks;
 use aqueduct_proto::domain::validate_path;
 use aqueduct_proto::{ChunkerParams, FileEntry, Manifest, ManifestError};
 use futures::{StreamExt, TryStreamExt};
@@ -28,8 +29,7 @@ use crate::chunker::{Chunker, HashPool};
 use crate::source::keys::{KeyClass, clashes, classify_key};
 use crate::source::{Listing, ObjectInfo, Refusal, Source, SourceError};
 use crate::store::{
-    DatasetRecord, MetaStore, OutsideLinks, SkippedObject, SourceStamp, StoreError, StoredVersion, VersionCut,
-    VersionRecord,
+    DatasetRecord, MetaStore, SkippedObject, SourceStamp, StoreError, StoredVersion, VersionCut, VersionRecord,
 };
 
 /// Entries named in one error message at most.

@@ -3,12 +3,13 @@
 
 mod common;
 
-use aqueduct_hub::auth::Identity;
+use aqueduct_core::identity::Identity;
 use aqueduct_hub::pki::Authority;
 use aqueduct_proto::Manifest;
 use aqueduct_proto::hub::v1 as pb;
+use aqueduct_testkit::hub::TestHub;
 use aqueduct_testkit::{S3Server, noise};
-use common::{Hub, dataset, expect_err, snapshot, source, source_with};
+use common::{dataset, expect_err, snapshot, source, source_with};
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -18,7 +19,7 @@ async fn admin_flow_over_mtls_survives_a_restart() {
     std::fs::create_dir_all(models.join("llama")).unwrap();
     std::fs::write(models.join("llama/model.safetensors"), noise(3 << 20, 5)).unwrap();
     std::fs::write(models.join("llama/config.json"), b"{}").unwrap();
-    let hub = Hub::init(&tmp.path().join("hub")).await;
+    let hub = TestHub::init(&tmp.path().join("hub")).await;
     let mut admin = hub.admin().await;
     let url = format!("file://{}", models.display());
 
@@ -42,7 +43,8 @@ async fn admin_flow_over_mtls_survives_a_restart() {
     );
 
     // A restarted hub has everything it had.
-    let hub = hub.restart().await;
+    let mut hub = hub;
+    hub.restart().await;
     let mut admin = hub.admin().await;
     let datasets = admin.list_datasets(pb::ListDatasetsRequest {}).await.unwrap().into_inner().datasets;
     assert_eq!(datasets.len(), 1);
@@ -68,7 +70,7 @@ async fn bad_input_gets_clear_errors_and_leaves_nothing() {
         "[default]\naws_access_key_id = aqueduct-test\naws_secret_access_key = not-the-secret\n",
     )
     .unwrap();
-    let hub = Hub::init(&tmp.path().join("hub")).await;
+    let hub = TestHub::init(&tmp.path().join("hub")).await;
     let mut admin = hub.admin().await;
 
     expect_err(admin.add_source(source("x", "s3:/models", &[])).await, Code::InvalidArgument, &["malformed", "s3://"]);
@@ -138,7 +140,7 @@ async fn bad_input_gets_clear_errors_and_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_admins_of_this_ca_get_in() {
     let tmp = tempfile::tempdir().unwrap();
-    let hub = Hub::init(&tmp.path().join("hub")).await;
+    let hub = TestHub::init(&tmp.path().join("hub")).await;
     let pki = hub.config.data_dir.join("pki");
     let ca_pem = std::fs::read_to_string(pki.join("ca.pem")).unwrap();
 
@@ -195,7 +197,7 @@ async fn regions_get_credentials_and_rollouts_show_in_status() {
     let models = tmp.path().join("models");
     std::fs::create_dir_all(models.join("llama")).unwrap();
     std::fs::write(models.join("llama/model.safetensors"), noise(1 << 20, 8)).unwrap();
-    let hub = Hub::init(&tmp.path().join("hub")).await;
+    let hub = TestHub::init(&tmp.path().join("hub")).await;
     let mut admin = hub.admin().await;
     admin.add_source(source("local", &format!("file://{}", models.display()), &[])).await.unwrap();
     admin.add_dataset(dataset("llama", "local", "llama")).await.unwrap();
@@ -225,7 +227,7 @@ async fn regions_get_credentials_and_rollouts_show_in_status() {
         dataset: "llama".into(),
         version,
         regions: regions.iter().map(|r| r.to_string()).collect(),
-        mode: String::new(),
+        mode: Default::default(),
     };
     expect_err(admin.rollout(rollout(0, &["eu-west"])).await, Code::FailedPrecondition, &["no version yet"]);
     let v1 = snapshot(&mut admin, "llama").await.unwrap();
@@ -242,13 +244,14 @@ async fn regions_get_credentials_and_rollouts_show_in_status() {
     let rows = admin.status(pb::StatusRequest { dataset: String::new() }).await.unwrap().into_inner().rows;
     let summary: Vec<_> = rows
         .iter()
-        .map(|r| {
-            (r.region.as_str(), r.version, r.phase.as_str(), r.total_bytes, r.cached_bytes, r.budget_bytes_per_sec)
-        })
+        .map(|r| (r.region.as_str(), r.version, r.phase(), r.total_bytes, r.cached_bytes, r.budget_bytes_per_sec))
         .collect();
     assert_eq!(
         summary,
-        [("eu-west", 1, "Pending", v1.bytes, 0, 100 << 20), ("us-east", 1, "Pending", v1.bytes, 0, 25 << 20)]
+        [
+            ("eu-west", 1, pb::Phase::Pending, v1.bytes, 0, 100 << 20),
+            ("us-east", 1, pb::Phase::Pending, v1.bytes, 0, 25 << 20)
+        ]
     );
     expect_err(admin.status(pb::StatusRequest { dataset: "ghost".into() }).await, Code::NotFound, &["ghost"]);
 }

@@ -11,7 +11,8 @@ use std::path::Path;
 
 use aqueduct_proto::Manifest;
 use aqueduct_proto::hub::v1 as pb;
-use common::{Hub, dataset, expect_err, snapshot, source};
+use aqueduct_testkit::hub::TestHub;
+use common::{dataset, expect_err, snapshot, source};
 use tonic::Code;
 
 fn write(path: &Path, bytes: &[u8]) {
@@ -24,7 +25,7 @@ async fn links_never_lead_out_of_a_dataset_and_every_name_is_kept_or_named() {
     let tmp = tempfile::tempdir().unwrap();
     let tmp = tmp.path().canonicalize().unwrap();
     let hub_dir = tmp.join("hub");
-    let hub = Hub::init(&hub_dir).await;
+    let hub = TestHub::init(&hub_dir).await;
     let mut admin = hub.admin().await;
     let models = tmp.join("models");
     let llama = models.join("llama");

@@ -7,17 +7,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use aqueduct_hub::config::HubConfig;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
 use aqueduct_proto::{Digest, Manifest, Size};
+use aqueduct_testkit::hub::TestHub;
 use aqueduct_testkit::noise;
-use common::{Hub, dataset, expect_err, snapshot, source};
-use tokio::net::TcpListener;
+use common::{dataset, expect_err, snapshot, source};
 use tonic::Code;
 use tonic::transport::Channel;
 
-async fn region(hub: &Hub, admin: &mut pb::admin_client::AdminClient<Channel>, name: &str) -> SpokeClient<Channel> {
+async fn region(hub: &TestHub, admin: &mut pb::admin_client::AdminClient<Channel>, name: &str) -> SpokeClient<Channel> {
     let req = pb::AddRegionRequest {
         region: Some(pb::Region {
             name: name.into(),
@@ -55,13 +54,12 @@ async fn each_region_has_its_share_of_fetch_streams_and_digest_lists_are_bounded
     let models = tmp.path().join("models/llama");
     std::fs::create_dir_all(&models).unwrap();
     std::fs::write(models.join("model.safetensors"), noise(12 << 20, 5)).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let out = aqueduct_hub::init(&tmp.path().join("hub"), listener.local_addr().unwrap(), &[]).unwrap();
-    let mut config = HubConfig::load(&out.config_path).unwrap();
-    config.limits.fetch_streams_per_region = 2;
-    config.limits.fetch_wait = Duration::from_millis(300);
-    config.limits.relay_memory_per_region = Size(4 << 20);
-    let hub = Hub::start(config, listener).await;
+    let hub = TestHub::init_with(&tmp.path().join("hub"), "127.0.0.1:0".parse().unwrap(), &[], |config| {
+        config.limits.fetch_streams_per_region = 2;
+        config.limits.fetch_wait = Duration::from_millis(300);
+        config.limits.relay_memory_per_region = Size(4 << 20);
+    })
+    .await;
     let mut admin = hub.admin().await;
     admin.add_source(source("local", &format!("file://{}", tmp.path().join("models").display()), &[])).await.unwrap();
     admin.add_dataset(dataset("llama", "local", "llama")).await.unwrap();
@@ -72,7 +70,7 @@ async fn each_region_has_its_share_of_fetch_streams_and_digest_lists_are_bounded
         dataset: "llama".into(),
         version: 1,
         regions: vec!["eu".into(), "us".into()],
-        mode: String::new(),
+        mode: Default::default(),
     };
     admin.rollout(rollout).await.unwrap();
     let wire = eu.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await.unwrap();

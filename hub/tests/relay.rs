@@ -9,13 +9,14 @@ use std::time::Duration;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
 use aqueduct_proto::{Digest, Manifest};
+use aqueduct_testkit::hub::TestHub;
 use aqueduct_testkit::noise;
-use common::{Hub, dataset, expect_err, snapshot, source};
+use common::{dataset, expect_err, snapshot, source};
 use tonic::Code;
 use tonic::transport::Channel;
 
 async fn spoke_of(
-    hub: &Hub,
+    hub: &TestHub,
     admin: &mut pb::admin_client::AdminClient<Channel>,
     region: &str,
     rate: u64,
@@ -37,13 +38,13 @@ async fn spoke_of(
 async fn hub_with(
     tmp: &std::path::Path,
     files: &[(&str, &[u8])],
-) -> (Hub, pb::admin_client::AdminClient<Channel>, pb::VersionSummary) {
+) -> (TestHub, pb::admin_client::AdminClient<Channel>, pb::VersionSummary) {
     let models = tmp.join("models/llama");
     std::fs::create_dir_all(&models).unwrap();
     for (path, bytes) in files {
         std::fs::write(models.join(path), bytes).unwrap();
     }
-    let hub = Hub::init(&tmp.join("hub")).await;
+    let hub = TestHub::init(&tmp.join("hub")).await;
     let mut admin = hub.admin().await;
     admin.add_source(source("local", &format!("file://{}", tmp.join("models").display()), &[])).await.unwrap();
     admin.add_dataset(dataset("llama", "local", "llama")).await.unwrap();
@@ -91,7 +92,7 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
         dataset: "llama".into(),
         version,
         regions: vec![region.into()],
-        mode: String::new(),
+        mode: Default::default(),
     };
     admin.rollout(rollout(1, "eu")).await.unwrap();
 
@@ -149,7 +150,7 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
 
     // A region certificate from another CA does not get in.
     let stranger = aqueduct_hub::pki::Authority::create("stranger").unwrap();
-    let forged = stranger.issue(&aqueduct_hub::auth::Identity::Region("eu".into()), &[]).unwrap();
+    let forged = stranger.issue(&aqueduct_core::identity::Identity::Region("eu".into()), &[]).unwrap();
     let refused = match hub.channel(&read("ca.pem"), &forged.cert_pem, &forged.key_pem).await {
         Err(_) => true,
         Ok(channel) => SpokeClient::new(channel)
@@ -166,7 +167,7 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
     expect_err(eu.fetch_chunks(bad).await, Code::InvalidArgument, &["not 32"]);
 
     // Progress shows in the admin's status; a region cannot report on what it was not given.
-    let report = |phase: &str, cached| pb::ProgressReport {
+    let report = |phase: pb::Phase, cached| pb::ProgressReport {
         dataset: "llama".into(),
         version: 1,
         cached_bytes: cached,
@@ -174,18 +175,26 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
         reason: String::new(),
         rate_bytes_per_sec: 1000,
         node: "node-1".into(),
-        mode: String::new(),
+        mode: Default::default(),
         membership: String::new(),
         session: session.clone(),
     };
-    eu.report_progress(report("Transferring", 1234)).await.unwrap();
+    eu.report_progress(report(pb::Phase::Transferring, 1234)).await.unwrap();
     let rows = admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
     assert_eq!(
-        (rows[0].phase.as_str(), rows[0].cached_bytes, rows[0].rate_bytes_per_sec),
-        ("Transferring", 1234, 1000)
+        (rows[0].phase(), rows[0].cached_bytes, rows[0].rate_bytes_per_sec),
+        (pb::Phase::Transferring, 1234, 1000)
     );
-    expect_err(eu.report_progress(report("Done", 1)).await, Code::InvalidArgument, &["Ready"]);
-    expect_err(us.report_progress(report("Ready", 1)).await, Code::PermissionDenied, &["not rolled out to region us"]);
+    // A phase the contract does not name, or none.
+    let done = pb::ProgressReport { phase: 99, ..report(pb::Phase::Ready, 1) };
+    expect_err(eu.report_progress(done).await, Code::InvalidArgument, &["Ready"]);
+    let none = pb::ProgressReport { phase: pb::Phase::Unspecified.into(), ..report(pb::Phase::Ready, 1) };
+    expect_err(eu.report_progress(none).await, Code::InvalidArgument, &["Ready"]);
+    expect_err(
+        us.report_progress(report(pb::Phase::Ready, 1)).await,
+        Code::PermissionDenied,
+        &["not rolled out to region us"],
+    );
 
     // A new rollout reaches the open watch.
     std::fs::write(models.join("config.json"), b"{\"layers\": 40}").unwrap();
@@ -200,7 +209,7 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
     assert!(next.assignments.iter().all(|a| !a.active && !a.ready), "a version was active before it was Ready");
 
     // Ready makes v1 the region's active version, pushed to the watch and shown in status.
-    eu.report_progress(report("Ready", v1.bytes)).await.unwrap();
+    eu.report_progress(report(pb::Phase::Ready, v1.bytes)).await.unwrap();
     let next = tokio::time::timeout(Duration::from_secs(20), watch.message())
         .await
         .expect("no assignment update after Ready")
@@ -220,30 +229,30 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
     let next = tokio::time::timeout(Duration::from_secs(20), watch.message()).await.unwrap().unwrap().unwrap();
     assert_eq!(members(&next), ["node-1", "node-2"]);
     let sessions = BTreeMap::from([("node-1", session.clone()), ("node-2", first2.session.clone())]);
-    let v2 = |phase: &str, node: &str| pb::ProgressReport {
+    let v2 = |phase: pb::Phase, node: &str| pb::ProgressReport {
         version: 2,
         node: node.into(),
         session: sessions[node].clone(),
         ..report(phase, 10)
     };
-    eu.report_progress(v2("Ready", "node-1")).await.unwrap();
-    eu.report_progress(v2("Transferring", "node-2")).await.unwrap();
+    eu.report_progress(v2(pb::Phase::Ready, "node-1")).await.unwrap();
+    eu.report_progress(v2(pb::Phase::Transferring, "node-2")).await.unwrap();
     let rows = admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
-    assert_eq!(rows[1].phase, "Transferring");
-    let nodes: Vec<(&str, &str)> = rows[1].nodes.iter().map(|n| (n.node.as_str(), n.phase.as_str())).collect();
-    assert_eq!(nodes, [("node-1", "Ready"), ("node-2", "Transferring")]);
+    assert_eq!(rows[1].phase(), pb::Phase::Transferring);
+    let nodes: Vec<(&str, pb::Phase)> = rows[1].nodes.iter().map(|n| (n.node.as_str(), n.phase())).collect();
+    assert_eq!(nodes, [("node-1", pb::Phase::Ready), ("node-2", pb::Phase::Transferring)]);
     // node-2 goes away: it no longer holds the region back.
     drop(watch2);
-    let mut phase = String::new();
+    let mut phase = pb::Phase::Unspecified;
     for _ in 0..100 {
         let rows = admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
-        phase = rows[1].phase.clone();
-        if phase == "Ready" {
+        phase = rows[1].phase();
+        if phase == pb::Phase::Ready {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(phase, "Ready", "a spoke that left still held its region back");
+    assert_eq!(phase, pb::Phase::Ready, "a spoke that left still held its region back");
 }
 
 /// The CSI node plugin starts pods once a version is Ready in its own region: the hub tells a
@@ -258,7 +267,7 @@ async fn a_region_hears_at_once_that_a_version_is_ready_in_it() {
         dataset: "llama".into(),
         version: 1,
         regions: vec!["eu".into(), "us".into()],
-        mode: String::new(),
+        mode: Default::default(),
     };
     admin.rollout(rollout).await.unwrap();
     let watch = pb::WatchRequest { node: "node-1".into(), peer_address: String::new() };
@@ -269,7 +278,7 @@ async fn a_region_hears_at_once_that_a_version_is_ready_in_it() {
         dataset: "llama".into(),
         version: 1,
         cached_bytes: v1.bytes,
-        phase: "Ready".into(),
+        phase: pb::Phase::Ready.into(),
         node: "node-1".into(),
         session: first.session.clone(),
         ..Default::default()
@@ -297,7 +306,7 @@ async fn a_changed_source_fails_the_version_and_sends_no_wrong_byte() {
             dataset: "llama".into(),
             version: 1,
             regions: vec!["eu".into()],
-            mode: String::new(),
+            mode: Default::default(),
         })
         .await
         .unwrap();
@@ -324,7 +333,7 @@ async fn a_changed_source_fails_the_version_and_sends_no_wrong_byte() {
     }
     assert!(got.len() < digests.len());
     let rows = admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
-    assert_eq!(rows[0].phase, "Failed");
+    assert_eq!(rows[0].phase(), pb::Phase::Failed);
     assert!(rows[0].reason.contains("source changed"), "{}", rows[0].reason);
 }
 
@@ -337,8 +346,12 @@ async fn a_changed_budget_is_pushed_to_the_region_and_used_by_the_relay() {
     let (hub, mut admin, _) = hub_with(tmp.path(), &[("model.safetensors", &model), ("config.json", b"{}")]).await;
     let slow = 64 << 10;
     let mut eu = spoke_of(&hub, &mut admin, "eu", slow).await;
-    let req =
-        pb::RolloutRequest { dataset: "llama".into(), version: 1, regions: vec!["eu".into()], mode: String::new() };
+    let req = pb::RolloutRequest {
+        dataset: "llama".into(),
+        version: 1,
+        regions: vec!["eu".into()],
+        mode: Default::default(),
+    };
     admin.rollout(req).await.unwrap();
     let mut watch =
         eu.watch(pb::WatchRequest { node: "node-1".into(), peer_address: String::new() }).await.unwrap().into_inner();
@@ -388,8 +401,12 @@ async fn a_report_counts_only_for_its_own_open_watch() {
     let tmp = tempfile::tempdir().unwrap();
     let (hub, mut admin, v1) = hub_with(tmp.path(), &[("config.json", b"{}")]).await;
     let mut eu = spoke_of(&hub, &mut admin, "eu", 1 << 30).await;
-    let req =
-        pb::RolloutRequest { dataset: "llama".into(), version: 1, regions: vec!["eu".into()], mode: String::new() };
+    let req = pb::RolloutRequest {
+        dataset: "llama".into(),
+        version: 1,
+        regions: vec!["eu".into()],
+        mode: Default::default(),
+    };
     admin.rollout(req).await.unwrap();
     let watch_as = |node: &str| pb::WatchRequest { node: node.into(), peer_address: format!("{node}.test:7443") };
     let mut watch = eu.watch(watch_as("node-1")).await.unwrap().into_inner();
@@ -414,7 +431,7 @@ async fn a_report_counts_only_for_its_own_open_watch() {
         dataset: "llama".into(),
         version: 1,
         cached_bytes: v1.bytes,
-        phase: "Ready".into(),
+        phase: pb::Phase::Ready.into(),
         node: node.into(),
         session: session.into(),
         ..Default::default()
@@ -431,10 +448,10 @@ async fn a_report_counts_only_for_its_own_open_watch() {
     let cache = pb::CacheReport { node: "node-1".into(), memory_used_bytes: 1, ..Default::default() };
     expect_err(eu.report_cache(cache.clone()).await, Code::PermissionDenied, &["session"]);
     let after = status(&mut admin).await;
-    assert_eq!(after.rows[0].phase, "Pending");
+    assert_eq!(after.rows[0].phase(), pb::Phase::Pending);
     assert_eq!(
-        (after.rows[0].phase.as_str(), after.rows[0].cached_bytes, after.rows[0].active, &after.rows[0].nodes),
-        (before.rows[0].phase.as_str(), before.rows[0].cached_bytes, before.rows[0].active, &before.rows[0].nodes),
+        (after.rows[0].phase(), after.rows[0].cached_bytes, after.rows[0].active, &after.rows[0].nodes),
+        (before.rows[0].phase(), before.rows[0].cached_bytes, before.rows[0].active, &before.rows[0].nodes),
         "a refused report changed the status"
     );
     assert!(after.caches.is_empty());
@@ -442,14 +459,14 @@ async fn a_report_counts_only_for_its_own_open_watch() {
     // With its session, node-1's reports count.
     eu.report_cache(pb::CacheReport { session: session.clone(), ..cache }).await.unwrap();
     eu.report_progress(pb::ProgressReport {
-        phase: "Transferring".into(),
+        phase: pb::Phase::Transferring.into(),
         cached_bytes: 1,
         ..ready("node-1", &session)
     })
     .await
     .unwrap();
     let now = status(&mut admin).await;
-    assert_eq!((now.rows[0].phase.as_str(), now.caches.len()), ("Transferring", 1));
+    assert_eq!((now.rows[0].phase(), now.caches.len()), (pb::Phase::Transferring, 1));
 
     // The watch ends: node-1's session is worth nothing any more, its reports are forgotten.
     drop(watch);
@@ -462,7 +479,7 @@ async fn a_report_counts_only_for_its_own_open_watch() {
     }
     expect_err(eu.report_progress(ready("node-1", &session)).await, Code::PermissionDenied, &["not a live member"]);
     let now = status(&mut admin).await;
-    assert_ne!(now.rows[0].phase, "Ready", "a stale report made the region Ready");
+    assert_ne!(now.rows[0].phase(), pb::Phase::Ready, "a stale report made the region Ready");
     assert!(now.caches.is_empty(), "a member that left still shows its cache");
 }
 
@@ -481,24 +498,24 @@ async fn a_changed_source_fails_the_version_only_where_it_is_not_whole() {
         dataset: "llama".into(),
         version: 1,
         regions: vec![region.into()],
-        mode: String::new(),
+        mode: Default::default(),
     };
     admin.rollout(rollout("eu")).await.unwrap();
     let watch_as = |node: &str| pb::WatchRequest { node: node.into(), peer_address: format!("{node}.test:7443") };
     let mut watch = eu.watch(watch_as("eu-1")).await.unwrap().into_inner();
     let session = watch.message().await.unwrap().unwrap().session;
-    let report = |node: &str, session: &str, phase: &str| pb::ProgressReport {
+    let report = |node: &str, session: &str, phase: pb::Phase| pb::ProgressReport {
         dataset: "llama".into(),
         version: 1,
-        cached_bytes: if phase == "Ready" { v1.bytes } else { 0 },
+        cached_bytes: if phase == pb::Phase::Ready { v1.bytes } else { 0 },
         phase: phase.into(),
         node: node.into(),
         session: session.into(),
         ..Default::default()
     };
-    eu.report_progress(report("eu-1", &session, "Ready")).await.unwrap();
+    eu.report_progress(report("eu-1", &session, pb::Phase::Ready)).await.unwrap();
     let rows = admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
-    assert_eq!((rows[0].phase.as_str(), rows[0].active), ("Ready", true));
+    assert_eq!((rows[0].phase(), rows[0].active), (pb::Phase::Ready, true));
 
     // The file changes in place; us is asked for v1 and reads it.
     let mut changed = model.clone();
@@ -515,22 +532,29 @@ async fn a_changed_source_fails_the_version_only_where_it_is_not_whole() {
     // A second spoke joins eu and is still on its way.
     let mut watch2 = eu.watch(watch_as("eu-2")).await.unwrap().into_inner();
     let session2 = watch2.message().await.unwrap().unwrap().session;
-    eu.report_progress(report("eu-2", &session2, "Transferring")).await.unwrap();
-    eu.report_progress(pb::ProgressReport { reason: "source changed".into(), ..report("eu-2", &session2, "Failed") })
-        .await
-        .unwrap();
+    eu.report_progress(report("eu-2", &session2, pb::Phase::Transferring)).await.unwrap();
+    eu.report_progress(pb::ProgressReport {
+        reason: "source changed".into(),
+        ..report("eu-2", &session2, pb::Phase::Failed)
+    })
+    .await
+    .unwrap();
 
     let rows = admin.status(pb::StatusRequest { dataset: "llama".into() }).await.unwrap().into_inner().rows;
-    let seen: Vec<(&str, &str, bool)> = rows.iter().map(|r| (r.region.as_str(), r.phase.as_str(), r.active)).collect();
-    assert_eq!(seen, [("eu", "Ready", true), ("us", "Failed", false)]);
+    let seen: Vec<(&str, pb::Phase, bool)> = rows.iter().map(|r| (r.region.as_str(), r.phase(), r.active)).collect();
+    assert_eq!(seen, [("eu", pb::Phase::Ready, true), ("us", pb::Phase::Failed, false)]);
     assert_eq!(rows[0].cached_bytes, v1.bytes, "eu's row moved");
     assert!(
         rows[1].reason.contains("source changed") && rows[1].reason.contains("llama/model.safetensors"),
         "the reason names the object: {}",
         rows[1].reason
     );
-    let nodes: Vec<(&str, &str)> = rows[0].nodes.iter().map(|n| (n.node.as_str(), n.phase.as_str())).collect();
-    assert_eq!(nodes, [("eu-1", "Ready"), ("eu-2", "Failed")], "each spoke's own progress shows per node");
+    let nodes: Vec<(&str, pb::Phase)> = rows[0].nodes.iter().map(|n| (n.node.as_str(), n.phase())).collect();
+    assert_eq!(
+        nodes,
+        [("eu-1", pb::Phase::Ready), ("eu-2", pb::Phase::Failed)],
+        "each spoke's own progress shows per node"
+    );
     // eu's spokes are still told to serve v1 (a spoke that watches now hears it first thing).
     let mut watch3 = eu.watch(watch_as("eu-3")).await.unwrap().into_inner();
     let first = watch3.message().await.unwrap().unwrap();

@@ -9,9 +9,12 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod modes;
+pub mod rollout;
 pub mod units;
 pub mod wire;
 
+pub use rollout::{ModeError, Phase, PhaseError, ReplicationMode};
 pub use units::{DurationError, Rate, RateError, Size, SizeError, format_duration, parse_duration};
 
 /// Version of the manifest format and of the root-hash rules below. Bumped on any change.
@@ -556,43 +559,5 @@ mod tests {
         let d = Digest::of(b"hello");
         assert_eq!(d.to_hex().parse::<Digest>().unwrap(), d);
         assert!("zz".parse::<Digest>().is_err());
-    }
-}
-
-/// How a region holds a version: every spoke the whole of it, or the region one copy spread
-/// over the chunks' owners (spokes fetch the rest from their peers when they read it).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum ReplicationMode {
-    /// `every-node` when the version fits a spoke's cache, `region` otherwise.
-    #[default]
-    Auto,
-    Region,
-    EveryNode,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("replication mode {0:?} is not one of auto, region, every-node")]
-pub struct ModeError(pub String);
-
-impl std::str::FromStr for ReplicationMode {
-    type Err = ModeError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "" | "auto" => Ok(Self::Auto),
-            "region" => Ok(Self::Region),
-            "every-node" => Ok(Self::EveryNode),
-            other => Err(ModeError(other.to_string())),
-        }
-    }
-}
-
-impl std::fmt::Display for ReplicationMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Auto => "auto",
-            Self::Region => "region",
-            Self::EveryNode => "every-node",
-        })
     }
 }

@@ -2,23 +2,14 @@
 //!
 //! Everything that crosses a process boundary is defined in `proto/` and generated here with
 //! prost and tonic, one module per versioned package (`aqueduct.hub.v1`, ...). The domain
-//! types that hub, spoke and FUSE view all reason about (chunk digests, manifests, names and
-//! version references) live in [`domain`], next to the generated code, and are converted from
-//! the wire types in one place ([`domain::wire`]) with `TryFrom`, where they are validated.
-//! [`durable`] is how hub and spoke write the small files they keep (atomically, fsynced).
+//! types that hub, spoke and FUSE view all reason about (chunk digests, manifests, names,
+//! version references, rollout phases and replication modes) live in [`domain`], next to the
+//! generated code, and are converted from the wire types in one place ([`domain::wire`]), where
+//! they are validated. The constants below bound the messages of the contract. What hub, spoke
+//! and FUSE view share beyond the contract (budgets, the TLS accept path, identities, metrics,
+//! durable files) is in `aqueduct-core`.
 
-#[cfg(feature = "budget")]
-pub mod budget;
 pub mod domain;
-pub mod durable;
-#[cfg(feature = "edge")]
-pub mod edge;
-#[cfg(feature = "identity")]
-pub mod identity;
-#[cfg(feature = "metrics")]
-pub mod metrics;
-#[cfg(feature = "server")]
-pub mod server;
 
 /// HTTP/2 receive windows for chunk streams, per stream and per connection. The protocol's
 /// default (64 KiB) caps a stream at 64 KiB per round trip: over a link whose queue adds
@@ -96,6 +87,7 @@ pub mod csi {
 }
 
 pub use domain::{
-    ChunkRef, ChunkerParams, Digest, FileEntry, MANIFEST_FORMAT, Manifest, ManifestError, ModeError, NameError, Rate,
-    RateError, ReplicationMode, Size, SizeError, VersionRef, format_duration, parse_duration, validate_name,
+    ChunkRef, ChunkerParams, Digest, FileEntry, MANIFEST_FORMAT, Manifest, ManifestError, ModeError, NameError, Phase,
+    PhaseError, Rate, RateError, ReplicationMode, Size, SizeError, VersionRef, format_duration, parse_duration,
+    validate_name,
 };

@@ -10,11 +10,12 @@
 //! ([`TieredStore::set_pinned`]); if pinned chunks alone fill a tier, a write fails with
 //! [`CacheError::Full`] rather than evict them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
+use aqueduct_core::lru::Lru;
 use aqueduct_proto::{ChunkerParams, Digest, Size};
 use serde::Deserialize;
 
@@ -94,44 +95,44 @@ impl CacheConfig {
     }
 }
 
-/// Least-recently-used order of a tier's chunks, and the bytes they take.
-#[derive(Default)]
-struct Lru {
-    used: u64,
+/// What a tier holds: its chunks in least-recently-used order, each with its size and whether
+/// this process checked it against its digest (stored it, see [`ChunkStore::known_good`]),
+/// and the bytes of writes under way. The order never evicts by itself: the tier picks
+/// victims, skipping pinned chunks, between its watermarks.
+struct Held {
+    lru: Lru<Digest, bool>,
     /// Bytes of writes under way: counted against the quota before they land, so that
     /// writers at the same time cannot all find the same room.
     reserved: u64,
-    tick: u64,
-    /// Per chunk: its size, when it was last used, and whether this process checked it
-    /// against its digest (stored it, see [`ChunkStore::known_good`]).
-    entries: HashMap<Digest, (u64, u64, bool)>,
-    order: BTreeMap<u64, Digest>,
 }
 
-impl Lru {
+impl Held {
+    fn new() -> Self {
+        Self { lru: Lru::unbounded(), reserved: 0 }
+    }
+
+    /// Bytes of the chunks held.
+    fn used(&self) -> u64 {
+        self.lru.weight()
+    }
+
+    /// Counts a chunk of `len` bytes as held and just used (keeping whether it was checked).
     fn touch(&mut self, digest: Digest, len: u64) {
-        self.tick += 1;
-        let checked = self.entries.get(&digest).is_some_and(|e| e.2);
-        if let Some((old_len, old_tick, _)) = self.entries.insert(digest, (len, self.tick, checked)) {
-            self.order.remove(&old_tick);
-            self.used -= old_len;
-        }
-        self.used += len;
-        self.order.insert(self.tick, digest);
+        let checked = self.lru.peek(&digest).copied().unwrap_or(false);
+        self.lru.insert(digest, checked, len);
     }
 
     /// Marks a held chunk as just used.
     fn refresh(&mut self, digest: &Digest) {
-        if let Some(&(len, _, _)) = self.entries.get(digest) {
-            self.touch(*digest, len);
-        }
+        self.lru.touch(digest);
     }
 
     fn forget(&mut self, digest: &Digest) {
-        if let Some((len, tick, _)) = self.entries.remove(digest) {
-            self.order.remove(&tick);
-            self.used -= len;
-        }
+        self.lru.remove(digest);
+    }
+
+    fn checked(&self, digest: &Digest) -> bool {
+        self.lru.peek(digest).copied().unwrap_or(false)
     }
 }
 
@@ -141,19 +142,19 @@ struct Tier<S> {
     quota: Option<u64>,
     high: f64,
     low: f64,
-    lru: Mutex<Lru>,
+    lru: Mutex<Held>,
 }
 
 impl<S: ChunkStore> Tier<S> {
     fn new(store: S, quota: Option<u64>, config: &CacheConfig) -> Result<Self, CacheError> {
-        let mut lru = Lru::default();
+        let mut lru = Held::new();
         for (digest, len) in store.list()? {
             lru.touch(digest, len);
         }
         Ok(Self { store, quota, high: config.high_watermark, low: config.low_watermark, lru: Mutex::new(lru) })
     }
 
-    fn lru(&self) -> std::sync::MutexGuard<'_, Lru> {
+    fn lru(&self) -> std::sync::MutexGuard<'_, Held> {
         self.lru.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -165,15 +166,15 @@ impl<S: ChunkStore> Tier<S> {
             let mut lru = self.lru();
             let mut victims = Vec::new();
             if let Some(quota) = self.quota {
-                let mut used = lru.used + lru.reserved + len;
+                let mut used = lru.used() + lru.reserved + len;
                 if used as f64 > quota as f64 * self.high {
                     let target = (quota as f64 * self.low) as u64;
-                    for digest in lru.order.values() {
+                    for (digest, _, weight) in lru.lru.iter() {
                         if used <= target {
                             break;
                         }
                         if !pinned.contains(digest) {
-                            used -= lru.entries[digest].0;
+                            used -= weight;
                             victims.push(*digest);
                         }
                     }
@@ -210,7 +211,7 @@ impl<S: ChunkStore> Tier<S> {
         pinned: &HashSet<Digest>,
         evictions: &AtomicU64,
     ) -> Result<Vec<Digest>, CacheError> {
-        if self.lru().entries.contains_key(digest) && self.store.contains(digest) {
+        if self.lru().lru.contains(digest) && self.store.contains(digest) {
             return Ok(Vec::new());
         }
         let len = data.len() as u64;
@@ -220,8 +221,8 @@ impl<S: ChunkStore> Tier<S> {
         lru.reserved -= len;
         if stored.is_ok() {
             lru.touch(*digest, len);
-            if let Some(entry) = lru.entries.get_mut(digest) {
-                entry.2 = true;
+            if let Some(checked) = lru.lru.peek_mut(digest) {
+                *checked = true;
             }
         }
         stored.map(|()| victims)
@@ -336,23 +337,23 @@ impl TieredStore {
     }
 
     pub fn memory_usage(&self) -> Option<TierUsage> {
-        self.memory.as_ref().map(|t| TierUsage { quota: t.quota, used: t.lru().used })
+        self.memory.as_ref().map(|t| TierUsage { quota: t.quota, used: t.lru().used() })
     }
 
     pub fn disk_usage(&self) -> Option<TierUsage> {
-        self.disk.as_ref().map(|t| TierUsage { quota: t.quota, used: t.lru().used })
+        self.disk.as_ref().map(|t| TierUsage { quota: t.quota, used: t.lru().used() })
     }
 
-    /// Whether a version of `bytes` fits below the high watermark of the tier chunks are kept
-    /// in (a disk tier with no quota: what the filesystem of `dir` has free, plus what the
-    /// tier holds).
-    pub fn fits(&self, bytes: u64, dir: &Path) -> bool {
+    /// The most bytes a version may have and fit below the high watermark of the tier chunks
+    /// are kept in (a disk tier with no quota: what the filesystem of `dir` has free, plus what
+    /// the tier holds).
+    pub fn room(&self, dir: &Path) -> u64 {
         let (quota, used, high) = match self.keeping() {
-            Keeping::Disk(t) => (t.quota, t.lru().used, t.high),
-            Keeping::Memory(t) => (t.quota, t.lru().used, t.high),
+            Keeping::Disk(t) => (t.quota, t.lru().used(), t.high),
+            Keeping::Memory(t) => (t.quota, t.lru().used(), t.high),
         };
-        let capacity = quota.unwrap_or_else(|| free_bytes(dir).map_or(u64::MAX, |free| free + used));
-        bytes as f64 <= capacity as f64 * high
+        let capacity = quota.unwrap_or_else(|| free_bytes(dir).map_or(u64::MAX, |free| free.saturating_add(used)));
+        (capacity as f64 * high) as u64
     }
 
     /// The tier chunks are kept in: disk, or memory in memory-only mode.
@@ -454,10 +455,9 @@ impl ChunkStore for TieredStore {
     }
 
     fn known_good(&self, digest: &Digest) -> bool {
-        let checked = |lru: &Lru| lru.entries.get(digest).is_some_and(|e| e.2);
         match self.keeping() {
-            Keeping::Disk(t) => checked(&t.lru()),
-            Keeping::Memory(t) => checked(&t.lru()),
+            Keeping::Disk(t) => t.lru().checked(digest),
+            Keeping::Memory(t) => t.lru().checked(digest),
         }
     }
 }

@@ -10,9 +10,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use aqueduct_core::durable;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
-use aqueduct_proto::{Manifest, ManifestError, durable};
+use aqueduct_proto::{Manifest, ManifestError};
 use prost::Message;
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -233,7 +234,7 @@ mod tests {
             total_bytes: 1,
             root: vec![0; 32],
             active,
-            mode: String::new(),
+            mode: Default::default(),
             ready: active,
         }
     }

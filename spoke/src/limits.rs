@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use aqueduct_proto::metrics::MetricsLimits;
-use aqueduct_proto::server::ServerLimits;
+use aqueduct_core::metrics::MetricsLimits;
+use aqueduct_core::server::ServerLimits;
 use serde::Deserialize;
 
 /// `[limits]` of the spoke's config.
@@ -19,7 +19,7 @@ pub struct LimitsConfig {
     /// Peer API connections in their TLS handshake at once; past it, the oldest is dropped.
     pub max_handshakes: usize,
     /// How long a peer API connection may take to complete its TLS handshake.
-    #[serde(with = "aqueduct_proto::server::human::duration")]
+    #[serde(with = "aqueduct_core::server::human::duration")]
     pub handshake_timeout: Duration,
     /// Calls one connection may carry at once, on the peer API, the local socket and the CSI
     /// socket.
@@ -27,12 +27,12 @@ pub struct LimitsConfig {
     /// Peer `FetchChunks` streams served at once to one peer (by its address).
     pub fetch_streams_per_peer: usize,
     /// How long a peer's `FetchChunks` waits for a turn before RESOURCE_EXHAUSTED.
-    #[serde(with = "aqueduct_proto::server::human::duration")]
+    #[serde(with = "aqueduct_core::server::human::duration")]
     pub fetch_wait: Duration,
     /// Connections to the metrics endpoint at once.
     pub metrics_connections: usize,
     /// How long a metrics client has to send its request's headers.
-    #[serde(with = "aqueduct_proto::server::human::duration")]
+    #[serde(with = "aqueduct_core::server::human::duration")]
     pub metrics_header_timeout: Duration,
 }
 

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
-use aqueduct_fuse::fs::FsError;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::spoke::v1 as local;
 use aqueduct_proto::spoke::v1::local_server::{Local, LocalServer};
@@ -22,7 +21,7 @@ use tracing::{Span, instrument};
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::mounts::{MountError, Mounts};
-use crate::reader::ReadThrough;
+use crate::reader::{ReadError, ReadThrough};
 
 /// Chunks read concurrently for one `ReadChunks` call.
 const READ_CONCURRENCY: usize = 4;
@@ -161,7 +160,7 @@ impl Local for LocalService {
             .map(move |digest| {
                 let (reader, dataset) = (reader.clone(), dataset.clone());
                 async move {
-                    let unavailable = |e: FsError| Status::unavailable(e.to_string());
+                    let unavailable = |e: ReadError| Status::unavailable(e.to_string());
                     let mut data = reader.chunk(&dataset, version, digest).await.map_err(unavailable)?;
                     // Checked here too: a rotten copy in the store is replaced, not sent.
                     if Digest::of(&data) != digest {
@@ -169,7 +168,9 @@ impl Local for LocalService {
                         data = reader.chunk(&dataset, version, digest).await.map_err(unavailable)?;
                         let actual = Digest::of(&data);
                         if actual != digest {
-                            return Err(unavailable(FsError::Corrupt { digest, actual }));
+                            return Err(Status::unavailable(format!(
+                                "chunk {digest} is corrupt (its bytes hash to {actual})"
+                            )));
                         }
                     }
                     Ok(pb::ChunkData { digest: digest.0.to_vec(), data })
@@ -191,7 +192,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = bind_socket(&path)?;
     // Requests are small; answers go up to a manifest (`Resolve`).
-    let result = aqueduct_proto::server::grpc_server(max_streams, aqueduct_proto::server::KEEPALIVE)
+    let result = aqueduct_core::server::grpc_server(max_streams, aqueduct_core::server::KEEPALIVE)
         .add_service(
             LocalServer::new(service)
                 .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES)

@@ -15,7 +15,7 @@ use tonic::transport::Channel;
     name = "aqueduct-spoke",
     version,
     about = "Aqueduct's regional agent: replicates rolled-out versions into a verified chunk store and hosts read-only FUSE mounts of them",
-    after_help = aqueduct_proto::edge::LOG_HELP
+    after_help = aqueduct_core::edge::LOG_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -89,7 +89,7 @@ impl Socket {
 }
 
 fn main() {
-    if let Err(e) = aqueduct_proto::edge::init_logging() {
+    if let Err(e) = aqueduct_core::edge::init_logging() {
         eprintln!("error: {e}");
         std::process::exit(2);
     }
@@ -110,11 +110,11 @@ async fn run() -> anyhow::Result<()> {
             let overrides = aqueduct_spoke::Overrides { node, advertise };
             let config = aqueduct_spoke::SpokeConfig::load_with(&config, &overrides)?;
             // The connection caps of `[limits]`, not the descriptor limit, are what binds.
-            let _ = aqueduct_proto::edge::raise_open_file_limit();
+            let _ = aqueduct_core::edge::raise_open_file_limit();
             let shutdown = CancellationToken::new();
             let trigger = shutdown.clone();
             tokio::spawn(async move {
-                aqueduct_proto::edge::interrupted().await;
+                aqueduct_core::edge::interrupted().await;
                 trigger.cancel();
             });
             aqueduct_spoke::run(config, shutdown).await?;

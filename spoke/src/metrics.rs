@@ -1,4 +1,4 @@
-//! The spoke's Prometheus metrics (`[metrics]` in its config; see `aqueduct_proto::metrics`
+//! The spoke's Prometheus metrics (`[metrics]` in its config; see `aqueduct_core::metrics`
 //! for the endpoint).
 //!
 //! Counted as things happen, in [`SpokeMetrics`]: bytes received over the link (from the hub)
@@ -19,8 +19,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
+use aqueduct_core::budget::Budget;
+
 use crate::cache::TieredStore;
-use crate::replicate::Budget;
 
 /// Where a chunk came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

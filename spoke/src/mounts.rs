@@ -4,21 +4,50 @@
 //! the hub's assignments name another active version, the view switches in one step (new
 //! opens see the new version; files already open read theirs to the end). Every mount shares
 //! one [`ChunkCache`] of recently read chunks. Mounts end with the spoke.
+//!
+//! This is where the spoke's read path meets the FUSE crate: [`VersionSource`] serves a view's
+//! chunks through the [`ReadThrough`], and [`fs_error`] is the one place a reader's error
+//! becomes the view's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use aqueduct_fuse::fs::{ChunkCache, VersionFs};
+use aqueduct_fuse::fs::{ChunkCache, ChunkSource, FsError, VersionFs};
 use aqueduct_fuse::mount::{Mounted, UnmountError};
 use aqueduct_fuse::view::View;
+use aqueduct_proto::Digest;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::spoke::v1 as local;
+use async_trait::async_trait;
 use tokio::task::JoinHandle;
 use tracing::{info, instrument, warn};
 
 use crate::catalog::{Catalog, CatalogError};
-use crate::reader::{ReadThrough, VersionSource};
+use crate::reader::{ReadError, ReadThrough};
+
+/// One version's chunks for a FUSE view hosted by the spoke.
+pub struct VersionSource {
+    pub reader: Arc<ReadThrough>,
+    pub dataset: String,
+    pub version: u64,
+}
+
+#[async_trait]
+impl ChunkSource for VersionSource {
+    async fn chunk(&self, digest: &Digest, _length: u32) -> Result<Vec<u8>, FsError> {
+        self.reader.chunk(&self.dataset, self.version, *digest).await.map_err(fs_error)
+    }
+
+    fn discard(&self, digest: &Digest) {
+        self.reader.discard(digest);
+    }
+}
+
+/// A reader's error as the FUSE view sees it: the chunk is unavailable (EIO), and why.
+pub fn fs_error(e: ReadError) -> FsError {
+    FsError::Unavailable { digest: e.digest, reason: e.reason.to_string() }
+}
 
 /// Memory for recently read chunks, shared by every mount.
 const CHUNK_CACHE_BYTES: u64 = 256 << 20;

@@ -7,7 +7,7 @@
 //! ([`ReadThrough::over_link`]) and sent as it arrives.
 //!
 //! Within limits (`[limits]` of the config): the server takes connections through the one
-//! accept path of [`aqueduct_proto::server`], a peer (by its address) has at most
+//! accept path of [`aqueduct_core::server`], a peer (by its address) has at most
 //! `limits.fetch_streams_per_peer` `FetchChunks` streams at once (past it, a call waits up to
 //! `limits.fetch_wait`, then gets RESOURCE_EXHAUSTED, which the asker does not hold against
 //! this spoke), a request names at most [`aqueduct_proto::MAX_DIGESTS_PER_REQUEST`] digests,
@@ -18,9 +18,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use aqueduct_core::identity::Identity;
 use aqueduct_proto::Digest;
 use aqueduct_proto::hub::v1 as pb;
-use aqueduct_proto::identity::Identity;
 use aqueduct_proto::spoke::v1 as spb;
 use aqueduct_proto::spoke::v1::peer_server::{Peer, PeerServer};
 use futures::Stream;
@@ -30,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, debug, instrument, warn};
 
-use crate::reader::{FETCH_TIMEOUT, FetchError, ReadThrough};
+use crate::origin::FetchError;
+use crate::reader::{FETCH_TIMEOUT, Pull, ReadThrough};
 use crate::store::CacheError;
 
 pub struct PeerService {
@@ -38,7 +39,7 @@ pub struct PeerService {
     pub region: String,
     pub reader: Arc<ReadThrough>,
     /// `FetchChunks` streams per peer (keyed by its address).
-    pub per_peer: aqueduct_proto::server::KeyedLimit,
+    pub per_peer: aqueduct_core::server::KeyedLimit,
 }
 
 /// Chunks a peer asked for and this spoke lacks, fetched over the link (and held) at a time.
@@ -141,12 +142,20 @@ impl Peer for PeerService {
                     return;
                 }
                 debug!(misses = misses.len(), "fetching for a peer");
+                let pull = Pull {
+                    dataset: &r.dataset,
+                    version: r.version,
+                    budget: None,
+                    from_owner: false,
+                    urgent: r.urgent,
+                    wait_stored: false,
+                };
                 for batch in misses.chunks(MISS_BATCH) {
                     // Not past the asker's patience, and not at all once it has gone.
                     let fetched = tokio::select! {
                         fetched = tokio::time::timeout(
                             FETCH_TIMEOUT,
-                            reader.over_link(&r.dataset, r.version, batch, None, r.urgent, false),
+                            reader.over_link(&pull, batch),
                         ) => fetched,
                         _ = tx.closed() => return,
                     };
@@ -183,13 +192,13 @@ impl Peer for PeerService {
 /// `limits`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    tls: Arc<aqueduct_proto::server::ServerConfig>,
-    limits: aqueduct_proto::server::ServerLimits,
+    tls: Arc<aqueduct_core::server::ServerConfig>,
+    limits: aqueduct_core::server::ServerLimits,
     service: PeerService,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = aqueduct_proto::server::incoming(listener, tls, limits, "peer API");
-    aqueduct_proto::server::grpc_server(limits.max_streams_per_connection, aqueduct_proto::server::KEEPALIVE)
+    let incoming = aqueduct_core::server::incoming(listener, tls, limits, "peer API");
+    aqueduct_core::server::grpc_server(limits.max_streams_per_connection, aqueduct_core::server::KEEPALIVE)
         .add_service(
             PeerServer::new(service)
                 .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES)

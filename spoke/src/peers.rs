@@ -19,9 +19,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use aqueduct_core::identity::Identity;
 use aqueduct_proto::Digest;
 use aqueduct_proto::hub::v1 as pb;
-use aqueduct_proto::identity::Identity;
 use aqueduct_proto::spoke::v1 as spb;
 use aqueduct_proto::spoke::v1::peer_client::PeerClient;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -42,6 +42,10 @@ pub enum PeerError {
     /// fault, and not suspected.
     #[error("peer {node} ({address}) is busy: {reason}")]
     Busy { node: String, address: String, reason: String },
+    /// The peer could not get a chunk it was asked to fetch over the link (ABORTED): not its
+    /// fault, and not suspected.
+    #[error("peer {node} ({address}): {reason}")]
+    Declined { node: String, address: String, reason: String },
 }
 
 /// Who to ask for a chunk.
@@ -136,7 +140,7 @@ impl Peers {
     }
 
     /// Live peers (not this spoke), in no particular order.
-    fn others(&self) -> Vec<pb::Member> {
+    pub(crate) fn others(&self) -> Vec<pb::Member> {
         self.candidates().into_iter().filter(|m| m.node != self.me).collect()
     }
 

@@ -2,7 +2,7 @@
 //!
 //! [`DiskStore`] keeps one file per chunk, `chunks/AB/ABCDEF...` (the BLAKE3 hex digest),
 //! written atomically: to a temporary file in `tmp/`, fsync, rename, fsync the directory
-//! ([`aqueduct_proto::durable`], as the `FORMAT` file and the `chunks/AB` directories are). A
+//! ([`aqueduct_core::durable`], as the `FORMAT` file and the `chunks/AB` directories are). A
 //! reader never sees half a chunk, and a spoke killed mid-write leaves only a temporary file,
 //! removed at the next start. [`MemStore`] keeps chunks in memory (tests, memory-only mode).
 
@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use aqueduct_proto::{Digest, durable};
+use aqueduct_core::durable;
+use aqueduct_proto::Digest;
 
 /// On-disk layout version, written to `FORMAT` in the store's directory.
 pub const STORE_FORMAT: u32 = 1;
@@ -284,6 +285,6 @@ mod tests {
         assert_eq!(std::fs::read_to_string(dir.path().join("FORMAT")).unwrap(), "1\n");
         assert_eq!(store.get(&Digest::of(&data)).unwrap(), Some(data));
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert!(names.iter().all(|n| !aqueduct_proto::durable::is_temporary(n)), "{names:?}");
+        assert!(names.iter().all(|n| !aqueduct_core::durable::is_temporary(n)), "{names:?}");
     }
 }

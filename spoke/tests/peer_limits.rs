@@ -6,16 +6,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aqueduct_hub::auth::Identity;
+use aqueduct_core::identity::Identity;
+use aqueduct_core::server::{KeyedLimit, ServerLimits};
 use aqueduct_hub::pki::Authority;
 use aqueduct_proto::Digest;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
-use aqueduct_proto::server::{KeyedLimit, ServerLimits};
 use aqueduct_proto::spoke::v1 as spb;
+use aqueduct_spoke::origin::{FetchError, Network, PeerOrigin};
 use aqueduct_spoke::peer_service::{self, PeerService};
 use aqueduct_spoke::peers::{PeerError, Peers};
-use aqueduct_spoke::reader::{FetchError, Origin, Priority, ReadThrough};
+use aqueduct_spoke::priority::Priority;
+use aqueduct_spoke::reader::{Pull, ReadThrough};
 use aqueduct_spoke::store::{ChunkStore, MemStore};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
@@ -47,7 +49,16 @@ async fn a_peer_has_its_share_of_streams_and_a_busy_peer_is_not_suspected() {
     }
     let nowhere = SpokeClient::new(Endpoint::from_static("https://127.0.0.1:1").connect_lazy());
     let reader = |store: Arc<dyn ChunkStore>, peers: Arc<Peers>| {
-        ReadThrough::new(store, nowhere.clone(), peers, Arc::new(Priority::default()), Arc::default())
+        let origins = Arc::new(Network::new(nowhere.clone(), peers.clone()));
+        ReadThrough::new(store, origins, peers, Arc::new(Priority::default()), Arc::default())
+    };
+    let pull = |urgent: bool| Pull {
+        dataset: "llama",
+        version: 1,
+        budget: None,
+        from_owner: false,
+        urgent,
+        wait_stored: true,
     };
     let service = PeerService {
         region: "eu".into(),
@@ -56,7 +67,7 @@ async fn a_peer_has_its_share_of_streams_and_a_busy_peer_is_not_suspected() {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let tls = aqueduct_proto::server::server_config(
+    let tls = aqueduct_core::server::server_config(
         server.cert_pem.as_bytes(),
         server.key_pem.as_bytes(),
         ca.ca_pem().as_bytes(),
@@ -87,8 +98,8 @@ async fn a_peer_has_its_share_of_streams_and_a_busy_peer_is_not_suspected() {
     assert!(busy.to_string().contains("limits.fetch_streams_per_peer"), "{busy}");
     // A reader (urgent) that finds the peer busy is told at once, and does not suspect it.
     let asker = reader(Arc::new(MemStore::default()), peers.clone());
-    let origin = Origin::Peer { member: member.clone(), fetch_on_miss: false, urgent: true };
-    match asker.pull("llama", 1, &digests[..1], origin, true).await {
+    let origin = PeerOrigin::new(peers.clone(), member.clone());
+    match asker.pull(&origin, &pull(true), &digests[..1]).await {
         Err(FetchError::Peer(PeerError::Busy { .. })) => {}
         other => panic!("expected a busy peer, got {:?}", other.map(|p| p.got.len())),
     }
@@ -98,11 +109,8 @@ async fn a_peer_has_its_share_of_streams_and_a_busy_peer_is_not_suspected() {
     // chunk once the stream that held it ends.
     let started = Instant::now();
     let background = tokio::spawn({
-        let (asker, member, digests) = (asker.clone(), member.clone(), digests.clone());
-        async move {
-            let origin = Origin::Peer { member, fetch_on_miss: false, urgent: false };
-            asker.pull("llama", 1, &digests, origin, true).await.map(|p| p.got.len())
-        }
+        let (asker, origin, digests) = (asker.clone(), PeerOrigin::new(peers.clone(), member.clone()), digests.clone());
+        async move { asker.pull(&origin, &pull(false), &digests).await.map(|p| p.got.len()) }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(held);

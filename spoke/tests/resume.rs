@@ -8,9 +8,8 @@ use std::time::Duration;
 use aqueduct_proto::Manifest;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::admin_client::AdminClient;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use aqueduct_testkit::hub::TestHub;
+use tonic::transport::Channel;
 
 fn spawn_spoke(config: &Path, log: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_aqueduct-spoke"))
@@ -37,24 +36,8 @@ async fn sigkill_and_restart_resumes_without_refetching() {
     std::fs::create_dir_all(root.join("models/llama")).unwrap();
     std::fs::write(root.join("models/llama/model.safetensors"), aqueduct_testkit::noise(24 << 20, 5)).unwrap();
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let out = aqueduct_hub::init(&root.join("hub"), addr, &[]).unwrap();
-    let shutdown = CancellationToken::new();
-    let _stop = shutdown.clone().drop_guard();
-    tokio::spawn(aqueduct_hub::serve(
-        aqueduct_hub::config::HubConfig::load(&out.config_path).unwrap(),
-        listener,
-        shutdown.clone(),
-    ));
-    let admin_dir = root.join("hub/admin");
-    let read = |f: &str| std::fs::read_to_string(admin_dir.join(f)).unwrap();
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("ca.pem")))
-        .identity(Identity::from_pem(read("admin.pem"), read("admin.key")));
-    let channel =
-        Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
-    let mut admin = AdminClient::new(channel);
+    let hub = TestHub::init(&root.join("hub")).await;
+    let mut admin = hub.admin().await;
 
     let source = pb::Source {
         name: "local".into(),
@@ -75,17 +58,15 @@ async fn sigkill_and_restart_resumes_without_refetching() {
     let mut events = admin.snapshot(pb::SnapshotRequest { dataset: "llama".into() }).await.unwrap().into_inner();
     while events.message().await.unwrap().is_some() {}
     // A slow link (4 MiB/s for 24 MiB), so that the kill lands mid-transfer.
-    let region = pb::Region { name: "eu".into(), rate_bytes_per_sec: 4 << 20, created_unix_ms: 0, members: Vec::new() };
-    let bundle =
-        admin.add_region(pb::AddRegionRequest { region: Some(region) }).await.unwrap().into_inner().bundle.unwrap();
+    let bundle = hub.add_region("eu", 4 << 20).await;
     let dir = root.join("spoke");
-    let config = aqueduct_spoke::write_node_config(&dir, &format!("https://{addr}"), "n1", &bundle).unwrap();
+    let config = aqueduct_spoke::write_node_config(&dir, &hub.url(), "n1", &bundle).unwrap();
     admin
         .rollout(pb::RolloutRequest {
             dataset: "llama".into(),
             version: 1,
             regions: vec!["eu".into()],
-            mode: String::new(),
+            mode: Default::default(),
         })
         .await
         .unwrap();
@@ -126,7 +107,7 @@ async fn sigkill_and_restart_resumes_without_refetching() {
     let mut spoke = spawn_spoke(&config, &root.join("spoke-2.log"));
     let mut row = status(&mut admin).await;
     for _ in 0..1200 {
-        if row.phase == "Ready" {
+        if row.phase() == pb::Phase::Ready {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -134,7 +115,7 @@ async fn sigkill_and_restart_resumes_without_refetching() {
     }
     spoke.kill().unwrap();
     spoke.wait().unwrap();
-    assert_eq!(row.phase, "Ready", "{}", std::fs::read_to_string(root.join("spoke-2.log")).unwrap());
+    assert_eq!(row.phase(), pb::Phase::Ready, "{}", std::fs::read_to_string(root.join("spoke-2.log")).unwrap());
     // After the restart the hub relayed exactly what the store lacked: nothing twice.
     assert_eq!(row.relayed_bytes - relayed_at_kill, distinct - kept_bytes);
     assert_eq!(stored_chunks(&store).len(), manifest.distinct_chunks().len());

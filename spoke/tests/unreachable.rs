@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use aqueduct_hub::auth::Identity;
+use aqueduct_core::identity::Identity;
 use aqueduct_hub::pki::Authority;
 
 #[test]

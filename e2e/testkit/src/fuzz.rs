@@ -19,7 +19,7 @@ use proptest::strategy::Strategy;
 use proptest::test_runner::{Config, RngSeed};
 
 /// The seed every property test starts from unless `AQ_FUZZ_SEED` says otherwise.
-pub const SEED: u64 = 0x00a9_0ed0_c7_2026;
+pub const SEED: u64 = 0x0000_a90e_d0c7_2026;
 
 /// A proptest configuration for a test that runs `cases` cases in CI.
 pub fn config(cases: u32) -> Config {

@@ -5,9 +5,11 @@
 //! answers, so that tests can assert what crossed the wire (for example: no object was read).
 //! [`memory::MemoryS3Server`] is the same protocol over a map in memory, for keys a folder
 //! cannot hold (`dir/` markers, `tok` beside `tok/x`, `.`, `..` and `//` segments).
-//! [`fuzz`] is the one configuration of every property-based test.
+//! [`hub::TestHub`] is a real hub, served in the test's process. [`fuzz`] is the one
+//! configuration of every property-based test.
 
 pub mod fuzz;
+pub mod hub;
 pub mod memory;
 
 use std::collections::BTreeMap;

@@ -4,22 +4,21 @@
 //! present come from, in order: flags (`--hub`, `--ca`, `--cert`, `--key`), their environment
 //! variables (`AQ_HUB`, ...), the config file named by `--config` or `AQ_CONFIG`, and
 //! `~/.config/aqueduct/aq.toml`. `aqueduct-hub init` writes such a file into its admin bundle.
-
-mod connect;
-mod output;
-mod quickstart;
+//!
+//! The file is long (some 630 lines) because each subcommand's flags, their help text and what
+//! the subcommand does stand together here; finding the hub and printing live in the library
+//! (`connect`, `output`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use aqueduct_hub::store::OutsideLinks;
+use aqueduct_cli::connect::{ConnArgs, explain};
+use aqueduct_cli::output::{Table, age, bytes, hit_ratio, mode_name, phase_name, progress_reporter};
+use aqueduct_proto::domain::modes::OutsideLinks;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{Manifest, Rate, ReplicationMode, VersionRef};
 use clap::{Args, Parser, Subcommand};
-
-use crate::connect::{ConnArgs, explain};
-use crate::output::{Table, age, bytes, hit_ratio, progress_reporter};
 
 #[derive(Parser)]
 #[command(name = "aq", version, about = "Operate an Aqueduct hub: sources, datasets, snapshots, versions")]
@@ -32,21 +31,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the main job on this machine with embedded defaults: a sample model, a hub, two
-    /// regions with different link budgets, two versions rolled out, every byte verified, then
-    /// one region's view mounted with FUSE and every file read through it and verified.
-    /// Needs no hub, flags or config; cleans up after itself. The FUSE step needs /dev/fuse and
-    /// root (or the fuse3 package).
+    /// Moved: the quickstart is a program of its own, `aq-quickstart`
+    /// (`cargo run --release --bin aq-quickstart`). This only says so.
+    #[command(hide = true)]
     Quickstart {
-        /// Size of the sample model's tensor data, MiB.
-        #[arg(long, default_value_t = 256)]
-        model_mib: usize,
-        /// Keep the temporary directory (hub, stores, logs) instead of removing it.
-        #[arg(long)]
-        keep: bool,
-        /// Skip the FUSE step (for machines without FUSE).
-        #[arg(long)]
-        no_fuse: bool,
+        /// The flags meant for the quickstart, repeated in the message.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Sources: where datasets' bytes live (s3://bucket/prefix, file:///path).
     #[command(subcommand)]
@@ -244,7 +235,7 @@ impl SourceAdd {
 
 /// Writes a region's credentials: the hub's CA, the region's certificate and its key (0600).
 fn write_bundle(dir: &std::path::Path, bundle: &pb::CredentialsBundle) -> Result<()> {
-    use aqueduct_proto::durable::{self, PUBLIC, SECRET};
+    use aqueduct_core::durable::{self, PUBLIC, SECRET};
     let key = dir.join("key.pem");
     // A bundle is issued once: never write over the key of another.
     if key.exists() {
@@ -339,8 +330,12 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    if let Command::Quickstart { model_mib, keep, no_fuse } = cli.command {
-        return quickstart::run(model_mib, keep, !no_fuse).await;
+    if let Command::Quickstart { args } = &cli.command {
+        let flags: String = args.iter().map(|a| format!(" {a}")).collect();
+        let cargo = if flags.is_empty() { String::new() } else { format!(" --{flags}") };
+        bail!(
+            "the quickstart is a program of its own now (aq links no hub or spoke): run `cargo run --release --bin aq-quickstart{cargo}` in the repository, or `aq-quickstart{flags}` where it is installed"
+        );
     }
     let hub = cli.conn.resolve()?;
     let mut admin = hub.connect().await?;
@@ -515,7 +510,7 @@ async fn run(cli: Cli) -> Result<()> {
                 dataset: version.dataset.clone(),
                 version: version.version.unwrap_or(0),
                 regions: to,
-                mode: mode.to_string(),
+                mode: mode.to_wire(),
             };
             let resp = admin.rollout(req).await.map_err(|e| explain(e, &hub))?.into_inner();
             println!("{}@v{} rolling out to {}", resp.dataset, resp.version, resp.regions.join(", "));
@@ -539,8 +534,8 @@ async fn run(cli: Cli) -> Result<()> {
                 // Ready and served by the region: Active.
                 let phase = match (r.active, r.reason.is_empty()) {
                     (true, _) => "Active".to_string(),
-                    (false, true) => r.phase,
-                    (false, false) => format!("{}: {}", r.phase, r.reason),
+                    (false, true) => phase_name(r.phase),
+                    (false, false) => format!("{}: {}", phase_name(r.phase), r.reason),
                 };
                 let achieved =
                     if r.rate_bytes_per_sec == 0 { "-".to_string() } else { Rate(r.rate_bytes_per_sec).to_string() };
@@ -549,8 +544,8 @@ async fn run(cli: Cli) -> Result<()> {
                     let phase = match (n.counted, n.reason.is_empty()) {
                         // A sidecar: it reads what its pods ask for and holds no part of the copy.
                         (false, _) => "- (no peer share: reads on demand, not counted)".to_string(),
-                        (true, true) => n.phase.clone(),
-                        (true, false) => format!("{}: {}", n.phase, n.reason),
+                        (true, true) => phase_name(n.phase),
+                        (true, false) => format!("{}: {}", phase_name(n.phase), n.reason),
                     };
                     per_node.row([
                         r.dataset.clone(),
@@ -566,7 +561,7 @@ async fn run(cli: Cli) -> Result<()> {
                     r.dataset,
                     format!("v{}", r.version),
                     r.region,
-                    r.mode,
+                    mode_name(r.mode),
                     bytes(r.total_bytes),
                     bytes(r.cached_bytes),
                     percent(r.cached_bytes, r.total_bytes),

@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use aqueduct_proto::hub::v1::{SnapshotProgress, StatusRow};
+use aqueduct_proto::{Phase, ReplicationMode};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 pub struct Table {
@@ -43,6 +44,17 @@ pub fn bytes(n: u64) -> String {
         unit += 1;
     }
     if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+/// A phase as the hub sent it, as people read it (`Ready`); one this `aq` does not know says
+/// so with its number.
+pub fn phase_name(value: i32) -> String {
+    Phase::from_wire(value).map_or_else(|_| format!("unknown ({value})"), |p| p.to_string())
+}
+
+/// A replication mode as the hub sent it (`every-node`).
+pub fn mode_name(value: i32) -> String {
+    ReplicationMode::from_wire(value).map_or_else(|_| format!("unknown ({value})"), |m| m.to_string())
 }
 
 /// Hits as a share of all lookups (`-` when there were none); counters as spokes report them.
@@ -165,7 +177,7 @@ impl RolloutProgress {
                         row.region,
                         bytes(row.cached_bytes),
                         bytes(row.total_bytes),
-                        row.phase
+                        phase_name(row.phase)
                     );
                 }
             }

@@ -1,8 +1,83 @@
 //! Conversions between the domain types and their wire forms: the one place where what comes
-//! off the network is checked (digest lengths, paths, tiling, root) before anything uses it.
+//! off the network is checked (digest lengths, paths, tiling, root; phases and modes the
+//! contract names) before anything uses it.
 
-use super::{ChunkRef, ChunkerParams, Digest, FileEntry, MANIFEST_FORMAT, Manifest, ManifestError};
+use super::{
+    ChunkRef, ChunkerParams, Digest, FileEntry, MANIFEST_FORMAT, Manifest, ManifestError, ModeError, Phase, PhaseError,
+    ReplicationMode,
+};
 use crate::hub::v1 as pb;
+
+impl From<Phase> for pb::Phase {
+    fn from(p: Phase) -> Self {
+        match p {
+            Phase::Pending => pb::Phase::Pending,
+            Phase::Transferring => pb::Phase::Transferring,
+            Phase::Ready => pb::Phase::Ready,
+            Phase::Failed => pb::Phase::Failed,
+        }
+    }
+}
+
+impl TryFrom<pb::Phase> for Phase {
+    type Error = PhaseError;
+
+    /// `UNSPECIFIED` is no phase: refused.
+    fn try_from(p: pb::Phase) -> Result<Self, Self::Error> {
+        match p {
+            pb::Phase::Unspecified => Err(PhaseError("UNSPECIFIED (none given)".into())),
+            pb::Phase::Pending => Ok(Phase::Pending),
+            pb::Phase::Transferring => Ok(Phase::Transferring),
+            pb::Phase::Ready => Ok(Phase::Ready),
+            pb::Phase::Failed => Ok(Phase::Failed),
+        }
+    }
+}
+
+impl Phase {
+    /// The value a message's `phase` field holds.
+    pub fn to_wire(self) -> i32 {
+        pb::Phase::from(self).into()
+    }
+
+    /// The phase a message's `phase` field names; unspecified or unknown values are refused.
+    pub fn from_wire(value: i32) -> Result<Self, PhaseError> {
+        pb::Phase::try_from(value).map_err(|_| PhaseError(format!("{value} (not in the contract)")))?.try_into()
+    }
+}
+
+impl From<ReplicationMode> for pb::ReplicationMode {
+    fn from(m: ReplicationMode) -> Self {
+        match m {
+            ReplicationMode::Auto => pb::ReplicationMode::Auto,
+            ReplicationMode::Region => pb::ReplicationMode::Region,
+            ReplicationMode::EveryNode => pb::ReplicationMode::EveryNode,
+        }
+    }
+}
+
+impl From<pb::ReplicationMode> for ReplicationMode {
+    /// `UNSPECIFIED` is the default: auto.
+    fn from(m: pb::ReplicationMode) -> Self {
+        match m {
+            pb::ReplicationMode::Unspecified | pb::ReplicationMode::Auto => ReplicationMode::Auto,
+            pb::ReplicationMode::Region => ReplicationMode::Region,
+            pb::ReplicationMode::EveryNode => ReplicationMode::EveryNode,
+        }
+    }
+}
+
+impl ReplicationMode {
+    /// The value a message's `mode` field holds.
+    pub fn to_wire(self) -> i32 {
+        pb::ReplicationMode::from(self).into()
+    }
+
+    /// The mode a message's `mode` field names (unspecified: auto); unknown values are refused.
+    pub fn from_wire(value: i32) -> Result<Self, ModeError> {
+        pb::ReplicationMode::try_from(value).map(Self::from).map_err(|_| ModeError(value.to_string()))
+    }
+}
 
 impl From<ChunkerParams> for pb::ChunkerParams {
     fn from(p: ChunkerParams) -> Self {
@@ -445,5 +520,37 @@ mod size_tests {
         let mut big = m.clone();
         big.chunker.max_size = crate::MAX_CHUNK_BYTES as u32 + 1;
         assert!(matches!(big.validate(), Err(ManifestError::ChunkerTooLarge { .. })));
+    }
+}
+
+#[cfg(test)]
+mod enum_tests {
+    use super::*;
+
+    /// Phases and modes cross the wire as the contract's enums: every one round-trips, a
+    /// report without a phase or with one the contract does not name is refused, and a mode
+    /// left unspecified is auto (what an empty mode meant).
+    #[test]
+    fn phases_and_modes_cross_the_wire_as_enums() {
+        for phase in Phase::ALL {
+            assert_eq!(Phase::from_wire(phase.to_wire()), Ok(phase));
+        }
+        assert_eq!(Phase::Ready.to_wire(), pb::Phase::Ready as i32);
+        for value in [pb::Phase::Unspecified as i32, 99, -1] {
+            let err = Phase::from_wire(value).unwrap_err();
+            assert!(err.to_string().contains("is not one of Pending, Transferring, Ready, Failed"), "{err}");
+        }
+        for mode in [ReplicationMode::Auto, ReplicationMode::Region, ReplicationMode::EveryNode] {
+            assert_eq!(ReplicationMode::from_wire(mode.to_wire()), Ok(mode));
+        }
+        assert_eq!(ReplicationMode::from_wire(pb::ReplicationMode::Unspecified as i32), Ok(ReplicationMode::Auto));
+        assert_eq!(ReplicationMode::from_wire(7), Err(ModeError("7".into())));
+        // A message's getter and the domain agree.
+        let report = pb::ProgressReport {
+            phase: Phase::Transferring.to_wire(),
+            mode: ReplicationMode::Region.to_wire(),
+            ..Default::default()
+        };
+        assert_eq!((report.phase(), report.mode()), (pb::Phase::Transferring, pb::ReplicationMode::Region));
     }
 }

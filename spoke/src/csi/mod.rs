@@ -169,7 +169,7 @@ pub async fn serve(
     let listener = crate::local::bind_socket(&path)?;
     // The kubelet's requests and our answers are a few KiB (volume attributes, paths).
     let size = aqueduct_proto::MAX_REQUEST_BYTES;
-    let result = aqueduct_proto::server::grpc_server(max_streams, aqueduct_proto::server::KEEPALIVE)
+    let result = aqueduct_core::server::grpc_server(max_streams, aqueduct_core::server::KEEPALIVE)
         .add_service(IdentityServer::new(identity).max_decoding_message_size(size).max_encoding_message_size(size))
         .add_service(NodeServer::new(node).max_decoding_message_size(size).max_encoding_message_size(size))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.cancelled())

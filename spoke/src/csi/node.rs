@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use aqueduct_proto::ReplicationMode;
 use aqueduct_proto::hub::v1 as pb;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -156,10 +157,11 @@ impl Node {
             Err(Unready::NotReady(a)) => return Err(self.not_ready(&a, timeout).await),
         };
         if let Some(mode) = p.spec.mode
-            && mode.to_string() != assignment.mode
-            && !assignment.mode.is_empty()
+            && assignment.mode() != pb::ReplicationMode::Unspecified
+            && let Ok(rollout_mode) = ReplicationMode::from_wire(assignment.mode)
+            && mode != rollout_mode
         {
-            info!(volume_mode = %mode, rollout_mode = %assignment.mode, "the region holds the version as its rollout says, not as the volume does");
+            info!(volume_mode = %mode, %rollout_mode, "the region holds the version as its rollout says, not as the volume does");
         }
         let node = self.clone();
         tokio::spawn(async move { node.attach(p).await }.instrument(Span::current())).await.unwrap_or_else(|e| {
@@ -299,7 +301,8 @@ impl Node {
         let progress = match self.parts.catalog.manifest(a).await {
             Ok(manifest) => {
                 let (held, total) = self.parts.store.held_of(&manifest);
-                let share = if a.mode == "region" { " (in region mode a node holds its share only)" } else { "" };
+                let region = a.mode() == pb::ReplicationMode::Region;
+                let share = if region { " (in region mode a node holds its share only)" } else { "" };
                 format!(
                     "the region's spokes are still replicating it; this node holds {} of {}{share}",
                     mib(held),

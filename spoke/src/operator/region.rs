@@ -153,7 +153,7 @@ impl RegionView for SpokeRegion {
             .into_iter()
             .filter(|a| a.dataset == dataset)
             .map(|a| RegionVersion {
-                mode: a.mode.parse().unwrap_or_default(),
+                mode: ReplicationMode::from_wire(a.mode).unwrap_or_default(),
                 dataset: a.dataset,
                 version: a.version,
                 total_bytes: a.total_bytes,

@@ -1,4 +1,4 @@
-//! `aq quickstart`: the main job on one machine, with embedded defaults.
+//! `aq-quickstart`: the main job on one machine, with embedded defaults.
 //!
 //! Makes a model-shaped sample dataset, starts a hub and one spoke in each of two regions
 //! with different link budgets (all in this process, over mutual TLS on 127.0.0.1), cuts v1,
@@ -14,6 +14,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use aqueduct_cli::connect::HubConn;
+use aqueduct_cli::output::{RolloutProgress, Table, bytes, progress_reporter};
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::admin_client::AdminClient;
 use aqueduct_proto::spoke::v1 as local;
@@ -23,9 +25,6 @@ use aqueduct_spoke::store::{ChunkStore, DiskStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
-
-use crate::connect::HubConn;
-use crate::output::{RolloutProgress, Table, bytes, progress_reporter};
 
 const DATASET: &str = "demo-llm";
 const REGIONS: [(&str, u64); 2] = [("eu-west", 100 << 20), ("us-east", 40 << 20)];
@@ -304,7 +303,12 @@ async fn snapshot(admin: &mut AdminClient<Channel>) -> Result<pb::VersionSummary
 async fn rollout(admin: &mut AdminClient<Channel>, version: u64) -> Result<Vec<Transfer>> {
     let regions: Vec<String> = REGIONS.iter().map(|(r, _)| r.to_string()).collect();
     admin
-        .rollout(pb::RolloutRequest { dataset: DATASET.into(), version, regions: regions.clone(), mode: String::new() })
+        .rollout(pb::RolloutRequest {
+            dataset: DATASET.into(),
+            version,
+            regions: regions.clone(),
+            mode: Default::default(),
+        })
         .await?;
     let started = Instant::now();
     let mut done: BTreeMap<String, Transfer> = BTreeMap::new();
@@ -316,9 +320,9 @@ async fn rollout(admin: &mut AdminClient<Channel>, version: u64) -> Result<Vec<T
         let rows = admin.status(pb::StatusRequest { dataset: DATASET.into() }).await?.into_inner().rows;
         for row in rows.iter().filter(|r| r.version == version) {
             progress.update(row);
-            match row.phase.as_str() {
-                "Failed" => bail!("region {} failed: {}", row.region, row.reason),
-                "Ready" if !done.contains_key(&row.region) => {
+            match row.phase() {
+                pb::Phase::Failed => bail!("region {} failed: {}", row.region, row.reason),
+                pb::Phase::Ready if !done.contains_key(&row.region) => {
                     done.insert(
                         row.region.clone(),
                         Transfer {

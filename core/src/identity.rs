@@ -42,7 +42,7 @@ impl Identity {
             "hub" => Some(Identity::Hub),
             rest => rest
                 .strip_prefix("region/")
-                .filter(|name| crate::validate_name("region", name).is_ok())
+                .filter(|name| aqueduct_proto::validate_name("region", name).is_ok())
                 .map(|name| Identity::Region(name.to_string())),
         }
     }
@@ -114,7 +114,7 @@ mod tests {
             if let Some(identity) = Identity::from_uri(&uri) {
                 prop_assert_eq!(identity.uri(), uri);
                 if let Identity::Region(name) = &identity {
-                    prop_assert!(crate::validate_name("region", name).is_ok());
+                    prop_assert!(aqueduct_proto::validate_name("region", name).is_ok());
                     prop_assert_eq!(identity.peer_name(), Some(format!("{name}.region.aqueduct")));
                 }
             }

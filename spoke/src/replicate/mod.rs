@@ -14,20 +14,22 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aqueduct_proto::Digest;
-pub use aqueduct_proto::budget::Budget;
+use aqueduct_core::budget::Budget;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
+use aqueduct_proto::{Digest, ReplicationMode};
+use async_trait::async_trait;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use tonic::transport::Channel;
 use tracing::{debug, info, instrument, warn};
 
-use aqueduct_proto::ReplicationMode;
-
 use crate::catalog::{Catalog, CatalogError};
+use crate::origin::FetchError;
 use crate::peers::Owner;
-use crate::reader::{FetchError, Origin, Priority, ReadThrough};
+use crate::priority::Priority;
+use crate::reader::{Pull, ReadThrough};
 use crate::store::{CacheError, ChunkStore};
+use aqueduct_proto::Phase;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicationError {
@@ -72,9 +74,24 @@ pub struct Outcome {
     pub held_bytes: u64,
 }
 
+/// Where progress reports go: the hub. A report that cannot be sent is logged, not fatal.
+#[async_trait]
+pub trait Progress: Send + Sync {
+    async fn report(&self, report: pb::ProgressReport);
+}
+
+#[async_trait]
+impl Progress for SpokeClient<Channel> {
+    async fn report(&self, report: pb::ProgressReport) {
+        if let Err(e) = self.clone().report_progress(report).await {
+            warn!(error = %e.message(), "could not report progress to the hub");
+        }
+    }
+}
+
 pub struct Replicator {
-    /// For progress reports.
-    pub client: SpokeClient<Channel>,
+    /// Where progress reports go.
+    pub progress: Arc<dyn Progress>,
     /// The session of this spoke's open watch, which its reports carry (the hub counts them for
     /// this watch only).
     pub session: String,
@@ -84,6 +101,18 @@ pub struct Replicator {
     /// Readers' on-demand fetches go first.
     pub priority: Arc<Priority>,
     pub options: PullOptions,
+}
+
+/// This spoke's part of a version, as one round of fetches works on it.
+#[derive(Clone, Copy)]
+struct Part<'a> {
+    assignment: &'a pb::Assignment,
+    /// How it is held (`every-node`, `region`).
+    mode: ReplicationMode,
+    /// The bytes of the version each chunk this spoke holds stands for.
+    weight: &'a HashMap<Digest, u64>,
+    /// The link budget its chunks over the link take from.
+    budget: &'a Budget,
 }
 
 /// Rounds in a row that may bring nothing (owners failing, membership changing) before the
@@ -120,12 +149,11 @@ impl Replicator {
             let replicas = replicas.clamp(1, ring.len().max(1)) as u64;
             weight.values_mut().for_each(|w| *w /= replicas);
         }
-        let mode_name = mode.to_string();
         let membership = self.reader.peers().membership();
-        let report = |phase: &'static str, cached: u64| pb::ProgressReport {
+        let report = |phase: Phase, cached: u64| pb::ProgressReport {
             membership: membership.clone(),
             session: self.session.clone(),
-            ..progress_report(assignment, self.reader.peers().me(), &mode_name, phase, cached, "", 0)
+            ..progress_report(assignment, self.reader.peers().me(), mode, phase, cached, "", 0)
         };
         let total: u64 = weight.values().sum();
         let mut outcome = Outcome::default();
@@ -141,10 +169,10 @@ impl Replicator {
             let cached = total - missing.iter().map(|(d, _)| weight[d]).sum::<u64>();
             info!(missing = missing.len(), cached, total, "replicating");
             self.reader.metrics().progress(&assignment.dataset, assignment.version, cached, total, false);
-            send_report(self.client.clone(), report("Transferring", cached)).await;
+            self.progress.report(report(Phase::Transferring, cached)).await;
             if !missing.is_empty() {
-                let fetched =
-                    self.fetch(assignment, &mode_name, &missing, &weight, cached, budget, &mut outcome).await?;
+                let part = Part { assignment, mode, weight: &weight, budget };
+                let fetched = self.fetch(&part, &missing, cached, &mut outcome).await?;
                 // An empty round is a stall only if nothing arrived by another way meanwhile
                 // (a fetch this spoke made for a peer or a reader, still being stored when
                 // this round looked); the store is looked at only then.
@@ -185,7 +213,7 @@ impl Replicator {
             .await??;
             verified.extend(good);
             if corrupt.is_empty() {
-                send_report(self.client.clone(), report("Ready", total)).await;
+                self.progress.report(report(Phase::Ready, total)).await;
                 self.reader.metrics().progress(&assignment.dataset, assignment.version, total, total, true);
                 outcome.held_bytes = total;
                 info!(?outcome, "version ready");
@@ -206,17 +234,14 @@ impl Replicator {
     /// Fetches `missing` once: the chunks this spoke owns over the link (or from a peer that
     /// holds them), the others from their owners. Returns what it stored; a chunk whose owner
     /// failed is left for the next round, when another owner is in line.
-    #[allow(clippy::too_many_arguments)]
     async fn fetch(
         &self,
-        assignment: &pb::Assignment,
-        mode: &str,
+        part: &Part<'_>,
         missing: &[(Digest, u32)],
-        weight: &HashMap<Digest, u64>,
         cached: u64,
-        budget: &Budget,
         outcome: &mut Outcome,
     ) -> Result<Vec<Digest>, ReplicationError> {
+        let Part { assignment, mode, weight, budget } = *part;
         let started = Instant::now();
         let mut last_report = Instant::now();
         let mut cached = cached;
@@ -248,12 +273,12 @@ impl Replicator {
         // flow-control window, and the report's answer could never arrive. The task is awaited
         // at the end, so that no late "Transferring" lands after the "Ready" that follows.
         let (progress, mut reports) = tokio::sync::watch::channel(None::<pb::ProgressReport>);
-        let client = self.client.clone();
+        let sink = self.progress.clone();
         let reporter = tokio::spawn(async move {
             while reports.changed().await.is_ok() {
                 let report = reports.borrow_and_update().clone();
                 if let Some(report) = report {
-                    send_report(client.clone(), report).await;
+                    sink.report(report).await;
                 }
             }
         });
@@ -273,7 +298,7 @@ impl Replicator {
                 let report = pb::ProgressReport {
                     membership: self.reader.peers().membership(),
                     session: self.session.clone(),
-                    ..progress_report(assignment, &node, mode, "Transferring", cached, "", rate)
+                    ..progress_report(assignment, &node, mode, Phase::Transferring, cached, "", rate)
                 };
                 let _ = progress.send(Some(report));
             }
@@ -299,12 +324,19 @@ impl Replicator {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let (dataset, version) = (&assignment.dataset, assignment.version);
+        let pull = Pull {
+            dataset: &assignment.dataset,
+            version: assignment.version,
+            budget: None,
+            from_owner: false,
+            urgent: false,
+            wait_stored: true,
+        };
         let pulled = match from {
-            None => self.reader.over_link(dataset, version, &batch, Some(budget), false, true).await,
+            None => self.reader.over_link(&Pull { budget: Some(budget), ..pull }, &batch).await,
             Some(member) => {
-                let origin = Origin::Peer { member, fetch_on_miss: true, urgent: false };
-                match self.reader.pull(dataset, version, &batch, origin, true).await {
+                let owner = self.reader.origins().peer(&member);
+                match self.reader.pull(owner.as_ref(), &Pull { from_owner: true, ..pull }, &batch).await {
                     Err(FetchError::Cache(e)) => return Err(e.into()),
                     Err(e) => {
                         debug!(error = %e, "an owner failed; its chunks wait for the next round");
@@ -328,7 +360,7 @@ impl Replicator {
         &self,
         a: &pb::Assignment,
         mode: ReplicationMode,
-        phase: &str,
+        phase: Phase,
         cached: u64,
         reason: &str,
         rate: u64,
@@ -336,17 +368,17 @@ impl Replicator {
         let report = pb::ProgressReport {
             membership: self.reader.peers().membership(),
             session: self.session.clone(),
-            ..progress_report(a, self.reader.peers().me(), &mode.to_string(), phase, cached, reason, rate)
+            ..progress_report(a, self.reader.peers().me(), mode, phase, cached, reason, rate)
         };
-        send_report(self.client.clone(), report).await;
+        self.progress.report(report).await;
     }
 }
 
 fn progress_report(
     a: &pb::Assignment,
     node: &str,
-    mode: &str,
-    phase: &str,
+    mode: ReplicationMode,
+    phase: Phase,
     cached: u64,
     reason: &str,
     rate: u64,
@@ -356,17 +388,14 @@ fn progress_report(
         dataset: a.dataset.clone(),
         version: a.version,
         cached_bytes: cached,
-        phase: phase.to_string(),
+        phase: phase.to_wire(),
         reason: reason.to_string(),
         rate_bytes_per_sec: rate,
-        mode: mode.to_string(),
+        mode: mode.to_wire(),
         membership: String::new(),
         session: String::new(),
     }
 }
 
-async fn send_report(mut client: SpokeClient<Channel>, report: pb::ProgressReport) {
-    if let Err(e) = client.report_progress(report).await {
-        warn!(error = %e.message(), "could not report progress to the hub");
-    }
-}
+#[cfg(test)]
+mod tests;

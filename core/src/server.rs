@@ -516,7 +516,7 @@ impl KeyedLimit {
 
 /// Serde glue for the `[limits]` sections: durations and sizes written with units
 /// (`handshake_timeout = "10s"`, `relay_memory_per_region = "128MiB"`), read back as written.
-/// Use with `#[serde(with = "aqueduct_proto::server::human::duration")]`.
+/// Use with `#[serde(with = "aqueduct_core::server::human::duration")]`.
 pub mod human {
     pub mod duration {
         use serde::{Deserialize, Deserializer, Serializer};
@@ -524,16 +524,16 @@ pub mod human {
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
             let text = String::deserialize(d)?;
-            crate::parse_duration(&text).map_err(serde::de::Error::custom)
+            aqueduct_proto::parse_duration(&text).map_err(serde::de::Error::custom)
         }
 
         pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_str(&crate::format_duration(*d))
+            s.serialize_str(&aqueduct_proto::format_duration(*d))
         }
     }
 
     pub mod size {
-        use crate::Size;
+        use aqueduct_proto::Size;
         use serde::{Deserialize, Deserializer, Serializer};
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
@@ -625,20 +625,20 @@ mod tests {
     struct SeesCerts;
 
     #[tonic::async_trait]
-    impl crate::spoke::v1::peer_server::Peer for SeesCerts {
+    impl aqueduct_proto::spoke::v1::peer_server::Peer for SeesCerts {
         async fn has(
             &self,
-            request: tonic::Request<crate::spoke::v1::HasRequest>,
-        ) -> Result<tonic::Response<crate::spoke::v1::HasResponse>, tonic::Status> {
+            request: tonic::Request<aqueduct_proto::spoke::v1::HasRequest>,
+        ) -> Result<tonic::Response<aqueduct_proto::spoke::v1::HasResponse>, tonic::Status> {
             let certs = request.peer_certs().is_some_and(|c| !c.is_empty());
-            Ok(tonic::Response::new(crate::spoke::v1::HasResponse { held: vec![certs] }))
+            Ok(tonic::Response::new(aqueduct_proto::spoke::v1::HasResponse { held: vec![certs] }))
         }
 
-        type FetchChunksStream = tokio_stream::Empty<Result<crate::hub::v1::ChunkData, tonic::Status>>;
+        type FetchChunksStream = tokio_stream::Empty<Result<aqueduct_proto::hub::v1::ChunkData, tonic::Status>>;
 
         async fn fetch_chunks(
             &self,
-            _request: tonic::Request<crate::spoke::v1::PeerFetchRequest>,
+            _request: tonic::Request<aqueduct_proto::spoke::v1::PeerFetchRequest>,
         ) -> Result<tonic::Response<Self::FetchChunksStream>, tonic::Status> {
             Ok(tonic::Response::new(tokio_stream::empty()))
         }
@@ -648,7 +648,7 @@ mod tests {
         addr: std::net::SocketAddr,
         ca: &str,
         identity: Option<&(String, String)>,
-    ) -> Result<crate::spoke::v1::peer_client::PeerClient<tonic::transport::Channel>, String> {
+    ) -> Result<aqueduct_proto::spoke::v1::peer_client::PeerClient<tonic::transport::Channel>, String> {
         use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
         let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost");
         if let Some((cert, key)) = identity {
@@ -661,13 +661,13 @@ mod tests {
             .connect()
             .await
             .map_err(|e| format!("{e:?}"))?;
-        Ok(crate::spoke::v1::peer_client::PeerClient::new(channel))
+        Ok(aqueduct_proto::spoke::v1::peer_client::PeerClient::new(channel))
     }
 
     async fn has(
-        client: &mut crate::spoke::v1::peer_client::PeerClient<tonic::transport::Channel>,
+        client: &mut aqueduct_proto::spoke::v1::peer_client::PeerClient<tonic::transport::Channel>,
     ) -> Result<Vec<bool>, tonic::Status> {
-        Ok(client.has(crate::spoke::v1::HasRequest { digests: vec![] }).await?.into_inner().held)
+        Ok(client.has(aqueduct_proto::spoke::v1::HasRequest { digests: vec![] }).await?.into_inner().held)
     }
 
     /// Polls `check` every 20 ms until it holds, for at most 20 s (a bound only a broken
@@ -698,7 +698,7 @@ mod tests {
         let stop = CancellationToken::new();
         let server = tokio::spawn(
             grpc_server(limits.max_streams_per_connection, KEEPALIVE)
-                .add_service(crate::spoke::v1::peer_server::PeerServer::new(SeesCerts))
+                .add_service(aqueduct_proto::spoke::v1::peer_server::PeerServer::new(SeesCerts))
                 .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
         );
 

@@ -1,0 +1,25 @@
+//! What hub, spoke and FUSE view share beyond the wire contract (`aqueduct-proto`): the code
+//! that runs in more than one of them but is not a message or a domain type.
+//!
+//! [`durable`] writes the small files hub and spoke keep (atomically, fsynced); [`lru`] is the
+//! weighted least-recently-used order behind every cache; [`singleflight`] makes concurrent
+//! callers for one key share one in-flight future. The rest serves the binaries' edges:
+//! [`budget`] (a link's bytes per second), [`identity`] (who a certificate names), [`server`]
+//! (the TLS accept path, tonic's settings, per-key turns), [`metrics`] (the Prometheus
+//! endpoint) and [`edge`] (logging and signals). Each module that needs more than the standard
+//! library sits behind a feature of its name, so that a crate takes only what it uses.
+
+#[cfg(feature = "budget")]
+pub mod budget;
+pub mod durable;
+#[cfg(feature = "edge")]
+pub mod edge;
+#[cfg(feature = "identity")]
+pub mod identity;
+pub mod lru;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "singleflight")]
+pub mod singleflight;

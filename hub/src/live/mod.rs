@@ -1,0 +1,39 @@
+//! What the hub keeps in memory, shared by the admin API and the spokes' API: the live
+//! members of each region and their reports ([`members`]), each region's link budget as the
+//! relay applies it ([`budgets`]), the bytes relayed and not yet written ([`ledger`]), and the
+//! notices that wake the spokes' watches when rollouts change ([`Changes`]). None of it
+//! survives a restart: spokes join and report again, budgets are re-read, and the ledger
+//! writes what it counted before the hub stops.
+
+pub mod budgets;
+pub mod ledger;
+pub mod members;
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::HubMetrics;
+use budgets::Budgets;
+use ledger::Ledger;
+use members::Members;
+
+/// Rollout changes: the admin API (and a report that makes a version Ready) notifies, the
+/// spokes' watches wake up and send their regions' assignments again.
+pub type Changes = Arc<Notify>;
+
+/// What the hub keeps in memory, shared by its services.
+#[derive(Clone, Default)]
+pub struct Live {
+    pub changes: Changes,
+    pub ledger: Arc<Ledger>,
+    pub members: Arc<Members>,
+    /// Each region's link budget, as the relay applies it.
+    pub budgets: Arc<Budgets>,
+    /// What the hub counts for Prometheus.
+    pub metrics: Arc<HubMetrics>,
+    /// Fires when the hub stops: watches end, so that the server's graceful shutdown is not
+    /// held up by streams that never finish on their own.
+    pub stopping: CancellationToken,
+}

@@ -1,0 +1,185 @@
+//! The hub's metadata: sources, datasets, versions, regions and rollouts, behind the
+//! [`MetaStore`] trait, with the records it reads and writes.
+//!
+//! One engine, [`sqlite::SqliteStore`], keeps everything in one SQLite file under the hub's
+//! data directory (or in memory, for tests). Its SQL sticks to what PostgreSQL also speaks
+//! (INTEGER, TEXT, BLOB/BYTEA, plain SELECT/INSERT in transactions), so that a PostgreSQL
+//! engine for a highly available hub can implement the same trait with the same statements;
+//! `store/tests.rs` is the suite every engine passes. An engine decides nothing about
+//! rollouts: it applies [`crate::rollout`]'s rules to a row inside the transaction that writes
+//! it, and keeps phases and modes as their text names (`Ready`, `every-node`).
+//!
+//! A version is written in one transaction with all its files, so a failed or interrupted
+//! snapshot leaves nothing behind. Each file's chunk list is one blob ([`chunk_list`]). The
+//! schema carries a version number from the start; older databases are brought up to date
+//! step by step ([`schema`]).
+
+pub mod chunk_list;
+pub mod schema;
+pub mod sqlite;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use aqueduct_proto::domain::modes::OutsideLinks;
+use aqueduct_proto::{Digest, Manifest, ReplicationMode};
+
+use crate::rollout::{RegionProgress, RolloutKey, RolloutRecord, VersionId};
+use schema::SCHEMA_VERSION;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+    #[error("{kind} {name:?} does not exist")]
+    NotFound { kind: &'static str, name: String },
+    #[error("dataset {dataset:?} got a new version while this snapshot ran (now v{latest}); snapshot again")]
+    Conflict { dataset: String, latest: u64 },
+    #[error("the hub database has schema version {found}, this build knows {SCHEMA_VERSION}; upgrade the hub")]
+    Schema { found: i64 },
+    #[error("a hub task failed: {0}")]
+    Task(String),
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
+    #[error("hub database error: {0}")]
+    Db(#[from] rusqlite::Error),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceRecord {
+    pub name: String,
+    pub url: String,
+    pub options: BTreeMap<String, String>,
+    pub created_unix_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatasetRecord {
+    pub name: String,
+    pub source: String,
+    pub prefix: String,
+    pub created_unix_ms: i64,
+    /// Newest version number, 0 if none.
+    pub latest_version: u64,
+    /// What a snapshot does with symbolic links that lead outside the prefix.
+    pub outside_links: OutsideLinks,
+}
+
+/// An object under a dataset's prefix that is not in a version, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedObject {
+    /// Its key in the source.
+    pub key: String,
+    pub reason: String,
+}
+
+/// Figures of one version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionRecord {
+    pub dataset: String,
+    pub number: u64,
+    pub root: Digest,
+    pub files: u64,
+    pub bytes: u64,
+    pub chunks: u64,
+    pub new_bytes: u64,
+    pub bytes_read: u64,
+    pub created_unix_ms: i64,
+    /// Objects under the prefix that the snapshot left out, with why.
+    pub skipped: Vec<SkippedObject>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionRecord {
+    pub name: String,
+    /// Link budget, bytes per second.
+    pub rate: u64,
+    pub created_unix_ms: i64,
+}
+
+/// What identifies the state of a source object when a version was cut: if the object still
+/// has the same stamp, its chunk list can be reused without reading it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceStamp {
+    pub size: u64,
+    pub mtime_unix_ms: i64,
+    pub etag: Option<String>,
+}
+
+/// A version as stored: its figures, its manifest and each file's source stamp (by path).
+#[derive(Clone, Debug)]
+pub struct StoredVersion {
+    pub record: VersionRecord,
+    pub manifest: Manifest,
+    pub stamps: BTreeMap<String, SourceStamp>,
+}
+
+/// The hub's metadata store. Every method is short and synchronous; callers on the async
+/// runtime go through `spawn_blocking`.
+pub trait MetaStore: Send + Sync {
+    fn add_source(&self, source: &SourceRecord) -> Result<(), StoreError>;
+    fn source(&self, name: &str) -> Result<Option<SourceRecord>, StoreError>;
+    fn sources(&self) -> Result<Vec<SourceRecord>, StoreError>;
+    /// Fails with `NotFound` if the dataset's source does not exist.
+    fn add_dataset(&self, dataset: &DatasetRecord) -> Result<(), StoreError>;
+    fn dataset(&self, name: &str) -> Result<Option<DatasetRecord>, StoreError>;
+    fn datasets(&self) -> Result<Vec<DatasetRecord>, StoreError>;
+    /// Sets what snapshots of a dataset do with links outside its prefix; `NotFound` if there
+    /// is no such dataset.
+    fn set_outside_links(&self, dataset: &str, policy: OutsideLinks) -> Result<(), StoreError>;
+    fn versions(&self, dataset: &str) -> Result<Vec<VersionRecord>, StoreError>;
+    /// One version, or the newest with `None`.
+    fn version(&self, dataset: &str, number: Option<u64>) -> Result<Option<StoredVersion>, StoreError>;
+    /// Records `manifest` as version `previous + 1` of its dataset, with the objects it left
+    /// out, atomically; fails with `Conflict` if the newest version is no longer `previous`.
+    /// The manifest's version number is ignored and the assigned one returned.
+    fn insert_version(&self, previous: u64, manifest: &Manifest, cut: &VersionCut)
+    -> Result<VersionRecord, StoreError>;
+    fn add_region(&self, region: &RegionRecord) -> Result<(), StoreError>;
+    fn regions(&self) -> Result<Vec<RegionRecord>, StoreError>;
+    /// Sets a region's link budget; fails with `NotFound` if there is no such region.
+    fn set_region_rate(&self, name: &str, rate: u64) -> Result<(), StoreError>;
+    /// Asks `regions` to hold a version in `mode`; regions that already have it keep their
+    /// state and take the new mode. Fails with `NotFound` naming the first unknown region or
+    /// version, writing nothing.
+    fn add_rollout(
+        &self,
+        version: &VersionId,
+        regions: &[String],
+        mode: ReplicationMode,
+        now_unix_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Every rollout (of one dataset, or of all), by dataset, version and region.
+    fn rollouts(&self, dataset: Option<&str>) -> Result<Vec<RolloutRecord>, StoreError>;
+    /// Records what a region's members reported about a version it was asked to hold, as
+    /// [`crate::rollout::after_report`] says (a row that was Ready once stays Ready, with its cached
+    /// bytes: a spoke that joins the region later, or fails, shows per node, not in the
+    /// region's row). `NotFound` if the version was not rolled out to the region.
+    fn update_rollout(&self, update: &RolloutUpdate) -> Result<(), StoreError>;
+    /// Adds to the bytes relayed to a region for a version.
+    fn add_relayed(&self, key: &RolloutKey, bytes: u64) -> Result<(), StoreError>;
+    /// The version's source changed: fails it, with `reason`, in every region that was asked
+    /// to hold it, as [`crate::rollout::after_source_changed`] says (where it was never whole; the
+    /// regions that held it keep it). Returns the regions it failed in, sorted.
+    fn fail_version(&self, version: &VersionId, reason: &str, now_unix_ms: i64) -> Result<Vec<String>, StoreError>;
+}
+
+/// What a snapshot adds to a manifest when it records a version.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VersionCut {
+    /// Each file's source stamp, by path.
+    pub stamps: BTreeMap<String, SourceStamp>,
+    pub new_bytes: u64,
+    pub bytes_read: u64,
+    pub created_unix_ms: i64,
+    pub skipped: Vec<SkippedObject>,
+}
+
+/// A region's report on one version: its row as its members' reports fold it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RolloutUpdate {
+    pub key: RolloutKey,
+    pub progress: RegionProgress,
+    pub updated_unix_ms: i64,
+}

@@ -1,0 +1,144 @@
+//! The hub database's schema: its tables ([`SCHEMA`]), the version number it carries in table
+//! `meta` from the start ([`SCHEMA_VERSION`]), and the steps that bring an older database up
+//! to date ([`MIGRATIONS`]), one per version. The SQL sticks to what PostgreSQL also speaks.
+
+use rusqlite::{Connection, OptionalExtension};
+
+use super::StoreError;
+
+pub const SCHEMA_VERSION: i64 = 4;
+
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sources (
+    name TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    options TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS datasets (
+    name TEXT PRIMARY KEY,
+    source TEXT NOT NULL REFERENCES sources(name),
+    prefix TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    outside_links TEXT NOT NULL DEFAULT 'fail'
+);
+CREATE TABLE IF NOT EXISTS versions (
+    dataset TEXT NOT NULL REFERENCES datasets(name),
+    number INTEGER NOT NULL,
+    root BLOB NOT NULL,
+    chunk_min INTEGER NOT NULL,
+    chunk_avg INTEGER NOT NULL,
+    chunk_max INTEGER NOT NULL,
+    files INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    chunks INTEGER NOT NULL,
+    new_bytes INTEGER NOT NULL,
+    bytes_read INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (dataset, number)
+);
+CREATE TABLE IF NOT EXISTS files (
+    dataset TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    object TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    mtime_ms INTEGER NOT NULL,
+    etag TEXT,
+    chunks BLOB NOT NULL,
+    PRIMARY KEY (dataset, version, path),
+    FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
+);
+CREATE TABLE IF NOT EXISTS regions (
+    name TEXT PRIMARY KEY,
+    rate INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rollouts (
+    dataset TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    region TEXT NOT NULL REFERENCES regions(name),
+    phase TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    cached_bytes INTEGER NOT NULL,
+    relayed_bytes INTEGER NOT NULL,
+    rate INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    mode TEXT NOT NULL DEFAULT 'auto',
+    added_ms INTEGER NOT NULL DEFAULT 0,
+    ready_ms INTEGER,
+    PRIMARY KEY (dataset, version, region),
+    FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
+);
+CREATE TABLE IF NOT EXISTS skipped_objects (
+    dataset TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
+);
+";
+
+/// Steps that bring a database of schema version `from` to `from + 1`, in order. Each runs
+/// in one transaction with the version bump; a step is self-contained (it does not rely on
+/// `SCHEMA` having run), so steps can be renumbered or added without touching the others.
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    // Version 1 had no replication mode per rollout: every rollout was every-node then, which
+    // `auto` still gives for what fits a spoke.
+    (1, "ALTER TABLE rollouts ADD COLUMN mode TEXT NOT NULL DEFAULT 'auto';"),
+    // Version 2 followed every link out of a dataset and dropped what it could not name:
+    // datasets gain their outside-links policy (failing, as every snapshot now does by
+    // default), versions the list of objects they left out.
+    (
+        2,
+        "ALTER TABLE datasets ADD COLUMN outside_links TEXT NOT NULL DEFAULT 'fail';
+         CREATE TABLE IF NOT EXISTS skipped_objects (
+             dataset TEXT NOT NULL,
+             version INTEGER NOT NULL,
+             key TEXT NOT NULL,
+             reason TEXT NOT NULL,
+             FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
+         );",
+    ),
+    // Version 3 recomputed each region's cut-over from its current phase, so a spoke joining
+    // later (or a source changed after the fact) could take a region's version away: rollout
+    // rows remember when they were added and when the region first held the version whole.
+    (
+        3,
+        "ALTER TABLE rollouts ADD COLUMN added_ms INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE rollouts ADD COLUMN ready_ms INTEGER;
+         UPDATE rollouts SET ready_ms = updated_ms WHERE phase = 'Ready';",
+    ),
+];
+
+/// Creates the tables a new database lacks and brings an older one to [`SCHEMA_VERSION`],
+/// step by step; refuses a database of a newer (or unknown) schema.
+pub fn prepare(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(SCHEMA)?;
+    let found: Option<String> =
+        conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).optional()?;
+    match found {
+        None => {
+            conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?1)", [SCHEMA_VERSION.to_string()])?;
+        }
+        Some(v) => {
+            let mut found: i64 = v.parse().unwrap_or(-1);
+            if !(1..=SCHEMA_VERSION).contains(&found) {
+                return Err(StoreError::Schema { found });
+            }
+            while found < SCHEMA_VERSION {
+                let Some((_, step)) = MIGRATIONS.iter().find(|(from, _)| *from == found) else {
+                    return Err(StoreError::Schema { found });
+                };
+                conn.execute_batch(&format!(
+                    "BEGIN;\n{step}\nUPDATE meta SET value = '{}' WHERE key = 'schema_version';\nCOMMIT;",
+                    found + 1
+                ))?;
+                found += 1;
+            }
+        }
+    }
+    Ok(())
+}

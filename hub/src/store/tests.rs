@@ -1,0 +1,346 @@
+//! The store's test suite, run against the SQLite engine (a second engine runs the same
+//! suite): records round-trip, references and duplicates are refused, rollouts follow the
+//! lifecycle rules, and every older schema is migrated.
+
+use std::collections::BTreeMap;
+
+use aqueduct_proto::{ChunkRef, ChunkerParams, Digest, FileEntry, Manifest, Phase, ReplicationMode};
+
+use super::schema::SCHEMA_VERSION;
+use super::sqlite::SqliteStore;
+use super::*;
+use crate::rollout::{RegionProgress, RolloutKey, VersionId};
+
+fn manifest(dataset: &str, content: &[u8]) -> Manifest {
+    let file = FileEntry {
+        path: "a.bin".into(),
+        object: "p/a.bin".into(),
+        size: content.len() as u64,
+        mode: 0o644,
+        mtime_unix_ms: 5,
+        chunks: vec![ChunkRef { digest: Digest::of(content), offset: 0, length: content.len() as u32 }],
+    };
+    Manifest::new(dataset.into(), 0, ChunkerParams::DEFAULT, vec![file]).unwrap()
+}
+
+fn cut(stamps: BTreeMap<String, SourceStamp>, created_unix_ms: i64) -> VersionCut {
+    VersionCut { stamps, new_bytes: 3, bytes_read: 3, created_unix_ms, skipped: Vec::new() }
+}
+
+fn store_with_dataset() -> SqliteStore {
+    with_dataset(SqliteStore::in_memory().unwrap())
+}
+
+/// Source `s` and dataset `d` in `store`.
+fn with_dataset(store: SqliteStore) -> SqliteStore {
+    store
+        .add_source(&SourceRecord {
+            name: "s".into(),
+            url: "file:///x".into(),
+            options: BTreeMap::new(),
+            created_unix_ms: 1,
+        })
+        .unwrap();
+    store
+        .add_dataset(&DatasetRecord {
+            name: "d".into(),
+            source: "s".into(),
+            prefix: "p".into(),
+            created_unix_ms: 2,
+            latest_version: 0,
+            outside_links: OutsideLinks::Fail,
+        })
+        .unwrap();
+    store
+}
+
+#[test]
+fn versions_round_trip_and_number_up() {
+    let store = store_with_dataset();
+    let stamps =
+        BTreeMap::from([("a.bin".to_string(), SourceStamp { size: 3, mtime_unix_ms: 5, etag: Some("e".into()) })]);
+    let v1 = store.insert_version(0, &manifest("d", b"abc"), &cut(stamps.clone(), 10)).unwrap();
+    assert_eq!(v1.number, 1);
+    let v2 = store.insert_version(1, &manifest("d", b"xyz"), &cut(stamps.clone(), 11)).unwrap();
+    assert_eq!(v2.number, 2);
+    let latest = store.version("d", None).unwrap().unwrap();
+    assert_eq!(latest.record, v2);
+    assert_eq!(latest.manifest.version, 2);
+    assert_eq!(latest.manifest.root, manifest("d", b"xyz").root);
+    assert_eq!(latest.stamps, stamps);
+    assert_eq!(store.version("d", Some(1)).unwrap().unwrap().manifest.files[0].chunks[0].digest, Digest::of(b"abc"));
+    assert!(store.version("d", Some(3)).unwrap().is_none());
+    assert_eq!(store.datasets().unwrap()[0].latest_version, 2);
+    assert_eq!(store.versions("d").unwrap().len(), 2);
+}
+
+#[test]
+fn stale_snapshots_conflict_and_leave_nothing() {
+    let store = store_with_dataset();
+    store.insert_version(0, &manifest("d", b"abc"), &cut(BTreeMap::new(), 10)).unwrap();
+    let err = store.insert_version(0, &manifest("d", b"xyz"), &cut(BTreeMap::new(), 11)).unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { latest: 1, .. }), "{err}");
+    assert_eq!(store.versions("d").unwrap().len(), 1);
+}
+
+#[test]
+fn duplicates_and_dangling_references_are_refused() {
+    let store = store_with_dataset();
+    let err = store
+        .add_source(&SourceRecord {
+            name: "s".into(),
+            url: "file:///y".into(),
+            options: BTreeMap::new(),
+            created_unix_ms: 1,
+        })
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists { kind: "source", .. }));
+    let err = store
+        .add_dataset(&DatasetRecord {
+            name: "e".into(),
+            source: "nope".into(),
+            prefix: "".into(),
+            created_unix_ms: 2,
+            latest_version: 0,
+            outside_links: OutsideLinks::Fail,
+        })
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { kind: "source", .. }));
+}
+
+#[test]
+fn rollouts_need_known_regions_and_versions_and_are_idempotent() {
+    let store = store_with_dataset();
+    store.insert_version(0, &manifest("d", b"abc"), &cut(BTreeMap::new(), 10)).unwrap();
+    for (name, rate) in [("eu", 100), ("us", 50)] {
+        store.add_region(&RegionRecord { name: name.into(), rate, created_unix_ms: 1 }).unwrap();
+    }
+    assert!(matches!(
+        store.add_region(&RegionRecord { name: "eu".into(), rate: 1, created_unix_ms: 1 }),
+        Err(StoreError::AlreadyExists { kind: "region", .. })
+    ));
+    let err = store
+        .add_rollout(&VersionId::new("d", 1), &["eu".into(), "mars".into()], ReplicationMode::Auto, 20)
+        .unwrap_err();
+    assert!(matches!(&err, StoreError::NotFound { kind: "region", name } if name == "mars"), "{err}");
+    assert!(store.rollouts(None).unwrap().is_empty(), "a failed rollout wrote rows");
+    let err = store.add_rollout(&VersionId::new("d", 2), &["eu".into()], ReplicationMode::Auto, 20).unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { kind: "version", .. }), "{err}");
+
+    store.add_rollout(&VersionId::new("d", 1), &["eu".into(), "us".into()], ReplicationMode::Auto, 20).unwrap();
+    store.add_rollout(&VersionId::new("d", 1), &["eu".into()], ReplicationMode::Region, 30).unwrap();
+    let rows = store.rollouts(Some("d")).unwrap();
+    assert_eq!(rows.len(), 2);
+    // Asked again, a region takes the new mode.
+    assert_eq!((rows[0].mode, rows[1].mode), (ReplicationMode::Region, ReplicationMode::Auto));
+    assert_eq!(
+        (rows[0].region.as_str(), rows[0].phase.as_str(), rows[0].total_bytes, rows[0].budget),
+        ("eu", "Pending", 3, 100)
+    );
+    assert_eq!(rows[0].updated_unix_ms, 20, "a repeated rollout reset the region's state");
+    assert_eq!(rows[1].budget, 50);
+    assert!(store.rollouts(Some("other")).unwrap().is_empty());
+    // A region's budget changes in place; an unknown region is NotFound.
+    store.set_region_rate("us", 75).unwrap();
+    assert_eq!(store.rollouts(Some("d")).unwrap()[1].budget, 75);
+    assert_eq!(store.regions().unwrap()[1].rate, 75);
+    let err = store.set_region_rate("mars", 1).unwrap_err();
+    assert!(matches!(&err, StoreError::NotFound { kind: "region", name } if name == "mars"), "{err}");
+}
+
+#[test]
+fn a_schema_1_database_gains_replication_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.db");
+    {
+        let store = with_dataset(SqliteStore::open(&path).unwrap());
+        store.insert_version(0, &manifest("d", b"abc"), &cut(BTreeMap::new(), 10)).unwrap();
+        store.add_region(&RegionRecord { name: "eu".into(), rate: 1, created_unix_ms: 1 }).unwrap();
+        store.add_rollout(&VersionId::new("d", 1), &["eu".into()], ReplicationMode::Region, 20).unwrap();
+        // Back to what schema 1 was.
+        store
+            .conn()
+            .execute_batch(
+                "ALTER TABLE rollouts DROP COLUMN mode; DROP TABLE skipped_objects;
+                 ALTER TABLE datasets DROP COLUMN outside_links;
+                 ALTER TABLE rollouts DROP COLUMN added_ms; ALTER TABLE rollouts DROP COLUMN ready_ms;
+                 UPDATE meta SET value = '1' WHERE key = 'schema_version';",
+            )
+            .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let rows = store.rollouts(None).unwrap();
+    assert_eq!((rows.len(), rows[0].mode), (1, ReplicationMode::Auto));
+    let version: String =
+        store.conn().query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, SCHEMA_VERSION.to_string(), "migrated step by step to this build's schema");
+}
+
+#[test]
+fn skipped_objects_and_link_policies_are_kept() {
+    let store = store_with_dataset();
+    assert_eq!(store.dataset("d").unwrap().unwrap().outside_links, OutsideLinks::Fail);
+    store.set_outside_links("d", OutsideLinks::Skip).unwrap();
+    assert_eq!(store.dataset("d").unwrap().unwrap().outside_links, OutsideLinks::Skip);
+    let err = store.set_outside_links("nope", OutsideLinks::Skip).unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { kind: "dataset", .. }), "{err}");
+    let skipped = vec![
+        SkippedObject { key: "p/./x".into(), reason: "a '.' segment".into() },
+        SkippedObject { key: "p/etc".into(), reason: "outside".into() },
+    ];
+    let v1 = store
+        .insert_version(0, &manifest("d", b"abc"), &VersionCut { skipped: skipped.clone(), ..cut(BTreeMap::new(), 1) })
+        .unwrap();
+    assert_eq!(v1.skipped, skipped);
+    store.insert_version(1, &manifest("d", b"xyz"), &cut(BTreeMap::new(), 2)).unwrap();
+    assert_eq!(store.version("d", Some(1)).unwrap().unwrap().record.skipped, skipped);
+    assert!(store.version("d", None).unwrap().unwrap().record.skipped.is_empty());
+    let versions = store.versions("d").unwrap();
+    assert_eq!((versions[0].skipped.len(), versions[1].skipped.len()), (2, 0));
+    assert!("sometimes".parse::<OutsideLinks>().unwrap_err().contains("fail or skip"));
+}
+
+#[test]
+fn a_schema_2_database_gains_link_policies_and_skipped_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.db");
+    {
+        let store = with_dataset(SqliteStore::open(&path).unwrap());
+        store.insert_version(0, &manifest("d", b"abc"), &cut(BTreeMap::new(), 10)).unwrap();
+        // Back to what schema 2 was.
+        store
+            .conn()
+            .execute_batch(
+                "DROP TABLE skipped_objects; ALTER TABLE datasets DROP COLUMN outside_links;
+                 ALTER TABLE rollouts DROP COLUMN added_ms; ALTER TABLE rollouts DROP COLUMN ready_ms;
+                 UPDATE meta SET value = '2' WHERE key = 'schema_version';",
+            )
+            .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let d = store.dataset("d").unwrap().unwrap();
+    assert_eq!((d.outside_links, d.latest_version), (OutsideLinks::Fail, 1));
+    assert!(store.versions("d").unwrap()[0].skipped.is_empty());
+    let skipped = vec![SkippedObject { key: "p/x".into(), reason: "r".into() }];
+    let v2 = store
+        .insert_version(1, &manifest("d", b"xyz"), &VersionCut { skipped: skipped.clone(), ..cut(BTreeMap::new(), 11) })
+        .unwrap();
+    assert_eq!(store.version("d", Some(v2.number)).unwrap().unwrap().record.skipped, skipped);
+    let version: String =
+        store.conn().query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, SCHEMA_VERSION.to_string());
+    // A database from a newer hub is refused, named.
+    store.conn().execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'", []).unwrap();
+    drop(store);
+    let err = SqliteStore::open(&path).err().unwrap();
+    assert!(matches!(err, StoreError::Schema { found: 99 }), "{err}");
+}
+
+/// A schema 3 database (no activation columns) is migrated: a row that was Ready is Ready
+/// since its last update, the others never were; new rows record when they were added.
+#[test]
+fn a_schema_3_database_remembers_which_regions_were_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.db");
+    {
+        let store = with_dataset(SqliteStore::open(&path).unwrap());
+        store.insert_version(0, &manifest("d", b"abc"), &cut(BTreeMap::new(), 10)).unwrap();
+        for name in ["eu", "us"] {
+            store.add_region(&RegionRecord { name: name.into(), rate: 1, created_unix_ms: 1 }).unwrap();
+        }
+        store.add_rollout(&VersionId::new("d", 1), &["eu".into(), "us".into()], ReplicationMode::Auto, 20).unwrap();
+        store.update_rollout(&update("eu", "Ready", 3, 30)).unwrap();
+        store.update_rollout(&update("us", "Transferring", 1, 31)).unwrap();
+        // Back to what schema 3 was.
+        store
+            .conn()
+            .execute_batch(
+                "ALTER TABLE rollouts DROP COLUMN added_ms; ALTER TABLE rollouts DROP COLUMN ready_ms;
+                 UPDATE meta SET value = '3' WHERE key = 'schema_version';",
+            )
+            .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let rows = store.rollouts(None).unwrap();
+    let seen: Vec<(&str, &str, i64, Option<i64>)> =
+        rows.iter().map(|r| (r.region.as_str(), r.phase.as_str(), r.added_unix_ms, r.ready_unix_ms)).collect();
+    assert_eq!(seen, [("eu", "Ready", 0, Some(30)), ("us", "Transferring", 0, None)]);
+    let version: String =
+        store.conn().query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, SCHEMA_VERSION.to_string());
+    // And it works on: us becomes Ready later, and a newer schema is refused.
+    store.update_rollout(&update("us", "Ready", 3, 40)).unwrap();
+    assert_eq!(store.rollouts(None).unwrap()[1].ready_unix_ms, Some(40));
+    store.conn().execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'", []).unwrap();
+    drop(store);
+    assert!(matches!(SqliteStore::open(&path), Err(StoreError::Schema { found: 99 })));
+}
+
+fn update(region: &str, phase: &str, cached: u64, now: i64) -> RolloutUpdate {
+    let phase: Phase = phase.parse().unwrap();
+    RolloutUpdate {
+        key: RolloutKey::new("d", 1, region),
+        progress: RegionProgress {
+            phase,
+            cached_bytes: cached,
+            reason: if phase == Phase::Failed { "a reason".into() } else { String::new() },
+            rate: 5,
+        },
+        updated_unix_ms: now,
+    }
+}
+
+/// Ready once, Ready for good: later reports (a spoke that joined, one that failed) and a
+/// source that changed do not take it back; the version fails where it was not whole yet.
+#[test]
+fn a_region_that_was_ready_keeps_the_version_and_only_the_others_fail() {
+    let store = store_with_dataset();
+    store.insert_version(0, &manifest("d", b"abc"), &cut(BTreeMap::new(), 10)).unwrap();
+    for name in ["ap", "eu", "us"] {
+        store.add_region(&RegionRecord { name: name.into(), rate: 1, created_unix_ms: 1 }).unwrap();
+    }
+    store.add_rollout(&VersionId::new("d", 1), &["eu".into(), "us".into()], ReplicationMode::Auto, 20).unwrap();
+    store.update_rollout(&update("eu", "Ready", 3, 30)).unwrap();
+    store.update_rollout(&update("eu", "Transferring", 1, 35)).unwrap();
+    store.update_rollout(&update("eu", "Failed", 0, 36)).unwrap();
+    store.update_rollout(&update("us", "Transferring", 1, 37)).unwrap();
+    // Asked again (another mode): when it was added does not change.
+    store.add_rollout(&VersionId::new("d", 1), &["eu".into(), "ap".into()], ReplicationMode::Region, 50).unwrap();
+    let rows = store.rollouts(None).unwrap();
+    let seen: Vec<(&str, &str, u64, i64, Option<i64>)> = rows
+        .iter()
+        .map(|r| (r.region.as_str(), r.phase.as_str(), r.cached_bytes, r.added_unix_ms, r.ready_unix_ms))
+        .collect();
+    assert_eq!(
+        seen,
+        [("ap", "Pending", 0, 50, None), ("eu", "Ready", 3, 20, Some(30)), ("us", "Transferring", 1, 20, None)]
+    );
+    let failed = store.fail_version(&VersionId::new("d", 1), "source changed: p/a.bin", 60).unwrap();
+    assert_eq!(failed, ["ap", "us"]);
+    let rows = store.rollouts(None).unwrap();
+    let seen: Vec<(&str, &str, &str)> =
+        rows.iter().map(|r| (r.region.as_str(), r.phase.as_str(), r.reason.as_str())).collect();
+    assert_eq!(
+        seen,
+        [("ap", "Failed", "source changed: p/a.bin"), ("eu", "Ready", ""), ("us", "Failed", "source changed: p/a.bin")]
+    );
+}
+
+#[test]
+fn reopening_a_file_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .add_source(&SourceRecord {
+                name: "s".into(),
+                url: "file:///x".into(),
+                options: BTreeMap::new(),
+                created_unix_ms: 1,
+            })
+            .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.sources().unwrap().len(), 1);
+}

@@ -1,0 +1,554 @@
+//! The replication controller: makes this spoke hold what the hub assigns its region, in the
+//! manner of a Kubernetes controller. Each pass observes (the hub's assignments, the region's
+//! membership, the versions AqueductVolumes hold, the cache's room), asks the pure [`plan`]
+//! what to do, and does it: pins, replicates ([`crate::replicate`]), reports; the results are
+//! recorded in [`plan::Memory`] for the next pass. A pass runs when the hub sends assignments,
+//! when a volume holds another version, and when a failed version is due again.
+//!
+//! It connects to the hub with the region's credentials and watches for assignments (a server
+//! stream, reconnected with [`Backoff::HUB`]: jittered, so that a hub restart does not bring
+//! every spoke back on the same tick). The watch is read by a task of its own
+//! ([`follow_watch`]), so that the region's membership and the link budget are current even
+//! while a version replicates; the cache is reported every few seconds ([`report_cache`]).
+//!
+//! The hub gives each watch a session token; the spoke's progress and cache reports carry it,
+//! so that they count for this spoke's own watch and no other. A node name is one live watch's
+//! at a time: while the hub still holds an earlier watch of this name (a restart before the hub
+//! noticed the old connection close), the watch is refused and retried soon.
+
+pub mod plan;
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aqueduct_core::budget::Budget;
+use aqueduct_proto::hub::v1 as pb;
+use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
+use aqueduct_proto::{Phase, ReplicationMode};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{info, warn};
+
+use self::plan::{Memory, Observed, Plan, Step, VersionKey};
+use crate::cache::TieredStore;
+use crate::catalog::Catalog;
+use crate::config::SpokeConfig;
+use crate::operator::region::{Holds, ReadyVersions};
+use crate::peers::Peers;
+use crate::priority::Priority;
+use crate::reader::ReadThrough;
+use crate::replicate::{PullOptions, ReplicationError, Replicator};
+use crate::retry::{Backoff, Retry};
+
+/// How often to say in the log that the hub cannot be reached.
+const COMPLAIN_EVERY: Duration = Duration::from_secs(30);
+/// How long to wait at most before asking again for a node name the hub says is live: an
+/// earlier watch of this spoke (before a restart) is gone within about 10 s of keepalive.
+const NAME_RETRY_MAX: Duration = Duration::from_secs(4);
+/// How often the spoke tells the hub how its cache is doing.
+const CACHE_REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// What the controller works with.
+pub struct Parts {
+    /// Where this spoke serves its peers (empty: it does not).
+    pub peer_address: String,
+    pub reader: Arc<ReadThrough>,
+    pub cache: Arc<TieredStore>,
+    pub catalog: Arc<Catalog>,
+    pub priority: Arc<Priority>,
+    /// Versions AqueductVolumes hold (pinned like the active ones), and the versions this
+    /// spoke replicated to Ready (for the operator's status).
+    pub holds: Arc<Holds>,
+    pub ready: Arc<ReadyVersions>,
+    /// The link budget every transfer takes from.
+    pub budget: Arc<Budget>,
+}
+
+/// Why a session with the hub ended.
+enum Ended {
+    /// The hub could not be reached, or the watch broke.
+    Hub(String),
+    /// The hub refused the watch: another live watch of the region holds this node's name.
+    NameTaken(String),
+}
+
+impl From<String> for Ended {
+    fn from(reason: String) -> Self {
+        Ended::Hub(reason)
+    }
+}
+
+/// Watches the hub and replicates what it assigns, until `shutdown` fires.
+pub async fn run(config: &SpokeConfig, endpoint: Endpoint, parts: Parts, shutdown: &CancellationToken) {
+    let controller = Controller { config, parts };
+    let mut memory = Memory::default();
+    let mut retry = Retry::new(Backoff::HUB);
+    let mut last_complaint: Option<Instant> = None;
+    let mut failures = 0u64;
+    info!(hub = %config.hub, node = %config.node, data_dir = %config.data_dir.display(), "spoke starting");
+    loop {
+        // Set once the hub answered: the next failure is a new one, retried soon.
+        let mut watched = false;
+        let ended = tokio::select! {
+            outcome = controller.session(&endpoint, &mut memory, &mut watched) => match outcome {
+                Err(ended) => ended,
+                Ok(never) => match never {},
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        if watched {
+            retry.reset();
+        }
+        let complain = last_complaint.is_none_or(|t| t.elapsed() >= COMPLAIN_EVERY);
+        let wait = match ended {
+            Ended::Hub(reason) => {
+                failures += 1;
+                let wait = retry.failed();
+                // Say it once per interval, not once per attempt.
+                if complain {
+                    warn!(hub = %config.hub, %reason, failures, retry_in = ?wait, "hub unreachable; retrying with backoff");
+                    last_complaint = Some(Instant::now());
+                }
+                wait
+            }
+            Ended::NameTaken(reason) => {
+                // Soon: the usual cause is this spoke's own earlier watch, not yet seen gone.
+                let wait = retry.failed_within(NAME_RETRY_MAX);
+                if complain {
+                    warn!(
+                        node = %config.node,
+                        %reason,
+                        retry_in = ?wait,
+                        "the hub refuses this node's name while another watch holds it: waiting for it to close (a restarted spoke's old connection), or give this spoke its own name"
+                    );
+                    last_complaint = Some(Instant::now());
+                }
+                wait
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+struct Controller<'a> {
+    config: &'a SpokeConfig,
+    parts: Parts,
+}
+
+/// What one session with the hub works with.
+struct Session {
+    replicator: Replicator,
+    /// Woken when a version is Ready: the cache is reported at once.
+    cache_changed: Arc<Notify>,
+}
+
+impl Controller<'_> {
+    /// One session with the hub: watch, and run a pass whenever something changes, until the
+    /// watch ends (never with success).
+    async fn session(&self, endpoint: &Endpoint, memory: &mut Memory, watched: &mut bool) -> Result<Infallible, Ended> {
+        let (config, parts) = (self.config, &self.parts);
+        let channel: Channel = endpoint.connect().await.map_err(|e| crate::chain(&e))?;
+        // Assignments (with the region's members) and acks come back; reports go out.
+        let client = SpokeClient::new(channel)
+            .max_decoding_message_size(aqueduct_proto::MAX_CONTROL_MESSAGE_BYTES)
+            .max_encoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES);
+        let request = pb::WatchRequest { node: config.node.clone(), peer_address: parts.peer_address.clone() };
+        let mut watch = match client.clone().watch(request).await {
+            Ok(watch) => watch.into_inner(),
+            Err(s) if s.code() == tonic::Code::AlreadyExists => return Err(Ended::NameTaken(s.message().to_string())),
+            Err(s) => return Err(Ended::Hub(s.message().to_string())),
+        };
+        // The first message carries the watch's session, which every report carries.
+        let first = watch
+            .message()
+            .await
+            .map_err(|s| s.message().to_string())?
+            .ok_or_else(|| "the hub closed the watch".to_string())?;
+        let token = first.session.clone();
+        *watched = true;
+        memory.new_session();
+        // Assignments queue for the loop below.
+        let (updates, mut assigned) = mpsc::channel(16);
+        let _watching = AbortOnDrop(tokio::spawn(follow_watch(
+            first,
+            watch,
+            parts.reader.peers().clone(),
+            parts.catalog.clone(),
+            parts.budget.clone(),
+            updates,
+        )));
+        info!("connected to the hub, watching for work");
+        // Reported every few seconds, and at once when a version is Ready.
+        let cache_changed = Arc::new(Notify::new());
+        let _cache_reports = AbortOnDrop(tokio::spawn(report_cache(
+            client.clone(),
+            token.clone(),
+            parts.reader.clone(),
+            parts.cache.clone(),
+            config.cache.memory_only,
+            cache_changed.clone(),
+        )));
+        let options = PullOptions {
+            streams: config.replication.streams,
+            chunks_per_request: config.replication.chunks_per_request,
+        };
+        let replicator = Replicator {
+            progress: Arc::new(client),
+            session: token,
+            reader: parts.reader.clone(),
+            catalog: parts.catalog.clone(),
+            priority: parts.priority.clone(),
+            options,
+        };
+        let session = Session { replicator, cache_changed };
+        let mut current = pb::Assignments::default();
+        loop {
+            let due = memory.retry_at();
+            tokio::select! {
+                update = assigned.recv() => {
+                    current = update.unwrap_or_else(|| Err::<_, String>("the watch ended".into()))?;
+                    // Only the newest assignments matter.
+                    while let Ok(update) = assigned.try_recv() {
+                        current = update?;
+                    }
+                    memory.assignments_arrived();
+                }
+                _ = tokio::time::sleep_until(due.map_or_else(tokio::time::Instant::now, Into::into)), if due.is_some() => {
+                    info!("trying failed versions again");
+                }
+                // A volume holds another version (or none): pin again (once the hub's
+                // assignments are known: before, there is nothing to pin).
+                _ = parts.holds.changed.notified(), if !current.assignments.is_empty() => {}
+            }
+            let observed = self.observe();
+            let plan = plan::plan(&current.assignments, &observed, memory);
+            self.execute(&session, plan, &observed, memory).await?;
+        }
+    }
+
+    /// What the plan looks at, now.
+    fn observe(&self) -> Observed {
+        let parts = &self.parts;
+        Observed {
+            now: Instant::now(),
+            sharer: !parts.peer_address.is_empty(),
+            membership: parts.reader.peers().membership(),
+            held: parts.holds.held().into_iter().map(|(dataset, version)| VersionKey { dataset, version }).collect(),
+            room: parts.cache.room(&self.config.data_dir),
+        }
+    }
+
+    /// Does what `plan` says and records the results in `memory`. A hub that cannot be
+    /// reached ends the session.
+    async fn execute(
+        &self,
+        session: &Session,
+        plan: Plan,
+        observed: &Observed,
+        memory: &mut Memory,
+    ) -> Result<(), Ended> {
+        let parts = &self.parts;
+        if plan.sidecar && !memory.is_sidecar() {
+            info!(
+                "no peer share, in a region whose spokes have one: holding no part of the region's copy, fetching only what readers ask for"
+            );
+        }
+        if plan.sidecar {
+            memory.become_sidecar();
+        }
+        for key in &plan.forget {
+            memory.forget(key);
+        }
+        self.publish_ready(memory);
+        let replicas = self.replicas();
+        pin(&parts.catalog, &parts.cache, parts.reader.peers(), &plan.pin, replicas).await;
+        for step in plan.steps {
+            match step {
+                Step::ReportReady { assignment, mode, bytes } => {
+                    session.replicator.report(&assignment, mode, Phase::Ready, bytes, "", 0).await;
+                    memory.reported_ready(VersionKey::of(&assignment));
+                }
+                Step::Replicate { assignment: a, mode } => {
+                    match session.replicator.replicate(&a, parts.budget.as_ref(), mode, replicas).await {
+                        Ok(outcome) => {
+                            memory.replicated(VersionKey::of(&a), mode, &observed.membership, outcome.held_bytes);
+                            self.publish_ready(memory);
+                            session.cache_changed.notify_one();
+                        }
+                        Err(ReplicationError::Hub(status)) if status.code() == tonic::Code::Unavailable => {
+                            return Err(Ended::Hub(status.message().to_string()));
+                        }
+                        Err(e) => {
+                            warn!(dataset = %a.dataset, version = a.version, error = %e, "replication failed");
+                            session.replicator.report(&a, mode, Phase::Failed, 0, &e.reason(), 0).await;
+                            memory.failed(VersionKey::of(&a), Instant::now(), fastrand::f64());
+                        }
+                    }
+                }
+            }
+        }
+        self.publish_ready(memory);
+        Ok(())
+    }
+
+    /// In `region` mode, how many spokes hold each chunk.
+    fn replicas(&self) -> usize {
+        self.config.peer.as_ref().map_or(1, |p| p.replicas)
+    }
+
+    /// Tells the operator which versions this spoke holds Ready.
+    fn publish_ready(&self, memory: &Memory) {
+        self.parts.ready.set(memory.ready().map(|k| (k.dataset.clone(), k.version)));
+    }
+}
+
+/// Pins what the plan says eviction must never take: all the chunks of a version held whole,
+/// the owned ones (among the first `replicas` owners) of a share.
+async fn pin(
+    catalog: &Catalog,
+    cache: &TieredStore,
+    peers: &Peers,
+    versions: &[(pb::Assignment, ReplicationMode)],
+    replicas: usize,
+) {
+    let mut pinned = HashSet::new();
+    let ring = peers.ring();
+    for (a, mode) in versions {
+        let share = *mode == ReplicationMode::Region;
+        match catalog.manifest(a).await {
+            Ok(manifest) => pinned.extend(
+                manifest
+                    .files
+                    .iter()
+                    .flat_map(|f| f.chunks.iter().map(|c| c.digest))
+                    .filter(|d| !share || ring.holds(d, replicas)),
+            ),
+            Err(e) => warn!(dataset = %a.dataset, version = a.version, error = %e, "cannot pin a version's chunks"),
+        }
+    }
+    cache.set_pinned(pinned);
+}
+
+/// Reads the hub's watch (`first`, its first message, already read): keeps the region's
+/// members current in `peers`, the link budget in `budget` (transfers under way follow a change
+/// at once) and the assignments on disk, and queues them for the controller; ends with the
+/// watch, saying why.
+async fn follow_watch(
+    first: pb::Assignments,
+    mut watch: tonic::Streaming<pb::Assignments>,
+    peers: Arc<Peers>,
+    catalog: Arc<Catalog>,
+    budget: Arc<Budget>,
+    updates: mpsc::Sender<Result<pb::Assignments, String>>,
+) {
+    let mut first = Some(first);
+    loop {
+        let message = match first.take() {
+            Some(first) => Ok(Some(first)),
+            None => watch.message().await,
+        };
+        let update = match message {
+            Ok(Some(mut assignments)) => {
+                // Members change often and are not the catalog's business; the session is a
+                // secret of this watch, never written to disk.
+                peers.set_members(std::mem::take(&mut assignments.members));
+                assignments.session = String::new();
+                let rate = assignments.budget_bytes_per_sec.max(1);
+                if budget.set_rate(rate) {
+                    info!(budget_bytes_per_sec = rate, "link budget set");
+                }
+                if let Err(e) = catalog.set_assignments(assignments.clone()) {
+                    warn!(error = %e, "could not keep the assignments on disk");
+                }
+                Ok(assignments)
+            }
+            Ok(None) => Err("the hub closed the watch".to_string()),
+            Err(status) => Err(status.message().to_string()),
+        };
+        let ended = update.is_err();
+        if updates.send(update).await.is_err() || ended {
+            return;
+        }
+    }
+}
+
+/// Aborts a task when dropped (when the session that started it ends).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reports the cache's usage and counters every [`CACHE_REPORT_EVERY`], and when `changed`.
+async fn report_cache(
+    mut client: SpokeClient<Channel>,
+    session: String,
+    reader: Arc<ReadThrough>,
+    cache: Arc<TieredStore>,
+    memory_only: bool,
+    changed: Arc<Notify>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    loop {
+        let (memory, disk) = (cache.memory_usage().unwrap_or_default(), cache.disk_usage().unwrap_or_default());
+        let peers = &reader.peers().stats;
+        let report = pb::CacheReport {
+            node: reader.peers().me().to_string(),
+            memory_quota_bytes: memory.quota.unwrap_or(0),
+            memory_used_bytes: memory.used,
+            disk_quota_bytes: disk.quota.unwrap_or(0),
+            disk_used_bytes: disk.used,
+            memory_only,
+            memory_hits: cache.stats.memory_hits.load(Relaxed),
+            disk_hits: cache.stats.disk_hits.load(Relaxed),
+            misses: cache.stats.misses.load(Relaxed),
+            evictions: cache.stats.evictions(),
+            bytes_from_peers: peers.from_peers.load(Relaxed),
+            bytes_to_peers: peers.to_peers.load(Relaxed),
+            corrupt_from_peers: peers.corrupt_from_peers.load(Relaxed),
+            session: session.clone(),
+        };
+        if let Err(e) = client.report_cache(report).await {
+            warn!(error = %e.message(), "could not report the cache to the hub");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(CACHE_REPORT_EVERY) => {}
+            _ = changed.notified() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use aqueduct_core::identity::Identity;
+
+    use super::*;
+    use crate::cache::CacheConfig;
+    use crate::operator::region::SpokeRegion;
+    use crate::store::ChunkStore;
+
+    fn wire_mode(mode: &str) -> i32 {
+        mode.parse::<ReplicationMode>().unwrap().to_wire()
+    }
+
+    /// Pins as a pass of the controller does: what the plan says, then the chunks of it.
+    async fn pin_as_planned(
+        catalog: &Catalog,
+        cache: &TieredStore,
+        peers: &Peers,
+        current: &pb::Assignments,
+        replicas: usize,
+        held: &HashSet<(String, u64)>,
+    ) {
+        let observed = Observed {
+            now: Instant::now(),
+            sharer: true,
+            membership: peers.membership(),
+            held: held.iter().map(|(d, v)| VersionKey::new(d, *v)).collect(),
+            room: u64::MAX,
+        };
+        let plan = plan::plan(&current.assignments, &observed, &Memory::default());
+        pin(catalog, cache, peers, &plan.pin, replicas).await;
+    }
+
+    #[test]
+    fn auto_holds_the_whole_version_when_it_fits_and_a_share_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = CacheConfig { disk: Some(aqueduct_proto::Size(20 << 20)), ..CacheConfig::default() };
+        let cache = TieredStore::open(dir.path(), &config).unwrap();
+        let effective_mode =
+            |a: &pb::Assignment, cache: &TieredStore, dir: &Path| plan::effective_mode(a, cache.room(dir));
+        let a = |mib: u64, mode: &str| pb::Assignment {
+            total_bytes: mib << 20,
+            mode: wire_mode(mode),
+            ..Default::default()
+        };
+        assert_eq!(effective_mode(&a(16, ""), &cache, dir.path()), ReplicationMode::EveryNode);
+        assert_eq!(effective_mode(&a(20, "auto"), &cache, dir.path()), ReplicationMode::Region, "above the watermark");
+        assert_eq!(effective_mode(&a(64, "every-node"), &cache, dir.path()), ReplicationMode::EveryNode);
+        assert_eq!(effective_mode(&a(1, "region"), &cache, dir.path()), ReplicationMode::Region);
+        // No quota: what the disk has free decides.
+        let unlimited = TieredStore::open(&dir.path().join("u"), &CacheConfig::default()).unwrap();
+        assert_eq!(effective_mode(&a(16, ""), &unlimited, dir.path()), ReplicationMode::EveryNode);
+        assert_eq!(effective_mode(&a(u64::MAX >> 20, ""), &unlimited, dir.path()), ReplicationMode::Region);
+    }
+
+    /// A version older than the active one is pinned only while a volume holds it, and the
+    /// operator's view of the region counts the bytes of it the cache holds.
+    #[tokio::test]
+    async fn held_versions_stay_pinned_and_the_region_view_counts_them() {
+        use crate::operator::region::RegionView;
+        use aqueduct_proto::{ChunkRef, ChunkerParams, Digest, FileEntry, Manifest};
+        use prost::Message;
+
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(TieredStore::open(dir.path(), &CacheConfig::default()).unwrap());
+        let hub = SpokeClient::new(Endpoint::from_static("https://127.0.0.1:1").connect_lazy());
+        let catalog = Arc::new(Catalog::open(&dir.path().join("catalog"), hub).unwrap());
+        // Two versions of one file of two chunks each, kept in the catalog as the hub sent them.
+        let data = |v: u64, i: u64| {
+            format!("{v}.{i}").into_bytes().into_iter().chain(std::iter::repeat(b' ')).take(100).collect::<Vec<u8>>()
+        };
+        let version = |v: u64| {
+            // Each chunk's bytes are its name, 100 bytes long.
+            let chunks =
+                (0..2u64).map(|i| ChunkRef { digest: Digest::of(&data(v, i)), offset: i * 100, length: 100 }).collect();
+            let file = FileEntry {
+                path: "model".into(),
+                object: "model".into(),
+                size: 200,
+                mode: 0o644,
+                mtime_unix_ms: 0,
+                chunks,
+            };
+            let m = Manifest::new("m".into(), v, ChunkerParams::DEFAULT, vec![file]).unwrap();
+            let path = dir.path().join(format!("catalog/manifests/m/{v}.pb"));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, pb::Manifest::from(&m).encode_to_vec()).unwrap();
+            let a = pb::Assignment {
+                dataset: "m".into(),
+                version: v,
+                total_bytes: 200,
+                root: m.root.0.to_vec(),
+                active: v == 2,
+                mode: ReplicationMode::EveryNode.to_wire(),
+                ready: v == 2,
+            };
+            (m, a)
+        };
+        let ((v1, a1), (v2, a2)) = (version(1), version(2));
+        let current = pb::Assignments { assignments: vec![a1, a2], ..Default::default() };
+        catalog.set_assignments(current.clone()).unwrap();
+        let peers = Peers::new("n", &Identity::Region("r".into()), None);
+        let chunks = |m: &Manifest| m.distinct_chunks().into_iter().map(|(d, _)| d).collect::<HashSet<_>>();
+
+        pin_as_planned(&catalog, &cache, &peers, &current, 1, &HashSet::new()).await;
+        assert_eq!(cache.pinned(), chunks(&v2), "only the active version");
+        let holds = Arc::new(Holds::default());
+        holds.hold("ns/old", "m", 1);
+        pin_as_planned(&catalog, &cache, &peers, &current, 1, &holds.held()).await;
+        assert_eq!(cache.pinned(), &chunks(&v2) | &chunks(&v1), "the held version too");
+
+        let region = SpokeRegion { catalog, cache: cache.clone(), holds, ready: Arc::new(ReadyVersions::default()) };
+        let names: Vec<u64> = region.versions("m").iter().map(|v| v.version).collect();
+        assert_eq!(names, [1, 2]);
+        // v2 is active: Ready. v1: one chunk of two in the cache.
+        assert!(region.holding("m", 2).await.ready);
+        cache.put(&v1.files[0].chunks[0].digest, &data(1, 0)).unwrap();
+        let held = region.holding("m", 1).await;
+        assert_eq!((held.cached_bytes, held.ready), (100, false));
+        region.ready.set([("m".to_string(), 1)]);
+        assert!(region.holding("m", 1).await.ready, "replicated to Ready by this spoke");
+        assert_eq!(region.holding("x", 1).await, Default::default());
+    }
+}
