@@ -25,7 +25,8 @@ use aqueduct_proto::{ChunkerParams, FileEntry, Manifest, ManifestError};
 use futures::{StreamExt, TryStreamExt};
 use tracing::{debug, info, instrument, warn};
 
-use crate::chunker::{Chunker, HashPool};
+use crate::chunker::Chunker;
+use crate::chunker::pool::HashPool;
 use crate::source::keys::{KeyClass, clashes, classify_key};
 use crate::source::{Listing, ObjectInfo, Refusal, Source, SourceError};
 use crate::store::{
