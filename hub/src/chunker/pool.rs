@@ -58,10 +58,10 @@ impl HashPool {
         match queue {
             Some(queue) if !self.threads.is_empty() => {
                 if let Err(e) = queue.send(task) {
-                    (e.into_inner())();
+                    run(e.into_inner());
                 }
             }
-            _ => task(),
+            _ => run(task),
         }
     }
 }
@@ -76,10 +76,15 @@ impl Drop for HashPool {
     }
 }
 
+/// Runs a task; if it panics, it is dropped (its reply then says so), on a worker as on the
+/// submitting thread of a pool of no workers.
+fn run(task: Task) {
+    drop(std::panic::catch_unwind(AssertUnwindSafe(task)));
+}
+
 /// A worker: urgent tasks first, until both queues are closed. A task that panics is dropped
 /// (its reply then says so), and the worker goes on.
 fn work(urgent: Receiver<Task>, normal: Receiver<Task>) {
-    let run = |task: Task| drop(std::panic::catch_unwind(AssertUnwindSafe(task)));
     let closed = never();
     let (mut urgent_open, mut normal_open) = (true, true);
     while urgent_open || normal_open {

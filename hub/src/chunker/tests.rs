@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use aqueduct_proto::Digest;
 use crossbeam_channel::unbounded;
 
-use super::walk::{Done, Reply, Walk};
+use super::walk::{Done, Inject, Reply, Walk};
 use super::*;
 
 /// A reader that returns at most `step` bytes per call.
@@ -116,26 +116,30 @@ fn inputs() -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(part, 0..12).prop_map(|parts| parts.concat())
 }
 
-/// Small chunks, for many of them: averages where the scans list candidates (2 and 4 KiB)
-/// and where the walk hashes everything (256 B and 1 KiB).
-fn small_params() -> impl Strategy<Value = ChunkerParams> {
-    prop_oneof![
-        Just(ChunkerParams { min_size: 512, avg_size: 2048, max_size: 8192 }),
-        Just(ChunkerParams { min_size: 1024, avg_size: 4096, max_size: 16384 }),
-        Just(ChunkerParams { min_size: 64, avg_size: 256, max_size: 1024 }),
-        Just(ChunkerParams { min_size: 256, avg_size: 1024, max_size: 4096 }),
-    ]
+/// Chunker parameters anywhere within FastCDC's bounds and the manifest's chunk bound
+/// (`64 <= min <= avg`, `256 <= avg <= max`, `1 KiB <= max <= MAX_CHUNK_BYTES`, all even as
+/// FastCDC 2020 asks), not only powers of two; most averages small, for many chunks per input: averages where the scans list
+/// candidates (above 1 KiB) and where the walk hashes everything (1 KiB and below).
+fn params() -> impl Strategy<Value = ChunkerParams> {
+    let top = aqueduct_proto::MAX_CHUNK_BYTES as u32;
+    let bits = prop_oneof![3 => 8u32..=13, 1 => 14u32..=21];
+    (bits, any::<u32>())
+        .prop_flat_map(move |(bits, jitter)| {
+            let avg = ((1u32 << bits) + jitter % (1u32 << (bits - 1))).clamp(256, top);
+            (Just(avg), (avg / 16).max(64)..=avg, avg.max(1024)..=avg.saturating_mul(8).clamp(1024, top))
+        })
+        .prop_map(|(avg, min, max)| ChunkerParams { min_size: min & !1, avg_size: avg & !1, max_size: max & !1 })
 }
 
 #[test]
-fn fuzz_chunks_are_fastcdcs_whatever_the_workers_reads_and_blocks() {
+fn fuzz_chunks_are_fastcdcs_whatever_the_parameters_workers_reads_and_blocks() {
     let pools = [HashPool::new(0), HashPool::new(1), HashPool::new(2), HashPool::new(8)];
     let sizes =
         (16usize..40_000, 1usize..40_000, 1usize..40_000).prop_map(|(block, scan, batch)| Sizes { block, scan, batch });
     let steps = proptest::collection::vec(1usize..70_000, 1..8);
     let mut runner = TestRunner::new(aqueduct_testkit::fuzz::config(48));
     runner
-        .run(&(small_params(), inputs(), sizes, steps), |(params, data, sizes, steps)| {
+        .run(&(params(), inputs(), sizes, steps), |(params, data, sizes, steps)| {
             let chunker = Chunker::new(params);
             let expected = reference(params, &data);
             for pool in &pools {
@@ -278,4 +282,27 @@ fn a_panicking_task_is_reported_and_the_worker_goes_on() {
     let reply = Reply(Some(tx));
     pool.submit(false, Box::new(move || reply.send(Done::Skipped)));
     assert!(matches!(rx.recv().unwrap(), Done::Skipped));
+}
+
+#[test]
+fn a_panicking_scan_or_hash_ends_the_call_with_an_error_not_a_hang() {
+    let data = noise(13 << 20, 9);
+    let chunker = Chunker::new(ChunkerParams::DEFAULT);
+    for workers in [0, 1, 2, 8] {
+        let pool = HashPool::new(workers);
+        for inject in [Inject::ScanPanics, Inject::HashPanics] {
+            let mut walk = Walk::new(chunker, &pool, SIZES);
+            walk.inject = inject;
+            let outcome = walk.run(&mut Trickle(&data, 1 << 20), &mut |_| {});
+            walk.settle(outcome.is_err());
+            assert_eq!(walk.outstanding, 0, "{workers} workers, {inject:?}: tasks still out");
+            assert_eq!(walk.free_rx.len(), walk.buffers, "{workers} workers, {inject:?}: buffers still held");
+            let err = outcome.err().or_else(|| walk.finish().err());
+            let err = err.unwrap_or_else(|| panic!("{workers} workers, {inject:?}: chunks returned"));
+            assert!(err.to_string().contains("task panicked"), "{workers} workers, {inject:?}: {err}");
+        }
+        // The pool is still good for the next file.
+        let chunks = chunker.chunk_on(&pool, &data[..], |_| {}).unwrap();
+        assert_eq!(chunks, reference(ChunkerParams::DEFAULT, &data), "{workers} workers");
+    }
 }

@@ -97,6 +97,18 @@ pub(super) struct Walk<'a> {
     digests: Vec<Option<Digest>>,
     batch: Batch,
     lost: bool,
+    /// Tests only: a kind of task that panics, as a bug in it would.
+    #[cfg(test)]
+    pub(super) inject: Inject,
+}
+
+/// Tests only: which tasks of a [`Walk`] panic.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Inject {
+    Nothing,
+    ScanPanics,
+    HashPanics,
 }
 
 impl<'a> Walk<'a> {
@@ -131,6 +143,8 @@ impl<'a> Walk<'a> {
             digests: Vec::new(),
             batch: Batch::default(),
             lost: false,
+            #[cfg(test)]
+            inject: Inject::Nothing,
         }
     }
 
@@ -228,9 +242,13 @@ impl<'a> Walk<'a> {
                 let (reply, cancel) = (self.reply(), self.cancel.clone());
                 self.next_scan += 1;
                 self.outstanding += 1;
+                #[cfg(test)]
+                let inject = self.inject;
                 self.pool.submit(
                     true,
                     Box::new(move || {
+                        #[cfg(test)]
+                        assert_ne!(inject, Inject::ScanPanics, "a scan task panics (injected)");
                         let found = (!cancel.load(Ordering::Relaxed))
                             .then(|| scan(&block, from..to, chunker.window, chunker.scan_mask()));
                         drop(block); // the buffer is free before the walk hears of it
@@ -392,9 +410,13 @@ impl<'a> Walk<'a> {
         let Batch { blocks, chunks, first, .. } = std::mem::take(&mut self.batch);
         let (reply, cancel) = (self.reply(), self.cancel.clone());
         self.outstanding += 1;
+        #[cfg(test)]
+        let inject = self.inject;
         self.pool.submit(
             false,
             Box::new(move || {
+                #[cfg(test)]
+                assert_ne!(inject, Inject::HashPanics, "a hash task panics (injected)");
                 let digests = (!cancel.load(Ordering::Relaxed)).then(|| {
                     chunks.iter().map(|&(offset, len)| hash(slices(&blocks, offset..offset + u64::from(len)))).collect()
                 });
