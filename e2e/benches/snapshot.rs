@@ -230,7 +230,9 @@ fn main() {
     let one_ratio = rate(one.bytes, snap1.0) / rate(one.bytes, split.0);
 
     println!("4 files: snapshot / plain BLAKE3 ({threads} threads, one per file): {four_ratio:.2}");
-    println!("1 file:  snapshot / plain BLAKE3 (split across {cores} threads): {one_ratio:.2}");
+    println!(
+        "1 file:  snapshot / multi-core BLAKE3 of the same bytes (one part per core, {cores} threads): {one_ratio:.2}"
+    );
     // On every core, the chunker does the work of its single thread: it cannot get closer to
     // BLAKE3 on every core than its single thread gets to BLAKE3 on one.
     println!(
