@@ -21,6 +21,10 @@
 //! left to the walk, which then hashes it itself as FastCDC would. Cut points depend neither on
 //! how the input is split into reads nor on the number of workers; the tests compare them with
 //! FastCDC's own `cut` over the whole input.
+//!
+//! Inside: `walk` is one call on its calling thread (reading, walking, ordering results,
+//! settling every task before it returns), `scan` the candidate search a worker runs over a
+//! range, [`pool`] the threads; the block and the gear hash they share are here.
 
 use std::io::{self, Read};
 use std::ops::Range;
