@@ -26,6 +26,7 @@ use futures::{StreamExt, TryStreamExt};
 use tracing::{debug, info, instrument, warn};
 
 use crate::chunker::Chunker;
+use crate::chunker::pool::HashPool;
 use crate::source::keys::{KeyClass, clashes, classify_key};
 use crate::source::{Listing, ObjectInfo, Refusal, Source, SourceError};
 use crate::store::{
@@ -99,7 +100,8 @@ pub struct Progress {
 #[derive(Clone, Copy, Debug)]
 pub struct SnapshotOptions {
     pub chunker: ChunkerParams,
-    /// Objects chunked and hashed at once.
+    /// Objects read at once. Their bytes are cut and hashed by one pool of a thread per core
+    /// that they share, so one large object uses every core too.
     pub parallelism: usize,
 }
 
@@ -211,14 +213,17 @@ pub async fn snapshot(
     progress.bytes_total.store(objects.iter().map(|o| o.size).fold(0, u64::saturating_add), Ordering::Relaxed);
 
     let chunker = Chunker::new(options.chunker);
+    // One pool for every object read at once: as many hashing threads as cores, whatever
+    // `parallelism` is (each object's own thread only reads and walks).
+    let pool = Arc::new(HashPool::per_core());
     // Reuse only chunk lists cut with the same parameters.
     let reusable = previous.as_ref().filter(|p| p.manifest.chunker == options.chunker);
     let bytes_read = Arc::new(AtomicU64::new(0));
     let files: Vec<(FileEntry, SourceStamp)> = futures::stream::iter(objects)
         .map(|object| {
             let reused = reusable.and_then(|p| reuse(p, &object));
-            let (source, progress, bytes_read, dataset) =
-                (source.clone(), progress.clone(), bytes_read.clone(), dataset.name.clone());
+            let (source, progress, bytes_read, dataset, pool) =
+                (source.clone(), progress.clone(), bytes_read.clone(), dataset.name.clone(), pool.clone());
             async move {
                 validate_path(&object.path).map_err(|source| SnapshotError::BadObject {
                     dataset: dataset.clone(),
@@ -234,7 +239,7 @@ pub async fn snapshot(
                     }
                     None => {
                         bytes_read.fetch_add(object.size, Ordering::Relaxed);
-                        read_chunks(&dataset, source.as_ref(), &object, chunker, &progress).await?
+                        read_chunks(&dataset, source.as_ref(), &object, chunker, pool, &progress).await?
                     }
                 };
                 progress.files_done.fetch_add(1, Ordering::Relaxed);
@@ -308,6 +313,7 @@ async fn read_chunks(
     source: &dyn Source,
     object: &ObjectInfo,
     chunker: Chunker,
+    pool: Arc<HashPool>,
     progress: &Arc<Progress>,
 ) -> Result<Vec<aqueduct_proto::ChunkRef>, SnapshotError> {
     if object.size == 0 {
@@ -318,7 +324,7 @@ async fn read_chunks(
     let reader = reader.into_blocking().map_err(read_err)?;
     let progress = progress.clone();
     let chunks = tokio::task::spawn_blocking(move || {
-        chunker.chunk(reader, |n| {
+        chunker.chunk_on(&pool, reader, |n| {
             progress.bytes_hashed.fetch_add(n, Ordering::Relaxed);
         })
     })

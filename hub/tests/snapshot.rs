@@ -3,12 +3,13 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
 use aqueduct_hub::snapshot::{Progress, SnapshotError, SnapshotOptions, snapshot};
 use aqueduct_hub::source::testing::{counting, failing};
-use aqueduct_hub::source::{Source, SourceSpec};
+use aqueduct_hub::source::{Listing, ObjectReader, Source, SourceError, SourceSpec};
 use aqueduct_hub::store::sqlite::SqliteStore;
 use aqueduct_hub::store::{DatasetRecord, MetaStore, SourceRecord};
 use aqueduct_proto::{Digest, Manifest};
@@ -203,6 +204,58 @@ async fn failures_leave_no_version_behind() {
     assert!(db.versions("llama").unwrap().is_empty());
 
     // And the healthy source still cuts v1.
+    assert_eq!(cut(&db, &dataset, inner).await.unwrap().record.number, 1);
+}
+
+/// A source whose reads of objects whose key contains `poison` yield `after` bytes and then
+/// fail, as a connection that drops in the middle of an object.
+#[derive(Debug)]
+struct BreaksMidway {
+    inner: Arc<dyn Source>,
+    poison: &'static str,
+    after: usize,
+}
+
+#[async_trait::async_trait]
+impl Source for BreaksMidway {
+    fn url(&self) -> &str {
+        self.inner.url()
+    }
+    async fn probe(&self) -> Result<(), SourceError> {
+        self.inner.probe().await
+    }
+    async fn list(&self, prefix: &str) -> Result<Listing, SourceError> {
+        self.inner.list(prefix).await
+    }
+    async fn read(&self, key: &str, range: Range<u64>, etag: Option<&str>) -> Result<ObjectReader, SourceError> {
+        if !key.contains(self.poison) {
+            return self.inner.read(key, range, etag).await;
+        }
+        let broken =
+            SourceError::Io { url: self.url().into(), detail: "connection reset mid-object (injected)".into() };
+        let pieces = (0..self.after.div_ceil(1 << 20))
+            .map(|i| Ok(bytes::Bytes::from(noise((self.after - (i << 20)).min(1 << 20), i as u64))))
+            .chain([Err(broken)]);
+        Ok(ObjectReader::Stream(Box::pin(futures::stream::iter(pieces.collect::<Vec<_>>()))))
+    }
+}
+
+/// A read that breaks after 37 MiB (more than the chunker holds at once, so that scans and
+/// hashes are in flight on every core when it breaks) ends the snapshot with that error,
+/// naming the object, and leaves no version behind; nothing is left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_breaks_mid_file_ends_the_snapshot_with_its_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_dataset(&tmp.path().join("llama"));
+    let url = format!("file://{}", tmp.path().display());
+    let inner = SourceSpec::parse(&url, BTreeMap::new()).unwrap().open().unwrap();
+    let (db, dataset) = store(&url, BTreeMap::new(), "llama");
+    let source = Arc::new(BreaksMidway { inner: inner.clone(), poison: "model", after: 37 << 20 });
+    let err = cut(&db, &dataset, source).await.unwrap_err();
+    assert!(matches!(err, SnapshotError::Read { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("model.safetensors") && text.contains("connection reset mid-object"), "{text}");
+    assert!(db.versions("llama").unwrap().is_empty(), "a failed snapshot left a version");
     assert_eq!(cut(&db, &dataset, inner).await.unwrap().record.number, 1);
 }
 
