@@ -146,11 +146,11 @@ impl From<CsiError> for Status {
             },
             CsiError::TargetInUse { .. } => Status::already_exists(message),
             CsiError::OtherVolume { .. } => Status::not_found(message),
-            CsiError::Mount(MountError::Catalog(CatalogError::Hub { .. })) => Status::unavailable(message),
-            CsiError::Mount(MountError::NoFuse(_) | MountError::Busy { .. } | MountError::Unmount(_)) => {
-                Status::failed_precondition(message)
-            }
-            CsiError::Mount(_) | CsiError::Io { .. } => Status::internal(message),
+            // The holder's answer keeps its code (busy and no FUSE: FAILED_PRECONDITION; the
+            // hub away while resolving: UNAVAILABLE).
+            CsiError::Mount(MountError::Holder(s)) => Status::new(s.code(), message),
+            CsiError::Mount(MountError::Reach(_)) => Status::unavailable(message),
+            CsiError::Io { .. } => Status::internal(message),
             CsiError::ShuttingDown => Status::unavailable(message),
         }
     }

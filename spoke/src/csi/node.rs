@@ -269,7 +269,8 @@ impl Node {
     async fn release_share(&self, state: &mut State, name: &str) {
         let Some(share) = state.shares.remove(name) else { return };
         match self.parts.mounts.unmount(&share.path, true).await {
-            Ok(()) | Err(MountError::NotMounted(_)) => {}
+            Ok(()) => {}
+            Err(MountError::Holder(s)) if s.code() == tonic::Code::NotFound => {}
             Err(e) => warn!(path = %share.path.display(), error = %e, "could not unmount the node's mount"),
         }
         let _ = std::fs::remove_dir(&share.path);
