@@ -176,9 +176,11 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     let max_streams = config.limits.max_streams_per_connection;
     let local = tokio::spawn(local::serve(socket.clone(), service, max_streams, local_stop.clone()));
     info!(socket = %socket.display(), "local API listening");
-    let csi = config.csi.as_ref().map(|csi_config| {
+    let mut csi = None;
+    if let Some(csi_config) = config.csi.as_ref() {
         let Identity::Region(region) = &region else { unreachable!("checked by SpokeConfig::region") };
-        let node = csi::node::Node::new(
+        // Takes back what an earlier spoke published before serving the kubelet.
+        let node = csi::node::Node::start(
             csi::node::NodeParts {
                 node: config.node.clone(),
                 region: region.clone(),
@@ -189,7 +191,8 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
                 store: store.clone(),
             },
             local_stop.child_token(),
-        );
+        )
+        .await;
         let service = csi::service::NodeService { node: node.clone() };
         let task = tokio::spawn(csi::serve(
             csi_config.socket.clone(),
@@ -199,8 +202,8 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
             local_stop.clone(),
         ));
         info!(socket = %csi_config.socket.display(), driver = csi::DRIVER_NAME, "CSI node plugin listening");
-        (node, task)
-    });
+        csi = Some((node, task));
+    }
     let holds = Arc::new(Holds::default());
     let ready = Arc::new(ReadyVersions::default());
     let operator = match (config.operator.clone(), kube) {
@@ -219,7 +222,7 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     };
     let parts = controller::Parts { peer_address, reader, cache, catalog, priority, holds, ready, budget };
     controller::run(&config, endpoint, parts, &shutdown).await;
-    // Pods' bind mounts go before the FUSE mounts they show.
+    // Nothing is unmounted: the pods' binds and the holder's mounts stay for the next spoke.
     if let Some((node, _)) = &csi {
         node.stop().await;
     }
