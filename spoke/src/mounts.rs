@@ -17,6 +17,8 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tracing::{info, instrument};
 
+use crate::holder::HolderMode;
+
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
     /// What the holder answered (its code and words are passed on as they are).
@@ -103,7 +105,16 @@ impl Mounts {
             version: version.unwrap_or(0),
             mountpoint: path.display().to_string(),
         };
-        Ok(self.holder().await?.mount(request).await?.into_inner())
+        match self.holder().await?.mount(request.clone()).await {
+            // The holder went away (it was stopped, or crashed): a spoke that may start one
+            // starts a new one, once.
+            Err(s) if s.code() == tonic::Code::Unavailable && self.reach.config.holder == HolderMode::Spawn => {
+                info!(error = s.message(), "the FUSE holder does not answer; starting another");
+                *self.holder.lock().await = None;
+                Ok(self.holder().await?.mount(request).await?.into_inner())
+            }
+            answer => Ok(answer?.into_inner()),
+        }
     }
 
     /// Unmounts what the holder mounted at `path`; `lazy`: at once, even with files open.
