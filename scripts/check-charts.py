@@ -12,7 +12,11 @@ For each chart:
   key its `# expect: /KEY` line names (for an unknown key: its name);
 - the chart renders with each values file, and every rendered object of a built-in kind (and
   each CRD of crds/, which a render leaves out) passes `kubernetes-validate --strict` for the
-  Kubernetes version below. Custom resources (a PodMonitor) have no schema here: they are
+  Kubernetes version below;
+- for the spoke's chart: the FUSE holder's DaemonSet updates OnDelete and carries no checksum
+  annotation (a values change or a new image never restarts it: that would take the node's
+  mounts), the spoke's keeps RollingUpdate, neither selects the other's pods, and the sockets
+  agree (the holder serves where the spoke's config looks, and reads where the spoke serves). Custom resources (a PodMonitor) have no schema here: they are
   listed as not validated, never passed silently.
 
 With --out DIR, each render is written to DIR/CHART/VALUES/ (one file per template), so that
@@ -25,7 +29,9 @@ import argparse
 import glob
 import os
 import re
+import shlex
 import sys
+import tomllib
 
 KUBERNETES_VERSION = "1.33.0"
 PIP = "python3 -m pip install --quiet helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 jsonschema==4.26.0"
@@ -118,6 +124,47 @@ def validate_object(report, what, doc):
         report.fail(what, [getattr(e, "message", e)])
 
 
+def check_holder(report, label, docs):
+    """The holder's DaemonSet against the spoke's (see the module's docstring)."""
+    sets = {d["metadata"]["name"]: d for _, d in docs if d.get("kind") == "DaemonSet"}
+    holder = next((d for n, d in sets.items() if n.endswith("-holder")), None)
+    spoke = next((d for n, d in sets.items() if not n.endswith("-holder")), None)
+    config = next((d for _, d in docs if d.get("kind") == "ConfigMap" and "spoke.toml" in d.get("data", {})), None)
+    if holder is None or spoke is None or config is None:
+        report.fail(f"{label}: the holder's DaemonSet, the spoke's and its config are not all rendered")
+        return
+    problems = []
+    if holder["spec"].get("updateStrategy", {}).get("type") != "OnDelete":
+        problems.append("the holder's DaemonSet does not update OnDelete")
+    annotations = holder["spec"]["template"]["metadata"].get("annotations") or {}
+    problems += [f"the holder's pods carry {k}: a change restarts them" for k in annotations if k.startswith("checksum/")]
+    if spoke["spec"].get("updateStrategy", {}).get("type") != "RollingUpdate":
+        problems.append("the spoke's DaemonSet does not roll")
+    for a, b in [(holder, spoke), (spoke, holder)]:
+        selector = a["spec"]["selector"]["matchLabels"]
+        labels = b["spec"]["template"]["metadata"]["labels"]
+        if all(labels.get(k) == v for k, v in selector.items()):
+            problems.append(f"{a['metadata']['name']} selects the pods of {b['metadata']['name']}")
+    toml = tomllib.loads(config["data"]["spoke.toml"])
+    container = holder["spec"]["template"]["spec"]["containers"][0]
+    args = dict(a.split("=", 1) for a in container.get("args", []) if a.startswith("--") and "=" in a)
+    mounts = toml.get("mounts", {})
+    if mounts.get("holder") != "external":
+        problems.append(f"the spoke's config says holder = {mounts.get('holder')!r}, not \"external\"")
+    if args.get("--socket") != mounts.get("holder_socket"):
+        problems.append(f"the holder serves {args.get('--socket')}, the spoke looks at {mounts.get('holder_socket')}")
+    if args.get("--spoke-socket") != toml.get("socket"):
+        problems.append(f"the holder reads through {args.get('--spoke-socket')}, the spoke serves {toml.get('socket')}")
+    dirs = {os.path.dirname(str(p)) for p in [args.get("--socket"), toml.get("socket")]}
+    for d in [holder, spoke]:
+        mounted = {m["mountPath"] for c in d["spec"]["template"]["spec"]["containers"] for m in c.get("volumeMounts", [])}
+        problems += [f"{d['metadata']['name']} does not mount the socket directory {x}" for x in dirs if x not in mounted]
+    if problems:
+        report.fail(f"{label}: the holder and the spoke", problems)
+    else:
+        report.ok(f"{label}: the holder updates OnDelete with no checksum, the spoke rolls, and their sockets agree ({shlex.join(container['args'])})")
+
+
 def lint(report, chart_dir, label, values):
     result = helm.lint(chart_dir, values, strict=True, namespace=NAMESPACE, kube_version=f"v{KUBERNETES_VERSION}")
     problems = [f"{m.get('path')}: {m.get('error')}" for m in result.get("messages", []) if m.get("severity", 0) >= 2]
@@ -176,6 +223,8 @@ def check_chart(report, chart_dir, out):
             validate_object(report, f"{label}: {template} {doc.get('kind')}/{doc.get('metadata', {}).get('name')}", doc)
         if not kinds:
             report.fail(f"{label}: the render holds no object")
+        if name == "aqueduct-spoke":
+            check_holder(report, label, list(documents(rendered)))
         notes = [t for t in rendered if t.endswith("NOTES.txt")]
         if notes and not rendered[notes[0]].strip():
             report.fail(f"{label}: NOTES.txt renders empty")

@@ -1,7 +1,8 @@
 //! What hub, spoke and FUSE view share beyond the wire contract (`aqueduct-proto`): the code
 //! that runs in more than one of them but is not a message or a domain type.
 //!
-//! [`durable`] writes the small files hub and spoke keep (atomically, fsynced); [`lru`] is the
+//! [`durable`] writes the small files hub and spoke keep (atomically, fsynced); [`layout`] is
+//! where the chunk store keeps each chunk (the spoke writes it, the FUSE holder reads it); [`lru`] is the
 //! weighted least-recently-used order behind every cache; [`singleflight`] makes concurrent
 //! callers for one key share one in-flight future. The rest serves the binaries' edges:
 //! [`budget`] (a link's bytes per second), [`identity`] (who a certificate names), [`server`]
@@ -16,6 +17,7 @@ pub mod durable;
 pub mod edge;
 #[cfg(feature = "identity")]
 pub mod identity;
+pub mod layout;
 pub mod lru;
 #[cfg(feature = "metrics")]
 pub mod metrics;

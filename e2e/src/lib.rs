@@ -2,9 +2,9 @@
 //!
 //! [`World`] runs a hub (in this process, mutual TLS on 127.0.0.1) over a real source (an S3
 //! server from `e2e/testkit`, or a local directory), adds regions with their credentials,
-//! starts spokes, rolls versions out and waits for them. [`netns`] puts regions in network
-//! namespaces behind shaped links, with spokes as processes on their nodes. `tests/` holds
-//! the scenarios, `benches/` the benchmarks.
+//! starts spokes (and stops their FUSE [`holders`]), rolls versions out and waits for them.
+//! [`netns`] puts regions in network namespaces behind shaped links, with spokes as processes
+//! on their nodes. `tests/` holds the scenarios, `benches/` the benchmarks.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,6 +33,7 @@ pub enum SourceKind {
     MemoryS3,
 }
 
+pub mod holders;
 pub mod netns;
 
 pub struct World {
@@ -54,6 +55,7 @@ impl Drop for World {
     fn drop(&mut self) {
         self.shutdown.cancel();
         self.hub.stop();
+        holders::stop_holders(&self.root);
         if std::env::var_os("AQ_KEEP").is_some_and(|v| v == "1") {
             let tmp = std::mem::replace(&mut self._tmp, tempfile::TempDir::new().unwrap());
             eprintln!("AQ_KEEP=1: kept {}", tmp.keep().display());
@@ -226,13 +228,8 @@ impl World {
     /// Adds a region and writes a spoke config for one node of it; returns the config path.
     pub async fn region(&mut self, name: &str, rate: u64) -> PathBuf {
         let bundle = self.hub.add_region(name, rate).await;
-        aqueduct_spoke::write_node_config(
-            &self.root.join(format!("spoke-{name}")),
-            &self.hub_url,
-            &format!("{name}-1"),
-            &bundle,
-        )
-        .unwrap()
+        let (dir, node) = (self.root.join(format!("spoke-{name}")), format!("{name}-1"));
+        holders::with_holder_binary(aqueduct_spoke::write_node_config(&dir, &self.hub_url, &node, &bundle).unwrap())
     }
 
     /// Adds a region and writes configs for `nodes` spokes of it (`NAME-1`, ..., each in
@@ -247,7 +244,7 @@ impl World {
                 let mut text = std::fs::read_to_string(&config).unwrap();
                 text.push_str("[peer]\nlisten = \"127.0.0.1:0\"\n");
                 std::fs::write(&config, text).unwrap();
-                config
+                holders::with_holder_binary(config)
             })
             .collect()
     }
@@ -267,7 +264,7 @@ impl World {
                 let mut text = std::fs::read_to_string(&config).unwrap();
                 text.push_str(&format!("[peer]\nlisten = \"{}:7444\"\n", node.ip));
                 std::fs::write(&config, text).unwrap();
-                config
+                holders::with_holder_binary(config)
             })
             .collect()
     }

@@ -90,6 +90,8 @@ fn charts_lint_render_validate_and_refuse_bad_values() {
         "aqueduct-spoke memory-only-values.yaml: aqueduct-spoke/templates/daemonset.yaml DaemonSet",
         "aqueduct-spoke region-values.yaml: aqueduct-spoke/templates/storageclass.yaml StorageClass",
         "aqueduct-spoke invalid/negative-quota.yaml: refused",
+        "aqueduct-spoke default-values.yaml: the holder updates OnDelete with no checksum, the spoke rolls, and their sockets agree",
+        "aqueduct-spoke memory-only-values.yaml: the holder updates OnDelete with no checksum, the spoke rolls, and their sockets agree",
         "aqueduct-spoke invalid/unknown-medium.yaml: refused",
         "aqueduct-hub loadbalancer-values.yaml: aqueduct-hub/templates/statefulset.yaml StatefulSet",
         "aqueduct-hub invalid/negative-volume.yaml: refused",
@@ -124,7 +126,16 @@ fn charts_lint_render_validate_and_refuse_bad_values() {
             assert!(daemonset.contains(env), "{values}: no {env} in the DaemonSet");
         }
         assert_eq!(daemonset.contains("medium: Memory"), memory_only, "{values}: data dir in memory");
-        assert_eq!(daemonset.contains("hostPath: {path: /var/lib/aqueduct-spoke"), !memory_only, "{values}");
+        // The data dir itself (the csi/ state beside it, publications and mount points, holds no
+        // dataset byte and is a hostPath either way).
+        assert_eq!(daemonset.contains("hostPath: {path: /var/lib/aqueduct-spoke, type"), !memory_only, "{values}");
+        // The holder DaemonSet serves the mounts; the spoke only connects to it, where it is.
+        assert_eq!(config.mounts.holder, aqueduct_spoke::holder::HolderMode::External, "{values}");
+        let holder = rendered(out.path(), "aqueduct-spoke", values, "holder-daemonset.yaml");
+        let socket = config.mounts.holder_socket.as_ref().unwrap().display().to_string();
+        assert!(holder.contains(&format!("--socket={socket}")), "{values}: the holder is not at {socket}\n{holder}");
+        assert!(holder.contains("type: OnDelete") && !holder.contains("checksum/"), "{values}: {holder}");
+        assert_eq!(holder.contains("--store=/var/lib/aqueduct-spoke"), !memory_only, "{values}: {holder}");
     }
     let region = rendered(out.path(), "aqueduct-spoke", "region", "configmap.yaml");
     assert!(region.contains("disk = \"1.5TiB\"") && region.contains("namespace = \"inference\""), "{region}");

@@ -1,5 +1,7 @@
 //! `aqueduct-fuse`: mounts a dataset version through a spoke's local API, for pods that cannot
-//! use the spoke's CSI node plugin (a sidecar sharing the mount with the app container).
+//! use the spoke's CSI node plugin (`mount`: a sidecar sharing the mount with the app
+//! container), or holds every FUSE mount of a node for its spoke (`hold`: the holder, which
+//! outlives spoke restarts and upgrades).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,20 +9,18 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use aqueduct_fuse::fs::{ChunkCache, VersionFs};
+use aqueduct_fuse::holder::HolderConfig;
 use aqueduct_fuse::remote::RemoteSource;
 use aqueduct_fuse::view::View;
-use aqueduct_proto::spoke::v1 as local;
-use aqueduct_proto::spoke::v1::local_client::LocalClient;
-use aqueduct_proto::{Digest, Manifest, VersionRef};
+use aqueduct_proto::{Manifest, VersionRef};
 use clap::{Parser, Subcommand};
-use tonic::transport::Channel;
-use tracing::{info, warn};
+use tracing::info;
 
 #[derive(Parser)]
 #[command(
     name = "aqueduct-fuse",
     version,
-    about = "Mounts an Aqueduct dataset version read-only through a spoke (sidecar mode)",
+    about = "Mounts Aqueduct dataset versions read-only through a spoke: one (sidecar mode), or every mount of a node (the holder)",
     after_help = aqueduct_core::edge::LOG_HELP
 )]
 struct Cli {
@@ -31,7 +31,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Mount DATASET (following the region's active version) or DATASET@vN at MOUNTPOINT and
-    /// serve it until interrupted (SIGTERM or Ctrl-C), then unmount.
+    /// serve it until interrupted (SIGTERM or Ctrl-C), then unmount. Reads that need the spoke
+    /// while it is away wait for it.
     Mount {
         /// DATASET or DATASET@vN.
         dataset: VersionRef,
@@ -47,6 +48,29 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         follow_every_secs: u64,
     },
+    /// Hold the node's FUSE mounts for its spoke: serve the holder API on SOCKET (the spoke
+    /// mounts and unmounts through it), read chunks from the spoke's store and through its
+    /// local API, and keep serving while the spoke restarts. On SIGTERM or Ctrl-C, unmount
+    /// everything and exit. The spoke starts one itself (`[mounts] holder = "spawn"`), or a
+    /// DaemonSet of its own runs it (`holder = "external"`).
+    Hold {
+        /// The holder's API socket.
+        #[arg(long, default_value = "/var/lib/aqueduct-spoke/holder.sock")]
+        socket: PathBuf,
+        /// The spoke's data directory (its chunk store), read directly; leave out for a spoke
+        /// that keeps chunks in memory only.
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// The spoke's local API socket.
+        #[arg(long, env = "AQUEDUCT_SPOKE_SOCKET", default_value = "/var/lib/aqueduct-spoke/spoke.sock")]
+        spoke_socket: PathBuf,
+        /// Memory for recently read chunks, shared by every mount.
+        #[arg(long, default_value_t = 256)]
+        cache_mib: u64,
+        /// How often a following mount asks the spoke for the active version.
+        #[arg(long, default_value_t = 1)]
+        follow_every_secs: u64,
+    },
 }
 
 fn main() {
@@ -60,39 +84,52 @@ fn main() {
     }
 }
 
-/// The manifest `dataset@version` means at the spoke, or `None` if it is the one whose root
-/// is `known` (the one shown).
-async fn resolve(
-    client: &mut LocalClient<Channel>,
-    dataset: &str,
-    version: u64,
-    known: Option<Digest>,
-) -> anyhow::Result<Option<Manifest>> {
-    let known_root = known.map(|d| d.0.to_vec()).unwrap_or_default();
-    let response = client
-        .resolve(local::ResolveRequest { dataset: dataset.to_string(), version, known_root })
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-        .into_inner();
-    Ok(response.manifest.map(Manifest::try_from).transpose()?)
-}
-
 #[tokio::main]
 async fn run() -> anyhow::Result<()> {
-    let Command::Mount { dataset, mountpoint, socket, cache_mib, follow_every_secs } = Cli::parse().command;
+    match Cli::parse().command {
+        Command::Mount { dataset, mountpoint, socket, cache_mib, follow_every_secs } => {
+            mount(dataset, mountpoint, socket, cache_mib, Duration::from_secs(follow_every_secs.max(1))).await
+        }
+        Command::Hold { socket, store, spoke_socket, cache_mib, follow_every_secs } => {
+            if let Err(missing) = aqueduct_fuse::mount::check_available() {
+                bail!("FUSE is not available: {missing}");
+            }
+            let config = HolderConfig {
+                socket,
+                store,
+                spoke_socket,
+                cache_bytes: cache_mib << 20,
+                follow_every: Duration::from_secs(follow_every_secs.max(1)),
+            };
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                aqueduct_core::edge::interrupted().await;
+                info!("stopping: unmounting everything");
+                stop.cancel();
+            });
+            aqueduct_fuse::holder::run(config, shutdown).await?;
+            Ok(())
+        }
+    }
+}
+
+async fn mount(
+    dataset: VersionRef,
+    mountpoint: PathBuf,
+    socket: PathBuf,
+    cache_mib: u64,
+    follow_every: Duration,
+) -> anyhow::Result<()> {
     if !mountpoint.is_dir() {
         bail!("mountpoint {} does not exist or is not a directory; create it first", mountpoint.display());
     }
     if let Err(missing) = aqueduct_fuse::mount::check_available() {
         bail!("FUSE is not available: {missing}");
     }
-    let channel = tonic::transport::Endpoint::from_shared(format!("unix://{}", socket.display()))?.connect_lazy();
-    // Manifests (the largest message) and chunks come back; requests are small.
-    let mut client = LocalClient::new(channel)
-        .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES);
+    let mut client = aqueduct_fuse::remote::client(&socket)?;
     let wanted = dataset.version.unwrap_or(0);
-    let manifest = resolve(&mut client, &dataset.dataset, wanted, None)
+    let manifest = aqueduct_fuse::remote::resolve(&mut client, &dataset.dataset, wanted, None)
         .await
         .with_context(|| {
             format!("cannot resolve {dataset} through the spoke at {} (is `aqueduct-spoke run` up?)", socket.display())
@@ -114,33 +151,8 @@ async fn run() -> anyhow::Result<()> {
     let mounted = Arc::new(mounted);
     info!(%dataset, version = shown, mountpoint = %mountpoint.display(), "mounted");
     println!("{}@v{shown} mounted at {}", dataset.dataset, mountpoint.display());
-
-    let follower = (wanted == 0).then(|| {
-        let (mounted, mut client, name) = (mounted.clone(), client.clone(), dataset.dataset.clone());
-        tokio::spawn(async move {
-            let mut complained = false;
-            loop {
-                tokio::time::sleep(Duration::from_secs(follow_every_secs.max(1))).await;
-                let shown = mounted.view().current().manifest().root;
-                match resolve(&mut client, &name, 0, Some(shown)).await {
-                    Ok(None) => complained = false,
-                    Ok(Some(manifest)) => {
-                        complained = false;
-                        let version = manifest.version;
-                        let (m, next) = (mounted.clone(), fs(manifest));
-                        if tokio::task::spawn_blocking(move || m.switch(next)).await.unwrap_or(false) {
-                            info!(dataset = %name, version, "switched to the active version");
-                        }
-                    }
-                    Err(e) if !complained => {
-                        warn!(dataset = %name, error = %e, "cannot ask the spoke for the active version; keeping this one");
-                        complained = true;
-                    }
-                    Err(_) => {}
-                }
-            }
-        })
-    });
+    let follower = (wanted == 0)
+        .then(|| tokio::spawn(aqueduct_fuse::remote::follow(mounted.clone(), client.clone(), follow_every, fs)));
     aqueduct_core::edge::interrupted().await;
     if let Some(f) = follower {
         f.abort();

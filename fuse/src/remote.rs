@@ -1,17 +1,147 @@
-//! Chunks from a spoke's local API, for mounts outside the spoke (`aqueduct-fuse` sidecars).
+//! The spoke's local API as seen from a mount outside the spoke (the `aqueduct-fuse` sidecar
+//! and the holder): resolve a dataset reference to its manifest, follow the region's active
+//! version, and read chunks through the spoke ([`RemoteSource`]).
 //!
-//! The channel connects lazily and reconnects on every call, so a spoke that goes away makes
-//! reads fail at once with EIO (the socket refuses), and a restarted spoke serves the same
-//! mount again without the reader remounting.
+//! The channel connects lazily and reconnects on every call. A read that cannot reach the
+//! spoke (it is restarting, or was killed) waits and tries again with backoff until the spoke
+//! is back: the kernel's request stays pending, the reader sees neither EIO nor ENOTCONN, and
+//! a restarted spoke serves the same mount without the reader remounting. Only an answer that
+//! says the data is wrong (the chunk is corrupt, the version is not known) ends a read with an
+//! error ([`after`] decides which).
 
-use aqueduct_proto::Digest;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
 use aqueduct_proto::spoke::v1 as local;
 use aqueduct_proto::spoke::v1::local_client::LocalClient;
+use aqueduct_proto::{Digest, Manifest};
 use async_trait::async_trait;
+use tonic::Code;
 use tonic::transport::Channel;
+use tracing::{debug, info, warn};
 
-use crate::fs::{ChunkSource, FsError};
+use crate::fs::{ChunkSource, FsError, VersionFs};
+use crate::mount::Mounted;
 
+/// A client of the spoke's local API on `socket`, connected when first used (so a spoke that
+/// is not up yet is no error here).
+pub fn client(socket: &Path) -> Result<LocalClient<Channel>, RemoteError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("unix://{}", socket.display()))
+        .map_err(|e| RemoteError::Socket { socket: socket.display().to_string(), reason: e.to_string() })?;
+    // Manifests (the largest message) and chunks come back; requests are small.
+    Ok(LocalClient::new(endpoint.connect_lazy())
+        .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("{socket} is not a usable socket path: {reason}")]
+    Socket { socket: String, reason: String },
+    /// What the spoke answered (its code and message are kept: callers pass them on).
+    #[error("{}", .0.message())]
+    Spoke(tonic::Status),
+    #[error("the spoke sent a damaged manifest: {0}")]
+    Manifest(String),
+}
+
+/// What to do after a failed call to the spoke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum After {
+    /// The spoke is away or busy (not reachable, restarting, overloaded, the call was cut):
+    /// wait and ask again.
+    Retry,
+    /// The spoke answered that the data is wrong or not there to have: give up.
+    Fail,
+}
+
+/// Whether a failed call is worth repeating: only answers that are about the data itself
+/// (corrupt, unknown version, a malformed request) are final.
+pub fn after(code: Code) -> After {
+    match code {
+        Code::DataLoss | Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition | Code::PermissionDenied => {
+            After::Fail
+        }
+        _ => After::Retry,
+    }
+}
+
+/// Waits between attempts: 50 ms doubling to 2 s.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(2);
+
+    /// The next wait.
+    pub fn step(&mut self) -> Duration {
+        let now = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        now
+    }
+}
+
+/// The manifest `dataset@version` (0: the active version) means at the spoke, or `None` if it
+/// is the one whose root is `known` (the one shown).
+pub async fn resolve(
+    client: &mut LocalClient<Channel>,
+    dataset: &str,
+    version: u64,
+    known: Option<Digest>,
+) -> Result<Option<Manifest>, RemoteError> {
+    let known_root = known.map(|d| d.0.to_vec()).unwrap_or_default();
+    let response = client
+        .resolve(local::ResolveRequest { dataset: dataset.to_string(), version, known_root })
+        .await
+        .map_err(RemoteError::Spoke)?
+        .into_inner();
+    response.manifest.map(Manifest::try_from).transpose().map_err(|e| RemoteError::Manifest(e.to_string()))
+}
+
+/// Keeps `mounted` on the active version of its dataset: asks the spoke every `every` and
+/// switches when the answer is another version. Runs until dropped (abort its task). A spoke
+/// that cannot be asked leaves the mount on the version it shows.
+pub async fn follow<S: ChunkSource + 'static>(
+    mounted: Arc<Mounted<S>>,
+    mut client: LocalClient<Channel>,
+    every: Duration,
+    fs: impl Fn(Manifest) -> VersionFs<S>,
+) {
+    let name = mounted.view().current().manifest().dataset.clone();
+    let mut complained = false;
+    loop {
+        tokio::time::sleep(every).await;
+        let shown = mounted.view().current().manifest().root;
+        match resolve(&mut client, &name, 0, Some(shown)).await {
+            Ok(None) => complained = false,
+            Ok(Some(manifest)) => {
+                complained = false;
+                let version = manifest.version;
+                let (m, next) = (mounted.clone(), fs(manifest));
+                if tokio::task::spawn_blocking(move || m.switch(next)).await.unwrap_or(false) {
+                    info!(dataset = %name, version, mountpoint = %mounted.mountpoint().display(), "switched to the active version");
+                }
+            }
+            Err(e) if !complained => {
+                warn!(dataset = %name, error = %e, "cannot ask the spoke for the active version; keeping this one");
+                complained = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// One version's chunks, read through the spoke's local API.
 pub struct RemoteSource {
     pub client: LocalClient<Channel>,
     pub dataset: String,
@@ -26,24 +156,78 @@ impl RemoteSource {
             digests: digests.iter().map(|d| d.0.to_vec()).collect(),
         }
     }
+
+    async fn once(&self, digest: &Digest) -> Result<Vec<u8>, tonic::Status> {
+        let mut stream = self.client.clone().read_chunks(self.request(&[*digest])).await?.into_inner();
+        let chunk = stream.message().await?.ok_or_else(|| tonic::Status::unavailable("the stream ended without it"))?;
+        Ok(chunk.data)
+    }
 }
 
 #[async_trait]
 impl ChunkSource for RemoteSource {
+    /// Asks the spoke until it answers: a spoke that is away is waited for (with backoff),
+    /// an answer that the data is wrong is an error.
     async fn chunk(&self, digest: &Digest, _length: u32) -> Result<Vec<u8>, FsError> {
-        let unavailable = |reason: String| FsError::Unavailable { digest: *digest, reason };
-        let mut stream = self
-            .client
-            .clone()
-            .read_chunks(self.request(&[*digest]))
-            .await
-            .map_err(|s| unavailable(format!("the spoke: {}", s.message())))?
-            .into_inner();
-        let chunk = stream
-            .message()
-            .await
-            .map_err(|s| unavailable(format!("the spoke: {}", s.message())))?
-            .ok_or_else(|| unavailable("the spoke ended the stream without it".into()))?;
-        Ok(chunk.data)
+        let mut backoff = Backoff::default();
+        let mut waited = Duration::ZERO;
+        loop {
+            match self.once(digest).await {
+                Ok(data) => {
+                    if !waited.is_zero() {
+                        info!(%digest, ?waited, "the spoke answered again; the read goes on");
+                    }
+                    return Ok(data);
+                }
+                Err(s) if after(s.code()) == After::Fail => {
+                    return Err(FsError::Unavailable {
+                        digest: *digest,
+                        reason: format!("the spoke: {}", s.message()),
+                    });
+                }
+                Err(s) => {
+                    if waited.is_zero() {
+                        warn!(%digest, dataset = %self.dataset, version = self.version, error = s.message(), "cannot read through the spoke; the read waits for it");
+                    } else {
+                        debug!(%digest, ?waited, error = s.message(), "still waiting for the spoke");
+                    }
+                    let pause = backoff.step();
+                    tokio::time::sleep(pause).await;
+                    waited += pause;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_answers_about_the_data_end_a_read() {
+        for code in [Code::Unavailable, Code::Unknown, Code::Cancelled, Code::DeadlineExceeded, Code::Internal] {
+            assert_eq!(after(code), After::Retry, "{code:?}");
+        }
+        for code in [Code::DataLoss, Code::NotFound, Code::InvalidArgument, Code::FailedPrecondition] {
+            assert_eq!(after(code), After::Fail, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_ceiling() {
+        let mut b = Backoff::default();
+        let waits: Vec<u64> = (0..8).map(|_| b.step().as_millis() as u64).collect();
+        assert_eq!(waits, [50, 100, 200, 400, 800, 1600, 2000, 2000]);
+    }
+
+    #[tokio::test]
+    async fn a_read_waits_for_a_spoke_that_is_not_there_yet() {
+        // Nothing listens on the socket: the read does not fail, it waits.
+        let dir = tempfile::tempdir().unwrap();
+        let source =
+            RemoteSource { client: client(&dir.path().join("spoke.sock")).unwrap(), dataset: "d".into(), version: 1 };
+        let read = tokio::time::timeout(Duration::from_millis(500), source.chunk(&Digest::of(b"x"), 1)).await;
+        assert!(read.is_err(), "a read with no spoke ended: {read:?}");
     }
 }

@@ -77,6 +77,14 @@ pub mod spoke {
     }
 }
 
+/// Generated code of package `aqueduct.holder.v1`: the FUSE holder's API, which the spoke
+/// drives (the holder owns the node's FUSE mounts, so that they outlive the spoke).
+pub mod holder {
+    pub mod v1 {
+        tonic::include_proto!("aqueduct.holder.v1");
+    }
+}
+
 /// Generated code of package `csi.v1`: the Container Storage Interface, v1.12.0 of the spec
 /// (vendored in `proto/csi/v1/csi.proto`), which the kubelet speaks to node plugins.
 #[cfg(feature = "csi")]

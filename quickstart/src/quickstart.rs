@@ -117,7 +117,9 @@ async fn run_in(root: &Path, model_mib: usize, fuse: bool, shutdown: &Cancellati
             &format!("{region}-node-1"),
             &bundle,
         )?;
-        let config = aqueduct_spoke::SpokeConfig::load(&config)?;
+        let mut config = aqueduct_spoke::SpokeConfig::load(&config)?;
+        // The FUSE holder in the spoke's own process: the quickstart leaves no process behind.
+        config.mounts.holder = aqueduct_spoke::holder::HolderMode::Embedded;
         tokio::spawn(aqueduct_spoke::run(config, shutdown.clone()));
         println!("4. region {region}: link budget {}, one spoke", Rate(rate));
     }

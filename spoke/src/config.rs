@@ -58,6 +58,9 @@ pub struct SpokeConfig {
     /// The chunk cache's tiers and quotas.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Who holds the node's FUSE mounts (`[mounts]`): see [`crate::holder`].
+    #[serde(default)]
+    pub mounts: crate::holder::MountsConfig,
     /// Serve the CSI node plugin (in Kubernetes). Without it the spoke serves none.
     #[serde(default)]
     pub csi: Option<CsiConfig>,
@@ -200,6 +203,7 @@ impl SpokeConfig {
         }
         let socket = config.socket.take().unwrap_or_else(|| DEFAULT_SOCKET.into());
         config.socket = Some(if socket.is_relative() { config.data_dir.join(socket) } else { socket });
+        config.mounts.resolve(&config.data_dir);
         if let Some(csi) = &mut config.csi {
             csi.resolve(&config.data_dir);
             if csi.ready_timeout.is_zero() {

@@ -3,9 +3,11 @@
 //! It connects to the hub with its region's credentials, watches for the versions its region
 //! must hold (kept in the [`catalog`]), and makes its chunk store hold every chunk of each,
 //! verified: the [`controller`] decides what to replicate, pin and report (a pure
-//! [`controller::plan`]), [`replicate`] fetches a version's chunks. It hosts read-only FUSE
-//! mounts of those versions ([`mounts`]) that read from the store, or through it on a miss,
-//! ahead of replication ([`reader`], [`priority`]), driven over a unix socket ([`local`]).
+//! [`controller::plan`]), [`replicate`] fetches a version's chunks. It drives read-only FUSE
+//! mounts of those versions ([`mounts`]), which the node's FUSE holder serves ([`holder`]: a
+//! process of its own, so that mounts outlive the spoke), reading from the store, or through
+//! the spoke on a miss, ahead of replication ([`reader`], [`priority`]); the CLI drives them
+//! over a unix socket ([`local`]), through which the holder also reads.
 //! Chunks come from the hub or from peers through one seam ([`origin`]); every retry follows
 //! one policy ([`retry`]). The config file and its validation are [`config`]'s; this file
 //! only wires the parts together ([`run`]).
@@ -31,6 +33,7 @@ pub mod catalog;
 pub mod config;
 pub mod controller;
 pub mod csi;
+pub mod holder;
 pub mod limits;
 pub mod local;
 pub mod metrics;
@@ -81,6 +84,8 @@ pub enum SpokeError {
     Operator(#[from] operator::OperatorError),
     #[error(transparent)]
     Metrics(#[from] aqueduct_core::metrics::MetricsError),
+    #[error(transparent)]
+    Mounts(#[from] mounts::MountError),
     #[error("the region's credentials (tls.cert, tls.key, tls.ca) cannot serve the peer API: {0}")]
     Tls(#[from] aqueduct_core::server::TlsSetupError),
 }
@@ -108,6 +113,15 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     let priority = Arc::new(Priority::default());
     // Its own token: the caller's is not ours to cancel.
     let local_stop = shutdown.child_token();
+    // The node's FUSE mounts: the holder serves them (and may have for a while, for an earlier
+    // spoke); this spoke adopts them.
+    let reach = holder::Reach {
+        config: config.mounts.clone(),
+        data_dir: config.data_dir.clone(),
+        spoke_socket: config.socket(),
+        store_on_disk: !config.cache.memory_only,
+    };
+    let mounts = Arc::new(Mounts::start(reach, &local_stop).await?);
     let (peers, peer_address, peer_task) = match &config.peer {
         // No share and no server, but it may still ask the region's peers for what it reads.
         None => (Arc::new(Peers::new(&config.node, &region, Some(config.client_tls()?))), String::new(), None),
@@ -135,7 +149,16 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     if let Some(listen) = &config.metrics {
         let (listener, _) = aqueduct_core::metrics::bind(listen).await?;
         let (m, c, b) = (metrics.clone(), cache.clone(), budget.clone());
-        let exporter = aqueduct_core::metrics::Exporter::new(metrics.registry(), move || m.refresh(&c, &b));
+        let (held, runtime) = (mounts.clone(), tokio::runtime::Handle::current());
+        let exporter = aqueduct_core::metrics::Exporter::new(metrics.registry(), move || {
+            m.refresh(&c, &b);
+            // The holder counts the reads of the mounts it serves (render runs on a blocking
+            // thread, so waiting for its answer here is fine).
+            let asked = runtime.block_on(tokio::time::timeout(std::time::Duration::from_secs(2), held.reads()));
+            if let Ok(Ok(reads)) = asked {
+                m.set_fuse_reads(reads);
+            }
+        });
         tokio::spawn(aqueduct_core::metrics::serve(listener, exporter, config.limits.metrics(), local_stop.clone()));
     }
     let origins = Arc::new(Network::new(hub, peers.clone()));
@@ -148,15 +171,16 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
         info!(address = %peer_address, "serving the region's peers");
         tokio::spawn(peer_service::serve(listener, tls, limits.server(), service, local_stop.clone()))
     });
-    let mounts = Mounts::new(catalog.clone(), reader.clone());
     let socket = config.socket();
     let service = LocalService { catalog: catalog.clone(), reader: reader.clone(), mounts: mounts.clone() };
     let max_streams = config.limits.max_streams_per_connection;
     let local = tokio::spawn(local::serve(socket.clone(), service, max_streams, local_stop.clone()));
     info!(socket = %socket.display(), "local API listening");
-    let csi = config.csi.as_ref().map(|csi_config| {
+    let mut csi = None;
+    if let Some(csi_config) = config.csi.as_ref() {
         let Identity::Region(region) = &region else { unreachable!("checked by SpokeConfig::region") };
-        let node = csi::node::Node::new(
+        // Takes back what an earlier spoke published before serving the kubelet.
+        let node = csi::node::Node::start(
             csi::node::NodeParts {
                 node: config.node.clone(),
                 region: region.clone(),
@@ -167,7 +191,8 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
                 store: store.clone(),
             },
             local_stop.child_token(),
-        );
+        )
+        .await;
         let service = csi::service::NodeService { node: node.clone() };
         let task = tokio::spawn(csi::serve(
             csi_config.socket.clone(),
@@ -177,8 +202,8 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
             local_stop.clone(),
         ));
         info!(socket = %csi_config.socket.display(), driver = csi::DRIVER_NAME, "CSI node plugin listening");
-        (node, task)
-    });
+        csi = Some((node, task));
+    }
     let holds = Arc::new(Holds::default());
     let ready = Arc::new(ReadyVersions::default());
     let operator = match (config.operator.clone(), kube) {
@@ -197,12 +222,13 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     };
     let parts = controller::Parts { peer_address, reader, cache, catalog, priority, holds, ready, budget };
     controller::run(&config, endpoint, parts, &shutdown).await;
-    // Pods' bind mounts go before the FUSE mounts they show.
+    // Nothing is unmounted: the pods' binds and the holder's mounts stay for the next spoke.
     if let Some((node, _)) = &csi {
         node.stop().await;
     }
-    mounts.unmount_all().await;
+    // The holder keeps serving every mount (unless it runs in this process).
     local_stop.cancel();
+    mounts.stop().await;
     if let Some((_, task)) = csi {
         join_logged(task, "CSI node plugin").await;
     }

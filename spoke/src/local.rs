@@ -1,5 +1,5 @@
-//! The spoke's local API on a unix socket: mounts for the CLI (and the CSI node plugin), and
-//! version resolution and chunk reads for `aqueduct-fuse` sidecars.
+//! The spoke's local API on a unix socket: mounts for the CLI (passed to the node's FUSE
+//! holder), and version resolution and chunk reads for the holder and `aqueduct-fuse` sidecars.
 //!
 //! The socket is created with mode 0600: whoever may use it may read every dataset the region
 //! holds, as the spoke itself can. Errors become gRPC statuses in [`status`], one place.
@@ -32,10 +32,11 @@ pub struct LocalService {
     pub mounts: Arc<Mounts>,
 }
 
-/// The one place errors of the local API become statuses.
+/// The one place errors of the local API become statuses. The holder's answers to mounts
+/// keep their code and words.
 fn status(e: impl Into<LocalError>) -> Status {
     match e.into() {
-        LocalError::Mount(MountError::Catalog(e)) | LocalError::Catalog(e) => match e {
+        LocalError::Catalog(e) => match e {
             CatalogError::UnknownDataset { .. } | CatalogError::UnknownVersion { .. } => {
                 Status::not_found(e.to_string())
             }
@@ -43,15 +44,8 @@ fn status(e: impl Into<LocalError>) -> Status {
             CatalogError::Hub { .. } => Status::unavailable(e.to_string()),
             CatalogError::Manifest { .. } | CatalogError::Io { .. } => Status::internal(e.to_string()),
         },
-        LocalError::Mount(e @ (MountError::Relative(_) | MountError::Missing(_))) => {
-            Status::invalid_argument(e.to_string())
-        }
-        LocalError::Mount(e @ MountError::NotMounted(_)) => Status::not_found(e.to_string()),
-        LocalError::Mount(e @ (MountError::Busy { .. } | MountError::Unmount(_))) => {
-            Status::failed_precondition(e.to_string())
-        }
-        LocalError::Mount(e @ MountError::NoFuse(_)) => Status::failed_precondition(e.to_string()),
-        LocalError::Mount(e @ MountError::Mount { .. }) => Status::internal(e.to_string()),
+        LocalError::Mount(MountError::Holder(s)) => s,
+        LocalError::Mount(e @ MountError::Reach(_)) => Status::unavailable(e.to_string()),
         LocalError::Invalid(message) => Status::invalid_argument(message),
     }
 }
@@ -115,7 +109,7 @@ impl Local for LocalService {
         &self,
         _request: Request<local::ListMountsRequest>,
     ) -> Result<Response<local::ListMountsResponse>, Status> {
-        Ok(Response::new(local::ListMountsResponse { mounts: self.mounts.list() }))
+        Ok(Response::new(local::ListMountsResponse { mounts: self.mounts.list().await.map_err(status)? }))
     }
 
     #[instrument(skip_all, fields(dataset, version))]
@@ -168,7 +162,8 @@ impl Local for LocalService {
                         data = reader.chunk(&dataset, version, digest).await.map_err(unavailable)?;
                         let actual = Digest::of(&data);
                         if actual != digest {
-                            return Err(Status::unavailable(format!(
+                            // DATA_LOSS: a reader must not wait for these bytes to get better.
+                            return Err(Status::data_loss(format!(
                                 "chunk {digest} is corrupt (its bytes hash to {actual})"
                             )));
                         }

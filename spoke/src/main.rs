@@ -24,8 +24,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Connect to the hub, replicate what is rolled out to this region and serve mounts, until
-    /// interrupted (mounts end with it).
+    /// Connect to the hub, replicate what is rolled out to this region and drive the node's
+    /// mounts, until interrupted (the node's FUSE holder serves the mounts, and keeps them when
+    /// the spoke stops; see [mounts] in the config).
     Run {
         /// Spoke configuration file (TOML; see deploy/spoke/spoke.example.toml).
         #[arg(long, env = "AQUEDUCT_SPOKE_CONFIG")]

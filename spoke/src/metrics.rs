@@ -4,19 +4,20 @@
 //! Counted as things happen, in [`SpokeMetrics`]: bytes received over the link (from the hub)
 //! and from the region's peers, per dataset; chunks by where they came from (`hub`, `peer`,
 //! or `local`: a read the store answered); chunks that failed verification, by origin;
-//! replication progress per version; FUSE read latency ([`ReadObserver`], which the `fuse`
-//! crate calls without knowing of metrics). Read at each scrape ([`SpokeMetrics::refresh`]):
-//! each cache tier's usage, quota and evictions, and the link budget the spoke applies.
+//! replication progress per version. Read at each scrape ([`SpokeMetrics::refresh`]): each
+//! cache tier's usage, quota and evictions, the link budget the spoke applies, and the FUSE
+//! reads the node's holder answered (their latency, bytes and errors: the holder, which serves
+//! the mounts, counts them, and the spoke asks it; [`SpokeMetrics::set_fuse_reads`]).
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
-use aqueduct_fuse::mount::ReadObserver;
-use prometheus_client::encoding::EncodeLabelSet;
+use aqueduct_proto::holder::v1::ReadCounters;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use aqueduct_core::budget::Budget;
@@ -66,6 +67,7 @@ pub struct VersionLabels {
     pub version: String,
 }
 
+#[derive(Default)]
 pub struct SpokeMetrics {
     received_bytes: Family<ReceivedLabels, Counter>,
     chunks: Family<OriginLabels, Counter>,
@@ -77,30 +79,7 @@ pub struct SpokeMetrics {
     replication_size: Family<VersionLabels, Gauge>,
     replication_ready: Family<VersionLabels, Gauge>,
     budget: Gauge,
-    fuse_reads: Histogram,
-    fuse_read_bytes: Counter,
-    fuse_read_errors: Counter,
-}
-
-impl Default for SpokeMetrics {
-    fn default() -> Self {
-        Self {
-            received_bytes: Family::default(),
-            chunks: Family::default(),
-            verification_failures: Family::default(),
-            cache_used: Family::default(),
-            cache_capacity: Family::default(),
-            evictions: Family::default(),
-            replication_cached: Family::default(),
-            replication_size: Family::default(),
-            replication_ready: Family::default(),
-            budget: Gauge::default(),
-            // 50 µs to about 13 s.
-            fuse_reads: Histogram::new(exponential_buckets(0.000_05, 4.0, 10)),
-            fuse_read_bytes: Counter::default(),
-            fuse_read_errors: Counter::default(),
-        }
-    }
+    fuse_reads: HeldReads,
 }
 
 impl SpokeMetrics {
@@ -162,10 +141,15 @@ impl SpokeMetrics {
             "fuse_read_duration",
             "Time from a FUSE read request to its answer",
             Unit::Seconds,
-            self.fuse_reads.clone(),
+            self.fuse_reads.part(Part::Latency),
         );
-        r.register_with_unit("fuse_read", "Bytes answered to FUSE reads", Unit::Bytes, self.fuse_read_bytes.clone());
-        r.register("fuse_read_errors", "FUSE reads answered with an error", self.fuse_read_errors.clone());
+        r.register_with_unit(
+            "fuse_read",
+            "Bytes answered to FUSE reads",
+            Unit::Bytes,
+            self.fuse_reads.part(Part::Bytes),
+        );
+        r.register("fuse_read_errors", "FUSE reads answered with an error", self.fuse_reads.part(Part::Errors));
         r
     }
 
@@ -215,13 +199,56 @@ impl SpokeMetrics {
     }
 }
 
-impl ReadObserver for SpokeMetrics {
-    fn read_done(&self, bytes: usize, elapsed: Duration, ok: bool) {
-        self.fuse_reads.observe(elapsed.as_secs_f64());
-        if ok {
-            self.fuse_read_bytes.inc_by(bytes as u64);
-        } else {
-            self.fuse_read_errors.inc();
+/// The FUSE reads the node's holder answered, as it last reported them (it counts since it
+/// started; a holder that restarts starts again from zero, as a process's counters do).
+#[derive(Clone, Debug, Default)]
+struct HeldReads {
+    counters: Arc<Mutex<ReadCounters>>,
+    part: Part,
+}
+
+/// Which metric of [`HeldReads`] one registration shows.
+#[derive(Clone, Copy, Debug, Default)]
+enum Part {
+    /// A histogram of read latencies, seconds: 50 µs to about 13 s.
+    #[default]
+    Latency,
+    Bytes,
+    Errors,
+}
+
+impl HeldReads {
+    fn part(&self, part: Part) -> Self {
+        Self { counters: self.counters.clone(), part }
+    }
+}
+
+impl EncodeMetric for HeldReads {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let c = self.counters.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match self.part {
+            Part::Latency => {
+                // Bounds as the holder sent them, +Inf last; counts per bucket.
+                let bounds = c.bucket_bounds_seconds.iter().copied().chain([f64::MAX]);
+                let buckets: Vec<(f64, u64)> = bounds.zip(c.bucket_counts.iter().copied()).collect();
+                encoder.encode_histogram::<NoLabelSet>(c.seconds_sum, c.count, &buckets, None)
+            }
+            Part::Bytes => encoder.encode_counter::<NoLabelSet, u64, u64>(&c.bytes, None),
+            Part::Errors => encoder.encode_counter::<NoLabelSet, u64, u64>(&c.failed, None),
         }
+    }
+
+    fn metric_type(&self) -> MetricType {
+        match self.part {
+            Part::Latency => MetricType::Histogram,
+            Part::Bytes | Part::Errors => MetricType::Counter,
+        }
+    }
+}
+
+impl SpokeMetrics {
+    /// The holder's read counters, as it reported them.
+    pub fn set_fuse_reads(&self, counters: ReadCounters) {
+        *self.fuse_reads.counters.lock().unwrap_or_else(|e| e.into_inner()) = counters;
     }
 }

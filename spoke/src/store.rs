@@ -108,10 +108,9 @@ impl ChunkStore for MemStore {
     }
 }
 
-/// Where a store in `root` keeps a chunk: `chunks/` and the digest's first two hex digits.
+/// Where a store in `root` keeps a chunk ([`aqueduct_core::layout`], shared with the holder).
 pub fn chunk_path(root: &Path, digest: &Digest) -> PathBuf {
-    let hex = digest.to_hex();
-    root.join("chunks").join(&hex[..2]).join(hex)
+    aqueduct_core::layout::chunk_path(root, &digest.to_hex())
 }
 
 /// Writes the store's `FORMAT` file (atomically: a crash never leaves it empty).
@@ -132,7 +131,7 @@ impl DiskStore {
             let path = path.to_owned();
             move |source| CacheError::Io { path, source }
         };
-        for dir in [root.join("chunks"), root.join("tmp")] {
+        for dir in [root.join(aqueduct_core::layout::CHUNKS_DIR), root.join("tmp")] {
             durable::create_dir_all(&dir).map_err(io(&dir))?;
         }
         let format = root.join("FORMAT");
@@ -201,7 +200,7 @@ impl ChunkStore for DiskStore {
     }
 
     fn list(&self) -> Result<Vec<(Digest, u64)>, CacheError> {
-        let chunks = self.root.join("chunks");
+        let chunks = self.root.join(aqueduct_core::layout::CHUNKS_DIR);
         let read = |dir: &Path| std::fs::read_dir(dir).map_err(|e| self.error(dir.to_owned(), e));
         let mut found = Vec::new();
         for fan in read(&chunks)? {

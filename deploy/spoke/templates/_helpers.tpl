@@ -52,6 +52,16 @@ aqueduct.io/region: {{ .Values.region.name }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
+{{- define "aqueduct-spoke.holderImage" -}}
+{{- printf "%s:%s" (default .Values.image.repository .Values.holder.image.repository) (default (default .Chart.AppVersion .Values.image.tag) .Values.holder.image.tag) }}
+{{- end }}
+
+{{/* The holder's pods: labels of their own, which the spoke's selector does not match. */}}
+{{- define "aqueduct-spoke.holderSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "aqueduct-spoke.name" . }}-holder
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
 {{/* The CSI driver's name: fixed, the operator writes it into every PersistentVolume. */}}
 {{- define "aqueduct-spoke.driver" -}}csi.aqueduct.io{{- end }}
 

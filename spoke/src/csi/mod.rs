@@ -16,11 +16,12 @@
 //! [`node::Node`], which owns the state. Errors are [`CsiError`], turned into gRPC statuses in
 //! one place (`From<CsiError> for tonic::Status`) with the codes the CSI spec asks for.
 //!
-//! What a FUSE mount serves, the spoke process serves: when the spoke stops, it unmounts what
-//! it mounted (pods' bind mounts first), and the pods' volumes are gone until the kubelet
-//! publishes them again.
+//! The FUSE mounts are the node's holder's (see [`crate::holder`]) and outlive the spoke, as
+//! the pods' bind mounts do; what is published where is on disk ([`publications`]), so a
+//! restarted spoke takes every publication back and the kubelet never has to publish again.
 
 pub mod node;
+pub mod publications;
 pub mod service;
 pub mod volume;
 
@@ -146,11 +147,11 @@ impl From<CsiError> for Status {
             },
             CsiError::TargetInUse { .. } => Status::already_exists(message),
             CsiError::OtherVolume { .. } => Status::not_found(message),
-            CsiError::Mount(MountError::Catalog(CatalogError::Hub { .. })) => Status::unavailable(message),
-            CsiError::Mount(MountError::NoFuse(_) | MountError::Busy { .. } | MountError::Unmount(_)) => {
-                Status::failed_precondition(message)
-            }
-            CsiError::Mount(_) | CsiError::Io { .. } => Status::internal(message),
+            // The holder's answer keeps its code (busy and no FUSE: FAILED_PRECONDITION; the
+            // hub away while resolving: UNAVAILABLE).
+            CsiError::Mount(MountError::Holder(s)) => Status::new(s.code(), message),
+            CsiError::Mount(MountError::Reach(_)) => Status::unavailable(message),
+            CsiError::Io { .. } => Status::internal(message),
             CsiError::ShuttingDown => Status::unavailable(message),
         }
     }

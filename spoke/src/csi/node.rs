@@ -5,8 +5,11 @@
 //! `DATA_DIR/csi/mounts/SHARE`, made through the spoke's [`Mounts`] (so `aqueduct-spoke mounts`
 //! lists it, and an `active` share switches versions as the region does). Each publication
 //! bind-mounts it read-only at a target path; the share counts its targets and is unmounted
-//! with the last. Publications are kept in memory: the FUSE mounts die with the spoke anyway,
-//! and an unpublish of a target this process does not know still removes a mount left there.
+//! with the last. The FUSE mounts are the node's holder's and outlive the spoke, and so do the
+//! binds; what is published where is kept on disk ([`super::publications`]), so a restarted
+//! spoke knows every target: it keeps what is still bound, binds again a target whose pod is
+//! still there, and cleans up the publications of pods that are gone ([`Node::start`]). A
+//! spoke that stops unmounts nothing.
 //!
 //! Publish and unpublish change the state under one lock, in a task of their own: a caller
 //! that gives up (the kubelet's deadline) never leaves a mount made and not recorded. Waiting
@@ -23,6 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, info, instrument, warn};
 
+use super::publications::{self, Action, Facts, Publication};
 use super::volume::{Publish, VolumeSpec};
 use super::{CsiConfig, CsiError};
 use crate::catalog::{Catalog, CatalogError};
@@ -48,6 +52,8 @@ pub struct Node {
     /// Where the node-level FUSE mounts live.
     root: PathBuf,
     state: tokio::sync::Mutex<State>,
+    /// Where the publications are kept (`DATA_DIR/csi/publications.json`).
+    file: PathBuf,
     /// Fired when the spoke stops: waiting publishes give up, new ones are refused.
     stopping: CancellationToken,
 }
@@ -57,17 +63,12 @@ struct State {
     /// Per share name: the FUSE mount and the target paths bound from it.
     shares: BTreeMap<String, Share>,
     /// Per target path: what is published there.
-    targets: BTreeMap<PathBuf, Published>,
+    targets: BTreeMap<PathBuf, Publication>,
 }
 
 struct Share {
     path: PathBuf,
     targets: BTreeSet<PathBuf>,
-}
-
-struct Published {
-    volume_id: String,
-    share: String,
 }
 
 /// Why a wait for a version ended without it.
@@ -113,20 +114,115 @@ pub async fn wait_until_ready(
 }
 
 impl Node {
-    /// The node plugin's state, empty; FUSE mounts a killed spoke left under
-    /// `DATA_DIR/csi/mounts` are detached.
-    pub fn new(parts: NodeParts, stopping: CancellationToken) -> Arc<Self> {
+    /// The node plugin, with the publications an earlier spoke left (see [`Node::recover`]).
+    pub async fn start(parts: NodeParts, stopping: CancellationToken) -> Arc<Self> {
         let root = parts.data_dir.join("csi/mounts");
-        if let Ok(entries) = std::fs::read_dir(&root) {
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if unmount(&path, true).is_ok_and(|was| was) {
-                    info!(path = %path.display(), "detached a mount an earlier spoke left");
+        let file = parts.data_dir.join(publications::FILE);
+        let node = Arc::new(Self { parts, root, state: tokio::sync::Mutex::default(), file, stopping });
+        node.recover().await;
+        node
+    }
+
+    /// Takes back the publications on disk: keeps each target still bound, binds again one
+    /// whose pod is still there, cleans up the rest (unbind, forget, release the share when no
+    /// target uses it); releases shares no publication uses.
+    #[instrument(skip_all)]
+    async fn recover(&self) {
+        let mut state = self.state.lock().await;
+        let found = match publications::load(&self.file) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "starting with no publications");
+                if matches!(e, publications::PublicationsError::Damaged { .. }) {
+                    let _ = std::fs::rename(&self.file, self.file.with_extension("json.bad"));
                 }
-                let _ = std::fs::remove_dir(&path);
+                Vec::new()
+            }
+        };
+        let table = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
+        let points: BTreeSet<PathBuf> =
+            aqueduct_fuse::mountinfo::parse_mountinfo(&table).into_iter().map(|m| m.mount_point).collect();
+        for p in found {
+            let facts = Facts {
+                bound: points.contains(&p.target),
+                pod_exists: publications::owner_dir(&p.target).is_some_and(|d| d.is_dir()),
+            };
+            let action = publications::reconcile(facts);
+            let (volume_id, target) = (p.volume_id.as_str(), p.target.display());
+            match action {
+                Action::Keep => info!(volume_id, %target, "still published; kept"),
+                Action::Rebind => match self.rebind(&mut state, &p).await {
+                    Ok(()) => info!(volume_id, %target, "its bind was gone: bound again"),
+                    // Kept all the same: the kubelet's unpublish will find it.
+                    Err(e) => warn!(volume_id, %target, error = %e, "could not bind it again"),
+                },
+                Action::CleanUp => {
+                    if facts.bound
+                        && let Err(e) = unbind(&p.target, true)
+                    {
+                        warn!(volume_id, %target, error = %e, "could not unmount a stale publication");
+                    }
+                    let _ = std::fs::remove_dir(&p.target);
+                    info!(volume_id, %target, "its pod is gone: cleaned up");
+                    continue;
+                }
+            }
+            let share = state
+                .shares
+                .entry(p.share.clone())
+                .or_insert_with(|| Share { path: self.root.join(&p.share), targets: BTreeSet::new() });
+            share.targets.insert(p.target.clone());
+            state.targets.insert(p.target.clone(), p);
+        }
+        // Shares no publication uses any more (their pods went while no spoke ran).
+        let used: BTreeSet<PathBuf> = state.shares.values().map(|s| s.path.clone()).collect();
+        let held = self.parts.mounts.list().await.unwrap_or_else(|e| {
+            warn!(error = %e, "cannot ask the holder what it serves");
+            Vec::new()
+        });
+        for m in held {
+            let path = PathBuf::from(&m.mountpoint);
+            if path.starts_with(&self.root) && !used.contains(&path) {
+                match self.parts.mounts.unmount(&path, true).await {
+                    Ok(()) => info!(path = %path.display(), "released a share no pod uses"),
+                    Err(e) => warn!(path = %path.display(), error = %e, "could not release a share no pod uses"),
+                }
             }
         }
-        Arc::new(Self { parts, root, state: tokio::sync::Mutex::default(), stopping })
+        if let Ok(entries) = std::fs::read_dir(&self.root) {
+            for entry in entries.flatten() {
+                if !used.contains(&entry.path()) {
+                    let _ = std::fs::remove_dir(entry.path());
+                }
+            }
+        }
+        self.persist(&state);
+    }
+
+    /// Binds a publication's target again, mounting its share first if the holder has not.
+    async fn rebind(&self, state: &mut State, p: &Publication) -> Result<(), CsiError> {
+        let path = self.root.join(&p.share);
+        if !state.shares.contains_key(&p.share) {
+            std::fs::create_dir_all(&path).map_err(|source| CsiError::Io {
+                action: "creating the node's mount point",
+                path: path.clone(),
+                source,
+            })?;
+            // The holder answers a share it serves already as it is.
+            self.parts.mounts.mount(&p.dataset, p.version, &path).await?;
+        }
+        let (source, target) = (path, p.target.clone());
+        tokio::task::spawn_blocking(move || bind_read_only(&source, &target)).await.unwrap_or_else(|e| {
+            Err(CsiError::Io { action: "bind-mounting", path: p.target.clone(), source: std::io::Error::other(e) })
+        })
+    }
+
+    /// Writes what is published where (a failure is logged: the publication itself stands).
+    fn persist(&self, state: &State) {
+        let all: Vec<Publication> = state.targets.values().cloned().collect();
+        if let Err(e) = publications::save(&self.file, &all) {
+            warn!(file = %self.file.display(), error = %e, "could not record the CSI publications; a restarted spoke will not know them");
+        }
     }
 
     pub fn node_id(&self) -> &str {
@@ -204,7 +300,17 @@ impl Node {
             return Err(e);
         }
         state.shares.get_mut(&name).expect("inserted above").targets.insert(p.target.clone());
-        state.targets.insert(p.target.clone(), Published { volume_id: p.volume_id.clone(), share: name });
+        let pod_uid = publications::pod_dir(&p.target).map(|(_, uid)| uid);
+        let publication = Publication {
+            volume_id: p.volume_id.clone(),
+            target: p.target.clone(),
+            share: name,
+            dataset: p.spec.dataset.clone(),
+            version: p.spec.pin.version(),
+            pod_uid,
+        };
+        state.targets.insert(p.target.clone(), publication);
+        self.persist(&state);
         info!("published");
         Ok(())
     }
@@ -232,8 +338,7 @@ impl Node {
                 });
             }
             Some(p) => Some(p.share.clone()),
-            // Not published by this process: a mount left there (by a spoke before a
-            // restart, whose FUSE mount is gone) is detached all the same.
+            // Not published (or no longer): a mount left there is detached all the same.
             None => None,
         };
         let t = target.to_owned();
@@ -252,6 +357,7 @@ impl Node {
             return Ok(());
         };
         state.targets.remove(target);
+        self.persist(&state);
         let last = state.shares.get_mut(&name).is_some_and(|s| {
             s.targets.remove(target);
             s.targets.is_empty()
@@ -269,30 +375,20 @@ impl Node {
     async fn release_share(&self, state: &mut State, name: &str) {
         let Some(share) = state.shares.remove(name) else { return };
         match self.parts.mounts.unmount(&share.path, true).await {
-            Ok(()) | Err(MountError::NotMounted(_)) => {}
+            Ok(()) => {}
+            Err(MountError::Holder(s)) if s.code() == tonic::Code::NotFound => {}
             Err(e) => warn!(path = %share.path.display(), error = %e, "could not unmount the node's mount"),
         }
         let _ = std::fs::remove_dir(&share.path);
         info!(share = name, "the node's mount of this share is gone");
     }
 
-    /// Stops: waiting publishes give up; every bind mount and share this plugin made is
-    /// detached.
+    /// Stops: waiting publishes give up, new ones are refused; a publish or unpublish under
+    /// way finishes. Nothing is unmounted: the pods' binds and the holder's shares stay, and
+    /// the next spoke takes them back from the publications on disk.
     pub async fn stop(&self) {
         self.stopping.cancel();
-        let mut state = self.state.lock().await;
-        for target in std::mem::take(&mut state.targets).into_keys() {
-            let t = target.clone();
-            match tokio::task::spawn_blocking(move || unbind(&t, true)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => warn!(error = %e, "could not unmount a published volume"),
-                Err(e) => warn!(target = %target.display(), error = %e, "could not unmount a published volume"),
-            }
-        }
-        let names: Vec<String> = state.shares.keys().cloned().collect();
-        for name in names {
-            self.release_share(&mut state, &name).await;
-        }
+        let _settled = self.state.lock().await;
     }
 
     /// The error of a publish whose version did not become Ready in time, with how far this

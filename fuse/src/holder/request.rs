@@ -1,0 +1,140 @@
+//! What the holder accepts, decided without touching the system: a mount request checked into
+//! a [`MountSpec`], and what a mount request means for a mountpoint that already holds one
+//! ([`decide`]).
+
+use std::path::{Path, PathBuf};
+
+use aqueduct_proto::spoke::v1 as local;
+use aqueduct_proto::validate_name;
+
+/// A checked mount request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountSpec {
+    pub dataset: String,
+    /// `None`: follow the region's active version.
+    pub version: Option<u64>,
+    pub mountpoint: PathBuf,
+}
+
+/// Why a request is refused before anything is done.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Invalid {
+    #[error("{0}")]
+    Name(String),
+    #[error("mountpoint {0:?} must be an absolute path")]
+    Relative(String),
+    #[error("mountpoint {0:?} must be a plain path: no `.` or `..` parts, no NUL byte")]
+    Unclean(String),
+}
+
+/// Checks a mount request: a valid dataset name, an absolute, plain mountpoint.
+pub fn mount_spec(r: &local::MountRequest) -> Result<MountSpec, Invalid> {
+    validate_name("dataset", &r.dataset).map_err(|e| Invalid::Name(e.to_string()))?;
+    Ok(MountSpec {
+        dataset: r.dataset.clone(),
+        version: (r.version != 0).then_some(r.version),
+        mountpoint: mountpoint(&r.mountpoint)?,
+    })
+}
+
+/// Checks a mountpoint: absolute, without `.` or `..` parts or NUL bytes (the table is keyed
+/// by path, so one directory has one spelling). A trailing slash is dropped.
+pub fn mountpoint(text: &str) -> Result<PathBuf, Invalid> {
+    let path = Path::new(text);
+    if !path.is_absolute() {
+        return Err(Invalid::Relative(text.to_string()));
+    }
+    if text.contains('\0') || text.split('/').any(|part| part == "." || part == "..") {
+        return Err(Invalid::Unclean(text.to_string()));
+    }
+    Ok(path.components().collect())
+}
+
+/// What a mountpoint shows now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shown {
+    pub dataset: String,
+    pub follow: bool,
+    pub version: u64,
+}
+
+impl std::fmt::Display for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.follow {
+            write!(f, "{} (following its active version)", self.dataset)
+        } else {
+            write!(f, "{}@v{}", self.dataset, self.version)
+        }
+    }
+}
+
+/// What a mount request means.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Mount it.
+    New,
+    /// The same mount is there already: answer with it.
+    Existing,
+    /// Something else is mounted there (described).
+    Busy(String),
+}
+
+/// Decides a mount request for a mountpoint that shows `there` (if anything): the same
+/// dataset, following or at the same version, is the existing mount; anything else is busy.
+pub fn decide(there: Option<&Shown>, spec: &MountSpec) -> Decision {
+    match there {
+        None => Decision::New,
+        Some(s)
+            if s.dataset == spec.dataset
+                && (s.follow && spec.version.is_none() || !s.follow && spec.version == Some(s.version)) =>
+        {
+            Decision::Existing
+        }
+        Some(s) => Decision::Busy(s.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(dataset: &str, version: u64, mountpoint: &str) -> local::MountRequest {
+        local::MountRequest { dataset: dataset.into(), version, mountpoint: mountpoint.into() }
+    }
+
+    #[test]
+    fn requests_are_checked_before_anything_is_done() {
+        let spec = mount_spec(&request("llama", 0, "/mnt/m/")).unwrap();
+        assert_eq!(spec, MountSpec { dataset: "llama".into(), version: None, mountpoint: "/mnt/m".into() });
+        assert_eq!(mount_spec(&request("llama", 3, "/mnt//m")).unwrap().version, Some(3));
+        assert_eq!(mount_spec(&request("llama", 3, "/mnt//m")).unwrap().mountpoint, Path::new("/mnt/m"));
+        let err = mount_spec(&request("llama", 1, "rel/dir")).unwrap_err();
+        assert!(err.to_string().contains("absolute"), "{err}");
+        assert_eq!(mount_spec(&request("llama", 1, "")).unwrap_err(), Invalid::Relative(String::new()));
+        for bad in ["/a/../b", "/a/./b", "/a/b\0"] {
+            assert!(matches!(mount_spec(&request("llama", 1, bad)), Err(Invalid::Unclean(_))), "{bad:?}");
+        }
+        for bad in ["", "Llama", "a/b", "../x"] {
+            assert!(matches!(mount_spec(&request(bad, 1, "/m")), Err(Invalid::Name(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_mountpoint_answers_the_same_mount_and_refuses_any_other() {
+        let spec = |version: Option<u64>| MountSpec { dataset: "llama".into(), version, mountpoint: "/m".into() };
+        let pinned = Shown { dataset: "llama".into(), follow: false, version: 2 };
+        let following = Shown { dataset: "llama".into(), follow: true, version: 2 };
+        assert_eq!(decide(None, &spec(None)), Decision::New);
+        assert_eq!(decide(Some(&pinned), &spec(Some(2))), Decision::Existing);
+        assert_eq!(decide(Some(&following), &spec(None)), Decision::Existing);
+        // Following v2 is not v2 pinned, nor the other way round.
+        assert_eq!(
+            decide(Some(&following), &spec(Some(2))),
+            Decision::Busy("llama (following its active version)".into())
+        );
+        assert_eq!(decide(Some(&pinned), &spec(None)), Decision::Busy("llama@v2".into()));
+        assert_eq!(decide(Some(&pinned), &spec(Some(3))), Decision::Busy("llama@v2".into()));
+        let other = Shown { dataset: "mistral".into(), ..pinned };
+        assert_eq!(decide(Some(&other), &spec(Some(2))), Decision::Busy("mistral@v2".into()));
+    }
+}
