@@ -8,7 +8,8 @@
 //! ahead of replication ([`reader`], [`priority`]), driven over a unix socket ([`local`]).
 //! Chunks come from the hub or from peers through one seam ([`origin`]); every retry follows
 //! one policy ([`retry`]). The config file and its validation are [`config`]'s; this file
-//! only wires the parts together ([`run`]).
+//! only wires the parts together ([`run`]). Whether the spoke is ready (connected to the hub,
+//! its store usable) is [`health`]'s to check.
 //!
 //! The spokes of a region act as one cache: the hub tells each who the region's live members
 //! are, each chunk has an owner among them ([`peers`]), only the owner fetches it over the
@@ -31,6 +32,7 @@ pub mod catalog;
 pub mod config;
 pub mod controller;
 pub mod csi;
+pub mod health;
 pub mod limits;
 pub mod local;
 pub mod metrics;
@@ -132,10 +134,27 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     let metrics = Arc::new(metrics::SpokeMetrics::default());
     // One budget for every transfer; the rate of each new assignments applies to it at once.
     let budget = Arc::new(Budget::new(u64::MAX));
+    // Readiness (the hub session is up, the store usable), checked by one loop; the probes,
+    // the local API's gRPC health service and the CSI Probe read what it found.
+    let link = Arc::new(health::HubLink::default());
+    let health = aqueduct_core::health::Health::new(vec![
+        <aqueduct_proto::spoke::v1::local_server::LocalServer<LocalService> as tonic::server::NamedService>::NAME,
+    ])
+    .await;
+    let checks = health::SpokeChecks {
+        link: link.clone(),
+        store_dir: (!config.cache.memory_only).then(|| config.data_dir.join("tmp")),
+        fuse: config.csi.is_some(),
+    };
+    tokio::spawn(aqueduct_core::health::run(health.clone(), checks, local_stop.clone()));
     if let Some(listen) = &config.metrics {
         let (listener, _) = aqueduct_core::metrics::bind(listen).await?;
         let (m, c, b) = (metrics.clone(), cache.clone(), budget.clone());
-        let exporter = aqueduct_core::metrics::Exporter::new(metrics.registry(), move || m.refresh(&c, &b));
+        let exporter = aqueduct_core::metrics::Exporter::with_probes(
+            metrics.registry(),
+            move || m.refresh(&c, &b),
+            health.clone(),
+        );
         tokio::spawn(aqueduct_core::metrics::serve(listener, exporter, config.limits.metrics(), local_stop.clone()));
     }
     let origins = Arc::new(Network::new(hub, peers.clone()));
@@ -152,7 +171,8 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     let socket = config.socket();
     let service = LocalService { catalog: catalog.clone(), reader: reader.clone(), mounts: mounts.clone() };
     let max_streams = config.limits.max_streams_per_connection;
-    let local = tokio::spawn(local::serve(socket.clone(), service, max_streams, local_stop.clone()));
+    let local =
+        tokio::spawn(local::serve(socket.clone(), service, health.grpc_service(), max_streams, local_stop.clone()));
     info!(socket = %socket.display(), "local API listening");
     let csi = config.csi.as_ref().map(|csi_config| {
         let Identity::Region(region) = &region else { unreachable!("checked by SpokeConfig::region") };
@@ -169,13 +189,14 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
             local_stop.child_token(),
         );
         let service = csi::service::NodeService { node: node.clone() };
-        let task = tokio::spawn(csi::serve(
-            csi_config.socket.clone(),
-            csi::service::IdentityService,
-            service,
-            max_streams,
-            local_stop.clone(),
-        ));
+        let (health, probing) = (health.clone(), node.clone());
+        let identity = csi::service::IdentityService {
+            ready: Arc::new(move || {
+                health::csi_ready(health.check("store").as_ref(), health.check("fuse").as_ref(), probing.stopping())
+            }),
+        };
+        let task =
+            tokio::spawn(csi::serve(csi_config.socket.clone(), identity, service, max_streams, local_stop.clone()));
         info!(socket = %csi_config.socket.display(), driver = csi::DRIVER_NAME, "CSI node plugin listening");
         (node, task)
     });
@@ -195,7 +216,7 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
         }
         _ => None,
     };
-    let parts = controller::Parts { peer_address, reader, cache, catalog, priority, holds, ready, budget };
+    let parts = controller::Parts { peer_address, reader, cache, catalog, priority, holds, ready, budget, link };
     controller::run(&config, endpoint, parts, &shutdown).await;
     // Pods' bind mounts go before the FUSE mounts they show.
     if let Some((node, _)) = &csi {

@@ -115,6 +115,11 @@ pub async fn wait_until_ready(
 impl Node {
     /// The node plugin's state, empty; FUSE mounts a killed spoke left under
     /// `DATA_DIR/csi/mounts` are detached.
+    /// Whether the node is stopping (it takes no new publishes).
+    pub fn stopping(&self) -> bool {
+        self.stopping.is_cancelled()
+    }
+
     pub fn new(parts: NodeParts, stopping: CancellationToken) -> Arc<Self> {
         let root = parts.data_dir.join("csi/mounts");
         if let Ok(entries) = std::fs::read_dir(&root) {
