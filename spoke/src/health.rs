@@ -48,11 +48,19 @@ impl HubLink {
 }
 
 /// Whether the CSI node plugin can publish: from the last round's `store` and `fuse` checks
-/// (`None`: not checked yet) and whether the spoke is stopping. `Ok(false)`: still starting.
-pub fn csi_ready(store: Option<&Check>, fuse: Option<&Check>, stopping: bool) -> Result<bool, String> {
+/// (`None`: not checked yet), whether the check loop still turns (`alive`: the spoke's
+/// liveness, which the livenessprobe sidecar reaches only through this) and whether the
+/// spoke is stopping. `Ok(false)`: still starting.
+pub fn csi_ready(
+    store: Option<&Check>,
+    fuse: Option<&Check>,
+    alive: Result<(), String>,
+    stopping: bool,
+) -> Result<bool, String> {
     if stopping {
         return Err("the spoke is shutting down".into());
     }
+    alive?;
     let (Some(store), Some(fuse)) = (store, fuse) else {
         return Ok(false);
     };
@@ -129,13 +137,19 @@ mod tests {
     #[test]
     fn csi_is_ready_when_the_store_and_fuse_are_and_the_spoke_is_not_stopping() {
         let (ok_store, ok_fuse) = (Check::ok("store"), Check::ok("fuse"));
-        assert_eq!(csi_ready(Some(&ok_store), Some(&ok_fuse), false), Ok(true));
-        assert_eq!(csi_ready(None, None, false), Ok(false), "starting");
+        let alive = || Ok(());
+        assert_eq!(csi_ready(Some(&ok_store), Some(&ok_fuse), alive(), false), Ok(true));
+        assert_eq!(csi_ready(None, None, alive(), false), Ok(false), "starting");
         let bad_store = Check::failed("store", "read-only file system");
-        assert_eq!(csi_ready(Some(&bad_store), Some(&ok_fuse), false), Err("store: read-only file system".into()));
+        assert_eq!(
+            csi_ready(Some(&bad_store), Some(&ok_fuse), alive(), false),
+            Err("store: read-only file system".into())
+        );
         let no_fuse = Check::failed("fuse", "/dev/fuse is missing");
-        assert!(csi_ready(Some(&ok_store), Some(&no_fuse), false).unwrap_err().starts_with("fuse:"));
-        assert!(csi_ready(Some(&ok_store), Some(&ok_fuse), true).is_err());
+        assert!(csi_ready(Some(&ok_store), Some(&no_fuse), alive(), false).unwrap_err().starts_with("fuse:"));
+        assert!(csi_ready(Some(&ok_store), Some(&ok_fuse), alive(), true).is_err());
+        let stuck = csi_ready(Some(&ok_store), Some(&ok_fuse), Err("the check loop is stuck".into()), false);
+        assert_eq!(stuck, Err("the check loop is stuck".into()));
     }
 
     #[test]

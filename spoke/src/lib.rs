@@ -192,7 +192,8 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
         let (health, probing) = (health.clone(), node.clone());
         let identity = csi::service::IdentityService {
             ready: Arc::new(move || {
-                health::csi_ready(health.check("store").as_ref(), health.check("fuse").as_ref(), probing.stopping())
+                let (store, fuse) = (health.check("store"), health.check("fuse"));
+                health::csi_ready(store.as_ref(), fuse.as_ref(), health.alive(), probing.stopping())
             }),
         };
         let task =
