@@ -98,6 +98,7 @@ fn charts_lint_render_validate_and_refuse_bad_values() {
         "aqueduct-spoke default-values.yaml: probes present, on exposed ports and served paths",
         "aqueduct-spoke memory-only-values.yaml: probes present, on exposed ports and served paths",
         "aqueduct-spoke region-values.yaml: probes present, on exposed ports and served paths",
+        "aqueduct-spoke no-csi-values.yaml: probes present, on exposed ports and served paths",
         "aqueduct-hub default-values.yaml: probes present, on exposed ports and served paths",
         "aqueduct-hub loadbalancer-values.yaml: probes present, on exposed ports and served paths",
     ] {
@@ -169,6 +170,10 @@ fn charts_lint_render_validate_and_refuse_bad_values() {
             (connections, relay_memory)
         );
     }
+    // Without the CSI plugin: no livenessprobe sidecar, and the liveness probe asks the spoke.
+    let daemonset = rendered(out.path(), "aqueduct-spoke", "no-csi", "daemonset.yaml");
+    assert!(!daemonset.contains("livenessprobe") && !daemonset.contains("port: healthz"), "{daemonset}");
+    assert!(daemonset.contains("httpGet: {path: /healthz, port: metrics}"), "{daemonset}");
     let statefulset = rendered(out.path(), "aqueduct-hub", "loadbalancer", "statefulset.yaml");
     // With metrics unpublished, the endpoint still serves the probes.
     for probe in
