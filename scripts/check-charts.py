@@ -12,12 +12,19 @@ For each chart:
   key its `# expect: /KEY` line names (for an unknown key: its name);
 - the chart renders with each values file, and every rendered object of a built-in kind (and
   each CRD of crds/, which a render leaves out) passes `kubernetes-validate --strict` for the
-  Kubernetes version below;
+  Kubernetes version below. Custom resources (a PodMonitor) have no schema here: they are
+  listed as not validated, never passed silently;
 - for the spoke's chart: the FUSE holder's DaemonSet updates OnDelete and carries no checksum
   annotation (a values change or a new image never restarts it: that would take the node's
   mounts), the spoke's keeps RollingUpdate, neither selects the other's pods, and the sockets
-  agree (the holder serves where the spoke's config looks, and reads where the spoke serves). Custom resources (a PodMonitor) have no schema here: they are
-  listed as not validated, never passed silently.
+  agree (the holder serves where the spoke's config looks, and reads where the spoke serves);
+- probes, in each render: the hub's and the spoke's containers have startup, readiness and
+  liveness HTTP probes on the paths the binaries serve (/healthz, /readyz), each at a port
+  the container exposes, which is the port the rendered config's `[metrics] listen` names or
+  the CSI livenessprobe sidecar's --health-port (where only /healthz is served); where the
+  CSI plugin is on, the livenessprobe sidecar is there, its --csi-address is on a volume the
+  spoke container mounts at the directory of the config's `[csi] socket`, and the spoke's
+  liveness probe asks it.
 
 With --out DIR, each render is written to DIR/CHART/VALUES/ (one file per template), so that
 a test can load the configs the charts render with the binaries' own loaders.
@@ -51,6 +58,15 @@ CUSTOM_GROUPS = ("monitoring.coreos.com/",)
 # that Kubernetes defines, not the chart's settings, and need no comment each.
 FREE_MAPS = {"resources", "labels", "annotations", "nodeSelector", "affinity", "podAnnotations"}
 RELEASE = "ci"
+# What aqueduct-hub and aqueduct-spoke serve on their `[metrics] listen` port besides
+# /metrics (aqueduct_core::metrics), and what the livenessprobe sidecar serves.
+SERVED_PATHS = {"/healthz", "/readyz"}
+SIDECAR_PATHS = {"/healthz"}
+# The probes each binary's container must have, and the path each asks.
+REQUIRED_PROBES = {
+    "aqueduct-hub": {"startupProbe": "/healthz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"},
+    "aqueduct-spoke": {"startupProbe": "/healthz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"},
+}
 NAMESPACE = "aqueduct-system"
 
 
@@ -165,6 +181,84 @@ def check_holder(report, label, docs):
         report.ok(f"{label}: the holder updates OnDelete with no checksum, the spoke rolls, and their sockets agree ({shlex.join(container['args'])})")
 
 
+def config_value(docs, section, key):
+    """A key of a section of the hub.toml/spoke.toml that a rendered ConfigMap holds."""
+    for doc in docs:
+        if doc.get("kind") != "ConfigMap":
+            continue
+        for text in (doc.get("data") or {}).values():
+            match = re.search(r"^\[" + re.escape(section) + r"\]\n(?:(?!\[).*\n)*?" + key + r" = \"([^\"]*)\"", text, re.M)
+            if match:
+                return match.group(1)
+    return None
+
+
+def flag(args, name):
+    for a in args or []:
+        if a.startswith(f"--{name}="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def probe_problems(docs):
+    """What is wrong with the probes of the rendered workloads (empty: nothing)."""
+    problems = []
+    listen = config_value(docs, "metrics", "listen")
+    metrics_port = int(listen.rsplit(":", 1)[1]) if listen else None
+    csi_socket = config_value(docs, "csi", "socket")
+    for doc in docs:
+        if doc.get("kind") not in ("StatefulSet", "DaemonSet", "Deployment"):
+            continue
+        where = f"{doc['kind']}/{doc['metadata']['name']}"
+        containers = doc["spec"]["template"]["spec"].get("containers", [])
+        sidecar = next((c for c in containers if "/livenessprobe:" in c.get("image", "")), None)
+        sidecar_port = int(flag(sidecar.get("args"), "health-port") or 9808) if sidecar else None
+        for c in containers:
+            ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+            for kind, path in REQUIRED_PROBES.get(c["name"], {}).items():
+                if kind not in c:
+                    problems.append(f"{where} container {c['name']}: no {kind}")
+                elif c[kind].get("httpGet", {}).get("path") != path:
+                    problems.append(f"{where} container {c['name']}: {kind} does not ask {path}")
+            for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+                http = (c.get(kind) or {}).get("httpGet")
+                if not http:
+                    continue
+                port = http.get("port")
+                number = ports.get(port) if isinstance(port, str) else port
+                if number is None or number not in ports.values():
+                    problems.append(f"{where} container {c['name']}: {kind} port {port} is not one it exposes")
+                    continue
+                if sidecar_port is not None and number == sidecar_port:
+                    served, what = SIDECAR_PATHS, "the livenessprobe sidecar"
+                elif number == metrics_port:
+                    served, what = SERVED_PATHS, f"the binary on [metrics] listen port {metrics_port}"
+                else:
+                    problems.append(f"{where} container {c['name']}: {kind} port {number} serves no probe endpoint")
+                    continue
+                if http.get("path") not in served:
+                    problems.append(f"{where} container {c['name']}: {kind} path {http.get('path')} is not served by {what}")
+        spoke = next((c for c in containers if c["name"] == "aqueduct-spoke"), None)
+        if spoke is None or csi_socket is None:
+            continue
+        if sidecar is None:
+            problems.append(f"{where}: the CSI plugin is on, but there is no livenessprobe sidecar")
+            continue
+        address = flag(sidecar.get("args"), "csi-address") or ""
+        volume = next((m["name"] for m in sidecar.get("volumeMounts", []) if address == m["mountPath"].rstrip("/") + "/" + os.path.basename(address)), None)
+        spoke_mounts = {m["name"]: m["mountPath"].rstrip("/") for m in spoke.get("volumeMounts", [])}
+        if volume is None:
+            problems.append(f"{where}: the livenessprobe's --csi-address {address!r} is on none of its volumes")
+        elif spoke_mounts.get(volume) != os.path.dirname(csi_socket) or os.path.basename(address) != os.path.basename(csi_socket):
+            problems.append(f"{where}: the livenessprobe's {address} (volume {volume}) is not the spoke's CSI socket {csi_socket}")
+        liveness = (spoke.get("livenessProbe") or {}).get("httpGet", {})
+        port = liveness.get("port")
+        spoke_ports = {p.get("name"): p["containerPort"] for p in spoke.get("ports", [])}
+        if (spoke_ports.get(port) if isinstance(port, str) else port) != sidecar_port:
+            problems.append(f"{where}: the spoke's liveness probe does not ask the livenessprobe sidecar (port {sidecar_port})")
+    return problems
+
+
 def lint(report, chart_dir, label, values):
     result = helm.lint(chart_dir, values, strict=True, namespace=NAMESPACE, kube_version=f"v{KUBERNETES_VERSION}")
     problems = [f"{m.get('path')}: {m.get('error')}" for m in result.get("messages", []) if m.get("severity", 0) >= 2]
@@ -218,13 +312,20 @@ def check_chart(report, chart_dir, out):
             report.fail(f"{label}: render", [e])
             continue
         kinds = []
+        docs = []
         for template, doc in documents(rendered):
             kinds.append(doc.get("kind"))
+            docs.append(doc)
             validate_object(report, f"{label}: {template} {doc.get('kind')}/{doc.get('metadata', {}).get('name')}", doc)
         if not kinds:
             report.fail(f"{label}: the render holds no object")
         if name == "aqueduct-spoke":
             check_holder(report, label, list(documents(rendered)))
+        problems = probe_problems(docs)
+        if problems:
+            report.fail(f"{label}: probes", problems)
+        else:
+            report.ok(f"{label}: probes present, on exposed ports and served paths")
         notes = [t for t in rendered if t.endswith("NOTES.txt")]
         if notes and not rendered[notes[0]].strip():
             report.fail(f"{label}: NOTES.txt renders empty")

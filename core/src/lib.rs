@@ -7,7 +7,7 @@
 //! callers for one key share one in-flight future. The rest serves the binaries' edges:
 //! [`budget`] (a link's bytes per second), [`identity`] (who a certificate names), [`server`]
 //! (the TLS accept path, tonic's settings, per-key turns), [`metrics`] (the Prometheus
-//! endpoint) and [`edge`] (logging and signals). Each module that needs more than the standard
+//! endpoint), [`health`] (liveness, readiness, the gRPC health service) and [`edge`] (logging and signals). Each module that needs more than the standard
 //! library sits behind a feature of its name, so that a crate takes only what it uses.
 
 #[cfg(feature = "budget")]
@@ -15,6 +15,8 @@ pub mod budget;
 pub mod durable;
 #[cfg(feature = "edge")]
 pub mod edge;
+#[cfg(feature = "health")]
+pub mod health;
 #[cfg(feature = "identity")]
 pub mod identity;
 pub mod layout;

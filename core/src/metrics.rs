@@ -9,7 +9,12 @@
 //! ([`MetricsLimits`]): a connection cap (past it, new connections are closed at once), a
 //! deadline for a request's headers (a client that connects and sends nothing, or dribbles
 //! its headers, is dropped), headers of a few KiB, one request per connection, and only
-//! `GET /metrics`.
+//! `GET /metrics`, `GET /healthz` and `GET /readyz`.
+//!
+//! `/healthz` and `/readyz` answer from what the binary's [`Probes`] say (see
+//! [`health`](crate::health) where that comes from): 200 with `ok` / `ready`, or 503 with a
+//! short plain-text body naming what is not alive or not ready and why. Without probes (an
+//! exporter made with [`Exporter::new`]) both answer 404.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,11 +29,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-/// `[metrics]` in the hub's and the spoke's configs. Without the section, no endpoint.
+/// `[metrics]` in the hub's and the spoke's configs. Without the section, no endpoint (and no
+/// `/healthz` or `/readyz`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// Where to serve `GET /metrics`, `IP:PORT` (port 0: any free port, logged).
+    /// Where to serve `GET /metrics`, `/healthz` and `/readyz`, `IP:PORT` (port 0: any free
+    /// port, logged).
     pub listen: SocketAddr,
 }
 
@@ -66,17 +73,36 @@ impl MetricsLimits {
 /// smallest allowed buffer).
 const MAX_REQUEST_HEAD_BYTES: usize = 8 << 10;
 
+/// What `/healthz` and `/readyz` answer from. Cheap and non-blocking: they read what a
+/// check loop recorded, never do the checks themselves.
+pub trait Probes: Send + Sync {
+    /// `Err(why)`: the process should be restarted.
+    fn live(&self) -> Result<(), String>;
+    /// `Err(why)`: the process should get no traffic now.
+    fn ready(&self) -> Result<(), String>;
+}
+
 /// What the server encodes: the registry, and what refreshes its gauges before a scrape.
 /// Scrapes are serialised, so that a refresh and the encoding that follows see one state.
 pub struct Exporter {
     registry: Registry,
     refresh: Box<dyn Fn() + Send + Sync>,
     scrape: Mutex<()>,
+    probes: Option<Arc<dyn Probes>>,
 }
 
 impl Exporter {
     pub fn new(registry: Registry, refresh: impl Fn() + Send + Sync + 'static) -> Arc<Self> {
-        Arc::new(Self { registry, refresh: Box::new(refresh), scrape: Mutex::new(()) })
+        Arc::new(Self { registry, refresh: Box::new(refresh), scrape: Mutex::new(()), probes: None })
+    }
+
+    /// Also serves `/healthz` and `/readyz` from `probes`.
+    pub fn with_probes(
+        registry: Registry,
+        refresh: impl Fn() + Send + Sync + 'static,
+        probes: Arc<dyn Probes>,
+    ) -> Arc<Self> {
+        Arc::new(Self { registry, refresh: Box::new(refresh), scrape: Mutex::new(()), probes: Some(probes) })
     }
 
     /// The registry in the text format, refreshed first. Blocking (the refresh may read a
@@ -161,11 +187,26 @@ async fn answer(request: Request<Incoming>, exporter: Arc<Exporter>) -> Result<R
         *response.status_mut() = status;
         response
     };
-    if request.uri().path() != "/metrics" {
-        return Ok(reply(StatusCode::NOT_FOUND, "not found: metrics are at /metrics\n".into()));
-    }
+    let path = request.uri().path();
+    let probe = match (path, &exporter.probes) {
+        ("/metrics", _) => None,
+        ("/healthz", Some(p)) => Some((p.live(), "ok")),
+        ("/readyz", Some(p)) => Some((p.ready(), "ready")),
+        _ => {
+            let known = if exporter.probes.is_some() { "/metrics, /healthz and /readyz" } else { "/metrics" };
+            return Ok(reply(StatusCode::NOT_FOUND, format!("not found: this endpoint serves {known}\n")));
+        }
+    };
     if request.method() != Method::GET {
-        return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "only GET /metrics\n".into()));
+        return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, format!("only GET {path}\n")));
+    }
+    if let Some((verdict, fine)) = probe {
+        let (status, text) = probe_answer(verdict, fine);
+        let mut response = reply(status, text);
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("a valid header"));
+        return Ok(response);
     }
     match tokio::task::spawn_blocking(move || exporter.render()).await {
         Ok(text) => {
@@ -175,6 +216,36 @@ async fn answer(request: Request<Incoming>, exporter: Arc<Exporter>) -> Result<R
         }
         Err(e) => Ok(reply(StatusCode::INTERNAL_SERVER_ERROR, format!("the scrape failed: {e}\n"))),
     }
+}
+
+/// A probe's verdict as an HTTP answer: 200 with `fine`, or 503 with why.
+pub fn probe_answer(verdict: Result<(), String>, fine: &str) -> (StatusCode, String) {
+    match verdict {
+        Ok(()) => (StatusCode::OK, format!("{fine}\n")),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not {fine}:\n{why}\n")),
+    }
+}
+
+/// A family for `NAME_build_info`: value 1, labels `version` and, when the build had
+/// `AQUEDUCT_GIT_COMMIT` in its environment (the Dockerfiles pass it), `commit`.
+pub fn build_info(
+    version: &str,
+) -> prometheus_client::metrics::family::Family<Vec<(String, String)>, prometheus_client::metrics::gauge::Gauge> {
+    let family = prometheus_client::metrics::family::Family::<
+        Vec<(String, String)>,
+        prometheus_client::metrics::gauge::Gauge,
+    >::default();
+    family.get_or_create(&build_labels(version, option_env!("AQUEDUCT_GIT_COMMIT"))).set(1);
+    family
+}
+
+/// The labels of `*_build_info`: the version, and the commit when known (not empty).
+pub fn build_labels(version: &str, commit: Option<&str>) -> Vec<(String, String)> {
+    let mut labels = vec![("version".to_string(), version.to_string())];
+    if let Some(commit) = commit.map(str::trim).filter(|c| !c.is_empty()) {
+        labels.push(("commit".to_string(), commit.to_string()));
+    }
+    labels
 }
 
 #[cfg(test)]
@@ -210,6 +281,54 @@ mod tests {
         assert!(get(addr, "/").await.starts_with("HTTP/1.1 404"));
         stop.cancel();
         server.await.unwrap();
+    }
+
+    struct Fixed(Mutex<(Result<(), String>, Result<(), String>)>);
+
+    impl Probes for Fixed {
+        fn live(&self) -> Result<(), String> {
+            self.0.lock().unwrap().0.clone()
+        }
+        fn ready(&self) -> Result<(), String> {
+            self.0.lock().unwrap().1.clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn healthz_and_readyz_answer_from_the_probes_with_503_and_why() {
+        let probes = Arc::new(Fixed(Mutex::new((Ok(()), Err("hub: not connected".into())))));
+        let exporter = Exporter::with_probes(Registry::default(), || {}, probes.clone());
+        let (listener, addr) = bind(&MetricsConfig { listen: "127.0.0.1:0".parse().unwrap() }).await.unwrap();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, exporter, MetricsLimits::default(), stop.clone()));
+        let live = get(addr, "/healthz").await;
+        assert!(live.starts_with("HTTP/1.1 200") && live.ends_with("\r\n\r\nok\n"), "{live}");
+        let ready = get(addr, "/readyz").await;
+        assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+        assert!(ready.ends_with("not ready:\nhub: not connected\n"), "{ready}");
+        *probes.0.lock().unwrap() = (Err("stuck".into()), Ok(()));
+        assert!(get(addr, "/readyz").await.ends_with("\r\n\r\nready\n"));
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 503"));
+        assert!(get(addr, "/metrics").await.starts_with("HTTP/1.1 200"));
+        stop.cancel();
+        server.await.unwrap();
+
+        // Without probes, there are no probe paths.
+        let exporter = Exporter::new(Registry::default(), || {});
+        let (listener, addr) = bind(&MetricsConfig { listen: "127.0.0.1:0".parse().unwrap() }).await.unwrap();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, exporter, MetricsLimits::default(), stop.clone()));
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 404"));
+        stop.cancel();
+        server.await.unwrap();
+    }
+
+    #[test]
+    fn build_labels_carry_the_commit_only_when_known() {
+        let pairs = |l: Vec<(String, String)>| l.into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>();
+        assert_eq!(pairs(build_labels("0.1.0", None)), ["version=0.1.0"]);
+        assert_eq!(pairs(build_labels("0.1.0", Some(" "))), ["version=0.1.0"]);
+        assert_eq!(pairs(build_labels("0.1.0", Some("3f9bc1c"))), ["version=0.1.0", "commit=3f9bc1c"]);
     }
 
     /// Reads until the server closes the connection (or 10 s pass, a generous bound that only

@@ -97,6 +97,12 @@ fn charts_lint_render_validate_and_refuse_bad_values() {
         "aqueduct-hub invalid/negative-volume.yaml: refused",
         "aqueduct-spoke invalid/limit-without-unit.yaml: refused",
         "aqueduct-hub invalid/relay-memory-without-unit.yaml: refused",
+        "aqueduct-spoke default-values.yaml: probes present, on exposed ports and served paths",
+        "aqueduct-spoke memory-only-values.yaml: probes present, on exposed ports and served paths",
+        "aqueduct-spoke region-values.yaml: probes present, on exposed ports and served paths",
+        "aqueduct-spoke no-csi-values.yaml: probes present, on exposed ports and served paths",
+        "aqueduct-hub default-values.yaml: probes present, on exposed ports and served paths",
+        "aqueduct-hub loadbalancer-values.yaml: probes present, on exposed ports and served paths",
     ] {
         assert!(text.lines().any(|l| l.starts_with("ok ") && l.contains(needle)), "no `ok {needle}` in\n{text}");
     }
@@ -136,6 +142,12 @@ fn charts_lint_render_validate_and_refuse_bad_values() {
         assert!(holder.contains(&format!("--socket={socket}")), "{values}: the holder is not at {socket}\n{holder}");
         assert!(holder.contains("type: OnDelete") && !holder.contains("checksum/"), "{values}: {holder}");
         assert_eq!(holder.contains("--store=/var/lib/aqueduct-spoke"), !memory_only, "{values}: {holder}");
+        // The CSI livenessprobe sidecar, on the plugin's socket; the probes on the spoke.
+        assert!(daemonset.contains("image: registry.k8s.io/sig-storage/livenessprobe:"), "{values}: {daemonset}");
+        assert!(daemonset.contains("- --csi-address=/csi/csi.sock"), "{values}");
+        for probe in ["startupProbe:", "readinessProbe:", "livenessProbe:", "path: /readyz", "port: healthz"] {
+            assert!(daemonset.contains(probe), "{values}: no {probe} in the DaemonSet");
+        }
     }
     let region = rendered(out.path(), "aqueduct-spoke", "region", "configmap.yaml");
     assert!(region.contains("disk = \"1.5TiB\"") && region.contains("namespace = \"inference\""), "{region}");
@@ -169,7 +181,17 @@ fn charts_lint_render_validate_and_refuse_bad_values() {
             (connections, relay_memory)
         );
     }
+    // Without the CSI plugin: no livenessprobe sidecar, and the liveness probe asks the spoke.
+    let daemonset = rendered(out.path(), "aqueduct-spoke", "no-csi", "daemonset.yaml");
+    assert!(!daemonset.contains("livenessprobe") && !daemonset.contains("port: healthz"), "{daemonset}");
+    assert!(daemonset.contains("httpGet: {path: /healthz, port: metrics}"), "{daemonset}");
     let statefulset = rendered(out.path(), "aqueduct-hub", "loadbalancer", "statefulset.yaml");
+    // With metrics unpublished, the endpoint still serves the probes.
+    for probe in
+        ["startupProbe:", "httpGet: {path: /readyz, port: metrics}", "httpGet: {path: /healthz, port: metrics}"]
+    {
+        assert!(statefulset.contains(probe), "no {probe} in\n{statefulset}");
+    }
     assert!(statefulset.contains("--host aqueduct-hub.dc1.example.com --host 10.20.0.15"), "{statefulset}");
 }
 
@@ -189,6 +211,15 @@ fn chart_checker_fails_on_a_broken_chart() {
     .unwrap();
     std::fs::write(chart.join("ci/invalid/not-bad-at-all.yaml"), "# expect: /cache/medium\ncache: {medium: disk}\n")
         .unwrap();
+    // Probes that ask a path nobody serves, and a livenessprobe on another port than the one
+    // the spoke's liveness probe asks.
+    let daemonset = chart.join("templates/daemonset.yaml");
+    let text = std::fs::read_to_string(&daemonset).unwrap();
+    let broken = text
+        .replace("httpGet: {path: /readyz, port: metrics}", "httpGet: {path: /ready, port: metrics}")
+        .replace("--health-port={{ .Values.csi.livenessProbe.port }}", "--health-port=9809");
+    assert_ne!(broken, text);
+    std::fs::write(&daemonset, broken).unwrap();
     let Some((ok, text)) = check_charts(&[chart], None) else { return };
     assert!(!ok, "a broken chart passed:\n{text}");
     assert!(text.lines().any(|l| l.starts_with("FAIL") && l.contains("broken.yaml Service/broken")), "{text}");
@@ -197,6 +228,14 @@ fn chart_checker_fails_on_a_broken_chart() {
         text.lines().any(|l| l.starts_with("FAIL") && l.contains("not-bad-at-all.yaml: bad values were accepted")),
         "{text}"
     );
+    assert!(text.lines().any(|l| l.starts_with("FAIL") && l.contains("default-values.yaml: probes")), "{text}");
+    for problem in [
+        "readinessProbe does not ask /readyz",
+        "readinessProbe path /ready is not served by the binary",
+        "the spoke's liveness probe does not ask the livenessprobe sidecar (port 9809)",
+    ] {
+        assert!(text.contains(problem), "no `{problem}` in\n{text}");
+    }
 }
 
 /// `systemd-analyze verify` on the unit, as installed except for ExecStart, which points at

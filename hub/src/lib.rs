@@ -8,7 +8,8 @@
 //! Modules, from the bottom up: [`source`] (listing and reading sources: directories, S3),
 //! [`chunker`] (FastCDC + BLAKE3), [`rollout`] (the rollout lifecycle's rules, pure),
 //! [`store`] (the metadata store), [`snapshot`] (cutting a version), [`auth`] and [`pki`]
-//! (identities and certificates), [`metrics`] (Prometheus), [`live`] (what the hub keeps in
+//! (identities and certificates), [`metrics`] (Prometheus), [`health`] (what readiness
+//! checks: the database and the sources), [`live`] (what the hub keeps in
 //! memory: live members and their reports, budgets, the relay's ledger, change notices), then
 //! the two services, siblings that share `live` and never call each other: [`api`] (the
 //! admin API) and [`relay`] (the spokes' API and chunk relay). Here: [`init`] (its steps,
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod chunker;
 pub mod config;
 mod error;
+pub mod health;
 pub mod live;
 pub mod metrics;
 pub mod pki;
@@ -118,12 +120,23 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
     let authority = Arc::new(Authority::load(&config.resolve(&config.tls.ca), &config.resolve(&config.tls.ca_key))?);
     let live = live::Live { stopping: shutdown.clone(), ..Default::default() };
     let flusher = tokio::spawn(live.ledger.clone().run(db.clone(), shutdown.clone()));
+    // Readiness (the database answers, the sources are reachable), checked by one loop; the
+    // probes and the gRPC health service read what it found.
+    let health = aqueduct_core::health::Health::new(vec![
+        <AdminServer<api::AdminService> as tonic::server::NamedService>::NAME,
+        <SpokeServer<relay::SpokeService> as tonic::server::NamedService>::NAME,
+    ])
+    .await;
+    let checks = health::HubChecks::new(db.clone(), hub_files(&config));
+    tokio::spawn(aqueduct_core::health::run(health.clone(), checks, shutdown.clone()));
     if let Some(metrics) = &config.metrics {
         let (listener, _) = aqueduct_core::metrics::bind(metrics).await?;
         let (state, members, hub_metrics) = (db.clone(), live.members.clone(), live.metrics.clone());
-        let exporter = aqueduct_core::metrics::Exporter::new(live.metrics.registry(), move || {
-            hub_metrics.refresh(state.as_ref(), |region| members.members(region).len())
-        });
+        let exporter = aqueduct_core::metrics::Exporter::with_probes(
+            live.metrics.registry(),
+            move || hub_metrics.refresh(state.as_ref(), |region| members.members(region).len()),
+            health.clone(),
+        );
         tokio::spawn(aqueduct_core::metrics::serve(listener, exporter, config.limits.metrics(), shutdown.clone()));
         tokio::spawn(live.metrics.clone().run(shutdown.clone()));
     }
@@ -142,6 +155,7 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
     // A spoke that vanishes without closing its connection stops being a member of its region
     // when its keepalive goes unanswered.
     aqueduct_core::server::grpc_server(config.limits.max_streams_per_connection, KEEPALIVE)
+        .add_service(health.grpc_service())
         .add_service(admin)
         .add_service(spoke)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())

@@ -86,6 +86,11 @@ impl HubMetrics {
     /// A registry (prefix `aqueduct_hub`) holding every metric.
     pub fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("aqueduct_hub");
+        r.register(
+            "build_info",
+            "1, labelled with the hub's version (and git commit when the build knew it)",
+            aqueduct_core::metrics::build_info(env!("CARGO_PKG_VERSION")),
+        );
         let rate = || Unit::Other("bytes_per_second".into());
         r.register_with_unit(
             "relayed",

@@ -10,7 +10,8 @@
 //! over a unix socket ([`local`]), through which the holder also reads.
 //! Chunks come from the hub or from peers through one seam ([`origin`]); every retry follows
 //! one policy ([`retry`]). The config file and its validation are [`config`]'s; this file
-//! only wires the parts together ([`run`]).
+//! only wires the parts together ([`run`]). Whether the spoke is ready (connected to the hub,
+//! its store usable) is [`health`]'s to check.
 //!
 //! The spokes of a region act as one cache: the hub tells each who the region's live members
 //! are, each chunk has an owner among them ([`peers`]), only the owner fetches it over the
@@ -33,6 +34,7 @@ pub mod catalog;
 pub mod config;
 pub mod controller;
 pub mod csi;
+pub mod health;
 pub mod holder;
 pub mod limits;
 pub mod local;
@@ -146,19 +148,36 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     let metrics = Arc::new(metrics::SpokeMetrics::default());
     // One budget for every transfer; the rate of each new assignments applies to it at once.
     let budget = Arc::new(Budget::new(u64::MAX));
+    // Readiness (the hub session is up, the store usable), checked by one loop; the probes,
+    // the local API's gRPC health service and the CSI Probe read what it found.
+    let link = Arc::new(health::HubLink::default());
+    let health = aqueduct_core::health::Health::new(vec![
+        <aqueduct_proto::spoke::v1::local_server::LocalServer<LocalService> as tonic::server::NamedService>::NAME,
+    ])
+    .await;
+    let checks = health::SpokeChecks {
+        link: link.clone(),
+        store_dir: (!config.cache.memory_only).then(|| config.data_dir.join("tmp")),
+        fuse: config.csi.is_some(),
+    };
+    tokio::spawn(aqueduct_core::health::run(health.clone(), checks, local_stop.clone()));
     if let Some(listen) = &config.metrics {
         let (listener, _) = aqueduct_core::metrics::bind(listen).await?;
         let (m, c, b) = (metrics.clone(), cache.clone(), budget.clone());
         let (held, runtime) = (mounts.clone(), tokio::runtime::Handle::current());
-        let exporter = aqueduct_core::metrics::Exporter::new(metrics.registry(), move || {
-            m.refresh(&c, &b);
-            // The holder counts the reads of the mounts it serves (render runs on a blocking
-            // thread, so waiting for its answer here is fine).
-            let asked = runtime.block_on(tokio::time::timeout(std::time::Duration::from_secs(2), held.reads()));
-            if let Ok(Ok(reads)) = asked {
-                m.set_fuse_reads(reads);
-            }
-        });
+        let exporter = aqueduct_core::metrics::Exporter::with_probes(
+            metrics.registry(),
+            move || {
+                m.refresh(&c, &b);
+                // The holder counts the reads of the mounts it serves (render runs on a blocking
+                // thread, so waiting for its answer here is fine).
+                let asked = runtime.block_on(tokio::time::timeout(std::time::Duration::from_secs(2), held.reads()));
+                if let Ok(Ok(reads)) = asked {
+                    m.set_fuse_reads(reads);
+                }
+            },
+            health.clone(),
+        );
         tokio::spawn(aqueduct_core::metrics::serve(listener, exporter, config.limits.metrics(), local_stop.clone()));
     }
     let origins = Arc::new(Network::new(hub, peers.clone()));
@@ -174,7 +193,8 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     let socket = config.socket();
     let service = LocalService { catalog: catalog.clone(), reader: reader.clone(), mounts: mounts.clone() };
     let max_streams = config.limits.max_streams_per_connection;
-    let local = tokio::spawn(local::serve(socket.clone(), service, max_streams, local_stop.clone()));
+    let local =
+        tokio::spawn(local::serve(socket.clone(), service, health.grpc_service(), max_streams, local_stop.clone()));
     info!(socket = %socket.display(), "local API listening");
     let mut csi = None;
     if let Some(csi_config) = config.csi.as_ref() {
@@ -194,13 +214,15 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
         )
         .await;
         let service = csi::service::NodeService { node: node.clone() };
-        let task = tokio::spawn(csi::serve(
-            csi_config.socket.clone(),
-            csi::service::IdentityService,
-            service,
-            max_streams,
-            local_stop.clone(),
-        ));
+        let (health, probing) = (health.clone(), node.clone());
+        let identity = csi::service::IdentityService {
+            ready: Arc::new(move || {
+                let (store, fuse) = (health.check("store"), health.check("fuse"));
+                health::csi_ready(store.as_ref(), fuse.as_ref(), health.alive(), probing.stopping())
+            }),
+        };
+        let task =
+            tokio::spawn(csi::serve(csi_config.socket.clone(), identity, service, max_streams, local_stop.clone()));
         info!(socket = %csi_config.socket.display(), driver = csi::DRIVER_NAME, "CSI node plugin listening");
         csi = Some((node, task));
     }
@@ -220,7 +242,7 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
         }
         _ => None,
     };
-    let parts = controller::Parts { peer_address, reader, cache, catalog, priority, holds, ready, budget };
+    let parts = controller::Parts { peer_address, reader, cache, catalog, priority, holds, ready, budget, link };
     controller::run(&config, endpoint, parts, &shutdown).await;
     // Nothing is unmounted: the pods' binds and the holder's mounts stay for the next spoke.
     if let Some((node, _)) = &csi {

@@ -182,12 +182,14 @@ impl Local for LocalService {
 pub async fn serve(
     path: PathBuf,
     service: LocalService,
+    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     max_streams: u32,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = bind_socket(&path)?;
     // Requests are small; answers go up to a manifest (`Resolve`).
     let result = aqueduct_core::server::grpc_server(max_streams, aqueduct_core::server::KEEPALIVE)
+        .add_service(health)
         .add_service(
             LocalServer::new(service)
                 .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES)

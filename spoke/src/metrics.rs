@@ -86,6 +86,11 @@ impl SpokeMetrics {
     /// A registry (prefix `aqueduct_spoke`) holding every metric.
     pub fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("aqueduct_spoke");
+        r.register(
+            "build_info",
+            "1, labelled with the spoke's version (and git commit when the build knew it)",
+            aqueduct_core::metrics::build_info(env!("CARGO_PKG_VERSION")),
+        );
         r.register_with_unit(
             "received",
             "Bytes of chunks received, verified, per origin (hub: over the link; peer) and dataset",

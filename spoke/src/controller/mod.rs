@@ -36,6 +36,7 @@ use self::plan::{Memory, Observed, Plan, Step, VersionKey};
 use crate::cache::TieredStore;
 use crate::catalog::Catalog;
 use crate::config::SpokeConfig;
+use crate::health::HubLink;
 use crate::operator::region::{Holds, ReadyVersions};
 use crate::peers::Peers;
 use crate::priority::Priority;
@@ -65,6 +66,8 @@ pub struct Parts {
     pub ready: Arc<ReadyVersions>,
     /// The link budget every transfer takes from.
     pub budget: Arc<Budget>,
+    /// Whether the session with the hub is up (readiness).
+    pub link: Arc<HubLink>,
 }
 
 /// Why a session with the hub ended.
@@ -101,6 +104,9 @@ pub async fn run(config: &SpokeConfig, endpoint: Endpoint, parts: Parts, shutdow
         };
         if watched {
             retry.reset();
+        }
+        match &ended {
+            Ended::Hub(reason) | Ended::NameTaken(reason) => controller.parts.link.down(reason),
         }
         let complain = last_complaint.is_none_or(|t| t.elapsed() >= COMPLAIN_EVERY);
         let wait = match ended {
@@ -172,6 +178,7 @@ impl Controller<'_> {
             .ok_or_else(|| "the hub closed the watch".to_string())?;
         let token = first.session.clone();
         *watched = true;
+        parts.link.up();
         memory.new_session();
         // Assignments queue for the loop below.
         let (updates, mut assigned) = mpsc::channel(16);
@@ -181,6 +188,7 @@ impl Controller<'_> {
             parts.reader.peers().clone(),
             parts.catalog.clone(),
             parts.budget.clone(),
+            parts.link.clone(),
             updates,
         )));
         info!("connected to the hub, watching for work");
@@ -345,6 +353,7 @@ async fn follow_watch(
     peers: Arc<Peers>,
     catalog: Arc<Catalog>,
     budget: Arc<Budget>,
+    link: Arc<HubLink>,
     updates: mpsc::Sender<Result<pb::Assignments, String>>,
 ) {
     let mut first = Some(first);
@@ -372,6 +381,10 @@ async fn follow_watch(
             Err(status) => Err(status.message().to_string()),
         };
         let ended = update.is_err();
+        if let Err(why) = &update {
+            // At once, not when the controller next looks: it may be replicating.
+            link.down(why);
+        }
         if updates.send(update).await.is_err() || ended {
             return;
         }

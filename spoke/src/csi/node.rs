@@ -114,6 +114,11 @@ pub async fn wait_until_ready(
 }
 
 impl Node {
+    /// Whether the node is stopping (it takes no new publishes).
+    pub fn stopping(&self) -> bool {
+        self.stopping.is_cancelled()
+    }
+
     /// The node plugin, with the publications an earlier spoke left (see [`Node::recover`]).
     pub async fn start(parts: NodeParts, stopping: CancellationToken) -> Arc<Self> {
         let root = parts.data_dir.join("csi/mounts");

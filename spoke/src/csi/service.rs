@@ -13,7 +13,11 @@ use super::DRIVER_NAME;
 use super::node::Node;
 use super::volume::{Publish, ids};
 
-pub struct IdentityService;
+/// Answers `Probe` from `ready`: `Ok(true)` ready, `Ok(false)` still starting, `Err(why)`
+/// unhealthy (FAILED_PRECONDITION with why, which the livenessprobe sidecar logs).
+pub struct IdentityService {
+    pub ready: Arc<dyn Fn() -> Result<bool, String> + Send + Sync>,
+}
 
 #[tonic::async_trait]
 impl csi::identity_server::Identity for IdentityService {
@@ -38,10 +42,14 @@ impl csi::identity_server::Identity for IdentityService {
         Ok(Response::new(csi::GetPluginCapabilitiesResponse { capabilities: Vec::new() }))
     }
 
-    /// Ready once serving: publishes themselves wait for what they need.
+    /// Ready when the node can publish: the store is usable and FUSE mounts can be made
+    /// (see `crate::health::csi_ready`).
     #[instrument(skip_all)]
     async fn probe(&self, _request: Request<csi::ProbeRequest>) -> Result<Response<csi::ProbeResponse>, Status> {
-        Ok(Response::new(csi::ProbeResponse { ready: Some(true) }))
+        match (self.ready)() {
+            Ok(ready) => Ok(Response::new(csi::ProbeResponse { ready: Some(ready) })),
+            Err(why) => Err(Status::failed_precondition(format!("the node plugin cannot publish: {why}"))),
+        }
     }
 }
 
