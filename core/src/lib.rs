@@ -4,7 +4,8 @@
 //! [`durable`] writes the small files hub and spoke keep (atomically, fsynced); [`layout`] is
 //! where the chunk store keeps each chunk (the spoke writes it, the FUSE holder reads it); [`lru`] is the
 //! weighted least-recently-used order behind every cache; [`singleflight`] makes concurrent
-//! callers for one key share one in-flight future. The rest serves the binaries' edges:
+//! callers for one key share one in-flight future; [`socket`] binds the private unix sockets of
+//! a node's local APIs. The rest serves the binaries' edges:
 //! [`budget`] (a link's bytes per second), [`identity`] (who a certificate names), [`server`]
 //! (the TLS accept path, tonic's settings, per-key turns), [`metrics`] (the Prometheus
 //! endpoint), [`health`] (liveness, readiness, the gRPC health service) and [`edge`] (logging and signals). Each module that needs more than the standard
@@ -27,3 +28,4 @@ pub mod metrics;
 pub mod server;
 #[cfg(feature = "singleflight")]
 pub mod singleflight;
+pub mod socket;

@@ -34,6 +34,8 @@ pub enum SourceKind {
 }
 
 pub mod holders;
+pub mod hub_binary;
+pub mod kubelet;
 pub mod netns;
 
 pub struct World {

@@ -2,10 +2,10 @@
 //! with real FUSE and bind mounts, a real hub over mutual TLS and S3 (needs root and
 //! /dev/fuse).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use aqueduct_e2e::kubelet::{publish, unpublish};
 use aqueduct_e2e::{SourceKind, World, io, local_client, socket_of, world, write_model};
 use aqueduct_proto::csi::v1 as csi;
 use aqueduct_proto::csi::v1::identity_client::IdentityClient;
@@ -112,24 +112,6 @@ async fn csi_region(w: &mut World, rate: u64) -> (PathBuf, PathBuf) {
     std::fs::write(&config, text).unwrap();
     let data_dir = config.parent().unwrap().join("store");
     (config, data_dir)
-}
-
-fn publish(volume_id: &str, target: &Path, attributes: &[(&str, &str)]) -> csi::NodePublishVolumeRequest {
-    csi::NodePublishVolumeRequest {
-        volume_id: volume_id.into(),
-        target_path: target.display().to_string(),
-        volume_capability: Some(csi::VolumeCapability {
-            access_mode: Some(AccessMode { mode: Mode::MultiNodeReaderOnly as i32 }),
-            access_type: Some(AccessType::Mount(Default::default())),
-        }),
-        readonly: true,
-        volume_context: attributes.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>(),
-        ..Default::default()
-    }
-}
-
-fn unpublish(volume_id: &str, target: &Path) -> csi::NodeUnpublishVolumeRequest {
-    csi::NodeUnpublishVolumeRequest { volume_id: volume_id.into(), target_path: target.display().to_string() }
 }
 
 /// A request the caller gives up on after `deadline` (as the kubelet does).

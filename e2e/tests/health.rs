@@ -74,17 +74,7 @@ impl Hub {
     fn init(dir: &Path) -> Self {
         let (listen, metrics) = (free_port(), free_port());
         let data = dir.join("hub");
-        let init = std::process::Command::new(bin("aqueduct-hub"))
-            .args(["init", "--data-dir"])
-            .arg(&data)
-            .args(["--listen", &listen.to_string()])
-            .output()
-            .unwrap();
-        assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
-        let config = data.join("hub.toml");
-        let mut text = std::fs::read_to_string(&config).unwrap();
-        text.push_str(&format!("\n[metrics]\nlisten = \"{metrics}\"\n"));
-        std::fs::write(&config, text).unwrap();
+        let config = aqueduct_e2e::hub_binary::init(&data, listen, &format!("\n[metrics]\nlisten = \"{metrics}\"\n"));
         let url = format!("https://127.0.0.1:{}", listen.port());
         Self { config, data, url, metrics, log: dir.join("hub.log") }
     }

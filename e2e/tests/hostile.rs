@@ -212,17 +212,7 @@ async fn hostile_clients_cannot_exhaust_the_hub() {
     // The real hub binary, with the limits above.
     let listen = free_port();
     let data = root.join("hub");
-    let init = std::process::Command::new(bin("aqueduct-hub"))
-        .args(["init", "--data-dir"])
-        .arg(&data)
-        .args(["--listen", &listen.to_string()])
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
-    let config = data.join("hub.toml");
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&limits_section());
-    std::fs::write(&config, text).unwrap();
+    let config = aqueduct_e2e::hub_binary::init(&data, listen, &limits_section());
     let log = root.join("hub.log");
     let mut children = Children::default();
     children.0.push(spawn_logged(

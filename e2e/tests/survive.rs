@@ -9,11 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use aqueduct_e2e::kubelet::{self, unpublish};
 use aqueduct_e2e::{Children, SourceKind, World, bin, local_client, mount_when_known, socket_of, spawn_logged, world};
 use aqueduct_proto::csi::v1 as csi;
 use aqueduct_proto::csi::v1::node_client::NodeClient;
-use aqueduct_proto::csi::v1::volume_capability::access_mode::Mode;
-use aqueduct_proto::csi::v1::volume_capability::{AccessMode, AccessType};
 use aqueduct_testkit::{can_mount_fuse, noise};
 use tonic::transport::Channel;
 
@@ -53,22 +52,7 @@ async fn csi_node(socket: &Path) -> NodeClient<Channel> {
 /// A publish of `llama@v1` at `target`, allowed to start before the version is Ready (so that
 /// its reads come over the slow link).
 fn publish(volume_id: &str, target: &Path) -> csi::NodePublishVolumeRequest {
-    let attributes = [("dataset", "llama"), ("version", "1"), ("startBeforeReady", "true")];
-    csi::NodePublishVolumeRequest {
-        volume_id: volume_id.into(),
-        target_path: target.display().to_string(),
-        volume_capability: Some(csi::VolumeCapability {
-            access_mode: Some(AccessMode { mode: Mode::MultiNodeReaderOnly as i32 }),
-            access_type: Some(AccessType::Mount(Default::default())),
-        }),
-        readonly: true,
-        volume_context: attributes.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        ..Default::default()
-    }
-}
-
-fn unpublish(volume_id: &str, target: &Path) -> csi::NodeUnpublishVolumeRequest {
-    csi::NodeUnpublishVolumeRequest { volume_id: volume_id.into(), target_path: target.display().to_string() }
+    kubelet::publish(volume_id, target, &[("dataset", "llama"), ("version", "1"), ("startBeforeReady", "true")])
 }
 
 /// The kubelet's target path of volume `pv` for pod `uid`.

@@ -201,18 +201,7 @@ pub async fn serve(
     result.map_err(std::io::Error::other)
 }
 
-/// Listens on a unix socket at `path`, only for this user (mode 0600), creating its directory
-/// and replacing a socket an earlier spoke left there.
+/// The private socket at `path` ([`aqueduct_core::socket::bind_private`]) for tokio.
 pub(crate) fn bind_socket(path: &std::path::Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    UnixListener::from_std(aqueduct_core::socket::bind_private(path)?)
 }

@@ -76,20 +76,10 @@ impl HolderApi for HolderService {
     }
 }
 
-/// Listens on a unix socket at `path`, only for this user (mode 0600), creating its directory
-/// and replacing a socket an earlier holder left there.
+/// Listens on the holder's private socket at `path` ([`aqueduct_core::socket::bind_private`]),
+/// replacing one an earlier holder left there.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    UnixListener::from_std(aqueduct_core::socket::bind_private(path)?)
 }
 
 /// Serves the API on `listener` until `shutdown` fires.
