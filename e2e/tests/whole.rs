@@ -131,12 +131,7 @@ async fn with_whole_copies_off_reads_take_the_copy_route() {
     let mut w = world(aqueduct_e2e::SourceKind::S3).await;
     let files = model(&mut w).await;
     let config = w.region("eu", 64 << 30).await;
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    if !text.contains("[mounts]") {
-        text.push_str("[mounts]\n");
-    }
-    text.push_str("whole_files = \"0B\"\n");
-    std::fs::write(&config, text).unwrap();
+    aqueduct_e2e::holders::without_whole_files(&config);
     let data_dir = config.parent().unwrap().join("store");
     let _spoke = w.start_spoke(&config);
     let mut local = local_client(&socket_of(&config)).await;
