@@ -5,7 +5,9 @@
 //! budget, one spoke each, mounts hosted by the spokes. Printed, in one run, as MiB/s and as
 //! a ratio to the native read of the same files from this machine's page cache:
 //! - warm: a fresh mount of the replicated version (chunks in the spoke's store, none yet in
-//!   its memory);
+//!   its memory), after the holder made its whole copies (waited for, and said so), against a
+//!   plain read of the same chunk files, with the page cache warm and with it dropped
+//!   (`echo 3 > /proc/sys/vm/drop_caches`), side by side;
 //! - cold: a fresh mount in the other region, read as soon as its rollout starts
 //!   (read-through from the hub, ahead of replication), next to a plain GET of the same
 //!   objects from the same S3 server;
@@ -69,17 +71,51 @@ fn main() {
         };
         let (cold_dir, warm_dir) = (mount("cold"), mount("warm"));
         // Warm: a region that replicated the version and has read nothing yet (its spoke's
-        // memory holds no chunk), so reads come from its chunk store.
+        // memory holds no chunk). A first mount has the holder make its whole copies (verified,
+        // passed to the kernel by FUSE passthrough); the bench waits for them, then compares a
+        // fresh mount with a plain read of the same chunk files, page cache warm and dropped.
         let config = w.region("warm", 64 << 30).await;
         w.start_spoke(&config);
         let mut warm_local = local_client(&socket_of(&config)).await;
         w.rollout(1, &["warm"]).await;
         w.wait_ready(1).await;
+        let store = config.parent().unwrap().join("store");
+        let chunks_dir = store.join("chunks");
         mount_when_known(&mut warm_local, "llama", 1, &warm_dir).await.unwrap();
+        let waited = Instant::now();
+        let whole = wait_for_whole_copies(&store, files.len() as u64).await;
+        let made = match &whole {
+            Some(h) => format!(
+                "whole copies made before the warm reads: {} files, {} MiB, waited {:.1} s for them",
+                h.ready,
+                h.ready_bytes >> 20,
+                waited.elapsed().as_secs_f64()
+            ),
+            None => "whole copies: none (off, or not made in time): warm reads take the copy route".into(),
+        };
+        // Page cache warm: the chunk files read twice, the mount's files read once through a
+        // first mount; then a fresh mount.
+        let dir = chunks_dir.clone();
+        let native_chunks_warm = tokio::task::spawn_blocking(move || {
+            read_chunk_files(&dir);
+            read_chunk_files(&dir)
+        })
+        .await
+        .unwrap();
+        blocking_read(&warm_dir, &files).await;
+        remount(&mut warm_local, &warm_dir).await;
         let warm = blocking_read(&warm_dir, &files).await;
         let cached = blocking_read(&warm_dir, &files).await;
-        let chunks_dir = config.parent().unwrap().join("store/chunks");
-        let verified_native = tokio::task::spawn_blocking(move || read_and_hash_chunks(&chunks_dir)).await.unwrap();
+        let dir = chunks_dir.clone();
+        let verified_native = tokio::task::spawn_blocking(move || read_and_hash_chunks(&dir)).await.unwrap();
+        // Page cache dropped: the same, each read after `echo 3 > /proc/sys/vm/drop_caches`.
+        drop_caches();
+        let dir = chunks_dir.clone();
+        let native_chunks_dropped = tokio::task::spawn_blocking(move || read_chunk_files(&dir)).await.unwrap();
+        remount(&mut warm_local, &warm_dir).await;
+        drop_caches();
+        let warm_dropped = blocking_read(&warm_dir, &files).await;
+        let passed = holder_whole(&store).await.map_or(0, |h| h.passthrough_opens);
         // Cold: another region, read the moment its rollout starts.
         let config = w.region("cold", 64 << 30).await;
         w.start_spoke(&config);
@@ -101,7 +137,7 @@ fn main() {
         row("plain S3 GET from the same server", get);
         row("aqueduct cold (read-through, fresh spoke)", cold);
         row("native read + BLAKE3 of the store's chunk files", verified_native);
-        row("aqueduct warm (chunks in the spoke's store)", warm);
+        row("aqueduct warm (fresh mount, whole copies made)", warm);
         row("aqueduct cached (same mount, again)", cached);
         for (what, rate) in &peers {
             match rate {
@@ -111,6 +147,15 @@ fn main() {
         }
         println!("aqueduct cold / plain S3 GET: {:.3}", cold / get);
         println!("aqueduct warm / native read + BLAKE3 of the chunk files: {:.3}", warm / verified_native);
+        println!();
+        println!("Warm read (a fresh mount of the replicated version) / native read of the same chunk files");
+        println!("{made}; opens passed through by the holder: {passed}");
+        println!("{:<22} {:>20} {:>20} {:>8}", "page cache", "native chunks MiB/s", "aqueduct warm MiB/s", "ratio");
+        for (what, native, ours) in
+            [("warm", native_chunks_warm, warm), ("dropped (echo 3)", native_chunks_dropped, warm_dropped)]
+        {
+            println!("{what:<22} {native:>20.1} {ours:>20.1} {:>8.3}", ours / native);
+        }
         for (what, rate) in &peers {
             if let Ok(rate) = rate {
                 let ours = if what.contains("cold") { cold } else { cached };
@@ -123,6 +168,62 @@ fn main() {
 async fn blocking_read(dir: &Path, files: &[String]) -> f64 {
     let (dir, files): (PathBuf, Vec<String>) = (dir.to_owned(), files.to_vec());
     tokio::task::spawn_blocking(move || read_all(&dir, &files)).await.unwrap()
+}
+
+/// Unmounts `dir` and mounts `llama@v1` there again: a fresh mount (new inodes, nothing of the
+/// old mount's page cache).
+async fn remount(
+    local: &mut aqueduct_proto::spoke::v1::local_client::LocalClient<tonic::transport::Channel>,
+    dir: &Path,
+) {
+    local.unmount(local::UnmountRequest { mountpoint: dir.display().to_string() }).await.unwrap();
+    mount_when_known(local, "llama", 1, dir).await.unwrap();
+}
+
+/// What the region's holder reports of whole copies (None: off).
+async fn holder_whole(store: &Path) -> Option<aqueduct_proto::holder::v1::WholeFiles> {
+    let mut holder = aqueduct_spoke::holder::connect(&store.join("holder.sock")).await.ok()?;
+    holder.list(local::ListMountsRequest {}).await.ok()?.into_inner().whole
+}
+
+/// Waits (up to 10 minutes) until the holder has `files` verified whole copies and none pending.
+async fn wait_for_whole_copies(store: &Path, files: u64) -> Option<aqueduct_proto::holder::v1::WholeFiles> {
+    let started = Instant::now();
+    while started.elapsed().as_secs() < 600 {
+        let whole = holder_whole(store).await?;
+        if whole.ready >= files && whole.pending == 0 {
+            return Some(whole);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    None
+}
+
+/// Writes dirty pages out and drops the page cache (root).
+fn drop_caches() {
+    let _ = std::process::Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").expect("dropping the page cache needs root");
+}
+
+/// Reads every chunk file of a store's `chunks` directory through one 1 MiB buffer; MiB/s.
+fn read_chunk_files(dir: &Path) -> f64 {
+    use std::io::Read;
+    let started = Instant::now();
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    for shard in std::fs::read_dir(dir).unwrap().flatten() {
+        for chunk in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            let mut file = std::fs::File::open(chunk.path()).unwrap();
+            loop {
+                let n = file.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+            }
+        }
+    }
+    total as f64 / f64::from(1 << 20) / started.elapsed().as_secs_f64()
 }
 
 /// MiB/s of plain GETs of the objects from the world's S3 server.

@@ -18,6 +18,18 @@ pub fn with_holder_binary(config: std::path::PathBuf) -> std::path::PathBuf {
     config
 }
 
+/// Turns the holder's whole copies off in a spoke config (`[mounts] whole_files = "0B"`): its
+/// mounts then serve every read through the copy route (each chunk verified when loaded).
+pub fn without_whole_files(config: &Path) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let text = if text.contains("[mounts]\n") {
+        text.replacen("[mounts]\n", "[mounts]\nwhole_files = \"0B\"\n", 1)
+    } else {
+        format!("{text}[mounts]\nwhole_files = \"0B\"\n")
+    };
+    std::fs::write(config, text).unwrap();
+}
+
 /// The pids in the `holder.pid` files under `root` (up to three levels down): the FUSE holders
 /// spokes started there.
 pub fn holder_pids(root: &Path) -> Vec<u32> {

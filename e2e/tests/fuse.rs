@@ -39,6 +39,9 @@ async fn a_region_reads_its_versions_through_fuse_before_and_after_they_arrive()
     w.snapshot().await;
     // A slow link: the version takes seconds to replicate, reads fetch ahead of it.
     let config = w.region("eu", MIB).await;
+    // The copy route (reads served by the holder, each chunk verified when loaded), which the
+    // rotten-chunk check below needs: a whole copy would serve those reads without the store.
+    aqueduct_e2e::holders::without_whole_files(&config);
     let metrics = with_spoke_metrics(&config);
     let spoke = w.start_spoke(&config);
     let socket = socket_of(&config);

@@ -280,6 +280,12 @@ impl<S: ChunkSource + 'static> VersionFs<S> {
         Ok(self.node(ino)?.attr.clone())
     }
 
+    /// The manifest's entry of a file.
+    pub fn file(&self, ino: Ino) -> Result<&aqueduct_proto::FileEntry, FsError> {
+        let index = self.node(ino)?.file.ok_or(FsError::IsDir)?;
+        self.manifest.files.get(index).ok_or(FsError::NotFound)
+    }
+
     pub fn lookup(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
         let node = self.node(parent)?;
         if node.attr.kind != Kind::Dir {

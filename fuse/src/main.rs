@@ -70,6 +70,11 @@ enum Command {
         /// How often a following mount asks the spoke for the active version.
         #[arg(long, default_value_t = 1)]
         follow_every_secs: u64,
+        /// Disk for whole copies of mounted files (STORE/files), verified and passed to the
+        /// kernel (FUSE passthrough) so that warm reads run at local-file speed; least recently
+        /// opened removed past it. 0 turns them off; none without --store.
+        #[arg(long, default_value = "16GiB")]
+        whole_files: aqueduct_proto::Size,
     },
 }
 
@@ -90,7 +95,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Mount { dataset, mountpoint, socket, cache_mib, follow_every_secs } => {
             mount(dataset, mountpoint, socket, cache_mib, Duration::from_secs(follow_every_secs.max(1))).await
         }
-        Command::Hold { socket, store, spoke_socket, cache_mib, follow_every_secs } => {
+        Command::Hold { socket, store, spoke_socket, cache_mib, follow_every_secs, whole_files } => {
             if let Err(missing) = aqueduct_fuse::mount::check_available() {
                 bail!("FUSE is not available: {missing}");
             }
@@ -100,6 +105,7 @@ async fn run() -> anyhow::Result<()> {
                 spoke_socket,
                 cache_bytes: cache_mib << 20,
                 follow_every: Duration::from_secs(follow_every_secs.max(1)),
+                whole_files_bytes: whole_files.0,
             };
             let shutdown = tokio_util::sync::CancellationToken::new();
             let stop = shutdown.clone();

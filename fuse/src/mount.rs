@@ -5,6 +5,15 @@
 //! there, so a cold read does not stall other readers. Versions are immutable, so attributes
 //! and entries get long TTLs and open files keep the kernel's page cache. The mount is
 //! read-only (`ro`): the kernel itself refuses writes with EROFS.
+//!
+//! With a [`Backing`] (the holder's whole copies), `open` hands the kernel a verified,
+//! read-only whole copy of the file when there is one (FUSE passthrough): reads then never
+//! reach this process. The kernel wants one backing file per inode for all its open handles,
+//! and refuses a passthrough open of an inode that is open through the page cache (and the
+//! reverse), so an inode's open handles all take one route ([`route`]) and share one
+//! `BackingId`, dropped with the last of them. A kernel or process that cannot pass through
+//! (no capability at INIT, BACKING_OPEN refused) is told to the `Backing` once; opens then
+//! take the copy route.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -14,10 +23,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
+use std::sync::atomic::AtomicBool;
+
+use aqueduct_proto::FileEntry;
 use fuser::{
-    BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, MountOption, Notifier, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    BackgroundSession, BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, Notifier, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use tracing::{instrument, warn};
 
@@ -73,19 +85,96 @@ pub trait ReadObserver: Send + Sync {
     fn read_done(&self, bytes: usize, elapsed: std::time::Duration, ok: bool);
 }
 
+/// Verified, read-only whole copies of files, which a mount passes to the kernel (FUSE
+/// passthrough) instead of answering reads itself.
+pub trait Backing: Send + Sync {
+    /// A whole copy of `file`, opened read-only, if one exists that this process verified.
+    fn open(&self, file: &FileEntry) -> Option<std::fs::File>;
+    /// An open was answered by passthrough.
+    fn passed_through(&self);
+    /// Passthrough cannot work here (`why`); called whenever it is found, to be told once.
+    fn unavailable(&self, why: &str);
+}
+
+/// How an inode's open handles are served.
+#[derive(Clone, Debug, Default)]
+enum Route {
+    /// Nothing open.
+    #[default]
+    Closed,
+    /// Through this process and the page cache: so many handles.
+    Copy(usize),
+    /// By the kernel from a backing file: so many handles, one id.
+    Passthrough(usize, Arc<BackingId>),
+}
+
+/// What an open of an inode whose handles take `now` may do: join the passthrough already
+/// there, try passthrough (nothing open), or take the copy route (copy handles are open, and
+/// the kernel would refuse a passthrough open beside them).
+#[derive(Debug, PartialEq, Eq)]
+enum OpenAs {
+    Join,
+    Try,
+    Copy,
+}
+
+fn route(now: &Route, passthrough_on: bool) -> OpenAs {
+    match now {
+        Route::Passthrough(..) => OpenAs::Join,
+        Route::Closed if passthrough_on => OpenAs::Try,
+        _ => OpenAs::Copy,
+    }
+}
+
+struct Handle {
+    ino: u64,
+    pattern: Arc<ReadPattern>,
+}
+
 pub struct FuseAdapter<S> {
     view: Arc<View<S>>,
     observer: Option<Arc<dyn ReadObserver>>,
     runtime: tokio::runtime::Handle,
     /// Read-ahead state per open file.
-    handles: Mutex<HashMap<u64, Arc<ReadPattern>>>,
+    handles: Mutex<HashMap<u64, Handle>>,
     next_handle: AtomicU64,
+    backing: Option<Arc<dyn Backing>>,
+    /// The kernel granted passthrough at INIT and no BACKING_OPEN was refused.
+    passthrough_on: AtomicBool,
+    /// The route of each inode with open handles.
+    routes: Mutex<HashMap<u64, Route>>,
+}
+
+impl<S: ChunkSource + 'static> FuseAdapter<S> {
+    /// Opens `ino` by passthrough if it may and can; `None`: take the copy route.
+    fn try_passthrough(&self, ino: u64, reply: &ReplyOpen) -> Option<Arc<BackingId>> {
+        let backing = self.backing.as_ref()?;
+        let file = self.view.with_file(ino, |f| backing.open(f)).ok().flatten()?;
+        match reply.open_backing(&file) {
+            Ok(id) => Some(Arc::new(id)),
+            Err(e) => {
+                self.passthrough_on.store(false, Ordering::Relaxed);
+                backing.unavailable(&format!("the kernel refused a backing file: {e}"));
+                None
+            }
+        }
+    }
 }
 
 impl<S: ChunkSource + 'static> Filesystem for FuseAdapter<S> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         // The kernel clamps to what it supports; either answer is fine.
         let _ = config.set_max_readahead(KERNEL_READAHEAD);
+        if let Some(backing) = &self.backing {
+            match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
+                // A backing file on an ordinary filesystem (stack depth 0) under this one.
+                Ok(()) => match config.set_max_stack_depth(1) {
+                    Ok(_) => self.passthrough_on.store(true, Ordering::Relaxed),
+                    Err(_) => backing.unavailable("the kernel refused a filesystem stack depth of 1"),
+                },
+                Err(_) => backing.unavailable("the kernel does not offer FUSE_PASSTHROUGH (Linux 6.9 or later)"),
+            }
+        }
         Ok(())
     }
 
@@ -111,8 +200,40 @@ impl<S: ChunkSource + 'static> Filesystem for FuseAdapter<S> {
         match self.view.getattr(ino.0) {
             Ok(_) => {
                 let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-                self.handles.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, Arc::default());
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+                let handle = Handle { ino: ino.0, pattern: Arc::default() };
+                self.handles.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, handle);
+                // One route per inode, decided under the lock (opens of one inode may race).
+                let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+                let now = routes.entry(ino.0).or_default();
+                let id = match route(now, self.passthrough_on.load(Ordering::Relaxed)) {
+                    OpenAs::Join => match now {
+                        Route::Passthrough(n, id) => {
+                            *n += 1;
+                            Some(id.clone())
+                        }
+                        _ => None,
+                    },
+                    OpenAs::Try => self.try_passthrough(ino.0, &reply).inspect(|id| {
+                        *now = Route::Passthrough(1, id.clone());
+                    }),
+                    OpenAs::Copy => None,
+                };
+                match id {
+                    Some(id) => {
+                        if let Some(b) = &self.backing {
+                            b.passed_through();
+                        }
+                        // Never FOPEN_KEEP_CACHE with passthrough: the kernel answers reads EIO.
+                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
+                    }
+                    None => {
+                        *now = match now {
+                            Route::Copy(n) => Route::Copy(*n + 1),
+                            _ => Route::Copy(1),
+                        };
+                        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+                    }
+                }
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -130,7 +251,7 @@ impl<S: ChunkSource + 'static> Filesystem for FuseAdapter<S> {
         reply: ReplyData,
     ) {
         let view = self.view.clone();
-        let pattern = self.handles.lock().unwrap_or_else(|e| e.into_inner()).get(&fh.0).cloned();
+        let pattern = self.handles.lock().unwrap_or_else(|e| e.into_inner()).get(&fh.0).map(|h| h.pattern.clone());
         let observer = self.observer.clone();
         let started = std::time::Instant::now();
         self.runtime.spawn(async move {
@@ -161,7 +282,21 @@ impl<S: ChunkSource + 'static> Filesystem for FuseAdapter<S> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
+        let handle = self.handles.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
+        if let Some(h) = handle {
+            let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+            let last = match routes.get_mut(&h.ino) {
+                Some(Route::Copy(n) | Route::Passthrough(n, _)) => {
+                    *n = n.saturating_sub(1);
+                    *n == 0
+                }
+                _ => true,
+            };
+            if last {
+                // The inode's BackingId (if any) is closed here, with its last handle.
+                routes.remove(&h.ino);
+            }
+        }
         reply.ok();
     }
 
@@ -213,6 +348,19 @@ fn answer_xattr(value: &[u8], size: u32, reply: ReplyXattr) {
         reply.error(Errno::ERANGE)
     } else {
         reply.data(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_inode_s_handles_all_take_one_route() {
+        assert_eq!(route(&Route::Closed, true), OpenAs::Try);
+        assert_eq!(route(&Route::Closed, false), OpenAs::Copy);
+        // Copy handles open: the kernel would refuse a passthrough open beside them.
+        assert_eq!(route(&Route::Copy(1), true), OpenAs::Copy);
     }
 }
 
@@ -304,15 +452,17 @@ pub fn mount<S: ChunkSource + 'static>(
     mountpoint: &Path,
     runtime: tokio::runtime::Handle,
 ) -> io::Result<Mounted<S>> {
-    mount_observed(view, mountpoint, runtime, None)
+    mount_observed(view, mountpoint, runtime, None, None)
 }
 
-/// [`mount`], telling `observer` of every read.
+/// [`mount`], telling `observer` of every read, and passing files through to `backing`'s
+/// whole copies where it has them.
 pub fn mount_observed<S: ChunkSource + 'static>(
     view: Arc<View<S>>,
     mountpoint: &Path,
     runtime: tokio::runtime::Handle,
     observer: Option<Arc<dyn ReadObserver>>,
+    backing: Option<Arc<dyn Backing>>,
 ) -> io::Result<Mounted<S>> {
     let current = view.current();
     let mut config = Config::default();
@@ -336,6 +486,9 @@ pub fn mount_observed<S: ChunkSource + 'static>(
         runtime,
         handles: Mutex::default(),
         next_handle: AtomicU64::new(1),
+        backing,
+        passthrough_on: AtomicBool::new(false),
+        routes: Mutex::default(),
     };
     let session = fuser::spawn_mount(adapter, mountpoint, &config)?;
     raise_readahead(mountpoint);

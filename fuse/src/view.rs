@@ -93,6 +93,12 @@ impl<S: ChunkSource + 'static> View<S> {
         Ok(fs.readdir(local, offset)?.into_iter().map(|(n, a)| (n, Self::outward(slot, a))).collect())
     }
 
+    /// `f` of the manifest's entry of a file.
+    pub fn with_file<R>(&self, ino: Ino, f: impl FnOnce(&aqueduct_proto::FileEntry) -> R) -> Result<R, FsError> {
+        let (_, fs, local) = self.resolve(ino)?;
+        fs.file(local).map(f)
+    }
+
     pub fn xattr_names(&self, ino: Ino) -> Result<Vec<&'static str>, FsError> {
         let (_, fs, local) = self.resolve(ino)?;
         fs.xattr_names(local)

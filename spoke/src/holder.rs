@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aqueduct_fuse::holder::HolderConfig;
+use aqueduct_proto::Size;
 use aqueduct_proto::holder::v1::holder_client::HolderClient;
 use serde::Deserialize;
 use tonic::transport::Channel;
@@ -40,7 +41,7 @@ pub enum HolderMode {
 }
 
 /// The `[mounts]` section of the spoke's config.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MountsConfig {
     /// `spawn` (default), `external` or `embedded`.
@@ -54,6 +55,34 @@ pub struct MountsConfig {
     /// own executable, else the first on PATH.
     #[serde(default)]
     pub holder_binary: Option<PathBuf>,
+    /// Disk for the holder's whole copies of mounted files (`DATA_DIR/files`), passed to the
+    /// kernel so that warm reads run at local-file speed; `0B` turns them off (always off with
+    /// `memory_only`). Default 16GiB.
+    #[serde(default = "default_whole_files", deserialize_with = "size")]
+    pub whole_files: Size,
+}
+
+fn default_whole_files() -> Size {
+    Size(DEFAULT_WHOLE_FILES)
+}
+
+/// The default disk budget for whole copies.
+pub const DEFAULT_WHOLE_FILES: u64 = 16 << 30;
+
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(serde::de::Error::custom)
+}
+
+impl Default for MountsConfig {
+    fn default() -> Self {
+        Self {
+            holder: HolderMode::default(),
+            holder_socket: None,
+            holder_binary: None,
+            whole_files: default_whole_files(),
+        }
+    }
 }
 
 impl MountsConfig {
@@ -158,6 +187,7 @@ impl Reach {
                     spoke_socket: self.spoke_socket.clone(),
                     cache_bytes: 256 << 20,
                     follow_every: Duration::from_secs(1),
+                    whole_files_bytes: self.config.whole_files.0,
                 };
                 let stop = shutdown.clone();
                 let task = tokio::spawn(async move {
@@ -203,6 +233,7 @@ fn spawn(binary: &Path, r: &Reach, socket: &Path) -> Result<u32, HolderError> {
     if r.store_on_disk {
         cmd.arg("--store").arg(&r.data_dir);
     }
+    cmd.arg("--whole-files").arg(format!("{}B", r.config.whole_files.0));
     cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone().map_err(error)?).stderr(log);
     // SAFETY: setsid is async-signal-safe and touches nothing of the parent's.
     unsafe {

@@ -14,12 +14,15 @@
 //! unmounts everything.
 //!
 //! [`Holder`] is the mount table; [`request`] holds the decisions about a request (pure);
-//! [`stats`] counts the reads answered, which the spoke exports as its metrics.
+//! [`stats`] counts the reads answered, which the spoke exports as its metrics; [`whole`]
+//! makes verified whole copies of mounted files, which mounts pass to the kernel (FUSE
+//! passthrough) so that warm reads run at the speed of a local file.
 
 pub mod request;
 pub mod service;
 pub mod source;
 pub mod stats;
+pub mod whole;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +39,7 @@ use tracing::{info, instrument, warn};
 use self::request::{Decision, MountSpec, Shown};
 use self::source::HeldSource;
 use self::stats::ReadStats;
+use self::whole::WholeFiles;
 use crate::fs::{ChunkCache, VersionFs};
 use crate::mount::{Mounted, UnmountError};
 use crate::remote::{RemoteError, RemoteSource};
@@ -54,6 +58,8 @@ pub struct HolderConfig {
     pub cache_bytes: u64,
     /// How often a following mount asks the spoke for the active version.
     pub follow_every: Duration,
+    /// Disk for whole copies of mounted files (`STORE/files`); 0, or no store: none.
+    pub whole_files_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +119,7 @@ pub struct Holder {
     spoke: LocalClient<Channel>,
     cache: Arc<ChunkCache>,
     stats: Arc<ReadStats>,
+    whole: Option<Arc<WholeFiles>>,
     /// Mount and unmount change it one at a time (a mount resolves its version under it).
     table: tokio::sync::Mutex<BTreeMap<PathBuf, Entry>>,
 }
@@ -123,13 +130,20 @@ impl Holder {
         Ok(Arc::new(Self {
             cache: ChunkCache::new(config.cache_bytes),
             stats: Arc::new(ReadStats::new()),
+            whole: config.store.as_deref().and_then(|store| WholeFiles::start(store, config.whole_files_bytes)),
             table: tokio::sync::Mutex::default(),
             spoke,
             config,
         }))
     }
 
+    /// The view of a version a mount shows (now, or after a switch); its files are offered
+    /// for whole copies.
     fn version_fs(&self, manifest: Manifest) -> VersionFs<HeldSource> {
+        let manifest = Arc::new(manifest);
+        if let Some(whole) = &self.whole {
+            whole.offer(manifest.clone());
+        }
         let remote =
             RemoteSource { client: self.spoke.clone(), dataset: manifest.dataset.clone(), version: manifest.version };
         VersionFs::new(manifest, Arc::new(HeldSource::new(self.config.store.clone(), remote)), self.cache.clone())
@@ -141,6 +155,11 @@ impl Holder {
 
     pub fn reads(&self) -> aqueduct_proto::holder::v1::ReadCounters {
         self.stats.snapshot()
+    }
+
+    /// Whole copies and passthrough, if whole copies are on.
+    pub fn whole(&self) -> Option<aqueduct_proto::holder::v1::WholeFiles> {
+        self.whole.as_ref().map(|w| w.counters())
     }
 
     /// Mounts what `spec` asks for, or answers with the same mount already there.
@@ -167,11 +186,13 @@ impl Holder {
         let view = Arc::new(View::new(self.version_fs(manifest)));
         let (at, runtime) = (path.clone(), tokio::runtime::Handle::current());
         let observer: Arc<dyn crate::mount::ReadObserver> = self.stats.clone();
-        let mounted =
-            tokio::task::spawn_blocking(move || crate::mount::mount_observed(view, &at, runtime, Some(observer)))
-                .await
-                .map_err(|e| HolderError::Mount { path: path.clone(), source: std::io::Error::other(e) })?
-                .map_err(|source| HolderError::Mount { path: path.clone(), source })?;
+        let backing = self.whole.clone().map(|w| w as Arc<dyn crate::mount::Backing>);
+        let mounted = tokio::task::spawn_blocking(move || {
+            crate::mount::mount_observed(view, &at, runtime, Some(observer), backing)
+        })
+        .await
+        .map_err(|e| HolderError::Mount { path: path.clone(), source: std::io::Error::other(e) })?
+        .map_err(|source| HolderError::Mount { path: path.clone(), source })?;
         let mounted = Arc::new(mounted);
         let follow = spec.version.is_none();
         let follower = follow.then(|| {

@@ -72,6 +72,7 @@ impl HolderApi for HolderService {
             mounts: self.holder.list().await,
             pid: std::process::id(),
             reads: Some(self.holder.reads()),
+            whole: self.holder.whole(),
         }))
     }
 }

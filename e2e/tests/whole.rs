@@ -1,0 +1,149 @@
+//! Warm reads by FUSE passthrough: the holder assembles verified whole copies of a mounted
+//! version's files (`DATA_DIR/files`) and hands them to the kernel; a copy that does not verify
+//! is never passed through; with whole copies off, the copy route serves (real FUSE, a real hub
+//! over mutual TLS and S3; needs root and /dev/fuse).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aqueduct_e2e::{World, io, local_client, mount_when_known, socket_of, world};
+use aqueduct_proto::holder::v1 as held;
+use aqueduct_proto::spoke::v1 as local;
+use aqueduct_testkit::{can_mount_fuse, noise};
+
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("AQUEDUCT_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+/// A version of three files, two of them the same bytes (one whole copy for both).
+async fn model(w: &mut World) -> Vec<(String, Vec<u8>)> {
+    let big = noise(12 << 20, 7);
+    let files = vec![
+        ("config.json".to_string(), b"{\"layers\": 32}".to_vec()),
+        ("model.safetensors".to_string(), big.clone()),
+        ("same/model.safetensors".to_string(), big),
+    ];
+    for (path, bytes) in &files {
+        let p = w.data.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    w.snapshot().await;
+    files
+}
+
+/// The holder's List answer (what it reports of whole copies and passthrough).
+async fn holder_list(data_dir: &Path) -> held::ListResponse {
+    let mut holder = aqueduct_spoke::holder::connect(&data_dir.join("holder.sock")).await.unwrap();
+    holder.list(local::ListMountsRequest {}).await.unwrap().into_inner()
+}
+
+/// Waits until the holder has `ready` verified whole copies and nothing pending.
+async fn wait_for_copies(data_dir: &Path, ready: u64) -> held::WholeFiles {
+    for _ in 0..600 {
+        if let Some(whole) = holder_list(data_dir).await.whole
+            && whole.ready >= ready
+            && whole.pending == 0
+        {
+            return whole;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the holder made no {ready} whole copies in 60 s: {:?}", holder_list(data_dir).await.whole);
+}
+
+async fn assert_read(mnt: &Path, files: &[(String, Vec<u8>)]) {
+    for (path, bytes) in files {
+        let p = mnt.join(path);
+        let read = io(move || std::fs::read(p)).await.unwrap();
+        assert!(&read == bytes, "{path} read through the mount differs from the source");
+    }
+}
+
+fn copies(data_dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> =
+        std::fs::read_dir(data_dir.join("files")).unwrap().flatten().map(|e| e.path()).collect();
+    found.sort();
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn warm_reads_pass_through_to_verified_whole_copies_and_never_to_a_corrupt_one() {
+    if !can_mount_fuse() {
+        return;
+    }
+    logs();
+    let mut w = world(aqueduct_e2e::SourceKind::S3).await;
+    let files = model(&mut w).await;
+    let config = w.region("eu", 64 << 30).await;
+    let data_dir = config.parent().unwrap().join("store");
+    let _spoke = w.start_spoke(&config);
+    let mut local = local_client(&socket_of(&config)).await;
+    w.rollout(1, &["eu"]).await;
+    w.wait_ready(1).await;
+    let mnt = w.root.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    mount_when_known(&mut local, "llama", 1, &mnt).await.unwrap();
+
+    // Two copies for three files (two share their bytes), read-only, byte-equal.
+    let whole = wait_for_copies(&data_dir, 2).await;
+    assert_eq!((whole.ready, whole.rejected), (2, 0), "{whole:?}");
+    assert!(!whole.passthrough_unavailable, "this kernel (6.9+) and root can pass through: {whole:?}");
+    let on_disk = copies(&data_dir);
+    assert_eq!(on_disk.len(), 2, "{on_disk:?}");
+    for copy in &on_disk {
+        assert_eq!(std::fs::metadata(copy).unwrap().permissions().mode() & 0o777, 0o444, "{}", copy.display());
+    }
+    assert_read(&mnt, &files).await;
+    let whole = holder_list(&data_dir).await.whole.unwrap();
+    assert!(whole.passthrough_opens >= 3, "the reads were not passed through: {whole:?}");
+
+    // A new holder with a flipped byte in the big file's copy: the copy is checked before any
+    // passthrough, so every read returns the source's bytes; the rotten copy is replaced.
+    local.unmount(local::UnmountRequest { mountpoint: mnt.display().to_string() }).await.unwrap();
+    aqueduct_e2e::holders::stop_holders(&w.root);
+    let big = on_disk.iter().find(|p| std::fs::metadata(p).unwrap().len() == 12 << 20).unwrap().clone();
+    let mut bytes = std::fs::read(&big).unwrap();
+    bytes[5 << 20] ^= 0x40;
+    std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&big, &bytes).unwrap();
+    mount_when_known(&mut local, "llama", 1, &mnt).await.unwrap();
+    assert_read(&mnt, &files).await;
+    let whole = wait_for_copies(&data_dir, 2).await;
+    assert_eq!(whole.rejected, 1, "the corrupt copy was not caught: {whole:?}");
+    assert_read(&mnt, &files).await;
+    assert!(std::fs::read(&big).unwrap() == files[1].1, "the rotten copy was not made again from the store");
+    let whole = holder_list(&data_dir).await.whole.unwrap();
+    println!("after the corrupt copy: {whole:?}");
+    local.unmount(local::UnmountRequest { mountpoint: mnt.display().to_string() }).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_whole_copies_off_reads_take_the_copy_route() {
+    if !can_mount_fuse() {
+        return;
+    }
+    logs();
+    let mut w = world(aqueduct_e2e::SourceKind::S3).await;
+    let files = model(&mut w).await;
+    let config = w.region("eu", 64 << 30).await;
+    aqueduct_e2e::holders::without_whole_files(&config);
+    let data_dir = config.parent().unwrap().join("store");
+    let _spoke = w.start_spoke(&config);
+    let mut local = local_client(&socket_of(&config)).await;
+    w.rollout(1, &["eu"]).await;
+    w.wait_ready(1).await;
+    let mnt = w.root.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    mount_when_known(&mut local, "llama", 1, &mnt).await.unwrap();
+    assert_read(&mnt, &files).await;
+    let list = holder_list(&data_dir).await;
+    assert!(list.whole.is_none(), "whole copies are off: {:?}", list.whole);
+    assert!(list.reads.unwrap().bytes >= 24 << 20, "the reads did not go through the holder");
+    assert!(!data_dir.join("files").exists());
+    local.unmount(local::UnmountRequest { mountpoint: mnt.display().to_string() }).await.unwrap();
+}
