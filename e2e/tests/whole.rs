@@ -147,3 +147,36 @@ async fn with_whole_copies_off_reads_take_the_copy_route() {
     assert!(!data_dir.join("files").exists());
     local.unmount(local::UnmountRequest { mountpoint: mnt.display().to_string() }).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mount_made_before_its_chunks_arrived_gets_whole_copies_once_they_are_here() {
+    if !can_mount_fuse() {
+        return;
+    }
+    logs();
+    let mut w = world(aqueduct_e2e::SourceKind::S3).await;
+    let files = model(&mut w).await;
+    // A slow link: the mount is made while the version is still crossing it, so the offer the
+    // mount makes finds no file whole.
+    let config = w.region("eu", 4 << 20).await;
+    let data_dir = config.parent().unwrap().join("store");
+    let _spoke = w.start_spoke(&config);
+    let mut local = local_client(&socket_of(&config)).await;
+    w.rollout(1, &["eu"]).await;
+    let mnt = w.root.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    mount_when_known(&mut local, "llama", 1, &mnt).await.unwrap();
+    println!("at the mount: {:?}", holder_list(&data_dir).await.whole);
+    w.wait_ready(1).await;
+
+    // Opening the files now that their chunks are here offers them: copies are made, and the
+    // next opens pass through, byte-equal to the source.
+    assert_read(&mnt, &files).await;
+    let whole = wait_for_copies(&data_dir, 2).await;
+    assert_eq!((whole.ready, whole.rejected), (2, 0), "{whole:?}");
+    let before = whole.passthrough_opens;
+    assert_read(&mnt, &files).await;
+    let whole = holder_list(&data_dir).await.whole.unwrap();
+    assert!(whole.passthrough_opens >= before + 2, "the opens after the copies were not passed through: {whole:?}");
+    local.unmount(local::UnmountRequest { mountpoint: mnt.display().to_string() }).await.unwrap();
+}

@@ -6,7 +6,9 @@
 //! A copy is named by the file's root ([`aqueduct_proto::FileEntry::root`], a digest of its
 //! chunk list): identical files of two versions share one copy. One background thread (lowered
 //! priority, never in the read path) works through what mounts offer ([`WholeFiles::offer`],
-//! when a mount is made or switches version), one file at a time:
+//! when a mount is made or switches version, and for a file opened with no copy, at most every
+//! [`OFFER_ON_OPEN_EVERY`], so that a mount made before its chunks arrived gets its copies once
+//! they are here), one file at a time:
 //! - a file whose chunks are all in the store is assembled: chunks read in order, each hashed
 //!   against the manifest before its bytes are written, into a temporary file, fsynced, made
 //!   read-only (0444) and renamed into place;
@@ -25,6 +27,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 use aqueduct_proto::holder::v1 as held;
 use aqueduct_proto::{ChunkRef, Digest, FileEntry, Manifest};
@@ -52,6 +55,17 @@ pub enum Action {
     Verify(String),
     /// Assemble a copy from the store.
     Assemble(String),
+}
+
+/// How often a file opened with no copy is offered again (its chunks may have arrived since).
+pub const OFFER_ON_OPEN_EVERY: Duration = Duration::from_secs(5);
+/// Files remembered as offered on open, at most (older offers are forgotten past it).
+const MAX_OFFERED_ON_OPEN: usize = 100_000;
+
+/// Whether an open of a file with no verified copy offers it for one: not while it waits in the
+/// queue, nor again within [`OFFER_ON_OPEN_EVERY`] of the last offer.
+pub fn offer_on_open(queued: bool, last_offered: Option<Instant>, now: Instant) -> bool {
+    !queued && last_offered.is_none_or(|at| now.saturating_duration_since(at) >= OFFER_ON_OPEN_EVERY)
 }
 
 /// What to do about a version's files, in order: verify copies not verified yet, assemble
@@ -123,6 +137,15 @@ struct State {
     tick: u64,
     /// Keys offered and not yet worked on.
     queued: HashSet<String>,
+    /// When a file opened with no copy was last offered (forgotten once it has one).
+    offered_on_open: HashMap<String, Instant>,
+}
+
+/// Files for the background thread: a version's (a mount made or switched), or one file opened
+/// with no copy.
+enum Job {
+    Version(Arc<Manifest>),
+    File(Box<FileEntry>),
 }
 
 /// The node's whole copies: made and verified in the background, opened for passthrough.
@@ -131,7 +154,9 @@ pub struct WholeFiles {
     store: PathBuf,
     budget: u64,
     state: Mutex<State>,
-    jobs: Mutex<mpsc::Sender<Arc<Manifest>>>,
+    jobs: Mutex<mpsc::Sender<Job>>,
+    /// Held while files are worked on: one planner at a time (the thread, or a test's call).
+    working: Mutex<()>,
     passthrough_opens: AtomicU64,
     rejected: AtomicU64,
     /// Passthrough was found unavailable (logged once).
@@ -165,6 +190,7 @@ impl WholeFiles {
             budget,
             state: Mutex::new(state),
             jobs: Mutex::new(tx),
+            working: Mutex::new(()),
             passthrough_opens: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             unavailable: AtomicBool::new(false),
@@ -172,9 +198,12 @@ impl WholeFiles {
         let worker = Arc::downgrade(&whole);
         let spawned = std::thread::Builder::new().name("whole-copies".into()).spawn(move || {
             lower_priority();
-            while let Ok(manifest) = rx.recv() {
+            while let Ok(job) = rx.recv() {
                 let Some(whole) = worker.upgrade() else { return };
-                whole.work(&manifest.files);
+                match job {
+                    Job::Version(manifest) => whole.work(&manifest.files),
+                    Job::File(file) => whole.work(std::slice::from_ref(&*file)),
+                }
             }
         });
         if let Err(e) = spawned {
@@ -194,7 +223,7 @@ impl WholeFiles {
 
     /// Asks for the files of `manifest` to get whole copies (a mount was made or switched).
     pub fn offer(&self, manifest: Arc<Manifest>) {
-        let _ = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).send(manifest);
+        let _ = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).send(Job::Version(manifest));
     }
 
     /// The counters List reports.
@@ -212,6 +241,7 @@ impl WholeFiles {
     }
 
     fn work(&self, files: &[FileEntry]) {
+        let _one_at_a_time = self.working.lock().unwrap_or_else(|e| e.into_inner());
         let candidates: Vec<Candidate> = {
             let state = self.state();
             files
@@ -245,6 +275,7 @@ impl WholeFiles {
             state.queued.remove(key);
             match result {
                 Ok(()) => {
+                    state.offered_on_open.remove(key);
                     let copy = state.copies.entry(key.clone()).or_default();
                     copy.bytes = file.size;
                     copy.verified = true;
@@ -360,8 +391,25 @@ impl Backing for WholeFiles {
             let mut state = self.state();
             state.tick += 1;
             let tick = state.tick;
-            let copy = state.copies.get_mut(&key).filter(|c| c.verified)?;
-            copy.last_opened = tick;
+            match state.copies.get_mut(&key).filter(|c| c.verified) {
+                Some(copy) => copy.last_opened = tick,
+                None => {
+                    let now = Instant::now();
+                    let (queued, last) = (state.queued.contains(&key), state.offered_on_open.get(&key).copied());
+                    if offer_on_open(queued, last, now) {
+                        if state.offered_on_open.len() >= MAX_OFFERED_ON_OPEN {
+                            state
+                                .offered_on_open
+                                .retain(|_, at| now.saturating_duration_since(*at) < OFFER_ON_OPEN_EVERY);
+                        }
+                        state.offered_on_open.insert(key, now);
+                        drop(state);
+                        let job = Job::File(Box::new(file.clone()));
+                        let _ = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).send(job);
+                    }
+                    return None;
+                }
+            }
         }
         File::open(self.path(&key)).ok()
     }
@@ -396,6 +444,17 @@ mod tests {
 
     fn cand(key: &str, size: u64, all_local: bool, on_disk: bool, verified: bool) -> Candidate {
         Candidate { key: key.into(), size, all_local, on_disk, verified }
+    }
+
+    #[test]
+    fn a_file_opened_without_a_copy_is_offered_unless_queued_or_offered_just_now() {
+        let now = Instant::now();
+        assert!(offer_on_open(false, None, now), "first open");
+        assert!(!offer_on_open(true, None, now), "already waiting in the queue");
+        assert!(!offer_on_open(false, Some(now), now + OFFER_ON_OPEN_EVERY / 2), "offered just now");
+        assert!(offer_on_open(false, Some(now), now + OFFER_ON_OPEN_EVERY), "its chunks may have come since");
+        // A clock that went back never blocks an offer for ever.
+        assert!(!offer_on_open(false, Some(now + OFFER_ON_OPEN_EVERY), now));
     }
 
     #[test]
