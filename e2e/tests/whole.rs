@@ -71,23 +71,45 @@ fn copies(data_dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// A world with [`model`] as v1, a region `eu` behind a link of `rate` (whole copies off
+/// unless `whole`), its spoke, and v1 mounted at `ROOT/mnt` (after v1 is Ready, or while it
+/// still crosses the link when `before_ready`).
+struct Mounted {
+    w: World,
+    files: Vec<(String, Vec<u8>)>,
+    data_dir: PathBuf,
+    _spoke: tokio_util::sync::CancellationToken,
+    local: aqueduct_proto::spoke::v1::local_client::LocalClient<tonic::transport::Channel>,
+    mnt: PathBuf,
+}
+
+async fn mounted(rate: u64, whole: bool, before_ready: bool) -> Mounted {
+    let mut w = world(aqueduct_e2e::SourceKind::S3).await;
+    let files = model(&mut w).await;
+    let config = w.region("eu", rate).await;
+    if !whole {
+        aqueduct_e2e::holders::without_whole_files(&config);
+    }
+    let data_dir = config.parent().unwrap().join("store");
+    let spoke = w.start_spoke(&config);
+    let mut local = local_client(&socket_of(&config)).await;
+    w.rollout(1, &["eu"]).await;
+    if !before_ready {
+        w.wait_ready(1).await;
+    }
+    let mnt = w.root.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    mount_when_known(&mut local, "llama", 1, &mnt).await.unwrap();
+    Mounted { w, files, data_dir, _spoke: spoke, local, mnt }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn warm_reads_pass_through_to_verified_whole_copies_and_never_to_a_corrupt_one() {
     if !can_mount_fuse() {
         return;
     }
     logs();
-    let mut w = world(aqueduct_e2e::SourceKind::S3).await;
-    let files = model(&mut w).await;
-    let config = w.region("eu", 64 << 30).await;
-    let data_dir = config.parent().unwrap().join("store");
-    let _spoke = w.start_spoke(&config);
-    let mut local = local_client(&socket_of(&config)).await;
-    w.rollout(1, &["eu"]).await;
-    w.wait_ready(1).await;
-    let mnt = w.root.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    mount_when_known(&mut local, "llama", 1, &mnt).await.unwrap();
+    let Mounted { w, files, data_dir, _spoke, mut local, mnt } = mounted(64 << 30, true, false).await;
 
     // Two copies for three files (two share their bytes), read-only, byte-equal.
     let whole = wait_for_copies(&data_dir, 2).await;
@@ -128,18 +150,7 @@ async fn with_whole_copies_off_reads_take_the_copy_route() {
         return;
     }
     logs();
-    let mut w = world(aqueduct_e2e::SourceKind::S3).await;
-    let files = model(&mut w).await;
-    let config = w.region("eu", 64 << 30).await;
-    aqueduct_e2e::holders::without_whole_files(&config);
-    let data_dir = config.parent().unwrap().join("store");
-    let _spoke = w.start_spoke(&config);
-    let mut local = local_client(&socket_of(&config)).await;
-    w.rollout(1, &["eu"]).await;
-    w.wait_ready(1).await;
-    let mnt = w.root.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    mount_when_known(&mut local, "llama", 1, &mnt).await.unwrap();
+    let Mounted { w: _w, files, data_dir, _spoke, mut local, mnt } = mounted(64 << 30, false, false).await;
     assert_read(&mnt, &files).await;
     let list = holder_list(&data_dir).await;
     assert!(list.whole.is_none(), "whole copies are off: {:?}", list.whole);
@@ -154,18 +165,9 @@ async fn a_mount_made_before_its_chunks_arrived_gets_whole_copies_once_they_are_
         return;
     }
     logs();
-    let mut w = world(aqueduct_e2e::SourceKind::S3).await;
-    let files = model(&mut w).await;
     // A slow link: the mount is made while the version is still crossing it, so the offer the
     // mount makes finds no file whole.
-    let config = w.region("eu", 4 << 20).await;
-    let data_dir = config.parent().unwrap().join("store");
-    let _spoke = w.start_spoke(&config);
-    let mut local = local_client(&socket_of(&config)).await;
-    w.rollout(1, &["eu"]).await;
-    let mnt = w.root.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    mount_when_known(&mut local, "llama", 1, &mnt).await.unwrap();
+    let Mounted { mut w, files, data_dir, _spoke, mut local, mnt } = mounted(4 << 20, true, true).await;
     println!("at the mount: {:?}", holder_list(&data_dir).await.whole);
     w.wait_ready(1).await;
 

@@ -295,34 +295,20 @@ mod tests {
     }
 
     /// The keys of `[limits]`, and values of every TOML kind for them.
+    const LIMIT_KEYS: [&str; 9] = [
+        "max_connections",
+        "max_handshakes",
+        "handshake_timeout",
+        "max_streams_per_connection",
+        "fetch_streams_per_region",
+        "relay_memory_per_region",
+        "fetch_wait",
+        "metrics_connections",
+        "metrics_header_timeout",
+    ];
+
     fn limits_table() -> impl proptest::strategy::Strategy<Value = Vec<(String, String)>> {
-        use proptest::prelude::*;
-        const KEYS: [&str; 9] = [
-            "max_connections",
-            "max_handshakes",
-            "handshake_timeout",
-            "max_streams_per_connection",
-            "fetch_streams_per_region",
-            "relay_memory_per_region",
-            "fetch_wait",
-            "metrics_connections",
-            "metrics_header_timeout",
-        ];
-        let keys = prop_oneof![
-            4 => proptest::sample::select(KEYS.to_vec()).prop_map(String::from),
-            1 => "[a-z_]{1,24}",
-        ];
-        let values = prop_oneof![
-            any::<i64>().prop_map(|n| n.to_string()),
-            (0u64..10_000).prop_map(|n| n.to_string()),
-            any::<f64>().prop_map(|f| format!("{f:?}")),
-            any::<bool>().prop_map(|b| b.to_string()),
-            "[0-9]{1,22}(ms|s|m|h|B|KiB|MiB|GiB|TB|x|)".prop_map(|s| format!("{s:?}")),
-            ".{0,12}".prop_map(|s| format!("{s:?}")),
-            Just("[1, 2]".to_string()),
-            Just("{ a = 1 }".to_string()),
-        ];
-        proptest::collection::btree_map(keys, values, 0..6).prop_map(|m| m.into_iter().collect())
+        aqueduct_testkit::fuzz::flat_table(&LIMIT_KEYS)
     }
 
     proptest::proptest! {

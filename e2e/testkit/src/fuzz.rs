@@ -180,6 +180,25 @@ pub fn names_key(message: &str, key: &str) -> bool {
         .any(|(i, _)| !word(message[..i].chars().next_back()) && !word(message[i + key.len()..].chars().next()))
 }
 
+/// A flat table (`KEY = VALUE` lines, as written) whose keys are mostly `names`: values of
+/// every TOML kind, numbers of any size, durations and sizes with good and bad units, any text.
+/// For the `[limits]` sections of hub and spoke.
+pub fn flat_table(names: &'static [&'static str]) -> impl Strategy<Value = Vec<(String, String)>> {
+    use proptest::prelude::*;
+    let keys = prop_oneof![4 => proptest::sample::select(names).prop_map(String::from), 1 => "[a-z_]{1,24}"];
+    let values = prop_oneof![
+        any::<i64>().prop_map(|n| n.to_string()),
+        (0u64..10_000).prop_map(|n| n.to_string()),
+        any::<f64>().prop_map(|f| format!("{f:?}")),
+        any::<bool>().prop_map(|b| b.to_string()),
+        "[0-9]{1,22}(ms|s|m|h|B|KiB|MiB|GiB|TB|x|)".prop_map(|s| format!("{s:?}")),
+        ".{0,12}".prop_map(|s| format!("{s:?}")),
+        Just("[1, 2]".to_string()),
+        Just("{ a = 1 }".to_string()),
+    ];
+    proptest::collection::btree_map(keys, values, 0..6).prop_map(|m| m.into_iter().collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
