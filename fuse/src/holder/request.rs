@@ -25,7 +25,12 @@ pub enum Invalid {
     Relative(String),
     #[error("mountpoint {0:?} must be a plain path: no `.` or `..` parts, no NUL byte")]
     Unclean(String),
+    #[error("mountpoint is {0} bytes long; a path is at most {MAX_MOUNTPOINT_BYTES}")]
+    TooLong(usize),
 }
+
+/// The longest mountpoint taken (Linux's PATH_MAX).
+pub const MAX_MOUNTPOINT_BYTES: usize = 4096;
 
 /// Checks a mount request: a valid dataset name, an absolute, plain mountpoint.
 pub fn mount_spec(r: &local::MountRequest) -> Result<MountSpec, Invalid> {
@@ -40,6 +45,9 @@ pub fn mount_spec(r: &local::MountRequest) -> Result<MountSpec, Invalid> {
 /// Checks a mountpoint: absolute, without `.` or `..` parts or NUL bytes (the table is keyed
 /// by path, so one directory has one spelling). A trailing slash is dropped.
 pub fn mountpoint(text: &str) -> Result<PathBuf, Invalid> {
+    if text.len() > MAX_MOUNTPOINT_BYTES {
+        return Err(Invalid::TooLong(text.len()));
+    }
     let path = Path::new(text);
     if !path.is_absolute() {
         return Err(Invalid::Relative(text.to_string()));
@@ -96,7 +104,35 @@ pub fn decide(there: Option<&Shown>, spec: &MountSpec) -> Decision {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        #![proptest_config(aqueduct_testkit::fuzz::config(1000))]
+
+        /// Any request is refused or gives a spec with a valid name and an absolute, plain,
+        /// bounded mountpoint; never a panic.
+        #[test]
+        fn fuzz_mount_requests_are_checked(
+            dataset in prop_oneof![".{0,70}", "[a-z][a-z0-9-]{0,20}"],
+            version in any::<u64>(),
+            mountpoint in prop_oneof![
+                ".{0,40}",
+                "(/(\\.|\\.\\.|[a-z]{1,5}|)){0,6}/?",
+                (0usize..3).prop_map(|n| format!("/{}", "a".repeat(MAX_MOUNTPOINT_BYTES - 2 + n))),
+            ],
+        ) {
+            let r = local::MountRequest { dataset: dataset.clone(), version, mountpoint: mountpoint.clone() };
+            if let Ok(spec) = mount_spec(&r) {
+                prop_assert!(validate_name("dataset", &spec.dataset).is_ok());
+                prop_assert_eq!(spec.version, (version != 0).then_some(version));
+                prop_assert!(spec.mountpoint.is_absolute() && mountpoint.len() <= MAX_MOUNTPOINT_BYTES);
+                prop_assert!(spec.mountpoint.components().all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_))));
+                prop_assert!(!mountpoint.contains('\0'));
+            }
+        }
+    }
 
     fn request(dataset: &str, version: u64, mountpoint: &str) -> local::MountRequest {
         local::MountRequest { dataset: dataset.into(), version, mountpoint: mountpoint.into() }

@@ -34,6 +34,20 @@ pub struct Publication {
     pub pod_uid: Option<String>,
 }
 
+impl Publication {
+    /// The target is absolute with no `.` or `..` part, and the share one plain name (it is
+    /// joined to the shares' directory): what a restarted spoke unmounts, removes or binds stays
+    /// where the node plugin would have put it.
+    fn plain(&self) -> bool {
+        let target_plain = self.target.is_absolute()
+            && self.target.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        let mut share = Path::new(&self.share).components();
+        let share_plain =
+            matches!((share.next(), share.next()), (Some(Component::Normal(_)), None)) && !self.share.contains('/');
+        target_plain && share_plain
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct File {
     format: u32,
@@ -56,7 +70,13 @@ pub fn load(path: &Path) -> Result<Vec<Publication>, PublicationsError> {
         Err(source) => return Err(PublicationsError::Io { path: path.to_owned(), source }),
     };
     match serde_json::from_slice::<File>(&bytes) {
-        Ok(f) if f.format == FORMAT => Ok(f.publications),
+        Ok(f) if f.format == FORMAT => match f.publications.iter().find(|p| !p.plain()) {
+            None => Ok(f.publications),
+            Some(p) => Err(PublicationsError::Damaged {
+                path: path.to_owned(),
+                reason: format!("target {:?} or share {:?} is not a plain path", p.target, p.share),
+            }),
+        },
         Ok(f) => Err(PublicationsError::Damaged { path: path.to_owned(), reason: format!("format {}", f.format) }),
         Err(e) => Err(PublicationsError::Damaged { path: path.to_owned(), reason: e.to_string() }),
     }
@@ -175,6 +195,41 @@ mod tests {
         assert!(matches!(load(&path), Err(PublicationsError::Damaged { .. })));
         std::fs::write(&path, b"{half").unwrap();
         assert!(matches!(load(&path), Err(PublicationsError::Damaged { .. })));
+    }
+
+    proptest! {
+        #![proptest_config(fuzz::config(500))]
+
+        /// Whatever the file holds, a load gives publications with plain paths or says the file
+        /// is damaged; it never panics, and never hands back a path that leaves its place.
+        #[test]
+        fn fuzz_any_publications_file_loads_plain_or_is_damaged(
+            bytes in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..256),
+                (
+                    "(/|\\.\\./|\\./|[a-z]{1,4}/){0,5}[a-z.]{0,6}",
+                    "(\\.\\.|\\.|[a-z@0-9]{1,8})(/[a-z.]{1,4}){0,2}",
+                    0u32..3,
+                ).prop_map(|(target, share, format)| format!(
+                    r#"{{"format": {format}, "publications": [{{"volume_id": "pv", "target": {target:?}, "share": {share:?}, "dataset": "d", "version": null}}]}}"#
+                ).into_bytes()),
+            ],
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("publications.json");
+            std::fs::write(&path, &bytes).unwrap();
+            match load(&path) {
+                Ok(found) => {
+                    for p in found {
+                        prop_assert!(p.target.is_absolute(), "{p:?}");
+                        prop_assert!(!p.target.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)), "{p:?}");
+                        prop_assert!(!p.share.contains('/') && p.share != ".." && p.share != "." && !p.share.is_empty(), "{p:?}");
+                    }
+                }
+                Err(PublicationsError::Damaged { .. }) => {}
+                Err(e) => prop_assert!(false, "{e}"),
+            }
+        }
     }
 
     proptest! {
