@@ -122,6 +122,7 @@ pub async fn world_at(kind: SourceKind, listen: std::net::SocketAddr, hosts: &[S
         created_unix_ms: 0,
         latest_version: 0,
         outside_links: String::new(),
+        keep_versions: 0,
     };
     admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.unwrap();
     World { _tmp: tmp, root, hub_url, admin, _s3: s3, memory_s3, data, shutdown, hub }
@@ -185,6 +186,7 @@ impl World {
             created_unix_ms: 0,
             latest_version: 0,
             outside_links: String::new(),
+            keep_versions: 0,
         };
         self.admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.unwrap();
         dir
@@ -348,6 +350,7 @@ impl World {
             version,
             regions: regions.iter().map(|r| r.to_string()).collect(),
             mode: mode.parse::<aqueduct_proto::ReplicationMode>().unwrap().to_wire(),
+            cut_over: 0,
         };
         self.admin.rollout(req).await.unwrap();
     }

@@ -256,6 +256,7 @@ async fn hostile_clients_cannot_exhaust_the_hub() {
         version: 1,
         regions: vec!["good".into(), "hostile".into()],
         mode: Default::default(),
+        ..Default::default()
     };
     admin.rollout(rollout).await.unwrap();
     let wire = admin.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await.unwrap();

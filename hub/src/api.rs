@@ -80,6 +80,7 @@ fn dataset_to_pb(d: DatasetRecord) -> pb::Dataset {
         created_unix_ms: d.created_unix_ms,
         latest_version: d.latest_version,
         outside_links: d.outside_links.to_string(),
+        keep_versions: 0,
     }
 }
 
@@ -101,6 +102,8 @@ fn version_to_pb(v: VersionRecord, unchanged: bool) -> pb::VersionSummary {
         created_unix_ms: v.created_unix_ms,
         unchanged,
         skipped: v.skipped.into_iter().map(|s| pb::SkippedObject { key: s.key, reason: s.reason }).collect(),
+        tags: Vec::new(),
+        retained_by: Vec::new(),
     }
 }
 
@@ -282,6 +285,7 @@ impl pb::admin_server::Admin for AdminService {
         let versions = blocking(&self.db, move |db| db.versions(&name)).await?;
         Ok(Response::new(pb::ListVersionsResponse {
             versions: versions.into_iter().map(|v| version_to_pb(v, false)).collect(),
+            tags: Vec::new(),
         }))
     }
 
@@ -475,10 +479,65 @@ impl pb::admin_server::Admin for AdminService {
                         budget_bytes_per_sec: r.budget,
                         updated_unix_ms: r.updated_unix_ms,
                         relayed_bytes: r.relayed_bytes,
+                        cut_over: pb::CutOver::AllReady.into(),
+                        promote_pending: false,
                     }
                 })
                 .collect(),
             caches: self.live.members.caches(),
+            serving: Vec::new(),
         }))
     }
+
+    // Issue 17 in progress: the contract is in place, the handlers below are not built yet.
+    async fn info(&self, _: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
+        Err(not_yet("Info"))
+    }
+
+    async fn tag(&self, _: Request<pb::TagRequest>) -> Result<Response<pb::TagResponse>, Status> {
+        Err(not_yet("Tag"))
+    }
+
+    async fn promote(&self, _: Request<pb::PromoteRequest>) -> Result<Response<pb::CutOverResponse>, Status> {
+        Err(not_yet("Promote"))
+    }
+
+    async fn rollback(&self, _: Request<pb::RollbackRequest>) -> Result<Response<pb::CutOverResponse>, Status> {
+        Err(not_yet("Rollback"))
+    }
+
+    async fn cancel_rollout(
+        &self,
+        _: Request<pb::CancelRolloutRequest>,
+    ) -> Result<Response<pb::CancelRolloutResponse>, Status> {
+        Err(not_yet("CancelRollout"))
+    }
+
+    async fn gc(&self, _: Request<pb::GcRequest>) -> Result<Response<pb::GcResponse>, Status> {
+        Err(not_yet("Gc"))
+    }
+
+    async fn remove_source(&self, _: Request<pb::RemoveRequest>) -> Result<Response<pb::RemoveResponse>, Status> {
+        Err(not_yet("RemoveSource"))
+    }
+
+    async fn remove_dataset(&self, _: Request<pb::RemoveRequest>) -> Result<Response<pb::RemoveResponse>, Status> {
+        Err(not_yet("RemoveDataset"))
+    }
+
+    async fn remove_region(&self, _: Request<pb::RemoveRequest>) -> Result<Response<pb::RemoveResponse>, Status> {
+        Err(not_yet("RemoveRegion"))
+    }
+
+    async fn remove_version(
+        &self,
+        _: Request<pb::RemoveVersionRequest>,
+    ) -> Result<Response<pb::RemoveResponse>, Status> {
+        Err(not_yet("RemoveVersion"))
+    }
+}
+
+/// A call of the contract this hub does not serve yet.
+fn not_yet(call: &str) -> Status {
+    Status::unimplemented(format!("{call} is not served by this hub yet; upgrade the hub"))
 }

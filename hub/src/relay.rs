@@ -188,6 +188,7 @@ impl SpokeService {
             budget_bytes_per_sec: budget,
             members: members.members(region),
             session: String::new(),
+            tags: Vec::new(),
         })
     }
 }

@@ -241,6 +241,7 @@ pub fn assignments_of(rollouts: Vec<RolloutRecord>, region: &str) -> Vec<pb::Ass
             total_bytes: r.total_bytes,
             root: r.root.0.to_vec(),
             mode: r.mode.to_wire(),
+            retained: true,
         })
         .collect()
 }

@@ -228,6 +228,7 @@ async fn regions_get_credentials_and_rollouts_show_in_status() {
         version,
         regions: regions.iter().map(|r| r.to_string()).collect(),
         mode: Default::default(),
+        ..Default::default()
     };
     expect_err(admin.rollout(rollout(0, &["eu-west"])).await, Code::FailedPrecondition, &["no version yet"]);
     let v1 = snapshot(&mut admin, "llama").await.unwrap();

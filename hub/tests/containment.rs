@@ -93,7 +93,11 @@ async fn links_never_lead_out_of_a_dataset_and_every_name_is_kept_or_named() {
     assert!(versions.into_inner().versions.is_empty(), "a refused snapshot cut a version");
 
     // Bad updates say what is wrong.
-    let set = |name: &str, policy: &str| pb::UpdateDatasetRequest { name: name.into(), outside_links: policy.into() };
+    let set = |name: &str, policy: &str| pb::UpdateDatasetRequest {
+        name: name.into(),
+        outside_links: policy.into(),
+        ..Default::default()
+    };
     expect_err(admin.update_dataset(set("llama", "sometimes")).await, Code::InvalidArgument, &["fail or skip"]);
     expect_err(admin.update_dataset(set("nope", "skip")).await, Code::NotFound, &["nope"]);
     let d = admin.update_dataset(set("llama", "skip")).await.unwrap().into_inner();

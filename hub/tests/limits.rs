@@ -71,6 +71,7 @@ async fn each_region_has_its_share_of_fetch_streams_and_digest_lists_are_bounded
         version: 1,
         regions: vec!["eu".into(), "us".into()],
         mode: Default::default(),
+        ..Default::default()
     };
     admin.rollout(rollout).await.unwrap();
     let wire = eu.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await.unwrap();

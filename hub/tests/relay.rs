@@ -93,6 +93,7 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
         version,
         regions: vec![region.into()],
         mode: Default::default(),
+        ..Default::default()
     };
     admin.rollout(rollout(1, "eu")).await.unwrap();
 
@@ -268,6 +269,7 @@ async fn a_region_hears_at_once_that_a_version_is_ready_in_it() {
         version: 1,
         regions: vec!["eu".into(), "us".into()],
         mode: Default::default(),
+        ..Default::default()
     };
     admin.rollout(rollout).await.unwrap();
     let watch = pb::WatchRequest { node: "node-1".into(), peer_address: String::new() };
@@ -307,6 +309,7 @@ async fn a_changed_source_fails_the_version_and_sends_no_wrong_byte() {
             version: 1,
             regions: vec!["eu".into()],
             mode: Default::default(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -351,6 +354,7 @@ async fn a_changed_budget_is_pushed_to_the_region_and_used_by_the_relay() {
         version: 1,
         regions: vec!["eu".into()],
         mode: Default::default(),
+        ..Default::default()
     };
     admin.rollout(req).await.unwrap();
     let mut watch =
@@ -406,6 +410,7 @@ async fn a_report_counts_only_for_its_own_open_watch() {
         version: 1,
         regions: vec!["eu".into()],
         mode: Default::default(),
+        ..Default::default()
     };
     admin.rollout(req).await.unwrap();
     let watch_as = |node: &str| pb::WatchRequest { node: node.into(), peer_address: format!("{node}.test:7443") };
@@ -499,6 +504,7 @@ async fn a_changed_source_fails_the_version_only_where_it_is_not_whole() {
         version: 1,
         regions: vec![region.into()],
         mode: Default::default(),
+        ..Default::default()
     };
     admin.rollout(rollout("eu")).await.unwrap();
     let watch_as = |node: &str| pb::WatchRequest { node: node.into(), peer_address: format!("{node}.test:7443") };

@@ -96,6 +96,7 @@ async fn run_in(root: &Path, model_mib: usize, fuse: bool, shutdown: &Cancellati
         created_unix_ms: 0,
         latest_version: 0,
         outside_links: String::new(),
+        keep_versions: 0,
     };
     admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await?;
     let v1 = snapshot(&mut admin).await?;
@@ -310,6 +311,7 @@ async fn rollout(admin: &mut AdminClient<Channel>, version: u64) -> Result<Vec<T
             version,
             regions: regions.clone(),
             mode: Default::default(),
+            cut_over: Default::default(),
         })
         .await?;
     let started = Instant::now();

@@ -236,6 +236,7 @@ mod tests {
             active,
             mode: Default::default(),
             ready: active,
+            ..Default::default()
         }
     }
 
@@ -359,6 +360,7 @@ mod tests {
             budget_bytes_per_sec: 1,
             members: Vec::new(),
             session: String::new(),
+            ..Default::default()
         };
         assert_eq!(resolve(&a, "m", None).unwrap().version, 1);
         assert_eq!(resolve(&a, "m", Some(2)).unwrap().version, 2);

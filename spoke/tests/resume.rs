@@ -53,6 +53,7 @@ async fn sigkill_and_restart_resumes_without_refetching() {
         created_unix_ms: 0,
         latest_version: 0,
         outside_links: String::new(),
+        ..Default::default()
     };
     admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.unwrap();
     let mut events = admin.snapshot(pb::SnapshotRequest { dataset: "llama".into() }).await.unwrap().into_inner();
@@ -67,6 +68,7 @@ async fn sigkill_and_restart_resumes_without_refetching() {
             version: 1,
             regions: vec!["eu".into()],
             mode: Default::default(),
+            ..Default::default()
         })
         .await
         .unwrap();

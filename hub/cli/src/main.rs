@@ -372,6 +372,7 @@ async fn run(cli: Cli) -> Result<()> {
                 created_unix_ms: 0,
                 latest_version: 0,
                 outside_links: outside_links.to_string(),
+                keep_versions: 0,
             };
             let d = admin
                 .add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) })
@@ -384,7 +385,7 @@ async fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Dataset(DatasetCommand::Set { name, outside_links }) => {
-            let req = pb::UpdateDatasetRequest { name, outside_links: outside_links.to_string() };
+            let req = pb::UpdateDatasetRequest { name, outside_links: outside_links.to_string(), keep_versions: None };
             let d = admin.update_dataset(req).await.map_err(|e| explain(e, &hub))?.into_inner();
             println!("dataset {}: outside links: {} (from its next snapshot)", d.name, d.outside_links);
         }
@@ -511,6 +512,7 @@ async fn run(cli: Cli) -> Result<()> {
                 version: version.version.unwrap_or(0),
                 regions: to,
                 mode: mode.to_wire(),
+                cut_over: pb::CutOver::Unspecified.into(),
             };
             let resp = admin.rollout(req).await.map_err(|e| explain(e, &hub))?.into_inner();
             println!("{}@v{} rolling out to {}", resp.dataset, resp.version, resp.regions.join(", "));

@@ -31,6 +31,7 @@ pub fn dataset(name: &str, source: &str, prefix: &str) -> pb::AddDatasetRequest 
             created_unix_ms: 0,
             latest_version: 0,
             outside_links: String::new(),
+            ..Default::default()
         }),
     }
 }

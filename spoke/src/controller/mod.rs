@@ -428,6 +428,8 @@ async fn report_cache(
             bytes_to_peers: peers.to_peers.load(Relaxed),
             corrupt_from_peers: peers.corrupt_from_peers.load(Relaxed),
             session: session.clone(),
+            in_use: Vec::new(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         if let Err(e) = client.report_cache(report).await {
             warn!(error = %e.message(), "could not report the cache to the hub");
@@ -536,6 +538,7 @@ mod tests {
                 active: v == 2,
                 mode: ReplicationMode::EveryNode.to_wire(),
                 ready: v == 2,
+                ..Default::default()
             };
             (m, a)
         };
