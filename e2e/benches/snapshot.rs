@@ -129,6 +129,7 @@ fn time_snapshot(runtime: &tokio::runtime::Runtime, dataset: &Dataset, rounds: u
             created_unix_ms: 0,
             latest_version: 0,
             outside_links: Default::default(),
+            keep_versions: 0,
         };
         db.add_dataset(&record).unwrap();
         let outcome = runtime

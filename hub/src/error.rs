@@ -29,6 +29,7 @@ impl From<StoreError> for Status {
             StoreError::AlreadyExists { .. } => Code::AlreadyExists,
             StoreError::NotFound { .. } => Code::NotFound,
             StoreError::Conflict { .. } => Code::Aborted,
+            StoreError::Refused(_) => Code::FailedPrecondition,
             StoreError::Schema { .. } | StoreError::Corrupt(_) | StoreError::Task(_) | StoreError::Db(_) => {
                 Code::Internal
             }

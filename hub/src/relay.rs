@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -94,8 +95,9 @@ pub struct SpokeService {
     /// How much `FetchChunks` work each region may have at once.
     limits: Arc<RelayLimits>,
     indexes: Mutex<HashMap<VersionId, Arc<VersionIndex>>>,
-    /// Rows found rolled out; rollouts are never withdrawn.
-    granted: Mutex<HashSet<RolloutKey>>,
+    /// Rows found rolled out, as of a count of withdrawals ([`Live::withdraw`]): checked
+    /// again after one.
+    granted: Mutex<(u64, HashSet<RolloutKey>)>,
     /// The hub's own files: no source read may reach them, whatever a link says.
     hub_files: HubFiles,
 }
@@ -119,13 +121,24 @@ impl SpokeService {
 
     /// Fails unless the key's version is rolled out to its region.
     async fn authorize(&self, key: &RolloutKey) -> Result<(), Status> {
-        if self.granted.lock().unwrap_or_else(|e| e.into_inner()).contains(key) {
-            return Ok(());
+        let epoch = self.live.withdrawn.load(Ordering::Acquire);
+        {
+            let mut granted = self.granted.lock().unwrap_or_else(|e| e.into_inner());
+            if granted.0 != epoch {
+                *granted = (epoch, HashSet::new());
+                self.indexes.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            }
+            if granted.1.contains(key) {
+                return Ok(());
+            }
         }
         let owned = key.dataset.clone();
         let rollouts = blocking(&self.db, move |db| db.rollouts(Some(&owned))).await?;
         if rollouts.iter().any(|r| r.version == key.version && r.region == key.region) {
-            self.granted.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone());
+            let mut granted = self.granted.lock().unwrap_or_else(|e| e.into_inner());
+            if granted.0 == epoch {
+                granted.1.insert(key.clone());
+            }
             Ok(())
         } else {
             Err(Status::permission_denied(format!(
@@ -179,16 +192,37 @@ impl SpokeService {
         Ok(index)
     }
 
-    async fn assignments(db: &Arc<dyn MetaStore>, members: &Members, region: &str) -> Result<pb::Assignments, Status> {
-        let (rollouts, regions) = blocking(db, |db| Ok((db.rollouts(None)?, db.regions()?))).await?;
-        let budget = regions.iter().find(|r| r.name == region).map_or(0, |r| r.rate);
-        let assignments = assignments_of(rollouts, region);
+    /// What `region` must hold now; refused once the region was removed (its credentials
+    /// no longer work: the watch ends).
+    async fn assignments(
+        db: &Arc<dyn MetaStore>,
+        members: &Arc<Members>,
+        region: &str,
+    ) -> Result<pb::Assignments, Status> {
+        let (owned, live) = (region.to_string(), members.clone());
+        let (rollouts, regions, serving, tags, retention) = blocking(db, move |db| {
+            let rollouts = db.rollouts(None)?;
+            let in_use = live.in_use(&rollouts);
+            let retention = db.retention(&in_use)?;
+            let datasets: HashSet<&str> =
+                rollouts.iter().filter(|r| r.region == owned).map(|r| r.dataset.as_str()).collect();
+            let tags: Vec<_> = db.tags(None)?.into_iter().filter(|t| datasets.contains(t.dataset.as_str())).collect();
+            Ok((rollouts.clone(), db.regions()?, db.serving(None)?, tags, retention))
+        })
+        .await?;
+        let Some(budget) = regions.iter().find(|r| r.name == region).map(|r| r.rate) else {
+            return Err(Status::permission_denied(format!(
+                "region {region} was removed from the hub: its credentials no longer work"
+            )));
+        };
+        let retained: HashSet<VersionId> =
+            retention.into_iter().filter(|(_, why)| !why.is_empty()).map(|(id, _)| id).collect();
         Ok(pb::Assignments {
-            assignments,
+            assignments: assignments_of(rollouts, &serving, &retained, region),
             budget_bytes_per_sec: budget,
             members: members.members(region),
             session: String::new(),
-            tags: Vec::new(),
+            tags: tags.iter().map(|t| t.to_pb()).collect(),
         })
     }
 }

@@ -45,6 +45,7 @@ fn store(url: &str, options: BTreeMap<String, String>, prefix: &str) -> (Arc<dyn
         created_unix_ms: 0,
         latest_version: 0,
         outside_links: Default::default(),
+        keep_versions: 0,
     };
     db.add_dataset(&dataset).unwrap();
     (Arc::new(db), dataset)

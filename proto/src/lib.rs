@@ -94,8 +94,9 @@ pub mod csi {
     }
 }
 
+pub use domain::tag::{TagNameError, validate_tag};
 pub use domain::{
     ChunkRef, ChunkerParams, Digest, FileEntry, MANIFEST_FORMAT, Manifest, ManifestError, ModeError, NameError, Phase,
-    PhaseError, Rate, RateError, ReplicationMode, Size, SizeError, TagNameError, VersionRef, format_duration,
-    parse_duration, validate_name, validate_tag,
+    PhaseError, Rate, RateError, ReplicationMode, Size, SizeError, VersionRef, format_duration, parse_duration,
+    validate_name,
 };

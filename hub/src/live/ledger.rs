@@ -110,6 +110,8 @@ mod tests {
 
     use super::*;
     use crate::rollout::VersionId;
+    use crate::rollout::cutover::CutOver;
+    use crate::store::LifecycleStore;
     use crate::store::sqlite::SqliteStore;
     use aqueduct_proto::domain::modes::OutsideLinks;
 
@@ -128,6 +130,7 @@ mod tests {
             created_unix_ms: 2,
             latest_version: 0,
             outside_links: OutsideLinks::Fail,
+            keep_versions: 0,
         };
         store.add_dataset(&dataset).unwrap();
         let file = FileEntry {
@@ -143,7 +146,15 @@ mod tests {
         for name in ["eu", "us"] {
             store.add_region(&RegionRecord { name: name.into(), rate: 1, created_unix_ms: 1 }).unwrap();
         }
-        store.add_rollout(&VersionId::new("d", 1), &["eu".into(), "us".into()], ReplicationMode::Auto, 3).unwrap();
+        store
+            .add_rollout(
+                &VersionId::new("d", 1),
+                &["eu".into(), "us".into()],
+                ReplicationMode::Auto,
+                CutOver::AllReady,
+                3,
+            )
+            .unwrap();
         store
     }
 

@@ -23,14 +23,15 @@
 //! rules' unit tests and a property test of who may report, over arbitrary joins, leaves and
 //! reports.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use aqueduct_proto::Phase;
 use aqueduct_proto::hub::v1 as pb;
 
-use crate::rollout::{NodeReport, RegionProgress, RolloutKey, counted, fold, sharers};
+use crate::rollout::retention::InUse;
+use crate::rollout::{NodeReport, RegionProgress, RolloutKey, RolloutRecord, VersionId, counted, fold, sharers};
 
 /// What a caller shows to speak for a node. Today the session token of the node's open watch
 /// (the region's spokes share one certificate); with per-node certificates, the certificate.
@@ -216,6 +217,36 @@ impl Members {
         report.session = String::new();
         inner.caches.entry(region.to_string()).or_default().insert(report.node.clone(), report);
         Ok(())
+    }
+
+    /// The versions live members report in use (in their last cache reports), each counted
+    /// only for a dataset rolled out to the member's region (`rollouts`): a spoke cannot
+    /// retain another region's versions.
+    pub fn in_use(&self, rollouts: &[RolloutRecord]) -> Vec<InUse> {
+        let rolled_out: HashSet<(&str, &str)> =
+            rollouts.iter().map(|r| (r.region.as_str(), r.dataset.as_str())).collect();
+        let inner = self.lock();
+        let mut out = Vec::new();
+        for (region, nodes) in &inner.caches {
+            for (node, report) in nodes {
+                for u in report.in_use.iter().filter(|u| rolled_out.contains(&(region.as_str(), u.dataset.as_str()))) {
+                    out.push(InUse {
+                        region: region.clone(),
+                        node: node.clone(),
+                        version: VersionId::new(u.dataset.clone(), u.version),
+                        user: u.user.clone(),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.region, &a.node, &a.version).cmp(&(&b.region, &b.node, &b.version)));
+        out
+    }
+
+    /// Forgets every report about `key`: the region takes the version up again from the
+    /// start (a rollback to a version that was not whole), so reports of before do not count.
+    pub fn forget(&self, key: &RolloutKey) {
+        self.lock().reports.remove(key);
     }
 
     /// Every region's cache, by what its live members last reported.

@@ -10,6 +10,7 @@ pub mod ledger;
 pub mod members;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -36,4 +37,16 @@ pub struct Live {
     /// Fires when the hub stops: watches end, so that the server's graceful shutdown is not
     /// held up by streams that never finish on their own.
     pub stopping: CancellationToken,
+    /// Bumped when something spokes were allowed to read is withdrawn (a cancelled rollout, a
+    /// removed version, dataset or region): the relay drops what it cached of who may read
+    /// what, and checks again.
+    pub withdrawn: Arc<AtomicU64>,
+}
+
+impl Live {
+    /// Something was withdrawn: the relay checks grants again, and the watches wake up.
+    pub fn withdraw(&self) {
+        self.withdrawn.fetch_add(1, Ordering::AcqRel);
+        self.changes.notify_waiters();
+    }
 }

@@ -15,6 +15,7 @@
 //! step by step ([`schema`]).
 
 pub mod chunk_list;
+pub mod lifecycle;
 pub mod schema;
 pub mod sqlite;
 #[cfg(test)]
@@ -25,7 +26,9 @@ use std::collections::BTreeMap;
 use aqueduct_proto::domain::modes::OutsideLinks;
 use aqueduct_proto::{Digest, Manifest, ReplicationMode};
 
-use crate::rollout::{RegionProgress, RolloutKey, RolloutRecord, VersionId};
+use crate::rollout::cutover::{CutOver, RegionStep, ServingRecord};
+use crate::rollout::retention::{InUse, Reason};
+use crate::rollout::{RegionProgress, RolloutKey, RolloutRecord, TagRecord, VersionId};
 use schema::SCHEMA_VERSION;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +43,9 @@ pub enum StoreError {
     Schema { found: i64 },
     #[error("a hub task failed: {0}")]
     Task(String),
+    /// A lifecycle rule refused the change (it says why and what to do); nothing changed.
+    #[error("{0}")]
+    Refused(String),
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
     #[error("hub database error: {0}")]
@@ -64,6 +70,8 @@ pub struct DatasetRecord {
     pub latest_version: u64,
     /// What a snapshot does with symbolic links that lead outside the prefix.
     pub outside_links: OutsideLinks,
+    /// Retention: its newest `keep_versions` are always retained (0: the default).
+    pub keep_versions: u32,
 }
 
 /// An object under a dataset's prefix that is not in a version, and why.
@@ -116,8 +124,9 @@ pub struct StoredVersion {
 }
 
 /// The hub's metadata store. Every method is short and synchronous; callers on the async
-/// runtime go through `spawn_blocking`.
-pub trait MetaStore: Send + Sync {
+/// runtime go through `spawn_blocking`. The rollout lifecycle's calls are in
+/// [`LifecycleStore`].
+pub trait MetaStore: LifecycleStore + Send + Sync {
     fn add_source(&self, source: &SourceRecord) -> Result<(), StoreError>;
     fn source(&self, name: &str) -> Result<Option<SourceRecord>, StoreError>;
     fn sources(&self) -> Result<Vec<SourceRecord>, StoreError>;
@@ -140,29 +149,87 @@ pub trait MetaStore: Send + Sync {
     fn regions(&self) -> Result<Vec<RegionRecord>, StoreError>;
     /// Sets a region's link budget; fails with `NotFound` if there is no such region.
     fn set_region_rate(&self, name: &str, rate: u64) -> Result<(), StoreError>;
-    /// Asks `regions` to hold a version in `mode`; regions that already have it keep their
-    /// state and take the new mode. Fails with `NotFound` naming the first unknown region or
-    /// version, writing nothing.
-    fn add_rollout(
-        &self,
-        version: &VersionId,
-        regions: &[String],
-        mode: ReplicationMode,
-        now_unix_ms: i64,
-    ) -> Result<(), StoreError>;
     /// Every rollout (of one dataset, or of all), by dataset, version and region.
     fn rollouts(&self, dataset: Option<&str>) -> Result<Vec<RolloutRecord>, StoreError>;
-    /// Records what a region's members reported about a version it was asked to hold, as
-    /// [`crate::rollout::after_report`] says (a row that was Ready once stays Ready, with its cached
-    /// bytes: a spoke that joins the region later, or fails, shows per node, not in the
-    /// region's row). `NotFound` if the version was not rolled out to the region.
-    fn update_rollout(&self, update: &RolloutUpdate) -> Result<(), StoreError>;
     /// Adds to the bytes relayed to a region for a version.
     fn add_relayed(&self, key: &RolloutKey, bytes: u64) -> Result<(), StoreError>;
     /// The version's source changed: fails it, with `reason`, in every region that was asked
     /// to hold it, as [`crate::rollout::after_source_changed`] says (where it was never whole; the
     /// regions that held it keep it). Returns the regions it failed in, sorted.
     fn fail_version(&self, version: &VersionId, reason: &str, now_unix_ms: i64) -> Result<Vec<String>, StoreError>;
+}
+
+/// The rollout lifecycle: rollouts, what regions serve, tags, retention and removals. Each
+/// call is one transaction that applies [`crate::rollout`]'s rules to what it reads, so that
+/// a rule never acts on rows another call changed meanwhile; a refusal
+/// ([`StoreError::Refused`]) changes nothing.
+pub trait LifecycleStore {
+    /// Asks `regions` to hold a version in `mode`; regions that already have it keep their
+    /// state and take the new mode and cut-over. Fails with `NotFound` naming the first unknown region or
+    /// version, writing nothing.
+    fn add_rollout(
+        &self,
+        version: &VersionId,
+        regions: &[String],
+        mode: ReplicationMode,
+        cut_over: CutOver,
+        now_unix_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Records what a region's members reported about a version it was asked to hold, as
+    /// [`crate::rollout::after_report`] says (a row that was Ready once stays Ready, with its cached
+    /// bytes: a spoke that joins the region later, or fails, shows per node, not in the
+    /// region's row). When the row first becomes Ready, the regions that switch to the version
+    /// by its cut-over ([`crate::rollout::cutover::switches`]) serve it, in the same
+    /// transaction. `NotFound` if the version was not rolled out to the region.
+    fn update_rollout(&self, update: &RolloutUpdate) -> Result<(), StoreError>;
+    /// Sets a dataset's retention (`keep` newest versions, at least 1).
+    fn set_keep_versions(&self, dataset: &str, keep: u32) -> Result<(), StoreError>;
+    /// Tags of one dataset or of all, by dataset and name.
+    fn tags(&self, dataset: Option<&str>) -> Result<Vec<TagRecord>, StoreError>;
+    /// Sets or moves a tag; returns the version it named before. `NotFound` for a version
+    /// that does not exist.
+    fn set_tag(&self, tag: &TagRecord) -> Result<Option<u64>, StoreError>;
+    /// Removes a tag; returns the version it named (`None`: there was no such tag).
+    fn remove_tag(&self, dataset: &str, name: &str) -> Result<Option<u64>, StoreError>;
+    /// What each region serves (of one dataset, or of all), by dataset and region.
+    fn serving(&self, dataset: Option<&str>) -> Result<Vec<ServingRecord>, StoreError>;
+    /// Makes regions serve a version ([`crate::rollout::cutover::promote`]).
+    fn promote(&self, version: &VersionId, regions: &[String], now_unix_ms: i64)
+    -> Result<Vec<RegionStep>, StoreError>;
+    /// Makes regions serve an earlier version ([`crate::rollout::cutover::rollback`]): where
+    /// it is not whole, its row is reset (or added) and served once Ready. `in_use`: what the
+    /// spokes report (it counts for what is retained, so for what is whole).
+    fn rollback(
+        &self,
+        dataset: &str,
+        to: Option<u64>,
+        regions: &[String],
+        in_use: &[InUse],
+        now_unix_ms: i64,
+    ) -> Result<Vec<RegionStep>, StoreError>;
+    /// Removes a version's rows from regions ([`crate::rollout::cutover::cancel`]); returns
+    /// the regions.
+    fn cancel_rollout(
+        &self,
+        version: &VersionId,
+        regions: &[String],
+        now_unix_ms: i64,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Every version, with the reasons it is retained
+    /// ([`crate::rollout::retention::retained`]).
+    fn retention(&self, in_use: &[InUse]) -> Result<BTreeMap<VersionId, Vec<Reason>>, StoreError>;
+    /// Removes versions (their files, rows and tags), each only if
+    /// [`crate::rollout::retention::removable`] allows it at this moment; refused as a whole
+    /// otherwise.
+    fn remove_versions(&self, versions: &[VersionId], in_use: &[InUse], force: bool) -> Result<(), StoreError>;
+    /// Removes a source; refused while a dataset uses it.
+    fn remove_source(&self, name: &str) -> Result<(), StoreError>;
+    /// Removes a dataset; refused while it is rolled out (unless `force`: its rollouts go
+    /// too) or in use. Returns what went.
+    fn remove_dataset(&self, name: &str, force: bool, in_use: &[InUse]) -> Result<String, StoreError>;
+    /// Removes a region; refused while versions are rolled out to it (unless `force`: its
+    /// rows and what it serves go too). Returns what went.
+    fn remove_region(&self, name: &str, force: bool) -> Result<String, StoreError>;
 }
 
 /// What a snapshot adds to a manifest when it records a version.

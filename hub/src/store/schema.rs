@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::StoreError;
 
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -21,7 +21,8 @@ CREATE TABLE IF NOT EXISTS datasets (
     source TEXT NOT NULL REFERENCES sources(name),
     prefix TEXT NOT NULL,
     created_ms INTEGER NOT NULL,
-    outside_links TEXT NOT NULL DEFAULT 'fail'
+    outside_links TEXT NOT NULL DEFAULT 'fail',
+    keep_versions INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS versions (
     dataset TEXT NOT NULL REFERENCES datasets(name),
@@ -69,6 +70,8 @@ CREATE TABLE IF NOT EXISTS rollouts (
     mode TEXT NOT NULL DEFAULT 'auto',
     added_ms INTEGER NOT NULL DEFAULT 0,
     ready_ms INTEGER,
+    cut_over TEXT NOT NULL DEFAULT 'all-ready',
+    promote_pending INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (dataset, version, region),
     FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
 );
@@ -78,6 +81,26 @@ CREATE TABLE IF NOT EXISTS skipped_objects (
     key TEXT NOT NULL,
     reason TEXT NOT NULL,
     FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
+);
+CREATE TABLE IF NOT EXISTS tags (
+    dataset TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (dataset, name),
+    FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
+);
+CREATE TABLE IF NOT EXISTS serving (
+    dataset TEXT NOT NULL,
+    region TEXT NOT NULL REFERENCES regions(name),
+    version INTEGER NOT NULL,
+    since_ms INTEGER NOT NULL,
+    previous INTEGER NOT NULL,
+    PRIMARY KEY (dataset, region)
+);
+CREATE TABLE IF NOT EXISTS retired (
+    dataset TEXT PRIMARY KEY,
+    last_version INTEGER NOT NULL
 );
 ";
 
@@ -111,20 +134,53 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
          ALTER TABLE rollouts ADD COLUMN ready_ms INTEGER;
          UPDATE rollouts SET ready_ms = updated_ms WHERE phase = 'Ready';",
     ),
+    // Version 4 had no lifecycle: a region's active version was recomputed from the rows by
+    // the all-ready rule. Version 5 remembers what each region serves (filled from that rule
+    // on the way up: see `prepare`), tags, cut-over policies, retention, and the last number
+    // of a removed dataset (so that its name never gets a number again with other bytes).
+    (
+        4,
+        "ALTER TABLE datasets ADD COLUMN keep_versions INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE rollouts ADD COLUMN cut_over TEXT NOT NULL DEFAULT 'all-ready';
+         ALTER TABLE rollouts ADD COLUMN promote_pending INTEGER NOT NULL DEFAULT 0;
+         CREATE TABLE IF NOT EXISTS tags (
+             dataset TEXT NOT NULL,
+             name TEXT NOT NULL,
+             version INTEGER NOT NULL,
+             updated_ms INTEGER NOT NULL,
+             PRIMARY KEY (dataset, name),
+             FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
+         );
+         CREATE TABLE IF NOT EXISTS serving (
+             dataset TEXT NOT NULL,
+             region TEXT NOT NULL REFERENCES regions(name),
+             version INTEGER NOT NULL,
+             since_ms INTEGER NOT NULL,
+             previous INTEGER NOT NULL,
+             PRIMARY KEY (dataset, region)
+         );
+         CREATE TABLE IF NOT EXISTS retired (
+             dataset TEXT PRIMARY KEY,
+             last_version INTEGER NOT NULL
+         );",
+    ),
 ];
 
 /// Creates the tables a new database lacks and brings an older one to [`SCHEMA_VERSION`],
-/// step by step; refuses a database of a newer (or unknown) schema.
-pub fn prepare(conn: &Connection) -> Result<(), StoreError> {
+/// step by step; refuses a database of a newer (or unknown) schema. Returns the version an
+/// existing database had (`None`: a new one), for the steps the engine does in Rust.
+pub fn prepare(conn: &Connection) -> Result<Option<i64>, StoreError> {
     conn.execute_batch(SCHEMA)?;
     let found: Option<String> =
         conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).optional()?;
     match found {
         None => {
             conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?1)", [SCHEMA_VERSION.to_string()])?;
+            Ok(None)
         }
         Some(v) => {
             let mut found: i64 = v.parse().unwrap_or(-1);
+            let was = found;
             if !(1..=SCHEMA_VERSION).contains(&found) {
                 return Err(StoreError::Schema { found });
             }
@@ -138,7 +194,7 @@ pub fn prepare(conn: &Connection) -> Result<(), StoreError> {
                 ))?;
                 found += 1;
             }
+            Ok(Some(was))
         }
     }
-    Ok(())
 }

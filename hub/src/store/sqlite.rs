@@ -9,15 +9,16 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use aqueduct_proto::domain::modes::OutsideLinks;
-use aqueduct_proto::{ChunkerParams, Digest, FileEntry, Manifest, Phase, ReplicationMode};
+use aqueduct_proto::{ChunkerParams, Digest, FileEntry, Manifest, Phase};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::chunk_list::{decode_chunks, encode_chunks};
 use super::schema;
 use super::{
-    DatasetRecord, MetaStore, RegionRecord, RolloutUpdate, SkippedObject, SourceRecord, SourceStamp, StoreError,
-    StoredVersion, VersionCut, VersionRecord,
+    DatasetRecord, MetaStore, RegionRecord, SkippedObject, SourceRecord, SourceStamp, StoreError, StoredVersion,
+    VersionCut, VersionRecord,
 };
+use crate::rollout::cutover::ServingRecord;
 use crate::rollout::{self, RolloutKey, RolloutRecord, RowState, VersionId};
 
 pub struct SqliteStore {
@@ -38,7 +39,18 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        schema::prepare(&conn)?;
+        if schema::prepare(&conn)?.is_some_and(|was| was < 5) {
+            // What each region serves was recomputed from the rows before schema 5: start
+            // from what that gave, so that no region changes what it serves on the upgrade.
+            let rows = rollouts_in(&conn, None)?;
+            let tx = conn.unchecked_transaction()?;
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            for s in rollout::serving_from_rows(&rows, now) {
+                write_serving(&tx, &s)?;
+            }
+            tx.commit()?;
+        }
         Ok(Self { conn: Mutex::new(conn) })
     }
 
@@ -130,9 +142,11 @@ impl MetaStore for SqliteStore {
     fn datasets(&self) -> Result<Vec<DatasetRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT d.name, d.source, d.prefix, d.created_ms, COALESCE(MAX(v.number), 0), d.outside_links
+            "SELECT d.name, d.source, d.prefix, d.created_ms,
+                    MAX(COALESCE(MAX(v.number), 0), COALESCE((SELECT last_version FROM retired WHERE dataset = d.name), 0)),
+                    d.outside_links, d.keep_versions
              FROM datasets d LEFT JOIN versions v ON v.dataset = d.name
-             GROUP BY d.name, d.source, d.prefix, d.created_ms, d.outside_links ORDER BY d.name",
+             GROUP BY d.name, d.source, d.prefix, d.created_ms, d.outside_links, d.keep_versions ORDER BY d.name",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
@@ -143,6 +157,7 @@ impl MetaStore for SqliteStore {
                     created_unix_ms: r.get(3)?,
                     latest_version: r.get::<_, i64>(4)? as u64,
                     outside_links: OutsideLinks::Fail,
+                    keep_versions: r.get::<_, i64>(6)?.clamp(0, i64::from(u32::MAX)) as u32,
                 },
                 r.get::<_, String>(5)?,
             ))
@@ -235,10 +250,12 @@ impl MetaStore for SqliteStore {
     fn insert_version(&self, previous: u64, m: &Manifest, cut: &VersionCut) -> Result<VersionRecord, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let latest: i64 =
-            tx.query_row("SELECT COALESCE(MAX(number), 0) FROM versions WHERE dataset = ?1", [&m.dataset], |r| {
-                r.get(0)
-            })?;
+        let latest: i64 = tx.query_row(
+            "SELECT MAX(COALESCE((SELECT MAX(number) FROM versions WHERE dataset = ?1), 0),
+                        COALESCE((SELECT last_version FROM retired WHERE dataset = ?1), 0))",
+            [&m.dataset],
+            |r| r.get(0),
+        )?;
         if latest as u64 != previous {
             return Err(StoreError::Conflict { dataset: m.dataset.clone(), latest: latest as u64 });
         }
@@ -330,91 +347,8 @@ impl MetaStore for SqliteStore {
         Ok(())
     }
 
-    fn add_rollout(
-        &self,
-        version: &VersionId,
-        regions: &[String],
-        mode: ReplicationMode,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        let VersionId { dataset, version } = version;
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let version_exists: bool = tx.query_row(
-            "SELECT EXISTS(SELECT 1 FROM versions WHERE dataset = ?1 AND number = ?2)",
-            params![dataset, *version as i64],
-            |r| r.get(0),
-        )?;
-        if !version_exists {
-            return Err(StoreError::NotFound { kind: "version", name: format!("{dataset}@v{version}") });
-        }
-        for region in regions {
-            let exists: bool =
-                tx.query_row("SELECT EXISTS(SELECT 1 FROM regions WHERE name = ?1)", [region], |r| r.get(0))?;
-            if !exists {
-                return Err(StoreError::NotFound { kind: "region", name: region.clone() });
-            }
-            tx.execute(
-                "INSERT INTO rollouts (dataset, version, region, phase, reason, cached_bytes, relayed_bytes, rate, updated_ms, mode, added_ms)
-                 VALUES (?1, ?2, ?3, ?4, '', 0, 0, 0, ?5, ?6, ?5)
-                 ON CONFLICT (dataset, version, region) DO UPDATE SET mode = excluded.mode",
-                params![dataset, *version as i64, region, Phase::Pending.as_str(), now, mode.to_string()],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
     fn rollouts(&self, dataset: Option<&str>) -> Result<Vec<RolloutRecord>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT o.dataset, o.version, o.region, v.bytes, o.cached_bytes, o.phase, o.reason, o.rate, r.rate, o.updated_ms, o.relayed_bytes, v.root, o.mode, o.added_ms, o.ready_ms
-             FROM rollouts o
-             JOIN versions v ON v.dataset = o.dataset AND v.number = o.version
-             JOIN regions r ON r.name = o.region
-             WHERE ?1 IS NULL OR o.dataset = ?1
-             ORDER BY o.dataset, o.version, o.region",
-        )?;
-        let rows = stmt.query_map([dataset], |r| {
-            Ok((
-                RolloutRecord {
-                    dataset: r.get(0)?,
-                    version: r.get::<_, i64>(1)? as u64,
-                    region: r.get(2)?,
-                    total_bytes: r.get::<_, i64>(3)? as u64,
-                    cached_bytes: r.get::<_, i64>(4)? as u64,
-                    phase: Phase::Pending,
-                    reason: r.get(6)?,
-                    rate: r.get::<_, i64>(7)? as u64,
-                    budget: r.get::<_, i64>(8)? as u64,
-                    updated_unix_ms: r.get(9)?,
-                    relayed_bytes: r.get::<_, i64>(10)? as u64,
-                    root: Digest::from_slice(&r.get::<_, Vec<u8>>(11)?).unwrap_or(Digest([0; 32])),
-                    mode: r.get::<_, String>(12)?.parse().unwrap_or_default(),
-                    added_unix_ms: r.get(13)?,
-                    ready_unix_ms: r.get(14)?,
-                },
-                r.get::<_, String>(5)?,
-            ))
-        })?;
-        rows.map(|row| {
-            let (mut record, phase) = row?;
-            record.phase = phase_of(&record.key(), &phase)?;
-            Ok(record)
-        })
-        .collect()
-    }
-
-    fn update_rollout(&self, u: &RolloutUpdate) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let Some(row) = row_state(&tx, &u.key)? else {
-            return Err(StoreError::NotFound { kind: "rollout", name: u.key.to_string() });
-        };
-        let next = rollout::after_report(&row, &u.progress, u.updated_unix_ms);
-        write_row_state(&tx, &u.key, &next, u.updated_unix_ms)?;
-        tx.commit()?;
-        Ok(())
+        rollouts_in(&self.conn(), dataset)
     }
 
     fn add_relayed(&self, key: &RolloutKey, bytes: u64) -> Result<(), StoreError> {
@@ -449,12 +383,12 @@ impl MetaStore for SqliteStore {
 }
 
 /// A stored phase: its text name (see [`Phase::as_str`]), the one conversion both ways.
-fn phase_of(key: &RolloutKey, text: &str) -> Result<Phase, StoreError> {
+pub(super) fn phase_of(key: &RolloutKey, text: &str) -> Result<Phase, StoreError> {
     text.parse().map_err(|e| StoreError::Corrupt(format!("phase of rollout {key}: {e}")))
 }
 
 /// What the lifecycle rules change of a rollout's row, as stored (`None`: no such row).
-fn row_state(tx: &rusqlite::Transaction<'_>, key: &RolloutKey) -> Result<Option<RowState>, StoreError> {
+pub(super) fn row_state(tx: &rusqlite::Transaction<'_>, key: &RolloutKey) -> Result<Option<RowState>, StoreError> {
     let found = tx
         .query_row(
             "SELECT phase, cached_bytes, reason, rate, ready_ms FROM rollouts
@@ -475,7 +409,7 @@ fn row_state(tx: &rusqlite::Transaction<'_>, key: &RolloutKey) -> Result<Option<
     Ok(Some(RowState { phase: phase_of(key, &phase)?, cached_bytes, reason, rate, ready_unix_ms }))
 }
 
-fn write_row_state(
+pub(super) fn write_row_state(
     tx: &rusqlite::Transaction<'_>,
     key: &RolloutKey,
     row: &RowState,
@@ -499,7 +433,61 @@ fn write_row_state(
     Ok(())
 }
 
-fn map_constraint(kind: &'static str, name: &str) -> impl FnOnce(rusqlite::Error) -> StoreError + use<> {
+pub(super) fn map_constraint(kind: &'static str, name: &str) -> impl FnOnce(rusqlite::Error) -> StoreError + use<> {
     let name = name.to_string();
     move |e| if is_constraint(&e) { StoreError::AlreadyExists { kind, name } } else { e.into() }
+}
+
+/// Every rollout row (of one dataset, or of all), by dataset, version and region.
+pub(super) fn rollouts_in(conn: &Connection, dataset: Option<&str>) -> Result<Vec<RolloutRecord>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT o.dataset, o.version, o.region, v.bytes, o.cached_bytes, o.phase, o.reason, o.rate, r.rate, o.updated_ms, o.relayed_bytes, v.root, o.mode, o.added_ms, o.ready_ms, o.cut_over, o.promote_pending
+         FROM rollouts o
+         JOIN versions v ON v.dataset = o.dataset AND v.number = o.version
+         JOIN regions r ON r.name = o.region
+         WHERE ?1 IS NULL OR o.dataset = ?1
+         ORDER BY o.dataset, o.version, o.region",
+    )?;
+    let rows = stmt.query_map([dataset], |r| {
+        Ok((
+            RolloutRecord {
+                dataset: r.get(0)?,
+                version: r.get::<_, i64>(1)? as u64,
+                region: r.get(2)?,
+                total_bytes: r.get::<_, i64>(3)? as u64,
+                cached_bytes: r.get::<_, i64>(4)? as u64,
+                phase: Phase::Pending,
+                reason: r.get(6)?,
+                rate: r.get::<_, i64>(7)? as u64,
+                budget: r.get::<_, i64>(8)? as u64,
+                updated_unix_ms: r.get(9)?,
+                relayed_bytes: r.get::<_, i64>(10)? as u64,
+                root: Digest::from_slice(&r.get::<_, Vec<u8>>(11)?).unwrap_or(Digest([0; 32])),
+                mode: r.get::<_, String>(12)?.parse().unwrap_or_default(),
+                added_unix_ms: r.get(13)?,
+                ready_unix_ms: r.get(14)?,
+                cut_over: Default::default(),
+                promote_pending: r.get::<_, i64>(16)? != 0,
+            },
+            (r.get::<_, String>(5)?, r.get::<_, String>(15)?),
+        ))
+    })?;
+    rows.map(|row| {
+        let (mut record, (phase, cut_over)) = row?;
+        record.phase = phase_of(&record.key(), &phase)?;
+        record.cut_over =
+            cut_over.parse().map_err(|e| StoreError::Corrupt(format!("cut-over of rollout {}: {e}", record.key())))?;
+        Ok(record)
+    })
+    .collect()
+}
+
+/// Records what a region serves (replacing what it served).
+pub(super) fn write_serving(conn: &Connection, s: &ServingRecord) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO serving (dataset, region, version, since_ms, previous) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (dataset, region) DO UPDATE SET version = excluded.version, since_ms = excluded.since_ms, previous = excluded.previous",
+        params![s.dataset, s.region, s.version as i64, s.since_unix_ms, s.previous as i64],
+    )?;
+    Ok(())
 }

@@ -9,6 +9,7 @@ use aqueduct_proto::{ChunkRef, ChunkerParams, Digest, FileEntry, Manifest, Phase
 use super::schema::SCHEMA_VERSION;
 use super::sqlite::SqliteStore;
 use super::*;
+use crate::rollout::cutover::CutOver;
 use crate::rollout::{RegionProgress, RolloutKey, VersionId};
 
 fn manifest(dataset: &str, content: &[u8]) -> Manifest {
@@ -49,6 +50,7 @@ fn with_dataset(store: SqliteStore) -> SqliteStore {
             created_unix_ms: 2,
             latest_version: 0,
             outside_links: OutsideLinks::Fail,
+            keep_versions: 0,
         })
         .unwrap();
     store
@@ -103,6 +105,7 @@ fn duplicates_and_dangling_references_are_refused() {
             created_unix_ms: 2,
             latest_version: 0,
             outside_links: OutsideLinks::Fail,
+            keep_versions: 0,
         })
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound { kind: "source", .. }));
@@ -120,15 +123,25 @@ fn rollouts_need_known_regions_and_versions_and_are_idempotent() {
         Err(StoreError::AlreadyExists { kind: "region", .. })
     ));
     let err = store
-        .add_rollout(&VersionId::new("d", 1), &["eu".into(), "mars".into()], ReplicationMode::Auto, 20)
+        .add_rollout(
+            &VersionId::new("d", 1),
+            &["eu".into(), "mars".into()],
+            ReplicationMode::Auto,
+            CutOver::AllReady,
+            20,
+        )
         .unwrap_err();
     assert!(matches!(&err, StoreError::NotFound { kind: "region", name } if name == "mars"), "{err}");
     assert!(store.rollouts(None).unwrap().is_empty(), "a failed rollout wrote rows");
-    let err = store.add_rollout(&VersionId::new("d", 2), &["eu".into()], ReplicationMode::Auto, 20).unwrap_err();
+    let err = store
+        .add_rollout(&VersionId::new("d", 2), &["eu".into()], ReplicationMode::Auto, CutOver::AllReady, 20)
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotFound { kind: "version", .. }), "{err}");
 
-    store.add_rollout(&VersionId::new("d", 1), &["eu".into(), "us".into()], ReplicationMode::Auto, 20).unwrap();
-    store.add_rollout(&VersionId::new("d", 1), &["eu".into()], ReplicationMode::Region, 30).unwrap();
+    store
+        .add_rollout(&VersionId::new("d", 1), &["eu".into(), "us".into()], ReplicationMode::Auto, CutOver::AllReady, 20)
+        .unwrap();
+    store.add_rollout(&VersionId::new("d", 1), &["eu".into()], ReplicationMode::Region, CutOver::AllReady, 30).unwrap();
     let rows = store.rollouts(Some("d")).unwrap();
     assert_eq!(rows.len(), 2);
     // Asked again, a region takes the new mode.
@@ -156,7 +169,9 @@ fn a_schema_1_database_gains_replication_modes() {
         let store = with_dataset(SqliteStore::open(&path).unwrap());
         store.insert_version(0, &manifest("d", b"abc"), &cut(BTreeMap::new(), 10)).unwrap();
         store.add_region(&RegionRecord { name: "eu".into(), rate: 1, created_unix_ms: 1 }).unwrap();
-        store.add_rollout(&VersionId::new("d", 1), &["eu".into()], ReplicationMode::Region, 20).unwrap();
+        store
+            .add_rollout(&VersionId::new("d", 1), &["eu".into()], ReplicationMode::Region, CutOver::AllReady, 20)
+            .unwrap();
         // Back to what schema 1 was.
         store
             .conn()
@@ -166,6 +181,10 @@ fn a_schema_1_database_gains_replication_modes() {
                  ALTER TABLE rollouts DROP COLUMN added_ms; ALTER TABLE rollouts DROP COLUMN ready_ms;
                  UPDATE meta SET value = '1' WHERE key = 'schema_version';",
             )
+            .unwrap();
+        store
+            .conn()
+            .execute_batch(UNDO_SCHEMA_5)
             .unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
@@ -216,6 +235,10 @@ fn a_schema_2_database_gains_link_policies_and_skipped_objects() {
                  UPDATE meta SET value = '2' WHERE key = 'schema_version';",
             )
             .unwrap();
+        store
+            .conn()
+            .execute_batch(UNDO_SCHEMA_5)
+            .unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
     let d = store.dataset("d").unwrap().unwrap();
@@ -248,7 +271,15 @@ fn a_schema_3_database_remembers_which_regions_were_ready() {
         for name in ["eu", "us"] {
             store.add_region(&RegionRecord { name: name.into(), rate: 1, created_unix_ms: 1 }).unwrap();
         }
-        store.add_rollout(&VersionId::new("d", 1), &["eu".into(), "us".into()], ReplicationMode::Auto, 20).unwrap();
+        store
+            .add_rollout(
+                &VersionId::new("d", 1),
+                &["eu".into(), "us".into()],
+                ReplicationMode::Auto,
+                CutOver::AllReady,
+                20,
+            )
+            .unwrap();
         store.update_rollout(&update("eu", "Ready", 3, 30)).unwrap();
         store.update_rollout(&update("us", "Transferring", 1, 31)).unwrap();
         // Back to what schema 3 was.
@@ -258,6 +289,10 @@ fn a_schema_3_database_remembers_which_regions_were_ready() {
                 "ALTER TABLE rollouts DROP COLUMN added_ms; ALTER TABLE rollouts DROP COLUMN ready_ms;
                  UPDATE meta SET value = '3' WHERE key = 'schema_version';",
             )
+            .unwrap();
+        store
+            .conn()
+            .execute_batch(UNDO_SCHEMA_5)
             .unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
@@ -275,6 +310,10 @@ fn a_schema_3_database_remembers_which_regions_were_ready() {
     drop(store);
     assert!(matches!(SqliteStore::open(&path), Err(StoreError::Schema { found: 99 })));
 }
+
+/// What schema 5 added, taken away again (to make a database of an earlier schema).
+const UNDO_SCHEMA_5: &str = "ALTER TABLE rollouts DROP COLUMN cut_over; ALTER TABLE rollouts DROP COLUMN promote_pending;
+     ALTER TABLE datasets DROP COLUMN keep_versions; DROP TABLE tags; DROP TABLE serving; DROP TABLE retired;";
 
 fn update(region: &str, phase: &str, cached: u64, now: i64) -> RolloutUpdate {
     let phase: Phase = phase.parse().unwrap();
@@ -299,13 +338,23 @@ fn a_region_that_was_ready_keeps_the_version_and_only_the_others_fail() {
     for name in ["ap", "eu", "us"] {
         store.add_region(&RegionRecord { name: name.into(), rate: 1, created_unix_ms: 1 }).unwrap();
     }
-    store.add_rollout(&VersionId::new("d", 1), &["eu".into(), "us".into()], ReplicationMode::Auto, 20).unwrap();
+    store
+        .add_rollout(&VersionId::new("d", 1), &["eu".into(), "us".into()], ReplicationMode::Auto, CutOver::AllReady, 20)
+        .unwrap();
     store.update_rollout(&update("eu", "Ready", 3, 30)).unwrap();
     store.update_rollout(&update("eu", "Transferring", 1, 35)).unwrap();
     store.update_rollout(&update("eu", "Failed", 0, 36)).unwrap();
     store.update_rollout(&update("us", "Transferring", 1, 37)).unwrap();
     // Asked again (another mode): when it was added does not change.
-    store.add_rollout(&VersionId::new("d", 1), &["eu".into(), "ap".into()], ReplicationMode::Region, 50).unwrap();
+    store
+        .add_rollout(
+            &VersionId::new("d", 1),
+            &["eu".into(), "ap".into()],
+            ReplicationMode::Region,
+            CutOver::AllReady,
+            50,
+        )
+        .unwrap();
     let rows = store.rollouts(None).unwrap();
     let seen: Vec<(&str, &str, u64, i64, Option<i64>)> = rows
         .iter()

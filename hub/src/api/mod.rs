@@ -22,11 +22,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, info, instrument, warn};
 
+mod lifecycle;
+
 use crate::auth::require_admin;
 use crate::error::{invalid, unknown_dataset};
 use crate::live::Live;
 use crate::pki::Authority;
-use crate::rollout::{VersionId, active_versions};
+use crate::rollout::VersionId;
+use crate::rollout::cutover::CutOver;
+use crate::rollout::retention::DEFAULT_KEEP;
 use crate::snapshot::{self, Progress, SnapshotOptions, blocking, now_unix_ms};
 use crate::source::{HubFiles, SourceSpec};
 use crate::store::{DatasetRecord, MetaStore, RegionRecord, SourceRecord, StoreError, VersionRecord};
@@ -80,7 +84,7 @@ fn dataset_to_pb(d: DatasetRecord) -> pb::Dataset {
         created_unix_ms: d.created_unix_ms,
         latest_version: d.latest_version,
         outside_links: d.outside_links.to_string(),
-        keep_versions: 0,
+        keep_versions: if d.keep_versions == 0 { DEFAULT_KEEP } else { d.keep_versions },
     }
 }
 
@@ -169,6 +173,7 @@ impl pb::admin_server::Admin for AdminService {
             created_unix_ms: now_unix_ms(),
             latest_version: 0,
             outside_links: outside_links(&d.outside_links)?,
+            keep_versions: d.keep_versions,
         };
         let stored = record.clone();
         blocking(&self.db, move |db| db.add_dataset(&stored)).await.map_err(|e| match e {
@@ -199,13 +204,33 @@ impl pb::admin_server::Admin for AdminService {
         let req = request.into_inner();
         Span::current().record("dataset", req.name.as_str()).record("outside_links", req.outside_links.as_str());
         self.dataset(&req.name).await?;
-        let policy = outside_links(&req.outside_links)?;
-        let name = req.name.clone();
-        blocking(&self.db, move |db| db.set_outside_links(&name, policy)).await.map_err(|e| match e {
+        // Empty outside-links with a retention change leaves the policy as it is; alone, it
+        // is the default (fail), as it always was.
+        let policy = match (req.outside_links.as_str(), req.keep_versions) {
+            ("", Some(_)) => None,
+            (text, _) => Some(outside_links(text)?),
+        };
+        if req.keep_versions == Some(0) {
+            return Err(Status::invalid_argument("a dataset keeps at least its newest version: --keep 1 or more"));
+        }
+        let (name, keep) = (req.name.clone(), req.keep_versions);
+        blocking(&self.db, move |db| {
+            if let Some(policy) = policy {
+                db.set_outside_links(&name, policy)?;
+            }
+            if let Some(keep) = keep {
+                db.set_keep_versions(&name, keep)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| match e {
             StoreError::NotFound { .. } => unknown_dataset(&req.name),
             other => other.into(),
         })?;
-        info!(%policy, "dataset's outside-links policy changed");
+        info!(policy = ?policy, keep_versions = ?keep, "dataset's options changed");
+        // What the hub retains may have changed.
+        self.live.changes.notify_waiters();
         Ok(Response::new(dataset_to_pb(self.dataset(&req.name).await?)))
     }
 
@@ -282,11 +307,7 @@ impl pb::admin_server::Admin for AdminService {
         let name = request.into_inner().dataset;
         Span::current().record("dataset", name.as_str());
         self.dataset(&name).await?;
-        let versions = blocking(&self.db, move |db| db.versions(&name)).await?;
-        Ok(Response::new(pb::ListVersionsResponse {
-            versions: versions.into_iter().map(|v| version_to_pb(v, false)).collect(),
-            tags: Vec::new(),
-        }))
+        Ok(Response::new(self.list_versions_of(name).await?))
     }
 
     #[instrument(skip_all, fields(dataset, version))]
@@ -420,8 +441,9 @@ impl pb::admin_server::Admin for AdminService {
         };
         Span::current().record("version", version);
         let mode = ReplicationMode::from_wire(req.mode).map_err(invalid)?;
+        let cut_over = CutOver::from_wire(req.cut_over).map_err(Status::invalid_argument)?;
         let (id, regions) = (VersionId::new(dataset.name.clone(), version), req.regions.clone());
-        blocking(&self.db, move |db| db.add_rollout(&id, &regions, mode, now_unix_ms())).await.map_err(
+        blocking(&self.db, move |db| db.add_rollout(&id, &regions, mode, cut_over, now_unix_ms())).await.map_err(
             |e| match e {
                 StoreError::NotFound { kind: "region", name } => Status::not_found(format!(
                     "region {name:?} does not exist; add it with `aq region add {name} --rate RATE`"
@@ -447,17 +469,19 @@ impl pb::admin_server::Admin for AdminService {
         }
         // Relayed bytes not yet written are added, under the ledger's lock.
         let ledger = self.live.ledger.clone();
-        let rows = blocking(&self.db, move |db| {
+        let (rows, serving) = blocking(&self.db, move |db| {
             ledger.with_pending(|pending| {
-                let mut rows = db.rollouts((!filter.is_empty()).then_some(filter.as_str()))?;
+                let only = (!filter.is_empty()).then_some(filter.as_str());
+                let mut rows = db.rollouts(only)?;
                 for r in &mut rows {
                     r.relayed_bytes += pending(&r.key());
                 }
-                Ok(rows)
+                Ok((rows, db.serving(only)?))
             })
         })
         .await?;
-        let active = active_versions(&rows);
+        let active: HashSet<(&str, &str, u64)> =
+            serving.iter().map(|s| (s.dataset.as_str(), s.region.as_str(), s.version)).collect();
         Ok(Response::new(pb::StatusResponse {
             rows: rows
                 .into_iter()
@@ -467,7 +491,7 @@ impl pb::admin_server::Admin for AdminService {
                         nodes: self.live.members.nodes(&key),
                         refetched_bytes: self.live.ledger.refetched(&key),
                         mode: r.mode.to_wire(),
-                        active: active.contains(&key),
+                        active: active.contains(&(key.dataset.as_str(), key.region.as_str(), key.version)),
                         dataset: r.dataset,
                         version: r.version,
                         region: r.region,
@@ -479,61 +503,81 @@ impl pb::admin_server::Admin for AdminService {
                         budget_bytes_per_sec: r.budget,
                         updated_unix_ms: r.updated_unix_ms,
                         relayed_bytes: r.relayed_bytes,
-                        cut_over: pb::CutOver::AllReady.into(),
-                        promote_pending: false,
+                        cut_over: r.cut_over.to_wire(),
+                        promote_pending: r.promote_pending,
                     }
                 })
                 .collect(),
             caches: self.live.members.caches(),
-            serving: Vec::new(),
+            serving: serving.iter().map(|s| s.to_pb()).collect(),
         }))
     }
 
-    // Issue 17 in progress: the contract is in place, the handlers below are not built yet.
     async fn info(&self, _: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
         Err(not_yet("Info"))
     }
 
-    async fn tag(&self, _: Request<pb::TagRequest>) -> Result<Response<pb::TagResponse>, Status> {
-        Err(not_yet("Tag"))
+    #[instrument(skip_all)]
+    async fn tag(&self, request: Request<pb::TagRequest>) -> Result<Response<pb::TagResponse>, Status> {
+        require_admin(&request)?;
+        Ok(Response::new(self.tag_call(request.into_inner()).await?))
     }
 
-    async fn promote(&self, _: Request<pb::PromoteRequest>) -> Result<Response<pb::CutOverResponse>, Status> {
-        Err(not_yet("Promote"))
+    #[instrument(skip_all)]
+    async fn promote(&self, request: Request<pb::PromoteRequest>) -> Result<Response<pb::CutOverResponse>, Status> {
+        require_admin(&request)?;
+        Ok(Response::new(self.promote_call(request.into_inner()).await?))
     }
 
-    async fn rollback(&self, _: Request<pb::RollbackRequest>) -> Result<Response<pb::CutOverResponse>, Status> {
-        Err(not_yet("Rollback"))
+    #[instrument(skip_all)]
+    async fn rollback(&self, request: Request<pb::RollbackRequest>) -> Result<Response<pb::CutOverResponse>, Status> {
+        require_admin(&request)?;
+        Ok(Response::new(self.rollback_call(request.into_inner()).await?))
     }
 
+    #[instrument(skip_all)]
     async fn cancel_rollout(
         &self,
-        _: Request<pb::CancelRolloutRequest>,
+        request: Request<pb::CancelRolloutRequest>,
     ) -> Result<Response<pb::CancelRolloutResponse>, Status> {
-        Err(not_yet("CancelRollout"))
+        require_admin(&request)?;
+        Ok(Response::new(self.cancel_call(request.into_inner()).await?))
     }
 
-    async fn gc(&self, _: Request<pb::GcRequest>) -> Result<Response<pb::GcResponse>, Status> {
-        Err(not_yet("Gc"))
+    #[instrument(skip_all)]
+    async fn gc(&self, request: Request<pb::GcRequest>) -> Result<Response<pb::GcResponse>, Status> {
+        require_admin(&request)?;
+        Ok(Response::new(self.gc_call(request.into_inner()).await?))
     }
 
-    async fn remove_source(&self, _: Request<pb::RemoveRequest>) -> Result<Response<pb::RemoveResponse>, Status> {
-        Err(not_yet("RemoveSource"))
+    #[instrument(skip_all)]
+    async fn remove_source(&self, request: Request<pb::RemoveRequest>) -> Result<Response<pb::RemoveResponse>, Status> {
+        require_admin(&request)?;
+        Ok(Response::new(self.remove_source_call(request.into_inner()).await?))
     }
 
-    async fn remove_dataset(&self, _: Request<pb::RemoveRequest>) -> Result<Response<pb::RemoveResponse>, Status> {
-        Err(not_yet("RemoveDataset"))
+    #[instrument(skip_all)]
+    async fn remove_dataset(
+        &self,
+        request: Request<pb::RemoveRequest>,
+    ) -> Result<Response<pb::RemoveResponse>, Status> {
+        require_admin(&request)?;
+        Ok(Response::new(self.remove_dataset_call(request.into_inner()).await?))
     }
 
-    async fn remove_region(&self, _: Request<pb::RemoveRequest>) -> Result<Response<pb::RemoveResponse>, Status> {
-        Err(not_yet("RemoveRegion"))
+    #[instrument(skip_all)]
+    async fn remove_region(&self, request: Request<pb::RemoveRequest>) -> Result<Response<pb::RemoveResponse>, Status> {
+        require_admin(&request)?;
+        Ok(Response::new(self.remove_region_call(request.into_inner()).await?))
     }
 
+    #[instrument(skip_all)]
     async fn remove_version(
         &self,
-        _: Request<pb::RemoveVersionRequest>,
+        request: Request<pb::RemoveVersionRequest>,
     ) -> Result<Response<pb::RemoveResponse>, Status> {
-        Err(not_yet("RemoveVersion"))
+        require_admin(&request)?;
+        Ok(Response::new(self.remove_version_call(request.into_inner()).await?))
     }
 }
 

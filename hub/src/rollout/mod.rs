@@ -13,13 +13,21 @@
 //! - when a version becomes a region's *active* one ([`activated_at`], [`active_versions`]:
 //!   remembered from when each region was added and first Ready, never recomputed from the
 //!   phases of the moment);
-//! - what a region is assigned ([`assignments_of`]).
+//! - what a region is assigned ([`assignments_of`]);
+//! - what a region serves, and how cut-over policies, promote, rollback and cancel move it
+//!   ([`cutover`]);
+//! - what the hub retains, and why, and what a removal may take ([`retention`]).
+
+pub mod cutover;
+pub mod retention;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{Digest, Phase, ReplicationMode};
+
+use cutover::{CutOver, ServingRecord};
 
 /// A version of a dataset: `dataset@vN`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -91,6 +99,30 @@ pub struct RolloutRecord {
     /// What the cut-over and a changed source go by ([`active_versions`],
     /// [`after_source_changed`]).
     pub ready_unix_ms: Option<i64>,
+    /// When the regions start serving the version ([`cutover::switches`]).
+    pub cut_over: CutOver,
+    /// Promoted (or rolled back to) while not Ready: the region serves it once Ready.
+    pub promote_pending: bool,
+}
+
+/// A tag: a name for one version of a dataset (`stable`, `canary`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagRecord {
+    pub dataset: String,
+    pub name: String,
+    pub version: u64,
+    pub updated_unix_ms: i64,
+}
+
+impl TagRecord {
+    pub fn to_pb(&self) -> pb::Tag {
+        pb::Tag {
+            dataset: self.dataset.clone(),
+            name: self.name.clone(),
+            version: self.version,
+            updated_unix_ms: self.updated_unix_ms,
+        }
+    }
 }
 
 impl RolloutRecord {
@@ -226,27 +258,37 @@ pub fn after_source_changed(row: &RowState, reason: &str) -> Option<RowState> {
     }
 }
 
-/// What `region` must hold, from every region's rollout rows: its versions, which of them it
-/// serves (see [`active_versions`]) and which are Ready in it (ever: Ready stays Ready).
-pub fn assignments_of(rollouts: Vec<RolloutRecord>, region: &str) -> Vec<pb::Assignment> {
-    let active = active_versions(&rollouts);
+/// What `region` must hold, from the rollout rows: its versions, which of them it serves
+/// (`serving`, see [`cutover`]), which are Ready in it (ever: Ready stays Ready) and which the
+/// hub retains (`retained`: the spokes keep their chunks).
+pub fn assignments_of(
+    rollouts: Vec<RolloutRecord>,
+    serving: &[ServingRecord],
+    retained: &HashSet<VersionId>,
+    region: &str,
+) -> Vec<pb::Assignment> {
+    let served: HashSet<(&str, u64)> =
+        serving.iter().filter(|s| s.region == region).map(|s| (s.dataset.as_str(), s.version)).collect();
     rollouts
         .into_iter()
         .filter(|r| r.region == region)
         .map(|r| pb::Assignment {
-            active: active.contains(&r.key()),
+            active: served.contains(&(r.dataset.as_str(), r.version)),
+            retained: retained.contains(&VersionId::new(r.dataset.clone(), r.version)),
             ready: r.ready_unix_ms.is_some(),
+            generation: r.added_unix_ms,
             dataset: r.dataset,
             version: r.version,
             total_bytes: r.total_bytes,
             root: r.root.0.to_vec(),
             mode: r.mode.to_wire(),
-            retained: true,
         })
         .collect()
 }
 
-/// The rows a region serves: per dataset and region, the newest version that is *activated*
+/// The rows a region serves under the `all-ready` cut-over alone, recomputed from the rows:
+/// what a hub database from before what a region serves was recorded (schema 5) starts from.
+/// Per dataset and region, the newest version that is *activated*
 /// (see [`activated_at`]) and became Ready in that region.
 ///
 /// Activation is remembered, not recomputed from the phases of the moment: it follows from
@@ -272,6 +314,24 @@ pub fn active_versions(rollouts: &[RolloutRecord]) -> HashSet<RolloutKey> {
     newest.into_iter().map(|((d, region), v)| RolloutKey::new(d, v, region)).collect()
 }
 
+/// What each region serves, recomputed from the rows by the `all-ready` rule alone
+/// ([`active_versions`]), since `now`, with no previous version: where a hub database from
+/// before schema 5 starts from.
+pub fn serving_from_rows(rollouts: &[RolloutRecord], now: i64) -> Vec<ServingRecord> {
+    let mut serving: Vec<ServingRecord> = active_versions(rollouts)
+        .into_iter()
+        .map(|k| ServingRecord {
+            dataset: k.dataset,
+            region: k.region,
+            version: k.version,
+            since_unix_ms: now,
+            previous: 0,
+        })
+        .collect();
+    serving.sort_by(|a, b| (&a.dataset, &a.region).cmp(&(&b.dataset, &b.region)));
+    serving
+}
+
 /// When a version (its rows, one per region) became active: the first moment at which every
 /// region its rollout named by then had been Ready (the `all-ready` cut-over). `None` while
 /// some region named is not Ready yet, or failed. Regions added after that moment do not take
@@ -289,7 +349,7 @@ mod tests {
     use super::*;
 
     /// A row added at 0 and, if `phase` is Ready, Ready since 1.
-    fn row(dataset: &str, version: u64, region: &str, phase: Phase) -> RolloutRecord {
+    pub(super) fn row(dataset: &str, version: u64, region: &str, phase: Phase) -> RolloutRecord {
         RolloutRecord {
             added_unix_ms: 0,
             ready_unix_ms: (phase == Phase::Ready).then_some(1),
@@ -306,6 +366,8 @@ mod tests {
             mode: Default::default(),
             relayed_bytes: 0,
             root: Digest([0; 32]),
+            cut_over: CutOver::AllReady,
+            promote_pending: false,
         }
     }
 
@@ -337,13 +399,20 @@ mod tests {
     fn a_version_is_ready_in_a_region_before_it_is_active_everywhere() {
         let rows = vec![row("m", 1, "eu", Ready), row("m", 1, "us", Transferring), row("m", 2, "eu", Pending)];
         let flags = |region: &str| {
-            assignments_of(rows.clone(), region).iter().map(|a| (a.version, a.ready, a.active)).collect::<Vec<_>>()
+            assignments_of(rows.clone(), &serving_from_rows(&rows, 0), &HashSet::new(), region)
+                .iter()
+                .map(|a| (a.version, a.ready, a.active))
+                .collect::<Vec<_>>()
         };
         assert_eq!(flags("eu"), [(1, true, false), (2, false, false)], "Ready in eu waits for no other region");
         assert_eq!(flags("us"), [(1, false, false)]);
         let mut all = rows.clone();
         all[1] = row("m", 1, "us", Ready);
-        let eu: Vec<_> = assignments_of(all, "eu").iter().map(|a| (a.version, a.ready, a.active)).collect();
+        let serving = serving_from_rows(&all, 0);
+        let eu: Vec<_> = assignments_of(all, &serving, &HashSet::new(), "eu")
+            .iter()
+            .map(|a| (a.version, a.ready, a.active))
+            .collect();
         assert_eq!(eu, [(1, true, true), (2, false, false)]);
     }
 
@@ -357,15 +426,15 @@ mod tests {
         eu.mode = ReplicationMode::Region;
         let mut us = row("m", 1, "us", Ready);
         us.mode = ReplicationMode::EveryNode;
-        let a = assignments_of(vec![eu, us], "eu");
+        let a = assignments_of(vec![eu, us], &[], &HashSet::new(), "eu");
         assert_eq!(a.len(), 1, "another region's row was assigned: {a:?}");
         assert_eq!((a[0].dataset.as_str(), a[0].version, a[0].total_bytes), ("m", 1, 300));
         assert_eq!((a[0].root.as_slice(), a[0].mode()), (&[7u8; 32][..], pb::ReplicationMode::Region));
-        assert!(assignments_of(Vec::new(), "eu").is_empty());
+        assert!(assignments_of(Vec::new(), &[], &HashSet::new(), "eu").is_empty());
     }
 
     /// A row with its times: added at `added`, Ready since `ready`, in `phase` now.
-    fn timed(version: u64, region: &str, phase: Phase, added: i64, ready: Option<i64>) -> RolloutRecord {
+    pub(super) fn timed(version: u64, region: &str, phase: Phase, added: i64, ready: Option<i64>) -> RolloutRecord {
         RolloutRecord { added_unix_ms: added, ready_unix_ms: ready, ..row("m", version, region, phase) }
     }
 
