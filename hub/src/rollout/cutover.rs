@@ -475,6 +475,64 @@ mod tests {
         assert!(cancel("m", 2, &["ap".into()], &refs(&rows), &HashMap::new()).is_err());
     }
 
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(aqueduct_testkit::fuzz::config(512))]
+
+        /// Replaying rows as events (each added at its time, Ready at its time or never)
+        /// through [`switches`] under `all-ready` gives what the old recomputation gave
+        /// ([`super::super::active_versions`]): the recorded cut-over changed no region's
+        /// version for a hub that never promotes or rolls back.
+        #[test]
+        fn fuzz_recorded_all_ready_cut_over_matches_the_recomputed_one(
+            rows in proptest::collection::vec((1u64..5, 0usize..3, 0i64..50, proptest::option::of(1i64..50)), 1..14),
+        ) {
+            let regions = ["ap", "eu", "us"];
+            // One row per (version, region); distinct times (the index breaks ties).
+            let mut seen = HashSet::new();
+            let mut all: Vec<RolloutRecord> = Vec::new();
+            for (i, (version, region, added, ready)) in rows.into_iter().enumerate() {
+                if !seen.insert((version, region)) {
+                    continue;
+                }
+                let added = added * 100 + i as i64;
+                let ready = ready.map(|d| added + d * 100);
+                let phase = if ready.is_some() { Ready } else { Transferring };
+                all.push(timed(version, regions[region], phase, added, ready));
+            }
+            let mut events: Vec<(i64, usize, bool)> = Vec::new();
+            for (i, r) in all.iter().enumerate() {
+                events.push((r.added_unix_ms, i, false));
+                if let Some(t) = r.ready_unix_ms {
+                    events.push((t, i, true));
+                }
+            }
+            events.sort();
+            let mut now: Vec<Option<RolloutRecord>> = vec![None; all.len()];
+            let mut serving: HashMap<String, u64> = HashMap::new();
+            for (_, i, ready) in events {
+                let version = all[i].version;
+                let of_version = |rows: &[Option<RolloutRecord>]| -> Vec<RolloutRecord> {
+                    rows.iter().flatten().filter(|r| r.version == version).cloned().collect()
+                };
+                let before = of_version(&now);
+                now[i] = Some(if ready {
+                    all[i].clone()
+                } else {
+                    RolloutRecord { ready_unix_ms: None, phase: Transferring, ..all[i].clone() }
+                });
+                let after = of_version(&now);
+                for region in switches(&refs(&before), &refs(&after), &serving) {
+                    serving.insert(region, version);
+                }
+            }
+            let recomputed: HashMap<String, u64> =
+                super::super::active_versions(&all).into_iter().map(|k| (k.region, k.version)).collect();
+            prop_assert_eq!(serving, recomputed);
+        }
+    }
+
     #[test]
     fn cut_over_names_round_trip_and_unknown_ones_are_refused() {
         for c in [CutOver::AllReady, CutOver::PerRegion, CutOver::Manual] {

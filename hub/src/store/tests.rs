@@ -182,10 +182,7 @@ fn a_schema_1_database_gains_replication_modes() {
                  UPDATE meta SET value = '1' WHERE key = 'schema_version';",
             )
             .unwrap();
-        store
-            .conn()
-            .execute_batch(UNDO_SCHEMA_5)
-            .unwrap();
+        store.conn().execute_batch(UNDO_SCHEMA_5).unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
     let rows = store.rollouts(None).unwrap();
@@ -235,10 +232,7 @@ fn a_schema_2_database_gains_link_policies_and_skipped_objects() {
                  UPDATE meta SET value = '2' WHERE key = 'schema_version';",
             )
             .unwrap();
-        store
-            .conn()
-            .execute_batch(UNDO_SCHEMA_5)
-            .unwrap();
+        store.conn().execute_batch(UNDO_SCHEMA_5).unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
     let d = store.dataset("d").unwrap().unwrap();
@@ -290,10 +284,7 @@ fn a_schema_3_database_remembers_which_regions_were_ready() {
                  UPDATE meta SET value = '3' WHERE key = 'schema_version';",
             )
             .unwrap();
-        store
-            .conn()
-            .execute_batch(UNDO_SCHEMA_5)
-            .unwrap();
+        store.conn().execute_batch(UNDO_SCHEMA_5).unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
     let rows = store.rollouts(None).unwrap();
@@ -312,7 +303,8 @@ fn a_schema_3_database_remembers_which_regions_were_ready() {
 }
 
 /// What schema 5 added, taken away again (to make a database of an earlier schema).
-const UNDO_SCHEMA_5: &str = "ALTER TABLE rollouts DROP COLUMN cut_over; ALTER TABLE rollouts DROP COLUMN promote_pending;
+const UNDO_SCHEMA_5: &str =
+    "ALTER TABLE rollouts DROP COLUMN cut_over; ALTER TABLE rollouts DROP COLUMN promote_pending;
      ALTER TABLE datasets DROP COLUMN keep_versions; DROP TABLE tags; DROP TABLE serving; DROP TABLE retired;";
 
 fn update(region: &str, phase: &str, cached: u64, now: i64) -> RolloutUpdate {
