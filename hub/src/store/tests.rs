@@ -385,3 +385,37 @@ fn reopening_a_file_keeps_everything() {
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.sources().unwrap().len(), 1);
 }
+
+/// A schema 4 database recomputed what each region served from its rows: the upgrade records
+/// exactly that, so no region changes what it serves when the hub is upgraded.
+#[test]
+fn a_schema_4_database_keeps_what_each_region_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.db");
+    {
+        let store = with_dataset(SqliteStore::open(&path).unwrap());
+        store.insert_version(0, &manifest("d", b"abc"), &cut(BTreeMap::new(), 10)).unwrap();
+        store.insert_version(1, &manifest("d", b"abcd"), &cut(BTreeMap::new(), 11)).unwrap();
+        for name in ["eu", "us"] {
+            store.add_region(&RegionRecord { name: name.into(), rate: 1, created_unix_ms: 1 }).unwrap();
+        }
+        let regions = ["eu".to_string(), "us".to_string()];
+        store.add_rollout(&VersionId::new("d", 1), &regions, ReplicationMode::Auto, CutOver::AllReady, 20).unwrap();
+        store.add_rollout(&VersionId::new("d", 2), &regions, ReplicationMode::Auto, CutOver::AllReady, 20).unwrap();
+        for (region, version) in [("eu", 1), ("us", 1), ("eu", 2)] {
+            let mut u = update(region, "Ready", 3, 30);
+            u.key.version = version;
+            store.update_rollout(&u).unwrap();
+        }
+        store
+            .conn()
+            .execute_batch("DELETE FROM serving; UPDATE meta SET value = '4' WHERE key = 'schema_version';")
+            .unwrap();
+        store.conn().execute_batch(UNDO_SCHEMA_5).unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let serving: Vec<(String, u64, u64)> =
+        store.serving(None).unwrap().into_iter().map(|s| (s.region, s.version, s.previous)).collect();
+    assert_eq!(serving, [("eu".to_string(), 1, 0), ("us".to_string(), 1, 0)], "v2 is not Ready in us: v1 everywhere");
+    assert!(store.rollouts(None).unwrap().iter().all(|r| r.cut_over == CutOver::AllReady && !r.promote_pending));
+}
