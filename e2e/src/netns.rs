@@ -168,6 +168,14 @@ impl Topology {
         ]);
     }
 
+    /// Bytes that went down region `r`'s link so far (data centre to region): the
+    /// uplink's transmit counter.
+    pub fn sent_to(&self, r: usize) -> u64 {
+        let path = format!("/sys/class/net/{}/statistics/tx_bytes", self.regions[r].uplink);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        text.trim().parse().unwrap_or_else(|e| panic!("{path}: {text:?}: {e}"))
+    }
+
     /// Cuts region `r`'s link (its end goes down: nothing passes either way).
     pub fn cut(&self, r: usize) {
         ip_in(&self.regions[r].ns, &["link", "set", "dev", "uplink", "down"]);
