@@ -489,10 +489,17 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
-    // Issue 17 in progress: the contract is in place, the handlers below are not built yet.
-    async fn info(&self, _: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
-        Err(not_yet("Info"))
+    /// The hub's build and each live spoke's, as its last cache report named it.
+    #[instrument(skip_all)]
+    async fn info(&self, request: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
+        require_admin(&request)?;
+        Ok(Response::new(pb::InfoResponse {
+            hub_version: env!("CARGO_PKG_VERSION").to_string(),
+            spokes: self.live.members.spokes(),
+        }))
     }
+
+    // Issue 17 in progress: the contract is in place, the handlers below are not built yet.
 
     async fn tag(&self, _: Request<pb::TagRequest>) -> Result<Response<pb::TagResponse>, Status> {
         Err(not_yet("Tag"))
