@@ -5,6 +5,8 @@
 //! root hash covers the file tree's content (paths, metadata, chunk digests and lengths), not
 //! the dataset's name, the version number or where the bytes sit in the source, so the same
 //! tree always has the same root. Wire conversions and their validation live in [`wire`].
+//!
+//! The file is some 600 lines long: the shared types and their unit and property tests stand together.
 
 use std::fmt;
 use std::str::FromStr;

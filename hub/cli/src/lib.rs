@@ -1,6 +1,17 @@
-//! The parts of `aq` that other programs reuse: finding and reaching the hub ([`connect`]) and
-//! printing tables, sizes and progress ([`output`]). `aq-quickstart` (the `aqueduct-quickstart`
-//! crate) talks to its hub with them. Like `aq`, they depend on the contract only.
+//! The parts of `aq`: finding and reaching the hub ([`connect`]), printing tables, sizes,
+//! progress and the output formats of listings ([`output`]), the listings themselves
+//! ([`views`], [`status`]), `aq status` as a command ([`watch`]), waiting for regions
+//! ([`wait`]), exit codes ([`exit`]), the cut-over policy's names ([`cut_over`]) and manual
+//! pages ([`manpages`]). `aq-quickstart`
+//! (the `aqueduct-quickstart` crate) talks to its hub with them. Like `aq`, they depend on the
+//! contract only.
 
 pub mod connect;
+pub mod cut_over;
+pub mod exit;
+pub mod manpages;
 pub mod output;
+pub mod status;
+pub mod views;
+pub mod wait;
+pub mod watch;

@@ -5,23 +5,35 @@
 //! variables (`AQ_HUB`, ...), the config file named by `--config` or `AQ_CONFIG`, and
 //! `~/.config/aqueduct/aq.toml`. `aqueduct-hub init` writes such a file into its admin bundle.
 //!
-//! The file is long (some 630 lines) because each subcommand's flags, their help text and what
-//! the subcommand does stand together here; finding the hub and printing live in the library
-//! (`connect`, `output`).
+//! Each subcommand's flags, their help text and what the subcommand does stand together here;
+//! finding the hub, printing listings, waiting and exit codes live in the library (`connect`,
+//! `output`, `views`, `status`, `wait`, `exit`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use aqueduct_cli::connect::{ConnArgs, explain};
-use aqueduct_cli::output::{Table, age, bytes, hit_ratio, mode_name, phase_name, progress_reporter};
+use aqueduct_cli::cut_over::CutOverPolicy;
+use aqueduct_cli::exit;
+use aqueduct_cli::output::{Format, Listing, bytes, progress_reporter, render};
+use aqueduct_cli::views::{self, ManifestView, Regions, SkippedView, Sources, Versions, VersionsInfo};
+use aqueduct_cli::wait::{Until, wait};
+use aqueduct_cli::watch;
 use aqueduct_proto::domain::modes::OutsideLinks;
 use aqueduct_proto::hub::v1 as pb;
-use aqueduct_proto::{Manifest, Rate, ReplicationMode, VersionRef};
-use clap::{Args, Parser, Subcommand};
+use aqueduct_proto::{Manifest, Rate, ReplicationMode, VersionRef, format_duration, parse_duration};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "aq", version, about = "Operate an Aqueduct hub: sources, datasets, snapshots, versions")]
+#[command(
+    name = "aq",
+    version,
+    about = "Operate an Aqueduct hub: sources, datasets, snapshots, versions, regions, rollouts",
+    after_long_help = exit::help()
+)]
 struct Cli {
     #[command(flatten)]
     conn: ConnArgs,
@@ -54,6 +66,8 @@ enum Command {
     Versions {
         /// Dataset name.
         dataset: String,
+        #[command(flatten)]
+        output: OutputArg,
     },
     /// Regions: cloud clusters behind a link with a byte budget.
     #[command(subcommand)]
@@ -70,15 +84,34 @@ enum Command {
         /// from each other what they read) or auto (every-node when it fits a spoke's cache).
         #[arg(long, default_value = "auto")]
         mode: ReplicationMode,
+        /// When the regions start serving the version: all-ready (once it is Ready in every
+        /// region of the rollout; the default), per-region (each region once it is Ready
+        /// there) or manual (on `aq promote`).
+        #[arg(long, value_name = "all-ready|per-region|manual")]
+        cut_over: Option<CutOverPolicy>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
-    /// Where each region stands with each rolled-out version (kubectl-get style table).
+    /// Where each region stands with each rolled-out version (kubectl-get style table), what
+    /// each region serves, and each region's cache.
     Status {
         /// Only this dataset.
         dataset: Option<String>,
-        /// Also show each spoke: where it stands with each version, and its cache (a spoke
+        /// Also show each spoke: where it stands with each version, and its cache and build (a
+        /// spoke whose build differs from the hub's is marked in the SKEW column; a spoke
         /// without a peer share, a sidecar, is listed but does not count for the region).
         #[arg(long)]
         nodes: bool,
+        /// Exit with 3 when a row shown is Failed (after printing the status; with --watch, as
+        /// soon as one is). Without it `aq status` exits 0 whatever the rows say.
+        #[arg(long)]
+        fail_on_failed: bool,
+        /// Show the status again every 2 s until Ctrl-C: redrawn on a terminal, printed again
+        /// when it changed otherwise.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        output: OutputArg,
     },
     /// Show the manifest of DATASET[@VERSION] (default: the newest version).
     Manifest {
@@ -87,7 +120,50 @@ enum Command {
         /// Also list every chunk of every file (offset, length, BLAKE3).
         #[arg(long)]
         chunks: bool,
+        #[command(flatten)]
+        output: OutputArg,
     },
+    /// Show the versions of this aq, of the hub and of each live spoke (marking the spokes
+    /// whose build differs from the hub's).
+    Version {
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Print a shell completion script for aq, e.g. `aq completions bash >
+    /// /etc/bash_completion.d/aq` (see the README for zsh and fish).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write manual pages: aq.1 and one per subcommand (aq-source-add.1...).
+    Man {
+        /// Directory to write them into (created if missing), e.g. /usr/local/share/man/man1.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+/// `-o`, the output format of a listing.
+#[derive(Args)]
+struct OutputArg {
+    /// Output format: table (the default), wide (adds ids, roots, timestamps, reasons, node
+    /// counts), json or yaml (stable field names, listed in the README; stdout holds only the
+    /// listing).
+    #[arg(short = 'o', long = "output", value_name = "table|wide|json|yaml", default_value = "table")]
+    output: Format,
+}
+
+/// `--wait` and its timeout.
+#[derive(Args)]
+struct WaitArgs {
+    /// Wait until the version is Ready in every region named, showing each region's progress
+    /// on stderr (bars on a terminal, a line per phase change otherwise). Exits 0 when Ready,
+    /// 3 when a region's row is Failed (naming region and reason), 4 on --timeout.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits, e.g. 90s, 10m, 2h.
+    #[arg(long, value_parser = parse_duration, default_value = "1h", requires = "wait")]
+    timeout: Duration,
 }
 
 #[derive(Subcommand)]
@@ -95,7 +171,10 @@ enum SourceCommand {
     /// Register a source. The hub checks that it exists and that the credentials work.
     Add(Box<SourceAdd>),
     /// List sources.
-    List,
+    List {
+        #[command(flatten)]
+        output: OutputArg,
+    },
 }
 
 #[derive(Args)]
@@ -131,8 +210,9 @@ struct SourceAdd {
     /// Profile inside --credentials-file (default "default").
     #[arg(long)]
     profile: Option<String>,
-    /// Any other option, KEY=VALUE (repeatable).
-    #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
+    /// Any other option, KEY=VALUE (repeatable). Long form only: `-o` is the output format
+    /// of listings.
+    #[arg(long = "option", value_name = "KEY=VALUE")]
     options: Vec<String>,
 }
 
@@ -150,7 +230,10 @@ enum RegionCommand {
         out: Option<PathBuf>,
     },
     /// List regions.
-    List,
+    List {
+        #[command(flatten)]
+        output: OutputArg,
+    },
     /// Change a region's link budget at run time: the hub's relay uses it at once, the
     /// region's spokes within seconds (no restart).
     Set {
@@ -181,7 +264,10 @@ enum DatasetCommand {
         outside_links: OutsideLinks,
     },
     /// List datasets.
-    List,
+    List {
+        #[command(flatten)]
+        output: OutputArg,
+    },
     /// Change a dataset's options; they apply from its next snapshot.
     Set {
         /// Dataset name.
@@ -191,17 +277,6 @@ enum DatasetCommand {
         #[arg(long, value_name = "fail|skip")]
         outside_links: OutsideLinks,
     },
-}
-
-/// Lists what a version left out, if anything.
-fn print_skipped(version: u64, skipped: &[pb::SkippedObject]) {
-    if skipped.is_empty() {
-        return;
-    }
-    println!("warning: {} object(s) under the prefix are not in v{version}:", skipped.len());
-    for s in skipped {
-        println!("  {:?}: {}", s.key, s.reason);
-    }
 }
 
 impl SourceAdd {
@@ -248,99 +323,52 @@ fn write_bundle(dir: &std::path::Path, bundle: &pb::CredentialsBundle) -> Result
     Ok(())
 }
 
-/// `part` of `whole` as a percentage; an empty whole is complete.
-fn percent(part: u64, whole: u64) -> String {
-    let p = if whole == 0 { 100.0 } else { part as f64 * 100.0 / whole as f64 };
-    format!("{p:.1}%")
-}
-
-/// Each region's cache (and with `nodes`, each spoke's): capacity, what it holds, hits.
-fn cache_tables(caches: &[pb::RegionCache], nodes: bool) {
-    // What a spoke keeps its chunks in: memory in memory-only mode, disk otherwise.
-    let kept = |n: &pb::CacheReport| {
-        if n.memory_only {
-            (Some(n.memory_quota_bytes), n.memory_used_bytes)
-        } else {
-            ((n.disk_quota_bytes > 0).then_some(n.disk_quota_bytes), n.disk_used_bytes)
-        }
-    };
-    let mut regions =
-        Table::new(["REGION", "NODES", "CACHE CAPACITY", "CACHED", "CACHED %", "HIT RATIO", "FROM PEERS"]);
-    let mut per_node = Table::new([
-        "REGION",
-        "NODE",
-        "TIER",
-        "CAPACITY",
-        "CACHED",
-        "MEMORY",
-        "HIT RATIO",
-        "EVICTIONS",
-        "FROM PEERS",
-        "TO PEERS",
-        "BAD FROM PEERS",
-    ]);
-    for c in caches {
-        let (mut capacity, mut used, mut hits, mut misses, mut from_peers) = (Some(0u64), 0, 0, 0, 0);
-        for n in &c.nodes {
-            let (quota, held) = kept(n);
-            // Spokes' numbers: summed without overflow, whatever they say.
-            capacity = capacity.zip(quota).map(|(a, b)| a.saturating_add(b));
-            used = held.saturating_add(used);
-            hits = n.memory_hits.saturating_add(n.disk_hits).saturating_add(hits);
-            misses = n.misses.saturating_add(misses);
-            from_peers = n.bytes_from_peers.saturating_add(from_peers);
-            per_node.row([
-                c.region.clone(),
-                n.node.clone(),
-                if n.memory_only { "memory only" } else { "memory+disk" }.to_string(),
-                quota.map_or("unlimited".to_string(), bytes),
-                bytes(held),
-                format!("{}/{}", bytes(n.memory_used_bytes), bytes(n.memory_quota_bytes)),
-                hit_ratio(n.memory_hits.saturating_add(n.disk_hits), n.misses),
-                n.evictions.to_string(),
-                bytes(n.bytes_from_peers),
-                bytes(n.bytes_to_peers),
-                n.corrupt_from_peers.to_string(),
-            ]);
-        }
-        regions.row([
-            c.region.clone(),
-            c.nodes.len().to_string(),
-            capacity.map_or("unlimited".to_string(), bytes),
-            bytes(used),
-            capacity.map_or("-".to_string(), |cap| percent(used, cap)),
-            hit_ratio(hits, misses),
-            bytes(from_peers),
-        ]);
-    }
-    regions.print();
-    if nodes {
-        println!();
-        per_node.print();
-    }
+/// Prints a listing on stdout in the format asked for.
+fn show<L: Listing>(listing: &L, output: &OutputArg) -> Result<()> {
+    print!("{}", render(listing, output.output)?);
+    Ok(())
 }
 
 #[tokio::main]
-async fn main() {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = run(cli).await {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::code_of(&e).code())
+        }
     }
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    if let Command::Quickstart { args } = &cli.command {
-        let flags: String = args.iter().map(|a| format!(" {a}")).collect();
-        let cargo = if flags.is_empty() { String::new() } else { format!(" --{flags}") };
-        bail!(
-            "the quickstart is a program of its own now (aq links no hub or spoke): run `cargo run --release --bin aq-quickstart{cargo}` in the repository, or `aq-quickstart{flags}` where it is installed"
-        );
+    // What needs no hub.
+    match &cli.command {
+        Command::Quickstart { args } => {
+            let flags: String = args.iter().map(|a| format!(" {a}")).collect();
+            let cargo = if flags.is_empty() { String::new() } else { format!(" --{flags}") };
+            bail!(
+                "the quickstart is a program of its own now (aq links no hub or spoke): run `cargo run --release --bin aq-quickstart{cargo}` in the repository, or `aq-quickstart{flags}` where it is installed"
+            );
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "aq", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man { out } => {
+            for page in aqueduct_cli::manpages::write_pages(Cli::command(), out)? {
+                println!("{}", page.display());
+            }
+            return Ok(());
+        }
+        _ => {}
     }
     let hub = cli.conn.resolve()?;
     let mut admin = hub.connect().await?;
     match cli.command {
-        Command::Quickstart { .. } => unreachable!("handled above"),
+        Command::Quickstart { .. } | Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled above")
+        }
         Command::Source(SourceCommand::Add(add)) => {
             let source = pb::Source {
                 name: add.name.clone(),
@@ -355,14 +383,9 @@ async fn run(cli: Cli) -> Result<()> {
                 .into_inner();
             println!("source {} added: {}", s.name, s.url);
         }
-        Command::Source(SourceCommand::List) => {
+        Command::Source(SourceCommand::List { output }) => {
             let list = admin.list_sources(pb::ListSourcesRequest {}).await.map_err(|e| explain(e, &hub))?.into_inner();
-            let mut t = Table::new(["NAME", "URL", "OPTIONS", "AGE"]);
-            for s in list.sources {
-                let options: Vec<String> = s.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                t.row([s.name, s.url, options.join(","), age(s.created_unix_ms)]);
-            }
-            t.print();
+            show(&Sources::from(list), &output)?;
         }
         Command::Dataset(DatasetCommand::Add { name, source, prefix, outside_links }) => {
             let dataset = pb::Dataset {
@@ -389,15 +412,10 @@ async fn run(cli: Cli) -> Result<()> {
             let d = admin.update_dataset(req).await.map_err(|e| explain(e, &hub))?.into_inner();
             println!("dataset {}: outside links: {} (from its next snapshot)", d.name, d.outside_links);
         }
-        Command::Dataset(DatasetCommand::List) => {
+        Command::Dataset(DatasetCommand::List { output }) => {
             let list =
                 admin.list_datasets(pb::ListDatasetsRequest {}).await.map_err(|e| explain(e, &hub))?.into_inner();
-            let mut t = Table::new(["NAME", "SOURCE", "PREFIX", "LATEST", "OUTSIDE LINKS", "AGE"]);
-            for d in list.datasets {
-                let latest = if d.latest_version == 0 { "-".into() } else { format!("v{}", d.latest_version) };
-                t.row([d.name, d.source, d.prefix, latest, d.outside_links, age(d.created_unix_ms)]);
-            }
-            t.print();
+            show(&views::Datasets::from(list), &output)?;
         }
         Command::Snapshot { dataset } => {
             let mut events = admin
@@ -440,29 +458,17 @@ async fn run(cli: Cli) -> Result<()> {
                 );
                 println!("root {root}");
             }
-            print_skipped(done.version, &done.skipped);
+            let skipped: Vec<SkippedView> =
+                done.skipped.into_iter().map(|s| SkippedView { key: s.key, reason: s.reason }).collect();
+            print!("{}", views::skipped_text(done.version, &skipped));
         }
-        Command::Versions { dataset } => {
+        Command::Versions { dataset, output } => {
             let list = admin
-                .list_versions(pb::ListVersionsRequest { dataset })
+                .list_versions(pb::ListVersionsRequest { dataset: dataset.clone() })
                 .await
                 .map_err(|e| explain(e, &hub))?
                 .into_inner();
-            let mut t = Table::new(["VERSION", "FILES", "SIZE", "CHUNKS", "NEW", "SKIPPED", "ROOT", "AGE"]);
-            for v in list.versions {
-                let root = aqueduct_proto::Digest::from_slice(&v.root).map(|d| d.short()).unwrap_or_default();
-                t.row([
-                    format!("v{}", v.version),
-                    v.files.to_string(),
-                    bytes(v.bytes),
-                    v.chunks.to_string(),
-                    bytes(v.new_bytes),
-                    v.skipped.len().to_string(),
-                    root,
-                    age(v.created_unix_ms),
-                ]);
-            }
-            t.print();
+            show(&Versions::new(dataset, list), &output)?;
         }
         Command::Region(RegionCommand::Add { name, rate, out }) => {
             let out = out.unwrap_or_else(|| PathBuf::from(format!("{name}-credentials")));
@@ -496,92 +502,47 @@ async fn run(cli: Cli) -> Result<()> {
             let region = admin.update_region(req).await.map_err(|e| explain(e, &hub))?.into_inner();
             println!("region {} now has a link budget of {}", region.name, Rate(region.rate_bytes_per_sec));
         }
-        Command::Region(RegionCommand::List) => {
+        Command::Region(RegionCommand::List { output }) => {
             let list = admin.list_regions(pb::ListRegionsRequest {}).await.map_err(|e| explain(e, &hub))?.into_inner();
-            let mut t = Table::new(["NAME", "BUDGET", "LIVE SPOKES", "AGE"]);
-            for r in list.regions {
-                let spokes = r.members.iter().map(|m| m.node.as_str()).collect::<Vec<_>>().join(",");
-                let spokes = if spokes.is_empty() { "-".to_string() } else { spokes };
-                t.row([r.name, Rate(r.rate_bytes_per_sec).to_string(), spokes, age(r.created_unix_ms)]);
-            }
-            t.print();
+            show(&Regions::from(list), &output)?;
         }
-        Command::Rollout { version, to, mode } => {
+        Command::Rollout { version, to, mode, cut_over, wait: waiting } => {
             let req = pb::RolloutRequest {
                 dataset: version.dataset.clone(),
                 version: version.version.unwrap_or(0),
                 regions: to,
                 mode: mode.to_wire(),
-                cut_over: pb::CutOver::Unspecified.into(),
+                cut_over: cut_over.map_or(pb::CutOver::Unspecified.into(), CutOverPolicy::to_wire),
             };
             let resp = admin.rollout(req).await.map_err(|e| explain(e, &hub))?.into_inner();
             println!("{}@v{} rolling out to {}", resp.dataset, resp.version, resp.regions.join(", "));
-        }
-        Command::Status { dataset, nodes } => {
-            let req = pb::StatusRequest { dataset: dataset.unwrap_or_default() };
-            let status = admin.status(req).await.map_err(|e| explain(e, &hub))?.into_inner();
-            let mut t = Table::new([
-                "DATASET",
-                "VERSION",
-                "REGION",
-                "MODE",
-                "TOTAL SIZE",
-                "CACHED",
-                "CACHED %",
-                "PHASE",
-                "RATE",
-            ]);
-            let mut per_node = Table::new(["DATASET", "VERSION", "REGION", "NODE", "CACHED", "CACHED %", "PHASE"]);
-            for r in status.rows {
-                // Ready and served by the region: Active.
-                let phase = match (r.active, r.reason.is_empty()) {
-                    (true, _) => "Active".to_string(),
-                    (false, true) => phase_name(r.phase),
-                    (false, false) => format!("{}: {}", phase_name(r.phase), r.reason),
+            if waiting.wait {
+                let started = Instant::now();
+                let until = Until::Ready {
+                    dataset: resp.dataset.clone(),
+                    version: resp.version,
+                    regions: resp.regions.clone(),
                 };
-                let achieved =
-                    if r.rate_bytes_per_sec == 0 { "-".to_string() } else { Rate(r.rate_bytes_per_sec).to_string() };
-                let rate = format!("{achieved}/{}", Rate(r.budget_bytes_per_sec));
-                for n in &r.nodes {
-                    let phase = match (n.counted, n.reason.is_empty()) {
-                        // A sidecar: it reads what its pods ask for and holds no part of the copy.
-                        (false, _) => "- (no peer share: reads on demand, not counted)".to_string(),
-                        (true, true) => phase_name(n.phase),
-                        (true, false) => format!("{}: {}", phase_name(n.phase), n.reason),
-                    };
-                    per_node.row([
-                        r.dataset.clone(),
-                        format!("v{}", r.version),
-                        r.region.clone(),
-                        n.node.clone(),
-                        bytes(n.cached_bytes),
-                        percent(n.cached_bytes, r.total_bytes),
-                        phase,
-                    ]);
-                }
-                t.row([
-                    r.dataset,
-                    format!("v{}", r.version),
-                    r.region,
-                    mode_name(r.mode),
-                    bytes(r.total_bytes),
-                    bytes(r.cached_bytes),
-                    percent(r.cached_bytes, r.total_bytes),
-                    phase,
-                    rate,
-                ]);
-            }
-            t.print();
-            if nodes {
-                println!();
-                per_node.print();
-            }
-            if !status.caches.is_empty() {
-                println!();
-                cache_tables(&status.caches, nodes);
+                wait(&mut admin, &hub, &until, waiting.timeout).await?;
+                println!(
+                    "{}@v{} is Ready in {} (after {})",
+                    resp.dataset,
+                    resp.version,
+                    resp.regions.join(", "),
+                    format_duration(Duration::from_millis(started.elapsed().as_millis() as u64))
+                );
             }
         }
-        Command::Manifest { version, chunks } => {
+        Command::Status { dataset, nodes, fail_on_failed, watch, output } => {
+            if watch {
+                watch::watch(&mut admin, &hub, &dataset, nodes, fail_on_failed, output.output).await?;
+            } else {
+                let view = watch::status_view(&mut admin, &hub, &dataset, nodes).await?;
+                show(&view, &output)?;
+                watch::check_failed(&view, fail_on_failed)?;
+            }
+        }
+        Command::Manifest { version, chunks, output } => {
             let wire = admin
                 .get_manifest(pb::GetManifestRequest {
                     dataset: version.dataset.clone(),
@@ -591,30 +552,6 @@ async fn run(cli: Cli) -> Result<()> {
                 .map_err(|e| explain(e, &hub))?
                 .into_inner();
             let m = Manifest::try_from(wire).context("the hub sent a manifest that does not verify")?;
-            println!(
-                "{}@v{}: {} files, {}, {} chunks (chunker {}/{}/{} KiB)",
-                m.dataset,
-                m.version,
-                m.files.len(),
-                bytes(m.total_bytes()),
-                m.chunk_count(),
-                m.chunker.min_size >> 10,
-                m.chunker.avg_size >> 10,
-                m.chunker.max_size >> 10
-            );
-            println!("root {}", m.root);
-            let mut t = Table::new(["PATH", "SIZE", "MODE", "MTIME", "CHUNKS", "OBJECT"]);
-            for f in &m.files {
-                t.row([
-                    f.path.clone(),
-                    bytes(f.size),
-                    format!("{:o}", f.mode),
-                    age(f.mtime_unix_ms),
-                    f.chunks.len().to_string(),
-                    f.object.clone(),
-                ]);
-            }
-            t.print();
             // What the version left out is kept with its summary.
             let versions = admin
                 .list_versions(pb::ListVersionsRequest { dataset: m.dataset.clone() })
@@ -622,18 +559,12 @@ async fn run(cli: Cli) -> Result<()> {
                 .map_err(|e| explain(e, &hub))?
                 .into_inner()
                 .versions;
-            if let Some(v) = versions.iter().find(|v| v.version == m.version) {
-                print_skipped(m.version, &v.skipped);
-            }
-            if chunks {
-                let mut t = Table::new(["PATH", "OFFSET", "LENGTH", "BLAKE3"]);
-                for f in &m.files {
-                    for c in &f.chunks {
-                        t.row([f.path.clone(), c.offset.to_string(), c.length.to_string(), c.digest.to_hex()]);
-                    }
-                }
-                t.print();
-            }
+            let skipped = versions.into_iter().find(|v| v.version == m.version).map(|v| v.skipped).unwrap_or_default();
+            show(&ManifestView::new(&m, skipped, chunks), &output)?;
+        }
+        Command::Version { output } => {
+            let info = admin.info(pb::InfoRequest {}).await.map_err(|e| explain(e, &hub))?.into_inner();
+            show(&VersionsInfo::new(env!("CARGO_PKG_VERSION"), info), &output)?;
         }
     }
     Ok(())

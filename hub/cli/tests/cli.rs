@@ -1,40 +1,8 @@
 //! `aq` as a user runs it: the real binary against a real hub over mutual TLS.
 
-use std::path::Path;
-use std::process::Output;
+mod common;
 
-use aqueduct_testkit::hub::TestHub;
-
-async fn start_hub(dir: &Path) -> TestHub {
-    TestHub::init(dir).await
-}
-
-/// Runs `aq` with a clean environment (no AQ_* variables, a HOME without config).
-async fn aq(home: &Path, config: Option<&Path>, args: &[&str]) -> Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_aq"));
-    cmd.args(args).env("HOME", home);
-    for var in ["AQ_CONFIG", "AQ_HUB", "AQ_CA", "AQ_CERT", "AQ_KEY"] {
-        cmd.env_remove(var);
-    }
-    if let Some(config) = config {
-        cmd.env("AQ_CONFIG", config);
-    }
-    tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "aq failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
-    stdout
-}
-
-fn fails_with(out: &Output, words: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "aq should fail: {stderr}");
-    for w in words {
-        assert!(stderr.contains(w), "{stderr:?} lacks {w:?}");
-    }
-}
+use common::{aq, fails_with, ok, start_hub};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_walk_through() {
@@ -109,9 +77,12 @@ async fn mistakes_are_explained() {
     fails_with(&aq(home, cfg, &["snapshot", "llama"]).await, &["dataset \"llama\" does not exist"]);
     fails_with(&aq(home, cfg, &["source", "add", "x", "s3//bucket"]).await, &["malformed"]);
     fails_with(
-        &aq(home, cfg, &["source", "add", "x", "s3://b", "-o", "endpont=http://x"]).await,
+        &aq(home, cfg, &["source", "add", "x", "s3://b", "--option", "endpont=http://x"]).await,
         &["\"endpont\"", "not known"],
     );
+    // `-o` is the output format of listings now, not a source option.
+    let out = aq(home, cfg, &["source", "add", "x", "s3://b", "-o", "endpoint=http://x"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     let out = aq(home, cfg, &["manifest", "llama@vx"]).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("DATASET@vN"));

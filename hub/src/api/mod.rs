@@ -513,8 +513,14 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
-    async fn info(&self, _: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
-        Err(not_yet("Info"))
+    /// The hub's build and each live spoke's, as its last cache report named it.
+    #[instrument(skip_all)]
+    async fn info(&self, request: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
+        require_admin(&request)?;
+        Ok(Response::new(pb::InfoResponse {
+            hub_version: env!("CARGO_PKG_VERSION").to_string(),
+            spokes: self.live.members.spokes(),
+        }))
     }
 
     #[instrument(skip_all)]
@@ -579,9 +585,4 @@ impl pb::admin_server::Admin for AdminService {
         require_admin(&request)?;
         Ok(Response::new(self.remove_version_call(request.into_inner()).await?))
     }
-}
-
-/// A call of the contract this hub does not serve yet.
-fn not_yet(call: &str) -> Status {
-    Status::unimplemented(format!("{call} is not served by this hub yet; upgrade the hub"))
 }

@@ -249,6 +249,29 @@ impl Members {
         self.lock().reports.remove(key);
     }
 
+    /// Every live spoke, by region and node, with the build its last cache report named
+    /// (empty until it sends one, or for a spoke that does not say): what `aq version` shows.
+    pub fn spokes(&self) -> Vec<pb::SpokeInfo> {
+        let inner = self.lock();
+        let mut spokes: Vec<pb::SpokeInfo> = inner
+            .live
+            .iter()
+            .flat_map(|(region, nodes)| {
+                let caches = inner.caches.get(region);
+                nodes.keys().map(move |node| pb::SpokeInfo {
+                    region: region.clone(),
+                    node: node.clone(),
+                    agent_version: caches
+                        .and_then(|c| c.get(node))
+                        .map(|r| r.agent_version.clone())
+                        .unwrap_or_default(),
+                })
+            })
+            .collect();
+        spokes.sort_by(|a, b| (&a.region, &a.node).cmp(&(&b.region, &b.node)));
+        spokes
+    }
+
     /// Every region's cache, by what its live members last reported.
     pub fn caches(&self) -> Vec<pb::RegionCache> {
         let inner = self.lock();
@@ -349,6 +372,29 @@ mod tests {
     /// Reports as `m`'s own spoke.
     fn as_member<'a>(m: &'a Membership) -> Proof<'a> {
         Proof::Session(m.session())
+    }
+
+    #[test]
+    fn spokes_are_the_live_members_with_the_build_they_reported() {
+        let members = Members::default();
+        let a = members.join("eu", "a", "10.0.0.1:1").unwrap();
+        let _b = members.join("eu", "b", "").unwrap();
+        let c = members.join("ap", "c", "").unwrap();
+        let cache = |node: &str, session: &str| pb::CacheReport {
+            node: node.into(),
+            session: session.into(),
+            agent_version: "0.4.0".into(),
+            ..Default::default()
+        };
+        members.report_cache("eu", as_member(&a), cache("a", a.session())).unwrap();
+        members.report_cache("ap", as_member(&c), cache("c", c.session())).unwrap();
+        let listed = |m: &Members| {
+            m.spokes().into_iter().map(|s| format!("{}/{}={}", s.region, s.node, s.agent_version)).collect::<Vec<_>>()
+        };
+        assert_eq!(listed(&members), ["ap/c=0.4.0", "eu/a=0.4.0", "eu/b="]);
+        // A spoke that leaves is no longer listed, nor its build.
+        members.leave(a);
+        assert_eq!(listed(&members), ["ap/c=0.4.0", "eu/b="]);
     }
 
     #[test]
