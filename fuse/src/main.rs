@@ -12,7 +12,8 @@ use aqueduct_fuse::fs::{ChunkCache, VersionFs};
 use aqueduct_fuse::holder::HolderConfig;
 use aqueduct_fuse::remote::RemoteSource;
 use aqueduct_fuse::view::View;
-use aqueduct_proto::{Manifest, VersionRef};
+use aqueduct_proto::Manifest;
+use aqueduct_proto::selector::MountRef;
 use clap::{Parser, Subcommand};
 use tracing::info;
 
@@ -30,12 +31,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Mount DATASET (following the region's active version) or DATASET@vN at MOUNTPOINT and
-    /// serve it until interrupted (SIGTERM or Ctrl-C), then unmount. Reads that need the spoke
-    /// while it is away wait for it.
+    /// Mount DATASET (following the region's active version), DATASET@TAG (following a tag,
+    /// e.g. llama@stable) or DATASET@vN at MOUNTPOINT and serve it until interrupted (SIGTERM
+    /// or Ctrl-C), then unmount. A following mount switches when what it follows moves (new
+    /// opens see the new version; open files keep theirs). Reads that need the spoke while it
+    /// is away wait for it.
     Mount {
-        /// DATASET or DATASET@vN.
-        dataset: VersionRef,
+        /// DATASET, DATASET@TAG or DATASET@vN.
+        dataset: MountRef,
         /// An existing directory.
         mountpoint: PathBuf,
         /// The spoke's local API socket.
@@ -44,7 +47,7 @@ enum Command {
         /// Memory for recently read chunks.
         #[arg(long, default_value_t = 256)]
         cache_mib: u64,
-        /// How often a following mount asks the spoke for the active version.
+        /// How often a following mount asks the spoke for the version it follows.
         #[arg(long, default_value_t = 2)]
         follow_every_secs: u64,
     },
@@ -67,7 +70,7 @@ enum Command {
         /// Memory for recently read chunks, shared by every mount.
         #[arg(long, default_value_t = 256)]
         cache_mib: u64,
-        /// How often a following mount asks the spoke for the active version.
+        /// How often a following mount asks the spoke for the version it follows.
         #[arg(long, default_value_t = 1)]
         follow_every_secs: u64,
         /// Disk for whole copies of mounted files (STORE/files), verified and passed to the
@@ -121,7 +124,7 @@ async fn run() -> anyhow::Result<()> {
 }
 
 async fn mount(
-    dataset: VersionRef,
+    dataset: MountRef,
     mountpoint: PathBuf,
     socket: PathBuf,
     cache_mib: u64,
@@ -134,8 +137,7 @@ async fn mount(
         bail!("FUSE is not available: {missing}");
     }
     let mut client = aqueduct_fuse::remote::client(&socket)?;
-    let wanted = dataset.version.unwrap_or(0);
-    let manifest = aqueduct_fuse::remote::resolve(&mut client, &dataset.dataset, wanted, None)
+    let manifest = aqueduct_fuse::remote::resolve(&mut client, &dataset.dataset, &dataset.follows, None)
         .await
         .with_context(|| {
             format!("cannot resolve {dataset} through the spoke at {} (is `aqueduct-spoke run` up?)", socket.display())
@@ -157,8 +159,10 @@ async fn mount(
     let mounted = Arc::new(mounted);
     info!(%dataset, version = shown, mountpoint = %mountpoint.display(), "mounted");
     println!("{}@v{shown} mounted at {}", dataset.dataset, mountpoint.display());
-    let follower = (wanted == 0)
-        .then(|| tokio::spawn(aqueduct_fuse::remote::follow(mounted.clone(), client.clone(), follow_every, fs)));
+    let follows = dataset.follows.clone();
+    let follower = follows.moves().then(|| {
+        tokio::spawn(aqueduct_fuse::remote::follow(mounted.clone(), follows, client.clone(), follow_every, fs))
+    });
     aqueduct_core::edge::interrupted().await;
     if let Some(f) = follower {
         f.abort();

@@ -2,9 +2,9 @@
 //! ([`aqueduct_fuse::holder`], reached as [`crate::holder`] says), which owns and serves every
 //! mount, so that mounts outlive the spoke.
 //!
-//! A mount shows a fixed version, or follows its dataset's active version in the region (the
-//! holder asks the spoke's local API, and switches in one step: new opens see the new version,
-//! files already open read theirs to the end). The holder reads chunks from the spoke's store
+//! A mount shows a fixed version, or follows its dataset's active version in the region, or
+//! the version a tag names (the holder asks the spoke's local API, and switches in one step:
+//! new opens see the new version, files already open read theirs to the end). The holder reads chunks from the spoke's store
 //! on disk and through the local API. A spoke that stops, or is killed, leaves every mount in
 //! place; the next spoke finds them in the holder's list, as they are.
 
@@ -12,6 +12,7 @@ use std::path::Path;
 
 use aqueduct_proto::holder::v1 as held;
 use aqueduct_proto::holder::v1::holder_client::HolderClient;
+use aqueduct_proto::selector::Follows;
 use aqueduct_proto::spoke::v1 as local;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -91,20 +92,14 @@ impl Mounts {
         Ok(holder.list(local::ListMountsRequest {}).await?.into_inner().reads.unwrap_or_default())
     }
 
-    /// Mounts `dataset` at `version` (`None`: follow the active version) on `path`. The same
-    /// mount asked for again is answered with the existing one.
-    #[instrument(skip_all, fields(dataset, ?version, path = %path.display()))]
-    pub async fn mount(
-        &self,
-        dataset: &str,
-        version: Option<u64>,
-        path: &Path,
-    ) -> Result<local::MountInfo, MountError> {
-        let request = local::MountRequest {
-            dataset: dataset.to_string(),
-            version: version.unwrap_or(0),
-            mountpoint: path.display().to_string(),
-        };
+    /// Mounts `dataset` on `path`, showing what `follows` says (a version, or following the
+    /// active version or a tag). The same mount asked for again is answered with the existing
+    /// one.
+    #[instrument(skip_all, fields(dataset, %follows, path = %path.display()))]
+    pub async fn mount(&self, dataset: &str, follows: &Follows, path: &Path) -> Result<local::MountInfo, MountError> {
+        let (version, tag) = follows.to_wire();
+        let request =
+            local::MountRequest { dataset: dataset.to_string(), version, tag, mountpoint: path.display().to_string() };
         match self.holder().await?.mount(request.clone()).await {
             // The holder went away (it was stopped, or crashed): a spoke that may start one
             // starts a new one, once.

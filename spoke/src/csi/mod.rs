@@ -141,7 +141,10 @@ impl From<CsiError> for Status {
             CsiError::NotReady { .. } => Status::failed_precondition(message),
             CsiError::NotAssigned { source, .. } => match source {
                 CatalogError::UnknownDataset { .. } | CatalogError::UnknownVersion { .. } => Status::not_found(message),
-                CatalogError::NoActiveVersion { .. } => Status::failed_precondition(message),
+                CatalogError::UnknownTag { .. } => Status::not_found(message),
+                CatalogError::NoActiveVersion { .. }
+                | CatalogError::TagNotAssigned { .. }
+                | CatalogError::TagNotReady { .. } => Status::failed_precondition(message),
                 CatalogError::Hub { .. } => Status::unavailable(message),
                 CatalogError::Manifest { .. } | CatalogError::Io { .. } => Status::internal(message),
             },
