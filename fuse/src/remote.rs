@@ -93,17 +93,21 @@ impl Backoff {
 }
 
 /// The manifest of the version `follows` means at the spoke now (a version, the active one,
-/// a tag's), or `None` if it is the one whose root is `known` (the one shown).
+/// a tag's), or `None` if it is the one whose root is `known` (the one shown). `user` names a
+/// mount the spoke does not host (a sidecar's), for which the spoke counts the version in use
+/// (empty: none).
 pub async fn resolve(
     client: &mut LocalClient<Channel>,
     dataset: &str,
     follows: &Follows,
     known: Option<Digest>,
+    user: &str,
 ) -> Result<Option<Manifest>, RemoteError> {
     let known_root = known.map(|d| d.0.to_vec()).unwrap_or_default();
     let (version, tag) = follows.to_wire();
+    let user = user.to_string();
     let response = client
-        .resolve(local::ResolveRequest { dataset: dataset.to_string(), version, known_root, tag })
+        .resolve(local::ResolveRequest { dataset: dataset.to_string(), version, known_root, tag, user })
         .await
         .map_err(RemoteError::Spoke)?
         .into_inner();
@@ -114,10 +118,12 @@ pub async fn resolve(
 /// tag's): asks the spoke every `every` and switches when the answer is another version. Runs
 /// until dropped (abort its task). A spoke that cannot be asked, or that refuses (the tag's
 /// version is not Ready in the region), leaves the mount on the version it shows, and says why
-/// once.
+/// once. With a `user` (a sidecar's mount), each call also renews the spoke's lease on the
+/// version shown: a sidecar runs this for a fixed version too.
 pub async fn follow<S: ChunkSource + 'static>(
     mounted: Arc<Mounted<S>>,
     follows: Follows,
+    user: String,
     mut client: LocalClient<Channel>,
     every: Duration,
     fs: impl Fn(Manifest) -> VersionFs<S>,
@@ -127,7 +133,7 @@ pub async fn follow<S: ChunkSource + 'static>(
     loop {
         tokio::time::sleep(every).await;
         let shown = mounted.view().current().manifest().root;
-        match resolve(&mut client, &name, &follows, Some(shown)).await {
+        match resolve(&mut client, &name, &follows, Some(shown), &user).await {
             Ok(None) => complained = false,
             Ok(Some(manifest)) => {
                 complained = false;

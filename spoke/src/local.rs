@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 use tracing::{Span, instrument};
 
 use crate::catalog::{Catalog, CatalogError};
+use crate::in_use::Sidecars;
 use crate::mounts::{MountError, Mounts};
 use crate::reader::{ReadError, ReadThrough};
 
@@ -31,6 +32,8 @@ pub struct LocalService {
     pub catalog: Arc<Catalog>,
     pub reader: Arc<ReadThrough>,
     pub mounts: Arc<Mounts>,
+    /// The leases of sidecars that name themselves in `Resolve`.
+    pub sidecars: Arc<Sidecars>,
 }
 
 /// The one place errors of the local API become statuses. The holder's answers to mounts
@@ -131,7 +134,36 @@ impl Local for LocalService {
             .record("tag", r.tag.as_str());
         dataset_name(&r.dataset)?;
         let follows = follows(r.version, &r.tag)?;
-        let assignment = self.catalog.resolve_follows(&r.dataset, &follows).map_err(status)?;
+        let assignment = match self.catalog.resolve_follows(&r.dataset, &follows) {
+            Ok(a) => a,
+            // A version the hub no longer assigns that a sidecar still shows: it stays (the
+            // catalog keeps it while it is in use), and so does the sidecar's lease.
+            Err(e) => match follows.version().and_then(|v| self.catalog.kept_manifest(&r.dataset, v)) {
+                Some(m) if m.root.0.as_slice() == r.known_root.as_slice() => {
+                    if !r.user.is_empty() {
+                        self.sidecars.renew(&r.user, &r.dataset, m.version, std::time::Instant::now());
+                    }
+                    return Ok(Response::new(local::ResolveResponse { manifest: None, active: false }));
+                }
+                _ => {
+                    // The sidecar keeps what it shows (a tag's new version is not Ready
+                    // yet): that version is still in use.
+                    let shown = self
+                        .catalog
+                        .assignments()
+                        .assignments
+                        .into_iter()
+                        .find(|a| a.dataset == r.dataset && !r.known_root.is_empty() && a.root == r.known_root);
+                    if let Some(a) = shown.filter(|_| !r.user.is_empty()) {
+                        self.sidecars.renew(&r.user, &a.dataset, a.version, std::time::Instant::now());
+                    }
+                    return Err(status(e));
+                }
+            },
+        };
+        if !r.user.is_empty() {
+            self.sidecars.renew(&r.user, &r.dataset, assignment.version, std::time::Instant::now());
+        }
         if assignment.root == r.known_root {
             return Ok(Response::new(local::ResolveResponse { manifest: None, active: assignment.active }));
         }

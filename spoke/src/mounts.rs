@@ -41,6 +41,8 @@ pub struct Mounts {
     holder: tokio::sync::Mutex<Option<HolderClient<Channel>>>,
     /// The holder's task when it runs in this process (`embedded`).
     embedded: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Woken after a mount or an unmount (what is in use on the node changed).
+    pub changed: tokio::sync::Notify,
 }
 
 impl Mounts {
@@ -51,7 +53,12 @@ impl Mounts {
         shutdown: &tokio_util::sync::CancellationToken,
     ) -> Result<Self, MountError> {
         let (holder, embedded) = reach.existing(shutdown).await?;
-        let mounts = Self { reach, holder: tokio::sync::Mutex::new(holder), embedded: std::sync::Mutex::new(embedded) };
+        let mounts = Self {
+            reach,
+            holder: tokio::sync::Mutex::new(holder),
+            embedded: std::sync::Mutex::new(embedded),
+            changed: tokio::sync::Notify::new(),
+        };
         let held = mounts.list().await?;
         if !held.is_empty() {
             let paths: Vec<&str> = held.iter().map(|m| m.mountpoint.as_str()).collect();
@@ -100,16 +107,18 @@ impl Mounts {
         let (version, tag) = follows.to_wire();
         let request =
             local::MountRequest { dataset: dataset.to_string(), version, tag, mountpoint: path.display().to_string() };
-        match self.holder().await?.mount(request.clone()).await {
+        let info = match self.holder().await?.mount(request.clone()).await {
             // The holder went away (it was stopped, or crashed): a spoke that may start one
             // starts a new one, once.
             Err(s) if s.code() == tonic::Code::Unavailable && self.reach.config.holder == HolderMode::Spawn => {
                 info!(error = s.message(), "the FUSE holder does not answer; starting another");
                 *self.holder.lock().await = None;
-                Ok(self.holder().await?.mount(request).await?.into_inner())
+                self.holder().await?.mount(request).await?.into_inner()
             }
-            answer => Ok(answer?.into_inner()),
-        }
+            answer => answer?.into_inner(),
+        };
+        self.changed.notify_one();
+        Ok(info)
     }
 
     /// Unmounts what the holder mounted at `path`; `lazy`: at once, even with files open.
@@ -123,6 +132,7 @@ impl Mounts {
             ))));
         };
         holder.unmount(request).await?;
+        self.changed.notify_one();
         Ok(())
     }
 

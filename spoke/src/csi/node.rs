@@ -230,6 +230,11 @@ impl Node {
         }
     }
 
+    /// Where the shares are mounted (`DATA_DIR/csi/mounts`), and what is published from them.
+    pub async fn published(&self) -> (PathBuf, Vec<Publication>) {
+        (self.root.clone(), self.state.lock().await.targets.values().cloned().collect())
+    }
+
     pub fn node_id(&self) -> &str {
         &self.parts.node
     }

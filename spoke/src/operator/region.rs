@@ -110,6 +110,11 @@ impl Holds {
         }
     }
 
+    /// Every hold: (holder, dataset, version).
+    pub fn by_holder(&self) -> Vec<(String, String, u64)> {
+        self.lock().iter().map(|(h, (d, v))| (h.clone(), d.clone(), *v)).collect()
+    }
+
     /// Every version some volume holds.
     pub fn held(&self) -> HashSet<(String, u64)> {
         self.lock().values().cloned().collect()
