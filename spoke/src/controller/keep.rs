@@ -14,13 +14,50 @@ use tokio::sync::Notify;
 use tracing::{info, instrument, warn};
 
 use super::Parts;
-use super::plan::VersionKey;
+use super::plan::{self, Memory, Observed, VersionKey};
 use super::retention;
 use crate::cache::TieredStore;
 use crate::catalog::Catalog;
 use crate::in_use::Published;
 use crate::peers::Peers;
 use crate::store::ChunkStore;
+
+/// One round of what a pass does to keep and let go, with `assignments` as if they had just
+/// arrived from the hub: gathers what is in use, pins what the hub retains and what is in
+/// use, sweeps what is no longer assigned (for tests that feed assignments themselves; a
+/// session does the same in each pass). Returns what became of the unassigned versions.
+pub async fn retain_once(parts: &Parts, data_dir: &Path, assignments: &[pb::Assignment]) -> retention::Unassigned {
+    let in_use = in_use(parts, &Notify::new()).await;
+    let observed = observed(parts, data_dir, in_use.as_deref().unwrap_or_default());
+    let mut memory = Memory::default();
+    memory.assignments_arrived();
+    let plan = plan::plan(assignments, &observed, &memory);
+    let kept: Vec<VersionKey> =
+        parts.catalog.kept_versions().into_iter().map(|(d, v)| VersionKey::new(&d, v)).collect();
+    let unassigned = match in_use {
+        Some(_) => retention::unassigned(assignments, &kept, &observed.in_use, true),
+        None => retention::Unassigned::default(),
+    };
+    let local: Vec<Arc<Manifest>> =
+        unassigned.in_use.iter().filter_map(|k| parts.catalog.kept_manifest(&k.dataset, k.version)).collect();
+    pin(&parts.catalog, &parts.cache, parts.reader.peers(), &plan.pin, &local, 1).await;
+    sweep(parts, data_dir, assignments, &unassigned, &observed.in_use).await;
+    unassigned
+}
+
+/// What the plan looks at, now: `in_use` and the volumes' holds both count as in use.
+pub(super) fn observed(parts: &Parts, data_dir: &Path, in_use: &[pb::VersionInUse]) -> Observed {
+    let held: HashSet<VersionKey> =
+        parts.holds.held().into_iter().map(|(dataset, version)| VersionKey { dataset, version }).collect();
+    Observed {
+        now: Instant::now(),
+        sharer: !parts.peer_address.is_empty(),
+        membership: parts.reader.peers().membership(),
+        in_use: in_use.iter().map(|u| VersionKey::new(&u.dataset, u.version)).chain(held.iter().cloned()).collect(),
+        held,
+        room: parts.cache.room(data_dir),
+    }
+}
 
 /// What uses versions on this node now (and, when it changed, a cache report at once);
 /// `None` when the holder cannot be asked (then nothing is swept).

@@ -16,7 +16,7 @@
 //! at a time: while the hub still holds an earlier watch of this name (a restart before the hub
 //! noticed the old connection close), the watch is refused and retried soon.
 
-mod keep;
+pub mod keep;
 pub mod plan;
 pub mod retention;
 
@@ -255,7 +255,7 @@ impl Controller<'_> {
                 _ = tokio::time::sleep(IN_USE_EVERY), if memory.arrived() => {}
             }
             let in_use = keep::in_use(parts, &session.cache_changed).await;
-            let observed = self.observe(in_use.as_deref().unwrap_or_default());
+            let observed = keep::observed(parts, &config.data_dir, in_use.as_deref().unwrap_or_default());
             let plan = plan::plan(&current.assignments, &observed, memory);
             // What the hub no longer assigns goes, unless a mount or a volume here uses it;
             // not while what is in use cannot be known (the holder does not answer).
@@ -265,21 +265,6 @@ impl Controller<'_> {
             let unassigned = if in_use.is_some() { unassigned } else { retention::Unassigned::default() };
             self.execute(&session, plan, &observed, &unassigned, memory).await?;
             keep::sweep(parts, &config.data_dir, &current.assignments, &unassigned, &observed.in_use).await;
-        }
-    }
-
-    /// What the plan looks at, now.
-    fn observe(&self, in_use: &[pb::VersionInUse]) -> Observed {
-        let parts = &self.parts;
-        let held: HashSet<VersionKey> =
-            parts.holds.held().into_iter().map(|(dataset, version)| VersionKey { dataset, version }).collect();
-        Observed {
-            now: Instant::now(),
-            sharer: !parts.peer_address.is_empty(),
-            membership: parts.reader.peers().membership(),
-            in_use: in_use.iter().map(|u| VersionKey::new(&u.dataset, u.version)).chain(held.iter().cloned()).collect(),
-            held,
-            room: parts.cache.room(&self.config.data_dir),
         }
     }
 
