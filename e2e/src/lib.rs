@@ -444,8 +444,8 @@ pub async fn mount_when_known(
     version: u64,
     mountpoint: &Path,
 ) -> Result<local::MountInfo, tonic::Status> {
-    let request =
-        local::MountRequest { dataset: dataset.into(), version, mountpoint: mountpoint.display().to_string() };
+    let (dataset, mountpoint) = (dataset.into(), mountpoint.display().to_string());
+    let request = local::MountRequest { dataset, version, mountpoint, tag: String::new() };
     let mut last = None;
     for _ in 0..300 {
         match local.mount(request.clone()).await {

@@ -133,7 +133,7 @@ fn expect_err<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, words
 /// Waits until the spoke has heard of `dataset@vVERSION` from the hub.
 async fn wait_assigned(config: &Path, dataset: &str, version: u64) {
     let mut local = local_client(&socket_of(config)).await;
-    let request = local::ResolveRequest { dataset: dataset.into(), version, known_root: Vec::new() };
+    let request = local::ResolveRequest { dataset: dataset.into(), version, ..Default::default() };
     for _ in 0..300 {
         if local.resolve(request.clone()).await.is_ok() {
             return;

@@ -76,6 +76,7 @@ async fn a_region_reads_its_versions_through_fuse_before_and_after_they_arrive()
         dataset: "llama".into(),
         version,
         mountpoint: path.display().to_string(),
+        tag: String::new(),
     };
     expect_err(local.mount(request(0, &follow)).await, Code::FailedPrecondition, &["no active version", "llama@vN"])
         .await;

@@ -12,7 +12,8 @@ use aqueduct_fuse::fs::{ChunkCache, VersionFs};
 use aqueduct_fuse::holder::HolderConfig;
 use aqueduct_fuse::remote::RemoteSource;
 use aqueduct_fuse::view::View;
-use aqueduct_proto::{Manifest, VersionRef};
+use aqueduct_proto::Manifest;
+use aqueduct_proto::selector::MountRef;
 use clap::{Parser, Subcommand};
 use tracing::info;
 
@@ -30,12 +31,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Mount DATASET (following the region's active version) or DATASET@vN at MOUNTPOINT and
-    /// serve it until interrupted (SIGTERM or Ctrl-C), then unmount. Reads that need the spoke
-    /// while it is away wait for it.
+    /// Mount DATASET (following the region's active version), DATASET@TAG (following a tag,
+    /// e.g. llama@stable) or DATASET@vN at MOUNTPOINT and serve it until interrupted (SIGTERM
+    /// or Ctrl-C), then unmount. A following mount switches when what it follows moves (new
+    /// opens see the new version; open files keep theirs). Reads that need the spoke while it
+    /// is away wait for it.
     Mount {
-        /// DATASET or DATASET@vN.
-        dataset: VersionRef,
+        /// DATASET, DATASET@TAG or DATASET@vN.
+        dataset: MountRef,
         /// An existing directory.
         mountpoint: PathBuf,
         /// The spoke's local API socket.
@@ -44,7 +47,8 @@ enum Command {
         /// Memory for recently read chunks.
         #[arg(long, default_value_t = 256)]
         cache_mib: u64,
-        /// How often a following mount asks the spoke for the active version.
+        /// How often the mount asks the spoke for the version it follows (and renews its use
+        /// of the version shown).
         #[arg(long, default_value_t = 2)]
         follow_every_secs: u64,
     },
@@ -67,7 +71,8 @@ enum Command {
         /// Memory for recently read chunks, shared by every mount.
         #[arg(long, default_value_t = 256)]
         cache_mib: u64,
-        /// How often a following mount asks the spoke for the active version.
+        /// How often the mount asks the spoke for the version it follows (and renews its use
+        /// of the version shown).
         #[arg(long, default_value_t = 1)]
         follow_every_secs: u64,
         /// Disk for whole copies of mounted files (STORE/files), verified and passed to the
@@ -121,7 +126,7 @@ async fn run() -> anyhow::Result<()> {
 }
 
 async fn mount(
-    dataset: VersionRef,
+    dataset: MountRef,
     mountpoint: PathBuf,
     socket: PathBuf,
     cache_mib: u64,
@@ -134,8 +139,14 @@ async fn mount(
         bail!("FUSE is not available: {missing}");
     }
     let mut client = aqueduct_fuse::remote::client(&socket)?;
-    let wanted = dataset.version.unwrap_or(0);
-    let manifest = aqueduct_fuse::remote::resolve(&mut client, &dataset.dataset, wanted, None)
+    // Who this mount is, for the spoke's count of what is in use (it reports it to the hub,
+    // which then keeps the version): the pod (its host name) and the mountpoint.
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+        .unwrap_or_default();
+    let user = format!("sidecar {host}:{}", mountpoint.display());
+    let manifest = aqueduct_fuse::remote::resolve(&mut client, &dataset.dataset, &dataset.follows, None, &user)
         .await
         .with_context(|| {
             format!("cannot resolve {dataset} through the spoke at {} (is `aqueduct-spoke run` up?)", socket.display())
@@ -157,12 +168,12 @@ async fn mount(
     let mounted = Arc::new(mounted);
     info!(%dataset, version = shown, mountpoint = %mountpoint.display(), "mounted");
     println!("{}@v{shown} mounted at {}", dataset.dataset, mountpoint.display());
-    let follower = (wanted == 0)
-        .then(|| tokio::spawn(aqueduct_fuse::remote::follow(mounted.clone(), client.clone(), follow_every, fs)));
+    // Also for a fixed version: each call renews the spoke's lease on the version shown.
+    let follows = dataset.follows.clone();
+    let follower =
+        tokio::spawn(aqueduct_fuse::remote::follow(mounted.clone(), follows, user, client.clone(), follow_every, fs));
     aqueduct_core::edge::interrupted().await;
-    if let Some(f) = follower {
-        f.abort();
-    }
+    follower.abort();
     let m = mounted.clone();
     tokio::task::spawn_blocking(move || m.unmount(true)).await??;
     info!(mountpoint = %mountpoint.display(), "unmounted");

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aqueduct_proto::selector::Follows;
 use aqueduct_proto::spoke::v1 as local;
 use aqueduct_proto::spoke::v1::local_client::LocalClient;
 use aqueduct_proto::{Digest, Manifest};
@@ -91,28 +92,38 @@ impl Backoff {
     }
 }
 
-/// The manifest `dataset@version` (0: the active version) means at the spoke, or `None` if it
-/// is the one whose root is `known` (the one shown).
+/// The manifest of the version `follows` means at the spoke now (a version, the active one,
+/// a tag's), or `None` if it is the one whose root is `known` (the one shown). `user` names a
+/// mount the spoke does not host (a sidecar's), for which the spoke counts the version in use
+/// (empty: none).
 pub async fn resolve(
     client: &mut LocalClient<Channel>,
     dataset: &str,
-    version: u64,
+    follows: &Follows,
     known: Option<Digest>,
+    user: &str,
 ) -> Result<Option<Manifest>, RemoteError> {
     let known_root = known.map(|d| d.0.to_vec()).unwrap_or_default();
+    let (version, tag) = follows.to_wire();
+    let user = user.to_string();
     let response = client
-        .resolve(local::ResolveRequest { dataset: dataset.to_string(), version, known_root })
+        .resolve(local::ResolveRequest { dataset: dataset.to_string(), version, known_root, tag, user })
         .await
         .map_err(RemoteError::Spoke)?
         .into_inner();
     response.manifest.map(Manifest::try_from).transpose().map_err(|e| RemoteError::Manifest(e.to_string()))
 }
 
-/// Keeps `mounted` on the active version of its dataset: asks the spoke every `every` and
-/// switches when the answer is another version. Runs until dropped (abort its task). A spoke
-/// that cannot be asked leaves the mount on the version it shows.
+/// Keeps `mounted` on the version `follows` names (the active version of its dataset, or a
+/// tag's): asks the spoke every `every` and switches when the answer is another version. Runs
+/// until dropped (abort its task). A spoke that cannot be asked, or that refuses (the tag's
+/// version is not Ready in the region), leaves the mount on the version it shows, and says why
+/// once. With a `user` (a sidecar's mount), each call also renews the spoke's lease on the
+/// version shown: a sidecar runs this for a fixed version too.
 pub async fn follow<S: ChunkSource + 'static>(
     mounted: Arc<Mounted<S>>,
+    follows: Follows,
+    user: String,
     mut client: LocalClient<Channel>,
     every: Duration,
     fs: impl Fn(Manifest) -> VersionFs<S>,
@@ -122,18 +133,19 @@ pub async fn follow<S: ChunkSource + 'static>(
     loop {
         tokio::time::sleep(every).await;
         let shown = mounted.view().current().manifest().root;
-        match resolve(&mut client, &name, 0, Some(shown)).await {
+        match resolve(&mut client, &name, &follows, Some(shown), &user).await {
             Ok(None) => complained = false,
             Ok(Some(manifest)) => {
                 complained = false;
                 let version = manifest.version;
                 let (m, next) = (mounted.clone(), fs(manifest));
                 if tokio::task::spawn_blocking(move || m.switch(next)).await.unwrap_or(false) {
-                    info!(dataset = %name, version, mountpoint = %mounted.mountpoint().display(), "switched to the active version");
+                    info!(dataset = %name, version, %follows, mountpoint = %mounted.mountpoint().display(), "switched to the version it follows");
                 }
             }
             Err(e) if !complained => {
-                warn!(dataset = %name, error = %e, "cannot ask the spoke for the active version; keeping this one");
+                let shown = mounted.view().current().manifest().version;
+                warn!(dataset = %name, %follows, shown, error = %e, "cannot follow: keeping the version shown");
                 complained = true;
             }
             Err(_) => {}

@@ -10,6 +10,7 @@
 //! durable files) is in `aqueduct-core`.
 
 pub mod domain;
+pub mod selector;
 
 /// HTTP/2 receive windows for chunk streams, per stream and per connection. The protocol's
 /// default (64 KiB) caps a stream at 64 KiB per round trip: over a link whose queue adds

@@ -200,8 +200,12 @@ async fn read_through_fuse(root: &Path, files: &Sample) -> Result<()> {
     let mut local = LocalClient::new(channel);
     let mountpoint = root.join(format!("mnt-{region}"));
     std::fs::create_dir_all(&mountpoint)?;
-    let request =
-        local::MountRequest { dataset: DATASET.into(), version: 0, mountpoint: mountpoint.display().to_string() };
+    let request = local::MountRequest {
+        dataset: DATASET.into(),
+        version: 0,
+        mountpoint: mountpoint.display().to_string(),
+        tag: String::new(),
+    };
     let newest = files.len();
     // The spoke hears that v2 became active a moment after the hub says Ready.
     let started = Instant::now();

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use aqueduct_core::durable;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
+use aqueduct_proto::selector::Follows;
 use aqueduct_proto::{Manifest, ManifestError};
 use prost::Message;
 use tokio::sync::watch;
@@ -36,6 +37,18 @@ pub enum CatalogError {
         "{dataset} has no active version in this region yet (a version becomes active when it is Ready in every region of its rollout); mount a version ({dataset}@vN) or wait and see `aq status {dataset}`"
     )]
     NoActiveVersion { dataset: String },
+    #[error(
+        "{dataset} has no tag {tag:?} (its tags: {known}); tag a version with `aq tag {dataset} {tag} vN`, or mount {dataset}@vN"
+    )]
+    UnknownTag { dataset: String, tag: String, known: String },
+    #[error(
+        "{dataset}@{tag} names v{version}, which is not rolled out to this region; roll it out with `aq rollout {dataset}@v{version} --to REGION`, or move the tag"
+    )]
+    TagNotAssigned { dataset: String, tag: String, version: u64 },
+    #[error(
+        "{dataset}@{tag} names v{version}, which is not Ready in this region yet; wait until it is (`aq status {dataset}`), or roll it out with `aq rollout {dataset}@v{version} --to REGION`"
+    )]
+    TagNotReady { dataset: String, tag: String, version: u64 },
     #[error("cannot get the manifest of {dataset}@v{version} from the hub: {status}")]
     Hub { dataset: String, version: u64, status: String },
     #[error("the manifest of {dataset}@v{version} does not verify: {source}")]
@@ -122,6 +135,71 @@ impl Catalog {
         resolve(&self.assignments.borrow(), dataset, version)
     }
 
+    /// The assignment a mount that follows `follows` shows now (see [`resolve_follows`]).
+    pub fn resolve_follows(&self, dataset: &str, follows: &Follows) -> Result<pb::Assignment, CatalogError> {
+        resolve_follows(&self.assignments.borrow(), dataset, follows)
+    }
+
+    /// Whether the catalog keeps the manifest of `dataset@version` (in memory or on disk):
+    /// a version assigned to the region, or one it no longer is that a mount still shows.
+    pub fn holds_manifest(&self, dataset: &str, version: u64) -> bool {
+        let key = (dataset.to_string(), version);
+        self.manifests.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&key)
+            || (aqueduct_proto::validate_name("dataset", dataset).is_ok()
+                && self.manifest_path(dataset, version).is_file())
+    }
+
+    /// The manifest the catalog keeps of `dataset@version`, if any, without asking the hub
+    /// (a version no longer assigned has no root to check against: the catalog checked it
+    /// when it kept it).
+    pub fn kept_manifest(&self, dataset: &str, version: u64) -> Option<Arc<Manifest>> {
+        let key = (dataset.to_string(), version);
+        if let Some(m) = self.manifests.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Some(m.clone());
+        }
+        aqueduct_proto::validate_name("dataset", dataset).ok()?;
+        let bytes = std::fs::read(self.manifest_path(dataset, version)).ok()?;
+        let m = Manifest::try_from(pb::Manifest::decode(bytes.as_slice()).ok()?).ok()?;
+        (m.dataset == dataset && m.version == version).then(|| Arc::new(m))
+    }
+
+    /// The versions whose manifests the catalog keeps on disk.
+    pub fn kept_versions(&self) -> Vec<(String, u64)> {
+        let mut kept = Vec::new();
+        let Ok(datasets) = std::fs::read_dir(self.dir.join("manifests")) else { return kept };
+        for d in datasets.flatten() {
+            let Some(name) = d.file_name().to_str().map(str::to_string) else { continue };
+            let Ok(files) = std::fs::read_dir(d.path()) else { continue };
+            for f in files.flatten() {
+                let file = f.file_name();
+                let version = file.to_str().and_then(|n| n.strip_suffix(".pb")).and_then(|n| n.parse::<u64>().ok());
+                if let Some(v) = version {
+                    kept.push((name.clone(), v));
+                }
+            }
+        }
+        kept.sort();
+        kept
+    }
+
+    /// Forgets the manifest of a version no longer assigned (from memory and disk).
+    pub fn forget_manifest(&self, dataset: &str, version: u64) -> Result<(), CatalogError> {
+        self.manifests.lock().unwrap_or_else(|e| e.into_inner()).remove(&(dataset.to_string(), version));
+        if aqueduct_proto::validate_name("dataset", dataset).is_err() {
+            return Ok(());
+        }
+        let path = self.manifest_path(dataset, version);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(CatalogError::Io { path, source }),
+        }
+    }
+
+    fn manifest_path(&self, dataset: &str, version: u64) -> PathBuf {
+        self.dir.join("manifests").join(dataset).join(format!("{version}.pb"))
+    }
+
     /// The manifest of an assigned version: from memory, from disk, or from the hub (then
     /// kept). Checked against the root the hub assigned.
     #[instrument(skip_all, fields(dataset = %a.dataset, version = a.version))]
@@ -136,7 +214,7 @@ impl Catalog {
             version: a.version,
             status: format!("the hub assigned it under a name that is not valid: {e}"),
         })?;
-        let path = self.dir.join("manifests").join(&a.dataset).join(format!("{}.pb", a.version));
+        let path = self.manifest_path(&a.dataset, a.version);
         let bad = |source| CatalogError::Manifest { dataset: a.dataset.clone(), version: a.version, source };
         let from_disk = std::fs::read(&path).ok().and_then(|bytes| saved_manifest(&bytes, a));
         let manifest = match from_disk {
@@ -220,6 +298,39 @@ pub fn resolve(
             held: of.iter().map(|a| format!("v{}", a.version)).collect::<Vec<_>>().join(", "),
         }),
         (None, None) => Err(CatalogError::NoActiveVersion { dataset: dataset.to_string() }),
+    }
+}
+
+/// Which assignment a mount that follows `follows` shows: the version asked for, the active
+/// one, or the one a tag names, when that version is assigned to the region and Ready (a
+/// mount never shows a tag's version before the region holds it; a following mount keeps the
+/// version it shows meanwhile).
+pub fn resolve_follows(
+    assignments: &pb::Assignments,
+    dataset: &str,
+    follows: &Follows,
+) -> Result<pb::Assignment, CatalogError> {
+    let tag = match follows {
+        Follows::Active => return resolve(assignments, dataset, None),
+        Follows::Version(v) => return resolve(assignments, dataset, Some(*v)),
+        Follows::Tag(tag) => tag,
+    };
+    if !assignments.assignments.iter().any(|a| a.dataset == dataset) {
+        return Err(CatalogError::UnknownDataset { dataset: dataset.to_string() });
+    }
+    let Some(named) = assignments.tags.iter().find(|t| t.dataset == dataset && &t.name == tag) else {
+        let mut known: Vec<&str> =
+            assignments.tags.iter().filter(|t| t.dataset == dataset).map(|t| t.name.as_str()).collect();
+        known.sort_unstable();
+        let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+        return Err(CatalogError::UnknownTag { dataset: dataset.to_string(), tag: tag.clone(), known });
+    };
+    let version = named.version;
+    let (dataset, tag) = (dataset.to_string(), tag.clone());
+    match assignments.assignments.iter().find(|a| a.dataset == dataset && a.version == version) {
+        Some(a) if a.ready || a.active => Ok(a.clone()),
+        Some(_) => Err(CatalogError::TagNotReady { dataset, tag, version }),
+        None => Err(CatalogError::TagNotAssigned { dataset, tag, version }),
     }
 }
 
@@ -370,5 +481,46 @@ mod tests {
         assert!(err.contains("m@v7") && err.contains("v1, v2"), "{err}");
         let err = resolve(&a, "n", None).unwrap_err().to_string();
         assert!(err.contains("no active version") && err.contains("n@vN"), "{err}");
+    }
+
+    fn tag(dataset: &str, name: &str, version: u64) -> pb::Tag {
+        pb::Tag { dataset: dataset.into(), name: name.into(), version, updated_unix_ms: 0 }
+    }
+
+    #[test]
+    fn a_tag_resolves_to_its_version_when_the_region_holds_it_ready() {
+        let mut rolling = assignment("m", 3, false);
+        rolling.ready = false;
+        let mut ready = assignment("m", 2, false);
+        ready.ready = true;
+        let a = pb::Assignments {
+            assignments: vec![assignment("m", 1, true), ready, rolling],
+            tags: vec![tag("m", "stable", 1), tag("m", "canary", 2), tag("m", "next", 3), tag("m", "old", 9)],
+            ..Default::default()
+        };
+        let follow = |name: &str| resolve_follows(&a, "m", &Follows::Tag(name.into()));
+        // Assigned and Ready (the active version is Ready), or Ready while rolling out.
+        assert_eq!(follow("stable").unwrap().version, 1);
+        assert_eq!(follow("canary").unwrap().version, 2);
+        // Assigned, not Ready: refused, naming the tag, its version and what to do.
+        let err = follow("next").unwrap_err().to_string();
+        assert!(err.contains("m@next") && err.contains("v3") && err.contains("not Ready"), "{err}");
+        assert!(err.contains("aq rollout m@v3 --to REGION"), "{err}");
+        // Not assigned here.
+        let err = follow("old").unwrap_err().to_string();
+        assert!(err.contains("m@old") && err.contains("v9") && err.contains("not rolled out"), "{err}");
+        assert!(err.contains("aq rollout m@v9 --to REGION"), "{err}");
+        // Unknown tag: the known ones are named.
+        let err = follow("prod").unwrap_err().to_string();
+        assert!(err.contains("no tag \"prod\"") && err.contains("canary, next, old, stable"), "{err}");
+        let err = resolve_follows(&a, "x", &Follows::Tag("stable".into())).unwrap_err().to_string();
+        assert!(err.contains("not rolled out"), "{err}");
+        // The tag moves: the same follower resolves to the new version.
+        let mut moved = a.clone();
+        moved.tags[0].version = 2;
+        assert_eq!(resolve_follows(&moved, "m", &Follows::Tag("stable".into())).unwrap().version, 2);
+        // Active and fixed versions resolve as before.
+        assert_eq!(resolve_follows(&a, "m", &Follows::Active).unwrap().version, 1);
+        assert_eq!(resolve_follows(&a, "m", &Follows::Version(3)).unwrap().version, 3);
     }
 }

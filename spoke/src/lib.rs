@@ -36,6 +36,7 @@ pub mod controller;
 pub mod csi;
 pub mod health;
 pub mod holder;
+pub mod in_use;
 pub mod limits;
 pub mod local;
 pub mod metrics;
@@ -191,7 +192,13 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
         tokio::spawn(peer_service::serve(listener, tls, limits.server(), service, local_stop.clone()))
     });
     let socket = config.socket();
-    let service = LocalService { catalog: catalog.clone(), reader: reader.clone(), mounts: mounts.clone() };
+    let sidecars = Arc::new(in_use::Sidecars::default());
+    let service = LocalService {
+        catalog: catalog.clone(),
+        reader: reader.clone(),
+        mounts: mounts.clone(),
+        sidecars: sidecars.clone(),
+    };
     let max_streams = config.limits.max_streams_per_connection;
     let local =
         tokio::spawn(local::serve(socket.clone(), service, health.grpc_service(), max_streams, local_stop.clone()));
@@ -242,7 +249,21 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
         }
         _ => None,
     };
-    let parts = controller::Parts { peer_address, reader, cache, catalog, priority, holds, ready, budget, link };
+    let parts = controller::Parts {
+        peer_address,
+        reader,
+        cache,
+        catalog,
+        priority,
+        holds,
+        ready,
+        budget,
+        link,
+        mounts: mounts.clone(),
+        csi: csi.as_ref().map(|(node, _)| node.clone()),
+        sidecars,
+        in_use: Arc::new(in_use::InUse::default()),
+    };
     controller::run(&config, endpoint, parts, &shutdown).await;
     // Nothing is unmounted: the pods' binds and the holder's mounts stay for the next spoke.
     if let Some((node, _)) = &csi {

@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use aqueduct_proto::hub::v1 as pb;
+use aqueduct_proto::selector::Follows;
 use aqueduct_proto::spoke::v1 as local;
 use aqueduct_proto::spoke::v1::local_server::{Local, LocalServer};
 use aqueduct_proto::{Digest, validate_name};
@@ -20,6 +21,7 @@ use tonic::{Request, Response, Status};
 use tracing::{Span, instrument};
 
 use crate::catalog::{Catalog, CatalogError};
+use crate::in_use::Sidecars;
 use crate::mounts::{MountError, Mounts};
 use crate::reader::{ReadError, ReadThrough};
 
@@ -30,6 +32,8 @@ pub struct LocalService {
     pub catalog: Arc<Catalog>,
     pub reader: Arc<ReadThrough>,
     pub mounts: Arc<Mounts>,
+    /// The leases of sidecars that name themselves in `Resolve`.
+    pub sidecars: Arc<Sidecars>,
 }
 
 /// The one place errors of the local API become statuses. The holder's answers to mounts
@@ -40,7 +44,10 @@ fn status(e: impl Into<LocalError>) -> Status {
             CatalogError::UnknownDataset { .. } | CatalogError::UnknownVersion { .. } => {
                 Status::not_found(e.to_string())
             }
-            CatalogError::NoActiveVersion { .. } => Status::failed_precondition(e.to_string()),
+            CatalogError::UnknownTag { .. } => Status::not_found(e.to_string()),
+            CatalogError::NoActiveVersion { .. }
+            | CatalogError::TagNotAssigned { .. }
+            | CatalogError::TagNotReady { .. } => Status::failed_precondition(e.to_string()),
             CatalogError::Hub { .. } => Status::unavailable(e.to_string()),
             CatalogError::Manifest { .. } | CatalogError::Io { .. } => Status::internal(e.to_string()),
         },
@@ -71,8 +78,9 @@ fn dataset_name(name: &str) -> Result<(), Status> {
     validate_name("dataset", name).map_err(|e| status(LocalError::Invalid(e.to_string())))
 }
 
-fn nonzero(version: u64) -> Option<u64> {
-    (version != 0).then_some(version)
+/// What a request's `version` and `tag` select.
+fn follows(version: u64, tag: &str) -> Result<Follows, Status> {
+    Follows::from_wire(version, tag).map_err(|e| status(LocalError::Invalid(e.to_string())))
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ChunkData, Status>> + Send>>;
@@ -81,15 +89,17 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ChunkData, Status>> + Se
 impl Local for LocalService {
     type ReadChunksStream = ChunkStream;
 
-    #[instrument(skip_all, fields(dataset, version, mountpoint))]
+    #[instrument(skip_all, fields(dataset, version, tag, mountpoint))]
     async fn mount(&self, request: Request<local::MountRequest>) -> Result<Response<local::MountInfo>, Status> {
         let r = request.into_inner();
         Span::current()
             .record("dataset", r.dataset.as_str())
             .record("version", r.version)
+            .record("tag", r.tag.as_str())
             .record("mountpoint", r.mountpoint.as_str());
         dataset_name(&r.dataset)?;
-        let info = self.mounts.mount(&r.dataset, nonzero(r.version), Path::new(&r.mountpoint)).await.map_err(status)?;
+        let follows = follows(r.version, &r.tag)?;
+        let info = self.mounts.mount(&r.dataset, &follows, Path::new(&r.mountpoint)).await.map_err(status)?;
         Ok(Response::new(info))
     }
 
@@ -112,15 +122,48 @@ impl Local for LocalService {
         Ok(Response::new(local::ListMountsResponse { mounts: self.mounts.list().await.map_err(status)? }))
     }
 
-    #[instrument(skip_all, fields(dataset, version))]
+    #[instrument(skip_all, fields(dataset, version, tag))]
     async fn resolve(
         &self,
         request: Request<local::ResolveRequest>,
     ) -> Result<Response<local::ResolveResponse>, Status> {
         let r = request.into_inner();
-        Span::current().record("dataset", r.dataset.as_str()).record("version", r.version);
+        Span::current()
+            .record("dataset", r.dataset.as_str())
+            .record("version", r.version)
+            .record("tag", r.tag.as_str());
         dataset_name(&r.dataset)?;
-        let assignment = self.catalog.resolve(&r.dataset, nonzero(r.version)).map_err(status)?;
+        let follows = follows(r.version, &r.tag)?;
+        let assignment = match self.catalog.resolve_follows(&r.dataset, &follows) {
+            Ok(a) => a,
+            // A version the hub no longer assigns that a sidecar still shows: it stays (the
+            // catalog keeps it while it is in use), and so does the sidecar's lease.
+            Err(e) => match follows.version().and_then(|v| self.catalog.kept_manifest(&r.dataset, v)) {
+                Some(m) if m.root.0.as_slice() == r.known_root.as_slice() => {
+                    if !r.user.is_empty() {
+                        self.sidecars.renew(&r.user, &r.dataset, m.version, std::time::Instant::now());
+                    }
+                    return Ok(Response::new(local::ResolveResponse { manifest: None, active: false }));
+                }
+                _ => {
+                    // The sidecar keeps what it shows (a tag's new version is not Ready
+                    // yet): that version is still in use.
+                    let shown = self
+                        .catalog
+                        .assignments()
+                        .assignments
+                        .into_iter()
+                        .find(|a| a.dataset == r.dataset && !r.known_root.is_empty() && a.root == r.known_root);
+                    if let Some(a) = shown.filter(|_| !r.user.is_empty()) {
+                        self.sidecars.renew(&r.user, &a.dataset, a.version, std::time::Instant::now());
+                    }
+                    return Err(status(e));
+                }
+            },
+        };
+        if !r.user.is_empty() {
+            self.sidecars.renew(&r.user, &r.dataset, assignment.version, std::time::Instant::now());
+        }
         if assignment.root == r.known_root {
             return Ok(Response::new(local::ResolveResponse { manifest: None, active: assignment.active }));
         }
@@ -142,8 +185,14 @@ impl Local for LocalService {
             .record("version", r.version)
             .record("chunks", r.digests.len());
         aqueduct_proto::check_digest_count(r.digests.len())?;
-        // Reads are for versions the region holds; the hub checks the rest on a miss.
-        self.catalog.resolve(&r.dataset, Some(r.version)).map_err(status)?;
+        // Reads are for versions the region holds, or that a mount here still shows after the
+        // hub removed them (the catalog keeps their manifests); the hub checks the rest on a
+        // miss.
+        if let Err(e) = self.catalog.resolve(&r.dataset, Some(r.version))
+            && !self.catalog.holds_manifest(&r.dataset, r.version)
+        {
+            return Err(status(e));
+        }
         let digests = r
             .digests
             .iter()

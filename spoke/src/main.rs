@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use aqueduct_proto::VersionRef;
+use aqueduct_proto::selector::MountRef;
 use aqueduct_proto::spoke::v1 as local;
 use aqueduct_proto::spoke::v1::local_client::LocalClient;
 use clap::{Args, Parser, Subcommand};
@@ -44,11 +44,13 @@ enum Command {
         advertise: Option<String>,
     },
     /// Mount a dataset read-only through the running spoke. DATASET follows the region's
-    /// active version (open files keep theirs when it changes); DATASET@vN stays on vN and can
-    /// be read before vN is fully replicated (misses are fetched on demand).
+    /// active version (open files keep theirs when it changes); DATASET@TAG follows a tag
+    /// (e.g. llama@stable: the version it names, once that is Ready in the region); DATASET@vN
+    /// stays on vN and can be read before vN is fully replicated (misses are fetched on
+    /// demand).
     Mount {
-        /// DATASET or DATASET@vN.
-        dataset: VersionRef,
+        /// DATASET, DATASET@TAG or DATASET@vN.
+        dataset: MountRef,
         /// An existing directory.
         mountpoint: PathBuf,
         #[command(flatten)]
@@ -121,14 +123,20 @@ async fn run() -> anyhow::Result<()> {
             aqueduct_spoke::run(config, shutdown).await?;
         }
         Command::Mount { dataset, mountpoint, socket } => {
+            let (version, tag) = dataset.follows.to_wire();
             let request = local::MountRequest {
                 dataset: dataset.dataset.clone(),
-                version: dataset.version.unwrap_or(0),
+                version,
+                tag,
                 mountpoint: absolute(mountpoint)?.display().to_string(),
             };
             let info = socket.connect().await?.mount(request).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
             let info = info.into_inner();
-            let follow = if info.follow { " (following the active version)" } else { "" };
+            let follow = match (info.follow, info.tag.as_str()) {
+                (false, _) => String::new(),
+                (true, "") => " (following the active version)".to_string(),
+                (true, tag) => format!(" (following tag {tag})"),
+            };
             println!("{}@v{} mounted at {}{follow}", info.dataset, info.version, info.mountpoint);
         }
         Command::Unmount { mountpoint, socket } => {
@@ -152,7 +160,11 @@ async fn run() -> anyhow::Result<()> {
                 .mounts;
             println!("{:<40} {:<24} {:<8} FOLLOW", "MOUNTPOINT", "DATASET", "VERSION");
             for m in mounts {
-                let follow = if m.follow { "active" } else { "-" };
+                let follow = match (m.follow, m.tag.as_str()) {
+                    (false, _) => "-".to_string(),
+                    (true, "") => "active".to_string(),
+                    (true, tag) => format!("tag {tag}"),
+                };
                 println!("{:<40} {:<24} {:<8} {follow}", m.mountpoint, m.dataset, format!("v{}", m.version));
             }
         }

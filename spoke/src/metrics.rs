@@ -80,6 +80,8 @@ pub struct SpokeMetrics {
     replication_ready: Family<VersionLabels, Gauge>,
     budget: Gauge,
     fuse_reads: HeldReads,
+    swept_chunks: Counter,
+    swept_bytes: Counter,
 }
 
 impl SpokeMetrics {
@@ -155,6 +157,17 @@ impl SpokeMetrics {
             self.fuse_reads.part(Part::Bytes),
         );
         r.register("fuse_read_errors", "FUSE reads answered with an error", self.fuse_reads.part(Part::Errors));
+        r.register(
+            "swept_chunks",
+            "Chunks deleted from the store because the hub no longer assigns any version that has them",
+            self.swept_chunks.clone(),
+        );
+        r.register_with_unit(
+            "swept",
+            "Bytes of chunks deleted from the store because the hub no longer assigns any version that has them",
+            Unit::Bytes,
+            self.swept_bytes.clone(),
+        );
         r
     }
 
@@ -166,6 +179,12 @@ impl SpokeMetrics {
     }
 
     /// A chunk was got from `origin`.
+    /// Chunks of versions no longer assigned were deleted.
+    pub fn swept(&self, chunks: u64, bytes: u64) {
+        self.swept_chunks.inc_by(chunks);
+        self.swept_bytes.inc_by(bytes);
+    }
+
     pub fn chunk(&self, origin: Origin) {
         self.chunks.get_or_create(&OriginLabels { origin: origin.label() }).inc();
     }

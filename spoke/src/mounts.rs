@@ -2,9 +2,9 @@
 //! ([`aqueduct_fuse::holder`], reached as [`crate::holder`] says), which owns and serves every
 //! mount, so that mounts outlive the spoke.
 //!
-//! A mount shows a fixed version, or follows its dataset's active version in the region (the
-//! holder asks the spoke's local API, and switches in one step: new opens see the new version,
-//! files already open read theirs to the end). The holder reads chunks from the spoke's store
+//! A mount shows a fixed version, or follows its dataset's active version in the region, or
+//! the version a tag names (the holder asks the spoke's local API, and switches in one step:
+//! new opens see the new version, files already open read theirs to the end). The holder reads chunks from the spoke's store
 //! on disk and through the local API. A spoke that stops, or is killed, leaves every mount in
 //! place; the next spoke finds them in the holder's list, as they are.
 
@@ -12,6 +12,7 @@ use std::path::Path;
 
 use aqueduct_proto::holder::v1 as held;
 use aqueduct_proto::holder::v1::holder_client::HolderClient;
+use aqueduct_proto::selector::Follows;
 use aqueduct_proto::spoke::v1 as local;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -40,6 +41,8 @@ pub struct Mounts {
     holder: tokio::sync::Mutex<Option<HolderClient<Channel>>>,
     /// The holder's task when it runs in this process (`embedded`).
     embedded: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Woken after a mount or an unmount (what is in use on the node changed).
+    pub changed: tokio::sync::Notify,
 }
 
 impl Mounts {
@@ -50,7 +53,12 @@ impl Mounts {
         shutdown: &tokio_util::sync::CancellationToken,
     ) -> Result<Self, MountError> {
         let (holder, embedded) = reach.existing(shutdown).await?;
-        let mounts = Self { reach, holder: tokio::sync::Mutex::new(holder), embedded: std::sync::Mutex::new(embedded) };
+        let mounts = Self {
+            reach,
+            holder: tokio::sync::Mutex::new(holder),
+            embedded: std::sync::Mutex::new(embedded),
+            changed: tokio::sync::Notify::new(),
+        };
         let held = mounts.list().await?;
         if !held.is_empty() {
             let paths: Vec<&str> = held.iter().map(|m| m.mountpoint.as_str()).collect();
@@ -91,30 +99,26 @@ impl Mounts {
         Ok(holder.list(local::ListMountsRequest {}).await?.into_inner().reads.unwrap_or_default())
     }
 
-    /// Mounts `dataset` at `version` (`None`: follow the active version) on `path`. The same
-    /// mount asked for again is answered with the existing one.
-    #[instrument(skip_all, fields(dataset, ?version, path = %path.display()))]
-    pub async fn mount(
-        &self,
-        dataset: &str,
-        version: Option<u64>,
-        path: &Path,
-    ) -> Result<local::MountInfo, MountError> {
-        let request = local::MountRequest {
-            dataset: dataset.to_string(),
-            version: version.unwrap_or(0),
-            mountpoint: path.display().to_string(),
-        };
-        match self.holder().await?.mount(request.clone()).await {
+    /// Mounts `dataset` on `path`, showing what `follows` says (a version, or following the
+    /// active version or a tag). The same mount asked for again is answered with the existing
+    /// one.
+    #[instrument(skip_all, fields(dataset, %follows, path = %path.display()))]
+    pub async fn mount(&self, dataset: &str, follows: &Follows, path: &Path) -> Result<local::MountInfo, MountError> {
+        let (version, tag) = follows.to_wire();
+        let request =
+            local::MountRequest { dataset: dataset.to_string(), version, tag, mountpoint: path.display().to_string() };
+        let info = match self.holder().await?.mount(request.clone()).await {
             // The holder went away (it was stopped, or crashed): a spoke that may start one
             // starts a new one, once.
             Err(s) if s.code() == tonic::Code::Unavailable && self.reach.config.holder == HolderMode::Spawn => {
                 info!(error = s.message(), "the FUSE holder does not answer; starting another");
                 *self.holder.lock().await = None;
-                Ok(self.holder().await?.mount(request).await?.into_inner())
+                self.holder().await?.mount(request).await?.into_inner()
             }
-            answer => Ok(answer?.into_inner()),
-        }
+            answer => answer?.into_inner(),
+        };
+        self.changed.notify_one();
+        Ok(info)
     }
 
     /// Unmounts what the holder mounted at `path`; `lazy`: at once, even with files open.
@@ -128,6 +132,7 @@ impl Mounts {
             ))));
         };
         holder.unmount(request).await?;
+        self.changed.notify_one();
         Ok(())
     }
 

@@ -25,13 +25,28 @@ fn spec() -> impl Strategy<Value = AqueductVolumeSpec> {
         proptest::option::of(prop_oneof![0u64..4, any::<u64>()]),
         mode(),
         any::<bool>(),
+        proptest::option::weighted(
+            0.3,
+            prop_oneof![4 => proptest::sample::select(TAGS).prop_map(str::to_string), 1 => ".{0,8}"],
+        ),
     )
-        .prop_map(|(dataset, version, mode, start_before_ready)| AqueductVolumeSpec {
+        .prop_map(|(dataset, version, mode, start_before_ready, tag)| AqueductVolumeSpec {
             dataset,
             version,
+            tag,
             mode,
             start_before_ready,
         })
+}
+
+const TAGS: &[&str] = &["stable", "canary", "v3", "active", "Stable", "-a", "prod-eu"];
+
+/// The dataset's tags as the hub sent them (name, version).
+fn tags() -> impl Strategy<Value = Vec<(String, u64)>> {
+    proptest::collection::vec(
+        (proptest::sample::select(&["stable", "canary", "prod-eu"][..]).prop_map(str::to_string), 0u64..5),
+        0..3,
+    )
 }
 
 fn versions() -> impl Strategy<Value = Vec<RegionVersion>> {
@@ -65,6 +80,7 @@ proptest! {
     fn fuzz_aqueduct_volume_specs(
         spec in spec(),
         versions in versions(),
+        tags in tags(),
         cached_bytes in any::<u64>(),
         ready in any::<bool>(),
         capacity in proptest::option::of(any::<u64>()),
@@ -73,7 +89,7 @@ proptest! {
         uid in proptest::option::of(prop_oneof![Just(""), Just("0b7e6a52")]),
     ) {
         let aqv = volume(spec.clone(), namespace, uid);
-        let resolved = build::validate(&aqv, &versions);
+        let resolved = build::validate_tagged(&aqv, &versions, &tags);
         let claim = conflict.then(|| ClaimProblem::Conflict { namespace: "inference".into(), name: "vol".into() });
         let seen = Observation { resolved: resolved.clone(), holding: Holding { cached_bytes, ready }, capacity, claim };
         let status = build::status(&aqv, &seen, &now());
@@ -91,9 +107,15 @@ proptest! {
             Ok(Resolved { version, newest }) => {
                 prop_assert!(aqueduct_proto::validate_name("dataset", &spec.dataset).is_ok());
                 prop_assert_eq!(&version.dataset, &spec.dataset);
-                match spec.version {
-                    Some(v) => prop_assert_eq!(version.version, v),
-                    None => prop_assert!(version.active),
+                match (spec.version, &spec.tag) {
+                    (Some(v), None) => prop_assert_eq!(version.version, v),
+                    (None, None) => prop_assert!(version.active),
+                    // A tag: the version it names (the first of that name), never with a version.
+                    (None, Some(tag)) => {
+                        prop_assert!(aqueduct_proto::validate_tag(tag).is_ok());
+                        prop_assert_eq!(tags.iter().find(|(n, _)| n == tag).map(|t| t.1), Some(version.version));
+                    }
+                    (Some(_), Some(_)) => prop_assert!(false, "a version and a tag passed"),
                 }
                 prop_assert!(newest >= version.version);
                 prop_assert_eq!(condition(build::VALID).unwrap().status, "True");
@@ -113,7 +135,11 @@ proptest! {
                 let attributes: HashMap<String, String> = build::volume_attributes(&aqv).into_iter().collect();
                 let read = VolumeSpec::parse(&attributes).unwrap();
                 prop_assert_eq!(&read.dataset, &spec.dataset);
-                prop_assert_eq!(read.pin, spec.version.map_or(Pin::Active, Pin::Version));
+                let pin = match &spec.tag {
+                    Some(tag) => Pin::Tag(tag.clone()),
+                    None => spec.version.map_or(Pin::Active, Pin::Version),
+                };
+                prop_assert_eq!(read.pin, pin);
                 prop_assert_eq!(read.mode, Some(ReplicationMode::from(spec.mode)));
                 prop_assert_eq!(read.start_before_ready, Some(spec.start_before_ready));
             }
@@ -135,7 +161,7 @@ proptest! {
         dataset in prop_oneof![Just("llama".to_string()), ".{0,8}"],
         version in prop_oneof![Just("3".to_string()), Just("-1".to_string()), Just("\"3\"".to_string()), Just("18446744073709551616".to_string()), ".{0,6}"],
         mode in prop_oneof![Just("region"), Just("every-node"), Just("everywhere"), Just("3")],
-        extra in prop_oneof![Just(""), Just("  startBeforeReady: maybe\n"), Just("  unknown: 1\n"), Just("  dataset: twice\n")],
+        extra in prop_oneof![Just(""), Just("  startBeforeReady: maybe\n"), Just("  unknown: 1\n"), Just("  dataset: twice\n"), Just("  tag: stable\n"), Just("  tag: 3\n"), Just("  tag: [a]\n")],
     ) {
         let yaml = format!(
             "apiVersion: aqueduct.io/v1alpha1\nkind: AqueductVolume\nmetadata:\n  name: v\n  namespace: n\n  uid: u\nspec:\n  dataset: {dataset:?}\n  version: {version}\n  mode: {mode}\n{extra}"

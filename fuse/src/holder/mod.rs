@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aqueduct_proto::Manifest;
+use aqueduct_proto::selector::Follows;
 use aqueduct_proto::spoke::v1 as local;
 use aqueduct_proto::spoke::v1::local_client::LocalClient;
 use tokio::task::JoinHandle;
@@ -56,7 +57,7 @@ pub struct HolderConfig {
     pub spoke_socket: PathBuf,
     /// Memory for recently read chunks, shared by every mount.
     pub cache_bytes: u64,
-    /// How often a following mount asks the spoke for the active version.
+    /// How often a following mount asks the spoke for the version it follows.
     pub follow_every: Duration,
     /// Disk for whole copies of mounted files (`STORE/files`); 0, or no store: none.
     pub whole_files_bytes: u64,
@@ -87,7 +88,7 @@ pub enum HolderError {
 
 struct Entry {
     dataset: String,
-    follow: bool,
+    follows: Follows,
     mounted: Arc<Mounted<HeldSource>>,
     follower: Option<JoinHandle<()>>,
     mounted_unix_ms: i64,
@@ -95,7 +96,7 @@ struct Entry {
 
 impl Entry {
     fn shown(&self) -> Shown {
-        Shown { dataset: self.dataset.clone(), follow: self.follow, version: self.version() }
+        Shown { dataset: self.dataset.clone(), follows: self.follows.clone(), version: self.version() }
     }
 
     fn version(&self) -> u64 {
@@ -107,8 +108,9 @@ impl Entry {
             mountpoint: path.display().to_string(),
             dataset: self.dataset.clone(),
             version: self.version(),
-            follow: self.follow,
+            follow: self.follows.moves(),
             mounted_unix_ms: self.mounted_unix_ms,
+            tag: self.follows.tag().unwrap_or_default().to_string(),
         }
     }
 }
@@ -163,7 +165,7 @@ impl Holder {
     }
 
     /// Mounts what `spec` asks for, or answers with the same mount already there.
-    #[instrument(skip_all, fields(dataset = %spec.dataset, version = ?spec.version, path = %spec.mountpoint.display()))]
+    #[instrument(skip_all, fields(dataset = %spec.dataset, follows = %spec.follows, path = %spec.mountpoint.display()))]
     pub async fn mount(self: &Arc<Self>, spec: MountSpec) -> Result<local::MountInfo, HolderError> {
         let mut table = self.table.lock().await;
         let path = spec.mountpoint.clone();
@@ -180,7 +182,7 @@ impl Holder {
         }
         crate::mount::check_available().map_err(HolderError::NoFuse)?;
         let mut spoke = self.spoke.clone();
-        let manifest = crate::remote::resolve(&mut spoke, &spec.dataset, spec.version.unwrap_or(0), None)
+        let manifest = crate::remote::resolve(&mut spoke, &spec.dataset, &spec.follows, None, "")
             .await?
             .ok_or_else(|| RemoteError::Manifest("the spoke sent no manifest".into()))?;
         let view = Arc::new(View::new(self.version_fs(manifest)));
@@ -194,15 +196,17 @@ impl Holder {
         .map_err(|e| HolderError::Mount { path: path.clone(), source: std::io::Error::other(e) })?
         .map_err(|source| HolderError::Mount { path: path.clone(), source })?;
         let mounted = Arc::new(mounted);
-        let follow = spec.version.is_none();
-        let follower = follow.then(|| {
+        let follows = spec.follows.clone();
+        let follower = follows.moves().then(|| {
             let holder = self.clone();
             let fs = move |m: Manifest| holder.version_fs(m);
-            tokio::spawn(crate::remote::follow(mounted.clone(), self.spoke.clone(), self.config.follow_every, fs))
+            let (spoke, every) = (self.spoke.clone(), self.config.follow_every);
+            // The spoke knows the holder's mounts (it asks for the list): no lease.
+            tokio::spawn(crate::remote::follow(mounted.clone(), follows.clone(), String::new(), spoke, every, fs))
         });
-        let entry = Entry { dataset: spec.dataset, follow, mounted, follower, mounted_unix_ms: now_unix_ms() };
+        let entry = Entry { dataset: spec.dataset, follows, mounted, follower, mounted_unix_ms: now_unix_ms() };
         let info = entry.info(&path);
-        info!(version = info.version, follow, "mounted");
+        info!(version = info.version, follows = %entry.follows, "mounted");
         table.insert(path, entry);
         Ok(info)
     }

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use aqueduct_proto::selector::Follows;
 use aqueduct_proto::spoke::v1 as local;
 use aqueduct_proto::validate_name;
 
@@ -11,9 +12,16 @@ use aqueduct_proto::validate_name;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountSpec {
     pub dataset: String,
-    /// `None`: follow the region's active version.
-    pub version: Option<u64>,
+    /// A version, or follow the region's active version or a tag.
+    pub follows: Follows,
     pub mountpoint: PathBuf,
+}
+
+impl MountSpec {
+    /// The fixed version asked for (`None`: it follows).
+    pub fn version(&self) -> Option<u64> {
+        self.follows.version()
+    }
 }
 
 /// Why a request is refused before anything is done.
@@ -21,6 +29,8 @@ pub struct MountSpec {
 pub enum Invalid {
     #[error("{0}")]
     Name(String),
+    #[error("{0}")]
+    Selector(String),
     #[error("mountpoint {0:?} must be an absolute path")]
     Relative(String),
     #[error("mountpoint {0:?} must be a plain path: no `.` or `..` parts, no NUL byte")]
@@ -35,11 +45,8 @@ pub const MAX_MOUNTPOINT_BYTES: usize = 4096;
 /// Checks a mount request: a valid dataset name, an absolute, plain mountpoint.
 pub fn mount_spec(r: &local::MountRequest) -> Result<MountSpec, Invalid> {
     validate_name("dataset", &r.dataset).map_err(|e| Invalid::Name(e.to_string()))?;
-    Ok(MountSpec {
-        dataset: r.dataset.clone(),
-        version: (r.version != 0).then_some(r.version),
-        mountpoint: mountpoint(&r.mountpoint)?,
-    })
+    let follows = Follows::from_wire(r.version, &r.tag).map_err(|e| Invalid::Selector(e.to_string()))?;
+    Ok(MountSpec { dataset: r.dataset.clone(), follows, mountpoint: mountpoint(&r.mountpoint)? })
 }
 
 /// Checks a mountpoint: absolute, without `.` or `..` parts or NUL bytes (the table is keyed
@@ -62,16 +69,16 @@ pub fn mountpoint(text: &str) -> Result<PathBuf, Invalid> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Shown {
     pub dataset: String,
-    pub follow: bool,
+    pub follows: Follows,
     pub version: u64,
 }
 
 impl std::fmt::Display for Shown {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.follow {
-            write!(f, "{} (following its active version)", self.dataset)
-        } else {
-            write!(f, "{}@v{}", self.dataset, self.version)
+        match &self.follows {
+            Follows::Active => write!(f, "{} (following its active version)", self.dataset),
+            Follows::Tag(tag) => write!(f, "{}@{tag} (following the tag, now v{})", self.dataset, self.version),
+            Follows::Version(_) => write!(f, "{}@v{}", self.dataset, self.version),
         }
     }
 }
@@ -88,16 +95,12 @@ pub enum Decision {
 }
 
 /// Decides a mount request for a mountpoint that shows `there` (if anything): the same
-/// dataset, following or at the same version, is the existing mount; anything else is busy.
+/// dataset, following the same (the active version, the same tag) or at the same version, is
+/// the existing mount; anything else is busy.
 pub fn decide(there: Option<&Shown>, spec: &MountSpec) -> Decision {
     match there {
         None => Decision::New,
-        Some(s)
-            if s.dataset == spec.dataset
-                && (s.follow && spec.version.is_none() || !s.follow && spec.version == Some(s.version)) =>
-        {
-            Decision::Existing
-        }
+        Some(s) if s.dataset == spec.dataset && s.follows == spec.follows => Decision::Existing,
         Some(s) => Decision::Busy(s.to_string()),
     }
 }
@@ -123,10 +126,10 @@ mod tests {
                 (0usize..3).prop_map(|n| format!("/{}", "a".repeat(MAX_MOUNTPOINT_BYTES - 2 + n))),
             ],
         ) {
-            let r = local::MountRequest { dataset: dataset.clone(), version, mountpoint: mountpoint.clone() };
+            let r = local::MountRequest { dataset: dataset.clone(), version, mountpoint: mountpoint.clone(), tag: String::new() };
             if let Ok(spec) = mount_spec(&r) {
                 prop_assert!(validate_name("dataset", &spec.dataset).is_ok());
-                prop_assert_eq!(spec.version, (version != 0).then_some(version));
+                prop_assert_eq!(spec.version(), (version != 0).then_some(version));
                 prop_assert!(spec.mountpoint.is_absolute() && mountpoint.len() <= MAX_MOUNTPOINT_BYTES);
                 prop_assert!(spec.mountpoint.components().all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_))));
                 prop_assert!(!mountpoint.contains('\0'));
@@ -135,14 +138,20 @@ mod tests {
     }
 
     fn request(dataset: &str, version: u64, mountpoint: &str) -> local::MountRequest {
-        local::MountRequest { dataset: dataset.into(), version, mountpoint: mountpoint.into() }
+        local::MountRequest { dataset: dataset.into(), version, mountpoint: mountpoint.into(), tag: String::new() }
     }
 
     #[test]
     fn requests_are_checked_before_anything_is_done() {
         let spec = mount_spec(&request("llama", 0, "/mnt/m/")).unwrap();
-        assert_eq!(spec, MountSpec { dataset: "llama".into(), version: None, mountpoint: "/mnt/m".into() });
-        assert_eq!(mount_spec(&request("llama", 3, "/mnt//m")).unwrap().version, Some(3));
+        assert_eq!(spec, MountSpec { dataset: "llama".into(), follows: Follows::Active, mountpoint: "/mnt/m".into() });
+        assert_eq!(mount_spec(&request("llama", 3, "/mnt//m")).unwrap().version(), Some(3));
+        let tagged = local::MountRequest { tag: "stable".into(), ..request("llama", 0, "/m") };
+        assert_eq!(mount_spec(&tagged).unwrap().follows, Follows::Tag("stable".into()));
+        let both = local::MountRequest { tag: "stable".into(), ..request("llama", 2, "/m") };
+        assert!(matches!(mount_spec(&both), Err(Invalid::Selector(_))));
+        let bad = local::MountRequest { tag: "v2".into(), ..request("llama", 0, "/m") };
+        assert!(matches!(mount_spec(&bad), Err(Invalid::Selector(_))));
         assert_eq!(mount_spec(&request("llama", 3, "/mnt//m")).unwrap().mountpoint, Path::new("/mnt/m"));
         let err = mount_spec(&request("llama", 1, "rel/dir")).unwrap_err();
         assert!(err.to_string().contains("absolute"), "{err}");
@@ -157,9 +166,13 @@ mod tests {
 
     #[test]
     fn a_mountpoint_answers_the_same_mount_and_refuses_any_other() {
-        let spec = |version: Option<u64>| MountSpec { dataset: "llama".into(), version, mountpoint: "/m".into() };
-        let pinned = Shown { dataset: "llama".into(), follow: false, version: 2 };
-        let following = Shown { dataset: "llama".into(), follow: true, version: 2 };
+        let spec = |version: Option<u64>| MountSpec {
+            dataset: "llama".into(),
+            follows: version.map_or(Follows::Active, Follows::Version),
+            mountpoint: "/m".into(),
+        };
+        let pinned = Shown { dataset: "llama".into(), follows: Follows::Version(2), version: 2 };
+        let following = Shown { dataset: "llama".into(), follows: Follows::Active, version: 2 };
         assert_eq!(decide(None, &spec(None)), Decision::New);
         assert_eq!(decide(Some(&pinned), &spec(Some(2))), Decision::Existing);
         assert_eq!(decide(Some(&following), &spec(None)), Decision::Existing);
@@ -172,5 +185,20 @@ mod tests {
         assert_eq!(decide(Some(&pinned), &spec(Some(3))), Decision::Busy("llama@v2".into()));
         let other = Shown { dataset: "mistral".into(), ..pinned };
         assert_eq!(decide(Some(&other), &spec(Some(2))), Decision::Busy("mistral@v2".into()));
+        // A tag is its own thing: the same tag is the same mount; another tag, the active
+        // version or the version it names now are not.
+        let tag = |name: &str| MountSpec { follows: Follows::Tag(name.into()), ..spec(None) };
+        let stable = Shown { dataset: "llama".into(), follows: Follows::Tag("stable".into()), version: 2 };
+        assert_eq!(decide(Some(&stable), &tag("stable")), Decision::Existing);
+        for other in [tag("canary"), spec(None), spec(Some(2))] {
+            assert_eq!(
+                decide(Some(&stable), &other),
+                Decision::Busy("llama@stable (following the tag, now v2)".into())
+            );
+        }
+        assert_eq!(
+            decide(Some(&following), &tag("stable")),
+            Decision::Busy("llama (following its active version)".into())
+        );
     }
 }

@@ -16,7 +16,9 @@
 //! at a time: while the hub still holds an earlier watch of this name (a restart before the hub
 //! noticed the old connection close), the watch is refused and retried soon.
 
+pub mod keep;
 pub mod plan;
+pub mod retention;
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -24,9 +26,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aqueduct_core::budget::Budget;
+use aqueduct_proto::Phase;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
-use aqueduct_proto::{Phase, ReplicationMode};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
@@ -36,7 +38,10 @@ use self::plan::{Memory, Observed, Plan, Step, VersionKey};
 use crate::cache::TieredStore;
 use crate::catalog::Catalog;
 use crate::config::SpokeConfig;
+use crate::csi::node::Node;
 use crate::health::HubLink;
+use crate::in_use::{InUse, Sidecars};
+use crate::mounts::Mounts;
 use crate::operator::region::{Holds, ReadyVersions};
 use crate::peers::Peers;
 use crate::priority::Priority;
@@ -51,6 +56,8 @@ const COMPLAIN_EVERY: Duration = Duration::from_secs(30);
 const NAME_RETRY_MAX: Duration = Duration::from_secs(4);
 /// How often the spoke tells the hub how its cache is doing.
 const CACHE_REPORT_EVERY: Duration = Duration::from_secs(5);
+/// How often a pass runs at the latest, to see what is in use (sidecars' leases end).
+const IN_USE_EVERY: Duration = Duration::from_secs(15);
 
 /// What the controller works with.
 pub struct Parts {
@@ -68,6 +75,12 @@ pub struct Parts {
     pub budget: Arc<Budget>,
     /// Whether the session with the hub is up (readiness).
     pub link: Arc<HubLink>,
+    /// What uses versions on this node: the holder's mounts, the CSI node plugin's
+    /// publications (if it runs), sidecars' leases; what was last gathered of it.
+    pub mounts: Arc<Mounts>,
+    pub csi: Option<Arc<Node>>,
+    pub sidecars: Arc<Sidecars>,
+    pub in_use: Arc<InUse>,
 }
 
 /// Why a session with the hub ended.
@@ -152,6 +165,8 @@ struct Session {
     replicator: Replicator,
     /// Woken when a version is Ready: the cache is reported at once.
     cache_changed: Arc<Notify>,
+    /// Versions the hub no longer assigns that are kept here for a mount (said once each).
+    kept_for_mounts: std::sync::Mutex<HashSet<VersionKey>>,
 }
 
 impl Controller<'_> {
@@ -201,6 +216,7 @@ impl Controller<'_> {
             parts.cache.clone(),
             config.cache.memory_only,
             cache_changed.clone(),
+            parts.in_use.clone(),
         )));
         let options = PullOptions {
             streams: config.replication.streams,
@@ -214,7 +230,7 @@ impl Controller<'_> {
             priority: parts.priority.clone(),
             options,
         };
-        let session = Session { replicator, cache_changed };
+        let session = Session { replicator, cache_changed, kept_for_mounts: Default::default() };
         let mut current = pb::Assignments::default();
         loop {
             let due = memory.retry_at();
@@ -232,23 +248,23 @@ impl Controller<'_> {
                 }
                 // A volume holds another version (or none): pin again (once the hub's
                 // assignments are known: before, there is nothing to pin).
-                _ = parts.holds.changed.notified(), if !current.assignments.is_empty() => {}
+                _ = parts.holds.changed.notified(), if memory.arrived() => {}
+                // A mount or a sidecar uses another version (or none): pin again, report.
+                _ = parts.mounts.changed.notified(), if memory.arrived() => {}
+                _ = parts.sidecars.changed.notified(), if memory.arrived() => {}
+                _ = tokio::time::sleep(IN_USE_EVERY), if memory.arrived() => {}
             }
-            let observed = self.observe();
+            let in_use = keep::in_use(parts, &session.cache_changed).await;
+            let observed = keep::observed(parts, &config.data_dir, in_use.as_deref().unwrap_or_default());
             let plan = plan::plan(&current.assignments, &observed, memory);
-            self.execute(&session, plan, &observed, memory).await?;
-        }
-    }
-
-    /// What the plan looks at, now.
-    fn observe(&self) -> Observed {
-        let parts = &self.parts;
-        Observed {
-            now: Instant::now(),
-            sharer: !parts.peer_address.is_empty(),
-            membership: parts.reader.peers().membership(),
-            held: parts.holds.held().into_iter().map(|(dataset, version)| VersionKey { dataset, version }).collect(),
-            room: parts.cache.room(&self.config.data_dir),
+            // What the hub no longer assigns goes, unless a mount or a volume here uses it;
+            // not while what is in use cannot be known (the holder does not answer).
+            let kept: Vec<VersionKey> =
+                parts.catalog.kept_versions().into_iter().map(|(d, v)| VersionKey::new(&d, v)).collect();
+            let unassigned = retention::unassigned(&current.assignments, &kept, &observed.in_use, memory.arrived());
+            let unassigned = if in_use.is_some() { unassigned } else { retention::Unassigned::default() };
+            self.execute(&session, plan, &observed, &unassigned, memory).await?;
+            keep::sweep(parts, &config.data_dir, &current.assignments, &unassigned, &observed.in_use).await;
         }
     }
 
@@ -259,6 +275,7 @@ impl Controller<'_> {
         session: &Session,
         plan: Plan,
         observed: &Observed,
+        unassigned: &retention::Unassigned,
         memory: &mut Memory,
     ) -> Result<(), Ended> {
         let parts = &self.parts;
@@ -275,7 +292,19 @@ impl Controller<'_> {
         }
         self.publish_ready(memory);
         let replicas = self.replicas();
-        pin(&parts.catalog, &parts.cache, parts.reader.peers(), &plan.pin, replicas).await;
+        // Versions the hub removed that a mount here still shows: kept whole, said once.
+        {
+            let mut told = session.kept_for_mounts.lock().unwrap_or_else(|e| e.into_inner());
+            for k in &unassigned.in_use {
+                if told.insert(k.clone()) {
+                    info!(dataset = %k.dataset, version = k.version, "the hub no longer assigns this version, but a mount or volume on this node uses it: keeping it pinned here until it is unmounted");
+                }
+            }
+            told.retain(|k| unassigned.in_use.contains(k));
+        }
+        let local: Vec<Arc<aqueduct_proto::Manifest>> =
+            unassigned.in_use.iter().filter_map(|k| parts.catalog.kept_manifest(&k.dataset, k.version)).collect();
+        keep::pin(&parts.catalog, &parts.cache, parts.reader.peers(), &plan.pin, &local, replicas).await;
         for step in plan.steps {
             match step {
                 Step::ReportReady { assignment, mode, bytes } => {
@@ -314,33 +343,6 @@ impl Controller<'_> {
     fn publish_ready(&self, memory: &Memory) {
         self.parts.ready.set(memory.ready().map(|k| (k.dataset.clone(), k.version)));
     }
-}
-
-/// Pins what the plan says eviction must never take: all the chunks of a version held whole,
-/// the owned ones (among the first `replicas` owners) of a share.
-async fn pin(
-    catalog: &Catalog,
-    cache: &TieredStore,
-    peers: &Peers,
-    versions: &[(pb::Assignment, ReplicationMode)],
-    replicas: usize,
-) {
-    let mut pinned = HashSet::new();
-    let ring = peers.ring();
-    for (a, mode) in versions {
-        let share = *mode == ReplicationMode::Region;
-        match catalog.manifest(a).await {
-            Ok(manifest) => pinned.extend(
-                manifest
-                    .files
-                    .iter()
-                    .flat_map(|f| f.chunks.iter().map(|c| c.digest))
-                    .filter(|d| !share || ring.holds(d, replicas)),
-            ),
-            Err(e) => warn!(dataset = %a.dataset, version = a.version, error = %e, "cannot pin a version's chunks"),
-        }
-    }
-    cache.set_pinned(pinned);
 }
 
 /// Reads the hub's watch (`first`, its first message, already read): keeps the region's
@@ -408,6 +410,7 @@ async fn report_cache(
     cache: Arc<TieredStore>,
     memory_only: bool,
     changed: Arc<Notify>,
+    in_use: Arc<InUse>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     loop {
@@ -428,7 +431,7 @@ async fn report_cache(
             bytes_to_peers: peers.to_peers.load(Relaxed),
             corrupt_from_peers: peers.corrupt_from_peers.load(Relaxed),
             session: session.clone(),
-            in_use: Vec::new(),
+            in_use: in_use.get(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         if let Err(e) = client.report_cache(report).await {
@@ -446,6 +449,7 @@ mod tests {
     use std::path::Path;
 
     use aqueduct_core::identity::Identity;
+    use aqueduct_proto::ReplicationMode;
 
     use super::*;
     use crate::cache::CacheConfig;
@@ -470,10 +474,11 @@ mod tests {
             sharer: true,
             membership: peers.membership(),
             held: held.iter().map(|(d, v)| VersionKey::new(d, *v)).collect(),
+            in_use: HashSet::new(),
             room: u64::MAX,
         };
         let plan = plan::plan(&current.assignments, &observed, &Memory::default());
-        pin(catalog, cache, peers, &plan.pin, replicas).await;
+        keep::pin(catalog, cache, peers, &plan.pin, &[], replicas).await;
     }
 
     #[test]

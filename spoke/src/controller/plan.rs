@@ -7,9 +7,10 @@
 //! ([`super`]) observes, executes the plan and records the results.
 //!
 //! The rules:
-//! - Pinned (never evicted): each dataset's active version, the versions newer than it (rolling
-//!   out), and older ones only while an AqueductVolume holds them; all of a version held whole,
-//!   the owned chunks of a share.
+//! - Pinned (never evicted): each assigned version the hub retains (`Assignment.retained`;
+//!   the active version always), and any other only while an AqueductVolume holds it or a mount
+//!   on this node shows it; all of a version held whole, the owned chunks of a share. What
+//!   goes when the hub no longer assigns a version is [`super::retention`]'s.
 //! - `auto` holds the whole version when it fits the cache (`room`), a share otherwise.
 //! - A version Ready as a share is taken up again when the region's membership changes, so
 //!   that the region still holds one copy (newly owned chunks come from the peers that hold
@@ -59,6 +60,8 @@ pub struct Observed {
     pub membership: String,
     /// Versions AqueductVolumes hold.
     pub held: HashSet<VersionKey>,
+    /// Versions mounts on this node show (and volumes hold): pinned, never swept.
+    pub in_use: HashSet<VersionKey>,
     /// The most bytes a version may have for `auto` to hold it whole: below the high
     /// watermark of the tier chunks are kept in ([`crate::cache::TieredStore::room`]).
     pub room: u64,
@@ -90,17 +93,21 @@ pub struct Memory {
     reported: HashSet<VersionKey>,
     failed: HashMap<VersionKey, Failure>,
     sidecar: bool,
+    /// The hub's assignments arrived in this session (before, nothing is swept).
+    arrived: bool,
 }
 
 impl Memory {
     /// A new session with the hub began: Ready versions are reported again.
     pub fn new_session(&mut self) {
         self.reported.clear();
+        self.arrived = false;
     }
 
     /// The hub sent assignments: failed versions are due at once.
     pub fn assignments_arrived(&mut self) {
         self.failed.clear();
+        self.arrived = true;
     }
 
     /// `key` was replicated to Ready (and reported so), held as `mode` for `membership`.
@@ -133,6 +140,11 @@ impl Memory {
         self.sidecar = true;
         self.ready.clear();
         self.failed.clear();
+    }
+
+    /// The hub's assignments arrived in this session: what they no longer name may go.
+    pub fn arrived(&self) -> bool {
+        self.arrived
     }
 
     pub fn is_sidecar(&self) -> bool {
@@ -194,16 +206,11 @@ pub fn plan(assignments: &[pb::Assignment], observed: &Observed, memory: &Memory
     let stale = |h: &Held| h.mode == ReplicationMode::Region && h.membership != observed.membership;
     let mut forget: Vec<VersionKey> = memory.ready.iter().filter(|(_, h)| stale(h)).map(|(k, _)| k.clone()).collect();
     forget.sort();
-    let mut active: HashMap<&str, u64> = HashMap::new();
-    for a in assignments.iter().filter(|a| a.active) {
-        active.insert(&a.dataset, a.version);
-    }
     let mut plan = Plan { forget, ..Plan::default() };
     for a in assignments {
         let key = VersionKey::of(a);
         let mode = effective_mode(a, observed.room);
-        let older = active.get(a.dataset.as_str()).is_some_and(|&v| a.version < v);
-        if !older || observed.held.contains(&key) {
+        if a.retained || a.active || observed.held.contains(&key) || observed.in_use.contains(&key) {
             plan.pin.push((a.clone(), mode));
         }
         match memory.ready.get(&key).filter(|h| !stale(h)) {
@@ -239,7 +246,14 @@ mod tests {
     }
 
     fn observed(now: Instant) -> Observed {
-        Observed { now, sharer: true, membership: "n1,n2".into(), held: HashSet::new(), room: u64::MAX }
+        Observed {
+            now,
+            sharer: true,
+            membership: "n1,n2".into(),
+            held: HashSet::new(),
+            in_use: HashSet::new(),
+            room: u64::MAX,
+        }
     }
 
     fn key(dataset: &str, version: u64) -> VersionKey {
@@ -273,13 +287,19 @@ mod tests {
     #[test]
     fn active_rolling_and_held_versions_are_pinned_older_ones_are_not() {
         let now = Instant::now();
+        // What the hub retains: the active version and the ones rolling out (here; with the
+        // hub's retention rule, whatever it says).
+        let retained = |mut a: pb::Assignment, retained: bool| {
+            a.retained = retained;
+            a
+        };
         let assignments = [
-            a("m", 1, false, "every-node"),
-            a("m", 2, false, "region"),
-            a("m", 3, true, "every-node"),
-            a("m", 4, false, "region"),
+            retained(a("m", 1, false, "every-node"), false),
+            retained(a("m", 2, false, "region"), false),
+            retained(a("m", 3, true, "every-node"), true),
+            retained(a("m", 4, false, "region"), true),
             // Another dataset with no active version yet: everything of it is rolling out.
-            a("other", 1, false, "every-node"),
+            retained(a("other", 1, false, "every-node"), true),
         ];
         let p = plan(&assignments, &observed(now), &Memory::default());
         assert_eq!(
@@ -302,6 +322,32 @@ mod tests {
         );
         // Pinning does not depend on replication: every version not Ready is replicated.
         assert_eq!(replicated(&p).len(), 5);
+        // A mount on this node shows v1: pinned too. The active version is pinned even if
+        // the hub (an older one) does not say it retains it.
+        let mut seen = observed(now);
+        seen.in_use.insert(key("m", 1));
+        let mut unsaid = assignments.clone();
+        unsaid[2].retained = false;
+        let p = plan(&unsaid, &seen, &Memory::default());
+        assert_eq!(
+            pinned(&p),
+            [
+                ("m".into(), 1, EveryNode),
+                ("m".into(), 3, EveryNode),
+                ("m".into(), 4, Region),
+                ("other".into(), 1, EveryNode)
+            ]
+        );
+    }
+
+    #[test]
+    fn every_version_the_hub_retains_is_pinned_whatever_its_age() {
+        let mut old = a("m", 1, false, "every-node");
+        old.retained = true;
+        let mut dropped = a("m", 2, false, "every-node");
+        dropped.retained = false;
+        let p = plan(&[old, dropped, a("m", 3, true, "every-node")], &observed(Instant::now()), &Memory::default());
+        assert_eq!(pinned(&p), [("m".into(), 1, EveryNode), ("m".into(), 3, EveryNode)]);
     }
 
     #[test]
@@ -423,6 +469,7 @@ mod tests {
         let sized = |mib: u64, mode: &str| pb::Assignment {
             total_bytes: mib << 20,
             mode: mode.parse::<ReplicationMode>().unwrap().to_wire(),
+            retained: true,
             ..Default::default()
         };
         let room = 19 << 20;

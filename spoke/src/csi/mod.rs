@@ -2,8 +2,9 @@
 //!
 //! The kubelet calls the plugin over a unix socket (gRPC, the CSI v1 spec vendored in
 //! `proto/csi/v1/csi.proto`). The operator turns an AqueductVolume into a PersistentVolume of
-//! driver [`DRIVER_NAME`] whose volume attributes name the dataset, the version (a number, or
-//! `active` to follow the region's active version) and the replication mode ([`volume`]).
+//! driver [`DRIVER_NAME`] whose volume attributes name the dataset, the version (a number,
+//! `active` to follow the region's active version, or a tag to follow) and the replication
+//! mode ([`volume`]).
 //! When a pod that uses it is scheduled here, `NodePublishVolume` waits until the version is
 //! Ready in the region (so a pod never starts on a partial model; a volume attribute or the
 //! config may allow an earlier start), makes sure the node has one FUSE mount of that version
@@ -141,7 +142,10 @@ impl From<CsiError> for Status {
             CsiError::NotReady { .. } => Status::failed_precondition(message),
             CsiError::NotAssigned { source, .. } => match source {
                 CatalogError::UnknownDataset { .. } | CatalogError::UnknownVersion { .. } => Status::not_found(message),
-                CatalogError::NoActiveVersion { .. } => Status::failed_precondition(message),
+                CatalogError::UnknownTag { .. } => Status::not_found(message),
+                CatalogError::NoActiveVersion { .. }
+                | CatalogError::TagNotAssigned { .. }
+                | CatalogError::TagNotReady { .. } => Status::failed_precondition(message),
                 CatalogError::Hub { .. } => Status::unavailable(message),
                 CatalogError::Manifest { .. } | CatalogError::Io { .. } => Status::internal(message),
             },

@@ -99,7 +99,7 @@ pub async fn wait_until_ready(
     // Subscribed before reading, so that no change between the two is missed.
     let mut changes = catalog.subscribe();
     loop {
-        let unready = match catalog.resolve(&spec.dataset, spec.pin.version()) {
+        let unready = match catalog.resolve_follows(&spec.dataset, &spec.pin.follows()) {
             // Active means Ready in every region of the rollout, this one included.
             Ok(a) if a.ready || a.active || early => return Ok(a),
             Ok(a) => Unready::NotReady(a),
@@ -214,7 +214,7 @@ impl Node {
                 source,
             })?;
             // The holder answers a share it serves already as it is.
-            self.parts.mounts.mount(&p.dataset, p.version, &path).await?;
+            self.parts.mounts.mount(&p.dataset, &p.follows(), &path).await?;
         }
         let (source, target) = (path, p.target.clone());
         tokio::task::spawn_blocking(move || bind_read_only(&source, &target)).await.unwrap_or_else(|e| {
@@ -228,6 +228,11 @@ impl Node {
         if let Err(e) = publications::save(&self.file, &all) {
             warn!(file = %self.file.display(), error = %e, "could not record the CSI publications; a restarted spoke will not know them");
         }
+    }
+
+    /// Where the shares are mounted (`DATA_DIR/csi/mounts`), and what is published from them.
+    pub async fn published(&self) -> (PathBuf, Vec<Publication>) {
+        (self.root.clone(), self.state.lock().await.targets.values().cloned().collect())
     }
 
     pub fn node_id(&self) -> &str {
@@ -287,7 +292,7 @@ impl Node {
                 path: path.clone(),
                 source,
             })?;
-            if let Err(e) = self.parts.mounts.mount(&p.spec.dataset, p.spec.pin.version(), &path).await {
+            if let Err(e) = self.parts.mounts.mount(&p.spec.dataset, &p.spec.pin.follows(), &path).await {
                 let _ = std::fs::remove_dir(&path);
                 return Err(e.into());
             }
@@ -312,6 +317,7 @@ impl Node {
             share: name,
             dataset: p.spec.dataset.clone(),
             version: p.spec.pin.version(),
+            tag: p.spec.pin.tag().map(str::to_string),
             pod_uid,
         };
         state.targets.insert(p.target.clone(), publication);

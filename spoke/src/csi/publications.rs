@@ -11,6 +11,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
+use aqueduct_proto::selector::Follows;
 use serde::{Deserialize, Serialize};
 
 /// The file's format; a file of another format is set aside, not misread.
@@ -27,14 +28,26 @@ pub struct Publication {
     /// `DATA_DIR/csi/mounts/SHARE`.
     pub share: String,
     pub dataset: String,
-    /// The version, or `None` for the region's active one.
+    /// The version, or `None` for the region's active one (or the tag's).
     pub version: Option<u64>,
+    /// The tag the share follows, if it follows one (files of earlier spokes have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
     /// The pod's uid, from the target path (when it has the kubelet's shape).
     #[serde(default)]
     pub pod_uid: Option<String>,
 }
 
 impl Publication {
+    /// What the share's mount shows: its version, its tag, or the active version.
+    pub fn follows(&self) -> Follows {
+        match (self.version, &self.tag) {
+            (Some(v), _) => Follows::Version(v),
+            (None, Some(t)) => Follows::Tag(t.clone()),
+            (None, None) => Follows::Active,
+        }
+    }
+
     /// The target is absolute with no `.` or `..` part, and the share one plain name (it is
     /// joined to the shares' directory): what a restarted spoke unmounts, removes or binds stays
     /// where the node plugin would have put it.
@@ -187,6 +200,7 @@ mod tests {
             share: "llama@v1".into(),
             dataset: "llama".into(),
             version: Some(1),
+            tag: None,
             pod_uid: Some("u".into()),
         };
         save(&path, std::slice::from_ref(&p)).unwrap();

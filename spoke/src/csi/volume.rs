@@ -3,8 +3,9 @@
 //!
 //! Volume attributes (`volume_context`):
 //! - `dataset` (required): the dataset's name;
-//! - `version`: a version number (`3` or `v3`), or `active` to follow the region's active
-//!   version (the mount switches when it changes); default `active`;
+//! - `version`: a version number (`3` or `v3`), `active` to follow the region's active
+//!   version, or a tag name (`stable`) to follow the version the tag names (the mount switches
+//!   when it changes or moves); default `active`;
 //! - `mode`: `region`, `every-node` or `auto`, how the operator asked the region to hold the
 //!   version (the rollout decides; the plugin checks the word and logs a difference);
 //! - `startBeforeReady`: `true` lets the pod start before the version is Ready in the region.
@@ -20,6 +21,7 @@ use aqueduct_proto::ReplicationMode;
 use aqueduct_proto::csi::v1 as csi;
 use aqueduct_proto::csi::v1::volume_capability::AccessType;
 use aqueduct_proto::csi::v1::volume_capability::access_mode::Mode;
+use aqueduct_proto::selector::{Follows, SelectorError};
 
 use super::CsiError;
 
@@ -29,19 +31,38 @@ pub const MODE: &str = "mode";
 pub const START_BEFORE_READY: &str = "startBeforeReady";
 
 /// Which version a volume shows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Pin {
     Version(u64),
     /// The region's active version, followed as it changes.
     Active,
+    /// The version a tag names, followed as it moves.
+    Tag(String),
 }
 
 impl Pin {
-    /// As [`Mounts::mount`](crate::mounts::Mounts::mount) takes it.
-    pub fn version(self) -> Option<u64> {
+    /// The fixed version (`None`: it follows).
+    pub fn version(&self) -> Option<u64> {
         match self {
-            Pin::Version(v) => Some(v),
-            Pin::Active => None,
+            Pin::Version(v) => Some(*v),
+            Pin::Active | Pin::Tag(_) => None,
+        }
+    }
+
+    /// As [`Mounts::mount`](crate::mounts::Mounts::mount) takes it.
+    pub fn follows(&self) -> Follows {
+        match self {
+            Pin::Version(v) => Follows::Version(*v),
+            Pin::Active => Follows::Active,
+            Pin::Tag(t) => Follows::Tag(t.clone()),
+        }
+    }
+
+    /// The tag followed, if any.
+    pub fn tag(&self) -> Option<&str> {
+        match self {
+            Pin::Tag(t) => Some(t),
+            _ => None,
         }
     }
 }
@@ -51,6 +72,7 @@ impl fmt::Display for Pin {
         match self {
             Pin::Version(v) => write!(f, "v{v}"),
             Pin::Active => f.write_str("active"),
+            Pin::Tag(t) => f.write_str(t),
         }
     }
 }
@@ -66,7 +88,8 @@ pub struct VolumeSpec {
 }
 
 impl VolumeSpec {
-    /// The node-level mount this volume shares: `DATASET@vN` or `DATASET@active`.
+    /// The node-level mount this volume shares: `DATASET@vN`, `DATASET@active` or
+    /// `DATASET@TAG` (a tag is never `active` nor `vN`).
     pub fn share_name(&self) -> String {
         format!("{}@{}", self.dataset, self.pin)
     }
@@ -90,14 +113,24 @@ impl VolumeSpec {
         aqueduct_proto::validate_name("dataset", dataset).map_err(|e| invalid(DATASET, e.to_string()))?;
         let pin = match attributes.get(VERSION).map(|v| v.trim()) {
             None | Some("active") => Pin::Active,
-            Some(text) => match text.strip_prefix('v').unwrap_or(text).parse::<u64>() {
-                Ok(v) if v > 0 => Pin::Version(v),
-                _ => {
+            Some("latest") => {
+                return Err(invalid(
+                    VERSION,
+                    "\"latest\" is not a version: write a version number (3 or v3), \"active\" or a tag name".into(),
+                ));
+            }
+            Some(text) => match Follows::parse(text) {
+                Ok(Follows::Version(v)) => Pin::Version(v),
+                Ok(Follows::Tag(t)) => Pin::Tag(t),
+                Ok(Follows::Active) | Err(SelectorError::BadVersion { .. }) => {
                     return Err(invalid(
                         VERSION,
-                        format!("{text:?} is not a version: write a version number (3 or v3) or \"active\""),
+                        format!(
+                            "{text:?} is not a version: write a version number (3 or v3), \"active\" or a tag name (stable)"
+                        ),
                     ));
                 }
+                Err(e) => return Err(invalid(VERSION, e.to_string())),
             },
         };
         let mode = match attributes.get(MODE) {
@@ -232,8 +265,12 @@ mod tests {
                 Ok(spec) => {
                     prop_assert_eq!(Some(&spec.dataset), attributes.get(DATASET));
                     prop_assert!(aqueduct_proto::validate_name("dataset", &spec.dataset).is_ok());
-                    match (spec.pin, attributes.get(VERSION).map(|v| v.trim())) {
+                    match (spec.pin.clone(), attributes.get(VERSION).map(|v| v.trim())) {
                         (Pin::Active, None | Some("active")) => {}
+                        (Pin::Tag(t), Some(text)) => {
+                            prop_assert!(aqueduct_proto::validate_tag(&t).is_ok());
+                            prop_assert_eq!(t.as_str(), text.trim());
+                        }
                         (Pin::Version(v), Some(text)) => {
                             prop_assert!(v > 0);
                             prop_assert_eq!(text.trim_start_matches('v').parse::<u64>().ok(), Some(v));
@@ -306,10 +343,15 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(
-            (active.pin, active.start_before_ready, active.share_name().as_str()),
+            (active.pin.clone(), active.start_before_ready, active.share_name().as_str()),
             (Pin::Active, Some(true), "llama@active")
         );
         assert_eq!(VolumeSpec::parse(&attrs(&[("dataset", "llama")])).unwrap().pin, Pin::Active);
+        let tagged = VolumeSpec::parse(&attrs(&[("dataset", "llama"), ("version", "stable")])).unwrap();
+        assert_eq!((tagged.pin.clone(), tagged.share_name().as_str()), (Pin::Tag("stable".into()), "llama@stable"));
+        assert_eq!(tagged.pin.follows(), Follows::Tag("stable".into()));
+        let message = invalid(VolumeSpec::parse(&attrs(&[("dataset", "llama"), ("version", "Stable")])));
+        assert!(message.contains("volume attribute version") && message.contains("tag name"), "{message}");
     }
 
     #[test]
@@ -335,7 +377,7 @@ mod tests {
     #[test]
     fn requests_must_be_read_only_mounts_at_absolute_paths() {
         let ok = Publish::parse(&request(&[("dataset", "llama"), ("version", "1")])).unwrap();
-        assert_eq!((ok.volume_id.as_str(), ok.spec.pin), ("pv-1", Pin::Version(1)));
+        assert_eq!((ok.volume_id.as_str(), ok.spec.pin.clone()), ("pv-1", Pin::Version(1)));
 
         let mut block = request(&[("dataset", "llama")]);
         block.volume_capability.as_mut().unwrap().access_type = Some(AccessType::Block(Default::default()));

@@ -6,8 +6,8 @@
 //! What a volume becomes:
 //! - a PersistentVolume `aqv-<uid>` (cluster-scoped, so named after the volume's uid),
 //!   `ReadOnlyMany`, served by the CSI driver [`DRIVER`] with the volume attributes
-//!   `dataset`, `version` (a number, or `active` for a volume that follows the region's active
-//!   version), `mode` and `startBeforeReady`; its `claimRef` reserves it for the claim below.
+//!   `dataset`, `version` (a number, `active` for a volume that follows the region's active
+//!   version, or the tag a volume follows), `mode` and `startBeforeReady`; its `claimRef` reserves it for the claim below.
 //!   Reclaim policy `Retain`: there is no CSI controller to delete anything, the operator
 //!   deletes the PV itself when the volume goes. A PV's source is immutable in Kubernetes, so
 //!   the attributes name what the spec says (not the version `active` resolves to today).
@@ -69,6 +69,14 @@ pub enum Invalid {
         "{dataset} has no active version in this region yet (a version becomes active when it is Ready in every region of its rollout); wait, or name a version in spec.version"
     )]
     NoActiveVersion { dataset: String },
+    #[error(
+        "{dataset} has no tag {tag:?} (its tags: {known}); tag a version with `aq tag {dataset} {tag} vN`, or fix spec.tag"
+    )]
+    UnknownTag { dataset: String, tag: String, known: String },
+    #[error(
+        "{dataset}@{tag} names v{version}, which is not rolled out to this region; roll it out with `aq rollout {dataset}@v{version} --to REGION`, or move the tag"
+    )]
+    TagNotAssigned { dataset: String, tag: String, version: u64 },
 }
 
 impl Invalid {
@@ -79,6 +87,8 @@ impl Invalid {
             Self::UnknownDataset { .. } => "UnknownDataset",
             Self::UnknownVersion { .. } => "UnknownVersion",
             Self::NoActiveVersion { .. } => "NoActiveVersion",
+            Self::UnknownTag { .. } => "UnknownTag",
+            Self::TagNotAssigned { .. } => "TagNotAssigned",
         }
     }
 }
@@ -120,17 +130,47 @@ impl ClaimProblem {
 }
 
 /// Checks the spec and resolves the version it means among the region's versions of its
-/// dataset.
+/// dataset (for a volume that names no tag).
 pub fn validate(aqv: &AqueductVolume, versions: &[RegionVersion]) -> Result<Resolved, Invalid> {
+    validate_tagged(aqv, versions, &[])
+}
+
+/// Checks the spec and resolves the version it means among the region's versions of its
+/// dataset and the dataset's `tags` (name, version): a tag means its version while that is
+/// assigned to the region (the node plugin shows it to pods once it is Ready there).
+pub fn validate_tagged(
+    aqv: &AqueductVolume,
+    versions: &[RegionVersion],
+    tags: &[(String, u64)],
+) -> Result<Resolved, Invalid> {
     let spec = &aqv.spec;
     aqueduct_proto::validate_name("dataset", &spec.dataset)
         .map_err(|e| Invalid::Spec { field: "dataset", message: e.to_string() })?;
     if spec.version == Some(0) {
         return Err(Invalid::Spec { field: "version", message: "versions count from 1 (v1, v2, ...)".into() });
     }
+    if let Some(tag) = &spec.tag {
+        if spec.version.is_some() {
+            return Err(Invalid::Spec { field: "tag", message: "give a version or a tag to follow, not both".into() });
+        }
+        aqueduct_proto::validate_tag(tag).map_err(|e| Invalid::Spec { field: "tag", message: e.to_string() })?;
+    }
     let of: Vec<&RegionVersion> = versions.iter().filter(|v| v.dataset == spec.dataset).collect();
     let newest =
         of.iter().map(|v| v.version).max().ok_or_else(|| Invalid::UnknownDataset { dataset: spec.dataset.clone() })?;
+    if let Some(tag) = &spec.tag {
+        let (dataset, tag) = (spec.dataset.clone(), tag.clone());
+        let Some(&(_, version)) = tags.iter().find(|(name, _)| *name == tag) else {
+            let mut known: Vec<&str> = tags.iter().map(|(name, _)| name.as_str()).collect();
+            known.sort_unstable();
+            let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+            return Err(Invalid::UnknownTag { dataset, tag, known });
+        };
+        return match of.iter().find(|v| v.version == version) {
+            Some(v) => Ok(Resolved { version: (*v).clone(), newest }),
+            None => Err(Invalid::TagNotAssigned { dataset, tag, version }),
+        };
+    }
     let found = match spec.version {
         Some(n) => of.iter().find(|v| v.version == n),
         None => of.iter().find(|v| v.active),
@@ -174,7 +214,14 @@ pub fn volume_attributes(aqv: &AqueductVolume) -> BTreeMap<String, String> {
     };
     BTreeMap::from([
         ("dataset".to_string(), spec.dataset.clone()),
-        ("version".to_string(), spec.version.map_or_else(|| FOLLOW_ACTIVE.to_string(), |v| v.to_string())),
+        (
+            "version".to_string(),
+            match (&spec.tag, spec.version) {
+                (Some(tag), _) => tag.clone(),
+                (None, Some(v)) => v.to_string(),
+                (None, None) => FOLLOW_ACTIVE.to_string(),
+            },
+        ),
         ("mode".to_string(), mode.to_string()),
         ("startBeforeReady".to_string(), spec.start_before_ready.to_string()),
     ])
@@ -320,7 +367,11 @@ pub fn status(aqv: &AqueductVolume, seen: &Observation, now: &Time) -> AqueductV
     out.cache_capacity = seen.capacity.map(|c| Size(c).to_string());
     let percent = if total == 0 { 100.0 } else { cached as f64 * 100.0 / total as f64 };
     out.cached_percentage = Some(format!("{percent:.1}%"));
-    let which = if aqv.spec.version.is_none() { " (the region's active version)" } else { "" };
+    let which = match (&aqv.spec.tag, aqv.spec.version) {
+        (Some(tag), _) => format!(" (tag {tag})"),
+        (None, None) => " (the region's active version)".to_string(),
+        (None, Some(_)) => String::new(),
+    };
     let valid = condition(VALID, true, "Resolved", format!("serves {}@v{}{which}", v.dataset, v.version));
     match &seen.claim {
         Some(problem) => {

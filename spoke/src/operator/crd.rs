@@ -2,8 +2,8 @@
 //! from the Rust types below: the CRD in `deploy/spoke/crds/` is what [`crd_yaml`] prints
 //! (the `crdgen` binary), and a test fails when the two differ.
 //!
-//! A volume names a dataset and either a version or nothing (follow the region's active
-//! version); the operator turns it into a PersistentVolumeClaim of the same name that pods
+//! A volume names a dataset and a version, a tag to follow, or neither (follow the region's
+//! active version); the operator turns it into a PersistentVolumeClaim of the same name that pods
 //! mount, and keeps its status current: phase, version served, sizes, lag behind the newest
 //! version the hub assigned to the region, and conditions in the standard Kubernetes shape.
 
@@ -41,11 +41,17 @@ pub struct AqueductVolumeSpec {
     /// The dataset to serve, as the hub names it (rolled out to this region with
     /// `aq rollout DATASET@vN --to REGION`).
     pub dataset: String,
-    /// The version to serve (1, 2, ...). Leave it out to follow the region's active version:
-    /// new pods then see each new version once it is Ready in every region of its rollout.
+    /// The version to serve (1, 2, ...). Leave it (and `tag`) out to follow the region's
+    /// active version: new pods then see each new version once it is Ready in every region of
+    /// its rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub version: Option<u64>,
+    /// A tag of the dataset to follow (`stable`, `canary`; set with `aq tag`), instead of a
+    /// version: new pods see the version the tag names once it is Ready in the region. Not
+    /// with `version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
     /// How the node serving a pod holds the version: `auto` (as the rollout says), `region`
     /// (one copy spread over the region's nodes) or `every-node` (the whole version on the
     /// node).

@@ -81,7 +81,8 @@ async fn apply(aqv: &AqueductVolume, ctx: &Context) -> Result<Action, OperatorEr
     let holder = build::holder(aqv);
     // Fetch and validate.
     let versions = ctx.region.versions(&aqv.spec.dataset);
-    let resolved = build::validate(aqv, &versions);
+    let tags = ctx.region.tags(&aqv.spec.dataset);
+    let resolved = build::validate_tagged(aqv, &versions, &tags);
     let (holding, claim) = match &resolved {
         Err(invalid) => {
             info!(reason = invalid.reason(), problem = %invalid, "the volume cannot be served as its spec stands");

@@ -49,6 +49,10 @@ pub struct Holding {
 pub trait RegionView: Send + Sync + 'static {
     /// The versions of `dataset` assigned to the region (none: it is not rolled out here).
     fn versions(&self, dataset: &str) -> Vec<RegionVersion>;
+    /// The tags of `dataset` (name, version), as the hub sent them. Default: none.
+    fn tags(&self, _dataset: &str) -> Vec<(String, u64)> {
+        Vec::new()
+    }
     /// How much of `dataset@version` the region holds.
     async fn holding(&self, dataset: &str, version: u64) -> Holding;
     /// The cache's capacity in bytes; `None` when it has no quota.
@@ -106,6 +110,11 @@ impl Holds {
         }
     }
 
+    /// Every hold: (holder, dataset, version).
+    pub fn by_holder(&self) -> Vec<(String, String, u64)> {
+        self.lock().iter().map(|(h, (d, v))| (h.clone(), d.clone(), *v)).collect()
+    }
+
     /// Every version some volume holds.
     pub fn held(&self) -> HashSet<(String, u64)> {
         self.lock().values().cloned().collect()
@@ -160,6 +169,11 @@ impl RegionView for SpokeRegion {
                 active: a.active,
             })
             .collect()
+    }
+
+    fn tags(&self, dataset: &str) -> Vec<(String, u64)> {
+        let tags = self.catalog.assignments().tags;
+        tags.into_iter().filter(|t| t.dataset == dataset).map(|t| (t.name, t.version)).collect()
     }
 
     async fn holding(&self, dataset: &str, version: u64) -> Holding {
