@@ -12,10 +12,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use aqueduct_cli::connect::{ConnArgs, explain};
+use aqueduct_cli::connect::{ConnArgs, HubConn, explain};
 use aqueduct_cli::cut_over::CutOverPolicy;
 use aqueduct_cli::exit;
 use aqueduct_cli::output::{Format, Listing, bytes, progress_reporter, render};
@@ -24,8 +24,10 @@ use aqueduct_cli::wait::{Until, wait};
 use aqueduct_cli::watch;
 use aqueduct_proto::domain::modes::OutsideLinks;
 use aqueduct_proto::hub::v1 as pb;
-use aqueduct_proto::{Manifest, Rate, ReplicationMode, VersionRef, format_duration, parse_duration};
+use aqueduct_proto::hub::v1::admin_client::AdminClient;
+use aqueduct_proto::{Manifest, Rate, ReplicationMode, VersionRef, parse_duration};
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use tonic::transport::Channel;
 
 #[derive(Parser)]
 #[command(
@@ -153,17 +155,30 @@ struct OutputArg {
     output: Format,
 }
 
-/// `--wait` and its timeout.
+/// `--wait` and its timeout: flattened into every command that can wait (one wait loop,
+/// `aqueduct_cli::wait`).
 #[derive(Args)]
 struct WaitArgs {
-    /// Wait until the version is Ready in every region named, showing each region's progress
-    /// on stderr (bars on a terminal, a line per phase change otherwise). Exits 0 when Ready,
-    /// 3 when a region's row is Failed (naming region and reason), 4 on --timeout.
+    /// Wait until every region named has got there (aq rollout: the version is Ready in each),
+    /// showing each region's progress on stderr (bars on a terminal, a line per phase change
+    /// otherwise). Exits 0 once they have, 3 when a region's row is Failed (naming region and
+    /// reason), 4 on --timeout (saying where each region stands).
     #[arg(long)]
     wait: bool,
     /// How long --wait waits, e.g. 90s, 10m, 2h.
     #[arg(long, value_parser = parse_duration, default_value = "1h", requires = "wait")]
     timeout: Duration,
+}
+
+impl WaitArgs {
+    /// With --wait: waits for `until`, then says so on stdout.
+    async fn wait(&self, admin: &mut AdminClient<Channel>, hub: &HubConn, until: Until) -> Result<()> {
+        if self.wait {
+            let took = wait(admin, hub, &until, self.timeout).await?;
+            println!("{}", until.reached(took));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Subcommand)]
@@ -516,22 +531,8 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let resp = admin.rollout(req).await.map_err(|e| explain(e, &hub))?.into_inner();
             println!("{}@v{} rolling out to {}", resp.dataset, resp.version, resp.regions.join(", "));
-            if waiting.wait {
-                let started = Instant::now();
-                let until = Until::Ready {
-                    dataset: resp.dataset.clone(),
-                    version: resp.version,
-                    regions: resp.regions.clone(),
-                };
-                wait(&mut admin, &hub, &until, waiting.timeout).await?;
-                println!(
-                    "{}@v{} is Ready in {} (after {})",
-                    resp.dataset,
-                    resp.version,
-                    resp.regions.join(", "),
-                    format_duration(Duration::from_millis(started.elapsed().as_millis() as u64))
-                );
-            }
+            let until = Until::Ready { dataset: resp.dataset, version: resp.version, regions: resp.regions };
+            waiting.wait(&mut admin, &hub, until).await?;
         }
         Command::Status { dataset, nodes, fail_on_failed, watch, output } => {
             if watch {

@@ -47,6 +47,17 @@ impl Until {
             Until::Serving { dataset, version, .. } => format!("{dataset}@v{version} to be served"),
         }
     }
+
+    /// What a wait that ended well says: `llama@v2 is Ready in eu, us (after 1m30s)`.
+    pub fn reached(&self, after: Duration) -> String {
+        let (dataset, version, regions) = self.parts();
+        let state = match self {
+            Until::Ready { .. } => "Ready",
+            Until::Serving { .. } => "served",
+        };
+        let after = aqueduct_proto::format_duration(Duration::from_millis(after.as_millis() as u64));
+        format!("{dataset}@v{version} is {state} in {} (after {after})", regions.join(", "))
+    }
 }
 
 /// Where one region stands, for the timeout's message.
@@ -134,10 +145,16 @@ pub fn timeout_error(until: &Until, timeout: Duration, standings: &[Standing]) -
     )
 }
 
-/// Polls the hub's status every [`POLL`] until `until` is reached (Ok), a row fails or
-/// `timeout` passes (errors that end `aq` with 3 and 4), showing progress on stderr. A hub
-/// that cannot be reached for a moment is asked again; an answer that refuses is an error.
-pub async fn wait(admin: &mut AdminClient<Channel>, hub: &HubConn, until: &Until, timeout: Duration) -> Result<()> {
+/// Polls the hub's status every [`POLL`] until `until` is reached (Ok, with how long it
+/// took), a row fails or `timeout` passes (errors that end `aq` with 3 and 4), showing
+/// progress on stderr. A hub that cannot be reached for a moment is asked again; an answer
+/// that refuses is an error.
+pub async fn wait(
+    admin: &mut AdminClient<Channel>,
+    hub: &HubConn,
+    until: &Until,
+    timeout: Duration,
+) -> Result<Duration> {
     let (dataset, version, regions) = until.parts();
     let started = Instant::now();
     let mut progress = RolloutProgress::new(&format!("{dataset}@v{version}"), regions);
@@ -149,7 +166,7 @@ pub async fn wait(admin: &mut AdminClient<Channel>, hub: &HubConn, until: &Until
                     progress.update(row);
                 }
                 match judge(until, &status) {
-                    Judgement::Reached => break Ok(()),
+                    Judgement::Reached => break Ok(started.elapsed()),
                     Judgement::Failed(failed) => break Err(failed_error(until, &failed).into()),
                     Judgement::Waiting(standings) => standings,
                 }
@@ -246,5 +263,6 @@ mod tests {
         assert_eq!(standings[1].detail, "Ready, 1.0 MiB of 2.0 MiB; serves v2");
         status.serving[1].version = 1;
         assert_eq!(judge(&until, &status), Judgement::Reached);
+        assert_eq!(until.reached(Duration::from_millis(90_500)), "llama@v1 is served in eu, us (after 1m30s500ms)");
     }
 }

@@ -202,6 +202,15 @@ async fn wait_and_fail_on_failed_exit_codes() {
     exits_with(&out, 4, &["timed out after 2s waiting for llama@v1 to be Ready", "eu: Pending"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("llama@v1 rolling out to eu"));
     ok(&aq(home, cfg, &["status", "--fail-on-failed"]).await);
+    // On a terminal (a pty from script(1)): a bar per region, the same exit code.
+    let line = format!("{} rollout llama@v1 --to eu --wait --timeout 2s", env!("CARGO_BIN_EXE_aq"));
+    let mut on_tty = std::process::Command::new("script");
+    on_tty.args(["-qec", &line, "/dev/null"]).env("HOME", home).env("AQ_CONFIG", &hub.admin_config);
+    let out = tokio::task::spawn_blocking(move || on_tty.output().unwrap()).await.unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{shown}");
+    assert!(shown.contains("llama@v1 -> eu") && shown.contains("[") && shown.contains("timed out"), "{shown}");
+    assert!(!shown.contains("llama@v1 -> eu: Pending"), "bars, not lines, on a terminal: {shown}");
 
     // A spoke reports progress, then Ready: the wait ends with 0.
     let waiting = spawn_aq(home, cfg, &["rollout", "llama@v1", "--to", "eu", "--wait", "--timeout", "10m"]);
