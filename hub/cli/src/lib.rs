@@ -9,6 +9,7 @@
 pub mod connect;
 pub mod cut_over;
 pub mod exit;
+pub mod lifecycle;
 pub mod manpages;
 pub mod output;
 pub mod status;

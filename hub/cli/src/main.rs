@@ -5,6 +5,10 @@
 //! variables (`AQ_HUB`, ...), the config file named by `--config` or `AQ_CONFIG`, and
 //! `~/.config/aqueduct/aq.toml`. `aqueduct-hub init` writes such a file into its admin bundle.
 //!
+//! The file is some 610 lines long because every subcommand's flags and help text (which are
+//! also its man page and completions) stand together in one clap tree here; the lifecycle
+//! commands' flags and work are in the library (`lifecycle`).
+//!
 //! Each subcommand's flags, their help text and what the subcommand does stand together here;
 //! finding the hub, printing listings, waiting and exit codes live in the library (`connect`,
 //! `output`, `views`, `status`, `wait`, `exit`).
@@ -12,22 +16,20 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use aqueduct_cli::connect::{ConnArgs, HubConn, explain};
+use aqueduct_cli::connect::{ConnArgs, explain};
 use aqueduct_cli::cut_over::CutOverPolicy;
 use aqueduct_cli::exit;
+use aqueduct_cli::lifecycle::{self, Removed};
 use aqueduct_cli::output::{Format, Listing, bytes, progress_reporter, render};
 use aqueduct_cli::views::{self, ManifestView, Regions, SkippedView, Sources, Versions, VersionsInfo};
-use aqueduct_cli::wait::{Until, wait};
+use aqueduct_cli::wait::{Until, WaitArgs};
 use aqueduct_cli::watch;
 use aqueduct_proto::domain::modes::OutsideLinks;
 use aqueduct_proto::hub::v1 as pb;
-use aqueduct_proto::hub::v1::admin_client::AdminClient;
-use aqueduct_proto::{Manifest, Rate, ReplicationMode, VersionRef, parse_duration};
+use aqueduct_proto::{Manifest, Rate, ReplicationMode, VersionRef};
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use tonic::transport::Channel;
 
 #[derive(Parser)]
 #[command(
@@ -74,10 +76,15 @@ enum Command {
     /// Regions: cloud clusters behind a link with a byte budget.
     #[command(subcommand)]
     Region(RegionCommand),
-    /// Ask regions to hold DATASET[@VERSION] (default: the newest version).
+    /// Ask regions to hold DATASET[@VERSION] (default: the newest version); `aq rollout
+    /// cancel DATASET@vN` takes it back.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Rollout {
+        #[command(subcommand)]
+        action: Option<RolloutAction>,
         /// DATASET, DATASET@vN or DATASET@latest.
-        version: VersionRef,
+        #[arg(required = true)]
+        version: Option<VersionRef>,
         /// Regions, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         to: Vec<String>,
@@ -126,11 +133,25 @@ enum Command {
         output: OutputArg,
     },
     /// Show the versions of this aq, of the hub and of each live spoke (marking the spokes
-    /// whose build differs from the hub's).
+    /// whose build differs from the hub's); `aq version rm DATASET@vN` removes a version.
+    #[command(args_conflicts_with_subcommands = true)]
     Version {
+        #[command(subcommand)]
+        action: Option<VersionAction>,
         #[command(flatten)]
         output: OutputArg,
     },
+    /// Name a version of DATASET (`aq tag llama stable v3`), move the name, or remove it
+    /// (--rm). Mounts and volumes can follow a tag.
+    Tag(lifecycle::TagArgs),
+    /// Make regions serve DATASET@vN: at once where it is Ready, once it is Ready elsewhere.
+    Promote(lifecycle::PromoteArgs),
+    /// Make regions serve an earlier version of DATASET again: at once, with no byte over the
+    /// link, where it is still whole; otherwise it is rolled out again and served once Ready.
+    Rollback(lifecycle::RollbackArgs),
+    /// Remove the versions nothing retains (see `aq versions DATASET -o wide`), printing what
+    /// goes and the bytes each region frees.
+    Gc(lifecycle::GcArgs),
     /// Print a shell completion script for aq, e.g. `aq completions bash >
     /// /etc/bash_completion.d/aq` (see the README for zsh and fish).
     Completions {
@@ -155,30 +176,16 @@ struct OutputArg {
     output: Format,
 }
 
-/// `--wait` and its timeout: flattened into every command that can wait (one wait loop,
-/// `aqueduct_cli::wait`).
-#[derive(Args)]
-struct WaitArgs {
-    /// Wait until every region named has got there (aq rollout: the version is Ready in each),
-    /// showing each region's progress on stderr (bars on a terminal, a line per phase change
-    /// otherwise). Exits 0 once they have, 3 when a region's row is Failed (naming region and
-    /// reason), 4 on --timeout (saying where each region stands).
-    #[arg(long)]
-    wait: bool,
-    /// How long --wait waits, e.g. 90s, 10m, 2h.
-    #[arg(long, value_parser = parse_duration, default_value = "1h", requires = "wait")]
-    timeout: Duration,
+#[derive(Subcommand)]
+enum RolloutAction {
+    /// Take DATASET@vN back from regions (refused where a region serves it: roll back first).
+    Cancel(lifecycle::CancelArgs),
 }
 
-impl WaitArgs {
-    /// With --wait: waits for `until`, then says so on stdout.
-    async fn wait(&self, admin: &mut AdminClient<Channel>, hub: &HubConn, until: Until) -> Result<()> {
-        if self.wait {
-            let took = wait(admin, hub, &until, self.timeout).await?;
-            println!("{}", until.reached(took));
-        }
-        Ok(())
-    }
+#[derive(Subcommand)]
+enum VersionAction {
+    /// Remove DATASET@vN (refused while something retains it, naming what).
+    Rm(lifecycle::VersionRmArgs),
 }
 
 #[derive(Subcommand)]
@@ -190,6 +197,8 @@ enum SourceCommand {
         #[command(flatten)]
         output: OutputArg,
     },
+    /// Remove a source (refused while a dataset uses it).
+    Rm(lifecycle::RmArgs),
 }
 
 #[derive(Args)]
@@ -249,6 +258,9 @@ enum RegionCommand {
         #[command(flatten)]
         output: OutputArg,
     },
+    /// Remove a region (refused while versions are rolled out to it; --force removes those
+    /// rollouts too). Its spokes' credentials stop working at once.
+    Rm(lifecycle::RmArgs),
     /// Change a region's link budget at run time: the hub's relay uses it at once, the
     /// region's spokes within seconds (no restart).
     Set {
@@ -283,15 +295,23 @@ enum DatasetCommand {
         #[command(flatten)]
         output: OutputArg,
     },
-    /// Change a dataset's options; they apply from its next snapshot.
+    /// Change a dataset's options.
+    #[command(group = clap::ArgGroup::new("change").required(true).multiple(true))]
     Set {
         /// Dataset name.
         name: String,
         /// What a snapshot does with a symbolic link that leads outside the prefix or into the
-        /// hub's own files: fail or skip (see `aq dataset add --help`).
-        #[arg(long, value_name = "fail|skip")]
-        outside_links: OutsideLinks,
+        /// hub's own files: fail or skip (see `aq dataset add --help`); from its next snapshot.
+        #[arg(long, value_name = "fail|skip", group = "change")]
+        outside_links: Option<OutsideLinks>,
+        /// Retention: always keep the newest N versions (default 3), besides what tags,
+        /// regions, rollouts and mounts retain.
+        #[arg(long, value_name = "N", group = "change")]
+        keep: Option<u32>,
     },
+    /// Remove a dataset and its versions (refused while rolled out, unless --force; never
+    /// while a pod uses it).
+    Rm(lifecycle::RmArgs),
 }
 
 impl SourceAdd {
@@ -422,10 +442,29 @@ async fn run(cli: Cli) -> Result<()> {
                 d.name, d.source, d.prefix, d.outside_links
             );
         }
-        Command::Dataset(DatasetCommand::Set { name, outside_links }) => {
-            let req = pb::UpdateDatasetRequest { name, outside_links: outside_links.to_string(), keep_versions: None };
+        Command::Dataset(DatasetCommand::Set { name, outside_links, keep }) => {
+            let outside_links = outside_links.map(|o| o.to_string()).unwrap_or_default();
+            let req = pb::UpdateDatasetRequest { name, outside_links, keep_versions: keep };
             let d = admin.update_dataset(req).await.map_err(|e| explain(e, &hub))?.into_inner();
-            println!("dataset {}: outside links: {} (from its next snapshot)", d.name, d.outside_links);
+            println!(
+                "dataset {}: outside links: {} (from its next snapshot); keeps the newest {} versions",
+                d.name, d.outside_links, d.keep_versions
+            );
+        }
+        Command::Dataset(DatasetCommand::Rm(args)) => {
+            lifecycle::remove(&mut admin, &hub, Removed::Dataset, args).await?
+        }
+        Command::Source(SourceCommand::Rm(args)) => lifecycle::remove(&mut admin, &hub, Removed::Source, args).await?,
+        Command::Region(RegionCommand::Rm(args)) => lifecycle::remove(&mut admin, &hub, Removed::Region, args).await?,
+        Command::Tag(args) => lifecycle::tag(&mut admin, &hub, args).await?,
+        Command::Promote(args) => lifecycle::promote(&mut admin, &hub, args).await?,
+        Command::Rollback(args) => lifecycle::rollback(&mut admin, &hub, args).await?,
+        Command::Gc(args) => lifecycle::gc(&mut admin, &hub, args).await?,
+        Command::Rollout { action: Some(RolloutAction::Cancel(args)), .. } => {
+            lifecycle::cancel(&mut admin, &hub, args).await?
+        }
+        Command::Version { action: Some(VersionAction::Rm(args)), .. } => {
+            lifecycle::remove_version(&mut admin, &hub, args).await?
         }
         Command::Dataset(DatasetCommand::List { output }) => {
             let list =
@@ -521,7 +560,10 @@ async fn run(cli: Cli) -> Result<()> {
             let list = admin.list_regions(pb::ListRegionsRequest {}).await.map_err(|e| explain(e, &hub))?.into_inner();
             show(&Regions::from(list), &output)?;
         }
-        Command::Rollout { version, to, mode, cut_over, wait: waiting } => {
+        Command::Rollout { action: None, version, to, mode, cut_over, wait: waiting } => {
+            let Some(version) = version else {
+                bail!("name the version to roll out: aq rollout DATASET@vN --to REGION")
+            };
             let req = pb::RolloutRequest {
                 dataset: version.dataset.clone(),
                 version: version.version.unwrap_or(0),
@@ -563,7 +605,7 @@ async fn run(cli: Cli) -> Result<()> {
             let skipped = versions.into_iter().find(|v| v.version == m.version).map(|v| v.skipped).unwrap_or_default();
             show(&ManifestView::new(&m, skipped, chunks), &output)?;
         }
-        Command::Version { output } => {
+        Command::Version { action: None, output } => {
             let info = admin.info(pb::InfoRequest {}).await.map_err(|e| explain(e, &hub))?.into_inner();
             show(&VersionsInfo::new(env!("CARGO_PKG_VERSION"), info), &output)?;
         }

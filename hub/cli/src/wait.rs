@@ -13,6 +13,8 @@ use anyhow::Result;
 use aqueduct_proto::Phase;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::admin_client::AdminClient;
+use aqueduct_proto::parse_duration;
+use clap::Args;
 use tonic::transport::Channel;
 
 use crate::connect::{HubConn, explain};
@@ -184,6 +186,32 @@ pub async fn wait(
     };
     progress.finish();
     outcome
+}
+
+/// `--wait` and its timeout: flattened into every command that can wait (one wait loop,
+/// `aqueduct_cli::wait`).
+#[derive(Args)]
+pub struct WaitArgs {
+    /// Wait until every region named has got there (aq rollout: the version is Ready in each),
+    /// showing each region's progress on stderr (bars on a terminal, a line per phase change
+    /// otherwise). Exits 0 once they have, 3 when a region's row is Failed (naming region and
+    /// reason), 4 on --timeout (saying where each region stands).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, e.g. 90s, 10m, 2h.
+    #[arg(long, value_parser = parse_duration, default_value = "1h", requires = "wait")]
+    pub timeout: Duration,
+}
+
+impl WaitArgs {
+    /// With --wait: waits for `until`, then says so on stdout.
+    pub async fn wait(&self, admin: &mut AdminClient<Channel>, hub: &HubConn, until: Until) -> Result<()> {
+        if self.wait {
+            let took = wait(admin, hub, &until, self.timeout).await?;
+            println!("{}", until.reached(took));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
