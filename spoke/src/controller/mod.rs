@@ -314,7 +314,13 @@ impl Controller<'_> {
                 Step::Replicate { assignment: a, mode } => {
                     match session.replicator.replicate(&a, parts.budget.as_ref(), mode, replicas).await {
                         Ok(outcome) => {
-                            memory.replicated(VersionKey::of(&a), mode, &observed.membership, outcome.held_bytes);
+                            memory.replicated(
+                                VersionKey::of(&a),
+                                mode,
+                                &observed.membership,
+                                outcome.held_bytes,
+                                a.generation,
+                            );
                             self.publish_ready(memory);
                             session.cache_changed.notify_one();
                         }

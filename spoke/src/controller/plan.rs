@@ -75,6 +75,10 @@ pub struct Held {
     pub membership: String,
     /// The bytes it reported Ready with.
     pub bytes: u64,
+    /// The assignment's generation it was replicated for (`Assignment.generation`): when the
+    /// hub asks the region to take the version up again (a rollback to a version that may no
+    /// longer be whole here), the generation changes and the spoke replicates it anew.
+    pub generation: i64,
 }
 
 /// A version whose replication failed, and when it is due again.
@@ -110,11 +114,19 @@ impl Memory {
         self.arrived = true;
     }
 
-    /// `key` was replicated to Ready (and reported so), held as `mode` for `membership`.
-    pub fn replicated(&mut self, key: VersionKey, mode: ReplicationMode, membership: &str, bytes: u64) {
+    /// `key` was replicated to Ready (and reported so), held as `mode` for `membership`, for
+    /// the assignment's `generation`.
+    pub fn replicated(
+        &mut self,
+        key: VersionKey,
+        mode: ReplicationMode,
+        membership: &str,
+        bytes: u64,
+        generation: i64,
+    ) {
         self.failed.remove(&key);
         self.reported.insert(key.clone());
-        self.ready.insert(key, Held { mode, membership: membership.to_string(), bytes });
+        self.ready.insert(key, Held { mode, membership: membership.to_string(), bytes, generation });
     }
 
     /// `key` was reported Ready in this session.
@@ -205,7 +217,12 @@ pub fn plan(assignments: &[pb::Assignment], observed: &Observed, memory: &Memory
     }
     let stale = |h: &Held| h.mode == ReplicationMode::Region && h.membership != observed.membership;
     let mut forget: Vec<VersionKey> = memory.ready.iter().filter(|(_, h)| stale(h)).map(|(k, _)| k.clone()).collect();
+    // Taken up again by the hub (a new generation): no longer Ready here until replicated.
+    let renewed =
+        |a: &pb::Assignment| memory.ready.get(&VersionKey::of(a)).is_some_and(|h| h.generation != a.generation);
+    forget.extend(assignments.iter().filter(|a| renewed(a)).map(VersionKey::of));
     forget.sort();
+    forget.dedup();
     let mut plan = Plan { forget, ..Plan::default() };
     for a in assignments {
         let key = VersionKey::of(a);
@@ -213,7 +230,7 @@ pub fn plan(assignments: &[pb::Assignment], observed: &Observed, memory: &Memory
         if a.retained || a.active || observed.held.contains(&key) || observed.in_use.contains(&key) {
             plan.pin.push((a.clone(), mode));
         }
-        match memory.ready.get(&key).filter(|h| !stale(h)) {
+        match memory.ready.get(&key).filter(|h| !stale(h) && h.generation == a.generation) {
             Some(held) if !memory.reported.contains(&key) => {
                 plan.steps.push(Step::ReportReady { assignment: a.clone(), mode: held.mode, bytes: held.bytes });
             }
@@ -380,7 +397,7 @@ mod tests {
         let wait = jittered.retry_at().unwrap() - t0;
         assert!((Duration::from_secs(15)..=Duration::from_secs(30)).contains(&wait), "{wait:?}");
         // A version that became Ready is no longer due.
-        memory.replicated(key("m", 1), EveryNode, "n1,n2", 1);
+        memory.replicated(key("m", 1), EveryNode, "n1,n2", 1, 0);
         assert_eq!(memory.retry_at(), None);
     }
 
@@ -389,8 +406,8 @@ mod tests {
         let now = Instant::now();
         let assignments = [a("m", 1, true, "every-node"), a("m", 2, false, "region")];
         let mut memory = Memory::default();
-        memory.replicated(key("m", 1), EveryNode, "n1,n2", 111);
-        memory.replicated(key("m", 2), Region, "n1,n2", 222);
+        memory.replicated(key("m", 1), EveryNode, "n1,n2", 111, 0);
+        memory.replicated(key("m", 2), Region, "n1,n2", 222, 0);
         // Replicated in this session: reported then, not again.
         let p = plan(&assignments, &observed(now), &memory);
         assert!(p.steps.is_empty(), "{p:?}");
@@ -416,8 +433,8 @@ mod tests {
         let now = Instant::now();
         let assignments = [a("m", 1, true, "every-node"), a("m", 2, false, "region")];
         let mut memory = Memory::default();
-        memory.replicated(key("m", 1), EveryNode, "n1,n2", 100);
-        memory.replicated(key("m", 2), Region, "n1,n2", 50);
+        memory.replicated(key("m", 1), EveryNode, "n1,n2", 100, 0);
+        memory.replicated(key("m", 2), Region, "n1,n2", 50, 0);
         let same = plan(&assignments, &observed(now), &memory);
         assert!(same.forget.is_empty() && same.steps.is_empty(), "{same:?}");
         // n3 joins: the share of v2 is no longer this spoke's part of the region's copy.
@@ -427,7 +444,7 @@ mod tests {
         assert_eq!(p.steps, [Step::Replicate { assignment: assignments[1].clone(), mode: Region }]);
         // Once replicated for the new membership it is Ready again; the whole version never moved.
         memory.forget(&key("m", 2));
-        memory.replicated(key("m", 2), Region, "n1,n2,n3", 34);
+        memory.replicated(key("m", 2), Region, "n1,n2,n3", 34, 0);
         let settled = plan(&assignments, &joined, &memory);
         assert!(settled.forget.is_empty() && settled.steps.is_empty(), "{settled:?}");
         let mut ready: Vec<&VersionKey> = memory.ready().collect();
@@ -440,7 +457,7 @@ mod tests {
         let now = Instant::now();
         let assignments = [a("m", 1, true, "region"), a("m", 2, false, "every-node")];
         let mut memory = Memory::default();
-        memory.replicated(key("m", 1), Region, "", 100);
+        memory.replicated(key("m", 1), Region, "", 100, 0);
         memory.failed(key("m", 2), now, 0.0);
         // No peer share, in a region whose spokes have one.
         let seen = Observed { sharer: false, ..observed(now) };
