@@ -261,7 +261,9 @@ impl Controller<'_> {
             // not while what is in use cannot be known (the holder does not answer).
             let kept: Vec<VersionKey> =
                 parts.catalog.kept_versions().into_iter().map(|(d, v)| VersionKey::new(&d, v)).collect();
-            let unassigned = retention::unassigned(&current.assignments, &kept, &observed.in_use, memory.arrived());
+            // Not before the sidecars of an earlier spoke had the time to renew their leases.
+            let arrived = memory.arrived() && parts.sidecars.settled(Instant::now());
+            let unassigned = retention::unassigned(&current.assignments, &kept, &observed.in_use, arrived);
             let unassigned = if in_use.is_some() { unassigned } else { retention::Unassigned::default() };
             self.execute(&session, plan, &observed, &unassigned, memory).await?;
             keep::sweep(parts, &config.data_dir, &current.assignments, &unassigned, &observed.in_use).await;
