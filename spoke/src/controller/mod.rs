@@ -1,9 +1,11 @@
 //! The replication controller: makes this spoke hold what the hub assigns its region, in the
 //! manner of a Kubernetes controller. Each pass observes (the hub's assignments, the region's
-//! membership, the versions AqueductVolumes hold, the cache's room), asks the pure [`plan`]
-//! what to do, and does it: pins, replicates ([`crate::replicate`]), reports; the results are
-//! recorded in [`plan::Memory`] for the next pass. A pass runs when the hub sends assignments,
-//! when a volume holds another version, and when a failed version is due again.
+//! membership, the versions AqueductVolumes hold and mounts here use, the cache's room), asks
+//! the pure [`plan`] what to do, and does it: pins, replicates ([`crate::replicate`]),
+//! reports, and deletes what the hub no longer assigns ([`retention`] decides, [`keep`] does);
+//! the results are recorded in [`plan::Memory`] for the next pass. A pass runs when the hub
+//! sends assignments, when a volume, a mount or a sidecar uses another version, every
+//! [`IN_USE_EVERY`], and when a failed version is due again.
 //!
 //! It connects to the hub with the region's credentials and watches for assignments (a server
 //! stream, reconnected with [`Backoff::HUB`]: jittered, so that a hub restart does not bring
