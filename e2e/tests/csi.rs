@@ -277,7 +277,8 @@ async fn bad_requests_get_invalid_argument_saying_what_is_expected() {
     let cases: &[Case] = &[
         (&[("version", "1")], &["volume attribute dataset", "missing"]),
         (&[("dataset", "Llama")], &["volume attribute dataset"]),
-        (&[("dataset", "llama"), ("version", "newest")], &["volume attribute version", "version number", "active"]),
+        // (A lowercase word is a tag name now: `Newest` is neither a version nor a tag.)
+        (&[("dataset", "llama"), ("version", "Newest")], &["volume attribute version", "version number", "active"]),
         (&[("dataset", "llama"), ("mode", "all")], &["volume attribute mode", "auto, region, every-node"]),
         (&[("dataset", "llama"), ("startBeforeReady", "1")], &["volume attribute startBeforeReady"]),
         (&[("dataset", "llama"), ("dataSet", "x")], &["unknown volume attribute \"dataSet\""]),

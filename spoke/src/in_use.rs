@@ -21,14 +21,29 @@ use tokio::sync::Notify;
 pub const SIDECAR_LEASE: Duration = Duration::from_secs(60);
 
 /// The leases of the `aqueduct-fuse` sidecars that read through this spoke, by user.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Sidecars {
     leases: Mutex<HashMap<String, (String, u64, Instant)>>,
     /// Woken when a sidecar starts using a version (or another one).
     pub changed: Notify,
+    /// When this spoke started counting (a restarted spoke knows no lease yet).
+    started: Instant,
+}
+
+impl Default for Sidecars {
+    fn default() -> Self {
+        Self { leases: Mutex::default(), changed: Notify::new(), started: Instant::now() }
+    }
 }
 
 impl Sidecars {
+    /// Whether every sidecar still using a version has renewed its lease since this spoke
+    /// started (a lease's length has passed): before, nothing may be swept, since a sidecar of
+    /// an earlier spoke may show a version no lease names yet.
+    pub fn settled(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.started) >= SIDECAR_LEASE
+    }
+
     /// `user` uses `dataset@version` as of `now`, for [`SIDECAR_LEASE`].
     pub fn renew(&self, user: &str, dataset: &str, version: u64, now: Instant) {
         let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
@@ -171,5 +186,6 @@ mod tests {
         sidecars.renew("sidecar a", "m", 1, t0 + SIDECAR_LEASE / 2);
         assert_eq!(sidecars.current(t0 + SIDECAR_LEASE).len(), 1, "renewed");
         assert!(sidecars.current(t0 + SIDECAR_LEASE * 2).is_empty(), "expired");
+        assert!(!sidecars.settled(t0) && sidecars.settled(t0 + SIDECAR_LEASE * 2));
     }
 }

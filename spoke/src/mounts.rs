@@ -118,6 +118,17 @@ impl Mounts {
             answer => answer?.into_inner(),
         };
         self.changed.notify_one();
+        // A holder older than tags ignores the tag and mounts the active version: not what
+        // was asked for.
+        if let Some(tag) = follows.tag()
+            && info.tag != tag
+        {
+            let _ = self.unmount(path, true).await;
+            return Err(MountError::Holder(tonic::Status::failed_precondition(format!(
+                "the node's FUSE holder does not know tags (it mounted {} instead of following tag {tag}); upgrade aqueduct-fuse on this node",
+                if info.follow { "the active version".to_string() } else { format!("v{}", info.version) }
+            ))));
+        }
         Ok(info)
     }
 

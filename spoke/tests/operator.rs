@@ -496,3 +496,33 @@ async fn api_errors_are_retried_with_backoff() {
     drop(ctx);
     server.await.unwrap();
 }
+
+#[test]
+fn a_volume_following_a_tag_serves_its_version_and_its_pv_names_the_tag() {
+    let region = region();
+    let aqv = volume("follow-tag");
+    let versions = region.versions("llama-3-8b");
+    let tags = [("stable".to_string(), 2), ("old".to_string(), 9)];
+    let resolved = build::validate_tagged(&aqv, &versions, &tags).unwrap();
+    assert_eq!(resolved.version.version, 2);
+    // The node plugin follows the tag itself (it shows the tag's version once Ready there).
+    assert_eq!(build::volume_attributes(&aqv).get("version").map(String::as_str), Some("stable"));
+    let seen = Observation { resolved: Ok(resolved), holding: Default::default(), capacity: None, claim: None };
+    let status = build::status(&aqv, &seen, &now());
+    assert!(status.conditions[0].message.contains("serves llama-3-8b@v2 (tag stable)"), "{:?}", status.conditions);
+    // The tag moves to a version the region does not hold, or is unknown, or comes with a
+    // version: a condition that says what to do.
+    let moved = [("stable".to_string(), 9)];
+    type Case<'a> = (&'a str, &'a [(String, u64)], &'a str, &'a str);
+    let cases: [Case; 3] = [
+        ("follow-tag", &moved, "TagNotAssigned", "aq rollout llama-3-8b@v9 --to REGION"),
+        ("follow-tag", &[], "UnknownTag", "aq tag llama-3-8b stable vN"),
+        ("invalid-tag-and-version", &tags, "InvalidSpec", "spec.tag: give a version or a tag"),
+    ];
+    for (file, tags, reason, says) in cases {
+        let aqv = volume(file);
+        let invalid = build::validate_tagged(&aqv, &versions, tags).unwrap_err();
+        assert_eq!(invalid.reason(), reason, "{file}: {invalid}");
+        assert!(invalid.to_string().contains(says), "{file}: {invalid}");
+    }
+}

@@ -1,9 +1,11 @@
 //! The replication controller: makes this spoke hold what the hub assigns its region, in the
 //! manner of a Kubernetes controller. Each pass observes (the hub's assignments, the region's
-//! membership, the versions AqueductVolumes hold, the cache's room), asks the pure [`plan`]
-//! what to do, and does it: pins, replicates ([`crate::replicate`]), reports; the results are
-//! recorded in [`plan::Memory`] for the next pass. A pass runs when the hub sends assignments,
-//! when a volume holds another version, and when a failed version is due again.
+//! membership, the versions AqueductVolumes hold and mounts here use, the cache's room), asks
+//! the pure [`plan`] what to do, and does it: pins, replicates ([`crate::replicate`]),
+//! reports, and deletes what the hub no longer assigns ([`retention`] decides, [`keep`] does);
+//! the results are recorded in [`plan::Memory`] for the next pass. A pass runs when the hub
+//! sends assignments, when a volume, a mount or a sidecar uses another version, every
+//! [`IN_USE_EVERY`], and when a failed version is due again.
 //!
 //! It connects to the hub with the region's credentials and watches for assignments (a server
 //! stream, reconnected with [`Backoff::HUB`]: jittered, so that a hub restart does not bring
@@ -261,7 +263,9 @@ impl Controller<'_> {
             // not while what is in use cannot be known (the holder does not answer).
             let kept: Vec<VersionKey> =
                 parts.catalog.kept_versions().into_iter().map(|(d, v)| VersionKey::new(&d, v)).collect();
-            let unassigned = retention::unassigned(&current.assignments, &kept, &observed.in_use, memory.arrived());
+            // Not before the sidecars of an earlier spoke had the time to renew their leases.
+            let arrived = memory.arrived() && parts.sidecars.settled(Instant::now());
+            let unassigned = retention::unassigned(&current.assignments, &kept, &observed.in_use, arrived);
             let unassigned = if in_use.is_some() { unassigned } else { retention::Unassigned::default() };
             self.execute(&session, plan, &observed, &unassigned, memory).await?;
             keep::sweep(parts, &config.data_dir, &current.assignments, &unassigned, &observed.in_use).await;

@@ -11,8 +11,9 @@
 //!   and no version in use shares leave the store (both tiers), its whole copies
 //!   (`DATA_DIR/files`) that no such version has go, and the catalog forgets its manifest.
 //! - Never before this session's first assignments arrived (the catalog's remembered ones may
-//!   be old), and never a version a mount on this node shows or a volume holds: that one is
-//!   pinned locally and keeps working.
+//!   be old), nor in the spoke's first minute (sidecars renew their leases,
+//!   [`crate::in_use::SIDECAR_LEASE`]), and never a version a mount on this node shows or a
+//!   volume holds: that one is pinned locally and keeps working.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 

@@ -122,15 +122,18 @@ impl VolumeSpec {
             Some(text) => match Follows::parse(text) {
                 Ok(Follows::Version(v)) => Pin::Version(v),
                 Ok(Follows::Tag(t)) => Pin::Tag(t),
-                Ok(Follows::Active) | Err(SelectorError::BadVersion { .. }) => {
+                Ok(Follows::Active) | Err(_) => {
+                    let why = match Follows::parse(text) {
+                        Err(SelectorError::Tag(e)) => format!(" ({e})"),
+                        _ => String::new(),
+                    };
                     return Err(invalid(
                         VERSION,
                         format!(
-                            "{text:?} is not a version: write a version number (3 or v3), \"active\" or a tag name (stable)"
+                            "{text:?} is not a version: write a version number (3 or v3), \"active\" or a tag name{why}"
                         ),
                     ));
                 }
-                Err(e) => return Err(invalid(VERSION, e.to_string())),
             },
         };
         let mode = match attributes.get(MODE) {
@@ -351,7 +354,7 @@ mod tests {
         assert_eq!((tagged.pin.clone(), tagged.share_name().as_str()), (Pin::Tag("stable".into()), "llama@stable"));
         assert_eq!(tagged.pin.follows(), Follows::Tag("stable".into()));
         let message = invalid(VolumeSpec::parse(&attrs(&[("dataset", "llama"), ("version", "Stable")])));
-        assert!(message.contains("volume attribute version") && message.contains("tag name"), "{message}");
+        assert!(message.contains("volume attribute version") && message.contains("tag name \"Stable\""), "{message}");
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! versions this spoke replicated to Ready, the chunk cache (what it holds, its quota). Tests
 //! use [`MemoryRegion`].
 //!
-//! Holding a version: the spoke already pins, against eviction, the chunks of each dataset's
-//! active version and of the versions rolling out (`pin()` in the crate root). A volume that
-//! names an older version adds a hold ([`Holds`]): the pinning then keeps that version's chunks
+//! Holding a version: the spoke already pins, against eviction, the chunks of every version the
+//! hub retains (the controller's pass). A volume that names another version adds a hold
+//! ([`Holds`]): the pinning then keeps that version's chunks
 //! as well, until the volume goes (the finalizer releases the hold) or names another version.
 //! Holds live in the process of the operator that leads the region.
 
