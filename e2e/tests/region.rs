@@ -303,35 +303,42 @@ fn configure(config: &Path, section: &str) {
 async fn a_disk_quota_holds_its_watermarks_and_never_evicts_the_versions_in_use() {
     let mut w = world(SourceKind::S3).await;
     let configs = w.region_of("eu", 1 << 30, 1).await;
-    // 30 MiB with watermarks at 90% and 60%, for versions of 10 MiB that share nothing: the
-    // active version and the one rolling out fit, a third does not.
-    configure(&configs[0], "[cache]\ndisk = \"30MiB\"\nhigh_watermark = 0.9\nlow_watermark = 0.6\n");
+    // 40 MiB with watermarks at 90% and 60%, for versions of 10 MiB that share nothing, and a
+    // dataset that keeps only its newest version: what the hub retains while a version rolls
+    // out (the one served, the one before it for a rollback, and the one rolling out) fits, a
+    // fourth does not.
+    configure(&configs[0], "[cache]\ndisk = \"40MiB\"\nhigh_watermark = 0.9\nlow_watermark = 0.6\n");
+    let keep = pb::UpdateDatasetRequest { name: "llama".into(), keep_versions: Some(1), ..Default::default() };
+    w.admin.update_dataset(keep).await.unwrap();
     w.start_spoke(&configs[0]);
     let store = w.root.join("spoke-eu-1/store");
     let mut manifests = Vec::new();
-    for (version, seed) in [(1, 100), (2, 200), (3, 300)] {
+    for (version, seed) in [(1, 100), (2, 200), (3, 300), (4, 400)] {
         std::fs::write(w.data.join("model.safetensors"), noise(10 << 20, seed)).unwrap();
         w.snapshot().await;
         w.rollout(version, &["eu"]).await;
         w.wait_ready(version).await;
         manifests.push(w.manifest(version).await);
         let used = stored_bytes(&store);
-        assert!(used <= 27 * MIB, "after v{version}, {used} bytes on disk: above the high watermark");
+        assert!(used <= 36 * MIB, "after v{version}, {used} bytes on disk: above the high watermark");
     }
-    // v3 (rolling out, now active) and v2 (active while v3 rolled out) were pinned: whole.
+    // v4 (rolling out, now active), v3 (active while v4 rolled out) and v2 (kept for a
+    // rollback meanwhile) were pinned: whole.
     assert_store_has(&store, &manifests[1]);
-    assert_store_holds(&store, &manifests[2], &w.data);
-    // v1, no longer in use, gave way.
+    assert_store_has(&store, &manifests[2]);
+    assert_store_holds(&store, &manifests[3], &w.data);
+    // v1, no longer retained, gave way.
     let held = stored_chunks(&store);
     assert!(manifests[0].distinct_chunks().iter().any(|(d, _)| !held.contains_key(d)), "v1 was not evicted");
 
     // Reading all of v1 again brings it back through the cache; what gives way is what is no
-    // longer in use (v2, now that v3 is active, and v1's own older chunks), never v3.
+    // longer retained (v2, now that v4 is active and v3 is kept for a rollback, and v1's own
+    // older chunks), never v4.
     let mut local = local_client(&socket_of(&configs[0])).await;
     std::fs::write(w.data.join("model.safetensors"), noise(10 << 20, 100)).unwrap();
     assert_reads(&mut local, &manifests[0], &w.data).await;
-    assert!(stored_bytes(&store) <= 27 * MIB);
-    assert_store_has(&store, &manifests[2]);
+    assert!(stored_bytes(&store) <= 36 * MIB);
+    assert_store_has(&store, &manifests[3]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
