@@ -175,3 +175,96 @@ async fn a_rollback_completes_in_every_region_with_no_chunk_over_the_links_for_e
     }
     drop(net);
 }
+
+/// Per-version chunk sets, for what a store should hold.
+fn chunks_of(manifests: &[&aqueduct_proto::Manifest]) -> std::collections::HashSet<aqueduct_proto::Digest> {
+    manifests.iter().flat_map(|m| m.distinct_chunks().into_iter().map(|(d, _)| d)).collect()
+}
+
+/// keep = 2, five versions rolled out to a spoke that holds each whole, a mount showing v2:
+/// `gc --dry-run` says v1 and v3 go, `gc` removes exactly those, and the spoke's store then
+/// holds exactly the chunks of the retained versions (v2 for the mount, v4 kept for a
+/// rollback, v5 served). The mount keeps reading. A mount that follows a tag switches when
+/// the tag moves, through the real hub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_gc_a_spoke_holds_exactly_the_retained_versions_and_a_tag_move_switches_its_mount() {
+    if !can_mount_fuse() {
+        return;
+    }
+    let mut w = aqueduct_e2e::world(SourceKind::S3).await;
+    let configs = w.region_of("eu", 1 << 30, 1).await;
+    let _spoke = w.start_spoke(&configs[0]);
+    let keep = pb::UpdateDatasetRequest { name: "llama".into(), keep_versions: Some(2), ..Default::default() };
+    w.admin.update_dataset(keep).await.unwrap();
+    let mut models = vec![Vec::new()];
+    let mut manifests = Vec::new();
+    for v in 1..=5u64 {
+        models.push(write_model(&w.data, 10 + v));
+        w.snapshot().await;
+        w.rollout_as(v, &["eu"], "every-node").await;
+        w.wait_ready(v).await;
+        manifests.push(w.manifest(v).await);
+    }
+    let mut local = local_client(&socket_of(&configs[0])).await;
+    let fixed = configs[0].parent().unwrap().join("mnt-v2");
+    std::fs::create_dir_all(&fixed).unwrap();
+    mount_when_known(&mut local, "llama", 2, &fixed).await.unwrap();
+    // The hub hears of the mount with the spoke's next cache report.
+    for _ in 0..300 {
+        let list = w.admin.list_versions(pb::ListVersionsRequest { dataset: "llama".into() }).await.unwrap();
+        if list.into_inner().versions[1].retained_by.iter().any(|r| r.contains("mount")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dry = w.admin.gc(pb::GcRequest { dry_run: true, dataset: String::new() }).await.unwrap().into_inner();
+    assert_eq!(dry.versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 3], "{dry:?}");
+    let real = w.admin.gc(pb::GcRequest { dry_run: false, dataset: String::new() }).await.unwrap().into_inner();
+    assert_eq!(real.versions, dry.versions, "gc removed something else than its dry run said");
+    let freed: u64 = real.regions.iter().map(|r| r.bytes).sum();
+    println!("gc removed v1 and v3; the region frees {freed} bytes");
+
+    // The spoke sweeps once the removal reaches it (not in its first minute: sidecar leases).
+    let store = w.root.join("spoke-eu-1/store");
+    let want = chunks_of(&[&manifests[1], &manifests[3], &manifests[4]]);
+    let mut held = std::collections::HashSet::new();
+    for _ in 0..1200 {
+        held = aqueduct_e2e::stored_chunks(&store).into_keys().collect();
+        if held == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(held.len(), want.len(), "the store holds other chunks than the retained versions'");
+    assert!(held == want, "the store holds other chunks than the retained versions'");
+    let got = std::fs::read(fixed.join("model.safetensors")).unwrap();
+    assert!(got == models[2], "the mount of v2 changed");
+
+    // A mount that follows the tag `stable`.
+    let tag = |version| pb::TagRequest { dataset: "llama".into(), name: "stable".into(), version, remove: false };
+    w.admin.tag(tag(4)).await.unwrap();
+    let follows = configs[0].parent().unwrap().join("mnt-stable");
+    std::fs::create_dir_all(&follows).unwrap();
+    let request = aqueduct_proto::spoke::v1::MountRequest {
+        dataset: "llama".into(),
+        version: 0,
+        mountpoint: follows.display().to_string(),
+        tag: "stable".into(),
+    };
+    let mut mounted = None;
+    for _ in 0..300 {
+        match local.mount(request.clone()).await {
+            Ok(info) => {
+                mounted = Some(info.into_inner());
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let info = mounted.expect("the spoke never mounted the tag");
+    assert_eq!((info.version, info.tag.as_str()), (4, "stable"));
+    wait_shown(&follows, 14).await;
+    w.admin.tag(tag(5)).await.unwrap();
+    wait_shown(&follows, 15).await;
+    assert!(std::fs::read(follows.join("model.safetensors")).unwrap() == models[5]);
+}
