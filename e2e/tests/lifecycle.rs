@@ -2,8 +2,10 @@
 //! a mount that follows the dataset with a file held open, and a rollback that completes in
 //! every region with no chunk over either link (the uplinks' own counters), the open file
 //! reading on in the version it opened and new opens seeing the version rolled back to; for
-//! each cut-over policy (all-ready, per-region, manual with promote). Needs root, `ip`, `tc`,
-//! `nsenter` and FUSE (under `CI=true` a missing one fails the test).
+//! each cut-over policy (all-ready, per-region, manual with promote), and the same through a
+//! tag moved back; then retention: after `gc`, a spoke's store holds exactly the chunks of the
+//! versions the hub retains. Needs root, `ip`, `tc`, `nsenter` and FUSE (under `CI=true` a
+//! missing one fails the test).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -172,6 +174,46 @@ async fn a_rollback_completes_in_every_region_with_no_chunk_over_the_links_for_e
         let req = pb::PromoteRequest { dataset: "llama".into(), version: forward, regions: Vec::new() };
         w.admin.promote(req).await.unwrap();
         wait_serving(&mut w, forward).await;
+    }
+
+    // The same through a tag: mounts that follow `stable` on the second node of each region
+    // go back from v4 to v3 when the tag moves, with no chunk over the links.
+    let tag = |version| pb::TagRequest { dataset: "llama".into(), name: "stable".into(), version, remove: false };
+    w.admin.tag(tag(4)).await.unwrap();
+    let mut tagged = Vec::new();
+    for region in &configs {
+        let config = &region[1];
+        let mut local = local_client(&socket_of(config)).await;
+        let mnt = config.parent().unwrap().join("mnt-stable");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let request = aqueduct_proto::spoke::v1::MountRequest {
+            dataset: "llama".into(),
+            version: 0,
+            mountpoint: mnt.display().to_string(),
+            tag: "stable".into(),
+        };
+        let mut mounted = false;
+        for _ in 0..300 {
+            if local.mount(request.clone()).await.is_ok() {
+                mounted = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(mounted, "{} never mounted the tag", mnt.display());
+        wait_shown(&mnt, 4).await;
+        tagged.push(mnt);
+    }
+    let before: Vec<u64> = (0..2).map(|r| net.sent_to(r)).collect();
+    w.admin.tag(tag(3)).await.unwrap();
+    for mnt in &tagged {
+        wait_shown(mnt, 3).await;
+        assert!(std::fs::read(mnt.join("model.safetensors")).unwrap() == models[3], "{}", mnt.display());
+    }
+    let sent: Vec<u64> = (0..2).map(|r| net.sent_to(r) - before[r]).collect();
+    println!("tag stable v4 -> v3: {sent:?} bytes down the links (control traffic only)");
+    for (r, bytes) in sent.iter().enumerate() {
+        assert!(*bytes < 256 << 10, "{bytes} bytes went down region {r}'s link for a tag move");
     }
     drop(net);
 }
