@@ -8,7 +8,35 @@ use super::StoreError;
 
 pub const SCHEMA_VERSION: i64 = 5;
 
-pub const SCHEMA: &str = "
+/// The tables schema 5 added (the lifecycle): in the schema, and in the step that brings a
+/// schema 4 database up to it.
+macro_rules! lifecycle_tables {
+    () => {
+        "CREATE TABLE IF NOT EXISTS tags (
+    dataset TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (dataset, name),
+    FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
+);
+CREATE TABLE IF NOT EXISTS serving (
+    dataset TEXT NOT NULL,
+    region TEXT NOT NULL REFERENCES regions(name),
+    version INTEGER NOT NULL,
+    since_ms INTEGER NOT NULL,
+    previous INTEGER NOT NULL,
+    PRIMARY KEY (dataset, region)
+);
+CREATE TABLE IF NOT EXISTS retired (
+    dataset TEXT PRIMARY KEY,
+    last_version INTEGER NOT NULL
+);"
+    };
+}
+
+pub const SCHEMA: &str = concat!(
+    "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sources (
     name TEXT PRIMARY KEY,
@@ -82,27 +110,9 @@ CREATE TABLE IF NOT EXISTS skipped_objects (
     reason TEXT NOT NULL,
     FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
 );
-CREATE TABLE IF NOT EXISTS tags (
-    dataset TEXT NOT NULL,
-    name TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL,
-    PRIMARY KEY (dataset, name),
-    FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
+",
+    lifecycle_tables!()
 );
-CREATE TABLE IF NOT EXISTS serving (
-    dataset TEXT NOT NULL,
-    region TEXT NOT NULL REFERENCES regions(name),
-    version INTEGER NOT NULL,
-    since_ms INTEGER NOT NULL,
-    previous INTEGER NOT NULL,
-    PRIMARY KEY (dataset, region)
-);
-CREATE TABLE IF NOT EXISTS retired (
-    dataset TEXT PRIMARY KEY,
-    last_version INTEGER NOT NULL
-);
-";
 
 /// Steps that bring a database of schema version `from` to `from + 1`, in order. Each runs
 /// in one transaction with the version bump; a step is self-contained (it does not rely on
@@ -140,29 +150,13 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     // of a removed dataset (so that its name never gets a number again with other bytes).
     (
         4,
-        "ALTER TABLE datasets ADD COLUMN keep_versions INTEGER NOT NULL DEFAULT 0;
+        concat!(
+            "ALTER TABLE datasets ADD COLUMN keep_versions INTEGER NOT NULL DEFAULT 0;
          ALTER TABLE rollouts ADD COLUMN cut_over TEXT NOT NULL DEFAULT 'all-ready';
          ALTER TABLE rollouts ADD COLUMN promote_pending INTEGER NOT NULL DEFAULT 0;
-         CREATE TABLE IF NOT EXISTS tags (
-             dataset TEXT NOT NULL,
-             name TEXT NOT NULL,
-             version INTEGER NOT NULL,
-             updated_ms INTEGER NOT NULL,
-             PRIMARY KEY (dataset, name),
-             FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
-         );
-         CREATE TABLE IF NOT EXISTS serving (
-             dataset TEXT NOT NULL,
-             region TEXT NOT NULL REFERENCES regions(name),
-             version INTEGER NOT NULL,
-             since_ms INTEGER NOT NULL,
-             previous INTEGER NOT NULL,
-             PRIMARY KEY (dataset, region)
-         );
-         CREATE TABLE IF NOT EXISTS retired (
-             dataset TEXT PRIMARY KEY,
-             last_version INTEGER NOT NULL
-         );",
+",
+            lifecycle_tables!()
+        ),
     ),
 ];
 
