@@ -37,6 +37,7 @@ pub mod holders;
 pub mod hub_binary;
 pub mod kubelet;
 pub mod netns;
+pub mod peers;
 
 pub struct World {
     _tmp: tempfile::TempDir,
