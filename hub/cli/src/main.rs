@@ -19,13 +19,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use aqueduct_cli::connect::{ConnArgs, explain};
-use aqueduct_cli::cut_over::CutOverPolicy;
 use aqueduct_cli::exit;
 use aqueduct_cli::lifecycle::{self, Removed};
 use aqueduct_cli::output::{Format, Listing, bytes, progress_reporter, render};
 use aqueduct_cli::views::{self, ManifestView, Regions, SkippedView, Sources, Versions, VersionsInfo};
 use aqueduct_cli::wait::{Until, WaitArgs};
 use aqueduct_cli::watch;
+use aqueduct_proto::domain::cut_over::CutOver;
 use aqueduct_proto::domain::modes::OutsideLinks;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{Manifest, Rate, ReplicationMode, VersionRef};
@@ -97,7 +97,7 @@ enum Command {
         /// region of the rollout; the default), per-region (each region once it is Ready
         /// there) or manual (on `aq promote`).
         #[arg(long, value_name = "all-ready|per-region|manual")]
-        cut_over: Option<CutOverPolicy>,
+        cut_over: Option<CutOver>,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -569,7 +569,7 @@ async fn run(cli: Cli) -> Result<()> {
                 version: version.version.unwrap_or(0),
                 regions: to,
                 mode: mode.to_wire(),
-                cut_over: cut_over.map_or(pb::CutOver::Unspecified.into(), CutOverPolicy::to_wire),
+                cut_over: cut_over.map_or(pb::CutOver::Unspecified.into(), CutOver::to_wire),
             };
             let resp = admin.rollout(req).await.map_err(|e| explain(e, &hub))?.into_inner();
             println!("{}@v{} rolling out to {}", resp.dataset, resp.version, resp.regions.join(", "));

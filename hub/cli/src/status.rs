@@ -7,8 +7,8 @@ use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{Phase, Rate};
 use serde::Serialize;
 
-use crate::cut_over::CutOverPolicy;
 use crate::output::{Listing, Table, bytes, hit_ratio, mode_name, phase_name, rfc3339};
+use aqueduct_proto::domain::cut_over::CutOver;
 
 #[derive(Serialize)]
 pub struct StatusView {
@@ -145,7 +145,7 @@ impl StatusView {
             .into_iter()
             .map(|r| RowView {
                 mode: mode_name(r.mode),
-                cut_over: CutOverPolicy::wire_name(r.cut_over),
+                cut_over: CutOver::wire_name(r.cut_over),
                 phase: phase_name(r.phase),
                 active: r.active,
                 promote_pending: r.promote_pending,

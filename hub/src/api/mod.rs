@@ -441,7 +441,12 @@ impl pb::admin_server::Admin for AdminService {
         };
         Span::current().record("version", version);
         let mode = ReplicationMode::from_wire(req.mode).map_err(invalid)?;
-        let cut_over = CutOver::from_wire(req.cut_over).map_err(Status::invalid_argument)?;
+        let cut_over = CutOver::from_wire(req.cut_over).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "cut-over {} is not one this hub knows: use all-ready, per-region or manual",
+                req.cut_over
+            ))
+        })?;
         let (id, regions) = (VersionId::new(dataset.name.clone(), version), req.regions.clone());
         blocking(&self.db, move |db| db.add_rollout(&id, &regions, mode, cut_over, now_unix_ms())).await.map_err(
             |e| match e {

@@ -8,75 +8,13 @@
 //! each change keeps the version served before it for a rollback. So a rollback holds: the
 //! version rolled back from stays Ready in the region and is never served again by itself.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::fmt;
-use std::str::FromStr;
-
 use aqueduct_proto::Phase;
 use aqueduct_proto::hub::v1 as pb;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::{RolloutRecord, activated_at};
 
-/// When the regions of a rollout start serving its version.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum CutOver {
-    /// Once the version is Ready in every region the rollout named (a region added later
-    /// switches once it is Ready itself).
-    #[default]
-    AllReady,
-    /// Each region once the version is Ready there.
-    PerRegion,
-    /// Only on [`promote`].
-    Manual,
-}
-
-impl CutOver {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CutOver::AllReady => "all-ready",
-            CutOver::PerRegion => "per-region",
-            CutOver::Manual => "manual",
-        }
-    }
-
-    /// From the wire: UNSPECIFIED is the default; a value this hub does not know is refused.
-    pub fn from_wire(value: i32) -> Result<Self, String> {
-        match pb::CutOver::try_from(value) {
-            Ok(pb::CutOver::Unspecified | pb::CutOver::AllReady) => Ok(CutOver::AllReady),
-            Ok(pb::CutOver::PerRegion) => Ok(CutOver::PerRegion),
-            Ok(pb::CutOver::Manual) => Ok(CutOver::Manual),
-            Err(_) => Err(format!("cut-over {value} is not one this hub knows: use all-ready, per-region or manual")),
-        }
-    }
-
-    pub fn to_wire(self) -> i32 {
-        match self {
-            CutOver::AllReady => pb::CutOver::AllReady,
-            CutOver::PerRegion => pb::CutOver::PerRegion,
-            CutOver::Manual => pb::CutOver::Manual,
-        }
-        .into()
-    }
-}
-
-impl fmt::Display for CutOver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for CutOver {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "all-ready" => Ok(CutOver::AllReady),
-            "per-region" => Ok(CutOver::PerRegion),
-            "manual" => Ok(CutOver::Manual),
-            other => Err(format!("cut-over {other:?} is not known: use all-ready, per-region or manual")),
-        }
-    }
-}
+pub use aqueduct_proto::domain::cut_over::CutOver;
 
 /// What a region serves of a dataset, since when, and what it served before (0: nothing).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -531,16 +469,5 @@ mod tests {
                 super::super::active_versions(&all).into_iter().map(|k| (k.region, k.version)).collect();
             prop_assert_eq!(serving, recomputed);
         }
-    }
-
-    #[test]
-    fn cut_over_names_round_trip_and_unknown_ones_are_refused() {
-        for c in [CutOver::AllReady, CutOver::PerRegion, CutOver::Manual] {
-            assert_eq!(c.as_str().parse::<CutOver>(), Ok(c));
-            assert_eq!(CutOver::from_wire(c.to_wire()), Ok(c));
-        }
-        assert_eq!(CutOver::from_wire(0), Ok(CutOver::AllReady));
-        assert!(CutOver::from_wire(99).unwrap_err().contains("all-ready, per-region or manual"));
-        assert!("sometimes".parse::<CutOver>().is_err());
     }
 }

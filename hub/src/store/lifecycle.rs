@@ -178,7 +178,7 @@ impl LifecycleStore for SqliteStore {
                 "INSERT INTO rollouts (dataset, version, region, phase, reason, cached_bytes, relayed_bytes, rate, updated_ms, mode, added_ms, cut_over)
                  VALUES (?1, ?2, ?3, ?4, '', 0, 0, 0, ?5, ?6, ?5, ?7)
                  ON CONFLICT (dataset, version, region) DO UPDATE SET mode = excluded.mode, cut_over = excluded.cut_over",
-                params![dataset, *number as i64, region, Phase::Pending.as_str(), now, mode.to_string(), cut_over.as_str()],
+                params![dataset, *number as i64, region, Phase::Pending.as_str(), now, mode.to_string(), cut_over.name()],
             )?;
         }
         tx.commit()?;
@@ -336,7 +336,7 @@ impl LifecycleStore for SqliteStore {
                                 Phase::Pending.as_str(),
                                 now,
                                 mode.to_string(),
-                                CutOver::Manual.as_str()
+                                CutOver::Manual.name()
                             ],
                         )?;
                     }

@@ -1,14 +1,14 @@
-//! A rollout's cut-over policy as `aq` names it (`aq rollout --cut-over`, the status's
-//! `cut_over`): when the regions of a rollout start serving its version. It maps onto the
-//! contract's `CutOver`; the hub owns what each policy does.
+//! A rollout's cut-over policy (`aq rollout --cut-over`, the status's `cut_over`): when the
+//! regions of a rollout start serving its version, as the hub, `aq` and the wire name it. What
+//! each policy does is the hub's (its rollout module).
 
 use std::fmt;
 use std::str::FromStr;
 
-use aqueduct_proto::hub::v1 as pb;
+use crate::hub::v1 as pb;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum CutOverPolicy {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CutOver {
     /// Once the version is Ready in every region of the rollout (the default).
     #[default]
     AllReady,
@@ -18,22 +18,22 @@ pub enum CutOverPolicy {
     Manual,
 }
 
-impl CutOverPolicy {
-    pub const ALL: [CutOverPolicy; 3] = [CutOverPolicy::AllReady, CutOverPolicy::PerRegion, CutOverPolicy::Manual];
+impl CutOver {
+    pub const ALL: [CutOver; 3] = [CutOver::AllReady, CutOver::PerRegion, CutOver::Manual];
 
     pub fn name(self) -> &'static str {
         match self {
-            CutOverPolicy::AllReady => "all-ready",
-            CutOverPolicy::PerRegion => "per-region",
-            CutOverPolicy::Manual => "manual",
+            CutOver::AllReady => "all-ready",
+            CutOver::PerRegion => "per-region",
+            CutOver::Manual => "manual",
         }
     }
 
     pub fn to_wire(self) -> i32 {
         match self {
-            CutOverPolicy::AllReady => pb::CutOver::AllReady,
-            CutOverPolicy::PerRegion => pb::CutOver::PerRegion,
-            CutOverPolicy::Manual => pb::CutOver::Manual,
+            CutOver::AllReady => pb::CutOver::AllReady,
+            CutOver::PerRegion => pb::CutOver::PerRegion,
+            CutOver::Manual => pb::CutOver::Manual,
         }
         .into()
     }
@@ -42,9 +42,9 @@ impl CutOverPolicy {
     /// value this `aq` does not know.
     pub fn from_wire(value: i32) -> Option<Self> {
         match pb::CutOver::try_from(value).ok()? {
-            pb::CutOver::Unspecified | pb::CutOver::AllReady => Some(CutOverPolicy::AllReady),
-            pb::CutOver::PerRegion => Some(CutOverPolicy::PerRegion),
-            pb::CutOver::Manual => Some(CutOverPolicy::Manual),
+            pb::CutOver::Unspecified | pb::CutOver::AllReady => Some(CutOver::AllReady),
+            pb::CutOver::PerRegion => Some(CutOver::PerRegion),
+            pb::CutOver::Manual => Some(CutOver::Manual),
         }
     }
 
@@ -54,7 +54,7 @@ impl CutOverPolicy {
     }
 }
 
-impl fmt::Display for CutOverPolicy {
+impl fmt::Display for CutOver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
@@ -69,7 +69,7 @@ pub struct CutOverError {
     pub input: String,
 }
 
-impl FromStr for CutOverPolicy {
+impl FromStr for CutOver {
     type Err = CutOverError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -86,13 +86,13 @@ mod tests {
 
     #[test]
     fn policies_read_back_and_cross_the_wire() {
-        for policy in CutOverPolicy::ALL {
-            assert_eq!(policy.to_string().parse::<CutOverPolicy>(), Ok(policy));
-            assert_eq!(CutOverPolicy::from_wire(policy.to_wire()), Some(policy));
+        for policy in CutOver::ALL {
+            assert_eq!(policy.to_string().parse::<CutOver>(), Ok(policy));
+            assert_eq!(CutOver::from_wire(policy.to_wire()), Some(policy));
         }
-        assert_eq!(CutOverPolicy::from_wire(0), Some(CutOverPolicy::AllReady));
-        assert_eq!(CutOverPolicy::wire_name(99), "unknown (99)");
-        let err = "all_ready".parse::<CutOverPolicy>().unwrap_err().to_string();
+        assert_eq!(CutOver::from_wire(0), Some(CutOver::AllReady));
+        assert_eq!(CutOver::wire_name(99), "unknown (99)");
+        let err = "all_ready".parse::<CutOver>().unwrap_err().to_string();
         assert!(err.contains("\"all_ready\"") && err.contains("per-region") && err.contains("manual"), "{err}");
     }
 
@@ -101,7 +101,7 @@ mod tests {
 
         #[test]
         fn fuzz_cut_over_from_any_text(text in "(?s).{0,12}|all-ready|per-region|manual") {
-            match text.parse::<CutOverPolicy>() {
+            match text.parse::<CutOver>() {
                 Ok(policy) => prop_assert_eq!(policy.name(), text.as_str()),
                 Err(e) => prop_assert!(e.to_string().contains("all-ready"), "{}", e),
             }
@@ -109,8 +109,8 @@ mod tests {
 
         #[test]
         fn fuzz_cut_over_from_any_wire_value(value in any::<i32>()) {
-            let name = CutOverPolicy::wire_name(value);
-            match CutOverPolicy::from_wire(value) {
+            let name = CutOver::wire_name(value);
+            match CutOver::from_wire(value) {
                 Some(policy) => prop_assert_eq!(name, policy.name()),
                 None => prop_assert!(name.contains(&value.to_string())),
             }
