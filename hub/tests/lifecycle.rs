@@ -53,6 +53,12 @@ impl Spoke {
         Spoke { client, watch, session, node }
     }
 
+    /// A cache report (what the spoke uses: nothing).
+    async fn report_cache(&mut self) {
+        let cache = pb::CacheReport { node: self.node.clone(), session: self.session.clone(), ..Default::default() };
+        self.client.report_cache(cache).await.unwrap();
+    }
+
     async fn ready(&mut self, version: u64) {
         let report = pb::ProgressReport {
             dataset: "llama".into(),
@@ -335,6 +341,11 @@ async fn deletes_are_refused_while_used_and_name_the_user() {
     let rm = |name: &str, force| pb::RemoveRequest { name: name.into(), force };
     let rm_version = |version, force| pb::RemoveVersionRequest { dataset: "llama".into(), version, force };
 
+    // Until the spoke said what it uses, nothing that removes versions goes ahead.
+    expect_err(admin.remove_version(rm_version(2, true)).await, Code::Unavailable, &["eu/eu-1", "have not reported"]);
+    let gc = pb::GcRequest { dry_run: false, dataset: String::new() };
+    expect_err(admin.gc(gc).await, Code::Unavailable, &["eu/eu-1"]);
+    eu.report_cache().await;
     expect_err(admin.remove_source(rm("local", false)).await, Code::FailedPrecondition, &["used by dataset llama"]);
     expect_err(admin.remove_version(rm_version(3, true)).await, Code::FailedPrecondition, &["newest version"]);
     expect_err(admin.remove_version(rm_version(1, true)).await, Code::FailedPrecondition, &["served in eu"]);

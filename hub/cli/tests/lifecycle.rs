@@ -30,6 +30,9 @@ impl Spoke {
         let req = pb::WatchRequest { node: "node-1".into(), peer_address: String::new() };
         let mut watch = client.watch(req).await.unwrap().into_inner();
         let session = watch.message().await.unwrap().unwrap().session;
+        // What it uses (nothing): removals wait for every live spoke to have said.
+        let cache = pb::CacheReport { node: "node-1".into(), session: session.clone(), ..Default::default() };
+        client.report_cache(cache).await.unwrap();
         Spoke { client, _watch: watch, session }
     }
 

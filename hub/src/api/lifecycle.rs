@@ -53,6 +53,20 @@ impl AdminService {
         Ok(self.live.members.in_use(&rollouts))
     }
 
+    /// What the live spokes use, for a call that removes versions: refused while a live spoke
+    /// has not said yet (it just joined, or the hub just restarted), so that nothing a pod
+    /// reads is removed for want of a report that comes seconds later.
+    async fn in_use_for_removal(&self) -> Result<Vec<InUse>, Status> {
+        let unreported = self.live.members.unreported();
+        if !unreported.is_empty() {
+            return Err(Status::unavailable(format!(
+                "spokes {} have not reported what they use since they connected; try again in a few seconds",
+                unreported.join(", ")
+            )));
+        }
+        self.in_use().await
+    }
+
     pub(super) async fn list_versions_of(&self, dataset: String) -> Result<pb::ListVersionsResponse, Status> {
         let in_use = self.in_use().await?;
         let name = dataset.clone();
@@ -147,7 +161,7 @@ impl AdminService {
         if !req.dataset.is_empty() {
             self.dataset(&req.dataset).await?;
         }
-        let in_use = self.in_use().await?;
+        let in_use = if req.dry_run { self.in_use().await? } else { self.in_use_for_removal().await? };
         let (filter, used) = (req.dataset.clone(), in_use.clone());
         let (candidates, sizes, rollouts, chunks) = blocking(&self.db, move |db| {
             let candidates: Vec<VersionId> = db
@@ -230,7 +244,7 @@ impl AdminService {
 
     pub(super) async fn remove_dataset_call(&self, req: pb::RemoveRequest) -> Result<pb::RemoveResponse, Status> {
         self.dataset(&req.name).await?;
-        let in_use = self.in_use().await?;
+        let in_use = self.in_use_for_removal().await?;
         let name = req.name.clone();
         let summary =
             blocking(&self.db, move |db| db.remove_dataset(&name, req.force, &in_use)).await.map_err(status)?;
@@ -255,7 +269,7 @@ impl AdminService {
     ) -> Result<pb::RemoveResponse, Status> {
         self.dataset(&req.dataset).await?;
         let id = VersionId::new(req.dataset.clone(), version_number(&req.dataset, req.version)?);
-        let in_use = self.in_use().await?;
+        let in_use = self.in_use_for_removal().await?;
         let gone = id.clone();
         blocking(&self.db, move |db| db.remove_versions(&[gone], &in_use, req.force)).await.map_err(status)?;
         self.live.withdraw();

@@ -249,6 +249,25 @@ impl Members {
         self.lock().reports.remove(key);
     }
 
+    /// The live spokes (`region/node`, sorted) that have sent no cache report in their current
+    /// watch: what they use is not known yet (right after they joined, or after a hub restart).
+    pub fn unreported(&self) -> Vec<String> {
+        let inner = self.lock();
+        let mut out: Vec<String> = inner
+            .live
+            .iter()
+            .flat_map(|(region, nodes)| {
+                let caches = inner.caches.get(region);
+                nodes
+                    .keys()
+                    .filter(move |node| caches.is_none_or(|c| !c.contains_key(*node)))
+                    .map(move |node| format!("{region}/{node}"))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Every live spoke, by region and node, with the build its last cache report named
     /// (empty until it sends one, or for a spoke that does not say): what `aq version` shows.
     pub fn spokes(&self) -> Vec<pb::SpokeInfo> {
