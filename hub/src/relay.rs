@@ -478,6 +478,10 @@ impl pb::spoke_server::Spoke for SpokeService {
         let mut report = request.into_inner();
         Span::current().record("region", region.as_str()).record("node", report.node.as_str());
         let session = std::mem::take(&mut report.session);
+        crate::rollout::retention::check_in_use(&report.in_use).map_err(|e| {
+            warn!(error = %e, "refused a cache report");
+            Status::invalid_argument(format!("{e}; nothing changed"))
+        })?;
         self.live.members.report_cache(&region, Proof::Session(&session), report).map_err(|e| {
             warn!(error = %e, "refused a cache report");
             Status::from(e)

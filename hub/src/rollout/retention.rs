@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
+use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{Digest, Phase};
 
 use super::cutover::ServingRecord;
@@ -73,6 +74,33 @@ impl fmt::Display for Reason {
             Reason::InUse { region, node, user } => write!(f, "in use on {region}/{node}: {user}"),
         }
     }
+}
+
+/// The most versions one spoke may report in use, and the longest `user` text: a report past
+/// them is refused (a spoke cannot make the hub hold, show or log without bound).
+pub const MAX_IN_USE: usize = 1024;
+pub const MAX_USER_CHARS: usize = 256;
+
+/// Checks what a spoke reports in use (`CacheReport.in_use`): at most [`MAX_IN_USE`] entries,
+/// each a valid dataset name, a version above 0 and a `user` of at most [`MAX_USER_CHARS`]
+/// printable characters (it is shown by `aq` and written to logs).
+pub fn check_in_use(list: &[pb::VersionInUse]) -> Result<(), String> {
+    if list.len() > MAX_IN_USE {
+        return Err(format!("{} versions reported in use: at most {MAX_IN_USE}", list.len()));
+    }
+    for u in list {
+        aqueduct_proto::validate_name("dataset", &u.dataset).map_err(|e| format!("a version in use: {e}"))?;
+        if u.version == 0 {
+            return Err(format!("a version in use of {} has no number", u.dataset));
+        }
+        if u.user.chars().count() > MAX_USER_CHARS || u.user.chars().any(char::is_control) {
+            return Err(format!(
+                "the user of {}@v{} is not {MAX_USER_CHARS} printable characters at most",
+                u.dataset, u.version
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What retention is computed from.
@@ -276,6 +304,37 @@ mod tests {
         assert!(err.contains("served in eu") && !err.contains("tag x") && err.contains("roll the regions"), "{err}");
         let err = removable(&VersionId::new("m", 9), 9, &[], true).unwrap_err();
         assert!(err.contains("newest version"), "{err}");
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(aqueduct_testkit::fuzz::config(1000))]
+
+        /// Any in-use list: accepted only when every entry names a valid dataset, a version
+        /// and a short printable user; never a panic.
+        #[test]
+        fn fuzz_in_use_reports_are_checked(
+            entries in proptest::collection::vec(("(?s).{0,12}", 0u64..4, "(?s).{0,300}"), 0..8),
+            many in 0usize..3,
+        ) {
+            let mut list: Vec<pb::VersionInUse> = entries
+                .iter()
+                .map(|(dataset, version, user)| pb::VersionInUse { dataset: dataset.clone(), version: *version, user: user.clone() })
+                .collect();
+            if many == 2 {
+                let one = pb::VersionInUse { dataset: "m".into(), version: 1, user: "mount /x".into() };
+                list = vec![one; MAX_IN_USE + 1];
+            }
+            let ok = list.len() <= MAX_IN_USE
+                && list.iter().all(|u| {
+                    aqueduct_proto::validate_name("dataset", &u.dataset).is_ok()
+                        && u.version > 0
+                        && u.user.chars().count() <= MAX_USER_CHARS
+                        && !u.user.chars().any(char::is_control)
+                });
+            prop_assert_eq!(check_in_use(&list).is_ok(), ok);
+        }
     }
 
     #[test]

@@ -41,4 +41,24 @@ mod tests {
             assert!(err.contains("tag name") && err.contains("e.g. stable"), "{bad}: {err}");
         }
     }
+
+    use aqueduct_testkit::fuzz;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(fuzz::config(3000))]
+
+        /// Any text: a tag name or an error naming it, never a panic; a name accepted never
+        /// reads as a version selector.
+        #[test]
+        fn fuzz_tag_names_from_any_text(name in "(?s).{0,70}|[a-z][a-z0-9-]{0,64}|v[0-9]{1,4}") {
+            match validate_tag(&name) {
+                Ok(()) => {
+                    prop_assert!(name.len() <= 63 && name != "latest" && name != "active");
+                    prop_assert!(!(name.starts_with('v') && name[1..].chars().all(|c| c.is_ascii_digit())));
+                }
+                Err(e) => prop_assert!(e.to_string().contains("tag name")),
+            }
+        }
+    }
 }
