@@ -19,9 +19,10 @@
 //! [`fold`]). The reports live in memory only: after a hub restart the spokes report again
 //! when they reconnect.
 //!
-//! The file is some 650 lines long for its tests: more than half of it are the membership
+//! The file is some 750 lines long for its tests: more than half of it are the membership
 //! rules' unit tests and a property test of who may report, over arbitrary joins, leaves and
-//! reports.
+//! reports. The views of the cache reports (caches, what is in use, builds, who has not
+//! reported) read the same state under the same lock, so they stay here.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
