@@ -3,7 +3,7 @@
 #   - the system user and group `aqueduct` (no login, no home of its own);
 #   - aqueduct-hub (and aq, when built) in /usr/local/bin;
 #   - the data directory /var/lib/aqueduct-hub (mode 0750, the hub's own), where
-#     `aqueduct-hub init` creates the CA, the hub's certificate, the admin bundle and the
+#     `aqueduct-hub init` creates the CAs, the hub's certificate, the admin bundle and the
 #     database (an existing hub's data directory is kept: a new CA would invalidate every
 #     region's certificate);
 #   - the config /etc/aqueduct/hub.toml (hub.example.toml, every key commented, with the
@@ -101,7 +101,8 @@ else
     # init writes DATA_DIR/hub.toml with DATA_DIR as it saw it (under --root, the wrong
     # absolute path); the installed config below replaces it.
     rm -f "$root$data_dir/hub.toml"
-    echo "created the hub's CA, certificate (for ${hosts[*]}, localhost, 127.0.0.1), admin bundle and database in $data_dir"
+    echo "created the hub's CAs, certificate (for ${hosts[*]}, localhost, 127.0.0.1), admin bundle and database in $data_dir"
+    echo "move the root CA's key $data_dir/keep-offline/root-ca.key off this machine: the hub does not need it"
 fi
 ln -sfn "$config" "$root$data_dir/hub.toml"
 chown -hR "$uid:$gid" "$root$data_dir"

@@ -339,7 +339,8 @@ fn install_script_in_a_throwaway_root() {
     assert_eq!(mode(&data), 0o750);
     for (file, want) in [
         ("pki/ca.pem", None),
-        ("pki/ca.key", Some(0o600)),
+        ("pki/issuer.key", Some(0o600)),
+        ("keep-offline/root-ca.key", Some(0o600)),
         ("pki/hub.pem", None),
         ("pki/hub.key", Some(0o600)),
         ("admin/ca.pem", None),
@@ -369,11 +370,12 @@ fn install_script_in_a_throwaway_root() {
         (config.listen.to_string().as_str(), config.data_dir.as_path()),
         ("0.0.0.0:7443", Path::new("/var/lib/aqueduct-hub"))
     );
-    for tls in [&config.tls.ca, &config.tls.ca_key, &config.tls.cert, &config.tls.key] {
+    let issuer = config.tls.issuer.as_ref().expect("the example names the issuing CA");
+    for tls in [&config.tls.ca, &config.tls.ca_key, issuer, &config.tls.cert, &config.tls.key] {
         assert!(data.join(tls).is_file(), "{} is missing", tls.display());
     }
     let text = std::fs::read_to_string(&config_path).unwrap();
-    assert!(text.contains("# The CA's private key"), "the installed config lost its comments:\n{text}");
+    assert!(text.contains("# The issuing CA (an intermediate the root signed)"), "the installed config lost its comments:\n{text}");
     assert_eq!(std::fs::read_link(data.join("hub.toml")).unwrap(), Path::new("/etc/aqueduct/hub.toml"));
 
     // The unit, enabled; the binaries.

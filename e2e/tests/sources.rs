@@ -76,7 +76,7 @@ async fn links_out_of_a_dataset_put_no_byte_from_outside_in_the_manifest_the_sto
     symlink("/etc", w.data.join("etc")).unwrap();
     symlink("../../outside/secret.bin", w.data.join("secret.bin")).unwrap();
     symlink(&hub_dir, w.data.join("hub")).unwrap();
-    symlink(hub_dir.join("pki/ca.key"), w.data.join("tok/ca.key")).unwrap();
+    symlink(hub_dir.join("pki/issuer.key"), w.data.join("tok/ca.key")).unwrap();
     // A link inside the dataset is followed: the same bytes, free on the wire.
     symlink("model.safetensors", w.data.join("alias.safetensors")).unwrap();
 

@@ -134,11 +134,16 @@ pub const MIN_STREAMS_PER_CONNECTION: u32 = 4;
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    /// CA that issued every certificate allowed to connect.
+    /// The root CA's certificate: the trust anchor of every certificate allowed to connect.
     pub ca: PathBuf,
-    /// The CA's key: the hub issues regions' certificates with it.
+    /// The key the hub issues certificates with: the issuer's (`issuer`) when there is one,
+    /// else the CA's own (a hub made before issuers existed).
     pub ca_key: PathBuf,
-    /// The hub's own certificate and key.
+    /// The issuing CA's certificate, an intermediate signed by `ca` (whose key the hub never
+    /// needs: `init` writes it apart, to be kept offline). Absent: `ca` issues itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<PathBuf>,
+    /// The hub's own certificate (followed by the issuer's) and key.
     pub cert: PathBuf,
     pub key: PathBuf,
 }
@@ -147,7 +152,8 @@ impl Default for TlsConfig {
     fn default() -> Self {
         Self {
             ca: "pki/ca.pem".into(),
-            ca_key: "pki/ca.key".into(),
+            ca_key: "pki/issuer.key".into(),
+            issuer: Some("pki/issuer.pem".into()),
             cert: "pki/hub.pem".into(),
             key: "pki/hub.key".into(),
         }

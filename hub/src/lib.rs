@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod chunker;
 pub mod config;
 mod error;
@@ -30,6 +31,8 @@ mod setup;
 pub mod snapshot;
 pub mod source;
 pub mod store;
+
+pub use setup::{RotateOutcome, rotate_issuer};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -63,6 +66,10 @@ pub enum HubError {
     Metrics(#[from] aqueduct_core::metrics::MetricsError),
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(
+        "{cert} is written but its key {key} is not there: init needs the root CA's key to finish; pass --root-key-out with where it is, or start again with an empty --data-dir"
+    )]
+    RootKeyMissing { cert: PathBuf, key: PathBuf },
     #[error("the hub's TLS files (tls.cert, tls.key, tls.ca) are not usable: {0}")]
     Tls(#[from] aqueduct_core::server::TlsSetupError),
 }
@@ -77,6 +84,8 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> H
 pub struct InitOutcome {
     pub config_path: PathBuf,
     pub admin_config_path: PathBuf,
+    /// Where the root CA's key is, if init wrote it in this run (to be moved offline).
+    pub root_key_path: Option<PathBuf>,
 }
 
 /// Creates a hub's data directory: the CA, the hub's certificate (valid for `hosts` plus
@@ -84,7 +93,18 @@ pub struct InitOutcome {
 /// that points `aq` at this hub) and `hub.toml`. Refuses a directory that holds `hub.toml`;
 /// completes one that an interrupted init left, keeping its CA (see `setup`).
 pub fn init(data_dir: &Path, listen: SocketAddr, hosts: &[String]) -> Result<InitOutcome, HubError> {
-    setup::init_with(data_dir, listen, hosts, &mut |_| Ok(()))
+    setup::init_with(data_dir, listen, hosts, None, &mut |_| Ok(()))
+}
+
+/// [`init`], writing the root CA's key to `root_key_out` (relative: to the data directory)
+/// instead of `keep-offline/root-ca.key`: a removable disk, say. The hub never reads it.
+pub fn init_with_root_key(
+    data_dir: &Path,
+    listen: SocketAddr,
+    hosts: &[String],
+    root_key_out: &Path,
+) -> Result<InitOutcome, HubError> {
+    setup::init_with(data_dir, listen, hosts, Some(root_key_out), &mut |_| Ok(()))
 }
 
 /// What no source may hold and no snapshot may read: the hub's data directory (database, PKI,
@@ -95,6 +115,23 @@ fn hub_files(config: &HubConfig) -> source::HubFiles {
         config.resolve(&config.tls.ca_key),
         config.resolve(&config.tls.key),
     ])
+}
+
+/// The CA the hub issues with: its issuer (the root's key stays offline) or, for a hub of one
+/// level, its CA.
+pub fn load_authority(config: &HubConfig) -> Result<Authority, PkiError> {
+    let (ca, key) = (config.resolve(&config.tls.ca), config.resolve(&config.tls.ca_key));
+    match &config.tls.issuer {
+        Some(issuer) => {
+            let issuer = config.resolve(issuer);
+            let one_level = config.resolve(Path::new("pki/ca.key"));
+            if !issuer.exists() && !key.exists() && one_level.exists() {
+                return Err(PkiError::OneLevel { issuer, key: one_level });
+            }
+            Authority::load_issuer(&ca, &issuer, &key)
+        }
+        None => Authority::load(&ca, &key),
+    }
 }
 
 /// How often the hub pings an idle connection, and how long it waits for the answer.
@@ -117,7 +154,7 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
     if let Some(p) = config.snapshot.parallelism {
         snapshot.parallelism = p;
     }
-    let authority = Arc::new(Authority::load(&config.resolve(&config.tls.ca), &config.resolve(&config.tls.ca_key))?);
+    let authority = Arc::new(load_authority(&config)?);
     let live = live::Live { stopping: shutdown.clone(), ..Default::default() };
     let flusher = tokio::spawn(live.ledger.clone().run(db.clone(), shutdown.clone()));
     // Readiness (the database answers, the sources are reachable), checked by one loop; the

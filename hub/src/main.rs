@@ -38,6 +38,11 @@ enum Command {
         /// certificate is valid for these, localhost and 127.0.0.1.
         #[arg(long = "host", value_name = "NAME")]
         hosts: Vec<String>,
+        /// Where to write the root CA's key (default: DATA_DIR/keep-offline/root-ca.key). The
+        /// hub never reads it: it issues with an intermediate the root signs. Keep it offline;
+        /// it is needed again only to rotate that intermediate (`aqueduct-hub issuer rotate`).
+        #[arg(long, value_name = "FILE")]
+        root_key_out: Option<PathBuf>,
     },
     /// Run the hub's API until interrupted (SIGINT or SIGTERM).
     Serve {
@@ -47,6 +52,47 @@ enum Command {
         /// Listen on this address instead of the config's `listen`.
         #[arg(long)]
         listen: Option<SocketAddr>,
+    },
+    /// The issuing CA (the intermediate the root signed, whose key the hub issues with).
+    #[command(subcommand)]
+    Issuer(IssuerCommand),
+    /// Copy the hub (a consistent snapshot of its database, its PKI, admin bundle and config)
+    /// into a new directory, while it runs. The root CA's key is never copied.
+    Backup {
+        #[arg(long, env = "AQUEDUCT_HUB_CONFIG", default_value = "/var/lib/aqueduct-hub/hub.toml")]
+        config: PathBuf,
+        /// Directory to write the backup into (new or empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Make a hub from a backup: every file is checked against the backup's listing first;
+    /// DATA_DIR must not hold a hub. The restored hub serves the same versions to the same
+    /// identities.
+    Restore {
+        /// The backup's directory (written by `aqueduct-hub backup`).
+        #[arg(long)]
+        from: PathBuf,
+        /// Directory for the restored hub (created if missing).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum IssuerCommand {
+    /// Make a new issuing CA with the root's key (brought back from where it is kept for
+    /// this), and a new hub certificate from it; hub.toml is switched to them in one write.
+    /// Restart the hub afterwards. Certificates the old issuer signed stay valid until they
+    /// expire; rotate well before the issuer itself expires (`--days`).
+    Rotate {
+        #[arg(long, env = "AQUEDUCT_HUB_CONFIG", default_value = "/var/lib/aqueduct-hub/hub.toml")]
+        config: PathBuf,
+        /// The root CA's key (as `init` wrote it).
+        #[arg(long, value_name = "FILE")]
+        root_key: PathBuf,
+        /// How long the new issuer is valid, in days.
+        #[arg(long, default_value_t = aqueduct_hub::pki::ISSUER_DAYS)]
+        days: u32,
     },
 }
 
@@ -64,12 +110,22 @@ fn main() {
 #[tokio::main]
 async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Init { data_dir, listen, hosts } => {
-            let out = aqueduct_hub::init(&data_dir, listen, &hosts)?;
+        Command::Init { data_dir, listen, hosts, root_key_out } => {
+            let out = match &root_key_out {
+                Some(path) => aqueduct_hub::init_with_root_key(&data_dir, listen, &hosts, path)?,
+                None => aqueduct_hub::init(&data_dir, listen, &hosts)?,
+            };
             println!("hub created in {}", data_dir.display());
             println!("  start it:   aqueduct-hub serve --config {}", out.config_path.display());
             println!("  use it:     export AQ_CONFIG={}", out.admin_config_path.display());
             println!("The admin bundle (admin/) holds the key to the hub's admin API: keep it private.");
+            if let Some(root) = &out.root_key_path {
+                println!(
+                    "The root CA's key is {}: move it off this machine and keep it safe. The hub does not need it;
+                     `aqueduct-hub issuer rotate --root-key FILE` does, to make a new issuing CA.",
+                    root.display()
+                );
+            }
         }
         Command::Serve { config, listen } => {
             let mut config = HubConfig::load(&config)?;
@@ -88,6 +144,30 @@ async fn run() -> anyhow::Result<()> {
                 trigger.cancel();
             });
             aqueduct_hub::serve(config, listener, shutdown).await?;
+        }
+        Command::Issuer(IssuerCommand::Rotate { config, root_key, days }) => {
+            let out = aqueduct_hub::rotate_issuer(&config, &root_key, days)?;
+            println!("new issuing CA: {}", out.issuer.display());
+            println!("new hub certificate: {}", out.hub_cert.display());
+            println!("{} now names them: restart the hub to take them.", config.display());
+            println!("Once it runs, the files it used before may go:");
+            for p in &out.previous {
+                println!("  {}", p.display());
+            }
+            println!("Put the root key ({}) back where it is kept.", root_key.display());
+        }
+        Command::Backup { config, out } => {
+            let made = aqueduct_hub::backup::backup(&config, &out)?;
+            println!("backed up {} files into {}", made.files.len(), out.display());
+            for (path, why) in &made.skipped {
+                println!("  not copied: {} ({why})", path.display());
+            }
+            println!("Restore with: aqueduct-hub restore --from {} --data-dir DIR", out.display());
+        }
+        Command::Restore { from, data_dir } => {
+            let config = aqueduct_hub::backup::restore(&from, &data_dir)?;
+            println!("hub restored into {}", data_dir.display());
+            println!("  start it:   aqueduct-hub serve --config {}", config.display());
         }
     }
     Ok(())

@@ -2,6 +2,15 @@
 //! certificates whose identity (a URI subject alternative name, see [`crate::auth`]) says who
 //! holds them. Everything speaks mutual TLS; only certificates issued here are accepted.
 //!
+//! Two levels, so that the key everyone's trust rests on can stay offline: a root CA (the
+//! trust anchor every party holds as `ca.pem`, its key written once by `aqueduct-hub init`
+//! for safekeeping and never read by the hub) signs an intermediate, the *issuer*, whose key
+//! the hub keeps and issues with. Certificates the hub issues carry the issuer's certificate
+//! after their own, so that anyone who trusts the root verifies them. Rotating the issuer
+//! ([`Authority::intermediate`] again, with the root key brought back for the moment) leaves
+//! every certificate the old issuer signed valid until it expires. A hub made before this had
+//! one level, its CA issuing directly: it still loads ([`Authority::load`]).
+//!
 //! Keys are written with mode 0600; certificates are PEM. Both are written atomically and
 //! fsynced ([`aqueduct_core::durable`]): a crash leaves a file whole or absent, never half a
 //! key. Nothing here is ever logged.
@@ -32,6 +41,14 @@ pub enum PkiError {
         "the CA certificate {cert} was not made with the CA key {key}: they belong to two CAs; restore the pair from a backup (or, for a new hub, use an empty --data-dir)"
     )]
     KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error(
+        "the issuing certificate {issuer} was not signed by the root CA {root}: make a new issuer with `aqueduct-hub issuer rotate --root-key ...` (the root key kept offline), or restore the pair from a backup"
+    )]
+    NotSignedByRoot { issuer: PathBuf, root: PathBuf },
+    #[error(
+        "{issuer} does not exist but {key} does: this hub was made before issuing CAs; either name its CA in hub.toml (`[tls] ca_key = \"pki/ca.key\"`, no `issuer`), or make an issuer with `aqueduct-hub issuer rotate --root-key {key}` and then keep that key offline"
+    )]
+    OneLevel { issuer: PathBuf, key: PathBuf },
 }
 
 /// A certificate and its private key, both PEM.
@@ -47,11 +64,20 @@ impl std::fmt::Debug for CertifiedKey {
     }
 }
 
-/// The CA that signs every Aqueduct certificate of one installation.
+/// The CA that signs every Aqueduct certificate of one installation: the root (when it
+/// issues itself, as a hub of one level does) or an intermediate signed by the root.
 pub struct Authority {
     issuer: Issuer<'static, KeyPair>,
+    /// The issuing CA's certificate and key.
     ca: CertifiedKey,
+    /// The trust anchor (the root's certificate): `ca.cert_pem` itself for a one-level CA.
+    anchor_pem: String,
 }
+
+/// How long a root CA is valid: it outlives every issuer it signs.
+pub const ROOT_DAYS: u32 = 20 * 365;
+/// How long an issuer (intermediate) is valid by default; rotate it before then.
+pub const ISSUER_DAYS: u32 = 3 * 365;
 
 impl Authority {
     /// Creates a new CA with a fresh key.
@@ -72,7 +98,58 @@ impl Authority {
         params.not_after = rcgen::date_time_ymd(2100, 1, 1);
         let cert = params.self_signed(&key).map_err(gen_err)?;
         let ca = CertifiedKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
-        Ok(Self { issuer: Issuer::new(params, key), ca })
+        Ok(Self { issuer: Issuer::new(params, key), anchor_pem: ca.cert_pem.clone(), ca })
+    }
+
+    /// Creates a new root CA with a fresh key, valid for [`ROOT_DAYS`]: it signs issuers
+    /// (one level below it) and nothing else.
+    pub fn root(name: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::generate().map_err(|source| PkiError::Generate { what: "the root CA".into(), source })?;
+        Self::root_with_key(name, key)
+    }
+
+    /// A root CA certificate made anew for an existing root key (an init cut short after
+    /// writing the key).
+    pub fn root_with_key(name: &str, key: KeyPair) -> Result<Self, PkiError> {
+        let gen_err = |source| PkiError::Generate { what: "the root CA".into(), source };
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        (params.not_before, params.not_after) = validity(ROOT_DAYS);
+        let cert = params.self_signed(&key).map_err(gen_err)?;
+        let ca = CertifiedKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
+        Ok(Self { issuer: Issuer::new(params, key), anchor_pem: ca.cert_pem.clone(), ca })
+    }
+
+    /// Makes a new issuer (an intermediate CA with a fresh key, valid for `days`) signed by
+    /// this root. The hub issues with it; this root's key can then go offline.
+    pub fn intermediate(&self, name: &str, days: u32) -> Result<Self, PkiError> {
+        let gen_err = |source| PkiError::Generate { what: "the issuing CA".into(), source };
+        let key = KeyPair::generate().map_err(gen_err)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        (params.not_before, params.not_after) = validity(days);
+        let cert = params.signed_by(&key, &self.issuer).map_err(gen_err)?;
+        let ca = CertifiedKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
+        Ok(Self { issuer: Issuer::new(params, key), anchor_pem: self.anchor_pem.clone(), ca })
+    }
+
+    /// Loads an issuer: the root's certificate (the anchor), the issuer's certificate and its
+    /// key. The hub needs no more to issue; the root's key stays offline.
+    pub fn load_issuer(root_path: &Path, cert_path: &Path, key_path: &Path) -> Result<Self, PkiError> {
+        let mut authority = Self::load(cert_path, key_path)?;
+        let anchor_pem =
+            fs::read_to_string(root_path).map_err(|source| PkiError::Read { path: root_path.to_owned(), source })?;
+        let mismatch = || PkiError::NotSignedByRoot { issuer: cert_path.to_owned(), root: root_path.to_owned() };
+        if !signed_by(&authority.ca.cert_pem, &anchor_pem).ok_or_else(mismatch)? {
+            return Err(mismatch());
+        }
+        authority.anchor_pem = anchor_pem;
+        Ok(authority)
     }
 
     /// Reads a CA key written by [`Authority::save`].
@@ -98,11 +175,37 @@ impl Authority {
         }
         let key_pem = key.serialize_pem();
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(parse_err)?;
-        Ok(Self { issuer, ca: CertifiedKey { cert_pem, key_pem } })
+        Ok(Self { issuer, anchor_pem: cert_pem.clone(), ca: CertifiedKey { cert_pem, key_pem } })
     }
 
+    /// The trust anchor every party holds (the root's certificate).
     pub fn ca_pem(&self) -> &str {
+        &self.anchor_pem
+    }
+
+    /// The issuing CA's certificate (the anchor's for a one-level CA).
+    pub fn issuer_pem(&self) -> &str {
         &self.ca.cert_pem
+    }
+
+    /// Whether the hub issues with an intermediate (the root's key is elsewhere).
+    fn is_intermediate(&self) -> bool {
+        self.anchor_pem != self.ca.cert_pem
+    }
+
+    /// A certificate the hub issued, followed by the issuer's own when that is an
+    /// intermediate: the chain a holder presents, which verifies against the root alone.
+    pub fn chained(&self, leaf_pem: String) -> String {
+        if self.is_intermediate() {
+            let mut chain = leaf_pem;
+            if !chain.ends_with('\n') {
+                chain.push('\n');
+            }
+            chain.push_str(&self.ca.cert_pem);
+            chain
+        } else {
+            leaf_pem
+        }
     }
 
     /// Writes the key, then the certificate: a certificate on disk always has its key.
@@ -135,8 +238,23 @@ impl Authority {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.not_after = rcgen::date_time_ymd(2100, 1, 1);
         let cert = params.signed_by(&key, &self.issuer).map_err(gen_err)?;
-        Ok(CertifiedKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(CertifiedKey { cert_pem: self.chained(cert.pem()), key_pem: key.serialize_pem() })
     }
+}
+
+/// From an hour ago (clocks differ a little) to `days` from now.
+fn validity(days: u32) -> (time::OffsetDateTime, time::OffsetDateTime) {
+    let now = time::OffsetDateTime::now_utc();
+    (now - time::Duration::hours(1), now + time::Duration::days(i64::from(days)))
+}
+
+/// Whether the first certificate of `cert_pem` was signed by the first of `issuer_pem`
+/// (`None`: one of them is not a certificate).
+fn signed_by(cert_pem: &str, issuer_pem: &str) -> Option<bool> {
+    let (_, cert) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let (_, issuer) = x509_parser::pem::parse_x509_pem(issuer_pem.as_bytes()).ok()?;
+    let (cert, issuer) = (cert.parse_x509().ok()?, issuer.parse_x509().ok()?);
+    Some(cert.verify_signature(Some(issuer.public_key())).is_ok())
 }
 
 /// The raw public key a PEM certificate carries.
@@ -144,6 +262,28 @@ fn public_key_of(cert_pem: &str) -> Option<Vec<u8>> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
     let cert = pem.parse_x509().ok()?;
     Some(cert.tbs_certificate.subject_pki.subject_public_key.data.to_vec())
+}
+
+/// The DNS names and IP addresses a PEM certificate is valid for (none for a text that is not
+/// one).
+pub fn server_names(cert_pem: &str) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()) else { return Vec::new() };
+    let Ok(cert) = pem.parse_x509() else { return Vec::new() };
+    let Ok(Some(san)) = cert.subject_alternative_name() else { return Vec::new() };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => Some(dns.to_string()),
+            GeneralName::IPAddress(ip) => match ip.len() {
+                4 => <[u8; 4]>::try_from(*ip).ok().map(|a| std::net::IpAddr::from(a).to_string()),
+                16 => <[u8; 16]>::try_from(*ip).ok().map(|a| std::net::IpAddr::from(a).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }
 
 /// Writes a certificate (world-readable), atomically.

@@ -154,7 +154,7 @@ async fn only_admins_of_this_ca_get_in() {
     assert!(refused, "a certificate from another CA was accepted");
 
     // Our CA, but a region's identity: authenticated, not allowed.
-    let ours = Authority::load(&pki.join("ca.pem"), &pki.join("ca.key")).unwrap();
+    let ours = aqueduct_hub::load_authority(&hub.config).unwrap();
     let region = ours.issue(&Identity::Region("eu-west".into()), &[]).unwrap();
     let mut client = hub.client_with(&ca_pem, &region.cert_pem, &region.key_pem).await.unwrap();
     expect_err(
@@ -185,7 +185,7 @@ fn init_refuses_to_overwrite_a_hub() {
     assert!(err.to_string().contains("already holds a hub"), "{err}");
     assert_eq!(std::fs::read(tmp.path().join("pki/ca.pem")).unwrap(), ca_before);
     use std::os::unix::fs::PermissionsExt;
-    for key in ["pki/ca.key", "pki/hub.key", "admin/admin.key"] {
+    for key in ["keep-offline/root-ca.key", "pki/issuer.key", "pki/hub.key", "admin/admin.key"] {
         let mode = std::fs::metadata(tmp.path().join(key)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{key} is readable by others");
     }

@@ -59,7 +59,7 @@ async fn links_never_lead_out_of_a_dataset_and_every_name_is_kept_or_named() {
     symlink("../../outside/secret.txt", llama.join("secret")).unwrap();
     symlink("../neighbour/file.txt", llama.join("neighbour")).unwrap();
     symlink(&hub_dir, llama.join("hubdir")).unwrap();
-    symlink(hub_dir.join("pki/ca.key"), llama.join("tok/ca.key")).unwrap();
+    symlink(hub_dir.join("pki/issuer.key"), llama.join("tok/ca.key")).unwrap();
     // Neither followed nor fatal: a dangling link, a FIFO, a name that is not UTF-8.
     symlink("nowhere", llama.join("gone")).unwrap();
     assert!(std::process::Command::new("mkfifo").arg(llama.join("pipe")).status().unwrap().success());

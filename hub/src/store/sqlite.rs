@@ -31,6 +31,15 @@ impl SqliteStore {
         Self::init(Connection::open(path)?)
     }
 
+    /// Writes a consistent copy of the database at `db` (in use by a running hub or not) to
+    /// `out`, which must not exist: SQLite's `VACUUM INTO`, read-only on `db`.
+    pub fn copy_into(db: &Path, out: &Path) -> Result<(), StoreError> {
+        let conn = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.execute("VACUUM INTO ?1", [out.to_string_lossy()])?;
+        Ok(())
+    }
+
     pub fn in_memory() -> Result<Self, StoreError> {
         Self::init(Connection::open_in_memory()?)
     }
