@@ -6,7 +6,7 @@
 //! weighted least-recently-used order behind every cache; [`singleflight`] makes concurrent
 //! callers for one key share one in-flight future; [`socket`] binds the private unix sockets of
 //! a node's local APIs. The rest serves the binaries' edges:
-//! [`budget`] (a link's bytes per second), [`identity`] (who a certificate names), [`server`]
+//! [`budget`] (a link's bytes per second), [`schedule`] (a budget over the week), [`identity`] (who a certificate names), [`server`]
 //! (the TLS accept path, tonic's settings, per-key turns), [`metrics`] (the Prometheus
 //! endpoint), [`health`] (liveness, readiness, the gRPC health service) and [`edge`] (logging and signals). Each module that needs more than the standard
 //! library sits behind a feature of its name, so that a crate takes only what it uses.
@@ -24,6 +24,8 @@ pub mod layout;
 pub mod lru;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+#[cfg(feature = "schedule")]
+pub mod schedule;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "singleflight")]

@@ -375,7 +375,10 @@ fn install_script_in_a_throwaway_root() {
         assert!(data.join(tls).is_file(), "{} is missing", tls.display());
     }
     let text = std::fs::read_to_string(&config_path).unwrap();
-    assert!(text.contains("# The issuing CA (an intermediate the root signed)"), "the installed config lost its comments:\n{text}");
+    assert!(
+        text.contains("# The issuing CA (an intermediate the root signed)"),
+        "the installed config lost its comments:\n{text}"
+    );
     assert_eq!(std::fs::read_link(data.join("hub.toml")).unwrap(), Path::new("/etc/aqueduct/hub.toml"));
 
     // The unit, enabled; the binaries.
