@@ -62,6 +62,10 @@ pub struct LimitsConfig {
     /// handed to the connection.
     #[serde(with = "aqueduct_core::server::human::size")]
     pub relay_memory_per_region: Size,
+    /// Chunks read from the sources kept in memory for other regions that want them soon
+    /// after (shared by all regions; 0: none kept, only reads at the same moment shared).
+    #[serde(with = "aqueduct_core::server::human::size")]
+    pub relay_cache: Size,
     /// How long a `FetchChunks` call waits for one of its region's streams before it is
     /// refused with RESOURCE_EXHAUSTED (spokes retry with backoff).
     #[serde(with = "aqueduct_core::server::human::duration")]
@@ -82,6 +86,7 @@ impl Default for LimitsConfig {
             max_streams_per_connection: 128,
             fetch_streams_per_region: 64,
             relay_memory_per_region: Size(128 << 20),
+            relay_cache: Size(256 << 20),
             fetch_wait: Duration::from_secs(10),
             metrics_connections: 16,
             metrics_header_timeout: Duration::from_secs(5),

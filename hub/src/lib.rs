@@ -155,7 +155,11 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         snapshot.parallelism = p;
     }
     let authority = Arc::new(load_authority(&config)?);
-    let live = live::Live { stopping: shutdown.clone(), ..Default::default() };
+    let live = live::Live {
+        stopping: shutdown.clone(),
+        reads: Arc::new(live::reads::SourceReads::new(config.limits.relay_cache.0)),
+        ..Default::default()
+    };
     let flusher = tokio::spawn(live.ledger.clone().run(db.clone(), shutdown.clone()));
     // Readiness (the database answers, the sources are reachable), checked by one loop; the
     // probes and the gRPC health service read what it found.

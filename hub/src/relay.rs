@@ -21,6 +21,7 @@ use std::time::Duration;
 use aqueduct_core::budget::Budget;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{Digest, Manifest, Phase, ReplicationMode};
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,9 +32,10 @@ use crate::config::LimitsConfig;
 use crate::error::invalid;
 use crate::live::Live;
 use crate::live::members::{Members, Proof};
+use crate::live::reads::ReadFailure;
 use crate::rollout::{NodeReport, RegionProgress, RolloutKey, VersionId, assignments_of};
 use crate::snapshot::{blocking, now_unix_ms};
-use crate::source::{HubFiles, Source, SourceSpec, read_range};
+use crate::source::{HubFiles, Source, SourceSpec};
 use crate::store::{MetaStore, RolloutUpdate, StoreError};
 use aqueduct_core::identity::Identity;
 
@@ -345,7 +347,7 @@ impl pb::spoke_server::Spoke for SpokeService {
         debug!(streams = limits.streams.held(&region), "stream turn taken");
         let (tx, rx) = mpsc::channel(2);
         let (db, ledger) = (self.db.clone(), self.live.ledger.clone());
-        let metrics = self.live.metrics.clone();
+        let (metrics, source_reads) = (self.live.metrics.clone(), self.live.reads.clone());
         // Each chunk's share of the region's relay memory, in the order the chunks are sent,
         // given back when the connection takes the chunk.
         let memory = Arc::new(Mutex::new(std::collections::VecDeque::<tokio::sync::OwnedSemaphorePermit>::new()));
@@ -357,14 +359,15 @@ impl pb::spoke_server::Spoke for SpokeService {
                 let reads = futures::stream::iter(digests)
                     .map(|digest| {
                         let (index, limits, region) = (index.clone(), limits.clone(), stream_region.clone());
+                        let reads = source_reads.clone();
                         async move {
                             let &(file, offset, length) = index.locations.get(&digest).ok_or_else(|| {
                                 Status::not_found(format!("chunk {digest} is not part of {}@v{}", index.manifest.dataset, index.manifest.version))
                             })?;
                             let held = limits.memory.wait_many(&region, (length as usize).div_ceil(1024)).await;
-                            let object = &index.manifest.files[file].object;
-                            let data = read_range(index.source.as_ref(), object, offset..offset + u64::from(length)).await?;
-                            Ok::<_, Status>((digest, object.clone(), offset, data, held))
+                            let object = index.manifest.files[file].object.clone();
+                            let data = reads.read(digest, index.source.clone(), object.clone(), offset, length).await;
+                            Ok::<_, Status>((digest, object, offset, data, held))
                         }
                     })
                     .buffered(2);
@@ -377,7 +380,15 @@ impl pb::spoke_server::Spoke for SpokeService {
                             return;
                         }
                     };
-                    if Digest::of(&data) != digest {
+                    let data = match data {
+                        Ok(data) => data,
+                        Err(ReadFailure::Source(code, message)) => {
+                            let _ = tx.send(Err(Status::new(code, message))).await;
+                            return;
+                        }
+                        Err(ReadFailure::Changed) => Bytes::new(),
+                    };
+                    if data.is_empty() {
                         let reason = format!(
                             "source changed: {object} at offset {offset} no longer holds chunk {}; snapshot the dataset again",
                             digest.short()
@@ -396,7 +407,7 @@ impl pb::spoke_server::Spoke for SpokeService {
                     debug!(digest = %digest.short(), len = data.len(), "chunk relayed");
                     let len = data.len() as u64;
                     held_memory.lock().unwrap_or_else(|e| e.into_inner()).push_back(held);
-                    if tx.send(Ok(pb::ChunkData { digest: digest.0.to_vec(), data })).await.is_err() {
+                    if tx.send(Ok(pb::ChunkData { digest: digest.0.to_vec(), data: data.to_vec() })).await.is_err() {
                         return;
                     }
                     ledger.sent(&key, digest, len);

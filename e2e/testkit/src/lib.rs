@@ -34,6 +34,8 @@ pub struct Counters {
     pub requests: AtomicU64,
     /// GETs of an object (not listings).
     pub object_gets: AtomicU64,
+    /// Bytes of object bodies sent in answer to those GETs (their Content-Length).
+    pub object_bytes: AtomicU64,
 }
 
 /// An S3-compatible server on 127.0.0.1, stopped when dropped.
@@ -64,6 +66,11 @@ impl S3Server {
 
     pub fn object_gets(&self) -> u64 {
         self.counters.object_gets.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of objects this server has sent (bodies of object GETs).
+    pub fn object_bytes(&self) -> u64 {
+        self.counters.object_bytes.load(Ordering::Relaxed)
     }
 
     /// The options of an Aqueduct `s3://` source that reach this server, with the credentials
@@ -110,11 +117,24 @@ pub(crate) async fn serve(
             let (service, counters) = (service.clone(), counted.clone());
             let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 counters.requests.fetch_add(1, Ordering::Relaxed);
-                if is_object_get(&req) {
+                let get = is_object_get(&req);
+                if get {
                     counters.object_gets.fetch_add(1, Ordering::Relaxed);
                 }
-                let service = service.clone();
-                async move { service.call(req.map(s3s::Body::from)).await }
+                let (service, counters) = (service.clone(), counters.clone());
+                async move {
+                    let response = service.call(req.map(s3s::Body::from)).await;
+                    if let Ok(r) = &response
+                        && get
+                        && r.status().is_success()
+                    {
+                        let len = r.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+                        counters
+                            .object_bytes
+                            .fetch_add(len.and_then(|v| v.parse().ok()).unwrap_or(0), Ordering::Relaxed);
+                    }
+                    response
+                }
             });
             let conn = http.serve_connection(TokioIo::new(socket), svc).into_owned();
             tokio::spawn(async move {

@@ -1,6 +1,7 @@
 //! What the hub keeps in memory, shared by the admin API and the spokes' API: the live
 //! members of each region and their reports ([`members`]), each region's link budget as the
-//! relay applies it ([`budgets`]), the bytes relayed and not yet written ([`ledger`]), and the
+//! relay applies it ([`budgets`]), the chunks read from the sources for every region at once
+//! ([`reads`]), the bytes relayed and not yet written ([`ledger`]), and the
 //! notices that wake the spokes' watches when rollouts change ([`Changes`]). None of it
 //! survives a restart: spokes join and report again, budgets are re-read, and the ledger
 //! writes what it counted before the hub stops.
@@ -8,6 +9,7 @@
 pub mod budgets;
 pub mod ledger;
 pub mod members;
+pub mod reads;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +21,7 @@ use crate::metrics::HubMetrics;
 use budgets::Budgets;
 use ledger::Ledger;
 use members::Members;
+use reads::SourceReads;
 
 /// Rollout changes: the admin API (and a report that makes a version Ready) notifies, the
 /// spokes' watches wake up and send their regions' assignments again.
@@ -32,6 +35,8 @@ pub struct Live {
     pub members: Arc<Members>,
     /// Each region's link budget, as the relay applies it.
     pub budgets: Arc<Budgets>,
+    /// Chunk reads from the sources, shared by every region, and their cache.
+    pub reads: Arc<SourceReads>,
     /// What the hub counts for Prometheus.
     pub metrics: Arc<HubMetrics>,
     /// Fires when the hub stops: watches end, so that the server's graceful shutdown is not

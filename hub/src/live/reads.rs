@@ -1,0 +1,126 @@
+//! Chunk reads from the sources, shared by every region: the on-prem storage is read once for
+//! a chunk however many regions want it at the same time.
+//!
+//! A read is one flight per chunk digest ([`aqueduct_core::singleflight`]): regions asking for
+//! a chunk while it is being read wait for that read. What was read, and verified against its
+//! digest, stays in a bounded cache (a weighted LRU, `limits.relay_cache` bytes) for regions
+//! that ask a little later, so rollouts to several regions at once cost the source one read
+//! of each chunk as long as the regions are within the cache's size of each other. A chunk
+//! whose bytes do not match its digest is never cached; every region asking for it is told
+//! the source changed. The cache is keyed by digest alone: bytes are the same whichever
+//! dataset or source they came from, and who may read what is checked before a read
+//! (`relay::SpokeService::authorize`), never here.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use aqueduct_core::lru::Lru;
+use aqueduct_core::singleflight::SingleFlight;
+use aqueduct_proto::Digest;
+use bytes::Bytes;
+use tracing::debug;
+
+use crate::source::{Source, read_range};
+
+/// Why a chunk could not be read.
+#[derive(Clone, Debug)]
+pub enum ReadFailure {
+    /// The source did not give the bytes: its error, as the status the caller gets.
+    Source(tonic::Code, String),
+    /// The source gave bytes that are not the chunk: it changed after the snapshot.
+    Changed,
+}
+
+/// What a read brings: the chunk's bytes, verified, or why not.
+type Read = Result<Bytes, ReadFailure>;
+
+/// The shared reads and their cache.
+pub struct SourceReads {
+    flights: SingleFlight<Digest, Read>,
+    cache: Arc<Mutex<Lru<Digest, Bytes>>>,
+    /// Bytes read from sources (each verified chunk once per read).
+    read_bytes: Arc<AtomicU64>,
+    /// Bytes given to a caller without a read of its own: from the cache or a flight shared.
+    shared_bytes: AtomicU64,
+}
+
+impl Default for SourceReads {
+    fn default() -> Self {
+        Self::new(crate::config::LimitsConfig::default().relay_cache.0)
+    }
+}
+
+impl SourceReads {
+    /// Reads shared, with a cache of up to `capacity` bytes (0: flights only, no cache).
+    pub fn new(capacity: u64) -> Self {
+        Self {
+            flights: SingleFlight::new(),
+            cache: Arc::new(Mutex::new(Lru::new(capacity))),
+            read_bytes: Arc::default(),
+            shared_bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// The bytes of chunk `digest`, `length` bytes at `offset` of `object` in `source`:
+    /// from the cache, from a read under way, or read now (and verified) for everyone.
+    pub async fn read(
+        &self,
+        digest: Digest,
+        source: Arc<dyn Source>,
+        object: String,
+        offset: u64,
+        length: u32,
+    ) -> Read {
+        if let Some(data) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&digest).cloned() {
+            self.shared_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            return Ok(data);
+        }
+        let led = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cache, read_bytes, leader) = (self.cache.clone(), self.read_bytes.clone(), led.clone());
+        let read = self
+            .flights
+            .run(digest, move || {
+                // Called only for the caller that starts the flight.
+                leader.store(true, Ordering::Relaxed);
+                async move {
+                    let data = read_range(source.as_ref(), &object, offset..offset + u64::from(length)).await.map_err(
+                        |e| {
+                            let status = tonic::Status::from(e);
+                            ReadFailure::Source(status.code(), status.message().to_string())
+                        },
+                    )?;
+                    read_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if Digest::of(&data) != digest {
+                        return Err(ReadFailure::Changed);
+                    }
+                    let data = Bytes::from(data);
+                    let weight = data.len() as u64;
+                    cache.lock().unwrap_or_else(|e| e.into_inner()).insert(digest, data.clone(), weight);
+                    debug!(digest = %digest.short(), len = weight, "chunk read from the source");
+                    Ok(data)
+                }
+            })
+            .await;
+        if let Ok(data) = &read
+            && !led.load(Ordering::Relaxed)
+        {
+            self.shared_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        read
+    }
+
+    /// Bytes read from sources since the hub started.
+    pub fn read_bytes(&self) -> u64 {
+        self.read_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Bytes given without a read of their own (cache hits and shared flights).
+    pub fn shared_bytes(&self) -> u64 {
+        self.shared_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Bytes in the cache now.
+    pub fn cached_bytes(&self) -> u64 {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).weight()
+    }
+}

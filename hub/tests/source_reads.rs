@@ -1,0 +1,106 @@
+//! The source is read once: regions rolling out the same version at once get each chunk from
+//! one read of the source (a single flight per chunk, then the hub's relay cache), counted as
+//! the bytes the S3 server sends. Without the cache, regions one after the other read the
+//! version once each.
+
+mod common;
+
+use aqueduct_proto::hub::v1 as pb;
+use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
+use aqueduct_proto::{Digest, Manifest, Size};
+use aqueduct_testkit::hub::TestHub;
+use aqueduct_testkit::{S3Server, noise};
+use common::{dataset, snapshot, source_with};
+use tonic::transport::Channel;
+
+const REGIONS: [&str; 3] = ["eu", "us", "ap"];
+
+/// A hub (relay cache of `cache` bytes) whose dataset `llama` on the S3 server holds 24 MiB in
+/// two objects, v1 rolled out to three regions; their spoke clients and v1's chunks.
+async fn three_regions(
+    tmp: &std::path::Path,
+    server: &S3Server,
+    cache: u64,
+) -> (TestHub, Vec<SpokeClient<Channel>>, Vec<Digest>, u64) {
+    let hub = TestHub::init_with(&tmp.join(format!("hub-{cache}")), "127.0.0.1:0".parse().unwrap(), &[], |c| {
+        c.limits.relay_cache = Size(cache);
+    })
+    .await;
+    let mut admin = hub.admin().await;
+    let creds = tmp.join("credentials");
+    server.write_credentials(&creds).unwrap();
+    admin.add_source(source_with("s3", "s3://models", server.source_options(&creds))).await.unwrap();
+    admin.add_dataset(dataset("llama", "s3", "llama")).await.unwrap();
+    let v1 = snapshot(&mut admin, "llama").await.unwrap();
+    let mut spokes = Vec::new();
+    for region in REGIONS {
+        let bundle = hub.add_region(region, 1 << 30).await;
+        spokes.push(SpokeClient::new(hub.channel(&bundle.ca_pem, &bundle.cert_pem, &bundle.key_pem).await.unwrap()));
+    }
+    let rollout = pb::RolloutRequest {
+        dataset: "llama".into(),
+        version: 1,
+        regions: REGIONS.iter().map(|r| r.to_string()).collect(),
+        ..Default::default()
+    };
+    admin.rollout(rollout).await.unwrap();
+    let wire = admin.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await.unwrap();
+    let manifest = Manifest::try_from(wire.into_inner()).unwrap();
+    let digests: Vec<Digest> = manifest.distinct_chunks().into_iter().map(|(d, _)| d).collect();
+    (hub, spokes, digests, v1.bytes)
+}
+
+/// Every chunk of v1, in order, checked against its digest; the bytes received.
+async fn fetch_all(mut spoke: SpokeClient<Channel>, digests: Vec<Digest>) -> u64 {
+    let req = pb::FetchChunksRequest {
+        dataset: "llama".into(),
+        version: 1,
+        digests: digests.iter().map(|d| d.0.to_vec()).collect(),
+    };
+    let mut stream = spoke.fetch_chunks(req).await.unwrap().into_inner();
+    let (mut got, mut bytes) = (0, 0);
+    while let Some(chunk) = stream.message().await.unwrap() {
+        assert_eq!(chunk.digest, digests[got].0.to_vec(), "chunks come in the order asked");
+        assert_eq!(Digest::of(&chunk.data), digests[got], "a chunk's bytes are its digest's");
+        got += 1;
+        bytes += chunk.data.len() as u64;
+    }
+    assert_eq!(got, digests.len());
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_regions_at_once_read_the_version_from_the_source_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&tmp.path().join("s3")).await.unwrap();
+    let objects = tmp.path().join("s3/models/llama");
+    std::fs::create_dir_all(&objects).unwrap();
+    std::fs::write(objects.join("model-1.safetensors"), noise(16 << 20, 1)).unwrap();
+    std::fs::write(objects.join("model-2.safetensors"), noise(8 << 20, 2)).unwrap();
+
+    // With the relay cache: the three regions fetch at once.
+    let (hub, spokes, digests, version_bytes) = three_regions(tmp.path(), &server, 256 << 20).await;
+    let before = server.object_bytes();
+    let fetches = spokes.into_iter().map(|s| tokio::spawn(fetch_all(s, digests.clone())));
+    for got in futures::future::join_all(fetches).await {
+        assert_eq!(got.unwrap(), version_bytes, "each region got the whole version");
+    }
+    let shared = server.object_bytes() - before;
+    drop(hub);
+
+    // Without it, one region after the other: each reads the version again.
+    let (_hub, spokes, digests, _) = three_regions(tmp.path(), &server, 0).await;
+    let before = server.object_bytes();
+    for spoke in spokes {
+        assert_eq!(fetch_all(spoke, digests.clone()).await, version_bytes);
+    }
+    let apart = server.object_bytes() - before;
+
+    let ratio = |read: u64| read as f64 / version_bytes as f64;
+    println!("source bytes read for three regions, per version byte (version: {version_bytes} bytes)");
+    println!("{:<44} {:>12} {:>8}", "", "bytes read", "ratio");
+    println!("{:<44} {:>12} {:>8.2}", "at once, shared reads and relay cache", shared, ratio(shared));
+    println!("{:<44} {:>12} {:>8.2}", "one after the other, no relay cache", apart, ratio(apart));
+    assert_eq!(shared, version_bytes, "three regions at once read each byte of the version from the source once");
+    assert_eq!(apart, 3 * version_bytes, "without the cache, each region read the version");
+}
