@@ -32,10 +32,10 @@ use crate::config::LimitsConfig;
 use crate::error::invalid;
 use crate::live::Live;
 use crate::live::members::{Members, Proof};
-use crate::live::reads::ReadFailure;
+use crate::live::reads::{ChunkAt, ReadFailure};
 use crate::rollout::{NodeReport, RegionProgress, RolloutKey, VersionId, assignments_of};
 use crate::snapshot::{blocking, now_unix_ms};
-use crate::source::{HubFiles, Source, SourceSpec};
+use crate::source::{HubFiles, ReadLimits, Source, SourceSpec};
 use crate::store::{MetaStore, RolloutUpdate, StoreError};
 use aqueduct_core::identity::Identity;
 
@@ -88,6 +88,9 @@ impl Default for RelayLimits {
 struct VersionIndex {
     manifest: Manifest,
     source: Arc<dyn Source>,
+    /// The source's name and how hard replication may read it.
+    source_name: String,
+    limits: ReadLimits,
     locations: HashMap<Digest, (usize, u64, u32)>,
 }
 
@@ -182,14 +185,17 @@ impl SpokeService {
         let source = blocking(&self.db, move |db| db.source(&source_name))
             .await?
             .ok_or_else(|| Status::internal(format!("dataset {dataset} names a source that is gone")))?;
-        let source = SourceSpec::parse(&source.url, source.options)?.open_guarded(&self.hub_files)?;
+        let source_name = source.name.clone();
+        let spec = SourceSpec::parse(&source.url, source.options)?;
+        let limits = spec.limits;
+        let source = spec.open_guarded(&self.hub_files)?;
         let mut locations = HashMap::new();
         for (i, file) in stored.manifest.files.iter().enumerate() {
             for c in &file.chunks {
                 locations.entry(c.digest).or_insert((i, c.offset, c.length));
             }
         }
-        let index = Arc::new(VersionIndex { manifest: stored.manifest, source, locations });
+        let index = Arc::new(VersionIndex { manifest: stored.manifest, source, source_name, limits, locations });
         self.indexes.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), index.clone());
         Ok(index)
     }
@@ -366,7 +372,14 @@ impl pb::spoke_server::Spoke for SpokeService {
                             })?;
                             let held = limits.memory.wait_many(&region, (length as usize).div_ceil(1024)).await;
                             let object = index.manifest.files[file].object.clone();
-                            let data = reads.read(digest, index.source.clone(), object.clone(), offset, length).await;
+                            let at = ChunkAt {
+                                source: index.source.clone(),
+                                source_name: index.source_name.clone(),
+                                object: object.clone(),
+                                offset,
+                                length,
+                            };
+                            let data = reads.read(digest, at, index.limits).await;
                             Ok::<_, Status>((digest, object, offset, data, held))
                         }
                     })

@@ -21,6 +21,7 @@ async fn three_regions(
     tmp: &std::path::Path,
     server: &S3Server,
     cache: u64,
+    read_limits: &[(&str, &str)],
 ) -> (TestHub, Vec<SpokeClient<Channel>>, Vec<Digest>, u64) {
     let hub = TestHub::init_with(&tmp.join(format!("hub-{cache}")), "127.0.0.1:0".parse().unwrap(), &[], |c| {
         c.limits.relay_cache = Size(cache);
@@ -29,7 +30,9 @@ async fn three_regions(
     let mut admin = hub.admin().await;
     let creds = tmp.join("credentials");
     server.write_credentials(&creds).unwrap();
-    admin.add_source(source_with("s3", "s3://models", server.source_options(&creds))).await.unwrap();
+    let mut options = server.source_options(&creds);
+    options.extend(read_limits.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    admin.add_source(source_with("s3", "s3://models", options)).await.unwrap();
     admin.add_dataset(dataset("llama", "s3", "llama")).await.unwrap();
     let v1 = snapshot(&mut admin, "llama").await.unwrap();
     let mut spokes = Vec::new();
@@ -79,7 +82,7 @@ async fn three_regions_at_once_read_the_version_from_the_source_once() {
     std::fs::write(objects.join("model-2.safetensors"), noise(8 << 20, 2)).unwrap();
 
     // With the relay cache: the three regions fetch at once.
-    let (hub, spokes, digests, version_bytes) = three_regions(tmp.path(), &server, 256 << 20).await;
+    let (hub, spokes, digests, version_bytes) = three_regions(tmp.path(), &server, 256 << 20, &[]).await;
     let before = server.object_bytes();
     let fetches = spokes.into_iter().map(|s| tokio::spawn(fetch_all(s, digests.clone())));
     for got in futures::future::join_all(fetches).await {
@@ -89,7 +92,7 @@ async fn three_regions_at_once_read_the_version_from_the_source_once() {
     drop(hub);
 
     // Without it, one region after the other: each reads the version again.
-    let (_hub, spokes, digests, _) = three_regions(tmp.path(), &server, 0).await;
+    let (_hub, spokes, digests, _) = three_regions(tmp.path(), &server, 0, &[]).await;
     let before = server.object_bytes();
     for spoke in spokes {
         assert_eq!(fetch_all(spoke, digests.clone()).await, version_bytes);
@@ -103,4 +106,38 @@ async fn three_regions_at_once_read_the_version_from_the_source_once() {
     println!("{:<44} {:>12} {:>8.2}", "one after the other, no relay cache", apart, ratio(apart));
     assert_eq!(shared, version_bytes, "three regions at once read each byte of the version from the source once");
     assert_eq!(apart, 3 * version_bytes, "without the cache, each region read the version");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_budget_below_the_regions_total_is_held_at_the_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&tmp.path().join("s3")).await.unwrap();
+    let objects = tmp.path().join("s3/models/llama");
+    std::fs::create_dir_all(&objects).unwrap();
+    std::fs::write(objects.join("model.safetensors"), noise(6 << 20, 3)).unwrap();
+    // Three regions of 1 GiB/s each; the source allows 1 MiB/s (well below what this S3
+    // server gives one reader) and one read at a time.
+    let rate = 1u64 << 20;
+    let (_hub, spokes, digests, version_bytes) =
+        three_regions(tmp.path(), &server, 0, &[("read_rate", "1MiB/s"), ("max_reads", "1")]).await;
+    server.counters.most_gets_in_flight.store(0, std::sync::atomic::Ordering::SeqCst);
+    let before = server.object_bytes();
+    let started = std::time::Instant::now();
+    let fetches = spokes.into_iter().map(|s| tokio::spawn(fetch_all(s, digests.clone())));
+    for got in futures::future::join_all(fetches).await {
+        assert_eq!(got.unwrap(), version_bytes);
+    }
+    let (read, took) = (server.object_bytes() - before, started.elapsed());
+    let achieved = read as f64 / took.as_secs_f64();
+    println!(
+        "source budget 1 MiB/s, three regions of 1 GiB/s: read {read} bytes in {took:.2?}, {:.2} MiB/s ({:.2} of the source budget)",
+        achieved / f64::from(1 << 20),
+        achieved / rate as f64
+    );
+    let most = server.counters.most_gets_in_flight.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(most, 1, "the source was asked for more than one read at once");
+    // A bound a slow machine cannot break: past the budget's burst (2 MiB), the bytes read
+    // took at least as long as the source's budget allows.
+    let least = (read.saturating_sub(2 << 20)) as f64 / rate as f64;
+    assert!(took.as_secs_f64() >= least * 0.98, "read {read} bytes in {took:?}: faster than the source's budget");
 }

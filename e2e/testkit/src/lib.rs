@@ -36,6 +36,9 @@ pub struct Counters {
     pub object_gets: AtomicU64,
     /// Bytes of object bodies sent in answer to those GETs (their Content-Length).
     pub object_bytes: AtomicU64,
+    /// Object GETs being answered now (until their headers are sent), and the most at once.
+    pub gets_in_flight: AtomicU64,
+    pub most_gets_in_flight: AtomicU64,
 }
 
 /// An S3-compatible server on 127.0.0.1, stopped when dropped.
@@ -123,7 +126,14 @@ pub(crate) async fn serve(
                 }
                 let (service, counters) = (service.clone(), counters.clone());
                 async move {
+                    if get {
+                        let now = counters.gets_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        counters.most_gets_in_flight.fetch_max(now, Ordering::SeqCst);
+                    }
                     let response = service.call(req.map(s3s::Body::from)).await;
+                    if get {
+                        counters.gets_in_flight.fetch_sub(1, Ordering::SeqCst);
+                    }
                     if let Ok(r) = &response
                         && get
                         && r.status().is_success()

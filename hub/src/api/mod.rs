@@ -130,14 +130,16 @@ impl pb::admin_server::Admin for AdminService {
         let s = request.into_inner().source.ok_or_else(|| Status::invalid_argument("source is missing"))?;
         Span::current().record("source", s.name.as_str());
         validate_name("source", &s.name).map_err(invalid)?;
-        let spec = SourceSpec::parse(&s.url, s.options.into_iter().collect())?;
+        let options: std::collections::BTreeMap<String, String> = s.options.into_iter().collect();
+        let spec = SourceSpec::parse(&s.url, options.clone())?;
         spec.check_hub_files(&self.hub_files)?;
         // Check now that the source exists and the credentials work, not at the first snapshot.
         spec.open_guarded(&self.hub_files)?.probe().await?;
         let record = SourceRecord {
             name: s.name,
             url: spec.url.to_string(),
-            options: spec.options,
+            // As given: the connection options and the read limits.
+            options,
             created_unix_ms: now_unix_ms(),
         };
         let stored = record.clone();

@@ -10,17 +10,26 @@
 //! the source changed. The cache is keyed by digest alone: bytes are the same whichever
 //! dataset or source they came from, and who may read what is checked before a read
 //! (`relay::SpokeService::authorize`), never here.
+//!
+//! A source may bound how hard replication reads it, over all regions together (its
+//! `read_rate` and `max_reads` options): each read takes a turn among the source's reads at
+//! once, then waits for the source's budget, so that the on-prem storage never serves
+//! replication faster than it was told, however many regions roll out.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::collections::HashMap;
+
+use aqueduct_core::budget::Budget;
 use aqueduct_core::lru::Lru;
 use aqueduct_core::singleflight::SingleFlight;
 use aqueduct_proto::Digest;
 use bytes::Bytes;
 use tracing::debug;
 
-use crate::source::{Source, read_range};
+use crate::source::{ReadLimits, Source, read_range};
+use tokio::sync::Semaphore;
 
 /// Why a chunk could not be read.
 #[derive(Clone, Debug)]
@@ -31,12 +40,40 @@ pub enum ReadFailure {
     Changed,
 }
 
+/// Where a chunk is: a byte range of an object of a source.
+pub struct ChunkAt {
+    pub source: Arc<dyn Source>,
+    pub source_name: String,
+    pub object: String,
+    pub offset: u64,
+    pub length: u32,
+}
+
 /// What a read brings: the chunk's bytes, verified, or why not.
 type Read = Result<Bytes, ReadFailure>;
+
+/// What one source may be asked for, over all regions: its read budget and reads at once.
+struct SourceLimiter {
+    limits: ReadLimits,
+    budget: Option<Budget>,
+    reads: Option<Arc<Semaphore>>,
+}
+
+impl SourceLimiter {
+    fn new(limits: ReadLimits) -> Self {
+        Self {
+            limits,
+            budget: limits.rate.map(Budget::new),
+            reads: limits.concurrent.map(|n| Arc::new(Semaphore::new(n))),
+        }
+    }
+}
 
 /// The shared reads and their cache.
 pub struct SourceReads {
     flights: SingleFlight<Digest, Read>,
+    /// Per source name.
+    limiters: Mutex<HashMap<String, Arc<SourceLimiter>>>,
     cache: Arc<Mutex<Lru<Digest, Bytes>>>,
     /// Bytes read from sources (each verified chunk once per read).
     read_bytes: Arc<AtomicU64>,
@@ -55,40 +92,56 @@ impl SourceReads {
     pub fn new(capacity: u64) -> Self {
         Self {
             flights: SingleFlight::new(),
+            limiters: Mutex::default(),
             cache: Arc::new(Mutex::new(Lru::new(capacity))),
             read_bytes: Arc::default(),
             shared_bytes: AtomicU64::new(0),
         }
     }
 
-    /// The bytes of chunk `digest`, `length` bytes at `offset` of `object` in `source`:
-    /// from the cache, from a read under way, or read now (and verified) for everyone.
-    pub async fn read(
-        &self,
-        digest: Digest,
-        source: Arc<dyn Source>,
-        object: String,
-        offset: u64,
-        length: u32,
-    ) -> Read {
+    /// The limiter of source `name`, made anew when its limits changed (reads under way keep
+    /// the one they took).
+    fn limiter(&self, name: &str, limits: ReadLimits) -> Arc<SourceLimiter> {
+        let mut limiters = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+        match limiters.get(name) {
+            Some(l) if l.limits == limits => l.clone(),
+            _ => {
+                let made = Arc::new(SourceLimiter::new(limits));
+                limiters.insert(name.to_string(), made.clone());
+                made
+            }
+        }
+    }
+
+    /// The bytes of chunk `digest` at `at`: from the cache, from a read under way, or read now
+    /// (within the source's `limits`, and verified) for everyone.
+    pub async fn read(&self, digest: Digest, at: ChunkAt, limits: ReadLimits) -> Read {
         if let Some(data) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&digest).cloned() {
             self.shared_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             return Ok(data);
         }
         let led = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (cache, read_bytes, leader) = (self.cache.clone(), self.read_bytes.clone(), led.clone());
+        let limiter = self.limiter(&at.source_name, limits);
         let read = self
             .flights
             .run(digest, move || {
                 // Called only for the caller that starts the flight.
                 leader.store(true, Ordering::Relaxed);
                 async move {
-                    let data = read_range(source.as_ref(), &object, offset..offset + u64::from(length)).await.map_err(
-                        |e| {
-                            let status = tonic::Status::from(e);
-                            ReadFailure::Source(status.code(), status.message().to_string())
-                        },
-                    )?;
+                    // The source's own limits, over every region: a turn, then its budget.
+                    let _turn = match &limiter.reads {
+                        Some(reads) => reads.clone().acquire_owned().await.ok(),
+                        None => None,
+                    };
+                    if let Some(budget) = &limiter.budget {
+                        budget.take(at.length as usize).await;
+                    }
+                    let range = at.offset..at.offset + u64::from(at.length);
+                    let data = read_range(at.source.as_ref(), &at.object, range).await.map_err(|e| {
+                        let status = tonic::Status::from(e);
+                        ReadFailure::Source(status.code(), status.message().to_string())
+                    })?;
                     read_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                     if Digest::of(&data) != digest {
                         return Err(ReadFailure::Changed);

@@ -51,6 +51,18 @@ const S3_OPTIONS: &[&str] = &[
     "profile",
 ];
 
+/// Options of every source that bound how the hub reads it for replication, over all regions
+/// together: `read_rate` (bytes per second, e.g. `200MiB/s`) and `max_reads` (reads at once).
+const READ_OPTIONS: &[&str] = &["read_rate", "max_reads"];
+
+/// How hard replication may read a source (its `read_rate` and `max_reads` options); none:
+/// as fast as the regions' budgets take it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadLimits {
+    pub rate: Option<u64>,
+    pub concurrent: Option<usize>,
+}
+
 /// Option names that would hold a secret itself: refused with a pointer to the reference form.
 const SECRET_OPTIONS: &[&str] =
     &["access_key_id", "secret_access_key", "session_token", "token", "password", "secret", "key"];
@@ -116,13 +128,16 @@ impl HubFiles {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceSpec {
     pub url: Url,
+    /// Connection options (the read limits taken out).
     pub options: BTreeMap<String, String>,
+    pub limits: ReadLimits,
 }
 
 impl SourceSpec {
     /// Parses and checks a URL and its options; touches nothing outside the process.
-    pub fn parse(url: &str, options: BTreeMap<String, String>) -> Result<Self, SourceError> {
+    pub fn parse(url: &str, mut options: BTreeMap<String, String>) -> Result<Self, SourceError> {
         let bad = |reason: &str| SourceError::BadUrl { url: url.to_string(), reason: reason.to_string() };
+        let limits = read_limits(&mut options)?;
         let parsed = Url::parse(url).map_err(|e| bad(&e.to_string()))?;
         if parsed.query().is_some() || parsed.fragment().is_some() {
             return Err(bad("it has a query or fragment; give options with --option KEY=VALUE"));
@@ -152,13 +167,16 @@ impl SourceSpec {
                 if let Some(key) = options.keys().next() {
                     return Err(SourceError::BadOption {
                         key: key.clone(),
-                        reason: "is not valid for a file:// source, which takes no options".into(),
+                        reason: format!(
+                            "is not valid for a file:// source, which takes only {}",
+                            READ_OPTIONS.join(", ")
+                        ),
                     });
                 }
             }
             other => return Err(bad(&format!("scheme {other:?} is not supported (use s3 or file)"))),
         }
-        Ok(Self { url: parsed, options })
+        Ok(Self { url: parsed, options, limits })
     }
 
     /// Opens the source, resolving credential references from this process's environment.
@@ -193,6 +211,22 @@ impl fmt::Display for SourceSpec {
     }
 }
 
+/// Takes the read limits out of a source's options, checked.
+fn read_limits(options: &mut BTreeMap<String, String>) -> Result<ReadLimits, SourceError> {
+    let bad = |key: &str, reason: String| SourceError::BadOption { key: key.to_string(), reason };
+    let mut limits = ReadLimits::default();
+    if let Some(rate) = options.remove("read_rate") {
+        let parsed = rate.parse::<aqueduct_proto::Rate>().map_err(|e| bad("read_rate", e.to_string()))?;
+        limits.rate = Some(parsed.0);
+    }
+    if let Some(n) = options.remove("max_reads") {
+        let parsed = n.parse::<usize>().ok().filter(|n| (1..=4096).contains(n));
+        limits.concurrent =
+            Some(parsed.ok_or_else(|| bad("max_reads", format!("must be a number from 1 to 4096, not {n:?}")))?);
+    }
+    Ok(limits)
+}
+
 fn check_option(key: &str, value: &str) -> Result<(), SourceError> {
     let bad = |reason: String| SourceError::BadOption { key: key.to_string(), reason };
     if SECRET_OPTIONS.contains(&key) {
@@ -203,7 +237,11 @@ fn check_option(key: &str, value: &str) -> Result<(), SourceError> {
         ));
     }
     if !S3_OPTIONS.contains(&key) {
-        return Err(bad(format!("is not known; an s3 source takes {}", S3_OPTIONS.join(", "))));
+        return Err(bad(format!(
+            "is not known; an s3 source takes {}, and every source {}",
+            S3_OPTIONS.join(", "),
+            READ_OPTIONS.join(", ")
+        )));
     }
     match key {
         "allow_http" | "path_style" | "anonymous" if value != "true" && value != "false" => {
@@ -550,6 +588,13 @@ mod tests {
         assert!(err.to_string().contains("true or false"), "{err}");
         let err = SourceSpec::parse("file:///x", opts(&[("region", "x")])).unwrap_err();
         assert!(matches!(err, SourceError::BadOption { .. }));
+        assert!(err.to_string().contains("takes only read_rate, max_reads"), "{err}");
+        let err = SourceSpec::parse("file:///x", opts(&[("read_rate", "fast")])).unwrap_err();
+        assert!(err.to_string().contains("read_rate") && err.to_string().contains("100MiB/s"), "{err}");
+        let err = SourceSpec::parse("s3://b", opts(&[("max_reads", "0")])).unwrap_err();
+        assert!(err.to_string().contains("from 1 to 4096"), "{err}");
+        let spec = SourceSpec::parse("file:///x", opts(&[("read_rate", "200MiB/s"), ("max_reads", "8")])).unwrap();
+        assert_eq!(spec.limits, ReadLimits { rate: Some(200 << 20), concurrent: Some(8) });
     }
 
     #[test]
@@ -595,9 +640,11 @@ mod tests {
         let key = prop_oneof![
             proptest::sample::select(S3_OPTIONS.to_vec()).prop_map(str::to_string),
             proptest::sample::select(SECRET_OPTIONS.to_vec()).prop_map(str::to_string),
+            proptest::sample::select(READ_OPTIONS.to_vec()).prop_map(str::to_string),
             "\\PC{0,12}",
         ];
-        proptest::collection::btree_map(key, "\\PC{0,24}", 0..5)
+        let value = prop_oneof!["\\PC{0,24}", "[0-9]{1,5}", "[0-9]{1,4}(MiB/s|KB/s|B/s|Mbit/s)"];
+        proptest::collection::btree_map(key, value, 0..5)
     }
 
     fn url_strategy() -> impl Strategy<Value = String> {
@@ -628,6 +675,11 @@ mod tests {
                     if spec.url.scheme() == "file" {
                         prop_assert!(spec.options.is_empty());
                     }
+                    // The read limits were taken out of the options, as given.
+                    prop_assert!(!spec.options.keys().any(|k| READ_OPTIONS.contains(&k.as_str())));
+                    prop_assert_eq!(spec.limits.rate.is_some(), options.contains_key("read_rate"));
+                    prop_assert_eq!(spec.limits.concurrent.is_some(), options.contains_key("max_reads"));
+                    prop_assert!(spec.limits.concurrent.is_none_or(|n| (1..=4096).contains(&n)));
                 }
                 Err(e) => {
                     if with_secret && !url.contains(&secret) {
