@@ -234,6 +234,13 @@ struct SourceAdd {
     /// Profile inside --credentials-file (default "default").
     #[arg(long)]
     profile: Option<String>,
+    /// The most bytes per second replication reads from this source, over all regions
+    /// together (e.g. 200MiB/s); default: what the regions' budgets take.
+    #[arg(long, value_name = "RATE")]
+    read_rate: Option<Rate>,
+    /// The most reads of this source at once, over all regions (1 to 4096).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    max_reads: Option<u32>,
     /// Any other option, KEY=VALUE (repeatable). Long form only: `-o` is the output format
     /// of listings.
     #[arg(long = "option", value_name = "KEY=VALUE")]
@@ -328,6 +335,8 @@ impl SourceAdd {
         set("secret_access_key_env", self.secret_access_key_env.as_ref());
         set("credentials_file", self.credentials_file.as_ref());
         set("profile", self.profile.as_ref());
+        set("read_rate", self.read_rate.map(|r| format!("{}B/s", r.0)).as_ref());
+        set("max_reads", self.max_reads.map(|n| n.to_string()).as_ref());
         for (flag, key) in
             [(self.allow_http, "allow_http"), (self.path_style, "path_style"), (self.anonymous, "anonymous")]
         {

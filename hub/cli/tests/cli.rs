@@ -18,6 +18,13 @@ async fn operator_walk_through() {
     let url = format!("file://{}", tmp.path().join("models").display());
     assert!(ok(&aq(home, cfg, &["source", "add", "local", &url]).await).contains("source local added"));
     assert!(ok(&aq(home, cfg, &["source", "list"]).await).contains(&url));
+    // A second source, read gently: its read limits are kept with it.
+    let gentle = ["source", "add", "gentle", &url, "--read-rate", "20MiB/s", "--max-reads", "4"];
+    ok(&aq(home, cfg, &gentle).await);
+    let out = ok(&aq(home, cfg, &["source", "list", "-o", "json"]).await);
+    assert!(out.contains("\"read_rate\": \"20971520B/s\"") && out.contains("\"max_reads\": \"4\""), "{out}");
+    let out = aq(home, cfg, &["source", "add", "x", &url, "--max-reads", "0"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     ok(&aq(home, cfg, &["dataset", "add", "llama", "--source", "local", "--prefix", "llama"]).await);
     let out = ok(&aq(home, cfg, &["snapshot", "llama"]).await);
     assert!(out.contains("llama@v1: 2 files, 3.0 MiB"), "{out}");
