@@ -75,7 +75,7 @@ fn main() {
                 break;
             }
             if let Some(&(_, rate)) = schedule.iter().find(|(at, _)| *at == second) {
-                let req = pb::UpdateRegionRequest { name: "bench".into(), rate_bytes_per_sec: rate };
+                let req = pb::UpdateRegionRequest { name: "bench".into(), rate_bytes_per_sec: rate, ..Default::default() };
                 w.admin.update_region(req).await.unwrap();
                 budget = rate;
                 println!("     `aq region set bench --rate {:.0}MiB/s` at {:.2} s", mib(rate as f64), started.elapsed().as_secs_f64());

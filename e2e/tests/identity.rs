@@ -147,7 +147,10 @@ async fn forged_reports_with_the_regions_key_change_nothing() {
     // The forger goes: what it said goes with it, and eu-1 finishes on its own.
     drop(ghost);
     w.wait_members("eu", 1).await;
-    w.admin.update_region(pb::UpdateRegionRequest { name: "eu".into(), rate_bytes_per_sec: 1 << 30 }).await.unwrap();
+    w.admin
+        .update_region(pb::UpdateRegionRequest { name: "eu".into(), rate_bytes_per_sec: 1 << 30, ..Default::default() })
+        .await
+        .unwrap();
     let rows = w.wait_ready(1).await;
     assert_eq!(rows[0].nodes.iter().map(|n| n.node.as_str()).collect::<Vec<_>>(), ["eu-1"]);
     assert!(rows[0].active);

@@ -86,7 +86,10 @@ async fn byte_counters_add_up_and_the_version_lag_falls_to_zero() {
     // v2 behind a slow link, so that it is caught in flight: `aq region set` first, which
     // both ends apply.
     let slow = 1 << 20;
-    w.admin.update_region(pb::UpdateRegionRequest { name: "eu".into(), rate_bytes_per_sec: slow }).await.unwrap();
+    w.admin
+        .update_region(pb::UpdateRegionRequest { name: "eu".into(), rate_bytes_per_sec: slow, ..Default::default() })
+        .await
+        .unwrap();
     wait_for(hub, spoke, |h, s| {
         h.get("aqueduct_hub_link_budget_bytes_per_second", &[("region", "eu")]) == Some(slow as f64)
             && s.get("aqueduct_spoke_link_budget_bytes_per_second", &[]) == Some(slow as f64)

@@ -31,6 +31,7 @@ use tracing::{Instrument, Span, debug, info, instrument, warn};
 use crate::config::LimitsConfig;
 use crate::error::invalid;
 use crate::live::Live;
+use crate::live::budgets::budget_at;
 use crate::live::members::{Members, Proof};
 use crate::live::reads::{ChunkAt, ReadFailure};
 use crate::rollout::{NodeReport, RegionProgress, RolloutKey, VersionId, assignments_of};
@@ -160,12 +161,14 @@ impl SpokeService {
             return Ok(budget);
         }
         let regions = blocking(&self.db, |db| db.regions()).await?;
-        let rate = regions
+        let record = regions
             .iter()
             .find(|r| r.name == region)
-            .map(|r| r.rate)
             .ok_or_else(|| Status::permission_denied(format!("region {region} is not known to this hub")))?;
-        Ok(self.live.budgets.set(region, rate))
+        let now = jiff::Timestamp::now();
+        let budget = budget_at(record, now);
+        let until = budget.next.map(|(at, _)| at.duration_since(now).unsigned_abs());
+        Ok(self.live.budgets.set(region, budget.rate, until))
     }
 
     async fn index(&self, key: &VersionId) -> Result<Arc<VersionIndex>, Status> {
@@ -218,7 +221,8 @@ impl SpokeService {
             Ok((rollouts.clone(), db.regions()?, db.serving(None)?, tags, retention))
         })
         .await?;
-        let Some(budget) = regions.iter().find(|r| r.name == region).map(|r| r.rate) else {
+        let Some(budget) = regions.iter().find(|r| r.name == region).map(|r| budget_at(r, jiff::Timestamp::now()))
+        else {
             return Err(Status::permission_denied(format!(
                 "region {region} was removed from the hub: its credentials no longer work"
             )));
@@ -227,7 +231,8 @@ impl SpokeService {
             retention.into_iter().filter(|(_, why)| !why.is_empty()).map(|(id, _)| id).collect();
         Ok(pb::Assignments {
             assignments: assignments_of(rollouts, &serving, &retained, region),
-            budget_bytes_per_sec: budget,
+            budget_bytes_per_sec: budget.rate,
+            budget_next_change_unix_ms: budget.next.map_or(0, |(at, _)| at.as_millisecond()),
             members: members.members(region),
             session: String::new(),
             tags: tags.iter().map(|t| t.to_pb()).collect(),
@@ -280,9 +285,16 @@ impl pb::spoke_server::Spoke for SpokeService {
                             break;
                         }
                     }
+                    // Woken at the budget's next window too, to send the new budget.
+                    let next_change = last.as_ref().map_or(0, |a| a.budget_next_change_unix_ms);
+                    let wait = match next_change {
+                        0 => WATCH_RECHECK,
+                        at => Duration::from_millis((at - jiff::Timestamp::now().as_millisecond()).max(0) as u64)
+                            .min(WATCH_RECHECK),
+                    };
                     tokio::select! {
                         _ = &mut notified => {}
-                        _ = tokio::time::sleep(WATCH_RECHECK) => {}
+                        _ = tokio::time::sleep(wait) => {}
                         _ = tx.closed() => break,
                         // The spokes reconnect to the next hub and report again.
                         _ = live.stopping.cancelled() => return,

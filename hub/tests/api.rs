@@ -208,6 +208,7 @@ async fn regions_get_credentials_and_rollouts_show_in_status() {
             rate_bytes_per_sec: rate,
             created_unix_ms: 0,
             members: Vec::new(),
+            ..Default::default()
         }),
     };
     let eu = admin.add_region(region("eu-west", 100 << 20)).await.unwrap().into_inner();

@@ -23,6 +23,7 @@ async fn region(hub: &TestHub, admin: &mut pb::admin_client::AdminClient<Channel
             rate_bytes_per_sec: 1 << 30,
             created_unix_ms: 0,
             members: Vec::new(),
+            ..Default::default()
         }),
     };
     let bundle = admin.add_region(req).await.unwrap().into_inner().bundle.unwrap();

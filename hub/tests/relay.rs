@@ -27,6 +27,7 @@ async fn spoke_of(
             rate_bytes_per_sec: rate,
             created_unix_ms: 0,
             members: Vec::new(),
+            ..Default::default()
         }),
     };
     let bundle = admin.add_region(req).await.unwrap().into_inner().bundle.unwrap();
@@ -369,7 +370,11 @@ async fn a_changed_budget_is_pushed_to_the_region_and_used_by_the_relay() {
     assert!(err.is_none() && got.len() == 1, "{err:?}");
 
     // Unknown regions, a zero rate and a caller that is not the admin are refused.
-    let set = |name: &str, rate| pb::UpdateRegionRequest { name: name.into(), rate_bytes_per_sec: rate };
+    let set = |name: &str, rate| pb::UpdateRegionRequest {
+        name: name.into(),
+        rate_bytes_per_sec: rate,
+        ..Default::default()
+    };
     expect_err(admin.update_region(set("mars", 1 << 20)).await, Code::NotFound, &["mars", "aq region add"]);
     expect_err(admin.update_region(set("eu", 0)).await, Code::InvalidArgument, &["above 0"]);
     let fast = 256 << 20;

@@ -109,6 +109,7 @@ async fn run_in(root: &Path, model_mib: usize, fuse: bool, shutdown: &Cancellati
                 rate_bytes_per_sec: rate,
                 created_unix_ms: 0,
                 members: Vec::new(),
+                ..Default::default()
             }),
         };
         let bundle = admin.add_region(req).await?.into_inner().bundle.context("no credentials bundle")?;

@@ -116,8 +116,13 @@ impl TestHub {
     /// Adds region `name` with a link budget of `rate` bytes per second; returns the
     /// credentials bundle for its spokes.
     pub async fn add_region(&self, name: &str, rate: u64) -> pb::CredentialsBundle {
-        let region =
-            pb::Region { name: name.into(), rate_bytes_per_sec: rate, created_unix_ms: 0, members: Vec::new() };
+        let region = pb::Region {
+            name: name.into(),
+            rate_bytes_per_sec: rate,
+            created_unix_ms: 0,
+            members: Vec::new(),
+            ..Default::default()
+        };
         let added = self.admin().await.add_region(pb::AddRegionRequest { region: Some(region) }).await;
         added.unwrap_or_else(|e| panic!("adding region {name}: {e}")).into_inner().bundle.expect("a bundle")
     }

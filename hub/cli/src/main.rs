@@ -269,13 +269,27 @@ enum RegionCommand {
     /// rollouts too). Its spokes' credentials stop working at once.
     Rm(lifecycle::RmArgs),
     /// Change a region's link budget at run time: the hub's relay uses it at once, the
-    /// region's spokes within seconds (no restart).
+    /// region's spokes within seconds (no restart). A flat budget (--rate) or a weekly
+    /// schedule (--schedule, in --tz).
+    #[command(group = clap::ArgGroup::new("budget").required(true))]
     Set {
         /// Region name.
         name: String,
-        /// New link budget: bytes per second the region may pull, e.g. 100MiB/s, 50MB/s, 400Mbit/s.
-        #[arg(long)]
-        rate: Rate,
+        /// New flat link budget: bytes per second the region may pull, e.g. 100MiB/s, 50MB/s,
+        /// 400Mbit/s (replaces a schedule).
+        #[arg(long, group = "budget")]
+        rate: Option<Rate>,
+        /// A weekly budget schedule: rules separated by `;`, the first that matches wins, the
+        /// last a rate alone for every other time. A rule is [DAYS] [HH:MM-HH:MM] RATE; days are
+        /// mon..sun, ranges (mon-fri), lists (sat,sun), weekdays, weekends or daily; a window
+        /// ending before it starts runs past midnight. E.g.
+        /// "mon-fri 08:00-20:00 20MiB/s; 200MiB/s".
+        #[arg(long, group = "budget", value_name = "RULES")]
+        schedule: Option<String>,
+        /// The time zone of the schedule's windows (an IANA name, e.g. Europe/Berlin; default
+        /// UTC): windows follow its daylight saving time.
+        #[arg(long = "tz", value_name = "ZONE", requires = "schedule")]
+        time_zone: Option<String>,
     },
 }
 
@@ -540,8 +554,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             // Make sure the bundle can be written before the hub records the region.
             std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-            let region =
-                pb::Region { name: name.clone(), rate_bytes_per_sec: rate.0, created_unix_ms: 0, members: Vec::new() };
+            let region = pb::Region { name: name.clone(), rate_bytes_per_sec: rate.0, ..Default::default() };
             let resp = match admin.add_region(pb::AddRegionRequest { region: Some(region) }).await {
                 Ok(resp) => resp.into_inner(),
                 Err(e) => {
@@ -560,10 +573,31 @@ async fn run(cli: Cli) -> Result<()> {
                 hub.url
             );
         }
-        Command::Region(RegionCommand::Set { name, rate }) => {
-            let req = pb::UpdateRegionRequest { name: name.clone(), rate_bytes_per_sec: rate.0 };
+        Command::Region(RegionCommand::Set { name, rate, schedule, time_zone }) => {
+            let req = pb::UpdateRegionRequest {
+                name: name.clone(),
+                rate_bytes_per_sec: rate.map_or(0, |r| r.0),
+                schedule: schedule.unwrap_or_default(),
+                time_zone: time_zone.unwrap_or_default(),
+            };
             let region = admin.update_region(req).await.map_err(|e| explain(e, &hub))?.into_inner();
-            println!("region {} now has a link budget of {}", region.name, Rate(region.rate_bytes_per_sec));
+            if region.schedule.is_empty() {
+                println!("region {} now has a link budget of {}", region.name, Rate(region.rate_bytes_per_sec));
+            } else {
+                println!(
+                    "region {} now has a budget schedule: {} ({})",
+                    region.name, region.schedule, region.time_zone
+                );
+                print!("  in force now: {}", Rate(region.budget_now_bytes_per_sec));
+                if region.next_change_unix_ms != 0 {
+                    print!(
+                        "; {} {}",
+                        Rate(region.next_budget_bytes_per_sec),
+                        aqueduct_cli::output::until(region.next_change_unix_ms)
+                    );
+                }
+                println!();
+            }
         }
         Command::Region(RegionCommand::List { output }) => {
             let list = admin.list_regions(pb::ListRegionsRequest {}).await.map_err(|e| explain(e, &hub))?.into_inner();

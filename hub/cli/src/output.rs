@@ -173,6 +173,19 @@ pub fn age(unix_ms: i64) -> String {
     }
 }
 
+/// Time until a unix-ms instant, kubectl style (`in 45s`, `in 3h`); `now` once it passed.
+pub fn until(unix_ms: i64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let s = unix_ms.saturating_sub(now) / 1000;
+    match s {
+        i64::MIN..=0 => "now".to_string(),
+        1..60 => format!("in {s}s"),
+        60..3600 => format!("in {}m", s / 60),
+        3600..86400 => format!("in {}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("in {}d{}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
 pub enum Reporter {
     Bar(ProgressBar),
     Lines { what: String, last: Instant },

@@ -6,6 +6,9 @@
 //! snake_case, byte counts as integers (`*_bytes`, `bytes`), instants twice (`created`: RFC 3339
 //! or null when unset, `created_unix_ms`), digests as lowercase hex. New fields may come; these
 //! do not change. `aq status` has its own module (`status`).
+//!
+//! The file is some 620 lines long because every listing's view sits here, with the tests
+//! that pin their field names: one place to keep the names consistent across listings.
 
 use std::collections::BTreeMap;
 
@@ -13,7 +16,7 @@ use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{Digest, MANIFEST_FORMAT, Manifest, Rate};
 use serde::Serialize;
 
-use crate::output::{Listing, Table, age, bytes, rfc3339};
+use crate::output::{Listing, Table, age, bytes, rfc3339, until};
 
 /// Lowercase hex of a digest the hub sent (empty when it is not 32 bytes).
 fn hex(digest: &[u8]) -> String {
@@ -272,8 +275,17 @@ pub struct Regions {
 #[derive(Serialize)]
 pub struct RegionView {
     pub name: String,
-    /// The link budget.
+    /// The flat link budget (the region's budget when it has no schedule).
     pub rate_bytes_per_sec: u64,
+    /// Its weekly budget schedule and time zone; null: the flat budget.
+    pub schedule: Option<String>,
+    pub time_zone: Option<String>,
+    /// The budget in force now.
+    pub budget_bytes_per_sec: u64,
+    /// When the budget next changes, and to what; null: never.
+    pub next_change: Option<String>,
+    pub next_change_unix_ms: Option<i64>,
+    pub next_budget_bytes_per_sec: Option<u64>,
     /// Its live spokes (those whose watch is open), by node.
     pub spokes: Vec<MemberView>,
     pub created: Option<String>,
@@ -295,6 +307,12 @@ impl From<pb::ListRegionsResponse> for Regions {
             .map(|r| RegionView {
                 name: r.name,
                 rate_bytes_per_sec: r.rate_bytes_per_sec,
+                schedule: (!r.schedule.is_empty()).then_some(r.schedule),
+                time_zone: (!r.time_zone.is_empty()).then_some(r.time_zone),
+                budget_bytes_per_sec: r.budget_now_bytes_per_sec,
+                next_change: (r.next_change_unix_ms != 0).then(|| rfc3339(r.next_change_unix_ms)).flatten(),
+                next_change_unix_ms: (r.next_change_unix_ms != 0).then_some(r.next_change_unix_ms),
+                next_budget_bytes_per_sec: (r.next_change_unix_ms != 0).then_some(r.next_budget_bytes_per_sec),
                 spokes: r
                     .members
                     .into_iter()
@@ -313,19 +331,40 @@ impl From<pb::ListRegionsResponse> for Regions {
 
 impl Listing for Regions {
     fn text(&self, wide: bool) -> String {
-        let mut t = Table::new(["NAME", "BUDGET", "LIVE SPOKES", "AGE"]);
-        let mut w = Table::new(["NAME", "BUDGET", "LIVE SPOKES", "AGE", "SPOKES", "PEER ADDRESSES", "CREATED"]);
+        let mut t = Table::new(["NAME", "BUDGET", "NEXT", "LIVE SPOKES", "AGE"]);
+        let mut w = Table::new([
+            "NAME",
+            "BUDGET",
+            "NEXT",
+            "LIVE SPOKES",
+            "AGE",
+            "SCHEDULE",
+            "SPOKES",
+            "PEER ADDRESSES",
+            "CREATED",
+        ]);
         for r in &self.regions {
             let spokes = or_dash(r.spokes.iter().map(|m| m.node.as_str()).collect::<Vec<_>>().join(","));
-            let cells = [r.name.clone(), Rate(r.rate_bytes_per_sec).to_string(), spokes, age(r.created_unix_ms)];
+            let next = match (r.next_change_unix_ms, r.next_budget_bytes_per_sec) {
+                (Some(at), Some(rate)) => format!("{} {}", Rate(rate), until(at)),
+                _ => "-".to_string(),
+            };
+            let cells =
+                [r.name.clone(), Rate(r.budget_bytes_per_sec).to_string(), next, spokes, age(r.created_unix_ms)];
             if wide {
                 let peers = r.spokes.iter().map(|m| m.peer_address.as_deref().unwrap_or("-")).collect::<Vec<_>>();
-                let [a, b, c, d] = cells;
+                let schedule = r
+                    .schedule
+                    .as_ref()
+                    .map_or("-".to_string(), |s| format!("{s} ({})", r.time_zone.as_deref().unwrap_or("UTC")));
+                let [a, b, c, d, e] = cells;
                 w.row([
                     a,
                     b,
                     c,
                     d,
+                    e,
+                    schedule,
                     r.spokes.len().to_string(),
                     or_dash(peers.join(",")),
                     r.created.clone().unwrap_or_default(),
@@ -550,6 +589,7 @@ mod tests {
                 rate_bytes_per_sec: 1 << 20,
                 created_unix_ms: 1_764_480_000_000,
                 members: vec![pb::Member { node: "n1".into(), peer_address: "10.0.0.1:7444".into() }],
+                ..Default::default()
             }],
         };
         let regions = Regions::from(list);

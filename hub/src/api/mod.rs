@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, info, instrument, warn};
 
 mod lifecycle;
+mod regions;
 
 use crate::auth::require_admin;
 use crate::error::{invalid, unknown_dataset};
@@ -34,6 +35,7 @@ use crate::rollout::retention::DEFAULT_KEEP;
 use crate::snapshot::{self, Progress, SnapshotOptions, blocking, now_unix_ms};
 use crate::source::{HubFiles, SourceSpec};
 use crate::store::{DatasetRecord, MetaStore, RegionRecord, SourceRecord, StoreError, VersionRecord};
+use regions::region_to_pb;
 
 /// What the handlers share.
 pub struct AdminService {
@@ -347,16 +349,12 @@ impl pb::admin_server::Admin for AdminService {
         let identity = Identity::Region(r.name.clone());
         let hosts: Vec<String> = identity.peer_name().into_iter().collect();
         let issued = self.authority.issue(&identity, &hosts).map_err(|e| Status::internal(e.to_string()))?;
-        let record = RegionRecord { name: r.name, rate: r.rate_bytes_per_sec, created_unix_ms: now_unix_ms() };
+        let record =
+            RegionRecord { name: r.name, rate: r.rate_bytes_per_sec, created_unix_ms: now_unix_ms(), schedule: None };
         let stored = record.clone();
         blocking(&self.db, move |db| db.add_region(&stored)).await?;
         Ok(Response::new(pb::AddRegionResponse {
-            region: Some(pb::Region {
-                name: record.name,
-                rate_bytes_per_sec: record.rate,
-                created_unix_ms: record.created_unix_ms,
-                members: Vec::new(),
-            }),
+            region: Some(region_to_pb(record, Vec::new())),
             bundle: Some(pb::CredentialsBundle {
                 ca_pem: self.authority.ca_pem().to_string(),
                 cert_pem: issued.cert_pem,
@@ -375,48 +373,18 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::ListRegionsResponse {
             regions: regions
                 .into_iter()
-                .map(|r| pb::Region {
-                    members: self.live.members.members(&r.name),
-                    name: r.name,
-                    rate_bytes_per_sec: r.rate,
-                    created_unix_ms: r.created_unix_ms,
+                .map(|r| {
+                    let members = self.live.members.members(&r.name);
+                    region_to_pb(r, members)
                 })
                 .collect(),
         }))
     }
 
-    #[instrument(skip_all, fields(region, rate))]
+    #[instrument(skip_all, fields(region, rate, schedule))]
     async fn update_region(&self, request: Request<pb::UpdateRegionRequest>) -> Result<Response<pb::Region>, Status> {
         require_admin(&request)?;
-        let pb::UpdateRegionRequest { name, rate_bytes_per_sec: rate } = request.into_inner();
-        Span::current().record("region", name.as_str()).record("rate", rate);
-        validate_name("region", &name).map_err(invalid)?;
-        if rate == 0 {
-            return Err(Status::invalid_argument("a region's link budget must be above 0 bytes per second"));
-        }
-        let owned = name.clone();
-        blocking(&self.db, move |db| db.set_region_rate(&owned, rate)).await.map_err(|e| match e {
-            StoreError::NotFound { .. } => Status::not_found(format!(
-                "region {name:?} does not exist; `aq region list` shows the known ones, `aq region add {name} --rate RATE` adds it"
-            )),
-            other => other.into(),
-        })?;
-        // The relay's streams use the new rate from their next chunk; the region's spokes get
-        // it with the assignments the watches push now.
-        self.live.budgets.set(&name, rate);
-        self.live.changes.notify_waiters();
-        info!(rate_bytes_per_sec = rate, "region's link budget changed");
-        let region = blocking(&self.db, |db| db.regions())
-            .await?
-            .into_iter()
-            .find(|r| r.name == name)
-            .ok_or_else(|| Status::not_found(format!("region {name:?} was removed meanwhile")))?;
-        Ok(Response::new(pb::Region {
-            members: self.live.members.members(&region.name),
-            name: region.name,
-            rate_bytes_per_sec: region.rate,
-            created_unix_ms: region.created_unix_ms,
-        }))
+        Ok(Response::new(self.update_region_call(request.into_inner()).await?))
     }
 
     #[instrument(skip_all, fields(dataset, version))]

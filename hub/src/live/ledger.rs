@@ -144,7 +144,7 @@ mod tests {
         let manifest = Manifest::new("d".into(), 0, ChunkerParams::DEFAULT, vec![file]).unwrap();
         store.insert_version(0, &manifest, &VersionCut::default()).unwrap();
         for name in ["eu", "us"] {
-            store.add_region(&RegionRecord { name: name.into(), rate: 1, created_unix_ms: 1 }).unwrap();
+            store.add_region(&RegionRecord { name: name.into(), rate: 1, created_unix_ms: 1, schedule: None }).unwrap();
         }
         store
             .add_rollout(

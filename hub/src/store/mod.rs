@@ -101,9 +101,20 @@ pub struct VersionRecord {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegionRecord {
     pub name: String,
-    /// Link budget, bytes per second.
+    /// Link budget, bytes per second (when it has no schedule).
     pub rate: u64,
     pub created_unix_ms: i64,
+    /// Its budget over the week, when it has one (the text checked by
+    /// [`aqueduct_core::schedule::Schedule::parse`]).
+    pub schedule: Option<RegionSchedule>,
+}
+
+/// A region's weekly budget schedule and the time zone its windows are in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionSchedule {
+    pub text: String,
+    /// An IANA name (`Europe/Berlin`).
+    pub time_zone: String,
 }
 
 /// What identifies the state of a source object when a version was cut: if the object still
@@ -148,7 +159,10 @@ pub trait MetaStore: LifecycleStore + Send + Sync {
     fn add_region(&self, region: &RegionRecord) -> Result<(), StoreError>;
     fn regions(&self) -> Result<Vec<RegionRecord>, StoreError>;
     /// Sets a region's link budget; fails with `NotFound` if there is no such region.
+    /// Gives the region a flat budget (its schedule, if any, goes).
     fn set_region_rate(&self, name: &str, rate: u64) -> Result<(), StoreError>;
+    /// Gives the region a weekly budget schedule.
+    fn set_region_schedule(&self, name: &str, schedule: &RegionSchedule) -> Result<(), StoreError>;
     /// Every rollout (of one dataset, or of all), by dataset, version and region.
     fn rollouts(&self, dataset: Option<&str>) -> Result<Vec<RolloutRecord>, StoreError>;
     /// Adds to the bytes relayed to a region for a version.

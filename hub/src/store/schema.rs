@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::StoreError;
 
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The tables schema 5 added (the lifecycle): in the schema, and in the step that brings a
 /// schema 4 database up to it.
@@ -83,7 +83,9 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE TABLE IF NOT EXISTS regions (
     name TEXT PRIMARY KEY,
     rate INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL
+    created_ms INTEGER NOT NULL,
+    schedule TEXT NOT NULL DEFAULT '',
+    time_zone TEXT NOT NULL DEFAULT 'UTC'
 );
 CREATE TABLE IF NOT EXISTS rollouts (
     dataset TEXT NOT NULL,
@@ -157,6 +159,13 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
 ",
             lifecycle_tables!()
         ),
+    ),
+    // Version 5 had one flat budget per region: regions gain a weekly budget schedule, in
+    // their time zone ('' : the flat rate).
+    (
+        5,
+        "ALTER TABLE regions ADD COLUMN schedule TEXT NOT NULL DEFAULT '';
+         ALTER TABLE regions ADD COLUMN time_zone TEXT NOT NULL DEFAULT 'UTC';",
     ),
 ];
 

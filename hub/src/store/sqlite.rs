@@ -15,8 +15,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::chunk_list::{decode_chunks, encode_chunks};
 use super::schema;
 use super::{
-    DatasetRecord, MetaStore, RegionRecord, SkippedObject, SourceRecord, SourceStamp, StoreError, StoredVersion,
-    VersionCut, VersionRecord,
+    DatasetRecord, MetaStore, RegionRecord, RegionSchedule, SkippedObject, SourceRecord, SourceStamp, StoreError,
+    StoredVersion, VersionCut, VersionRecord,
 };
 use crate::rollout::cutover::ServingRecord;
 use crate::rollout::{self, RolloutKey, RolloutRecord, RowState, VersionId};
@@ -329,10 +329,12 @@ impl MetaStore for SqliteStore {
     }
 
     fn add_region(&self, r: &RegionRecord) -> Result<(), StoreError> {
+        let (schedule, time_zone) =
+            r.schedule.as_ref().map_or(("", "UTC"), |s| (s.text.as_str(), s.time_zone.as_str()));
         self.conn()
             .execute(
-                "INSERT INTO regions (name, rate, created_ms) VALUES (?1, ?2, ?3)",
-                params![r.name, r.rate as i64, r.created_unix_ms],
+                "INSERT INTO regions (name, rate, created_ms, schedule, time_zone) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![r.name, r.rate as i64, r.created_unix_ms, schedule, time_zone],
             )
             .map_err(map_constraint("region", &r.name))?;
         Ok(())
@@ -340,16 +342,35 @@ impl MetaStore for SqliteStore {
 
     fn regions(&self) -> Result<Vec<RegionRecord>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT name, rate, created_ms FROM regions ORDER BY name")?;
+        let mut stmt = conn.prepare("SELECT name, rate, created_ms, schedule, time_zone FROM regions ORDER BY name")?;
         let rows = stmt.query_map([], |r| {
-            Ok(RegionRecord { name: r.get(0)?, rate: r.get::<_, i64>(1)? as u64, created_unix_ms: r.get(2)? })
+            let (text, time_zone): (String, String) = (r.get(3)?, r.get(4)?);
+            Ok(RegionRecord {
+                name: r.get(0)?,
+                rate: r.get::<_, i64>(1)? as u64,
+                created_unix_ms: r.get(2)?,
+                schedule: (!text.is_empty()).then_some(RegionSchedule { text, time_zone }),
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn set_region_rate(&self, name: &str, rate: u64) -> Result<(), StoreError> {
-        let changed =
-            self.conn().execute("UPDATE regions SET rate = ?2 WHERE name = ?1", params![name, rate as i64])?;
+        let changed = self.conn().execute(
+            "UPDATE regions SET rate = ?2, schedule = '', time_zone = 'UTC' WHERE name = ?1",
+            params![name, rate as i64],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::NotFound { kind: "region", name: name.to_string() });
+        }
+        Ok(())
+    }
+
+    fn set_region_schedule(&self, name: &str, schedule: &RegionSchedule) -> Result<(), StoreError> {
+        let changed = self.conn().execute(
+            "UPDATE regions SET schedule = ?2, time_zone = ?3 WHERE name = ?1",
+            params![name, schedule.text, schedule.time_zone],
+        )?;
         if changed == 0 {
             return Err(StoreError::NotFound { kind: "region", name: name.to_string() });
         }

@@ -116,10 +116,10 @@ fn rollouts_need_known_regions_and_versions_and_are_idempotent() {
     let store = store_with_dataset();
     store.insert_version(0, &manifest("d", b"abc"), &cut(BTreeMap::new(), 10)).unwrap();
     for (name, rate) in [("eu", 100), ("us", 50)] {
-        store.add_region(&RegionRecord { name: name.into(), rate, created_unix_ms: 1 }).unwrap();
+        store.add_region(&RegionRecord { name: name.into(), rate, created_unix_ms: 1, schedule: None }).unwrap();
     }
     assert!(matches!(
-        store.add_region(&RegionRecord { name: "eu".into(), rate: 1, created_unix_ms: 1 }),
+        store.add_region(&RegionRecord { name: "eu".into(), rate: 1, created_unix_ms: 1, schedule: None }),
         Err(StoreError::AlreadyExists { kind: "region", .. })
     ));
     let err = store
@@ -159,6 +159,15 @@ fn rollouts_need_known_regions_and_versions_and_are_idempotent() {
     assert_eq!(store.regions().unwrap()[1].rate, 75);
     let err = store.set_region_rate("mars", 1).unwrap_err();
     assert!(matches!(&err, StoreError::NotFound { kind: "region", name } if name == "mars"), "{err}");
+    // A schedule is kept with its time zone; a flat rate set later takes its place.
+    let schedule =
+        RegionSchedule { text: "mon-fri 08:00-20:00 20MiB/s; 200MiB/s".into(), time_zone: "Europe/Berlin".into() };
+    store.set_region_schedule("us", &schedule).unwrap();
+    assert_eq!(store.regions().unwrap()[1].schedule.as_ref(), Some(&schedule));
+    assert_eq!(store.regions().unwrap()[0].schedule, None);
+    store.set_region_rate("us", 80).unwrap();
+    assert_eq!((store.regions().unwrap()[1].rate, store.regions().unwrap()[1].schedule.clone()), (80, None));
+    assert!(matches!(store.set_region_schedule("mars", &schedule), Err(StoreError::NotFound { .. })));
 }
 
 #[test]
@@ -168,7 +177,7 @@ fn a_schema_1_database_gains_replication_modes() {
     {
         let store = with_dataset(SqliteStore::open(&path).unwrap());
         store.insert_version(0, &manifest("d", b"abc"), &cut(BTreeMap::new(), 10)).unwrap();
-        store.add_region(&RegionRecord { name: "eu".into(), rate: 1, created_unix_ms: 1 }).unwrap();
+        store.add_region(&RegionRecord { name: "eu".into(), rate: 1, created_unix_ms: 1, schedule: None }).unwrap();
         store
             .add_rollout(&VersionId::new("d", 1), &["eu".into()], ReplicationMode::Region, CutOver::AllReady, 20)
             .unwrap();
@@ -182,6 +191,7 @@ fn a_schema_1_database_gains_replication_modes() {
                  UPDATE meta SET value = '1' WHERE key = 'schema_version';",
             )
             .unwrap();
+        store.conn().execute_batch(UNDO_SCHEMA_6).unwrap();
         store.conn().execute_batch(UNDO_SCHEMA_5).unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
@@ -232,6 +242,7 @@ fn a_schema_2_database_gains_link_policies_and_skipped_objects() {
                  UPDATE meta SET value = '2' WHERE key = 'schema_version';",
             )
             .unwrap();
+        store.conn().execute_batch(UNDO_SCHEMA_6).unwrap();
         store.conn().execute_batch(UNDO_SCHEMA_5).unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
@@ -263,7 +274,7 @@ fn a_schema_3_database_remembers_which_regions_were_ready() {
         let store = with_dataset(SqliteStore::open(&path).unwrap());
         store.insert_version(0, &manifest("d", b"abc"), &cut(BTreeMap::new(), 10)).unwrap();
         for name in ["eu", "us"] {
-            store.add_region(&RegionRecord { name: name.into(), rate: 1, created_unix_ms: 1 }).unwrap();
+            store.add_region(&RegionRecord { name: name.into(), rate: 1, created_unix_ms: 1, schedule: None }).unwrap();
         }
         store
             .add_rollout(
@@ -284,6 +295,7 @@ fn a_schema_3_database_remembers_which_regions_were_ready() {
                  UPDATE meta SET value = '3' WHERE key = 'schema_version';",
             )
             .unwrap();
+        store.conn().execute_batch(UNDO_SCHEMA_6).unwrap();
         store.conn().execute_batch(UNDO_SCHEMA_5).unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
@@ -301,6 +313,9 @@ fn a_schema_3_database_remembers_which_regions_were_ready() {
     drop(store);
     assert!(matches!(SqliteStore::open(&path), Err(StoreError::Schema { found: 99 })));
 }
+
+/// What schema 6 added, taken away again (to make a database of an earlier schema).
+const UNDO_SCHEMA_6: &str = "ALTER TABLE regions DROP COLUMN schedule; ALTER TABLE regions DROP COLUMN time_zone;";
 
 /// What schema 5 added, taken away again (to make a database of an earlier schema).
 const UNDO_SCHEMA_5: &str =
@@ -328,7 +343,7 @@ fn a_region_that_was_ready_keeps_the_version_and_only_the_others_fail() {
     let store = store_with_dataset();
     store.insert_version(0, &manifest("d", b"abc"), &cut(BTreeMap::new(), 10)).unwrap();
     for name in ["ap", "eu", "us"] {
-        store.add_region(&RegionRecord { name: name.into(), rate: 1, created_unix_ms: 1 }).unwrap();
+        store.add_region(&RegionRecord { name: name.into(), rate: 1, created_unix_ms: 1, schedule: None }).unwrap();
     }
     store
         .add_rollout(&VersionId::new("d", 1), &["eu".into(), "us".into()], ReplicationMode::Auto, CutOver::AllReady, 20)
@@ -397,7 +412,7 @@ fn a_schema_4_database_keeps_what_each_region_served() {
         store.insert_version(0, &manifest("d", b"abc"), &cut(BTreeMap::new(), 10)).unwrap();
         store.insert_version(1, &manifest("d", b"abcd"), &cut(BTreeMap::new(), 11)).unwrap();
         for name in ["eu", "us"] {
-            store.add_region(&RegionRecord { name: name.into(), rate: 1, created_unix_ms: 1 }).unwrap();
+            store.add_region(&RegionRecord { name: name.into(), rate: 1, created_unix_ms: 1, schedule: None }).unwrap();
         }
         let regions = ["eu".to_string(), "us".to_string()];
         store.add_rollout(&VersionId::new("d", 1), &regions, ReplicationMode::Auto, CutOver::AllReady, 20).unwrap();
@@ -411,6 +426,7 @@ fn a_schema_4_database_keeps_what_each_region_served() {
             .conn()
             .execute_batch("DELETE FROM serving; UPDATE meta SET value = '4' WHERE key = 'schema_version';")
             .unwrap();
+        store.conn().execute_batch(UNDO_SCHEMA_6).unwrap();
         store.conn().execute_batch(UNDO_SCHEMA_5).unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
