@@ -190,14 +190,11 @@ async fn the_spoke_is_ready_while_connected_to_the_hub_and_alive_throughout() {
     children.0.push(hub.start());
     let channel = hub.channel().await;
     let region = pb::Region { name: "eu".into(), rate_bytes_per_sec: 1 << 30, ..Default::default() };
-    let bundle = AdminClient::new(channel)
-        .add_region(pb::AddRegionRequest { region: Some(region) })
-        .await
-        .unwrap()
-        .into_inner()
-        .bundle
-        .unwrap();
-    let config = aqueduct_spoke::write_node_config(&root.join("spoke"), &hub.url, "eu-1", &bundle).unwrap();
+    let mut admin = AdminClient::new(channel);
+    let ca = admin.add_region(pb::AddRegionRequest { region: Some(region) }).await.unwrap().into_inner().ca_pem;
+    let token = pb::CreateEnrolTokenRequest { region: "eu".into(), ttl_seconds: 3600, uses: 1 };
+    let token = admin.create_enrol_token(token).await.unwrap().into_inner().token;
+    let config = aqueduct_spoke::write_enrol_config(&root.join("spoke"), &hub.url, "eu-1", &ca, &token).unwrap();
     let metrics = aqueduct_e2e::with_spoke_metrics(&config);
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str("[csi]\nsocket = \"csi.sock\"\n");

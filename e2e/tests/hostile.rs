@@ -248,8 +248,16 @@ async fn hostile_clients_cannot_exhaust_the_hub() {
     let mut bundles = std::collections::HashMap::new();
     for name in ["good", "hostile"] {
         let region = pb::Region { name: name.into(), rate_bytes_per_sec: 1 << 30, ..Default::default() };
-        let added = admin.add_region(pb::AddRegionRequest { region: Some(region) }).await.unwrap().into_inner();
-        bundles.insert(name, added.bundle.unwrap());
+        admin.add_region(pb::AddRegionRequest { region: Some(region) }).await.unwrap();
+        // The hub's CA issues a node's certificate, as enrolment would.
+        let ca = aqueduct_hub::pki::Authority::load(&data.join("pki/ca.pem"), &data.join("pki/ca.key")).unwrap();
+        let issued = ca.issue_node(name, &format!("{name}-1"), Duration::from_secs(3600)).unwrap();
+        let bundle = pb::CredentialsBundle {
+            ca_pem: ca.ca_pem().to_string(),
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem,
+        };
+        bundles.insert(name, bundle);
     }
     let rollout = pb::RolloutRequest {
         dataset: "llama".into(),
