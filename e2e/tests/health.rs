@@ -190,11 +190,14 @@ async fn the_spoke_is_ready_while_connected_to_the_hub_and_alive_throughout() {
     children.0.push(hub.start());
     let channel = hub.channel().await;
     let region = pb::Region { name: "eu".into(), rate_bytes_per_sec: 1 << 30, ..Default::default() };
-    let mut admin = AdminClient::new(channel);
-    let ca = admin.add_region(pb::AddRegionRequest { region: Some(region) }).await.unwrap().into_inner().ca_pem;
-    let token = pb::CreateEnrolTokenRequest { region: "eu".into(), ttl_seconds: 3600, uses: 1 };
-    let token = admin.create_enrol_token(token).await.unwrap().into_inner().token;
-    let config = aqueduct_spoke::write_enrol_config(&root.join("spoke"), &hub.url, "eu-1", &ca, &token).unwrap();
+    AdminClient::new(channel).add_region(pb::AddRegionRequest { region: Some(region) }).await.unwrap();
+    // The node's certificate from the hub's CA (the spoke starts while the hub is down, so it
+    // could not enrol then).
+    let ca = aqueduct_hub::pki::Authority::load(&hub.data.join("pki/ca.pem"), &hub.data.join("pki/ca.key")).unwrap();
+    let issued = ca.issue_node("eu", "eu-1", Duration::from_secs(3600)).unwrap();
+    let bundle =
+        pb::CredentialsBundle { ca_pem: ca.ca_pem().into(), cert_pem: issued.cert_pem, key_pem: issued.key_pem };
+    let config = aqueduct_spoke::write_node_config(&root.join("spoke"), &hub.url, "eu-1", &bundle).unwrap();
     let metrics = aqueduct_e2e::with_spoke_metrics(&config);
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str("[csi]\nsocket = \"csi.sock\"\n");

@@ -147,10 +147,22 @@ pub async fn credentials(config: &SpokeConfig) -> Result<Arc<NodeTls>, EnrolErro
             Err(e) => why.push(format!("{}: {e}", cert.display())),
         }
     }
-    let held = enrol(config, &ca).await.map_err(|e| match e {
-        EnrolError::NoCredentials { .. } => EnrolError::NoCredentials { why: why.join("; ") },
-        other => other,
-    })?;
+    // A hub not reachable yet (the node started first) is waited for; a refusal is final.
+    let mut attempt = 0u32;
+    let held = loop {
+        match enrol(config, &ca).await {
+            Ok(held) => break held,
+            Err(EnrolError::Connect(e)) => {
+                if attempt.is_multiple_of(15) {
+                    warn!(error = %e, "cannot reach the hub to enrol; trying again every 2 s");
+                }
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(EnrolError::NoCredentials { .. }) => return Err(EnrolError::NoCredentials { why: why.join("; ") }),
+            Err(other) => return Err(other),
+        }
+    };
     Ok(NodeTls::new(ca.into_bytes(), held)?)
 }
 
