@@ -58,8 +58,8 @@ pub enum EnrolError {
     NoCredentials { why: String },
 }
 
-/// When to renew a certificate valid from `not_before_ms` to `not_after_ms`: at 2/3 of its
-/// lifetime, earlier by up to 1/12 of it by `jitter` (0..1), so that the nodes of a region
+/// When to renew a certificate valid from `not_before_ms` (or got then) to `not_after_ms`: at
+/// 2/3 of that time, earlier by up to 1/12 of it by `jitter` (0..1), so that the nodes of a region
 /// that enrolled together do not all renew at once.
 pub fn renew_at(not_before_ms: i64, not_after_ms: i64, jitter: f64) -> i64 {
     let lifetime = not_after_ms.saturating_sub(not_before_ms).max(0);
@@ -234,7 +234,9 @@ pub async fn renew(
     loop {
         let held = tls.current();
         status.not_after_ms.store(held.not_after_ms, Ordering::Relaxed);
-        let at = renew_at(held.not_before_ms, held.not_after_ms, fastrand::f64());
+        // The hub backdates a certificate a little (clocks differ): its lifetime counts from
+        // when this spoke got it (or started with it), whichever is later than its start.
+        let at = renew_at(now_ms().max(held.not_before_ms), held.not_after_ms, fastrand::f64());
         let wait = Duration::from_millis(at.saturating_sub(now_ms()).max(0) as u64);
         info!(in_s = wait.as_secs(), not_after_ms = held.not_after_ms, "the node's certificate will be renewed");
         tokio::select! {
