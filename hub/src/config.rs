@@ -288,6 +288,10 @@ mod tests {
         // The example's [limits] are the defaults, written out.
         assert_eq!(config.limits, LimitsConfig::default());
         assert!(!text.replace("[limits]", "").contains("\n[limits"), "one [limits] section");
+        assert_eq!(config.enrol, EnrolConfig::default(), "the example's lifetime is the default, 30 days");
+        let short = text.replace("node_certificate_lifetime = \"720h\"", "node_certificate_lifetime = \"5s\"");
+        let err = HubConfig::parse(&short, Path::new("hub.example.toml")).unwrap_err().to_string();
+        assert!(err.contains("enrol.node_certificate_lifetime must be at least"), "{err}");
     }
 
     const BASE: &str = "listen = \"127.0.0.1:1\"\ndata_dir = \"/x\"\n";

@@ -270,3 +270,80 @@ pub fn write_secret(path: &Path, contents: &str) -> Result<(), PkiError> {
     durable::write_file(path, contents.as_bytes(), durable::SECRET)
         .map_err(|source| PkiError::Write { path: path.to_owned(), source })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    use aqueduct_testkit::fuzz;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn authority() -> &'static Authority {
+        static CA: OnceLock<Authority> = OnceLock::new();
+        CA.get_or_init(|| Authority::create("test").unwrap())
+    }
+
+    /// A real request (DER), asking for an admin's identity and a CA's powers.
+    fn request() -> &'static [u8] {
+        static DER: OnceLock<Vec<u8>> = OnceLock::new();
+        DER.get_or_init(|| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(vec!["hub.example".to_string()]).unwrap();
+            params.subject_alt_names.push(SanType::URI("spiffe://aqueduct/admin".try_into().unwrap()));
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.serialize_request(&key).unwrap().der().to_vec()
+        })
+    }
+
+    /// What a signed certificate says: its identity, and whether it is a CA.
+    fn read(pem: &str) -> (Option<Identity>, bool) {
+        let (_, pem_block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        let cert = pem_block.parse_x509().unwrap();
+        (Identity::from_pem(pem), cert.is_ca())
+    }
+
+    #[test]
+    fn a_request_gives_only_its_public_key() {
+        let issued = authority().sign_node_request(request(), "eu", "gpu-1", Duration::from_secs(60)).unwrap();
+        let node = Identity::Node { region: "eu".into(), node: "gpu-1".into() };
+        assert_eq!(read(&issued.cert_pem), (Some(node), false));
+        assert!(matches!(
+            authority().sign_node_request(&vec![0x30; MAX_CSR_BYTES + 1], "eu", "n", Duration::from_secs(1)),
+            Err(CsrError::TooLarge(_))
+        ));
+    }
+
+    proptest! {
+        #![proptest_config(fuzz::config(2000))]
+
+        /// Any bytes as a certificate request, or a real one damaged: an error, or a certificate
+        /// for exactly the node asked for (never a CA, never another identity); never a panic.
+        #[test]
+        fn fuzz_sign_node_request_on_hostile_bytes(
+            bytes in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..400),
+                (proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+                 proptest::option::of(any::<prop::sample::Index>()))
+                    .prop_map(|(flips, cut)| {
+                        let mut der = request().to_vec();
+                        for (at, byte) in flips {
+                            let i = at.index(der.len());
+                            der[i] = byte;
+                        }
+                        if let Some(at) = cut {
+                            der.truncate(at.index(der.len()));
+                        }
+                        der
+                    }),
+            ],
+        ) {
+            if let Ok(issued) = authority().sign_node_request(&bytes, "eu", "gpu-1", Duration::from_secs(60)) {
+                let node = Identity::Node { region: "eu".into(), node: "gpu-1".into() };
+                prop_assert_eq!(read(&issued.cert_pem), (Some(node), false));
+            }
+        }
+    }
+}
