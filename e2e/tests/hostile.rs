@@ -429,10 +429,9 @@ async fn a_region_with_every_stream_taken_waits_its_turn_and_completes() {
     let manifest = w.manifest(v1.version).await;
     let digests: Vec<Digest> = manifest.distinct_chunks().into_iter().map(|(d, _)| d).collect();
 
-    // Someone with eu's certificate takes both of eu's streams and reads neither.
-    let dir = config.parent().unwrap();
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
-    let hog = channel(&w.hub_url, &read("ca.pem"), &read("cert.pem"), &read("key.pem")).await.unwrap();
+    // Someone with the certificate of a node of eu takes both of eu's streams and reads neither.
+    let hog = w.hub.node_bundle("eu", "eu-hog");
+    let hog = channel(&w.hub_url, &hog.ca_pem, &hog.cert_pem, &hog.key_pem).await.unwrap();
     let mut hog = SpokeClient::new(hog);
     let held = vec![
         hog.fetch_chunks(fetch_request(&digests)).await.unwrap(),
@@ -452,7 +451,7 @@ async fn a_region_with_every_stream_taken_waits_its_turn_and_completes() {
     drop(held);
     let rows = w.wait_ready(v1.version).await;
     assert_eq!(rows[0].region, "eu");
-    aqueduct_e2e::assert_store_holds(&dir.join("store"), &manifest, &w.data);
+    aqueduct_e2e::assert_store_holds(&config.parent().unwrap().join("store"), &manifest, &w.data);
 
     // The spoke's local API bounds its lists of digests too, and says the bound.
     let mut local = aqueduct_e2e::local_client(&aqueduct_e2e::socket_of(&config)).await;
