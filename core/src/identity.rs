@@ -2,8 +2,11 @@
 //!
 //! Every certificate issued by the hub's CA carries exactly one URI subject alternative name:
 //! `spiffe://aqueduct/admin` for operators, `spiffe://aqueduct/hub` for the hub itself and
-//! `spiffe://aqueduct/region/NAME` for the spokes of a region. TLS proves the certificate was
-//! issued by our CA; this module reads which identity it names.
+//! `spiffe://aqueduct/region/REGION/node/NODE` for the spoke of one node of a region (each
+//! spoke has its own key and certificate, got by enrolment). A node's certificate also carries
+//! its region's peer DNS name ([`Identity::peer_name`]), so that the spokes of a region check
+//! "same region" when they connect to each other. TLS proves the certificate was issued by our
+//! CA; this module reads which identity it names.
 
 use std::fmt;
 
@@ -15,7 +18,12 @@ const PREFIX: &str = "spiffe://aqueduct/";
 pub enum Identity {
     Admin,
     Hub,
-    Region(String),
+    /// The spoke of one node of a region (both names valid as [`aqueduct_proto::validate_name`]
+    /// says).
+    Node {
+        region: String,
+        node: String,
+    },
 }
 
 impl Identity {
@@ -23,7 +31,15 @@ impl Identity {
         match self {
             Identity::Admin => format!("{PREFIX}admin"),
             Identity::Hub => format!("{PREFIX}hub"),
-            Identity::Region(name) => format!("{PREFIX}region/{name}"),
+            Identity::Node { region, node } => format!("{PREFIX}region/{region}/node/{node}"),
+        }
+    }
+
+    /// The region of a node's identity.
+    pub fn region(&self) -> Option<&str> {
+        match self {
+            Identity::Node { region, .. } => Some(region),
+            _ => None,
         }
     }
 
@@ -31,7 +47,7 @@ impl Identity {
     /// that a peer it connects to is of its own region (TLS checks the server's name).
     pub fn peer_name(&self) -> Option<String> {
         match self {
-            Identity::Region(name) => Some(format!("{name}.region.aqueduct")),
+            Identity::Node { region, .. } => Some(format!("{region}.region.aqueduct")),
             _ => None,
         }
     }
@@ -40,10 +56,12 @@ impl Identity {
         match uri.strip_prefix(PREFIX)? {
             "admin" => Some(Identity::Admin),
             "hub" => Some(Identity::Hub),
-            rest => rest
-                .strip_prefix("region/")
-                .filter(|name| aqueduct_proto::validate_name("region", name).is_ok())
-                .map(|name| Identity::Region(name.to_string())),
+            rest => {
+                let (region, node) = rest.strip_prefix("region/")?.split_once("/node/")?;
+                let valid = |what, name| aqueduct_proto::validate_name(what, name).is_ok();
+                (valid("region", region) && valid("node", node))
+                    .then(|| Identity::Node { region: region.to_string(), node: node.to_string() })
+            }
         }
     }
 
@@ -82,7 +100,7 @@ impl fmt::Display for Identity {
         match self {
             Identity::Admin => f.write_str("admin"),
             Identity::Hub => f.write_str("hub"),
-            Identity::Region(name) => write!(f, "region {name}"),
+            Identity::Node { region, node } => write!(f, "region {region}, node {node}"),
         }
     }
 }
@@ -110,19 +128,26 @@ mod tests {
 
         /// Any URI: an identity whose URI is that text, or none.
         #[test]
-        fn fuzz_identity_from_uri(uri in "(spiffe://aqueduct/)?(admin|hub|region/)?.{0,20}") {
+        fn fuzz_identity_from_uri(
+            uri in "(spiffe://aqueduct/)?(admin|hub|region/)?.{0,20}(/node/)?.{0,20}(/node/)?.{0,6}",
+        ) {
             if let Some(identity) = Identity::from_uri(&uri) {
                 prop_assert_eq!(identity.uri(), uri);
-                if let Identity::Region(name) = &identity {
-                    prop_assert!(aqueduct_proto::validate_name("region", name).is_ok());
-                    prop_assert_eq!(identity.peer_name(), Some(format!("{name}.region.aqueduct")));
+                if let Identity::Node { region, node } = &identity {
+                    prop_assert!(aqueduct_proto::validate_name("region", region).is_ok());
+                    prop_assert!(aqueduct_proto::validate_name("node", node).is_ok());
+                    prop_assert_eq!(identity.peer_name(), Some(format!("{region}.region.aqueduct")));
                 }
             }
         }
 
         #[test]
-        fn fuzz_identity_uri_round_trip(name in "[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?") {
-            for identity in [Identity::Admin, Identity::Hub, Identity::Region(name.clone())] {
+        fn fuzz_identity_uri_round_trip(
+            region in "[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?",
+            node in "[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?",
+        ) {
+            let node = Identity::Node { region, node };
+            for identity in [Identity::Admin, Identity::Hub, node] {
                 prop_assert_eq!(Identity::from_uri(&identity.uri()), Some(identity));
             }
         }
@@ -132,7 +157,15 @@ mod tests {
     fn unknown_uris_are_no_identity() {
         assert_eq!(Identity::from_uri("spiffe://aqueduct/admin"), Some(Identity::Admin));
         assert_eq!(Identity::from_uri("spiffe://other/admin"), None);
-        assert_eq!(Identity::from_uri("spiffe://aqueduct/region/BAD NAME"), None);
+        assert_eq!(Identity::from_uri("spiffe://aqueduct/region/BAD NAME/node/n1"), None);
+        // A region alone names no one: every spoke has its node's certificate.
+        assert_eq!(Identity::from_uri("spiffe://aqueduct/region/eu"), None);
+        assert_eq!(Identity::from_uri("spiffe://aqueduct/region/eu/node/"), None);
+        assert_eq!(Identity::from_uri("spiffe://aqueduct/region/eu/node/a/node/b"), None);
+        assert_eq!(
+            Identity::from_uri("spiffe://aqueduct/region/eu/node/gpu-7"),
+            Some(Identity::Node { region: "eu".into(), node: "gpu-7".into() })
+        );
         assert_eq!(Identity::from_uri("spiffe://aqueduct/root"), None);
     }
 }

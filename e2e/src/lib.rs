@@ -1,10 +1,13 @@
 //! Whole-system tests and benchmarks of Aqueduct, and the harness they share.
 //!
 //! [`World`] runs a hub (in this process, mutual TLS on 127.0.0.1) over a real source (an S3
-//! server from `e2e/testkit`, or a local directory), adds regions with their credentials,
-//! starts spokes (and stops their FUSE [`holders`]), rolls versions out and waits for them.
+//! server from `e2e/testkit`, or a local directory), adds regions and writes configs whose
+//! spokes enrol with tokens, starts spokes (and stops their FUSE [`holders`]), rolls versions out and waits for them.
 //! [`netns`] puts regions in network namespaces behind shaped links, with spokes as processes
 //! on their nodes. `tests/` holds the scenarios, `benches/` the benchmarks.
+//!
+//! The file is some 610 lines long: the world's helpers are one type's methods, which every
+//! scenario uses.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -230,22 +233,28 @@ impl World {
         panic!("no snapshot result");
     }
 
-    /// Adds a region and writes a spoke config for one node of it; returns the config path.
+    /// Adds a region and writes a spoke config for one node of it, which enrols with a token
+    /// at its first start; returns the config path.
     pub async fn region(&mut self, name: &str, rate: u64) -> PathBuf {
-        let bundle = self.hub.add_region(name, rate).await;
+        let ca = self.hub.add_region(name, rate).await;
+        let token = self.hub.enrol_token(name, 1, Duration::from_secs(3600)).await;
         let (dir, node) = (self.root.join(format!("spoke-{name}")), format!("{name}-1"));
-        holders::with_holder_binary(aqueduct_spoke::write_node_config(&dir, &self.hub_url, &node, &bundle).unwrap())
+        holders::with_holder_binary(
+            aqueduct_spoke::write_enrol_config(&dir, &self.hub_url, &node, &ca, &token).unwrap(),
+        )
     }
 
     /// Adds a region and writes configs for `nodes` spokes of it (`NAME-1`, ..., each in
     /// `spoke-NAME-I/`) that exchange chunks as peers on 127.0.0.1; returns the config paths.
     pub async fn region_of(&mut self, name: &str, rate: u64, nodes: usize) -> Vec<PathBuf> {
-        let bundle = self.hub.add_region(name, rate).await;
+        let ca = self.hub.add_region(name, rate).await;
+        // One token for the region's nodes, as a DaemonSet's Secret holds.
+        let token = self.hub.enrol_token(name, nodes as u32, Duration::from_secs(3600)).await;
         (1..=nodes)
             .map(|i| {
                 let dir = self.root.join(format!("spoke-{name}-{i}"));
-                let config =
-                    aqueduct_spoke::write_node_config(&dir, &self.hub_url, &format!("{name}-{i}"), &bundle).unwrap();
+                let node = format!("{name}-{i}");
+                let config = aqueduct_spoke::write_enrol_config(&dir, &self.hub_url, &node, &ca, &token).unwrap();
                 let mut text = std::fs::read_to_string(&config).unwrap();
                 text.push_str("[peer]\nlisten = \"127.0.0.1:0\"\n");
                 std::fs::write(&config, text).unwrap();
@@ -258,14 +267,15 @@ impl World {
     /// each of its nodes: the hub at its address as the region sees it, peers on the node's
     /// address. Returns the config paths.
     pub async fn region_in(&mut self, net: &netns::RegionNet, rate: u64) -> Vec<PathBuf> {
-        let bundle = self.hub.add_region(&net.name, rate).await;
+        let ca = self.hub.add_region(&net.name, rate).await;
+        let token = self.hub.enrol_token(&net.name, net.nodes.len() as u32, Duration::from_secs(3600)).await;
         let port = self.hub_url.rsplit(':').next().unwrap().to_string();
         let hub = format!("https://{}:{port}", net.hub_ip);
         net.nodes
             .iter()
             .map(|node| {
                 let dir = self.root.join(format!("spoke-{}", node.name));
-                let config = aqueduct_spoke::write_node_config(&dir, &hub, &node.name, &bundle).unwrap();
+                let config = aqueduct_spoke::write_enrol_config(&dir, &hub, &node.name, &ca, &token).unwrap();
                 let mut text = std::fs::read_to_string(&config).unwrap();
                 text.push_str(&format!("[peer]\nlisten = \"{}:7444\"\n", node.ip));
                 std::fs::write(&config, text).unwrap();

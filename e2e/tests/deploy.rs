@@ -123,6 +123,10 @@ fn charts_lint_render_validate_and_refuse_bad_values() {
         assert_eq!(config.cache.memory_only, memory_only, "{values}");
         assert_eq!(config.peer.as_ref().map(|p| p.listen.port()), Some(peer_port), "{values}");
         assert!(config.csi.is_some() && config.operator.as_ref().is_some_and(|o| o.enabled), "{values}");
+        // Each spoke enrols with the token of the enrolment Secret: no key in any Secret.
+        let token = config.enrol.as_ref().map(|e| e.token_file.display().to_string());
+        assert_eq!(token.as_deref(), Some("/etc/aqueduct/enrol/token"), "{values}");
+        assert!(config.tls.cert.is_none() && config.tls.key.is_none(), "{values}: a key from a Secret");
         // Without the downward API's values the config is refused, naming what is missing.
         let err = SpokeConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("AQUEDUCT_NODE"), "{values}: {err}");
@@ -132,6 +136,8 @@ fn charts_lint_render_validate_and_refuse_bad_values() {
             assert!(daemonset.contains(env), "{values}: no {env} in the DaemonSet");
         }
         assert_eq!(daemonset.contains("medium: Memory"), memory_only, "{values}: data dir in memory");
+        let secret = if values == "region" { "aqueduct-us-east-2-enrol" } else { "aqueduct-enrol-eu-west" };
+        assert!(daemonset.contains(&format!("secretName: {secret}")), "{values}: no enrolment Secret\n{daemonset}");
         // The data dir itself (the csi/ state beside it, publications and mount points, holds no
         // dataset byte and is a hostPath either way).
         assert_eq!(daemonset.contains("hostPath: {path: /var/lib/aqueduct-spoke, type"), !memory_only, "{values}");

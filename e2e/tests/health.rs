@@ -190,13 +190,18 @@ async fn the_spoke_is_ready_while_connected_to_the_hub_and_alive_throughout() {
     children.0.push(hub.start());
     let channel = hub.channel().await;
     let region = pb::Region { name: "eu".into(), rate_bytes_per_sec: 1 << 30, ..Default::default() };
-    let bundle = AdminClient::new(channel)
-        .add_region(pb::AddRegionRequest { region: Some(region) })
-        .await
-        .unwrap()
-        .into_inner()
-        .bundle
-        .unwrap();
+    AdminClient::new(channel).add_region(pb::AddRegionRequest { region: Some(region) }).await.unwrap();
+    // The node's certificate from the hub's CA (the spoke starts while the hub is down, so it
+    // could not enrol then).
+    let ca = aqueduct_hub::pki::Authority::load_issuer(
+        &hub.data.join("pki/ca.pem"),
+        &hub.data.join("pki/issuer.pem"),
+        &hub.data.join("pki/issuer.key"),
+    )
+    .unwrap();
+    let issued = ca.issue_node("eu", "eu-1", Duration::from_secs(3600)).unwrap();
+    let bundle =
+        pb::CredentialsBundle { ca_pem: ca.ca_pem().into(), cert_pem: issued.cert_pem, key_pem: issued.key_pem };
     let config = aqueduct_spoke::write_node_config(&root.join("spoke"), &hub.url, "eu-1", &bundle).unwrap();
     let metrics = aqueduct_e2e::with_spoke_metrics(&config);
     let mut text = std::fs::read_to_string(&config).unwrap();

@@ -248,8 +248,21 @@ async fn hostile_clients_cannot_exhaust_the_hub() {
     let mut bundles = std::collections::HashMap::new();
     for name in ["good", "hostile"] {
         let region = pb::Region { name: name.into(), rate_bytes_per_sec: 1 << 30, ..Default::default() };
-        let added = admin.add_region(pb::AddRegionRequest { region: Some(region) }).await.unwrap().into_inner();
-        bundles.insert(name, added.bundle.unwrap());
+        admin.add_region(pb::AddRegionRequest { region: Some(region) }).await.unwrap();
+        // The hub's CA issues a node's certificate, as enrolment would.
+        let ca = aqueduct_hub::pki::Authority::load_issuer(
+            &data.join("pki/ca.pem"),
+            &data.join("pki/issuer.pem"),
+            &data.join("pki/issuer.key"),
+        )
+        .unwrap();
+        let issued = ca.issue_node(name, &format!("{name}-1"), Duration::from_secs(3600)).unwrap();
+        let bundle = pb::CredentialsBundle {
+            ca_pem: ca.ca_pem().to_string(),
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem,
+        };
+        bundles.insert(name, bundle);
     }
     let rollout = pb::RolloutRequest {
         dataset: "llama".into(),
@@ -421,10 +434,9 @@ async fn a_region_with_every_stream_taken_waits_its_turn_and_completes() {
     let manifest = w.manifest(v1.version).await;
     let digests: Vec<Digest> = manifest.distinct_chunks().into_iter().map(|(d, _)| d).collect();
 
-    // Someone with eu's certificate takes both of eu's streams and reads neither.
-    let dir = config.parent().unwrap();
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
-    let hog = channel(&w.hub_url, &read("ca.pem"), &read("cert.pem"), &read("key.pem")).await.unwrap();
+    // Someone with the certificate of a node of eu takes both of eu's streams and reads neither.
+    let hog = w.hub.node_bundle("eu", "eu-hog");
+    let hog = channel(&w.hub_url, &hog.ca_pem, &hog.cert_pem, &hog.key_pem).await.unwrap();
     let mut hog = SpokeClient::new(hog);
     let held = vec![
         hog.fetch_chunks(fetch_request(&digests)).await.unwrap(),
@@ -444,7 +456,7 @@ async fn a_region_with_every_stream_taken_waits_its_turn_and_completes() {
     drop(held);
     let rows = w.wait_ready(v1.version).await;
     assert_eq!(rows[0].region, "eu");
-    aqueduct_e2e::assert_store_holds(&dir.join("store"), &manifest, &w.data);
+    aqueduct_e2e::assert_store_holds(&config.parent().unwrap().join("store"), &manifest, &w.data);
 
     // The spoke's local API bounds its lists of digests too, and says the bound.
     let mut local = aqueduct_e2e::local_client(&aqueduct_e2e::socket_of(&config)).await;

@@ -1,9 +1,9 @@
 //! Who a report speaks for, who counts for a region, and what a changed source fails: real
 //! spokes and a real hub over mutual TLS on 127.0.0.1.
 //!
-//! Every spoke of a region holds the region's one certificate, so a holder of that key can
-//! call the hub as any of them. These tests show that it still cannot make a region Ready for
-//! a node it does not run, take a live node's name, that a sidecar without a peer share never
+//! Every spoke holds its own node's certificate; a holder of the keys of several nodes (or of a
+//! node's stolen key) can call the hub as each of them. These tests show that it still cannot
+//! make a region Ready for a node it does not run, take a live node's name, that a sidecar without a peer share never
 //! holds its region back or fails it, and that a source changed after a region held a version
 //! whole fails that version only where it was not whole yet.
 
@@ -14,31 +14,23 @@ use aqueduct_e2e::{
     Children, SourceKind, World, bin, io, local_client, mount_when_known, socket_of, spawn_logged, stored_chunks, world,
 };
 use aqueduct_proto::hub::v1 as pb;
-use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
 use aqueduct_proto::spoke::v1 as local;
+use aqueduct_testkit::hub::RegionSpokes;
 use aqueduct_testkit::{can_mount_fuse, noise};
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 const MIB: u64 = 1 << 20;
 
-/// A raw client of the hub's spokes' API with the credentials in `dir` (a spoke's directory:
-/// the region's `ca.pem`, `cert.pem`, `key.pem`), as anyone holding the region's key could make.
-async fn as_region(w: &World, dir: &Path) -> SpokeClient<Channel> {
-    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("ca.pem")))
-        .identity(Identity::from_pem(read("cert.pem"), read("key.pem")));
-    let channel = Endpoint::from_shared(w.hub_url.clone()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
-    SpokeClient::new(channel)
+/// Raw clients of the hub's spokes' API with the keys of every node of `region` (each call
+/// with the certificate of the node it names), as anyone holding those keys could make.
+async fn as_region(w: &World, region: &str) -> RegionSpokes {
+    w.hub.spokes(region).await
 }
 
-/// Writes a config for a spoke named `node` in `dir`, with the region credentials of the
-/// spoke configured in `like`'s directory; returns its path.
-fn spoke_like(w: &World, like: &Path, dir: &Path, node: &str) -> PathBuf {
-    let from = like.parent().unwrap();
-    let read = |f: &str| std::fs::read_to_string(from.join(f)).unwrap();
-    let bundle = pb::CredentialsBundle { ca_pem: read("ca.pem"), cert_pem: read("cert.pem"), key_pem: read("key.pem") };
+/// Writes a config for a spoke named `node` of region eu in `dir`, with a certificate of that
+/// node issued from the hub's CA (as enrolment would); returns its path.
+fn spoke_like(w: &World, dir: &Path, node: &str) -> PathBuf {
+    let bundle = w.hub.node_bundle("eu", node);
     aqueduct_e2e::holders::with_holder_binary(
         aqueduct_spoke::write_node_config(dir, &w.hub_url, node, &bundle).unwrap(),
     )
@@ -96,7 +88,7 @@ async fn forged_reports_with_the_regions_key_change_nothing() {
     let row = wait_row(&mut w, 1, "eu", "eu-1 started", |r| r.nodes.iter().any(|n| n.cached_bytes > 0)).await;
     println!("eu-1 holds {} of {} bytes when the forgeries start", row.nodes[0].cached_bytes, v1.bytes);
 
-    let mut forger = as_region(&w, config.parent().unwrap()).await;
+    let mut forger = as_region(&w, "eu").await;
     let ready = |node: &str, session: &str| pb::ProgressReport {
         dataset: "llama".into(),
         version: 1,
@@ -166,7 +158,7 @@ async fn a_second_spoke_claiming_a_live_name_is_refused_and_the_first_keeps_it()
     std::fs::write(w.data.join("config.json"), b"{}").unwrap();
     w.snapshot().await;
     let first = w.region_of("eu", 1 << 30, 1).await.remove(0);
-    let second = spoke_like(&w, &first, &w.root.join("spoke-eu-1-again"), "eu-1");
+    let second = spoke_like(&w, &w.root.join("spoke-eu-1-again"), "eu-1");
     append(&second, "[peer]\nlisten = \"127.0.0.1:0\"\n");
     let stop_first = w.start_spoke(&first);
     w.wait_members("eu", 1).await;
@@ -232,7 +224,7 @@ async fn a_sidecar_without_a_peer_share_never_fails_the_region_and_reads_its_fil
     }
     let v1 = w.snapshot().await;
     let node = w.region_of("eu", 1 << 30, 1).await.remove(0);
-    let sidecar = spoke_like(&w, &node, &w.root.join("spoke-pod-sidecar"), "pod-sidecar");
+    let sidecar = spoke_like(&w, &w.root.join("spoke-pod-sidecar"), "pod-sidecar");
     // As deploy/spoke/examples/sidecar-pod.yaml: memory only, no [peer]; 4 MiB for 16 MiB.
     append(&sidecar, "[cache]\nmemory_only = true\nmemory = \"4MiB\"\n");
     let stops = [w.start_spoke(&node), w.start_spoke(&sidecar)];
@@ -368,7 +360,7 @@ async fn a_name_held_by_a_silent_watch_is_free_once_keepalive_gives_up() {
     std::fs::write(w.data.join("config.json"), b"{}").unwrap();
     w.snapshot().await;
     let old = w.region_of("eu", 1 << 30, 1).await.remove(0);
-    let new = spoke_like(&w, &old, &w.root.join("spoke-eu-1-restarted"), "eu-1");
+    let new = spoke_like(&w, &w.root.join("spoke-eu-1-restarted"), "eu-1");
     append(&new, "[peer]\nlisten = \"127.0.0.1:0\"\n");
     let root = w.root.clone();
     let run = |config: &Path, log: &str| {

@@ -226,20 +226,29 @@ async fn peers_that_lie_or_belong_to_another_region_are_caught_and_cost_no_link_
     write_model(&w.data, 8 << 20, 0);
     w.snapshot().await;
     let eu = w.region_of("eu", 1 << 30, 1).await;
-    let us = w.region_of("us", 1 << 30, 1).await;
-    let (eu_dir, us_dir) = (eu[0].parent().unwrap().to_owned(), us[0].parent().unwrap().to_owned());
+    w.region_of("us", 1 << 30, 1).await;
+    // Nodes' credentials issued from the hub's CA, each in a directory of its own.
+    let creds = |region: &str, node: &str| {
+        let dir = w.root.join(format!("creds-{node}"));
+        let bundle = w.hub.node_bundle(region, node);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (file, text) in [("ca.pem", &bundle.ca_pem), ("cert.pem", &bundle.cert_pem), ("key.pem", &bundle.key_pem)] {
+            std::fs::write(dir.join(file), text).unwrap();
+        }
+        dir
+    };
+    let us_dir = creds("us", "us-2");
 
     // Two members of eu that are not what they say: one sends wrong bytes for every chunk,
     // one presents the certificate of region us. Both join eu through the hub with eu's
     // credentials, as a stolen or misconfigured node would.
-    let liar = serve_liar(&eu_dir).await;
+    let liar = serve_liar(&creds("eu", "eu-liar")).await;
     let alien = serve_liar(&us_dir).await;
-    let hub = channel(&w.hub_url, &eu_dir, "localhost").await.unwrap();
-    let mut as_eu = SpokeClient::new(hub);
     let mut watches = Vec::new();
     for (node, addr) in [("eu-liar", liar), ("eu-alien", alien)] {
+        let hub = channel(&w.hub_url, &creds("eu", node), "localhost").await.unwrap();
         let watch = pb::WatchRequest { node: node.into(), peer_address: addr.to_string() };
-        watches.push(as_eu.watch(watch).await.unwrap().into_inner());
+        watches.push(SpokeClient::new(hub).watch(watch).await.unwrap().into_inner());
     }
     let log = w.root.join("spoke-eu-1.log");
     let _spoke = Children(vec![spawn_logged(

@@ -21,12 +21,13 @@ mod tests {
     use aqueduct_testkit::fuzz;
     use proptest::prelude::*;
 
-    /// The DER of a region's certificate issued by a CA of ours.
+    /// The DER of a node's certificate issued by a CA of ours.
     fn region_der() -> &'static [u8] {
         static DER: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
         DER.get_or_init(|| {
             let ca = Authority::create("test").unwrap();
-            let pem = ca.issue(&Identity::Region("eu-west".into()), &["localhost".into()]).unwrap().cert_pem;
+            let node = Identity::Node { region: "eu-west".into(), node: "gpu-1".into() };
+            let pem = ca.issue(&node, &["localhost".into()]).unwrap().cert_pem;
             x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap().1.contents
         })
     }
@@ -55,7 +56,7 @@ mod tests {
                 der.splice(i..i, bytes);
             }
             match Identity::from_der(&der) {
-                None | Some(Identity::Region(_)) => {}
+                None | Some(Identity::Node { .. }) => {}
                 Some(other) => prop_assert!(false, "a region's certificate, damaged, named {}", other),
             }
         }
@@ -64,7 +65,8 @@ mod tests {
     #[test]
     fn issued_certificates_carry_their_identity() {
         let ca = Authority::create("test").unwrap();
-        for id in [Identity::Admin, Identity::Hub, Identity::Region("eu-west".into())] {
+        let node = Identity::Node { region: "eu-west".into(), node: "gpu-1".into() };
+        for id in [Identity::Admin, Identity::Hub, node] {
             let issued = ca.issue(&id, &["localhost".into()]).unwrap();
             assert_eq!(Identity::from_pem(&issued.cert_pem), Some(id));
         }

@@ -38,6 +38,34 @@ pub struct HubConfig {
     /// What the hub serves at once (connections, calls, relay work per region).
     #[serde(default, skip_serializing_if = "LimitsConfig::is_default")]
     pub limits: LimitsConfig,
+    /// What the hub gives the spokes that enrol (`[enrol]`).
+    #[serde(default, skip_serializing_if = "EnrolConfig::is_default")]
+    pub enrol: EnrolConfig,
+}
+
+/// `[enrol]`: the certificates of the nodes that enrol (with a token) or renew.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrolConfig {
+    /// How long a node's certificate is valid from its issue; its spoke renews it at about 2/3
+    /// of that (default 720h: 30 days).
+    #[serde(with = "aqueduct_core::server::human::duration")]
+    pub node_certificate_lifetime: Duration,
+}
+
+impl Default for EnrolConfig {
+    fn default() -> Self {
+        Self { node_certificate_lifetime: Duration::from_secs(30 * 24 * 3600) }
+    }
+}
+
+impl EnrolConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The shortest lifetime taken: a spoke needs time to renew before expiry.
+    pub const MIN_LIFETIME: Duration = Duration::from_secs(10);
 }
 
 /// `[limits]`: how much the hub takes on at once, so that no client (nor a flood of
@@ -189,6 +217,12 @@ impl HubConfig {
             return Err(invalid(format!("data_dir {:?} must be an absolute path", config.data_dir)));
         }
         config.limits.validate().map_err(invalid)?;
+        if config.enrol.node_certificate_lifetime < EnrolConfig::MIN_LIFETIME {
+            return Err(invalid(format!(
+                "enrol.node_certificate_lifetime must be at least {:?} (spokes renew at about 2/3 of it), e.g. \"720h\"",
+                EnrolConfig::MIN_LIFETIME
+            )));
+        }
         Ok(config)
     }
 
@@ -265,6 +299,10 @@ mod tests {
         // The example's [limits] are the defaults, written out.
         assert_eq!(config.limits, LimitsConfig::default());
         assert!(!text.replace("[limits]", "").contains("\n[limits"), "one [limits] section");
+        assert_eq!(config.enrol, EnrolConfig::default(), "the example's lifetime is the default, 30 days");
+        let short = text.replace("node_certificate_lifetime = \"720h\"", "node_certificate_lifetime = \"5s\"");
+        let err = HubConfig::parse(&short, Path::new("hub.example.toml")).unwrap_err().to_string();
+        assert!(err.contains("enrol.node_certificate_lifetime must be at least"), "{err}");
     }
 
     const BASE: &str = "listen = \"127.0.0.1:1\"\ndata_dir = \"/x\"\n";

@@ -3,6 +3,7 @@
 use tonic::{Code, Status};
 
 use crate::live::members::MembersError;
+use crate::pki::CsrError;
 use crate::snapshot::SnapshotError;
 use crate::source::SourceError;
 use crate::store::StoreError;
@@ -71,4 +72,13 @@ pub(crate) fn invalid(e: impl std::fmt::Display) -> Status {
 
 pub(crate) fn unknown_dataset(name: &str) -> Status {
     Status::not_found(format!("dataset {name:?} does not exist; `aq dataset list` shows the known ones"))
+}
+
+impl From<CsrError> for Status {
+    fn from(e: CsrError) -> Self {
+        match e {
+            CsrError::Invalid(_) | CsrError::TooLarge(_) => Status::invalid_argument(e.to_string()),
+            CsrError::Sign { .. } => Status::internal(e.to_string()),
+        }
+    }
 }

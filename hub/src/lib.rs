@@ -8,7 +8,8 @@
 //! Modules, from the bottom up: [`source`] (listing and reading sources: directories, S3),
 //! [`chunker`] (FastCDC + BLAKE3), [`rollout`] (the rollout lifecycle's rules, pure),
 //! [`store`] (the metadata store), [`snapshot`] (cutting a version), [`auth`] and [`pki`]
-//! (identities and certificates), [`metrics`] (Prometheus), [`health`] (what readiness
+//! (identities and certificates), [`enrol`] (tokens, enrolment and renewal of nodes'
+//! certificates), [`metrics`] (Prometheus), [`health`] (what readiness
 //! checks: the database and the sources), [`live`] (what the hub keeps in
 //! memory: live members and their reports, budgets, the relay's ledger, change notices), then
 //! the two services, siblings that share `live` and never call each other: [`api`] (the
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod backup;
 pub mod chunker;
 pub mod config;
+pub mod enrol;
 mod error;
 pub mod health;
 pub mod live;
@@ -39,6 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use aqueduct_proto::hub::v1::admin_server::AdminServer;
+use aqueduct_proto::hub::v1::enrol_server::EnrolServer;
 use aqueduct_proto::hub::v1::spoke_server::SpokeServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -143,10 +146,13 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         let path = config.resolve(p);
         std::fs::read(&path).map_err(|source| HubError::Pki(PkiError::Read { path, source }))
     };
-    let tls = aqueduct_core::server::server_config(
+    // Clients without a certificate get through TLS for `Enrol` alone: every other handler
+    // refuses a caller without one (`Identity::of_request`).
+    let tls = aqueduct_core::server::server_config_with(
         &read(&config.tls.cert)?,
         &read(&config.tls.key)?,
         &read(&config.tls.ca)?,
+        aqueduct_core::server::ClientCerts::Optional,
     )?;
     std::fs::create_dir_all(&config.data_dir).map_err(io_err("create", &config.data_dir))?;
     let db = Arc::new(SqliteStore::open(&config.database_path())?);
@@ -182,14 +188,27 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         tokio::spawn(live.metrics.clone().run(shutdown.clone()));
     }
     // Requests are small; answers go up to a manifest (the largest message there is).
-    let admin =
-        AdminServer::new(api::AdminService::new(db.clone(), snapshot, authority, live.clone(), hub_files(&config)))
+    let admin = AdminServer::new(api::AdminService::new(
+        db.clone(),
+        snapshot,
+        authority.clone(),
+        live.clone(),
+        hub_files(&config),
+    ))
+    .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES)
+    .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
+    let issuer = Arc::new(enrol::Issuer {
+        db: db.clone(),
+        authority: authority.clone(),
+        lifetime: config.enrol.node_certificate_lifetime,
+    });
+    let enrolment = EnrolServer::new(enrol::EnrolService { issuer: issuer.clone() })
+        .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES);
+    let relay_limits = relay::RelayLimits::new(&config.limits);
+    let spoke =
+        SpokeServer::new(relay::SpokeService::new(db.clone(), live.clone(), relay_limits, hub_files(&config), issuer))
             .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES)
             .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
-    let relay_limits = relay::RelayLimits::new(&config.limits);
-    let spoke = SpokeServer::new(relay::SpokeService::new(db.clone(), live.clone(), relay_limits, hub_files(&config)))
-        .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES)
-        .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
     let addr = listener.local_addr().map_err(io_err("inspect", Path::new("listener")))?;
     info!(%addr, data_dir = %config.data_dir.display(), "hub serving");
     let incoming = aqueduct_core::server::incoming(listener, tls, config.limits.server(), "hub API");
@@ -199,6 +218,7 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         .add_service(health.grpc_service())
         .add_service(admin)
         .add_service(spoke)
+        .add_service(enrolment)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     // The last relayed bytes reach the database before the hub says it stopped: once more

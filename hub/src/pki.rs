@@ -11,6 +11,10 @@
 //! every certificate the old issuer signed valid until it expires. A hub made before this had
 //! one level, its CA issuing directly: it still loads ([`Authority::load`]).
 //!
+//! A node's certificate ([`Authority::sign_node_request`]) is issued for the public key of a
+//! certificate request the node made (its key never leaves the node) and lives a bounded time;
+//! every other field of the certificate is set here, whatever the request asked for.
+//!
 //! Keys are written with mode 0600; certificates are PEM. Both are written atomically and
 //! fsynced ([`aqueduct_core::durable`]): a crash leaves a file whole or absent, never half a
 //! key. Nothing here is ever logged.
@@ -49,6 +53,29 @@ pub enum PkiError {
         "{issuer} does not exist but {key} does: this hub was made before issuing CAs; either name its CA in hub.toml (`[tls] ca_key = \"pki/ca.key\"`, no `issuer`), or make an issuer with `aqueduct-hub issuer rotate --root-key {key}` and then keep that key offline"
     )]
     OneLevel { issuer: PathBuf, key: PathBuf },
+}
+
+/// Why a node's certificate request was not signed.
+#[derive(Debug, thiserror::Error)]
+pub enum CsrError {
+    #[error(
+        "the certificate request is not a PKCS#10 request signed by its own key ({0}); the spoke makes it, with a key it generates on the node"
+    )]
+    Invalid(rcgen::Error),
+    #[error("the certificate request is {0} bytes; at most {MAX_CSR_BYTES} are taken")]
+    TooLarge(usize),
+    #[error("cannot issue the certificate of {what}: {source}")]
+    Sign { what: String, source: rcgen::Error },
+}
+
+/// The largest certificate request taken (a request for one key is a few hundred bytes).
+pub const MAX_CSR_BYTES: usize = 16 << 10;
+
+/// A node's certificate as issued: PEM, and when it stops being valid.
+#[derive(Clone, Debug)]
+pub struct NodeCertificate {
+    pub cert_pem: String,
+    pub not_after_unix_ms: i64,
 }
 
 /// A certificate and its private key, both PEM.
@@ -225,21 +252,106 @@ impl Authority {
     }
 
     /// Issues a certificate for `identity`, usable as TLS server and client certificate.
-    /// `hosts` are DNS names or IP addresses the holder serves on (for a server).
+    /// `hosts` are DNS names or IP addresses the holder serves on (for a server); a node's
+    /// certificate names its region's peer name besides. Valid until 2100: for the hub and the
+    /// admin (a node's certificate has a bounded lifetime: [`Authority::issue_node`]).
     pub fn issue(&self, identity: &Identity, hosts: &[String]) -> Result<CertifiedKey, PkiError> {
+        self.issue_until(identity, hosts, None)
+    }
+
+    /// A key and a certificate for the spoke of `node` in `region`, valid for `lifetime` from
+    /// now: what enrolment gives a node, without the node making its key (for tests and
+    /// scripted installs; a spoke enrols with a token instead).
+    pub fn issue_node(
+        &self,
+        region: &str,
+        node: &str,
+        lifetime: std::time::Duration,
+    ) -> Result<CertifiedKey, PkiError> {
+        let identity = Identity::Node { region: region.into(), node: node.into() };
+        let now = now_unix_ms();
+        self.issue_until(&identity, &[], Some((now.saturating_sub(60_000), now.saturating_add(millis(lifetime)))))
+    }
+
+    /// [`Authority::issue`], valid between two unix times in ms (default: until 2100).
+    fn issue_until(
+        &self,
+        identity: &Identity,
+        hosts: &[String],
+        validity: Option<(i64, i64)>,
+    ) -> Result<CertifiedKey, PkiError> {
         let what = identity.to_string();
         let gen_err = |source| PkiError::Generate { what: what.clone(), source };
         let key = KeyPair::generate().map_err(gen_err)?;
-        let mut params = CertificateParams::new(hosts.to_vec()).map_err(gen_err)?;
-        let uri = identity.uri().try_into().map_err(gen_err)?;
-        params.subject_alt_names.push(SanType::URI(uri));
-        params.distinguished_name.push(DnType::CommonName, identity.to_string());
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let mut params = leaf_params(identity, hosts).map_err(gen_err)?;
         params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        if let Some((from, until)) = validity {
+            set_validity(&mut params, from, until);
+        }
         let cert = params.signed_by(&key, &self.issuer).map_err(gen_err)?;
         Ok(CertifiedKey { cert_pem: self.chained(cert.pem()), key_pem: key.serialize_pem() })
     }
+
+    /// Signs a node's certificate request (DER): a certificate for `Node { region, node }`,
+    /// valid from a minute ago (clocks differ a little) for `lifetime`. Only the public key
+    /// comes from the request (whose signature must verify: the node holds the key); every
+    /// other field is the hub's.
+    pub fn sign_node_request(
+        &self,
+        csr_der: &[u8],
+        region: &str,
+        node: &str,
+        lifetime: std::time::Duration,
+    ) -> Result<NodeCertificate, CsrError> {
+        if csr_der.len() > MAX_CSR_BYTES {
+            return Err(CsrError::TooLarge(csr_der.len()));
+        }
+        let request = rcgen::CertificateSigningRequestParams::from_der(&csr_der.into()).map_err(CsrError::Invalid)?;
+        let identity = Identity::Node { region: region.into(), node: node.into() };
+        let what = identity.to_string();
+        let sign_err = |source| CsrError::Sign { what: what.clone(), source };
+        let mut params = leaf_params(&identity, &[]).map_err(sign_err)?;
+        let now = now_unix_ms();
+        let not_after_unix_ms = now.saturating_add(millis(lifetime));
+        set_validity(&mut params, now.saturating_sub(60_000), not_after_unix_ms);
+        let cert = params.signed_by(&request.public_key, &self.issuer).map_err(sign_err)?;
+        Ok(NodeCertificate { cert_pem: self.chained(cert.pem()), not_after_unix_ms })
+    }
+}
+
+/// The fields of a certificate for `identity` (a node's names its region's peer name too).
+fn leaf_params(identity: &Identity, hosts: &[String]) -> Result<CertificateParams, rcgen::Error> {
+    let mut hosts = hosts.to_vec();
+    if let Some(peer) = identity.peer_name()
+        && !hosts.contains(&peer)
+    {
+        hosts.push(peer);
+    }
+    let mut params = CertificateParams::new(hosts)?;
+    params.subject_alt_names.push(SanType::URI(identity.uri().try_into()?));
+    params.distinguished_name.push(DnType::CommonName, identity.to_string());
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    Ok(params)
+}
+
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Makes `params` valid from one unix time in ms until another (clamped to what X.509 says).
+fn set_validity(params: &mut CertificateParams, from_ms: i64, until_ms: i64) {
+    let at = |ms: i64| {
+        rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_millis(ms.clamp(0, 4_000_000_000_000) as u64)
+    };
+    params.not_before = at(from_ms);
+    params.not_after = at(until_ms);
 }
 
 /// From an hour ago (clocks differ a little) to `days` from now.
@@ -297,4 +409,81 @@ pub fn write_public(path: &Path, contents: &str) -> Result<(), PkiError> {
 pub fn write_secret(path: &Path, contents: &str) -> Result<(), PkiError> {
     durable::write_file(path, contents.as_bytes(), durable::SECRET)
         .map_err(|source| PkiError::Write { path: path.to_owned(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    use aqueduct_testkit::fuzz;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn authority() -> &'static Authority {
+        static CA: OnceLock<Authority> = OnceLock::new();
+        CA.get_or_init(|| Authority::create("test").unwrap())
+    }
+
+    /// A real request (DER), asking for an admin's identity and a CA's powers.
+    fn request() -> &'static [u8] {
+        static DER: OnceLock<Vec<u8>> = OnceLock::new();
+        DER.get_or_init(|| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(vec!["hub.example".to_string()]).unwrap();
+            params.subject_alt_names.push(SanType::URI("spiffe://aqueduct/admin".try_into().unwrap()));
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.serialize_request(&key).unwrap().der().to_vec()
+        })
+    }
+
+    /// What a signed certificate says: its identity, and whether it is a CA.
+    fn read(pem: &str) -> (Option<Identity>, bool) {
+        let (_, pem_block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        let cert = pem_block.parse_x509().unwrap();
+        (Identity::from_pem(pem), cert.is_ca())
+    }
+
+    #[test]
+    fn a_request_gives_only_its_public_key() {
+        let issued = authority().sign_node_request(request(), "eu", "gpu-1", Duration::from_secs(60)).unwrap();
+        let node = Identity::Node { region: "eu".into(), node: "gpu-1".into() };
+        assert_eq!(read(&issued.cert_pem), (Some(node), false));
+        assert!(matches!(
+            authority().sign_node_request(&vec![0x30; MAX_CSR_BYTES + 1], "eu", "n", Duration::from_secs(1)),
+            Err(CsrError::TooLarge(_))
+        ));
+    }
+
+    proptest! {
+        #![proptest_config(fuzz::config(2000))]
+
+        /// Any bytes as a certificate request, or a real one damaged: an error, or a certificate
+        /// for exactly the node asked for (never a CA, never another identity); never a panic.
+        #[test]
+        fn fuzz_sign_node_request_on_hostile_bytes(
+            bytes in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..400),
+                (proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+                 proptest::option::of(any::<prop::sample::Index>()))
+                    .prop_map(|(flips, cut)| {
+                        let mut der = request().to_vec();
+                        for (at, byte) in flips {
+                            let i = at.index(der.len());
+                            der[i] = byte;
+                        }
+                        if let Some(at) = cut {
+                            der.truncate(at.index(der.len()));
+                        }
+                        der
+                    }),
+            ],
+        ) {
+            if let Ok(issued) = authority().sign_node_request(&bytes, "eu", "gpu-1", Duration::from_secs(60)) {
+                let node = Identity::Node { region: "eu".into(), node: "gpu-1".into() };
+                prop_assert_eq!(read(&issued.cert_pem), (Some(node), false));
+            }
+        }
+    }
 }

@@ -1,8 +1,8 @@
 //! The spokes' API: work assignments, manifests and the chunk relay.
 //!
-//! A spoke proves its region with its certificate and may read only versions rolled out to
-//! that region; it speaks for its node with the session of its open watch
-//! ([`crate::live::members`]). `FetchChunks` reads each asked chunk's byte range from the
+//! A spoke proves its region and its node with its certificate and may read only versions
+//! rolled out to that region; it watches and reports only as its certificate's node, and a
+//! report counts only with the session of that node's open watch ([`crate::live::members`]). `FetchChunks` reads each asked chunk's byte range from the
 //! source, checks its BLAKE3 against the version (a source that changed after the snapshot
 //! fails the version in the regions where it is not whole yet, and no wrong byte is sent), and
 //! streams it within the region's link budget, shared by every stream of the region, and
@@ -29,6 +29,7 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, debug, info, instrument, warn};
 
 use crate::config::LimitsConfig;
+use crate::enrol::Issuer;
 use crate::error::invalid;
 use crate::live::Live;
 use crate::live::budgets::budget_at;
@@ -106,23 +107,56 @@ pub struct SpokeService {
     granted: Mutex<(u64, HashSet<RolloutKey>)>,
     /// The hub's own files: no source read may reach them, whatever a link says.
     hub_files: HubFiles,
+    /// Renews nodes' certificates.
+    issuer: Arc<Issuer>,
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ChunkData, Status>> + Send>>;
 type AssignmentStream = Pin<Box<dyn Stream<Item = Result<pb::Assignments, Status>> + Send>>;
 
-fn region_of<T>(request: &Request<T>) -> Result<String, Status> {
+/// The caller's region and node, from its certificate.
+fn node_of<T>(request: &Request<T>) -> Result<(String, String), Status> {
     match Identity::of_request(request)? {
-        Identity::Region(name) => Ok(name),
+        Identity::Node { region, node } => Ok((region, node)),
         other => Err(Status::permission_denied(format!(
-            "this call is for spokes (a region's certificate); the caller is {other}"
+            "this call is for spokes (a node's certificate); the caller is {other}"
         ))),
     }
 }
 
+/// The caller's region, from its certificate.
+fn region_of<T>(request: &Request<T>) -> Result<String, Status> {
+    node_of(request).map(|(region, _)| region)
+}
+
+/// Fails unless `named` (the node a call says it is for) is the certificate's node.
+fn same_node(region: &str, certified: &str, named: &str) -> Result<(), Status> {
+    if named == certified {
+        return Ok(());
+    }
+    Err(Status::permission_denied(format!(
+        "this call names node {named:?}, but the caller's certificate is node {certified:?}'s of region {region}: \
+         a spoke watches and reports only as its own node (its `node` must be the one it enrolled as); nothing changed"
+    )))
+}
+
 impl SpokeService {
-    pub fn new(db: Arc<dyn MetaStore>, live: Live, limits: RelayLimits, hub_files: HubFiles) -> Self {
-        Self { db, live, limits: Arc::new(limits), indexes: Mutex::default(), granted: Mutex::default(), hub_files }
+    pub fn new(
+        db: Arc<dyn MetaStore>,
+        live: Live,
+        limits: RelayLimits,
+        hub_files: HubFiles,
+        issuer: Arc<Issuer>,
+    ) -> Self {
+        Self {
+            db,
+            live,
+            limits: Arc::new(limits),
+            indexes: Mutex::default(),
+            granted: Mutex::default(),
+            hub_files,
+            issuer,
+        }
     }
 
     /// Fails unless the key's version is rolled out to its region.
@@ -246,10 +280,13 @@ impl pb::spoke_server::Spoke for SpokeService {
 
     #[instrument(skip_all, fields(region, node))]
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        let region = region_of(&request)?;
+        let (region, certified) = node_of(&request)?;
         let pb::WatchRequest { node, peer_address } = request.into_inner();
+        // Empty: the certificate's node.
+        let node = if node.is_empty() { certified.clone() } else { node };
         Span::current().record("region", region.as_str()).record("node", node.as_str());
         aqueduct_proto::validate_name("node", &node).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        same_node(&region, &certified, &node).inspect_err(|e| warn!(error = %e.message(), "refused a watch"))?;
         let (tx, rx) = mpsc::channel(4);
         let (db, live) = (self.db.clone(), self.live.clone());
         let membership = live.members.join(&region, &node, &peer_address).map_err(|e| {
@@ -467,13 +504,14 @@ impl pb::spoke_server::Spoke for SpokeService {
 
     #[instrument(skip_all, fields(region, node, dataset, version, phase))]
     async fn report_progress(&self, request: Request<pb::ProgressReport>) -> Result<Response<pb::ProgressAck>, Status> {
-        let region = region_of(&request)?;
+        let (region, certified) = node_of(&request)?;
         let r = request.into_inner();
         Span::current()
             .record("region", region.as_str())
             .record("node", r.node.as_str())
             .record("dataset", r.dataset.as_str())
             .record("version", r.version);
+        same_node(&region, &certified, &r.node).inspect_err(|e| warn!(error = %e.message(), "refused a report"))?;
         let phase = Phase::from_wire(r.phase).map_err(invalid)?;
         Span::current().record("phase", phase.as_str());
         let report = NodeReport {
@@ -510,9 +548,11 @@ impl pb::spoke_server::Spoke for SpokeService {
 
     #[instrument(skip_all, fields(region, node))]
     async fn report_cache(&self, request: Request<pb::CacheReport>) -> Result<Response<pb::ProgressAck>, Status> {
-        let region = region_of(&request)?;
+        let (region, certified) = node_of(&request)?;
         let mut report = request.into_inner();
         Span::current().record("region", region.as_str()).record("node", report.node.as_str());
+        same_node(&region, &certified, &report.node)
+            .inspect_err(|e| warn!(error = %e.message(), "refused a cache report"))?;
         let session = std::mem::take(&mut report.session);
         crate::rollout::retention::check_in_use(&report.in_use).map_err(|e| {
             warn!(error = %e, "refused a cache report");
@@ -523,6 +563,24 @@ impl pb::spoke_server::Spoke for SpokeService {
             Status::from(e)
         })?;
         Ok(Response::new(pb::ProgressAck {}))
+    }
+
+    #[instrument(skip_all, fields(region, node))]
+    async fn renew_certificate(
+        &self,
+        request: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::NodeCertificate>, Status> {
+        let (region, node) = node_of(&request)?;
+        Span::current().record("region", region.as_str()).record("node", node.as_str());
+        // A removed region's spokes get no new certificate.
+        let known = blocking(&self.db, |db| db.regions()).await?.iter().any(|r| r.name == region);
+        if !known {
+            return Err(Status::permission_denied(format!(
+                "region {region} was removed from the hub: its spokes' certificates are not renewed"
+            )));
+        }
+        let csr = request.into_inner().csr_der;
+        Ok(Response::new(self.issuer.renew(&region, &node, &csr)?))
     }
 }
 

@@ -152,6 +152,7 @@ pub(crate) fn init_with(
         snapshot: SnapshotConfig::default(),
         metrics: None,
         limits: LimitsConfig::default(),
+        enrol: Default::default(),
     };
     let text =
         format!("# Aqueduct hub configuration; see deploy/hub/hub.example.toml for every key.\n{}", config.to_toml());
@@ -254,7 +255,7 @@ mod tests {
     }
 
     /// The hub in `dir` serves, and the admin bundle's certificate is accepted by it (both
-    /// verify against the CA on disk); a region's bundle issued from that CA connects too.
+    /// verify against the CA on disk); a node's certificate issued from that CA connects too.
     async fn serves(dir: &Path) {
         let config = HubConfig::load(&dir.join("hub.toml")).unwrap();
         assert_eq!(std::fs::read(dir.join("admin/ca.pem")).unwrap(), std::fs::read(dir.join("pki/ca.pem")).unwrap());
@@ -271,17 +272,19 @@ mod tests {
         };
         let mut admin = AdminClient::new(connect(read("ca.pem"), read("admin.pem"), read("admin.key")).await.unwrap());
         admin.list_datasets(pb::ListDatasetsRequest {}).await.unwrap();
-        let bundle = admin
+        let ca_pem = admin
             .add_region(pb::AddRegionRequest {
                 region: Some(pb::Region { name: "eu".into(), rate_bytes_per_sec: 1 << 20, ..Default::default() }),
             })
             .await
             .unwrap()
             .into_inner()
-            .bundle
-            .unwrap();
+            .ca_pem;
+        // A node's certificate, issued from the CA on disk (as enrolment does).
+        let ca = crate::pki::Authority::load(&dir.join("pki/ca.pem"), &dir.join("pki/ca.key")).unwrap();
+        let node = ca.issue_node("eu", "eu-1", std::time::Duration::from_secs(60)).unwrap();
         let mut spoke = aqueduct_proto::hub::v1::spoke_client::SpokeClient::new(
-            connect(bundle.ca_pem, bundle.cert_pem, bundle.key_pem).await.unwrap(),
+            connect(ca_pem, node.cert_pem, node.key_pem).await.unwrap(),
         );
         spoke.get_manifest(pb::GetManifestRequest { dataset: "none".into(), version: 1 }).await.unwrap_err();
         shutdown.cancel();
@@ -442,6 +445,7 @@ mod tests {
             snapshot: SnapshotConfig::default(),
             metrics: None,
             limits: LimitsConfig::default(),
+            enrol: Default::default(),
         };
         let loaded = crate::load_authority(&config).unwrap();
         let issued = loaded.issue(&Identity::Hub, &["localhost".into()]).unwrap();

@@ -153,9 +153,9 @@ async fn only_admins_of_this_ca_get_in() {
     };
     assert!(refused, "a certificate from another CA was accepted");
 
-    // Our CA, but a region's identity: authenticated, not allowed.
+    // Our CA, but a node's identity: authenticated, not allowed.
     let ours = aqueduct_hub::load_authority(&hub.config).unwrap();
-    let region = ours.issue(&Identity::Region("eu-west".into()), &[]).unwrap();
+    let region = ours.issue(&Identity::Node { region: "eu-west".into(), node: "gpu-1".into() }, &[]).unwrap();
     let mut client = hub.client_with(&ca_pem, &region.cert_pem, &region.key_pem).await.unwrap();
     expect_err(
         client.list_datasets(pb::ListDatasetsRequest {}).await,
@@ -216,10 +216,15 @@ async fn regions_get_credentials_and_rollouts_show_in_status() {
     expect_err(admin.add_region(region("eu-west", 1)).await, Code::AlreadyExists, &["eu-west"]);
     expect_err(admin.add_region(region("zero", 0)).await, Code::InvalidArgument, &["above 0"]);
 
-    // The bundle's certificate is issued by the hub's CA and names the region.
-    let bundle = eu.bundle.unwrap();
-    assert_eq!(Identity::from_pem(&bundle.cert_pem), Some(Identity::Region("eu-west".into())));
-    assert_eq!(bundle.ca_pem, std::fs::read_to_string(hub.config.data_dir.join("pki/ca.pem")).unwrap());
+    // The region's spokes trust the hub's CA; a node's certificate (enrolment issues them from
+    // that CA) names its region and node.
+    assert_eq!(eu.ca_pem, std::fs::read_to_string(hub.config.data_dir.join("pki/ca.pem")).unwrap());
+    let bundle = hub.node_bundle("eu-west", "gpu-1");
+    assert_eq!(
+        Identity::from_pem(&bundle.cert_pem),
+        Some(Identity::Node { region: "eu-west".into(), node: "gpu-1".into() })
+    );
+    assert_eq!(bundle.ca_pem, eu.ca_pem);
     // ... and it gets through TLS, but is no admin.
     let mut spoke = hub.client_with(&bundle.ca_pem, &bundle.cert_pem, &bundle.key_pem).await.unwrap();
     expect_err(spoke.list_regions(pb::ListRegionsRequest {}).await, Code::PermissionDenied, &["region eu-west"]);

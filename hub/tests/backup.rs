@@ -46,7 +46,8 @@ async fn a_backup_taken_while_the_hub_serves_restores_the_same_versions_and_iden
     admin.add_source(source("local", &format!("file://{}", files.display()), &[])).await.unwrap();
     admin.add_dataset(dataset("model", "local", "m")).await.unwrap();
     let v1 = snapshot(&mut admin, "model").await.unwrap();
-    let bundle = hub.add_region("eu", 1 << 20).await;
+    hub.add_region("eu", 1 << 20).await;
+    let bundle = hub.node_bundle("eu", "node-1");
     let rollout =
         pb::RolloutRequest { dataset: "model".into(), version: 1, regions: vec!["eu".into()], ..Default::default() };
     admin.rollout(rollout).await.unwrap();
@@ -98,7 +99,7 @@ async fn a_backup_taken_while_the_hub_serves_restores_the_same_versions_and_iden
 
     let (url, stop, task) = serve(&config).await;
     let read = |f: &str| std::fs::read_to_string(hub.config.data_dir.join("admin").join(f)).unwrap();
-    // The first hub's admin bundle and region certificate are the restored hub's too.
+    // The first hub's admin bundle and node certificate are the restored hub's too.
     let mut admin = pb::admin_client::AdminClient::new(
         channel(&url, &read("ca.pem"), &read("admin.pem"), &read("admin.key")).await,
     );
@@ -119,7 +120,8 @@ async fn the_issuer_rotates_with_the_root_key_and_what_the_old_one_signed_keeps_
     let tmp = tempfile::tempdir().unwrap();
     let mut hub = TestHub::init(&tmp.path().join("hub")).await;
     let config_path = hub.config.data_dir.join("hub.toml");
-    let old_region = hub.add_region("eu", 1 << 20).await;
+    hub.add_region("eu", 1 << 20).await;
+    let old_region = hub.node_bundle("eu", "node-1");
     let old_issuer = std::fs::read_to_string(hub.config.data_dir.join("pki/issuer.pem")).unwrap();
 
     // The wrong root key: refused, nothing changes.
@@ -147,7 +149,8 @@ async fn the_issuer_rotates_with_the_root_key_and_what_the_old_one_signed_keeps_
     };
     assert_eq!(call(old_region, hub.url()).await.code(), Code::PermissionDenied);
     // New certificates come from the new issuer.
-    let new_region = hub.add_region("us", 1 << 20).await;
+    hub.add_region("us", 1 << 20).await;
+    let new_region = hub.node_bundle("us", "node-1");
     assert!(new_region.cert_pem.ends_with(&new_issuer), "a new certificate's chain ends with the new issuer");
     assert_eq!(call(new_region, hub.url()).await.code(), Code::PermissionDenied);
     let hub_cert = std::fs::read_to_string(&rotated.hub_cert).unwrap();

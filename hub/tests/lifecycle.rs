@@ -43,10 +43,9 @@ impl Spoke {
         let req = pb::AddRegionRequest {
             region: Some(pb::Region { name: region.into(), rate_bytes_per_sec: 1 << 30, ..Default::default() }),
         };
-        let bundle = admin.add_region(req).await.unwrap().into_inner().bundle.unwrap();
-        let mut client =
-            SpokeClient::new(hub.channel(&bundle.ca_pem, &bundle.cert_pem, &bundle.key_pem).await.unwrap());
+        admin.add_region(req).await.unwrap();
         let node = format!("{region}-1");
+        let mut client = hub.node_client(region, &node).await;
         let req = pb::WatchRequest { node: node.clone(), peer_address: String::new() };
         let mut watch = client.watch(req).await.unwrap().into_inner();
         let session = watch.message().await.unwrap().unwrap().session;
@@ -391,7 +390,7 @@ async fn deletes_are_refused_while_used_and_name_the_user() {
     let req = pb::GetManifestRequest { dataset: "llama".into(), version: 1 };
     assert_eq!(eu.client.get_manifest(req).await.unwrap_err().code(), Code::PermissionDenied);
     let req = pb::WatchRequest { node: "eu-2".into(), peer_address: String::new() };
-    let again = eu.client.watch(req).await;
+    let again = hub.node_client("eu", "eu-2").await.watch(req).await;
     let refused = match again {
         Err(status) => status,
         Ok(stream) => stream.into_inner().message().await.expect_err("a removed region watched again"),

@@ -26,8 +26,8 @@ async fn region(hub: &TestHub, admin: &mut pb::admin_client::AdminClient<Channel
             ..Default::default()
         }),
     };
-    let bundle = admin.add_region(req).await.unwrap().into_inner().bundle.unwrap();
-    SpokeClient::new(hub.channel(&bundle.ca_pem, &bundle.cert_pem, &bundle.key_pem).await.unwrap())
+    admin.add_region(req).await.unwrap();
+    hub.node_client(name, "node-1").await
 }
 
 fn request(digests: &[Digest]) -> pb::FetchChunksRequest {

@@ -9,18 +9,19 @@ use std::time::Duration;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
 use aqueduct_proto::{Digest, Manifest};
-use aqueduct_testkit::hub::TestHub;
+use aqueduct_testkit::hub::{RegionSpokes, TestHub};
 use aqueduct_testkit::noise;
 use common::{dataset, expect_err, snapshot, source};
 use tonic::Code;
 use tonic::transport::Channel;
 
+/// Adds `region`; returns its spokes, each with its own node's certificate.
 async fn spoke_of(
     hub: &TestHub,
     admin: &mut pb::admin_client::AdminClient<Channel>,
     region: &str,
     rate: u64,
-) -> SpokeClient<Channel> {
+) -> RegionSpokes {
     let req = pb::AddRegionRequest {
         region: Some(pb::Region {
             name: region.into(),
@@ -30,8 +31,8 @@ async fn spoke_of(
             ..Default::default()
         }),
     };
-    let bundle = admin.add_region(req).await.unwrap().into_inner().bundle.unwrap();
-    SpokeClient::new(hub.channel(&bundle.ca_pem, &bundle.cert_pem, &bundle.key_pem).await.unwrap())
+    admin.add_region(req).await.unwrap();
+    hub.spokes(region).await
 }
 
 /// A hub whose dataset `llama` is the folder `MODELS/llama` with `files` in it, snapshotted as
@@ -152,7 +153,7 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
 
     // A region certificate from another CA does not get in.
     let stranger = aqueduct_hub::pki::Authority::create("stranger").unwrap();
-    let forged = stranger.issue(&aqueduct_core::identity::Identity::Region("eu".into()), &[]).unwrap();
+    let forged = stranger.issue_node("eu", "node-1", Duration::from_secs(3600)).unwrap();
     let refused = match hub.channel(&read("ca.pem"), &forged.cert_pem, &forged.key_pem).await {
         Err(_) => true,
         Ok(channel) => SpokeClient::new(channel)

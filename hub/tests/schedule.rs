@@ -7,7 +7,6 @@ mod common;
 use std::time::Duration;
 
 use aqueduct_proto::hub::v1 as pb;
-use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
 use aqueduct_testkit::hub::TestHub;
 use common::expect_err;
 use tonic::Code;
@@ -23,7 +22,7 @@ async fn a_schedule_is_checked_shown_and_pushed_when_its_window_changes() {
     let tmp = tempfile::tempdir().unwrap();
     let hub = TestHub::init(&tmp.path().join("hub")).await;
     let mut admin = hub.admin().await;
-    let bundle = hub.add_region("eu", 5 * MIB).await;
+    hub.add_region("eu", 5 * MIB).await;
     let set = |schedule: &str, time_zone: &str| pb::UpdateRegionRequest {
         name: "eu".into(),
         schedule: schedule.into(),
@@ -67,7 +66,7 @@ async fn a_schedule_is_checked_shown_and_pushed_when_its_window_changes() {
     assert_eq!(listed[0].schedule, region.schedule, "kept as the hub read it: {}", region.schedule);
 
     // The region's watch: the budget in force, then the next window's when it opens.
-    let mut spoke = SpokeClient::new(hub.channel(&bundle.ca_pem, &bundle.cert_pem, &bundle.key_pem).await.unwrap());
+    let mut spoke = hub.node_client("eu", "node-1").await;
     let watch = pb::WatchRequest { node: "node-1".into(), peer_address: String::new() };
     let mut watch = spoke.watch(watch).await.unwrap().into_inner();
     let first = watch.message().await.unwrap().unwrap();

@@ -37,8 +37,8 @@ async fn three_regions(
     let v1 = snapshot(&mut admin, "llama").await.unwrap();
     let mut spokes = Vec::new();
     for region in REGIONS {
-        let bundle = hub.add_region(region, 1 << 30).await;
-        spokes.push(SpokeClient::new(hub.channel(&bundle.ca_pem, &bundle.cert_pem, &bundle.key_pem).await.unwrap()));
+        hub.add_region(region, 1 << 30).await;
+        spokes.push(hub.node_client(region, "node-1").await);
     }
     let rollout = pb::RolloutRequest {
         dataset: "llama".into(),

@@ -112,12 +112,17 @@ async fn run_in(root: &Path, model_mib: usize, fuse: bool, shutdown: &Cancellati
                 ..Default::default()
             }),
         };
-        let bundle = admin.add_region(req).await?.into_inner().bundle.context("no credentials bundle")?;
-        let config = aqueduct_spoke::write_node_config(
+        let ca = admin.add_region(req).await?.into_inner().ca_pem;
+        // The spoke enrols with a single-use token: it makes its key and gets its node's
+        // certificate from the hub (`aq region token` makes one the same way).
+        let token = pb::CreateEnrolTokenRequest { region: region.into(), ttl_seconds: 600, uses: 1 };
+        let token = admin.create_enrol_token(token).await?.into_inner().token;
+        let config = aqueduct_spoke::write_enrol_config(
             &root.join(format!("spoke-{region}")),
             &conn.url,
             &format!("{region}-node-1"),
-            &bundle,
+            &ca,
+            &token,
         )?;
         let mut config = aqueduct_spoke::SpokeConfig::load(&config)?;
         // The FUSE holder in the spoke's own process: the quickstart leaves no process behind.

@@ -1,15 +1,14 @@
 //! The spoke's configuration: the TOML file (`spoke.toml`, see
 //! `deploy/spoke/spoke.example.toml`), what the command line replaces in it ([`Overrides`]),
-//! its validation (errors name the key), and what is derived from it: the region's
-//! credentials, the hub's endpoint, the local API's socket.
+//! its validation (errors name the key), and what is derived from it: the hub's endpoint,
+//! the local API's socket. The node's certificate is [`crate::enrol`]'s.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aqueduct_core::identity::Identity;
 use aqueduct_proto::hub::v1 as pb;
 use serde::Deserialize;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
+use tonic::transport::Endpoint;
 
 use crate::cache::CacheConfig;
 use crate::csi::CsiConfig;
@@ -42,8 +41,12 @@ pub struct SpokeConfig {
     pub node: String,
     /// Where the chunk store lives.
     pub data_dir: PathBuf,
-    /// The region's credentials bundle (`aq region add` writes it).
+    /// The hub's CA, and optionally a node certificate issued without enrolment.
     pub tls: TlsFiles,
+    /// Enrolment with a bootstrap token (`aq region token`), when the node has no valid
+    /// certificate.
+    #[serde(default)]
+    pub enrol: Option<EnrolConfig>,
     #[serde(default)]
     pub replication: ReplicationConfig,
     /// The local API's unix socket (mounts, sidecars); default `DATA_DIR/spoke.sock`.
@@ -96,9 +99,23 @@ fn one() -> usize {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
+    /// The hub's CA certificate (`aq region add` writes it).
     pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    /// A certificate of this node and its key, issued without enrolment (scripted installs,
+    /// tests). Without them, the spoke enrols (`[enrol]`).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolConfig {
+    /// A file holding a bootstrap token of the region (`aq region token`); in Kubernetes, a
+    /// file of a mounted Secret. Read when the node has no valid certificate (at start, or
+    /// once its certificate expired).
+    pub token_file: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -195,8 +212,26 @@ impl SpokeConfig {
             )));
         }
         config.limits.validate().map_err(invalid)?;
+        if config.tls.cert.is_some() != config.tls.key.is_some() {
+            return Err(invalid(
+                "tls.cert and tls.key go together: give both (a node's certificate and key) or neither".into(),
+            ));
+        }
+        if config.tls.cert.is_none() && config.enrol.is_none() {
+            return Err(invalid(
+                "the node has no way to its certificate: add `[enrol] token_file = \"...\"` (a token from `aq region token REGION`), or tls.cert and tls.key".into(),
+            ));
+        }
         let dir = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut config.data_dir, &mut config.tls.ca, &mut config.tls.cert, &mut config.tls.key] {
+        let token_file = config.enrol.as_mut().map(|e| &mut e.token_file);
+        let paths = [
+            Some(&mut config.data_dir),
+            Some(&mut config.tls.ca),
+            config.tls.cert.as_mut(),
+            config.tls.key.as_mut(),
+            token_file,
+        ];
+        for p in paths.into_iter().flatten() {
             if p.is_relative() {
                 *p = dir.join(&*p);
             }
@@ -218,37 +253,11 @@ impl SpokeConfig {
         self.socket.clone().unwrap_or_else(|| self.data_dir.join(DEFAULT_SOCKET))
     }
 
-    pub(crate) fn read(&self, what: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
-        std::fs::read(path).map_err(|source| ConfigError::Credentials { what, path: path.to_owned(), source })
-    }
-
-    /// The region this spoke's certificate names.
-    pub(crate) fn region(&self) -> Result<Identity, ConfigError> {
-        let pem = self.read("region certificate", &self.tls.cert)?;
-        match Identity::from_pem(&String::from_utf8_lossy(&pem)) {
-            Some(region @ Identity::Region(_)) => Ok(region),
-            _ => Err(ConfigError::Invalid {
-                path: self.tls.cert.clone(),
-                message: "this certificate names no region: use the bundle `aq region add` wrote".into(),
-            }),
-        }
-    }
-
-    /// The region's client TLS settings: the hub's CA and the region's certificate.
-    pub(crate) fn client_tls(&self) -> Result<ClientTlsConfig, ConfigError> {
-        Ok(ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(self.read("CA certificate", &self.tls.ca)?))
-            .identity(TlsIdentity::from_pem(
-                self.read("region certificate", &self.tls.cert)?,
-                self.read("region key", &self.tls.key)?,
-            )))
-    }
-
+    /// The hub's endpoint. Its URI is `http://` (the node's TLS connector, which presents the
+    /// current certificate, does TLS): see [`crate::tls`].
     pub(crate) fn endpoint(&self) -> Result<Endpoint, ConfigError> {
         let bad = |e: tonic::transport::Error| ConfigError::Invalid { path: "hub".into(), message: e.to_string() };
-        Ok(Endpoint::from_shared(self.hub.clone())
-            .map_err(bad)?
-            .tls_config(self.client_tls()?)
+        Ok(Endpoint::from_shared(crate::tls::plain_uri(&self.hub))
             .map_err(bad)?
             .connect_timeout(Duration::from_secs(5))
             .initial_stream_window_size(aqueduct_proto::STREAM_WINDOW_BYTES)
@@ -256,9 +265,10 @@ impl SpokeConfig {
     }
 }
 
-/// Writes a region's credentials bundle into `dir` (`ca.pem`, `cert.pem`, `key.pem` with mode
-/// 0600) and a `spoke.toml` for one node that uses it, with its store in `dir/store`. Returns
-/// the config's path. For tests, the quickstart and scripted installs.
+/// Writes a node's credentials bundle into `dir` (`ca.pem`, `cert.pem`, `key.pem` with mode
+/// 0600) and a `spoke.toml` for that node that uses it, with its store in `dir/store`. Returns
+/// the config's path. For tests and scripted installs (a spoke enrols otherwise: see
+/// [`write_enrol_config`]).
 pub fn write_node_config(
     dir: &Path,
     hub: &str,
@@ -278,6 +288,22 @@ pub fn write_node_config(
     Ok(config)
 }
 
+/// Writes the hub's CA (`ca.pem`), an enrolment token (`token`, mode 0600) and a `spoke.toml`
+/// for node `node` that enrols with it, with its store in `dir/store`. Returns the config's
+/// path. For tests, the quickstart and scripted installs.
+pub fn write_enrol_config(dir: &Path, hub: &str, node: &str, ca_pem: &str, token: &str) -> std::io::Result<PathBuf> {
+    use aqueduct_core::durable::{self, PUBLIC, SECRET};
+    durable::create_dir_all(dir)?;
+    durable::write_file(&dir.join("ca.pem"), ca_pem.as_bytes(), PUBLIC)?;
+    durable::write_file(&dir.join("token"), token.as_bytes(), SECRET)?;
+    let config = dir.join("spoke.toml");
+    let text = format!(
+        "hub = \"{hub}\"\nnode = \"{node}\"\ndata_dir = \"store\"\n[tls]\nca = \"ca.pem\"\n[enrol]\ntoken_file = \"token\"\n"
+    );
+    durable::write_file(&config, text.as_bytes(), PUBLIC)?;
+    Ok(config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +315,7 @@ mod tests {
         std::fs::write(&path, include_str!("../../deploy/spoke/spoke.example.toml")).unwrap();
         let config = SpokeConfig::load(&path).unwrap();
         assert_eq!(config.tls.ca, dir.path().join("credentials/ca.pem"));
+        assert_eq!(config.enrol.as_ref().map(|e| e.token_file.as_path()), Some(Path::new("/etc/aqueduct/token/token")));
         assert_eq!(config.replication.streams, 4);
         assert_eq!(config.metrics.as_ref().map(|m| m.listen.port()), Some(9464));
         assert_eq!(config.socket.as_deref(), Some(Path::new("/var/lib/aqueduct-spoke/spoke.sock")));

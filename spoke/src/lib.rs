@@ -1,6 +1,8 @@
 //! The spoke: Aqueduct's regional agent.
 //!
-//! It connects to the hub with its region's credentials, watches for the versions its region
+//! It connects to the hub with its node's certificate (got by enrolment with a token and
+//! renewed before it expires: [`enrol`]; presented through [`tls`], which lets a renewed
+//! certificate take over with no connection closed), watches for the versions its region
 //! must hold (kept in the [`catalog`]), and makes its chunk store hold every chunk of each,
 //! verified: the [`controller`] decides what to replicate, pin and report (a pure
 //! [`controller::plan`]), [`replicate`] fetches a version's chunks. It drives read-only FUSE
@@ -34,6 +36,7 @@ pub mod catalog;
 pub mod config;
 pub mod controller;
 pub mod csi;
+pub mod enrol;
 pub mod health;
 pub mod holder;
 pub mod in_use;
@@ -50,11 +53,11 @@ pub mod reader;
 pub mod replicate;
 pub mod retry;
 pub mod store;
+pub mod tls;
 
 use std::sync::Arc;
 
 use aqueduct_core::budget::Budget;
-use aqueduct_core::identity::Identity;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -73,7 +76,7 @@ use crate::reader::ReadThrough;
 use crate::store::ChunkStore;
 
 // The crate's entry point takes its config: what `run` needs is found beside it.
-pub use crate::config::{Overrides, SpokeConfig, write_node_config};
+pub use crate::config::{Overrides, SpokeConfig, write_enrol_config, write_node_config};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpokeError {
@@ -89,8 +92,10 @@ pub enum SpokeError {
     Metrics(#[from] aqueduct_core::metrics::MetricsError),
     #[error(transparent)]
     Mounts(#[from] mounts::MountError),
-    #[error("the region's credentials (tls.cert, tls.key, tls.ca) cannot serve the peer API: {0}")]
+    #[error("the node's certificate cannot serve the peer API: {0}")]
     Tls(#[from] aqueduct_core::server::TlsSetupError),
+    #[error(transparent)]
+    Enrol(#[from] enrol::EnrolError),
 }
 
 /// Runs the spoke until `shutdown` fires.
@@ -98,7 +103,20 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     let cache = Arc::new(TieredStore::open(&config.data_dir, &config.cache)?);
     let store: Arc<dyn ChunkStore> = cache.clone();
     let endpoint = config.endpoint()?;
-    let region = config.region()?;
+    // The node's certificate: kept, given, or got now by enrolment.
+    let tls = enrol::credentials(&config).await?;
+    let region = tls.current().identity.clone();
+    let Some(region_name) = region.region().map(str::to_string) else {
+        unreachable!("enrol::credentials gives a node's certificate")
+    };
+    let renewal = Arc::new(enrol::Renewal::default());
+    let renewing = tokio::spawn(enrol::renew(
+        config.clone(),
+        tls.clone(),
+        endpoint.clone(),
+        renewal.clone(),
+        shutdown.child_token(),
+    ));
     // Found before any task starts: a spoke that cannot reach Kubernetes does not start.
     let kube = match config.operator.as_ref().filter(|o| o.enabled) {
         Some(_) => Some(kube::Client::try_default().await.map_err(operator::OperatorError::Config)?),
@@ -106,7 +124,7 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     };
     // Readers and manifests go through a channel of their own, connected when first used:
     // the catalog takes manifests (the largest message), readers chunks.
-    let hub = SpokeClient::new(endpoint.connect_lazy())
+    let hub = SpokeClient::new(endpoint.connect_with_connector_lazy(tls.connector()))
         .max_decoding_message_size(aqueduct_proto::MAX_CHUNK_MESSAGE_BYTES)
         .max_encoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES);
     let catalog = Arc::new(Catalog::open(
@@ -127,7 +145,7 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     let mounts = Arc::new(Mounts::start(reach, &local_stop).await?);
     let (peers, peer_address, peer_task) = match &config.peer {
         // No share and no server, but it may still ask the region's peers for what it reads.
-        None => (Arc::new(Peers::new(&config.node, &region, Some(config.client_tls()?))), String::new(), None),
+        None => (Arc::new(Peers::new(&config.node, &region, Some(tls.clone()))), String::new(), None),
         Some(peer) => {
             let listener = tokio::net::TcpListener::bind(peer.listen).await.map_err(|e| ConfigError::Invalid {
                 path: "peer.listen".into(),
@@ -137,13 +155,8 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
                 .local_addr()
                 .map_err(|e| ConfigError::Invalid { path: "peer.listen".into(), message: e.to_string() })?;
             let address = peer.advertise.clone().unwrap_or_else(|| bound.to_string());
-            let peers = Arc::new(Peers::new(&config.node, &region, Some(config.client_tls()?)));
-            let tls = aqueduct_core::server::server_config(
-                &config.read("region certificate", &config.tls.cert)?,
-                &config.read("region key", &config.tls.key)?,
-                &config.read("CA certificate", &config.tls.ca)?,
-            )?;
-            (peers, address, Some((listener, tls)))
+            let peers = Arc::new(Peers::new(&config.node, &region, Some(tls.clone())));
+            (peers, address, Some((listener, tls.server_config()?)))
         }
     };
     let metrics = Arc::new(metrics::SpokeMetrics::default());
@@ -184,10 +197,9 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     let origins = Arc::new(Network::new(hub, peers.clone()));
     let reader = ReadThrough::new(store.clone(), origins, peers.clone(), priority.clone(), metrics);
     let peer_task = peer_task.map(|(listener, tls)| {
-        let Identity::Region(name) = &region else { unreachable!("checked by SpokeConfig::region") };
         let limits = &config.limits;
         let per_peer = aqueduct_core::server::KeyedLimit::new(limits.fetch_streams_per_peer, limits.fetch_wait);
-        let service = PeerService { region: name.clone(), reader: reader.clone(), per_peer };
+        let service = PeerService { region: region_name.clone(), reader: reader.clone(), per_peer };
         info!(address = %peer_address, "serving the region's peers");
         tokio::spawn(peer_service::serve(listener, tls, limits.server(), service, local_stop.clone()))
     });
@@ -205,12 +217,11 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     info!(socket = %socket.display(), "local API listening");
     let mut csi = None;
     if let Some(csi_config) = config.csi.as_ref() {
-        let Identity::Region(region) = &region else { unreachable!("checked by SpokeConfig::region") };
         // Takes back what an earlier spoke published before serving the kubelet.
         let node = csi::node::Node::start(
             csi::node::NodeParts {
                 node: config.node.clone(),
-                region: region.clone(),
+                region: region_name.clone(),
                 data_dir: config.data_dir.clone(),
                 config: csi_config.clone(),
                 catalog: catalog.clone(),
@@ -259,6 +270,8 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
         ready,
         budget,
         link,
+        tls: tls.clone(),
+        renewal,
         mounts: mounts.clone(),
         csi: csi.as_ref().map(|(node, _)| node.clone()),
         sidecars,
@@ -282,6 +295,7 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     if let Some(task) = peer_task {
         join_logged(task, "peer API").await;
     }
+    let _ = renewing.await;
     Ok(())
 }
 

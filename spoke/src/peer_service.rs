@@ -50,7 +50,7 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ChunkData, Status>> + Se
 impl PeerService {
     fn check_caller<T>(&self, request: &Request<T>) -> Result<(), Status> {
         match Identity::of_request(request)? {
-            Identity::Region(r) if r == self.region => Ok(()),
+            Identity::Node { region, .. } if region == self.region => Ok(()),
             other => Err(Status::permission_denied(format!(
                 "this spoke serves the peers of region {}; the caller is {other}",
                 self.region

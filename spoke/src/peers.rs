@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use aqueduct_core::identity::Identity;
@@ -24,7 +24,9 @@ use aqueduct_proto::Digest;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::spoke::v1 as spb;
 use aqueduct_proto::spoke::v1::peer_client::PeerClient;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use crate::tls::NodeTls;
+use tonic::transport::{Channel, Endpoint};
 use tracing::warn;
 
 /// How long a peer that failed stays out of ownership.
@@ -69,7 +71,7 @@ pub struct Peers {
     me: String,
     /// The DNS name every certificate of this region carries.
     peer_name: String,
-    tls: Option<ClientTlsConfig>,
+    tls: Option<Arc<NodeTls>>,
     members: RwLock<Vec<pb::Member>>,
     suspects: Mutex<HashMap<String, Instant>>,
     clients: Mutex<HashMap<String, PeerClient<Channel>>>,
@@ -80,7 +82,7 @@ impl Peers {
     /// `tls` is the region's client configuration (CA and certificate), to ask peers; `None`
     /// for a spoke that never asks them. A spoke that serves no peers (no peer share) still asks
     /// them for what it reads, and owns nothing.
-    pub fn new(me: &str, region: &Identity, tls: Option<ClientTlsConfig>) -> Self {
+    pub fn new(me: &str, region: &Identity, tls: Option<Arc<NodeTls>>) -> Self {
         Self {
             me: me.to_string(),
             peer_name: region.peer_name().unwrap_or_default(),
@@ -155,14 +157,14 @@ impl Peers {
             return Ok(c.clone());
         }
         let tls = self.tls.clone().ok_or_else(|| unavailable("this spoke takes no part in peer exchange".into()))?;
-        let endpoint = Endpoint::from_shared(format!("https://{}", member.peer_address))
-            .and_then(|e| e.tls_config(tls.domain_name(self.peer_name.clone())))
+        // The connector does TLS (with the node's current certificate): the URI is http://.
+        let endpoint = Endpoint::from_shared(format!("http://{}", member.peer_address))
             .map_err(|e| unavailable(e.to_string()))?
             .connect_timeout(Duration::from_secs(3))
             .initial_stream_window_size(aqueduct_proto::STREAM_WINDOW_BYTES)
             .initial_connection_window_size(aqueduct_proto::CONNECTION_WINDOW_BYTES);
         // Chunks (and `Has` answers) come back; requests are lists of digests.
-        let client = PeerClient::new(endpoint.connect_lazy())
+        let client = PeerClient::new(endpoint.connect_with_connector_lazy(tls.peer_connector(&self.peer_name)))
             .max_decoding_message_size(aqueduct_proto::MAX_CHUNK_MESSAGE_BYTES)
             .max_encoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES);
         clients.insert(member.peer_address.clone(), client.clone());
@@ -301,6 +303,10 @@ pub fn rank(mut members: Vec<pb::Member>, digest: &Digest) -> Vec<pb::Member> {
 mod tests {
     use super::*;
 
+    fn eu() -> Identity {
+        Identity::Node { region: "eu".into(), node: "n".into() }
+    }
+
     fn members(n: usize) -> Vec<pb::Member> {
         (0..n).map(|i| pb::Member { node: format!("node-{i}"), peer_address: format!("10.0.0.{i}:7443") }).collect()
     }
@@ -331,7 +337,7 @@ mod tests {
 
     #[test]
     fn owners_end_with_me_and_skip_suspects() {
-        let peers = Peers::new("node-1", &Identity::Region("eu".into()), Some(ClientTlsConfig::new()));
+        let peers = Peers::new("node-1", &eu(), Some(crate::tls::test_tls("eu", "n")));
         peers.set_members(members(3));
         for d in digests(100) {
             let owners = peers.owners(&d);
@@ -350,7 +356,7 @@ mod tests {
         peers.suspect("node-2", "test");
         assert!(digests(100).iter().all(|d| peers.ring().owner(d) == Owner::Me));
         // A spoke outside peer exchange owns everything it reads.
-        let alone = Peers::new("node-1", &Identity::Region("eu".into()), None);
+        let alone = Peers::new("node-1", &eu(), None);
         alone.set_members(members(3));
         assert!(digests(10).iter().all(|d| alone.owners(d) == [Owner::Me]));
     }
@@ -360,7 +366,7 @@ mod tests {
     /// none it owns everything (a lone spoke).
     #[test]
     fn a_spoke_without_a_peer_share_owns_nothing_and_asks_the_owners() {
-        let sidecar = Peers::new("pod-sidecar", &Identity::Region("eu".into()), Some(ClientTlsConfig::new()));
+        let sidecar = Peers::new("pod-sidecar", &eu(), Some(crate::tls::test_tls("eu", "n")));
         let mut all = members(3);
         all.push(pb::Member { node: "pod-sidecar".into(), peer_address: String::new() });
         sidecar.set_members(all);
@@ -372,7 +378,7 @@ mod tests {
             assert_eq!(owners.last(), Some(&Owner::Me), "the link last");
         }
         // On a node spoke, the sidecar is in no ring of owners.
-        let node = Peers::new("node-0", &Identity::Region("eu".into()), Some(ClientTlsConfig::new()));
+        let node = Peers::new("node-0", &eu(), Some(crate::tls::test_tls("eu", "n")));
         let mut all = members(3);
         all.push(pb::Member { node: "pod-sidecar".into(), peer_address: String::new() });
         node.set_members(all);

@@ -111,7 +111,11 @@ async fn node(versions: &[(Manifest, Vec<Vec<u8>>)]) -> Node {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, pb::Manifest::from(m).encode_to_vec()).unwrap();
     }
-    let peers = Arc::new(aqueduct_spoke::peers::Peers::new("n1", &Identity::Region("eu".into()), None));
+    let peers = Arc::new(aqueduct_spoke::peers::Peers::new(
+        "n1",
+        &Identity::Node { region: "eu".into(), node: "n1".into() },
+        None,
+    ));
     let origins = Arc::new(aqueduct_spoke::origin::Network::new(hub, peers.clone()));
     let store: Arc<dyn ChunkStore> = cache.clone();
     let priority = Arc::new(aqueduct_spoke::priority::Priority::default());
@@ -145,6 +149,13 @@ async fn node(versions: &[(Manifest, Vec<Vec<u8>>)]) -> Node {
         ready: Arc::default(),
         budget: Arc::new(Budget::new(u64::MAX)),
         link: Arc::default(),
+        tls: {
+            let ca = aqueduct_hub::pki::Authority::create("test").unwrap();
+            let issued = ca.issue_node("eu", "n1", Duration::from_secs(3600)).unwrap();
+            let held = aqueduct_spoke::tls::Held::from_pem(&issued.cert_pem, &issued.key_pem).unwrap();
+            aqueduct_spoke::tls::NodeTls::new(ca.ca_pem().as_bytes().to_vec(), held).unwrap()
+        },
+        renewal: Arc::default(),
         mounts,
         csi: None,
         sidecars,

@@ -20,7 +20,7 @@ use aqueduct_spoke::priority::Priority;
 use aqueduct_spoke::reader::{Pull, ReadThrough};
 use aqueduct_spoke::store::{ChunkStore, MemStore};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
+use tonic::transport::Endpoint;
 
 fn request(digests: &[Digest], urgent: bool) -> spb::PeerFetchRequest {
     spb::PeerFetchRequest {
@@ -35,9 +35,9 @@ fn request(digests: &[Digest], urgent: bool) -> spb::PeerFetchRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_has_its_share_of_streams_and_a_busy_peer_is_not_suspected() {
     let ca = Authority::create("test CA").unwrap();
-    let region = Identity::Region("eu".into());
-    let hosts: Vec<String> = region.peer_name().into_iter().collect();
-    let (server, client) = (ca.issue(&region, &hosts).unwrap(), ca.issue(&region, &hosts).unwrap());
+    let region = Identity::Node { region: "eu".into(), node: "asker".into() };
+    let day = Duration::from_secs(24 * 3600);
+    let (server, client) = (ca.issue_node("eu", "server", day).unwrap(), ca.issue_node("eu", "asker", day).unwrap());
 
     // The serving spoke holds 24 MiB of chunks: more than the asker's HTTP/2 windows take
     // (8 MiB per stream), so that an unread stream keeps the server's sends waiting.
@@ -83,9 +83,8 @@ async fn a_peer_has_its_share_of_streams_and_a_busy_peer_is_not_suspected() {
     let serving = tokio::spawn(peer_service::serve(listener, tls, limits, service, stop.clone()));
 
     // The asking spoke knows the server as a live member of the region.
-    let client_tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca.ca_pem()))
-        .identity(TlsIdentity::from_pem(&client.cert_pem, &client.key_pem));
+    let held = aqueduct_spoke::tls::Held::from_pem(&client.cert_pem, &client.key_pem).unwrap();
+    let client_tls = aqueduct_spoke::tls::NodeTls::new(ca.ca_pem().as_bytes().to_vec(), held).unwrap();
     let peers = Arc::new(Peers::new("asker", &region, Some(client_tls)));
     let member = pb::Member { node: "server".into(), peer_address: addr.to_string() };
     peers.set_members(vec![member.clone(), pb::Member { node: "asker".into(), peer_address: "127.0.0.1:9".into() }]);

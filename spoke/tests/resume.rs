@@ -59,7 +59,8 @@ async fn sigkill_and_restart_resumes_without_refetching() {
     let mut events = admin.snapshot(pb::SnapshotRequest { dataset: "llama".into() }).await.unwrap().into_inner();
     while events.message().await.unwrap().is_some() {}
     // A slow link (4 MiB/s for 24 MiB), so that the kill lands mid-transfer.
-    let bundle = hub.add_region("eu", 4 << 20).await;
+    hub.add_region("eu", 4 << 20).await;
+    let bundle = hub.node_bundle("eu", "n1");
     let dir = root.join("spoke");
     let config = aqueduct_spoke::write_node_config(&dir, &hub.url(), "n1", &bundle).unwrap();
     admin

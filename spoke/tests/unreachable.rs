@@ -4,14 +4,13 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use aqueduct_core::identity::Identity;
 use aqueduct_hub::pki::Authority;
 
 #[test]
 fn an_unreachable_hub_is_retried_and_reported_once_per_interval() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = Authority::create("test").unwrap();
-    let region = ca.issue(&Identity::Region("eu".into()), &[]).unwrap();
+    let region = ca.issue_node("eu", "n", Duration::from_secs(3600)).unwrap();
     let bundle = aqueduct_proto::hub::v1::CredentialsBundle {
         ca_pem: ca.ca_pem().to_string(),
         cert_pem: region.cert_pem,

@@ -115,6 +115,16 @@ pub enum TlsSetupError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
+/// Whether a server's clients must present a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientCerts {
+    /// Every client (the peer API).
+    Required,
+    /// A client may come without one (the hub's API, for enrolment); one it presents must
+    /// verify, and every handler but enrolment refuses a caller without one.
+    Optional,
+}
+
 /// The rustls configuration of Aqueduct's TLS servers: the server's certificate (chain) and
 /// key, every client required to present a certificate issued by `client_ca`, ALPN h2. The
 /// one place where it is built (a custom client verifier goes here).
@@ -123,28 +133,66 @@ pub fn server_config(
     key_pem: &[u8],
     client_ca_pem: &[u8],
 ) -> Result<Arc<ServerConfig>, TlsSetupError> {
-    let certs = |pem: &[u8], what: &'static str| {
-        let certs = CertificateDer::pem_slice_iter(pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TlsSetupError::Pem { what, reason: e.to_string() })?;
-        if certs.is_empty() {
-            return Err(TlsSetupError::NoCertificate { what });
-        }
-        Ok(certs)
-    };
-    let chain = certs(cert_pem, "the server certificate")?;
+    server_config_with(cert_pem, key_pem, client_ca_pem, ClientCerts::Required)
+}
+
+/// [`server_config`], with client certificates required or optional.
+pub fn server_config_with(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    client_ca_pem: &[u8],
+    client_certs: ClientCerts,
+) -> Result<Arc<ServerConfig>, TlsSetupError> {
+    let chain = pem_certs(cert_pem, "the server certificate")?;
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| TlsSetupError::Pem { what: "the server key", reason: e.to_string() })?;
+    build_server_config(client_ca_pem, client_certs, |builder| builder.with_single_cert(chain, key))
+}
+
+/// [`server_config`] for a server whose certificate changes while it serves (a spoke's node
+/// certificate, renewed): each handshake takes the one `resolver` gives then; connections
+/// already open carry on with theirs. Client certificates required.
+pub fn server_config_resolving(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    client_ca_pem: &[u8],
+) -> Result<Arc<ServerConfig>, TlsSetupError> {
+    build_server_config(client_ca_pem, ClientCerts::Required, |builder| Ok(builder.with_cert_resolver(resolver)))
+}
+
+fn pem_certs(pem: &[u8], what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsSetupError::Pem { what, reason: e.to_string() })?;
+    if certs.is_empty() {
+        return Err(TlsSetupError::NoCertificate { what });
+    }
+    Ok(certs)
+}
+
+type WantsCert = rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert>;
+
+/// The one place the servers' rustls configuration is built: the client verifier, the
+/// protocol versions, ALPN h2; `with_cert` gives the server's certificate.
+fn build_server_config(
+    client_ca_pem: &[u8],
+    client_certs: ClientCerts,
+    with_cert: impl FnOnce(WantsCert) -> Result<ServerConfig, rustls::Error>,
+) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let mut roots = RootCertStore::empty();
-    for ca in certs(client_ca_pem, "the client CA")? {
+    for ca in pem_certs(client_ca_pem, "the client CA")? {
         roots.add(ca)?;
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone()).build()?;
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone());
+    if client_certs == ClientCerts::Optional {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier.build()?;
+    let mut config = with_cert(
+        ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier),
+    )?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }

@@ -40,8 +40,8 @@ aqueduct.io/region: {{ .Values.region.name }}
 {{- end }}
 {{- end }}
 
-{{- define "aqueduct-spoke.credentialsSecret" -}}
-{{- default (printf "aqueduct-region-%s" .Values.region.name) .Values.region.credentialsSecret }}
+{{- define "aqueduct-spoke.enrolSecret" -}}
+{{- default (printf "aqueduct-enrol-%s" .Values.region.name) .Values.region.enrolSecret }}
 {{- end }}
 
 {{- define "aqueduct-spoke.leaseName" -}}
@@ -65,6 +65,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* The CSI driver's name: fixed, the operator writes it into every PersistentVolume. */}}
 {{- define "aqueduct-spoke.driver" -}}csi.aqueduct.io{{- end }}
 
-{{/* Where the spoke's config, credentials and data are inside its container. */}}
+{{/* Where the spoke's config, enrolment Secret and data are inside its container. */}}
 {{- define "aqueduct-spoke.configPath" -}}/etc/aqueduct/spoke.toml{{- end }}
-{{- define "aqueduct-spoke.credentialsPath" -}}/etc/aqueduct/region{{- end }}
+{{- define "aqueduct-spoke.enrolPath" -}}/etc/aqueduct/enrol{{- end }}

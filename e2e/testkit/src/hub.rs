@@ -1,8 +1,8 @@
 //! A real hub for tests: [`TestHub`] runs `aqueduct-hub init` into a directory and serves the
 //! hub in this process over mutual TLS, as `aqueduct-hub serve` would, on an address of
 //! 127.0.0.1 (or any address a test names). It gives admin clients (or clients with any
-//! certificate, for tests of who may call), adds regions and returns their credentials
-//! bundles, and restarts the hub on the same address with the same database (and whatever the
+//! certificate, for tests of who may call), adds regions, makes enrolment tokens and issues
+//! nodes' credentials from the hub's CA (for tests that are not about enrolment), and restarts the hub on the same address with the same database (and whatever the
 //! test changed in its config). Every test that needs a hub uses this one: the hub's own
 //! integration tests, `aq`'s, the spoke's and the whole-system tests of `e2e`.
 
@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use aqueduct_hub::config::HubConfig;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::admin_client::AdminClient;
+use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -113,18 +114,30 @@ impl TestHub {
         self.client_with(&ca, &cert, &key).await.expect("connecting to the hub as its admin")
     }
 
-    /// Adds region `name` with a link budget of `rate` bytes per second; returns the
-    /// credentials bundle for its spokes.
-    pub async fn add_region(&self, name: &str, rate: u64) -> pb::CredentialsBundle {
-        let region = pb::Region {
-            name: name.into(),
-            rate_bytes_per_sec: rate,
-            created_unix_ms: 0,
-            members: Vec::new(),
-            ..Default::default()
-        };
+    /// Adds region `name` with a link budget of `rate` bytes per second; returns the hub's CA
+    /// certificate (what its spokes trust).
+    pub async fn add_region(&self, name: &str, rate: u64) -> String {
+        let region = pb::Region { name: name.into(), rate_bytes_per_sec: rate, ..Default::default() };
         let added = self.admin().await.add_region(pb::AddRegionRequest { region: Some(region) }).await;
-        added.unwrap_or_else(|e| panic!("adding region {name}: {e}")).into_inner().bundle.expect("a bundle")
+        added.unwrap_or_else(|e| panic!("adding region {name}: {e}")).into_inner().ca_pem
+    }
+
+    /// The credentials of node `node` of `region`, issued from the hub's CA as enrolment would
+    /// (valid 30 days), for tests that are not about enrolment.
+    pub fn node_bundle(&self, region: &str, node: &str) -> pb::CredentialsBundle {
+        self.node_bundle_for(region, node, std::time::Duration::from_secs(30 * 24 * 3600))
+    }
+
+    /// [`TestHub::node_bundle`], valid for `lifetime` from now (from a minute ago).
+    pub fn node_bundle_for(&self, region: &str, node: &str, lifetime: std::time::Duration) -> pb::CredentialsBundle {
+        self.issuer().bundle(region, node, lifetime)
+    }
+
+    /// A bootstrap token for `region` with `uses` uses, valid for `ttl`.
+    pub async fn enrol_token(&self, region: &str, uses: u32, ttl: std::time::Duration) -> String {
+        let request = pb::CreateEnrolTokenRequest { region: region.into(), ttl_seconds: ttl.as_secs(), uses };
+        let made = self.admin().await.create_enrol_token(request).await;
+        made.unwrap_or_else(|e| panic!("making a token for region {region}: {e}")).into_inner().token
     }
 }
 
@@ -141,4 +154,110 @@ fn serve(config: HubConfig, listener: TcpListener) -> (CancellationToken, JoinHa
         }
     });
     (stop, task)
+}
+
+/// The spokes' API as the spokes of one region call it, each with its own node's certificate
+/// (issued from the hub's CA): `watch`, `report_progress` and `report_cache` go out with the
+/// certificate of the node their request names; every other call (through `Deref`) with the
+/// certificate of node [`RegionSpokes::FIRST`].
+pub struct RegionSpokes {
+    issuer: NodeIssuer,
+    region: String,
+    first: SpokeClient<Channel>,
+    nodes: std::collections::HashMap<String, SpokeClient<Channel>>,
+}
+
+/// What issues nodes' certificates and connects with them: the hub's config and URL.
+#[derive(Clone)]
+struct NodeIssuer {
+    config: HubConfig,
+    url: String,
+}
+
+impl NodeIssuer {
+    fn bundle(&self, region: &str, node: &str, lifetime: std::time::Duration) -> pb::CredentialsBundle {
+        let ca = aqueduct_hub::load_authority(&self.config).expect("the hub's issuing CA");
+        let issued = ca.issue_node(region, node, lifetime).expect("a node certificate");
+        pb::CredentialsBundle { ca_pem: ca.ca_pem().to_string(), cert_pem: issued.cert_pem, key_pem: issued.key_pem }
+    }
+
+    async fn client(&self, region: &str, node: &str) -> SpokeClient<Channel> {
+        let bundle = self.bundle(region, node, std::time::Duration::from_secs(30 * 24 * 3600));
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&bundle.ca_pem))
+            .identity(Identity::from_pem(&bundle.cert_pem, &bundle.key_pem));
+        let endpoint = Endpoint::from_shared(self.url.clone()).expect("a URL").tls_config(tls).expect("TLS settings");
+        let channel = endpoint.connect().await;
+        SpokeClient::new(channel.unwrap_or_else(|e| panic!("connecting as node {node} of {region}: {e}")))
+    }
+}
+
+impl RegionSpokes {
+    /// The node whose certificate calls that name no node use.
+    pub const FIRST: &'static str = "node-1";
+
+    /// The client with `node`'s certificate.
+    pub async fn node(&mut self, node: &str) -> &mut SpokeClient<Channel> {
+        if node == Self::FIRST {
+            return &mut self.first;
+        }
+        if !self.nodes.contains_key(node) {
+            let client = self.issuer.client(&self.region, node).await;
+            self.nodes.insert(node.to_string(), client);
+        }
+        self.nodes.get_mut(node).expect("inserted")
+    }
+
+    pub async fn watch(
+        &mut self,
+        request: pb::WatchRequest,
+    ) -> Result<tonic::Response<tonic::Streaming<pb::Assignments>>, tonic::Status> {
+        self.node(&request.node.clone()).await.watch(request).await
+    }
+
+    pub async fn report_progress(
+        &mut self,
+        request: pb::ProgressReport,
+    ) -> Result<tonic::Response<pb::ProgressAck>, tonic::Status> {
+        self.node(&request.node.clone()).await.report_progress(request).await
+    }
+
+    pub async fn report_cache(
+        &mut self,
+        request: pb::CacheReport,
+    ) -> Result<tonic::Response<pb::ProgressAck>, tonic::Status> {
+        self.node(&request.node.clone()).await.report_cache(request).await
+    }
+}
+
+impl std::ops::Deref for RegionSpokes {
+    type Target = SpokeClient<Channel>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.first
+    }
+}
+
+impl std::ops::DerefMut for RegionSpokes {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.first
+    }
+}
+
+impl TestHub {
+    fn issuer(&self) -> NodeIssuer {
+        NodeIssuer { config: self.config.clone(), url: self.url() }
+    }
+
+    /// A client of the spokes' API with the certificate of node `node` of `region`.
+    pub async fn node_client(&self, region: &str, node: &str) -> SpokeClient<Channel> {
+        self.issuer().client(region, node).await
+    }
+
+    /// The spokes of `region` (which must exist), each with its node's certificate.
+    pub async fn spokes(&self, region: &str) -> RegionSpokes {
+        let issuer = self.issuer();
+        let first = issuer.client(region, RegionSpokes::FIRST).await;
+        RegionSpokes { issuer, region: region.to_string(), first, nodes: Default::default() }
+    }
 }

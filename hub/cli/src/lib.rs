@@ -1,12 +1,13 @@
 //! The parts of `aq`: finding and reaching the hub ([`connect`]), printing tables, sizes,
 //! progress and the output formats of listings ([`output`]), the listings themselves
-//! ([`views`], [`status`]), `aq status` as a command ([`watch`]), waiting for regions
+//! ([`views`], [`status`]), enrolment tokens ([`enrol`]), `aq status` as a command ([`watch`]), waiting for regions
 //! ([`wait`]), exit codes ([`exit`]) and manual
 //! pages ([`manpages`]). `aq-quickstart`
 //! (the `aqueduct-quickstart` crate) talks to its hub with them. Like `aq`, they depend on the
 //! contract only.
 
 pub mod connect;
+pub mod enrol;
 pub mod exit;
 pub mod lifecycle;
 pub mod manpages;

@@ -249,17 +249,22 @@ struct SourceAdd {
 
 #[derive(Subcommand)]
 enum RegionCommand {
-    /// Record a region and its link budget, and write its spokes' credentials bundle.
+    /// Record a region and its link budget, and write the hub's CA certificate (what its
+    /// spokes trust). Its spokes then enrol, each for a certificate of its own node, with a
+    /// token: make one with `aq region token NAME`.
     Add {
         /// Region name (a-z, 0-9, '-', '.', '_').
         name: String,
         /// Link budget: bytes per second the region may pull, e.g. 100MiB/s, 50MB/s, 400Mbit/s.
         #[arg(long)]
         rate: Rate,
-        /// Directory for the bundle (ca.pem, cert.pem, key.pem); default ./NAME-credentials.
+        /// Directory for the hub's CA certificate (ca.pem); default ./NAME-credentials.
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Make a bootstrap token with which the region's spokes enrol (single-use by default;
+    /// shown once, the hub keeps only its hash).
+    Token(aqueduct_cli::enrol::TokenArgs),
     /// List regions.
     List {
         #[command(flatten)]
@@ -364,21 +369,6 @@ impl SourceAdd {
         }
         Ok(options)
     }
-}
-
-/// Writes a region's credentials: the hub's CA, the region's certificate and its key (0600).
-fn write_bundle(dir: &std::path::Path, bundle: &pb::CredentialsBundle) -> Result<()> {
-    use aqueduct_core::durable::{self, PUBLIC, SECRET};
-    let key = dir.join("key.pem");
-    // A bundle is issued once: never write over the key of another.
-    if key.exists() {
-        anyhow::bail!("{} already exists; choose another --out directory", key.display());
-    }
-    durable::create_dir_all(dir)?;
-    durable::write_file(&dir.join("ca.pem"), bundle.ca_pem.as_bytes(), PUBLIC)?;
-    durable::write_file(&dir.join("cert.pem"), bundle.cert_pem.as_bytes(), PUBLIC)?;
-    durable::write_file(&key, bundle.key_pem.as_bytes(), SECRET)?;
-    Ok(())
 }
 
 /// Prints a listing on stdout in the format asked for.
@@ -562,17 +552,18 @@ async fn run(cli: Cli) -> Result<()> {
                     return Err(explain(e, &hub));
                 }
             };
-            let bundle = resp.bundle.context("the hub sent no credentials bundle")?;
-            write_bundle(&out, &bundle).with_context(|| {
-                format!("region {name} was added, but its bundle could not be written to {}", out.display())
-            })?;
+            let ca = out.join("ca.pem");
+            aqueduct_core::durable::write_file(&ca, resp.ca_pem.as_bytes(), aqueduct_core::durable::PUBLIC)
+                .with_context(|| format!("region {name} was added, but {} could not be written", ca.display()))?;
             println!("region {name} added with a link budget of {rate}");
             println!(
-                "credentials for its spokes written to {} (hub: {}); keep key.pem private",
-                out.display(),
+                "the hub's CA certificate (tls.ca of its spokes) written to {} (hub: {}); \
+                 its spokes enrol with a token: `aq region token {name}` (--uses N for N nodes)",
+                ca.display(),
                 hub.url
             );
         }
+        Command::Region(RegionCommand::Token(args)) => aqueduct_cli::enrol::token(&mut admin, &hub, args).await?,
         Command::Region(RegionCommand::Set { name, rate, schedule, time_zone }) => {
             let req = pb::UpdateRegionRequest {
                 name: name.clone(),

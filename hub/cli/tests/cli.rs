@@ -113,12 +113,22 @@ async fn regions_rollouts_and_status() {
     let out =
         ok(&aq(home, cfg, &["region", "add", "eu-west", "--rate", "100MiB/s", "--out", bundle.to_str().unwrap()])
             .await);
-    assert!(out.contains("link budget of 100MiB/s"), "{out}");
-    for f in ["ca.pem", "cert.pem", "key.pem"] {
-        assert!(bundle.join(f).exists(), "{f} missing from the bundle");
-    }
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(bundle.join("key.pem")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(out.contains("link budget of 100MiB/s") && out.contains("aq region token eu-west"), "{out}");
+    // The hub's CA only: no region-wide key exists any more; each spoke enrols with a token.
+    assert!(bundle.join("ca.pem").exists(), "ca.pem missing");
+    assert!(!bundle.join("key.pem").exists() && !bundle.join("cert.pem").exists(), "a shared region key was written");
+    let token = ok(&aq(home, cfg, &["region", "token", "eu-west"]).await);
+    assert!(token.trim().starts_with("aqt1_") && token.trim().len() == 69, "{token}");
+    let shown: serde_json::Value = serde_json::from_str(&ok(&aq(
+        home,
+        cfg,
+        &["region", "token", "eu-west", "--uses", "5", "--ttl", "10m", "-o", "json"],
+    )
+    .await))
+    .unwrap();
+    assert_eq!((shown["region"].as_str(), shown["uses"].as_u64()), (Some("eu-west"), Some(5)));
+    assert_ne!(shown["token"].as_str(), Some(token.trim()), "tokens are random");
+    fails_with(&aq(home, cfg, &["region", "token", "mars"]).await, &["mars", "does not exist"]);
     fails_with(
         &aq(home, cfg, &["region", "add", "eu-west", "--rate", "1MiB/s", "--out", bundle.to_str().unwrap()]).await,
         &["already exists"],

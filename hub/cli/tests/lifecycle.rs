@@ -24,9 +24,8 @@ struct Spoke {
 
 impl Spoke {
     async fn of(hub: &TestHub, region: &str) -> Self {
-        let bundle = hub.add_region(region, 1 << 30).await;
-        let mut client =
-            SpokeClient::new(hub.channel(&bundle.ca_pem, &bundle.cert_pem, &bundle.key_pem).await.unwrap());
+        hub.add_region(region, 1 << 30).await;
+        let mut client = hub.node_client(region, "node-1").await;
         let req = pb::WatchRequest { node: "node-1".into(), peer_address: String::new() };
         let mut watch = client.watch(req).await.unwrap().into_inner();
         let session = watch.message().await.unwrap().unwrap().session;

@@ -7,11 +7,9 @@ mod common;
 use std::path::Path;
 
 use aqueduct_proto::hub::v1 as pb;
-use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
-use aqueduct_testkit::hub::TestHub;
+use aqueduct_testkit::hub::{RegionSpokes, TestHub};
 use common::{aq, command, exits_with, ok, spawn_aq, start_hub};
 use serde_json::Value;
-use tonic::transport::Channel;
 
 /// Bytes that do not repeat (so that every chunk differs).
 fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -47,14 +45,14 @@ async fn hub_with_llama(tmp: &Path, model: &[u8]) -> TestHub {
 }
 
 /// A spoke of `region` (a new region, added with a fast link), as the spokes' API sees it.
-async fn spoke_of(hub: &TestHub, region: &str) -> SpokeClient<Channel> {
-    let bundle = hub.add_region(region, 1 << 30).await;
-    SpokeClient::new(hub.channel(&bundle.ca_pem, &bundle.cert_pem, &bundle.key_pem).await.unwrap())
+async fn spoke_of(hub: &TestHub, region: &str) -> RegionSpokes {
+    hub.add_region(region, 1 << 30).await;
+    hub.spokes(region).await
 }
 
 /// Opens `node`'s watch; returns the stream (kept open: the node is live while it is) and
 /// the session its reports carry.
-async fn watch(spoke: &mut SpokeClient<Channel>, node: &str) -> (tonic::Streaming<pb::Assignments>, String) {
+async fn watch(spoke: &mut RegionSpokes, node: &str) -> (tonic::Streaming<pb::Assignments>, String) {
     let req = pb::WatchRequest { node: node.into(), peer_address: String::new() };
     let mut stream = spoke.watch(req).await.unwrap().into_inner();
     let session = stream.message().await.unwrap().unwrap().session;

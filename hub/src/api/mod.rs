@@ -12,7 +12,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aqueduct_core::identity::Identity;
 use aqueduct_proto::domain::modes::OutsideLinks;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{ReplicationMode, validate_name};
@@ -40,7 +39,7 @@ use regions::region_to_pb;
 /// What the handlers share.
 pub struct AdminService {
     db: Arc<dyn MetaStore>,
-    /// Issues the certificates of new regions.
+    /// The hub's CA (regions' spokes trust it).
     authority: Arc<Authority>,
     snapshot: SnapshotOptions,
     /// Rollout changes (to wake the spokes' watches), relayed bytes not yet written, members.
@@ -346,20 +345,13 @@ impl pb::admin_server::Admin for AdminService {
         if r.rate_bytes_per_sec == 0 {
             return Err(Status::invalid_argument("a region's link budget must be above 0 bytes per second"));
         }
-        let identity = Identity::Region(r.name.clone());
-        let hosts: Vec<String> = identity.peer_name().into_iter().collect();
-        let issued = self.authority.issue(&identity, &hosts).map_err(|e| Status::internal(e.to_string()))?;
         let record =
             RegionRecord { name: r.name, rate: r.rate_bytes_per_sec, created_unix_ms: now_unix_ms(), schedule: None };
         let stored = record.clone();
         blocking(&self.db, move |db| db.add_region(&stored)).await?;
         Ok(Response::new(pb::AddRegionResponse {
             region: Some(region_to_pb(record, Vec::new())),
-            bundle: Some(pb::CredentialsBundle {
-                ca_pem: self.authority.ca_pem().to_string(),
-                cert_pem: issued.cert_pem,
-                key_pem: issued.key_pem,
-            }),
+            ca_pem: self.authority.ca_pem().to_string(),
         }))
     }
 
@@ -559,5 +551,16 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::RemoveResponse>, Status> {
         require_admin(&request)?;
         Ok(Response::new(self.remove_version_call(request.into_inner()).await?))
+    }
+
+    #[instrument(skip_all, fields(region, uses))]
+    async fn create_enrol_token(
+        &self,
+        request: Request<pb::CreateEnrolTokenRequest>,
+    ) -> Result<Response<pb::CreateEnrolTokenResponse>, Status> {
+        require_admin(&request)?;
+        let req = request.into_inner();
+        Span::current().record("region", req.region.as_str()).record("uses", req.uses);
+        Ok(Response::new(crate::enrol::make_token(&self.db, &req.region, req.ttl_seconds, req.uses).await?))
     }
 }

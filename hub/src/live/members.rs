@@ -8,11 +8,12 @@
 //! open watch at a time: a second watch that claims a live name is refused ([`Members::join`]),
 //! and the first keeps it.
 //!
-//! Every spoke of a region holds the region's one certificate, so the certificate cannot say
-//! which node a report is from. Each watch gets a random session token instead, which only its
-//! own stream carries; a report counts only with the token of the open watch of the node it
-//! names ([`Proof`]), and a member's reports are forgotten when its watch ends. Certificates
-//! that name their node (a later step) become another [`Proof`]; the rules stay.
+//! Each spoke's certificate names its node, and the spokes' API lets a caller watch and report
+//! only as that node (`crate::relay` checks it before it comes here). Each watch also gets a
+//! random session token, which only its own stream carries; a report counts only with the
+//! token of the open watch of the node it names ([`Proof`]), so that a report sent on an
+//! earlier connection of the same node is not taken for its current watch, and a member's
+//! reports are forgotten when its watch ends.
 //!
 //! A region's row (what `aq status` and the cut-over read) is folded from the reports of its
 //! members in their current watches, by the rules of [`crate::rollout`] ([`counted`],
@@ -34,8 +35,8 @@ use aqueduct_proto::hub::v1 as pb;
 use crate::rollout::retention::InUse;
 use crate::rollout::{NodeReport, RegionProgress, RolloutKey, RolloutRecord, VersionId, counted, fold, sharers};
 
-/// What a caller shows to speak for a node. Today the session token of the node's open watch
-/// (the region's spokes share one certificate); with per-node certificates, the certificate.
+/// What a caller shows to speak for its node's current watch (its certificate has shown which
+/// node it is): the session token of the node's open watch.
 #[derive(Clone, Copy, Debug)]
 pub enum Proof<'a> {
     Session(&'a str),

@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::StoreError;
 
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// The tables schema 5 added (the lifecycle): in the schema, and in the step that brings a
 /// schema 4 database up to it.
@@ -31,6 +31,22 @@ CREATE TABLE IF NOT EXISTS serving (
 CREATE TABLE IF NOT EXISTS retired (
     dataset TEXT PRIMARY KEY,
     last_version INTEGER NOT NULL
+);"
+    };
+}
+
+/// The table schema 6 added (enrolment tokens, issue 18): in the schema, and in the step that
+/// brings a schema 5 database up to it. Tokens are kept as hashes only.
+macro_rules! enrol_tables {
+    () => {
+        "
+CREATE TABLE IF NOT EXISTS enrol_tokens (
+    hash TEXT PRIMARY KEY,
+    region TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    uses INTEGER NOT NULL,
+    uses_left INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
 );"
     };
 }
@@ -113,7 +129,8 @@ CREATE TABLE IF NOT EXISTS skipped_objects (
     FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
 );
 ",
-    lifecycle_tables!()
+    lifecycle_tables!(),
+    enrol_tables!()
 );
 
 /// Steps that bring a database of schema version `from` to `from + 1`, in order. Each runs
@@ -167,6 +184,8 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         "ALTER TABLE regions ADD COLUMN schedule TEXT NOT NULL DEFAULT '';
          ALTER TABLE regions ADD COLUMN time_zone TEXT NOT NULL DEFAULT 'UTC';",
     ),
+    // Version 6 had no enrolment tokens (issue 18): spokes enrol for a node's certificate.
+    (6, enrol_tables!()),
 ];
 
 /// Creates the tables a new database lacks and brings an older one to [`SCHEMA_VERSION`],

@@ -77,6 +77,10 @@ pub struct Parts {
     pub budget: Arc<Budget>,
     /// Whether the session with the hub is up (readiness).
     pub link: Arc<HubLink>,
+    /// The node's TLS (its current certificate), for the hub's connections.
+    pub tls: Arc<crate::tls::NodeTls>,
+    /// How the certificate's renewal stands (what to do once it expired).
+    pub renewal: Arc<crate::enrol::Renewal>,
     /// What uses versions on this node: the holder's mounts, the CSI node plugin's
     /// publications (if it runs), sidecars' leases; what was last gathered of it.
     pub mounts: Arc<Mounts>,
@@ -176,7 +180,14 @@ impl Controller<'_> {
     /// watch ends (never with success).
     async fn session(&self, endpoint: &Endpoint, memory: &mut Memory, watched: &mut bool) -> Result<Infallible, Ended> {
         let (config, parts) = (self.config, &self.parts);
-        let channel: Channel = endpoint.connect().await.map_err(|e| crate::chain(&e))?;
+        let channel: Channel = endpoint.connect_with_connector(parts.tls.connector()).await.map_err(|e| {
+            let error = crate::chain(&e);
+            // An expired certificate is refused in TLS: say what to do.
+            match parts.renewal.advice(crate::enrol::now_ms()) {
+                Some(advice) => format!("{error}; {advice}"),
+                None => error,
+            }
+        })?;
         // Assignments (with the region's members) and acks come back; reports go out.
         let client = SpokeClient::new(channel)
             .max_decoding_message_size(aqueduct_proto::MAX_CONTROL_MESSAGE_BYTES)
@@ -560,7 +571,7 @@ mod tests {
         let ((v1, a1), (v2, a2)) = (version(1), version(2));
         let current = pb::Assignments { assignments: vec![a1, a2], ..Default::default() };
         catalog.set_assignments(current.clone()).unwrap();
-        let peers = Peers::new("n", &Identity::Region("r".into()), None);
+        let peers = Peers::new("n", &Identity::Node { region: "r".into(), node: "n".into() }, None);
         let chunks = |m: &Manifest| m.distinct_chunks().into_iter().map(|(d, _)| d).collect::<HashSet<_>>();
 
         pin_as_planned(&catalog, &cache, &peers, &current, 1, &HashSet::new()).await;

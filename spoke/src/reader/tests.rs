@@ -8,7 +8,6 @@ use std::time::Duration;
 use aqueduct_core::budget::Budget;
 use aqueduct_core::identity::Identity;
 use aqueduct_proto::Digest;
-use tonic::transport::ClientTlsConfig;
 
 use super::*;
 use crate::origin::fake::{Act, FakeRegion, member};
@@ -24,7 +23,11 @@ struct Spoke {
 /// This spoke (`me`) in a region of `members` (its own name among them or not), with a fake hub
 /// and fake peers.
 fn spoke(me: &str, members: &[&str]) -> Spoke {
-    let peers = Arc::new(Peers::new(me, &Identity::Region("eu".into()), Some(ClientTlsConfig::new())));
+    let peers = Arc::new(Peers::new(
+        me,
+        &Identity::Node { region: "eu".into(), node: me.into() },
+        Some(crate::tls::test_tls("eu", me)),
+    ));
     peers.set_members(members.iter().map(|n| member(n)).collect());
     let region = FakeRegion::new();
     region.seen_by(peers.clone());

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use aqueduct_core::identity::Identity;
 use aqueduct_proto::{ChunkRef, ChunkerParams, FileEntry, Manifest};
 use prost::Message;
-use tonic::transport::{ClientTlsConfig, Endpoint};
+use tonic::transport::Endpoint;
 
 use super::*;
 use crate::origin::fake::{Act, FakeRegion, member};
@@ -83,7 +83,11 @@ async fn spoke(me: &str, members: &[&str], mode: &str) -> Spoke {
         ..Default::default()
     };
 
-    let peers = Arc::new(Peers::new(me, &Identity::Region("eu".into()), Some(ClientTlsConfig::new())));
+    let peers = Arc::new(Peers::new(
+        me,
+        &Identity::Node { region: "eu".into(), node: me.into() },
+        Some(crate::tls::test_tls("eu", me)),
+    ));
     peers.set_members(members.iter().map(|n| member(n)).collect());
     let region = FakeRegion::new();
     region.seen_by(peers.clone());
