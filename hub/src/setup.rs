@@ -258,6 +258,7 @@ mod tests {
     /// verify against the CA on disk); a node's certificate issued from that CA connects too.
     async fn serves(dir: &Path) {
         let config = HubConfig::load(&dir.join("hub.toml")).unwrap();
+        let ca = crate::load_authority(&config).unwrap();
         assert_eq!(std::fs::read(dir.join("admin/ca.pem")).unwrap(), std::fs::read(dir.join("pki/ca.pem")).unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -281,7 +282,6 @@ mod tests {
             .into_inner()
             .ca_pem;
         // A node's certificate, issued from the CA on disk (as enrolment does).
-        let ca = crate::pki::Authority::load(&dir.join("pki/ca.pem"), &dir.join("pki/ca.key")).unwrap();
         let node = ca.issue_node("eu", "eu-1", std::time::Duration::from_secs(60)).unwrap();
         let mut spoke = aqueduct_proto::hub::v1::spoke_client::SpokeClient::new(
             connect(ca_pem, node.cert_pem, node.key_pem).await.unwrap(),
