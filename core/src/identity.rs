@@ -1,19 +1,23 @@
 //! Who is calling: the identities carried in Aqueduct's certificates.
 //!
 //! Every certificate issued by the hub's CA carries exactly one URI subject alternative name:
-//! `spiffe://aqueduct/admin` for operators, `spiffe://aqueduct/hub` for the hub itself and
-//! `spiffe://aqueduct/region/NAME` for the spokes of a region. TLS proves the certificate was
-//! issued by our CA; this module reads which identity it names.
+//! `spiffe://aqueduct/admin/NAME` for each named operator, `spiffe://aqueduct/hub` for the hub
+//! itself and `spiffe://aqueduct/region/NAME` for the spokes of a region. TLS proves the
+//! certificate was issued by our CA; this module reads which identity it names, and what
+//! revocation looks at ([`subject_of`]: every URI and the notBefore).
 
 use std::fmt;
 
 use tonic::{Request, Status};
 
+use crate::revocation::CertSubject;
+
 const PREFIX: &str = "spiffe://aqueduct/";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Identity {
-    Admin,
+    /// A named operator (`aq admin add NAME`); its name is a valid object name.
+    Admin(String),
     Hub,
     Region(String),
 }
@@ -21,7 +25,7 @@ pub enum Identity {
 impl Identity {
     pub fn uri(&self) -> String {
         match self {
-            Identity::Admin => format!("{PREFIX}admin"),
+            Identity::Admin(name) => format!("{PREFIX}admin/{name}"),
             Identity::Hub => format!("{PREFIX}hub"),
             Identity::Region(name) => format!("{PREFIX}region/{name}"),
         }
@@ -38,12 +42,17 @@ impl Identity {
 
     fn from_uri(uri: &str) -> Option<Self> {
         match uri.strip_prefix(PREFIX)? {
-            "admin" => Some(Identity::Admin),
             "hub" => Some(Identity::Hub),
-            rest => rest
-                .strip_prefix("region/")
-                .filter(|name| aqueduct_proto::validate_name("region", name).is_ok())
-                .map(|name| Identity::Region(name.to_string())),
+            rest => {
+                if let Some(name) = rest.strip_prefix("admin/") {
+                    return aqueduct_proto::validate_name("admin", name)
+                        .is_ok()
+                        .then(|| Identity::Admin(name.to_string()));
+                }
+                rest.strip_prefix("region/")
+                    .filter(|name| aqueduct_proto::validate_name("region", name).is_ok())
+                    .map(|name| Identity::Region(name.to_string()))
+            }
         }
     }
 
@@ -58,6 +67,14 @@ impl Identity {
         let identity = found.next()?;
         // A certificate naming two identities is not one we issued.
         found.next().is_none().then_some(identity)
+    }
+
+    /// The admin's name, for an admin.
+    pub fn admin_name(&self) -> Option<&str> {
+        match self {
+            Identity::Admin(name) => Some(name),
+            _ => None,
+        }
     }
 
     /// Reads the identity from the first certificate of a PEM text.
@@ -77,10 +94,29 @@ impl Identity {
     }
 }
 
+/// What revocation looks at in a DER certificate: every URI subject alternative name (as
+/// written, whether or not it names an identity this build knows) and the notBefore.
+pub fn subject_of(der: &[u8]) -> Option<CertSubject> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let uris = match cert.subject_alternative_name().ok()? {
+        Some(san) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                x509_parser::extensions::GeneralName::URI(uri) => Some(uri.to_string()),
+                _ => None,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    Some(CertSubject { uris, not_before_unix_s: cert.validity().not_before.timestamp() })
+}
+
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Identity::Admin => f.write_str("admin"),
+            Identity::Admin(name) => write!(f, "admin {name}"),
             Identity::Hub => f.write_str("hub"),
             Identity::Region(name) => write!(f, "region {name}"),
         }
@@ -110,7 +146,7 @@ mod tests {
 
         /// Any URI: an identity whose URI is that text, or none.
         #[test]
-        fn fuzz_identity_from_uri(uri in "(spiffe://aqueduct/)?(admin|hub|region/)?.{0,20}") {
+        fn fuzz_identity_from_uri(uri in "(spiffe://aqueduct/)?(admin/|admin|hub|region/)?.{0,20}") {
             if let Some(identity) = Identity::from_uri(&uri) {
                 prop_assert_eq!(identity.uri(), uri);
                 if let Identity::Region(name) = &identity {
@@ -122,7 +158,7 @@ mod tests {
 
         #[test]
         fn fuzz_identity_uri_round_trip(name in "[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?") {
-            for identity in [Identity::Admin, Identity::Hub, Identity::Region(name.clone())] {
+            for identity in [Identity::Admin(name.clone()), Identity::Hub, Identity::Region(name.clone())] {
                 prop_assert_eq!(Identity::from_uri(&identity.uri()), Some(identity));
             }
         }
@@ -130,7 +166,10 @@ mod tests {
 
     #[test]
     fn unknown_uris_are_no_identity() {
-        assert_eq!(Identity::from_uri("spiffe://aqueduct/admin"), Some(Identity::Admin));
+        assert_eq!(Identity::from_uri("spiffe://aqueduct/admin/alice"), Some(Identity::Admin("alice".into())));
+        // Before admins had names: not an identity any more (`aqueduct-hub init` issues named ones).
+        assert_eq!(Identity::from_uri("spiffe://aqueduct/admin"), None);
+        assert_eq!(Identity::from_uri("spiffe://aqueduct/admin/"), None);
         assert_eq!(Identity::from_uri("spiffe://other/admin"), None);
         assert_eq!(Identity::from_uri("spiffe://aqueduct/region/BAD NAME"), None);
         assert_eq!(Identity::from_uri("spiffe://aqueduct/root"), None);

@@ -3,13 +3,11 @@
 use aqueduct_core::identity::Identity;
 use tonic::{Request, Status};
 
-/// Fails unless the caller holds the admin identity.
-pub fn require_admin<T>(request: &Request<T>) -> Result<(), Status> {
+/// Fails unless the caller holds an admin identity; returns the admin's name.
+pub fn require_admin<T>(request: &Request<T>) -> Result<String, Status> {
     match Identity::of_request(request)? {
-        Identity::Admin => Ok(()),
-        other => {
-            Err(Status::permission_denied(format!("this call needs the admin certificate; the caller is {other}")))
-        }
+        Identity::Admin(name) => Ok(name),
+        other => Err(Status::permission_denied(format!("this call needs an admin certificate; the caller is {other}"))),
     }
 }
 
@@ -64,7 +62,7 @@ mod tests {
     #[test]
     fn issued_certificates_carry_their_identity() {
         let ca = Authority::create("test").unwrap();
-        for id in [Identity::Admin, Identity::Hub, Identity::Region("eu-west".into())] {
+        for id in [Identity::Admin("alice".into()), Identity::Hub, Identity::Region("eu-west".into())] {
             let issued = ca.issue(&id, &["localhost".into()]).unwrap();
             assert_eq!(Identity::from_pem(&issued.cert_pem), Some(id));
         }

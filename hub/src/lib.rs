@@ -44,8 +44,8 @@ use tracing::info;
 use crate::config::HubConfig;
 use crate::pki::{Authority, PkiError};
 use crate::snapshot::SnapshotOptions;
-use crate::store::StoreError;
 use crate::store::sqlite::SqliteStore;
+use crate::store::{StoreError, TrustStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -63,6 +63,8 @@ pub enum HubError {
     Metrics(#[from] aqueduct_core::metrics::MetricsError),
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("--admin: {0}")]
+    BadAdminName(String),
     #[error("the hub's TLS files (tls.cert, tls.key, tls.ca) are not usable: {0}")]
     Tls(#[from] aqueduct_core::server::TlsSetupError),
 }
@@ -84,7 +86,16 @@ pub struct InitOutcome {
 /// that points `aq` at this hub) and `hub.toml`. Refuses a directory that holds `hub.toml`;
 /// completes one that an interrupted init left, keeping its CA (see `setup`).
 pub fn init(data_dir: &Path, listen: SocketAddr, hosts: &[String]) -> Result<InitOutcome, HubError> {
-    setup::init_with(data_dir, listen, hosts, &mut |_| Ok(()))
+    init_named(data_dir, listen, hosts, DEFAULT_ADMIN)
+}
+
+/// The first admin's name unless `init --admin` names it.
+pub const DEFAULT_ADMIN: &str = "admin";
+
+/// [`init`], with the first admin named `admin` (its certificate names
+/// `spiffe://aqueduct/admin/NAME`).
+pub fn init_named(data_dir: &Path, listen: SocketAddr, hosts: &[String], admin: &str) -> Result<InitOutcome, HubError> {
+    setup::init_with(data_dir, listen, hosts, admin, &mut |_| Ok(()))
 }
 
 /// What no source may hold and no snapshot may read: the hub's data directory (database, PKI,
@@ -106,19 +117,22 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         let path = config.resolve(p);
         std::fs::read(&path).map_err(|source| HubError::Pki(PkiError::Read { path, source }))
     };
+    std::fs::create_dir_all(&config.data_dir).map_err(io_err("create", &config.data_dir))?;
+    let db = Arc::new(SqliteStore::open(&config.database_path())?);
+    // Revoked certificates are refused from the first handshake on.
+    let live = live::Live { stopping: shutdown.clone(), ..Default::default() };
+    live.revocations.update(db.revocations()?);
     let tls = aqueduct_core::server::server_config(
         &read(&config.tls.cert)?,
         &read(&config.tls.key)?,
         &read(&config.tls.ca)?,
+        &live.revocations,
     )?;
-    std::fs::create_dir_all(&config.data_dir).map_err(io_err("create", &config.data_dir))?;
-    let db = Arc::new(SqliteStore::open(&config.database_path())?);
     let mut snapshot = SnapshotOptions::default();
     if let Some(p) = config.snapshot.parallelism {
         snapshot.parallelism = p;
     }
     let authority = Arc::new(Authority::load(&config.resolve(&config.tls.ca), &config.resolve(&config.tls.ca_key))?);
-    let live = live::Live { stopping: shutdown.clone(), ..Default::default() };
     let flusher = tokio::spawn(live.ledger.clone().run(db.clone(), shutdown.clone()));
     // Readiness (the database answers, the sources are reachable), checked by one loop; the
     // probes and the gRPC health service read what it found.
@@ -151,12 +165,13 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
     let addr = listener.local_addr().map_err(io_err("inspect", Path::new("listener")))?;
     info!(%addr, data_dir = %config.data_dir.display(), "hub serving");
-    let incoming = aqueduct_core::server::incoming(listener, tls, config.limits.server(), "hub API");
+    let incoming =
+        aqueduct_core::server::incoming(listener, tls, config.limits.server(), "hub API").revoking(&live.revocations);
     // A spoke that vanishes without closing its connection stops being a member of its region
     // when its keepalive goes unanswered.
     aqueduct_core::server::grpc_server(config.limits.max_streams_per_connection, KEEPALIVE)
         .add_service(health.grpc_service())
-        .add_service(admin)
+        .add_service(api::audit::Audited::new(admin, db.clone()))
         .add_service(spoke)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;

@@ -124,6 +124,18 @@ impl Authority {
     /// Issues a certificate for `identity`, usable as TLS server and client certificate.
     /// `hosts` are DNS names or IP addresses the holder serves on (for a server).
     pub fn issue(&self, identity: &Identity, hosts: &[String]) -> Result<CertifiedKey, PkiError> {
+        self.issue_until(identity, hosts, rcgen::date_time_ymd(2100, 1, 1))
+    }
+
+    /// [`Authority::issue`], valid until `not_after`. Every certificate is valid from the time
+    /// it is issued (its notBefore), which revocation compares with the time of a revocation
+    /// ([`aqueduct_core::revocation`]): one issued after a revocation is not refused by it.
+    pub fn issue_until(
+        &self,
+        identity: &Identity,
+        hosts: &[String],
+        not_after: time::OffsetDateTime,
+    ) -> Result<CertifiedKey, PkiError> {
         let what = identity.to_string();
         let gen_err = |source| PkiError::Generate { what: what.clone(), source };
         let key = KeyPair::generate().map_err(gen_err)?;
@@ -133,7 +145,8 @@ impl Authority {
         params.distinguished_name.push(DnType::CommonName, identity.to_string());
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        params.not_before = time::OffsetDateTime::now_utc();
+        params.not_after = not_after;
         let cert = params.signed_by(&key, &self.issuer).map_err(gen_err)?;
         Ok(CertifiedKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }

@@ -36,6 +36,7 @@ use crate::snapshot::{blocking, now_unix_ms};
 use crate::source::{HubFiles, Source, SourceSpec, read_range};
 use crate::store::{MetaStore, RolloutUpdate, StoreError};
 use aqueduct_core::identity::Identity;
+use aqueduct_core::server::revoke::{Revocations, list_to_pb};
 
 /// How often a watch re-reads its region's assignments even without a change notice.
 pub const WATCH_RECHECK: Duration = Duration::from_secs(30);
@@ -197,6 +198,7 @@ impl SpokeService {
     async fn assignments(
         db: &Arc<dyn MetaStore>,
         members: &Arc<Members>,
+        revocations: &Revocations,
         region: &str,
     ) -> Result<pb::Assignments, Status> {
         let (owned, live) = (region.to_string(), members.clone());
@@ -223,6 +225,8 @@ impl SpokeService {
             members: members.members(region),
             session: String::new(),
             tags: tags.iter().map(|t| t.to_pb()).collect(),
+            // What concerns the region's certificates (bounded: see `store::trust`).
+            revocations: Some(list_to_pb(&revocations.current().scoped(&Identity::Region(region.into()).uri()))),
         })
     }
 }
@@ -256,7 +260,7 @@ impl pb::spoke_server::Spoke for SpokeService {
                     let notified = live.changes.notified();
                     tokio::pin!(notified);
                     notified.as_mut().enable();
-                    let current = Self::assignments(&db, &live.members, &region)
+                    let current = Self::assignments(&db, &live.members, &live.revocations, &region)
                         .await
                         .map(|a| pb::Assignments { session: session.clone(), ..a });
                     let send = match &current {

@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::StoreError;
 
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The tables schema 5 added (the lifecycle): in the schema, and in the step that brings a
 /// schema 4 database up to it.
@@ -32,6 +32,35 @@ CREATE TABLE IF NOT EXISTS retired (
     dataset TEXT PRIMARY KEY,
     last_version INTEGER NOT NULL
 );"
+    };
+}
+
+/// The tables schema 6 added (trust: revocations, named admins, the audit log): in the
+/// schema, and in the step that brings a schema 5 database up to it. The revocation list's
+/// generation is the `revocations_generation` row of `meta` (absent: 0).
+macro_rules! trust_tables {
+    () => {
+        "CREATE TABLE IF NOT EXISTS revocations (
+    prefix TEXT PRIMARY KEY,
+    revoked_at_s INTEGER NOT NULL,
+    revoked_by TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS admins (
+    name TEXT PRIMARY KEY,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    at_ms INTEGER NOT NULL,
+    admin TEXT NOT NULL,
+    call TEXT NOT NULL,
+    args TEXT NOT NULL,
+    result TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_at ON audit (at_ms);"
     };
 }
 
@@ -111,7 +140,9 @@ CREATE TABLE IF NOT EXISTS skipped_objects (
     FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
 );
 ",
-    lifecycle_tables!()
+    lifecycle_tables!(),
+    "\n",
+    trust_tables!()
 );
 
 /// Steps that bring a database of schema version `from` to `from + 1`, in order. Each runs
@@ -158,6 +189,8 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
             lifecycle_tables!()
         ),
     ),
+    // Version 5 had one unnamed admin identity, no revocation and no audit log.
+    (5, trust_tables!()),
 ];
 
 /// Creates the tables a new database lacks and brings an older one to [`SCHEMA_VERSION`],
