@@ -155,6 +155,10 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // No session resumption: a resumed session skips the client verifier, and with it the
+    // revocation list. (Connections are long-lived; a full handshake each costs little.)
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -213,12 +217,20 @@ impl LimitedTls {
 struct OpenConnections {
     next: AtomicU64,
     by_id: Mutex<HashMap<u64, (Option<CertSubject>, CancellationToken)>>,
+    /// The list the connections were last checked against: a connection admitted after it
+    /// came is checked too (whatever its handshake did: the verifier runs on full handshakes).
+    list: Mutex<Arc<RevocationList>>,
 }
 
 impl OpenConnections {
     fn add(&self, subject: Option<CertSubject>) -> (u64, CancellationToken) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let token = CancellationToken::new();
+        let revoked =
+            subject.as_ref().is_some_and(|s| self.list.lock().unwrap_or_else(|e| e.into_inner()).refusing(s).is_some());
+        if revoked {
+            token.cancel();
+        }
         self.by_id.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (subject, token.clone()));
         (id, token)
     }
@@ -228,8 +240,9 @@ impl OpenConnections {
     }
 
     /// Closes the connections `list` revokes; returns how many.
-    fn close_revoked(&self, list: &RevocationList, server: &str) -> usize {
+    fn close_revoked(&self, list: Arc<RevocationList>, server: &str) -> usize {
         let open = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
+        *self.list.lock().unwrap_or_else(|e| e.into_inner()) = list.clone();
         let mut closed = 0;
         for (subject, token) in open.values() {
             let Some(subject) = subject else { continue };
@@ -381,7 +394,7 @@ impl TlsIncoming {
         tokio::spawn(async move {
             loop {
                 let list = changes.borrow_and_update().clone();
-                open.close_revoked(&list, name);
+                open.close_revoked(list, name);
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { return },
                     _ = stop.cancelled() => return,
