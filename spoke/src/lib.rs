@@ -133,7 +133,7 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     let mounts = Arc::new(Mounts::start(reach, &local_stop).await?);
     let (peers, peer_address, peer_task) = match &config.peer {
         // No share and no server, but it may still ask the region's peers for what it reads.
-        None => (Arc::new(Peers::new(&config.node, &region, Some(config.client_tls()?))), String::new(), None),
+        None => (Arc::new(peers_of(&config, &region, &revocations)?), String::new(), None),
         Some(peer) => {
             let listener = tokio::net::TcpListener::bind(peer.listen).await.map_err(|e| ConfigError::Invalid {
                 path: "peer.listen".into(),
@@ -143,7 +143,7 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
                 .local_addr()
                 .map_err(|e| ConfigError::Invalid { path: "peer.listen".into(), message: e.to_string() })?;
             let address = peer.advertise.clone().unwrap_or_else(|| bound.to_string());
-            let peers = Arc::new(Peers::new(&config.node, &region, Some(config.client_tls()?)));
+            let peers = Arc::new(peers_of(&config, &region, &revocations)?);
             let tls = aqueduct_core::server::server_config(
                 &config.read("region certificate", &config.tls.cert)?,
                 &config.read("region key", &config.tls.key)?,
@@ -344,4 +344,16 @@ fn follow_revocations(catalog: &Catalog, revocations: &Revocations, shutdown: &C
             }
         }
     });
+}
+
+/// The region's peers, reached with the region's certificate; a peer whose certificate the
+/// revocation list revokes is refused.
+fn peers_of(config: &SpokeConfig, region: &Identity, revocations: &Revocations) -> Result<Peers, SpokeError> {
+    let tls = aqueduct_core::server::revoke::peer_client_config(
+        &config.read("CA certificate", &config.tls.ca)?,
+        &config.read("region certificate", &config.tls.cert)?,
+        &config.read("region key", &config.tls.key)?,
+        revocations,
+    )?;
+    Ok(Peers::new(&config.node, region, Some(config.client_tls()?)).revoking(tls))
 }

@@ -16,14 +16,17 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use aqueduct_core::identity::Identity;
+use aqueduct_core::server::revoke::PeerConnector;
 use aqueduct_proto::Digest;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::spoke::v1 as spb;
 use aqueduct_proto::spoke::v1::peer_client::PeerClient;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::rustls::pki_types::ServerName;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tracing::warn;
 
@@ -70,6 +73,9 @@ pub struct Peers {
     /// The DNS name every certificate of this region carries.
     peer_name: String,
     tls: Option<ClientTlsConfig>,
+    /// When set, peers are reached through it instead of `tls`: rustls with the revocation
+    /// list checked on the peer's certificate ([`Peers::revoking`]).
+    connector: Option<PeerConnector>,
     members: RwLock<Vec<pb::Member>>,
     suspects: Mutex<HashMap<String, Instant>>,
     clients: Mutex<HashMap<String, PeerClient<Channel>>>,
@@ -85,11 +91,22 @@ impl Peers {
             me: me.to_string(),
             peer_name: region.peer_name().unwrap_or_default(),
             tls,
+            connector: None,
             members: RwLock::default(),
             suspects: Mutex::default(),
             clients: Mutex::default(),
             stats: PeerStats::default(),
         }
+    }
+
+    /// Reaches peers over TLS configured by `config` (a
+    /// [`aqueduct_core::server::revoke::peer_client_config`]: a peer whose certificate the
+    /// revocation list revokes is refused), checking that they name the region's peer name.
+    pub fn revoking(mut self, config: Arc<ClientConfig>) -> Self {
+        if let Ok(name) = ServerName::try_from(self.peer_name.clone()) {
+            self.connector = Some(PeerConnector { config, server_name: name });
+        }
+        self
     }
 
     pub fn me(&self) -> &str {
@@ -155,14 +172,22 @@ impl Peers {
             return Ok(c.clone());
         }
         let tls = self.tls.clone().ok_or_else(|| unavailable("this spoke takes no part in peer exchange".into()))?;
-        let endpoint = Endpoint::from_shared(format!("https://{}", member.peer_address))
-            .and_then(|e| e.tls_config(tls.domain_name(self.peer_name.clone())))
-            .map_err(|e| unavailable(e.to_string()))?
-            .connect_timeout(Duration::from_secs(3))
-            .initial_stream_window_size(aqueduct_proto::STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(aqueduct_proto::CONNECTION_WINDOW_BYTES);
+        let endpoint = match &self.connector {
+            // The connector does the TLS: the URI is plain.
+            Some(_) => Endpoint::from_shared(format!("http://{}", member.peer_address)),
+            None => Endpoint::from_shared(format!("https://{}", member.peer_address))
+                .and_then(|e| e.tls_config(tls.domain_name(self.peer_name.clone()))),
+        }
+        .map_err(|e| unavailable(e.to_string()))?
+        .connect_timeout(Duration::from_secs(3))
+        .initial_stream_window_size(aqueduct_proto::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(aqueduct_proto::CONNECTION_WINDOW_BYTES);
+        let channel = match &self.connector {
+            Some(connector) => endpoint.connect_with_connector_lazy(connector.clone()),
+            None => endpoint.connect_lazy(),
+        };
         // Chunks (and `Has` answers) come back; requests are lists of digests.
-        let client = PeerClient::new(endpoint.connect_lazy())
+        let client = PeerClient::new(channel)
             .max_decoding_message_size(aqueduct_proto::MAX_CHUNK_MESSAGE_BYTES)
             .max_encoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES);
         clients.insert(member.peer_address.clone(), client.clone());

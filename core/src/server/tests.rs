@@ -52,7 +52,8 @@ fn pki_with(uris: &[&str]) -> (String, (String, String), Vec<(String, String)>) 
         (cert.pem(), key.serialize_pem())
     };
     let clients = uris.iter().map(|uri| issue(vec!["client.test".into()], Some(uri))).collect();
-    (ca_pem.clone(), issue(vec!["127.0.0.1".into(), "localhost".into()], None), clients)
+    let server = issue(vec!["127.0.0.1".into(), "localhost".into()], Some("spiffe://aqueduct/region/eu/node/server"));
+    (ca_pem.clone(), server, clients)
 }
 
 /// Answers `Has` with whether the caller's certificate reached the handler.
@@ -243,4 +244,54 @@ async fn revoked_certificates_are_refused_and_their_open_connections_closed() {
 
     stop.cancel();
     server.await.unwrap().unwrap();
+}
+
+/// A peer client refuses a server whose certificate is revoked (new connections; open ones
+/// are the server's to close when it learns the list).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_clients_refuse_a_revoked_server() {
+    use crate::revocation::{Revocation, RevocationList};
+    use revoke::{PeerConnector, peer_client_config};
+    let (ca, server, clients) = pki_with(&["spiffe://aqueduct/region/eu/node/client"]);
+    let tls = server_config(server.0.as_bytes(), server.1.as_bytes(), ca.as_bytes(), &Revocations::default()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = ServerLimits {
+        max_connections: 8,
+        max_handshakes: 4,
+        handshake_timeout: Duration::from_secs(5),
+        max_streams_per_connection: 8,
+    };
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(
+        grpc_server(limits.max_streams_per_connection, KEEPALIVE)
+            .add_service(aqueduct_proto::spoke::v1::peer_server::PeerServer::new(SeesCerts))
+            .serve_with_incoming_shutdown(incoming(listener, tls, limits, "test"), stop.clone().cancelled_owned()),
+    );
+    let revocations = Revocations::default();
+    let config =
+        peer_client_config(ca.as_bytes(), clients[0].0.as_bytes(), clients[0].1.as_bytes(), &revocations).unwrap();
+    let connect = async || {
+        let connector = PeerConnector { config: config.clone(), server_name: "localhost".try_into().unwrap() };
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let mut client = aqueduct_proto::spoke::v1::peer_client::PeerClient::new(channel);
+        has(&mut client).await.map_err(|e| format!("{e:?}"))
+    };
+    assert_eq!(connect().await.unwrap(), [true], "served before the revocation");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let entry = Revocation {
+        prefix: "spiffe://aqueduct/region/eu/node/server".into(),
+        revoked_at_unix_s: now,
+        by: "admin".into(),
+        reason: "test".into(),
+    };
+    revocations.update(RevocationList { generation: 1, entries: vec![entry] });
+    let refused = connect().await.unwrap_err();
+    assert!(refused.to_lowercase().contains("revoked"), "{refused}");
+    stop.cancel();
+    serving.await.unwrap().unwrap();
 }
