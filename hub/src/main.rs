@@ -38,6 +38,11 @@ enum Command {
         /// certificate is valid for these, localhost and 127.0.0.1.
         #[arg(long = "host", value_name = "NAME")]
         hosts: Vec<String>,
+        /// The first admin's name: its certificate (admin/admin.pem) names
+        /// spiffe://aqueduct/admin/NAME, and the audit log records its calls under it. More
+        /// admins: `aq admin add NAME`.
+        #[arg(long, value_name = "NAME", default_value = aqueduct_hub::DEFAULT_ADMIN)]
+        admin: String,
     },
     /// Run the hub's API until interrupted (SIGINT or SIGTERM).
     Serve {
@@ -64,8 +69,8 @@ fn main() {
 #[tokio::main]
 async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Init { data_dir, listen, hosts } => {
-            let out = aqueduct_hub::init(&data_dir, listen, &hosts)?;
+        Command::Init { data_dir, listen, hosts, admin } => {
+            let out = aqueduct_hub::init_named(&data_dir, listen, &hosts, &admin)?;
             println!("hub created in {}", data_dir.display());
             println!("  start it:   aqueduct-hub serve --config {}", out.config_path.display());
             println!("  use it:     export AQ_CONFIG={}", out.admin_config_path.display());
