@@ -56,7 +56,7 @@ async fn reaches_handler(client: &mut PeerClient<Channel>) -> bool {
 async fn a_revoked_node_is_refused_by_the_regions_peers_on_open_and_new_connections() {
     let mut w = world(SourceKind::Dir).await;
     let config = w.region_of("eu", 1 << 30, 1).await.remove(0);
-    let _spoke = w.start_spoke(&config);
+    let spoke = w.start_spoke(&config);
     w.wait_members("eu", 1).await;
     let regions = w.admin.list_regions(pb::ListRegionsRequest {}).await.unwrap().into_inner().regions;
     let address = regions.iter().find(|r| r.name == "eu").unwrap().members[0].peer_address.clone();
@@ -91,4 +91,37 @@ async fn a_revoked_node_is_refused_by_the_regions_peers_on_open_and_new_connecti
     let mut other = peer(&address, &ca, &n8).await.expect("n8 connects");
     assert!(reaches_handler(&mut other).await);
     w.wait_members("eu", 1).await;
+
+    // A spoke restarted while the hub is down enforces the list it kept, before it reaches
+    // the hub.
+    spoke.cancel();
+    w.hub.stop();
+    drop((open, other));
+    let text = std::fs::read_to_string(&config).unwrap().replace("127.0.0.1:0", &address);
+    std::fs::write(&config, text).unwrap();
+    let mut restarted = None;
+    for _ in 0..100 {
+        // The port is free once the stopped spoke let go of it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if std::net::TcpListener::bind(&address).is_ok() {
+            restarted = Some(w.start_spoke(&config));
+            break;
+        }
+    }
+    let _restarted = restarted.expect("the stopped spoke's peer port was never free");
+    let mut n8_again = None;
+    for _ in 0..300 {
+        if let Ok(client) = peer(&address, &ca, &n8).await {
+            n8_again = Some(client);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut n8_again = n8_again.expect("the restarted spoke's peer server never answered");
+    assert!(reaches_handler(&mut n8_again).await, "the restarted spoke refused a node that is not revoked");
+    let refused = match peer(&address, &ca, &n9).await {
+        Err(_) => true,
+        Ok(mut again) => !reaches_handler(&mut again).await,
+    };
+    assert!(refused, "a spoke restarted without its hub let a revoked node in");
 }
