@@ -226,12 +226,15 @@ impl OpenConnections {
     fn add(&self, subject: Option<CertSubject>) -> (u64, CancellationToken) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let token = CancellationToken::new();
+        // Held while the list is read (in the order `close_revoked` takes them): a list that
+        // comes meanwhile sees this connection.
+        let mut open = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
         let revoked =
             subject.as_ref().is_some_and(|s| self.list.lock().unwrap_or_else(|e| e.into_inner()).refusing(s).is_some());
         if revoked {
             token.cancel();
         }
-        self.by_id.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (subject, token.clone()));
+        open.insert(id, (subject, token.clone()));
         (id, token)
     }
 
