@@ -28,6 +28,30 @@ async fn audit(admin: &mut AdminClient<Channel>) -> Vec<pb::AuditEntry> {
     admin.list_audit(pb::ListAuditRequest { since_unix_ms: 0, limit: 0 }).await.unwrap().into_inner().entries
 }
 
+/// A bundle whose certificate names `uri`, issued by the hub's CA (its files in the data
+/// directory), as enrolment will issue node certificates.
+fn node_bundle(hub: &TestHub, uri: &str) -> pb::CredentialsBundle {
+    use rcgen::{CertificateParams, Issuer, KeyPair, SanType};
+    let config = &hub.config;
+    let ca_pem = std::fs::read_to_string(config.resolve(&config.tls.ca)).unwrap();
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(config.resolve(&config.tls.ca_key)).unwrap()).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names.push(SanType::URI(uri.try_into().unwrap()));
+    let cert_pem = params.signed_by(&key, &issuer).unwrap().pem();
+    pb::CredentialsBundle { ca_pem, cert_pem, key_pem: key.serialize_pem() }
+}
+
+/// TLS let the caller in: the handler answers (PERMISSION_DENIED: a node certificate names no
+/// identity this build's spokes' API serves yet).
+async fn reaches_handler(client: &mut SpokeClient<Channel>) -> bool {
+    match client.get_manifest(pb::GetManifestRequest::default()).await {
+        Ok(_) => true,
+        Err(status) => status.code() == Code::PermissionDenied,
+    }
+}
+
 fn revoke_region(region: &str) -> pb::RevokeRequest {
     pb::RevokeRequest { region: region.into(), node: String::new(), admin: String::new(), reason: "test".into() }
 }
@@ -64,10 +88,16 @@ async fn a_revoked_region_is_cut_off_on_open_and_new_connections() {
     let mut us_watch = watch(&mut us_client, "n1").await.unwrap();
     us_watch.message().await.unwrap().expect("first assignments");
 
+    // A node's certificate (as enrolment will issue them): TLS lets it in, the handler answers.
+    let n7 = node_bundle(&hub, "spiffe://aqueduct/region/eu/node/n7");
+    let mut n7_client = spoke(&hub, &n7).await.expect("n7 connects before its revocation");
+    assert!(reaches_handler(&mut n7_client).await);
+
     // A node's revocation reaches the region's spokes with their assignments (not another
-    // region's); its certificate (node n7's) is no region certificate: eu still works.
+    // region's); the region's own certificate is not covered: eu still works.
     let node =
         pb::RevokeRequest { region: "eu".into(), node: "n7".into(), admin: String::new(), reason: "lost".into() };
+    let started = Instant::now();
     let revoked = admin.revoke(node).await.unwrap().into_inner();
     assert_eq!(revoked.revocation.unwrap().prefix, "spiffe://aqueduct/region/eu/node/n7");
     let next = eu_watch.message().await.unwrap().expect("assignments with the list");
@@ -75,6 +105,17 @@ async fn a_revoked_region_is_cut_off_on_open_and_new_connections() {
     assert_eq!((list.generation, list.entries.len()), (1, 1));
     assert_eq!(list.entries[0].prefix, "spiffe://aqueduct/region/eu/node/n7");
     assert_eq!(list.entries[0].by, "admin");
+    // The hub closed n7's open connection and refuses new ones.
+    let took = eventually("n7's open connection refused", async || !reaches_handler(&mut n7_client).await).await;
+    println!(
+        "the revoked node's open connection failed {:?} after the revocation ({took:?} polling)",
+        started.elapsed()
+    );
+    let refused = match spoke(&hub, &n7).await {
+        None => true,
+        Some(mut again) => !reaches_handler(&mut again).await,
+    };
+    assert!(refused, "a revoked node's certificate was served on a new connection");
 
     // The whole region: its open watch ends, its connections are refused; us is served on.
     let started = Instant::now();
