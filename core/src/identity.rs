@@ -142,6 +142,7 @@ mod tests {
         ]) {
             let _ = Identity::from_der(&der);
             let _ = Identity::from_pem(&String::from_utf8_lossy(&der));
+            let _ = subject_of(&der);
         }
 
         /// Any URI: an identity whose URI is that text, or none.

@@ -345,6 +345,20 @@ mod tests {
         assert_eq!(summarize("GetManifest", &[0xff, 0xff]), "(the request did not decode)");
     }
 
+    proptest::proptest! {
+        #![proptest_config(aqueduct_testkit::fuzz::config(2000))]
+
+        /// Any request body a caller sends, for any call: a summary, never a panic.
+        #[test]
+        fn fuzz_audit_summaries_of_any_request(
+            call in proptest::sample::select(ADMIN_CALLS.iter().copied().chain(["Unknown", ""]).collect::<Vec<_>>()),
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        ) {
+            let _ = summarize(call, grpc_message(&body));
+            let _ = summarize(call, &body);
+        }
+    }
+
     #[test]
     fn grpc_frames_are_read_only_when_whole() {
         assert_eq!(grpc_message(&[0, 0, 0, 0, 2, 8, 1]), &[8, 1]);
