@@ -13,8 +13,10 @@
 //! memory: live members and their reports, budgets, the relay's ledger, change notices), then
 //! the two services, siblings that share `live` and never call each other: [`api`] (the
 //! admin API) and [`relay`] (the spokes' API and chunk relay). Here: [`init`] (its steps,
-//! crash-safe, in `setup`) and [`serve`], which the `aqueduct-hub` binary calls.
+//! crash-safe, in `setup`) and [`serve`], which the `aqueduct-hub` binary calls, and
+//! [`admins`] (an admin bundle issued on the hub's machine).
 
+pub mod admins;
 pub mod api;
 pub mod auth;
 pub mod chunker;

@@ -44,6 +44,23 @@ enum Command {
         #[arg(long, value_name = "NAME", default_value = aqueduct_hub::DEFAULT_ADMIN)]
         admin: String,
     },
+    /// Issue an admin bundle on the hub's machine, from its CA key: the way in when no admin
+    /// bundle works (every admin revoked or expired, or bundles of the unnamed admin identity
+    /// of earlier builds). Online, `aq admin add NAME` does the same.
+    AdminBundle {
+        /// Hub configuration file (written by init as DATA_DIR/hub.toml).
+        #[arg(long, env = "AQUEDUCT_HUB_CONFIG", default_value = "/var/lib/aqueduct-hub/hub.toml")]
+        config: PathBuf,
+        /// The admin's name (a-z, 0-9, '-', '.', '_'); its calls are audited under it.
+        #[arg(long)]
+        name: String,
+        /// Directory for the bundle (ca.pem, admin.pem, admin.key, aq.toml); created.
+        #[arg(long)]
+        out: PathBuf,
+        /// How long the certificate is valid, e.g. 168h (a week), 12h; default 90 days.
+        #[arg(long, value_name = "DURATION", default_value = "2160h", value_parser = aqueduct_proto::parse_duration)]
+        valid_for: std::time::Duration,
+    },
     /// Run the hub's API until interrupted (SIGINT or SIGTERM).
     Serve {
         /// Hub configuration file (written by init as DATA_DIR/hub.toml).
@@ -75,6 +92,15 @@ async fn run() -> anyhow::Result<()> {
             println!("  start it:   aqueduct-hub serve --config {}", out.config_path.display());
             println!("  use it:     export AQ_CONFIG={}", out.admin_config_path.display());
             println!("The admin bundle (admin/) holds the key to the hub's admin API: keep it private.");
+        }
+        Command::AdminBundle { config, name, out, valid_for } => {
+            let config = HubConfig::load(&config)?;
+            aqueduct_hub::admins::issue_bundle(&config, &name, valid_for, &out)?;
+            println!(
+                "admin {name}'s bundle written to {} (use it: export AQ_CONFIG={})",
+                out.display(),
+                out.join("aq.toml").display()
+            );
         }
         Command::Serve { config, listen } => {
             let mut config = HubConfig::load(&config)?;
