@@ -1,22 +1,26 @@
 //! Who is calling: the identities carried in Aqueduct's certificates.
 //!
 //! Every certificate issued by the hub's CA carries exactly one URI subject alternative name:
-//! `spiffe://aqueduct/admin` for operators, `spiffe://aqueduct/hub` for the hub itself and
-//! `spiffe://aqueduct/region/REGION/node/NODE` for the spoke of one node of a region (each
-//! spoke has its own key and certificate, got by enrolment). A node's certificate also carries
-//! its region's peer DNS name ([`Identity::peer_name`]), so that the spokes of a region check
-//! "same region" when they connect to each other. TLS proves the certificate was issued by our
-//! CA; this module reads which identity it names.
+//! `spiffe://aqueduct/admin/NAME` for each named operator, `spiffe://aqueduct/hub` for the hub
+//! itself and `spiffe://aqueduct/region/REGION/node/NODE` for the spoke of one node of a region
+//! (each spoke has its own key and certificate, got by enrolment). A node's certificate also
+//! carries its region's peer DNS name ([`Identity::peer_name`]), so that the spokes of a region
+//! check "same region" when they connect to each other. TLS proves the certificate was issued
+//! by our CA; this module reads which identity it names, and what revocation looks at
+//! ([`subject_of`]: every URI and the notBefore).
 
 use std::fmt;
 
 use tonic::{Request, Status};
 
+use crate::revocation::CertSubject;
+
 const PREFIX: &str = "spiffe://aqueduct/";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Identity {
-    Admin,
+    /// A named operator (`aq admin add NAME`); its name is a valid object name.
+    Admin(String),
     Hub,
     /// The spoke of one node of a region (both names valid as [`aqueduct_proto::validate_name`]
     /// says).
@@ -29,10 +33,16 @@ pub enum Identity {
 impl Identity {
     pub fn uri(&self) -> String {
         match self {
-            Identity::Admin => format!("{PREFIX}admin"),
+            Identity::Admin(name) => format!("{PREFIX}admin/{name}"),
             Identity::Hub => format!("{PREFIX}hub"),
             Identity::Node { region, node } => format!("{PREFIX}region/{region}/node/{node}"),
         }
+    }
+
+    /// The URI every node certificate of `region` lies below (`spiffe://aqueduct/region/R`):
+    /// what revoking a whole region names, and what a region's part of the list is scoped by.
+    pub fn region_uri(region: &str) -> String {
+        format!("{PREFIX}region/{region}")
     }
 
     /// The region of a node's identity.
@@ -54,9 +64,13 @@ impl Identity {
 
     fn from_uri(uri: &str) -> Option<Self> {
         match uri.strip_prefix(PREFIX)? {
-            "admin" => Some(Identity::Admin),
             "hub" => Some(Identity::Hub),
             rest => {
+                if let Some(name) = rest.strip_prefix("admin/") {
+                    return aqueduct_proto::validate_name("admin", name)
+                        .is_ok()
+                        .then(|| Identity::Admin(name.to_string()));
+                }
                 let (region, node) = rest.strip_prefix("region/")?.split_once("/node/")?;
                 let valid = |what, name| aqueduct_proto::validate_name(what, name).is_ok();
                 (valid("region", region) && valid("node", node))
@@ -78,6 +92,14 @@ impl Identity {
         found.next().is_none().then_some(identity)
     }
 
+    /// The admin's name, for an admin.
+    pub fn admin_name(&self) -> Option<&str> {
+        match self {
+            Identity::Admin(name) => Some(name),
+            _ => None,
+        }
+    }
+
     /// Reads the identity from the first certificate of a PEM text.
     pub fn from_pem(pem: &str) -> Option<Self> {
         let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
@@ -95,10 +117,29 @@ impl Identity {
     }
 }
 
+/// What revocation looks at in a DER certificate: every URI subject alternative name (as
+/// written, whether or not it names an identity this build knows) and the notBefore.
+pub fn subject_of(der: &[u8]) -> Option<CertSubject> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let uris = match cert.subject_alternative_name().ok()? {
+        Some(san) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                x509_parser::extensions::GeneralName::URI(uri) => Some(uri.to_string()),
+                _ => None,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    Some(CertSubject { uris, not_before_unix_s: cert.validity().not_before.timestamp() })
+}
+
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Identity::Admin => f.write_str("admin"),
+            Identity::Admin(name) => write!(f, "admin {name}"),
             Identity::Hub => f.write_str("hub"),
             Identity::Node { region, node } => write!(f, "region {region}, node {node}"),
         }
@@ -124,12 +165,13 @@ mod tests {
         ]) {
             let _ = Identity::from_der(&der);
             let _ = Identity::from_pem(&String::from_utf8_lossy(&der));
+            let _ = subject_of(&der);
         }
 
         /// Any URI: an identity whose URI is that text, or none.
         #[test]
         fn fuzz_identity_from_uri(
-            uri in "(spiffe://aqueduct/)?(admin|hub|region/)?.{0,20}(/node/)?.{0,20}(/node/)?.{0,6}",
+            uri in "(spiffe://aqueduct/)?(admin/|admin|hub|region/)?.{0,20}(/node/)?.{0,20}(/node/)?.{0,6}",
         ) {
             if let Some(identity) = Identity::from_uri(&uri) {
                 prop_assert_eq!(identity.uri(), uri);
@@ -146,8 +188,9 @@ mod tests {
             region in "[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?",
             node in "[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?",
         ) {
+            let admin = Identity::Admin(node.clone());
             let node = Identity::Node { region, node };
-            for identity in [Identity::Admin, Identity::Hub, node] {
+            for identity in [admin, Identity::Hub, node] {
                 prop_assert_eq!(Identity::from_uri(&identity.uri()), Some(identity));
             }
         }
@@ -155,7 +198,10 @@ mod tests {
 
     #[test]
     fn unknown_uris_are_no_identity() {
-        assert_eq!(Identity::from_uri("spiffe://aqueduct/admin"), Some(Identity::Admin));
+        assert_eq!(Identity::from_uri("spiffe://aqueduct/admin/alice"), Some(Identity::Admin("alice".into())));
+        // Before admins had names: not an identity any more (`aqueduct-hub init` issues named ones).
+        assert_eq!(Identity::from_uri("spiffe://aqueduct/admin"), None);
+        assert_eq!(Identity::from_uri("spiffe://aqueduct/admin/"), None);
         assert_eq!(Identity::from_uri("spiffe://other/admin"), None);
         assert_eq!(Identity::from_uri("spiffe://aqueduct/region/BAD NAME/node/n1"), None);
         // A region alone names no one: every spoke has its node's certificate.

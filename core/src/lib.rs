@@ -3,7 +3,7 @@
 //!
 //! [`durable`] writes the small files hub and spoke keep (atomically, fsynced); [`layout`] is
 //! where the chunk store keeps each chunk (the spoke writes it, the FUSE holder reads it); [`lru`] is the
-//! weighted least-recently-used order behind every cache; [`singleflight`] makes concurrent
+//! weighted least-recently-used order behind every cache; [`revocation`] is the rule that says which certificates are revoked; [`singleflight`] makes concurrent
 //! callers for one key share one in-flight future; [`socket`] binds the private unix sockets of
 //! a node's local APIs. The rest serves the binaries' edges:
 //! [`budget`] (a link's bytes per second), [`schedule`] (a budget over the week), [`identity`] (who a certificate names), [`server`]
@@ -24,6 +24,7 @@ pub mod layout;
 pub mod lru;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+pub mod revocation;
 #[cfg(feature = "schedule")]
 pub mod schedule;
 #[cfg(feature = "server")]

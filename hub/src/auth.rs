@@ -3,13 +3,11 @@
 use aqueduct_core::identity::Identity;
 use tonic::{Request, Status};
 
-/// Fails unless the caller holds the admin identity.
-pub fn require_admin<T>(request: &Request<T>) -> Result<(), Status> {
+/// Fails unless the caller holds an admin identity; returns the admin's name.
+pub fn require_admin<T>(request: &Request<T>) -> Result<String, Status> {
     match Identity::of_request(request)? {
-        Identity::Admin => Ok(()),
-        other => {
-            Err(Status::permission_denied(format!("this call needs the admin certificate; the caller is {other}")))
-        }
+        Identity::Admin(name) => Ok(name),
+        other => Err(Status::permission_denied(format!("this call needs an admin certificate; the caller is {other}"))),
     }
 }
 
@@ -66,7 +64,7 @@ mod tests {
     fn issued_certificates_carry_their_identity() {
         let ca = Authority::create("test").unwrap();
         let node = Identity::Node { region: "eu-west".into(), node: "gpu-1".into() };
-        for id in [Identity::Admin, Identity::Hub, node] {
+        for id in [Identity::Admin("alice".into()), Identity::Hub, node] {
             let issued = ca.issue(&id, &["localhost".into()]).unwrap();
             assert_eq!(Identity::from_pem(&issued.cert_pem), Some(id));
         }

@@ -14,8 +14,10 @@
 //! memory: live members and their reports, budgets, the relay's ledger, change notices), then
 //! the two services, siblings that share `live` and never call each other: [`api`] (the
 //! admin API) and [`relay`] (the spokes' API and chunk relay). Here: [`init`] (its steps,
-//! crash-safe, in `setup`) and [`serve`], which the `aqueduct-hub` binary calls.
+//! crash-safe, in `setup`) and [`serve`], which the `aqueduct-hub` binary calls, and
+//! [`admins`] (an admin bundle issued on the hub's machine).
 
+pub mod admins;
 pub mod api;
 pub mod auth;
 pub mod backup;
@@ -50,8 +52,8 @@ use tracing::info;
 use crate::config::HubConfig;
 use crate::pki::{Authority, PkiError};
 use crate::snapshot::SnapshotOptions;
-use crate::store::StoreError;
 use crate::store::sqlite::SqliteStore;
+use crate::store::{StoreError, TrustStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -73,6 +75,8 @@ pub enum HubError {
         "{cert} is written but its key {key} is not there: init needs the root CA's key to finish; pass --root-key-out with where it is, or start again with an empty --data-dir"
     )]
     RootKeyMissing { cert: PathBuf, key: PathBuf },
+    #[error("--admin: {0}")]
+    BadAdminName(String),
     #[error("the hub's TLS files (tls.cert, tls.key, tls.ca) are not usable: {0}")]
     Tls(#[from] aqueduct_core::server::TlsSetupError),
 }
@@ -96,18 +100,42 @@ pub struct InitOutcome {
 /// that points `aq` at this hub) and `hub.toml`. Refuses a directory that holds `hub.toml`;
 /// completes one that an interrupted init left, keeping its CA (see `setup`).
 pub fn init(data_dir: &Path, listen: SocketAddr, hosts: &[String]) -> Result<InitOutcome, HubError> {
-    setup::init_with(data_dir, listen, hosts, None, &mut |_| Ok(()))
+    init_named(data_dir, listen, hosts, DEFAULT_ADMIN)
 }
 
-/// [`init`], writing the root CA's key to `root_key_out` (relative: to the data directory)
-/// instead of `keep-offline/root-ca.key`: a removable disk, say. The hub never reads it.
-pub fn init_with_root_key(
+/// The first admin's name unless `init --admin` names it.
+pub const DEFAULT_ADMIN: &str = "admin";
+
+/// [`init`], with the first admin named `admin` (its certificate names
+/// `spiffe://aqueduct/admin/NAME`).
+pub fn init_named(data_dir: &Path, listen: SocketAddr, hosts: &[String], admin: &str) -> Result<InitOutcome, HubError> {
+    init_with_options(data_dir, listen, hosts, &InitOptions { admin: admin.to_string(), root_key_out: None })
+}
+
+/// What `init` may be told besides where the hub lives.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// The first admin's name.
+    pub admin: String,
+    /// Where to write the root CA's key (relative: to the data directory) instead of
+    /// `keep-offline/root-ca.key`: a removable disk, say. The hub never reads it.
+    pub root_key_out: Option<PathBuf>,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        Self { admin: DEFAULT_ADMIN.to_string(), root_key_out: None }
+    }
+}
+
+/// [`init`] with [`InitOptions`].
+pub fn init_with_options(
     data_dir: &Path,
     listen: SocketAddr,
     hosts: &[String],
-    root_key_out: &Path,
+    options: &InitOptions,
 ) -> Result<InitOutcome, HubError> {
-    setup::init_with(data_dir, listen, hosts, Some(root_key_out), &mut |_| Ok(()))
+    setup::init_with(data_dir, listen, hosts, &options.admin, options.root_key_out.as_deref(), &mut |_| Ok(()))
 }
 
 /// What no source may hold and no snapshot may read: the hub's data directory (database, PKI,
@@ -146,6 +174,15 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         let path = config.resolve(p);
         std::fs::read(&path).map_err(|source| HubError::Pki(PkiError::Read { path, source }))
     };
+    std::fs::create_dir_all(&config.data_dir).map_err(io_err("create", &config.data_dir))?;
+    let db = Arc::new(SqliteStore::open(&config.database_path())?);
+    // Revoked certificates are refused from the first handshake on.
+    let live = live::Live {
+        stopping: shutdown.clone(),
+        reads: Arc::new(live::reads::SourceReads::new(config.limits.relay_cache.0)),
+        ..Default::default()
+    };
+    live.revocations.update(db.revocations()?);
     // Clients without a certificate get through TLS for `Enrol` alone: every other handler
     // refuses a caller without one (`Identity::of_request`).
     let tls = aqueduct_core::server::server_config_with(
@@ -153,19 +190,13 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         &read(&config.tls.key)?,
         &read(&config.tls.ca)?,
         aqueduct_core::server::ClientCerts::Optional,
+        &live.revocations,
     )?;
-    std::fs::create_dir_all(&config.data_dir).map_err(io_err("create", &config.data_dir))?;
-    let db = Arc::new(SqliteStore::open(&config.database_path())?);
     let mut snapshot = SnapshotOptions::default();
     if let Some(p) = config.snapshot.parallelism {
         snapshot.parallelism = p;
     }
     let authority = Arc::new(load_authority(&config)?);
-    let live = live::Live {
-        stopping: shutdown.clone(),
-        reads: Arc::new(live::reads::SourceReads::new(config.limits.relay_cache.0)),
-        ..Default::default()
-    };
     let flusher = tokio::spawn(live.ledger.clone().run(db.clone(), shutdown.clone()));
     // Readiness (the database answers, the sources are reachable), checked by one loop; the
     // probes and the gRPC health service read what it found.
@@ -211,12 +242,13 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
             .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
     let addr = listener.local_addr().map_err(io_err("inspect", Path::new("listener")))?;
     info!(%addr, data_dir = %config.data_dir.display(), "hub serving");
-    let incoming = aqueduct_core::server::incoming(listener, tls, config.limits.server(), "hub API");
+    let incoming =
+        aqueduct_core::server::incoming(listener, tls, config.limits.server(), "hub API").revoking(&live.revocations);
     // A spoke that vanishes without closing its connection stops being a member of its region
     // when its keepalive goes unanswered.
     aqueduct_core::server::grpc_server(config.limits.max_streams_per_connection, KEEPALIVE)
         .add_service(health.grpc_service())
-        .add_service(admin)
+        .add_service(api::audit::Audited::new(admin, db.clone()))
         .add_service(spoke)
         .add_service(enrolment)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())

@@ -43,6 +43,28 @@ enum Command {
         /// it is needed again only to rotate that intermediate (`aqueduct-hub issuer rotate`).
         #[arg(long, value_name = "FILE")]
         root_key_out: Option<PathBuf>,
+        /// The first admin's name: its certificate (admin/admin.pem) names
+        /// spiffe://aqueduct/admin/NAME, and the audit log records its calls under it. More
+        /// admins: `aq admin add NAME`.
+        #[arg(long, value_name = "NAME", default_value = aqueduct_hub::DEFAULT_ADMIN)]
+        admin: String,
+    },
+    /// Issue an admin bundle on the hub's machine, from its CA key: the way in when no admin
+    /// bundle works (every admin revoked or expired, or bundles of the unnamed admin identity
+    /// of earlier builds). Online, `aq admin add NAME` does the same.
+    AdminBundle {
+        /// Hub configuration file (written by init as DATA_DIR/hub.toml).
+        #[arg(long, env = "AQUEDUCT_HUB_CONFIG", default_value = "/var/lib/aqueduct-hub/hub.toml")]
+        config: PathBuf,
+        /// The admin's name (a-z, 0-9, '-', '.', '_'); its calls are audited under it.
+        #[arg(long)]
+        name: String,
+        /// Directory for the bundle (ca.pem, admin.pem, admin.key, aq.toml); created.
+        #[arg(long)]
+        out: PathBuf,
+        /// How long the certificate is valid, e.g. 168h (a week), 12h; default 90 days.
+        #[arg(long, value_name = "DURATION", default_value = "2160h", value_parser = aqueduct_proto::parse_duration)]
+        valid_for: std::time::Duration,
     },
     /// Run the hub's API until interrupted (SIGINT or SIGTERM).
     Serve {
@@ -110,11 +132,9 @@ fn main() {
 #[tokio::main]
 async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Init { data_dir, listen, hosts, root_key_out } => {
-            let out = match &root_key_out {
-                Some(path) => aqueduct_hub::init_with_root_key(&data_dir, listen, &hosts, path)?,
-                None => aqueduct_hub::init(&data_dir, listen, &hosts)?,
-            };
+        Command::Init { data_dir, listen, hosts, root_key_out, admin } => {
+            let options = aqueduct_hub::InitOptions { admin, root_key_out };
+            let out = aqueduct_hub::init_with_options(&data_dir, listen, &hosts, &options)?;
             println!("hub created in {}", data_dir.display());
             println!("  start it:   aqueduct-hub serve --config {}", out.config_path.display());
             println!("  use it:     export AQ_CONFIG={}", out.admin_config_path.display());
@@ -126,6 +146,15 @@ async fn run() -> anyhow::Result<()> {
                     root.display()
                 );
             }
+        }
+        Command::AdminBundle { config, name, out, valid_for } => {
+            let config = HubConfig::load(&config)?;
+            aqueduct_hub::admins::issue_bundle(&config, &name, valid_for, &out)?;
+            println!(
+                "admin {name}'s bundle written to {} (use it: export AQ_CONFIG={})",
+                out.display(),
+                out.join("aq.toml").display()
+            );
         }
         Command::Serve { config, listen } => {
             let mut config = HubConfig::load(&config)?;

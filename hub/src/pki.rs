@@ -256,12 +256,12 @@ impl Authority {
     /// certificate names its region's peer name besides. Valid until 2100: for the hub and the
     /// admin (a node's certificate has a bounded lifetime: [`Authority::issue_node`]).
     pub fn issue(&self, identity: &Identity, hosts: &[String]) -> Result<CertifiedKey, PkiError> {
-        self.issue_until(identity, hosts, None)
+        self.issue_until(identity, hosts, rcgen::date_time_ymd(2100, 1, 1))
     }
 
     /// A key and a certificate for the spoke of `node` in `region`, valid for `lifetime` from
-    /// now: what enrolment gives a node, without the node making its key (for tests and
-    /// scripted installs; a spoke enrols with a token instead).
+    /// a minute ago (clocks differ a little): what enrolment gives a node, without the node
+    /// making its key (for tests and scripted installs; a spoke enrols with a token instead).
     pub fn issue_node(
         &self,
         region: &str,
@@ -270,24 +270,35 @@ impl Authority {
     ) -> Result<CertifiedKey, PkiError> {
         let identity = Identity::Node { region: region.into(), node: node.into() };
         let now = now_unix_ms();
-        self.issue_until(&identity, &[], Some((now.saturating_sub(60_000), now.saturating_add(millis(lifetime)))))
+        let mut params = self.leaf(&identity, &[])?;
+        set_validity(&mut params, now.saturating_sub(60_000), now.saturating_add(millis(lifetime)));
+        self.sign_leaf(&identity, params)
     }
 
-    /// [`Authority::issue`], valid between two unix times in ms (default: until 2100).
-    fn issue_until(
+    /// [`Authority::issue`], valid until `not_after`. Every certificate is valid from the time
+    /// it is issued (its notBefore), which revocation compares with the time of a revocation
+    /// ([`aqueduct_core::revocation`]): one issued after a revocation is not refused by it.
+    pub fn issue_until(
         &self,
         identity: &Identity,
         hosts: &[String],
-        validity: Option<(i64, i64)>,
+        not_after: time::OffsetDateTime,
     ) -> Result<CertifiedKey, PkiError> {
+        let mut params = self.leaf(identity, hosts)?;
+        params.not_before = time::OffsetDateTime::now_utc();
+        params.not_after = not_after;
+        self.sign_leaf(identity, params)
+    }
+
+    fn leaf(&self, identity: &Identity, hosts: &[String]) -> Result<CertificateParams, PkiError> {
+        leaf_params(identity, hosts).map_err(|source| PkiError::Generate { what: identity.to_string(), source })
+    }
+
+    /// Signs `params` for a fresh key: the key and the certificate with its chain.
+    fn sign_leaf(&self, identity: &Identity, params: CertificateParams) -> Result<CertifiedKey, PkiError> {
         let what = identity.to_string();
         let gen_err = |source| PkiError::Generate { what: what.clone(), source };
         let key = KeyPair::generate().map_err(gen_err)?;
-        let mut params = leaf_params(identity, hosts).map_err(gen_err)?;
-        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
-        if let Some((from, until)) = validity {
-            set_validity(&mut params, from, until);
-        }
         let cert = params.signed_by(&key, &self.issuer).map_err(gen_err)?;
         Ok(CertifiedKey { cert_pem: self.chained(cert.pem()), key_pem: key.serialize_pem() })
     }

@@ -40,6 +40,7 @@ use crate::snapshot::{blocking, now_unix_ms};
 use crate::source::{HubFiles, ReadLimits, Source, SourceSpec};
 use crate::store::{MetaStore, RolloutUpdate, StoreError};
 use aqueduct_core::identity::Identity;
+use aqueduct_core::server::revoke::{Revocations, list_to_pb};
 
 /// How often a watch re-reads its region's assignments even without a change notice.
 pub const WATCH_RECHECK: Duration = Duration::from_secs(30);
@@ -242,6 +243,7 @@ impl SpokeService {
     async fn assignments(
         db: &Arc<dyn MetaStore>,
         members: &Arc<Members>,
+        revocations: &Revocations,
         region: &str,
     ) -> Result<pb::Assignments, Status> {
         let (owned, live) = (region.to_string(), members.clone());
@@ -270,6 +272,8 @@ impl SpokeService {
             members: members.members(region),
             session: String::new(),
             tags: tags.iter().map(|t| t.to_pb()).collect(),
+            // What concerns the region's certificates (bounded: see `store::trust`).
+            revocations: Some(list_to_pb(&revocations.current().scoped(&Identity::region_uri(region)))),
         })
     }
 }
@@ -306,7 +310,7 @@ impl pb::spoke_server::Spoke for SpokeService {
                     let notified = live.changes.notified();
                     tokio::pin!(notified);
                     notified.as_mut().enable();
-                    let current = Self::assignments(&db, &live.members, &region)
+                    let current = Self::assignments(&db, &live.members, &live.revocations, &region)
                         .await
                         .map(|a| pb::Assignments { session: session.clone(), ..a });
                     let send = match &current {

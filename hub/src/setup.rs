@@ -21,9 +21,14 @@ use aqueduct_core::durable;
 
 use crate::config::{HubConfig, LimitsConfig, SnapshotConfig, TlsConfig};
 use crate::pki::{self, Authority};
+use crate::store::TrustStore;
 use crate::store::sqlite::SqliteStore;
+use crate::store::trust::AdminRecord;
 use crate::{HubError, InitOutcome, io_err};
 use aqueduct_core::identity::Identity;
+
+/// When the first admin's certificate expires (as `Authority::issue` makes it): 2100-01-01.
+const FIRST_ADMIN_EXPIRES_UNIX_MS: i64 = 4_102_444_800_000;
 
 /// The common name of every hub's root CA.
 const CA_NAME: &str = "Aqueduct CA";
@@ -81,9 +86,11 @@ pub(crate) fn init_with(
     data_dir: &Path,
     listen: SocketAddr,
     hosts: &[String],
+    admin_name: &str,
     root_key_out: Option<&Path>,
     wrote: &mut dyn FnMut(&Path) -> Result<(), HubError>,
 ) -> Result<InitOutcome, HubError> {
+    aqueduct_proto::validate_name("admin", admin_name).map_err(|e| HubError::BadAdminName(e.to_string()))?;
     // Any entry of that name, a dangling link included (an install links it to /etc).
     if std::fs::symlink_metadata(data_dir.join("hub.toml")).is_ok() {
         return Err(HubError::AlreadyInitialised { path: data_dir.to_owned(), what: "hub.toml".into() });
@@ -121,7 +128,7 @@ pub(crate) fn init_with(
         wrote(&path)?;
     }
 
-    let admin = ca.issue(&Identity::Admin, &[])?;
+    let admin = ca.issue(&Identity::Admin(admin_name.to_string()), &[])?;
     let host = if listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { listen.ip().to_string() };
     let host = if host.contains(':') { format!("[{host}]") } else { host };
     let admin_config = admin_dir.join("aq.toml");
@@ -141,7 +148,15 @@ pub(crate) fn init_with(
     }
 
     let db = data_dir.join("hub.db");
-    SqliteStore::open(&db)?;
+    let store = SqliteStore::open(&db)?;
+    let created_unix_ms = crate::snapshot::now_unix_ms();
+    store.put_admin(&AdminRecord {
+        name: admin_name.to_string(),
+        created_unix_ms,
+        expires_unix_ms: FIRST_ADMIN_EXPIRES_UNIX_MS,
+        created_by: "init".into(),
+    })?;
+    drop(store);
     wrote(&db)?;
 
     let config_path = data_dir.join("hub.toml");
@@ -297,7 +312,7 @@ mod tests {
         let listen: SocketAddr = "127.0.0.1:7443".parse().unwrap();
         let mut order = Vec::new();
         let whole = tmp.path().join("whole");
-        init_with(&whole, listen, &[], None, &mut |p| {
+        init_with(&whole, listen, &[], "admin", None, &mut |p| {
             order.push(p.strip_prefix(whole.canonicalize().unwrap()).unwrap().to_owned());
             Ok(())
         })
@@ -324,16 +339,17 @@ mod tests {
 
         for (i, step) in order.iter().enumerate() {
             let dir = tmp.path().join(format!("cut-{i}"));
-            let err =
-                init_with(&dir, listen, &[], None, &mut |p| if p.ends_with(step) { Err(crash(p)) } else { Ok(()) })
-                    .unwrap_err();
+            let err = init_with(&dir, listen, &[], "admin", None, &mut |p| {
+                if p.ends_with(step) { Err(crash(p)) } else { Ok(()) }
+            })
+            .unwrap_err();
             assert!(err.to_string().contains("injected"), "{step}: {err}");
             let before = files(&dir);
             // A write cut short in the middle leaves a temporary file (a key's, say) behind.
             std::fs::write(dir.join("pki/.hub.key.999.0.tmp"), "half a key").unwrap();
             std::fs::write(dir.join("admin/.aq.toml.999.1.tmp"), "half").unwrap();
 
-            let again = init_with(&dir, listen, &[], None, &mut |_| Ok(()));
+            let again = init_with(&dir, listen, &[], "admin", None, &mut |_| Ok(()));
             if step == "hub.toml" {
                 // The crash came after the last write: the hub is whole, and stays as it was.
                 let err = again.unwrap_err();
@@ -375,10 +391,10 @@ mod tests {
         let dir = tmp.path();
         let root_key = dir.join(ROOT_KEY);
         let stop_after_key = &mut |p: &Path| if p.ends_with(ROOT_KEY) { Err(crash(p)) } else { Ok(()) };
-        init_with(dir, listen, &[], None, stop_after_key).unwrap_err();
+        init_with(dir, listen, &[], "admin", None, stop_after_key).unwrap_err();
         let key = std::fs::read(&root_key).unwrap();
         assert!(!dir.join("pki/ca.pem").exists());
-        init_with(dir, listen, &[], None, &mut |_| Ok(())).unwrap();
+        init_with(dir, listen, &[], "admin", None, &mut |_| Ok(())).unwrap();
         assert_eq!(std::fs::read(&root_key).unwrap(), key);
         Authority::load(&dir.join("pki/ca.pem"), &root_key).unwrap();
         Authority::load_issuer(&dir.join("pki/ca.pem"), &dir.join("pki/issuer.pem"), &dir.join("pki/issuer.key"))
@@ -386,26 +402,26 @@ mod tests {
 
         // A root certificate of another key: init says so and changes nothing.
         let other = tmp.path().join("other");
-        init_with(&other, listen, &[], None, &mut |_| Ok(())).unwrap();
+        init_with(&other, listen, &[], "admin", None, &mut |_| Ok(())).unwrap();
         std::fs::remove_file(dir.join("hub.toml")).unwrap();
         let original_root = std::fs::read(dir.join("pki/ca.pem")).unwrap();
         std::fs::copy(other.join("pki/ca.pem"), dir.join("pki/ca.pem")).unwrap();
         // With its issuer on disk, the issuer is checked against the root...
         let before = files(dir);
-        let err = init_with(dir, listen, &[], None, &mut |_| Ok(())).unwrap_err();
+        let err = init_with(dir, listen, &[], "admin", None, &mut |_| Ok(())).unwrap_err();
         assert!(err.to_string().contains("was not signed by the root CA"), "{err}");
         assert_eq!(files(dir), before);
         // ... and without it, the root's key against its certificate.
         std::fs::remove_file(dir.join("pki/issuer.pem")).unwrap();
         let before = files(dir);
-        let err = init_with(dir, listen, &[], None, &mut |_| Ok(())).unwrap_err();
+        let err = init_with(dir, listen, &[], "admin", None, &mut |_| Ok(())).unwrap_err();
         assert!(err.to_string().contains("was not made with the CA key"), "{err}");
         assert_eq!(files(dir), before);
 
         // The root's key gone (moved offline) before the issuer was made: init says what it needs.
         std::fs::write(dir.join("pki/ca.pem"), original_root).unwrap();
         std::fs::remove_file(&root_key).unwrap();
-        let err = init_with(dir, listen, &[], None, &mut |_| Ok(())).unwrap_err();
+        let err = init_with(dir, listen, &[], "admin", None, &mut |_| Ok(())).unwrap_err();
         assert!(err.to_string().contains("init needs the root CA's key to finish"), "{err}");
     }
 
@@ -415,7 +431,8 @@ mod tests {
     async fn a_hub_without_the_root_key_issues_with_its_intermediate() {
         let tmp = tempfile::tempdir().unwrap();
         let (dir, offline) = (tmp.path().join("hub"), tmp.path().join("usb/root.key"));
-        let out = init_with(&dir, "127.0.0.1:7443".parse().unwrap(), &[], Some(&offline), &mut |_| Ok(())).unwrap();
+        let out =
+            init_with(&dir, "127.0.0.1:7443".parse().unwrap(), &[], "admin", Some(&offline), &mut |_| Ok(())).unwrap();
         assert_eq!(out.root_key_path.as_deref(), Some(offline.as_path()));
         assert!(!dir.join("keep-offline").exists(), "the root key went where it was told, and only there");
         std::fs::remove_file(&offline).unwrap();

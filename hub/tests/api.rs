@@ -146,7 +146,7 @@ async fn only_admins_of_this_ca_get_in() {
 
     // A certificate of another CA: the TLS handshake or the first call fails.
     let stranger = Authority::create("stranger").unwrap();
-    let admin_of_other = stranger.issue(&Identity::Admin, &[]).unwrap();
+    let admin_of_other = stranger.issue(&Identity::Admin("admin".into()), &[]).unwrap();
     let refused = match hub.client_with(&ca_pem, &admin_of_other.cert_pem, &admin_of_other.key_pem).await {
         Err(_) => true,
         Ok(mut client) => client.list_datasets(pb::ListDatasetsRequest {}).await.is_err(),

@@ -58,6 +58,8 @@ pub mod tls;
 use std::sync::Arc;
 
 use aqueduct_core::budget::Budget;
+use aqueduct_core::revocation::RevocationList;
+use aqueduct_core::server::revoke::Revocations;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -131,6 +133,10 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
         &config.data_dir.join("catalog"),
         hub.clone().max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES),
     )?);
+    // The revocation list the hub last sent (kept with the assignments): enforced by the peer
+    // server from the start, before the hub is reached.
+    let revocations = Revocations::default();
+    follow_revocations(&catalog, &revocations, &shutdown);
     let priority = Arc::new(Priority::default());
     // Its own token: the caller's is not ours to cancel.
     let local_stop = shutdown.child_token();
@@ -201,7 +207,14 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
         let per_peer = aqueduct_core::server::KeyedLimit::new(limits.fetch_streams_per_peer, limits.fetch_wait);
         let service = PeerService { region: region_name.clone(), reader: reader.clone(), per_peer };
         info!(address = %peer_address, "serving the region's peers");
-        tokio::spawn(peer_service::serve(listener, tls, limits.server(), service, local_stop.clone()))
+        tokio::spawn(peer_service::serve(
+            listener,
+            tls,
+            limits.server(),
+            service,
+            revocations.clone(),
+            local_stop.clone(),
+        ))
     });
     let socket = config.socket();
     let sidecars = Arc::new(in_use::Sidecars::default());
@@ -317,4 +330,31 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s.source();
     }
     text
+}
+
+/// Puts in force the revocation list of the assignments the catalog holds (those kept on disk
+/// first, then each the hub sends), for as long as the spoke runs: the peer server refuses,
+/// and closes the connections of, the certificates it revokes. An older list than the one in
+/// force (a lower generation) changes nothing.
+fn follow_revocations(catalog: &Catalog, revocations: &Revocations, shutdown: &CancellationToken) {
+    let list_of = |a: &aqueduct_proto::hub::v1::Assignments| a.revocations.as_ref().map(RevocationList::from);
+    if let Some(list) = list_of(&catalog.assignments()) {
+        revocations.update(list);
+    }
+    let (mut changes, revocations, stop) = (catalog.subscribe(), revocations.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = stop.cancelled() => return,
+            }
+            let list = list_of(&changes.borrow_and_update());
+            if let Some(list) = list {
+                let generation = list.generation;
+                if revocations.update(list) {
+                    info!(generation, "revocation list updated");
+                }
+            }
+        }
+    });
 }

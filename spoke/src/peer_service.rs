@@ -188,16 +188,18 @@ impl Peer for PeerService {
     }
 }
 
-/// Serves the peer API on `listener` until `shutdown` fires, with TLS as `tls` says and within
-/// `limits`.
+/// Serves the peer API on `listener` until `shutdown` fires, with TLS as `tls` says (its
+/// client verifier consults `revocations`) and within `limits`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Arc<aqueduct_core::server::ServerConfig>,
     limits: aqueduct_core::server::ServerLimits,
     service: PeerService,
+    revocations: aqueduct_core::server::revoke::Revocations,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = aqueduct_core::server::incoming(listener, tls, limits, "peer API");
+    // Peers whose certificate a new list revokes are cut off at once.
+    let incoming = aqueduct_core::server::incoming(listener, tls, limits, "peer API").revoking(&revocations);
     aqueduct_core::server::grpc_server(limits.max_streams_per_connection, aqueduct_core::server::KEEPALIVE)
         .add_service(
             PeerServer::new(service)

@@ -79,7 +79,7 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// `tls` is the region's client configuration (CA and certificate), to ask peers; `None`
+    /// `tls` is the node's TLS (its certificate, the CA, the revocation list), to ask peers; `None`
     /// for a spoke that never asks them. A spoke that serves no peers (no peer share) still asks
     /// them for what it reads, and owns nothing.
     pub fn new(me: &str, region: &Identity, tls: Option<Arc<NodeTls>>) -> Self {

@@ -18,9 +18,11 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use aqueduct_core::identity::Identity;
+use aqueduct_core::server::revoke::{Revocations, RevokingServerVerifier};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::client::ResolvesClientCert;
+use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
@@ -118,6 +120,11 @@ pub struct NodeTls {
     ca_pem: Vec<u8>,
     current: Arc<Current>,
     client: Arc<ClientConfig>,
+    /// To peers: their certificates checked against the revocation list too.
+    peer_client: Arc<ClientConfig>,
+    /// The revocation list this node enforces (the hub sends it with the assignments): on the
+    /// peers it connects to and on the peers that connect to it.
+    revocations: Revocations,
 }
 
 /// The current key and certificate, as the resolvers read them.
@@ -159,13 +166,40 @@ impl NodeTls {
         }
         let current = Arc::new(Current(RwLock::new(Arc::new(held))));
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut client = ClientConfig::builder_with_provider(provider)
+        let roots = Arc::new(roots);
+        let mut client = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| unusable("TLS")(e.to_string()))?
-            .with_root_certificates(roots)
+            .with_root_certificates(roots.clone())
             .with_client_cert_resolver(current.clone());
         client.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(Arc::new(Self { ca_pem, current, client: Arc::new(client) }))
+        let revocations = Revocations::default();
+        let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|e| unusable("the CA certificate")(e.to_string()))?;
+        let verifier = Arc::new(RevokingServerVerifier { inner, revocations: revocations.clone() });
+        let mut peer_client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| unusable("TLS")(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(current.clone());
+        peer_client.alpn_protocols = vec![b"h2".to_vec()];
+        // No resumption: a resumed session would skip the verifier, and the revocation list.
+        peer_client.resumption = rustls::client::Resumption::disabled();
+        Ok(Arc::new(Self {
+            ca_pem,
+            current,
+            client: Arc::new(client),
+            peer_client: Arc::new(peer_client),
+            revocations,
+        }))
+    }
+
+    /// The revocation list this node enforces: update it and every verifier and accept path
+    /// that uses it follows.
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
     }
 
     /// The key and certificate presented now.
@@ -189,13 +223,13 @@ impl NodeTls {
 
     /// A connector to the region's peers: their certificates must name `peer_name`.
     pub fn peer_connector(&self, peer_name: &str) -> Connector {
-        Connector { config: self.client.clone(), server_name: Some(peer_name.to_string()) }
+        Connector { config: self.peer_client.clone(), server_name: Some(peer_name.to_string()) }
     }
 
     /// The peer server's TLS: the current certificate at each handshake, peers' certificates
     /// checked against the CA.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, aqueduct_core::server::TlsSetupError> {
-        aqueduct_core::server::server_config_resolving(self.current.clone(), &self.ca_pem)
+        aqueduct_core::server::server_config_resolving(self.current.clone(), &self.ca_pem, &self.revocations)
     }
 }
 

@@ -71,6 +71,7 @@ async fn a_peer_has_its_share_of_streams_and_a_busy_peer_is_not_suspected() {
         server.cert_pem.as_bytes(),
         server.key_pem.as_bytes(),
         ca.ca_pem().as_bytes(),
+        &Default::default(),
     )
     .unwrap();
     let limits = ServerLimits {
@@ -80,7 +81,7 @@ async fn a_peer_has_its_share_of_streams_and_a_busy_peer_is_not_suspected() {
         max_streams_per_connection: 16,
     };
     let stop = CancellationToken::new();
-    let serving = tokio::spawn(peer_service::serve(listener, tls, limits, service, stop.clone()));
+    let serving = tokio::spawn(peer_service::serve(listener, tls, limits, service, Default::default(), stop.clone()));
 
     // The asking spoke knows the server as a live member of the region.
     let held = aqueduct_spoke::tls::Held::from_pem(&client.cert_pem, &client.key_pem).unwrap();

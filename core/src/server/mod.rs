@@ -18,14 +18,18 @@
 //! certificate with `Request::peer_certs()` as before.
 //!
 //! The rustls `ServerConfig` is built in one place, [`server_config`]: client certificates are
-//! required and verified against the installation's CA (`WebPkiClientVerifier`), ALPN is h2.
+//! required and verified against the installation's CA (`WebPkiClientVerifier`), then against
+//! the revocation list ([`revoke`]); ALPN is h2. The accept path remembers each open
+//! connection's client certificate: when the list changes ([`TlsIncoming::revoking`]), the
+//! connections whose certificate it now revokes are closed (their reads and writes fail, so
+//! their calls and streams end), within moments.
 //!
 //! [`KeyedLimit`] gives each key (a region at the hub, a peer at a spoke) its own semaphore:
 //! streams wait their turn for a bounded time ([`KeyedLimit::enter`]), then are refused with
 //! RESOURCE_EXHAUSTED, so that one key's callers cannot make the server hold more than its
 //! share, and the others are not held up by them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -41,9 +45,12 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{self, RootCertStore};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 use tracing::{debug, info, warn};
+
+use crate::identity::subject_of;
+use crate::revocation::{CertSubject, RevocationList};
 
 /// How a TLS gRPC server takes connections, and how many calls each may carry at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,14 +133,15 @@ pub enum ClientCerts {
 }
 
 /// The rustls configuration of Aqueduct's TLS servers: the server's certificate (chain) and
-/// key, every client required to present a certificate issued by `client_ca`, ALPN h2. The
-/// one place where it is built (a custom client verifier goes here).
+/// key, every client required to present a certificate issued by `client_ca` and not revoked
+/// by `revocations`, ALPN h2. The one place where it is built.
 pub fn server_config(
     cert_pem: &[u8],
     key_pem: &[u8],
     client_ca_pem: &[u8],
+    revocations: &Revocations,
 ) -> Result<Arc<ServerConfig>, TlsSetupError> {
-    server_config_with(cert_pem, key_pem, client_ca_pem, ClientCerts::Required)
+    server_config_with(cert_pem, key_pem, client_ca_pem, ClientCerts::Required, revocations)
 }
 
 /// [`server_config`], with client certificates required or optional.
@@ -142,11 +150,12 @@ pub fn server_config_with(
     key_pem: &[u8],
     client_ca_pem: &[u8],
     client_certs: ClientCerts,
+    revocations: &Revocations,
 ) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let chain = pem_certs(cert_pem, "the server certificate")?;
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| TlsSetupError::Pem { what: "the server key", reason: e.to_string() })?;
-    build_server_config(client_ca_pem, client_certs, |builder| builder.with_single_cert(chain, key))
+    build_server_config(client_ca_pem, client_certs, revocations, |builder| builder.with_single_cert(chain, key))
 }
 
 /// [`server_config`] for a server whose certificate changes while it serves (a spoke's node
@@ -155,8 +164,11 @@ pub fn server_config_with(
 pub fn server_config_resolving(
     resolver: Arc<dyn rustls::server::ResolvesServerCert>,
     client_ca_pem: &[u8],
+    revocations: &Revocations,
 ) -> Result<Arc<ServerConfig>, TlsSetupError> {
-    build_server_config(client_ca_pem, ClientCerts::Required, |builder| Ok(builder.with_cert_resolver(resolver)))
+    build_server_config(client_ca_pem, ClientCerts::Required, revocations, |builder| {
+        Ok(builder.with_cert_resolver(resolver))
+    })
 }
 
 fn pem_certs(pem: &[u8], what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
@@ -176,6 +188,7 @@ type WantsCert = rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServer
 fn build_server_config(
     client_ca_pem: &[u8],
     client_certs: ClientCerts,
+    revocations: &Revocations,
     with_cert: impl FnOnce(WantsCert) -> Result<ServerConfig, rustls::Error>,
 ) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let mut roots = RootCertStore::empty();
@@ -183,17 +196,22 @@ fn build_server_config(
         roots.add(ca)?;
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone());
+    let mut inner = WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone());
     if client_certs == ClientCerts::Optional {
-        verifier = verifier.allow_unauthenticated();
+        inner = inner.allow_unauthenticated();
     }
-    let verifier = verifier.build()?;
+    let inner = inner.build()?;
+    let verifier = Arc::new(RevokingClientVerifier { inner, revocations: revocations.clone() });
     let mut config = with_cert(
         ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier),
     )?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // No session resumption: a resumed session skips the client verifier, and with it the
+    // revocation list. (Connections are long-lived; a full handshake each costs little.)
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -214,16 +232,85 @@ pub struct AcceptStats {
     pub failed: AtomicU64,
 }
 
-/// A TLS connection and the permit it holds while it lives.
+/// A TLS connection and the permit it holds while it lives. Once `closed` fires (its
+/// certificate was revoked), every read and write fails: hyper then drops the connection.
 pub struct LimitedTls {
     inner: tokio_rustls::server::TlsStream<TcpStream>,
     _permit: OwnedSemaphorePermit,
     stats: Arc<AcceptStats>,
+    id: u64,
+    open: Arc<OpenConnections>,
+    closed: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl Drop for LimitedTls {
     fn drop(&mut self) {
         self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        self.open.remove(self.id);
+    }
+}
+
+impl LimitedTls {
+    /// Fails once the connection is to be closed (registers the waker, so that a connection
+    /// waiting for bytes wakes up to fail).
+    fn check_open(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.closed.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the peer's certificate was revoked: connection closed",
+            )),
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
+/// The open connections of a listener, each with its client certificate's subject and the
+/// token that closes it.
+#[derive(Default)]
+struct OpenConnections {
+    next: AtomicU64,
+    by_id: Mutex<HashMap<u64, (Option<CertSubject>, CancellationToken)>>,
+    /// The list the connections were last checked against: a connection admitted after it
+    /// came is checked too (whatever its handshake did: the verifier runs on full handshakes).
+    list: Mutex<Arc<RevocationList>>,
+}
+
+impl OpenConnections {
+    fn add(&self, subject: Option<CertSubject>) -> (u64, CancellationToken) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        // Held while the list is read (in the order `close_revoked` takes them): a list that
+        // comes meanwhile sees this connection.
+        let mut open = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
+        let revoked =
+            subject.as_ref().is_some_and(|s| self.list.lock().unwrap_or_else(|e| e.into_inner()).refusing(s).is_some());
+        if revoked {
+            token.cancel();
+        }
+        open.insert(id, (subject, token.clone()));
+        (id, token)
+    }
+
+    fn remove(&self, id: u64) {
+        self.by_id.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+
+    /// Closes the connections `list` revokes; returns how many.
+    fn close_revoked(&self, list: Arc<RevocationList>, server: &str) -> usize {
+        let open = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
+        *self.list.lock().unwrap_or_else(|e| e.into_inner()) = list.clone();
+        let mut closed = 0;
+        for (subject, token) in open.values() {
+            let Some(subject) = subject else { continue };
+            if let Some(entry) = list.refusing(subject)
+                && !token.is_cancelled()
+            {
+                info!(server, uris = ?subject.uris, prefix = %entry.prefix, "closing a connection: its certificate was revoked");
+                token.cancel();
+                closed += 1;
+            }
+        }
+        closed
     }
 }
 
@@ -237,12 +324,14 @@ impl Connected for LimitedTls {
 
 impl AsyncRead for LimitedTls {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        self.check_open(cx)?;
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for LimitedTls {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.check_open(cx)?;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -251,6 +340,7 @@ impl AsyncWrite for LimitedTls {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.check_open(cx)?;
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -347,6 +437,28 @@ struct Shared {
     say: Throttle,
     done: mpsc::Sender<LimitedTls>,
     stop: CancellationToken,
+    open: Arc<OpenConnections>,
+}
+
+impl TlsIncoming {
+    /// Closes the open connections whose client certificate `revocations` revokes, now and
+    /// whenever the list changes, for as long as the listener lives. (New connections are
+    /// refused by the verifier of [`server_config`], given the same list.)
+    pub fn revoking(self, revocations: &Revocations) -> Self {
+        let (open, stop, name) = (self.shared.open.clone(), self.shared.stop.clone(), self.shared.name);
+        let mut changes = revocations.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let list = changes.borrow_and_update().clone();
+                open.close_revoked(list, name);
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+        self
+    }
 }
 
 impl Drop for TlsIncoming {
@@ -418,6 +530,7 @@ pub fn incoming(
         say: Throttle::new(Duration::from_secs(10)),
         done,
         stop: CancellationToken::new(),
+        open: Arc::default(),
     });
     TlsIncoming { listener, shared, connections, pause: None, stats }
 }
@@ -475,7 +588,13 @@ impl Shared {
                 return;
             };
             stats.open.fetch_add(1, Ordering::Relaxed);
-            let _ = self.done.send(LimitedTls { inner: tls, _permit: permit, stats: stats.clone() }).await;
+            let subject =
+                tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| subject_of(c.as_ref()));
+            let (id, close) = self.open.add(subject);
+            let closed = Box::pin(close.cancelled_owned());
+            let connection =
+                LimitedTls { inner: tls, _permit: permit, stats: stats.clone(), id, open: self.open.clone(), closed };
+            let _ = self.done.send(connection).await;
         });
     }
 }
@@ -494,6 +613,9 @@ fn refuse(stats: &AcceptStats, say: &Throttle, name: &str, limits: &ServerLimits
 
 mod keyed;
 pub use keyed::{Busy, KeyedLimit};
+
+pub mod revoke;
+use revoke::{Revocations, RevokingClientVerifier};
 
 pub mod human;
 

@@ -5,9 +5,9 @@
 //! variables (`AQ_HUB`, ...), the config file named by `--config` or `AQ_CONFIG`, and
 //! `~/.config/aqueduct/aq.toml`. `aqueduct-hub init` writes such a file into its admin bundle.
 //!
-//! The file is some 610 lines long because every subcommand's flags and help text (which are
+//! The file is some 640 lines long because every subcommand's flags and help text (which are
 //! also its man page and completions) stand together in one clap tree here; the lifecycle
-//! commands' flags and work are in the library (`lifecycle`).
+//! commands' and the trust commands' flags and work are in the library (`lifecycle`, `trust`).
 //!
 //! Each subcommand's flags, their help text and what the subcommand does stand together here;
 //! finding the hub, printing listings, waiting and exit codes live in the library (`connect`,
@@ -22,6 +22,7 @@ use aqueduct_cli::connect::{ConnArgs, explain};
 use aqueduct_cli::exit;
 use aqueduct_cli::lifecycle::{self, Removed};
 use aqueduct_cli::output::{Format, Listing, bytes, progress_reporter, render};
+use aqueduct_cli::trust;
 use aqueduct_cli::views::{self, ManifestView, Regions, SkippedView, Sources, Versions, VersionsInfo};
 use aqueduct_cli::wait::{Until, WaitArgs};
 use aqueduct_cli::watch;
@@ -152,6 +153,20 @@ enum Command {
     /// Remove the versions nothing retains (see `aq versions DATASET -o wide`), printing what
     /// goes and the bytes each region frees.
     Gc(lifecycle::GcArgs),
+    /// Nodes: `aq node revoke REGION NODE`.
+    #[command(subcommand)]
+    Node(trust::NodeCommand),
+    /// Named admins: add (a personal bundle), list, revoke.
+    #[command(subcommand)]
+    Admin(trust::AdminCommand),
+    /// List the revocation list: what the hub and the spokes refuse.
+    Revocations {
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Show the audit log: every admin call (who, what, arguments without secrets, result,
+    /// when), oldest first.
+    Audit(trust::AuditArgs),
     /// Print a shell completion script for aq, e.g. `aq completions bash >
     /// /etc/bash_completion.d/aq` (see the README for zsh and fish).
     Completions {
@@ -273,6 +288,9 @@ enum RegionCommand {
     /// Remove a region (refused while versions are rolled out to it; --force removes those
     /// rollouts too). Its spokes' credentials stop working at once.
     Rm(lifecycle::RmArgs),
+    /// Revoke every certificate of the region (its nodes' and the region's) issued until now:
+    /// the hub and the region's peers refuse them within seconds, open connections included.
+    RevokeAll(trust::RegionRevokeArgs),
     /// Change a region's link budget at run time: the hub's relay uses it at once, the
     /// region's spokes within seconds (no restart). A flat budget (--rate) or a weekly
     /// schedule (--schedule, in --tz).
@@ -470,6 +488,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Source(SourceCommand::Rm(args)) => lifecycle::remove(&mut admin, &hub, Removed::Source, args).await?,
         Command::Region(RegionCommand::Rm(args)) => lifecycle::remove(&mut admin, &hub, Removed::Region, args).await?,
         Command::Tag(args) => lifecycle::tag(&mut admin, &hub, args).await?,
+        Command::Node(command) => trust::node(&mut admin, &hub, command).await?,
+        Command::Region(RegionCommand::RevokeAll(args)) => trust::region_revoke(&mut admin, &hub, args).await?,
+        Command::Admin(command) => trust::admin(&mut admin, &hub, command).await?,
+        Command::Revocations { output } => trust::revocations(&mut admin, &hub, output.output).await?,
+        Command::Audit(args) => trust::audit(&mut admin, &hub, args).await?,
         Command::Promote(args) => lifecycle::promote(&mut admin, &hub, args).await?,
         Command::Rollback(args) => lifecycle::rollback(&mut admin, &hub, args).await?,
         Command::Gc(args) => lifecycle::gc(&mut admin, &hub, args).await?,

@@ -1,5 +1,9 @@
 //! The hub's admin gRPC service: thin handlers over the store, sources and snapshots.
 //!
+//! The file is long (some 640 lines) because the `Admin` trait's one impl holds every RPC's
+//! handler; the calls of a concern past the first ones live in modules of their own
+//! ([`lifecycle`], [`trust`]), and the audit log wraps the whole service ([`audit`]).
+//!
 //! Each handler checks the caller's identity, validates its input, does the work through the
 //! modules that own it and maps their errors to statuses in `error.rs`. It shares what the hub
 //! keeps in memory with the spokes' API through [`crate::live`] (members, budgets, the relay's
@@ -21,8 +25,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, info, instrument, warn};
 
+pub mod audit;
 mod lifecycle;
 mod regions;
+mod trust;
 
 use crate::auth::require_admin;
 use crate::error::{invalid, unknown_dataset};
@@ -562,5 +568,44 @@ impl pb::admin_server::Admin for AdminService {
         let req = request.into_inner();
         Span::current().record("region", req.region.as_str()).record("uses", req.uses);
         Ok(Response::new(crate::enrol::make_token(&self.db, &req.region, req.ttl_seconds, req.uses).await?))
+    }
+
+    #[instrument(skip_all)]
+    async fn revoke(&self, request: Request<pb::RevokeRequest>) -> Result<Response<pb::RevokeResponse>, Status> {
+        let by = require_admin(&request)?;
+        Ok(Response::new(self.revoke_call(by, request.into_inner()).await?))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_revocations(
+        &self,
+        request: Request<pb::ListRevocationsRequest>,
+    ) -> Result<Response<pb::RevocationList>, Status> {
+        require_admin(&request)?;
+        Ok(Response::new(self.list_revocations_call().await?))
+    }
+
+    #[instrument(skip_all)]
+    async fn add_admin(&self, request: Request<pb::AddAdminRequest>) -> Result<Response<pb::AddAdminResponse>, Status> {
+        let by = require_admin(&request)?;
+        Ok(Response::new(self.add_admin_call(by, request.into_inner()).await?))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_admins(
+        &self,
+        request: Request<pb::ListAdminsRequest>,
+    ) -> Result<Response<pb::ListAdminsResponse>, Status> {
+        require_admin(&request)?;
+        Ok(Response::new(self.list_admins_call().await?))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        require_admin(&request)?;
+        Ok(Response::new(self.list_audit_call(request.into_inner()).await?))
     }
 }

@@ -1,8 +1,9 @@
 //! What the hub keeps in memory, shared by the admin API and the spokes' API: the live
 //! members of each region and their reports ([`members`]), each region's link budget as the
 //! relay applies it ([`budgets`]), the chunks read from the sources for every region at once
-//! ([`reads`]), the bytes relayed and not yet written ([`ledger`]), and the
-//! notices that wake the spokes' watches when rollouts change ([`Changes`]). None of it
+//! ([`reads`]), the bytes relayed and not yet written ([`ledger`]), the notices that wake the
+//! spokes' watches when rollouts change ([`Changes`]), and the revocation list in force (kept
+//! in the database too, and read from it at start). None of the rest
 //! survives a restart: spokes join and report again, budgets are re-read, and the ledger
 //! writes what it counted before the hub stops.
 
@@ -14,6 +15,7 @@ pub mod reads;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use aqueduct_core::server::revoke::Revocations;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +48,10 @@ pub struct Live {
     /// removed version, dataset or region): the relay drops what it cached of who may read
     /// what, and checks again.
     pub withdrawn: Arc<AtomicU64>,
+    /// The revocation list in force (read from the database at start, replaced by each
+    /// revocation): the TLS accept path refuses and closes what it revokes, and the watches
+    /// send each region its part.
+    pub revocations: Revocations,
 }
 
 impl Live {

@@ -21,6 +21,7 @@ pub mod schema;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
+pub mod trust;
 
 use std::collections::BTreeMap;
 
@@ -30,7 +31,9 @@ use aqueduct_proto::{Digest, Manifest, ReplicationMode};
 use crate::rollout::cutover::{CutOver, RegionStep, ServingRecord};
 use crate::rollout::retention::{InUse, Reason};
 use crate::rollout::{RegionProgress, RolloutKey, RolloutRecord, TagRecord, VersionId};
+use aqueduct_core::revocation::{Revocation, RevocationList};
 use schema::SCHEMA_VERSION;
+use trust::{AdminRecord, AuditRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -138,7 +141,7 @@ pub struct StoredVersion {
 /// The hub's metadata store. Every method is short and synchronous; callers on the async
 /// runtime go through `spawn_blocking`. The rollout lifecycle's calls are in
 /// [`LifecycleStore`].
-pub trait MetaStore: LifecycleStore + enrol::EnrolStore + Send + Sync {
+pub trait MetaStore: LifecycleStore + enrol::EnrolStore + TrustStore + Send + Sync {
     fn add_source(&self, source: &SourceRecord) -> Result<(), StoreError>;
     fn source(&self, name: &str) -> Result<Option<SourceRecord>, StoreError>;
     fn sources(&self) -> Result<Vec<SourceRecord>, StoreError>;
@@ -172,6 +175,23 @@ pub trait MetaStore: LifecycleStore + enrol::EnrolStore + Send + Sync {
     /// to hold it, as [`crate::rollout::after_source_changed`] says (where it was never whole; the
     /// regions that held it keep it). Returns the regions it failed in, sorted.
     fn fail_version(&self, version: &VersionId, reason: &str, now_unix_ms: i64) -> Result<Vec<String>, StoreError>;
+}
+
+/// Trust: the revocation list, named admins, the audit log of admin calls ([`trust`]).
+pub trait TrustStore {
+    /// The revocation list, with its generation (0: nothing was ever revoked).
+    fn revocations(&self) -> Result<RevocationList, StoreError>;
+    /// Adds an entry (a prefix revoked again keeps the later time), compacts the list and
+    /// bumps its generation; returns the new list. `Refused` for a prefix that is not an
+    /// identity URI's, or past [`trust::MAX_REVOCATIONS`] entries.
+    fn revoke(&self, entry: &Revocation) -> Result<RevocationList, StoreError>;
+    /// Records an admin (replacing one of that name: a re-issued bundle).
+    fn put_admin(&self, admin: &AdminRecord) -> Result<(), StoreError>;
+    fn admins(&self) -> Result<Vec<AdminRecord>, StoreError>;
+    fn record_audit(&self, record: &AuditRecord) -> Result<(), StoreError>;
+    /// The audit rows at or after `since_unix_ms`, oldest first: the newest `limit` of them
+    /// (at most [`trust::MAX_AUDIT_ROWS`]).
+    fn audit(&self, since_unix_ms: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
 }
 
 /// The rollout lifecycle: rollouts, what regions serve, tags, retention and removals. Each

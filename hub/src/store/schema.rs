@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::StoreError;
 
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// The tables schema 5 added (the lifecycle): in the schema, and in the step that brings a
 /// schema 4 database up to it.
@@ -35,8 +35,8 @@ CREATE TABLE IF NOT EXISTS retired (
     };
 }
 
-/// The table schema 6 added (enrolment tokens, issue 18): in the schema, and in the step that
-/// brings a schema 5 database up to it. Tokens are kept as hashes only.
+/// The table schema 7 added (enrolment tokens, issue 18): in the schema, and in the step that
+/// brings a schema 6 database up to it. Tokens are kept as hashes only.
 macro_rules! enrol_tables {
     () => {
         "
@@ -48,6 +48,35 @@ CREATE TABLE IF NOT EXISTS enrol_tokens (
     uses_left INTEGER NOT NULL,
     created_ms INTEGER NOT NULL
 );"
+    };
+}
+
+/// The tables schema 8 added (trust: revocations, named admins, the audit log): in the
+/// schema, and in the step that brings a schema 7 database up to it. The revocation list's
+/// generation is the `revocations_generation` row of `meta` (absent: 0).
+macro_rules! trust_tables {
+    () => {
+        "CREATE TABLE IF NOT EXISTS revocations (
+    prefix TEXT PRIMARY KEY,
+    revoked_at_s INTEGER NOT NULL,
+    revoked_by TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS admins (
+    name TEXT PRIMARY KEY,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    at_ms INTEGER NOT NULL,
+    admin TEXT NOT NULL,
+    call TEXT NOT NULL,
+    args TEXT NOT NULL,
+    result TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_at ON audit (at_ms);"
     };
 }
 
@@ -130,7 +159,9 @@ CREATE TABLE IF NOT EXISTS skipped_objects (
 );
 ",
     lifecycle_tables!(),
-    enrol_tables!()
+    enrol_tables!(),
+    "\n",
+    trust_tables!()
 );
 
 /// Steps that bring a database of schema version `from` to `from + 1`, in order. Each runs
@@ -186,6 +217,8 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     ),
     // Version 6 had no enrolment tokens (issue 18): spokes enrol for a node's certificate.
     (6, enrol_tables!()),
+    // Version 7 had one unnamed admin identity, no revocation and no audit log.
+    (7, trust_tables!()),
 ];
 
 /// Creates the tables a new database lacks and brings an older one to [`SCHEMA_VERSION`],
