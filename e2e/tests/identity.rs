@@ -38,7 +38,12 @@ async fn as_region(w: &World, dir: &Path) -> SpokeClient<Channel> {
 fn spoke_like(w: &World, like: &Path, dir: &Path, node: &str) -> PathBuf {
     let from = like.parent().unwrap();
     let read = |f: &str| std::fs::read_to_string(from.join(f)).unwrap();
-    let bundle = pb::CredentialsBundle { ca_pem: read("ca.pem"), cert_pem: read("cert.pem"), key_pem: read("key.pem") };
+    let bundle = pb::CredentialsBundle {
+        ca_pem: read("ca.pem"),
+        cert_pem: read("cert.pem"),
+        key_pem: read("key.pem"),
+        signing_keys: read("signing.pub").lines().map(str::to_string).collect(),
+    };
     aqueduct_e2e::holders::with_holder_binary(
         aqueduct_spoke::write_node_config(dir, &w.hub_url, node, &bundle).unwrap(),
     )

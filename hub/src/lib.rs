@@ -27,6 +27,7 @@ pub mod pki;
 pub mod relay;
 pub mod rollout;
 mod setup;
+pub mod signing;
 pub mod snapshot;
 pub mod source;
 pub mod store;
@@ -63,6 +64,8 @@ pub enum HubError {
     Metrics(#[from] aqueduct_core::metrics::MetricsError),
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("the hub's signing key (signing.key): {0}")]
+    Signing(#[from] aqueduct_core::signing::SigningError),
     #[error("the hub's TLS files (tls.cert, tls.key, tls.ca) are not usable: {0}")]
     Tls(#[from] aqueduct_core::server::TlsSetupError),
 }
@@ -94,6 +97,7 @@ fn hub_files(config: &HubConfig) -> source::HubFiles {
         config.data_dir.clone(),
         config.resolve(&config.tls.ca_key),
         config.resolve(&config.tls.key),
+        config.resolve(&config.signing.key),
     ])
 }
 
@@ -113,6 +117,13 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
     )?;
     std::fs::create_dir_all(&config.data_dir).map_err(io_err("create", &config.data_dir))?;
     let db = Arc::new(SqliteStore::open(&config.database_path())?);
+    let signer = Arc::new(signing::Signer::open_or_create(&config.resolve(&config.signing.key))?);
+    {
+        let (db, signer) = (db.clone(), signer.clone());
+        tokio::task::spawn_blocking(move || signing::sign_unsigned(db.as_ref(), &signer))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+    }
     let mut snapshot = SnapshotOptions::default();
     if let Some(p) = config.snapshot.parallelism {
         snapshot.parallelism = p;
@@ -141,14 +152,21 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         tokio::spawn(live.metrics.clone().run(shutdown.clone()));
     }
     // Requests are small; answers go up to a manifest (the largest message there is).
-    let admin =
-        AdminServer::new(api::AdminService::new(db.clone(), snapshot, authority, live.clone(), hub_files(&config)))
+    let admin = AdminServer::new(api::AdminService::new(
+        db.clone(),
+        snapshot,
+        authority,
+        signer.clone(),
+        live.clone(),
+        hub_files(&config),
+    ))
+    .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES)
+    .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
+    let relay_limits = relay::RelayLimits::new(&config.limits);
+    let spoke =
+        SpokeServer::new(relay::SpokeService::new(db.clone(), live.clone(), relay_limits, hub_files(&config), signer))
             .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES)
             .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
-    let relay_limits = relay::RelayLimits::new(&config.limits);
-    let spoke = SpokeServer::new(relay::SpokeService::new(db.clone(), live.clone(), relay_limits, hub_files(&config)))
-        .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES)
-        .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
     let addr = listener.local_addr().map_err(io_err("inspect", Path::new("listener")))?;
     info!(%addr, data_dir = %config.data_dir.display(), "hub serving");
     let incoming = aqueduct_core::server::incoming(listener, tls, config.limits.server(), "hub API");

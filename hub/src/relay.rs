@@ -32,6 +32,7 @@ use crate::error::invalid;
 use crate::live::Live;
 use crate::live::members::{Members, Proof};
 use crate::rollout::{NodeReport, RegionProgress, RolloutKey, VersionId, assignments_of};
+use crate::signing::{Signer, signature_for};
 use crate::snapshot::{blocking, now_unix_ms};
 use crate::source::{HubFiles, Source, SourceSpec, read_range};
 use crate::store::{MetaStore, RolloutUpdate, StoreError};
@@ -100,6 +101,8 @@ pub struct SpokeService {
     granted: Mutex<(u64, HashSet<RolloutKey>)>,
     /// The hub's own files: no source read may reach them, whatever a link says.
     hub_files: HubFiles,
+    /// Signs a version served before it was signed (see [`crate::signing`]).
+    signer: Arc<Signer>,
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ChunkData, Status>> + Send>>;
@@ -115,8 +118,22 @@ fn region_of<T>(request: &Request<T>) -> Result<String, Status> {
 }
 
 impl SpokeService {
-    pub fn new(db: Arc<dyn MetaStore>, live: Live, limits: RelayLimits, hub_files: HubFiles) -> Self {
-        Self { db, live, limits: Arc::new(limits), indexes: Mutex::default(), granted: Mutex::default(), hub_files }
+    pub fn new(
+        db: Arc<dyn MetaStore>,
+        live: Live,
+        limits: RelayLimits,
+        hub_files: HubFiles,
+        signer: Arc<Signer>,
+    ) -> Self {
+        Self {
+            db,
+            live,
+            limits: Arc::new(limits),
+            indexes: Mutex::default(),
+            granted: Mutex::default(),
+            hub_files,
+            signer,
+        }
     }
 
     /// Fails unless the key's version is rolled out to its region.
@@ -303,7 +320,11 @@ impl pb::spoke_server::Spoke for SpokeService {
         let index = self.index(&VersionId::new(key.dataset, key.version)).await?;
         // Cut by a hub without the bound: refused with the reason, not sent to fail below.
         index.manifest.check_size().map_err(|e| Status::failed_precondition(e.to_string()))?;
-        Ok(Response::new(pb::Manifest::from(&index.manifest)))
+        let m = &index.manifest;
+        let signature = signature_for(&self.db, &self.signer, &m.dataset, m.version, m.root).await?;
+        let mut wire = pb::Manifest::from(m);
+        wire.signature = Some(pb::VersionSignature::from(&signature));
+        Ok(Response::new(wire))
     }
 
     type FetchChunksStream = ChunkStream;

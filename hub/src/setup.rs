@@ -3,9 +3,9 @@
 //!
 //! Every file is written atomically and fsynced ([`aqueduct_core::durable`]), in this order:
 //! the CA's key, then its certificate; the hub's key and certificate; the admin bundle (the
-//! CA's certificate, the admin key and certificate, `aq.toml`); the database; and `hub.toml`
-//! last, as the mark of a finished init. A directory that holds `hub.toml` is a hub: init
-//! refuses it. Without it, init completes what an interrupted run left: a CA key already
+//! CA's certificate, the admin key and certificate, `aq.toml`); the signing key (kept if it is
+//! there, like the CA's) and its public key; the database; and `hub.toml` last, as the mark
+//! of a finished init. A directory that holds `hub.toml` is a hub: init refuses it. Without it, init completes what an interrupted run left: a CA key already
 //! written is kept (never replaced: whatever it signed stays valid; a certificate missing for
 //! it is made anew for the same key), the hub's and the admin's certificates are issued again
 //! from it, the database is opened as it is, and the temporary files of a write cut short are
@@ -16,7 +16,7 @@ use std::path::Path;
 
 use aqueduct_core::durable;
 
-use crate::config::{HubConfig, LimitsConfig, SnapshotConfig, TlsConfig};
+use crate::config::{HubConfig, LimitsConfig, SigningConfig, SnapshotConfig, TlsConfig};
 use crate::pki::{self, Authority};
 use crate::store::sqlite::SqliteStore;
 use crate::{HubError, InitOutcome, io_err};
@@ -38,7 +38,8 @@ pub(crate) fn init_with(
         return Err(HubError::AlreadyInitialised { path: data_dir.to_owned(), what: "hub.toml".into() });
     }
     let (pki_dir, admin_dir) = (data_dir.join("pki"), data_dir.join("admin"));
-    for dir in [data_dir, &pki_dir, &admin_dir] {
+    let signing_dir = data_dir.join(SigningConfig::default().key).parent().map(Path::to_path_buf).unwrap_or_default();
+    for dir in [data_dir, &pki_dir, &admin_dir, &signing_dir] {
         durable::create_dir_all(dir).map_err(io_err("create", dir))?;
         durable::remove_temporaries(dir).map_err(io_err("clean", dir))?;
     }
@@ -95,6 +96,15 @@ pub(crate) fn init_with(
         wrote(&path)?;
     }
 
+    // The signing key, apart from the TLS keys (kept if an interrupted init wrote it), and its
+    // public key, which the spokes trust.
+    let signing_key = data_dir.join(SigningConfig::default().key);
+    let signer = crate::signing::Signer::open_or_create(&signing_key)?;
+    wrote(&signing_key)?;
+    let public = signing_key.with_extension("pub");
+    write(&public, &signer.trust_file(), false)?;
+    wrote(&public)?;
+
     let db = data_dir.join("hub.db");
     SqliteStore::open(&db)?;
     wrote(&db)?;
@@ -107,6 +117,7 @@ pub(crate) fn init_with(
         snapshot: SnapshotConfig::default(),
         metrics: None,
         limits: LimitsConfig::default(),
+        signing: SigningConfig::default(),
     };
     let text =
         format!("# Aqueduct hub configuration; see deploy/hub/hub.example.toml for every key.\n{}", config.to_toml());
@@ -212,6 +223,8 @@ mod tests {
                 "admin/admin.key",
                 "admin/admin.pem",
                 "admin/aq.toml",
+                "signing/hub.key",
+                "signing/hub.pub",
                 "hub.db",
                 "hub.toml"
             ],
@@ -239,7 +252,7 @@ mod tests {
             } else {
                 again.unwrap_or_else(|e| panic!("after a crash following {step}: {e}"));
                 let after = files(&dir);
-                for kept in ["pki/ca.key", "pki/ca.pem"] {
+                for kept in ["pki/ca.key", "pki/ca.pem", "signing/hub.key"] {
                     let was = before.iter().find(|(p, _)| p == Path::new(kept));
                     let now = after.iter().find(|(p, _)| p == Path::new(kept));
                     if let Some(was) = was {

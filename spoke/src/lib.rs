@@ -50,6 +50,7 @@ pub mod reader;
 pub mod replicate;
 pub mod retry;
 pub mod store;
+pub mod trust;
 
 use std::sync::Arc;
 
@@ -112,6 +113,7 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     let catalog = Arc::new(Catalog::open(
         &config.data_dir.join("catalog"),
         hub.clone().max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES),
+        config.trust.keys.clone(),
     )?);
     let priority = Arc::new(Priority::default());
     // Its own token: the caller's is not ours to cancel.

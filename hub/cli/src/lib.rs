@@ -1,7 +1,7 @@
 //! The parts of `aq`: finding and reaching the hub ([`connect`]), printing tables, sizes,
 //! progress and the output formats of listings ([`output`]), the listings themselves
 //! ([`views`], [`status`]), `aq status` as a command ([`watch`]), waiting for regions
-//! ([`wait`]), exit codes ([`exit`]) and manual
+//! ([`wait`]), checking mounted files offline ([`verify`]), exit codes ([`exit`]) and manual
 //! pages ([`manpages`]). `aq-quickstart`
 //! (the `aqueduct-quickstart` crate) talks to its hub with them. Like `aq`, they depend on the
 //! contract only.
@@ -12,6 +12,7 @@ pub mod lifecycle;
 pub mod manpages;
 pub mod output;
 pub mod status;
+pub mod verify;
 pub mod views;
 pub mod wait;
 pub mod watch;

@@ -158,6 +158,21 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Check files of a mounted version offline: the manifest's root and the hub's signature
+    /// (with the hub's public key), then each file's extended attributes and bytes against the
+    /// signed manifest's chunk digests. Exits 1 if anything does not verify. Needs no hub.
+    Verify {
+        /// The version's manifest, as `aq manifest DATASET@vN --chunks -o json > FILE` wrote it.
+        #[arg(long, value_name = "FILE")]
+        manifest: PathBuf,
+        /// A hub signing public key (`ed25519:HEX`) or a file of them (`aqueduct-hub
+        /// signing-key show`, the hub's signing/hub.pub, a region bundle's signing.pub);
+        /// repeatable.
+        #[arg(long = "trust", value_name = "KEY|FILE", required = true)]
+        keys: Vec<String>,
+        /// Files on an Aqueduct mount of that version.
+        files: Vec<PathBuf>,
+    },
     /// Write manual pages: aq.1 and one per subcommand (aq-source-add.1...).
     Man {
         /// Directory to write them into (created if missing), e.g. /usr/local/share/man/man1.
@@ -355,6 +370,32 @@ fn write_bundle(dir: &std::path::Path, bundle: &pb::CredentialsBundle) -> Result
     durable::write_file(&dir.join("ca.pem"), bundle.ca_pem.as_bytes(), PUBLIC)?;
     durable::write_file(&dir.join("cert.pem"), bundle.cert_pem.as_bytes(), PUBLIC)?;
     durable::write_file(&key, bundle.key_pem.as_bytes(), SECRET)?;
+    // The hub's signing public keys, which the region's spokes trust ([trust] signing_keys_file).
+    let keys: String = bundle.signing_keys.iter().map(|k| format!("{k}\n")).collect();
+    durable::write_file(&dir.join("signing.pub"), keys.as_bytes(), PUBLIC)?;
+    Ok(())
+}
+
+/// `aq verify`: the manifest and its signature, then each file; exit 1 if anything fails.
+fn verify(manifest: &std::path::Path, keys: &[String], files: &[PathBuf]) -> Result<()> {
+    use aqueduct_cli::verify;
+    let trust = verify::trusted_keys(keys)?;
+    let m = verify::verified_manifest(manifest, &trust)?;
+    let signed = m.signature.as_ref().map(|s| s.key_id.to_string()).unwrap_or_default();
+    println!("{}@v{}: root {} verifies, signed by key {signed}", m.dataset, m.version, m.root);
+    let mut failed = 0;
+    for file in files {
+        match verify::check_file(&m, file) {
+            Ok(path) => println!("ok      {} ({path})", file.display()),
+            Err(why) => {
+                failed += 1;
+                println!("FAILED  {}: {why}", file.display());
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} file(s) do not verify against {}@v{}", files.len(), m.dataset, m.version);
+    }
     Ok(())
 }
 
@@ -396,12 +437,13 @@ async fn run(cli: Cli) -> Result<()> {
             }
             return Ok(());
         }
+        Command::Verify { manifest, keys, files } => return verify(manifest, keys, files),
         _ => {}
     }
     let hub = cli.conn.resolve()?;
     let mut admin = hub.connect().await?;
     match cli.command {
-        Command::Quickstart { .. } | Command::Completions { .. } | Command::Man { .. } => {
+        Command::Quickstart { .. } | Command::Completions { .. } | Command::Man { .. } | Command::Verify { .. } => {
             unreachable!("handled above")
         }
         Command::Source(SourceCommand::Add(add)) => {

@@ -14,6 +14,7 @@ use aqueduct_proto::{Digest, MANIFEST_FORMAT, Manifest, Rate};
 use serde::Serialize;
 
 use crate::output::{Listing, Table, age, bytes, rfc3339};
+use crate::verify::SignatureView;
 
 /// Lowercase hex of a digest the hub sent (empty when it is not 32 bytes).
 fn hex(digest: &[u8]) -> String {
@@ -352,6 +353,8 @@ pub struct ManifestView {
     pub files: Vec<FileView>,
     /// Objects under the prefix left out of the version, with why.
     pub skipped: Vec<SkippedView>,
+    /// Who signed the version and when (null: not signed).
+    pub signature: Option<SignatureView>,
 }
 
 #[derive(Serialize)]
@@ -420,6 +423,7 @@ impl ManifestView {
                 })
                 .collect(),
             skipped: skipped.into_iter().map(|s| SkippedView { key: s.key, reason: s.reason }).collect(),
+            signature: m.signature.as_ref().map(SignatureView::new),
         }
     }
 }
@@ -450,6 +454,7 @@ impl Listing for ManifestView {
             self.chunker.max_bytes >> 10,
             self.root
         );
+        text.push_str(&SignatureView::line(self.signature.as_ref()));
         let mut t =
             Table::new(["PATH", "SIZE", "MODE", "MTIME", "CHUNKS", "OBJECT", if wide { "MODIFIED" } else { "" }]);
         for f in &self.files {

@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::StoreError;
 
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The tables schema 5 added (the lifecycle): in the schema, and in the step that brings a
 /// schema 4 database up to it.
@@ -31,6 +31,22 @@ CREATE TABLE IF NOT EXISTS serving (
 CREATE TABLE IF NOT EXISTS retired (
     dataset TEXT PRIMARY KEY,
     last_version INTEGER NOT NULL
+);"
+    };
+}
+
+/// The table schema 6 added (signed versions): in the schema, and in the step that brings a
+/// schema 5 database up to it.
+macro_rules! signature_tables {
+    () => {
+        "
+CREATE TABLE IF NOT EXISTS version_signatures (
+    dataset TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    key_id TEXT NOT NULL,
+    signed_ms INTEGER NOT NULL,
+    signature BLOB NOT NULL,
+    PRIMARY KEY (dataset, version)
 );"
     };
 }
@@ -111,7 +127,8 @@ CREATE TABLE IF NOT EXISTS skipped_objects (
     FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
 );
 ",
-    lifecycle_tables!()
+    lifecycle_tables!(),
+    signature_tables!()
 );
 
 /// Steps that bring a database of schema version `from` to `from + 1`, in order. Each runs
@@ -158,6 +175,9 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
             lifecycle_tables!()
         ),
     ),
+    // Version 5 signed nothing. Version 6 keeps each version's signature by the hub's signing
+    // key; the versions of before are signed when the hub starts (`crate::signing`).
+    (5, signature_tables!()),
 ];
 
 /// Creates the tables a new database lacks and brings an older one to [`SCHEMA_VERSION`],
