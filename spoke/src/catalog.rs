@@ -477,6 +477,45 @@ mod tests {
         }
     }
 
+    /// A manifest read back from the catalog's own disk is checked like one from the hub: a
+    /// copy unsigned, or signed by a key the spoke does not trust, is refused (never fetched
+    /// again in its place, never served), and a kept one is not handed out.
+    #[tokio::test]
+    async fn manifests_on_disk_are_verified_before_they_are_used() {
+        use aqueduct_core::signing::SigningKey;
+        let file = FileEntry {
+            path: "model".into(),
+            object: "model".into(),
+            size: 3,
+            mode: 0o644,
+            mtime_unix_ms: 0,
+            chunks: vec![ChunkRef { digest: Digest::of(b"abc"), offset: 0, length: 3 }],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        let catalog =
+            Catalog::open(&dir.path().join("catalog"), SpokeClient::new(channel), crate::trust::testing::trust())
+                .unwrap();
+        let stranger = SigningKey::generate().unwrap();
+        for (version, sign) in [(1, None), (2, Some(&stranger)), (3, Some(crate::trust::testing::key()))] {
+            let mut m = Manifest::new("m".into(), version, ChunkerParams::DEFAULT, vec![file.clone()]).unwrap();
+            if let Some(key) = sign {
+                key.sign_manifest(&mut m, 1);
+            }
+            let path = dir.path().join(format!("catalog/manifests/m/{version}.pb"));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, pb::Manifest::from(&m).encode_to_vec()).unwrap();
+            let a = pb::Assignment { dataset: "m".into(), version, root: m.root.0.to_vec(), ..Default::default() };
+            let got = catalog.manifest(&a).await;
+            match version {
+                1 => assert!(matches!(got, Err(CatalogError::Untrusted(VerifyError::Unsigned { .. }))), "{got:?}"),
+                2 => assert!(matches!(got, Err(CatalogError::Untrusted(VerifyError::UnknownKey { .. }))), "{got:?}"),
+                _ => assert_eq!(*got.unwrap(), m),
+            }
+            assert_eq!(catalog.kept_manifest("m", version).is_some(), version == 3);
+        }
+    }
+
     #[tokio::test]
     async fn a_dataset_name_from_the_hub_never_becomes_a_path_outside_the_catalog() {
         let dir = tempfile::tempdir().unwrap();

@@ -588,7 +588,7 @@ async fn run(cli: Cli) -> Result<()> {
             })?;
             println!("region {name} added with a link budget of {rate}");
             println!(
-                "credentials for its spokes written to {} (hub: {}); keep key.pem private",
+                "credentials for its spokes written to {} (hub: {}; signing.pub: the hub's signing keys); keep key.pem private",
                 out.display(),
                 hub.url
             );

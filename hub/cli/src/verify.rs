@@ -36,6 +36,16 @@ impl SignatureView {
         }
     }
 
+    /// A signature as the hub sends it with a version's summary.
+    pub fn from_wire(s: &aqueduct_proto::hub::v1::VersionSignature) -> Self {
+        SignatureView {
+            key_id: s.key_id.clone(),
+            signed: rfc3339(s.signed_unix_ms),
+            signed_unix_ms: s.signed_unix_ms,
+            signature: hex(&s.signature),
+        }
+    }
+
     /// The line `aq manifest` prints under the root.
     pub fn line(view: Option<&SignatureView>) -> String {
         match view {

@@ -166,6 +166,8 @@ pub struct VersionView {
     pub retained_by: Vec<String>,
     pub created: Option<String>,
     pub created_unix_ms: i64,
+    /// Who signed it and when (null: not signed).
+    pub signature: Option<SignatureView>,
 }
 
 #[derive(Serialize)]
@@ -197,6 +199,7 @@ impl VersionView {
             retained_by: v.retained_by,
             created: rfc3339(v.created_unix_ms),
             created_unix_ms: v.created_unix_ms,
+            signature: v.signature.as_ref().map(SignatureView::from_wire),
         }
     }
 }
@@ -232,6 +235,7 @@ impl Listing for Versions {
             "TAGS",
             "RETAINED BY",
             "CREATED",
+            "SIGNED BY",
         ]);
         for v in &self.versions {
             if wide {
@@ -247,6 +251,7 @@ impl Listing for Versions {
                     or_dash(v.tags.join(",")),
                     or_dash(v.retained_by.join("; ")),
                     v.created.clone().unwrap_or_default(),
+                    or_dash(v.signature.as_ref().map(|s| s.key_id.clone()).unwrap_or_default()),
                 ]);
             } else {
                 t.row([
