@@ -1,8 +1,8 @@
 //! Signed manifests end to end, over real mutual TLS: a version changed in the hub's database
 //! (its entries, root and all, or its signature replaced by one of an unknown key) is refused
 //! by the spoke, which fetches and serves nothing of it; the hub's signing key rotates with
-//! spokes trusting both keys; `aq manifest` shows the signer and `aq verify` checks mounted
-//! files offline.
+//! spokes trusting both keys; `aq manifest` shows the signer, `aq verify` checks mounted
+//! files offline, and a sidecar that trusts another key mounts nothing.
 
 use std::path::Path;
 use std::time::Duration;
@@ -260,6 +260,20 @@ async fn aq_manifest_shows_the_signer_and_aq_verify_checks_mounted_files() {
     let out = aq(&w, &["verify", "--manifest", &manifest_arg, "--trust", &stranger, &mounted[0]]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not trust"), "{:?}", out);
+    // A sidecar that trusts another key shows nothing of the version its spoke serves.
+    let refused = w.root.join("refused");
+    std::fs::create_dir_all(&refused).unwrap();
+    let out = std::process::Command::new(bin("aqueduct-fuse"))
+        .args(["mount", "llama@v1"])
+        .arg(&refused)
+        .arg("--socket")
+        .arg(socket_of(&eu))
+        .args(["--signing-key", &stranger])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("does not trust"), "{err}");
+    assert!(!aqueduct_testkit::is_mounted(&refused) && std::fs::read_dir(&refused).unwrap().count() == 0);
     let mut local = local;
     local.unmount(aqueduct_proto::spoke::v1::UnmountRequest { mountpoint: mnt.display().to_string() }).await.unwrap();
 }
