@@ -2,9 +2,9 @@
 //! tree through rustls) over the message `aqueduct_proto::domain::signature::signed_message`
 //! defines.
 //!
-//! A [`SigningKey`] lives in its own file (`signing/KEYID.key` under the hub's data directory,
-//! mode 0600, apart from the TLS keys), in a versioned text format: comment lines, then
-//! `aqueduct-signing-key-v1 HEX` (the key's PKCS#8 document). Its [`PublicKey`] is written as
+//! A [`SigningKey`] lives in its own file (`signing/hub.key` or `signing/KEYID.key` under the
+//! hub's data directory, mode 0600, apart from the TLS keys), in a versioned text format:
+//! comment lines, then `aqueduct-signing-key-v1 HEX` (the key's PKCS#8 document). Its [`PublicKey`] is written as
 //! `ed25519:HEX` (64 hex digits), the form configs, key files and `aq verify --trust` take. A
 //! [`TrustedKeys`] set (the spoke's `[trust]`, a sidecar's `--trust`) verifies a manifest:
 //! signed, by a key it trusts, over the root its entries hash to. Several keys may be trusted
@@ -50,7 +50,7 @@ pub enum SigningError {
     #[error("signing key file {path} is not valid: {source}")]
     Format { path: PathBuf, source: KeyFormatError },
     #[error(
-        "signing key file {path} may be read by others (mode {mode:o}): it is a secret; `chmod 600 {}` and check who read it",
+        "signing key file {path} may be read by every user (mode {mode:o}): it is a secret; `chmod 600 {}` and check who read it",
         path.display()
     )]
     Exposed { path: PathBuf, mode: u32 },
@@ -202,11 +202,12 @@ impl SigningKey {
         )
     }
 
-    /// Reads the key file at `path`; refuses one that others may read.
+    /// Reads the key file at `path`; refuses one that every user may read or write (group
+    /// bits are let be: Kubernetes' fsGroup adds them to every file of a volume).
     pub fn load(path: &Path) -> Result<Self, SigningError> {
         let read = |source| SigningError::Read { path: path.to_owned(), source };
         let mode = std::fs::metadata(path).map_err(read)?.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
+        if mode & 0o007 != 0 {
             return Err(SigningError::Exposed { path: path.to_owned(), mode });
         }
         let text = std::fs::read_to_string(path).map_err(read)?;
