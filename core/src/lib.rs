@@ -8,7 +8,8 @@
 //! a node's local APIs. The rest serves the binaries' edges:
 //! [`budget`] (a link's bytes per second), [`schedule`] (a budget over the week), [`identity`] (who a certificate names), [`server`]
 //! (the TLS accept path, tonic's settings, per-key turns), [`metrics`] (the Prometheus
-//! endpoint), [`health`] (liveness, readiness, the gRPC health service) and [`edge`] (logging and signals). Each module that needs more than the standard
+//! endpoint), [`health`] (liveness, readiness, the gRPC health service), [`signing`] (the hub's signing
+//! keys, the spokes' trust in them) and [`edge`] (logging and signals). Each module that needs more than the standard
 //! library sits behind a feature of its name, so that a crate takes only what it uses.
 
 #[cfg(feature = "budget")]
@@ -29,6 +30,8 @@ pub mod revocation;
 pub mod schedule;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "signing")]
+pub mod signing;
 #[cfg(feature = "singleflight")]
 pub mod singleflight;
 pub mod socket;

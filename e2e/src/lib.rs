@@ -238,10 +238,10 @@ impl World {
     pub async fn region(&mut self, name: &str, rate: u64) -> PathBuf {
         let ca = self.hub.add_region(name, rate).await;
         let token = self.hub.enrol_token(name, 1, Duration::from_secs(3600)).await;
+        let keys = self.hub.signing_keys();
+        let given = aqueduct_spoke::Enrolment { ca_pem: &ca, signing_keys: &keys, token: &token };
         let (dir, node) = (self.root.join(format!("spoke-{name}")), format!("{name}-1"));
-        holders::with_holder_binary(
-            aqueduct_spoke::write_enrol_config(&dir, &self.hub_url, &node, &ca, &token).unwrap(),
-        )
+        holders::with_holder_binary(aqueduct_spoke::write_enrol_config(&dir, &self.hub_url, &node, &given).unwrap())
     }
 
     /// Adds a region and writes configs for `nodes` spokes of it (`NAME-1`, ..., each in
@@ -250,11 +250,13 @@ impl World {
         let ca = self.hub.add_region(name, rate).await;
         // One token for the region's nodes, as a DaemonSet's Secret holds.
         let token = self.hub.enrol_token(name, nodes as u32, Duration::from_secs(3600)).await;
+        let keys = self.hub.signing_keys();
+        let given = aqueduct_spoke::Enrolment { ca_pem: &ca, signing_keys: &keys, token: &token };
         (1..=nodes)
             .map(|i| {
                 let dir = self.root.join(format!("spoke-{name}-{i}"));
                 let node = format!("{name}-{i}");
-                let config = aqueduct_spoke::write_enrol_config(&dir, &self.hub_url, &node, &ca, &token).unwrap();
+                let config = aqueduct_spoke::write_enrol_config(&dir, &self.hub_url, &node, &given).unwrap();
                 let mut text = std::fs::read_to_string(&config).unwrap();
                 text.push_str("[peer]\nlisten = \"127.0.0.1:0\"\n");
                 std::fs::write(&config, text).unwrap();
@@ -269,13 +271,15 @@ impl World {
     pub async fn region_in(&mut self, net: &netns::RegionNet, rate: u64) -> Vec<PathBuf> {
         let ca = self.hub.add_region(&net.name, rate).await;
         let token = self.hub.enrol_token(&net.name, net.nodes.len() as u32, Duration::from_secs(3600)).await;
+        let keys = self.hub.signing_keys();
+        let given = aqueduct_spoke::Enrolment { ca_pem: &ca, signing_keys: &keys, token: &token };
         let port = self.hub_url.rsplit(':').next().unwrap().to_string();
         let hub = format!("https://{}:{port}", net.hub_ip);
         net.nodes
             .iter()
             .map(|node| {
                 let dir = self.root.join(format!("spoke-{}", node.name));
-                let config = aqueduct_spoke::write_enrol_config(&dir, &hub, &node.name, &ca, &token).unwrap();
+                let config = aqueduct_spoke::write_enrol_config(&dir, &hub, &node.name, &given).unwrap();
                 let mut text = std::fs::read_to_string(&config).unwrap();
                 text.push_str(&format!("[peer]\nlisten = \"{}:7444\"\n", node.ip));
                 std::fs::write(&config, text).unwrap();

@@ -76,6 +76,15 @@ fn config_map_file(manifest: &str, key: &str) -> String {
         .join("\n")
 }
 
+/// A rendered spoke.toml whose trusted keys are read from the credentials Secret's
+/// signing.pub, read from a file of `dir` instead (the Secret is not mounted here).
+fn with_trust(dir: &Path, toml: String) -> String {
+    let keys = dir.join("signing.pub");
+    std::fs::write(&keys, format!("ed25519:{}\n", "33".repeat(32))).unwrap();
+    assert!(toml.contains("signing_keys_file = \"/etc/aqueduct/region/signing.pub\""), "{toml}");
+    toml.replace("/etc/aqueduct/region/signing.pub", &keys.display().to_string())
+}
+
 #[test]
 fn charts_lint_render_validate_and_refuse_bad_values() {
     let root = repo();
@@ -115,7 +124,7 @@ fn charts_lint_render_validate_and_refuse_bad_values() {
         let manifest = rendered(out.path(), "aqueduct-spoke", values, "configmap.yaml");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spoke.toml");
-        std::fs::write(&path, config_map_file(&manifest, "spoke.toml")).unwrap();
+        std::fs::write(&path, with_trust(dir.path(), config_map_file(&manifest, "spoke.toml"))).unwrap();
         let overrides =
             Overrides { node: Some("gpu-node-1".into()), advertise: Some(format!("10.0.3.17:{peer_port}")) };
         let config = SpokeConfig::load_with(&path, &overrides).unwrap_or_else(|e| panic!("{values}: {e}\n{manifest}"));
@@ -159,7 +168,8 @@ fn charts_lint_render_validate_and_refuse_bad_values() {
     assert!(region.contains("disk = \"1.5TiB\"") && region.contains("namespace = \"inference\""), "{region}");
     // [limits] as the values say, the rest the defaults.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("spoke.toml"), config_map_file(&region, "spoke.toml")).unwrap();
+    std::fs::write(dir.path().join("spoke.toml"), with_trust(dir.path(), config_map_file(&region, "spoke.toml")))
+        .unwrap();
     let overrides = Overrides { node: Some("n".into()), advertise: Some("10.0.3.17:17444".into()) };
     let limits = SpokeConfig::load_with(&dir.path().join("spoke.toml"), &overrides).unwrap().limits;
     assert_eq!(

@@ -258,8 +258,17 @@ async fn a_sidecar_mount_waits_while_its_spoke_is_dead_and_reads_on_when_it_retu
     w.wait_ready(1).await;
     local_client(&socket).await;
 
-    let sidecar_args =
-        [std::ffi::OsStr::new("mount"), "llama@v1".as_ref(), mnt.as_os_str(), "--socket".as_ref(), socket.as_os_str()];
+    // The sidecar trusts the hub's signing keys, as the region's bundle gives them.
+    let trust = config.parent().unwrap().join("signing.pub");
+    let sidecar_args = [
+        std::ffi::OsStr::new("mount"),
+        "llama@v1".as_ref(),
+        mnt.as_os_str(),
+        "--socket".as_ref(),
+        socket.as_os_str(),
+        "--trust".as_ref(),
+        trust.as_os_str(),
+    ];
     let sidecar_log = w.root.join("sidecar.log");
     cleanup.children.push(spawn_logged(&bin("aqueduct-fuse"), &sidecar_args, &sidecar_log));
     let started = Instant::now();

@@ -200,8 +200,13 @@ async fn the_spoke_is_ready_while_connected_to_the_hub_and_alive_throughout() {
     )
     .unwrap();
     let issued = ca.issue_node("eu", "eu-1", Duration::from_secs(3600)).unwrap();
-    let bundle =
-        pb::CredentialsBundle { ca_pem: ca.ca_pem().into(), cert_pem: issued.cert_pem, key_pem: issued.key_pem };
+    let signer = aqueduct_hub::signing::Signer::open(&hub.data.join("signing/hub.key")).unwrap();
+    let bundle = pb::CredentialsBundle {
+        ca_pem: ca.ca_pem().into(),
+        cert_pem: issued.cert_pem,
+        key_pem: issued.key_pem,
+        signing_keys: signer.published().iter().map(|k| k.to_string()).collect(),
+    };
     let config = aqueduct_spoke::write_node_config(&root.join("spoke"), &hub.url, "eu-1", &bundle).unwrap();
     let metrics = aqueduct_e2e::with_spoke_metrics(&config);
     let mut text = std::fs::read_to_string(&config).unwrap();

@@ -257,10 +257,12 @@ async fn hostile_clients_cannot_exhaust_the_hub() {
         )
         .unwrap();
         let issued = ca.issue_node(name, &format!("{name}-1"), Duration::from_secs(3600)).unwrap();
+        let signer = aqueduct_hub::signing::Signer::open(&data.join("signing/hub.key")).unwrap();
         let bundle = pb::CredentialsBundle {
             ca_pem: ca.ca_pem().to_string(),
             cert_pem: issued.cert_pem,
             key_pem: issued.key_pem,
+            signing_keys: signer.published().iter().map(|k| k.to_string()).collect(),
         };
         bundles.insert(name, bundle);
     }

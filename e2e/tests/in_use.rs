@@ -72,6 +72,8 @@ async fn cache_reports_name_the_mounts_and_sidecars_that_use_each_version() {
     let mut children = Children::default();
     let mut cmd = std::process::Command::new(bin("aqueduct-fuse"));
     cmd.args(["mount", "llama@v1"]).arg(&sidecar).arg("--socket").arg(&socket).env("HOSTNAME", "web-0");
+    // The sidecar trusts the hub's signing keys, as the region's bundle gives them.
+    cmd.arg("--trust").arg(config.parent().unwrap().join("signing.pub"));
     children.0.push(spawn_command(cmd, &w.root.join("sidecar.log")));
     let started = Instant::now();
     while !is_mounted(&sidecar) {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use aqueduct_core::signing::TrustedKeys;
 use aqueduct_fuse::fs::{ChunkCache, VersionFs};
 use aqueduct_fuse::holder::HolderConfig;
 use aqueduct_fuse::remote::RemoteSource;
@@ -51,6 +52,15 @@ enum Command {
         /// of the version shown).
         #[arg(long, default_value_t = 2)]
         follow_every_secs: u64,
+        /// A hub signing public key (`ed25519:HEX`, as `aqueduct-hub signing-key show` prints
+        /// it) that the mount trusts (repeatable). The mount shows no version whose manifest
+        /// is not signed by one of these keys or those of --trust.
+        #[arg(long = "signing-key", value_name = "KEY", env = "AQUEDUCT_SIGNING_KEYS", value_delimiter = ',')]
+        signing_keys: Vec<String>,
+        /// A file of trusted hub signing public keys, one per line (`#` comments): the hub's
+        /// `signing/hub.pub`, a region bundle's `signing.pub`.
+        #[arg(long, value_name = "FILE")]
+        trust: Option<PathBuf>,
     },
     /// Hold the node's FUSE mounts for its spoke: serve the holder API on SOCKET (the spoke
     /// mounts and unmounts through it), read chunks from the spoke's store and through its
@@ -97,8 +107,9 @@ fn main() {
 #[tokio::main]
 async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Mount { dataset, mountpoint, socket, cache_mib, follow_every_secs } => {
-            mount(dataset, mountpoint, socket, cache_mib, Duration::from_secs(follow_every_secs.max(1))).await
+        Command::Mount { dataset, mountpoint, socket, cache_mib, follow_every_secs, signing_keys, trust } => {
+            let trust = trusted_keys(&signing_keys, trust.as_deref())?;
+            mount(dataset, mountpoint, socket, cache_mib, Duration::from_secs(follow_every_secs.max(1)), trust).await
         }
         Command::Hold { socket, store, spoke_socket, cache_mib, follow_every_secs, whole_files } => {
             if let Err(missing) = aqueduct_fuse::mount::check_available() {
@@ -125,12 +136,33 @@ async fn run() -> anyhow::Result<()> {
     }
 }
 
+/// The keys of --signing-key and --trust; at least one.
+fn trusted_keys(keys: &[String], file: Option<&std::path::Path>) -> anyhow::Result<TrustedKeys> {
+    let mut trusted = Vec::new();
+    for k in keys.iter().filter(|k| !k.trim().is_empty()) {
+        trusted.push(k.parse::<aqueduct_core::signing::PublicKey>().with_context(|| format!("--signing-key {k}"))?);
+    }
+    if let Some(file) = file {
+        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read --trust {}", file.display()))?;
+        trusted.extend(
+            aqueduct_core::signing::parse_public_keys(&text).with_context(|| format!("--trust {}", file.display()))?,
+        );
+    }
+    if trusted.is_empty() {
+        bail!(
+            "no hub signing key is trusted: pass --signing-key ed25519:... or --trust FILE (`aqueduct-hub signing-key show` prints the hub's keys)"
+        );
+    }
+    Ok(TrustedKeys::new(trusted))
+}
+
 async fn mount(
     dataset: MountRef,
     mountpoint: PathBuf,
     socket: PathBuf,
     cache_mib: u64,
     follow_every: Duration,
+    trust: TrustedKeys,
 ) -> anyhow::Result<()> {
     if !mountpoint.is_dir() {
         bail!("mountpoint {} does not exist or is not a directory; create it first", mountpoint.display());
@@ -146,12 +178,16 @@ async fn mount(
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
         .unwrap_or_default();
     let user = format!("sidecar {host}:{}", mountpoint.display());
-    let manifest = aqueduct_fuse::remote::resolve(&mut client, &dataset.dataset, &dataset.follows, None, &user)
-        .await
-        .with_context(|| {
-            format!("cannot resolve {dataset} through the spoke at {} (is `aqueduct-spoke run` up?)", socket.display())
-        })?
-        .context("the spoke sent no manifest")?;
+    let manifest =
+        aqueduct_fuse::remote::resolve(&mut client, &dataset.dataset, &dataset.follows, None, &user, Some(&trust))
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot resolve {dataset} through the spoke at {} (is `aqueduct-spoke run` up?)",
+                    socket.display()
+                )
+            })?
+            .context("the spoke sent no manifest")?;
     let cache = ChunkCache::new(cache_mib << 20);
     let fs = {
         let client = client.clone();
@@ -170,8 +206,15 @@ async fn mount(
     println!("{}@v{shown} mounted at {}", dataset.dataset, mountpoint.display());
     // Also for a fixed version: each call renews the spoke's lease on the version shown.
     let follows = dataset.follows.clone();
-    let follower =
-        tokio::spawn(aqueduct_fuse::remote::follow(mounted.clone(), follows, user, client.clone(), follow_every, fs));
+    let follower = tokio::spawn(aqueduct_fuse::remote::follow(
+        mounted.clone(),
+        follows,
+        user,
+        Some(Arc::new(trust)),
+        client.clone(),
+        follow_every,
+        fs,
+    ));
     aqueduct_core::edge::interrupted().await;
     follower.abort();
     let m = mounted.clone();

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aqueduct_core::signing::TrustedKeys;
 use aqueduct_proto::selector::Follows;
 use aqueduct_proto::spoke::v1 as local;
 use aqueduct_proto::spoke::v1::local_client::LocalClient;
@@ -45,6 +46,9 @@ pub enum RemoteError {
     Spoke(tonic::Status),
     #[error("the spoke sent a damaged manifest: {0}")]
     Manifest(String),
+    /// The manifest's signature does not verify under the keys this mount trusts.
+    #[error("{0}")]
+    Untrusted(aqueduct_core::signing::VerifyError),
 }
 
 /// What to do after a failed call to the spoke.
@@ -95,13 +99,15 @@ impl Backoff {
 /// The manifest of the version `follows` means at the spoke now (a version, the active one,
 /// a tag's), or `None` if it is the one whose root is `known` (the one shown). `user` names a
 /// mount the spoke does not host (a sidecar's), for which the spoke counts the version in use
-/// (empty: none).
+/// (empty: none). With `trust` (a sidecar's), a manifest is refused unless its signature
+/// verifies under one of those keys; the holder passes none (its spoke checked).
 pub async fn resolve(
     client: &mut LocalClient<Channel>,
     dataset: &str,
     follows: &Follows,
     known: Option<Digest>,
     user: &str,
+    trust: Option<&TrustedKeys>,
 ) -> Result<Option<Manifest>, RemoteError> {
     let known_root = known.map(|d| d.0.to_vec()).unwrap_or_default();
     let (version, tag) = follows.to_wire();
@@ -111,7 +117,12 @@ pub async fn resolve(
         .await
         .map_err(RemoteError::Spoke)?
         .into_inner();
-    response.manifest.map(Manifest::try_from).transpose().map_err(|e| RemoteError::Manifest(e.to_string()))
+    let manifest =
+        response.manifest.map(Manifest::try_from).transpose().map_err(|e| RemoteError::Manifest(e.to_string()))?;
+    if let (Some(m), Some(trust)) = (&manifest, trust) {
+        trust.verify(m).map_err(RemoteError::Untrusted)?;
+    }
+    Ok(manifest)
 }
 
 /// Keeps `mounted` on the version `follows` names (the active version of its dataset, or a
@@ -124,6 +135,7 @@ pub async fn follow<S: ChunkSource + 'static>(
     mounted: Arc<Mounted<S>>,
     follows: Follows,
     user: String,
+    trust: Option<Arc<TrustedKeys>>,
     mut client: LocalClient<Channel>,
     every: Duration,
     fs: impl Fn(Manifest) -> VersionFs<S>,
@@ -133,7 +145,7 @@ pub async fn follow<S: ChunkSource + 'static>(
     loop {
         tokio::time::sleep(every).await;
         let shown = mounted.view().current().manifest().root;
-        match resolve(&mut client, &name, &follows, Some(shown), &user).await {
+        match resolve(&mut client, &name, &follows, Some(shown), &user, trust.as_deref()).await {
             Ok(None) => complained = false,
             Ok(Some(manifest)) => {
                 complained = false;

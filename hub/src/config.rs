@@ -41,6 +41,26 @@ pub struct HubConfig {
     /// What the hub gives the spokes that enrol (`[enrol]`).
     #[serde(default, skip_serializing_if = "EnrolConfig::is_default")]
     pub enrol: EnrolConfig,
+    /// The key that signs new versions (`[signing]`).
+    #[serde(default)]
+    pub signing: SigningConfig,
+}
+
+/// `[signing]`: which key signs the versions the hub cuts. Every `*.key` file beside it is
+/// published too (in region bundles and `aqueduct-hub signing-key show`), so that spokes can
+/// trust a new key before the hub signs with it.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SigningConfig {
+    /// The signing key's file (0600), relative to `data_dir`; `aqueduct-hub init` makes it,
+    /// `aqueduct-hub signing-key new` makes another.
+    pub key: PathBuf,
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        Self { key: "signing/hub.key".into() }
+    }
 }
 
 /// `[enrol]`: the certificates of the nodes that enrol (with a token) or renew.

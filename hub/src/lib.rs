@@ -32,6 +32,7 @@ pub mod pki;
 pub mod relay;
 pub mod rollout;
 mod setup;
+pub mod signing;
 pub mod snapshot;
 pub mod source;
 pub mod store;
@@ -77,6 +78,8 @@ pub enum HubError {
     RootKeyMissing { cert: PathBuf, key: PathBuf },
     #[error("--admin: {0}")]
     BadAdminName(String),
+    #[error("the hub's signing key (signing.key): {0}")]
+    Signing(#[from] aqueduct_core::signing::SigningError),
     #[error("the hub's TLS files (tls.cert, tls.key, tls.ca) are not usable: {0}")]
     Tls(#[from] aqueduct_core::server::TlsSetupError),
 }
@@ -145,6 +148,7 @@ fn hub_files(config: &HubConfig) -> source::HubFiles {
         config.data_dir.clone(),
         config.resolve(&config.tls.ca_key),
         config.resolve(&config.tls.key),
+        config.resolve(&config.signing.key),
     ])
 }
 
@@ -192,6 +196,13 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         aqueduct_core::server::ClientCerts::Optional,
         &live.revocations,
     )?;
+    let signer = Arc::new(signing::Signer::open_or_create(&config.resolve(&config.signing.key))?);
+    {
+        let (db, signer) = (db.clone(), signer.clone());
+        tokio::task::spawn_blocking(move || signing::sign_unsigned(db.as_ref(), &signer))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+    }
     let mut snapshot = SnapshotOptions::default();
     if let Some(p) = config.snapshot.parallelism {
         snapshot.parallelism = p;
@@ -223,6 +234,7 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         db.clone(),
         snapshot,
         authority.clone(),
+        signer.clone(),
         live.clone(),
         hub_files(&config),
     ))
@@ -236,10 +248,16 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
     let enrolment = EnrolServer::new(enrol::EnrolService { issuer: issuer.clone() })
         .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES);
     let relay_limits = relay::RelayLimits::new(&config.limits);
-    let spoke =
-        SpokeServer::new(relay::SpokeService::new(db.clone(), live.clone(), relay_limits, hub_files(&config), issuer))
-            .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES)
-            .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
+    let spoke = SpokeServer::new(relay::SpokeService::new(
+        db.clone(),
+        live.clone(),
+        relay_limits,
+        hub_files(&config),
+        issuer,
+        signer,
+    ))
+    .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES)
+    .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
     let addr = listener.local_addr().map_err(io_err("inspect", Path::new("listener")))?;
     info!(%addr, data_dir = %config.data_dir.display(), "hub serving");
     let incoming =

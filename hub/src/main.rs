@@ -1,4 +1,5 @@
-//! `aqueduct-hub`: create a hub (`init`) and run it (`serve`).
+//! `aqueduct-hub`: create a hub (`init`), run it (`serve`), and show or make its signing keys
+//! (`signing-key show|new`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -98,6 +99,9 @@ enum Command {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// The keys that sign versions: print the public ones, or make a new one (rotation).
+    #[command(subcommand)]
+    SigningKey(SigningKeyCommand),
 }
 
 #[derive(Subcommand)]
@@ -115,6 +119,25 @@ enum IssuerCommand {
         /// How long the new issuer is valid, in days.
         #[arg(long, default_value_t = aqueduct_hub::pki::ISSUER_DAYS)]
         days: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum SigningKeyCommand {
+    /// Print the public keys spokes should trust, as a trust file: the key that signs new
+    /// versions ([signing] key), then the other keys beside it.
+    Show {
+        /// Hub configuration file.
+        #[arg(long, env = "AQUEDUCT_HUB_CONFIG", default_value = "/var/lib/aqueduct-hub/hub.toml")]
+        config: PathBuf,
+    },
+    /// Make a new signing key beside the current one (DIR/KEYID.key, mode 0600) and say how to
+    /// switch to it. The hub keeps signing with the current key until hub.toml names the new
+    /// one; versions signed before keep their signatures.
+    New {
+        /// Hub configuration file.
+        #[arg(long, env = "AQUEDUCT_HUB_CONFIG", default_value = "/var/lib/aqueduct-hub/hub.toml")]
+        config: PathBuf,
     },
 }
 
@@ -138,6 +161,10 @@ async fn run() -> anyhow::Result<()> {
             println!("hub created in {}", data_dir.display());
             println!("  start it:   aqueduct-hub serve --config {}", out.config_path.display());
             println!("  use it:     export AQ_CONFIG={}", out.admin_config_path.display());
+            println!(
+                "  trust it:   {} holds the public key that signs versions: spokes trust it in [trust]",
+                data_dir.join("signing/hub.pub").display()
+            );
             println!("The admin bundle (admin/) holds the key to the hub's admin API: keep it private.");
             if let Some(root) = &out.root_key_path {
                 println!(
@@ -197,6 +224,22 @@ async fn run() -> anyhow::Result<()> {
             let config = aqueduct_hub::backup::restore(&from, &data_dir)?;
             println!("hub restored into {}", data_dir.display());
             println!("  start it:   aqueduct-hub serve --config {}", config.display());
+        }
+        Command::SigningKey(SigningKeyCommand::Show { config }) => {
+            let config = HubConfig::load(&config)?;
+            let signer = aqueduct_hub::signing::Signer::open(&config.resolve(&config.signing.key))?;
+            print!("{}", signer.trust_file());
+        }
+        Command::SigningKey(SigningKeyCommand::New { config: path }) => {
+            let config = HubConfig::load(&path)?;
+            let (new, key) = aqueduct_hub::signing::new_key_beside(&config.resolve(&config.signing.key))?;
+            println!("made signing key {} in {}", key.id(), new.display());
+            println!("  public key: {}", key.public());
+            println!("1. add it to every spoke's and sidecar's [trust] signing_keys (keep the current key there);");
+            println!("   `aqueduct-hub signing-key show` prints both; new region bundles carry both");
+            println!("2. set [signing] key = {:?} in {} and restart the hub:", new.display(), path.display());
+            println!("   new versions are signed with it, versions signed before keep their signatures");
+            println!("3. once no spoke serves a version signed by the old key, remove the old key from the spokes");
         }
     }
     Ok(())

@@ -36,6 +36,7 @@ use crate::live::budgets::budget_at;
 use crate::live::members::{Members, Proof};
 use crate::live::reads::{ChunkAt, ReadFailure};
 use crate::rollout::{NodeReport, RegionProgress, RolloutKey, VersionId, assignments_of};
+use crate::signing::{Signer, signature_for};
 use crate::snapshot::{blocking, now_unix_ms};
 use crate::source::{HubFiles, ReadLimits, Source, SourceSpec};
 use crate::store::{MetaStore, RolloutUpdate, StoreError};
@@ -110,6 +111,8 @@ pub struct SpokeService {
     hub_files: HubFiles,
     /// Renews nodes' certificates.
     issuer: Arc<Issuer>,
+    /// Signs a version served before it was signed (see [`crate::signing`]).
+    signer: Arc<Signer>,
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ChunkData, Status>> + Send>>;
@@ -148,6 +151,7 @@ impl SpokeService {
         limits: RelayLimits,
         hub_files: HubFiles,
         issuer: Arc<Issuer>,
+        signer: Arc<Signer>,
     ) -> Self {
         Self {
             db,
@@ -157,6 +161,7 @@ impl SpokeService {
             granted: Mutex::default(),
             hub_files,
             issuer,
+            signer,
         }
     }
 
@@ -364,7 +369,11 @@ impl pb::spoke_server::Spoke for SpokeService {
         let index = self.index(&VersionId::new(key.dataset, key.version)).await?;
         // Cut by a hub without the bound: refused with the reason, not sent to fail below.
         index.manifest.check_size().map_err(|e| Status::failed_precondition(e.to_string()))?;
-        Ok(Response::new(pb::Manifest::from(&index.manifest)))
+        let m = &index.manifest;
+        let signature = signature_for(&self.db, &self.signer, &m.dataset, m.version, m.root).await?;
+        let mut wire = pb::Manifest::from(m);
+        wire.signature = Some(pb::VersionSignature::from(&signature));
+        Ok(Response::new(wire))
     }
 
     type FetchChunksStream = ChunkStream;

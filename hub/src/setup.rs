@@ -6,12 +6,13 @@
 //! never reads it), the root's certificate (`pki/ca.pem`, the trust anchor), the issuing CA's
 //! key and certificate (`pki/issuer.*`, an intermediate the root signed); the hub's key and
 //! certificate; the admin bundle (the root's certificate, the admin key and certificate,
-//! `aq.toml`); the database; and `hub.toml` last, as the mark of a finished init. A directory
-//! that holds `hub.toml` is a hub: init refuses it. Without it, init completes what an
-//! interrupted run left: a root key already written is kept (never replaced: a certificate
-//! missing for it is made anew for the same key), an issuer already written is kept (the
-//! root's key is then not needed), the hub's and the admin's certificates are issued again from
-//! it, the database is opened as it is, and the temporary files of a write cut short are
+//! `aq.toml`); the signing key (kept if it is there, like the root's) and its public key; the
+//! database; and `hub.toml` last, as the mark of a finished init. A directory that holds
+//! `hub.toml` is a hub: init refuses it. Without it, init completes what an interrupted run
+//! left: a root key already written is kept (never replaced: a certificate missing for it is
+//! made anew for the same key), an issuer already written is kept (the root's key is then not
+//! needed), the hub's and the admin's certificates are issued again from it, the database is
+//! opened as it is, and the temporary files of a write cut short are
 //! removed.
 
 use std::net::SocketAddr;
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use aqueduct_core::durable;
 
-use crate::config::{HubConfig, LimitsConfig, SnapshotConfig, TlsConfig};
+use crate::config::{HubConfig, LimitsConfig, SigningConfig, SnapshotConfig, TlsConfig};
 use crate::pki::{self, Authority};
 use crate::store::TrustStore;
 use crate::store::sqlite::SqliteStore;
@@ -96,7 +97,8 @@ pub(crate) fn init_with(
         return Err(HubError::AlreadyInitialised { path: data_dir.to_owned(), what: "hub.toml".into() });
     }
     let (pki_dir, admin_dir) = (data_dir.join("pki"), data_dir.join("admin"));
-    for dir in [data_dir, &pki_dir, &admin_dir] {
+    let signing_dir = data_dir.join(SigningConfig::default().key).parent().map(Path::to_path_buf).unwrap_or_default();
+    for dir in [data_dir, &pki_dir, &admin_dir, &signing_dir] {
         durable::create_dir_all(dir).map_err(io_err("create", dir))?;
         durable::remove_temporaries(dir).map_err(io_err("clean", dir))?;
     }
@@ -147,6 +149,15 @@ pub(crate) fn init_with(
         wrote(&path)?;
     }
 
+    // The signing key, apart from the TLS keys (kept if an interrupted init wrote it), and its
+    // public key, which the spokes trust.
+    let signing_key = data_dir.join(SigningConfig::default().key);
+    let signer = crate::signing::Signer::open_or_create(&signing_key)?;
+    wrote(&signing_key)?;
+    let public = signing_key.with_extension("pub");
+    write(&public, &signer.trust_file(), false)?;
+    wrote(&public)?;
+
     let db = data_dir.join("hub.db");
     let store = SqliteStore::open(&db)?;
     let created_unix_ms = crate::snapshot::now_unix_ms();
@@ -168,6 +179,7 @@ pub(crate) fn init_with(
         metrics: None,
         limits: LimitsConfig::default(),
         enrol: Default::default(),
+        signing: SigningConfig::default(),
     };
     let text =
         format!("# Aqueduct hub configuration; see deploy/hub/hub.example.toml for every key.\n{}", config.to_toml());
@@ -254,7 +266,7 @@ mod tests {
     /// Every file of the directory but the database, by relative path.
     fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         let mut out = Vec::new();
-        for sub in ["", "keep-offline", "pki", "admin"] {
+        for sub in ["", "keep-offline", "pki", "admin", "signing"] {
             if !dir.join(sub).exists() {
                 continue;
             }
@@ -331,6 +343,8 @@ mod tests {
                 "admin/admin.key",
                 "admin/admin.pem",
                 "admin/aq.toml",
+                "signing/hub.key",
+                "signing/hub.pub",
                 "hub.db",
                 "hub.toml"
             ],
@@ -362,8 +376,11 @@ mod tests {
                 let after = files(&dir);
                 // The issuer is kept once whole (its key and certificate both written).
                 let issuer_whole = before.iter().any(|(p, _)| p == Path::new("pki/issuer.pem"));
-                let kept = ["keep-offline/root-ca.key", "pki/ca.pem", "pki/issuer.key", "pki/issuer.pem"];
-                for kept in kept.into_iter().take(if issuer_whole { 4 } else { 2 }) {
+                let mut kept = vec!["keep-offline/root-ca.key", "pki/ca.pem", "signing/hub.key"];
+                if issuer_whole {
+                    kept.extend(["pki/issuer.key", "pki/issuer.pem"]);
+                }
+                for kept in kept {
                     let was = before.iter().find(|(p, _)| p == Path::new(kept));
                     let now = after.iter().find(|(p, _)| p == Path::new(kept));
                     if let Some(was) = was {
@@ -463,6 +480,7 @@ mod tests {
             metrics: None,
             limits: LimitsConfig::default(),
             enrol: Default::default(),
+            signing: Default::default(),
         };
         let loaded = crate::load_authority(&config).unwrap();
         let issued = loaded.issue(&Identity::Hub, &["localhost".into()]).unwrap();

@@ -40,7 +40,7 @@ fn node_bundle(hub: &TestHub, uri: &str) -> pb::CredentialsBundle {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.subject_alt_names.push(SanType::URI(uri.try_into().unwrap()));
     let cert_pem = params.signed_by(&key, &issuer).unwrap().pem();
-    pb::CredentialsBundle { ca_pem, cert_pem, key_pem: key.serialize_pem() }
+    pb::CredentialsBundle { ca_pem, cert_pem, key_pem: key.serialize_pem(), signing_keys: Vec::new() }
 }
 
 /// TLS let the caller in: the handler answers (PERMISSION_DENIED: a node certificate names no

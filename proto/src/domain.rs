@@ -14,6 +14,7 @@ use std::str::FromStr;
 pub mod cut_over;
 pub mod modes;
 pub mod rollout;
+pub mod signature;
 pub mod tag;
 pub mod units;
 pub mod wire;
@@ -159,6 +160,9 @@ pub struct Manifest {
     /// Sorted by path, paths unique.
     pub files: Vec<FileEntry>,
     pub root: Digest,
+    /// The hub's signature over (dataset, version, root); `None` until the hub signed it.
+    /// Not covered by the root: it covers the root.
+    pub signature: Option<signature::VersionSignature>,
 }
 
 impl Manifest {
@@ -171,7 +175,7 @@ impl Manifest {
     ) -> Result<Self, ManifestError> {
         files.sort_by(|a, b| a.path.cmp(&b.path));
         let root = compute_root(chunker, &files);
-        let manifest = Self { dataset, version, chunker, files, root };
+        let manifest = Self { dataset, version, chunker, files, root, signature: None };
         manifest.validate()?;
         manifest.check_size()?;
         Ok(manifest)
@@ -328,6 +332,8 @@ pub enum ManifestError {
     ChunksDoNotTile { path: String, index: usize },
     #[error("manifest root mismatch: it says {expected} but its content hashes to {computed}")]
     RootMismatch { expected: Digest, computed: Digest },
+    #[error("the manifest's signature cannot be read: {0}")]
+    BadSignature(signature::SignatureError),
     #[error("manifest field {field} is missing")]
     Missing { field: &'static str },
     #[error(

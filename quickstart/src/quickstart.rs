@@ -112,7 +112,7 @@ async fn run_in(root: &Path, model_mib: usize, fuse: bool, shutdown: &Cancellati
                 ..Default::default()
             }),
         };
-        let ca = admin.add_region(req).await?.into_inner().ca_pem;
+        let added = admin.add_region(req).await?.into_inner();
         // The spoke enrols with a single-use token: it makes its key and gets its node's
         // certificate from the hub (`aq region token` makes one the same way).
         let token = pb::CreateEnrolTokenRequest { region: region.into(), ttl_seconds: 600, uses: 1 };
@@ -121,8 +121,7 @@ async fn run_in(root: &Path, model_mib: usize, fuse: bool, shutdown: &Cancellati
             &root.join(format!("spoke-{region}")),
             &conn.url,
             &format!("{region}-node-1"),
-            &ca,
-            &token,
+            &aqueduct_spoke::Enrolment { ca_pem: &added.ca_pem, signing_keys: &added.signing_keys, token: &token },
         )?;
         let mut config = aqueduct_spoke::SpokeConfig::load(&config)?;
         // The FUSE holder in the spoke's own process: the quickstart leaves no process behind.

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use aqueduct_core::durable;
+use aqueduct_core::signing::{TrustedKeys, VerifyError};
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
 use aqueduct_proto::selector::Follows;
@@ -18,7 +19,7 @@ use aqueduct_proto::{Manifest, ManifestError};
 use prost::Message;
 use tokio::sync::watch;
 use tonic::transport::Channel;
-use tracing::{debug, instrument};
+use tracing::{debug, instrument, warn};
 
 /// Layout version of `catalog/`.
 pub const CATALOG_FORMAT: u32 = 1;
@@ -53,6 +54,9 @@ pub enum CatalogError {
     Hub { dataset: String, version: u64, status: String },
     #[error("the manifest of {dataset}@v{version} does not verify: {source}")]
     Manifest { dataset: String, version: u64, source: ManifestError },
+    /// Its signature does not verify under the keys of `[trust]`: nothing of it is served.
+    #[error("{0}")]
+    Untrusted(VerifyError),
     #[error("the catalog at {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -62,11 +66,14 @@ pub struct Catalog {
     hub: SpokeClient<Channel>,
     assignments: watch::Sender<pb::Assignments>,
     manifests: Mutex<HashMap<(String, u64), Arc<Manifest>>>,
+    /// The hub signing keys a manifest must be signed by (`[trust]`).
+    trust: TrustedKeys,
 }
 
 impl Catalog {
-    /// Opens the catalog in `dir` (created if needed) with the last assignments it saw.
-    pub fn open(dir: &Path, hub: SpokeClient<Channel>) -> Result<Self, CatalogError> {
+    /// Opens the catalog in `dir` (created if needed) with the last assignments it saw; it
+    /// takes only manifests signed by a key of `trust`.
+    pub fn open(dir: &Path, hub: SpokeClient<Channel>, trust: TrustedKeys) -> Result<Self, CatalogError> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| CatalogError::Io { path, source }
@@ -99,7 +106,13 @@ impl Catalog {
             Ok(bytes) => pb::Assignments::decode(bytes.as_slice()).unwrap_or_default(),
             Err(_) => pb::Assignments::default(),
         };
-        Ok(Self { dir: dir.to_owned(), hub, assignments: watch::Sender::new(assignments), manifests: Mutex::default() })
+        Ok(Self {
+            dir: dir.to_owned(),
+            hub,
+            assignments: watch::Sender::new(assignments),
+            manifests: Mutex::default(),
+            trust,
+        })
     }
 
     /// Writes a file of the catalog atomically, through a temporary name of its own (two
@@ -160,6 +173,10 @@ impl Catalog {
         aqueduct_proto::validate_name("dataset", dataset).ok()?;
         let bytes = std::fs::read(self.manifest_path(dataset, version)).ok()?;
         let m = Manifest::try_from(pb::Manifest::decode(bytes.as_slice()).ok()?).ok()?;
+        if let Err(e) = self.trust.verify(&m) {
+            warn!(dataset, version, error = %e, "a kept manifest is refused");
+            return None;
+        }
         (m.dataset == dataset && m.version == version).then(|| Arc::new(m))
     }
 
@@ -201,7 +218,8 @@ impl Catalog {
     }
 
     /// The manifest of an assigned version: from memory, from disk, or from the hub (then
-    /// kept). Checked against the root the hub assigned.
+    /// kept). Checked against the root the hub assigned, and its signature against `[trust]`
+    /// (also a copy read back from disk), before anything of the version is fetched or served.
     #[instrument(skip_all, fields(dataset = %a.dataset, version = a.version))]
     pub async fn manifest(&self, a: &pb::Assignment) -> Result<Arc<Manifest>, CatalogError> {
         let key = (a.dataset.clone(), a.version);
@@ -217,8 +235,15 @@ impl Catalog {
         let path = self.manifest_path(&a.dataset, a.version);
         let bad = |source| CatalogError::Manifest { dataset: a.dataset.clone(), version: a.version, source };
         let from_disk = std::fs::read(&path).ok().and_then(|bytes| saved_manifest(&bytes, a));
+        let untrusted = |e: VerifyError| {
+            warn!(error = %e, "manifest refused: its signature does not verify");
+            CatalogError::Untrusted(e)
+        };
         let manifest = match from_disk {
-            Some(m) => m,
+            Some(m) => {
+                self.trust.verify(&m).map_err(untrusted)?;
+                m
+            }
             None => {
                 debug!("fetching the manifest from the hub");
                 let wire = self
@@ -251,6 +276,7 @@ impl Catalog {
                         ),
                     });
                 }
+                self.trust.verify(&manifest).map_err(untrusted)?;
                 durable::create_dir_all(path.parent().unwrap_or(&self.dir))
                     .and_then(|()| self.write(&path, &bytes))
                     .map_err(|source| CatalogError::Io { path: path.clone(), source })?;
@@ -451,11 +477,52 @@ mod tests {
         }
     }
 
+    /// A manifest read back from the catalog's own disk is checked like one from the hub: a
+    /// copy unsigned, or signed by a key the spoke does not trust, is refused (never fetched
+    /// again in its place, never served), and a kept one is not handed out.
+    #[tokio::test]
+    async fn manifests_on_disk_are_verified_before_they_are_used() {
+        use aqueduct_core::signing::SigningKey;
+        let file = FileEntry {
+            path: "model".into(),
+            object: "model".into(),
+            size: 3,
+            mode: 0o644,
+            mtime_unix_ms: 0,
+            chunks: vec![ChunkRef { digest: Digest::of(b"abc"), offset: 0, length: 3 }],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        let catalog =
+            Catalog::open(&dir.path().join("catalog"), SpokeClient::new(channel), crate::trust::testing::trust())
+                .unwrap();
+        let stranger = SigningKey::generate().unwrap();
+        for (version, sign) in [(1, None), (2, Some(&stranger)), (3, Some(crate::trust::testing::key()))] {
+            let mut m = Manifest::new("m".into(), version, ChunkerParams::DEFAULT, vec![file.clone()]).unwrap();
+            if let Some(key) = sign {
+                key.sign_manifest(&mut m, 1);
+            }
+            let path = dir.path().join(format!("catalog/manifests/m/{version}.pb"));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, pb::Manifest::from(&m).encode_to_vec()).unwrap();
+            let a = pb::Assignment { dataset: "m".into(), version, root: m.root.0.to_vec(), ..Default::default() };
+            let got = catalog.manifest(&a).await;
+            match version {
+                1 => assert!(matches!(got, Err(CatalogError::Untrusted(VerifyError::Unsigned { .. }))), "{got:?}"),
+                2 => assert!(matches!(got, Err(CatalogError::Untrusted(VerifyError::UnknownKey { .. }))), "{got:?}"),
+                _ => assert_eq!(*got.unwrap(), m),
+            }
+            assert_eq!(catalog.kept_manifest("m", version).is_some(), version == 3);
+        }
+    }
+
     #[tokio::test]
     async fn a_dataset_name_from_the_hub_never_becomes_a_path_outside_the_catalog() {
         let dir = tempfile::tempdir().unwrap();
         let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
-        let catalog = Catalog::open(&dir.path().join("catalog"), SpokeClient::new(channel)).unwrap();
+        let catalog =
+            Catalog::open(&dir.path().join("catalog"), SpokeClient::new(channel), crate::trust::testing::trust())
+                .unwrap();
         for name in ["../../escape", "/abs", "a/b", ""] {
             let err = catalog.manifest(&assignment(name, 1, true)).await.unwrap_err().to_string();
             assert!(err.contains("not valid"), "{name:?}: {err}");

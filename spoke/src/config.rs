@@ -14,6 +14,7 @@ use crate::cache::CacheConfig;
 use crate::csi::CsiConfig;
 use crate::limits::LimitsConfig;
 use crate::operator::OperatorConfig;
+use crate::trust::TrustConfig;
 
 /// A config that cannot be read or used.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +77,9 @@ pub struct SpokeConfig {
     /// What the spoke's servers take on at once.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The hub signing keys it trusts (`[trust]`): required.
+    #[serde(default)]
+    pub trust: TrustConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -223,6 +227,7 @@ impl SpokeConfig {
             ));
         }
         let dir = path.parent().unwrap_or(Path::new("."));
+        config.trust.resolve(dir).map_err(invalid)?;
         let token_file = config.enrol.as_mut().map(|e| &mut e.token_file);
         let paths = [
             Some(&mut config.data_dir),
@@ -266,9 +271,9 @@ impl SpokeConfig {
 }
 
 /// Writes a node's credentials bundle into `dir` (`ca.pem`, `cert.pem`, `key.pem` with mode
-/// 0600) and a `spoke.toml` for that node that uses it, with its store in `dir/store`. Returns
-/// the config's path. For tests and scripted installs (a spoke enrols otherwise: see
-/// [`write_enrol_config`]).
+/// 0600, and the hub's signing keys, `signing.pub`) and a `spoke.toml` for that node that uses
+/// it, with its store in `dir/store`. Returns the config's path. For tests and scripted
+/// installs (a spoke enrols otherwise: see [`write_enrol_config`]).
 pub fn write_node_config(
     dir: &Path,
     hub: &str,
@@ -280,25 +285,37 @@ pub fn write_node_config(
     durable::write_file(&dir.join("ca.pem"), bundle.ca_pem.as_bytes(), PUBLIC)?;
     durable::write_file(&dir.join("cert.pem"), bundle.cert_pem.as_bytes(), PUBLIC)?;
     durable::write_file(&dir.join("key.pem"), bundle.key_pem.as_bytes(), SECRET)?;
+    let keys: String = bundle.signing_keys.iter().map(|k| format!("{k}\n")).collect();
+    durable::write_file(&dir.join("signing.pub"), keys.as_bytes(), PUBLIC)?;
     let config = dir.join("spoke.toml");
     let text = format!(
-        "hub = \"{hub}\"\nnode = \"{node}\"\ndata_dir = \"store\"\n[tls]\nca = \"ca.pem\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
+        "hub = \"{hub}\"\nnode = \"{node}\"\ndata_dir = \"store\"\n[tls]\nca = \"ca.pem\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n[trust]\nsigning_keys_file = \"signing.pub\"\n"
     );
     durable::write_file(&config, text.as_bytes(), PUBLIC)?;
     Ok(config)
 }
 
-/// Writes the hub's CA (`ca.pem`), an enrolment token (`token`, mode 0600) and a `spoke.toml`
-/// for node `node` that enrols with it, with its store in `dir/store`. Returns the config's
-/// path. For tests, the quickstart and scripted installs.
-pub fn write_enrol_config(dir: &Path, hub: &str, node: &str, ca_pem: &str, token: &str) -> std::io::Result<PathBuf> {
+/// What a spoke that enrols is given: the hub's CA and signing keys (as `aq region add --out`
+/// writes them) and a bootstrap token.
+pub struct Enrolment<'a> {
+    pub ca_pem: &'a str,
+    pub signing_keys: &'a [String],
+    pub token: &'a str,
+}
+
+/// Writes the hub's CA (`ca.pem`), its signing keys (`signing.pub`), an enrolment token
+/// (`token`, mode 0600) and a `spoke.toml` for node `node` that enrols with it, with its store
+/// in `dir/store`. Returns the config's path. For tests, the quickstart and scripted installs.
+pub fn write_enrol_config(dir: &Path, hub: &str, node: &str, given: &Enrolment<'_>) -> std::io::Result<PathBuf> {
     use aqueduct_core::durable::{self, PUBLIC, SECRET};
     durable::create_dir_all(dir)?;
-    durable::write_file(&dir.join("ca.pem"), ca_pem.as_bytes(), PUBLIC)?;
-    durable::write_file(&dir.join("token"), token.as_bytes(), SECRET)?;
+    durable::write_file(&dir.join("ca.pem"), given.ca_pem.as_bytes(), PUBLIC)?;
+    let keys: String = given.signing_keys.iter().map(|k| format!("{k}\n")).collect();
+    durable::write_file(&dir.join("signing.pub"), keys.as_bytes(), PUBLIC)?;
+    durable::write_file(&dir.join("token"), given.token.as_bytes(), SECRET)?;
     let config = dir.join("spoke.toml");
     let text = format!(
-        "hub = \"{hub}\"\nnode = \"{node}\"\ndata_dir = \"store\"\n[tls]\nca = \"ca.pem\"\n[enrol]\ntoken_file = \"token\"\n"
+        "hub = \"{hub}\"\nnode = \"{node}\"\ndata_dir = \"store\"\n[tls]\nca = \"ca.pem\"\n[enrol]\ntoken_file = \"token\"\n[trust]\nsigning_keys_file = \"signing.pub\"\n"
     );
     durable::write_file(&config, text.as_bytes(), PUBLIC)?;
     Ok(config)
@@ -312,6 +329,12 @@ mod tests {
     fn example_config_parses_and_errors_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spoke.toml");
+        std::fs::create_dir_all(dir.path().join("credentials")).unwrap();
+        std::fs::write(
+            dir.path().join("credentials/signing.pub"),
+            "# the hub's\ned25519:2222222222222222222222222222222222222222222222222222222222222222\n",
+        )
+        .unwrap();
         std::fs::write(&path, include_str!("../../deploy/spoke/spoke.example.toml")).unwrap();
         let config = SpokeConfig::load(&path).unwrap();
         assert_eq!(config.tls.ca, dir.path().join("credentials/ca.pem"));
@@ -358,13 +381,13 @@ mod tests {
         let err = SpokeConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("peer.advertise"), "{err}");
 
-        std::fs::write(&path, "hub = \"https://h:1\"\nnode = \"n\"\ndata_dir = \"d\"\nstreems = 3\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n").unwrap();
+        std::fs::write(&path, "hub = \"https://h:1\"\nnode = \"n\"\ndata_dir = \"d\"\nstreems = 3\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[trust]\nsigning_keys = [\"ed25519:1111111111111111111111111111111111111111111111111111111111111111\"]\n").unwrap();
         let err = SpokeConfig::load(&path).unwrap_err();
         assert!(err.to_string().contains("streems"), "{err}");
         // Without `socket`, the socket is in the data directory.
         std::fs::write(
             &path,
-            "hub = \"https://h:1\"\nnode = \"n\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+            "hub = \"https://h:1\"\nnode = \"n\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[trust]\nsigning_keys = [\"ed25519:1111111111111111111111111111111111111111111111111111111111111111\"]\n",
         )
         .unwrap();
         assert_eq!(SpokeConfig::load(&path).unwrap().socket, Some(dir.path().join("d/spoke.sock")));
@@ -373,17 +396,48 @@ mod tests {
         // A [csi] section with nothing in it: the socket is in the data directory too.
         std::fs::write(
             &path,
-            "hub = \"https://h:1\"\nnode = \"n\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[csi]\n",
+            "hub = \"https://h:1\"\nnode = \"n\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[trust]\nsigning_keys = [\"ed25519:1111111111111111111111111111111111111111111111111111111111111111\"]\n[csi]\n",
         )
         .unwrap();
         let csi = SpokeConfig::load(&path).unwrap().csi.unwrap();
         assert_eq!((csi.socket, csi.ready_timeout), (dir.path().join("d/csi.sock"), Duration::from_secs(90)));
         std::fs::write(
             &path,
-            "hub = \"http://h:1\"\nnode = \"n\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+            "hub = \"http://h:1\"\nnode = \"n\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[trust]\nsigning_keys = [\"ed25519:1111111111111111111111111111111111111111111111111111111111111111\"]\n",
         )
         .unwrap();
         assert!(SpokeConfig::load(&path).unwrap_err().to_string().contains("https://"));
+    }
+
+    /// A spoke trusts the keys of `[trust]`, from the config and a file; without any it does
+    /// not start, saying where to get the hub's key; a key that does not parse is named.
+    #[test]
+    fn trust_is_required_and_read_from_the_config_and_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spoke.toml");
+        let base =
+            "hub = \"https://h:1\"\nnode = \"n\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        std::fs::write(&path, base).unwrap();
+        let err = SpokeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("no hub signing key is trusted") && err.contains("signing-key show"), "{err}");
+        let (a, b) = (
+            aqueduct_core::signing::SigningKey::generate().unwrap(),
+            aqueduct_core::signing::SigningKey::generate().unwrap(),
+        );
+        std::fs::write(dir.path().join("keys.pub"), format!("# rotation\n{}\n", b.public())).unwrap();
+        std::fs::write(
+            &path,
+            format!("{base}[trust]\nsigning_keys = [\"{}\"]\nsigning_keys_file = \"keys.pub\"\n", a.public()),
+        )
+        .unwrap();
+        let ids = SpokeConfig::load(&path).unwrap().trust.keys.ids();
+        assert!(ids.contains(a.id().as_str()) && ids.contains(b.id().as_str()), "{ids}");
+        std::fs::write(&path, format!("{base}[trust]\nsigning_keys = [\"ed25519:00\"]\n")).unwrap();
+        let err = SpokeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("trust.signing_keys[0]"), "{err}");
+        std::fs::write(&path, format!("{base}[trust]\nsigning_keys_file = \"missing.pub\"\n")).unwrap();
+        let err = SpokeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("trust.signing_keys_file"), "{err}");
     }
 
     /// The spoke config inside the sidecar example's ConfigMap loads: memory-only, its socket
@@ -415,7 +469,7 @@ mod tests {
     fn overrides_replace_node_and_advertise() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spoke.toml");
-        let base = "hub = \"https://h:1\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        let base = "hub = \"https://h:1\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[trust]\nsigning_keys = [\"ed25519:1111111111111111111111111111111111111111111111111111111111111111\"]\n";
         let with_peer = format!("{base}[peer]\nlisten = \"0.0.0.0:7444\"\n");
         let overrides = |node: Option<&str>, advertise: Option<&str>| Overrides {
             node: node.map(Into::into),

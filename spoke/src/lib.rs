@@ -54,6 +54,7 @@ pub mod replicate;
 pub mod retry;
 pub mod store;
 pub mod tls;
+pub mod trust;
 
 use std::sync::Arc;
 
@@ -78,7 +79,7 @@ use crate::reader::ReadThrough;
 use crate::store::ChunkStore;
 
 // The crate's entry point takes its config: what `run` needs is found beside it.
-pub use crate::config::{Overrides, SpokeConfig, write_enrol_config, write_node_config};
+pub use crate::config::{Enrolment, Overrides, SpokeConfig, write_enrol_config, write_node_config};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpokeError {
@@ -132,6 +133,7 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     let catalog = Arc::new(Catalog::open(
         &config.data_dir.join("catalog"),
         hub.clone().max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES),
+        config.trust.keys.clone(),
     )?);
     // The revocation list the hub last sent (kept with the assignments): enforced by the peer
     // server from the start, before the hub is reached.

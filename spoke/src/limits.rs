@@ -88,8 +88,7 @@ mod tests {
     use crate::SpokeConfig;
     use proptest::prelude::*;
 
-    const BASE: &str =
-        "hub = \"https://h:1\"\nnode = \"n\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+    const BASE: &str = "hub = \"https://h:1\"\nnode = \"n\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[trust]\nsigning_keys = [\"ed25519:1111111111111111111111111111111111111111111111111111111111111111\"]\n";
 
     fn load(dir: &std::path::Path, limits: &str) -> Result<SpokeConfig, String> {
         let path = dir.join("spoke.toml");
@@ -101,6 +100,8 @@ mod tests {
     fn the_example_says_the_defaults_and_errors_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spoke.toml");
+        std::fs::create_dir_all(dir.path().join("credentials")).unwrap();
+        std::fs::write(dir.path().join("credentials/signing.pub"), format!("ed25519:{}\n", "22".repeat(32))).unwrap();
         std::fs::write(&path, include_str!("../../deploy/spoke/spoke.example.toml")).unwrap();
         assert_eq!(SpokeConfig::load(&path).unwrap().limits, LimitsConfig::default());
 

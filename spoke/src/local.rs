@@ -49,6 +49,7 @@ fn status(e: impl Into<LocalError>) -> Status {
             | CatalogError::TagNotAssigned { .. }
             | CatalogError::TagNotReady { .. } => Status::failed_precondition(e.to_string()),
             CatalogError::Hub { .. } => Status::unavailable(e.to_string()),
+            CatalogError::Untrusted(_) => Status::permission_denied(e.to_string()),
             CatalogError::Manifest { .. } | CatalogError::Io { .. } => Status::internal(e.to_string()),
         },
         LocalError::Mount(MountError::Holder(s)) => s,

@@ -16,6 +16,8 @@ socket = "spoke.sock"
 ca = "credentials/ca.pem"
 cert = "credentials/cert.pem"
 key = "credentials/key.pem"
+[trust]
+signing_keys = ["ed25519:1111111111111111111111111111111111111111111111111111111111111111"]
 [replication]
 streams = 4
 chunks_per_request = 8
@@ -101,6 +103,9 @@ const NAMES: &[&str] = &[
     "lease_name",
     "lease_namespace",
     "metrics",
+    "trust",
+    "signing_keys",
+    "signing_keys_file",
 ];
 
 fn parse(text: &str, overrides: &Overrides) -> Result<SpokeConfig, String> {

@@ -38,7 +38,9 @@ async fn a_spoke_enrols_once_and_keeps_its_key_on_the_node() {
     let ca = hub.add_region("eu", 1 << 30).await;
     let token = hub.enrol_token("eu", 1, Duration::from_secs(600)).await;
     let dir = tmp.path().join("spoke");
-    let path = aqueduct_spoke::write_enrol_config(&dir, &hub.url(), "eu-1", &ca, &token).unwrap();
+    let keys = hub.signing_keys();
+    let given = aqueduct_spoke::Enrolment { ca_pem: &ca, signing_keys: &keys, token: &token };
+    let path = aqueduct_spoke::write_enrol_config(&dir, &hub.url(), "eu-1", &given).unwrap();
 
     let stop = CancellationToken::new();
     let running = tokio::spawn(aqueduct_spoke::run(load(&path), stop.clone()));

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use aqueduct_core::budget::Budget;
 use aqueduct_core::identity::Identity;
+use aqueduct_core::signing::{SigningKey, TrustedKeys};
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
 use aqueduct_proto::spoke::v1 as local;
@@ -68,8 +69,15 @@ fn version(v: u64, generation: u64) -> (Manifest, Vec<Vec<u8>>) {
         FileEntry { path: path.into(), object: path.into(), size: offset, mode: 0o644, mtime_unix_ms: 0, chunks: refs }
     };
     let files = vec![entry("model", &[&shared, &family, &own]), entry("config", &[&config])];
-    let m = Manifest::new("m".into(), v, ChunkerParams::DEFAULT, files).unwrap();
+    let mut m = Manifest::new("m".into(), v, ChunkerParams::DEFAULT, files).unwrap();
+    signing_key().sign_manifest(&mut m, 1);
     (m, vec![shared, family, own, config])
+}
+
+/// The hub's signing key in these tests (the catalog trusts it only).
+fn signing_key() -> &'static SigningKey {
+    static KEY: std::sync::OnceLock<SigningKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| SigningKey::generate().unwrap())
 }
 
 fn model_bytes(chunks: &[Vec<u8>]) -> Vec<u8> {
@@ -102,7 +110,9 @@ async fn node(versions: &[(Manifest, Vec<Vec<u8>>)]) -> Node {
     let cache = Arc::new(TieredStore::open(&data, &CacheConfig::default()).unwrap());
     // No hub: everything is in the store and the catalog.
     let hub = SpokeClient::new(tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy());
-    let catalog = Arc::new(Catalog::open(&data.join("catalog"), hub.clone()).unwrap());
+    let catalog = Arc::new(
+        Catalog::open(&data.join("catalog"), hub.clone(), TrustedKeys::new([signing_key().public().clone()])).unwrap(),
+    );
     for (m, chunks) in versions {
         for c in chunks {
             cache.put(&Digest::of(c), c).unwrap();

@@ -15,6 +15,7 @@ fn an_unreachable_hub_is_retried_and_reported_once_per_interval() {
         ca_pem: ca.ca_pem().to_string(),
         cert_pem: region.cert_pem,
         key_pem: region.key_pem,
+        signing_keys: vec![aqueduct_core::signing::SigningKey::generate().unwrap().public().to_string()],
     };
     // A port nothing listens on: bind one, note it, close it.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

@@ -122,6 +122,13 @@ impl TestHub {
         added.unwrap_or_else(|e| panic!("adding region {name}: {e}")).into_inner().ca_pem
     }
 
+    /// The hub's signing public keys (`ed25519:HEX`), as spokes trust them.
+    pub fn signing_keys(&self) -> Vec<String> {
+        let signer = aqueduct_hub::signing::Signer::open(&self.config.resolve(&self.config.signing.key))
+            .expect("the hub's signing key");
+        signer.published().iter().map(|k| k.to_string()).collect()
+    }
+
     /// The credentials of node `node` of `region`, issued from the hub's CA as enrolment would
     /// (valid 30 days), for tests that are not about enrolment.
     pub fn node_bundle(&self, region: &str, node: &str) -> pb::CredentialsBundle {
@@ -178,7 +185,14 @@ impl NodeIssuer {
     fn bundle(&self, region: &str, node: &str, lifetime: std::time::Duration) -> pb::CredentialsBundle {
         let ca = aqueduct_hub::load_authority(&self.config).expect("the hub's issuing CA");
         let issued = ca.issue_node(region, node, lifetime).expect("a node certificate");
-        pb::CredentialsBundle { ca_pem: ca.ca_pem().to_string(), cert_pem: issued.cert_pem, key_pem: issued.key_pem }
+        let signer = aqueduct_hub::signing::Signer::open(&self.config.resolve(&self.config.signing.key))
+            .expect("the hub's signing key");
+        pb::CredentialsBundle {
+            ca_pem: ca.ca_pem().to_string(),
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem,
+            signing_keys: signer.published().iter().map(|k| k.to_string()).collect(),
+        }
     }
 
     async fn client(&self, region: &str, node: &str) -> SpokeClient<Channel> {

@@ -210,6 +210,16 @@ pub fn is_mounted(path: &std::path::Path) -> bool {
         .any(|l| l.split_whitespace().nth(1) == Some(path.to_str().unwrap_or_default()))
 }
 
+/// Sets an extended attribute of `path` (a `user.` one on a file of the test's directory).
+pub fn set_xattr(path: &std::path::Path, name: &str, value: &str) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let name = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: both strings are NUL-terminated and the value's length is passed.
+    let n = unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
 /// An extended attribute's value, `None` if the entry has none of that name.
 pub fn xattr(path: &std::path::Path, name: &str) -> Option<String> {
     use std::os::unix::ffi::OsStrExt;

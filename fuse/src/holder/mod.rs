@@ -182,7 +182,7 @@ impl Holder {
         }
         crate::mount::check_available().map_err(HolderError::NoFuse)?;
         let mut spoke = self.spoke.clone();
-        let manifest = crate::remote::resolve(&mut spoke, &spec.dataset, &spec.follows, None, "")
+        let manifest = crate::remote::resolve(&mut spoke, &spec.dataset, &spec.follows, None, "", None)
             .await?
             .ok_or_else(|| RemoteError::Manifest("the spoke sent no manifest".into()))?;
         let view = Arc::new(View::new(self.version_fs(manifest)));
@@ -202,7 +202,7 @@ impl Holder {
             let fs = move |m: Manifest| holder.version_fs(m);
             let (spoke, every) = (self.spoke.clone(), self.config.follow_every);
             // The spoke knows the holder's mounts (it asks for the list): no lease.
-            tokio::spawn(crate::remote::follow(mounted.clone(), follows.clone(), String::new(), spoke, every, fs))
+            tokio::spawn(crate::remote::follow(mounted.clone(), follows.clone(), String::new(), None, spoke, every, fs))
         });
         let entry = Entry { dataset: spec.dataset, follows, mounted, follower, mounted_unix_ms: now_unix_ms() };
         let info = entry.info(&path);

@@ -30,6 +30,7 @@ pub fn status(e: HolderError) -> Status {
         HolderError::NotMounted(_) => Status::not_found(message),
         HolderError::Spoke(RemoteError::Spoke(s)) => s,
         HolderError::Spoke(RemoteError::Socket { .. }) => Status::unavailable(message),
+        HolderError::Spoke(RemoteError::Untrusted(_)) => Status::permission_denied(message),
         HolderError::Spoke(RemoteError::Manifest(_))
         | HolderError::Mount { .. }
         | HolderError::Unmount(UnmountError::Io(_))

@@ -1,7 +1,8 @@
 //! The parts of `aq`: finding and reaching the hub ([`connect`]), printing tables, sizes,
 //! progress and the output formats of listings ([`output`]), the listings themselves
 //! ([`views`], [`status`]), enrolment tokens ([`enrol`]), `aq status` as a command ([`watch`]), waiting for regions
-//! ([`wait`]), the trust commands (revocation, admins, audit: [`trust`]), exit codes ([`exit`]) and manual
+//! ([`wait`]), the trust commands (revocation, admins, audit: [`trust`]), checking mounted files
+//! offline ([`verify`]), exit codes ([`exit`]) and manual
 //! pages ([`manpages`]). `aq-quickstart`
 //! (the `aqueduct-quickstart` crate) talks to its hub with them. Like `aq`, they depend on the
 //! contract only.
@@ -14,6 +15,7 @@ pub mod manpages;
 pub mod output;
 pub mod status;
 pub mod trust;
+pub mod verify;
 pub mod views;
 pub mod wait;
 pub mod watch;

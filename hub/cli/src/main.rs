@@ -173,6 +173,21 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Check files of a mounted version offline: the manifest's root and the hub's signature
+    /// (with the hub's public key), then each file's extended attributes and bytes against the
+    /// signed manifest's chunk digests. Exits 1 if anything does not verify. Needs no hub.
+    Verify {
+        /// The version's manifest, as `aq manifest DATASET@vN --chunks -o json > FILE` wrote it.
+        #[arg(long, value_name = "FILE")]
+        manifest: PathBuf,
+        /// A hub signing public key (`ed25519:HEX`) or a file of them (`aqueduct-hub
+        /// signing-key show`, the hub's signing/hub.pub, a region bundle's signing.pub);
+        /// repeatable.
+        #[arg(long = "trust", value_name = "KEY|FILE", required = true)]
+        keys: Vec<String>,
+        /// Files on an Aqueduct mount of that version.
+        files: Vec<PathBuf>,
+    },
     /// Write manual pages: aq.1 and one per subcommand (aq-source-add.1...).
     Man {
         /// Directory to write them into (created if missing), e.g. /usr/local/share/man/man1.
@@ -389,6 +404,29 @@ impl SourceAdd {
     }
 }
 
+/// `aq verify`: the manifest and its signature, then each file; exit 1 if anything fails.
+fn verify(manifest: &std::path::Path, keys: &[String], files: &[PathBuf]) -> Result<()> {
+    use aqueduct_cli::verify;
+    let trust = verify::trusted_keys(keys)?;
+    let m = verify::verified_manifest(manifest, &trust)?;
+    let signed = m.signature.as_ref().map(|s| s.key_id.to_string()).unwrap_or_default();
+    println!("{}@v{}: root {} verifies, signed by key {signed}", m.dataset, m.version, m.root);
+    let mut failed = 0;
+    for file in files {
+        match verify::check_file(&m, file) {
+            Ok(path) => println!("ok      {} ({path})", file.display()),
+            Err(why) => {
+                failed += 1;
+                println!("FAILED  {}: {why}", file.display());
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} file(s) do not verify against {}@v{}", files.len(), m.dataset, m.version);
+    }
+    Ok(())
+}
+
 /// Prints a listing on stdout in the format asked for.
 fn show<L: Listing>(listing: &L, output: &OutputArg) -> Result<()> {
     print!("{}", render(listing, output.output)?);
@@ -427,12 +465,13 @@ async fn run(cli: Cli) -> Result<()> {
             }
             return Ok(());
         }
+        Command::Verify { manifest, keys, files } => return verify(manifest, keys, files),
         _ => {}
     }
     let hub = cli.conn.resolve()?;
     let mut admin = hub.connect().await?;
     match cli.command {
-        Command::Quickstart { .. } | Command::Completions { .. } | Command::Man { .. } => {
+        Command::Quickstart { .. } | Command::Completions { .. } | Command::Man { .. } | Command::Verify { .. } => {
             unreachable!("handled above")
         }
         Command::Source(SourceCommand::Add(add)) => {
@@ -578,11 +617,17 @@ async fn run(cli: Cli) -> Result<()> {
             let ca = out.join("ca.pem");
             aqueduct_core::durable::write_file(&ca, resp.ca_pem.as_bytes(), aqueduct_core::durable::PUBLIC)
                 .with_context(|| format!("region {name} was added, but {} could not be written", ca.display()))?;
+            // The hub's signing public keys, which the region's spokes trust.
+            let keys: String = resp.signing_keys.iter().map(|k| format!("{k}\n")).collect();
+            let signing = out.join("signing.pub");
+            aqueduct_core::durable::write_file(&signing, keys.as_bytes(), aqueduct_core::durable::PUBLIC)
+                .with_context(|| format!("region {name} was added, but {} could not be written", signing.display()))?;
             println!("region {name} added with a link budget of {rate}");
             println!(
-                "the hub's CA certificate (tls.ca of its spokes) written to {} (hub: {}); \
-                 its spokes enrol with a token: `aq region token {name}` (--uses N for N nodes)",
-                ca.display(),
+                "the hub's CA certificate (tls.ca of its spokes) and its signing keys (signing.pub: \
+                 [trust] signing_keys_file) written to {} (hub: {}); its spokes enrol with a token: \
+                 `aq region token {name}` (--uses N for N nodes)",
+                out.display(),
                 hub.url
             );
         }

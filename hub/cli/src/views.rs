@@ -17,6 +17,7 @@ use aqueduct_proto::{Digest, MANIFEST_FORMAT, Manifest, Rate};
 use serde::Serialize;
 
 use crate::output::{Listing, Table, age, bytes, rfc3339, until};
+use crate::verify::SignatureView;
 
 /// Lowercase hex of a digest the hub sent (empty when it is not 32 bytes).
 fn hex(digest: &[u8]) -> String {
@@ -168,6 +169,8 @@ pub struct VersionView {
     pub retained_by: Vec<String>,
     pub created: Option<String>,
     pub created_unix_ms: i64,
+    /// Who signed it and when (null: not signed).
+    pub signature: Option<SignatureView>,
 }
 
 #[derive(Serialize)]
@@ -199,6 +202,7 @@ impl VersionView {
             retained_by: v.retained_by,
             created: rfc3339(v.created_unix_ms),
             created_unix_ms: v.created_unix_ms,
+            signature: v.signature.as_ref().map(SignatureView::from_wire),
         }
     }
 }
@@ -234,6 +238,7 @@ impl Listing for Versions {
             "TAGS",
             "RETAINED BY",
             "CREATED",
+            "SIGNED BY",
         ]);
         for v in &self.versions {
             if wide {
@@ -249,6 +254,7 @@ impl Listing for Versions {
                     or_dash(v.tags.join(",")),
                     or_dash(v.retained_by.join("; ")),
                     v.created.clone().unwrap_or_default(),
+                    or_dash(v.signature.as_ref().map(|s| s.key_id.clone()).unwrap_or_default()),
                 ]);
             } else {
                 t.row([
@@ -391,6 +397,8 @@ pub struct ManifestView {
     pub files: Vec<FileView>,
     /// Objects under the prefix left out of the version, with why.
     pub skipped: Vec<SkippedView>,
+    /// Who signed the version and when (null: not signed).
+    pub signature: Option<SignatureView>,
 }
 
 #[derive(Serialize)]
@@ -459,6 +467,7 @@ impl ManifestView {
                 })
                 .collect(),
             skipped: skipped.into_iter().map(|s| SkippedView { key: s.key, reason: s.reason }).collect(),
+            signature: m.signature.as_ref().map(SignatureView::new),
         }
     }
 }
@@ -489,6 +498,7 @@ impl Listing for ManifestView {
             self.chunker.max_bytes >> 10,
             self.root
         );
+        text.push_str(&SignatureView::line(self.signature.as_ref()));
         let mut t =
             Table::new(["PATH", "SIZE", "MODE", "MTIME", "CHUNKS", "OBJECT", if wide { "MODIFIED" } else { "" }]);
         for f in &self.files {

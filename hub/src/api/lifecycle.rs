@@ -70,14 +70,19 @@ impl AdminService {
     pub(super) async fn list_versions_of(&self, dataset: String) -> Result<pb::ListVersionsResponse, Status> {
         let in_use = self.in_use().await?;
         let name = dataset.clone();
-        let (versions, tags, retention) =
-            blocking(&self.db, move |db| Ok((db.versions(&name)?, db.tags(Some(&name))?, db.retention(&in_use)?)))
-                .await?;
+        let (versions, tags, retention, signatures) = blocking(&self.db, move |db| {
+            let versions = db.versions(&name)?;
+            let signatures: Vec<_> =
+                versions.iter().map(|v| db.signature(&v.dataset, v.number)).collect::<Result<_, _>>()?;
+            Ok((versions, db.tags(Some(&name))?, db.retention(&in_use)?, signatures))
+        })
+        .await?;
         let versions = versions
             .into_iter()
-            .map(|v| {
+            .zip(signatures)
+            .map(|(v, signature)| {
                 let id = VersionId::new(v.dataset.clone(), v.number);
-                let mut summary = version_to_pb(v, false);
+                let mut summary = version_to_pb(v, false, signature.as_ref());
                 summary.tags = tags.iter().filter(|t| t.version == id.version).map(|t| t.name.clone()).collect();
                 summary.retained_by =
                     retention.get(&id).map(|r| r.iter().map(|r| r.to_string()).collect()).unwrap_or_default();

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use aqueduct_proto::domain::modes::OutsideLinks;
 use aqueduct_proto::hub::v1 as pb;
-use aqueduct_proto::{ReplicationMode, validate_name};
+use aqueduct_proto::{ReplicationMode, domain::signature::VersionSignature, validate_name};
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -37,6 +37,7 @@ use crate::pki::Authority;
 use crate::rollout::VersionId;
 use crate::rollout::cutover::CutOver;
 use crate::rollout::retention::DEFAULT_KEEP;
+use crate::signing::{self, Signer};
 use crate::snapshot::{self, Progress, SnapshotOptions, blocking, now_unix_ms};
 use crate::source::{HubFiles, SourceSpec};
 use crate::store::{DatasetRecord, MetaStore, RegionRecord, SourceRecord, StoreError, VersionRecord};
@@ -47,6 +48,8 @@ pub struct AdminService {
     db: Arc<dyn MetaStore>,
     /// The hub's CA (regions' spokes trust it).
     authority: Arc<Authority>,
+    /// Signs the versions it cuts; its public keys go into region bundles.
+    signer: Arc<Signer>,
     snapshot: SnapshotOptions,
     /// Rollout changes (to wake the spokes' watches), relayed bytes not yet written, members.
     live: Live,
@@ -61,10 +64,11 @@ impl AdminService {
         db: Arc<dyn MetaStore>,
         snapshot: SnapshotOptions,
         authority: Arc<Authority>,
+        signer: Arc<Signer>,
         live: Live,
         hub_files: HubFiles,
     ) -> Self {
-        Self { db, authority, snapshot, live, running: Arc::default(), hub_files }
+        Self { db, authority, signer, snapshot, live, running: Arc::default(), hub_files }
     }
 
     async fn dataset(&self, name: &str) -> Result<DatasetRecord, Status> {
@@ -100,7 +104,7 @@ fn outside_links(text: &str) -> Result<OutsideLinks, Status> {
     if text.is_empty() { Ok(OutsideLinks::default()) } else { text.parse().map_err(Status::invalid_argument) }
 }
 
-fn version_to_pb(v: VersionRecord, unchanged: bool) -> pb::VersionSummary {
+fn version_to_pb(v: VersionRecord, unchanged: bool, signature: Option<&VersionSignature>) -> pb::VersionSummary {
     pb::VersionSummary {
         dataset: v.dataset,
         version: v.number,
@@ -115,6 +119,7 @@ fn version_to_pb(v: VersionRecord, unchanged: bool) -> pb::VersionSummary {
         skipped: v.skipped.into_iter().map(|s| pb::SkippedObject { key: s.key, reason: s.reason }).collect(),
         tags: Vec::new(),
         retained_by: Vec::new(),
+        signature: signature.map(pb::VersionSignature::from),
     }
 }
 
@@ -266,7 +271,7 @@ impl pb::admin_server::Admin for AdminService {
 
         let (tx, rx) = mpsc::channel(16);
         let progress = Arc::new(Progress::default());
-        let (db, options) = (self.db.clone(), self.snapshot);
+        let (db, options, signer) = (self.db.clone(), self.snapshot, self.signer.clone());
         let span = Span::current();
         // The snapshot runs to its end even if the caller goes away: its result is kept.
         tokio::spawn(
@@ -291,9 +296,9 @@ impl pb::admin_server::Admin for AdminService {
                         }
                     }
                 };
-                let last = match result {
-                    Ok(outcome) => Ok(pb::SnapshotEvent {
-                        event: Some(pb::snapshot_event::Event::Done(version_to_pb(outcome.record, outcome.unchanged))),
+                let last = match signing::signed(&db, &signer, result).await {
+                    Ok((o, s)) => Ok(pb::SnapshotEvent {
+                        event: Some(pb::snapshot_event::Event::Done(version_to_pb(o.record, o.unchanged, Some(&s)))),
                     }),
                     Err(e) => {
                         warn!(error = %e, "snapshot failed");
@@ -336,8 +341,9 @@ impl pb::admin_server::Admin for AdminService {
                 req.dataset, req.dataset
             )),
         })?;
-        stored.manifest.check_size().map_err(|e| Status::failed_precondition(e.to_string()))?;
-        Ok(Response::new(pb::Manifest::from(&stored.manifest)))
+        let manifest = signing::signed_manifest(&self.db, &self.signer, stored.manifest).await?;
+        manifest.check_size().map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(pb::Manifest::from(&manifest)))
     }
     #[instrument(skip_all, fields(region))]
     async fn add_region(
@@ -358,6 +364,7 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::AddRegionResponse {
             region: Some(region_to_pb(record, Vec::new())),
             ca_pem: self.authority.ca_pem().to_string(),
+            signing_keys: self.signer.published().iter().map(|k| k.to_string()).collect(),
         }))
     }
 

@@ -165,6 +165,8 @@ impl AdminService {
                 ca_pem: self.authority.ca_pem().to_string(),
                 cert_pem: issued.cert_pem,
                 key_pem: issued.key_pem,
+                // An admin verifies versions with them (`aq verify`).
+                signing_keys: self.signer.published().iter().map(|k| k.to_string()).collect(),
             }),
         })
     }

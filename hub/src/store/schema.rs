@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::StoreError;
 
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// The tables schema 5 added (the lifecycle): in the schema, and in the step that brings a
 /// schema 4 database up to it.
@@ -47,6 +47,22 @@ CREATE TABLE IF NOT EXISTS enrol_tokens (
     uses INTEGER NOT NULL,
     uses_left INTEGER NOT NULL,
     created_ms INTEGER NOT NULL
+);"
+    };
+}
+
+/// The table schema 9 added (signed versions): in the schema, and in the step that brings a
+/// schema 8 database up to it.
+macro_rules! signature_tables {
+    () => {
+        "
+CREATE TABLE IF NOT EXISTS version_signatures (
+    dataset TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    key_id TEXT NOT NULL,
+    signed_ms INTEGER NOT NULL,
+    signature BLOB NOT NULL,
+    PRIMARY KEY (dataset, version)
 );"
     };
 }
@@ -161,7 +177,9 @@ CREATE TABLE IF NOT EXISTS skipped_objects (
     lifecycle_tables!(),
     enrol_tables!(),
     "\n",
-    trust_tables!()
+    trust_tables!(),
+    "\n",
+    signature_tables!()
 );
 
 /// Steps that bring a database of schema version `from` to `from + 1`, in order. Each runs
@@ -219,6 +237,9 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (6, enrol_tables!()),
     // Version 7 had one unnamed admin identity, no revocation and no audit log.
     (7, trust_tables!()),
+    // Version 8 signed nothing. Version 9 keeps each version's signature by the hub's signing
+    // key; the versions of before are signed when the hub starts (`crate::signing`).
+    (8, signature_tables!()),
 ];
 
 /// Creates the tables a new database lacks and brings an older one to [`SCHEMA_VERSION`],

@@ -250,8 +250,14 @@ impl MetaStore for SqliteStore {
             stamps.insert(path.clone(), SourceStamp { size, mtime_unix_ms, etag: r.get(5)? });
             files.push(FileEntry { path, object: r.get(1)?, size, mode: r.get(3)?, mtime_unix_ms, chunks });
         }
-        let manifest =
-            Manifest { dataset: dataset.to_string(), version: record.number, chunker, files, root: record.root };
+        let manifest = Manifest {
+            dataset: dataset.to_string(),
+            version: record.number,
+            chunker,
+            files,
+            root: record.root,
+            signature: None,
+        };
         manifest.validate().map_err(|e| StoreError::Corrupt(format!("{dataset}@v{}: {e}", record.number)))?;
         Ok(Some(StoredVersion { record, manifest, stamps }))
     }

@@ -109,6 +109,7 @@ impl From<&Manifest> for pb::Manifest {
                 })
                 .collect(),
             root: m.root.0.to_vec(),
+            signature: m.signature.as_ref().map(pb::VersionSignature::from),
         }
     }
 }
@@ -153,6 +154,12 @@ impl TryFrom<pb::Manifest> for Manifest {
             },
             files,
             root: digest(&m.root)?,
+            signature: m
+                .signature
+                .as_ref()
+                .map(super::signature::VersionSignature::try_from)
+                .transpose()
+                .map_err(ManifestError::BadSignature)?,
         };
         manifest.validate()?;
         manifest.check_size()?;
@@ -200,6 +207,13 @@ impl Manifest {
             + message(chunker)
             + files
             + bytes(Digest::LEN)
+            + self.signature.as_ref().map_or(0, |s| {
+                message(
+                    bytes(s.key_id.as_str().len())
+                        + scalar(s.signed_unix_ms as u64)
+                        + bytes(super::signature::SIGNATURE_LEN),
+                )
+            })
     }
 }
 
@@ -219,35 +233,47 @@ mod tests {
             any::<u32>(),
             any::<i64>(),
         );
-        (".{0,12}", any::<u64>(), proptest::collection::vec(file, 0..6)).prop_map(|(dataset, version, files)| {
-            let mut by_path = std::collections::BTreeMap::new();
-            for (parts, chunks, mode, mtime) in files {
-                let path = parts.join("/");
-                if super::super::validate_path(&path).is_err() {
-                    continue;
+        let signature = proptest::option::of(("[0-9a-f]{16}", any::<i64>(), any::<[u8; 32]>()));
+        (".{0,12}", any::<u64>(), proptest::collection::vec(file, 0..6), signature).prop_map(
+            |(dataset, version, files, signature)| {
+                let mut by_path = std::collections::BTreeMap::new();
+                for (parts, chunks, mode, mtime) in files {
+                    let path = parts.join("/");
+                    if super::super::validate_path(&path).is_err() {
+                        continue;
+                    }
+                    let mut offset = 0;
+                    let chunks: Vec<ChunkRef> = chunks
+                        .into_iter()
+                        .map(|(d, length)| {
+                            let c = ChunkRef { digest: Digest(d), offset, length };
+                            offset += u64::from(length);
+                            c
+                        })
+                        .collect();
+                    let object = format!("prefix/{path}");
+                    by_path.insert(
+                        path.clone(),
+                        FileEntry { path, object, size: offset, mode, mtime_unix_ms: mtime, chunks },
+                    );
                 }
-                let mut offset = 0;
-                let chunks: Vec<ChunkRef> = chunks
-                    .into_iter()
-                    .map(|(d, length)| {
-                        let c = ChunkRef { digest: Digest(d), offset, length };
-                        offset += u64::from(length);
-                        c
-                    })
+                // No file where another file's directory is.
+                let dirs: std::collections::HashSet<String> = by_path
+                    .keys()
+                    .flat_map(|p| p.match_indices('/').map(|(i, _)| p[..i].to_string()).collect::<Vec<_>>())
                     .collect();
-                let object = format!("prefix/{path}");
-                by_path
-                    .insert(path.clone(), FileEntry { path, object, size: offset, mode, mtime_unix_ms: mtime, chunks });
-            }
-            // No file where another file's directory is.
-            let dirs: std::collections::HashSet<String> = by_path
-                .keys()
-                .flat_map(|p| p.match_indices('/').map(|(i, _)| p[..i].to_string()).collect::<Vec<_>>())
-                .collect();
-            let files = by_path.into_values().filter(|f| !dirs.contains(&f.path)).collect();
-            let chunker = ChunkerParams { min_size: 1, avg_size: 1 << 20, max_size: crate::MAX_CHUNK_BYTES as u32 };
-            Manifest::new(dataset, version, chunker, files).expect("valid by construction")
-        })
+                let files = by_path.into_values().filter(|f| !dirs.contains(&f.path)).collect();
+                let chunker = ChunkerParams { min_size: 1, avg_size: 1 << 20, max_size: crate::MAX_CHUNK_BYTES as u32 };
+                let mut m = Manifest::new(dataset, version, chunker, files).expect("valid by construction");
+                m.signature =
+                    signature.map(|(key_id, signed_unix_ms, half)| super::super::signature::VersionSignature {
+                        key_id: key_id.parse().expect("16 hex digits"),
+                        signed_unix_ms,
+                        signature: [half, half].concat().try_into().expect("64 bytes"),
+                    });
+                m
+            },
+        )
     }
 
     /// One change to a manifest's wire form, as a corrupting link or a forger would make it.
@@ -351,7 +377,8 @@ mod tests {
             })
             .collect::<Option<Vec<_>>>()?;
         let chunker = ChunkerParams { min_size: c.min_size, avg_size: c.avg_size, max_size: c.max_size };
-        let unchecked = Manifest { dataset: String::new(), version: 0, chunker, files, root: Digest([0; 32]) };
+        let unchecked =
+            Manifest { dataset: String::new(), version: 0, chunker, files, root: Digest([0; 32]), signature: None };
         Some(unchecked.compute_root().0.to_vec())
     }
 
@@ -501,7 +528,13 @@ mod size_tests {
             ),
             version in any::<u64>(),
         ) {
-            let m = manifest(files, version);
+            let mut m = manifest(files, version);
+            prop_assert_eq!(m.wire_len(), pb::Manifest::from(&m).encoded_len());
+            m.signature = Some(super::super::signature::VersionSignature {
+                key_id: "00ff00ff00ff00ff".parse().expect("16 hex digits"),
+                signed_unix_ms: version as i64,
+                signature: [9; 64],
+            });
             prop_assert_eq!(m.wire_len(), pb::Manifest::from(&m).encoded_len());
         }
     }

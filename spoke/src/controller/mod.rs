@@ -535,7 +535,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Arc::new(TieredStore::open(dir.path(), &CacheConfig::default()).unwrap());
         let hub = SpokeClient::new(Endpoint::from_static("https://127.0.0.1:1").connect_lazy());
-        let catalog = Arc::new(Catalog::open(&dir.path().join("catalog"), hub).unwrap());
+        let catalog =
+            Arc::new(Catalog::open(&dir.path().join("catalog"), hub, crate::trust::testing::trust()).unwrap());
         // Two versions of one file of two chunks each, kept in the catalog as the hub sent them.
         let data = |v: u64, i: u64| {
             format!("{v}.{i}").into_bytes().into_iter().chain(std::iter::repeat(b' ')).take(100).collect::<Vec<u8>>()
@@ -552,7 +553,8 @@ mod tests {
                 mtime_unix_ms: 0,
                 chunks,
             };
-            let m = Manifest::new("m".into(), v, ChunkerParams::DEFAULT, vec![file]).unwrap();
+            let mut m = Manifest::new("m".into(), v, ChunkerParams::DEFAULT, vec![file]).unwrap();
+            crate::trust::testing::sign(&mut m);
             let path = dir.path().join(format!("catalog/manifests/m/{v}.pb"));
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, pb::Manifest::from(&m).encode_to_vec()).unwrap();

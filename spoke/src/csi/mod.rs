@@ -147,6 +147,7 @@ impl From<CsiError> for Status {
                 | CatalogError::TagNotAssigned { .. }
                 | CatalogError::TagNotReady { .. } => Status::failed_precondition(message),
                 CatalogError::Hub { .. } => Status::unavailable(message),
+                CatalogError::Untrusted(_) => Status::permission_denied(message),
                 CatalogError::Manifest { .. } | CatalogError::Io { .. } => Status::internal(message),
             },
             CsiError::TargetInUse { .. } => Status::already_exists(message),

@@ -520,7 +520,7 @@ mod tests {
 
     fn catalog(dir: &Path) -> Catalog {
         let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
-        Catalog::open(dir, SpokeClient::new(channel)).unwrap()
+        Catalog::open(dir, SpokeClient::new(channel), crate::trust::testing::trust()).unwrap()
     }
 
     fn assignments(list: &[(u64, bool)]) -> pb::Assignments {

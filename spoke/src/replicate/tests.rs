@@ -68,12 +68,14 @@ async fn spoke(me: &str, members: &[&str], mode: &str) -> Spoke {
         mtime_unix_ms: 0,
         chunks: refs.collect(),
     };
-    let manifest = Manifest::new("m".into(), 1, ChunkerParams::DEFAULT, vec![file]).unwrap();
+    let mut manifest = Manifest::new("m".into(), 1, ChunkerParams::DEFAULT, vec![file]).unwrap();
+    crate::trust::testing::sign(&mut manifest);
     let path = dir.path().join("catalog/manifests/m/1.pb");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, pb::Manifest::from(&manifest).encode_to_vec()).unwrap();
     let nowhere = SpokeClient::new(Endpoint::from_static("https://127.0.0.1:1").connect_lazy());
-    let catalog = Arc::new(Catalog::open(&dir.path().join("catalog"), nowhere).unwrap());
+    let catalog =
+        Arc::new(Catalog::open(&dir.path().join("catalog"), nowhere, crate::trust::testing::trust()).unwrap());
     let assignment = pb::Assignment {
         dataset: "m".into(),
         version: 1,
