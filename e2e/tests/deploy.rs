@@ -76,13 +76,13 @@ fn config_map_file(manifest: &str, key: &str) -> String {
         .join("\n")
 }
 
-/// A rendered spoke.toml whose trusted keys are read from the credentials Secret's
+/// A rendered spoke.toml whose trusted keys are read from the enrolment Secret's
 /// signing.pub, read from a file of `dir` instead (the Secret is not mounted here).
 fn with_trust(dir: &Path, toml: String) -> String {
     let keys = dir.join("signing.pub");
     std::fs::write(&keys, format!("ed25519:{}\n", "33".repeat(32))).unwrap();
-    assert!(toml.contains("signing_keys_file = \"/etc/aqueduct/region/signing.pub\""), "{toml}");
-    toml.replace("/etc/aqueduct/region/signing.pub", &keys.display().to_string())
+    assert!(toml.contains("signing_keys_file = \"/etc/aqueduct/enrol/signing.pub\""), "{toml}");
+    toml.replace("/etc/aqueduct/enrol/signing.pub", &keys.display().to_string())
 }
 
 #[test]

@@ -294,6 +294,10 @@ async fn a_source_changed_after_a_region_became_active_fails_only_where_it_is_in
         return;
     }
     let mut w = world(SourceKind::Dir).await;
+    // No relay cache: us must read the changed source, not the bytes eu's reads left in the
+    // hub's memory (those would be the version's, verified: us would be served them whole).
+    w.hub.config.limits.relay_cache = aqueduct_proto::Size(0);
+    w.hub.restart().await;
     let model = noise(8 << 20, 3);
     std::fs::write(w.data.join("model.safetensors"), &model).unwrap();
     std::fs::write(w.data.join("config.json"), b"{}").unwrap();

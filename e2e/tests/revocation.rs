@@ -3,8 +3,8 @@
 //! before the revocation and on new ones, within seconds; the spoke itself is served on.
 //!
 //! The revoked certificate names a node (`spiffe://aqueduct/region/eu/node/n9`), issued by the
-//! hub's CA for the test: spokes still share their region's certificate on this branch, and a
-//! node's entry must not touch it.
+//! hub's CA for the test; the region's spoke (`eu-1`) has a certificate of its own, which a
+//! node's entry must not touch.
 
 use std::time::{Duration, Instant};
 
@@ -15,16 +15,13 @@ use aqueduct_proto::spoke::v1::peer_client::PeerClient;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-/// A certificate for `uri`, issued by the hub's CA (its files in the hub's data directory).
-fn issue(config: &aqueduct_hub::config::HubConfig, uri: &str) -> (String, String) {
-    use rcgen::{CertificateParams, Issuer, KeyPair, SanType};
-    let ca_pem = std::fs::read_to_string(config.resolve(&config.tls.ca)).unwrap();
-    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(config.resolve(&config.tls.ca_key)).unwrap()).unwrap();
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.subject_alt_names.push(SanType::URI(uri.try_into().unwrap()));
-    (params.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
+/// The certificate and key of the node that `uri` (`spiffe://aqueduct/region/R/node/N`)
+/// names, issued by the hub's CA as enrolment would.
+fn issue(hub: &aqueduct_testkit::hub::TestHub, uri: &str) -> (String, String) {
+    let rest = uri.strip_prefix("spiffe://aqueduct/region/").expect("a node's URI");
+    let (region, node) = rest.split_once("/node/").expect("a node's URI");
+    let bundle = hub.node_bundle(region, node);
+    (bundle.cert_pem, bundle.key_pem)
 }
 
 /// A peer client of the spoke at `address` presenting `cert`; `Err` when TLS refuses it.
@@ -61,7 +58,7 @@ async fn a_revoked_node_is_refused_by_the_regions_peers_on_open_and_new_connecti
     let regions = w.admin.list_regions(pb::ListRegionsRequest {}).await.unwrap().into_inner().regions;
     let address = regions.iter().find(|r| r.name == "eu").unwrap().members[0].peer_address.clone();
     let ca = std::fs::read_to_string(w.hub.config.resolve(&w.hub.config.tls.ca)).unwrap();
-    let n9 = issue(&w.hub.config, "spiffe://aqueduct/region/eu/node/n9");
+    let n9 = issue(&w.hub, "spiffe://aqueduct/region/eu/node/n9");
 
     // Before the revocation, TLS lets n9 in (the handler answers).
     let mut open = peer(&address, &ca, &n9).await.expect("n9 connects before its revocation");
@@ -87,7 +84,7 @@ async fn a_revoked_node_is_refused_by_the_regions_peers_on_open_and_new_connecti
     };
     assert!(refused, "a revoked node's certificate was let in by a peer on a new connection");
     // Another node of the region is let in; the spoke (the region's certificate) is served on.
-    let n8 = issue(&w.hub.config, "spiffe://aqueduct/region/eu/node/n8");
+    let n8 = issue(&w.hub, "spiffe://aqueduct/region/eu/node/n8");
     let mut other = peer(&address, &ca, &n8).await.expect("n8 connects");
     assert!(reaches_handler(&mut other).await);
     w.wait_members("eu", 1).await;

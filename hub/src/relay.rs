@@ -11,6 +11,10 @@
 //! service applies (how reports fold into a region's row, which version a region serves, what
 //! a changed source fails) are [`crate::rollout`]'s; what it keeps in memory is
 //! [`crate::live`]'s.
+//!
+//! The file is some 620 lines long because it is the one `Spoke` service: its handlers share
+//! the grants, indexes and per-region limits kept here, and splitting them would spread that
+//! state over modules that reach into each other.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;

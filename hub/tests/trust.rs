@@ -28,19 +28,12 @@ async fn audit(admin: &mut AdminClient<Channel>) -> Vec<pb::AuditEntry> {
     admin.list_audit(pb::ListAuditRequest { since_unix_ms: 0, limit: 0 }).await.unwrap().into_inner().entries
 }
 
-/// A bundle whose certificate names `uri`, issued by the hub's CA (its files in the data
-/// directory), as enrolment will issue node certificates.
+/// The bundle of the node that `uri` (`spiffe://aqueduct/region/R/node/N`) names, issued by
+/// the hub's CA as enrolment would.
 fn node_bundle(hub: &TestHub, uri: &str) -> pb::CredentialsBundle {
-    use rcgen::{CertificateParams, Issuer, KeyPair, SanType};
-    let config = &hub.config;
-    let ca_pem = std::fs::read_to_string(config.resolve(&config.tls.ca)).unwrap();
-    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(config.resolve(&config.tls.ca_key)).unwrap()).unwrap();
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.subject_alt_names.push(SanType::URI(uri.try_into().unwrap()));
-    let cert_pem = params.signed_by(&key, &issuer).unwrap().pem();
-    pb::CredentialsBundle { ca_pem, cert_pem, key_pem: key.serialize_pem(), signing_keys: Vec::new() }
+    let rest = uri.strip_prefix("spiffe://aqueduct/region/").expect("a node's URI");
+    let (region, node) = rest.split_once("/node/").expect("a node's URI");
+    hub.node_bundle(region, node)
 }
 
 /// TLS let the caller in: the handler answers (PERMISSION_DENIED: a node certificate names no
@@ -258,6 +251,7 @@ async fn every_admin_call_leaves_one_audit_row() {
     let _ = a.remove_dataset(pb::RemoveRequest::default()).await;
     let _ = a.remove_region(pb::RemoveRequest::default()).await;
     let _ = a.remove_version(pb::RemoveVersionRequest::default()).await;
+    let _ = a.create_enrol_token(pb::CreateEnrolTokenRequest::default()).await;
     let _ = a.revoke(pb::RevokeRequest::default()).await;
     let _ = a.list_revocations(pb::ListRevocationsRequest::default()).await;
     let _ = a.add_admin(pb::AddAdminRequest::default()).await;
@@ -303,7 +297,7 @@ async fn every_admin_call_leaves_one_audit_row() {
         audit(&mut a)
             .await
             .iter()
-            .any(|r| r.admin == "region eu" && r.call == "ListRegions" && r.result == "PermissionDenied")
+            .any(|r| r.admin == "region eu, node n1" && r.call == "ListRegions" && r.result == "PermissionDenied")
     })
     .await;
 }

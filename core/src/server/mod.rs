@@ -28,6 +28,10 @@
 //! streams wait their turn for a bounded time ([`KeyedLimit::enter`]), then are refused with
 //! RESOURCE_EXHAUSTED, so that one key's callers cannot make the server hold more than its
 //! share, and the others are not held up by them.
+//!
+//! The file is some 620 lines long because the accept path (limits, handshakes, the open
+//! connections that a new revocation list closes) and the one place the rustls server
+//! configuration is built belong together: each change to one has touched the other.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;

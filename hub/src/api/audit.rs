@@ -244,6 +244,7 @@ pub const ADMIN_CALLS: &[&str] = &[
     "RemoveDataset",
     "RemoveRegion",
     "RemoveVersion",
+    "CreateEnrolToken",
     "Revoke",
     "ListRevocations",
     "AddAdmin",
@@ -281,7 +282,11 @@ pub fn summarize(call: &str, message: &[u8]) -> String {
                 let r = decode::<pb::AddRegionRequest>(message)?.region.unwrap_or_default();
                 fields!(r, name, rate_bytes_per_sec)
             }
-            "UpdateRegion" => fields!(decode::<pb::UpdateRegionRequest>(message)?, name, rate_bytes_per_sec),
+            "UpdateRegion" => {
+                fields!(decode::<pb::UpdateRegionRequest>(message)?, name, rate_bytes_per_sec, schedule, time_zone)
+            }
+            // The token is the response's, never a request's: nothing secret here.
+            "CreateEnrolToken" => fields!(decode::<pb::CreateEnrolTokenRequest>(message)?, region, ttl_seconds, uses),
             "Rollout" => fields!(decode::<pb::RolloutRequest>(message)?, dataset, version, regions, mode, cut_over),
             "Status" => fields!(decode::<pb::StatusRequest>(message)?, dataset),
             "Tag" => fields!(decode::<pb::TagRequest>(message)?, dataset, name, version, remove),
