@@ -296,11 +296,13 @@ impl TrustedKeys {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of any bytes (keys, signatures), as key files and manifests write them.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
+/// The bytes of a hex text (either case); `None` for anything else.
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) || !text.is_ascii() {
         return None;
     }

@@ -13,6 +13,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use aqueduct_core::durable;
+use aqueduct_proto::Digest;
 use tracing::info;
 
 use crate::config::HubConfig;
@@ -65,7 +66,7 @@ pub struct Entry {
 
 impl Entry {
     fn line(&self) -> String {
-        format!("{} {} {:o} {}", hex(&self.blake3), self.size, self.mode, self.path)
+        format!("{} {} {:o} {}", Digest(self.blake3).to_hex(), self.size, self.mode, self.path)
     }
 }
 
@@ -239,7 +240,7 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, String> {
         else {
             return Err(format!("line {n} is not `BLAKE3 SIZE MODE PATH`"));
         };
-        let blake3 = unhex(hash).ok_or_else(|| format!("line {n}: {hash:?} is not a BLAKE3 hash"))?;
+        let blake3 = Digest::from_hex(hash).ok_or_else(|| format!("line {n}: {hash:?} is not a BLAKE3 hash"))?.0;
         let size = size.parse::<u64>().ok().filter(|s| *s <= MAX_FILE_BYTES);
         let size = size.ok_or_else(|| format!("line {n}: the size is not a number of bytes"))?;
         let mode = u32::from_str_radix(mode, 8).ok().filter(|m| *m <= 0o777);
@@ -253,21 +254,6 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, String> {
         files.push(Entry { path: path.to_string(), size, mode, blake3 });
     }
     Ok(files)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]

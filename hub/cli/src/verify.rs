@@ -10,7 +10,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use aqueduct_core::signing::{PublicKey, TrustedKeys, parse_public_keys};
+use aqueduct_core::signing::{PublicKey, TrustedKeys, hex, parse_public_keys, unhex};
 use aqueduct_proto::domain::signature::{SIGNATURE_LEN, VersionSignature};
 use aqueduct_proto::{ChunkRef, ChunkerParams, Digest, FileEntry, Manifest};
 use serde::{Deserialize, Serialize};
@@ -247,17 +247,6 @@ fn xattr(path: &Path, name: &str) -> Option<String> {
     let n = usize::try_from(n).ok()?;
     buf.truncate(n);
     String::from_utf8(buf).ok()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || !text.is_ascii() {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 #[cfg(test)]
