@@ -107,25 +107,13 @@ pub const ROOT_DAYS: u32 = 20 * 365;
 pub const ISSUER_DAYS: u32 = 3 * 365;
 
 impl Authority {
-    /// Creates a new CA with a fresh key.
+    /// Creates a new CA of one level (it issues certificates itself) with a fresh key: a hub
+    /// made before issuing CAs, and the strangers' CAs of tests.
     pub fn create(name: &str) -> Result<Self, PkiError> {
         let key = KeyPair::generate().map_err(|source| PkiError::Generate { what: "the CA".into(), source })?;
-        Self::with_key(name, key)
-    }
-
-    /// A CA certificate made anew for an existing CA key. Certificates the key signed still
-    /// verify against it: they name the same subject and carry the key's identifier.
-    pub fn with_key(name: &str, key: KeyPair) -> Result<Self, PkiError> {
-        let gen_err = |source| PkiError::Generate { what: "the CA".into(), source };
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
-        let cert = params.self_signed(&key).map_err(gen_err)?;
-        let ca = CertifiedKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
-        Ok(Self { issuer: Issuer::new(params, key), anchor_pem: ca.cert_pem.clone(), ca })
+        let usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let until = (rcgen::date_time_ymd(1975, 1, 1), rcgen::date_time_ymd(2100, 1, 1));
+        Self::self_signed("the CA", name, key, BasicConstraints::Unconstrained, usages, until)
     }
 
     /// Creates a new root CA with a fresh key, valid for [`ROOT_DAYS`]: it signs issuers
@@ -138,12 +126,25 @@ impl Authority {
     /// A root CA certificate made anew for an existing root key (an init cut short after
     /// writing the key).
     pub fn root_with_key(name: &str, key: KeyPair) -> Result<Self, PkiError> {
-        let gen_err = |source| PkiError::Generate { what: "the root CA".into(), source };
+        let usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        Self::self_signed("the root CA", name, key, BasicConstraints::Constrained(1), usages, validity(ROOT_DAYS))
+    }
+
+    /// A self-signed CA certificate for `key`: the trust anchor and the issuer at once.
+    fn self_signed(
+        what: &str,
+        name: &str,
+        key: KeyPair,
+        constraints: BasicConstraints,
+        usages: Vec<KeyUsagePurpose>,
+        (not_before, not_after): (time::OffsetDateTime, time::OffsetDateTime),
+    ) -> Result<Self, PkiError> {
+        let gen_err = |source| PkiError::Generate { what: what.into(), source };
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+        params.is_ca = IsCa::Ca(constraints);
         params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        (params.not_before, params.not_after) = validity(ROOT_DAYS);
+        params.key_usages = usages;
+        (params.not_before, params.not_after) = (not_before, not_after);
         let cert = params.self_signed(&key).map_err(gen_err)?;
         let ca = CertifiedKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
         Ok(Self { issuer: Issuer::new(params, key), anchor_pem: ca.cert_pem.clone(), ca })

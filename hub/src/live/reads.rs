@@ -16,7 +16,6 @@
 //! once, then waits for the source's budget, so that the on-prem storage never serves
 //! replication faster than it was told, however many regions roll out.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use std::collections::HashMap;
@@ -75,10 +74,6 @@ pub struct SourceReads {
     /// Per source name.
     limiters: Mutex<HashMap<String, Arc<SourceLimiter>>>,
     cache: Arc<Mutex<Lru<Digest, Bytes>>>,
-    /// Bytes read from sources (each verified chunk once per read).
-    read_bytes: Arc<AtomicU64>,
-    /// Bytes given to a caller without a read of its own: from the cache or a flight shared.
-    shared_bytes: AtomicU64,
 }
 
 impl Default for SourceReads {
@@ -94,8 +89,6 @@ impl SourceReads {
             flights: SingleFlight::new(),
             limiters: Mutex::default(),
             cache: Arc::new(Mutex::new(Lru::new(capacity))),
-            read_bytes: Arc::default(),
-            shared_bytes: AtomicU64::new(0),
         }
     }
 
@@ -117,17 +110,12 @@ impl SourceReads {
     /// (within the source's `limits`, and verified) for everyone.
     pub async fn read(&self, digest: Digest, at: ChunkAt, limits: ReadLimits) -> Read {
         if let Some(data) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&digest).cloned() {
-            self.shared_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             return Ok(data);
         }
-        let led = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (cache, read_bytes, leader) = (self.cache.clone(), self.read_bytes.clone(), led.clone());
+        let cache = self.cache.clone();
         let limiter = self.limiter(&at.source_name, limits);
-        let read = self
-            .flights
+        self.flights
             .run(digest, move || {
-                // Called only for the caller that starts the flight.
-                leader.store(true, Ordering::Relaxed);
                 async move {
                     // The source's own limits, over every region: a turn, then its budget.
                     let _turn = match &limiter.reads {
@@ -142,7 +130,6 @@ impl SourceReads {
                         let status = tonic::Status::from(e);
                         ReadFailure::Source(status.code(), status.message().to_string())
                     })?;
-                    read_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                     if Digest::of(&data) != digest {
                         return Err(ReadFailure::Changed);
                     }
@@ -153,27 +140,6 @@ impl SourceReads {
                     Ok(data)
                 }
             })
-            .await;
-        if let Ok(data) = &read
-            && !led.load(Ordering::Relaxed)
-        {
-            self.shared_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-        }
-        read
-    }
-
-    /// Bytes read from sources since the hub started.
-    pub fn read_bytes(&self) -> u64 {
-        self.read_bytes.load(Ordering::Relaxed)
-    }
-
-    /// Bytes given without a read of their own (cache hits and shared flights).
-    pub fn shared_bytes(&self) -> u64 {
-        self.shared_bytes.load(Ordering::Relaxed)
-    }
-
-    /// Bytes in the cache now.
-    pub fn cached_bytes(&self) -> u64 {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).weight()
+            .await
     }
 }
