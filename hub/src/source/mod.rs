@@ -15,7 +15,7 @@
 //! [`Refused`], with why. [`keys`] holds the pure rules that turn keys into paths. [`testing`]
 //! has wrappers that count reads and inject faults, for tests.
 //!
-//! The file is a little over 600 lines long: the trait, the URL and option parsing, the
+//! The file is some 710 lines long: the trait, the URL and option parsing, the
 //! credential references and the guarded open belong together, and a fifth of it is their
 //! tests.
 
