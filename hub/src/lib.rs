@@ -181,9 +181,11 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
     std::fs::create_dir_all(&config.data_dir).map_err(io_err("create", &config.data_dir))?;
     let db = Arc::new(SqliteStore::open(&config.database_path())?);
     // Revoked certificates are refused from the first handshake on.
+    let metrics = Arc::new(metrics::HubMetrics::default());
     let live = live::Live {
         stopping: shutdown.clone(),
-        reads: Arc::new(live::reads::SourceReads::new(config.limits.relay_cache.0)),
+        reads: Arc::new(live::reads::SourceReads::new(config.limits.relay_cache.0, metrics.clone())),
+        metrics,
         ..Default::default()
     };
     live.revocations.update(db.revocations()?);

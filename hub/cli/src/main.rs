@@ -233,6 +233,18 @@ enum SourceCommand {
         #[command(flatten)]
         output: OutputArg,
     },
+    /// Change a source's read limits while the hub runs (the next chunk read takes them).
+    Set {
+        /// Source name.
+        name: String,
+        /// The most bytes per second replication reads from it, over all regions (e.g.
+        /// 200MiB/s); `none` removes the limit.
+        #[arg(long, value_name = "RATE|none")]
+        read_rate: Option<String>,
+        /// The most reads of it at once, over all regions (1 to 4096); `none` removes the limit.
+        #[arg(long, value_name = "N|none")]
+        max_reads: Option<String>,
+    },
     /// Remove a source (refused while a dataset uses it).
     Rm(lifecycle::RmArgs),
 }
@@ -493,6 +505,17 @@ async fn run(cli: Cli) -> Result<()> {
                 .map_err(|e| explain(e, &hub))?
                 .into_inner();
             println!("source {} added: {}", s.name, s.url);
+        }
+        Command::Source(SourceCommand::Set { name, read_rate, max_reads }) => {
+            let none_is_empty = |v: Option<String>| v.map(|v| if v == "none" { String::new() } else { v });
+            let req = pb::UpdateSourceRequest {
+                name,
+                read_rate: none_is_empty(read_rate),
+                max_reads: none_is_empty(max_reads),
+            };
+            let s = admin.update_source(req).await.map_err(|e| explain(e, &hub))?.into_inner();
+            let limit = |key: &str| s.options.get(key).map_or("none".to_string(), Clone::clone);
+            println!("source {}: read_rate {}, max_reads {}", s.name, limit("read_rate"), limit("max_reads"));
         }
         Command::Source(SourceCommand::List { output }) => {
             let list = admin.list_sources(pb::ListSourcesRequest {}).await.map_err(|e| explain(e, &hub))?.into_inner();

@@ -250,6 +250,7 @@ pub const ADMIN_CALLS: &[&str] = &[
     "AddAdmin",
     "ListAdmins",
     "ListAudit",
+    "UpdateSource",
 ];
 
 /// What a call asked, without secrets: the fields chosen per call. A request that does not
@@ -282,6 +283,7 @@ pub fn summarize(call: &str, message: &[u8]) -> String {
                 let r = decode::<pb::AddRegionRequest>(message)?.region.unwrap_or_default();
                 fields!(r, name, rate_bytes_per_sec)
             }
+            "UpdateSource" => fields!(decode::<pb::UpdateSourceRequest>(message)?, name, read_rate, max_reads),
             "UpdateRegion" => {
                 fields!(decode::<pb::UpdateRegionRequest>(message)?, name, rate_bytes_per_sec, schedule, time_zone)
             }

@@ -29,6 +29,7 @@ use tracing::{Instrument, Span, info, instrument, warn};
 pub mod audit;
 mod lifecycle;
 mod regions;
+mod sources;
 mod trust;
 
 use crate::auth::require_admin;
@@ -385,6 +386,12 @@ impl pb::admin_server::Admin for AdminService {
                 })
                 .collect(),
         }))
+    }
+
+    #[instrument(skip_all, fields(source))]
+    async fn update_source(&self, request: Request<pb::UpdateSourceRequest>) -> Result<Response<pb::Source>, Status> {
+        require_admin(&request)?;
+        Ok(Response::new(self.update_source_call(request.into_inner()).await?))
     }
 
     #[instrument(skip_all, fields(region, rate, schedule))]

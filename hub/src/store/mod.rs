@@ -145,6 +145,8 @@ pub struct StoredVersion {
 /// [`LifecycleStore`].
 pub trait MetaStore: LifecycleStore + enrol::EnrolStore + TrustStore + signing::SigningStore + Send + Sync {
     fn add_source(&self, source: &SourceRecord) -> Result<(), StoreError>;
+    /// Replaces a source's options (its read limits changed); `NotFound` for an unknown name.
+    fn set_source_options(&self, name: &str, options: &BTreeMap<String, String>) -> Result<(), StoreError>;
     fn source(&self, name: &str) -> Result<Option<SourceRecord>, StoreError>;
     fn sources(&self) -> Result<Vec<SourceRecord>, StoreError>;
     /// Fails with `NotFound` if the dataset's source does not exist.

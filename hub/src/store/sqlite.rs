@@ -108,6 +108,15 @@ impl MetaStore for SqliteStore {
         Ok(())
     }
 
+    fn set_source_options(&self, name: &str, options: &BTreeMap<String, String>) -> Result<(), StoreError> {
+        let options = serde_json::to_string(options).expect("a string map serialises");
+        let changed = self.conn().execute("UPDATE sources SET options = ?2 WHERE name = ?1", params![name, options])?;
+        if changed == 0 {
+            return Err(StoreError::NotFound { kind: "source", name: name.to_string() });
+        }
+        Ok(())
+    }
+
     fn source(&self, name: &str) -> Result<Option<SourceRecord>, StoreError> {
         Ok(self.sources()?.into_iter().find(|s| s.name == name))
     }
