@@ -114,6 +114,11 @@ pub struct LimitsConfig {
     /// after (shared by all regions; 0: none kept, only reads at the same moment shared).
     #[serde(with = "aqueduct_core::server::human::size")]
     pub relay_cache: Size,
+    /// Versions' chunk indexes (where each chunk is in its source) the relay keeps in memory,
+    /// by an estimate of their size; the least recently used go first and are read from the
+    /// database again when asked for.
+    #[serde(with = "aqueduct_core::server::human::size")]
+    pub index_cache: Size,
     /// How long a `FetchChunks` call waits for one of its region's streams before it is
     /// refused with RESOURCE_EXHAUSTED (spokes retry with backoff).
     #[serde(with = "aqueduct_core::server::human::duration")]
@@ -135,6 +140,7 @@ impl Default for LimitsConfig {
             fetch_streams_per_region: 64,
             relay_memory_per_region: Size(128 << 20),
             relay_cache: Size(256 << 20),
+            index_cache: Size(64 << 20),
             fetch_wait: Duration::from_secs(10),
             metrics_connections: 16,
             metrics_header_timeout: Duration::from_secs(5),

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aqueduct_core::budget::Budget;
+use aqueduct_core::lru::Lru;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{Digest, Manifest, Phase, ReplicationMode};
 use bytes::Bytes;
@@ -62,6 +63,8 @@ pub struct RelayLimits {
     streams: aqueduct_core::server::KeyedLimit,
     /// In KiB.
     memory: aqueduct_core::server::KeyedLimit,
+    /// Bytes (estimated) of versions' indexes kept: `limits.index_cache`.
+    index_cache: u64,
 }
 
 impl RelayLimits {
@@ -72,6 +75,7 @@ impl RelayLimits {
                 (limits.relay_memory_per_region.0 >> 10) as usize,
                 limits.fetch_wait,
             ),
+            index_cache: limits.index_cache.0,
         }
     }
 
@@ -102,12 +106,23 @@ struct VersionIndex {
     locations: HashMap<Digest, (usize, u64, u32)>,
 }
 
+impl VersionIndex {
+    /// An estimate of the bytes it holds: each chunk's reference in the manifest and its entry
+    /// in `locations` (about 200 bytes), each file's path and metadata.
+    fn weight(&self) -> u64 {
+        let files: u64 = self.manifest.files.iter().map(|f| 128 + f.path.len() as u64 + f.object.len() as u64).sum();
+        files + 200 * self.locations.len() as u64
+    }
+}
+
 pub struct SpokeService {
     db: Arc<dyn MetaStore>,
     live: Live,
     /// How much `FetchChunks` work each region may have at once.
     limits: Arc<RelayLimits>,
-    indexes: Mutex<HashMap<VersionId, Arc<VersionIndex>>>,
+    /// Versions' indexes, least recently used first out past `limits.index_cache` (by
+    /// [`VersionIndex::weight`]).
+    indexes: Mutex<Lru<VersionId, Arc<VersionIndex>>>,
     /// Rows found rolled out, as of a count of withdrawals ([`Live::withdraw`]): checked
     /// again after one.
     granted: Mutex<(u64, HashSet<RolloutKey>)>,
@@ -172,8 +187,8 @@ impl SpokeService {
         Self {
             db,
             live,
+            indexes: Mutex::new(Lru::new(limits.index_cache)),
             limits: Arc::new(limits),
-            indexes: Mutex::default(),
             granted: Mutex::default(),
             hub_files,
             issuer,
@@ -188,7 +203,8 @@ impl SpokeService {
             let mut granted = self.granted.lock().unwrap_or_else(|e| e.into_inner());
             if granted.0 != epoch {
                 *granted = (epoch, HashSet::new());
-                self.indexes.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                let mut indexes = self.indexes.lock().unwrap_or_else(|e| e.into_inner());
+                while indexes.pop_oldest().is_some() {}
             }
             if granted.1.contains(key) {
                 return Ok(());
@@ -255,7 +271,8 @@ impl SpokeService {
             }
         }
         let index = Arc::new(VersionIndex { manifest: stored.manifest, source, source_name, limits, locations });
-        self.indexes.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), index.clone());
+        let weight = index.weight();
+        self.indexes.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), index.clone(), weight);
         Ok(index)
     }
 

@@ -1,5 +1,7 @@
 //! The spokes' API over real mutual TLS: a region reads exactly what is rolled out to it,
 //! every chunk verified, and a source that changed fails the version without a wrong byte.
+//!
+//! The file is some 620 lines long: every test of the relay shares its few helpers.
 
 mod common;
 
@@ -576,4 +578,44 @@ async fn a_changed_source_fails_the_version_only_where_it_is_not_whole() {
     assert_eq!(regions.iter().find(|r| r.name == "eu").unwrap().members.len(), 3);
     drop(watch2);
     drop(watch);
+}
+
+/// The relay keeps versions' indexes within `limits.index_cache`: with room for about one,
+/// regions reading two versions in turn get every chunk, each index read again from the
+/// database when it was let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_past_the_index_cache_are_indexed_again_not_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models/llama");
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::write(models.join("a.bin"), noise(3 << 20, 1)).unwrap();
+    let hub = TestHub::init_with(&tmp.path().join("hub"), "127.0.0.1:0".parse().unwrap(), &[], |c| {
+        c.limits.index_cache = aqueduct_proto::Size(2048);
+    })
+    .await;
+    let mut admin = hub.admin().await;
+    admin.add_source(source("local", &format!("file://{}", tmp.path().join("models").display()), &[])).await.unwrap();
+    admin.add_dataset(dataset("llama", "local", "llama")).await.unwrap();
+    snapshot(&mut admin, "llama").await.unwrap();
+    // v2 adds a file (v1's bytes stay readable in the source).
+    std::fs::write(models.join("b.bin"), noise(3 << 20, 2)).unwrap();
+    snapshot(&mut admin, "llama").await.unwrap();
+    let mut eu = spoke_of(&hub, &mut admin, "eu", 1 << 30).await;
+    for version in [1, 2] {
+        let rollout =
+            pb::RolloutRequest { dataset: "llama".into(), version, regions: vec!["eu".into()], ..Default::default() };
+        admin.rollout(rollout).await.unwrap();
+    }
+    let mut digests = BTreeMap::new();
+    for version in [1u64, 2] {
+        let wire = admin.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version }).await.unwrap();
+        let manifest = Manifest::try_from(wire.into_inner()).unwrap();
+        digests.insert(version, manifest.distinct_chunks().into_iter().map(|(d, _)| d).collect::<Vec<_>>());
+    }
+    for version in [1u64, 2, 1, 2] {
+        let (got, error) = fetch(&mut eu, "llama", version, &digests[&version]).await;
+        assert!(error.is_none(), "v{version}: {error:?}");
+        assert_eq!(got.len(), digests[&version].len());
+        assert!(got.iter().all(|c| Digest::of(&c.data).0.to_vec() == c.digest), "v{version}: a chunk not its digest");
+    }
 }
