@@ -129,8 +129,11 @@ type Seen = mpsc::UnboundedSender<(usize, Vec<u64>)>;
 
 /// Opens `spoke`'s watch and forwards what each message assigns; returns its session.
 async fn watch(index: usize, spoke: &mut SpokeClient<Channel>, node: &str, seen: Seen) -> String {
-    let request =
-        pb::WatchRequest { node: node.into(), peer_address: format!("10.0.{}.{}:7443", index / 250, index % 250) };
+    let request = pb::WatchRequest {
+        node: node.into(),
+        peer_address: format!("10.0.{}.{}:7443", index / 250, index % 250),
+        member_deltas: true,
+    };
     let mut stream = spoke.watch(request).await.unwrap_or_else(|e| panic!("watch of {node}: {e}")).into_inner();
     let first = stream.message().await.unwrap().expect("a first assignment");
     let session = first.session.clone();

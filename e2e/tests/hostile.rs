@@ -141,7 +141,7 @@ fn flood(client: SpokeClient<Channel>, c: usize, digests: Vec<Digest>, stats: Ar
         let (mut client, stats, stop) = (client.clone(), stats.clone(), stop.clone());
         tokio::spawn(async move {
             let node = format!("flood-{c}-{i}");
-            match client.watch(pb::WatchRequest { node, peer_address: String::new() }).await {
+            match client.watch(pb::WatchRequest { node, peer_address: String::new(), ..Default::default() }).await {
                 Ok(held) => {
                     stats.watches.fetch_add(1, Ordering::Relaxed);
                     stop.cancelled().await;

@@ -113,7 +113,7 @@ async fn forged_reports_with_the_regions_key_change_nothing() {
     let cache = pb::CacheReport { node: "eu-1".into(), memory_used_bytes: 1 << 40, ..Default::default() };
     expect_err(forger.report_cache(cache).await, Code::PermissionDenied, &["session"]);
     // A watch in eu-1's name: refused, eu-1 keeps it.
-    let watch = |node: &str| pb::WatchRequest { node: node.into(), peer_address: String::new() };
+    let watch = |node: &str| pb::WatchRequest { node: node.into(), peer_address: String::new(), ..Default::default() };
     expect_err(forger.watch(watch("eu-1")).await, Code::AlreadyExists, &["already a live member"]);
     // A watch of its own makes the forger a member with a session, which speaks for it alone.
     let mut ghost = forger.watch(watch("ghost")).await.unwrap().into_inner();

@@ -247,7 +247,7 @@ async fn peers_that_lie_or_belong_to_another_region_are_caught_and_cost_no_link_
     let mut watches = Vec::new();
     for (node, addr) in [("eu-liar", liar), ("eu-alien", alien)] {
         let hub = channel(&w.hub_url, &creds("eu", node), "localhost").await.unwrap();
-        let watch = pb::WatchRequest { node: node.into(), peer_address: addr.to_string() };
+        let watch = pb::WatchRequest { node: node.into(), peer_address: addr.to_string(), ..Default::default() };
         watches.push(SpokeClient::new(hub).watch(watch).await.unwrap().into_inner());
     }
     let log = w.root.join("spoke-eu-1.log");

@@ -152,6 +152,18 @@ fn region_of<T>(request: &Request<T>) -> Result<String, Status> {
     node_of(request).map(|(region, _)| region)
 }
 
+/// `now` as a message to a watch that was sent `before`: its members as what changed since.
+fn with_member_delta(before: &pb::Assignments, now: &pb::Assignments) -> pb::Assignments {
+    let (joined, left) = aqueduct_proto::domain::members::delta(&before.members, &now.members);
+    pb::Assignments {
+        members: Vec::new(),
+        members_delta: true,
+        members_joined: joined,
+        members_left: left,
+        ..now.clone()
+    }
+}
+
 /// Until when a region's view holds: its budget's next window, or [`WATCH_RECHECK`] from now.
 fn view_until(view: &Result<pb::Assignments, Status>) -> Instant {
     let now = Instant::now();
@@ -312,6 +324,8 @@ impl SpokeService {
             tags: tags.iter().map(|t| t.to_pb()).collect(),
             // What concerns the region's certificates (bounded: see `store::trust`).
             revocations: Some(list_to_pb(&revocations.current().scoped(&Identity::region_uri(region)))),
+            // The whole list: deltas are per watch (see `with_member_delta`).
+            ..Default::default()
         })
     }
 }
@@ -323,7 +337,7 @@ impl pb::spoke_server::Spoke for SpokeService {
     #[instrument(skip_all, fields(region, node))]
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let (region, certified) = node_of(&request)?;
-        let pb::WatchRequest { node, peer_address } = request.into_inner();
+        let pb::WatchRequest { node, peer_address, member_deltas } = request.into_inner();
         // Empty: the certificate's node.
         let node = if node.is_empty() { certified.clone() } else { node };
         Span::current().record("region", region.as_str()).record("node", node.as_str());
@@ -365,11 +379,16 @@ impl pb::spoke_server::Spoke for SpokeService {
                         Err(_) => true,
                     };
                     if send {
-                        if let Ok(a) = &current {
-                            last = Some(a.clone());
+                        // After the first message, a spoke that asked gets who joined and left.
+                        let outgoing = match (&current, &last) {
+                            (Ok(now), Some(before)) if member_deltas => Ok(with_member_delta(before, now)),
+                            _ => current.clone(),
+                        };
+                        if let Ok(a) = current {
+                            last = Some(a);
                         }
-                        let failed = current.is_err();
-                        if tx.send(current).await.is_err() || failed {
+                        let failed = outgoing.is_err();
+                        if tx.send(outgoing).await.is_err() || failed {
                             break;
                         }
                     }

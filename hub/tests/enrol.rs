@@ -83,10 +83,13 @@ async fn a_node_enrols_with_a_token_for_a_certificate_of_its_own_and_a_token_is_
 
     // The certificate and the key made on the node get in, as that node only.
     let mut spoke = as_node(&hub, &issued.cert_pem, &key.serialize_pem()).await;
-    let mut watch = spoke.watch(pb::WatchRequest { node: "gpu-1".into(), peer_address: String::new() }).await.unwrap();
+    let mut watch = spoke
+        .watch(pb::WatchRequest { node: "gpu-1".into(), peer_address: String::new(), ..Default::default() })
+        .await
+        .unwrap();
     let session = watch.get_mut().message().await.unwrap().unwrap().session;
     expect_err(
-        spoke.watch(pb::WatchRequest { node: "gpu-2".into(), peer_address: String::new() }).await,
+        spoke.watch(pb::WatchRequest { node: "gpu-2".into(), peer_address: String::new(), ..Default::default() }).await,
         Code::PermissionDenied,
         &["\"gpu-2\"", "only as its own node"],
     );
@@ -209,7 +212,10 @@ async fn a_certificate_renews_for_the_same_node_and_an_expired_one_is_refused_by
     );
     assert!(renewed.not_after_unix_ms > first.not_after_unix_ms);
     let mut again = as_node(&hub, &renewed.cert_pem, &new_key.serialize_pem()).await;
-    again.watch(pb::WatchRequest { node: "gpu-1".into(), peer_address: String::new() }).await.unwrap();
+    again
+        .watch(pb::WatchRequest { node: "gpu-1".into(), peer_address: String::new(), ..Default::default() })
+        .await
+        .unwrap();
     expect_err(
         spoke.renew_certificate(pb::RenewCertificateRequest { csr_der: b"junk".to_vec() }).await,
         Code::InvalidArgument,
@@ -234,7 +240,7 @@ async fn a_certificate_renews_for_the_same_node_and_an_expired_one_is_refused_by
         Err(e) => format!("{e:?}"),
         Ok(channel) => {
             let call = SpokeClient::new(channel)
-                .watch(pb::WatchRequest { node: "gpu-9".into(), peer_address: String::new() })
+                .watch(pb::WatchRequest { node: "gpu-9".into(), peer_address: String::new(), ..Default::default() })
                 .await;
             format!("{:?}", call.expect_err("an expired certificate was taken"))
         }

@@ -46,7 +46,7 @@ impl Spoke {
         admin.add_region(req).await.unwrap();
         let node = format!("{region}-1");
         let mut client = hub.node_client(region, &node).await;
-        let req = pb::WatchRequest { node: node.clone(), peer_address: String::new() };
+        let req = pb::WatchRequest { node: node.clone(), peer_address: String::new(), ..Default::default() };
         let mut watch = client.watch(req).await.unwrap().into_inner();
         let session = watch.message().await.unwrap().unwrap().session;
         Spoke { client, watch, session, node }
@@ -389,7 +389,7 @@ async fn deletes_are_refused_while_used_and_name_the_user() {
     assert!(status.message().contains("was removed"), "{status:?}");
     let req = pb::GetManifestRequest { dataset: "llama".into(), version: 1 };
     assert_eq!(eu.client.get_manifest(req).await.unwrap_err().code(), Code::PermissionDenied);
-    let req = pb::WatchRequest { node: "eu-2".into(), peer_address: String::new() };
+    let req = pb::WatchRequest { node: "eu-2".into(), peer_address: String::new(), ..Default::default() };
     let again = hub.node_client("eu", "eu-2").await.watch(req).await;
     let refused = match again {
         Err(status) => status,

@@ -102,7 +102,11 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
     admin.rollout(rollout(1, "eu")).await.unwrap();
 
     // The watch says what eu must hold, and its budget.
-    let watch_as = |node: &str| pb::WatchRequest { node: node.into(), peer_address: format!("{node}.test:7443") };
+    let watch_as = |node: &str| pb::WatchRequest {
+        node: node.into(),
+        peer_address: format!("{node}.test:7443"),
+        ..Default::default()
+    };
     let mut watch = eu.watch(watch_as("node-1")).await.unwrap().into_inner();
     let first = watch.message().await.unwrap().unwrap();
     assert_eq!(first.budget_bytes_per_sec, 1 << 30);
@@ -276,7 +280,7 @@ async fn a_region_hears_at_once_that_a_version_is_ready_in_it() {
         ..Default::default()
     };
     admin.rollout(rollout).await.unwrap();
-    let watch = pb::WatchRequest { node: "node-1".into(), peer_address: String::new() };
+    let watch = pb::WatchRequest { node: "node-1".into(), peer_address: String::new(), ..Default::default() };
     let mut watch = eu.watch(watch).await.unwrap().into_inner();
     let first = watch.message().await.unwrap().unwrap();
     assert_eq!(first.assignments.iter().map(|a| (a.ready, a.active)).collect::<Vec<_>>(), [(false, false)]);
@@ -361,8 +365,11 @@ async fn a_changed_budget_is_pushed_to_the_region_and_used_by_the_relay() {
         ..Default::default()
     };
     admin.rollout(req).await.unwrap();
-    let mut watch =
-        eu.watch(pb::WatchRequest { node: "node-1".into(), peer_address: String::new() }).await.unwrap().into_inner();
+    let mut watch = eu
+        .watch(pb::WatchRequest { node: "node-1".into(), peer_address: String::new(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(watch.message().await.unwrap().unwrap().budget_bytes_per_sec, slow);
     let wire =
         eu.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await.unwrap().into_inner();
@@ -421,7 +428,11 @@ async fn a_report_counts_only_for_its_own_open_watch() {
         ..Default::default()
     };
     admin.rollout(req).await.unwrap();
-    let watch_as = |node: &str| pb::WatchRequest { node: node.into(), peer_address: format!("{node}.test:7443") };
+    let watch_as = |node: &str| pb::WatchRequest {
+        node: node.into(),
+        peer_address: format!("{node}.test:7443"),
+        ..Default::default()
+    };
     let mut watch = eu.watch(watch_as("node-1")).await.unwrap().into_inner();
     let session = watch.message().await.unwrap().unwrap().session;
 
@@ -515,7 +526,11 @@ async fn a_changed_source_fails_the_version_only_where_it_is_not_whole() {
         ..Default::default()
     };
     admin.rollout(rollout("eu")).await.unwrap();
-    let watch_as = |node: &str| pb::WatchRequest { node: node.into(), peer_address: format!("{node}.test:7443") };
+    let watch_as = |node: &str| pb::WatchRequest {
+        node: node.into(),
+        peer_address: format!("{node}.test:7443"),
+        ..Default::default()
+    };
     let mut watch = eu.watch(watch_as("eu-1")).await.unwrap().into_inner();
     let session = watch.message().await.unwrap().unwrap().session;
     let report = |node: &str, session: &str, phase: pb::Phase| pb::ProgressReport {

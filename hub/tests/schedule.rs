@@ -67,7 +67,7 @@ async fn a_schedule_is_checked_shown_and_pushed_when_its_window_changes() {
 
     // The region's watch: the budget in force, then the next window's when it opens.
     let mut spoke = hub.node_client("eu", "node-1").await;
-    let watch = pb::WatchRequest { node: "node-1".into(), peer_address: String::new() };
+    let watch = pb::WatchRequest { node: "node-1".into(), peer_address: String::new(), ..Default::default() };
     let mut watch = spoke.watch(watch).await.unwrap().into_inner();
     let first = watch.message().await.unwrap().unwrap();
     assert_eq!((first.budget_bytes_per_sec, first.budget_next_change_unix_ms), (7 * MIB, boundary));

@@ -62,7 +62,7 @@ async fn watch(
     client: &mut SpokeClient<Channel>,
     node: &str,
 ) -> Result<tonic::Streaming<pb::Assignments>, tonic::Status> {
-    let req = pb::WatchRequest { node: node.into(), peer_address: String::new() };
+    let req = pb::WatchRequest { node: node.into(), peer_address: String::new(), ..Default::default() };
     Ok(client.watch(req).await?.into_inner())
 }
 

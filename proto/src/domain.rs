@@ -13,6 +13,7 @@ use std::str::FromStr;
 
 pub mod class;
 pub mod cut_over;
+pub mod members;
 pub mod modes;
 pub mod rollout;
 pub mod signature;

@@ -103,6 +103,12 @@ impl Peers {
         *self.members.write().unwrap_or_else(|e| e.into_inner()) = members;
     }
 
+    /// The region's live members changed as the hub said: `left` went, `joined` came.
+    pub fn apply_member_delta(&self, joined: Vec<pb::Member>, left: &[String]) {
+        let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
+        *members = aqueduct_proto::domain::members::apply(std::mem::take(&mut *members), joined, left);
+    }
+
     /// Leaves `node` out of ownership for [`SUSPECT_FOR`].
     pub fn suspect(&self, node: &str, reason: &str) {
         warn!(peer = node, reason, "peer failed; leaving it out for a while");

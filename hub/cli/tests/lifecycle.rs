@@ -26,7 +26,7 @@ impl Spoke {
     async fn of(hub: &TestHub, region: &str) -> Self {
         hub.add_region(region, 1 << 30).await;
         let mut client = hub.node_client(region, "node-1").await;
-        let req = pb::WatchRequest { node: "node-1".into(), peer_address: String::new() };
+        let req = pb::WatchRequest { node: "node-1".into(), peer_address: String::new(), ..Default::default() };
         let mut watch = client.watch(req).await.unwrap().into_inner();
         let session = watch.message().await.unwrap().unwrap().session;
         // What it uses (nothing): removals wait for every live spoke to have said.

@@ -53,7 +53,7 @@ async fn spoke_of(hub: &TestHub, region: &str) -> RegionSpokes {
 /// Opens `node`'s watch; returns the stream (kept open: the node is live while it is) and
 /// the session its reports carry.
 async fn watch(spoke: &mut RegionSpokes, node: &str) -> (tonic::Streaming<pb::Assignments>, String) {
-    let req = pb::WatchRequest { node: node.into(), peer_address: String::new() };
+    let req = pb::WatchRequest { node: node.into(), peer_address: String::new(), ..Default::default() };
     let mut stream = spoke.watch(req).await.unwrap().into_inner();
     let session = stream.message().await.unwrap().unwrap().session;
     (stream, session)

@@ -192,7 +192,11 @@ impl Controller<'_> {
         let client = SpokeClient::new(channel)
             .max_decoding_message_size(aqueduct_proto::MAX_CONTROL_MESSAGE_BYTES)
             .max_encoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES);
-        let request = pb::WatchRequest { node: config.node.clone(), peer_address: parts.peer_address.clone() };
+        let request = pb::WatchRequest {
+            node: config.node.clone(),
+            peer_address: parts.peer_address.clone(),
+            member_deltas: true,
+        };
         let mut watch = match client.clone().watch(request).await {
             Ok(watch) => watch.into_inner(),
             Err(s) if s.code() == tonic::Code::AlreadyExists => return Err(Ended::NameTaken(s.message().to_string())),
@@ -389,7 +393,13 @@ async fn follow_watch(
             Ok(Some(mut assignments)) => {
                 // Members change often and are not the catalog's business; the session is a
                 // secret of this watch, never written to disk.
-                peers.set_members(std::mem::take(&mut assignments.members));
+                if assignments.members_delta {
+                    let joined = std::mem::take(&mut assignments.members_joined);
+                    peers.apply_member_delta(joined, &std::mem::take(&mut assignments.members_left));
+                    assignments.members_delta = false;
+                } else {
+                    peers.set_members(std::mem::take(&mut assignments.members));
+                }
                 assignments.session = String::new();
                 let rate = assignments.budget_bytes_per_sec.max(1);
                 if budget.set_rate(rate) {
