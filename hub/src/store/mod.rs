@@ -17,6 +17,7 @@
 pub mod chunk_list;
 pub mod enrol;
 pub mod lifecycle;
+pub mod plans;
 pub mod schema;
 pub mod signing;
 pub mod sqlite;
@@ -142,7 +143,9 @@ pub struct StoredVersion {
 /// The hub's metadata store. Every method is short and synchronous; callers on the async
 /// runtime go through `spawn_blocking`. The rollout lifecycle's calls are in
 /// [`LifecycleStore`].
-pub trait MetaStore: LifecycleStore + enrol::EnrolStore + TrustStore + signing::SigningStore + Send + Sync {
+pub trait MetaStore:
+    LifecycleStore + enrol::EnrolStore + TrustStore + signing::SigningStore + plans::PlanStore + Send + Sync
+{
     fn add_source(&self, source: &SourceRecord) -> Result<(), StoreError>;
     fn source(&self, name: &str) -> Result<Option<SourceRecord>, StoreError>;
     fn sources(&self) -> Result<Vec<SourceRecord>, StoreError>;
