@@ -29,6 +29,7 @@ pub mod health;
 pub mod live;
 pub mod metrics;
 pub mod pki;
+pub mod planning;
 pub mod relay;
 pub mod rollout;
 mod setup;
