@@ -70,6 +70,10 @@ async fn byte_counters_add_up_and_the_version_lag_falls_to_zero() {
     })
     .await;
     assert_eq!(h.value(HUB_RELAYED, &eu), distinct1 as f64, "hub relayed vs the version's distinct bytes");
+    // One region, nothing cached before: each relayed chunk was read from the source once.
+    let src = [("source", "src")];
+    assert_eq!(h.value("aqueduct_hub_source_read_bytes_total", &src), distinct1 as f64, "bytes read from the source");
+    assert_eq!(h.value("aqueduct_hub_source_reads_total", &src), h.value("aqueduct_hub_relayed_chunks_total", &eu));
     assert_eq!(s.value(SPOKE_RECEIVED, &from_hub), distinct1 as f64, "spoke received from the hub");
     assert_eq!(
         h.value("aqueduct_hub_relayed_chunks_total", &eu),

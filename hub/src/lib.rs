@@ -182,9 +182,11 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
     std::fs::create_dir_all(&config.data_dir).map_err(io_err("create", &config.data_dir))?;
     let db = Arc::new(SqliteStore::open(&config.database_path())?);
     // Revoked certificates are refused from the first handshake on.
+    let metrics = Arc::new(metrics::HubMetrics::default());
     let live = live::Live {
         stopping: shutdown.clone(),
-        reads: Arc::new(live::reads::SourceReads::new(config.limits.relay_cache.0)),
+        reads: Arc::new(live::reads::SourceReads::new(config.limits.relay_cache.0, metrics.clone())),
+        metrics,
         ..Default::default()
     };
     live.revocations.update(db.revocations()?);
@@ -210,6 +212,8 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
     }
     let authority = Arc::new(load_authority(&config)?);
     let flusher = tokio::spawn(live.ledger.clone().run(db.clone(), shutdown.clone()));
+    // Rollouts behind their deadline go up a class.
+    tokio::spawn(planning::watch(db.clone(), live.clone(), planning::WATCH_EVERY));
     // Readiness (the database answers, the sources are reachable), checked by one loop; the
     // probes and the gRPC health service read what it found.
     let health = aqueduct_core::health::Health::new(vec![

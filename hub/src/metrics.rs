@@ -2,7 +2,8 @@
 //! the endpoint).
 //!
 //! Counted as things happen, in [`HubMetrics`]: bytes and chunks relayed per region and
-//! dataset, and chunks whose source bytes failed verification. Read from the hub's state at
+//! dataset, chunks whose source bytes failed verification, and what replication asked of each
+//! source (bytes and reads) and what the relay cache answered instead. Read from the hub's state at
 //! each scrape ([`HubMetrics::refresh`]): each region's link budget and live spokes, each
 //! rollout's progress and phase, the version each region serves and how far behind it is.
 //! The achieved rate per region is measured from the relayed bytes every [`RATE_EVERY`].
@@ -33,6 +34,11 @@ pub const RATE_EVERY: Duration = Duration::from_secs(1);
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RegionLabels {
     pub region: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -68,6 +74,9 @@ pub struct HubMetrics {
     relayed_bytes: Family<RegionDatasetLabels, Counter>,
     relayed_chunks: Family<RegionDatasetLabels, Counter>,
     verification_failures: Family<DatasetLabels, Counter>,
+    source_read_bytes: Family<SourceLabels, Counter>,
+    source_reads: Family<SourceLabels, Counter>,
+    relay_cache_hits: Counter,
     budget: Family<RegionLabels, Gauge>,
     achieved: Family<RegionLabels, Gauge>,
     spokes: Family<RegionLabels, Gauge>,
@@ -103,6 +112,19 @@ impl HubMetrics {
             "source_verification_failures",
             "Chunks whose bytes read from the source did not match their digest (the source changed)",
             self.verification_failures.clone(),
+        );
+        r.register_with_unit(
+            "source_read",
+            "Bytes the relay read from a source, per source (each chunk once however many regions want it, \
+             while the relay cache holds it)",
+            Unit::Bytes,
+            self.source_read_bytes.clone(),
+        );
+        r.register("source_reads", "Chunk reads the relay made from a source, per source", self.source_reads.clone());
+        r.register(
+            "relay_cache_hits",
+            "Chunks the relay sent from its cache of chunks read for other regions, with no source read",
+            self.relay_cache_hits.clone(),
         );
         r.register_with_unit("link_budget", "A region's link budget", rate(), self.budget.clone());
         r.register_with_unit(
@@ -149,6 +171,18 @@ impl HubMetrics {
     /// A chunk read from `dataset`'s source did not match its digest.
     pub fn verification_failed(&self, dataset: &str) {
         self.verification_failures.get_or_create(&DatasetLabels { dataset: dataset.to_string() }).inc();
+    }
+
+    /// `len` bytes of a chunk were read from `source`.
+    pub fn source_read(&self, source: &str, len: u64) {
+        let labels = SourceLabels { source: source.to_string() };
+        self.source_read_bytes.get_or_create(&labels).inc_by(len);
+        self.source_reads.get_or_create(&labels).inc();
+    }
+
+    /// A chunk was sent from the relay cache, with no source read.
+    pub fn relay_cache_hit(&self) {
+        self.relay_cache_hits.inc();
     }
 
     /// Sets the achieved rate of every region from the bytes relayed since the last call.

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use aqueduct_core::schedule::Schedule;
 use aqueduct_proto::Digest;
+use aqueduct_proto::domain::class::Class;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use tracing::{info, warn};
@@ -21,11 +22,6 @@ use crate::rollout::plan::{self, Crossing, Queued, RowPlan};
 use crate::rollout::{RolloutKey, RolloutRecord, VersionId};
 use crate::snapshot::blocking;
 use crate::store::{MetaStore, StoreError};
-
-/// The priority a row has in its region's queue (0 goes first).
-pub fn priority(_row: &RolloutRecord) -> u8 {
-    1
-}
 
 /// A rollout's plan in one region.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,7 +36,7 @@ pub struct RegionPlan {
     pub budget: u64,
 }
 
-/// The plan of rolling `version` out to `regions` at `now`, with the priority `priority`:
+/// The plan of rolling `version` out to `regions` at `now`, in class `class`:
 /// per region, what must cross its link (its distinct chunks the region does not hold) and
 /// when it will have, behind the region's rollouts under way. `NotFound` for a version or a
 /// region that does not exist.
@@ -48,7 +44,7 @@ pub fn plan_rollout(
     db: &dyn MetaStore,
     version: &VersionId,
     regions: &[String],
-    new_priority: u8,
+    class: Class,
     now: Timestamp,
 ) -> Result<Vec<RegionPlan>, StoreError> {
     let stored = db
@@ -60,7 +56,7 @@ pub fn plan_rollout(
         db.regions()?.into_iter().map(|r| (r.name.clone(), schedule_of(&r))).collect();
     let rows = db.rollouts(None)?;
     let plans = db.plans()?;
-    let queues = plan::queues(&rows, &plans, priority);
+    let queues = plan::queues(&rows, &plans);
     let mut manifests: HashMap<VersionId, Vec<Digest>> = HashMap::new();
     let mut out = Vec::with_capacity(regions.len());
     for region in regions {
@@ -78,11 +74,7 @@ pub fn plan_rollout(
             held.extend(manifests[&v].iter().copied());
         }
         let crossing = plan::crossing(&chunks, &held);
-        let me = Queued {
-            key: RolloutKey::of(version.clone(), region.clone()),
-            priority: new_priority,
-            remaining: crossing.bytes,
-        };
+        let me = Queued { key: RolloutKey::of(version.clone(), region.clone()), class, remaining: crossing.bytes };
         let queue = queues.get(region).map_or(&[][..], Vec::as_slice);
         let until_done = plan::bytes_until_done(queue, &me);
         out.push(RegionPlan {
@@ -109,7 +101,7 @@ pub fn etas(db: &dyn MetaStore, now: Timestamp) -> Result<Etas, StoreError> {
         db.regions()?.into_iter().map(|r| (r.name.clone(), schedule_of(&r))).collect();
     let rows = db.rollouts(None)?;
     let plans = db.plans()?;
-    let etas = plan::etas(&rows, &plans, &schedules, now, priority);
+    let etas = plan::etas(&rows, &plans, &schedules, now);
     Ok(Etas { rows, plans, etas })
 }
 
@@ -133,18 +125,34 @@ pub async fn watch(db: Arc<dyn MetaStore>, live: Live, every: Duration) {
     }
 }
 
-/// Raises, one step, the class of every row under way whose ETA at `now` passed its deadline;
-/// returns the rows raised.
+/// Raises, one step, the class of every row under way whose ETA at `now` passed its deadline
+/// ([`plan::raise`]): stored (the region's watch sends the new class), recorded with the row's
+/// plan (`aq status` shows when) and in a tracing event. Returns the rows raised.
 pub fn check(db: &dyn MetaStore, now: Timestamp) -> Result<Vec<RolloutKey>, StoreError> {
-    let Etas { rows: _, plans, etas } = etas(db, now)?;
+    let Etas { rows, plans, etas } = etas(db, now)?;
     let mut raised = Vec::new();
-    for (key, eta) in etas {
-        let Some(deadline) = plans.get(&key).and_then(|p| p.deadline_unix_ms) else { continue };
-        if plan::Verdict::of(eta, deadline).meets() {
-            continue;
+    for row in &rows {
+        let key = row.key();
+        let Some(eta) = etas.get(&key) else { continue };
+        let deadline = plans.get(&key).and_then(|p| p.deadline_unix_ms);
+        let Some(class) = plan::raise(row.class, *eta, deadline) else { continue };
+        match db.set_rollout_class(&key, class) {
+            Ok(before) => {
+                db.mark_raised(&key, now.as_millisecond())?;
+                info!(
+                    rollout = %key,
+                    from = %before,
+                    to = %class,
+                    eta_unix_ms = eta.map(|t| t.as_millisecond()),
+                    deadline_unix_ms = deadline,
+                    "rollout behind its deadline: class raised"
+                );
+                raised.push(key);
+            }
+            // Cancelled meanwhile.
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
         }
-        info!(rollout = %key, eta_unix_ms = eta.map(|t| t.as_millisecond()), deadline_unix_ms = deadline, "behind its deadline");
-        raised.push(key);
     }
     Ok(raised)
 }
@@ -218,7 +226,9 @@ mod tests {
 
     fn rollout(store: &SqliteStore, version: u64, region: &str) {
         let id = VersionId::new("d", version);
-        store.add_rollout(&id, &[region.to_string()], ReplicationMode::Auto, CutOver::AllReady, 2).unwrap();
+        store
+            .add_rollout(&id, &[region.to_string()], ReplicationMode::Auto, CutOver::AllReady, Class::Normal, 2)
+            .unwrap();
     }
 
     fn ready(store: &SqliteStore, version: u64, region: &str) {
@@ -235,7 +245,7 @@ mod tests {
         let store = store();
         let now: Timestamp = "2026-11-30T12:00:00Z".parse().unwrap();
         let regions = ["eu".to_string(), "us".to_string()];
-        let fresh = plan_rollout(&store, &VersionId::new("d", 2), &regions, 1, now).unwrap();
+        let fresh = plan_rollout(&store, &VersionId::new("d", 2), &regions, Class::Normal, now).unwrap();
         assert_eq!(fresh[0].crossing, Crossing { version_bytes: 25 * KIB, held_bytes: 0, bytes: 25 * KIB });
         assert_eq!(fresh[0].eta, Some("2026-11-30T12:00:25Z".parse().unwrap()), "25 KiB at 1 KiB/s");
         assert_eq!(fresh[1].eta, Some("2026-11-30T12:00:12.5Z".parse().unwrap()), "25 KiB at 2 KiB/s");
@@ -244,22 +254,62 @@ mod tests {
         // v1 Ready in eu: v2 needs only d there.
         rollout(&store, 1, "eu");
         ready(&store, 1, "eu");
-        let held = plan_rollout(&store, &VersionId::new("d", 2), &regions, 1, now).unwrap();
+        let held = plan_rollout(&store, &VersionId::new("d", 2), &regions, Class::Normal, now).unwrap();
         assert_eq!(held[0].crossing, Crossing { version_bytes: 25 * KIB, held_bytes: 20 * KIB, bytes: 5 * KIB });
         assert_eq!(held[1].crossing.bytes, 25 * KIB, "us holds nothing");
 
         // v3 under way in eu (20 KiB left, same class): v2's 5 KiB share the link with 5 of them.
         rollout(&store, 3, "eu");
-        let queued = plan_rollout(&store, &VersionId::new("d", 2), &regions, 1, now).unwrap();
+        let queued = plan_rollout(&store, &VersionId::new("d", 2), &regions, Class::Normal, now).unwrap();
         assert_eq!((queued[0].ahead_bytes, queued[0].eta), (5 * KIB, Some("2026-11-30T12:00:10Z".parse().unwrap())));
         // As urgent, nothing is ahead; as background, all of v3 is.
-        assert_eq!(plan_rollout(&store, &VersionId::new("d", 2), &regions, 0, now).unwrap()[0].ahead_bytes, 0);
-        assert_eq!(plan_rollout(&store, &VersionId::new("d", 2), &regions, 2, now).unwrap()[0].ahead_bytes, 20 * KIB);
+        assert_eq!(
+            plan_rollout(&store, &VersionId::new("d", 2), &regions, Class::Urgent, now).unwrap()[0].ahead_bytes,
+            0
+        );
+        assert_eq!(
+            plan_rollout(&store, &VersionId::new("d", 2), &regions, Class::Background, now).unwrap()[0].ahead_bytes,
+            20 * KIB
+        );
 
-        let missing = plan_rollout(&store, &VersionId::new("d", 9), &regions, 1, now).unwrap_err();
+        let missing = plan_rollout(&store, &VersionId::new("d", 9), &regions, Class::Normal, now).unwrap_err();
         assert!(matches!(missing, StoreError::NotFound { kind: "version", .. }), "{missing:?}");
-        let nowhere = plan_rollout(&store, &VersionId::new("d", 2), &["mars".to_string()], 1, now).unwrap_err();
+        let nowhere =
+            plan_rollout(&store, &VersionId::new("d", 2), &["mars".to_string()], Class::Normal, now).unwrap_err();
         assert!(matches!(nowhere, StoreError::NotFound { kind: "region", .. }), "{nowhere:?}");
+    }
+
+    /// The deadline watch's look: a row behind its deadline goes up a step per look, stored
+    /// with when; one on time, without a deadline or Ready stays.
+    #[test]
+    fn rows_behind_their_deadline_go_up_a_class_per_look() {
+        let store = store();
+        let now: Timestamp = "2026-11-30T12:00:00Z".parse().unwrap();
+        let deadline = |ms: i64| RowPlan { deadline_unix_ms: Some(ms), ..Default::default() };
+        let id = |v| VersionId::new("d", v);
+        let bg = Class::Background;
+        store.add_rollout(&id(1), &["eu".to_string()], ReplicationMode::Auto, CutOver::AllReady, bg, 2).unwrap();
+        store.add_rollout(&id(2), &["eu".to_string()], ReplicationMode::Auto, CutOver::AllReady, bg, 2).unwrap();
+        rollout(&store, 3, "us");
+        // v1 (30 KiB at 1 KiB/s, sharing with v2's 25 KiB) needs 55 s: a deadline in 10 s is missed.
+        let soon = now.as_millisecond() + 10_000;
+        store.set_plans(&id(1), &[("eu".into(), deadline(soon))]).unwrap();
+        // v2 has a day; v3 no deadline.
+        store.set_plans(&id(2), &[("eu".into(), deadline(now.as_millisecond() + 86_400_000))]).unwrap();
+        let class = |v, region: &str| {
+            store.rollouts(None).unwrap().into_iter().find(|r| r.version == v && r.region == region).unwrap().class
+        };
+        assert_eq!(check(&store, now).unwrap(), [RolloutKey::new("d", 1, "eu")]);
+        assert_eq!((class(1, "eu"), class(2, "eu"), class(3, "us")), (Class::Normal, bg, Class::Normal));
+        assert_eq!(store.plans().unwrap()[&RolloutKey::new("d", 1, "eu")].raised_unix_ms, Some(now.as_millisecond()));
+        // Still behind: urgent at the next look, and there it stays.
+        assert_eq!(check(&store, now).unwrap().len(), 1);
+        assert_eq!(class(1, "eu"), Class::Urgent);
+        assert!(check(&store, now).unwrap().is_empty());
+        // Ready rows are not looked at.
+        ready(&store, 2, "eu");
+        store.set_plans(&id(2), &[("eu".into(), deadline(1))]).unwrap();
+        assert!(check(&store, now).unwrap().is_empty());
     }
 
     /// Status ETAs: each row under way, from its bytes left and the region's queue.

@@ -141,3 +141,60 @@ async fn a_source_budget_below_the_regions_total_is_held_at_the_source() {
     let least = (read.saturating_sub(2 << 20)) as f64 / rate as f64;
     assert!(took.as_secs_f64() >= least * 0.98, "read {read} bytes in {took:?}: faster than the source's budget");
 }
+
+/// `aq source set`: a source read without limits gets them while the hub runs (its version's
+/// index already built), and the next reads take them; bad values are refused, saying what to
+/// write, and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_limits_set_while_the_hub_runs_hold_from_the_next_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&tmp.path().join("s3")).await.unwrap();
+    let objects = tmp.path().join("s3/models/llama");
+    std::fs::create_dir_all(&objects).unwrap();
+    std::fs::write(objects.join("model.safetensors"), noise(4 << 20, 5)).unwrap();
+    let (hub, spokes, digests, version_bytes) = three_regions(tmp.path(), &server, 0, &[]).await;
+    let mut admin = hub.admin().await;
+    // A first read, without limits: the relay indexes the version (with the limits of then).
+    assert_eq!(fetch_all(spokes[0].clone(), digests.clone()).await, version_bytes);
+
+    let set = |read_rate: Option<&str>, max_reads: Option<&str>| pb::UpdateSourceRequest {
+        name: "s3".into(),
+        read_rate: read_rate.map(String::from),
+        max_reads: max_reads.map(String::from),
+    };
+    for (bad, words) in [
+        (set(Some("fast"), None), &["read_rate", "MiB/s"][..]),
+        (set(None, Some("0")), &["max_reads", "1 to 4096"]),
+        (set(None, None), &["nothing to change", "--read-rate"]),
+        (pb::UpdateSourceRequest { name: "ghost".into(), ..set(None, Some("1")) }, &["ghost", "aq source list"]),
+    ] {
+        let err = admin.update_source(bad).await.unwrap_err();
+        assert!(words.iter().all(|w| err.message().contains(w)), "{words:?} not in {:?}", err.message());
+    }
+    let listed = admin.list_sources(pb::ListSourcesRequest {}).await.unwrap().into_inner().sources;
+    assert!(!listed[0].options.contains_key("read_rate") && !listed[0].options.contains_key("max_reads"));
+
+    let rate = 1u64 << 20;
+    let s = admin.update_source(set(Some("1MiB/s"), Some("1"))).await.unwrap().into_inner();
+    assert_eq!((s.options["read_rate"].as_str(), s.options["max_reads"].as_str()), ("1MiB/s", "1"));
+    let listed = admin.list_sources(pb::ListSourcesRequest {}).await.unwrap().into_inner().sources;
+    assert_eq!(listed[0].options, s.options, "the limits are stored");
+
+    server.counters.most_gets_in_flight.store(0, std::sync::atomic::Ordering::SeqCst);
+    let before = server.object_bytes();
+    let started = std::time::Instant::now();
+    let fetches = spokes.into_iter().map(|s| tokio::spawn(fetch_all(s, digests.clone())));
+    for got in futures::future::join_all(fetches).await {
+        assert_eq!(got.unwrap(), version_bytes);
+    }
+    let (read, took) = (server.object_bytes() - before, started.elapsed());
+    println!("limits set at run time: read {read} bytes in {took:.2?} under a 1 MiB/s source budget");
+    let most = server.counters.most_gets_in_flight.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(most, 1, "the source was asked for more than one read at once after max_reads 1");
+    let least = (read.saturating_sub(2 << 20)) as f64 / rate as f64;
+    assert!(took.as_secs_f64() >= least * 0.98, "read {read} bytes in {took:?}: faster than the new budget");
+
+    // Removed again: `none` (an empty value) takes the limit away.
+    let s = admin.update_source(set(Some(""), Some(""))).await.unwrap().into_inner();
+    assert!(!s.options.contains_key("read_rate") && !s.options.contains_key("max_reads"));
+}

@@ -239,6 +239,7 @@ async fn every_admin_call_leaves_one_audit_row() {
     let _ = a.add_region(pb::AddRegionRequest::default()).await;
     let _ = a.list_regions(pb::ListRegionsRequest::default()).await;
     let _ = a.update_region(pb::UpdateRegionRequest::default()).await;
+    let _ = a.update_source(pb::UpdateSourceRequest::default()).await;
     let _ = a.rollout(pb::RolloutRequest::default()).await;
     let _ = a.status(pb::StatusRequest::default()).await;
     let _ = a.info(pb::InfoRequest::default()).await;

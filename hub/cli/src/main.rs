@@ -26,6 +26,7 @@ use aqueduct_cli::trust;
 use aqueduct_cli::views::{self, ManifestView, Regions, SkippedView, Sources, Versions, VersionsInfo};
 use aqueduct_cli::wait::{Until, WaitArgs};
 use aqueduct_cli::watch;
+use aqueduct_proto::domain::class::Class;
 use aqueduct_proto::domain::cut_over::CutOver;
 use aqueduct_proto::domain::modes::OutsideLinks;
 use aqueduct_proto::hub::v1 as pb;
@@ -99,6 +100,11 @@ enum Command {
         /// there) or manual (on `aq promote`).
         #[arg(long, value_name = "all-ready|per-region|manual")]
         cut_over: Option<CutOver>,
+        /// Which rollouts get the regions' links first: urgent (first, after the reads of pods),
+        /// normal (the default) or background (only what the others leave). Every class stays
+        /// within the region's budget. A region that already has the version takes the class.
+        #[arg(long, value_name = "urgent|normal|background")]
+        class: Option<Class>,
         #[command(flatten)]
         plan: aqueduct_cli::plan::PlanArgs,
         #[command(flatten)]
@@ -228,6 +234,18 @@ enum SourceCommand {
     List {
         #[command(flatten)]
         output: OutputArg,
+    },
+    /// Change a source's read limits while the hub runs (the next chunk read takes them).
+    Set {
+        /// Source name.
+        name: String,
+        /// The most bytes per second replication reads from it, over all regions (e.g.
+        /// 200MiB/s); `none` removes the limit.
+        #[arg(long, value_name = "RATE|none")]
+        read_rate: Option<String>,
+        /// The most reads of it at once, over all regions (1 to 4096); `none` removes the limit.
+        #[arg(long, value_name = "N|none")]
+        max_reads: Option<String>,
     },
     /// Remove a source (refused while a dataset uses it).
     Rm(lifecycle::RmArgs),
@@ -490,6 +508,17 @@ async fn run(cli: Cli) -> Result<()> {
                 .into_inner();
             println!("source {} added: {}", s.name, s.url);
         }
+        Command::Source(SourceCommand::Set { name, read_rate, max_reads }) => {
+            let none_is_empty = |v: Option<String>| v.map(|v| if v == "none" { String::new() } else { v });
+            let req = pb::UpdateSourceRequest {
+                name,
+                read_rate: none_is_empty(read_rate),
+                max_reads: none_is_empty(max_reads),
+            };
+            let s = admin.update_source(req).await.map_err(|e| explain(e, &hub))?.into_inner();
+            let limit = |key: &str| s.options.get(key).map_or("none".to_string(), Clone::clone);
+            println!("source {}: read_rate {}, max_reads {}", s.name, limit("read_rate"), limit("max_reads"));
+        }
         Command::Source(SourceCommand::List { output }) => {
             let list = admin.list_sources(pb::ListSourcesRequest {}).await.map_err(|e| explain(e, &hub))?.into_inner();
             show(&Sources::from(list), &output)?;
@@ -664,7 +693,7 @@ async fn run(cli: Cli) -> Result<()> {
             let list = admin.list_regions(pb::ListRegionsRequest {}).await.map_err(|e| explain(e, &hub))?.into_inner();
             show(&Regions::from(list), &output)?;
         }
-        Command::Rollout { action: None, version, to, mode, cut_over, plan, wait: waiting } => {
+        Command::Rollout { action: None, version, to, mode, cut_over, class, plan, wait: waiting } => {
             let Some(version) = version else {
                 bail!("name the version to roll out: aq rollout DATASET@vN --to REGION")
             };
@@ -676,6 +705,7 @@ async fn run(cli: Cli) -> Result<()> {
                 regions: to,
                 mode: mode.to_wire(),
                 cut_over: cut_over.map_or(pb::CutOver::Unspecified.into(), CutOver::to_wire),
+                class: class.map_or(pb::RolloutClass::Unspecified.into(), Class::to_wire),
                 deadline_unix_ms: deadline.map_or(0, |d| d.as_millisecond()),
                 dry_run: plan.dry_run,
             };

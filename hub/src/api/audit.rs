@@ -250,6 +250,7 @@ pub const ADMIN_CALLS: &[&str] = &[
     "AddAdmin",
     "ListAdmins",
     "ListAudit",
+    "UpdateSource",
 ];
 
 /// What a call asked, without secrets: the fields chosen per call. A request that does not
@@ -282,12 +283,15 @@ pub fn summarize(call: &str, message: &[u8]) -> String {
                 let r = decode::<pb::AddRegionRequest>(message)?.region.unwrap_or_default();
                 fields!(r, name, rate_bytes_per_sec)
             }
+            "UpdateSource" => fields!(decode::<pb::UpdateSourceRequest>(message)?, name, read_rate, max_reads),
             "UpdateRegion" => {
                 fields!(decode::<pb::UpdateRegionRequest>(message)?, name, rate_bytes_per_sec, schedule, time_zone)
             }
             // The token is the response's, never a request's: nothing secret here.
             "CreateEnrolToken" => fields!(decode::<pb::CreateEnrolTokenRequest>(message)?, region, ttl_seconds, uses),
-            "Rollout" => fields!(decode::<pb::RolloutRequest>(message)?, dataset, version, regions, mode, cut_over),
+            "Rollout" => {
+                fields!(decode::<pb::RolloutRequest>(message)?, dataset, version, regions, mode, cut_over, class)
+            }
             "Status" => fields!(decode::<pb::StatusRequest>(message)?, dataset),
             "Tag" => fields!(decode::<pb::TagRequest>(message)?, dataset, name, version, remove),
             "Promote" => fields!(decode::<pb::PromoteRequest>(message)?, dataset, version, regions),

@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aqueduct_proto::domain::class::Class;
 use aqueduct_proto::domain::modes::OutsideLinks;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{ReplicationMode, domain::signature::VersionSignature, validate_name};
@@ -29,6 +30,7 @@ pub mod audit;
 mod lifecycle;
 mod plans;
 mod regions;
+mod sources;
 mod trust;
 
 use crate::auth::require_admin;
@@ -387,6 +389,12 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
+    #[instrument(skip_all, fields(source))]
+    async fn update_source(&self, request: Request<pb::UpdateSourceRequest>) -> Result<Response<pb::Source>, Status> {
+        require_admin(&request)?;
+        Ok(Response::new(self.update_source_call(request.into_inner()).await?))
+    }
+
     #[instrument(skip_all, fields(region, rate, schedule))]
     async fn update_region(&self, request: Request<pb::UpdateRegionRequest>) -> Result<Response<pb::Region>, Status> {
         require_admin(&request)?;
@@ -423,6 +431,12 @@ impl pb::admin_server::Admin for AdminService {
                 req.cut_over
             ))
         })?;
+        let class = Class::from_wire(req.class).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "class {} is not one this hub knows: use urgent, normal or background",
+                req.class
+            ))
+        })?;
         let deadline = plans::deadline(req.deadline_unix_ms, jiff::Timestamp::now())?;
         let not_found = |e| match e {
             StoreError::NotFound { kind: "region", name } => Status::not_found(format!(
@@ -435,7 +449,7 @@ impl pb::admin_server::Admin for AdminService {
             other => other.into(),
         };
         let (id, regions) = (VersionId::new(dataset.name.clone(), version), req.regions.clone());
-        let plan = self.plan(&id, &regions).await.map_err(not_found)?;
+        let plan = self.plan(&id, &regions, class).await.map_err(not_found)?;
         let response = pb::RolloutResponse {
             dataset: dataset.name.clone(),
             version,
@@ -447,7 +461,7 @@ impl pb::admin_server::Admin for AdminService {
             return Ok(Response::new(response));
         }
         let added = id.clone();
-        blocking(&self.db, move |db| db.add_rollout(&added, &regions, mode, cut_over, now_unix_ms()))
+        blocking(&self.db, move |db| db.add_rollout(&added, &regions, mode, cut_over, class, now_unix_ms()))
             .await
             .map_err(not_found)?;
         self.keep_plans(&id, &plan, deadline).await?;
@@ -501,6 +515,7 @@ impl pb::admin_server::Admin for AdminService {
                         updated_unix_ms: r.updated_unix_ms,
                         relayed_bytes: r.relayed_bytes,
                         cut_over: r.cut_over.to_wire(),
+                        class: r.class.to_wire(),
                         promote_pending: r.promote_pending,
                         ..Default::default()
                     };

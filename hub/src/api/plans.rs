@@ -2,6 +2,7 @@
 //! region computed ([`crate::planning`]) and shown, kept with the rows it started, and the ETA
 //! and deadline of each row in `Status`.
 
+use aqueduct_proto::domain::class::Class;
 use aqueduct_proto::hub::v1 as pb;
 use jiff::Timestamp;
 use tonic::Status;
@@ -30,10 +31,14 @@ pub(super) fn deadline(unix_ms: i64, now: Timestamp) -> Result<Option<i64>, Stat
 
 impl AdminService {
     /// The plan of rolling `version` out to `regions` now.
-    pub(super) async fn plan(&self, version: &VersionId, regions: &[String]) -> Result<Vec<RegionPlan>, StoreError> {
+    pub(super) async fn plan(
+        &self,
+        version: &VersionId,
+        regions: &[String],
+        class: Class,
+    ) -> Result<Vec<RegionPlan>, StoreError> {
         let (version, regions) = (version.clone(), regions.to_vec());
-        let priority = 1;
-        blocking(&self.db, move |db| planning::plan_rollout(db, &version, &regions, priority, Timestamp::now())).await
+        blocking(&self.db, move |db| planning::plan_rollout(db, &version, &regions, class, Timestamp::now())).await
     }
 
     /// Keeps each region's plan with the row the rollout started (or named again).

@@ -14,7 +14,13 @@
 //! A source may bound how hard replication reads it, over all regions together (its
 //! `read_rate` and `max_reads` options): each read takes a turn among the source's reads at
 //! once, then waits for the source's budget, so that the on-prem storage never serves
-//! replication faster than it was told, however many regions roll out.
+//! replication faster than it was told, however many regions roll out. `aq source set`
+//! changes those limits while the hub runs ([`SourceReads::set_limits`]): reads from then on
+//! take the new ones.
+//!
+//! What the source was asked for, and what the cache spared it, is counted in the hub's
+//! metrics (`aqueduct_hub_source_read_bytes`, `aqueduct_hub_source_reads`,
+//! `aqueduct_hub_relay_cache_hits`).
 
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +33,7 @@ use aqueduct_proto::Digest;
 use bytes::Bytes;
 use tracing::debug;
 
+use crate::metrics::HubMetrics;
 use crate::source::{ReadLimits, Source, read_range};
 use tokio::sync::Semaphore;
 
@@ -74,22 +81,35 @@ pub struct SourceReads {
     /// Per source name.
     limiters: Mutex<HashMap<String, Arc<SourceLimiter>>>,
     cache: Arc<Mutex<Lru<Digest, Bytes>>>,
+    /// Limits set while the hub runs (`aq source set`), per source name: they replace the ones
+    /// the caller read with the version's index.
+    changed: Mutex<HashMap<String, ReadLimits>>,
+    metrics: Arc<HubMetrics>,
 }
 
 impl Default for SourceReads {
     fn default() -> Self {
-        Self::new(crate::config::LimitsConfig::default().relay_cache.0)
+        Self::new(crate::config::LimitsConfig::default().relay_cache.0, Arc::default())
     }
 }
 
 impl SourceReads {
-    /// Reads shared, with a cache of up to `capacity` bytes (0: flights only, no cache).
-    pub fn new(capacity: u64) -> Self {
+    /// Reads shared, with a cache of up to `capacity` bytes (0: flights only, no cache),
+    /// counted in `metrics`.
+    pub fn new(capacity: u64, metrics: Arc<HubMetrics>) -> Self {
         Self {
             flights: SingleFlight::new(),
             limiters: Mutex::default(),
             cache: Arc::new(Mutex::new(Lru::new(capacity))),
+            changed: Mutex::default(),
+            metrics,
         }
+    }
+
+    /// Source `name`'s limits are `limits` from now on (`aq source set`): the next read of it
+    /// takes them; reads under way finish under the old ones.
+    pub fn set_limits(&self, name: &str, limits: ReadLimits) {
+        self.changed.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), limits);
     }
 
     /// The limiter of source `name`, made anew when its limits changed (reads under way keep
@@ -110,9 +130,12 @@ impl SourceReads {
     /// (within the source's `limits`, and verified) for everyone.
     pub async fn read(&self, digest: Digest, at: ChunkAt, limits: ReadLimits) -> Read {
         if let Some(data) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&digest).cloned() {
+            self.metrics.relay_cache_hit();
             return Ok(data);
         }
-        let cache = self.cache.clone();
+        let limits =
+            self.changed.lock().unwrap_or_else(|e| e.into_inner()).get(&at.source_name).copied().unwrap_or(limits);
+        let (cache, metrics) = (self.cache.clone(), self.metrics.clone());
         let limiter = self.limiter(&at.source_name, limits);
         self.flights
             .run(digest, move || {
@@ -130,6 +153,7 @@ impl SourceReads {
                         let status = tonic::Status::from(e);
                         ReadFailure::Source(status.code(), status.message().to_string())
                     })?;
+                    metrics.source_read(&at.source_name, data.len() as u64);
                     if Digest::of(&data) != digest {
                         return Err(ReadFailure::Changed);
                     }

@@ -18,6 +18,8 @@
 //!   ([`cutover`]);
 //! - what the hub retains, and why, and what a removal may take ([`retention`]);
 //! - what a rollout must move over a region's link, and when it will have moved it ([`plan`]).
+//!
+//! The file is some 600 lines long, half of it the unit tests of these rules.
 
 pub mod cutover;
 pub mod plan;
@@ -26,6 +28,7 @@ pub mod retention;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
+use aqueduct_proto::domain::class::Class;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{Digest, Phase, ReplicationMode};
 
@@ -105,6 +108,8 @@ pub struct RolloutRecord {
     pub cut_over: CutOver,
     /// Promoted (or rolled back to) while not Ready: the region serves it once Ready.
     pub promote_pending: bool,
+    /// Which rollouts get the region's link first.
+    pub class: Class,
 }
 
 /// A tag: a name for one version of a dataset (`stable`, `canary`).
@@ -279,6 +284,7 @@ pub fn assignments_of(
             retained: retained.contains(&VersionId::new(r.dataset.clone(), r.version)),
             ready: r.ready_unix_ms.is_some(),
             generation: r.added_unix_ms,
+            class: r.class.to_wire(),
             dataset: r.dataset,
             version: r.version,
             total_bytes: r.total_bytes,
@@ -370,6 +376,7 @@ mod tests {
             root: Digest([0; 32]),
             cut_over: CutOver::AllReady,
             promote_pending: false,
+            class: Class::Normal,
         }
     }
 

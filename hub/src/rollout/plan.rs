@@ -25,6 +25,7 @@
 use std::collections::{HashMap, HashSet};
 
 use aqueduct_core::schedule::Schedule;
+use aqueduct_proto::domain::class::Class;
 use aqueduct_proto::{Digest, Phase};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -99,11 +100,11 @@ pub fn remaining(row: &RolloutRecord, plan: Option<&RowPlan>) -> u64 {
     }
 }
 
-/// A rollout in a region's queue: its priority (0 goes first: urgent) and its bytes left.
+/// A rollout in a region's queue: its class and its bytes left.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Queued {
     pub key: RolloutKey,
-    pub priority: u8,
+    pub class: Class,
     pub remaining: u64,
 }
 
@@ -112,10 +113,10 @@ pub struct Queued {
 pub fn bytes_until_done(queue: &[Queued], me: &Queued) -> u64 {
     let mut total = me.remaining;
     for other in queue.iter().filter(|q| q.key != me.key) {
-        let share = match other.priority.cmp(&me.priority) {
-            std::cmp::Ordering::Less => other.remaining,
+        let share = match other.class.cmp(&me.class) {
+            std::cmp::Ordering::Greater => other.remaining,
             std::cmp::Ordering::Equal => other.remaining.min(me.remaining),
-            std::cmp::Ordering::Greater => 0,
+            std::cmp::Ordering::Less => 0,
         };
         total = total.saturating_add(share);
     }
@@ -128,18 +129,13 @@ pub fn eta(bytes: u64, now: Timestamp, schedule: &Schedule, zone: &TimeZone) -> 
     schedule.finish(bytes, now, zone)
 }
 
-/// Every row under way, with the region's queue (rows under way in the region, each with its
-/// priority and bytes left), keyed by region.
-pub fn queues(
-    rows: &[RolloutRecord],
-    plans: &HashMap<RolloutKey, RowPlan>,
-    priority: impl Fn(&RolloutRecord) -> u8,
-) -> HashMap<String, Vec<Queued>> {
+/// Each region's queue: its rows under way, each with its class and bytes left.
+pub fn queues(rows: &[RolloutRecord], plans: &HashMap<RolloutKey, RowPlan>) -> HashMap<String, Vec<Queued>> {
     let mut queues: HashMap<String, Vec<Queued>> = HashMap::new();
     for row in rows.iter().filter(|r| under_way(r)) {
         let key = row.key();
         let remaining = remaining(row, plans.get(&key));
-        queues.entry(row.region.clone()).or_default().push(Queued { key, priority: priority(row), remaining });
+        queues.entry(row.region.clone()).or_default().push(Queued { key, class: row.class, remaining });
     }
     queues
 }
@@ -152,10 +148,9 @@ pub fn etas(
     plans: &HashMap<RolloutKey, RowPlan>,
     schedules: &HashMap<String, (Schedule, TimeZone)>,
     now: Timestamp,
-    priority: impl Fn(&RolloutRecord) -> u8,
 ) -> HashMap<RolloutKey, Option<Timestamp>> {
     let mut etas = HashMap::new();
-    for (region, queue) in queues(rows, plans, priority) {
+    for (region, queue) in queues(rows, plans) {
         let Some((schedule, zone)) = schedules.get(&region) else { continue };
         for me in &queue {
             etas.insert(me.key.clone(), eta(bytes_until_done(&queue, me), now, schedule, zone));
@@ -187,6 +182,15 @@ impl Verdict {
     pub fn meets(self) -> bool {
         matches!(self, Verdict::Meets { .. })
     }
+}
+
+/// The class a row under way takes now, if it changes: one step up (background, normal,
+/// urgent) when it has a deadline and its ETA passed it (or is beyond the planning horizon);
+/// `None` otherwise, and for an urgent row (there is nothing above). Asked again at each look
+/// of the deadline watch, so that a row still behind after a raise goes up again.
+pub fn raise(class: Class, eta: Option<Timestamp>, deadline_unix_ms: Option<i64>) -> Option<Class> {
+    let deadline = deadline_unix_ms?;
+    (class != Class::Urgent && !Verdict::of(eta, deadline).meets()).then(|| class.raised())
 }
 
 #[cfg(test)]
@@ -250,15 +254,18 @@ mod tests {
         }
     }
 
-    fn q(name: &str, priority: u8, remaining: u64) -> Queued {
-        Queued { key: RolloutKey::new(name, 1, "eu"), priority, remaining }
+    fn q(name: &str, class: Class, remaining: u64) -> Queued {
+        Queued { key: RolloutKey::new(name, 1, "eu"), class, remaining }
     }
+
+    use Class::{Background, Normal, Urgent};
 
     /// Higher classes go first, the same class shares, lower classes wait.
     #[test]
     fn a_rollout_waits_for_higher_classes_and_shares_with_its_own() {
-        let queue = [q("urgent", 0, 100), q("small", 1, 10), q("big", 1, 500), q("bg", 2, 1000)];
-        let me = q("me", 1, 50);
+        let queue =
+            [q("urgent", Urgent, 100), q("small", Normal, 10), q("big", Normal, 500), q("bg", Background, 1000)];
+        let me = q("me", Normal, 50);
         // 100 urgent + 10 (small finishes first) + 50 of big's share + 50 own.
         assert_eq!(bytes_until_done(&queue, &me), 210);
         assert_eq!(bytes_until_done(&queue, &queue[0]), 100, "urgent waits for no one");
@@ -279,17 +286,19 @@ mod tests {
             [("eu".to_string(), (Schedule::flat(MIB), TimeZone::UTC))].into();
         let rows = [a.clone(), b.clone(), row("c", 1, "eu", Phase::Ready)];
         let plans = HashMap::new();
-        let same = etas(&rows, &plans, &schedules, now, |_| 1);
+        let same = etas(&rows, &plans, &schedules, now);
         assert_eq!(same.len(), 2, "only rows under way have an ETA: {same:?}");
         // Equal shares: a has 60 MiB when b has had 60 too; b then runs alone.
         assert_eq!(same[&a.key()], Some("2026-11-30T12:02:00Z".parse().unwrap()));
         assert_eq!(same[&b.key()], Some("2026-11-30T12:03:00Z".parse().unwrap()));
         // b urgent: b first, a after it.
-        let urgent_b = etas(&rows, &plans, &schedules, now, |r| if r.dataset == "b" { 0 } else { 1 });
+        let mut rows = rows;
+        rows[1].class = Urgent;
+        let urgent_b = etas(&rows, &plans, &schedules, now);
         assert_eq!(urgent_b[&b.key()], Some("2026-11-30T12:02:00Z".parse().unwrap()));
         assert_eq!(urgent_b[&a.key()], Some("2026-11-30T12:03:00Z".parse().unwrap()));
         // A region without a known schedule has no ETA.
-        assert!(etas(&rows, &plans, &HashMap::new(), now, |_| 1).is_empty());
+        assert!(etas(&rows, &plans, &HashMap::new(), now).is_empty());
     }
 
     #[test]
@@ -302,17 +311,31 @@ mod tests {
         assert!(!Verdict::Never.meets());
     }
 
+    /// A row goes up a step when its ETA passed its deadline, never without a deadline or
+    /// past urgent.
+    #[test]
+    fn a_row_behind_its_deadline_goes_up_a_class() {
+        let t = |ms| Some(Timestamp::from_millisecond(ms).unwrap());
+        assert_eq!(raise(Background, t(6_000), Some(5_000)), Some(Normal));
+        assert_eq!(raise(Normal, t(6_000), Some(5_000)), Some(Urgent));
+        assert_eq!(raise(Urgent, t(6_000), Some(5_000)), None, "nothing above urgent");
+        assert_eq!(raise(Background, t(5_000), Some(5_000)), None, "on time");
+        assert_eq!(raise(Background, None, Some(5_000)), Some(Normal), "beyond the horizon is behind");
+        assert_eq!(raise(Background, t(9_000), None), None, "no deadline, no raise");
+    }
+
     fn queue() -> impl Strategy<Value = Vec<Queued>> {
-        proptest::collection::vec((0u8..3, 0u64..1 << 40), 1..8)
-            .prop_map(|items| items.into_iter().enumerate().map(|(i, (p, r))| q(&format!("r{i}"), p, r)).collect())
+        proptest::collection::vec((0usize..3, 0u64..1 << 40), 1..8).prop_map(|items| {
+            items.into_iter().enumerate().map(|(i, (c, r))| q(&format!("r{i}"), Class::ALL[c], r)).collect()
+        })
     }
 
     proptest! {
         #![proptest_config(fuzz::config(500))]
 
         /// The model is monotone: more bytes left for anyone never make a rollout's ETA
-        /// earlier; a higher class (a lower priority number) never makes it later; and it is
-        /// never less than its own bytes nor more than the whole queue's.
+        /// earlier; a higher class never makes it later (for another: never earlier); and it
+        /// is never less than its own bytes nor more than the whole queue's.
         #[test]
         fn fuzz_the_queue_model_is_monotone(queue in queue(), who in 0usize..8, other in 0usize..8, more in 0u64..1 << 40) {
             let me = queue[who % queue.len()].clone();
@@ -326,16 +349,16 @@ mod tests {
             let me_after = grown.iter().find(|q| q.key == me.key).unwrap().clone();
             prop_assert!(bytes_until_done(&grown, &me_after) >= before);
             // A class up for me.
-            if me.priority > 0 {
+            if me.class != Urgent {
                 let mut raised = queue.clone();
                 let i = who % raised.len();
-                raised[i].priority -= 1;
+                raised[i].class = raised[i].class.raised();
                 prop_assert!(bytes_until_done(&raised, &raised[i]) <= before);
             }
             // A class up for another never makes my ETA earlier.
             let mut theirs = queue.clone();
-            if theirs[j].key != me.key && theirs[j].priority > 0 {
-                theirs[j].priority -= 1;
+            if theirs[j].key != me.key {
+                theirs[j].class = theirs[j].class.raised();
                 prop_assert!(bytes_until_done(&theirs, &me) >= before);
             }
         }

@@ -130,7 +130,16 @@ mod tests {
                 .unwrap();
         }
         let regions = ["eu".to_string(), "us".to_string()];
-        store.add_rollout(&VersionId::new("d", 1), &regions, ReplicationMode::Auto, CutOver::AllReady, 5).unwrap();
+        store
+            .add_rollout(
+                &VersionId::new("d", 1),
+                &regions,
+                ReplicationMode::Auto,
+                CutOver::AllReady,
+                Default::default(),
+                5,
+            )
+            .unwrap();
         store
     }
 

@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::StoreError;
 
-pub const SCHEMA_VERSION: i64 = 10;
+pub const SCHEMA_VERSION: i64 = 11;
 
 /// The tables schema 5 added (the lifecycle): in the schema, and in the step that brings a
 /// schema 4 database up to it.
@@ -67,8 +67,8 @@ CREATE TABLE IF NOT EXISTS version_signatures (
     };
 }
 
-/// The table schema 10 added (rollout plans: deadlines, planned bytes, raised classes): in
-/// the schema, and in the step that brings a schema 9 database up to it.
+/// The table schema 11 added (rollout plans: deadlines, planned bytes, raised classes): in
+/// the schema, and in the step that brings a schema 10 database up to it.
 macro_rules! plan_tables {
     () => {
         "
@@ -180,6 +180,7 @@ CREATE TABLE IF NOT EXISTS rollouts (
     ready_ms INTEGER,
     cut_over TEXT NOT NULL DEFAULT 'all-ready',
     promote_pending INTEGER NOT NULL DEFAULT 0,
+    class TEXT NOT NULL DEFAULT 'normal',
     PRIMARY KEY (dataset, version, region),
     FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
 );
@@ -259,9 +260,11 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     // Version 8 signed nothing. Version 9 keeps each version's signature by the hub's signing
     // key; the versions of before are signed when the hub starts (`crate::signing`).
     (8, signature_tables!()),
-    // Version 9 had no deadlines: rollout rows gain a plan (deadline, planned bytes, when the
+    // Version 9 had one class of rollout: every rollout row gains its class (normal).
+    (9, "ALTER TABLE rollouts ADD COLUMN class TEXT NOT NULL DEFAULT 'normal';"),
+    // Version 10 had no deadlines: rollout rows gain a plan (deadline, planned bytes, when the
     // hub last raised the row's class), in a table of their own.
-    (9, plan_tables!()),
+    (10, plan_tables!()),
 ];
 
 /// Creates the tables a new database lacks and brings an older one to [`SCHEMA_VERSION`],
