@@ -109,6 +109,65 @@ pub fn plan_table(resp: &pb::RolloutResponse, now_ms: i64) -> String {
     format!("{what} for {}@v{}{by}:\n{}", resp.dataset, resp.version, table.render())
 }
 
+/// A status row's deadline and ETA, for `-o json|yaml` and the tables.
+#[derive(serde::Serialize, Debug, Default, PartialEq, Eq)]
+pub struct RowPlanView {
+    /// While the row is under way: when the hub expects it done (RFC 3339); null otherwise.
+    pub eta: Option<String>,
+    pub eta_unix_ms: Option<i64>,
+    /// Under way, and not done within the planning horizon (some years).
+    pub eta_beyond_horizon: bool,
+    /// The rollout's deadline (`aq rollout --by`); null: none.
+    pub deadline: Option<String>,
+    pub deadline_unix_ms: Option<i64>,
+    /// Under way with a deadline that its ETA passes.
+    pub misses_deadline: bool,
+    /// When the hub last raised the row's class because it fell behind; null: never.
+    pub class_raised: Option<String>,
+}
+
+impl RowPlanView {
+    pub fn new(r: &pb::StatusRow) -> Self {
+        let some = |ms: i64| (ms != 0).then_some(ms);
+        let (eta, deadline) = (some(r.eta_unix_ms), some(r.deadline_unix_ms));
+        let under_way = eta.is_some() || r.eta_beyond_horizon;
+        Self {
+            eta: eta.and_then(crate::output::rfc3339),
+            eta_unix_ms: eta,
+            eta_beyond_horizon: r.eta_beyond_horizon,
+            deadline: deadline.and_then(crate::output::rfc3339),
+            deadline_unix_ms: deadline,
+            misses_deadline: under_way && deadline.is_some_and(|d| eta.is_none_or(|e| e > d)),
+            class_raised: some(r.class_raised_unix_ms).and_then(crate::output::rfc3339),
+        }
+    }
+
+    /// `in 12m`, `beyond the horizon`, or `-`.
+    pub fn eta_cell(&self) -> String {
+        match self.eta_unix_ms {
+            Some(ms) => crate::output::until(ms),
+            None if self.eta_beyond_horizon => "beyond the horizon".to_string(),
+            None => "-".to_string(),
+        }
+    }
+
+    /// `in 1h`, `in 10m: MISSES it by 5m`, or `-`.
+    pub fn deadline_cell(&self) -> String {
+        let Some(deadline) = self.deadline_unix_ms else { return "-".to_string() };
+        let when = crate::output::until(deadline);
+        match (self.misses_deadline, self.eta_unix_ms) {
+            (false, _) => when,
+            (true, Some(eta)) => format!("{when}: MISSES it by {}", span(eta - deadline)),
+            (true, None) => format!("{when}: MISSES it"),
+        }
+    }
+
+    /// The class, and `(raised)` when the hub raised it for a deadline.
+    pub fn class_cell(&self, class: &str) -> String {
+        if self.class_raised.is_some() { format!("{class} (raised)") } else { class.to_string() }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +226,47 @@ mod tests {
         );
         assert!(lines[3].ends_with("misses it by 40m"), "{text}");
         assert!(lines[4].contains("not within the planning horizon") && lines[4].ends_with("misses it"), "{text}");
+    }
+
+    /// A row with a deadline adds ETA and DEADLINE to the default table, marked when the ETA
+    /// passes it; rows without one leave the table as it was.
+    #[test]
+    fn status_shows_eta_and_deadline_and_marks_a_row_that_will_miss_it() {
+        use crate::output::Listing;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        let row = |region: &str, eta: i64, deadline: i64| pb::StatusRow {
+            dataset: "llama".into(),
+            version: 2,
+            region: region.into(),
+            total_bytes: 100,
+            phase: pb::Phase::Transferring.into(),
+            eta_unix_ms: eta,
+            deadline_unix_ms: deadline,
+            ..Default::default()
+        };
+        let hour = 3_600_000;
+        let status = |rows| pb::StatusResponse { rows, ..Default::default() };
+        let plain = crate::status::StatusView::new(status(vec![row("eu", now + hour, 0)]), false, None).text(false);
+        assert!(!plain.contains("DEADLINE"), "{plain}");
+        let mut raised = row("us", now + 2 * hour + 60_000, now + hour);
+        raised.class_raised_unix_ms = now;
+        raised.class = pb::RolloutClass::Urgent.into();
+        let view =
+            crate::status::StatusView::new(status(vec![row("eu", now + 10 * 60_000, now + hour), raised]), false, None);
+        let text = view.text(false);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].split_whitespace().rev().take(2).eq(["DEADLINE", "ETA"]), "{text}");
+        assert!(lines[1].contains("in 9m") || lines[1].contains("in 10m"), "{text}");
+        assert!(!lines[1].contains("MISSES"), "{text}");
+        assert!(lines[2].contains("MISSES it by 1h"), "{text}");
+        assert!(view.rows[1].plan.misses_deadline && !view.rows[0].plan.misses_deadline);
+        let wide = view.text(true);
+        assert!(wide.contains("urgent (raised)"), "{wide}");
+        let json = serde_json::to_value(&view.rows[1]).unwrap();
+        assert_eq!(
+            (json["misses_deadline"].as_bool(), json["deadline_unix_ms"].as_i64()),
+            (Some(true), Some(now + hour))
+        );
     }
 
     #[test]
