@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aqueduct_core::budget::Budget;
 use aqueduct_proto::hub::v1 as pb;
@@ -135,6 +135,18 @@ fn node_of<T>(request: &Request<T>) -> Result<(String, String), Status> {
 /// The caller's region, from its certificate.
 fn region_of<T>(request: &Request<T>) -> Result<String, Status> {
     node_of(request).map(|(region, _)| region)
+}
+
+/// Until when a region's view holds: its budget's next window, or [`WATCH_RECHECK`] from now.
+fn view_until(view: &Result<pb::Assignments, Status>) -> Instant {
+    let now = Instant::now();
+    let next = view.as_ref().map_or(0, |a| a.budget_next_change_unix_ms);
+    let recheck = now + WATCH_RECHECK;
+    if next == 0 {
+        return recheck;
+    }
+    let left = (next - jiff::Timestamp::now().as_millisecond()).max(0) as u64;
+    recheck.min(now + Duration::from_millis(left))
 }
 
 /// Fails unless `named` (the node a call says it is for) is the certificate's node.
@@ -309,17 +321,26 @@ impl pb::spoke_server::Spoke for SpokeService {
         // Only this watch's stream carries it.
         let session = membership.session().to_string();
         info!(%peer_address, "spoke joined its region");
-        // The region's other spokes learn of the new member.
-        live.changes.notify_waiters();
+        // The region's other spokes learn of the new member (the other regions' do not wake).
+        live.changes.notify_region(&region);
         tokio::spawn(
             async move {
                 let mut last: Option<pb::Assignments> = None;
                 loop {
                     // Register for the next change before reading, so that none is missed.
-                    let notified = live.changes.notified();
+                    let changes = live.changes.clone();
+                    let notified = changes.changed(&region);
                     tokio::pin!(notified);
-                    notified.as_mut().enable();
-                    let current = Self::assignments(&db, &live.members, &live.revocations, &region)
+                    // Polled once: registered for both notices from here on.
+                    let _ = futures::poll!(notified.as_mut());
+                    let epoch = live.changes.epoch(&region);
+                    let current = live
+                        .views
+                        .get(&region, epoch, || async {
+                            let view = Self::assignments(&db, &live.members, &live.revocations, &region).await;
+                            let until = view_until(&view);
+                            (view, until)
+                        })
                         .await
                         .map(|a| pb::Assignments { session: session.clone(), ..a });
                     let send = match &current {
@@ -352,8 +373,15 @@ impl pb::spoke_server::Spoke for SpokeService {
                 }
                 info!("spoke left its region");
                 let changed = live.members.leave(membership);
-                write_region_rows(&db, &region, changed).await;
-                live.changes.notify_waiters();
+                // Rows rewritten may move what other regions serve (a cut-over): then every
+                // watch looks; otherwise only the region's.
+                if changed.is_empty() {
+                    live.changes.notify_region(&region);
+                } else {
+                    write_region_rows(&db, &region, changed).await;
+                    live.changes.notify_waiters();
+                }
+                live.views.forget(&region);
             }
             .instrument(Span::current()),
         );

@@ -2,7 +2,8 @@
 //! members of each region and their reports ([`members`]), each region's link budget as the
 //! relay applies it ([`budgets`]), the chunks read from the sources for every region at once
 //! ([`reads`]), the bytes relayed and not yet written ([`ledger`]), the notices that wake the
-//! spokes' watches when rollouts change ([`Changes`]), and the revocation list in force (kept
+//! spokes' watches when rollouts or a region's members change, and each region's assignments
+//! as its watches share them ([`views`]), and the revocation list in force (kept
 //! in the database too, and read from it at start). None of the rest
 //! survives a restart: spokes join and report again, budgets are re-read, and the ledger
 //! writes what it counted before the hub stops.
@@ -11,12 +12,12 @@ pub mod budgets;
 pub mod ledger;
 pub mod members;
 pub mod reads;
+pub mod views;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aqueduct_core::server::revoke::Revocations;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::HubMetrics;
@@ -25,14 +26,18 @@ use ledger::Ledger;
 use members::Members;
 use reads::SourceReads;
 
-/// Rollout changes: the admin API (and a report that makes a version Ready) notifies, the
-/// spokes' watches wake up and send their regions' assignments again.
-pub type Changes = Arc<Notify>;
+pub use views::Changes;
+use views::Views;
 
 /// What the hub keeps in memory, shared by its services.
 #[derive(Clone, Default)]
 pub struct Live {
+    /// Rollout changes: the admin API (and a report that makes a version Ready) notifies for
+    /// all regions, a join or a leave for its region; the watches concerned wake and send their
+    /// regions' assignments again.
     pub changes: Changes,
+    /// Each region's assignments, computed once per change for all its watches.
+    pub views: Arc<Views>,
     pub ledger: Arc<Ledger>,
     pub members: Arc<Members>,
     /// Each region's link budget, as the relay applies it.
