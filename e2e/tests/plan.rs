@@ -78,7 +78,7 @@ async fn measure(w: &mut aqueduct_e2e::World, version: u64, what: &str) {
     let t0 = now_ms();
     let req = pb::RolloutRequest {
         dataset: "llama".into(),
-        version: version,
+        version,
         regions: vec!["eu".into()],
         deadline_unix_ms: t0 + 3_600_000,
         ..Default::default()
