@@ -146,11 +146,48 @@ impl Schedule {
         InForce { rate, next }
     }
 
+    /// When `bytes` have crossed a link that runs at this schedule's rate from `from` on: the
+    /// windows integrated, each at its own rate (the window in force, then each one after it,
+    /// as [`Schedule::in_force`] announces them). Exact to the nanosecond. `None` when it is
+    /// further than [`MAX_FINISH_STEPS`] changes of rate ahead (some years with a few windows
+    /// a day) or beyond what a timestamp holds: no time worth planning by.
+    pub fn finish(&self, bytes: u64, from: Timestamp, zone: &TimeZone) -> Option<Timestamp> {
+        // Bytes times nanoseconds per second: a window of `ns` nanoseconds at `rate` bytes per
+        // second carries `ns * rate` of them, exactly.
+        let mut left = u128::from(bytes) * NANOS_PER_SEC;
+        let mut at = from;
+        for _ in 0..MAX_FINISH_STEPS {
+            let InForce { rate, next } = self.in_force(at, zone);
+            let rate = u128::from(rate.max(1));
+            let need = left.div_ceil(rate);
+            let change = match next {
+                Some((change, _)) => change,
+                None => return add_nanos(at, need),
+            };
+            let span = u128::try_from(change.duration_since(at).as_nanos()).unwrap_or(0);
+            if need <= span {
+                return add_nanos(at, need);
+            }
+            left -= span * rate;
+            at = change;
+        }
+        None
+    }
+
     fn rate_of(&self, at: &Zoned) -> u64 {
         let day = at.weekday().to_monday_zero_offset() as usize;
         let minute = at.hour() as u16 * 60 + at.minute() as u16;
         self.rate_at(day, minute)
     }
+}
+
+/// How many changes of rate [`Schedule::finish`] walks through before it gives up.
+pub const MAX_FINISH_STEPS: usize = 1024;
+const NANOS_PER_SEC: u128 = 1_000_000_000;
+
+fn add_nanos(at: Timestamp, nanos: u128) -> Option<Timestamp> {
+    let nanos = i64::try_from(nanos).ok()?;
+    at.checked_add(jiff::SignedDuration::from_nanos(nanos)).ok()
 }
 
 /// Looks up a time zone by its IANA name.
@@ -344,6 +381,27 @@ mod tests {
         assert_eq!(Schedule::parse("100MiB/s").unwrap(), Schedule::flat(100 * MIB));
     }
 
+    #[test]
+    fn a_transfer_finishes_when_the_windows_have_carried_its_bytes() {
+        let zone = berlin();
+        let s = Schedule::parse("mon-fri 08:00-20:00 1MiB/s; 10MiB/s").unwrap();
+        // Monday 19:59: one minute at 1 MiB/s (60 MiB), then 10 MiB/s.
+        let now = at("2026-11-30T19:59", &zone);
+        assert_eq!(s.finish(0, now, &zone), Some(now));
+        assert_eq!(s.finish(30 * MIB, now, &zone), Some(at("2026-11-30T19:59:30", &zone)));
+        assert_eq!(s.finish(60 * MIB, now, &zone), Some(at("2026-11-30T20:00", &zone)));
+        assert_eq!(s.finish(160 * MIB, now, &zone), Some(at("2026-11-30T20:00:10", &zone)));
+        // Through the night (12 h at 10 MiB/s) into Tuesday's window.
+        let night = 12 * 3600 * 10 * MIB;
+        assert_eq!(s.finish(60 * MIB + night + 90 * MIB, now, &zone), Some(at("2026-12-01T08:01:30", &zone)));
+        // A flat rate: bytes over rate; a fraction of a second is rounded up to the nanosecond.
+        let flat = Schedule::flat(3);
+        let t0: Timestamp = "2026-11-30T00:00:00Z".parse().unwrap();
+        assert_eq!(flat.finish(1, t0, &zone), Some("2026-11-30T00:00:00.333333334Z".parse().unwrap()));
+        // Beyond a timestamp: no time.
+        assert_eq!(Schedule::flat(1).finish(u64::MAX, t0, &zone), None);
+    }
+
     fn rule() -> impl Strategy<Value = Rule> {
         let days = proptest::option::of(any::<[bool; 7]>().prop_filter("some day", |d| d.iter().any(|x| *x)));
         let window = proptest::option::of(
@@ -379,6 +437,32 @@ mod tests {
         }
     }
 
+    /// When `bytes` have crossed from `from`, walking minute by minute (the rate is constant
+    /// within a wall-clock minute), up to `horizon`; `None` if not by then.
+    fn finish_by_minutes(
+        s: &Schedule,
+        bytes: u64,
+        from: Timestamp,
+        zone: &TimeZone,
+        horizon: Timestamp,
+    ) -> Option<Timestamp> {
+        let mut left = u128::from(bytes) * NANOS_PER_SEC;
+        let mut t = from;
+        while t < horizon {
+            let rate = u128::from(s.rate_of(&t.to_zoned(zone.clone())));
+            let second = t.as_second();
+            let minute_end = second - second.rem_euclid(60) + 60;
+            let end = Timestamp::from_second(minute_end).unwrap();
+            let span = end.duration_since(t).as_nanos() as u128;
+            if left.div_ceil(rate) <= span {
+                return add_nanos(t, left.div_ceil(rate));
+            }
+            left -= span * rate;
+            t = end;
+        }
+        None
+    }
+
     proptest! {
         // Each case walks a week minute by minute.
         #![proptest_config(fuzz::config(24))]
@@ -403,6 +487,30 @@ mod tests {
             if let Some((t, rate)) = found.next {
                 prop_assert_eq!(rate_at(t), rate);
                 prop_assert_ne!(rate, found.rate);
+            }
+        }
+
+        /// A transfer's finish under a schedule is where walking the windows minute by minute
+        /// gets to, to the nanosecond (or, past a few days' walk, later than that).
+        #[test]
+        fn fuzz_finish_agrees_with_walking_the_minutes(
+            rules in proptest::collection::vec(rule(), 0..5),
+            default in 1u64..1 << 20,
+            bytes in 0u64..1 << 38,
+            start in 1_700_000_000i64..1_900_000_000,
+            nanos in 0i32..1_000_000_000,
+        ) {
+            // Rates up to 1 MiB/s, so that some transfers take days.
+            let rules = rules.into_iter().map(|r| Rule { rate: r.rate % (1 << 20) + 1, ..r }).collect();
+            let s = Schedule { rules, default };
+            let zone = berlin();
+            let from = Timestamp::new(start, nanos).unwrap();
+            let horizon = from.checked_add(jiff::SignedDuration::from_hours(4 * 24)).unwrap();
+            let walked = finish_by_minutes(&s, bytes, from, &zone, horizon);
+            let found = s.finish(bytes, from, &zone);
+            match walked {
+                Some(w) => prop_assert_eq!(found, Some(w)),
+                None => prop_assert!(found.is_none_or(|f| f >= horizon), "finish {:?} before the walk's horizon", found),
             }
         }
     }

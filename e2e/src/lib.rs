@@ -367,6 +367,7 @@ impl World {
             mode: mode.parse::<aqueduct_proto::ReplicationMode>().unwrap().to_wire(),
             cut_over: 0,
             class: 0,
+            ..Default::default()
         };
         self.admin.rollout(req).await.unwrap();
     }

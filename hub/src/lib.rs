@@ -29,6 +29,7 @@ pub mod health;
 pub mod live;
 pub mod metrics;
 pub mod pki;
+pub mod planning;
 pub mod relay;
 pub mod rollout;
 mod setup;
@@ -211,6 +212,8 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
     }
     let authority = Arc::new(load_authority(&config)?);
     let flusher = tokio::spawn(live.ledger.clone().run(db.clone(), shutdown.clone()));
+    // Rollouts behind their deadline go up a class.
+    tokio::spawn(planning::watch(db.clone(), live.clone(), planning::WATCH_EVERY));
     // Readiness (the database answers, the sources are reachable), checked by one loop; the
     // probes and the gRPC health service read what it found.
     let health = aqueduct_core::health::Health::new(vec![

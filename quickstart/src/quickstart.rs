@@ -322,6 +322,7 @@ async fn rollout(admin: &mut AdminClient<Channel>, version: u64) -> Result<Vec<T
             mode: Default::default(),
             cut_over: Default::default(),
             class: Default::default(),
+            ..Default::default()
         })
         .await?;
     let started = Instant::now();

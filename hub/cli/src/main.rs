@@ -106,6 +106,8 @@ enum Command {
         #[arg(long, value_name = "urgent|normal|background")]
         class: Option<Class>,
         #[command(flatten)]
+        plan: aqueduct_cli::plan::PlanArgs,
+        #[command(flatten)]
         wait: WaitArgs,
     },
     /// Where each region stands with each rolled-out version (kubectl-get style table), what
@@ -691,10 +693,12 @@ async fn run(cli: Cli) -> Result<()> {
             let list = admin.list_regions(pb::ListRegionsRequest {}).await.map_err(|e| explain(e, &hub))?.into_inner();
             show(&Regions::from(list), &output)?;
         }
-        Command::Rollout { action: None, version, to, mode, cut_over, class, wait: waiting } => {
+        Command::Rollout { action: None, version, to, mode, cut_over, class, plan, wait: waiting } => {
             let Some(version) = version else {
                 bail!("name the version to roll out: aq rollout DATASET@vN --to REGION")
             };
+            let now = jiff::Timestamp::now();
+            let deadline = plan.by.as_deref().map(|by| aqueduct_cli::plan::parse_by(by, now)).transpose()?;
             let req = pb::RolloutRequest {
                 dataset: version.dataset.clone(),
                 version: version.version.unwrap_or(0),
@@ -702,8 +706,14 @@ async fn run(cli: Cli) -> Result<()> {
                 mode: mode.to_wire(),
                 cut_over: cut_over.map_or(pb::CutOver::Unspecified.into(), CutOver::to_wire),
                 class: class.map_or(pb::RolloutClass::Unspecified.into(), Class::to_wire),
+                deadline_unix_ms: deadline.map_or(0, |d| d.as_millisecond()),
+                dry_run: plan.dry_run,
             };
             let resp = admin.rollout(req).await.map_err(|e| explain(e, &hub))?.into_inner();
+            print!("{}", aqueduct_cli::plan::plan_table(&resp, jiff::Timestamp::now().as_millisecond()));
+            if resp.dry_run {
+                return Ok(());
+            }
             println!("{}@v{} rolling out to {}", resp.dataset, resp.version, resp.regions.join(", "));
             let until = Until::Ready { dataset: resp.dataset, version: resp.version, regions: resp.regions };
             waiting.wait(&mut admin, &hub, until).await?;

@@ -8,6 +8,7 @@ use aqueduct_proto::{Phase, Rate};
 use serde::Serialize;
 
 use crate::output::{Listing, Table, bytes, hit_ratio, mode_name, phase_name, rfc3339};
+use crate::plan::RowPlanView;
 use aqueduct_proto::domain::class::Class;
 use aqueduct_proto::domain::cut_over::CutOver;
 
@@ -53,6 +54,9 @@ pub struct RowView {
     pub refetched_bytes: u64,
     pub updated: Option<String>,
     pub updated_unix_ms: i64,
+    /// Deadlines and ETAs (`aq rollout --by`).
+    #[serde(flatten)]
+    pub plan: RowPlanView,
     /// Only with `--nodes`: each live spoke of the region.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nodes: Option<Vec<NodeView>>,
@@ -147,6 +151,7 @@ impl StatusView {
             .rows
             .into_iter()
             .map(|r| RowView {
+                plan: RowPlanView::new(&r),
                 mode: mode_name(r.mode),
                 cut_over: CutOver::wire_name(r.cut_over),
                 class: Class::wire_name(r.class),
@@ -298,6 +303,10 @@ impl StatusView {
     fn rows_table(&self, wide: bool) -> String {
         let header = ["DATASET", "VERSION", "REGION", "MODE", "TOTAL SIZE", "CACHED", "CACHED %", "PHASE", "RATE"];
         let mut t = Table::new(header);
+        // ETA and DEADLINE join the default table when a row has a deadline.
+        let deadlines = self.rows.iter().any(|r| r.plan.deadline_unix_ms.is_some());
+        let [a, b, c, d, e, f, g, h, i] = header;
+        let mut td = Table::new([a, b, c, d, e, f, g, h, i, "ETA", "DEADLINE"]);
         let mut w = Table::new([
             "DATASET",
             "VERSION",
@@ -314,6 +323,8 @@ impl StatusView {
             "RELAYED",
             "REFETCHED",
             "UPDATED",
+            "ETA",
+            "DEADLINE",
         ]);
         for r in &self.rows {
             let achieved =
@@ -346,17 +357,28 @@ impl StatusView {
                     h,
                     i,
                     r.cut_over.clone(),
-                    r.class.clone(),
+                    r.plan.class_cell(&r.class),
                     r.nodes.as_ref().map_or("-".into(), |n| n.len().to_string()),
                     bytes(r.relayed_bytes),
                     bytes(r.refetched_bytes),
                     r.updated.clone().unwrap_or_else(|| "-".into()),
+                    r.plan.eta_cell(),
+                    r.plan.deadline_cell(),
                 ]);
+            } else if deadlines {
+                let [a, b, c, d, e, f, g, h, i] = cells;
+                td.row([a, b, c, d, e, f, g, h, i, r.plan.eta_cell(), r.plan.deadline_cell()]);
             } else {
                 t.row(cells);
             }
         }
-        if wide { w.render() } else { t.render() }
+        if wide {
+            w.render()
+        } else if deadlines {
+            td.render()
+        } else {
+            t.render()
+        }
     }
 
     fn nodes_table(&self, wide: bool) -> String {

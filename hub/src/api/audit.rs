@@ -290,7 +290,8 @@ pub fn summarize(call: &str, message: &[u8]) -> String {
             // The token is the response's, never a request's: nothing secret here.
             "CreateEnrolToken" => fields!(decode::<pb::CreateEnrolTokenRequest>(message)?, region, ttl_seconds, uses),
             "Rollout" => {
-                fields!(decode::<pb::RolloutRequest>(message)?, dataset, version, regions, mode, cut_over, class)
+                let r = decode::<pb::RolloutRequest>(message)?;
+                fields!(r, dataset, version, regions, mode, cut_over, class, deadline_unix_ms, dry_run)
             }
             "Status" => fields!(decode::<pb::StatusRequest>(message)?, dataset),
             "Tag" => fields!(decode::<pb::TagRequest>(message)?, dataset, name, version, remove),

@@ -28,6 +28,7 @@ use tracing::{Instrument, Span, info, instrument, warn};
 
 pub mod audit;
 mod lifecycle;
+mod plans;
 mod regions;
 mod sources;
 mod trust;
@@ -436,21 +437,36 @@ impl pb::admin_server::Admin for AdminService {
                 req.class
             ))
         })?;
+        let deadline = plans::deadline(req.deadline_unix_ms, jiff::Timestamp::now())?;
+        let not_found = |e| match e {
+            StoreError::NotFound { kind: "region", name } => Status::not_found(format!(
+                "region {name:?} does not exist; add it with `aq region add {name} --rate RATE`"
+            )),
+            StoreError::NotFound { kind: "version", .. } => Status::not_found(format!(
+                "dataset {:?} has no version v{version}; `aq versions {}` lists them",
+                dataset.name, dataset.name
+            )),
+            other => other.into(),
+        };
         let (id, regions) = (VersionId::new(dataset.name.clone(), version), req.regions.clone());
-        blocking(&self.db, move |db| db.add_rollout(&id, &regions, mode, cut_over, class, now_unix_ms()))
+        let plan = self.plan(&id, &regions, class).await.map_err(not_found)?;
+        let response = pb::RolloutResponse {
+            dataset: dataset.name.clone(),
+            version,
+            regions: req.regions,
+            plans: plan.iter().map(|p| plans::plan_to_pb(p, deadline)).collect(),
+            dry_run: req.dry_run,
+        };
+        if req.dry_run {
+            return Ok(Response::new(response));
+        }
+        let added = id.clone();
+        blocking(&self.db, move |db| db.add_rollout(&added, &regions, mode, cut_over, class, now_unix_ms()))
             .await
-            .map_err(|e| match e {
-                StoreError::NotFound { kind: "region", name } => Status::not_found(format!(
-                    "region {name:?} does not exist; add it with `aq region add {name} --rate RATE`"
-                )),
-                StoreError::NotFound { kind: "version", .. } => Status::not_found(format!(
-                    "dataset {:?} has no version v{version}; `aq versions {}` lists them",
-                    dataset.name, dataset.name
-                )),
-                other => other.into(),
-            })?;
+            .map_err(not_found)?;
+        self.keep_plans(&id, &plan, deadline).await?;
         self.live.changes.notify_waiters();
-        Ok(Response::new(pb::RolloutResponse { dataset: dataset.name, version, regions: req.regions }))
+        Ok(Response::new(response))
     }
 
     #[instrument(skip_all, fields(dataset))]
@@ -474,6 +490,7 @@ impl pb::admin_server::Admin for AdminService {
             })
         })
         .await?;
+        let etas = blocking(&self.db, |db| crate::planning::etas(db, jiff::Timestamp::now())).await?;
         let active: HashSet<(&str, &str, u64)> =
             serving.iter().map(|s| (s.dataset.as_str(), s.region.as_str(), s.version)).collect();
         Ok(Response::new(pb::StatusResponse {
@@ -481,7 +498,7 @@ impl pb::admin_server::Admin for AdminService {
                 .into_iter()
                 .map(|r| {
                     let key = r.key();
-                    pb::StatusRow {
+                    let mut row = pb::StatusRow {
                         nodes: self.live.members.nodes(&key),
                         refetched_bytes: self.live.ledger.refetched(&key),
                         mode: r.mode.to_wire(),
@@ -500,7 +517,10 @@ impl pb::admin_server::Admin for AdminService {
                         cut_over: r.cut_over.to_wire(),
                         class: r.class.to_wire(),
                         promote_pending: r.promote_pending,
-                    }
+                        ..Default::default()
+                    };
+                    plans::fill_row(&mut row, &etas);
+                    row
                 })
                 .collect(),
             caches: self.live.members.caches(),

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use aqueduct_core::budget::Budget;
 use aqueduct_core::schedule::{InForce, Schedule, time_zone};
+use jiff::tz::TimeZone;
 
 use crate::store::RegionRecord;
 
@@ -16,11 +17,18 @@ use crate::store::RegionRecord;
 /// its flat rate. A stored schedule that no longer reads (it was checked when set) falls back
 /// to the flat rate.
 pub fn budget_at(region: &RegionRecord, now: jiff::Timestamp) -> InForce {
-    let flat = InForce { rate: region.rate, next: None };
-    let Some(schedule) = &region.schedule else { return flat };
+    let (schedule, zone) = schedule_of(region);
+    schedule.in_force(now, &zone)
+}
+
+/// A region's budget as a schedule in its time zone: its weekly schedule, or its flat rate at
+/// all times (also when a stored schedule no longer reads).
+pub fn schedule_of(region: &RegionRecord) -> (Schedule, TimeZone) {
+    let flat = || (Schedule::flat(region.rate), TimeZone::UTC);
+    let Some(schedule) = &region.schedule else { return flat() };
     match (Schedule::parse(&schedule.text), time_zone(&schedule.time_zone)) {
-        (Ok(s), Ok(zone)) => s.in_force(now, &zone),
-        _ => flat,
+        (Ok(s), Ok(zone)) => (s, zone),
+        _ => flat(),
     }
 }
 

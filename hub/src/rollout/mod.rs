@@ -16,11 +16,13 @@
 //! - what a region is assigned ([`assignments_of`]);
 //! - what a region serves, and how cut-over policies, promote, rollback and cancel move it
 //!   ([`cutover`]);
-//! - what the hub retains, and why, and what a removal may take ([`retention`]).
+//! - what the hub retains, and why, and what a removal may take ([`retention`]);
+//! - what a rollout must move over a region's link, and when it will have moved it ([`plan`]).
 //!
 //! The file is some 600 lines long, half of it the unit tests of these rules.
 
 pub mod cutover;
+pub mod plan;
 pub mod retention;
 
 use std::collections::{HashMap, HashSet};

@@ -17,6 +17,7 @@
 pub mod chunk_list;
 pub mod enrol;
 pub mod lifecycle;
+pub mod plans;
 pub mod schema;
 pub mod signing;
 pub mod sqlite;
@@ -143,7 +144,9 @@ pub struct StoredVersion {
 /// The hub's metadata store. Every method is short and synchronous; callers on the async
 /// runtime go through `spawn_blocking`. The rollout lifecycle's calls are in
 /// [`LifecycleStore`].
-pub trait MetaStore: LifecycleStore + enrol::EnrolStore + TrustStore + signing::SigningStore + Send + Sync {
+pub trait MetaStore:
+    LifecycleStore + enrol::EnrolStore + TrustStore + signing::SigningStore + plans::PlanStore + Send + Sync
+{
     fn add_source(&self, source: &SourceRecord) -> Result<(), StoreError>;
     /// Replaces a source's options (its read limits changed); `NotFound` for an unknown name.
     fn set_source_options(&self, name: &str, options: &BTreeMap<String, String>) -> Result<(), StoreError>;

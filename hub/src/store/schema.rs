@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::StoreError;
 
-pub const SCHEMA_VERSION: i64 = 10;
+pub const SCHEMA_VERSION: i64 = 11;
 
 /// The tables schema 5 added (the lifecycle): in the schema, and in the step that brings a
 /// schema 4 database up to it.
@@ -63,6 +63,23 @@ CREATE TABLE IF NOT EXISTS version_signatures (
     signed_ms INTEGER NOT NULL,
     signature BLOB NOT NULL,
     PRIMARY KEY (dataset, version)
+);"
+    };
+}
+
+/// The table schema 11 added (rollout plans: deadlines, planned bytes, raised classes): in
+/// the schema, and in the step that brings a schema 10 database up to it.
+macro_rules! plan_tables {
+    () => {
+        "
+CREATE TABLE IF NOT EXISTS rollout_plans (
+    dataset TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    region TEXT NOT NULL,
+    deadline_ms INTEGER,
+    planned_bytes INTEGER NOT NULL,
+    raised_ms INTEGER,
+    PRIMARY KEY (dataset, version, region)
 );"
     };
 }
@@ -180,7 +197,9 @@ CREATE TABLE IF NOT EXISTS skipped_objects (
     "\n",
     trust_tables!(),
     "\n",
-    signature_tables!()
+    signature_tables!(),
+    "\n",
+    plan_tables!()
 );
 
 /// Steps that bring a database of schema version `from` to `from + 1`, in order. Each runs
@@ -243,6 +262,9 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (8, signature_tables!()),
     // Version 9 had one class of rollout: every rollout row gains its class (normal).
     (9, "ALTER TABLE rollouts ADD COLUMN class TEXT NOT NULL DEFAULT 'normal';"),
+    // Version 10 had no deadlines: rollout rows gain a plan (deadline, planned bytes, when the
+    // hub last raised the row's class), in a table of their own.
+    (10, plan_tables!()),
 ];
 
 /// Creates the tables a new database lacks and brings an older one to [`SCHEMA_VERSION`],
