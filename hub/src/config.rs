@@ -44,6 +44,32 @@ pub struct HubConfig {
     /// The key that signs new versions (`[signing]`).
     #[serde(default)]
     pub signing: SigningConfig,
+    /// Watched datasets (`[triggers]`).
+    #[serde(default, skip_serializing_if = "TriggersConfig::is_default")]
+    pub triggers: TriggersConfig,
+}
+
+/// `[triggers]`: the task that checks watched datasets (`aq dataset set NAME --watch-every`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TriggersConfig {
+    /// Whether this hub checks watched datasets at all (watches can be set either way).
+    pub enabled: bool,
+    /// The shortest interval a watch may have (each check lists the dataset's prefix).
+    #[serde(with = "aqueduct_core::server::human::duration")]
+    pub min_interval: Duration,
+}
+
+impl Default for TriggersConfig {
+    fn default() -> Self {
+        Self { enabled: true, min_interval: Duration::from_secs(10) }
+    }
+}
+
+impl TriggersConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// `[signing]`: which key signs the versions the hub cuts. Every `*.key` file beside it is

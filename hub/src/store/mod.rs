@@ -23,6 +23,7 @@ pub mod sqlite;
 #[cfg(test)]
 mod tests;
 pub mod trust;
+pub mod watches;
 
 use std::collections::BTreeMap;
 
@@ -142,7 +143,9 @@ pub struct StoredVersion {
 /// The hub's metadata store. Every method is short and synchronous; callers on the async
 /// runtime go through `spawn_blocking`. The rollout lifecycle's calls are in
 /// [`LifecycleStore`].
-pub trait MetaStore: LifecycleStore + enrol::EnrolStore + TrustStore + signing::SigningStore + Send + Sync {
+pub trait MetaStore:
+    LifecycleStore + enrol::EnrolStore + TrustStore + signing::SigningStore + watches::WatchStore + Send + Sync
+{
     fn add_source(&self, source: &SourceRecord) -> Result<(), StoreError>;
     fn source(&self, name: &str) -> Result<Option<SourceRecord>, StoreError>;
     fn sources(&self) -> Result<Vec<SourceRecord>, StoreError>;

@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::StoreError;
 
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// The tables schema 5 added (the lifecycle): in the schema, and in the step that brings a
 /// schema 4 database up to it.
@@ -63,6 +63,29 @@ CREATE TABLE IF NOT EXISTS version_signatures (
     signed_ms INTEGER NOT NULL,
     signature BLOB NOT NULL,
     PRIMARY KEY (dataset, version)
+);"
+    };
+}
+
+/// The table schema 10 added (watched datasets, issue 19): in the schema, and in the step that
+/// brings a schema 9 database up to it. One row per watched dataset: its cadence (an interval
+/// or a cron expression in a time zone), the rollout that follows a new version (regions
+/// comma-separated; none: '') and how its last check went; it goes with its dataset.
+macro_rules! watch_tables {
+    () => {
+        "
+CREATE TABLE IF NOT EXISTS watches (
+    dataset TEXT PRIMARY KEY REFERENCES datasets(name) ON DELETE CASCADE,
+    every_ms INTEGER NOT NULL,
+    cron TEXT NOT NULL,
+    time_zone TEXT NOT NULL,
+    rollout_regions TEXT NOT NULL,
+    rollout_mode TEXT NOT NULL,
+    rollout_cut_over TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    last_check_ms INTEGER,
+    last_result TEXT NOT NULL,
+    last_failed INTEGER NOT NULL
 );"
     };
 }
@@ -179,7 +202,9 @@ CREATE TABLE IF NOT EXISTS skipped_objects (
     "\n",
     trust_tables!(),
     "\n",
-    signature_tables!()
+    signature_tables!(),
+    "\n",
+    watch_tables!()
 );
 
 /// Steps that bring a database of schema version `from` to `from + 1`, in order. Each runs
@@ -240,6 +265,8 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     // Version 8 signed nothing. Version 9 keeps each version's signature by the hub's signing
     // key; the versions of before are signed when the hub starts (`crate::signing`).
     (8, signature_tables!()),
+    // Version 9 watched no dataset. Version 10 keeps each watched dataset's watch (issue 19).
+    (9, watch_tables!()),
 ];
 
 /// Creates the tables a new database lacks and brings an older one to [`SCHEMA_VERSION`],

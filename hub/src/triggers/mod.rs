@@ -1,0 +1,168 @@
+//! Watched datasets: the hub's one trigger task. At each watched dataset's next check
+//! ([`watch::next_check`]) it snapshots the dataset (the snapshot lists the prefix and reads
+//! only what changed: an unchanged source cuts nothing) and, when a version was cut and the
+//! watch names regions, rolls it out to them ([`watch::after_snapshot`]). Both go through
+//! [`Checks`], which the admin API implements with the very code `aq snapshot` and `aq
+//! rollout` run, so that a trigger does nothing an admin could not.
+//!
+//! One check at a time per dataset (several datasets may be checked at once); a check that
+//! fails (the source unreachable) is recorded with its error and tried again at the next
+//! time; nothing a check does ends the task. Each check's start and result are written to the
+//! store ([`crate::store::watches`]), so a restarted hub knows when it last looked and does not
+//! check again at once. Setting or removing a watch wakes the task ([`Triggers::wake`]).
+//!
+//! The decisions are pure ([`watch`]); this module holds the loop, so that a leader lease
+//! (several hubs, one of which runs the task) can wrap [`run`] as it is.
+
+pub mod watch;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span, debug, info, info_span, warn};
+
+use crate::snapshot::{blocking, now_unix_ms};
+use crate::store::MetaStore;
+use crate::store::watches::{AutoRollout, WatchRecord};
+use watch::{Cadence, CheckOutcome, Snapshot};
+
+/// What a check does in the world: the admin API's snapshot and rollout.
+#[async_trait::async_trait]
+pub trait Checks: Send + Sync {
+    /// Snapshots `dataset` as `aq snapshot` does (refused while another snapshot of it runs);
+    /// the error is a sentence for the watch's last result.
+    async fn snapshot(&self, dataset: &str) -> Result<Snapshot, String>;
+    /// Rolls `dataset@vN` out as `aq rollout` does; returns the regions.
+    async fn rollout(&self, dataset: &str, version: u64, rollout: &AutoRollout) -> Result<Vec<String>, String>;
+}
+
+/// Wakes the trigger task: a watch was set or removed.
+#[derive(Clone, Default)]
+pub struct Triggers {
+    wake: Arc<Notify>,
+}
+
+impl Triggers {
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// How long the task sleeps at most between looks at the watches (a clock that jumps, a
+/// watch set by another hub sharing the database).
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// The cadence a stored watch has for the task: an interval under `floor` is taken as
+/// `floor` (the floor may have been raised since it was set). `None`: the stored watch no
+/// longer parses (logged, skipped).
+pub fn cadence_of(w: &WatchRecord, floor: Duration) -> Option<Cadence> {
+    let c = &w.config;
+    match Cadence::from_parts(c.every_ms, &c.cron, &c.time_zone) {
+        Ok(Cadence::Every(d)) => Some(Cadence::Every(d.max(floor))),
+        Ok(cadence) => Some(cadence),
+        Err(e) => {
+            warn!(dataset = c.dataset, error = %e, "a stored watch does not parse; it is not checked");
+            None
+        }
+    }
+}
+
+/// Runs the trigger task until `shutdown` fires: checks each watched dataset when it is due.
+/// Checks under way when it fires are dropped (a snapshot cut short writes nothing).
+pub async fn run(
+    db: Arc<dyn MetaStore>,
+    checks: Arc<dyn Checks>,
+    triggers: Triggers,
+    floor: Duration,
+    shutdown: CancellationToken,
+) {
+    info!(min_interval = ?floor, "trigger task started");
+    let mut running: HashSet<String> = HashSet::new();
+    let mut tasks: JoinSet<String> = JoinSet::new();
+    loop {
+        let now = now_unix_ms();
+        let watches = match blocking(&db, |db| db.watches()).await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "cannot read the watches; trying again");
+                Vec::new()
+            }
+        };
+        let mut soonest: Option<i64> = None;
+        for w in watches {
+            if running.contains(&w.config.dataset) {
+                continue;
+            }
+            let Some(cadence) = cadence_of(&w, floor) else { continue };
+            let Some(next) = watch::next_check(&cadence, w.last_check_unix_ms, now) else { continue };
+            if next <= now {
+                running.insert(w.config.dataset.clone());
+                let (db, checks) = (db.clone(), checks.clone());
+                let span = info_span!("watch_check", dataset = w.config.dataset.as_str(), %cadence, result = tracing::field::Empty);
+                tasks.spawn(check(db, checks, w, now).instrument(span));
+            } else {
+                soonest = Some(soonest.map_or(next, |s| s.min(next)));
+            }
+        }
+        let sleep = soonest
+            .map(|s| Duration::from_millis(u64::try_from(s - now).unwrap_or(0)))
+            .unwrap_or(MAX_SLEEP)
+            .min(MAX_SLEEP);
+        debug!(?sleep, running = running.len(), "trigger task waits");
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = triggers.wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                match done {
+                    Ok(dataset) => { running.remove(&dataset); }
+                    // A check that panicked: its dataset stays marked until the task restarts
+                    // (its name is lost with the panic), so clear them all and let the
+                    // store's times decide again.
+                    Err(e) => {
+                        warn!(error = %e, "a watch check ended abnormally");
+                        running.retain(|_| false);
+                        tasks.abort_all();
+                    }
+                }
+            }
+        }
+    }
+    tasks.abort_all();
+    info!("trigger task stopped");
+}
+
+/// One check of one watched dataset: snapshot, maybe roll out, record. Returns its dataset.
+async fn check(db: Arc<dyn MetaStore>, checks: Arc<dyn Checks>, w: WatchRecord, started: i64) -> String {
+    let name = w.config.dataset.clone();
+    let auto = &w.config.rollout;
+    let outcome = match checks.snapshot(&name).await {
+        Err(error) => CheckOutcome::Failed { error },
+        Ok(snapshot) => match watch::after_snapshot(&snapshot, &auto.regions) {
+            Some(version) => match checks.rollout(&name, version, auto).await {
+                Ok(regions) => CheckOutcome::RolledOut { version, regions },
+                Err(error) => CheckOutcome::RolloutFailed { version, error },
+            },
+            None => match snapshot {
+                Snapshot::Unchanged { latest } => CheckOutcome::Unchanged { latest },
+                Snapshot::Cut { version } => CheckOutcome::Cut { version },
+            },
+        },
+    };
+    let result = outcome.to_string();
+    Span::current().record("result", result.as_str());
+    if outcome.failed() {
+        warn!(result, "watched dataset checked");
+    } else {
+        info!(result, "watched dataset checked");
+    }
+    let (n, failed) = (name.clone(), outcome.failed());
+    if let Err(e) = blocking(&db, move |db| db.record_check(&n, started, &result, failed)).await {
+        warn!(error = %e, "cannot record the check");
+    }
+    name
+}
