@@ -70,6 +70,9 @@ impl TriggersConfig {
     fn is_default(&self) -> bool {
         *self == Self::default()
     }
+
+    /// The lowest `min_interval` taken: each check lists the dataset's prefix.
+    pub const LOWEST_MIN_INTERVAL: Duration = Duration::from_secs(1);
 }
 
 /// `[signing]`: which key signs the versions the hub cuts. Every `*.key` file beside it is
@@ -269,6 +272,12 @@ impl HubConfig {
                 EnrolConfig::MIN_LIFETIME
             )));
         }
+        if config.triggers.min_interval < TriggersConfig::LOWEST_MIN_INTERVAL {
+            return Err(invalid(format!(
+                "triggers.min_interval must be at least {:?} (each check lists a dataset's source), e.g. \"10s\"",
+                TriggersConfig::LOWEST_MIN_INTERVAL
+            )));
+        }
         Ok(config)
     }
 
@@ -349,6 +358,10 @@ mod tests {
         let short = text.replace("node_certificate_lifetime = \"720h\"", "node_certificate_lifetime = \"5s\"");
         let err = HubConfig::parse(&short, Path::new("hub.example.toml")).unwrap_err().to_string();
         assert!(err.contains("enrol.node_certificate_lifetime must be at least"), "{err}");
+        assert_eq!(config.triggers, TriggersConfig::default(), "the example's [triggers] are the defaults");
+        let eager = text.replace("min_interval = \"10s\"", "min_interval = \"100ms\"");
+        let err = HubConfig::parse(&eager, Path::new("hub.example.toml")).unwrap_err().to_string();
+        assert!(err.contains("triggers.min_interval must be at least"), "{err}");
     }
 
     const BASE: &str = "listen = \"127.0.0.1:1\"\ndata_dir = \"/x\"\n";

@@ -349,12 +349,13 @@ enum DatasetCommand {
         #[arg(long, value_name = "fail|skip", default_value = "fail")]
         outside_links: OutsideLinks,
     },
-    /// List datasets.
+    /// List datasets, with each watch and its last check (its next with -o wide).
     List {
         #[command(flatten)]
         output: OutputArg,
     },
-    /// Change a dataset's options.
+    /// Change a dataset's options: what snapshots do with outside links, retention, and its
+    /// watch (the hub cuts a version when the source changed, and rolls it out if asked).
     #[command(group = clap::ArgGroup::new("change").required(true).multiple(true))]
     Set {
         /// Dataset name.

@@ -16,7 +16,7 @@
 
 pub mod watch;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,6 +82,9 @@ pub async fn run(
 ) {
     info!(min_interval = ?floor, "trigger task started");
     let mut running: HashSet<String> = HashSet::new();
+    // When this task last started a check of each dataset: a check whose record failed to
+    // reach the store is not run again at once.
+    let mut started: HashMap<String, i64> = HashMap::new();
     let mut tasks: JoinSet<String> = JoinSet::new();
     loop {
         let now = now_unix_ms();
@@ -98,9 +101,11 @@ pub async fn run(
                 continue;
             }
             let Some(cadence) = cadence_of(&w, floor) else { continue };
-            let Some(next) = watch::next_check(&cadence, w.last_check_unix_ms, now) else { continue };
+            let last = w.last_check_unix_ms.max(started.get(&w.config.dataset).copied());
+            let Some(next) = watch::next_check(&cadence, last, now) else { continue };
             if next <= now {
                 running.insert(w.config.dataset.clone());
+                started.insert(w.config.dataset.clone(), now);
                 let (db, checks) = (db.clone(), checks.clone());
                 let span = info_span!("watch_check", dataset = w.config.dataset.as_str(), %cadence, result = tracing::field::Empty);
                 tasks.spawn(check(db, checks, w, now).instrument(span));
