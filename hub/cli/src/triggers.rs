@@ -200,6 +200,24 @@ mod tests {
         assert!(parse_every("ten minutes").is_err());
     }
 
+    proptest::proptest! {
+        #![proptest_config(aqueduct_testkit::fuzz::config(512))]
+
+        /// Whatever is typed after --watch-every, parsing answers (never panics), and what it
+        /// accepts is above 0 and goes on the wire whole (saturating, never wrapping).
+        #[test]
+        fn fuzz_hostile_intervals_never_panic(text in proptest::prop_oneof!["\\PC{0,24}", "[0-9]{1,25}(ms|s|m|h|d|x)?"]) {
+            if let Ok(d) = parse_every(&text) {
+                proptest::prop_assert!(!d.is_zero());
+                let args = WatchArgs { watch_every: Some(d), ..Default::default() };
+                let (watch, unwatch) = args.request().unwrap();
+                proptest::prop_assert!(!unwatch);
+                let ms = watch.unwrap().every_ms;
+                proptest::prop_assert!(ms == u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            }
+        }
+    }
+
     #[test]
     fn a_watch_view_says_what_and_when() {
         let w = WatchView::from(pb::DatasetWatch {

@@ -425,6 +425,36 @@ mod tests {
             }
         }
 
+        /// Well-formed schedules (the fields in and out of their ranges, steps, lists, names),
+        /// in zones with daylight saving: the next check is after now, matches the schedule's
+        /// minute, and a check right after it waits for a later time.
+        #[test]
+        fn fuzz_next_cron_time_is_after_now_and_on_the_schedule(
+            minute in prop_oneof![Just("*".to_string()), (0u32..70).prop_map(|m| m.to_string()), (1u32..61).prop_map(|s| format!("*/{s}")), (0u32..60, 0u32..60).prop_map(|(a, b)| format!("{a},{b}"))],
+            hour in prop_oneof![Just("*".to_string()), (0u32..26).prop_map(|h| h.to_string()), (0u32..24, 0u32..24).prop_map(|(a, b)| format!("{}-{}", a.min(b), a.max(b)))],
+            day in prop_oneof![Just("*".to_string()), (0u32..33).prop_map(|d| d.to_string()), Just("L".to_string())],
+            month in prop_oneof![Just("*".to_string()), (0u32..14).prop_map(|m| m.to_string()), Just("MAR".to_string()), Just("OCT-NOV".to_string())],
+            weekday in prop_oneof![Just("*".to_string()), (0u32..8).prop_map(|d| d.to_string()), Just("MON-FRI".to_string()), Just("SUN#2".to_string())],
+            zone in prop_oneof![Just("UTC"), Just("Europe/Berlin"), Just("America/New_York"), Just("Australia/Lord_Howe")],
+            now in 1_700_000_000_000i64..2_000_000_000_000,
+        ) {
+            let text = format!("{minute} {hour} {day} {month} {weekday}");
+            let Ok(schedule) = CronSchedule::parse(&text, zone) else { return Ok(()) };
+            let cadence = Cadence::Cron(Box::new(schedule.clone()));
+            if let Some(next) = next_check(&cadence, None, now) {
+                prop_assert!(next > now, "{text}: {next} <= {now}");
+                let at = Timestamp::from_millisecond(next).unwrap().to_zoned(schedule.zone.clone());
+                // A time the schedule names that a daylight-saving change skipped is taken
+                // just after the change; any other is one the schedule names.
+                let before = Timestamp::from_millisecond(next - 3 * 3_600_000).unwrap().to_zoned(schedule.zone.clone());
+                let near_change = before.offset() != at.offset();
+                prop_assert!(near_change || schedule.cron.is_time_matching(&at).unwrap_or(false), "{text}: {at}");
+                prop_assert_eq!(at.second(), 0);
+                let after = next_check(&cadence, Some(next), next);
+                prop_assert!(after.is_none_or(|a| a > next), "{text}: then {after:?}");
+            }
+        }
+
         /// The next check is never before now; an interval never waits longer than itself;
         /// a never-checked interval watch checks now.
         #[test]
