@@ -77,6 +77,7 @@ async fn a_new_object_in_a_watched_source_reaches_ready_with_no_command_typed() 
     // No one typed a snapshot or a rollout.
     let audit = w.admin.list_audit(pb::ListAuditRequest::default()).await.unwrap().into_inner().entries;
     let calls: Vec<&str> = audit.iter().map(|e| e.call.as_str()).collect();
-    assert!(calls.contains(&"UpdateDataset"), "{calls:?}");
+    let set = audit.iter().find(|e| e.call == "UpdateDataset").expect("the watch was set by an admin");
+    assert!(set.args.contains("watch: every_ms=1000") && set.args.contains("\"eu\", \"us\""), "{}", set.args);
     assert!(!calls.iter().any(|c| *c == "Snapshot" || *c == "Rollout"), "{calls:?}");
 }
