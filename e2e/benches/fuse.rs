@@ -544,6 +544,7 @@ async fn garage_source(w: &mut World) -> Option<Garage> {
         latest_version: 0,
         outside_links: String::new(),
         keep_versions: 0,
+        watch: None,
     };
     w.admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.unwrap();
     w.snapshot_of("gcold").await;

@@ -127,6 +127,7 @@ pub async fn world_at(kind: SourceKind, listen: std::net::SocketAddr, hosts: &[S
         latest_version: 0,
         outside_links: String::new(),
         keep_versions: 0,
+        watch: None,
     };
     admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.unwrap();
     World { _tmp: tmp, root, hub_url, admin, _s3: s3, memory_s3, data, shutdown, hub }
@@ -191,6 +192,7 @@ impl World {
             latest_version: 0,
             outside_links: String::new(),
             keep_versions: 0,
+            watch: None,
         };
         self.admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.unwrap();
         dir

@@ -113,7 +113,7 @@ async fn links_out_of_a_dataset_put_no_byte_from_outside_in_the_manifest_the_sto
     }
 
     // With the dataset's option: skipped and listed.
-    let set = pb::UpdateDatasetRequest { name: "llama".into(), outside_links: "skip".into(), keep_versions: None };
+    let set = pb::UpdateDatasetRequest { name: "llama".into(), outside_links: "skip".into(), ..Default::default() };
     w.admin.update_dataset(set).await.unwrap();
     let v1 = w.snapshot().await;
     let skipped: Vec<&str> = v1.skipped.iter().map(|s| s.key.as_str()).collect();

@@ -44,6 +44,35 @@ pub struct HubConfig {
     /// The key that signs new versions (`[signing]`).
     #[serde(default)]
     pub signing: SigningConfig,
+    /// Watched datasets (`[triggers]`).
+    #[serde(default, skip_serializing_if = "TriggersConfig::is_default")]
+    pub triggers: TriggersConfig,
+}
+
+/// `[triggers]`: the task that checks watched datasets (`aq dataset set NAME --watch-every`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TriggersConfig {
+    /// Whether this hub checks watched datasets at all (watches can be set either way).
+    pub enabled: bool,
+    /// The shortest interval a watch may have (each check lists the dataset's prefix).
+    #[serde(with = "aqueduct_core::server::human::duration")]
+    pub min_interval: Duration,
+}
+
+impl Default for TriggersConfig {
+    fn default() -> Self {
+        Self { enabled: true, min_interval: Duration::from_secs(10) }
+    }
+}
+
+impl TriggersConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The lowest `min_interval` taken: each check lists the dataset's prefix.
+    pub const LOWEST_MIN_INTERVAL: Duration = Duration::from_secs(1);
 }
 
 /// `[signing]`: which key signs the versions the hub cuts. Every `*.key` file beside it is
@@ -249,6 +278,12 @@ impl HubConfig {
                 EnrolConfig::MIN_LIFETIME
             )));
         }
+        if config.triggers.min_interval < TriggersConfig::LOWEST_MIN_INTERVAL {
+            return Err(invalid(format!(
+                "triggers.min_interval must be at least {:?} (each check lists a dataset's source), e.g. \"10s\"",
+                TriggersConfig::LOWEST_MIN_INTERVAL
+            )));
+        }
         Ok(config)
     }
 
@@ -329,6 +364,10 @@ mod tests {
         let short = text.replace("node_certificate_lifetime = \"720h\"", "node_certificate_lifetime = \"5s\"");
         let err = HubConfig::parse(&short, Path::new("hub.example.toml")).unwrap_err().to_string();
         assert!(err.contains("enrol.node_certificate_lifetime must be at least"), "{err}");
+        assert_eq!(config.triggers, TriggersConfig::default(), "the example's [triggers] are the defaults");
+        let eager = text.replace("min_interval = \"10s\"", "min_interval = \"100ms\"");
+        let err = HubConfig::parse(&eager, Path::new("hub.example.toml")).unwrap_err().to_string();
+        assert!(err.contains("triggers.min_interval must be at least"), "{err}");
     }
 
     const BASE: &str = "listen = \"127.0.0.1:1\"\ndata_dir = \"/x\"\n";

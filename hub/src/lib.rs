@@ -11,7 +11,9 @@
 //! (identities and certificates), [`enrol`] (tokens, enrolment and renewal of nodes'
 //! certificates), [`metrics`] (Prometheus), [`health`] (what readiness
 //! checks: the database and the sources), [`live`] (what the hub keeps in
-//! memory: live members and their reports, budgets, the relay's ledger, change notices), then
+//! memory: live members and their reports, budgets, the relay's ledger, change notices),
+//! [`triggers`] (watched datasets: the task that snapshots them and rolls out what it cut,
+//! through the admin API's own calls), then
 //! the two services, siblings that share `live` and never call each other: [`api`] (the
 //! admin API) and [`relay`] (the spokes' API and chunk relay). Here: [`init`] (its steps,
 //! crash-safe, in `setup`) and [`serve`], which the `aqueduct-hub` binary calls, and
@@ -37,6 +39,7 @@ pub mod signing;
 pub mod snapshot;
 pub mod source;
 pub mod store;
+pub mod triggers;
 
 pub use setup::{RotateOutcome, rotate_issuer};
 
@@ -234,17 +237,28 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         tokio::spawn(aqueduct_core::metrics::serve(listener, exporter, config.limits.metrics(), shutdown.clone()));
         tokio::spawn(live.metrics.clone().run(shutdown.clone()));
     }
+    // Watched datasets: one task checks them, through the admin API's own snapshot and rollout.
+    let triggers = triggers::Triggers::default();
+    let admin_service = Arc::new(
+        api::AdminService::new(
+            db.clone(),
+            snapshot,
+            authority.clone(),
+            signer.clone(),
+            live.clone(),
+            hub_files(&config),
+        )
+        .with_triggers(triggers.clone(), config.triggers.min_interval, config.triggers.enabled),
+    );
+    if config.triggers.enabled {
+        let checks: Arc<dyn triggers::Checks> = admin_service.clone();
+        let floor = config.triggers.min_interval;
+        tokio::spawn(triggers::run(db.clone(), checks, triggers, floor, shutdown.clone()));
+    }
     // Requests are small; answers go up to a manifest (the largest message there is).
-    let admin = AdminServer::new(api::AdminService::new(
-        db.clone(),
-        snapshot,
-        authority.clone(),
-        signer.clone(),
-        live.clone(),
-        hub_files(&config),
-    ))
-    .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES)
-    .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
+    let admin = AdminServer::from_arc(admin_service)
+        .max_decoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES)
+        .max_encoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
     let issuer = Arc::new(enrol::Issuer {
         db: db.clone(),
         authority: authority.clone(),

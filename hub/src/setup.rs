@@ -180,6 +180,7 @@ pub(crate) fn init_with(
         limits: LimitsConfig::default(),
         enrol: Default::default(),
         signing: SigningConfig::default(),
+        triggers: Default::default(),
     };
     let text =
         format!("# Aqueduct hub configuration; see deploy/hub/hub.example.toml for every key.\n{}", config.to_toml());
@@ -481,6 +482,7 @@ mod tests {
             limits: LimitsConfig::default(),
             enrol: Default::default(),
             signing: Default::default(),
+            triggers: Default::default(),
         };
         let loaded = crate::load_authority(&config).unwrap();
         let issued = loaded.issue(&Identity::Hub, &["localhost".into()]).unwrap();

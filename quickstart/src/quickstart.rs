@@ -97,6 +97,7 @@ async fn run_in(root: &Path, model_mib: usize, fuse: bool, shutdown: &Cancellati
         latest_version: 0,
         outside_links: String::new(),
         keep_versions: 0,
+        watch: None,
     };
     admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await?;
     let v1 = snapshot(&mut admin).await?;

@@ -1,6 +1,7 @@
 //! The parts of `aq`: finding and reaching the hub ([`connect`]), printing tables, sizes,
 //! progress and the output formats of listings ([`output`]), the listings themselves
-//! ([`views`], [`status`]), rollout plans and deadlines ([`plan`]), enrolment tokens ([`enrol`]), `aq status` as a command ([`watch`]), waiting for regions
+//! ([`views`], [`status`]), rollout plans and deadlines ([`plan`]), watched datasets' flags and views
+//! ([`triggers`]), enrolment tokens ([`enrol`]), `aq status` as a command ([`watch`]), waiting for regions
 //! ([`wait`]), the trust commands (revocation, admins, audit: [`trust`]), checking mounted files
 //! offline ([`verify`]), exit codes ([`exit`]) and manual
 //! pages ([`manpages`]). `aq-quickstart`
@@ -15,6 +16,7 @@ pub mod manpages;
 pub mod output;
 pub mod plan;
 pub mod status;
+pub mod triggers;
 pub mod trust;
 pub mod verify;
 pub mod views;

@@ -369,12 +369,13 @@ enum DatasetCommand {
         #[arg(long, value_name = "fail|skip", default_value = "fail")]
         outside_links: OutsideLinks,
     },
-    /// List datasets.
+    /// List datasets, with each watch and its last check (its next with -o wide).
     List {
         #[command(flatten)]
         output: OutputArg,
     },
-    /// Change a dataset's options.
+    /// Change a dataset's options: what snapshots do with outside links, retention, and its
+    /// watch (the hub cuts a version when the source changed, and rolls it out if asked).
     #[command(group = clap::ArgGroup::new("change").required(true).multiple(true))]
     Set {
         /// Dataset name.
@@ -387,6 +388,8 @@ enum DatasetCommand {
         /// regions, rollouts and mounts retain.
         #[arg(long, value_name = "N", group = "change")]
         keep: Option<u32>,
+        #[command(flatten)]
+        watch: aqueduct_cli::triggers::WatchArgs,
     },
     /// Remove a dataset and its versions (refused while rolled out, unless --force; never
     /// while a pod uses it).
@@ -532,6 +535,7 @@ async fn run(cli: Cli) -> Result<()> {
                 latest_version: 0,
                 outside_links: outside_links.to_string(),
                 keep_versions: 0,
+                watch: None,
             };
             let d = admin
                 .add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) })
@@ -543,14 +547,26 @@ async fn run(cli: Cli) -> Result<()> {
                 d.name, d.source, d.prefix, d.outside_links
             );
         }
-        Command::Dataset(DatasetCommand::Set { name, outside_links, keep }) => {
+        Command::Dataset(DatasetCommand::Set { name, outside_links, keep, watch }) => {
+            let (set_watch, unwatch) = watch.request()?;
+            let only_watch = watch.changes() && outside_links.is_none() && keep.is_none();
             let outside_links = outside_links.map(|o| o.to_string()).unwrap_or_default();
-            let req = pb::UpdateDatasetRequest { name, outside_links, keep_versions: keep };
+            let req = pb::UpdateDatasetRequest { name, outside_links, keep_versions: keep, watch: set_watch, unwatch };
             let d = admin.update_dataset(req).await.map_err(|e| explain(e, &hub))?.into_inner();
-            println!(
-                "dataset {}: outside links: {} (from its next snapshot); keeps the newest {} versions",
-                d.name, d.outside_links, d.keep_versions
-            );
+            if !only_watch {
+                println!(
+                    "dataset {}: outside links: {} (from its next snapshot); keeps the newest {} versions",
+                    d.name, d.outside_links, d.keep_versions
+                );
+            }
+            if watch.changes() {
+                match d.watch {
+                    Some(w) => {
+                        println!("dataset {}: {}", d.name, aqueduct_cli::triggers::WatchView::from(w).describe())
+                    }
+                    None => println!("dataset {}: not watched", d.name),
+                }
+            }
         }
         Command::Dataset(DatasetCommand::Rm(args)) => {
             lifecycle::remove(&mut admin, &hub, Removed::Dataset, args).await?

@@ -17,6 +17,7 @@ use aqueduct_proto::{Digest, MANIFEST_FORMAT, Manifest, Rate};
 use serde::Serialize;
 
 use crate::output::{Listing, Table, age, bytes, rfc3339, until};
+use crate::triggers::WatchView;
 use crate::verify::SignatureView;
 
 /// Lowercase hex of a digest the hub sent (empty when it is not 32 bytes).
@@ -91,6 +92,8 @@ pub struct DatasetView {
     pub keep_versions: Option<u32>,
     pub created: Option<String>,
     pub created_unix_ms: i64,
+    /// Its watch, with the last check and the next (null: not watched).
+    pub watch: Option<WatchView>,
 }
 
 impl From<pb::ListDatasetsResponse> for Datasets {
@@ -107,6 +110,7 @@ impl From<pb::ListDatasetsResponse> for Datasets {
                 prefix: d.prefix,
                 created: rfc3339(d.created_unix_ms),
                 created_unix_ms: d.created_unix_ms,
+                watch: d.watch.map(WatchView::from),
             })
             .collect();
         Datasets { datasets }
@@ -116,9 +120,33 @@ impl From<pb::ListDatasetsResponse> for Datasets {
 impl Listing for Datasets {
     fn text(&self, wide: bool) -> String {
         let mut t = if wide {
-            Table::new(["NAME", "SOURCE", "PREFIX", "LATEST", "OUTSIDE LINKS", "AGE", "KEEP", "CREATED"])
+            Table::new([
+                "NAME",
+                "SOURCE",
+                "PREFIX",
+                "LATEST",
+                "OUTSIDE LINKS",
+                "AGE",
+                "WATCH",
+                "LAST CHECK",
+                "NEXT CHECK",
+                "KEEP",
+                "CREATED",
+            ])
         } else {
-            Table::new(["NAME", "SOURCE", "PREFIX", "LATEST", "OUTSIDE LINKS", "AGE", "", ""])
+            Table::new([
+                "NAME",
+                "SOURCE",
+                "PREFIX",
+                "LATEST",
+                "OUTSIDE LINKS",
+                "AGE",
+                "WATCH",
+                "LAST CHECK",
+                "",
+                "",
+                "",
+            ])
         };
         for d in &self.datasets {
             let latest = d.latest_version.map_or("-".into(), |v| format!("v{v}"));
@@ -128,6 +156,11 @@ impl Listing for Datasets {
                 }
                 false => (String::new(), String::new()),
             };
+            let (watch, last) = d.watch.as_ref().map_or(("-".into(), "-".into()), |w| (w.cadence(), w.last()));
+            let next = match wide {
+                true => d.watch.as_ref().map_or("-".into(), WatchView::next),
+                false => String::new(),
+            };
             t.row([
                 d.name.clone(),
                 d.source.clone(),
@@ -135,6 +168,9 @@ impl Listing for Datasets {
                 latest,
                 d.outside_links.clone(),
                 age(d.created_unix_ms),
+                watch,
+                last,
+                next,
                 keep,
                 created,
             ]);

@@ -274,7 +274,16 @@ pub fn summarize(call: &str, message: &[u8]) -> String {
                 fields!(d, name, source, prefix, outside_links, keep_versions)
             }
             "UpdateDataset" => {
-                fields!(decode::<pb::UpdateDatasetRequest>(message)?, name, outside_links, keep_versions)
+                let r = decode::<pb::UpdateDatasetRequest>(message)?;
+                let mut text = fields!(r, name, outside_links, keep_versions);
+                if let Some(w) = &r.watch {
+                    let watch = fields!(w, every_ms, cron, time_zone, rollout_regions, rollout_mode, rollout_cut_over);
+                    text.push_str(&format!(" watch: {watch}"));
+                }
+                if r.unwatch {
+                    text.push_str(" unwatch");
+                }
+                text
             }
             "Snapshot" => fields!(decode::<pb::SnapshotRequest>(message)?, dataset),
             "ListVersions" => fields!(decode::<pb::ListVersionsRequest>(message)?, dataset),

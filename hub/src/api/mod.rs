@@ -32,6 +32,7 @@ mod plans;
 mod regions;
 mod sources;
 mod trust;
+mod watches;
 
 use crate::auth::require_admin;
 use crate::error::{invalid, unknown_dataset};
@@ -42,7 +43,7 @@ use crate::rollout::cutover::CutOver;
 use crate::rollout::retention::DEFAULT_KEEP;
 use crate::signing::{self, Signer};
 use crate::snapshot::{self, Progress, SnapshotOptions, blocking, now_unix_ms};
-use crate::source::{HubFiles, SourceSpec};
+use crate::source::{HubFiles, Source, SourceSpec};
 use crate::store::{DatasetRecord, MetaStore, RegionRecord, SourceRecord, StoreError, VersionRecord};
 use regions::region_to_pb;
 
@@ -60,6 +61,8 @@ pub struct AdminService {
     running: Arc<Mutex<HashSet<String>>>,
     /// The hub's data directory and keys: no source may hold them, no snapshot reads them.
     hub_files: HubFiles,
+    /// Watched datasets: the trigger task's wake-up, its floor, and whether it runs.
+    watching: watches::Watching,
 }
 
 impl AdminService {
@@ -71,13 +74,107 @@ impl AdminService {
         live: Live,
         hub_files: HubFiles,
     ) -> Self {
-        Self { db, authority, signer, snapshot, live, running: Arc::default(), hub_files }
+        Self {
+            db,
+            authority,
+            signer,
+            snapshot,
+            live,
+            running: Arc::default(),
+            hub_files,
+            watching: watches::Watching::default(),
+        }
     }
 
     async fn dataset(&self, name: &str) -> Result<DatasetRecord, Status> {
         validate_name("dataset", name).map_err(invalid)?;
         let owned = name.to_string();
         blocking(&self.db, move |db| db.dataset(&owned)).await?.ok_or_else(|| unknown_dataset(name))
+    }
+
+    /// A rollout as `aq rollout` asks for it (the caller checked who asks): validated, stored,
+    /// and the spokes' watches woken. The trigger task's rollouts come here too.
+    pub(crate) async fn start_rollout(&self, req: pb::RolloutRequest) -> Result<pb::RolloutResponse, Status> {
+        let dataset = self.dataset(&req.dataset).await?;
+        if req.regions.is_empty() {
+            return Err(Status::invalid_argument("a rollout needs at least one region (--to REGION[,REGION...])"));
+        }
+        for region in &req.regions {
+            validate_name("region", region).map_err(invalid)?;
+        }
+        let version = match req.version {
+            0 if dataset.latest_version == 0 => {
+                return Err(Status::failed_precondition(format!(
+                    "dataset {:?} has no version yet; cut one with `aq snapshot {}`",
+                    dataset.name, dataset.name
+                )));
+            }
+            0 => dataset.latest_version,
+            n => n,
+        };
+        Span::current().record("version", version);
+        let mode = ReplicationMode::from_wire(req.mode).map_err(invalid)?;
+        let cut_over = CutOver::from_wire(req.cut_over).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "cut-over {} is not one this hub knows: use all-ready, per-region or manual",
+                req.cut_over
+            ))
+        })?;
+        let class = Class::from_wire(req.class).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "class {} is not one this hub knows: use urgent, normal or background",
+                req.class
+            ))
+        })?;
+        let deadline = plans::deadline(req.deadline_unix_ms, jiff::Timestamp::now())?;
+        let not_found = |e| match e {
+            StoreError::NotFound { kind: "region", name } => Status::not_found(format!(
+                "region {name:?} does not exist; add it with `aq region add {name} --rate RATE`"
+            )),
+            StoreError::NotFound { kind: "version", .. } => Status::not_found(format!(
+                "dataset {:?} has no version v{version}; `aq versions {}` lists them",
+                dataset.name, dataset.name
+            )),
+            other => other.into(),
+        };
+        let (id, regions) = (VersionId::new(dataset.name.clone(), version), req.regions.clone());
+        let plan = self.plan(&id, &regions, class).await.map_err(not_found)?;
+        let response = pb::RolloutResponse {
+            dataset: dataset.name.clone(),
+            version,
+            regions: req.regions,
+            plans: plan.iter().map(|p| plans::plan_to_pb(p, deadline)).collect(),
+            dry_run: req.dry_run,
+        };
+        if req.dry_run {
+            return Ok(response);
+        }
+        let added = id.clone();
+        blocking(&self.db, move |db| db.add_rollout(&added, &regions, mode, cut_over, class, now_unix_ms()))
+            .await
+            .map_err(not_found)?;
+        self.keep_plans(&id, &plan, deadline).await?;
+        self.live.changes.notify_waiters();
+        Ok(response)
+    }
+
+    /// What a snapshot of `name` needs, as `aq snapshot` and the trigger task start it: the
+    /// dataset, its source opened (never onto the hub's files), and the dataset marked as
+    /// being snapshot (refused if it already is) until the guard drops.
+    async fn begin_snapshot(&self, name: &str) -> Result<(DatasetRecord, Arc<dyn Source>, RunningGuard), Status> {
+        let dataset = self.dataset(name).await?;
+        let source_name = dataset.source.clone();
+        let source = blocking(&self.db, move |db| db.source(&source_name))
+            .await?
+            .ok_or_else(|| Status::internal(format!("dataset {name:?} names a source that is gone")))?;
+        let source = SourceSpec::parse(&source.url, source.options)?.open_guarded(&self.hub_files)?;
+
+        if !self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string()) {
+            return Err(Status::failed_precondition(format!(
+                "a snapshot of dataset {name:?} is already running; wait for it to finish"
+            )));
+        }
+        Ok((dataset, source, RunningGuard(self.running.clone(), name.to_string())))
     }
 }
 
@@ -99,6 +196,7 @@ fn dataset_to_pb(d: DatasetRecord) -> pb::Dataset {
         latest_version: d.latest_version,
         outside_links: d.outside_links.to_string(),
         keep_versions: if d.keep_versions == 0 { DEFAULT_KEEP } else { d.keep_versions },
+        watch: None,
     }
 }
 
@@ -208,8 +306,10 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::ListDatasetsRequest>,
     ) -> Result<Response<pb::ListDatasetsResponse>, Status> {
         require_admin(&request)?;
-        let datasets = blocking(&self.db, |db| db.datasets()).await?;
-        Ok(Response::new(pb::ListDatasetsResponse { datasets: datasets.into_iter().map(dataset_to_pb).collect() }))
+        let (datasets, watches) = blocking(&self.db, |db| Ok((db.datasets()?, db.watches()?))).await?;
+        let mut datasets: Vec<pb::Dataset> = datasets.into_iter().map(dataset_to_pb).collect();
+        self.watching.fill(&mut datasets, watches, now_unix_ms());
+        Ok(Response::new(pb::ListDatasetsResponse { datasets }))
     }
 
     #[instrument(skip_all, fields(dataset, outside_links))]
@@ -221,12 +321,15 @@ impl pb::admin_server::Admin for AdminService {
         let req = request.into_inner();
         Span::current().record("dataset", req.name.as_str()).record("outside_links", req.outside_links.as_str());
         self.dataset(&req.name).await?;
-        // Empty outside-links with a retention change leaves the policy as it is; alone, it
-        // is the default (fail), as it always was.
+        // Empty outside-links with a retention change or a watch leaves the policy as it is;
+        // alone, it is the default (fail), as it always was.
+        let watch_change = req.watch.is_some() || req.unwatch;
         let policy = match (req.outside_links.as_str(), req.keep_versions) {
             ("", Some(_)) => None,
+            ("", None) if watch_change => None,
             (text, _) => Some(outside_links(text)?),
         };
+        let watch = self.watching.change(&self.db, &req).await?;
         if req.keep_versions == Some(0) {
             return Err(Status::invalid_argument("a dataset keeps at least its newest version: --keep 1 or more"));
         }
@@ -238,7 +341,7 @@ impl pb::admin_server::Admin for AdminService {
             if let Some(keep) = keep {
                 db.set_keep_versions(&name, keep)?;
             }
-            Ok(())
+            watches::apply(db, &name, watch)
         })
         .await
         .map_err(|e| match e {
@@ -248,7 +351,13 @@ impl pb::admin_server::Admin for AdminService {
         info!(policy = ?policy, keep_versions = ?keep, "dataset's options changed");
         // What the hub retains may have changed.
         self.live.changes.notify_waiters();
-        Ok(Response::new(dataset_to_pb(self.dataset(&req.name).await?)))
+        if watch_change {
+            self.watching.triggers.wake();
+        }
+        let mut dataset = vec![dataset_to_pb(self.dataset(&req.name).await?)];
+        let watches = blocking(&self.db, |db| db.watches()).await?;
+        self.watching.fill(&mut dataset, watches, now_unix_ms());
+        Ok(Response::new(dataset.remove(0)))
     }
 
     type SnapshotStream = EventStream;
@@ -258,19 +367,7 @@ impl pb::admin_server::Admin for AdminService {
         require_admin(&request)?;
         let name = request.into_inner().dataset;
         Span::current().record("dataset", name.as_str());
-        let dataset = self.dataset(&name).await?;
-        let source_name = dataset.source.clone();
-        let source = blocking(&self.db, move |db| db.source(&source_name))
-            .await?
-            .ok_or_else(|| Status::internal(format!("dataset {name:?} names a source that is gone")))?;
-        let source = SourceSpec::parse(&source.url, source.options)?.open_guarded(&self.hub_files)?;
-
-        if !self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone()) {
-            return Err(Status::failed_precondition(format!(
-                "a snapshot of dataset {name:?} is already running; wait for it to finish"
-            )));
-        }
-        let guard = RunningGuard(self.running.clone(), name.clone());
+        let (dataset, source, guard) = self.begin_snapshot(&name).await?;
 
         let (tx, rx) = mpsc::channel(16);
         let progress = Arc::new(Progress::default());
@@ -406,67 +503,7 @@ impl pb::admin_server::Admin for AdminService {
         require_admin(&request)?;
         let req = request.into_inner();
         Span::current().record("dataset", req.dataset.as_str());
-        let dataset = self.dataset(&req.dataset).await?;
-        if req.regions.is_empty() {
-            return Err(Status::invalid_argument("a rollout needs at least one region (--to REGION[,REGION...])"));
-        }
-        for region in &req.regions {
-            validate_name("region", region).map_err(invalid)?;
-        }
-        let version = match req.version {
-            0 if dataset.latest_version == 0 => {
-                return Err(Status::failed_precondition(format!(
-                    "dataset {:?} has no version yet; cut one with `aq snapshot {}`",
-                    dataset.name, dataset.name
-                )));
-            }
-            0 => dataset.latest_version,
-            n => n,
-        };
-        Span::current().record("version", version);
-        let mode = ReplicationMode::from_wire(req.mode).map_err(invalid)?;
-        let cut_over = CutOver::from_wire(req.cut_over).ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "cut-over {} is not one this hub knows: use all-ready, per-region or manual",
-                req.cut_over
-            ))
-        })?;
-        let class = Class::from_wire(req.class).ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "class {} is not one this hub knows: use urgent, normal or background",
-                req.class
-            ))
-        })?;
-        let deadline = plans::deadline(req.deadline_unix_ms, jiff::Timestamp::now())?;
-        let not_found = |e| match e {
-            StoreError::NotFound { kind: "region", name } => Status::not_found(format!(
-                "region {name:?} does not exist; add it with `aq region add {name} --rate RATE`"
-            )),
-            StoreError::NotFound { kind: "version", .. } => Status::not_found(format!(
-                "dataset {:?} has no version v{version}; `aq versions {}` lists them",
-                dataset.name, dataset.name
-            )),
-            other => other.into(),
-        };
-        let (id, regions) = (VersionId::new(dataset.name.clone(), version), req.regions.clone());
-        let plan = self.plan(&id, &regions, class).await.map_err(not_found)?;
-        let response = pb::RolloutResponse {
-            dataset: dataset.name.clone(),
-            version,
-            regions: req.regions,
-            plans: plan.iter().map(|p| plans::plan_to_pb(p, deadline)).collect(),
-            dry_run: req.dry_run,
-        };
-        if req.dry_run {
-            return Ok(Response::new(response));
-        }
-        let added = id.clone();
-        blocking(&self.db, move |db| db.add_rollout(&added, &regions, mode, cut_over, class, now_unix_ms()))
-            .await
-            .map_err(not_found)?;
-        self.keep_plans(&id, &plan, deadline).await?;
-        self.live.changes.notify_waiters();
-        Ok(Response::new(response))
+        Ok(Response::new(self.start_rollout(req).await?))
     }
 
     #[instrument(skip_all, fields(dataset))]

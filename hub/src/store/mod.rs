@@ -24,6 +24,7 @@ pub mod sqlite;
 #[cfg(test)]
 mod tests;
 pub mod trust;
+pub mod watches;
 
 use std::collections::BTreeMap;
 
@@ -145,7 +146,14 @@ pub struct StoredVersion {
 /// runtime go through `spawn_blocking`. The rollout lifecycle's calls are in
 /// [`LifecycleStore`].
 pub trait MetaStore:
-    LifecycleStore + enrol::EnrolStore + TrustStore + signing::SigningStore + plans::PlanStore + Send + Sync
+    LifecycleStore
+    + enrol::EnrolStore
+    + TrustStore
+    + signing::SigningStore
+    + plans::PlanStore
+    + watches::WatchStore
+    + Send
+    + Sync
 {
     fn add_source(&self, source: &SourceRecord) -> Result<(), StoreError>;
     /// Replaces a source's options (its read limits changed); `NotFound` for an unknown name.

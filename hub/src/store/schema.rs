@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::StoreError;
 
-pub const SCHEMA_VERSION: i64 = 11;
+pub const SCHEMA_VERSION: i64 = 12;
 
 /// The tables schema 5 added (the lifecycle): in the schema, and in the step that brings a
 /// schema 4 database up to it.
@@ -80,6 +80,29 @@ CREATE TABLE IF NOT EXISTS rollout_plans (
     planned_bytes INTEGER NOT NULL,
     raised_ms INTEGER,
     PRIMARY KEY (dataset, version, region)
+);"
+    };
+}
+
+/// The table schema 12 added (watched datasets, issue 19): in the schema, and in the step that
+/// brings a schema 11 database up to it. One row per watched dataset: its cadence (an interval
+/// or a cron expression in a time zone), the rollout that follows a new version (regions
+/// comma-separated; none: '') and how its last check went; it goes with its dataset.
+macro_rules! watch_tables {
+    () => {
+        "
+CREATE TABLE IF NOT EXISTS watches (
+    dataset TEXT PRIMARY KEY REFERENCES datasets(name) ON DELETE CASCADE,
+    every_ms INTEGER NOT NULL,
+    cron TEXT NOT NULL,
+    time_zone TEXT NOT NULL,
+    rollout_regions TEXT NOT NULL,
+    rollout_mode TEXT NOT NULL,
+    rollout_cut_over TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    last_check_ms INTEGER,
+    last_result TEXT NOT NULL,
+    last_failed INTEGER NOT NULL
 );"
     };
 }
@@ -199,7 +222,9 @@ CREATE TABLE IF NOT EXISTS skipped_objects (
     "\n",
     signature_tables!(),
     "\n",
-    plan_tables!()
+    plan_tables!(),
+    "\n",
+    watch_tables!()
 );
 
 /// Steps that bring a database of schema version `from` to `from + 1`, in order. Each runs
@@ -265,6 +290,8 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     // Version 10 had no deadlines: rollout rows gain a plan (deadline, planned bytes, when the
     // hub last raised the row's class), in a table of their own.
     (10, plan_tables!()),
+    // Version 11 watched no dataset. Version 12 keeps each watched dataset's watch (issue 19).
+    (11, watch_tables!()),
 ];
 
 /// Creates the tables a new database lacks and brings an older one to [`SCHEMA_VERSION`],
