@@ -193,7 +193,8 @@ async fn an_urgent_take_goes_before_a_background_one_that_waited_longer() {
     }
     let urgent = start(Lane::Urgent);
     let (a, b) = tokio::join!(background, urgent);
-    (a.unwrap(), b.unwrap());
+    a.unwrap();
+    b.unwrap();
     assert_eq!(*done.lock().unwrap(), [Lane::Urgent, Lane::Background]);
     assert_eq!(budget.waiting(), [0; 4]);
 }
