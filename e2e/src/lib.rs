@@ -366,6 +366,7 @@ impl World {
             regions: regions.iter().map(|r| r.to_string()).collect(),
             mode: mode.parse::<aqueduct_proto::ReplicationMode>().unwrap().to_wire(),
             cut_over: 0,
+            class: 0,
         };
         self.admin.rollout(req).await.unwrap();
     }

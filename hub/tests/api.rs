@@ -245,19 +245,27 @@ async fn regions_get_credentials_and_rollouts_show_in_status() {
     );
     expect_err(admin.rollout(rollout(7, &["eu-west"])).await, Code::NotFound, &["no version v7"]);
     expect_err(admin.rollout(rollout(0, &[])).await, Code::InvalidArgument, &["at least one region"]);
+    let unknown_class = pb::RolloutRequest { class: 9, ..rollout(0, &["eu-west"]) };
+    expect_err(admin.rollout(unknown_class).await, Code::InvalidArgument, &["class 9", "urgent, normal or background"]);
+    assert!(admin.status(pb::StatusRequest { dataset: String::new() }).await.unwrap().into_inner().rows.is_empty());
     let done = admin.rollout(rollout(0, &["eu-west", "us-east"])).await.unwrap().into_inner();
     assert_eq!(done.version, 1);
+    // Asked again for one region, urgent: that region takes the class, the other keeps normal.
+    let urgent = pb::RolloutRequest { class: pb::RolloutClass::Urgent.into(), ..rollout(0, &["us-east"]) };
+    admin.rollout(urgent).await.unwrap();
 
     let rows = admin.status(pb::StatusRequest { dataset: String::new() }).await.unwrap().into_inner().rows;
     let summary: Vec<_> = rows
         .iter()
-        .map(|r| (r.region.as_str(), r.version, r.phase(), r.total_bytes, r.cached_bytes, r.budget_bytes_per_sec))
+        .map(|r| {
+            (r.region.as_str(), r.version, r.phase(), r.total_bytes, r.cached_bytes, r.budget_bytes_per_sec, r.class())
+        })
         .collect();
     assert_eq!(
         summary,
         [
-            ("eu-west", 1, pb::Phase::Pending, v1.bytes, 0, 100 << 20),
-            ("us-east", 1, pb::Phase::Pending, v1.bytes, 0, 25 << 20)
+            ("eu-west", 1, pb::Phase::Pending, v1.bytes, 0, 100 << 20, pb::RolloutClass::Normal),
+            ("us-east", 1, pb::Phase::Pending, v1.bytes, 0, 25 << 20, pb::RolloutClass::Urgent)
         ]
     );
     expect_err(admin.status(pb::StatusRequest { dataset: "ghost".into() }).await, Code::NotFound, &["ghost"]);

@@ -11,6 +11,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod class;
 pub mod cut_over;
 pub mod modes;
 pub mod rollout;

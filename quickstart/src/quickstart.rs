@@ -321,6 +321,7 @@ async fn rollout(admin: &mut AdminClient<Channel>, version: u64) -> Result<Vec<T
             regions: regions.clone(),
             mode: Default::default(),
             cut_over: Default::default(),
+            class: Default::default(),
         })
         .await?;
     let started = Instant::now();

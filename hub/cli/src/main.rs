@@ -26,6 +26,7 @@ use aqueduct_cli::trust;
 use aqueduct_cli::views::{self, ManifestView, Regions, SkippedView, Sources, Versions, VersionsInfo};
 use aqueduct_cli::wait::{Until, WaitArgs};
 use aqueduct_cli::watch;
+use aqueduct_proto::domain::class::Class;
 use aqueduct_proto::domain::cut_over::CutOver;
 use aqueduct_proto::domain::modes::OutsideLinks;
 use aqueduct_proto::hub::v1 as pb;
@@ -99,6 +100,11 @@ enum Command {
         /// there) or manual (on `aq promote`).
         #[arg(long, value_name = "all-ready|per-region|manual")]
         cut_over: Option<CutOver>,
+        /// Which rollouts get the regions' links first: urgent (first, after the reads of pods),
+        /// normal (the default) or background (only what the others leave). Every class stays
+        /// within the region's budget. A region that already has the version takes the class.
+        #[arg(long, value_name = "urgent|normal|background")]
+        class: Option<Class>,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -662,7 +668,7 @@ async fn run(cli: Cli) -> Result<()> {
             let list = admin.list_regions(pb::ListRegionsRequest {}).await.map_err(|e| explain(e, &hub))?.into_inner();
             show(&Regions::from(list), &output)?;
         }
-        Command::Rollout { action: None, version, to, mode, cut_over, wait: waiting } => {
+        Command::Rollout { action: None, version, to, mode, cut_over, class, wait: waiting } => {
             let Some(version) = version else {
                 bail!("name the version to roll out: aq rollout DATASET@vN --to REGION")
             };
@@ -672,6 +678,7 @@ async fn run(cli: Cli) -> Result<()> {
                 regions: to,
                 mode: mode.to_wire(),
                 cut_over: cut_over.map_or(pb::CutOver::Unspecified.into(), CutOver::to_wire),
+                class: class.map_or(pb::RolloutClass::Unspecified.into(), Class::to_wire),
             };
             let resp = admin.rollout(req).await.map_err(|e| explain(e, &hub))?.into_inner();
             println!("{}@v{} rolling out to {}", resp.dataset, resp.version, resp.regions.join(", "));

@@ -8,6 +8,7 @@ use aqueduct_proto::{Phase, Rate};
 use serde::Serialize;
 
 use crate::output::{Listing, Table, bytes, hit_ratio, mode_name, phase_name, rfc3339};
+use aqueduct_proto::domain::class::Class;
 use aqueduct_proto::domain::cut_over::CutOver;
 
 #[derive(Serialize)]
@@ -32,6 +33,8 @@ pub struct RowView {
     pub mode: String,
     /// `all-ready`, `per-region` or `manual`.
     pub cut_over: String,
+    /// `urgent`, `normal` or `background`.
+    pub class: String,
     pub total_bytes: u64,
     /// Bytes of the version the region holds, verified.
     pub cached_bytes: u64,
@@ -146,6 +149,7 @@ impl StatusView {
             .map(|r| RowView {
                 mode: mode_name(r.mode),
                 cut_over: CutOver::wire_name(r.cut_over),
+                class: Class::wire_name(r.class),
                 phase: phase_name(r.phase),
                 active: r.active,
                 promote_pending: r.promote_pending,
@@ -305,6 +309,7 @@ impl StatusView {
             "PHASE",
             "RATE",
             "CUT-OVER",
+            "CLASS",
             "NODES",
             "RELAYED",
             "REFETCHED",
@@ -341,6 +346,7 @@ impl StatusView {
                     h,
                     i,
                     r.cut_over.clone(),
+                    r.class.clone(),
                     r.nodes.as_ref().map_or("-".into(), |n| n.len().to_string()),
                     bytes(r.relayed_bytes),
                     bytes(r.refetched_bytes),

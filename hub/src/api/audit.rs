@@ -287,7 +287,9 @@ pub fn summarize(call: &str, message: &[u8]) -> String {
             }
             // The token is the response's, never a request's: nothing secret here.
             "CreateEnrolToken" => fields!(decode::<pb::CreateEnrolTokenRequest>(message)?, region, ttl_seconds, uses),
-            "Rollout" => fields!(decode::<pb::RolloutRequest>(message)?, dataset, version, regions, mode, cut_over),
+            "Rollout" => {
+                fields!(decode::<pb::RolloutRequest>(message)?, dataset, version, regions, mode, cut_over, class)
+            }
             "Status" => fields!(decode::<pb::StatusRequest>(message)?, dataset),
             "Tag" => fields!(decode::<pb::TagRequest>(message)?, dataset, name, version, remove),
             "Promote" => fields!(decode::<pb::PromoteRequest>(message)?, dataset, version, regions),

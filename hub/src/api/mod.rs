@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aqueduct_proto::domain::class::Class;
 use aqueduct_proto::domain::modes::OutsideLinks;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{ReplicationMode, domain::signature::VersionSignature, validate_name};
@@ -422,9 +423,16 @@ impl pb::admin_server::Admin for AdminService {
                 req.cut_over
             ))
         })?;
+        let class = Class::from_wire(req.class).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "class {} is not one this hub knows: use urgent, normal or background",
+                req.class
+            ))
+        })?;
         let (id, regions) = (VersionId::new(dataset.name.clone(), version), req.regions.clone());
-        blocking(&self.db, move |db| db.add_rollout(&id, &regions, mode, cut_over, now_unix_ms())).await.map_err(
-            |e| match e {
+        blocking(&self.db, move |db| db.add_rollout(&id, &regions, mode, cut_over, class, now_unix_ms()))
+            .await
+            .map_err(|e| match e {
                 StoreError::NotFound { kind: "region", name } => Status::not_found(format!(
                     "region {name:?} does not exist; add it with `aq region add {name} --rate RATE`"
                 )),
@@ -433,8 +441,7 @@ impl pb::admin_server::Admin for AdminService {
                     dataset.name, dataset.name
                 )),
                 other => other.into(),
-            },
-        )?;
+            })?;
         self.live.changes.notify_waiters();
         Ok(Response::new(pb::RolloutResponse { dataset: dataset.name, version, regions: req.regions }))
     }
@@ -484,6 +491,7 @@ impl pb::admin_server::Admin for AdminService {
                         updated_unix_ms: r.updated_unix_ms,
                         relayed_bytes: r.relayed_bytes,
                         cut_over: r.cut_over.to_wire(),
+                        class: r.class.to_wire(),
                         promote_pending: r.promote_pending,
                     }
                 })

@@ -113,6 +113,7 @@ mod tests {
     use crate::rollout::cutover::CutOver;
     use crate::store::LifecycleStore;
     use crate::store::sqlite::SqliteStore;
+    use aqueduct_proto::domain::class::Class;
     use aqueduct_proto::domain::modes::OutsideLinks;
 
     use crate::store::{DatasetRecord, RegionRecord, SourceRecord, VersionCut};
@@ -152,6 +153,7 @@ mod tests {
                 &["eu".into(), "us".into()],
                 ReplicationMode::Auto,
                 CutOver::AllReady,
+                Class::Normal,
                 3,
             )
             .unwrap();

@@ -17,6 +17,8 @@
 //! - what a region serves, and how cut-over policies, promote, rollback and cancel move it
 //!   ([`cutover`]);
 //! - what the hub retains, and why, and what a removal may take ([`retention`]).
+//!
+//! The file is some 600 lines long, half of it the unit tests of these rules.
 
 pub mod cutover;
 pub mod retention;
@@ -24,6 +26,7 @@ pub mod retention;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
+use aqueduct_proto::domain::class::Class;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{Digest, Phase, ReplicationMode};
 
@@ -103,6 +106,8 @@ pub struct RolloutRecord {
     pub cut_over: CutOver,
     /// Promoted (or rolled back to) while not Ready: the region serves it once Ready.
     pub promote_pending: bool,
+    /// Which rollouts get the region's link first.
+    pub class: Class,
 }
 
 /// A tag: a name for one version of a dataset (`stable`, `canary`).
@@ -277,6 +282,7 @@ pub fn assignments_of(
             retained: retained.contains(&VersionId::new(r.dataset.clone(), r.version)),
             ready: r.ready_unix_ms.is_some(),
             generation: r.added_unix_ms,
+            class: r.class.to_wire(),
             dataset: r.dataset,
             version: r.version,
             total_bytes: r.total_bytes,
@@ -368,6 +374,7 @@ mod tests {
             root: Digest([0; 32]),
             cut_over: CutOver::AllReady,
             promote_pending: false,
+            class: Class::Normal,
         }
     }
 

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use aqueduct_proto::domain::class::Class;
 use aqueduct_proto::{Phase, ReplicationMode};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -160,6 +161,7 @@ impl LifecycleStore for SqliteStore {
         regions: &[String],
         mode: ReplicationMode,
         cut_over: CutOver,
+        class: Class,
         now: i64,
     ) -> Result<(), StoreError> {
         let VersionId { dataset, version: number } = version;
@@ -175,14 +177,36 @@ impl LifecycleStore for SqliteStore {
                 return Err(StoreError::NotFound { kind: "region", name: region.clone() });
             }
             tx.execute(
-                "INSERT INTO rollouts (dataset, version, region, phase, reason, cached_bytes, relayed_bytes, rate, updated_ms, mode, added_ms, cut_over)
-                 VALUES (?1, ?2, ?3, ?4, '', 0, 0, 0, ?5, ?6, ?5, ?7)
-                 ON CONFLICT (dataset, version, region) DO UPDATE SET mode = excluded.mode, cut_over = excluded.cut_over",
-                params![dataset, *number as i64, region, Phase::Pending.as_str(), now, mode.to_string(), cut_over.name()],
+                "INSERT INTO rollouts (dataset, version, region, phase, reason, cached_bytes, relayed_bytes, rate, updated_ms, mode, added_ms, cut_over, class)
+                 VALUES (?1, ?2, ?3, ?4, '', 0, 0, 0, ?5, ?6, ?5, ?7, ?8)
+                 ON CONFLICT (dataset, version, region) DO UPDATE SET mode = excluded.mode, cut_over = excluded.cut_over, class = excluded.class",
+                params![dataset, *number as i64, region, Phase::Pending.as_str(), now, mode.to_string(), cut_over.name(), class.name()],
             )?;
         }
         tx.commit()?;
         Ok(())
+    }
+
+    fn set_rollout_class(&self, key: &RolloutKey, class: Class) -> Result<Class, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let before: Option<String> = tx
+            .query_row(
+                "SELECT class FROM rollouts WHERE dataset = ?1 AND version = ?2 AND region = ?3",
+                params![key.dataset, key.version as i64, key.region],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(before) = before else {
+            return Err(StoreError::NotFound { kind: "rollout", name: key.to_string() });
+        };
+        let before = before.parse().map_err(|e| StoreError::Corrupt(format!("class of rollout {key}: {e}")))?;
+        tx.execute(
+            "UPDATE rollouts SET class = ?4 WHERE dataset = ?1 AND version = ?2 AND region = ?3",
+            params![key.dataset, key.version as i64, key.region, class.name()],
+        )?;
+        tx.commit()?;
+        Ok(before)
     }
 
     fn update_rollout(&self, u: &RolloutUpdate) -> Result<(), StoreError> {

@@ -26,6 +26,7 @@ pub mod trust;
 
 use std::collections::BTreeMap;
 
+use aqueduct_proto::domain::class::Class;
 use aqueduct_proto::domain::modes::OutsideLinks;
 use aqueduct_proto::{Digest, Manifest, ReplicationMode};
 
@@ -200,8 +201,8 @@ pub trait TrustStore {
 /// a rule never acts on rows another call changed meanwhile; a refusal
 /// ([`StoreError::Refused`]) changes nothing.
 pub trait LifecycleStore {
-    /// Asks `regions` to hold a version in `mode`; regions that already have it keep their
-    /// state and take the new mode and cut-over. Fails with `NotFound` naming the first unknown region or
+    /// Asks `regions` to hold a version in `mode`, of `class`; regions that already have it keep
+    /// their state and take the new mode, cut-over and class. Fails with `NotFound` naming the first unknown region or
     /// version, writing nothing.
     fn add_rollout(
         &self,
@@ -209,8 +210,12 @@ pub trait LifecycleStore {
         regions: &[String],
         mode: ReplicationMode,
         cut_over: CutOver,
+        class: Class,
         now_unix_ms: i64,
     ) -> Result<(), StoreError>;
+    /// Changes the class of a rollout in a region (a rollout behind its deadline is raised);
+    /// returns the class it had. `NotFound` if the version was not rolled out to the region.
+    fn set_rollout_class(&self, key: &RolloutKey, class: Class) -> Result<Class, StoreError>;
     /// Records what a region's members reported about a version it was asked to hold, as
     /// [`crate::rollout::after_report`] says (a row that was Ready once stays Ready, with its cached
     /// bytes: a spoke that joins the region later, or fails, shows per node, not in the

@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::StoreError;
 
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// The tables schema 5 added (the lifecycle): in the schema, and in the step that brings a
 /// schema 4 database up to it.
@@ -163,6 +163,7 @@ CREATE TABLE IF NOT EXISTS rollouts (
     ready_ms INTEGER,
     cut_over TEXT NOT NULL DEFAULT 'all-ready',
     promote_pending INTEGER NOT NULL DEFAULT 0,
+    class TEXT NOT NULL DEFAULT 'normal',
     PRIMARY KEY (dataset, version, region),
     FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
 );
@@ -240,6 +241,8 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     // Version 8 signed nothing. Version 9 keeps each version's signature by the hub's signing
     // key; the versions of before are signed when the hub starts (`crate::signing`).
     (8, signature_tables!()),
+    // Version 9 had one class of rollout: every rollout row gains its class (normal).
+    (9, "ALTER TABLE rollouts ADD COLUMN class TEXT NOT NULL DEFAULT 'normal';"),
 ];
 
 /// Creates the tables a new database lacks and brings an older one to [`SCHEMA_VERSION`],

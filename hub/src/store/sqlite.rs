@@ -477,7 +477,7 @@ pub(super) fn map_constraint(kind: &'static str, name: &str) -> impl FnOnce(rusq
 /// Every rollout row (of one dataset, or of all), by dataset, version and region.
 pub(super) fn rollouts_in(conn: &Connection, dataset: Option<&str>) -> Result<Vec<RolloutRecord>, StoreError> {
     let mut stmt = conn.prepare(
-        "SELECT o.dataset, o.version, o.region, v.bytes, o.cached_bytes, o.phase, o.reason, o.rate, r.rate, o.updated_ms, o.relayed_bytes, v.root, o.mode, o.added_ms, o.ready_ms, o.cut_over, o.promote_pending
+        "SELECT o.dataset, o.version, o.region, v.bytes, o.cached_bytes, o.phase, o.reason, o.rate, r.rate, o.updated_ms, o.relayed_bytes, v.root, o.mode, o.added_ms, o.ready_ms, o.cut_over, o.promote_pending, o.class
          FROM rollouts o
          JOIN versions v ON v.dataset = o.dataset AND v.number = o.version
          JOIN regions r ON r.name = o.region
@@ -504,15 +504,18 @@ pub(super) fn rollouts_in(conn: &Connection, dataset: Option<&str>) -> Result<Ve
                 ready_unix_ms: r.get(14)?,
                 cut_over: Default::default(),
                 promote_pending: r.get::<_, i64>(16)? != 0,
+                class: Default::default(),
             },
-            (r.get::<_, String>(5)?, r.get::<_, String>(15)?),
+            (r.get::<_, String>(5)?, r.get::<_, String>(15)?, r.get::<_, String>(17)?),
         ))
     })?;
     rows.map(|row| {
-        let (mut record, (phase, cut_over)) = row?;
+        let (mut record, (phase, cut_over, class)) = row?;
         record.phase = phase_of(&record.key(), &phase)?;
         record.cut_over =
             cut_over.parse().map_err(|e| StoreError::Corrupt(format!("cut-over of rollout {}: {e}", record.key())))?;
+        record.class =
+            class.parse().map_err(|e| StoreError::Corrupt(format!("class of rollout {}: {e}", record.key())))?;
         Ok(record)
     })
     .collect()

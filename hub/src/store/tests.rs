@@ -11,6 +11,7 @@ use super::sqlite::SqliteStore;
 use super::*;
 use crate::rollout::cutover::CutOver;
 use crate::rollout::{RegionProgress, RolloutKey, VersionId};
+use aqueduct_proto::domain::class::Class;
 
 fn manifest(dataset: &str, content: &[u8]) -> Manifest {
     let file = FileEntry {
@@ -128,20 +129,44 @@ fn rollouts_need_known_regions_and_versions_and_are_idempotent() {
             &["eu".into(), "mars".into()],
             ReplicationMode::Auto,
             CutOver::AllReady,
+            Class::Normal,
             20,
         )
         .unwrap_err();
     assert!(matches!(&err, StoreError::NotFound { kind: "region", name } if name == "mars"), "{err}");
     assert!(store.rollouts(None).unwrap().is_empty(), "a failed rollout wrote rows");
     let err = store
-        .add_rollout(&VersionId::new("d", 2), &["eu".into()], ReplicationMode::Auto, CutOver::AllReady, 20)
+        .add_rollout(
+            &VersionId::new("d", 2),
+            &["eu".into()],
+            ReplicationMode::Auto,
+            CutOver::AllReady,
+            Class::Normal,
+            20,
+        )
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound { kind: "version", .. }), "{err}");
 
     store
-        .add_rollout(&VersionId::new("d", 1), &["eu".into(), "us".into()], ReplicationMode::Auto, CutOver::AllReady, 20)
+        .add_rollout(
+            &VersionId::new("d", 1),
+            &["eu".into(), "us".into()],
+            ReplicationMode::Auto,
+            CutOver::AllReady,
+            Class::Normal,
+            20,
+        )
         .unwrap();
-    store.add_rollout(&VersionId::new("d", 1), &["eu".into()], ReplicationMode::Region, CutOver::AllReady, 30).unwrap();
+    store
+        .add_rollout(
+            &VersionId::new("d", 1),
+            &["eu".into()],
+            ReplicationMode::Region,
+            CutOver::AllReady,
+            Class::Normal,
+            30,
+        )
+        .unwrap();
     let rows = store.rollouts(Some("d")).unwrap();
     assert_eq!(rows.len(), 2);
     // Asked again, a region takes the new mode.
@@ -179,7 +204,14 @@ fn a_schema_1_database_gains_replication_modes() {
         store.insert_version(0, &manifest("d", b"abc"), &cut(BTreeMap::new(), 10)).unwrap();
         store.add_region(&RegionRecord { name: "eu".into(), rate: 1, created_unix_ms: 1, schedule: None }).unwrap();
         store
-            .add_rollout(&VersionId::new("d", 1), &["eu".into()], ReplicationMode::Region, CutOver::AllReady, 20)
+            .add_rollout(
+                &VersionId::new("d", 1),
+                &["eu".into()],
+                ReplicationMode::Region,
+                CutOver::AllReady,
+                Class::Normal,
+                20,
+            )
             .unwrap();
         // Back to what schema 1 was.
         store
@@ -191,6 +223,7 @@ fn a_schema_1_database_gains_replication_modes() {
                  UPDATE meta SET value = '1' WHERE key = 'schema_version';",
             )
             .unwrap();
+        store.conn().execute_batch(UNDO_SCHEMA_10).unwrap();
         store.conn().execute_batch(UNDO_SCHEMA_6).unwrap();
         store.conn().execute_batch(UNDO_SCHEMA_5).unwrap();
     }
@@ -242,6 +275,7 @@ fn a_schema_2_database_gains_link_policies_and_skipped_objects() {
                  UPDATE meta SET value = '2' WHERE key = 'schema_version';",
             )
             .unwrap();
+        store.conn().execute_batch(UNDO_SCHEMA_10).unwrap();
         store.conn().execute_batch(UNDO_SCHEMA_6).unwrap();
         store.conn().execute_batch(UNDO_SCHEMA_5).unwrap();
     }
@@ -282,6 +316,7 @@ fn a_schema_3_database_remembers_which_regions_were_ready() {
                 &["eu".into(), "us".into()],
                 ReplicationMode::Auto,
                 CutOver::AllReady,
+                Class::Normal,
                 20,
             )
             .unwrap();
@@ -295,6 +330,7 @@ fn a_schema_3_database_remembers_which_regions_were_ready() {
                  UPDATE meta SET value = '3' WHERE key = 'schema_version';",
             )
             .unwrap();
+        store.conn().execute_batch(UNDO_SCHEMA_10).unwrap();
         store.conn().execute_batch(UNDO_SCHEMA_6).unwrap();
         store.conn().execute_batch(UNDO_SCHEMA_5).unwrap();
     }
@@ -313,6 +349,9 @@ fn a_schema_3_database_remembers_which_regions_were_ready() {
     drop(store);
     assert!(matches!(SqliteStore::open(&path), Err(StoreError::Schema { found: 99 })));
 }
+
+/// What schema 10 added, taken away again (to make a database of an earlier schema).
+const UNDO_SCHEMA_10: &str = "ALTER TABLE rollouts DROP COLUMN class;";
 
 /// What schema 6 added, taken away again (to make a database of an earlier schema).
 const UNDO_SCHEMA_6: &str = "ALTER TABLE regions DROP COLUMN schedule; ALTER TABLE regions DROP COLUMN time_zone;";
@@ -346,7 +385,14 @@ fn a_region_that_was_ready_keeps_the_version_and_only_the_others_fail() {
         store.add_region(&RegionRecord { name: name.into(), rate: 1, created_unix_ms: 1, schedule: None }).unwrap();
     }
     store
-        .add_rollout(&VersionId::new("d", 1), &["eu".into(), "us".into()], ReplicationMode::Auto, CutOver::AllReady, 20)
+        .add_rollout(
+            &VersionId::new("d", 1),
+            &["eu".into(), "us".into()],
+            ReplicationMode::Auto,
+            CutOver::AllReady,
+            Class::Normal,
+            20,
+        )
         .unwrap();
     store.update_rollout(&update("eu", "Ready", 3, 30)).unwrap();
     store.update_rollout(&update("eu", "Transferring", 1, 35)).unwrap();
@@ -359,6 +405,7 @@ fn a_region_that_was_ready_keeps_the_version_and_only_the_others_fail() {
             &["eu".into(), "ap".into()],
             ReplicationMode::Region,
             CutOver::AllReady,
+            Class::Normal,
             50,
         )
         .unwrap();
@@ -415,8 +462,12 @@ fn a_schema_4_database_keeps_what_each_region_served() {
             store.add_region(&RegionRecord { name: name.into(), rate: 1, created_unix_ms: 1, schedule: None }).unwrap();
         }
         let regions = ["eu".to_string(), "us".to_string()];
-        store.add_rollout(&VersionId::new("d", 1), &regions, ReplicationMode::Auto, CutOver::AllReady, 20).unwrap();
-        store.add_rollout(&VersionId::new("d", 2), &regions, ReplicationMode::Auto, CutOver::AllReady, 20).unwrap();
+        store
+            .add_rollout(&VersionId::new("d", 1), &regions, ReplicationMode::Auto, CutOver::AllReady, Class::Normal, 20)
+            .unwrap();
+        store
+            .add_rollout(&VersionId::new("d", 2), &regions, ReplicationMode::Auto, CutOver::AllReady, Class::Normal, 20)
+            .unwrap();
         for (region, version) in [("eu", 1), ("us", 1), ("eu", 2)] {
             let mut u = update(region, "Ready", 3, 30);
             u.key.version = version;
@@ -426,6 +477,7 @@ fn a_schema_4_database_keeps_what_each_region_served() {
             .conn()
             .execute_batch("DELETE FROM serving; UPDATE meta SET value = '4' WHERE key = 'schema_version';")
             .unwrap();
+        store.conn().execute_batch(UNDO_SCHEMA_10).unwrap();
         store.conn().execute_batch(UNDO_SCHEMA_6).unwrap();
         store.conn().execute_batch(UNDO_SCHEMA_5).unwrap();
     }
@@ -434,4 +486,35 @@ fn a_schema_4_database_keeps_what_each_region_served() {
         store.serving(None).unwrap().into_iter().map(|s| (s.region, s.version, s.previous)).collect();
     assert_eq!(serving, [("eu".to_string(), 1, 0), ("us".to_string(), 1, 0)], "v2 is not Ready in us: v1 everywhere");
     assert!(store.rollouts(None).unwrap().iter().all(|r| r.cut_over == CutOver::AllReady && !r.promote_pending));
+}
+
+/// A rollout's class is kept per region, taken by a region asked again, and changed alone
+/// (a rollout behind its deadline is raised) without touching the row's progress.
+#[test]
+fn a_rollouts_class_is_kept_taken_again_and_raised() {
+    let store = store_with_dataset();
+    store.insert_version(0, &manifest("d", b"abc"), &cut(BTreeMap::new(), 10)).unwrap();
+    for name in ["eu", "us"] {
+        store.add_region(&RegionRecord { name: name.into(), rate: 1, created_unix_ms: 1, schedule: None }).unwrap();
+    }
+    let v1 = VersionId::new("d", 1);
+    let both = ["eu".to_string(), "us".to_string()];
+    store.add_rollout(&v1, &both, ReplicationMode::Auto, CutOver::AllReady, Class::Background, 20).unwrap();
+    store.update_rollout(&update("eu", "Transferring", 2, 30)).unwrap();
+    let classes = |store: &SqliteStore| -> Vec<(String, Class)> {
+        store.rollouts(None).unwrap().into_iter().map(|r| (r.region, r.class)).collect()
+    };
+    assert_eq!(classes(&store), [("eu".into(), Class::Background), ("us".into(), Class::Background)]);
+
+    let before = store.set_rollout_class(&RolloutKey::new("d", 1, "eu"), Class::Normal).unwrap();
+    assert_eq!(before, Class::Background);
+    assert_eq!(classes(&store), [("eu".into(), Class::Normal), ("us".into(), Class::Background)]);
+    let eu = store.rollouts(None).unwrap().into_iter().find(|r| r.region == "eu").unwrap();
+    assert_eq!((eu.phase, eu.cached_bytes), (Phase::Transferring, 2), "a raise keeps the row's progress");
+
+    store.add_rollout(&v1, &["us".into()], ReplicationMode::Auto, CutOver::AllReady, Class::Urgent, 40).unwrap();
+    assert_eq!(classes(&store), [("eu".into(), Class::Normal), ("us".into(), Class::Urgent)]);
+
+    let missing = store.set_rollout_class(&RolloutKey::new("d", 2, "eu"), Class::Urgent).unwrap_err();
+    assert!(matches!(&missing, StoreError::NotFound { kind: "rollout", .. }), "{missing}");
 }
