@@ -23,6 +23,7 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aqueduct_proto::domain::class::Class;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
@@ -53,6 +54,16 @@ impl Lane {
             Lane::Urgent => "urgent",
             Lane::Normal => "normal",
             Lane::Background => "background",
+        }
+    }
+}
+
+impl From<Class> for Lane {
+    fn from(class: Class) -> Self {
+        match class {
+            Class::Urgent => Lane::Urgent,
+            Class::Normal => Lane::Normal,
+            Class::Background => Lane::Background,
         }
     }
 }

@@ -35,9 +35,9 @@ use crate::auth::require_admin;
 use crate::error::{invalid, unknown_dataset};
 use crate::live::Live;
 use crate::pki::Authority;
-use crate::rollout::VersionId;
 use crate::rollout::cutover::CutOver;
 use crate::rollout::retention::DEFAULT_KEEP;
+use crate::rollout::{RolloutKey, VersionId};
 use crate::signing::{self, Signer};
 use crate::snapshot::{self, Progress, SnapshotOptions, blocking, now_unix_ms};
 use crate::source::{HubFiles, SourceSpec};
@@ -442,6 +442,10 @@ impl pb::admin_server::Admin for AdminService {
                 )),
                 other => other.into(),
             })?;
+        // The relay's streams of these rows draw in the new class from their next chunk.
+        for region in &req.regions {
+            self.live.classes.set(&RolloutKey::new(dataset.name.clone(), version, region.clone()), class.into());
+        }
         self.live.changes.notify_waiters();
         Ok(Response::new(pb::RolloutResponse { dataset: dataset.name, version, regions: req.regions }))
     }

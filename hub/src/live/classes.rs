@@ -18,8 +18,7 @@ pub const CLASS_RECHECK: Duration = Duration::from_secs(2);
 
 /// The lane a rollout's transfers draw in.
 pub fn lane_of(record: &RolloutRecord) -> Lane {
-    let _ = record;
-    Lane::Normal
+    Lane::from(record.class)
 }
 
 /// Every rollout's lane the relay used lately, and when it was read.
