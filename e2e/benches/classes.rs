@@ -9,7 +9,7 @@
 //! first minute boundary at least 30 s away: AQ_BENCH_BEFORE MiB/s (default 8) until then,
 //! AQ_BENCH_AFTER MiB/s (default 3) after. A background rollout of AQ_BENCH_BACKGROUND_MIB
 //! (default 80) starts 12 s before the boundary and an urgent one of AQ_BENCH_URGENT_MIB
-//! (default 48, other bytes) 6 s before it; every spoke holds each whole version
+//! (default 48, another dataset) 6 s before it; every spoke holds each whole version
 //! (`every-node`: each chunk crosses the link once, the second spoke copies from its peer).
 //! Every second until both are Ready it prints the budget in force (the hub's gauge), the
 //! bytes per second the hub relayed to the region per class (urgent, background) and in all,
@@ -68,11 +68,11 @@ fn main() {
         let mut w = world_at(SourceKind::Dir, "0.0.0.0:0".parse().unwrap(), &hosts).await;
         net.mount_roots.push(w.root.clone());
         let hub = w.hub_metrics().await;
-        let model = w.data.join("model.safetensors");
-        std::fs::write(&model, noise(background_mib << 20, 1)).unwrap();
+        std::fs::write(w.data.join("model.safetensors"), noise(background_mib << 20, 1)).unwrap();
         w.snapshot().await;
-        std::fs::write(&model, noise(urgent_mib << 20, 2)).unwrap();
-        w.snapshot().await;
+        let other = w.add_dataset("mistral").await;
+        std::fs::write(other.join("model.safetensors"), noise(urgent_mib << 20, 2)).unwrap();
+        w.snapshot_of("mistral").await;
 
         let configs = w.region_in(&net.regions[0], before << 20).await;
         let mut spokes = Children::default();
@@ -109,10 +109,10 @@ fn main() {
             hhmm(boundary % 86_400)
         );
         println!(
-            "v1 background {background_mib} MiB from boundary-12 s, v2 urgent {urgent_mib} MiB from boundary-6 s; source: a local directory on the hub"
+            "llama@v1 background {background_mib} MiB from boundary-12 s, mistral@v1 urgent {urgent_mib} MiB from boundary-6 s; source: a local directory on the hub"
         );
         tokio::time::sleep(between(at_boundary - Duration::from_secs(12))).await;
-        w.rollout_class(1, &["eu"], Class::Background).await;
+        w.rollout_class("llama", 1, &["eu"], Class::Background).await;
         let started = Instant::now();
         let mut urgent_started = false;
         let mut header = format!(
@@ -133,7 +133,7 @@ fn main() {
         let mut ready = [None::<f64>; 2];
         for second in 1u64.. {
             if !urgent_started && started.elapsed() >= Duration::from_secs(6) {
-                w.rollout_class(2, &["eu"], Class::Urgent).await;
+                w.rollout_class("mistral", 1, &["eu"], Class::Urgent).await;
                 urgent_started = true;
             }
             tokio::time::sleep_until((started + Duration::from_secs(second)).into()).await;
@@ -156,11 +156,10 @@ fn main() {
                 row.push_str(&format!(" {:>12.2}", (got - last_spokes[i]) / dt / MIB));
                 last_spokes[i] = got;
             }
-            for (i, version) in [1u64, 2].into_iter().enumerate() {
-                let rows = w.status(version).await;
-                if ready[i].is_none() && !rows.is_empty() && rows.iter().all(|r| r.phase() == pb::Phase::Ready) {
+            for (i, dataset) in ["llama", "mistral"].into_iter().enumerate() {
+                if ready[i].is_none() && w.is_ready(dataset, 1).await {
                     ready[i] = Some(t);
-                    row.push_str(&format!("   v{version} Ready"));
+                    row.push_str(&format!("   {dataset} Ready"));
                 }
             }
             println!("{row}");

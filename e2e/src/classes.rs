@@ -15,16 +15,26 @@ pub const HUB_RELAYED: &str = "aqueduct_hub_relayed_class_bytes_total";
 pub const SPOKE_RECEIVED: &str = "aqueduct_spoke_received_class_bytes_total";
 
 impl World {
-    /// Rolls out `llama@version` to `regions` as `class`.
-    pub async fn rollout_class(&mut self, version: u64, regions: &[&str], class: Class) {
+    /// Rolls out `dataset@version` to `regions` as `class`.
+    pub async fn rollout_class(&mut self, dataset: &str, version: u64, regions: &[&str], class: Class) {
         let req = pb::RolloutRequest {
-            dataset: "llama".into(),
+            dataset: dataset.into(),
             version,
             regions: regions.iter().map(|r| r.to_string()).collect(),
             class: class.to_wire(),
             ..Default::default()
         };
         self.admin.rollout(req).await.unwrap();
+    }
+
+    /// Whether `dataset@version` is Ready in every region of its rollout; panics if it failed.
+    pub async fn is_ready(&mut self, dataset: &str, version: u64) -> bool {
+        let rows = self.admin.status(pb::StatusRequest { dataset: dataset.into() }).await.unwrap().into_inner().rows;
+        let rows: Vec<_> = rows.into_iter().filter(|r| r.version == version).collect();
+        if let Some(failed) = rows.iter().find(|r| r.phase() == pb::Phase::Failed) {
+            panic!("{dataset}@v{version} failed in {}: {}", failed.region, failed.reason);
+        }
+        !rows.is_empty() && rows.iter().all(|r| r.phase() == pb::Phase::Ready)
     }
 }
 

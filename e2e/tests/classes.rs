@@ -10,7 +10,6 @@ use aqueduct_e2e::classes::{HUB_RELAYED, by_lane};
 use aqueduct_e2e::netns::Topology;
 use aqueduct_e2e::{SourceKind, bin, scrape, world_at};
 use aqueduct_proto::domain::class::Class;
-use aqueduct_proto::hub::v1 as pb;
 use aqueduct_testkit::noise;
 
 const MIB: u64 = 1 << 20;
@@ -37,15 +36,16 @@ async fn an_urgent_rollout_started_while_a_background_one_fills_the_link_is_read
     let mut w = world_at(SourceKind::Dir, "0.0.0.0:0".parse().unwrap(), &hosts).await;
     net.mount_roots.push(w.root.clone());
     let hub = w.hub_metrics().await;
-    // Two versions that share no chunk: v1 of 32 MiB (background), v2 of 24 MiB (urgent).
-    let model = w.data.join("model.safetensors");
-    std::fs::write(&model, noise(32 << 20, 1)).unwrap();
+    // Two versions that share no chunk: llama@v1 of 32 MiB (background), mistral@v1 of 24 MiB
+    // (urgent).
+    std::fs::write(w.data.join("model.safetensors"), noise(32 << 20, 1)).unwrap();
     w.snapshot().await;
-    std::fs::write(&model, noise(24 << 20, 2)).unwrap();
-    w.snapshot().await;
+    let other = w.add_dataset("mistral").await;
+    std::fs::write(other.join("model.safetensors"), noise(24 << 20, 2)).unwrap();
+    w.snapshot_of("mistral").await;
     let (_spokes, _configs) = w.start_spokes_in(&net, &[BUDGET], &bin("aqueduct-spoke")).await;
 
-    w.rollout_class(1, &["eu"], Class::Background).await;
+    w.rollout_class("llama", 1, &["eu"], Class::Background).await;
     let started = Instant::now();
     let sent_before = net.sent_to(0);
     // Per second: (t, relayed per lane, bytes down the link).
@@ -55,12 +55,8 @@ async fn an_urgent_rollout_started_while_a_background_one_fills_the_link_is_read
     while ready.iter().any(Option::is_none) {
         assert!(started.elapsed() < Duration::from_secs(240), "the rollouts did not finish: {samples:?}");
         let t = started.elapsed().as_secs_f64();
-        for (i, version) in [1u64, 2].into_iter().enumerate() {
-            let rows = w.status(version).await;
-            if let Some(failed) = rows.iter().find(|r| r.phase() == pb::Phase::Failed) {
-                panic!("v{version} failed in {}: {}", failed.region, failed.reason);
-            }
-            if ready[i].is_none() && !rows.is_empty() && rows.iter().all(|r| r.phase() == pb::Phase::Ready) {
+        for (i, dataset) in ["llama", "mistral"].into_iter().enumerate() {
+            if ready[i].is_none() && w.is_ready(dataset, 1).await {
                 ready[i] = Some(t);
             }
         }
@@ -71,7 +67,7 @@ async fn an_urgent_rollout_started_while_a_background_one_fills_the_link_is_read
             // The background rollout fills the link: the urgent one starts while it runs.
             if urgent_at.is_none() && counted[Lane::Background as usize] >= (6 * MIB) as f64 {
                 assert!(ready[0].is_none(), "the background rollout finished before the urgent one started");
-                w.rollout_class(2, &["eu"], Class::Urgent).await;
+                w.rollout_class("mistral", 1, &["eu"], Class::Urgent).await;
                 urgent_at = Some(started.elapsed().as_secs_f64());
             }
         }
@@ -83,7 +79,7 @@ async fn an_urgent_rollout_started_while_a_background_one_fills_the_link_is_read
     let (background_ready, urgent_ready) = (ready[0].unwrap(), ready[1].unwrap());
     let urgent_at = urgent_at.expect("the urgent rollout was started");
     println!(
-        "budget {:.0} MiB/s (burst {:.0} MiB), link 100 Mbit/s; v1 (background) 32 MiB from t=0, v2 (urgent) 24 MiB from t={urgent_at:.1} s",
+        "budget {:.0} MiB/s (burst {:.0} MiB), link 100 Mbit/s; llama@v1 (background) 32 MiB from t=0, mistral@v1 (urgent) 24 MiB from t={urgent_at:.1} s",
         mib(BUDGET as f64),
         mib(BURST as f64)
     );
