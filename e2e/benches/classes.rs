@@ -11,7 +11,7 @@
 //! (default 80) starts 12 s before the boundary and an urgent one of AQ_BENCH_URGENT_MIB
 //! (default 48, another dataset) 6 s before it; every spoke holds each whole version
 //! (`every-node`: each chunk crosses the link once, the second spoke copies from its peer).
-//! Every second until both are Ready it prints the budget in force (the hub's gauge), the
+//! Every second until both are Ready it prints the budget in force (the schedule's), the
 //! bytes per second the hub relayed to the region per class (urgent, background) and in all,
 //! what went down the link (the uplink's counter, TLS included), and what each spoke counted as
 //! received from the hub (`aqueduct_spoke_received_class_bytes_total`).
@@ -40,14 +40,6 @@ fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
 /// `HH:MM` of a second of the day.
 fn hhmm(second: u64) -> String {
     format!("{:02}:{:02}", second / 3600, second % 3600 / 60)
-}
-
-fn gauge(text: &str, metric: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(metric))
-        .and_then(|l| l.rsplit_once(' '))
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn main() {
@@ -144,7 +136,8 @@ fn main() {
             let dt = t - last_t;
             let lane = |l: Lane| (counted[l as usize] - last_hub[l as usize]) / dt / MIB;
             let total = (counted.iter().sum::<f64>() - last_hub.iter().sum::<f64>()) / dt / MIB;
-            let budget = gauge(&text, "aqueduct_hub_link_budget_bytes_per_second{region=\"eu\"}") / MIB;
+            // The schedule's window in force (the hub's `link_budget` gauge shows the flat rate).
+            let budget = if Instant::now() < at_boundary { before } else { after } as f64;
             let mut row = format!(
                 "{second:>6} {budget:>8.1} {:>10.2} {:>12.2} {total:>12.2} {:>10.2}",
                 lane(Lane::Urgent),

@@ -12,7 +12,7 @@
 //! a changed source fails) are [`crate::rollout`]'s; what it keeps in memory is
 //! [`crate::live`]'s.
 //!
-//! The file is some 640 lines long because it is the one `Spoke` service: its handlers share
+//! The file is some 660 lines long because it is the one `Spoke` service: its handlers share
 //! the grants, indexes and per-region limits kept here, and splitting them would spread that
 //! state over modules that reach into each other.
 
@@ -36,7 +36,7 @@ use crate::config::LimitsConfig;
 use crate::enrol::Issuer;
 use crate::error::invalid;
 use crate::live::Live;
-use crate::live::budgets::budget_at;
+use crate::live::budgets::{Budgets, budget_at};
 use crate::live::classes::{Classes, lane_of};
 use crate::live::members::{Members, Proof};
 use crate::live::reads::{ChunkAt, ReadFailure};
@@ -199,21 +199,9 @@ impl SpokeService {
         }
     }
 
-    /// The region's budget; its rate is read again every [`BUDGET_RECHECK`] (the admin API
-    /// sets a changed rate at once, see [`Budgets::set`]).
+    /// The region's budget (see [`region_budget`]).
     async fn budget(&self, region: &str) -> Result<Arc<Budget>, Status> {
-        if let Some(budget) = self.live.budgets.fresh(region) {
-            return Ok(budget);
-        }
-        let regions = blocking(&self.db, |db| db.regions()).await?;
-        let record = regions
-            .iter()
-            .find(|r| r.name == region)
-            .ok_or_else(|| Status::permission_denied(format!("region {region} is not known to this hub")))?;
-        let now = jiff::Timestamp::now();
-        let budget = budget_at(record, now);
-        let until = budget.next.map(|(at, _)| at.duration_since(now).unsigned_abs());
-        Ok(self.live.budgets.set(region, budget.rate, until))
+        region_budget(&self.db, &self.live.budgets, region).await
     }
 
     async fn index(&self, key: &VersionId) -> Result<Arc<VersionIndex>, Status> {
@@ -423,7 +411,7 @@ impl pb::spoke_server::Spoke for SpokeService {
         let (tx, rx) = mpsc::channel(2);
         let (db, ledger) = (self.db.clone(), self.live.ledger.clone());
         let (metrics, source_reads) = (self.live.metrics.clone(), self.live.reads.clone());
-        let classes = self.live.classes.clone();
+        let (classes, budgets) = (self.live.classes.clone(), self.live.budgets.clone());
         // Each chunk's share of the region's relay memory, in the order the chunks are sent,
         // given back when the connection takes the chunk.
         let memory = Arc::new(Mutex::new(std::collections::VecDeque::<tokio::sync::OwnedSemaphorePermit>::new()));
@@ -485,6 +473,13 @@ impl pb::spoke_server::Spoke for SpokeService {
                         }
                         let _ = tx.send(Err(Status::data_loss(reason))).await;
                         return;
+                    }
+                    // The rate read again once stale (a schedule's window that changed while the
+                    // stream runs): the region's one budget follows.
+                    if budgets.fresh(&key.region).is_none()
+                        && let Err(e) = region_budget(&db, &budgets, &key.region).await
+                    {
+                        debug!(error = %e.message(), "could not read the region's budget again; the last rate holds");
                     }
                     // A pod's read first, then the rollout's class (read again as it changes).
                     let lane = if foreground { Lane::Foreground } else { lane_now(&db, &classes, &key).await };
@@ -644,4 +639,24 @@ async fn lane_now(db: &Arc<dyn MetaStore>, classes: &Classes, key: &RolloutKey) 
     };
     classes.set(key, lane);
     lane
+}
+
+/// The region's budget; its rate is read again every
+/// [`crate::live::budgets::BUDGET_RECHECK`] and at its schedule's next change, by new streams
+/// and by the chunks of running ones (the admin API sets a changed rate at once, see
+/// [`Budgets::set`]).
+async fn region_budget(db: &Arc<dyn MetaStore>, budgets: &Budgets, region: &str) -> Result<Arc<Budget>, Status> {
+    if let Some(budget) = budgets.fresh(region) {
+        return Ok(budget);
+    }
+    let regions = blocking(db, |db| db.regions()).await?;
+    let record = regions
+        .iter()
+        .find(|r| r.name == region)
+        .ok_or_else(|| Status::permission_denied(format!("region {region} is not known to this hub")))?;
+    let now = jiff::Timestamp::now();
+    let budget = budget_at(record, now);
+    let until = budget.next.map(|(at, _)| at.duration_since(now).unsigned_abs());
+    debug!(region, rate = budget.rate, ?until, "the region's budget read again");
+    Ok(budgets.set(region, budget.rate, until))
 }
