@@ -65,7 +65,7 @@ async fn an_urgent_rollout_started_while_a_background_one_fills_the_link_is_read
             samples.push((started.elapsed().as_secs_f64(), counted, net.sent_to(0) - sent_before));
             next_sample += 1;
             // The background rollout fills the link: the urgent one starts while it runs.
-            if urgent_at.is_none() && counted[Lane::Background as usize] >= (6 * MIB) as f64 {
+            if urgent_at.is_none() && counted.iter().sum::<f64>() >= (6 * MIB) as f64 {
                 assert!(ready[0].is_none(), "the background rollout finished before the urgent one started");
                 w.rollout_class("mistral", 1, &["eu"], Class::Urgent).await;
                 urgent_at = Some(started.elapsed().as_secs_f64());
