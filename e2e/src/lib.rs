@@ -36,6 +36,7 @@ pub enum SourceKind {
     MemoryS3,
 }
 
+pub mod classes;
 pub mod holders;
 pub mod hub_binary;
 pub mod kubelet;

@@ -95,6 +95,7 @@ fn fetch_request(digests: &[Digest]) -> pb::FetchChunksRequest {
         dataset: "llama".into(),
         version: 1,
         digests: digests.iter().map(|d| d.0.to_vec()).collect(),
+        foreground: false,
     }
 }
 

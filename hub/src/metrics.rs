@@ -2,8 +2,9 @@
 //! the endpoint).
 //!
 //! Counted as things happen, in [`HubMetrics`]: bytes and chunks relayed per region and
-//! dataset, chunks whose source bytes failed verification, and what replication asked of each
-//! source (bytes and reads) and what the relay cache answered instead. Read from the hub's state at
+//! dataset (and bytes per region and class), chunks whose source bytes failed verification, and
+//! what replication asked of each source (bytes and reads) and what the relay cache answered
+//! instead. Read from the hub's state at
 //! each scrape ([`HubMetrics::refresh`]): each region's link budget and live spokes, each
 //! rollout's progress and phase, the version each region serves and how far behind it is.
 //! The achieved rate per region is measured from the relayed bytes every [`RATE_EVERY`].
@@ -53,6 +54,13 @@ pub struct RegionDatasetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegionClassLabels {
+    pub region: String,
+    /// The lane the bytes drew in: foreground (a pod's read), urgent, normal, background.
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RolloutLabels {
     pub dataset: String,
     pub version: String,
@@ -73,6 +81,7 @@ pub struct PhaseLabels {
 pub struct HubMetrics {
     relayed_bytes: Family<RegionDatasetLabels, Counter>,
     relayed_chunks: Family<RegionDatasetLabels, Counter>,
+    relayed_class: Family<RegionClassLabels, Counter>,
     verification_failures: Family<DatasetLabels, Counter>,
     source_read_bytes: Family<SourceLabels, Counter>,
     source_reads: Family<SourceLabels, Counter>,
@@ -108,6 +117,12 @@ impl HubMetrics {
             self.relayed_bytes.clone(),
         );
         r.register("relayed_chunks", "Chunks the relay sent, per region and dataset", self.relayed_chunks.clone());
+        r.register_with_unit(
+            "relayed_class",
+            "Bytes the relay sent to a region, per region and the lane they drew in from its budget (foreground: a pod's read; urgent, normal, background: the rollout's class)",
+            Unit::Bytes,
+            self.relayed_class.clone(),
+        );
         r.register(
             "source_verification_failures",
             "Chunks whose bytes read from the source did not match their digest (the source changed)",
@@ -166,6 +181,12 @@ impl HubMetrics {
         self.relayed_bytes.get_or_create(&labels).inc_by(len);
         self.relayed_chunks.get_or_create(&labels).inc();
         *self.per_region.lock().unwrap_or_else(|e| e.into_inner()).entry(region.to_string()).or_default() += len;
+    }
+
+    /// A chunk of `len` bytes drew in `lane` from `region`'s budget.
+    pub fn relayed_in(&self, region: &str, lane: aqueduct_core::budget::Lane, len: u64) {
+        let labels = RegionClassLabels { region: region.to_string(), class: lane.name() };
+        self.relayed_class.get_or_create(&labels).inc_by(len);
     }
 
     /// A chunk read from `dataset`'s source did not match its digest.

@@ -12,7 +12,7 @@
 //! a changed source fails) are [`crate::rollout`]'s; what it keeps in memory is
 //! [`crate::live`]'s.
 //!
-//! The file is some 620 lines long because it is the one `Spoke` service: its handlers share
+//! The file is some 660 lines long because it is the one `Spoke` service: its handlers share
 //! the grants, indexes and per-region limits kept here, and splitting them would spread that
 //! state over modules that reach into each other.
 
@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aqueduct_core::budget::Budget;
+use aqueduct_core::budget::{Budget, Lane};
 use aqueduct_core::lru::Lru;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{Digest, Manifest, Phase, ReplicationMode};
@@ -37,7 +37,8 @@ use crate::config::LimitsConfig;
 use crate::enrol::Issuer;
 use crate::error::invalid;
 use crate::live::Live;
-use crate::live::budgets::budget_at;
+use crate::live::budgets::{Budgets, budget_at};
+use crate::live::classes::{Classes, lane_of};
 use crate::live::members::{Members, Proof};
 use crate::live::reads::{ChunkAt, ReadFailure};
 use crate::rollout::{NodeReport, RegionProgress, RolloutKey, VersionId, assignments_of};
@@ -238,21 +239,9 @@ impl SpokeService {
         }
     }
 
-    /// The region's budget; its rate is read again every [`BUDGET_RECHECK`] (the admin API
-    /// sets a changed rate at once, see [`Budgets::set`]).
+    /// The region's budget (see [`region_budget`]).
     async fn budget(&self, region: &str) -> Result<Arc<Budget>, Status> {
-        if let Some(budget) = self.live.budgets.fresh(region) {
-            return Ok(budget);
-        }
-        let regions = blocking(&self.db, |db| db.regions()).await?;
-        let record = regions
-            .iter()
-            .find(|r| r.name == region)
-            .ok_or_else(|| Status::permission_denied(format!("region {region} is not known to this hub")))?;
-        let now = jiff::Timestamp::now();
-        let budget = budget_at(record, now);
-        let until = budget.next.map(|(at, _)| at.duration_since(now).unsigned_abs());
-        Ok(self.live.budgets.set(region, budget.rate, until))
+        region_budget(&self.db, &self.live.budgets, region).await
     }
 
     async fn index(&self, key: &VersionId) -> Result<Arc<VersionIndex>, Status> {
@@ -446,7 +435,7 @@ impl pb::spoke_server::Spoke for SpokeService {
 
     type FetchChunksStream = ChunkStream;
 
-    #[instrument(skip_all, fields(region, dataset, version, chunks))]
+    #[instrument(skip_all, fields(region, dataset, version, chunks, foreground))]
     async fn fetch_chunks(
         &self,
         request: Request<pb::FetchChunksRequest>,
@@ -457,7 +446,9 @@ impl pb::spoke_server::Spoke for SpokeService {
             .record("region", region.as_str())
             .record("dataset", req.dataset.as_str())
             .record("version", req.version)
-            .record("chunks", req.digests.len());
+            .record("chunks", req.digests.len())
+            .record("foreground", req.foreground);
+        let foreground = req.foreground;
         aqueduct_proto::check_digest_count(req.digests.len())?;
         let digests = req
             .digests
@@ -484,6 +475,7 @@ impl pb::spoke_server::Spoke for SpokeService {
         let (tx, rx) = mpsc::channel(2);
         let (db, ledger) = (self.db.clone(), self.live.ledger.clone());
         let (metrics, source_reads) = (self.live.metrics.clone(), self.live.reads.clone());
+        let (classes, budgets) = (self.live.classes.clone(), self.live.budgets.clone());
         // Each chunk's share of the region's relay memory, in the order the chunks are sent,
         // given back when the connection takes the chunk.
         let memory = Arc::new(Mutex::new(std::collections::VecDeque::<tokio::sync::OwnedSemaphorePermit>::new()));
@@ -546,8 +538,17 @@ impl pb::spoke_server::Spoke for SpokeService {
                         let _ = tx.send(Err(Status::data_loss(reason))).await;
                         return;
                     }
-                    budget.take(data.len()).await;
-                    debug!(digest = %digest.short(), len = data.len(), "chunk relayed");
+                    // The rate read again once stale (a schedule's window that changed while the
+                    // stream runs): the region's one budget follows.
+                    if budgets.fresh(&key.region).is_none()
+                        && let Err(e) = region_budget(&db, &budgets, &key.region).await
+                    {
+                        debug!(error = %e.message(), "could not read the region's budget again; the last rate holds");
+                    }
+                    // A pod's read first, then the rollout's class (read again as it changes).
+                    let lane = if foreground { Lane::Foreground } else { lane_now(&db, &classes, &key).await };
+                    budget.take_in(lane, data.len()).await;
+                    debug!(digest = %digest.short(), len = data.len(), lane = lane.name(), "chunk relayed");
                     let len = data.len() as u64;
                     held_memory.lock().unwrap_or_else(|e| e.into_inner()).push_back(held);
                     if tx.send(Ok(pb::ChunkData { digest: digest.0.to_vec(), data: data.to_vec() })).await.is_err() {
@@ -555,6 +556,7 @@ impl pb::spoke_server::Spoke for SpokeService {
                     }
                     ledger.sent(&key, digest, len);
                     metrics.relayed(&key.region, &key.dataset, len);
+                    metrics.relayed_in(&key.region, lane, len);
                 }
             }
             .instrument(Span::current()),
@@ -681,4 +683,44 @@ async fn write_region_rows(db: &Arc<dyn MetaStore>, region: &str, rows: Vec<(Rol
             warn!(region, error = %e.message(), "could not update the region's progress");
         }
     }
+}
+
+/// The lane `key`'s transfers draw in now: its rollout's class, as [`Classes`] last read it or
+/// read again from the database. A rollout that cannot be read draws as normal.
+async fn lane_now(db: &Arc<dyn MetaStore>, classes: &Classes, key: &RolloutKey) -> Lane {
+    if let Some(lane) = classes.fresh(key) {
+        return lane;
+    }
+    let dataset = key.dataset.clone();
+    let lane = match blocking(db, move |db| db.rollouts(Some(&dataset))).await {
+        Ok(rows) => {
+            rows.iter().find(|r| r.version == key.version && r.region == key.region).map_or(Lane::Normal, lane_of)
+        }
+        Err(e) => {
+            warn!(error = %e, "could not read the rollout's class; relaying as normal");
+            Lane::Normal
+        }
+    };
+    classes.set(key, lane);
+    lane
+}
+
+/// The region's budget; its rate is read again every
+/// [`crate::live::budgets::BUDGET_RECHECK`] and at its schedule's next change, by new streams
+/// and by the chunks of running ones (the admin API sets a changed rate at once, see
+/// [`Budgets::set`]).
+async fn region_budget(db: &Arc<dyn MetaStore>, budgets: &Budgets, region: &str) -> Result<Arc<Budget>, Status> {
+    if let Some(budget) = budgets.fresh(region) {
+        return Ok(budget);
+    }
+    let regions = blocking(db, |db| db.regions()).await?;
+    let record = regions
+        .iter()
+        .find(|r| r.name == region)
+        .ok_or_else(|| Status::permission_denied(format!("region {region} is not known to this hub")))?;
+    let now = jiff::Timestamp::now();
+    let budget = budget_at(record, now);
+    let until = budget.next.map(|(at, _)| at.duration_since(now).unsigned_abs());
+    debug!(region, rate = budget.rate, ?until, "the region's budget read again");
+    Ok(budgets.set(region, budget.rate, until))
 }

@@ -35,6 +35,7 @@ fn request(digests: &[Digest]) -> pb::FetchChunksRequest {
         dataset: "llama".into(),
         version: 1,
         digests: digests.iter().map(|d| d.0.to_vec()).collect(),
+        foreground: false,
     }
 }
 

@@ -66,6 +66,7 @@ async fn fetch(
         dataset: dataset.into(),
         version,
         digests: digests.iter().map(|d| d.0.to_vec()).collect(),
+        foreground: false,
     };
     let mut stream = match spoke.fetch_chunks(req).await {
         Ok(s) => s.into_inner(),
@@ -172,7 +173,8 @@ async fn regions_read_what_is_rolled_out_to_them_verified() {
     // Asking for what is not in the version, or is no digest.
     let (_, err) = fetch(&mut eu, "llama", 1, &[Digest::of(b"not a chunk")]).await;
     assert_eq!(err.unwrap().code(), Code::NotFound);
-    let bad = pb::FetchChunksRequest { dataset: "llama".into(), version: 1, digests: vec![vec![1, 2, 3]] };
+    let bad =
+        pb::FetchChunksRequest { dataset: "llama".into(), version: 1, digests: vec![vec![1, 2, 3]], foreground: false };
     expect_err(eu.fetch_chunks(bad).await, Code::InvalidArgument, &["not 32"]);
 
     // Progress shows in the admin's status; a region cannot report on what it was not given.

@@ -59,6 +59,7 @@ async fn fetch_all(mut spoke: SpokeClient<Channel>, digests: Vec<Digest>) -> u64
         dataset: "llama".into(),
         version: 1,
         digests: digests.iter().map(|d| d.0.to_vec()).collect(),
+        foreground: false,
     };
     let mut stream = spoke.fetch_chunks(req).await.unwrap().into_inner();
     let (mut got, mut bytes) = (0, 0);

@@ -57,6 +57,12 @@ pub struct ReceivedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    /// foreground (a reader's), urgent, normal, background (the version's class).
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TierLabels {
     pub tier: &'static str,
 }
@@ -70,6 +76,7 @@ pub struct VersionLabels {
 #[derive(Default)]
 pub struct SpokeMetrics {
     received_bytes: Family<ReceivedLabels, Counter>,
+    received_class: Family<ClassLabels, Counter>,
     chunks: Family<OriginLabels, Counter>,
     verification_failures: Family<OriginLabels, Counter>,
     cache_used: Family<TierLabels, Gauge>,
@@ -98,6 +105,12 @@ impl SpokeMetrics {
             "Bytes of chunks received, verified, per origin (hub: over the link; peer) and dataset",
             Unit::Bytes,
             self.received_bytes.clone(),
+        );
+        r.register_with_unit(
+            "received_class",
+            "Bytes of chunks received over the link (from the hub), verified, per lane: foreground (a reader waits), urgent, normal, background (the version's class)",
+            Unit::Bytes,
+            self.received_class.clone(),
         );
         r.register(
             "chunks",
@@ -176,6 +189,11 @@ impl SpokeMetrics {
         let labels = ReceivedLabels { origin: origin.label(), dataset: dataset.to_string() };
         self.received_bytes.get_or_create(&labels).inc_by(bytes);
         self.chunk(origin);
+    }
+
+    /// A chunk of `bytes` came over the link in `lane`.
+    pub fn received_in(&self, lane: aqueduct_core::budget::Lane, bytes: u64) {
+        self.received_class.get_or_create(&ClassLabels { class: lane.name() }).inc_by(bytes);
     }
 
     /// A chunk was got from `origin`.

@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use aqueduct_core::budget::Lane;
 use aqueduct_core::identity::Identity;
 use aqueduct_proto::Digest;
 use aqueduct_proto::hub::v1 as pb;
@@ -146,6 +147,9 @@ impl Peer for PeerService {
                     dataset: &r.dataset,
                     version: r.version,
                     budget: None,
+                    // Counted as the hub relays it: a reader's, or (as far as this spoke
+                    // knows) normal replication.
+                    lane: if r.urgent { Lane::Foreground } else { Lane::Normal },
                     from_owner: false,
                     urgent: r.urgent,
                     wait_stored: false,

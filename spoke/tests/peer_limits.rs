@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aqueduct_core::budget::Lane;
 use aqueduct_core::identity::Identity;
 use aqueduct_core::server::{KeyedLimit, ServerLimits};
 use aqueduct_hub::pki::Authority;
@@ -56,6 +57,7 @@ async fn a_peer_has_its_share_of_streams_and_a_busy_peer_is_not_suspected() {
         dataset: "llama",
         version: 1,
         budget: None,
+        lane: if urgent { Lane::Foreground } else { Lane::Normal },
         from_owner: false,
         urgent,
         wait_stored: true,

@@ -247,6 +247,7 @@ async fn wait_and_fail_on_failed_exit_codes() {
         dataset: "llama".into(),
         version: 1,
         digests: file.chunks.iter().map(|c| c.digest.0.to_vec()).collect(),
+        foreground: false,
     };
     let mut stream = us.fetch_chunks(req).await.unwrap().into_inner();
     while let Ok(Some(_)) = stream.message().await {}

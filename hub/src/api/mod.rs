@@ -38,9 +38,9 @@ use crate::auth::require_admin;
 use crate::error::{invalid, unknown_dataset};
 use crate::live::Live;
 use crate::pki::Authority;
-use crate::rollout::VersionId;
 use crate::rollout::cutover::CutOver;
 use crate::rollout::retention::DEFAULT_KEEP;
+use crate::rollout::{RolloutKey, VersionId};
 use crate::signing::{self, Signer};
 use crate::snapshot::{self, Progress, SnapshotOptions, blocking, now_unix_ms};
 use crate::source::{HubFiles, Source, SourceSpec};
@@ -154,6 +154,10 @@ impl AdminService {
             .await
             .map_err(not_found)?;
         self.keep_plans(&id, &plan, deadline).await?;
+        // The relay's streams of these rows draw in the new class from their next chunk.
+        for region in &response.regions {
+            self.live.classes.set(&RolloutKey::new(id.dataset.clone(), version, region.clone()), class.into());
+        }
         self.live.changes.notify_waiters();
         Ok(response)
     }

@@ -1,6 +1,6 @@
 //! What the hub keeps in memory, shared by the admin API and the spokes' API: the live
 //! members of each region and their reports ([`members`]), each region's link budget as the
-//! relay applies it ([`budgets`]), the chunks read from the sources for every region at once
+//! relay applies it ([`budgets`]) and the class each rollout draws in ([`classes`]), the chunks read from the sources for every region at once
 //! ([`reads`]), the bytes relayed and not yet written ([`ledger`]), the notices that wake the
 //! spokes' watches when rollouts or a region's members change, and each region's assignments
 //! as its watches share them ([`views`]), and the revocation list in force (kept
@@ -9,6 +9,7 @@
 //! writes what it counted before the hub stops.
 
 pub mod budgets;
+pub mod classes;
 pub mod ledger;
 pub mod members;
 pub mod reads;
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::HubMetrics;
 use budgets::Budgets;
+use classes::Classes;
 use ledger::Ledger;
 use members::Members;
 use reads::SourceReads;
@@ -42,6 +44,8 @@ pub struct Live {
     pub members: Arc<Members>,
     /// Each region's link budget, as the relay applies it.
     pub budgets: Arc<Budgets>,
+    /// The class each rollout's transfers draw in from its region's budget.
+    pub classes: Arc<Classes>,
     /// Chunk reads from the sources, shared by every region, and their cache.
     pub reads: Arc<SourceReads>,
     /// What the hub counts for Prometheus.

@@ -17,10 +17,14 @@
 //! so that they count for this spoke's own watch and no other. A node name is one live watch's
 //! at a time: while the hub still holds an earlier watch of this name (a restart before the hub
 //! noticed the old connection close), the watch is refused and retried soon.
+//!
+//! The file is some 620 lines long, a third of them its tests of the whole session against a
+//! hub in the test's process; the pure decisions are in its submodules.
 
 pub mod keep;
 pub mod plan;
 pub mod retention;
+pub mod running;
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -37,6 +41,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
 use self::plan::{Memory, Observed, Plan, Step, VersionKey};
+use self::running::{Done, Running};
 use crate::cache::TieredStore;
 use crate::catalog::Catalog;
 use crate::config::SpokeConfig;
@@ -249,9 +254,16 @@ impl Controller<'_> {
         };
         let session = Session { replicator, cache_changed, kept_for_mounts: Default::default() };
         let mut current = pb::Assignments::default();
+        // Versions replicate side by side; each pass starts what is not running yet.
+        let mut running = Running::default();
         loop {
             let due = memory.retry_at();
             tokio::select! {
+                done = running.next(), if !running.is_empty() => {
+                    if let Some(done) = done {
+                        self.finished(&session, done, memory).await?;
+                    }
+                }
                 update = assigned.recv() => {
                     current = update.unwrap_or_else(|| Err::<_, String>("the watch ended".into()))?;
                     // Only the newest assignments matter.
@@ -282,20 +294,23 @@ impl Controller<'_> {
             let arrived = memory.arrived() && parts.sidecars.settled(Instant::now());
             let unassigned = retention::unassigned(&current.assignments, &kept, &observed.in_use, arrived);
             let unassigned = if in_use.is_some() { unassigned } else { retention::Unassigned::default() };
-            self.execute(&session, plan, &observed, &unassigned, memory).await?;
+            let assigned: HashSet<VersionKey> = current.assignments.iter().map(VersionKey::of).collect();
+            running.keep_only(&assigned);
+            self.execute(&session, plan, &observed, &unassigned, memory, &mut running).await?;
             keep::sweep(parts, &config.data_dir, &current.assignments, &unassigned, &observed.in_use).await;
         }
     }
 
-    /// Does what `plan` says and records the results in `memory`. A hub that cannot be
-    /// reached ends the session.
-    async fn execute(
-        &self,
-        session: &Session,
+    /// Does what `plan` says and records the results in `memory`; replications start in
+    /// `running` (urgent versions first) and end in [`Controller::finished`].
+    async fn execute<'s>(
+        &'s self,
+        session: &'s Session,
         plan: Plan,
         observed: &Observed,
         unassigned: &retention::Unassigned,
         memory: &mut Memory,
+        running: &mut Running<'s>,
     ) -> Result<(), Ended> {
         let parts = &self.parts;
         if plan.sidecar && !memory.is_sidecar() {
@@ -324,38 +339,45 @@ impl Controller<'_> {
         let local: Vec<Arc<aqueduct_proto::Manifest>> =
             unassigned.in_use.iter().filter_map(|k| parts.catalog.kept_manifest(&k.dataset, k.version)).collect();
         keep::pin(&parts.catalog, &parts.cache, parts.reader.peers(), &plan.pin, &local, replicas).await;
-        for step in plan.steps {
+        let mut steps = plan.steps;
+        steps.sort_by_key(|step| match step {
+            Step::ReportReady { .. } => None,
+            Step::Replicate { assignment, .. } => Some(crate::replicate::lane_of(assignment)),
+        });
+        for step in steps {
             match step {
                 Step::ReportReady { assignment, mode, bytes } => {
                     session.replicator.report(&assignment, mode, Phase::Ready, bytes, "", 0).await;
                     memory.reported_ready(VersionKey::of(&assignment));
                 }
-                Step::Replicate { assignment: a, mode } => {
-                    match session.replicator.replicate(&a, parts.budget.as_ref(), mode, replicas).await {
-                        Ok(outcome) => {
-                            memory.replicated(
-                                VersionKey::of(&a),
-                                mode,
-                                &observed.membership,
-                                outcome.held_bytes,
-                                a.generation,
-                            );
-                            self.publish_ready(memory);
-                            session.cache_changed.notify_one();
-                        }
-                        Err(ReplicationError::Hub(status)) if status.code() == tonic::Code::Unavailable => {
-                            return Err(Ended::Hub(status.message().to_string()));
-                        }
-                        Err(e) => {
-                            warn!(dataset = %a.dataset, version = a.version, error = %e, "replication failed");
-                            session.replicator.report(&a, mode, Phase::Failed, 0, &e.reason(), 0).await;
-                            memory.failed(VersionKey::of(&a), Instant::now(), fastrand::f64());
-                        }
-                    }
+                Step::Replicate { assignment, mode } => {
+                    let (replicator, budget) = (&session.replicator, parts.budget.as_ref());
+                    running.start(replicator, budget, assignment, mode, replicas, observed.membership.clone());
                 }
             }
         }
         self.publish_ready(memory);
+        Ok(())
+    }
+
+    /// Records how a replication ended. A hub that cannot be reached ends the session.
+    async fn finished(&self, session: &Session, done: Done, memory: &mut Memory) -> Result<(), Ended> {
+        let Done { assignment: a, mode, membership, result } = done;
+        match result {
+            Ok(outcome) => {
+                memory.replicated(VersionKey::of(&a), mode, &membership, outcome.held_bytes, a.generation);
+                self.publish_ready(memory);
+                session.cache_changed.notify_one();
+            }
+            Err(ReplicationError::Hub(status)) if status.code() == tonic::Code::Unavailable => {
+                return Err(Ended::Hub(status.message().to_string()));
+            }
+            Err(e) => {
+                warn!(dataset = %a.dataset, version = a.version, error = %e, "replication failed");
+                session.replicator.report(&a, mode, Phase::Failed, 0, &e.reason(), 0).await;
+                memory.failed(VersionKey::of(&a), Instant::now(), fastrand::f64());
+            }
+        }
         Ok(())
     }
 

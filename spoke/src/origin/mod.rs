@@ -152,6 +152,8 @@ impl ChunkOrigin for HubOrigin {
             dataset: request.dataset.clone(),
             version: request.version,
             digests: request.digests.iter().map(|d| d.0.to_vec()).collect(),
+            // A reader waits: the relay sends it ahead of every rollout's transfers.
+            foreground: request.urgent,
         };
         let stream = self.client.clone().fetch_chunks(request).await.map_err(FetchError::Hub)?.into_inner();
         Ok(stream.map_err(FetchError::Hub).boxed())

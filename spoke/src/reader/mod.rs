@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use aqueduct_core::budget::Budget;
+use aqueduct_core::budget::{Budget, Lane};
 use aqueduct_proto::Digest;
 use aqueduct_proto::hub::v1 as pb;
 use futures::StreamExt;
@@ -79,6 +79,9 @@ pub struct Pull<'a> {
     /// Background work over the link: takes from this budget for every chunk and yields to
     /// readers between chunks (unless a reader waits for what it brings).
     pub budget: Option<&'a Budget>,
+    /// The lane its chunks draw in from `budget` (replication: the version's class), and are
+    /// counted in (`aqueduct_spoke_received_class_bytes_total`).
+    pub lane: Lane,
     /// Asked of the chunks' owner in the region, which fetches what it lacks.
     pub from_owner: bool,
     /// Someone waits for it (a reader, or a peer's reader): a busy peer is not waited for, and
@@ -170,7 +173,15 @@ impl ReadThrough {
             return Ok(data);
         }
         let failed = |e: FetchError| ReadError { digest, reason: Reason::Failed(e.to_string()) };
-        let pull = Pull { dataset, version, budget: None, from_owner: true, urgent: true, wait_stored: false };
+        let pull = Pull {
+            dataset,
+            version,
+            budget: None,
+            lane: Lane::Foreground,
+            from_owner: true,
+            urgent: true,
+            wait_stored: false,
+        };
         for owner in self.peers.owners(&digest) {
             let pulled = match owner {
                 Owner::Peer(member) => match self.pull(self.origins.peer(&member).as_ref(), &pull, &[digest]).await {
@@ -397,7 +408,10 @@ impl Transfer<'_> {
                 return Err(e);
             }
             if let Some(budget) = pull.budget {
-                budget.take(chunk.data.len()).await;
+                budget.take_in(pull.lane, chunk.data.len()).await;
+            }
+            if from == metrics::Origin::Hub {
+                reader.metrics.received_in(pull.lane, chunk.data.len() as u64);
             }
             if from == metrics::Origin::Peer {
                 reader.peers.stats.from_peers.fetch_add(chunk.data.len() as u64, Ordering::Relaxed);

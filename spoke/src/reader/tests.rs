@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aqueduct_core::budget::Budget;
+use aqueduct_core::budget::{Budget, Lane};
 use aqueduct_core::identity::Identity;
 use aqueduct_proto::Digest;
 
@@ -58,7 +58,8 @@ fn chunk_owned_by(peers: &Peers, order: &[&str]) -> Vec<u8> {
 }
 
 fn pull(urgent: bool, budget: Option<&Budget>, wait_stored: bool) -> Pull<'_> {
-    Pull { dataset: "m", version: 1, budget, from_owner: false, urgent, wait_stored }
+    let lane = if urgent { Lane::Foreground } else { Lane::Normal };
+    Pull { dataset: "m", version: 1, budget, lane, from_owner: false, urgent, wait_stored }
 }
 
 /// The value of a metric sample, as scraped.

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aqueduct_core::budget::Budget;
+use aqueduct_core::budget::{Budget, Lane};
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
 use aqueduct_proto::{Digest, ReplicationMode};
@@ -328,6 +328,7 @@ impl Replicator {
             dataset: &assignment.dataset,
             version: assignment.version,
             budget: None,
+            lane: self.lane_now(assignment),
             from_owner: false,
             urgent: false,
             wait_stored: true,
@@ -355,6 +356,15 @@ impl Replicator {
         Ok(pulled.got.into_iter().map(|(d, data)| (d, data.len() as u64)).collect())
     }
 
+    /// The lane the version draws in now: its class in the hub's latest assignments (a class
+    /// raised while it replicates applies from the next batch).
+    fn lane_now(&self, assignment: &pb::Assignment) -> Lane {
+        let assignments = self.catalog.assignments();
+        let current =
+            assignments.assignments.iter().find(|a| a.dataset == assignment.dataset && a.version == assignment.version);
+        lane_of(current.unwrap_or(assignment))
+    }
+
     /// Tells the hub where this spoke stands; a failure to report is logged, not fatal.
     pub async fn report(
         &self,
@@ -372,6 +382,13 @@ impl Replicator {
         };
         self.progress.report(report).await;
     }
+}
+
+/// The lane a version's chunks draw in from the spoke's budget: its rollout's class, so that
+/// when versions replicate at once an urgent one's chunks pass first.
+/// A class this build does not know draws as normal.
+pub fn lane_of(assignment: &pb::Assignment) -> Lane {
+    Lane::from(aqueduct_proto::domain::class::Class::from_wire(assignment.class).unwrap_or_default())
 }
 
 fn progress_report(
