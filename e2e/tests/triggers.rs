@@ -26,6 +26,7 @@ async fn a_new_object_in_a_watched_source_reaches_ready_with_no_command_typed() 
         every_ms: 1000,
         rollout_regions: vec!["eu".into(), "us".into()],
         rollout_cut_over: pb::CutOver::PerRegion.into(),
+        rollout_class: pb::RolloutClass::Background.into(),
         ..Default::default()
     };
     let set = pb::UpdateDatasetRequest { name: "llama".into(), watch: Some(watch), ..Default::default() };
@@ -34,6 +35,7 @@ async fn a_new_object_in_a_watched_source_reaches_ready_with_no_command_typed() 
     println!("v1 cut and Ready in {:?} after the watch was set", started.elapsed());
     assert_eq!(rows.iter().map(|r| r.region.as_str()).collect::<Vec<_>>(), ["eu", "us"]);
     assert!(rows.iter().all(|r| r.cut_over() == pb::CutOver::PerRegion), "the watch's cut-over: {rows:?}");
+    assert!(rows.iter().all(|r| r.class() == pb::RolloutClass::Background), "the watch's class: {rows:?}");
 
     // Unchanged: the checks that follow cut nothing.
     let watched = |w: &mut aqueduct_e2e::World| {

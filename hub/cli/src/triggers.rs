@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use aqueduct_proto::ReplicationMode;
+use aqueduct_proto::domain::class::Class;
 use aqueduct_proto::domain::cut_over::CutOver;
 use aqueduct_proto::hub::v1 as pb;
 use clap::Args;
@@ -44,6 +45,9 @@ pub struct WatchArgs {
     /// The automatic rollout's cut-over policy (see `aq rollout --help`; default all-ready).
     #[arg(long, value_name = "all-ready|per-region|manual", requires = "auto_rollout")]
     pub auto_cut_over: Option<CutOver>,
+    /// The automatic rollout's class (see `aq rollout --help`; default normal).
+    #[arg(long, value_name = "urgent|normal|background", requires = "auto_rollout")]
+    pub auto_class: Option<Class>,
 }
 
 fn parse_every(text: &str) -> Result<Duration, String> {
@@ -79,6 +83,7 @@ impl WatchArgs {
                 rollout_regions: self.auto_rollout.clone(),
                 rollout_mode: self.auto_mode.unwrap_or_default().to_wire(),
                 rollout_cut_over: self.auto_cut_over.map_or(pb::CutOver::Unspecified.into(), CutOver::to_wire),
+                rollout_class: self.auto_class.map_or(pb::RolloutClass::Unspecified.into(), Class::to_wire),
                 ..Default::default()
             }),
             false,
@@ -105,6 +110,7 @@ pub struct WatchView {
     pub rollout_regions: Vec<String>,
     pub rollout_mode: String,
     pub rollout_cut_over: String,
+    pub rollout_class: String,
     /// When the last check started; null: never checked.
     pub last_check: Option<String>,
     pub last_check_unix_ms: Option<i64>,
@@ -128,6 +134,7 @@ impl From<pb::DatasetWatch> for WatchView {
             cron,
             rollout_mode: ReplicationMode::from_wire(w.rollout_mode).unwrap_or_default().to_string(),
             rollout_cut_over: CutOver::from_wire(w.rollout_cut_over).unwrap_or_default().name().to_string(),
+            rollout_class: Class::wire_name(w.rollout_class),
             rollout_regions: w.rollout_regions,
             last_check: last.and_then(rfc3339),
             last_check_unix_ms: last,
@@ -171,7 +178,10 @@ impl WatchView {
     pub fn describe(&self) -> String {
         let mut text = format!("watched {}", self.cadence());
         if !self.rollout_regions.is_empty() {
-            text.push_str(&format!(" (rollout mode {}, cut-over {})", self.rollout_mode, self.rollout_cut_over));
+            text.push_str(&format!(
+                " (rollout mode {}, cut-over {}, class {})",
+                self.rollout_mode, self.rollout_cut_over, self.rollout_class
+            ));
         }
         text.push_str(&format!("; last check: {}; next check: {}", self.last(), self.next()));
         text

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aqueduct_proto::domain::class::Class;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::{ReplicationMode, validate_name};
 use tonic::Status;
@@ -92,6 +93,12 @@ impl Watching {
                 w.rollout_cut_over
             ))
         })?;
+        let class = Class::from_wire(w.rollout_class).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "class {} is not one this hub knows: use urgent, normal or background",
+                w.rollout_class
+            ))
+        })?;
         let (every_ms, cron, time_zone) = match &cadence {
             Cadence::Every(d) => (u64::try_from(d.as_millis()).unwrap_or(u64::MAX), String::new(), String::new()),
             Cadence::Cron(c) => (0, c.text().to_string(), c.zone_name().to_string()),
@@ -101,7 +108,7 @@ impl Watching {
             every_ms,
             cron,
             time_zone,
-            rollout: AutoRollout { regions, mode, cut_over },
+            rollout: AutoRollout { regions, mode, cut_over, class },
         })))
     }
 
@@ -129,6 +136,7 @@ impl Watching {
             rollout_regions: c.rollout.regions,
             rollout_mode: c.rollout.mode.to_wire(),
             rollout_cut_over: c.rollout.cut_over.to_wire(),
+            rollout_class: c.rollout.class.to_wire(),
             last_check_unix_ms: w.last_check_unix_ms.unwrap_or(0),
             last_result: w.last_result,
             last_failed: w.last_failed,
@@ -160,14 +168,14 @@ impl Checks for AdminService {
     }
 
     async fn rollout(&self, dataset: &str, version: u64, rollout: &AutoRollout) -> Result<Vec<String>, String> {
-        // Fields the request gains later (a class...) take their defaults, as from an old `aq`.
-        #[allow(clippy::needless_update)]
+        // Fields the request gains later take their defaults, as from an old `aq`; no deadline.
         let req = pb::RolloutRequest {
             dataset: dataset.to_string(),
             version,
             regions: rollout.regions.clone(),
             mode: rollout.mode.to_wire(),
             cut_over: rollout.cut_over.to_wire(),
+            class: rollout.class.to_wire(),
             ..Default::default()
         };
         self.start_rollout(req).await.map(|r| r.regions).map_err(|s| s.message().to_string())

@@ -99,6 +99,7 @@ CREATE TABLE IF NOT EXISTS watches (
     rollout_regions TEXT NOT NULL,
     rollout_mode TEXT NOT NULL,
     rollout_cut_over TEXT NOT NULL,
+    rollout_class TEXT NOT NULL DEFAULT 'normal',
     updated_ms INTEGER NOT NULL,
     last_check_ms INTEGER,
     last_result TEXT NOT NULL,

@@ -10,6 +10,7 @@ use rusqlite::params;
 use super::StoreError;
 use super::sqlite::SqliteStore;
 use crate::rollout::cutover::CutOver;
+use aqueduct_proto::domain::class::Class;
 
 /// The rollout that follows a version a watch cut.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -18,6 +19,8 @@ pub struct AutoRollout {
     pub regions: Vec<String>,
     pub mode: ReplicationMode,
     pub cut_over: CutOver,
+    /// The rollout's class.
+    pub class: Class,
 }
 
 /// A watch as an admin set it.
@@ -75,18 +78,19 @@ impl WatchStore for SqliteStore {
             w.rollout.regions.join(","),
             w.rollout.mode.to_string(),
             w.rollout.cut_over.name(),
-            now_unix_ms
+            now_unix_ms,
+            w.rollout.class.name()
         ];
         let updated = tx.execute(
             "UPDATE watches SET every_ms = ?2, cron = ?3, time_zone = ?4, rollout_regions = ?5,
-                 rollout_mode = ?6, rollout_cut_over = ?7, updated_ms = ?8 WHERE dataset = ?1",
+                 rollout_mode = ?6, rollout_cut_over = ?7, updated_ms = ?8, rollout_class = ?9 WHERE dataset = ?1",
             args,
         )?;
         if updated == 0 {
             tx.execute(
                 "INSERT INTO watches (dataset, every_ms, cron, time_zone, rollout_regions, rollout_mode,
-                     rollout_cut_over, updated_ms, last_check_ms, last_result, last_failed)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, '', 0)",
+                     rollout_cut_over, updated_ms, last_check_ms, last_result, last_failed, rollout_class)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, '', 0, ?9)",
                 args,
             )?;
         }
@@ -102,7 +106,7 @@ impl WatchStore for SqliteStore {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT dataset, every_ms, cron, time_zone, rollout_regions, rollout_mode, rollout_cut_over,
-                    updated_ms, last_check_ms, last_result, last_failed
+                    updated_ms, last_check_ms, last_result, last_failed, rollout_class
              FROM watches ORDER BY dataset",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -118,14 +122,16 @@ impl WatchStore for SqliteStore {
                 r.get::<_, Option<i64>>(8)?,
                 r.get::<_, String>(9)?,
                 r.get::<_, i64>(10)?,
+                r.get::<_, String>(11)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (dataset, every, cron, time_zone, regions, mode, cut_over, updated, last, result, failed) = row?;
+            let (dataset, every, cron, time_zone, regions, mode, cut_over, updated, last, result, failed, class) = row?;
             let corrupt = |what: String| StoreError::Corrupt(format!("the watch of dataset {dataset:?}: {what}"));
             let mode: ReplicationMode = mode.parse().map_err(|e| corrupt(format!("mode {mode:?}: {e}")))?;
             let cut_over: CutOver = cut_over.parse().map_err(|e| corrupt(format!("cut-over {cut_over:?}: {e}")))?;
+            let class: Class = class.parse().map_err(|e| corrupt(format!("class {class:?}: {e}")))?;
             out.push(WatchRecord {
                 config: WatchConfig {
                     every_ms: u64::try_from(every).map_err(|_| corrupt(format!("interval {every}")))?,
@@ -135,6 +141,7 @@ impl WatchStore for SqliteStore {
                         regions: regions.split(',').filter(|r| !r.is_empty()).map(str::to_string).collect(),
                         mode,
                         cut_over,
+                        class,
                     },
                     dataset,
                 },
@@ -193,6 +200,7 @@ mod tests {
                 regions: vec!["eu".into(), "us".into()],
                 mode: ReplicationMode::Region,
                 cut_over: CutOver::PerRegion,
+                class: Class::Urgent,
             },
         }
     }
