@@ -231,7 +231,13 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         let (state, members, hub_metrics) = (db.clone(), live.members.clone(), live.metrics.clone());
         let exporter = aqueduct_core::metrics::Exporter::with_probes(
             live.metrics.registry(),
-            move || hub_metrics.refresh(state.as_ref(), |region| members.members(region).len()),
+            move || {
+                hub_metrics.refresh(
+                    state.as_ref(),
+                    |region| members.members(region).len(),
+                    |region| live::budgets::budget_at(region, jiff::Timestamp::now()).rate,
+                )
+            },
             health.clone(),
         );
         tokio::spawn(aqueduct_core::metrics::serve(listener, exporter, config.limits.metrics(), shutdown.clone()));

@@ -141,7 +141,12 @@ impl HubMetrics {
             "Chunks the relay sent from its cache of chunks read for other regions, with no source read",
             self.relay_cache_hits.clone(),
         );
-        r.register_with_unit("link_budget", "A region's link budget", rate(), self.budget.clone());
+        r.register_with_unit(
+            "link_budget",
+            "A region's link budget in force (its schedule's window, or its flat rate)",
+            rate(),
+            self.budget.clone(),
+        );
         r.register_with_unit(
             "achieved_rate",
             "Bytes per second relayed to a region, measured over the last second",
@@ -233,8 +238,14 @@ impl HubMetrics {
     }
 
     /// Brings the gauges read from state up to date, with `spokes` telling how many live
-    /// spokes a region has. Blocking (reads the database).
-    pub fn refresh(&self, db: &dyn MetaStore, spokes: impl Fn(&str) -> usize) {
+    /// spokes a region has and `budget` the budget in force for a region (its schedule's
+    /// window, or its flat rate). Blocking (reads the database).
+    pub fn refresh(
+        &self,
+        db: &dyn MetaStore,
+        spokes: impl Fn(&str) -> usize,
+        budget: impl Fn(&crate::store::RegionRecord) -> u64,
+    ) {
         let read = (|| Ok::<_, StoreError>((db.regions()?, db.datasets()?, db.rollouts(None)?)))();
         let (regions, datasets, rollouts) = match read {
             Ok(read) => read,
@@ -244,7 +255,7 @@ impl HubMetrics {
         self.spokes.clear();
         for r in &regions {
             let labels = RegionLabels { region: r.name.clone() };
-            self.budget.get_or_create(&labels).set(r.rate as i64);
+            self.budget.get_or_create(&labels).set(i64::try_from(budget(r)).unwrap_or(i64::MAX));
             self.spokes.get_or_create(&labels).set(spokes(&r.name) as i64);
         }
         self.version_newest.clear();
