@@ -142,9 +142,19 @@ async fn watch(index: usize, spoke: &mut SpokeClient<Channel>, node: &str, seen:
     };
     let _ = seen.send((index, versions(&first)));
     tokio::spawn(async move {
-        while let Ok(Some(message)) = stream.message().await {
-            if seen.send((index, versions(&message))).is_err() {
-                return;
+        loop {
+            match stream.message().await {
+                Ok(Some(message)) => {
+                    if seen.send((index, versions(&message))).is_err() {
+                        return;
+                    }
+                }
+                // The watch ended: say so (an empty list of one version 0), so that a spoke
+                // never notified is told apart from one whose watch the hub closed.
+                Ok(None) | Err(_) => {
+                    let _ = seen.send((index, vec![0]));
+                    return;
+                }
             }
         }
     });
@@ -237,9 +247,14 @@ async fn run(count: usize, regions: usize) {
             Ok(Some((i, versions))) if versions.contains(&version.version) => {
                 notified.entry(i).or_insert_with(|| published.elapsed());
             }
+            Ok(Some((i, versions))) if versions == [0] => eprintln!("the watch of spoke {i} ended"),
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => break,
         }
+    }
+    if notified.len() < count {
+        let missing: Vec<usize> = (0..count).filter(|i| !notified.contains_key(i)).collect();
+        eprintln!("not notified within 5 s of the last notice: spokes {missing:?}");
     }
     let mut latencies: Vec<Duration> = notified.values().copied().collect();
     latencies.sort();

@@ -153,15 +153,22 @@ fn region_of<T>(request: &Request<T>) -> Result<String, Status> {
     node_of(request).map(|(region, _)| region)
 }
 
-/// `now` as a message to a watch that was sent `before`: its members as what changed since.
-fn with_member_delta(before: &pb::Assignments, now: &pb::Assignments) -> pb::Assignments {
-    let (joined, left) = aqueduct_proto::domain::members::delta(&before.members, &now.members);
+/// `now` as a message to a watch (of `session`) that was sent `before`: its members as what
+/// changed since. Every field is named, so that one the message gains is not forgotten here,
+/// and the member list is not copied to be dropped.
+fn with_member_delta(before: &pb::Assignments, now: &pb::Assignments, session: &str) -> pb::Assignments {
+    let (members_joined, members_left) = aqueduct_proto::domain::members::delta(&before.members, &now.members);
     pb::Assignments {
+        assignments: now.assignments.clone(),
+        budget_bytes_per_sec: now.budget_bytes_per_sec,
         members: Vec::new(),
+        session: session.to_string(),
+        tags: now.tags.clone(),
+        revocations: now.revocations.clone(),
+        budget_next_change_unix_ms: now.budget_next_change_unix_ms,
         members_delta: true,
-        members_joined: joined,
-        members_left: left,
-        ..now.clone()
+        members_joined,
+        members_left,
     }
 }
 
@@ -345,7 +352,8 @@ impl pb::spoke_server::Spoke for SpokeService {
         live.changes.notify_region(&region);
         tokio::spawn(
             async move {
-                let mut last: Option<pb::Assignments> = None;
+                // What this watch last sent, as the region's shared view (not a copy).
+                let mut last: Option<Arc<pb::Assignments>> = None;
                 loop {
                     // Register for the next change before reading, so that none is missed.
                     let changes = live.changes.clone();
@@ -361,17 +369,17 @@ impl pb::spoke_server::Spoke for SpokeService {
                             let until = view_until(&view);
                             (view, until)
                         })
-                        .await
-                        .map(|a| pb::Assignments { session: session.clone(), ..a });
+                        .await;
                     let send = match &current {
-                        Ok(a) => last.as_ref() != Some(a),
+                        Ok(a) => last.as_ref().is_none_or(|l| !Arc::ptr_eq(l, a) && l != a),
                         Err(_) => true,
                     };
                     if send {
                         // After the first message, a spoke that asked gets who joined and left.
                         let outgoing = match (&current, &last) {
-                            (Ok(now), Some(before)) if member_deltas => Ok(with_member_delta(before, now)),
-                            _ => current.clone(),
+                            (Ok(now), Some(before)) if member_deltas => Ok(with_member_delta(before, now, &session)),
+                            (Ok(now), _) => Ok(pb::Assignments { session: session.clone(), ..(**now).clone() }),
+                            (Err(e), _) => Err(e.clone()),
                         };
                         if let Ok(a) = current {
                             last = Some(a);

@@ -97,7 +97,7 @@ impl Changes {
 struct View {
     epoch: Epoch,
     until: Instant,
-    assignments: Result<pb::Assignments, tonic::Status>,
+    assignments: Result<Arc<pb::Assignments>, tonic::Status>,
 }
 
 /// Each region's last view, shared by its watches.
@@ -110,13 +110,14 @@ impl Views {
     /// The region's assignments as of `epoch`: the view another watch of the region computed
     /// for that epoch (and still within its `until`), or `compute`d now (one watch at a time
     /// per region: the others wait for it and take its view). `compute` says until when its
-    /// result holds.
+    /// result holds. The view is shared, not copied: a region's watches hold one list of its
+    /// members between them, however many they are.
     pub async fn get<F>(
         &self,
         region: &str,
         epoch: Epoch,
         compute: impl FnOnce() -> F,
-    ) -> Result<pb::Assignments, tonic::Status>
+    ) -> Result<Arc<pb::Assignments>, tonic::Status>
     where
         F: Future<Output = (Result<pb::Assignments, tonic::Status>, Instant)>,
     {
@@ -129,6 +130,7 @@ impl Views {
             return v.assignments.clone();
         }
         let (assignments, until) = compute().await;
+        let assignments = assignments.map(Arc::new);
         *view = Some(View { epoch, until, assignments: assignments.clone() });
         assignments
     }
