@@ -168,7 +168,7 @@ mod tests {
     use crate::rollout::cutover::CutOver;
     use crate::store::plans::PlanStore;
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{DatasetRecord, LifecycleStore, RegionRecord, RolloutUpdate, SourceRecord, VersionCut};
+    use crate::store::{LifecycleStore, RegionRecord, RolloutUpdate, VersionCut};
 
     const KIB: u64 = 1 << 10;
 
@@ -198,21 +198,7 @@ mod tests {
     }
 
     fn store() -> SqliteStore {
-        let store = SqliteStore::in_memory().unwrap();
-        let source =
-            SourceRecord { name: "s".into(), url: "file:///x".into(), options: BTreeMap::new(), created_unix_ms: 1 };
-        store.add_source(&source).unwrap();
-        store
-            .add_dataset(&DatasetRecord {
-                name: "d".into(),
-                source: "s".into(),
-                prefix: "p".into(),
-                created_unix_ms: 1,
-                latest_version: 0,
-                outside_links: Default::default(),
-                keep_versions: 0,
-            })
-            .unwrap();
+        let store = crate::store::tests::store_with_dataset();
         // v1: a, b, c (30 KiB); v2: a, b again and d (a duplicate chunk counted once); v3: e.
         let m = KIB as u32;
         version(&store, 0, &[(b"a", 10 * m), (b"b", 10 * m), (b"c", 10 * m)]);

@@ -128,7 +128,7 @@ impl From<pb::DatasetWatch> for WatchView {
         let last = (w.last_check_unix_ms > 0).then_some(w.last_check_unix_ms);
         let next = (w.next_check_unix_ms > 0).then_some(w.next_check_unix_ms);
         WatchView {
-            every: (w.every_ms > 0).then(|| human(Duration::from_millis(w.every_ms))),
+            every: (w.every_ms > 0).then(|| aqueduct_proto::format_duration(Duration::from_millis(w.every_ms))),
             every_ms: w.every_ms,
             time_zone: cron.as_ref().map(|_| if w.time_zone.is_empty() { "UTC".to_string() } else { w.time_zone }),
             cron,
@@ -185,17 +185,6 @@ impl WatchView {
         }
         text.push_str(&format!("; last check: {}; next check: {}", self.last(), self.next()));
         text
-    }
-}
-
-/// A duration as people write it: `90s`, `10m`, `2h`, `1500ms`.
-fn human(d: Duration) -> String {
-    match d.as_millis() {
-        0 => "0s".into(),
-        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
-        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
-        ms => format!("{ms}ms"),
     }
 }
 

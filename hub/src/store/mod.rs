@@ -22,7 +22,7 @@ pub mod schema;
 pub mod signing;
 pub mod sqlite;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 pub mod trust;
 pub mod watches;
 

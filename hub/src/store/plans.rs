@@ -87,26 +87,10 @@ mod tests {
 
     use super::*;
     use crate::rollout::cutover::CutOver;
-    use crate::store::{
-        DatasetRecord, LifecycleStore, MetaStore, RegionRecord, SourceRecord, VersionCut, sqlite::SqliteStore,
-    };
+    use crate::store::{LifecycleStore, MetaStore, RegionRecord, VersionCut, sqlite::SqliteStore};
 
     fn store_with_rollout() -> SqliteStore {
-        let store = SqliteStore::in_memory().unwrap();
-        let source =
-            SourceRecord { name: "s".into(), url: "file:///x".into(), options: BTreeMap::new(), created_unix_ms: 1 };
-        store.add_source(&source).unwrap();
-        store
-            .add_dataset(&DatasetRecord {
-                name: "d".into(),
-                source: "s".into(),
-                prefix: "p".into(),
-                created_unix_ms: 2,
-                latest_version: 0,
-                outside_links: Default::default(),
-                keep_versions: 0,
-            })
-            .unwrap();
+        let store = crate::store::tests::store_with_dataset();
         let file = FileEntry {
             path: "a.bin".into(),
             object: "p/a.bin".into(),

@@ -29,7 +29,9 @@ fn cut(stamps: BTreeMap<String, SourceStamp>, created_unix_ms: i64) -> VersionCu
     VersionCut { stamps, new_bytes: 3, bytes_read: 3, created_unix_ms, skipped: Vec::new() }
 }
 
-fn store_with_dataset() -> SqliteStore {
+/// An in-memory store with source `s` and dataset `d` (prefix `p`): the fixture of every
+/// store-backed unit test.
+pub(crate) fn store_with_dataset() -> SqliteStore {
     with_dataset(SqliteStore::in_memory().unwrap())
 }
 

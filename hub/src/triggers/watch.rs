@@ -11,6 +11,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use aqueduct_proto::format_duration;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 use jiff::Timestamp;
@@ -28,7 +29,7 @@ const FIELDS: [&str; 5] = ["minute", "hour", "day of month", "month", "day of we
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WatchError {
-    #[error("--watch-every {given}: a watch checks its source at most every {floor} (the hub's [triggers] min_interval)", given = human(*.given), floor = human(*.floor))]
+    #[error("--watch-every {given}: a watch checks its source at most every {floor} (the hub's [triggers] min_interval)", given = format_duration(*.given), floor = format_duration(*.floor))]
     TooOften { given: Duration, floor: Duration },
     #[error(
         "cron schedule {text:?}: a cron schedule has 5 fields (minute hour day-of-month month day-of-week, e.g. \"*/15 * * * *\"), this one has {count}"
@@ -101,7 +102,7 @@ impl CronSchedule {
 impl fmt::Display for Cadence {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Cadence::Every(d) => write!(f, "every {}", human(*d)),
+            Cadence::Every(d) => write!(f, "every {}", format_duration(*d)),
             Cadence::Cron(c) => write!(f, "cron \"{}\" ({})", c.text, c.zone_name),
         }
     }
@@ -283,18 +284,6 @@ impl fmt::Display for CheckOutcome {
         } else {
             f.write_str(&text)
         }
-    }
-}
-
-/// A duration as people write it: `90s`, `10m`, `2h`, `1500ms`.
-pub fn human(d: Duration) -> String {
-    let ms = d.as_millis();
-    match ms {
-        0 => "0s".into(),
-        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
-        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
-        ms => format!("{ms}ms"),
     }
 }
 
