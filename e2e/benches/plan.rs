@@ -4,11 +4,11 @@
 //! a deadline, then another under a schedule whose window drops from 8 to 2 MiB/s a few
 //! seconds in, and print the ETA the hub gave at start and while each ran, the real finish (the
 //! row Ready: every byte across, verified, read back), and their ratio. Printed, never asserted as a timing
-//! (the machine is shared). An ignored test; run it with
+//! (the machine is shared). A benchmark (CI builds it, a person runs it):
 //!
 //! ```sh
-//! cargo build --workspace --bins
-//! cargo nextest run -p aqueduct-e2e --test plan --run-ignored only --no-capture
+//! cargo build --release -p aqueduct-spoke
+//! cargo bench -p aqueduct-e2e --bench plan
 //! ```
 //!
 //! Needs root, `ip`, `tc` and `nsenter`.
@@ -26,12 +26,16 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "a benchmark: prints the ETA against the real finish (see the module's doc)"]
-async fn eta_against_the_real_finish() {
-    if !aqueduct_e2e::netns::available() {
-        return;
+fn main() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("AQUEDUCT_LOG") {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     }
+    assert!(aqueduct_e2e::netns::available(), "the ETA benchmark needs root, ip, tc and nsenter");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
+    runtime.block_on(eta_against_the_real_finish());
+}
+
+async fn eta_against_the_real_finish() {
     let (model, budget, link) = (40 * MIB, 4 * MIB, 12_500_000);
     let mut net = Topology::build(&[("eu", 1, link)]);
     let hosts: Vec<String> = net.regions.iter().map(|r| r.hub_ip.to_string()).collect();
