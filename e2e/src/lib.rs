@@ -6,7 +6,7 @@
 //! [`netns`] puts regions in network namespaces behind shaped links, with spokes as processes
 //! on their nodes. `tests/` holds the scenarios, `benches/` the benchmarks.
 //!
-//! The file is some 610 lines long: the world's helpers are one type's methods, which every
+//! The file is some 620 lines long: the world's helpers are one type's methods, which every
 //! scenario uses.
 
 use std::path::{Path, PathBuf};

@@ -12,7 +12,7 @@
 //! a changed source fails) are [`crate::rollout`]'s; what it keeps in memory is
 //! [`crate::live`]'s.
 //!
-//! The file is some 660 lines long because it is the one `Spoke` service: its handlers share
+//! The file is some 730 lines long because it is the one `Spoke` service: its handlers share
 //! the grants, indexes and per-region limits kept here, and splitting them would spread that
 //! state over modules that reach into each other.
 

@@ -1,7 +1,7 @@
 //! The spokes' API over real mutual TLS: a region reads exactly what is rolled out to it,
 //! every chunk verified, and a source that changed fails the version without a wrong byte.
 //!
-//! The file is some 620 lines long: every test of the relay shares its few helpers.
+//! The file is some 640 lines long: every test of the relay shares its few helpers.
 
 mod common;
 

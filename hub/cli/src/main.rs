@@ -5,7 +5,7 @@
 //! variables (`AQ_HUB`, ...), the config file named by `--config` or `AQ_CONFIG`, and
 //! `~/.config/aqueduct/aq.toml`. `aqueduct-hub init` writes such a file into its admin bundle.
 //!
-//! The file is some 720 lines long because every subcommand's flags and help text (which are
+//! The file is some 770 lines long because every subcommand's flags and help text (which are
 //! also its man page and completions) stand together in one clap tree here; the lifecycle
 //! commands' and the trust commands' flags and work are in the library (`lifecycle`, `trust`).
 //!

@@ -7,7 +7,7 @@
 //! or null when unset, `created_unix_ms`), digests as lowercase hex. New fields may come; these
 //! do not change. `aq status` has its own module (`status`).
 //!
-//! The file is some 620 lines long because every listing's view sits here, with the tests
+//! The file is some 670 lines long because every listing's view sits here, with the tests
 //! that pin their field names: one place to keep the names consistent across listings.
 
 use std::collections::BTreeMap;

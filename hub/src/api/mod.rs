@@ -1,6 +1,6 @@
 //! The hub's admin gRPC service: thin handlers over the store, sources and snapshots.
 //!
-//! The file is long (some 620 lines) because the `Admin` trait's one impl holds every RPC's
+//! The file is long (some 690 lines) because the `Admin` trait's one impl holds every RPC's
 //! handler; the calls of a concern past the first ones live in modules of their own
 //! ([`lifecycle`], [`trust`]), and the audit log wraps the whole service ([`audit`]).
 //!
