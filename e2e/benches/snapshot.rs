@@ -26,7 +26,7 @@ use aqueduct_hub::chunker::Chunker;
 use aqueduct_hub::chunker::pool::HashPool;
 use aqueduct_hub::snapshot::{Progress, SnapshotOptions, snapshot};
 use aqueduct_hub::source::SourceSpec;
-use aqueduct_hub::store::sqlite::SqliteStore;
+use aqueduct_hub::store::meta::SqlStore;
 use aqueduct_hub::store::{DatasetRecord, MetaStore, SourceRecord};
 use aqueduct_proto::ChunkerParams;
 use aqueduct_testkit::noise;
@@ -114,7 +114,7 @@ fn time_snapshot(runtime: &tokio::runtime::Runtime, dataset: &Dataset, rounds: u
     let source = SourceSpec::parse(&url, BTreeMap::new()).unwrap().open().unwrap();
     let mut chunks = 0;
     let times = time(rounds, || {
-        let db: Arc<dyn MetaStore> = Arc::new(SqliteStore::in_memory().unwrap());
+        let db: Arc<dyn MetaStore> = Arc::new(SqlStore::in_memory().unwrap());
         db.add_source(&SourceRecord {
             name: "s".into(),
             url: url.clone(),

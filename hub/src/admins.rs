@@ -11,7 +11,6 @@ use aqueduct_core::identity::Identity;
 use crate::config::HubConfig;
 use crate::pki;
 use crate::store::TrustStore;
-use crate::store::sqlite::SqliteStore;
 use crate::store::trust::AdminRecord;
 use crate::{HubError, io_err};
 
@@ -39,7 +38,7 @@ pub fn issue_bundle(config: &HubConfig, name: &str, valid_for: Duration, out: &P
     pki::write_public(&out.join("admin.pem"), &issued.cert_pem)?;
     pki::write_secret(&out.join("aq.toml"), &aq)?;
     let now = crate::snapshot::now_unix_ms();
-    let store = SqliteStore::open(&config.database_path())?;
+    let store = crate::database::open(config)?;
     store.put_admin(&AdminRecord {
         name: name.to_string(),
         created_unix_ms: now,
@@ -62,7 +61,7 @@ mod tests {
         issue_bundle(&config, "carol", Duration::from_secs(3600), &dir).unwrap();
         let cert = std::fs::read_to_string(dir.join("admin.pem")).unwrap();
         assert_eq!(Identity::from_pem(&cert), Some(Identity::Admin("carol".into())));
-        let admins = SqliteStore::open(&config.database_path()).unwrap().admins().unwrap();
+        let admins = crate::store::meta::SqlStore::open(&config.database_path()).unwrap().admins().unwrap();
         assert_eq!(admins.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["admin", "carol"]);
         assert!(
             issue_bundle(&config, "carol", Duration::from_secs(3600), &dir).is_err(),

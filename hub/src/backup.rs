@@ -17,7 +17,7 @@ use aqueduct_proto::Digest;
 use tracing::info;
 
 use crate::config::HubConfig;
-use crate::store::sqlite::SqliteStore;
+use crate::store::meta::SqlStore;
 
 /// The file that lists a backup's contents, written last.
 pub const LISTING: &str = "BACKUP.b3";
@@ -86,11 +86,17 @@ pub fn backup(config_path: &Path, out: &Path) -> Result<BackupOutcome, BackupErr
         return Err(BackupError::NotEmpty { path: out.to_owned() });
     }
     durable::create_dir_all(out).map_err(io("create", out))?;
-    let db_copy = out.join(DATABASE);
-    SqliteStore::copy_into(&config.database_path(), &db_copy)
-        .map_err(|source| BackupError::Database { path: config.database_path(), source })?;
-    let mut files = vec![entry_of(&db_copy, DATABASE.into(), durable::SECRET)?];
+    let mut files = Vec::new();
     let mut skipped = Vec::new();
+    if config.database.url.is_some() {
+        // The metadata is in PostgreSQL, which has its own backups (pg_dump, base backups).
+        skipped.push((PathBuf::from("[database]"), "in PostgreSQL: back it up with pg_dump"));
+    } else {
+        let db_copy = out.join(DATABASE);
+        SqlStore::copy_into(&config.database_path(), &db_copy)
+            .map_err(|source| BackupError::Database { path: config.database_path(), source })?;
+        files.push(entry_of(&db_copy, DATABASE.into(), durable::SECRET)?);
+    }
     let mut walk = vec![data_dir.clone()];
     while let Some(dir) = walk.pop() {
         for item in std::fs::read_dir(&dir).map_err(io("read", &dir))? {
@@ -188,8 +194,7 @@ pub fn restore(from: &Path, data_dir: &Path) -> Result<PathBuf, BackupError> {
     let text = format!("# Aqueduct hub configuration, restored from {}.\n{}", from.display(), config.to_toml());
     // The database is opened once (and brought to this build's schema) before the hub is
     // marked whole.
-    SqliteStore::open(&config.database_path())
-        .map_err(|source| BackupError::Database { path: config.database_path(), source })?;
+    crate::database::open(&config).map_err(|source| BackupError::Database { path: config.database_path(), source })?;
     durable::write_file(&config_path, text.as_bytes(), durable::PUBLIC).map_err(io("write", &config_path))?;
     info!(files = files.len(), to = %data_dir.display(), "restored the hub");
     Ok(config_path)

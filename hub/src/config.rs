@@ -47,6 +47,61 @@ pub struct HubConfig {
     /// Watched datasets (`[triggers]`).
     #[serde(default, skip_serializing_if = "TriggersConfig::is_default")]
     pub triggers: TriggersConfig,
+    /// Where the metadata is (`[database]`): SQLite in `data_dir` without it.
+    #[serde(default, skip_serializing_if = "DatabaseConfig::is_default")]
+    pub database: DatabaseConfig,
+}
+
+/// `[database]`: the hub's metadata in PostgreSQL, which several hubs can share. Without a
+/// `url`, an embedded SQLite file (`data_dir/hub.db`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `postgres://USER@HOST:PORT/DATABASE`, with no password in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A file that holds the password (relative to `data_dir`), read at start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// An environment variable that holds the password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// Connections to PostgreSQL this hub keeps (default 8).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<usize>,
+}
+
+impl DatabaseConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// What is wrong with the section, said with the key's name.
+    fn validate(&self) -> Result<(), String> {
+        let Some(url) = &self.url else {
+            if self.password_file.is_some() || self.password_env.is_some() || self.connections.is_some() {
+                return Err("database.url is missing: password_file, password_env and connections are for PostgreSQL (database.url = \"postgres://USER@HOST:5432/DATABASE\")".into());
+            }
+            return Ok(());
+        };
+        let parsed = url::Url::parse(url).ok().filter(|u| matches!(u.scheme(), "postgres" | "postgresql"));
+        let Some(parsed) = parsed else {
+            return Err(format!(
+                "database.url {:?} is not a PostgreSQL URL (postgres://USER@HOST:5432/DATABASE)",
+                crate::store::sql::redact(url)
+            ));
+        };
+        if parsed.password().is_some() {
+            return Err("database.url holds a password: put it in database.password_file or database.password_env instead (the URL is logged and shown)".into());
+        }
+        if self.password_file.is_some() && self.password_env.is_some() {
+            return Err("database.password_file and database.password_env are both set: keep one".into());
+        }
+        if self.connections == Some(0) {
+            return Err("database.connections must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 /// `[triggers]`: the task that checks watched datasets (`aq dataset set NAME --watch-every`).
@@ -272,6 +327,7 @@ impl HubConfig {
             return Err(invalid(format!("data_dir {:?} must be an absolute path", config.data_dir)));
         }
         config.limits.validate().map_err(invalid)?;
+        config.database.validate().map_err(invalid)?;
         if config.enrol.node_certificate_lifetime < EnrolConfig::MIN_LIFETIME {
             return Err(invalid(format!(
                 "enrol.node_certificate_lifetime must be at least {:?} (spokes renew at about 2/3 of it), e.g. \"720h\"",

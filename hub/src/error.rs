@@ -31,9 +31,15 @@ impl From<StoreError> for Status {
             StoreError::NotFound { .. } => Code::NotFound,
             StoreError::Conflict { .. } => Code::Aborted,
             StoreError::Refused(_) => Code::FailedPrecondition,
-            StoreError::Schema { .. } | StoreError::Corrupt(_) | StoreError::Task(_) | StoreError::Db(_) => {
-                Code::Internal
-            }
+            // The shared database is down or unreachable: another try (or another hub) may work.
+            StoreError::Postgres(e) if e.code().is_none() => Code::Unavailable,
+            StoreError::Pool(_) => Code::Unavailable,
+            StoreError::Schema { .. }
+            | StoreError::Corrupt(_)
+            | StoreError::Task(_)
+            | StoreError::Db(_)
+            | StoreError::Postgres(_)
+            | StoreError::Config(_) => Code::Internal,
         };
         Status::new(code, e.to_string())
     }

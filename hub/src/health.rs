@@ -89,7 +89,7 @@ impl Checks for HubChecks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sqlite::SqliteStore;
+    use crate::store::meta::SqlStore;
 
     #[test]
     fn the_database_check_names_the_failed_query() {
@@ -102,7 +102,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_directory_source_is_named_and_a_present_one_is_ready() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(SqliteStore::open(&dir.path().join("hub.db")).unwrap());
+        let db = Arc::new(SqlStore::open(&dir.path().join("hub.db")).unwrap());
         let data = dir.path().join("data");
         std::fs::create_dir(&data).unwrap();
         let url = |p: &std::path::Path| format!("file://{}", p.display());

@@ -25,6 +25,7 @@ pub mod auth;
 pub mod backup;
 pub mod chunker;
 pub mod config;
+pub mod database;
 pub mod enrol;
 mod error;
 pub mod health;
@@ -57,7 +58,6 @@ use tracing::info;
 use crate::config::HubConfig;
 use crate::pki::{Authority, PkiError};
 use crate::snapshot::SnapshotOptions;
-use crate::store::sqlite::SqliteStore;
 use crate::store::{StoreError, TrustStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -183,7 +183,7 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         std::fs::read(&path).map_err(|source| HubError::Pki(PkiError::Read { path, source }))
     };
     std::fs::create_dir_all(&config.data_dir).map_err(io_err("create", &config.data_dir))?;
-    let db = Arc::new(SqliteStore::open(&config.database_path())?);
+    let db = Arc::new(database::open(&config)?);
     // Revoked certificates are refused from the first handshake on.
     let metrics = Arc::new(metrics::HubMetrics::default());
     let live = live::Live {

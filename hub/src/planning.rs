@@ -166,14 +166,14 @@ mod tests {
     use super::*;
     use crate::rollout::RegionProgress;
     use crate::rollout::cutover::CutOver;
+    use crate::store::meta::SqlStore;
     use crate::store::plans::PlanStore;
-    use crate::store::sqlite::SqliteStore;
     use crate::store::{LifecycleStore, RegionRecord, RolloutUpdate, VersionCut};
 
     const KIB: u64 = 1 << 10;
 
     /// A version of `d` whose one file has a chunk of `len` bytes per name.
-    fn version(store: &SqliteStore, previous: u64, chunks: &[(&[u8], u32)]) {
+    fn version(store: &SqlStore, previous: u64, chunks: &[(&[u8], u32)]) {
         let mut offset = 0;
         let refs = chunks
             .iter()
@@ -197,7 +197,7 @@ mod tests {
         store.insert_version(previous, &manifest, &cut).unwrap();
     }
 
-    fn store() -> SqliteStore {
+    fn store() -> SqlStore {
         let store = crate::store::tests::store_with_dataset();
         // v1: a, b, c (30 KiB); v2: a, b again and d (a duplicate chunk counted once); v3: e.
         let m = KIB as u32;
@@ -210,14 +210,14 @@ mod tests {
         store
     }
 
-    fn rollout(store: &SqliteStore, version: u64, region: &str) {
+    fn rollout(store: &SqlStore, version: u64, region: &str) {
         let id = VersionId::new("d", version);
         store
             .add_rollout(&id, &[region.to_string()], ReplicationMode::Auto, CutOver::AllReady, Class::Normal, 2)
             .unwrap();
     }
 
-    fn ready(store: &SqliteStore, version: u64, region: &str) {
+    fn ready(store: &SqlStore, version: u64, region: &str) {
         let progress = RegionProgress { phase: Phase::Ready, cached_bytes: 30 * KIB, reason: String::new(), rate: 0 };
         let key = RolloutKey::new("d", version, region);
         store.update_rollout(&RolloutUpdate { key, progress, updated_unix_ms: 3 }).unwrap();

@@ -23,7 +23,7 @@ use aqueduct_core::durable;
 use crate::config::{HubConfig, LimitsConfig, SigningConfig, SnapshotConfig, TlsConfig};
 use crate::pki::{self, Authority};
 use crate::store::TrustStore;
-use crate::store::sqlite::SqliteStore;
+use crate::store::meta::SqlStore;
 use crate::store::trust::AdminRecord;
 use crate::{HubError, InitOutcome, io_err};
 use aqueduct_core::identity::Identity;
@@ -159,7 +159,7 @@ pub(crate) fn init_with(
     wrote(&public)?;
 
     let db = data_dir.join("hub.db");
-    let store = SqliteStore::open(&db)?;
+    let store = SqlStore::open(&db)?;
     let created_unix_ms = crate::snapshot::now_unix_ms();
     store.put_admin(&AdminRecord {
         name: admin_name.to_string(),
@@ -181,6 +181,7 @@ pub(crate) fn init_with(
         enrol: Default::default(),
         signing: SigningConfig::default(),
         triggers: Default::default(),
+        database: Default::default(),
     };
     let text =
         format!("# Aqueduct hub configuration; see deploy/hub/hub.example.toml for every key.\n{}", config.to_toml());
@@ -483,6 +484,7 @@ mod tests {
             enrol: Default::default(),
             signing: Default::default(),
             triggers: Default::default(),
+            database: Default::default(),
         };
         let loaded = crate::load_authority(&config).unwrap();
         let issued = loaded.issue(&Identity::Hub, &["localhost".into()]).unwrap();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use aqueduct_hub::snapshot::{Progress, SnapshotError, SnapshotOptions, snapshot};
 use aqueduct_hub::source::testing::{counting, failing};
 use aqueduct_hub::source::{Listing, ObjectReader, Source, SourceError, SourceSpec};
-use aqueduct_hub::store::sqlite::SqliteStore;
+use aqueduct_hub::store::meta::SqlStore;
 use aqueduct_hub::store::{DatasetRecord, MetaStore, SourceRecord};
 use aqueduct_proto::{Digest, Manifest};
 use aqueduct_testkit::memory::MemoryS3Server;
@@ -36,7 +36,7 @@ fn write_dataset(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 fn store(url: &str, options: BTreeMap<String, String>, prefix: &str) -> (Arc<dyn MetaStore>, DatasetRecord) {
-    let db = SqliteStore::in_memory().unwrap();
+    let db = SqlStore::in_memory().unwrap();
     db.add_source(&SourceRecord { name: "src".into(), url: url.into(), options, created_unix_ms: 0 }).unwrap();
     let dataset = DatasetRecord {
         name: "llama".into(),

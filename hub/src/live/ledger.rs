@@ -112,15 +112,15 @@ mod tests {
     use crate::rollout::VersionId;
     use crate::rollout::cutover::CutOver;
     use crate::store::LifecycleStore;
-    use crate::store::sqlite::SqliteStore;
+    use crate::store::meta::SqlStore;
     use aqueduct_proto::domain::class::Class;
     use aqueduct_proto::domain::modes::OutsideLinks;
 
     use crate::store::{DatasetRecord, RegionRecord, SourceRecord, VersionCut};
 
     /// A store with `d@v1` (3 bytes) rolled out to eu and us.
-    fn store() -> SqliteStore {
-        let store = SqliteStore::in_memory().unwrap();
+    fn store() -> SqlStore {
+        let store = SqlStore::in_memory().unwrap();
         let source =
             SourceRecord { name: "s".into(), url: "file:///x".into(), options: BTreeMap::new(), created_unix_ms: 1 };
         store.add_source(&source).unwrap();
@@ -160,7 +160,7 @@ mod tests {
         store
     }
 
-    fn relayed(store: &SqliteStore) -> Vec<(String, u64)> {
+    fn relayed(store: &SqlStore) -> Vec<(String, u64)> {
         store.rollouts(None).unwrap().into_iter().map(|r| (r.region, r.relayed_bytes)).collect()
     }
 

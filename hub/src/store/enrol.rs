@@ -1,12 +1,11 @@
 //! Enrolment tokens ([`EnrolStore`]): the bootstrap tokens `aq region token` makes, kept only
 //! as a hash with their region, expiry and uses left, and taken one use at a time, atomically,
-//! when a spoke enrols. The SQLite engine's part is here too; the SQL is portable (one
+//! when a spoke enrols. Its SQL (both engines) is here too (one
 //! conditional UPDATE takes a use, so two spokes racing for the last use cannot both win).
 
-use rusqlite::{OptionalExtension, params};
-
 use super::StoreError;
-use super::sqlite::SqliteStore;
+use super::meta::SqlStore;
+use super::sql::args;
 
 /// A token as the hub keeps it: its hash, never the token.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,62 +42,61 @@ pub trait EnrolStore {
     fn take_enrol_token(&self, hash: &str, now_unix_ms: i64) -> Result<TokenUse, StoreError>;
 }
 
-impl EnrolStore for SqliteStore {
+impl EnrolStore for SqlStore {
     fn add_enrol_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
-        let conn = self.conn();
-        let exists: bool =
-            conn.query_row("SELECT EXISTS(SELECT 1 FROM regions WHERE name = ?1)", [&token.region], |r| r.get(0))?;
-        if !exists {
-            return Err(StoreError::NotFound { kind: "region", name: token.region.clone() });
-        }
-        conn.execute(
-            "INSERT INTO enrol_tokens (hash, region, expires_ms, uses, uses_left, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
-            params![token.hash, token.region, token.expires_unix_ms, token.uses, token.created_unix_ms],
-        )?;
-        Ok(())
+        self.db.write(|tx| {
+            let exists: bool =
+                tx.query_one("SELECT EXISTS(SELECT 1 FROM regions WHERE name = ?1)", args![&token.region])?.get(0)?;
+            if !exists {
+                return Err(StoreError::NotFound { kind: "region", name: token.region.clone() });
+            }
+            tx.execute(
+                "INSERT INTO enrol_tokens (hash, region, expires_ms, uses, uses_left, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
+                args![&token.hash, &token.region, token.expires_unix_ms, token.uses, token.created_unix_ms],
+            )?;
+            Ok(())
+        })
     }
 
     fn take_enrol_token(&self, hash: &str, now_unix_ms: i64) -> Result<TokenUse, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let found: Option<(String, i64, u32, u32)> = tx
-            .query_row("SELECT region, expires_ms, uses, uses_left FROM enrol_tokens WHERE hash = ?1", [hash], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
-            .optional()?;
-        let Some((region, expires, uses, _)) = found else {
-            return Ok(TokenUse::Unknown);
-        };
-        if expires <= now_unix_ms {
-            return Ok(TokenUse::Expired { region, expired_unix_ms: expires });
-        }
-        let exists: bool =
-            tx.query_row("SELECT EXISTS(SELECT 1 FROM regions WHERE name = ?1)", [&region], |r| r.get(0))?;
-        if !exists {
-            return Ok(TokenUse::RegionGone { region });
-        }
-        let taken = tx.execute(
-            "UPDATE enrol_tokens SET uses_left = uses_left - 1 WHERE hash = ?1 AND uses_left > 0 AND expires_ms > ?2",
-            params![hash, now_unix_ms],
-        )?;
-        if taken == 0 {
-            return Ok(TokenUse::UsedUp { region, uses });
-        }
-        let uses_left: u32 =
-            tx.query_row("SELECT uses_left FROM enrol_tokens WHERE hash = ?1", [hash], |r| r.get(0))?;
-        tx.commit()?;
-        Ok(TokenUse::Taken { region, uses_left })
+        self.db.write(|tx| {
+            let Some(found) =
+                tx.query_opt("SELECT region, expires_ms, uses FROM enrol_tokens WHERE hash = ?1", args![hash])?
+            else {
+                return Ok(TokenUse::Unknown);
+            };
+            let (region, expires, uses): (String, i64, u32) = (found.get(0)?, found.get(1)?, found.get(2)?);
+            if expires <= now_unix_ms {
+                return Ok(TokenUse::Expired { region, expired_unix_ms: expires });
+            }
+            let exists: bool =
+                tx.query_one("SELECT EXISTS(SELECT 1 FROM regions WHERE name = ?1)", args![&region])?.get(0)?;
+            if !exists {
+                return Ok(TokenUse::RegionGone { region });
+            }
+            let taken = tx.execute(
+                "UPDATE enrol_tokens SET uses_left = uses_left - 1 WHERE hash = ?1 AND uses_left > 0 AND expires_ms > ?2",
+                args![hash, now_unix_ms],
+            )?;
+            if taken == 0 {
+                return Ok(TokenUse::UsedUp { region, uses });
+            }
+            let uses_left: u32 =
+                tx.query_one("SELECT uses_left FROM enrol_tokens WHERE hash = ?1", args![hash])?.get(0)?;
+            Ok(TokenUse::Taken { region, uses_left })
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::tests::on_both_engines;
     use crate::store::{MetaStore, RegionRecord};
 
-    fn store() -> SqliteStore {
-        let db = SqliteStore::in_memory().unwrap();
+    fn store() -> SqlStore {
+        let db = crate::store::tests::fresh_store();
         db.add_region(&RegionRecord { name: "eu".into(), rate: 1, created_unix_ms: 0, schedule: None }).unwrap();
         db
     }
@@ -107,30 +105,32 @@ mod tests {
         TokenRecord { hash: hash.into(), region: "eu".into(), expires_unix_ms: expires, uses, created_unix_ms: 0 }
     }
 
-    #[test]
-    fn a_token_is_taken_as_many_times_as_it_has_uses_and_not_after_it_expires() {
-        let db = store();
-        db.add_enrol_token(&token("a", 2, 1000)).unwrap();
-        let taken = |left| TokenUse::Taken { region: "eu".into(), uses_left: left };
-        assert_eq!(db.take_enrol_token("a", 10).unwrap(), taken(1));
-        assert_eq!(db.take_enrol_token("a", 10).unwrap(), taken(0));
-        assert_eq!(db.take_enrol_token("a", 10).unwrap(), TokenUse::UsedUp { region: "eu".into(), uses: 2 });
-        assert_eq!(db.take_enrol_token("b", 10).unwrap(), TokenUse::Unknown);
-        db.add_enrol_token(&token("c", 5, 1000)).unwrap();
-        assert_eq!(
-            db.take_enrol_token("c", 1000).unwrap(),
-            TokenUse::Expired { region: "eu".into(), expired_unix_ms: 1000 }
-        );
-        let err = db.add_enrol_token(&TokenRecord { region: "nowhere".into(), ..token("d", 1, 1000) }).unwrap_err();
-        assert!(matches!(err, StoreError::NotFound { kind: "region", .. }), "{err}");
+    on_both_engines! {
+        fn a_token_is_taken_as_many_times_as_it_has_uses_and_not_after_it_expires() {
+            let db = store();
+            db.add_enrol_token(&token("a", 2, 1000)).unwrap();
+            let taken = |left| TokenUse::Taken { region: "eu".into(), uses_left: left };
+            assert_eq!(db.take_enrol_token("a", 10).unwrap(), taken(1));
+            assert_eq!(db.take_enrol_token("a", 10).unwrap(), taken(0));
+            assert_eq!(db.take_enrol_token("a", 10).unwrap(), TokenUse::UsedUp { region: "eu".into(), uses: 2 });
+            assert_eq!(db.take_enrol_token("b", 10).unwrap(), TokenUse::Unknown);
+            db.add_enrol_token(&token("c", 5, 1000)).unwrap();
+            assert_eq!(
+                db.take_enrol_token("c", 1000).unwrap(),
+                TokenUse::Expired { region: "eu".into(), expired_unix_ms: 1000 }
+            );
+            let err = db.add_enrol_token(&TokenRecord { region: "nowhere".into(), ..token("d", 1, 1000) }).unwrap_err();
+            assert!(matches!(err, StoreError::NotFound { kind: "region", .. }), "{err}");
+        }
     }
 
-    #[test]
-    fn a_token_of_a_removed_region_enrols_no_one() {
-        use crate::store::LifecycleStore;
-        let db = store();
-        db.add_enrol_token(&token("a", 1, 1000)).unwrap();
-        db.remove_region("eu", false).unwrap();
-        assert_eq!(db.take_enrol_token("a", 10).unwrap(), TokenUse::RegionGone { region: "eu".into() });
+    on_both_engines! {
+        fn a_token_of_a_removed_region_enrols_no_one() {
+            use crate::store::LifecycleStore;
+            let db = store();
+            db.add_enrol_token(&token("a", 1, 1000)).unwrap();
+            db.remove_region("eu", false).unwrap();
+            assert_eq!(db.take_enrol_token("a", 10).unwrap(), TokenUse::RegionGone { region: "eu".into() });
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The hub's metadata: sources, datasets, versions, regions and rollouts, behind the
 //! [`MetaStore`] trait, with the records it reads and writes.
 //!
-//! One engine, [`sqlite::SqliteStore`], keeps everything in one SQLite file under the hub's
+//! One engine, [`meta::SqlStore`], keeps everything in one SQLite file under the hub's
 //! data directory (or in memory, for tests). Its SQL sticks to what PostgreSQL also speaks
 //! (INTEGER, TEXT, BLOB/BYTEA, plain SELECT/INSERT in transactions), so that a PostgreSQL
 //! engine for a highly available hub can implement the same trait with the same statements;
@@ -17,10 +17,11 @@
 pub mod chunk_list;
 pub mod enrol;
 pub mod lifecycle;
+pub mod meta;
 pub mod plans;
 pub mod schema;
 pub mod signing;
-pub mod sqlite;
+pub mod sql;
 #[cfg(test)]
 pub(crate) mod tests;
 pub mod trust;
@@ -58,6 +59,12 @@ pub enum StoreError {
     Corrupt(String),
     #[error("hub database error: {0}")]
     Db(#[from] rusqlite::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("PostgreSQL connection pool: {0}")]
+    Pool(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

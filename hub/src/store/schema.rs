@@ -1,12 +1,19 @@
 //! The hub database's schema: its tables ([`SCHEMA`]), the version number it carries in table
 //! `meta` from the start ([`SCHEMA_VERSION`]), and the steps that bring an older database up
-//! to date ([`MIGRATIONS`]), one per version. The SQL sticks to what PostgreSQL also speaks.
-
-use rusqlite::{Connection, OptionalExtension};
+//! to date ([`MIGRATIONS`]), one per version. The SQL sticks to what PostgreSQL also speaks:
+//! on PostgreSQL the same tables are made with its types ([`postgres_schema`]); a PostgreSQL
+//! database starts at schema [`POSTGRES_FIRST`], and the steps after it apply to both engines.
 
 use super::StoreError;
+use super::sql::{Db, Kind, Tx, args};
 
-pub const SCHEMA_VERSION: i64 = 12;
+pub const SCHEMA_VERSION: i64 = 13;
+
+/// The first schema the PostgreSQL engine had: no PostgreSQL database is older.
+pub const POSTGRES_FIRST: i64 = 13;
+
+/// The advisory lock hubs take on PostgreSQL while one of them makes or upgrades the tables.
+const SCHEMA_LOCK: i64 = 0x6171_0001;
 
 /// The tables schema 5 added (the lifecycle): in the schema, and in the step that brings a
 /// schema 4 database up to it.
@@ -213,6 +220,7 @@ CREATE TABLE IF NOT EXISTS skipped_objects (
     version INTEGER NOT NULL,
     key TEXT NOT NULL,
     reason TEXT NOT NULL,
+    seq INTEGER NOT NULL DEFAULT 0,
     FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
 );
 ",
@@ -293,37 +301,98 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (10, plan_tables!()),
     // Version 11 watched no dataset. Version 12 keeps each watched dataset's watch (issue 19).
     (11, watch_tables!()),
+    // Version 12 listed a version's skipped objects in SQLite's row order: they gain their
+    // place in the list (PostgreSQL has no row order), the old rows keep theirs.
+    (
+        12,
+        "ALTER TABLE skipped_objects ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+         UPDATE skipped_objects SET seq = rowid;",
+    ),
 ];
 
+/// [`SCHEMA`] in PostgreSQL's types: 64-bit integers, `BYTEA` for blobs, and text that
+/// compares byte by byte (collation "C", as SQLite's), so that both engines list in one order.
+pub fn postgres_schema() -> String {
+    SCHEMA.replace("INTEGER", "BIGINT").replace("BLOB", "BYTEA").replace("TEXT", "TEXT COLLATE \"C\"")
+}
+
 /// Creates the tables a new database lacks and brings an older one to [`SCHEMA_VERSION`],
-/// step by step; refuses a database of a newer (or unknown) schema. Returns the version an
-/// existing database had (`None`: a new one), for the steps the engine does in Rust.
-pub fn prepare(conn: &Connection) -> Result<Option<i64>, StoreError> {
-    conn.execute_batch(SCHEMA)?;
-    let found: Option<String> =
-        conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).optional()?;
-    match found {
-        None => {
-            conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?1)", [SCHEMA_VERSION.to_string()])?;
-            Ok(None)
+/// step by step, each step in one transaction with its version bump; refuses a database of a
+/// newer (or unknown) schema. Returns the version an existing database had (`None`: a new one),
+/// for the steps the engine does in Rust. On PostgreSQL one hub at a time does this (an
+/// advisory lock), so that hubs started together agree.
+pub fn prepare(db: &Db) -> Result<Option<i64>, StoreError> {
+    let was = db.write(|tx| {
+        lock(tx)?;
+        tx.batch("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);")?;
+        let found = stored_version(tx)?;
+        if found.is_none() {
+            match tx.kind() {
+                Kind::Sqlite => tx.batch(SCHEMA)?,
+                Kind::Postgres => tx.batch(&postgres_schema())?,
+            }
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                args![SCHEMA_VERSION.to_string()],
+            )?;
         }
-        Some(v) => {
-            let mut found: i64 = v.parse().unwrap_or(-1);
-            let was = found;
-            if !(1..=SCHEMA_VERSION).contains(&found) {
+        Ok(found)
+    })?;
+    let Some(was) = was else { return Ok(None) };
+    let first = if db.kind() == Kind::Postgres { POSTGRES_FIRST } else { 1 };
+    if !(first..=SCHEMA_VERSION).contains(&was) {
+        return Err(StoreError::Schema { found: was });
+    }
+    loop {
+        let done = db.write(|tx| {
+            lock(tx)?;
+            // Another hub may have taken steps meanwhile: read the version again.
+            let found = stored_version(tx)?.unwrap_or(SCHEMA_VERSION);
+            if found >= SCHEMA_VERSION {
+                return Ok(true);
+            }
+            let Some((_, step)) = MIGRATIONS.iter().find(|(from, _)| *from == found) else {
                 return Err(StoreError::Schema { found });
-            }
-            while found < SCHEMA_VERSION {
-                let Some((_, step)) = MIGRATIONS.iter().find(|(from, _)| *from == found) else {
-                    return Err(StoreError::Schema { found });
-                };
-                conn.execute_batch(&format!(
-                    "BEGIN;\n{step}\nUPDATE meta SET value = '{}' WHERE key = 'schema_version';\nCOMMIT;",
-                    found + 1
-                ))?;
-                found += 1;
-            }
-            Ok(Some(was))
+            };
+            tx.batch(step)?;
+            tx.execute("UPDATE meta SET value = ?1 WHERE key = 'schema_version'", args![(found + 1).to_string()])?;
+            Ok(false)
+        })?;
+        if done {
+            return Ok(Some(was));
+        }
+    }
+}
+
+fn lock(tx: &mut Tx<'_>) -> Result<(), StoreError> {
+    if tx.kind() == Kind::Postgres {
+        tx.batch(&format!("SELECT pg_advisory_xact_lock({SCHEMA_LOCK})"))?;
+    }
+    Ok(())
+}
+
+/// The schema version a database records (`None`: a new database); `-1` for one that is not
+/// a number.
+fn stored_version(tx: &mut Tx<'_>) -> Result<Option<i64>, StoreError> {
+    let found = tx.query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[])?;
+    found.map(|r| r.get::<String>(0).map(|v| v.parse().unwrap_or(-1))).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_postgres_schema_has_only_its_types() {
+        let pg = postgres_schema();
+        assert!(!pg.contains("INTEGER") && !pg.contains("BLOB"), "{pg}");
+        assert_eq!(pg.matches("CREATE TABLE").count(), SCHEMA.matches("CREATE TABLE").count());
+    }
+
+    #[test]
+    fn every_step_up_to_the_schema_is_there() {
+        for from in 1..SCHEMA_VERSION {
+            assert!(MIGRATIONS.iter().any(|(f, _)| *f == from), "no step from schema {from}");
         }
     }
 }

@@ -1,13 +1,12 @@
 //! The versions' signatures ([`SigningStore`]), kept beside the versions in their own table
-//! (`version_signatures`, schema 6), and the SQLite engine's part of them. A signature is
+//! (`version_signatures`, schema 6), and their SQL (both engines). A signature is
 //! written once: a version keeps the signature it got, whatever key signs later ones.
 
+use super::StoreError;
+use super::meta::SqlStore;
+use super::sql::args;
 use aqueduct_proto::Digest;
 use aqueduct_proto::domain::signature::{SIGNATURE_LEN, VersionSignature};
-use rusqlite::{OptionalExtension, params};
-
-use super::StoreError;
-use super::sqlite::SqliteStore;
 
 /// A version of the database with no signature yet: what the hub signs at start.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,17 +50,15 @@ fn decode(
     })
 }
 
-impl SigningStore for SqliteStore {
+impl SigningStore for SqlStore {
     fn signature(&self, dataset: &str, version: u64) -> Result<Option<VersionSignature>, StoreError> {
-        let row = self
-            .conn()
-            .query_row(
+        let row = self.db.read(|tx| {
+            tx.query_opt(
                 "SELECT key_id, signed_ms, signature FROM version_signatures WHERE dataset = ?1 AND version = ?2",
-                params![dataset, version as i64],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?)),
+                args![dataset, version],
             )
-            .optional()?;
-        row.map(|(key_id, at, bytes)| decode(dataset, version, key_id, at, bytes)).transpose()
+        })?;
+        row.map(|r| decode(dataset, version, r.get(0)?, r.get(1)?, r.get(2)?)).transpose()
     }
 
     fn add_signature(
@@ -70,44 +67,41 @@ impl SigningStore for SqliteStore {
         version: u64,
         signature: &VersionSignature,
     ) -> Result<VersionSignature, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO version_signatures (dataset, version, key_id, signed_ms, signature)
-             SELECT ?1, ?2, ?3, ?4, ?5
-             WHERE NOT EXISTS (SELECT 1 FROM version_signatures WHERE dataset = ?1 AND version = ?2)",
-            params![
-                dataset,
-                version as i64,
-                signature.key_id.as_str(),
-                signature.signed_unix_ms,
-                signature.signature.as_slice()
-            ],
-        )?;
-        let (key_id, at, bytes) = tx.query_row(
-            "SELECT key_id, signed_ms, signature FROM version_signatures WHERE dataset = ?1 AND version = ?2",
-            params![dataset, version as i64],
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?)),
-        )?;
-        tx.commit()?;
-        decode(dataset, version, key_id, at, bytes)
+        let r = self.db.write(|tx| {
+            tx.execute(
+                "INSERT INTO version_signatures (dataset, version, key_id, signed_ms, signature)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (dataset, version) DO NOTHING",
+                args![
+                    dataset,
+                    version,
+                    signature.key_id.as_str(),
+                    signature.signed_unix_ms,
+                    signature.signature.as_slice()
+                ],
+            )?;
+            tx.query_one(
+                "SELECT key_id, signed_ms, signature FROM version_signatures WHERE dataset = ?1 AND version = ?2",
+                args![dataset, version],
+            )
+        })?;
+        decode(dataset, version, r.get(0)?, r.get(1)?, r.get(2)?)
     }
 
     fn unsigned_versions(&self) -> Result<Vec<UnsignedVersion>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT v.dataset, v.number, v.root FROM versions v
-             WHERE NOT EXISTS (SELECT 1 FROM version_signatures s WHERE s.dataset = v.dataset AND s.version = v.number)
-             ORDER BY v.dataset, v.number",
-        )?;
-        let rows =
-            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?)))?;
+        let rows = self.db.read(|tx| {
+            tx.query(
+                "SELECT v.dataset, v.number, v.root FROM versions v
+                 WHERE NOT EXISTS (SELECT 1 FROM version_signatures s WHERE s.dataset = v.dataset AND s.version = v.number)
+                 ORDER BY v.dataset, v.number",
+                &[],
+            )
+        })?;
         let mut unsigned = Vec::new();
-        for row in rows {
-            let (dataset, version, root) = row?;
-            let root = Digest::from_slice(&root)
+        for r in &rows {
+            let (dataset, version): (String, u64) = (r.get(0)?, r.get(1)?);
+            let root = Digest::from_slice(&r.get::<Vec<u8>>(2)?)
                 .ok_or_else(|| StoreError::Corrupt(format!("the root of {dataset}@v{version} is not 32 bytes")))?;
-            unsigned.push(UnsignedVersion { dataset, version: version as u64, root });
+            unsigned.push(UnsignedVersion { dataset, version, root });
         }
         Ok(unsigned)
     }
@@ -116,18 +110,20 @@ impl SigningStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::tests::on_both_engines;
 
     fn signature(byte: u8) -> VersionSignature {
         VersionSignature { key_id: "0123456789abcdef".parse().unwrap(), signed_unix_ms: 7, signature: [byte; 64] }
     }
 
-    #[test]
-    fn a_version_keeps_the_first_signature_it_got() {
-        let db = SqliteStore::in_memory().unwrap();
-        assert_eq!(db.signature("d", 1).unwrap(), None);
-        assert_eq!(db.add_signature("d", 1, &signature(1)).unwrap(), signature(1));
-        assert_eq!(db.add_signature("d", 1, &signature(2)).unwrap(), signature(1));
-        assert_eq!(db.signature("d", 1).unwrap(), Some(signature(1)));
-        assert_eq!(db.signature("d", 2).unwrap(), None);
+    on_both_engines! {
+        fn a_version_keeps_the_first_signature_it_got() {
+            let db = crate::store::tests::fresh_store();
+            assert_eq!(db.signature("d", 1).unwrap(), None);
+            assert_eq!(db.add_signature("d", 1, &signature(1)).unwrap(), signature(1));
+            assert_eq!(db.add_signature("d", 1, &signature(2)).unwrap(), signature(1));
+            assert_eq!(db.signature("d", 1).unwrap(), Some(signature(1)));
+            assert_eq!(db.signature("d", 2).unwrap(), None);
+        }
     }
 }

@@ -1,15 +1,14 @@
 //! Watched datasets ([`WatchStore`]): each watch's cadence and the rollout that follows a new
 //! version, as an admin set them, and how its last check went, kept in table `watches`
 //! (schema 10) so that a restarted hub knows when it last looked. A watch goes with its
-//! dataset (`ON DELETE CASCADE`). The SQLite engine's part is here too. What a watch means
+//! dataset (`ON DELETE CASCADE`). Its SQL (both engines) is here too. What a watch means
 //! (parsing, when to check, what a check does) is `crate::triggers`'.
 
-use aqueduct_proto::ReplicationMode;
-use rusqlite::params;
-
 use super::StoreError;
-use super::sqlite::SqliteStore;
+use super::meta::SqlStore;
+use super::sql::args;
 use crate::rollout::cutover::CutOver;
+use aqueduct_proto::ReplicationMode;
 use aqueduct_proto::domain::class::Class;
 
 /// The rollout that follows a version a watch cut.
@@ -61,73 +60,62 @@ pub trait WatchStore {
     fn record_check(&self, dataset: &str, at_unix_ms: i64, result: &str, failed: bool) -> Result<(), StoreError>;
 }
 
-impl WatchStore for SqliteStore {
+impl WatchStore for SqlStore {
     fn set_watch(&self, w: &WatchConfig, now_unix_ms: i64) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let exists: i64 = tx.query_row("SELECT COUNT(*) FROM datasets WHERE name = ?1", [&w.dataset], |r| r.get(0))?;
-        if exists == 0 {
-            return Err(StoreError::NotFound { kind: "dataset", name: w.dataset.clone() });
-        }
         let every = i64::try_from(w.every_ms).unwrap_or(i64::MAX);
-        let args = params![
-            w.dataset,
+        let values = args![
+            &w.dataset,
             every,
-            w.cron,
-            w.time_zone,
+            &w.cron,
+            &w.time_zone,
             w.rollout.regions.join(","),
             w.rollout.mode.to_string(),
             w.rollout.cut_over.name(),
             now_unix_ms,
             w.rollout.class.name()
         ];
-        let updated = tx.execute(
-            "UPDATE watches SET every_ms = ?2, cron = ?3, time_zone = ?4, rollout_regions = ?5,
-                 rollout_mode = ?6, rollout_cut_over = ?7, updated_ms = ?8, rollout_class = ?9 WHERE dataset = ?1",
-            args,
-        )?;
-        if updated == 0 {
-            tx.execute(
-                "INSERT INTO watches (dataset, every_ms, cron, time_zone, rollout_regions, rollout_mode,
-                     rollout_cut_over, updated_ms, last_check_ms, last_result, last_failed, rollout_class)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, '', 0, ?9)",
-                args,
+        self.db.write(|tx| {
+            let exists: i64 =
+                tx.query_one("SELECT COUNT(*) FROM datasets WHERE name = ?1", args![&w.dataset])?.get(0)?;
+            if exists == 0 {
+                return Err(StoreError::NotFound { kind: "dataset", name: w.dataset.clone() });
+            }
+            let updated = tx.execute(
+                "UPDATE watches SET every_ms = ?2, cron = ?3, time_zone = ?4, rollout_regions = ?5,
+                     rollout_mode = ?6, rollout_cut_over = ?7, updated_ms = ?8, rollout_class = ?9 WHERE dataset = ?1",
+                values,
             )?;
-        }
-        tx.commit()?;
-        Ok(())
+            if updated == 0 {
+                tx.execute(
+                    "INSERT INTO watches (dataset, every_ms, cron, time_zone, rollout_regions, rollout_mode,
+                         rollout_cut_over, updated_ms, last_check_ms, last_result, last_failed, rollout_class)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, '', 0, ?9)",
+                    values,
+                )?;
+            }
+            Ok(())
+        })
     }
 
     fn remove_watch(&self, dataset: &str) -> Result<bool, StoreError> {
-        Ok(self.conn().execute("DELETE FROM watches WHERE dataset = ?1", [dataset])? > 0)
+        Ok(self.db.write(|tx| tx.execute("DELETE FROM watches WHERE dataset = ?1", args![dataset]))? > 0)
     }
 
     fn watches(&self) -> Result<Vec<WatchRecord>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT dataset, every_ms, cron, time_zone, rollout_regions, rollout_mode, rollout_cut_over,
-                    updated_ms, last_check_ms, last_result, last_failed, rollout_class
-             FROM watches ORDER BY dataset",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, String>(5)?,
-                r.get::<_, String>(6)?,
-                r.get::<_, i64>(7)?,
-                r.get::<_, Option<i64>>(8)?,
-                r.get::<_, String>(9)?,
-                r.get::<_, i64>(10)?,
-                r.get::<_, String>(11)?,
-            ))
+        let rows = self.db.read(|tx| {
+            tx.query(
+                "SELECT dataset, every_ms, cron, time_zone, rollout_regions, rollout_mode, rollout_cut_over,
+                        updated_ms, last_check_ms, last_result, last_failed, rollout_class
+                 FROM watches ORDER BY dataset",
+                &[],
+            )
         })?;
         let mut out = Vec::new();
-        for row in rows {
-            let (dataset, every, cron, time_zone, regions, mode, cut_over, updated, last, result, failed, class) = row?;
+        for r in &rows {
+            let dataset: String = r.get(0)?;
+            let (every, mode, cut_over, class): (i64, String, String, String) =
+                (r.get(1)?, r.get(5)?, r.get(6)?, r.get(11)?);
+            let regions: String = r.get(4)?;
             let corrupt = |what: String| StoreError::Corrupt(format!("the watch of dataset {dataset:?}: {what}"));
             let mode: ReplicationMode = mode.parse().map_err(|e| corrupt(format!("mode {mode:?}: {e}")))?;
             let cut_over: CutOver = cut_over.parse().map_err(|e| corrupt(format!("cut-over {cut_over:?}: {e}")))?;
@@ -135,8 +123,8 @@ impl WatchStore for SqliteStore {
             out.push(WatchRecord {
                 config: WatchConfig {
                     every_ms: u64::try_from(every).map_err(|_| corrupt(format!("interval {every}")))?,
-                    cron,
-                    time_zone,
+                    cron: r.get(2)?,
+                    time_zone: r.get(3)?,
                     rollout: AutoRollout {
                         regions: regions.split(',').filter(|r| !r.is_empty()).map(str::to_string).collect(),
                         mode,
@@ -145,20 +133,22 @@ impl WatchStore for SqliteStore {
                     },
                     dataset,
                 },
-                updated_unix_ms: updated,
-                last_check_unix_ms: last,
-                last_result: result,
-                last_failed: failed != 0,
+                updated_unix_ms: r.get(7)?,
+                last_check_unix_ms: r.get(8)?,
+                last_result: r.get(9)?,
+                last_failed: r.get(10)?,
             });
         }
         Ok(out)
     }
 
     fn record_check(&self, dataset: &str, at_unix_ms: i64, result: &str, failed: bool) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE watches SET last_check_ms = ?2, last_result = ?3, last_failed = ?4 WHERE dataset = ?1",
-            params![dataset, at_unix_ms, result, failed as i64],
-        )?;
+        self.db.write(|tx| {
+            tx.execute(
+                "UPDATE watches SET last_check_ms = ?2, last_result = ?3, last_failed = ?4 WHERE dataset = ?1",
+                args![dataset, at_unix_ms, result, failed],
+            )
+        })?;
         Ok(())
     }
 }
@@ -166,10 +156,11 @@ impl WatchStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::tests::on_both_engines;
     use crate::store::{DatasetRecord, LifecycleStore, MetaStore, SourceRecord};
 
-    fn store_with(dataset: &str) -> SqliteStore {
-        let db = SqliteStore::in_memory().unwrap();
+    fn store_with(dataset: &str) -> SqlStore {
+        let db = crate::store::tests::fresh_store();
         let source = SourceRecord {
             name: "src".into(),
             url: "file:///tmp".into(),
@@ -205,40 +196,42 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_watch_keeps_its_last_check_across_changes_and_goes_with_its_dataset() {
-        let db = store_with("m");
-        assert!(matches!(db.set_watch(&config("nope", 1000), 5), Err(StoreError::NotFound { .. })));
-        db.set_watch(&config("m", 60_000), 5).unwrap();
-        let w = db.watches().unwrap();
-        assert_eq!(w.len(), 1);
-        assert_eq!(w[0].config, config("m", 60_000));
-        assert_eq!((w[0].last_check_unix_ms, w[0].last_result.as_str(), w[0].last_failed), (None, "", false));
+    on_both_engines! {
+        fn a_watch_keeps_its_last_check_across_changes_and_goes_with_its_dataset() {
+            let db = store_with("m");
+            assert!(matches!(db.set_watch(&config("nope", 1000), 5), Err(StoreError::NotFound { .. })));
+            db.set_watch(&config("m", 60_000), 5).unwrap();
+            let w = db.watches().unwrap();
+            assert_eq!(w.len(), 1);
+            assert_eq!(w[0].config, config("m", 60_000));
+            assert_eq!((w[0].last_check_unix_ms, w[0].last_result.as_str(), w[0].last_failed), (None, "", false));
 
-        db.record_check("m", 100, "failed: source unreachable", true).unwrap();
-        let mut changed = config("m", 0);
-        changed.cron = "*/15 * * * *".into();
-        changed.time_zone = "Europe/Berlin".into();
-        changed.rollout = AutoRollout::default();
-        db.set_watch(&changed, 200).unwrap();
-        let w = db.watches().unwrap();
-        assert_eq!(w[0].config, changed);
-        assert_eq!(w[0].updated_unix_ms, 200);
-        assert_eq!(w[0].last_check_unix_ms, Some(100), "a restarted hub knows when it last looked");
-        assert_eq!((w[0].last_result.as_str(), w[0].last_failed), ("failed: source unreachable", true));
+            db.record_check("m", 100, "failed: source unreachable", true).unwrap();
+            let mut changed = config("m", 0);
+            changed.cron = "*/15 * * * *".into();
+            changed.time_zone = "Europe/Berlin".into();
+            changed.rollout = AutoRollout::default();
+            db.set_watch(&changed, 200).unwrap();
+            let w = db.watches().unwrap();
+            assert_eq!(w[0].config, changed);
+            assert_eq!(w[0].updated_unix_ms, 200);
+            assert_eq!(w[0].last_check_unix_ms, Some(100), "a restarted hub knows when it last looked");
+            assert_eq!((w[0].last_result.as_str(), w[0].last_failed), ("failed: source unreachable", true));
 
-        db.remove_dataset("m", false, &[]).unwrap();
-        assert!(db.watches().unwrap().is_empty(), "the watch went with its dataset");
-        db.record_check("m", 300, "cut v1", false).unwrap();
-        assert!(db.watches().unwrap().is_empty(), "a check of a removed watch writes nothing");
+            db.remove_dataset("m", false, &[]).unwrap();
+            assert!(db.watches().unwrap().is_empty(), "the watch went with its dataset");
+            db.record_check("m", 300, "cut v1", false).unwrap();
+            assert!(db.watches().unwrap().is_empty(), "a check of a removed watch writes nothing");
+        }
     }
 
-    #[test]
-    fn removing_a_watch_says_whether_there_was_one() {
-        let db = store_with("m");
-        db.set_watch(&config("m", 60_000), 5).unwrap();
-        assert!(db.remove_watch("m").unwrap());
-        assert!(!db.remove_watch("m").unwrap());
-        assert!(db.watches().unwrap().is_empty());
+    on_both_engines! {
+        fn removing_a_watch_says_whether_there_was_one() {
+            let db = store_with("m");
+            db.set_watch(&config("m", 60_000), 5).unwrap();
+            assert!(db.remove_watch("m").unwrap());
+            assert!(!db.remove_watch("m").unwrap());
+            assert!(db.watches().unwrap().is_empty());
+        }
     }
 }

@@ -178,7 +178,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::store::sqlite::SqliteStore;
+    use crate::store::meta::SqlStore;
     use crate::store::watches::WatchConfig;
     use crate::store::{DatasetRecord, MetaStore, SourceRecord};
 
@@ -213,7 +213,7 @@ mod tests {
     }
 
     fn store() -> Arc<dyn MetaStore> {
-        let db = SqliteStore::in_memory().unwrap();
+        let db = SqlStore::in_memory().unwrap();
         let source =
             SourceRecord { name: "s".into(), url: "file:///x".into(), options: Default::default(), created_unix_ms: 1 };
         db.add_source(&source).unwrap();
