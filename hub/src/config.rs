@@ -429,6 +429,37 @@ mod tests {
     const BASE: &str = "listen = \"127.0.0.1:1\"\ndata_dir = \"/x\"\n";
 
     #[test]
+    fn the_database_section_is_checked_and_the_example_parses() {
+        let parse = |db: &str| HubConfig::parse(&format!("{BASE}[database]\n{db}"), Path::new("h.toml"));
+        let config = parse("url = \"postgres://aq@db:5432/aq\"\npassword_file = \"pw\"\nconnections = 3\n").unwrap();
+        assert_eq!(config.database.url.as_deref(), Some("postgres://aq@db:5432/aq"));
+        for (db, words) in [
+            ("url = \"postgres://aq:secret@db/aq\"", &["holds a password", "password_file"][..]),
+            ("url = \"mysql://db/aq\"", &["not a PostgreSQL URL"]),
+            ("password_file = \"pw\"", &["database.url is missing"]),
+            ("url = \"postgres://db/aq\"\npassword_file = \"a\"\npassword_env = \"B\"", &["keep one"]),
+            ("url = \"postgres://db/aq\"\nconnections = 0", &["database.connections"]),
+            ("url = \"postgres://db/aq\"\npasword = \"x\"", &["pasword"]),
+        ] {
+            let err = parse(db).unwrap_err().to_string();
+            assert!(words.iter().all(|w| err.contains(w)), "{db}: {err}");
+            assert!(!err.contains("secret"), "the password is never shown: {err}");
+        }
+        // The example's commented [database], uncommented, is a valid section.
+        let example = include_str!("../../deploy/hub/hub.example.toml");
+        let section: String = example
+            .lines()
+            .skip_while(|l| *l != "# [database]")
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| format!("{}\n", l.trim_start_matches("# ").trim_start_matches('#')))
+            .collect();
+        let section = section.replace("password_env", "# password_env");
+        let config = HubConfig::parse(&format!("{BASE}{section}"), Path::new("h.toml")).unwrap();
+        assert_eq!(config.database.connections, Some(8));
+        assert!(HubConfig::parse(&config.to_toml(), Path::new("h.toml")).unwrap() == config);
+    }
+
+    #[test]
     fn limits_take_units_and_errors_name_the_key() {
         let parse = |limits: &str| HubConfig::parse(&format!("{BASE}[limits]\n{limits}"), Path::new("h.toml"));
         let config =

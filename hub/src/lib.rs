@@ -29,6 +29,7 @@ pub mod database;
 pub mod enrol;
 mod error;
 pub mod health;
+pub mod leader;
 pub mod live;
 pub mod metrics;
 pub mod pki;
@@ -216,7 +217,13 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
     let authority = Arc::new(load_authority(&config)?);
     let flusher = tokio::spawn(live.ledger.clone().run(db.clone(), shutdown.clone()));
     // Rollouts behind their deadline go up a class.
-    tokio::spawn(planning::watch(db.clone(), live.clone(), planning::WATCH_EVERY));
+    // Work that must happen once: a hub alone on its SQLite file always does it; hubs that
+    // share PostgreSQL hold a lease for it, one at a time.
+    let leader = |work: &'static str| match config.database.url {
+        None => leader::Leader::alone(),
+        Some(_) => leader::Leader::lease(db.clone(), work, leader::holder_name(), shutdown.clone()),
+    };
+    tokio::spawn(planning::watch(db.clone(), live.clone(), planning::WATCH_EVERY, leader("deadlines")));
     // Readiness (the database answers, the sources are reachable), checked by one loop; the
     // probes and the gRPC health service read what it found.
     let health = aqueduct_core::health::Health::new(vec![
@@ -259,7 +266,7 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
     if config.triggers.enabled {
         let checks: Arc<dyn triggers::Checks> = admin_service.clone();
         let floor = config.triggers.min_interval;
-        tokio::spawn(triggers::run(db.clone(), checks, triggers, floor, shutdown.clone()));
+        tokio::spawn(triggers::run(db.clone(), checks, triggers, floor, leader("triggers"), shutdown.clone()));
     }
     // Requests are small; answers go up to a manifest (the largest message there is).
     let admin = AdminServer::from_arc(admin_service)

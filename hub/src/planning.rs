@@ -16,6 +16,7 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use tracing::{info, warn};
 
+use crate::leader::Leader;
 use crate::live::Live;
 use crate::live::budgets::schedule_of;
 use crate::rollout::plan::{self, Crossing, Queued, RowPlan};
@@ -111,11 +112,15 @@ pub const WATCH_EVERY: Duration = Duration::from_secs(5);
 /// The deadline watch: every `every`, until the hub stops, raises the class of each row under
 /// way whose ETA passed its deadline ([`check`]), and wakes the watches so that the region
 /// gets the new class.
-pub async fn watch(db: Arc<dyn MetaStore>, live: Live, every: Duration) {
+/// Only the hub that leads ([`Leader`]) raises rows.
+pub async fn watch(db: Arc<dyn MetaStore>, live: Live, every: Duration, leader: Leader) {
     loop {
         tokio::select! {
             _ = live.stopping.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
+        }
+        if !leader.is_leader() {
+            continue;
         }
         match blocking(&db, |db| check(db, Timestamp::now())).await {
             Ok(raised) if !raised.is_empty() => live.changes.notify_waiters(),

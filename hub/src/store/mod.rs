@@ -16,6 +16,7 @@
 
 pub mod chunk_list;
 pub mod enrol;
+pub mod leases;
 pub mod lifecycle;
 pub mod meta;
 pub mod plans;
@@ -59,7 +60,7 @@ pub enum StoreError {
     Corrupt(String),
     #[error("hub database error: {0}")]
     Db(#[from] rusqlite::Error),
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL: {}", sql::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("PostgreSQL connection pool: {0}")]
     Pool(String),
@@ -159,6 +160,7 @@ pub trait MetaStore:
     + signing::SigningStore
     + plans::PlanStore
     + watches::WatchStore
+    + leases::LeaseStore
     + Send
     + Sync
 {

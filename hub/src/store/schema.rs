@@ -115,6 +115,18 @@ CREATE TABLE IF NOT EXISTS watches (
     };
 }
 
+/// The table schema 13 added (leases of the work one hub does when several share a
+/// database): in the schema, and in the step that brings a schema 12 database up to it.
+macro_rules! lease_tables {
+    () => {
+        "CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
+);"
+    };
+}
+
 /// The tables schema 8 added (trust: revocations, named admins, the audit log): in the
 /// schema, and in the step that brings a schema 7 database up to it. The revocation list's
 /// generation is the `revocations_generation` row of `meta` (absent: 0).
@@ -224,6 +236,8 @@ CREATE TABLE IF NOT EXISTS skipped_objects (
     FOREIGN KEY (dataset, version) REFERENCES versions(dataset, number)
 );
 ",
+    lease_tables!(),
+    "\n",
     lifecycle_tables!(),
     enrol_tables!(),
     "\n",
@@ -302,11 +316,16 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     // Version 11 watched no dataset. Version 12 keeps each watched dataset's watch (issue 19).
     (11, watch_tables!()),
     // Version 12 listed a version's skipped objects in SQLite's row order: they gain their
-    // place in the list (PostgreSQL has no row order), the old rows keep theirs.
+    // place in the list (PostgreSQL has no row order), the old rows keep theirs. And the
+    // leases of work one hub does when several share a database.
     (
         12,
-        "ALTER TABLE skipped_objects ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
-         UPDATE skipped_objects SET seq = rowid;",
+        concat!(
+            "ALTER TABLE skipped_objects ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+         UPDATE skipped_objects SET seq = rowid;
+",
+            lease_tables!()
+        ),
     ),
 ];
 

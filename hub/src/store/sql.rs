@@ -221,8 +221,19 @@ enum Engine {
 
 struct Postgres {
     pool: Pool,
-    /// Runs the pool's connections and the statements the store waits for.
-    rt: tokio::runtime::Runtime,
+    /// Runs the pool's connections and the statements the store waits for (always `Some`
+    /// until dropped).
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Postgres {
+    /// The store may go in an async task (a hub that stops): its runtime is shut down without
+    /// waiting, which is allowed there, and the pool's connections end with it.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// How often a transaction that PostgreSQL aborted for a conflict is run again.
@@ -272,7 +283,7 @@ impl Db {
                 .build()
                 .map_err(|e| StoreError::Pool(e.to_string()))?
         };
-        let db = Self { engine: Engine::Postgres(Postgres { pool, rt }) };
+        let db = Self { engine: Engine::Postgres(Postgres { pool, rt: Some(rt) }) };
         db.read(|tx| tx.query("SELECT 1", &[]).map(|_| ()))?;
         Ok(db)
     }
@@ -340,11 +351,12 @@ impl Postgres {
     /// Waits for `fut` on the engine's runtime, from any thread that is not a task of a
     /// current-thread runtime.
     fn wait<F: Future>(&self, fut: F) -> F::Output {
+        let rt = self.rt.as_ref().expect("the runtime lives as long as the engine");
         match tokio::runtime::Handle::try_current() {
             Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| self.rt.block_on(fut))
+                tokio::task::block_in_place(|| rt.block_on(fut))
             }
-            _ => self.rt.block_on(fut),
+            _ => rt.block_on(fut),
         }
     }
 
@@ -353,7 +365,7 @@ impl Postgres {
         read_only: bool,
         f: &mut impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut client = self.wait(self.pool.get()).map_err(|e| StoreError::Pool(e.to_string()))?;
+        let mut client = self.wait(self.pool.get()).map_err(pool_error)?;
         let tx = self.wait(
             client
                 .build_transaction()
@@ -536,6 +548,30 @@ pub fn placeholders(sql: &str) -> String {
         }
     }
     out
+}
+
+/// A pool's error: the server's own when it refused a connection (a wrong password), else
+/// what the pool says (a timeout).
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
+        e => StoreError::Pool(e.to_string()),
+    }
+}
+
+/// What a PostgreSQL error says: the server's message (and its SQLSTATE), or the client's
+/// error with its cause (a refused connection).
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({}, SQLSTATE {})", db.message(), db.severity(), db.code().code());
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
 }
 
 /// Whether PostgreSQL aborted a transaction for a conflict with another (it is safe and right

@@ -628,7 +628,14 @@ fn two_hubs_on_one_postgres_database_agree() {
     let numbers: Vec<u64> = store.versions("d").unwrap().iter().map(|v| v.number).collect();
     assert_eq!(numbers, (1..=VERSIONS).collect::<Vec<_>>());
     store
-        .add_rollout(&VersionId::new("d", 1), &["eu".into()], ReplicationMode::Auto, CutOver::AllReady, Class::Normal, 1)
+        .add_rollout(
+            &VersionId::new("d", 1),
+            &["eu".into()],
+            ReplicationMode::Auto,
+            CutOver::AllReady,
+            Class::Normal,
+            1,
+        )
         .unwrap();
     let key = RolloutKey::new("d", 1, "eu".to_string());
     std::thread::scope(|scope| {

@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, info, info_span, warn};
 
+use crate::leader::Leader;
 use crate::snapshot::{blocking, now_unix_ms};
 use crate::store::MetaStore;
 use crate::store::watches::{AutoRollout, WatchRecord};
@@ -78,6 +79,7 @@ pub async fn run(
     checks: Arc<dyn Checks>,
     triggers: Triggers,
     floor: Duration,
+    mut leader: Leader,
     shutdown: CancellationToken,
 ) {
     info!(min_interval = ?floor, "trigger task started");
@@ -88,6 +90,14 @@ pub async fn run(
     let mut started: HashMap<String, i64> = HashMap::new();
     let mut tasks: JoinSet<()> = JoinSet::new();
     loop {
+        // Another hub of the database checks the watches while it leads; this one waits.
+        if !leader.is_leader() {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = leader.changed() => {}
+            }
+            continue;
+        }
         let now = now_unix_ms();
         let watches = match blocking(&db, |db| db.watches()).await {
             Ok(w) => w,
@@ -252,7 +262,8 @@ mod tests {
         let checks = Arc::new(SlowChecks::default());
         let (triggers, stop) = (Triggers::default(), CancellationToken::new());
         let floor = Duration::from_millis(10);
-        let task = tokio::spawn(run(db.clone(), checks.clone(), triggers.clone(), floor, stop.clone()));
+        let leader = Leader::alone();
+        let task = tokio::spawn(run(db.clone(), checks.clone(), triggers.clone(), floor, leader, stop.clone()));
 
         // Set while the task sleeps (nothing watched): the wake-up starts the first check.
         let config = WatchConfig {
@@ -284,5 +295,52 @@ mod tests {
 
         stop.cancel();
         task.await.unwrap();
+    }
+
+    /// Two hubs on one database: only the one holding the lease checks; when it stops, the
+    /// other takes the lease over and checks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn of_two_hubs_only_the_leader_checks_and_the_other_takes_over() {
+        let db = store();
+        let floor = Duration::from_millis(10);
+        let (a, b) = (Arc::new(SlowChecks::default()), Arc::new(SlowChecks::default()));
+        let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+        let lead_a = Leader::lease(db.clone(), "triggers", "hub-a".into(), stop_a.clone());
+        for _ in 0..500 {
+            if lead_a.is_leader() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(lead_a.is_leader(), "hub-a took the free lease");
+        let lead_b = Leader::lease(db.clone(), "triggers", "hub-b".into(), stop_b.clone());
+        let task_a = tokio::spawn(run(db.clone(), a.clone(), Triggers::default(), floor, lead_a, stop_a.clone()));
+        let task_b =
+            tokio::spawn(run(db.clone(), b.clone(), Triggers::default(), floor, lead_b.clone(), stop_b.clone()));
+        let config = WatchConfig {
+            dataset: "m".into(),
+            every_ms: 20,
+            cron: String::new(),
+            time_zone: String::new(),
+            rollout: AutoRollout::default(),
+        };
+        db.set_watch(&config, 1).unwrap();
+        until(&db, |w| w.last_result.starts_with("cut v1")).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(a.calls.load(Ordering::SeqCst) > 0);
+        assert_eq!(b.calls.load(Ordering::SeqCst), 0, "hub-b does not lead: it checks nothing");
+        assert!(!lead_b.is_leader());
+
+        // hub-a stops (its lease given up): hub-b takes it at its next renewal and checks.
+        stop_a.cancel();
+        task_a.await.unwrap();
+        let since = std::time::Instant::now();
+        while b.calls.load(Ordering::SeqCst) == 0 {
+            assert!(since.elapsed() < crate::leader::TTL * 3, "hub-b never took over");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!("hub-b took over {:?} after hub-a stopped", since.elapsed());
+        stop_b.cancel();
+        task_b.await.unwrap();
     }
 }

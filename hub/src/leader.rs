@@ -1,0 +1,90 @@
+//! Which hub does the work that must happen once: the trigger task (a watched dataset is cut
+//! once, not once per hub) and the deadline watch (a row is raised once). A hub alone on its
+//! database (SQLite) always does it. Hubs sharing PostgreSQL hold a lease per kind of work
+//! ([`crate::store::leases`]): the holder renews it every [`TTL`] / 3; when it dies, another
+//! takes the lease within [`TTL`] of its last renewal. A hub that cannot reach the database
+//! stops leading at once (its lease runs out for the others on its own).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::snapshot::blocking;
+use crate::store::MetaStore;
+
+/// How long a lease lasts without being renewed.
+pub const TTL: Duration = Duration::from_secs(10);
+
+/// Whether this hub does a kind of work now.
+#[derive(Clone, Debug)]
+pub struct Leader {
+    rx: watch::Receiver<bool>,
+    /// Kept so that `changed` of a hub that always leads waits forever instead of failing.
+    _tx: Option<Arc<watch::Sender<bool>>>,
+}
+
+impl Leader {
+    /// A hub alone on its database: it always leads.
+    pub fn alone() -> Self {
+        let (tx, rx) = watch::channel(true);
+        Self { rx, _tx: Some(Arc::new(tx)) }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Waits until this hub starts or stops leading.
+    pub async fn changed(&mut self) {
+        if self.rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Holds lease `name` for this hub (as `holder`) while the hub runs, renewing it every
+    /// [`TTL`] / 3, and gives it up when `shutdown` fires.
+    pub fn lease(db: Arc<dyn MetaStore>, name: &'static str, holder: String, shutdown: CancellationToken) -> Self {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            let ttl_ms = TTL.as_millis() as i64;
+            loop {
+                let who = holder.clone();
+                let held = match blocking(&db, move |db| db.take_lease(name, &who, ttl_ms)).await {
+                    Ok(held) => held,
+                    Err(e) => {
+                        warn!(lease = name, error = %e, "cannot renew the lease; not leading until it is renewed");
+                        false
+                    }
+                };
+                if held != *tx.borrow() {
+                    info!(lease = name, holder = holder.as_str(), leading = held, "lease changed hands");
+                    tx.send_replace(held);
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(TTL / 3) => {}
+                }
+            }
+            if *tx.borrow() {
+                tx.send_replace(false);
+                let who = holder.clone();
+                if let Err(e) = blocking(&db, move |db| db.release_lease(name, &who)).await {
+                    warn!(lease = name, error = %e, "cannot give the lease up; it runs out on its own");
+                }
+            }
+        });
+        Self { rx, _tx: None }
+    }
+}
+
+/// A name for this hub process among the hubs of one database: its host name and a random part.
+pub fn holder_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let mut random = [0u8; 6];
+    let _ = getrandom::fill(&mut random);
+    let random: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{random}", host.trim())
+}

@@ -1,0 +1,90 @@
+//! Leases ([`LeaseStore`]): which hub does the work that must happen once (the trigger task,
+//! the deadline watch) when several hubs share one database. A lease is a row: its holder and
+//! when it runs out, by the database's clock (so that hubs whose clocks differ still agree).
+//! The holder renews it well before then; another hub takes it only once it ran out.
+
+use super::StoreError;
+use super::meta::SqlStore;
+use super::sql::{Kind, Tx, args};
+
+/// Leases of a hub's database.
+pub trait LeaseStore {
+    /// Takes or renews lease `name` for `holder` for `ttl_ms` from now, unless another holder
+    /// has it and it has not run out; returns whether `holder` has it now.
+    fn take_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool, StoreError>;
+    /// Gives lease `name` up if `holder` has it (a hub that stops), so that another takes it
+    /// at once.
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+}
+
+/// Whether `holder` may take a lease whose row says `current` (holder, runs out at) at `now`.
+pub fn may_take(current: Option<(&str, i64)>, holder: &str, now_ms: i64) -> bool {
+    match current {
+        None => true,
+        Some((held_by, expires_ms)) => held_by == holder || expires_ms <= now_ms,
+    }
+}
+
+/// The database's clock, in unix milliseconds.
+fn db_now_ms(tx: &mut Tx<'_>) -> Result<i64, StoreError> {
+    let sql = match tx.kind() {
+        Kind::Sqlite => "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+        Kind::Postgres => "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+    };
+    tx.query_one(sql, &[])?.get(0)
+}
+
+impl LeaseStore for SqlStore {
+    fn take_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool, StoreError> {
+        self.db.write(|tx| {
+            let now = db_now_ms(tx)?;
+            let current = tx.query_opt("SELECT holder, expires_ms FROM leases WHERE name = ?1", args![name])?;
+            let current = current.map(|r| Ok::<_, StoreError>((r.get::<String>(0)?, r.get::<i64>(1)?))).transpose()?;
+            if !may_take(current.as_ref().map(|(h, e)| (h.as_str(), *e)), holder, now) {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO leases (name, holder, expires_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_ms = excluded.expires_ms",
+                args![name, holder, now.saturating_add(ttl_ms)],
+            )?;
+            Ok(true)
+        })
+    }
+
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.db.write(|tx| tx.execute("DELETE FROM leases WHERE name = ?1 AND holder = ?2", args![name, holder]))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::on_both_engines;
+
+    #[test]
+    fn a_lease_is_taken_only_when_free_run_out_or_already_held() {
+        assert!(may_take(None, "a", 10));
+        assert!(may_take(Some(("a", 100)), "a", 10), "renewed by its holder");
+        assert!(!may_take(Some(("b", 100)), "a", 10), "held by another");
+        assert!(may_take(Some(("b", 100)), "a", 100), "run out");
+    }
+
+    on_both_engines! {
+        /// One holder at a time; a lease given up or run out is taken by the next.
+        fn one_hub_holds_a_lease_at_a_time() {
+            let db = crate::store::tests::fresh_store();
+            assert!(db.take_lease("triggers", "hub-a", 60_000).unwrap());
+            assert!(!db.take_lease("triggers", "hub-b", 60_000).unwrap(), "hub-a holds it");
+            assert!(db.take_lease("deadlines", "hub-b", 60_000).unwrap(), "another lease is free");
+            assert!(db.take_lease("triggers", "hub-a", 60_000).unwrap(), "its holder renews it");
+            db.release_lease("triggers", "hub-b").unwrap();
+            assert!(!db.take_lease("triggers", "hub-b", 60_000).unwrap(), "only its holder gives it up");
+            db.release_lease("triggers", "hub-a").unwrap();
+            assert!(db.take_lease("triggers", "hub-b", 1).unwrap(), "given up: taken at once");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            assert!(db.take_lease("triggers", "hub-a", 60_000).unwrap(), "run out: taken by the next");
+        }
+    }
+}

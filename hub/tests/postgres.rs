@@ -1,0 +1,97 @@
+//! Hubs on PostgreSQL, over real mutual TLS, on a real PostgreSQL server (a fresh database of
+//! `aqueduct_testkit::postgres`): a hub configured with `[database] url` and a password file
+//! keeps its state there (a restarted hub finds it), and two hubs on one database serve one
+//! state: what one cuts and rolls out, the other lists, and each cuts the next number.
+
+mod common;
+
+use aqueduct_hub::config::DatabaseConfig;
+use aqueduct_proto::hub::v1 as pb;
+use aqueduct_testkit::hub::TestHub;
+use aqueduct_testkit::postgres::TestDatabase;
+use common::{dataset, snapshot, source};
+
+fn on(db: &TestDatabase) -> impl FnOnce(&mut aqueduct_hub::config::HubConfig) + use<> {
+    let database = DatabaseConfig {
+        url: Some(db.url()),
+        password_file: Some(db.password_file().to_owned()),
+        password_env: None,
+        connections: Some(4),
+    };
+    move |c| c.database = database
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hubs_on_one_postgres_database_serve_one_state() {
+    let db = aqueduct_testkit::postgres::database();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("models");
+    std::fs::create_dir_all(root.join("llama")).unwrap();
+    std::fs::write(root.join("llama/weights.bin"), vec![7u8; 300_000]).unwrap();
+    let listen = "127.0.0.1:0".parse().unwrap();
+    let mut a = TestHub::init_with(&tmp.path().join("hub-a"), listen, &[], on(&db)).await;
+    let b = TestHub::init_with(&tmp.path().join("hub-b"), listen, &[], on(&db)).await;
+    let (mut admin_a, mut admin_b) = (a.admin().await, b.admin().await);
+
+    admin_a.add_source(source("local", &format!("file://{}", root.display()), &[])).await.unwrap();
+    admin_a.add_dataset(dataset("llama", "local", "llama")).await.unwrap();
+    let v1 = snapshot(&mut admin_a, "llama").await.unwrap();
+    assert_eq!(v1.version, 1);
+    b.add_region("eu", 1 << 20).await;
+    let rollout =
+        pb::RolloutRequest { dataset: "llama".into(), version: 1, regions: vec!["eu".into()], ..Default::default() };
+    admin_b.rollout(rollout).await.unwrap();
+
+    // Each hub sees what the other wrote.
+    let datasets = admin_b.list_datasets(pb::ListDatasetsRequest {}).await.unwrap().into_inner().datasets;
+    assert_eq!(datasets.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["llama"]);
+    let status = admin_a.status(pb::StatusRequest::default()).await.unwrap().into_inner();
+    assert_eq!(status.rows.iter().map(|r| (r.region.as_str(), r.version)).collect::<Vec<_>>(), [("eu", 1)]);
+    // A manifest cut by one hub is served whole by the other.
+    let manifest = |v| pb::GetManifestRequest { dataset: "llama".into(), version: v };
+    let from_b = admin_b.get_manifest(manifest(1)).await.unwrap().into_inner();
+    let from_a = admin_a.get_manifest(manifest(1)).await.unwrap().into_inner();
+    assert_eq!(from_a, from_b);
+
+    // The next number is the database's: the other hub cuts v2 of a changed folder.
+    std::fs::write(root.join("llama/extra.json"), b"{}").unwrap();
+    assert_eq!(snapshot(&mut admin_b, "llama").await.unwrap().version, 2);
+    let versions = |v: pb::ListVersionsResponse| v.versions.iter().map(|v| v.version).collect::<Vec<_>>();
+    let listed = admin_a.list_versions(pb::ListVersionsRequest { dataset: "llama".into() }).await.unwrap();
+    assert_eq!(versions(listed.into_inner()), [1, 2]);
+
+    // A restarted hub finds it all where it was.
+    a.restart().await;
+    let mut admin_a = a.admin().await;
+    let listed = admin_a.list_versions(pb::ListVersionsRequest { dataset: "llama".into() }).await.unwrap();
+    assert_eq!(versions(listed.into_inner()), [1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_or_address_is_said_at_start() {
+    let db = aqueduct_testkit::postgres::database();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = aqueduct_hub::init(&tmp.path().join("hub"), "127.0.0.1:0".parse().unwrap(), &[]).unwrap();
+    let mut config = aqueduct_hub::config::HubConfig::load(&out.config_path).unwrap();
+    let wrong = tmp.path().join("wrong.pw");
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    config.database = DatabaseConfig { url: Some(db.url()), password_file: Some(wrong), ..Default::default() };
+    let err = aqueduct_hub::database::open(&config).err().expect("a wrong password is refused").to_string();
+    assert!(err.contains("password authentication failed"), "{err}");
+    assert!(!err.contains("not-the-password"), "the password is never shown: {err}");
+
+    config.database.password_file = Some(tmp.path().join("missing.pw"));
+    let err = aqueduct_hub::database::open(&config).err().unwrap().to_string();
+    assert!(err.contains("cannot read database.password_file") && err.contains("missing.pw"), "{err}");
+
+    config.database = DatabaseConfig {
+        url: Some("postgres://aqueduct@127.0.0.1:1/none?connect_timeout=2".into()),
+        password_env: Some("AQ_TEST_NO_SUCH_VARIABLE".into()),
+        ..Default::default()
+    };
+    let err = aqueduct_hub::database::open(&config).err().unwrap().to_string();
+    assert!(err.contains("AQ_TEST_NO_SUCH_VARIABLE") && err.contains("not set"), "{err}");
+    config.database.password_env = None;
+    let err = aqueduct_hub::database::open(&config).err().unwrap().to_string();
+    assert!(err.contains("PostgreSQL"), "{err}");
+}
