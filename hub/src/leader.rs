@@ -1,3 +1,6 @@
+//! Hubs that share a database: which one does the work that must happen once, and how they
+//! tell each other of changes ([`sync_changes`]).
+//!
 //! Which hub does the work that must happen once: the trigger task (a watched dataset is cut
 //! once, not once per hub) and the deadline watch (a row is raised once). A hub alone on its
 //! database (SQLite) always does it. Hubs sharing PostgreSQL hold a lease per kind of work
@@ -15,8 +18,7 @@ use tracing::{info, warn};
 use crate::snapshot::blocking;
 use crate::store::MetaStore;
 
-/// How long a lease lasts without being renewed.
-pub const TTL: Duration = Duration::from_secs(10);
+pub use crate::store::leases::TTL;
 
 /// Whether this hub does a kind of work now.
 #[derive(Clone, Debug)]
@@ -87,4 +89,46 @@ pub fn holder_name() -> String {
     let _ = getrandom::fill(&mut random);
     let random: String = random.iter().map(|b| format!("{b:02x}")).collect();
     format!("{}-{random}", host.trim())
+}
+
+/// How often a hub sharing its database looks for changes the others made.
+pub const SYNC_EVERY: Duration = Duration::from_millis(500);
+
+/// Tells the other hubs of the database of the changes made on this one, and this hub's
+/// watches and relay of theirs (a rollout started through another hub reaches this hub's
+/// spokes within [`SYNC_EVERY`]): one counter in the database, bumped by a hub that changed
+/// something, read by the others. `seen`: the count read before the hub served anything (so
+/// that a change another hub makes after it is never missed).
+pub async fn sync_changes(db: Arc<dyn MetaStore>, live: crate::live::Live, seen: u64, stop: CancellationToken) {
+    let (mut told, mut seen) = (live.changes.local_count(), seen);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(SYNC_EVERY) => {}
+        }
+        let local = live.changes.local_count();
+        let result = if local != told {
+            blocking(&db, |db| db.bump_changes()).await.map(|count| (count, true))
+        } else {
+            blocking(&db, |db| db.changes()).await.map(|count| (count, false))
+        };
+        match result {
+            Ok((count, bumped)) => {
+                if bumped {
+                    told = local;
+                    // Our own bump: another hub's change since we last looked would be
+                    // below it; wake the watches anyway when the count jumped by more.
+                    if count > seen + 1 {
+                        live.withdrawn.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                        live.changes.notify_from_peer();
+                    }
+                } else if seen != count {
+                    live.withdrawn.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    live.changes.notify_from_peer();
+                }
+                seen = count;
+            }
+            Err(e) => warn!(error = %e, "cannot read the changes of the other hubs; trying again"),
+        }
+    }
 }

@@ -59,6 +59,7 @@ use tracing::info;
 use crate::config::HubConfig;
 use crate::pki::{Authority, PkiError};
 use crate::snapshot::SnapshotOptions;
+use crate::store::leases::LeaseStore;
 use crate::store::{StoreError, TrustStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -187,12 +188,27 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
     let db = Arc::new(database::open(&config)?);
     // Revoked certificates are refused from the first handshake on.
     let metrics = Arc::new(metrics::HubMetrics::default());
+    // Hubs that share PostgreSQL know each other by a name of their own (in their leases).
+    let shared = config.database.url.is_some();
+    let holder = leader::holder_name();
     let live = live::Live {
         stopping: shutdown.clone(),
         reads: Arc::new(live::reads::SourceReads::new(config.limits.relay_cache.0, metrics.clone())),
         metrics,
+        regions: Arc::new(match shared {
+            false => live::regions::RegionLeases::alone(),
+            true => live::regions::RegionLeases::shared(db.clone(), holder.clone()),
+        }),
         ..Default::default()
     };
+    if shared {
+        info!(hub = holder.as_str(), "this hub shares its database with other hubs");
+        let members = live.members.clone();
+        let watched = move |region: &str| !members.members(region).is_empty();
+        tokio::spawn(live.regions.clone().run(watched, shutdown.clone()));
+        let seen = db.changes()?;
+        tokio::spawn(leader::sync_changes(db.clone(), live.clone(), seen, shutdown.clone()));
+    }
     live.revocations.update(db.revocations()?);
     // Clients without a certificate get through TLS for `Enrol` alone: every other handler
     // refuses a caller without one (`Identity::of_request`).
@@ -219,9 +235,9 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
     // Rollouts behind their deadline go up a class.
     // Work that must happen once: a hub alone on its SQLite file always does it; hubs that
     // share PostgreSQL hold a lease for it, one at a time.
-    let leader = |work: &'static str| match config.database.url {
-        None => leader::Leader::alone(),
-        Some(_) => leader::Leader::lease(db.clone(), work, leader::holder_name(), shutdown.clone()),
+    let leader = |work: &'static str| match shared {
+        false => leader::Leader::alone(),
+        true => leader::Leader::lease(db.clone(), work, holder.clone(), shutdown.clone()),
     };
     tokio::spawn(planning::watch(db.clone(), live.clone(), planning::WATCH_EVERY, leader("deadlines")));
     // Readiness (the database answers, the sources are reachable), checked by one loop; the

@@ -339,6 +339,9 @@ impl pb::spoke_server::Spoke for SpokeService {
         Span::current().record("region", region.as_str()).record("node", node.as_str());
         aqueduct_proto::validate_name("node", &node).map_err(|e| Status::invalid_argument(e.to_string()))?;
         same_node(&region, &certified, &node).inspect_err(|e| warn!(error = %e.message(), "refused a watch"))?;
+        // Another hub of the database may serve the region: the spoke tries its next address.
+        let lost =
+            self.live.regions.serve(&region).await.inspect_err(|e| info!(error = %e.message(), "refused a watch"))?;
         let (tx, rx) = mpsc::channel(4);
         let (db, live) = (self.db.clone(), self.live.clone());
         let membership = live.members.join(&region, &node, &peer_address).map_err(|e| {
@@ -400,6 +403,13 @@ impl pb::spoke_server::Spoke for SpokeService {
                         _ = &mut notified => {}
                         _ = tokio::time::sleep(wait) => {}
                         _ = tx.closed() => break,
+                        // Another hub took the region (this one could not renew its lease):
+                        // the spoke reconnects, to it.
+                        _ = lost.cancelled() => {
+                            let gone = Status::unavailable(format!("this hub no longer serves region {region}: reconnect"));
+                            let _ = tx.send(Err(gone)).await;
+                            break;
+                        }
                         // The spokes reconnect to the next hub and report again.
                         _ = live.stopping.cancelled() => return,
                     }
@@ -429,6 +439,7 @@ impl pb::spoke_server::Spoke for SpokeService {
             .record("region", region.as_str())
             .record("dataset", req.dataset.as_str())
             .record("version", req.version);
+        self.live.regions.serve(&region).await?;
         let key = RolloutKey::new(req.dataset, req.version, region);
         self.authorize(&key).await?;
         let index = self.index(&VersionId::new(key.dataset, key.version)).await?;
@@ -466,6 +477,8 @@ impl pb::spoke_server::Spoke for SpokeService {
                     .ok_or_else(|| Status::invalid_argument(format!("a digest has {} bytes, not 32", d.len())))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // The region's budget is held by the one hub that serves it.
+        self.live.regions.serve(&region).await?;
         let key = RolloutKey::new(req.dataset, req.version, region);
         self.authorize(&key).await?;
         let index = self.index(&VersionId::new(key.dataset.clone(), key.version)).await?;
@@ -605,6 +618,7 @@ impl pb::spoke_server::Spoke for SpokeService {
         same_node(&region, &certified, &r.node).inspect_err(|e| warn!(error = %e.message(), "refused a report"))?;
         let phase = Phase::from_wire(r.phase).map_err(invalid)?;
         Span::current().record("phase", phase.as_str());
+        self.live.regions.serve(&region).await?;
         let report = NodeReport {
             phase,
             cached_bytes: r.cached_bytes,
@@ -645,6 +659,7 @@ impl pb::spoke_server::Spoke for SpokeService {
         same_node(&region, &certified, &report.node)
             .inspect_err(|e| warn!(error = %e.message(), "refused a cache report"))?;
         let session = std::mem::take(&mut report.session);
+        self.live.regions.serve(&region).await?;
         crate::rollout::retention::check_in_use(&report.in_use).map_err(|e| {
             warn!(error = %e, "refused a cache report");
             Status::invalid_argument(format!("{e}; nothing changed"))

@@ -95,3 +95,71 @@ async fn a_wrong_password_or_address_is_said_at_start() {
     let err = aqueduct_hub::database::open(&config).err().unwrap().to_string();
     assert!(err.contains("PostgreSQL"), "{err}");
 }
+
+/// Two hubs on one database: a region's spokes are served by one hub at a time (the one that
+/// took the region's lease: it folds their reports and holds the region's budget); a spoke of
+/// the region that reaches the other hub is refused with UNAVAILABLE, naming the hub that
+/// serves it. A rollout started through either hub reaches the region's watches (the hubs tell
+/// each other of changes through the database), and when the serving hub stops, the other
+/// takes the region.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_is_served_by_one_hub_at_a_time_and_hears_of_every_hubs_changes() {
+    let db = aqueduct_testkit::postgres::database();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("models");
+    std::fs::create_dir_all(root.join("llama")).unwrap();
+    std::fs::write(root.join("llama/weights.bin"), vec![7u8; 100_000]).unwrap();
+    let listen = "127.0.0.1:0".parse().unwrap();
+    let a = TestHub::init_with(&tmp.path().join("hub-a"), listen, &[], on(&db)).await;
+    let b = TestHub::init_with(&tmp.path().join("hub-b"), listen, &[], on(&db)).await;
+    let mut admin_a = a.admin().await;
+    admin_a.add_source(source("local", &format!("file://{}", root.display()), &[])).await.unwrap();
+    admin_a.add_dataset(dataset("llama", "local", "llama")).await.unwrap();
+    snapshot(&mut admin_a, "llama").await.unwrap();
+    a.add_region("eu", 1 << 20).await;
+
+    // A spoke of eu watches through hub B: B serves eu from now on.
+    let watch = |node: &str| pb::WatchRequest {
+        node: node.into(),
+        peer_address: format!("{node}.test:7443"),
+        member_deltas: true,
+    };
+    let mut on_b = b.spokes("eu").await;
+    let mut stream = on_b.watch(watch("node-1")).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(first.assignments.is_empty());
+    // Another spoke of eu reaching hub A is sent on, with why.
+    let mut on_a = a.spokes("eu").await;
+    let refused = on_a.watch(watch("node-2")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("region eu is served by another hub"), "{}", refused.message());
+    let fetch = pb::FetchChunksRequest { dataset: "llama".into(), version: 1, ..Default::default() };
+    assert_eq!(on_a.fetch_chunks(fetch).await.unwrap_err().code(), tonic::Code::Unavailable);
+
+    // A rollout started through hub A reaches the watch on hub B.
+    let rollout =
+        pb::RolloutRequest { dataset: "llama".into(), version: 1, regions: vec!["eu".into()], ..Default::default() };
+    let started = std::time::Instant::now();
+    admin_a.rollout(rollout).await.unwrap();
+    let next = tokio::time::timeout(std::time::Duration::from_secs(20), stream.message()).await;
+    let next = next.expect("the rollout reached hub B's watch").unwrap().unwrap();
+    assert_eq!(next.assignments.iter().map(|a| (a.dataset.as_str(), a.version)).collect::<Vec<_>>(), [("llama", 1)]);
+    println!("a rollout made through hub A reached the watch on hub B in {:?}", started.elapsed());
+
+    // Hub B stops (giving its leases up): the region's spokes are served by hub A.
+    drop(stream);
+    b.stop();
+    let since = std::time::Instant::now();
+    let mut stream = loop {
+        match on_a.watch(watch("node-2")).await {
+            Ok(s) => break s.into_inner(),
+            Err(e) if e.code() == tonic::Code::Unavailable && since.elapsed() < std::time::Duration::from_secs(30) => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("hub A never took region eu: {e:?}"),
+        }
+    };
+    println!("hub A served region eu {:?} after hub B stopped", since.elapsed());
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.assignments.len(), 1);
+}

@@ -3,7 +3,8 @@
 //! relay applies it ([`budgets`]) and the class each rollout draws in ([`classes`]), the chunks read from the sources for every region at once
 //! ([`reads`]), the bytes relayed and not yet written ([`ledger`]), the notices that wake the
 //! spokes' watches when rollouts or a region's members change, and each region's assignments
-//! as its watches share them ([`views`]), and the revocation list in force (kept
+//! as its watches share them ([`views`]), the regions this hub serves when hubs share a
+//! database ([`regions`]), and the revocation list in force (kept
 //! in the database too, and read from it at start). None of the rest
 //! survives a restart: spokes join and report again, budgets are re-read, and the ledger
 //! writes what it counted before the hub stops.
@@ -13,6 +14,7 @@ pub mod classes;
 pub mod ledger;
 pub mod members;
 pub mod reads;
+pub mod regions;
 pub mod views;
 
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use classes::Classes;
 use ledger::Ledger;
 use members::Members;
 use reads::SourceReads;
+use regions::RegionLeases;
 
 pub use views::Changes;
 use views::Views;
@@ -48,6 +51,9 @@ pub struct Live {
     pub classes: Arc<Classes>,
     /// Chunk reads from the sources, shared by every region, and their cache.
     pub reads: Arc<SourceReads>,
+    /// The regions whose spokes this hub serves (all of them when it is alone on its
+    /// database).
+    pub regions: Arc<RegionLeases>,
     /// What the hub counts for Prometheus.
     pub metrics: Arc<HubMetrics>,
     /// Fires when the hub stops: watches end, so that the server's graceful shutdown is not

@@ -29,6 +29,8 @@ pub struct Changes(Arc<ChangesInner>);
 struct ChangesInner {
     /// Bumped by every change that may concern every region.
     all: AtomicU64,
+    /// Bumped by those made on this hub (not told by another hub of the database).
+    local: AtomicU64,
     notify: Notify,
     /// Per region: its count of its own changes, and its notice.
     regions: Mutex<HashMap<String, Arc<RegionChanges>>>,
@@ -55,8 +57,21 @@ impl Changes {
 
     /// Something that may concern every region changed: every watch wakes.
     pub fn notify_waiters(&self) {
+        self.0.local.fetch_add(1, Ordering::AcqRel);
         self.0.all.fetch_add(1, Ordering::AcqRel);
         self.0.notify.notify_waiters();
+    }
+
+    /// Another hub of the database changed something that may concern every region: every
+    /// watch wakes (and this is not told back to the others).
+    pub fn notify_from_peer(&self) {
+        self.0.all.fetch_add(1, Ordering::AcqRel);
+        self.0.notify.notify_waiters();
+    }
+
+    /// How many changes for every region were made on this hub so far.
+    pub fn local_count(&self) -> u64 {
+        self.0.local.load(Ordering::Acquire)
     }
 
     /// Something that concerns `region`'s watches alone changed (its members): they wake.

@@ -1,11 +1,14 @@
 //! Leases ([`LeaseStore`]): which hub does the work that must happen once (the trigger task,
-//! the deadline watch) when several hubs share one database. A lease is a row: its holder and
+//! the deadline watch, serving a region's spokes) when several hubs share one database. A lease is a row: its holder and
 //! when it runs out, by the database's clock (so that hubs whose clocks differ still agree).
 //! The holder renews it well before then; another hub takes it only once it ran out.
 
 use super::StoreError;
 use super::meta::SqlStore;
 use super::sql::{Kind, Tx, args};
+
+/// How long a lease lasts without being renewed; holders renew every third of it.
+pub const TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Leases of a hub's database.
 pub trait LeaseStore {
@@ -15,6 +18,12 @@ pub trait LeaseStore {
     /// Gives lease `name` up if `holder` has it (a hub that stops), so that another takes it
     /// at once.
     fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+    /// Who holds lease `name` now (`None`: no one, or it ran out).
+    fn lease_holder(&self, name: &str) -> Result<Option<String>, StoreError>;
+    /// Counts a change the other hubs of the database must hear of; returns the new count.
+    fn bump_changes(&self) -> Result<u64, StoreError>;
+    /// The count of changes (0: none yet).
+    fn changes(&self) -> Result<u64, StoreError>;
 }
 
 /// Whether `holder` may take a lease whose row says `current` (holder, runs out at) at `now`.
@@ -32,6 +41,12 @@ fn db_now_ms(tx: &mut Tx<'_>) -> Result<i64, StoreError> {
         Kind::Postgres => "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
     };
     tx.query_one(sql, &[])?.get(0)
+}
+
+fn changes_in(tx: &mut Tx<'_>) -> Result<u64, StoreError> {
+    let Some(r) = tx.query_opt("SELECT value FROM meta WHERE key = 'changes'", &[])? else { return Ok(0) };
+    let text: String = r.get(0)?;
+    text.parse().map_err(|_| StoreError::Corrupt(format!("the change count is {text:?}")))
 }
 
 impl LeaseStore for SqlStore {
@@ -56,6 +71,31 @@ impl LeaseStore for SqlStore {
         self.db.write(|tx| tx.execute("DELETE FROM leases WHERE name = ?1 AND holder = ?2", args![name, holder]))?;
         Ok(())
     }
+
+    fn bump_changes(&self) -> Result<u64, StoreError> {
+        self.db.write(|tx| {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('changes', '1')
+                 ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(meta.value AS BIGINT) + 1 AS TEXT)",
+                &[],
+            )?;
+            changes_in(tx)
+        })
+    }
+
+    fn changes(&self) -> Result<u64, StoreError> {
+        self.db.read(changes_in)
+    }
+
+    fn lease_holder(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.db.read(|tx| {
+            let now = db_now_ms(tx)?;
+            let Some(r) = tx.query_opt("SELECT holder, expires_ms FROM leases WHERE name = ?1", args![name])? else {
+                return Ok(None);
+            };
+            (r.get::<i64>(1)? > now).then(|| r.get(0)).transpose()
+        })
+    }
 }
 
 #[cfg(test)]
@@ -75,8 +115,10 @@ mod tests {
         /// One holder at a time; a lease given up or run out is taken by the next.
         fn one_hub_holds_a_lease_at_a_time() {
             let db = crate::store::tests::fresh_store();
+            assert_eq!(db.lease_holder("triggers").unwrap(), None);
             assert!(db.take_lease("triggers", "hub-a", 60_000).unwrap());
             assert!(!db.take_lease("triggers", "hub-b", 60_000).unwrap(), "hub-a holds it");
+            assert_eq!(db.lease_holder("triggers").unwrap().as_deref(), Some("hub-a"));
             assert!(db.take_lease("deadlines", "hub-b", 60_000).unwrap(), "another lease is free");
             assert!(db.take_lease("triggers", "hub-a", 60_000).unwrap(), "its holder renews it");
             db.release_lease("triggers", "hub-b").unwrap();
@@ -84,7 +126,18 @@ mod tests {
             db.release_lease("triggers", "hub-a").unwrap();
             assert!(db.take_lease("triggers", "hub-b", 1).unwrap(), "given up: taken at once");
             std::thread::sleep(std::time::Duration::from_millis(20));
+            assert_eq!(db.lease_holder("triggers").unwrap(), None, "run out");
             assert!(db.take_lease("triggers", "hub-a", 60_000).unwrap(), "run out: taken by the next");
+        }
+    }
+
+    on_both_engines! {
+        /// The change count hubs tell each other by.
+        fn changes_are_counted() {
+            let db = crate::store::tests::fresh_store();
+            assert_eq!(db.changes().unwrap(), 0);
+            assert_eq!((db.bump_changes().unwrap(), db.bump_changes().unwrap()), (1, 2));
+            assert_eq!(db.changes().unwrap(), 2);
         }
     }
 }
