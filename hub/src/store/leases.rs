@@ -5,10 +5,15 @@
 
 use super::StoreError;
 use super::meta::SqlStore;
+use crate::rollout::VersionId;
+use crate::rollout::retention::InUse;
 use super::sql::{Kind, Tx, args};
 
 /// How long a lease lasts without being renewed; holders renew every third of it.
 pub const TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Rows of what a hub's spokes use that were not refreshed for this long are removed.
+const STALE_IN_USE_MS: i64 = 24 * 3600 * 1000;
 
 /// Leases of a hub's database.
 pub trait LeaseStore {
@@ -24,6 +29,11 @@ pub trait LeaseStore {
     fn bump_changes(&self) -> Result<u64, StoreError>;
     /// The count of changes (0: none yet).
     fn changes(&self) -> Result<u64, StoreError>;
+    /// Replaces what hub `hub` says its spokes use (it serves their regions).
+    fn share_in_use(&self, hub: &str, in_use: &[InUse]) -> Result<(), StoreError>;
+    /// What the other hubs said their spokes use, within the last `fresh_ms` (a hub that died
+    /// stops counting then: its regions' spokes report to the hub that took them over).
+    fn shared_in_use(&self, except_hub: &str, fresh_ms: i64) -> Result<Vec<InUse>, StoreError>;
 }
 
 /// Whether `holder` may take a lease whose row says `current` (holder, runs out at) at `now`.
@@ -87,6 +97,44 @@ impl LeaseStore for SqlStore {
         self.db.read(changes_in)
     }
 
+    fn share_in_use(&self, hub: &str, in_use: &[InUse]) -> Result<(), StoreError> {
+        self.db.write(|tx| {
+            let now = db_now_ms(tx)?;
+            tx.execute("DELETE FROM in_use WHERE hub = ?1", args![hub])?;
+            for u in in_use {
+                tx.execute(
+                    "INSERT INTO in_use (hub, region, node, dataset, version, user, updated_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    args![hub, &u.region, &u.node, &u.version.dataset, u.version.version, &u.user, now],
+                )?;
+            }
+            // Rows of hubs long gone: nobody reads them any more.
+            tx.execute("DELETE FROM in_use WHERE updated_ms < ?1", args![now - STALE_IN_USE_MS])?;
+            Ok(())
+        })
+    }
+
+    fn shared_in_use(&self, except_hub: &str, fresh_ms: i64) -> Result<Vec<InUse>, StoreError> {
+        let rows = self.db.read(|tx| {
+            let now = db_now_ms(tx)?;
+            tx.query(
+                "SELECT region, node, dataset, version, user FROM in_use WHERE hub <> ?1 AND updated_ms >= ?2
+                 ORDER BY region, node, dataset, version",
+                args![except_hub, now - fresh_ms],
+            )
+        })?;
+        rows.iter()
+            .map(|r| {
+                Ok(InUse {
+                    region: r.get(0)?,
+                    node: r.get(1)?,
+                    version: VersionId::new(r.get::<String>(2)?, r.get::<u64>(3)?),
+                    user: r.get(4)?,
+                })
+            })
+            .collect()
+    }
+
     fn lease_holder(&self, name: &str) -> Result<Option<String>, StoreError> {
         self.db.read(|tx| {
             let now = db_now_ms(tx)?;
@@ -138,6 +186,28 @@ mod tests {
             assert_eq!(db.changes().unwrap(), 0);
             assert_eq!((db.bump_changes().unwrap(), db.bump_changes().unwrap()), (1, 2));
             assert_eq!(db.changes().unwrap(), 2);
+        }
+    }
+
+    on_both_engines! {
+        /// What each hub's spokes use, as the other hubs read it: a hub's own rows are not
+        /// read back, a hub's new list replaces its old one, stale rows do not count.
+        fn in_use_is_shared_between_hubs() {
+            let db = crate::store::tests::fresh_store();
+            let used = |node: &str, v: u64| InUse {
+                region: "eu".into(),
+                node: node.into(),
+                version: VersionId::new("llama", v),
+                user: "mount /m".into(),
+            };
+            db.share_in_use("hub-a", &[used("n1", 1), used("n2", 2)]).unwrap();
+            db.share_in_use("hub-b", &[used("n3", 3)]).unwrap();
+            assert_eq!(db.shared_in_use("hub-b", 60_000).unwrap(), [used("n1", 1), used("n2", 2)]);
+            assert_eq!(db.shared_in_use("hub-a", 60_000).unwrap(), [used("n3", 3)]);
+            db.share_in_use("hub-a", &[used("n2", 2)]).unwrap();
+            assert_eq!(db.shared_in_use("hub-b", 60_000).unwrap(), [used("n2", 2)]);
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            assert_eq!(db.shared_in_use("hub-b", 10).unwrap(), [], "stale");
         }
     }
 }

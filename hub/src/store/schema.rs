@@ -115,15 +115,26 @@ CREATE TABLE IF NOT EXISTS watches (
     };
 }
 
-/// The table schema 13 added (leases of the work one hub does when several share a
-/// database): in the schema, and in the step that brings a schema 12 database up to it.
+/// The tables schema 13 added (what hubs sharing a database tell each other: the leases of
+/// the work one hub does, and what the spokes each serves use): in the schema, and in the step
+/// that brings a schema 12 database up to it.
 macro_rules! lease_tables {
     () => {
         "CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
     expires_ms INTEGER NOT NULL
-);"
+);
+CREATE TABLE IF NOT EXISTS in_use (
+    hub TEXT NOT NULL,
+    region TEXT NOT NULL,
+    node TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    user TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS in_use_hub ON in_use (hub);"
     };
 }
 
