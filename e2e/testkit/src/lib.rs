@@ -5,12 +5,14 @@
 //! answers, so that tests can assert what crossed the wire (for example: no object was read).
 //! [`memory::MemoryS3Server`] is the same protocol over a map in memory, for keys a folder
 //! cannot hold (`dir/` markers, `tok` beside `tok/x`, `.`, `..` and `//` segments).
-//! [`hub::TestHub`] is a real hub, served in the test's process. [`fuzz`] is the one
-//! configuration of every property-based test.
+//! [`hub::TestHub`] is a real hub, served in the test's process. [`postgres::database`] is a
+//! fresh database on a real PostgreSQL server for one test. [`fuzz`] is the one configuration
+//! of every property-based test.
 
 pub mod fuzz;
 pub mod hub;
 pub mod memory;
+pub mod postgres;
 
 use std::collections::BTreeMap;
 use std::io;
