@@ -198,7 +198,7 @@ fn server() -> Result<&'static Admin, PostgresError> {
     }
     sweep_stale(&std::env::temp_dir());
     let admin = match std::env::var("AQ_TEST_POSTGRES") {
-        Ok(url) if !url.is_empty() => shared(&url)?,
+        Ok(url) if !url.is_empty() => shared(&url, std::env::var("AQ_TEST_POSTGRES_PASSWORD").ok())?,
         _ => start_private()?,
     };
     let admin: &'static Admin = Box::leak(Box::new(admin));
@@ -206,8 +206,8 @@ fn server() -> Result<&'static Admin, PostgresError> {
     Ok(admin)
 }
 
-/// The server of `AQ_TEST_POSTGRES` (its admin URL) and `AQ_TEST_POSTGRES_PASSWORD`.
-fn shared(url: &str) -> Result<Admin, PostgresError> {
+/// The server of `AQ_TEST_POSTGRES` (its admin URL, `url`) and `AQ_TEST_POSTGRES_PASSWORD`.
+fn shared(url: &str, password: Option<String>) -> Result<Admin, PostgresError> {
     let bad = |why: &str| PostgresError::BadAdminUrl { url: url.to_string(), why: why.to_string() };
     let config = tokio_postgres::Config::from_str(url).map_err(|e| bad(&e.to_string()))?;
     if config.get_password().is_some() {
@@ -223,7 +223,7 @@ fn shared(url: &str) -> Result<Admin, PostgresError> {
         _ => return Err(bad("name one port")),
     };
     let user = config.get_user().ok_or_else(|| bad("name the admin user (postgres://USER@HOST:PORT/DB)"))?;
-    let password = std::env::var("AQ_TEST_POSTGRES_PASSWORD").map_err(|_| PostgresError::NoPassword)?;
+    let password = password.ok_or(PostgresError::NoPassword)?;
     Ok(Admin {
         host,
         port,
@@ -436,9 +436,13 @@ fn unprivileged_user() -> Option<(u32, u32)> {
 /// The directory of `initdb` and `postgres`: PATH first (a symbolic link followed to the real
 /// directory), then `/usr/lib/postgresql/*/bin`, the highest version.
 fn binaries() -> Result<PathBuf, PostgresError> {
+    find_binaries(std::env::var_os("PATH").as_deref(), Path::new("/usr/lib/postgresql"))
+}
+
+fn find_binaries(path: Option<&std::ffi::OsStr>, versions_root: &Path) -> Result<PathBuf, PostgresError> {
     let complete = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+    let on_path = path
+        .map(|p| std::env::split_paths(p).collect::<Vec<_>>())
         .unwrap_or_default()
         .into_iter()
         .filter_map(|dir| std::fs::canonicalize(dir.join("initdb")).ok())
@@ -447,7 +451,7 @@ fn binaries() -> Result<PathBuf, PostgresError> {
     if let Some(dir) = on_path {
         return Ok(dir);
     }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(versions_root)
         .into_iter()
         .flatten()
         .flatten()
@@ -512,4 +516,71 @@ fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn install(dir: &Path, programs: &[&str]) {
+        std::fs::create_dir_all(dir).unwrap();
+        for p in programs {
+            std::fs::write(dir.join(p), "").unwrap();
+        }
+    }
+
+    #[test]
+    fn binaries_come_from_path_then_the_highest_version() {
+        let root = tempfile::tempdir().unwrap();
+        let lib = root.path().join("lib");
+        for version in ["9", "16", "15"] {
+            install(&lib.join(version).join("bin"), &["initdb", "postgres"]);
+        }
+        install(&lib.join("17/bin"), &["initdb"]); // no server: not a complete install
+        install(&lib.join("dev/bin"), &["initdb", "postgres"]); // not a version
+        let empty = root.path().join("empty");
+        install(&empty, &[]);
+        let path = std::env::join_paths([&empty]).unwrap();
+        assert_eq!(find_binaries(Some(&path), &lib).unwrap(), lib.join("16/bin"));
+
+        // On PATH through a symbolic link (as /usr/local/bin/initdb): the real directory.
+        let real = root.path().join("real");
+        install(&real, &["initdb", "postgres"]);
+        let links = root.path().join("links");
+        install(&links, &[]);
+        std::os::unix::fs::symlink(real.join("initdb"), links.join("initdb")).unwrap();
+        let path = std::env::join_paths([&empty, &links]).unwrap();
+        let found = find_binaries(Some(&path), &lib).unwrap();
+        assert_eq!(found, std::fs::canonicalize(&real).unwrap());
+    }
+
+    #[test]
+    fn missing_binaries_say_what_to_install() {
+        let root = tempfile::tempdir().unwrap();
+        let err = find_binaries(None, &root.path().join("nothing")).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("apt-get install -y postgresql"), "{text}");
+        assert!(text.contains("AQ_TEST_POSTGRES"), "{text}");
+    }
+
+    #[test]
+    fn a_shared_server_is_named_by_an_admin_url_without_its_password() {
+        let admin = shared("postgres://admin@db.example:6543/postgres", Some("pw".into())).unwrap();
+        assert_eq!((admin.host.as_str(), admin.port, admin.user.as_str()), ("db.example", 6543, "admin"));
+        assert_eq!((admin.password.as_str(), admin.dbname.as_str()), ("pw", "postgres"));
+        assert_eq!(shared("postgres://admin@127.0.0.1", Some("pw".into())).unwrap().port, 5432);
+
+        let refused = [
+            ("postgres://admin:secret@127.0.0.1:5432/postgres", "holds a password"),
+            ("postgres://admin@%2Frun%2Fpostgresql/postgres", "TCP host"),
+            ("postgres://127.0.0.1:5432/postgres", "admin user"),
+            ("not a url", "not usable"),
+        ];
+        for (url, why) in refused {
+            let err = shared(url, Some("pw".into())).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(why), "{url}: {err:?}");
+        }
+        let err = shared("postgres://admin@127.0.0.1/postgres", None).unwrap_err();
+        assert!(err.to_string().contains("AQ_TEST_POSTGRES_PASSWORD"), "{err}");
+    }
 }
