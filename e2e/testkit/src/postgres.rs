@@ -9,8 +9,9 @@
 //! free port with its unix socket inside that directory, run as an unprivileged user when the
 //! tests run as root (PostgreSQL refuses root). That server is this process's child and dies
 //! with it: stopped (immediate shutdown) and its directory removed at exit, and told by the
-//! kernel to stop (`PR_SET_PDEATHSIG`) should the process be killed; a directory left by a
-//! killed process is removed by the next private server.
+//! kernel to stop (`PR_SET_PDEATHSIG`) should the process be killed; the directory and
+//! password files a killed process left are removed by the next process that asks for a
+//! database.
 //!
 //! The binaries come from PATH, then `/usr/lib/postgresql/*/bin` (highest version). Without
 //! them a test fails saying what to install: a test on PostgreSQL never passes without it.
@@ -34,6 +35,8 @@ const PRIVATE_USER: &str = "aqueduct";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// The prefix of private servers' directories in the temporary directory: `aq-postgres-PID-*`.
 const DIR_PREFIX: &str = "aq-postgres-";
+/// The prefix of the databases' password files there: `aq-pgpass-PID-*`.
+const PASSWORD_PREFIX: &str = "aq-pgpass-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PostgresError {
@@ -193,8 +196,9 @@ fn server() -> Result<&'static Admin, PostgresError> {
     if let Some(admin) = *server {
         return Ok(admin);
     }
+    sweep_stale(&std::env::temp_dir());
     let admin = match std::env::var("AQ_TEST_POSTGRES") {
-        Ok(url) if !url.is_empty() => shared(&url)?,
+        Ok(url) if !url.is_empty() => shared(&url, std::env::var("AQ_TEST_POSTGRES_PASSWORD").ok())?,
         _ => start_private()?,
     };
     let admin: &'static Admin = Box::leak(Box::new(admin));
@@ -202,8 +206,8 @@ fn server() -> Result<&'static Admin, PostgresError> {
     Ok(admin)
 }
 
-/// The server of `AQ_TEST_POSTGRES` (its admin URL) and `AQ_TEST_POSTGRES_PASSWORD`.
-fn shared(url: &str) -> Result<Admin, PostgresError> {
+/// The server of `AQ_TEST_POSTGRES` (its admin URL, `url`) and `AQ_TEST_POSTGRES_PASSWORD`.
+fn shared(url: &str, password: Option<String>) -> Result<Admin, PostgresError> {
     let bad = |why: &str| PostgresError::BadAdminUrl { url: url.to_string(), why: why.to_string() };
     let config = tokio_postgres::Config::from_str(url).map_err(|e| bad(&e.to_string()))?;
     if config.get_password().is_some() {
@@ -219,7 +223,7 @@ fn shared(url: &str) -> Result<Admin, PostgresError> {
         _ => return Err(bad("name one port")),
     };
     let user = config.get_user().ok_or_else(|| bad("name the admin user (postgres://USER@HOST:PORT/DB)"))?;
-    let password = std::env::var("AQ_TEST_POSTGRES_PASSWORD").map_err(|_| PostgresError::NoPassword)?;
+    let password = password.ok_or(PostgresError::NoPassword)?;
     Ok(Admin {
         host,
         port,
@@ -242,9 +246,7 @@ static RUNNING: Mutex<Option<Running>> = Mutex::new(None);
 fn start_private() -> Result<Admin, PostgresError> {
     let started = Instant::now();
     let bin = binaries()?;
-    let tmp = std::env::temp_dir();
-    sweep_stale(&tmp);
-    let dir = tmp.join(format!("{DIR_PREFIX}{}-{}", std::process::id(), &random_hex()[..8]));
+    let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}-{}", std::process::id(), &random_hex()[..8]));
     let dir_err = |source| PostgresError::Dir { path: dir.clone(), source };
     std::fs::create_dir(&dir).map_err(dir_err)?;
     let result = start_in(&bin, &dir, started);
@@ -307,9 +309,6 @@ fn start_in(bin: &Path, dir: &Path, started: Instant) -> Result<Admin, PostgresE
 /// error says why not (the log says more).
 fn run_postgres(bin: &Path, dir: &Path, owner: Option<(u32, u32)>, admin: &Admin) -> Result<(), String> {
     let log = std::fs::File::create(dir.join("postgres.log")).map_err(|e| e.to_string())?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(dir.join("postgres.log"), Some(uid), Some(gid)).map_err(|e| e.to_string())?;
-    }
     let mut command = as_owner(Command::new(bin.join("postgres")), owner, dir);
     command
         .arg("-D")
@@ -340,7 +339,9 @@ fn run_postgres(bin: &Path, dir: &Path, owner: Option<(u32, u32)>, admin: &Admin
         // SAFETY: a plain waitpid on our own child, without blocking.
         if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
             *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            return Err(format!("postgres exited (wait status {status:#x}): {}", log_tail(&dir.join("postgres.log"))));
+            let log = std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default();
+            let bind = if log.contains("could not bind") { ": could not bind its port" } else { "" };
+            return Err(format!("postgres exited (wait status {status:#x}){bind}"));
         }
         match admin.execute("SELECT 1", "waiting for the server") {
             Ok(()) => return Ok(()),
@@ -435,9 +436,13 @@ fn unprivileged_user() -> Option<(u32, u32)> {
 /// The directory of `initdb` and `postgres`: PATH first (a symbolic link followed to the real
 /// directory), then `/usr/lib/postgresql/*/bin`, the highest version.
 fn binaries() -> Result<PathBuf, PostgresError> {
+    find_binaries(std::env::var_os("PATH").as_deref(), Path::new("/usr/lib/postgresql"))
+}
+
+fn find_binaries(path: Option<&std::ffi::OsStr>, versions_root: &Path) -> Result<PathBuf, PostgresError> {
     let complete = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+    let on_path = path
+        .map(|p| std::env::split_paths(p).collect::<Vec<_>>())
         .unwrap_or_default()
         .into_iter()
         .filter_map(|dir| std::fs::canonicalize(dir.join("initdb")).ok())
@@ -446,7 +451,7 @@ fn binaries() -> Result<PathBuf, PostgresError> {
     if let Some(dir) = on_path {
         return Ok(dir);
     }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(versions_root)
         .into_iter()
         .flatten()
         .flatten()
@@ -457,19 +462,22 @@ fn binaries() -> Result<PathBuf, PostgresError> {
     versions.pop().map(|(_, dir)| dir).ok_or(PostgresError::Missing)
 }
 
-/// Removes the directories of private servers whose process is gone (killed before its exit
-/// handler ran).
+/// Removes the directories of private servers and the password files whose process is gone
+/// (killed before its exit handler ran, or its drops).
 fn sweep_stale(tmp: &Path) {
     for entry in std::fs::read_dir(tmp).into_iter().flatten().flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)).and_then(|n| n.split('-').next()) else {
+        let Some(rest) =
+            name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX).or_else(|| n.strip_prefix(PASSWORD_PREFIX)))
+        else {
             continue;
         };
-        let Ok(pid) = pid.parse::<libc::pid_t>() else { continue };
+        let Some(Ok(pid)) = rest.split('-').next().map(str::parse::<libc::pid_t>) else { continue };
         // SAFETY: signal 0 only checks whether the process exists.
         let gone = unsafe { libc::kill(pid, 0) } != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
         if gone {
-            let _ = std::fs::remove_dir_all(entry.path());
+            let path = entry.path();
+            let _ = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
         }
     }
 }
@@ -480,7 +488,7 @@ fn free_port() -> io::Result<u16> {
 
 fn write_password_file(password: &str) -> Result<tempfile::NamedTempFile, PostgresError> {
     let mut file = tempfile::Builder::new()
-        .prefix("aq-postgres-password-")
+        .prefix(&format!("{PASSWORD_PREFIX}{}-", std::process::id()))
         .tempfile()
         .map_err(|source| PostgresError::Dir { path: std::env::temp_dir(), source })?;
     io::Write::write_all(&mut file, password.as_bytes())
@@ -508,4 +516,71 @@ fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn install(dir: &Path, programs: &[&str]) {
+        std::fs::create_dir_all(dir).unwrap();
+        for p in programs {
+            std::fs::write(dir.join(p), "").unwrap();
+        }
+    }
+
+    #[test]
+    fn binaries_come_from_path_then_the_highest_version() {
+        let root = tempfile::tempdir().unwrap();
+        let lib = root.path().join("lib");
+        for version in ["9", "16", "15"] {
+            install(&lib.join(version).join("bin"), &["initdb", "postgres"]);
+        }
+        install(&lib.join("17/bin"), &["initdb"]); // no server: not a complete install
+        install(&lib.join("dev/bin"), &["initdb", "postgres"]); // not a version
+        let empty = root.path().join("empty");
+        install(&empty, &[]);
+        let path = std::env::join_paths([&empty]).unwrap();
+        assert_eq!(find_binaries(Some(&path), &lib).unwrap(), lib.join("16/bin"));
+
+        // On PATH through a symbolic link (as /usr/local/bin/initdb): the real directory.
+        let real = root.path().join("real");
+        install(&real, &["initdb", "postgres"]);
+        let links = root.path().join("links");
+        install(&links, &[]);
+        std::os::unix::fs::symlink(real.join("initdb"), links.join("initdb")).unwrap();
+        let path = std::env::join_paths([&empty, &links]).unwrap();
+        let found = find_binaries(Some(&path), &lib).unwrap();
+        assert_eq!(found, std::fs::canonicalize(&real).unwrap());
+    }
+
+    #[test]
+    fn missing_binaries_say_what_to_install() {
+        let root = tempfile::tempdir().unwrap();
+        let err = find_binaries(None, &root.path().join("nothing")).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("apt-get install -y postgresql"), "{text}");
+        assert!(text.contains("AQ_TEST_POSTGRES"), "{text}");
+    }
+
+    #[test]
+    fn a_shared_server_is_named_by_an_admin_url_without_its_password() {
+        let admin = shared("postgres://admin@db.example:6543/postgres", Some("pw".into())).unwrap();
+        assert_eq!((admin.host.as_str(), admin.port, admin.user.as_str()), ("db.example", 6543, "admin"));
+        assert_eq!((admin.password.as_str(), admin.dbname.as_str()), ("pw", "postgres"));
+        assert_eq!(shared("postgres://admin@127.0.0.1", Some("pw".into())).unwrap().port, 5432);
+
+        let refused = [
+            ("postgres://admin:secret@127.0.0.1:5432/postgres", "holds a password"),
+            ("postgres://admin@%2Frun%2Fpostgresql/postgres", "TCP host"),
+            ("postgres://127.0.0.1:5432/postgres", "admin user"),
+            ("not a url", "not usable"),
+        ];
+        for (url, why) in refused {
+            let err = shared(url, Some("pw".into())).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(why), "{url}: {err:?}");
+        }
+        let err = shared("postgres://admin@127.0.0.1/postgres", None).unwrap_err();
+        assert!(err.to_string().contains("AQ_TEST_POSTGRES_PASSWORD"), "{err}");
+    }
 }
