@@ -91,6 +91,9 @@ pub fn holder_name() -> String {
     format!("{}-{random}", host.trim())
 }
 
+/// How often a hub sharing its database writes what its spokes use.
+pub const SHARE_IN_USE_EVERY: Duration = Duration::from_secs(2);
+
 /// How often a hub sharing its database looks for changes the others made.
 pub const SYNC_EVERY: Duration = Duration::from_millis(500);
 
@@ -99,12 +102,33 @@ pub const SYNC_EVERY: Duration = Duration::from_millis(500);
 /// spokes within [`SYNC_EVERY`]): one counter in the database, bumped by a hub that changed
 /// something, read by the others. `seen`: the count read before the hub served anything (so
 /// that a change another hub makes after it is never missed).
-pub async fn sync_changes(db: Arc<dyn MetaStore>, live: crate::live::Live, seen: u64, stop: CancellationToken) {
+///
+/// Every [`SHARE_IN_USE_EVERY`] it also writes what this hub's spokes use, so that the other
+/// hubs count it before they remove a version (`aq gc`, `aq version rm`).
+pub async fn sync_changes(
+    db: Arc<dyn MetaStore>,
+    live: crate::live::Live,
+    holder: String,
+    seen: u64,
+    stop: CancellationToken,
+) {
     let (mut told, mut seen) = (live.changes.local_count(), seen);
+    let mut shared_at = tokio::time::Instant::now() - SHARE_IN_USE_EVERY;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(SYNC_EVERY) => {}
+        }
+        if shared_at.elapsed() >= SHARE_IN_USE_EVERY {
+            shared_at = tokio::time::Instant::now();
+            let (members, me) = (live.members.clone(), holder.clone());
+            let shared = blocking(&db, move |db| {
+                let rollouts = db.rollouts(None)?;
+                db.share_in_use(&me, &members.in_use(&rollouts))
+            });
+            if let Err(e) = shared.await {
+                warn!(error = %e, "cannot tell the other hubs what this hub's spokes use; trying again");
+            }
         }
         let local = live.changes.local_count();
         let result = if local != told {

@@ -207,7 +207,7 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         let watched = move |region: &str| !members.members(region).is_empty();
         tokio::spawn(live.regions.clone().run(watched, shutdown.clone()));
         let seen = db.changes()?;
-        tokio::spawn(leader::sync_changes(db.clone(), live.clone(), seen, shutdown.clone()));
+        tokio::spawn(leader::sync_changes(db.clone(), live.clone(), holder.clone(), seen, shutdown.clone()));
     }
     live.revocations.update(db.revocations()?);
     // Clients without a certificate get through TLS for `Enrol` alone: every other handler

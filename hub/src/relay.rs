@@ -291,11 +291,16 @@ impl SpokeService {
         members: &Arc<Members>,
         revocations: &Revocations,
         region: &str,
+        hub: Option<&str>,
     ) -> Result<pb::Assignments, Status> {
-        let (owned, live) = (region.to_string(), members.clone());
+        let (owned, live, me) = (region.to_string(), members.clone(), hub.map(str::to_string));
         let (rollouts, regions, serving, tags, retention) = blocking(db, move |db| {
             let rollouts = db.rollouts(None)?;
-            let in_use = live.in_use(&rollouts);
+            let others = match me {
+                Some(me) => db.shared_in_use(&me, crate::live::regions::IN_USE_FRESH_MS)?,
+                None => Vec::new(),
+            };
+            let in_use = crate::live::regions::in_use_of_all(live.in_use(&rollouts), others, &rollouts);
             let retention = db.retention(&in_use)?;
             let datasets: HashSet<&str> =
                 rollouts.iter().filter(|r| r.region == owned).map(|r| r.dataset.as_str()).collect();
@@ -368,7 +373,7 @@ impl pb::spoke_server::Spoke for SpokeService {
                     let current = live
                         .views
                         .get(&region, epoch, || async {
-                            let view = Self::assignments(&db, &live.members, &live.revocations, &region).await;
+                            let view = Self::assignments(&db, &live.members, &live.revocations, &region, live.regions.holder()).await;
                             let until = view_until(&view);
                             (view, until)
                         })

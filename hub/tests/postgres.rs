@@ -1,7 +1,8 @@
 //! Hubs on PostgreSQL, over real mutual TLS, on a real PostgreSQL server (a fresh database of
 //! `aqueduct_testkit::postgres`): a hub configured with `[database] url` and a password file
 //! keeps its state there (a restarted hub finds it), and two hubs on one database serve one
-//! state: what one cuts and rolls out, the other lists, and each cuts the next number.
+//! state: what one cuts and rolls out, the other lists, and each cuts the next number; a
+//! region is served by one hub at a time, which tells the others what its spokes use.
 
 mod common;
 
@@ -145,6 +146,28 @@ async fn a_region_is_served_by_one_hub_at_a_time_and_hears_of_every_hubs_changes
     let next = next.expect("the rollout reached hub B's watch").unwrap().unwrap();
     assert_eq!(next.assignments.iter().map(|a| (a.dataset.as_str(), a.version)).collect::<Vec<_>>(), [("llama", 1)]);
     println!("a rollout made through hub A reached the watch on hub B in {:?}", started.elapsed());
+
+    // What a spoke of eu uses, reported to hub B, holds the version on hub A too (gc and
+    // removals there count it).
+    let in_use = pb::VersionInUse { dataset: "llama".into(), version: 1, user: "mount /mnt/llama".into() };
+    let cache = pb::CacheReport {
+        node: "node-1".into(),
+        session: first.session.clone(),
+        in_use: vec![in_use],
+        ..Default::default()
+    };
+    on_b.report_cache(cache).await.unwrap();
+    let since = std::time::Instant::now();
+    loop {
+        let list = admin_a.list_versions(pb::ListVersionsRequest { dataset: "llama".into() }).await.unwrap();
+        let why = list.into_inner().versions[0].retained_by.clone();
+        if why.iter().any(|w| w == "in use on eu/node-1: mount /mnt/llama") {
+            break;
+        }
+        assert!(since.elapsed() < std::time::Duration::from_secs(20), "hub A never heard of the mount: {why:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    println!("hub A counted a mount reported to hub B after {:?}", since.elapsed());
 
     // Hub B stops (giving its leases up): the region's spokes are served by hub A.
     drop(stream);

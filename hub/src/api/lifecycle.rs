@@ -49,8 +49,18 @@ impl AdminService {
     /// What the live spokes report in use now, counted for what rollouts say their regions
     /// have.
     pub(super) async fn in_use(&self) -> Result<Vec<InUse>, Status> {
-        let rollouts = blocking(&self.db, |db| db.rollouts(None)).await?;
-        Ok(self.live.members.in_use(&rollouts))
+        // Hubs sharing the database: what the spokes of the regions others serve use too.
+        let me = self.live.regions.holder().map(str::to_string);
+        let (rollouts, others) = blocking(&self.db, move |db| {
+            let others = match me {
+                Some(me) => db.shared_in_use(&me, crate::live::regions::IN_USE_FRESH_MS)?,
+                None => Vec::new(),
+            };
+            Ok((db.rollouts(None)?, others))
+        })
+        .await?;
+        let mine = self.live.members.in_use(&rollouts);
+        Ok(crate::live::regions::in_use_of_all(mine, others, &rollouts))
     }
 
     /// What the live spokes use, for a call that removes versions: refused while a live spoke

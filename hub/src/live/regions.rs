@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::{info, warn};
 
+use crate::rollout::RolloutRecord;
+use crate::rollout::retention::InUse;
 use crate::snapshot::blocking;
 use crate::store::MetaStore;
 use crate::store::leases::TTL;
@@ -40,6 +42,25 @@ struct Held {
     used: Instant,
     /// Fires when this hub loses the lease: the region's watches end.
     lost: CancellationToken,
+}
+
+/// How long what another hub said its spokes use counts: until well after that hub's region
+/// leases ran out and its spokes reported to the hub that took them over.
+pub const IN_USE_FRESH_MS: i64 = 3 * TTL.as_millis() as i64;
+
+/// What is in use across the hubs of a database: what this hub's spokes report and what the
+/// other hubs said theirs use, each counted where the region has the dataset rolled out, by
+/// region, node and version, once.
+pub fn in_use_of_all(mine: Vec<InUse>, others: Vec<InUse>, rollouts: &[RolloutRecord]) -> Vec<InUse> {
+    let rolled_out: std::collections::HashSet<(&str, &str)> =
+        rollouts.iter().map(|r| (r.region.as_str(), r.dataset.as_str())).collect();
+    let mut all: Vec<InUse> = mine
+        .into_iter()
+        .chain(others.into_iter().filter(|u| rolled_out.contains(&(u.region.as_str(), u.version.dataset.as_str()))))
+        .collect();
+    all.sort_by(|a, b| (&a.region, &a.node, &a.version, &a.user).cmp(&(&b.region, &b.node, &b.version, &b.user)));
+    all.dedup();
+    all
 }
 
 /// The lease's name for a region.
@@ -151,11 +172,82 @@ impl RegionLeases {
         self.renew(|_| false, true).await;
     }
 
+    /// This hub's name among the hubs of its database (`None`: it is alone on it).
+    pub fn holder(&self) -> Option<&str> {
+        self.shared.as_ref().map(|s| s.holder.as_str())
+    }
+
     /// The regions this hub serves now (sorted).
     pub fn served(&self) -> Vec<String> {
         let Some(shared) = &self.shared else { return Vec::new() };
         let mut regions: Vec<String> = shared.held.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
         regions.sort();
         regions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::VersionId;
+
+    fn used(region: &str, node: &str, v: u64) -> InUse {
+        InUse { region: region.into(), node: node.into(), version: VersionId::new("llama", v), user: "mount /m".into() }
+    }
+
+    fn rolled_out(region: &str) -> RolloutRecord {
+        RolloutRecord {
+            added_unix_ms: 0,
+            ready_unix_ms: None,
+            dataset: "llama".into(),
+            version: 1,
+            region: region.into(),
+            phase: aqueduct_proto::Phase::Pending,
+            total_bytes: 0,
+            cached_bytes: 0,
+            reason: String::new(),
+            rate: 0,
+            budget: 0,
+            updated_unix_ms: 0,
+            mode: Default::default(),
+            relayed_bytes: 0,
+            root: aqueduct_proto::Digest([0; 32]),
+            cut_over: Default::default(),
+            promote_pending: false,
+            class: Default::default(),
+        }
+    }
+
+    #[test]
+    fn what_other_hubs_use_counts_where_the_dataset_is_rolled_out_once() {
+        let all = in_use_of_all(
+            vec![used("eu", "n1", 1)],
+            vec![used("us", "n2", 2), used("eu", "n1", 1), used("ap", "n3", 1)],
+            &[rolled_out("eu"), rolled_out("us")],
+        );
+        assert_eq!(all, [used("eu", "n1", 1), used("us", "n2", 2)], "ap has no rollout of llama; eu's use once");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_hub_serves_a_region_and_the_next_takes_it_when_it_stops() {
+        let db: Arc<dyn MetaStore> = Arc::new(crate::store::meta::SqlStore::in_memory().unwrap());
+        let a = RegionLeases::shared(db.clone(), "hub-a".into());
+        let b = RegionLeases::shared(db.clone(), "hub-b".into());
+        let lost = a.serve("eu").await.unwrap();
+        let refused = b.serve("eu").await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        assert!(refused.message().contains("(hub-a)") && refused.message().contains("next hub address"), "{refused:?}");
+        b.serve("us").await.unwrap();
+        assert_eq!((a.served(), b.served()), (vec!["eu".to_string()], vec!["us".to_string()]));
+        // Renewed while in use; given up when the hub stops: the next takes it, and the
+        // region's watches on the first end.
+        a.renew(|_| true, false).await;
+        assert!(b.serve("eu").await.is_err());
+        assert!(!lost.is_cancelled());
+        a.renew(|_| true, true).await;
+        assert!(lost.is_cancelled());
+        b.serve("eu").await.unwrap();
+        assert!(a.serve("eu").await.is_err());
+        assert!(RegionLeases::alone().serve("eu").await.is_ok(), "a hub alone serves every region");
     }
 }

@@ -5,9 +5,9 @@
 
 use super::StoreError;
 use super::meta::SqlStore;
+use super::sql::{Kind, Tx, args};
 use crate::rollout::VersionId;
 use crate::rollout::retention::InUse;
-use super::sql::{Kind, Tx, args};
 
 /// How long a lease lasts without being renewed; holders renew every third of it.
 pub const TTL: std::time::Duration = std::time::Duration::from_secs(10);
@@ -103,7 +103,7 @@ impl LeaseStore for SqlStore {
             tx.execute("DELETE FROM in_use WHERE hub = ?1", args![hub])?;
             for u in in_use {
                 tx.execute(
-                    "INSERT INTO in_use (hub, region, node, dataset, version, user, updated_ms)
+                    "INSERT INTO in_use (hub, region, node, dataset, version, used_by, updated_ms)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     args![hub, &u.region, &u.node, &u.version.dataset, u.version.version, &u.user, now],
                 )?;
@@ -118,7 +118,7 @@ impl LeaseStore for SqlStore {
         let rows = self.db.read(|tx| {
             let now = db_now_ms(tx)?;
             tx.query(
-                "SELECT region, node, dataset, version, user FROM in_use WHERE hub <> ?1 AND updated_ms >= ?2
+                "SELECT region, node, dataset, version, used_by FROM in_use WHERE hub <> ?1 AND updated_ms >= ?2
                  ORDER BY region, node, dataset, version",
                 args![except_hub, now - fresh_ms],
             )

@@ -131,7 +131,7 @@ CREATE TABLE IF NOT EXISTS in_use (
     node TEXT NOT NULL,
     dataset TEXT NOT NULL,
     version INTEGER NOT NULL,
-    user TEXT NOT NULL,
+    used_by TEXT NOT NULL,
     updated_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS in_use_hub ON in_use (hub);"
