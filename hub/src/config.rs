@@ -69,6 +69,10 @@ pub struct DatabaseConfig {
     /// Connections to PostgreSQL this hub keeps (default 8).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connections: Option<usize>,
+    /// The CA certificate (PEM, relative to `data_dir`) that signs the server's: every
+    /// connection is TLS then, the server's certificate verified (for its host in `url`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl DatabaseConfig {
@@ -79,8 +83,12 @@ impl DatabaseConfig {
     /// What is wrong with the section, said with the key's name.
     fn validate(&self) -> Result<(), String> {
         let Some(url) = &self.url else {
-            if self.password_file.is_some() || self.password_env.is_some() || self.connections.is_some() {
-                return Err("database.url is missing: password_file, password_env and connections are for PostgreSQL (database.url = \"postgres://USER@HOST:5432/DATABASE\")".into());
+            if self.password_file.is_some()
+                || self.password_env.is_some()
+                || self.connections.is_some()
+                || self.ca_file.is_some()
+            {
+                return Err("database.url is missing: password_file, password_env, connections and ca_file are for PostgreSQL (database.url = \"postgres://USER@HOST:5432/DATABASE\")".into());
             }
             return Ok(());
         };

@@ -39,5 +39,16 @@ pub fn postgres_target(config: &HubConfig) -> Result<Option<PostgresTarget>, Sto
     } else {
         None
     };
-    Ok(Some(PostgresTarget { url: url.clone(), password, connections: db.connections.unwrap_or(DEFAULT_CONNECTIONS) }))
+    let ca_pem = match &db.ca_file {
+        None => None,
+        Some(file) => {
+            let path = config.resolve(file);
+            Some(
+                std::fs::read(&path)
+                    .map_err(|e| StoreError::Config(format!("cannot read database.ca_file {}: {e}", path.display())))?,
+            )
+        }
+    };
+    let connections = db.connections.unwrap_or(DEFAULT_CONNECTIONS);
+    Ok(Some(PostgresTarget { url: url.clone(), password, connections, ca_pem }))
 }

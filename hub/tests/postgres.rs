@@ -18,6 +18,7 @@ fn on(db: &TestDatabase) -> impl FnOnce(&mut aqueduct_hub::config::HubConfig) + 
         password_file: Some(db.password_file().to_owned()),
         password_env: None,
         connections: Some(4),
+        ca_file: None,
     };
     move |c| c.database = database
 }
@@ -185,4 +186,81 @@ async fn a_region_is_served_by_one_hub_at_a_time_and_hears_of_every_hubs_changes
     println!("hub A served region eu {:?} after hub B stopped", since.elapsed());
     let first = stream.message().await.unwrap().unwrap();
     assert_eq!(first.assignments.len(), 1);
+}
+
+/// TLS to PostgreSQL: a hub given the CA of the server's certificate speaks only TLS to it (the
+/// server lists every connection of the hub's as SSL), one given another CA is refused by its
+/// own check of the certificate, and a URL that asks for TLS without a CA is said at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_speaks_tls_to_postgres_and_checks_the_servers_certificate() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    let db = aqueduct_testkit::postgres::database();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ca = aqueduct_hub::pki::Authority::create("Test database CA").unwrap();
+    let server = ca.issue(&aqueduct_core::identity::Identity::Hub, &["127.0.0.1".into()]).unwrap();
+    // The server reads its certificate and key as its own user (the owner of its data).
+    let admin = db.connect().await.unwrap();
+    let data: String = admin.query_one("SHOW data_directory", &[]).await.unwrap().get(0);
+    let owner = std::fs::metadata(&data).map(|m| (m.uid(), m.gid())).unwrap_or((0, 0));
+    let (cert, key) = (tmp.path().join("server.pem"), tmp.path().join("server.key"));
+    std::fs::write(&cert, &server.cert_pem).unwrap();
+    std::fs::write(&key, &server.key_pem).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&key, Some(owner.0), Some(owner.1)).unwrap();
+    std::os::unix::fs::chown(&cert, Some(owner.0), Some(owner.1)).unwrap();
+    for sql in [
+        format!("ALTER SYSTEM SET ssl_cert_file = '{}'", cert.display()),
+        format!("ALTER SYSTEM SET ssl_key_file = '{}'", key.display()),
+        "ALTER SYSTEM SET ssl = on".to_string(),
+        "SELECT pg_reload_conf()".to_string(),
+    ] {
+        admin.batch_execute(&sql).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let out = aqueduct_hub::init(&tmp.path().join("hub"), "127.0.0.1:0".parse().unwrap(), &[]).unwrap();
+    let mut config = aqueduct_hub::config::HubConfig::load(&out.config_path).unwrap();
+    let ca_file = tmp.path().join("db-ca.pem");
+    std::fs::write(&ca_file, ca.ca_pem()).unwrap();
+    config.database = DatabaseConfig {
+        url: Some(db.url()),
+        password_file: Some(db.password_file().to_owned()),
+        ca_file: Some(ca_file.clone()),
+        ..Default::default()
+    };
+    let store = tokio::task::block_in_place(|| aqueduct_hub::database::open(&config)).unwrap();
+    let row = admin
+        .query_one(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.datname = $1 AND a.pid <> pg_backend_pid()",
+            &[&db.name()],
+        )
+        .await
+        .unwrap();
+    drop(store);
+    let ssl: (i64, i64) = (row.get(0), row.get(1));
+    assert!(ssl.1 > 0, "the hub holds connections to its database");
+    assert_eq!(ssl.0, ssl.1, "every connection of the hub's is TLS: {ssl:?}");
+
+    // Another CA: the hub refuses the server.
+    let other = aqueduct_hub::pki::Authority::create("Another CA").unwrap();
+    std::fs::write(&ca_file, other.ca_pem()).unwrap();
+    let err = tokio::task::block_in_place(|| aqueduct_hub::database::open(&config)).err().unwrap().to_string();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    // TLS asked for in the URL, with no CA to check the server by.
+    config.database.ca_file = None;
+    config.database.url = Some(format!("{}?sslmode=require", db.url()));
+    let err = tokio::task::block_in_place(|| aqueduct_hub::database::open(&config)).err().unwrap().to_string();
+    assert!(err.contains("sslmode=require") && err.contains("database.ca_file"), "{err}");
+
+    for sql in [
+        "ALTER SYSTEM RESET ssl",
+        "ALTER SYSTEM RESET ssl_cert_file",
+        "ALTER SYSTEM RESET ssl_key_file",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
 }

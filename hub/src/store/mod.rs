@@ -19,6 +19,7 @@ pub mod enrol;
 pub mod leases;
 pub mod lifecycle;
 pub mod meta;
+pub mod pg_tls;
 pub mod plans;
 pub mod schema;
 pub mod signing;

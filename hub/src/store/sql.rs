@@ -189,6 +189,9 @@ pub struct PostgresTarget {
     pub password: Option<String>,
     /// Connections in the pool.
     pub connections: usize,
+    /// The CA certificates (PEM) that sign the server's: with them, every connection is TLS
+    /// and the server's certificate is verified; without, none is.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for PostgresTarget {
@@ -197,6 +200,7 @@ impl std::fmt::Debug for PostgresTarget {
             .field("url", &redact(&self.url))
             .field("password", &self.password.as_ref().map(|_| "…"))
             .field("connections", &self.connections)
+            .field("tls", &self.ca_pem.is_some())
             .finish()
     }
 }
@@ -272,11 +276,23 @@ impl Db {
             .enable_all()
             .build()
             .map_err(|e| StoreError::Task(format!("starting the PostgreSQL runtime: {e}")))?;
-        let manager = Manager::from_config(
-            config,
-            tokio_postgres::NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
+        let recycling = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        let manager = match &target.ca_pem {
+            Some(ca) => {
+                let tls = super::pg_tls::RustlsConnect::new(ca)
+                    .map_err(|e| StoreError::Config(format!("database.ca_file: {e}")))?;
+                // A CA given: TLS is required, never fallen back from.
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                Manager::from_config(config, tls, recycling)
+            }
+            None if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require => {
+                return Err(StoreError::Config(format!(
+                    "database.url {:?} asks for TLS (sslmode=require): give database.ca_file, the CA that signs the server's certificate",
+                    redact(&target.url)
+                )));
+            }
+            None => Manager::from_config(config, tokio_postgres::NoTls, recycling),
+        };
         let pool = {
             let _entered = rt.enter();
             Pool::builder(manager)

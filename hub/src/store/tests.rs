@@ -91,7 +91,7 @@ pub(crate) fn fresh_store() -> SqlStore {
 
 /// Where a test database is, as the hub's config would say it.
 fn target(db: &aqueduct_testkit::postgres::TestDatabase) -> PostgresTarget {
-    PostgresTarget { url: db.url(), password: Some(db.password().to_string()), connections: 4 }
+    PostgresTarget { url: db.url(), password: Some(db.password().to_string()), connections: 4, ca_pem: None }
 }
 
 /// A store (of the engine under test) with source `s` and dataset `d` (prefix `p`): the
