@@ -651,6 +651,7 @@ mod tests {
             url: "postgres://hub:secret@db:5432/aq".into(),
             password: Some("pw".into()),
             connections: 4,
+            ca_pem: None,
         };
         let shown = format!("{target:?}");
         assert!(!shown.contains("secret") && !shown.contains("pw\""), "{shown}");
