@@ -4,7 +4,6 @@
 //! the local API's socket. The node's certificate is [`crate::enrol`]'s.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use aqueduct_proto::hub::v1 as pb;
 use serde::Deserialize;
@@ -34,8 +33,9 @@ const DEFAULT_SOCKET: &str = "spoke.sock";
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpokeConfig {
-    /// The hub's address, https://HOST:PORT.
-    pub hub: String,
+    /// The hub's address, https://HOST:PORT, or the addresses of several hubs that serve one
+    /// state (`hub = ["https://a:7443", "https://b:7443"]`), tried in that order.
+    pub hub: HubAddresses,
     /// This node's name, for the hub's log and the region's peers. May be left out of the file
     /// when the command line gives it ([`Overrides::node`]: `--node`, `AQUEDUCT_NODE`).
     #[serde(default)]
@@ -80,6 +80,59 @@ pub struct SpokeConfig {
     /// The hub signing keys it trusts (`[trust]`): required.
     #[serde(default)]
     pub trust: TrustConfig,
+}
+
+/// The hubs a spoke may use: one address (`hub = "https://..."`) or a list of them, in the
+/// order they are tried (see [`crate::hubs`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubAddresses(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for HubAddresses {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        match OneOrMany::deserialize(deserializer) {
+            Ok(OneOrMany::One(one)) => Ok(Self(vec![one])),
+            Ok(OneOrMany::Many(many)) => Ok(Self(many)),
+            Err(_) => Err(serde::de::Error::custom(
+                "hub must be an https:// URL or a list of them (hub = [\"https://a:7443\", \"https://b:7443\"])",
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for HubAddresses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(", "))
+    }
+}
+
+impl HubAddresses {
+    /// Each address is an https:// URL with a host, and none comes twice.
+    fn validate(&self) -> Result<(), String> {
+        if self.0.is_empty() {
+            return Err("hub is an empty list: give at least one https://HOST:PORT".into());
+        }
+        for (i, url) in self.0.iter().enumerate() {
+            let at = if self.0.len() > 1 { format!("hub[{i}]") } else { "hub".to_string() };
+            if !url.starts_with("https://") {
+                return Err(format!("{at} {url:?} must be an https:// URL"));
+            }
+            let uri: tonic::codegen::http::Uri =
+                url.parse().map_err(|e| format!("{at} {url:?} is not a URL ({e}): write https://HOST:PORT"))?;
+            if uri.host().is_none_or(str::is_empty) {
+                return Err(format!("{at} {url:?} names no host: write https://HOST:PORT"));
+            }
+            if self.0[..i].contains(url) {
+                return Err(format!("{at} {url:?} is listed twice"));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -177,9 +230,7 @@ impl SpokeConfig {
             };
             peer.advertise = Some(advertise.clone());
         }
-        if !config.hub.starts_with("https://") {
-            return Err(invalid(format!("hub {:?} must be an https:// URL", config.hub)));
-        }
+        config.hub.validate().map_err(invalid)?;
         if config.node.is_empty() {
             return Err(invalid("node is missing: set `node` in the config or pass --node (AQUEDUCT_NODE)".into()));
         }
@@ -258,13 +309,15 @@ impl SpokeConfig {
         self.socket.clone().unwrap_or_else(|| self.data_dir.join(DEFAULT_SOCKET))
     }
 
-    /// The hub's endpoint. Its URI is `http://` (the node's TLS connector, which presents the
-    /// current certificate, does TLS): see [`crate::tls`].
+    /// The hubs' endpoint. Its URI is the first hub's as `http://` (the node's TLS connector,
+    /// which presents the current certificate, does TLS: see [`crate::tls`]); which hub a
+    /// connection goes to, and how long a connect may take, is the connector's of
+    /// [`crate::hubs`], which every connection to a hub goes through.
     pub(crate) fn endpoint(&self) -> Result<Endpoint, ConfigError> {
         let bad = |e: tonic::transport::Error| ConfigError::Invalid { path: "hub".into(), message: e.to_string() };
-        Ok(Endpoint::from_shared(crate::tls::plain_uri(&self.hub))
+        let first = self.hub.0.first().map(String::as_str).unwrap_or_default();
+        Ok(Endpoint::from_shared(crate::tls::plain_uri(first))
             .map_err(bad)?
-            .connect_timeout(Duration::from_secs(5))
             .initial_stream_window_size(aqueduct_proto::STREAM_WINDOW_BYTES)
             .initial_connection_window_size(aqueduct_proto::CONNECTION_WINDOW_BYTES))
     }
@@ -323,6 +376,8 @@ pub fn write_enrol_config(dir: &Path, hub: &str, node: &str, given: &Enrolment<'
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -407,6 +462,33 @@ mod tests {
         )
         .unwrap();
         assert!(SpokeConfig::load(&path).unwrap_err().to_string().contains("https://"));
+    }
+
+    /// `hub` is one address or a list of them, kept in order; each is checked, the error naming
+    /// which one.
+    #[test]
+    fn hub_is_one_address_or_a_list_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spoke.toml");
+        let rest = "node = \"n\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[trust]\nsigning_keys = [\"ed25519:1111111111111111111111111111111111111111111111111111111111111111\"]\n";
+        let load = |hub: &str| {
+            std::fs::write(&path, format!("hub = {hub}\n{rest}")).unwrap();
+            SpokeConfig::load(&path)
+        };
+        assert_eq!(load("\"https://a:7443\"").unwrap().hub.0, ["https://a:7443"]);
+        let two = load("[\"https://b:7443\", \"https://a.example:7443\"]").unwrap().hub;
+        assert_eq!(two.0, ["https://b:7443", "https://a.example:7443"], "in the config's order");
+        assert_eq!(two.to_string(), "https://b:7443, https://a.example:7443");
+        for (hub, words) in [
+            ("[]", "empty list"),
+            ("[\"https://a:1\", \"http://b:1\"]", "hub[1] \"http://b:1\" must be an https:// URL"),
+            ("[\"https://a:1\", \"https://a:1\"]", "hub[1] \"https://a:1\" is listed twice"),
+            ("\"https://\"", "hub \"https://\""),
+            ("7443", "a list of them"),
+        ] {
+            let err = load(hub).unwrap_err().to_string();
+            assert!(err.contains(words), "{hub}: {err}");
+        }
     }
 
     /// A spoke trusts the keys of `[trust]`, from the config and a file; without any it does

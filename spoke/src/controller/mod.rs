@@ -82,6 +82,8 @@ pub struct Parts {
     pub budget: Arc<Budget>,
     /// Whether the session with the hub is up (readiness).
     pub link: Arc<HubLink>,
+    /// The hubs, and the one in use: the hub's connections go to it, or the next that answers.
+    pub hubs: Arc<crate::hubs::Hubs>,
     /// The node's TLS (its current certificate), for the hub's connections.
     pub tls: Arc<crate::tls::NodeTls>,
     /// How the certificate's renewal stands (what to do once it expired).
@@ -185,7 +187,8 @@ impl Controller<'_> {
     /// watch ends (never with success).
     async fn session(&self, endpoint: &Endpoint, memory: &mut Memory, watched: &mut bool) -> Result<Infallible, Ended> {
         let (config, parts) = (self.config, &self.parts);
-        let channel: Channel = endpoint.connect_with_connector(parts.tls.connector()).await.map_err(|e| {
+        let connector = parts.hubs.connector(parts.tls.connector());
+        let channel: Channel = endpoint.connect_with_connector(connector).await.map_err(|e| {
             let error = crate::chain(&e);
             // An expired certificate is refused in TLS: say what to do.
             match parts.renewal.advice(crate::enrol::now_ms()) {
@@ -228,7 +231,7 @@ impl Controller<'_> {
             parts.link.clone(),
             updates,
         )));
-        info!("connected to the hub, watching for work");
+        info!(hub = %parts.hubs.current(), "connected to the hub, watching for work");
         // Reported every few seconds, and at once when a version is Ready.
         let cache_changed = Arc::new(Notify::new());
         let _cache_reports = AbortOnDrop(tokio::spawn(report_cache(
