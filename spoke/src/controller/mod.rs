@@ -363,7 +363,8 @@ impl Controller<'_> {
         Ok(())
     }
 
-    /// Records how a replication ended. A hub that cannot be reached ends the session.
+    /// Records how a replication ended. A hub that cannot be reached, or whose connection broke
+    /// under the transfer, ends the session (the version is not failed for it).
     async fn finished(&self, session: &Session, done: Done, memory: &mut Memory) -> Result<(), Ended> {
         let Done { assignment: a, mode, membership, result } = done;
         match result {
@@ -372,7 +373,9 @@ impl Controller<'_> {
                 self.publish_ready(memory);
                 session.cache_changed.notify_one();
             }
-            Err(ReplicationError::Hub(status)) if status.code() == tonic::Code::Unavailable => {
+            // The hub was lost (not what it answered): the session ends, and the next one, with
+            // this hub or the next, resumes the version from what the store holds.
+            Err(ReplicationError::Hub(status)) if crate::origin::hub_lost(&status) => {
                 return Err(Ended::Hub(status.message().to_string()));
             }
             Err(e) => {
