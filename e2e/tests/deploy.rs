@@ -129,6 +129,9 @@ fn charts_lint_render_validate_and_refuse_bad_values() {
             Overrides { node: Some("gpu-node-1".into()), advertise: Some(format!("10.0.3.17:{peer_port}")) };
         let config = SpokeConfig::load_with(&path, &overrides).unwrap_or_else(|e| panic!("{values}: {e}\n{manifest}"));
         assert_eq!(config.node, "gpu-node-1");
+        // `hub.addresses` lists more hubs after `hub.address`, in order.
+        let hubs = if values == "region" { 2 } else { 1 };
+        assert_eq!(config.hub.0.len(), hubs, "{values}: {}", config.hub);
         assert_eq!(config.cache.memory_only, memory_only, "{values}");
         assert_eq!(config.peer.as_ref().map(|p| p.listen.port()), Some(peer_port), "{values}");
         assert!(config.csi.is_some() && config.operator.as_ref().is_some_and(|o| o.enabled), "{values}");
