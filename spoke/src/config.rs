@@ -312,12 +312,16 @@ impl SpokeConfig {
     /// The hubs' endpoint. Its URI is the first hub's as `http://` (the node's TLS connector,
     /// which presents the current certificate, does TLS: see [`crate::tls`]); which hub a
     /// connection goes to, and how long a connect may take, is the connector's of
-    /// [`crate::hubs`], which every connection to a hub goes through.
+    /// [`crate::hubs`], which every connection to a hub goes through. Its connections are
+    /// pinged, so that a hub that went silent is left for the next.
     pub(crate) fn endpoint(&self) -> Result<Endpoint, ConfigError> {
         let bad = |e: tonic::transport::Error| ConfigError::Invalid { path: "hub".into(), message: e.to_string() };
         let first = self.hub.0.first().map(String::as_str).unwrap_or_default();
         Ok(Endpoint::from_shared(crate::tls::plain_uri(first))
             .map_err(bad)?
+            .http2_keep_alive_interval(crate::hubs::KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(crate::hubs::KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
             .initial_stream_window_size(aqueduct_proto::STREAM_WINDOW_BYTES)
             .initial_connection_window_size(aqueduct_proto::CONNECTION_WINDOW_BYTES))
     }

@@ -10,7 +10,8 @@
 //! in the log when it changes: a spoke stays with a hub that works rather than going back to
 //! the first as soon as that one returns.
 //!
-//! A connection that breaks (its hub died) is made again through the same connector when it
+//! A connection that breaks (its hub died, or stopped answering its keepalive pings:
+//! [`KEEPALIVE_INTERVAL`]) is made again through the same connector when it
 //! is next needed: the watch by the controller, with the backoff it has for a lost hub; the
 //! chunk channel by tonic, at the next fetch. A replication cut by the loss ends its session
 //! and resumes in the next from what the store holds, so the chunks it lacked come from the
@@ -33,6 +34,13 @@ use crate::tls::{Connector, plain_uri};
 /// How long one hub may take to accept a connection and finish the TLS handshake before the
 /// next one is tried.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often a connection to a hub is pinged (HTTP/2, idle or not), and how long an answer may
+/// take before the connection counts as broken: a hub whose machine died or whose network
+/// went silent (no reset ever comes) is left within about their sum, for the next hub. The
+/// timeout is long enough for a ping's answer queued behind a slow link's buffered chunks.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// No hub has answered yet.
 const NONE: usize = usize::MAX;
