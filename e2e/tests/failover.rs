@@ -126,7 +126,6 @@ struct TwoHubs {
     _holders: StopHolders,
     root: PathBuf,
     children: Children,
-    a: HubProcess,
     b: HubProcess,
     /// A's data directory, and the one B serves (the same, or a copy).
     data: PathBuf,
@@ -245,7 +244,7 @@ impl TwoHubs {
             assert!(started.elapsed() < WITHIN, "the spoke stored nothing: {}", log(&spoke_log));
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Self { _holders: holders, root, children, a, b, data, data_b, manifest, store, spoke_log, metrics, _tmp: tmp }
+        Self { _holders: holders, root, children, b, data, data_b, manifest, store, spoke_log, metrics, _tmp: tmp }
     }
 
     /// Starts B, waits until the version is Ready through it, and checks what the spoke holds
