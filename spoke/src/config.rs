@@ -201,6 +201,8 @@ pub struct Overrides {
     pub node: Option<String>,
     /// Replaces `[peer] advertise` (the config must have a `[peer]` section).
     pub advertise: Option<String>,
+    /// Replaces `hub` (one address or several, in the order they are tried).
+    pub hub: Option<Vec<String>>,
 }
 
 impl SpokeConfig {
@@ -221,6 +223,9 @@ impl SpokeConfig {
         let mut config: Self = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         if let Some(node) = &overrides.node {
             config.node = node.clone();
+        }
+        if let Some(hub) = &overrides.hub {
+            config.hub = HubAddresses(hub.clone());
         }
         if let Some(advertise) = &overrides.advertise {
             let Some(peer) = &mut config.peer else {
@@ -483,6 +488,14 @@ mod tests {
         let two = load("[\"https://b:7443\", \"https://a.example:7443\"]").unwrap().hub;
         assert_eq!(two.0, ["https://b:7443", "https://a.example:7443"], "in the config's order");
         assert_eq!(two.to_string(), "https://b:7443, https://a.example:7443");
+        // --hub (AQUEDUCT_HUB) replaces the file's list, and is checked like it.
+        std::fs::write(&path, format!("hub = \"https://a:7443\"\n{rest}")).unwrap();
+        let given =
+            |hubs: &[&str]| Overrides { hub: Some(hubs.iter().map(|h| h.to_string()).collect()), ..Default::default() };
+        let config = SpokeConfig::load_with(&path, &given(&["https://c:1", "https://d:1"])).unwrap();
+        assert_eq!(config.hub.0, ["https://c:1", "https://d:1"]);
+        let err = SpokeConfig::load_with(&path, &given(&["https://c:1", "c:2"])).unwrap_err().to_string();
+        assert!(err.contains("hub[1] \"c:2\" must be an https:// URL"), "{err}");
         for (hub, words) in [
             ("[]", "empty list"),
             ("[\"https://a:1\", \"http://b:1\"]", "hub[1] \"http://b:1\" must be an https:// URL"),
@@ -538,7 +551,7 @@ mod tests {
         std::fs::write(&path, toml).unwrap();
         let err = SpokeConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("AQUEDUCT_NODE"), "the pod's name comes from the environment: {err}");
-        let pod = Overrides { node: Some("llama-server".into()), advertise: None };
+        let pod = Overrides { node: Some("llama-server".into()), advertise: None, hub: None };
         let config = SpokeConfig::load_with(&path, &pod).unwrap();
         assert_eq!(config.node, "llama-server");
         assert!(config.cache.memory_only && config.peer.is_none());
@@ -560,6 +573,7 @@ mod tests {
         let overrides = |node: Option<&str>, advertise: Option<&str>| Overrides {
             node: node.map(Into::into),
             advertise: advertise.map(Into::into),
+            hub: None,
         };
 
         std::fs::write(&path, &with_peer).unwrap();
