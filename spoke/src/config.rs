@@ -11,6 +11,7 @@ use tonic::transport::Endpoint;
 
 use crate::cache::CacheConfig;
 use crate::csi::CsiConfig;
+use crate::hubs::HubAddresses;
 use crate::limits::LimitsConfig;
 use crate::operator::OperatorConfig;
 use crate::trust::TrustConfig;
@@ -80,59 +81,6 @@ pub struct SpokeConfig {
     /// The hub signing keys it trusts (`[trust]`): required.
     #[serde(default)]
     pub trust: TrustConfig,
-}
-
-/// The hubs a spoke may use: one address (`hub = "https://..."`) or a list of them, in the
-/// order they are tried (see [`crate::hubs`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HubAddresses(pub Vec<String>);
-
-impl<'de> Deserialize<'de> for HubAddresses {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum OneOrMany {
-            One(String),
-            Many(Vec<String>),
-        }
-        match OneOrMany::deserialize(deserializer) {
-            Ok(OneOrMany::One(one)) => Ok(Self(vec![one])),
-            Ok(OneOrMany::Many(many)) => Ok(Self(many)),
-            Err(_) => Err(serde::de::Error::custom(
-                "hub must be an https:// URL or a list of them (hub = [\"https://a:7443\", \"https://b:7443\"])",
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for HubAddresses {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0.join(", "))
-    }
-}
-
-impl HubAddresses {
-    /// Each address is an https:// URL with a host, and none comes twice.
-    fn validate(&self) -> Result<(), String> {
-        if self.0.is_empty() {
-            return Err("hub is an empty list: give at least one https://HOST:PORT".into());
-        }
-        for (i, url) in self.0.iter().enumerate() {
-            let at = if self.0.len() > 1 { format!("hub[{i}]") } else { "hub".to_string() };
-            if !url.starts_with("https://") {
-                return Err(format!("{at} {url:?} must be an https:// URL"));
-            }
-            let uri: tonic::codegen::http::Uri =
-                url.parse().map_err(|e| format!("{at} {url:?} is not a URL ({e}): write https://HOST:PORT"))?;
-            if uri.host().is_none_or(str::is_empty) {
-                return Err(format!("{at} {url:?} names no host: write https://HOST:PORT"));
-            }
-            if self.0[..i].contains(url) {
-                return Err(format!("{at} {url:?} is listed twice"));
-            }
-        }
-        Ok(())
-    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
