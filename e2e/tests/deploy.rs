@@ -126,9 +126,12 @@ fn charts_lint_render_validate_and_refuse_bad_values() {
         let path = dir.path().join("spoke.toml");
         std::fs::write(&path, with_trust(dir.path(), config_map_file(&manifest, "spoke.toml"))).unwrap();
         let overrides =
-            Overrides { node: Some("gpu-node-1".into()), advertise: Some(format!("10.0.3.17:{peer_port}")) };
+            Overrides { node: Some("gpu-node-1".into()), advertise: Some(format!("10.0.3.17:{peer_port}")), hub: None };
         let config = SpokeConfig::load_with(&path, &overrides).unwrap_or_else(|e| panic!("{values}: {e}\n{manifest}"));
         assert_eq!(config.node, "gpu-node-1");
+        // `hub.addresses` lists more hubs after `hub.address`, in order.
+        let hubs = if values == "region" { 2 } else { 1 };
+        assert_eq!(config.hub.0.len(), hubs, "{values}: {}", config.hub);
         assert_eq!(config.cache.memory_only, memory_only, "{values}");
         assert_eq!(config.peer.as_ref().map(|p| p.listen.port()), Some(peer_port), "{values}");
         assert!(config.csi.is_some() && config.operator.as_ref().is_some_and(|o| o.enabled), "{values}");
@@ -170,7 +173,7 @@ fn charts_lint_render_validate_and_refuse_bad_values() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("spoke.toml"), with_trust(dir.path(), config_map_file(&region, "spoke.toml")))
         .unwrap();
-    let overrides = Overrides { node: Some("n".into()), advertise: Some("10.0.3.17:17444".into()) };
+    let overrides = Overrides { node: Some("n".into()), advertise: Some("10.0.3.17:17444".into()), hub: None };
     let limits = SpokeConfig::load_with(&dir.path().join("spoke.toml"), &overrides).unwrap().limits;
     assert_eq!(
         (limits.max_connections, limits.handshake_timeout.as_secs(), limits.fetch_streams_per_peer),

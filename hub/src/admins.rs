@@ -30,7 +30,9 @@ pub fn issue_bundle(config: &HubConfig, name: &str, valid_for: Duration, out: &P
     let host = if host.contains(':') { format!("[{host}]") } else { host };
     let aq = format!(
         "# aq's connection to this hub, as admin {name} (written by `aqueduct-hub admin-bundle`). Paths are relative to this file.\n\
-         hub = \"https://{host}:{port}\"\nca = \"ca.pem\"\ncert = \"admin.pem\"\nkey = \"admin.key\"\n",
+         hub = \"https://{host}:{port}\"\n\
+         # Several hubs serving one state: hub = [\"https://a:7443\", \"https://b:7443\"], tried in order.\n\
+         ca = \"ca.pem\"\ncert = \"admin.pem\"\nkey = \"admin.key\"\n",
         port = config.listen.port()
     );
     pki::write_public(&out.join("ca.pem"), authority.ca_pem())?;

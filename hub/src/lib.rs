@@ -37,6 +37,7 @@ pub mod planning;
 pub mod relay;
 pub mod rollout;
 mod setup;
+pub mod siblings;
 pub mod signing;
 pub mod snapshot;
 pub mod source;

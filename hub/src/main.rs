@@ -79,6 +79,23 @@ enum Command {
     /// The issuing CA (the intermediate the root signed, whose key the hub issues with).
     #[command(subcommand)]
     Issuer(IssuerCommand),
+    /// Issue a hub server certificate from this hub's issuing CA: for another hub that serves
+    /// the same state (it shares this hub's CA, signing keys and database), or for this hub
+    /// with more names. It names exactly the --host names: the address spokes and aq reach
+    /// that hub at, and a service name all the hubs share if they have one. Writes
+    /// OUT/hub.pem (the chain) and OUT/hub.key (mode 0600); that hub's [tls] cert and key.
+    Certificate {
+        /// The configuration of the hub whose CA issues it (DATA_DIR/hub.toml).
+        #[arg(long, env = "AQUEDUCT_HUB_CONFIG", default_value = "/var/lib/aqueduct-hub/hub.toml")]
+        config: PathBuf,
+        /// A DNS name or IP address the certificate is valid for (repeatable; at least one),
+        /// e.g. --host hub-b.dc1.example --host 10.0.0.12 --host hub.aqueduct.internal.
+        #[arg(long = "host", value_name = "NAME", required = true)]
+        hosts: Vec<String>,
+        /// Directory for hub.pem and hub.key (created; files there are never replaced).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Copy the hub (a consistent snapshot of its database, its PKI, admin bundle and config)
     /// into a new directory, while it runs. The root CA's key is never copied.
     Backup {
@@ -211,6 +228,30 @@ async fn run() -> anyhow::Result<()> {
                 println!("  {}", p.display());
             }
             println!("Put the root key ({}) back where it is kept.", root_key.display());
+        }
+        Command::Certificate { config: path, hosts, out } => {
+            let config = HubConfig::load(&path)?;
+            let issued = aqueduct_hub::siblings::issue_certificate(&config, &hosts, &out)?;
+            println!("hub certificate for {} issued by the CA of {}:", issued.names.join(", "), path.display());
+            println!("  [tls] cert = {:?}", issued.cert.display().to_string());
+            println!("  [tls] key  = {:?}   (keep it private)", issued.key.display().to_string());
+            let issuer = config.tls.issuer.as_ref().map(|i| config.resolve(i).display().to_string());
+            let signing = config.resolve(&config.signing.key);
+            let signing_dir = signing.parent().unwrap_or(std::path::Path::new("."));
+            println!(
+                "For another hub, copy to it from this one (every hub issues nodes' certificates and signs versions):"
+            );
+            for file in [Some(config.resolve(&config.tls.ca).display().to_string()), issuer]
+                .into_iter()
+                .flatten()
+                .chain([config.resolve(&config.tls.ca_key).display().to_string()])
+            {
+                println!("  {file}");
+            }
+            println!("  {}/ (the signing keys)", signing_dir.display());
+            println!(
+                "and give it the same [database]; spokes and aq list both hubs. See the README, \"Several hubs\"."
+            );
         }
         Command::Backup { config, out } => {
             let made = aqueduct_hub::backup::backup(&config, &out)?;

@@ -136,7 +136,9 @@ pub(crate) fn init_with(
     let admin_config = admin_dir.join("aq.toml");
     let aq = format!(
         "# aq's connection to this hub (written by `aqueduct-hub init`). Paths are relative to this file.\n\
-         hub = \"https://{host}:{port}\"\nca = \"ca.pem\"\ncert = \"admin.pem\"\nkey = \"admin.key\"\n",
+         hub = \"https://{host}:{port}\"\n\
+         # Several hubs serving one state: hub = [\"https://a:7443\", \"https://b:7443\"], tried in order.\n\
+         ca = \"ca.pem\"\ncert = \"admin.pem\"\nkey = \"admin.key\"\n",
         port = listen.port()
     );
     for (path, text, secret) in [

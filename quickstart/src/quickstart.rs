@@ -72,12 +72,15 @@ async fn run_in(root: &Path, model_mib: usize, fuse: bool, shutdown: &Cancellati
     let config = aqueduct_hub::config::HubConfig::load(&init.config_path)?;
     tokio::spawn(aqueduct_hub::serve(config, listener, shutdown.clone()));
     let admin_dir = root.join("hub/admin");
-    let conn = HubConn {
-        url: format!("https://{addr}"),
+    let url = format!("https://{addr}");
+    let mut conn = HubConn {
+        url: url.clone(),
+        hubs: vec![url],
         ca: admin_dir.join("ca.pem"),
         cert: admin_dir.join("admin.pem"),
         key: admin_dir.join("admin.key"),
         origin: "the quickstart".into(),
+        verbose: false,
     };
     let mut admin = conn.connect().await?;
     println!("2. hub serving on https://{addr} (mutual TLS, its own CA)");

@@ -4,7 +4,6 @@
 //! the local API's socket. The node's certificate is [`crate::enrol`]'s.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use aqueduct_proto::hub::v1 as pb;
 use serde::Deserialize;
@@ -12,6 +11,7 @@ use tonic::transport::Endpoint;
 
 use crate::cache::CacheConfig;
 use crate::csi::CsiConfig;
+use crate::hubs::HubAddresses;
 use crate::limits::LimitsConfig;
 use crate::operator::OperatorConfig;
 use crate::trust::TrustConfig;
@@ -34,8 +34,9 @@ const DEFAULT_SOCKET: &str = "spoke.sock";
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpokeConfig {
-    /// The hub's address, https://HOST:PORT.
-    pub hub: String,
+    /// The hub's address, https://HOST:PORT, or the addresses of several hubs that serve one
+    /// state (`hub = ["https://a:7443", "https://b:7443"]`), tried in that order.
+    pub hub: HubAddresses,
     /// This node's name, for the hub's log and the region's peers. May be left out of the file
     /// when the command line gives it ([`Overrides::node`]: `--node`, `AQUEDUCT_NODE`).
     #[serde(default)]
@@ -148,6 +149,8 @@ pub struct Overrides {
     pub node: Option<String>,
     /// Replaces `[peer] advertise` (the config must have a `[peer]` section).
     pub advertise: Option<String>,
+    /// Replaces `hub` (one address or several, in the order they are tried).
+    pub hub: Option<Vec<String>>,
 }
 
 impl SpokeConfig {
@@ -169,6 +172,9 @@ impl SpokeConfig {
         if let Some(node) = &overrides.node {
             config.node = node.clone();
         }
+        if let Some(hub) = &overrides.hub {
+            config.hub = HubAddresses(hub.clone());
+        }
         if let Some(advertise) = &overrides.advertise {
             let Some(peer) = &mut config.peer else {
                 return Err(invalid(format!(
@@ -177,9 +183,7 @@ impl SpokeConfig {
             };
             peer.advertise = Some(advertise.clone());
         }
-        if !config.hub.starts_with("https://") {
-            return Err(invalid(format!("hub {:?} must be an https:// URL", config.hub)));
-        }
+        config.hub.validate().map_err(invalid)?;
         if config.node.is_empty() {
             return Err(invalid("node is missing: set `node` in the config or pass --node (AQUEDUCT_NODE)".into()));
         }
@@ -258,13 +262,19 @@ impl SpokeConfig {
         self.socket.clone().unwrap_or_else(|| self.data_dir.join(DEFAULT_SOCKET))
     }
 
-    /// The hub's endpoint. Its URI is `http://` (the node's TLS connector, which presents the
-    /// current certificate, does TLS): see [`crate::tls`].
+    /// The hubs' endpoint. Its URI is the first hub's as `http://` (the node's TLS connector,
+    /// which presents the current certificate, does TLS: see [`crate::tls`]); which hub a
+    /// connection goes to, and how long a connect may take, is the connector's of
+    /// [`crate::hubs`], which every connection to a hub goes through. Its connections are
+    /// pinged, so that a hub that went silent is left for the next.
     pub(crate) fn endpoint(&self) -> Result<Endpoint, ConfigError> {
         let bad = |e: tonic::transport::Error| ConfigError::Invalid { path: "hub".into(), message: e.to_string() };
-        Ok(Endpoint::from_shared(crate::tls::plain_uri(&self.hub))
+        let first = self.hub.0.first().map(String::as_str).unwrap_or_default();
+        Ok(Endpoint::from_shared(crate::tls::plain_uri(first))
             .map_err(bad)?
-            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(crate::hubs::KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(crate::hubs::KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
             .initial_stream_window_size(aqueduct_proto::STREAM_WINDOW_BYTES)
             .initial_connection_window_size(aqueduct_proto::CONNECTION_WINDOW_BYTES))
     }
@@ -323,6 +333,8 @@ pub fn write_enrol_config(dir: &Path, hub: &str, node: &str, given: &Enrolment<'
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -409,6 +421,41 @@ mod tests {
         assert!(SpokeConfig::load(&path).unwrap_err().to_string().contains("https://"));
     }
 
+    /// `hub` is one address or a list of them, kept in order; each is checked, the error naming
+    /// which one.
+    #[test]
+    fn hub_is_one_address_or_a_list_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spoke.toml");
+        let rest = "node = \"n\"\ndata_dir = \"d\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[trust]\nsigning_keys = [\"ed25519:1111111111111111111111111111111111111111111111111111111111111111\"]\n";
+        let load = |hub: &str| {
+            std::fs::write(&path, format!("hub = {hub}\n{rest}")).unwrap();
+            SpokeConfig::load(&path)
+        };
+        assert_eq!(load("\"https://a:7443\"").unwrap().hub.0, ["https://a:7443"]);
+        let two = load("[\"https://b:7443\", \"https://a.example:7443\"]").unwrap().hub;
+        assert_eq!(two.0, ["https://b:7443", "https://a.example:7443"], "in the config's order");
+        assert_eq!(two.to_string(), "https://b:7443, https://a.example:7443");
+        // --hub (AQUEDUCT_HUB) replaces the file's list, and is checked like it.
+        std::fs::write(&path, format!("hub = \"https://a:7443\"\n{rest}")).unwrap();
+        let given =
+            |hubs: &[&str]| Overrides { hub: Some(hubs.iter().map(|h| h.to_string()).collect()), ..Default::default() };
+        let config = SpokeConfig::load_with(&path, &given(&["https://c:1", "https://d:1"])).unwrap();
+        assert_eq!(config.hub.0, ["https://c:1", "https://d:1"]);
+        let err = SpokeConfig::load_with(&path, &given(&["https://c:1", "c:2"])).unwrap_err().to_string();
+        assert!(err.contains("hub[1] \"c:2\" must be an https:// URL"), "{err}");
+        for (hub, words) in [
+            ("[]", "empty list"),
+            ("[\"https://a:1\", \"http://b:1\"]", "hub[1] \"http://b:1\" must be an https:// URL"),
+            ("[\"https://a:1\", \"https://a:1\"]", "hub[1] \"https://a:1\" is listed twice"),
+            ("\"https://\"", "hub \"https://\""),
+            ("7443", "a list of them"),
+        ] {
+            let err = load(hub).unwrap_err().to_string();
+            assert!(err.contains(words), "{hub}: {err}");
+        }
+    }
+
     /// A spoke trusts the keys of `[trust]`, from the config and a file; without any it does
     /// not start, saying where to get the hub's key; a key that does not parse is named.
     #[test]
@@ -452,7 +499,7 @@ mod tests {
         std::fs::write(&path, toml).unwrap();
         let err = SpokeConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("AQUEDUCT_NODE"), "the pod's name comes from the environment: {err}");
-        let pod = Overrides { node: Some("llama-server".into()), advertise: None };
+        let pod = Overrides { node: Some("llama-server".into()), advertise: None, hub: None };
         let config = SpokeConfig::load_with(&path, &pod).unwrap();
         assert_eq!(config.node, "llama-server");
         assert!(config.cache.memory_only && config.peer.is_none());
@@ -474,6 +521,7 @@ mod tests {
         let overrides = |node: Option<&str>, advertise: Option<&str>| Overrides {
             node: node.map(Into::into),
             advertise: advertise.map(Into::into),
+            hub: None,
         };
 
         std::fs::write(&path, &with_peer).unwrap();

@@ -25,10 +25,11 @@ use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::enrol_client::EnrolClient;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tracing::{error, info, warn};
 
 use crate::config::SpokeConfig;
+use crate::hubs::Hubs;
 use crate::tls::{Held, NodeTls, TlsError};
 
 /// The file (in the data directory) where the node keeps its certificate and key.
@@ -173,14 +174,7 @@ async fn enrol(config: &SpokeConfig, ca: &str) -> Result<Held, EnrolError> {
     };
     let token = read("enrolment token", &enrol.token_file)?;
     let (key, csr_der) = new_request(&config.node)?;
-    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
-    let channel = Endpoint::from_shared(config.hub.clone())
-        .and_then(|e| e.tls_config(tls))
-        .map_err(|e| EnrolError::Connect(e.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| EnrolError::Connect(crate::chain(&e)))?;
+    let channel = connect_for_enrolment(config, ca).await?;
     let request = pb::EnrolRequest { token: token.trim().to_string(), node: config.node.clone(), csr_der };
     let cert = EnrolClient::new(channel)
         .enrol(request)
@@ -191,6 +185,32 @@ async fn enrol(config: &SpokeConfig, ca: &str) -> Result<Held, EnrolError> {
     keep(&config.data_dir, &held)?;
     info!(identity = %held.identity, not_after_ms = held.not_after_ms, "enrolled: the node has its certificate");
     Ok(held)
+}
+
+/// A connection to the first hub of the config that accepts one (with the CA alone: the node
+/// has no certificate yet). Only connections are tried on the next hub: a hub that answered
+/// the enrolment, even with a refusal, has had the token.
+async fn connect_for_enrolment(config: &SpokeConfig, ca: &str) -> Result<Channel, EnrolError> {
+    let mut failures = Vec::new();
+    for url in &config.hub.0 {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        let endpoint = Endpoint::from_shared(url.clone())
+            .and_then(|e| e.tls_config(tls))
+            .map_err(|e| EnrolError::Connect(format!("{url}: {e}")))?
+            .connect_timeout(crate::hubs::CONNECT_TIMEOUT);
+        match endpoint.connect().await {
+            Ok(channel) => {
+                info!(hub = %url, "enrolling with hub {url}");
+                return Ok(channel);
+            }
+            Err(e) => failures.push(if config.hub.0.len() > 1 {
+                format!("{url}: {}", crate::chain(&e))
+            } else {
+                crate::chain(&e)
+            }),
+        }
+    }
+    Err(EnrolError::Connect(failures.join("; ")))
 }
 
 /// How renewal stands (for the log, the readiness check and the hub link's message).
@@ -222,11 +242,13 @@ impl Renewal {
 }
 
 /// Renews the node's certificate before it expires, until `shutdown` fires. `endpoint` is the
-/// hub's (a `http://` URI: the connector does TLS).
+/// hubs' (a `http://` URI: the connector does TLS), `hubs` the hub to ask (the one in use, or
+/// the next that answers).
 pub async fn renew(
     config: SpokeConfig,
     tls: Arc<NodeTls>,
     endpoint: Endpoint,
+    hubs: Arc<Hubs>,
     status: Arc<Renewal>,
     shutdown: CancellationToken,
 ) {
@@ -245,7 +267,7 @@ pub async fn renew(
         }
         loop {
             let outcome = if held.valid_at(now_ms()) {
-                renew_once(&config, &tls, &endpoint).await
+                renew_once(&config, &tls, &endpoint, &hubs).await
             } else {
                 // Expired: the hub refuses it; a new token in the file enrols again.
                 let ca = String::from_utf8_lossy(tls.ca_pem()).into_owned();
@@ -282,10 +304,17 @@ pub async fn renew(
 }
 
 /// One renewal: a new key and request, sent over the current certificate.
-async fn renew_once(config: &SpokeConfig, tls: &NodeTls, endpoint: &Endpoint) -> Result<Held, EnrolError> {
+async fn renew_once(
+    config: &SpokeConfig,
+    tls: &NodeTls,
+    endpoint: &Endpoint,
+    hubs: &Arc<Hubs>,
+) -> Result<Held, EnrolError> {
     let (key, csr_der) = new_request(&config.node)?;
-    let channel =
-        endpoint.connect_with_connector(tls.connector()).await.map_err(|e| EnrolError::Connect(crate::chain(&e)))?;
+    let channel = endpoint
+        .connect_with_connector(hubs.connector(tls.connector()))
+        .await
+        .map_err(|e| EnrolError::Connect(crate::chain(&e)))?;
     let cert = SpokeClient::new(channel)
         .renew_certificate(pb::RenewCertificateRequest { csr_der })
         .await

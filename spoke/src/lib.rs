@@ -39,6 +39,7 @@ pub mod csi;
 pub mod enrol;
 pub mod health;
 pub mod holder;
+pub mod hubs;
 pub mod in_use;
 pub mod limits;
 pub mod local;
@@ -106,6 +107,8 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     let cache = Arc::new(TieredStore::open(&config.data_dir, &config.cache)?);
     let store: Arc<dyn ChunkStore> = cache.clone();
     let endpoint = config.endpoint()?;
+    // Every connection to a hub goes through its connector: to the hub in use, or the next.
+    let hubs = hubs::Hubs::new(config.hub.0.clone());
     // The node's certificate: kept, given, or got now by enrolment.
     let tls = enrol::credentials(&config).await?;
     let region = tls.current().identity.clone();
@@ -117,6 +120,7 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
         config.clone(),
         tls.clone(),
         endpoint.clone(),
+        hubs.clone(),
         renewal.clone(),
         shutdown.child_token(),
     ));
@@ -127,7 +131,7 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
     };
     // Readers and manifests go through a channel of their own, connected when first used:
     // the catalog takes manifests (the largest message), readers chunks.
-    let hub = SpokeClient::new(endpoint.connect_with_connector_lazy(tls.connector()))
+    let hub = SpokeClient::new(endpoint.connect_with_connector_lazy(hubs.connector(tls.connector())))
         .max_decoding_message_size(aqueduct_proto::MAX_CHUNK_MESSAGE_BYTES)
         .max_encoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES);
     let catalog = Arc::new(Catalog::open(
@@ -285,6 +289,7 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
         ready,
         budget,
         link,
+        hubs,
         tls: tls.clone(),
         renewal,
         mounts: mounts.clone(),

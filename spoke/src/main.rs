@@ -42,6 +42,11 @@ enum Command {
         /// AQUEDUCT_PEER_ADVERTISE to the pod's IP and the peer port.
         #[arg(long, env = "AQUEDUCT_PEER_ADVERTISE", value_name = "HOST:PORT")]
         advertise: Option<String>,
+        /// The hub's https://HOST:PORT, or several hubs serving one state, comma-separated
+        /// (https://a:7443,https://b:7443), instead of the config's `hub`: tried in that order;
+        /// the spoke uses the first that answers and goes on with the next when it is lost.
+        #[arg(long, env = "AQUEDUCT_HUB", value_name = "URL[,URL...]", value_delimiter = ',')]
+        hub: Option<Vec<String>>,
     },
     /// Mount a dataset read-only through the running spoke. DATASET follows the region's
     /// active version (open files keep theirs when it changes); DATASET@TAG follows a tag
@@ -109,8 +114,10 @@ fn absolute(path: PathBuf) -> anyhow::Result<PathBuf> {
 #[tokio::main]
 async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Run { config, node, advertise } => {
-            let overrides = aqueduct_spoke::Overrides { node, advertise };
+        Command::Run { config, node, advertise, hub } => {
+            let hub =
+                hub.map(|list| list.into_iter().map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect());
+            let overrides = aqueduct_spoke::Overrides { node, advertise, hub };
             let config = aqueduct_spoke::SpokeConfig::load_with(&config, &overrides)?;
             // The connection caps of `[limits]`, not the descriptor limit, are what binds.
             let _ = aqueduct_core::edge::raise_open_file_limit();

@@ -126,7 +126,7 @@ proptest! {
         node in proptest::option::of(".{0,8}"),
         advertise in proptest::option::of(".{0,8}"),
     ) {
-        let overrides = Overrides { node: node.clone(), advertise };
+        let overrides = Overrides { node: node.clone(), advertise, hub: None };
         if let Ok(config) = parse(&text, &overrides) {
             prop_assert!(aqueduct_proto::validate_name("node", &config.node).is_ok());
             if let Some(node) = node {

@@ -159,6 +159,7 @@ async fn node(versions: &[(Manifest, Vec<Vec<u8>>)]) -> Node {
         ready: Arc::default(),
         budget: Arc::new(Budget::new(u64::MAX)),
         link: Arc::default(),
+        hubs: aqueduct_spoke::hubs::Hubs::new(vec!["https://127.0.0.1:9".into()]),
         tls: {
             let ca = aqueduct_hub::pki::Authority::create("test").unwrap();
             let issued = ca.issue_node("eu", "n1", Duration::from_secs(3600)).unwrap();

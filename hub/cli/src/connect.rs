@@ -1,5 +1,12 @@
 //! Finding the hub and the certificate to present, connecting, and turning transport
 //! failures into messages that say what to do.
+//!
+//! Several hubs may serve one state: `--hub https://a:7443,https://b:7443` (or `AQ_HUB`, or
+//! `hub = [...]` in aq.toml) names them in the order they are tried. [`HubConn::connect`] takes
+//! the first that accepts a connection (TCP and the TLS handshake); every call of the command
+//! then goes to that hub. Only a hub that could not be connected to is passed over: a call the
+//! hub answered, with an error or not, is never sent again to another (an admin call must not
+//! run twice). `-v` says on stderr which hub answered and why the ones before it did not.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,8 +23,10 @@ pub struct ConnArgs {
     /// Default: ~/.config/aqueduct/aq.toml if it exists.
     #[arg(long, global = true, env = "AQ_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Hub address, e.g. https://hub.example:7443 (overrides the config).
-    #[arg(long, global = true, env = "AQ_HUB", value_name = "URL")]
+    /// Hub address, e.g. https://hub.example:7443, or several hubs serving one state,
+    /// comma-separated (https://a:7443,https://b:7443), tried in that order until one accepts
+    /// the connection (overrides the config).
+    #[arg(long, global = true, env = "AQ_HUB", value_name = "URL[,URL...]")]
     hub: Option<String>,
     /// CA certificate of the hub (overrides the config).
     #[arg(long, global = true, env = "AQ_CA", value_name = "FILE")]
@@ -28,25 +37,56 @@ pub struct ConnArgs {
     /// Admin client key (overrides the config).
     #[arg(long, global = true, env = "AQ_KEY", value_name = "FILE")]
     key: Option<PathBuf>,
+    /// Say on stderr which hub answered (and why the hubs before it in --hub did not).
+    #[arg(short, long, global = true)]
+    verbose: bool,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    hub: Option<String>,
+    hub: Option<Hubs>,
     ca: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
 }
 
+/// `hub` in aq.toml: one address, or a list of them in the order they are tried.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Hubs {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Hubs {
+    fn into_list(self) -> Vec<String> {
+        match self {
+            Hubs::One(one) => vec![one],
+            Hubs::Many(many) => many,
+        }
+    }
+}
+
+/// `--hub`'s value: addresses separated by commas (spaces around them ignored).
+fn split_hubs(text: &str) -> Vec<String> {
+    text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
 /// Where the hub is and how to prove who we are.
 pub struct HubConn {
+    /// The hub this talks to: the one that accepted the connection ([`HubConn::connect`]); the
+    /// first of `hubs` until then.
     pub url: String,
+    /// Every hub given, in the order they are tried.
+    pub hubs: Vec<String>,
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
     /// Where the settings came from, for messages.
     pub origin: String,
+    /// Say which hub answered, on stderr.
+    pub verbose: bool,
 }
 
 impl ConnArgs {
@@ -61,17 +101,18 @@ impl ConnArgs {
             Some(path) => (load(path)?, format!("{}", path.display())),
             None => (FileConfig { hub: None, ca: None, cert: None, key: None }, "flags".to_string()),
         };
-        if self.hub.is_some() {
-            cfg.hub = self.hub.clone();
+        if let Some(hub) = &self.hub {
+            cfg.hub = Some(Hubs::Many(split_hubs(hub)));
         }
+        let hubs = cfg.hub.take().map(Hubs::into_list).filter(|l| !l.is_empty());
         for (flag, slot) in [(&self.ca, &mut cfg.ca), (&self.cert, &mut cfg.cert), (&self.key, &mut cfg.key)] {
             if flag.is_some() {
                 slot.clone_from(flag);
             }
         }
-        let (Some(url), Some(ca), Some(cert), Some(key)) = (&cfg.hub, &cfg.ca, &cfg.cert, &cfg.key) else {
+        let (Some(hubs), Some(ca), Some(cert), Some(key)) = (&hubs, &cfg.ca, &cfg.cert, &cfg.key) else {
             let missing: Vec<&str> = [
-                ("--hub", cfg.hub.is_none()),
+                ("--hub", hubs.is_none()),
                 ("--ca", cfg.ca.is_none()),
                 ("--cert", cfg.cert.is_none()),
                 ("--key", cfg.key.is_none()),
@@ -86,7 +127,15 @@ impl ConnArgs {
                 missing.join(", ")
             );
         };
-        Ok(HubConn { url: url.clone(), ca: ca.clone(), cert: cert.clone(), key: key.clone(), origin })
+        Ok(HubConn {
+            url: hubs[0].clone(),
+            hubs: hubs.clone(),
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+            origin,
+            verbose: self.verbose,
+        })
     }
 }
 
@@ -111,7 +160,10 @@ fn parse(text: &str, path: &Path) -> Result<FileConfig> {
 }
 
 impl HubConn {
-    pub async fn connect(&self) -> Result<AdminClient<Channel>> {
+    /// Connects to the first hub of [`HubConn::hubs`] that accepts a connection, which every
+    /// call then goes to ([`HubConn::url`] says which). A hub is passed over only when it could
+    /// not be connected to; the error names each hub tried when none could.
+    pub async fn connect(&mut self) -> Result<AdminClient<Channel>> {
         let read = |what: &str, path: &Path| {
             std::fs::read(path)
                 .with_context(|| format!("cannot read the {what} {} (from {})", path.display(), self.origin))
@@ -119,39 +171,69 @@ impl HubConn {
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(read("CA certificate", &self.ca)?))
             .identity(Identity::from_pem(read("client certificate", &self.cert)?, read("client key", &self.key)?));
-        if !self.url.starts_with("https://") {
-            bail!(
-                "hub address {:?} must start with https:// (the hub speaks only mutual TLS); it comes from {}",
-                self.url,
-                self.origin
-            );
+        let mut endpoints = Vec::new();
+        for url in &self.hubs {
+            if !url.starts_with("https://") {
+                bail!(
+                    "hub address {url:?} must start with https:// (the hub speaks only mutual TLS); it comes from {}",
+                    self.origin
+                );
+            }
+            let endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|e| anyhow!("hub address {url:?} is not a URL ({e}); write https://HOST:PORT"))?
+                .tls_config(tls.clone())
+                .map_err(|e| anyhow!("cannot use the TLS files from {}: {e}", self.origin))?
+                .connect_timeout(Duration::from_secs(5));
+            endpoints.push((url.clone(), endpoint));
         }
-        let endpoint = Endpoint::from_shared(self.url.clone())
-            .map_err(|e| anyhow!("hub address {:?} is not a URL ({e}); write https://HOST:PORT", self.url))?
-            .tls_config(tls)
-            .map_err(|e| anyhow!("cannot use the TLS files from {}: {e}", self.origin))?
-            .connect_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect().await.map_err(|e| self.transport_error(&chain(&e)))?;
-        // Answers go up to a manifest; requests are small (the hub takes at most so much).
-        Ok(AdminClient::new(channel)
-            .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES))
+        let mut passed: Vec<(String, String)> = Vec::new();
+        for (url, endpoint) in endpoints {
+            match endpoint.connect().await {
+                Ok(channel) => {
+                    if self.verbose {
+                        for (hub, why) in &passed {
+                            eprintln!("hub {hub} not reached: {why}");
+                        }
+                        eprintln!("hub {url} answered");
+                    }
+                    self.url = url;
+                    // Answers go up to a manifest; requests are small (the hub takes at most so much).
+                    return Ok(AdminClient::new(channel)
+                        .max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(aqueduct_proto::MAX_REQUEST_BYTES));
+                }
+                Err(e) => passed.push((url, chain(&e))),
+            }
+        }
+        match passed.as_slice() {
+            [(url, detail)] => Err(self.transport_error_at(url, detail)),
+            _ => {
+                let each: Vec<String> =
+                    passed.iter().map(|(url, detail)| format!("{:#}", self.transport_error_at(url, detail))).collect();
+                Err(anyhow!("no hub of {} could be reached:\n  {}", self.origin, each.join("\n  ")))
+            }
+        }
     }
 
     fn transport_error(&self, detail: &str) -> anyhow::Error {
+        self.transport_error_at(&self.url, detail)
+    }
+
+    /// What a transport failure talking to the hub at `url` means, and what to do.
+    fn transport_error_at(&self, url: &str, detail: &str) -> anyhow::Error {
         let lower = detail.to_ascii_lowercase();
         if lower.contains("connection refused") || lower.contains("timed out") || lower.contains("dns") {
             anyhow!(
                 "cannot reach the hub at {} ({detail}); is `aqueduct-hub serve` running there? \
                  The address comes from {}",
-                self.url,
+                url,
                 self.origin
             )
         } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
             anyhow!(
                 "the hub's certificate is not valid for the name in {} ({detail}); reach the hub by a \
                  name it was created with (`aqueduct-hub init --host NAME`), e.g. 127.0.0.1",
-                self.url
+                url
             )
         } else if lower.contains("unknownissuer")
             || lower.contains("badsignature")
@@ -160,14 +242,14 @@ impl HubConn {
             anyhow!(
                 "the hub at {} presented a certificate not issued by the CA in {} ({detail}); \
                  use the admin bundle of this hub",
-                self.url,
+                url,
                 self.ca.display()
             )
         } else if lower.contains("certificate") || lower.contains("alert") || lower.contains("handshake") {
             anyhow!(
                 "the hub at {} refused this client's certificate {} ({detail}); use the admin \
                  bundle that `aqueduct-hub init` wrote for this hub",
-                self.url,
+                url,
                 self.cert.display()
             )
         } else if lower.contains("closed")
@@ -181,11 +263,11 @@ impl HubConn {
                 "the hub at {} closed the connection ({detail}); it does so when the client's \
                  certificate {} was not issued by its CA: use the admin bundle that \
                  `aqueduct-hub init` wrote for this hub (or check that the hub is still running)",
-                self.url,
+                url,
                 self.cert.display()
             )
         } else {
-            anyhow!("cannot talk to the hub at {}: {detail}", self.url)
+            anyhow!("cannot talk to the hub at {}: {detail}", url)
         }
     }
 }
@@ -235,6 +317,17 @@ mod tests {
     fn the_config_init_writes_parses_with_paths_beside_it() {
         let cfg = parse(VALID, Path::new("/data/admin/aq.toml")).unwrap();
         assert_eq!(cfg.ca.as_deref(), Some(Path::new("/data/admin/ca.pem")));
+    }
+
+    #[test]
+    fn hub_is_one_address_or_a_list_in_the_order_tried() {
+        let list = "hub = [\"https://b:7443\", \"https://a:7443\"]\nca = \"ca.pem\"\ncert = \"admin.pem\"\nkey = \"admin.key\"\n";
+        let hubs = parse(list, Path::new("/data/admin/aq.toml")).unwrap().hub.unwrap().into_list();
+        assert_eq!(hubs, ["https://b:7443", "https://a:7443"]);
+        let one = parse(VALID, Path::new("aq.toml")).unwrap().hub.unwrap().into_list();
+        assert_eq!(one, ["https://127.0.0.1:7443"]);
+        assert_eq!(split_hubs("https://a:1, https://b:2,,"), ["https://a:1", "https://b:2"]);
+        assert_eq!(split_hubs("https://a:1"), ["https://a:1"]);
     }
 
     proptest! {

@@ -491,7 +491,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Verify { manifest, keys, files } => return verify(manifest, keys, files),
         _ => {}
     }
-    let hub = cli.conn.resolve()?;
+    let mut hub = cli.conn.resolve()?;
     let mut admin = hub.connect().await?;
     match cli.command {
         Command::Quickstart { .. } | Command::Completions { .. } | Command::Man { .. } | Command::Verify { .. } => {
@@ -765,7 +765,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Version { action: None, output } => {
             let info = admin.info(pb::InfoRequest {}).await.map_err(|e| explain(e, &hub))?.into_inner();
-            show(&VersionsInfo::new(env!("CARGO_PKG_VERSION"), info), &output)?;
+            show(&VersionsInfo::new(env!("CARGO_PKG_VERSION"), info).at(&hub.url), &output)?;
         }
     }
     Ok(())

@@ -569,6 +569,8 @@ impl Listing for ManifestView {
 pub struct VersionsInfo {
     pub cli: String,
     pub hub: String,
+    /// The address of the hub that answered (of those `--hub` names); empty when not known.
+    pub hub_address: String,
     pub spokes: Vec<SpokeVersion>,
 }
 
@@ -595,13 +597,22 @@ impl VersionsInfo {
                 node: s.node,
             })
             .collect();
-        VersionsInfo { cli: cli.to_string(), hub, spokes }
+        VersionsInfo { cli: cli.to_string(), hub, hub_address: String::new(), spokes }
+    }
+
+    /// The same, saying that the hub at `address` answered.
+    pub fn at(self, address: &str) -> Self {
+        VersionsInfo { hub_address: address.to_string(), ..self }
     }
 }
 
 impl Listing for VersionsInfo {
     fn text(&self, wide: bool) -> String {
-        let mut text = format!("aq    {}\nhub   {}\n", self.cli, self.hub);
+        let mut text = format!("aq    {}\nhub   {}", self.cli, self.hub);
+        if !self.hub_address.is_empty() {
+            text.push_str(&format!(" at {}", self.hub_address));
+        }
+        text.push('\n');
         if self.cli != self.hub {
             text.push_str(&format!("warning: aq {} and the hub {} differ\n", self.cli, self.hub));
         }

@@ -82,6 +82,8 @@ pub struct Parts {
     pub budget: Arc<Budget>,
     /// Whether the session with the hub is up (readiness).
     pub link: Arc<HubLink>,
+    /// The hubs, and the one in use: the hub's connections go to it, or the next that answers.
+    pub hubs: Arc<crate::hubs::Hubs>,
     /// The node's TLS (its current certificate), for the hub's connections.
     pub tls: Arc<crate::tls::NodeTls>,
     /// How the certificate's renewal stands (what to do once it expired).
@@ -185,7 +187,8 @@ impl Controller<'_> {
     /// watch ends (never with success).
     async fn session(&self, endpoint: &Endpoint, memory: &mut Memory, watched: &mut bool) -> Result<Infallible, Ended> {
         let (config, parts) = (self.config, &self.parts);
-        let channel: Channel = endpoint.connect_with_connector(parts.tls.connector()).await.map_err(|e| {
+        let connector = parts.hubs.connector(parts.tls.connector());
+        let channel: Channel = endpoint.connect_with_connector(connector).await.map_err(|e| {
             let error = crate::chain(&e);
             // An expired certificate is refused in TLS: say what to do.
             match parts.renewal.advice(crate::enrol::now_ms()) {
@@ -228,7 +231,7 @@ impl Controller<'_> {
             parts.link.clone(),
             updates,
         )));
-        info!("connected to the hub, watching for work");
+        info!(hub = %parts.hubs.current(), "connected to the hub, watching for work");
         // Reported every few seconds, and at once when a version is Ready.
         let cache_changed = Arc::new(Notify::new());
         let _cache_reports = AbortOnDrop(tokio::spawn(report_cache(
@@ -360,7 +363,8 @@ impl Controller<'_> {
         Ok(())
     }
 
-    /// Records how a replication ended. A hub that cannot be reached ends the session.
+    /// Records how a replication ended. A hub that cannot be reached, or whose connection broke
+    /// under the transfer, ends the session (the version is not failed for it).
     async fn finished(&self, session: &Session, done: Done, memory: &mut Memory) -> Result<(), Ended> {
         let Done { assignment: a, mode, membership, result } = done;
         match result {
@@ -369,7 +373,9 @@ impl Controller<'_> {
                 self.publish_ready(memory);
                 session.cache_changed.notify_one();
             }
-            Err(ReplicationError::Hub(status)) if status.code() == tonic::Code::Unavailable => {
+            // The hub was lost (not what it answered): the session ends, and the next one, with
+            // this hub or the next, resumes the version from what the store holds.
+            Err(ReplicationError::Hub(status)) if crate::origin::hub_lost(&status) => {
                 return Err(Ended::Hub(status.message().to_string()));
             }
             Err(e) => {

@@ -57,12 +57,27 @@ impl FetchError {
         }
     }
 
+    /// The hub was lost under the call (see [`hub_lost`]): asking again reaches the next hub
+    /// that answers.
+    pub fn hub_lost(&self) -> bool {
+        matches!(self, FetchError::Hub(status) if hub_lost(status))
+    }
+
     /// Whether a peer that answered with this is to blame (and left out of ownership for a
     /// while): one that failed or sent wrong bytes is; one that was busy, or could not get a
     /// chunk over the link itself, is not.
     pub fn blames_peer(&self) -> bool {
         matches!(self, FetchError::Peer(PeerError::Unavailable { .. } | PeerError::Corrupt { .. }))
     }
+}
+
+/// Whether a status from a call to the hub says the hub was lost rather than what it answered:
+/// it could not be reached (UNAVAILABLE), or the connection broke under the call (a status the
+/// client's transport made, which carries the transport's error as its source; the hub's own
+/// answers carry none). The call may be asked again: the next connection goes to the next hub
+/// that answers ([`crate::hubs`]).
+pub fn hub_lost(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable || std::error::Error::source(status).is_some()
 }
 
 /// Who an origin is.

@@ -191,7 +191,18 @@ impl ReadThrough {
                         continue;
                     }
                 },
-                Owner::Me => self.over_link(&Pull { from_owner: false, ..pull }, &[digest]).await.map_err(failed)?,
+                Owner::Me => {
+                    let own = Pull { from_owner: false, ..pull };
+                    match self.over_link(&own, &[digest]).await {
+                        // The hub was lost under the fetch: once more, which reaches the next hub
+                        // that answers (crate::hubs) within the reader's deadline.
+                        Err(e) if e.hub_lost() => {
+                            debug!(error = %e, "the hub was lost under a reader's fetch; asking again");
+                            self.over_link(&own, &[digest]).await.map_err(failed)?
+                        }
+                        pulled => pulled.map_err(failed)?,
+                    }
+                }
             };
             if let Some((_, data)) = pulled.got.into_iter().find(|(d, _)| *d == digest) {
                 return Ok(data.as_ref().clone());

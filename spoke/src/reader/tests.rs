@@ -333,3 +333,29 @@ async fn background_work_a_reader_waits_for_is_not_held_back() {
     assert_eq!(replicating.await.unwrap().unwrap(), 3);
     assert_eq!(s.region.hub.calls(), 1, "one fetch served both");
 }
+
+/// A reader whose fetch lost the hub (not reached, or the connection broke under it) asks once
+/// more, which reaches the next hub that answers; a hub lost twice fails the read. What the hub
+/// answered is not asked again.
+#[tokio::test(start_paused = true)]
+async fn a_reader_asks_again_once_when_the_hub_was_lost_under_its_fetch() {
+    use crate::origin::hub_lost;
+    assert!(hub_lost(&tonic::Status::unavailable("no connection")));
+    let broken = tonic::Status::from_error(Box::new(std::io::Error::other("connection reset")));
+    assert!(hub_lost(&broken), "a status the transport made: {broken:?}");
+    assert!(!hub_lost(&tonic::Status::not_found("no such version")), "an answer of the hub");
+    assert!(!hub_lost(&tonic::Status::unknown("an answer of the hub")));
+
+    let s = spoke("me", &[]);
+    let data = b"a chunk a pod waits for".to_vec();
+    let digest = s.region.hub.hold(&data);
+    s.region.hub.script([Act::Fail]);
+    assert_eq!(s.reader.chunk("m", 1, digest).await, Ok(data.clone()));
+    assert_eq!(s.region.hub.calls(), 2, "asked again after the hub was lost");
+    let other = b"another chunk a pod waits for".to_vec();
+    let digest = s.region.hub.hold(&other);
+    s.region.hub.script([Act::Fail, Act::Fail]);
+    let err = s.reader.chunk("m", 1, digest).await.unwrap_err();
+    assert_eq!(s.region.hub.calls(), 4, "asked again once, not more");
+    assert!(matches!(err.reason, Reason::Failed(_)), "{err}");
+}
