@@ -13,9 +13,14 @@
 //!   version, p50, p99 and the last;
 //! - the fold: every spoke reports the version Ready (`ReportProgress`, every-node mode); time
 //!   until every report is acknowledged and until `Status` shows every region Ready;
-//! - the hub's CPU seconds over joining, the publish and the fold.
+//! - the hub's CPU seconds over joining, the publish and the fold;
+//! - beside the simulated spokes, AQ_BENCH_REAL_SPOKES (default 3) real `aqueduct-spoke`
+//!   processes, each alone in a region of its own (a simulated peer serves no chunk), enrolled
+//!   with a token as a new node is: they join while the others watch and replicate the version
+//!   after the publish; printed is when each held it whole (the fold's "all Ready" waits for
+//!   their regions too).
 //!
-//! Printed, not asserted. Run: `cargo build --release -p aqueduct-hub &&
+//! Printed, not asserted. Run: `cargo build --release -p aqueduct-hub -p aqueduct-spoke &&
 //! cargo bench -p aqueduct-e2e --bench control` (AQ_BENCH_SPOKES=1000 AQ_BENCH_REGIONS=1 puts
 //! every spoke in one region).
 
@@ -182,9 +187,10 @@ async fn run(count: usize, regions: usize) {
     }
     let version = version.expect("a version");
     let names: Vec<String> = (0..regions).map(|r| format!("region-{r}")).collect();
+    let mut region_ca = String::new();
     for name in &names {
         let region = pb::Region { name: name.clone(), rate_bytes_per_sec: 100 << 20, ..Default::default() };
-        admin.add_region(pb::AddRegionRequest { region: Some(region) }).await.unwrap();
+        region_ca = admin.add_region(pb::AddRegionRequest { region: Some(region) }).await.unwrap().into_inner().ca_pem;
     }
     let idle = rss(hub.pid);
     let cpu_start = cpu(hub.pid);
@@ -221,6 +227,34 @@ async fn run(count: usize, regions: usize) {
         .collect()
         .await;
     let join_took = joined.elapsed();
+    // The real spokes join too (enrolled with a token each, as new nodes are).
+    let real_count = env_list("AQ_BENCH_REAL_SPOKES", "3")[0];
+    let signing = aqueduct_hub::signing::Signer::open(&hub.config.resolve(&hub.config.signing.key)).unwrap();
+    let keys: Vec<String> = signing.published().iter().map(|k| k.to_string()).collect();
+    let mut real = Vec::new();
+    let real_regions: Vec<String> = (0..real_count).map(|r| format!("real-{r}")).collect();
+    for (r, region) in real_regions.iter().enumerate() {
+        let add = pb::Region { name: region.clone(), rate_bytes_per_sec: 100 << 20, ..Default::default() };
+        admin.add_region(pb::AddRegionRequest { region: Some(add) }).await.unwrap();
+        let request = pb::CreateEnrolTokenRequest { region: region.clone(), ttl_seconds: 3600, uses: 1 };
+        let token = admin.create_enrol_token(request).await.unwrap().into_inner().token;
+        let given = aqueduct_spoke::Enrolment { ca_pem: &region_ca, signing_keys: &keys, token: &token };
+        let node = format!("real-{r}");
+        let dir = tmp.path().join(&node);
+        let config = aqueduct_spoke::write_enrol_config(&dir, &hub.url, &node, &given).unwrap();
+        let args = ["run".as_ref(), "--config".as_ref(), config.as_os_str()];
+        real.push((region.clone(), node, spawn_logged(&bin("aqueduct-spoke"), &args, &dir.join("spoke.log"))));
+    }
+    let real_nodes: Vec<(String, String)> = real.iter().map(|(r, n, _)| (r.clone(), n.clone())).collect();
+    let _real = Children(real.into_iter().map(|(_, _, child)| child).collect());
+    let members_of = |info: &pb::InfoResponse| -> usize {
+        real_nodes.iter().filter(|(_, n)| info.spokes.iter().any(|s| s.node == *n)).count()
+    };
+    let since = Instant::now();
+    while members_of(&admin.info(pb::InfoRequest {}).await.unwrap().into_inner()) < real_nodes.len() {
+        assert!(since.elapsed() < Duration::from_secs(60), "the real spokes never joined; see real-*/spoke.log");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Let the membership pushes of the last joins settle, then drain what they brought.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut pushes_while_joining = 0usize;
@@ -235,7 +269,7 @@ async fn run(count: usize, regions: usize) {
     let rollout = pb::RolloutRequest {
         dataset: DATASET.into(),
         version: version.version,
-        regions: names.clone(),
+        regions: names.iter().chain(&real_regions).cloned().collect(),
         mode: pb::ReplicationMode::EveryNode.into(),
         ..Default::default()
     };
@@ -259,6 +293,21 @@ async fn run(count: usize, regions: usize) {
     let mut latencies: Vec<Duration> = notified.values().copied().collect();
     latencies.sort();
     let cpu_published = cpu(hub.pid);
+    // The real spokes: when each held the version whole (as its region's row shows it).
+    let mut real_ready: HashMap<String, Duration> = HashMap::new();
+    while real_ready.len() < real_nodes.len() && published.elapsed() < Duration::from_secs(120) {
+        let rows = admin.status(pb::StatusRequest { dataset: DATASET.into() }).await.unwrap().into_inner().rows;
+        for (region, node) in &real_nodes {
+            let row = rows.iter().find(|r| r.region == *region && r.version == version.version);
+            let ready = row.is_some_and(|r| r.nodes.iter().any(|n| n.node == *node && n.phase() == pb::Phase::Ready));
+            if ready {
+                real_ready.entry(node.clone()).or_insert_with(|| published.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut real_ready: Vec<Duration> = real_ready.into_values().collect();
+    real_ready.sort();
 
     // Fold: every spoke reports the version Ready.
     let folding = Instant::now();
@@ -292,7 +341,7 @@ async fn run(count: usize, regions: usize) {
     let mut all_ready = None;
     while folding.elapsed() < Duration::from_secs(120) {
         let rows = admin.status(pb::StatusRequest { dataset: DATASET.into() }).await.unwrap().into_inner().rows;
-        if rows.len() == regions && rows.iter().all(|r| r.phase() == pb::Phase::Ready) {
+        if rows.len() == regions + real_count && rows.iter().all(|r| r.phase() == pb::Phase::Ready) {
             all_ready = Some(folding.elapsed());
             break;
         }
@@ -302,7 +351,7 @@ async fn run(count: usize, regions: usize) {
     let folded = rss(hub.pid);
 
     println!(
-        "{count:>6} {regions:>7} {:>9} {:>11} {:>10} {:>9.2} {pushes_while_joining:>11} {:>9} {:>9} {:>9} {:>6}/{count} {:>9} {:>9} {:>9.2} {:>8.2} {:>7.2} {:>6.2}",
+        "{count:>6} {regions:>7} {:>9} {:>11} {:>10} {:>9.2} {pushes_while_joining:>11} {:>9} {:>9} {:>9} {:>6}/{count} {:>9} {:>9} {:>9.2} {:>8.2} {:>7.2} {:>6.2} {:>4}/{} {}",
         mib(idle),
         mib(watching),
         format!("{:.0}", watching.saturating_sub(idle) as f64 / count as f64 / 1024.0),
@@ -317,6 +366,9 @@ async fn run(count: usize, regions: usize) {
         cpu_published - cpu_joined,
         cpu_folded - cpu_published,
         folded as f64 / f64::from(1 << 20),
+        real_ready.len(),
+        real_nodes.len(),
+        real_ready.iter().map(|d| format!("{d:.0?}")).collect::<Vec<_>>().join(","),
     );
     assert_eq!(acked, count);
     drop(hub.child);
@@ -331,7 +383,7 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     println!("control plane: simulated spokes (one TLS connection and one watch each) against the hub binary");
     println!(
-        "{:>6} {:>7} {:>9} {:>11} {:>10} {:>9} {:>11} {:>9} {:>9} {:>9} {:>11} {:>9} {:>9} {:>9} {:>8} {:>7} {:>6}",
+        "{:>6} {:>7} {:>9} {:>11} {:>10} {:>9} {:>11} {:>9} {:>9} {:>9} {:>11} {:>9} {:>9} {:>9} {:>8} {:>7} {:>6} real Ready (from the publish)",
         "spokes",
         "regions",
         "rss idle",
@@ -348,7 +400,7 @@ fn main() {
         "cpu join",
         "cpu pub",
         "cpu fold",
-        "rss end"
+        "rss end",
     );
     for count in counts {
         runtime.block_on(run(count, regions.min(count)));
