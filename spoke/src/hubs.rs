@@ -127,9 +127,10 @@ impl Hubs {
     /// A call made at `turn` got `status`. If the hub refused it ([`refused`]) and the hub in
     /// use is still the one the call went to, the next hub is in use from now on and every
     /// connection to the refusing one is closed, so that the next call dials the next hub.
-    /// Whether it moved on.
+    /// Whether it moved on. A spoke that knows one hub stays with it, its connections open
+    /// (the calls they carry may still be answered).
     pub fn refused(&self, turn: u64, status: &tonic::Status) -> bool {
-        if !refused(status) {
+        if !refused(status) || self.urls.len() < 2 {
             return false;
         }
         // Only once per turn: the other calls refused at the same turn find it taken.
@@ -437,12 +438,12 @@ mod tests {
         hubs.answered(2);
         assert!(!hubs.refused(before, &no));
         assert_eq!(hubs.current(), "https://c:1");
-        // One hub: it stays in use (there is no other), its connections close.
+        // One hub: there is no other to move to; its connections stay.
         let one = Hubs::new(vec!["https://a:1".into()]);
         let to_a = one.closing(0);
-        assert!(one.refused(one.turn(), &no));
+        assert!(!one.refused(one.turn(), &no));
         assert_eq!(one.current(), "https://a:1");
-        assert!(to_a.is_cancelled());
+        assert!(!to_a.is_cancelled());
     }
 
     /// A connection closed while a read waits on it: the read is woken and fails, as do writes
