@@ -52,6 +52,10 @@ pub enum CatalogError {
     TagNotReady { dataset: String, tag: String, version: u64 },
     #[error("cannot get the manifest of {dataset}@v{version} from the hub: {status}")]
     Hub { dataset: String, version: u64, status: String },
+    /// The hub was lost under the call, or refused it ([`crate::origin::hub_lost`]): asking
+    /// again reaches the next hub.
+    #[error("cannot get the manifest of {dataset}@v{version} from the hub: {}", .status.message())]
+    HubLost { dataset: String, version: u64, status: tonic::Status },
     #[error("the manifest of {dataset}@v{version} does not verify: {source}")]
     Manifest { dataset: String, version: u64, source: ManifestError },
     /// Its signature does not verify under the keys of `[trust]`: nothing of it is served.
@@ -251,10 +255,13 @@ impl Catalog {
                     .clone()
                     .get_manifest(pb::GetManifestRequest { dataset: a.dataset.clone(), version: a.version })
                     .await
-                    .map_err(|s| CatalogError::Hub {
-                        dataset: a.dataset.clone(),
-                        version: a.version,
-                        status: s.message().to_string(),
+                    .map_err(|s| match crate::origin::hub_lost(&s) {
+                        true => CatalogError::HubLost { dataset: a.dataset.clone(), version: a.version, status: s },
+                        false => CatalogError::Hub {
+                            dataset: a.dataset.clone(),
+                            version: a.version,
+                            status: s.message().to_string(),
+                        },
                     })?
                     .into_inner();
                 let bytes = wire.encode_to_vec();

@@ -206,7 +206,7 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
         );
         tokio::spawn(aqueduct_core::metrics::serve(listener, exporter, config.limits.metrics(), local_stop.clone()));
     }
-    let origins = Arc::new(Network::new(hub, peers.clone()));
+    let origins = Arc::new(Network::new(hub, hubs.clone(), peers.clone()));
     let reader = ReadThrough::new(store.clone(), origins, peers.clone(), priority.clone(), metrics);
     let peer_task = peer_task.map(|(listener, tls)| {
         let limits = &config.limits;

@@ -48,7 +48,7 @@ fn status(e: impl Into<LocalError>) -> Status {
             CatalogError::NoActiveVersion { .. }
             | CatalogError::TagNotAssigned { .. }
             | CatalogError::TagNotReady { .. } => Status::failed_precondition(e.to_string()),
-            CatalogError::Hub { .. } => Status::unavailable(e.to_string()),
+            CatalogError::Hub { .. } | CatalogError::HubLost { .. } => Status::unavailable(e.to_string()),
             CatalogError::Untrusted(_) => Status::permission_denied(e.to_string()),
             CatalogError::Manifest { .. } | CatalogError::Io { .. } => Status::internal(e.to_string()),
         },

@@ -126,7 +126,8 @@ async fn node(versions: &[(Manifest, Vec<Vec<u8>>)]) -> Node {
         &Identity::Node { region: "eu".into(), node: "n1".into() },
         None,
     ));
-    let origins = Arc::new(aqueduct_spoke::origin::Network::new(hub, peers.clone()));
+    let hubs = aqueduct_spoke::hubs::Hubs::new(vec!["https://127.0.0.1:1".into()]);
+    let origins = Arc::new(aqueduct_spoke::origin::Network::new(hub, hubs, peers.clone()));
     let store: Arc<dyn ChunkStore> = cache.clone();
     let priority = Arc::new(aqueduct_spoke::priority::Priority::default());
     let metrics = Arc::new(aqueduct_spoke::metrics::SpokeMetrics::default());

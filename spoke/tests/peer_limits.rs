@@ -50,7 +50,8 @@ async fn a_peer_has_its_share_of_streams_and_a_busy_peer_is_not_suspected() {
     }
     let nowhere = SpokeClient::new(Endpoint::from_static("https://127.0.0.1:1").connect_lazy());
     let reader = |store: Arc<dyn ChunkStore>, peers: Arc<Peers>| {
-        let origins = Arc::new(Network::new(nowhere.clone(), peers.clone()));
+        let hubs = aqueduct_spoke::hubs::Hubs::new(vec!["https://127.0.0.1:1".into()]);
+        let origins = Arc::new(Network::new(nowhere.clone(), hubs, peers.clone()));
         ReadThrough::new(store, origins, peers, Arc::new(Priority::default()), Arc::default())
     };
     let pull = |urgent: bool| Pull {

@@ -53,7 +53,7 @@ use crate::operator::region::{Holds, ReadyVersions};
 use crate::peers::Peers;
 use crate::priority::Priority;
 use crate::reader::ReadThrough;
-use crate::replicate::{PullOptions, ReplicationError, Replicator};
+use crate::replicate::{PullOptions, Replicator};
 use crate::retry::{Backoff, Retry};
 
 /// How often to say in the log that the hub cannot be reached.
@@ -180,6 +180,8 @@ struct Session {
     cache_changed: Arc<Notify>,
     /// Versions the hub no longer assigns that are kept here for a mount (said once each).
     kept_for_mounts: std::sync::Mutex<HashSet<VersionKey>>,
+    /// The hub in use when the session began ([`crate::hubs::Hubs::turn`]).
+    turn: u64,
 }
 
 impl Controller<'_> {
@@ -196,6 +198,12 @@ impl Controller<'_> {
                 None => error,
             }
         })?;
+        // The hub in use as this session's calls see it: a refusal moves the spoke on from it.
+        let turn = parts.hubs.turn();
+        let refused = |s: &tonic::Status| {
+            parts.hubs.refused(turn, s);
+            s.message().to_string()
+        };
         // Assignments (with the region's members) and acks come back; reports go out.
         let client = SpokeClient::new(channel)
             .max_decoding_message_size(aqueduct_proto::MAX_CONTROL_MESSAGE_BYTES)
@@ -208,14 +216,11 @@ impl Controller<'_> {
         let mut watch = match client.clone().watch(request).await {
             Ok(watch) => watch.into_inner(),
             Err(s) if s.code() == tonic::Code::AlreadyExists => return Err(Ended::NameTaken(s.message().to_string())),
-            Err(s) => return Err(Ended::Hub(s.message().to_string())),
+            Err(s) => return Err(Ended::Hub(refused(&s))),
         };
         // The first message carries the watch's session, which every report carries.
-        let first = watch
-            .message()
-            .await
-            .map_err(|s| s.message().to_string())?
-            .ok_or_else(|| "the hub closed the watch".to_string())?;
+        let first =
+            watch.message().await.map_err(|s| refused(&s))?.ok_or_else(|| "the hub closed the watch".to_string())?;
         let token = first.session.clone();
         *watched = true;
         parts.link.up();
@@ -255,7 +260,7 @@ impl Controller<'_> {
             priority: parts.priority.clone(),
             options,
         };
-        let session = Session { replicator, cache_changed, kept_for_mounts: Default::default() };
+        let session = Session { replicator, cache_changed, kept_for_mounts: Default::default(), turn };
         let mut current = pb::Assignments::default();
         // Versions replicate side by side; each pass starts what is not running yet.
         let mut running = Running::default();
@@ -268,10 +273,11 @@ impl Controller<'_> {
                     }
                 }
                 update = assigned.recv() => {
-                    current = update.unwrap_or_else(|| Err::<_, String>("the watch ended".into()))?;
+                    let ended = || tonic::Status::cancelled("the watch ended");
+                    current = update.unwrap_or_else(|| Err(ended())).map_err(|s| refused(&s))?;
                     // Only the newest assignments matter.
                     while let Ok(update) = assigned.try_recv() {
-                        current = update?;
+                        current = update.map_err(|s| refused(&s))?;
                     }
                     memory.assignments_arrived();
                 }
@@ -373,9 +379,11 @@ impl Controller<'_> {
                 self.publish_ready(memory);
                 session.cache_changed.notify_one();
             }
-            // The hub was lost (not what it answered): the session ends, and the next one, with
-            // this hub or the next, resumes the version from what the store holds.
-            Err(ReplicationError::Hub(status)) if crate::origin::hub_lost(&status) => {
+            // The hub was lost (not what it answered), or refused: the session ends, and the
+            // next one, with this hub or the next, resumes the version from what the store
+            // holds. A refusal moves the spoke on to the next hub.
+            Err(ref e) if let Some(status) = e.lost_hub() => {
+                self.parts.hubs.refused(session.turn, status);
                 return Err(Ended::Hub(status.message().to_string()));
             }
             Err(e) => {
@@ -409,7 +417,7 @@ async fn follow_watch(
     catalog: Arc<Catalog>,
     budget: Arc<Budget>,
     link: Arc<HubLink>,
-    updates: mpsc::Sender<Result<pb::Assignments, String>>,
+    updates: mpsc::Sender<Result<pb::Assignments, tonic::Status>>,
 ) {
     let mut first = Some(first);
     loop {
@@ -438,13 +446,13 @@ async fn follow_watch(
                 }
                 Ok(assignments)
             }
-            Ok(None) => Err("the hub closed the watch".to_string()),
-            Err(status) => Err(status.message().to_string()),
+            Ok(None) => Err(tonic::Status::cancelled("the hub closed the watch")),
+            Err(status) => Err(status),
         };
         let ended = update.is_err();
         if let Err(why) = &update {
             // At once, not when the controller next looks: it may be replicating.
-            link.down(why);
+            link.down(why.message());
         }
         if updates.send(update).await.is_err() || ended {
             return;

@@ -146,7 +146,7 @@ impl From<CsiError> for Status {
                 CatalogError::NoActiveVersion { .. }
                 | CatalogError::TagNotAssigned { .. }
                 | CatalogError::TagNotReady { .. } => Status::failed_precondition(message),
-                CatalogError::Hub { .. } => Status::unavailable(message),
+                CatalogError::Hub { .. } | CatalogError::HubLost { .. } => Status::unavailable(message),
                 CatalogError::Untrusted(_) => Status::permission_denied(message),
                 CatalogError::Manifest { .. } | CatalogError::Io { .. } => Status::internal(message),
             },

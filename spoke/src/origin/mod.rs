@@ -23,6 +23,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use tonic::transport::Channel;
 
+use crate::hubs::Hubs;
 use crate::peers::{PeerError, Peers};
 use crate::retry::Server;
 use crate::store::CacheError;
@@ -144,14 +145,17 @@ pub trait Origins: Send + Sync {
     async fn holders(&self, digests: &[Digest]) -> HashMap<Digest, pb::Member>;
 }
 
-/// The hub's `FetchChunks`.
+/// The hub's `FetchChunks`, from the hub in use: a hub that refuses a fetch makes the next
+/// one the hub in use ([`Hubs::refused`]), so that asking again asks it.
 pub struct HubOrigin {
     client: SpokeClient<Channel>,
+    hubs: Arc<Hubs>,
 }
 
 impl HubOrigin {
-    pub fn new(client: SpokeClient<Channel>) -> Self {
-        Self { client }
+    /// `client` connects through `hubs`' connector.
+    pub fn new(client: SpokeClient<Channel>, hubs: Arc<Hubs>) -> Self {
+        Self { client, hubs }
     }
 }
 
@@ -170,8 +174,14 @@ impl ChunkOrigin for HubOrigin {
             // A reader waits: the relay sends it ahead of every rollout's transfers.
             foreground: request.urgent,
         };
-        let stream = self.client.clone().fetch_chunks(request).await.map_err(FetchError::Hub)?.into_inner();
-        Ok(stream.map_err(FetchError::Hub).boxed())
+        let turn = self.hubs.turn();
+        let hubs = self.hubs.clone();
+        let refused = move |status: tonic::Status| {
+            hubs.refused(turn, &status);
+            FetchError::Hub(status)
+        };
+        let stream = self.client.clone().fetch_chunks(request).await.map_err(&refused)?.into_inner();
+        Ok(stream.map_err(refused).boxed())
     }
 }
 
@@ -226,9 +236,10 @@ pub struct Network {
 }
 
 impl Network {
-    /// `hub` is the client chunks come over the link with; `peers` the region's members.
-    pub fn new(hub: SpokeClient<Channel>, peers: Arc<Peers>) -> Self {
-        Self { hub: Arc::new(HubOrigin::new(hub)), peers }
+    /// `hub` is the client chunks come over the link with (through `hubs`' connector); `peers`
+    /// the region's members.
+    pub fn new(hub: SpokeClient<Channel>, hubs: Arc<Hubs>, peers: Arc<Peers>) -> Self {
+        Self { hub: Arc::new(HubOrigin::new(hub, hubs)), peers }
     }
 }
 

@@ -48,6 +48,20 @@ pub enum ReplicationError {
 }
 
 impl ReplicationError {
+    /// The status of a call to the hub that was lost under it or refused it
+    /// ([`crate::origin::hub_lost`]): not a failure of the version, which the next session
+    /// (with this hub or the next) resumes.
+    pub fn lost_hub(&self) -> Option<&tonic::Status> {
+        match self {
+            ReplicationError::Hub(status) | ReplicationError::Catalog(CatalogError::HubLost { status, .. })
+                if crate::origin::hub_lost(status) =>
+            {
+                Some(status)
+            }
+            _ => None,
+        }
+    }
+
     /// The reason shown in `aq status` after `Failed: `.
     pub fn reason(&self) -> String {
         match self {
