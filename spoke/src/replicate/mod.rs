@@ -19,6 +19,7 @@ use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::spoke_client::SpokeClient;
 use aqueduct_proto::{Digest, ReplicationMode};
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use tonic::transport::Channel;
 use tracing::{debug, info, instrument, warn};
@@ -129,6 +130,10 @@ struct Part<'a> {
     budget: &'a Budget,
 }
 
+/// How often a round looks whether the region's members changed (then it ends, and the next
+/// is planned with them).
+const MEMBERSHIP_CHECK: Duration = Duration::from_millis(200);
+
 /// Rounds in a row that may bring nothing (owners failing, membership changing) before the
 /// version fails.
 const STALLED_ROUNDS: u32 = 10;
@@ -186,11 +191,14 @@ impl Replicator {
             self.progress.report(report(Phase::Transferring, cached)).await;
             if !missing.is_empty() {
                 let part = Part { assignment, mode, weight: &weight, budget };
+                let planned = self.reader.peers().membership();
                 let fetched = self.fetch(&part, &missing, cached, &mut outcome).await?;
                 // An empty round is a stall only if nothing arrived by another way meanwhile
                 // (a fetch this spoke made for a peer or a reader, still being stored when
-                // this round looked); the store is looked at only then.
-                if fetched.is_empty() && !missing.iter().any(|(d, _)| self.store().contains(d)) {
+                // this round looked; the store is looked at only then), and the round was not
+                // cut short by a change of the region's members.
+                let replanned = self.reader.peers().membership() != planned;
+                if fetched.is_empty() && !replanned && !missing.iter().any(|(d, _)| self.store().contains(d)) {
                     stalled += 1;
                     if stalled >= STALLED_ROUNDS {
                         return Err(ReplicationError::Stalled(missing.len()));
@@ -272,13 +280,22 @@ impl Replicator {
         }
         // The futures are built up front (not by a closure inside the stream), which keeps the
         // whole future `Send` for any lifetime.
+        // Planned for this membership: once it changes (a spoke joined, say the region's first
+        // after a hub failover), no batch of the plan starts any more, and the round ends within
+        // [`MEMBERSHIP_CHECK`] (what is in flight is dropped, what arrived is kept); the next is
+        // planned with the new owners, so that two spokes do not both fetch a chunk over the
+        // link as its owner.
+        let planned = self.reader.peers().membership();
+        let mut membership_check = tokio::time::interval(MEMBERSHIP_CHECK);
         let mut batches = Vec::new();
         for batch in mine.chunks(per_request) {
-            batches.push(self.fetch_batch(assignment, batch.to_vec(), None, budget).boxed());
+            let fetch = self.fetch_batch(assignment, batch.to_vec(), None, budget).boxed();
+            batches.push(self.unless_changed(&planned, fetch));
         }
         for (member, digests) in theirs.values() {
             for batch in digests.chunks(per_request) {
-                batches.push(self.fetch_batch(assignment, batch.to_vec(), Some(member.clone()), budget).boxed());
+                let fetch = self.fetch_batch(assignment, batch.to_vec(), Some(member.clone()), budget).boxed();
+                batches.push(self.unless_changed(&planned, fetch));
             }
         }
         let mut results = futures::stream::iter(batches).buffer_unordered(self.options.streams.max(1));
@@ -297,7 +314,20 @@ impl Replicator {
             }
         });
         let node = self.reader.peers().me().to_string();
-        while let Some(fetched) = results.try_next().await? {
+        loop {
+            let fetched = tokio::select! {
+                next = results.try_next() => match next? {
+                    Some(fetched) => fetched,
+                    None => break,
+                },
+                _ = membership_check.tick() => {
+                    if self.reader.peers().membership() != planned {
+                        info!("the region's members changed: this round ends, the next is planned with them");
+                        break;
+                    }
+                    continue;
+                }
+            };
             for (digest, len) in fetched {
                 outcome.chunks_fetched += 1;
                 outcome.bytes_fetched += len;
@@ -317,9 +347,28 @@ impl Replicator {
                 let _ = progress.send(Some(report));
             }
         }
+        // A round cut short drops what it still had in flight (its streams close).
+        drop(results);
         drop(progress);
         let _ = reporter.await;
         Ok(stored)
+    }
+
+    /// `fetch`, unless the region's membership is no longer `planned` when it starts: then
+    /// nothing (its chunks are planned again, with their new owners).
+    fn unless_changed<'a>(
+        &'a self,
+        planned: &str,
+        fetch: BoxFuture<'a, Result<Vec<(Digest, u64)>, ReplicationError>>,
+    ) -> BoxFuture<'a, Result<Vec<(Digest, u64)>, ReplicationError>> {
+        let planned = planned.to_string();
+        async move {
+            if self.reader.peers().membership() != planned {
+                return Ok(Vec::new());
+            }
+            fetch.await
+        }
+        .boxed()
     }
 
     /// Fetches one batch, from its owner `from` or (None) as its owner; returns what it stored.

@@ -289,3 +289,42 @@ async fn replication_waits_while_a_reader_fetches() {
     drop(reading);
     assert_eq!(replicating.await.unwrap().unwrap(), CHUNKS * CHUNK);
 }
+
+/// A spoke alone in its region plans every chunk as its owner; when another spoke joins while
+/// the round runs (the region's spokes coming back one by one after a hub failover), the round
+/// ends: the next fetches over the link only what this spoke owns among the two, and the rest
+/// from the other's share.
+#[tokio::test(start_paused = true)]
+async fn a_round_ends_when_the_membership_changes() {
+    let s = spoke("me", &["me"], "every-node").await;
+    let gate = s.region.hub.gate();
+    let change = async {
+        while s.region.hub.calls() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let first = s.asked_of(&s.region.hub);
+        s.peers.set_members(vec![member("a"), member("me")]);
+        let a = s.region.peer(&member("a"));
+        let theirs = s.owned_by("a");
+        gate.add_permits(1000);
+        // The other spoke fetches its share over its link meanwhile.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for (d, c) in s.digests.iter().zip(&s.chunks).filter(|(d, _)| theirs.contains(d)) {
+            assert_eq!(a.hold(c), *d);
+        }
+        (first, a, theirs)
+    };
+    let (outcome, (first, a, theirs)) = tokio::join!(s.replicate(ReplicationMode::EveryNode), change);
+    assert_eq!(outcome.unwrap().held_bytes, CHUNKS * CHUNK);
+    assert_eq!(first.len(), 4, "two batches of two in flight when the member joined");
+    let mine = s.owned_by("me");
+    let over_the_link: Vec<Digest> = s.asked_of(&s.region.hub).into_iter().filter(|d| !first.contains(d)).collect();
+    assert!(
+        over_the_link.iter().all(|d| mine.contains(d)),
+        "after the join only this spoke's chunks came over the link"
+    );
+    let from_a: Vec<Digest> = theirs.iter().filter(|d| !first.contains(d)).copied().collect();
+    assert!(!from_a.is_empty(), "the other spoke owns some of what was not in flight");
+    let asked_of_a = s.asked_of(&a);
+    assert!(from_a.iter().all(|d| asked_of_a.contains(d)), "the rest came from the other spoke's share");
+}
