@@ -196,26 +196,7 @@ mod tests {
     }
 
     fn rolled_out(region: &str) -> RolloutRecord {
-        RolloutRecord {
-            added_unix_ms: 0,
-            ready_unix_ms: None,
-            dataset: "llama".into(),
-            version: 1,
-            region: region.into(),
-            phase: aqueduct_proto::Phase::Pending,
-            total_bytes: 0,
-            cached_bytes: 0,
-            reason: String::new(),
-            rate: 0,
-            budget: 0,
-            updated_unix_ms: 0,
-            mode: Default::default(),
-            relayed_bytes: 0,
-            root: aqueduct_proto::Digest([0; 32]),
-            cut_over: Default::default(),
-            promote_pending: false,
-            class: Default::default(),
-        }
+        crate::rollout::tests::row("llama", 1, region, aqueduct_proto::Phase::Pending)
     }
 
     #[test]

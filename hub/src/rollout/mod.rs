@@ -353,11 +353,11 @@ pub fn activated_at(rows: &[&RolloutRecord]) -> Option<i64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A row added at 0 and, if `phase` is Ready, Ready since 1.
-    pub(super) fn row(dataset: &str, version: u64, region: &str, phase: Phase) -> RolloutRecord {
+    pub(crate) fn row(dataset: &str, version: u64, region: &str, phase: Phase) -> RolloutRecord {
         RolloutRecord {
             added_unix_ms: 0,
             ready_unix_ms: (phase == Phase::Ready).then_some(1),
