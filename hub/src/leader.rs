@@ -103,6 +103,10 @@ pub const SYNC_EVERY: Duration = Duration::from_millis(500);
 /// something, read by the others. `seen`: the count read before the hub served anything (so
 /// that a change another hub makes after it is never missed).
 ///
+/// `on_peer_change` runs after each change another hub made (the trigger task wakes: a watch
+/// set through another hub is checked by the leader at its time, not at the leader's next
+/// look).
+///
 /// Every [`SHARE_IN_USE_EVERY`] it also writes what this hub's spokes use, so that the other
 /// hubs count it before they remove a version (`aq gc`, `aq version rm`).
 pub async fn sync_changes(
@@ -110,6 +114,7 @@ pub async fn sync_changes(
     live: crate::live::Live,
     holder: String,
     seen: u64,
+    on_peer_change: impl Fn() + Send + 'static,
     stop: CancellationToken,
 ) {
     let (mut told, mut seen) = (live.changes.local_count(), seen);
@@ -145,14 +150,52 @@ pub async fn sync_changes(
                     if count > seen + 1 {
                         live.withdrawn.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                         live.changes.notify_from_peer();
+                        on_peer_change();
                     }
                 } else if seen != count {
                     live.withdrawn.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                     live.changes.notify_from_peer();
+                    on_peer_change();
                 }
                 seen = count;
             }
             Err(e) => warn!(error = %e, "cannot read the changes of the other hubs; trying again"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::store::meta::SqlStore;
+
+    /// Two hubs on one database: a change made on one reaches the other's watches and its
+    /// `on_peer_change` (the trigger task), and is not told back to the hub that made it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_on_one_hub_wakes_the_others_trigger_task() {
+        let db: Arc<dyn MetaStore> = Arc::new(SqlStore::in_memory().unwrap());
+        let stop = CancellationToken::new();
+        let (a, b) = (crate::live::Live::default(), crate::live::Live::default());
+        let (woken_a, woken_b) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        for (live, woken, name) in [(&a, &woken_a, "hub-a"), (&b, &woken_b, "hub-b")] {
+            let (woken, seen) = (woken.clone(), db.changes().unwrap());
+            let on_peer_change = move || {
+                woken.fetch_add(1, Ordering::SeqCst);
+            };
+            tokio::spawn(sync_changes(db.clone(), live.clone(), name.into(), seen, on_peer_change, stop.clone()));
+        }
+        a.changes.notify_waiters();
+        let since = std::time::Instant::now();
+        while woken_b.load(Ordering::SeqCst) == 0 {
+            assert!(since.elapsed() < SYNC_EVERY * 20, "hub-b never heard of hub-a's change");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Two more rounds: hub-a's own change does not come back to it.
+        tokio::time::sleep(SYNC_EVERY * 2).await;
+        assert_eq!(woken_a.load(Ordering::SeqCst), 0, "hub-a was told of its own change");
+        assert_eq!(woken_b.load(Ordering::SeqCst), 1);
+        stop.cancel();
     }
 }

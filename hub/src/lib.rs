@@ -202,13 +202,24 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         }),
         ..Default::default()
     };
+    // Watched datasets: one task checks them, through the admin API's own snapshot and rollout.
+    let triggers = triggers::Triggers::default();
     if shared {
         info!(hub = holder.as_str(), "this hub shares its database with other hubs");
         let members = live.members.clone();
         let watched = move |region: &str| !members.members(region).is_empty();
         tokio::spawn(live.regions.clone().run(watched, shutdown.clone()));
         let seen = db.changes()?;
-        tokio::spawn(leader::sync_changes(db.clone(), live.clone(), holder.clone(), seen, shutdown.clone()));
+        let wake = triggers.clone();
+        let on_peer_change = move || wake.wake();
+        tokio::spawn(leader::sync_changes(
+            db.clone(),
+            live.clone(),
+            holder.clone(),
+            seen,
+            on_peer_change,
+            shutdown.clone(),
+        ));
     }
     live.revocations.update(db.revocations()?);
     // Clients without a certificate get through TLS for `Enrol` alone: every other handler
@@ -267,8 +278,6 @@ pub async fn serve(config: HubConfig, listener: TcpListener, shutdown: Cancellat
         tokio::spawn(aqueduct_core::metrics::serve(listener, exporter, config.limits.metrics(), shutdown.clone()));
         tokio::spawn(live.metrics.clone().run(shutdown.clone()));
     }
-    // Watched datasets: one task checks them, through the admin API's own snapshot and rollout.
-    let triggers = triggers::Triggers::default();
     let admin_service = Arc::new(
         api::AdminService::new(
             db.clone(),

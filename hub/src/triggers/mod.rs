@@ -314,9 +314,9 @@ mod tests {
         }
         assert!(lead_a.is_leader(), "hub-a took the free lease");
         let lead_b = Leader::lease(db.clone(), "triggers", "hub-b".into(), stop_b.clone());
-        let task_a = tokio::spawn(run(db.clone(), a.clone(), Triggers::default(), floor, lead_a, stop_a.clone()));
-        let task_b =
-            tokio::spawn(run(db.clone(), b.clone(), Triggers::default(), floor, lead_b.clone(), stop_b.clone()));
+        let (wake_a, wake_b) = (Triggers::default(), Triggers::default());
+        let task_a = tokio::spawn(run(db.clone(), a.clone(), wake_a.clone(), floor, lead_a, stop_a.clone()));
+        let task_b = tokio::spawn(run(db.clone(), b.clone(), wake_b.clone(), floor, lead_b.clone(), stop_b.clone()));
         let config = WatchConfig {
             dataset: "m".into(),
             every_ms: 20,
@@ -324,7 +324,11 @@ mod tests {
             time_zone: String::new(),
             rollout: AutoRollout::default(),
         };
+        // Set through a hub, which wakes its own task, and the other's through the database's
+        // change counter (`leader::sync_changes`): both wake, only the leader checks.
         db.set_watch(&config, 1).unwrap();
+        wake_a.wake();
+        wake_b.wake();
         until(&db, |w| w.last_result.starts_with("cut v1")).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(a.calls.load(Ordering::SeqCst) > 0);
