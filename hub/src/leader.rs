@@ -109,15 +109,27 @@ pub const SYNC_EVERY: Duration = Duration::from_millis(500);
 ///
 /// Every [`SHARE_IN_USE_EVERY`] it also writes what this hub's spokes use, so that the other
 /// hubs count it before they remove a version (`aq gc`, `aq version rm`).
-pub async fn sync_changes(
+pub fn sync_changes(
     db: Arc<dyn MetaStore>,
     live: crate::live::Live,
     holder: String,
     seen: u64,
     on_peer_change: impl Fn() + Send + 'static,
     stop: CancellationToken,
+) -> impl Future<Output = ()> + Send + 'static {
+    // Counted now, not when the task first runs: a change made in between is told.
+    let told = live.changes.local_count();
+    sync_loop(db, live, holder, (told, seen), on_peer_change, stop)
+}
+
+async fn sync_loop(
+    db: Arc<dyn MetaStore>,
+    live: crate::live::Live,
+    holder: String,
+    (mut told, mut seen): (u64, u64),
+    on_peer_change: impl Fn() + Send + 'static,
+    stop: CancellationToken,
 ) {
-    let (mut told, mut seen) = (live.changes.local_count(), seen);
     let mut shared_at = tokio::time::Instant::now() - SHARE_IN_USE_EVERY;
     loop {
         tokio::select! {
