@@ -203,8 +203,8 @@ impl<S: ChunkStore> Tier<S> {
         Ok(victims)
     }
 
-    /// Stores a chunk (checked against its digest); returns what was evicted for it.
-    fn put(
+    /// Stores a chunk its caller checked against its digest; returns what was evicted for it.
+    fn put_checked(
         &self,
         digest: &Digest,
         data: &[u8],
@@ -216,7 +216,7 @@ impl<S: ChunkStore> Tier<S> {
         }
         let len = data.len() as u64;
         let victims = self.make_room(len, pinned, evictions)?;
-        let stored = self.store.put(digest, data);
+        let stored = self.store.put_checked(digest, data);
         let mut lru = self.lru();
         lru.reserved -= len;
         if stored.is_ok() {
@@ -420,20 +420,20 @@ impl ChunkStore for TieredStore {
         Ok(Some(data))
     }
 
-    fn put(&self, digest: &Digest, data: &[u8]) -> Result<(), CacheError> {
+    fn put_checked(&self, digest: &Digest, data: &[u8]) -> Result<(), CacheError> {
         let pinned = self.pinned.read().unwrap_or_else(|e| e.into_inner());
         match self.keeping() {
             Keeping::Disk(t) => {
                 // What leaves the disk leaves memory too: `contains` must not say no while a
                 // copy still answers reads.
-                for evicted in t.put(digest, data, &pinned, &self.stats.disk_evictions)? {
+                for evicted in t.put_checked(digest, data, &pinned, &self.stats.disk_evictions)? {
                     if let Some(memory) = &self.memory {
                         memory.remove(&evicted)?;
                     }
                 }
                 Ok(())
             }
-            Keeping::Memory(t) => t.put(digest, data, &pinned, &self.stats.memory_evictions).map(drop),
+            Keeping::Memory(t) => t.put_checked(digest, data, &pinned, &self.stats.memory_evictions).map(drop),
         }
     }
 

@@ -205,9 +205,11 @@ impl Local for LocalService {
                 let (reader, dataset) = (reader.clone(), dataset.clone());
                 async move {
                     let unavailable = |e: ReadError| Status::unavailable(e.to_string());
-                    let mut data = reader.chunk(&dataset, version, digest).await.map_err(unavailable)?;
-                    // Checked here too: a rotten copy in the store is replaced, not sent.
-                    if Digest::of(&data) != digest {
+                    let read = reader.read(&dataset, version, digest).await.map_err(unavailable)?;
+                    let mut data = read.data;
+                    // The store's copy is checked here (fetched bytes were, on arrival): a rotten
+                    // copy is replaced, not sent.
+                    if !read.checked && Digest::of(&data) != digest {
                         reader.discard(&digest);
                         data = reader.chunk(&dataset, version, digest).await.map_err(unavailable)?;
                         let actual = Digest::of(&data);

@@ -55,7 +55,14 @@ pub trait ChunkStore: Send + Sync {
     fn get_unchecked(&self, digest: &Digest) -> Result<Option<Vec<u8>>, CacheError>;
     /// Stores `data` as `digest` after checking it; `Corrupt` (and nothing stored) if it does
     /// not match.
-    fn put(&self, digest: &Digest, data: &[u8]) -> Result<(), CacheError>;
+    fn put(&self, digest: &Digest, data: &[u8]) -> Result<(), CacheError> {
+        check(digest, data)?;
+        self.put_checked(digest, data)
+    }
+    /// Stores `data` as `digest` without hashing it: for bytes this process hashed to `digest`
+    /// a moment before (a fetch checks every chunk on arrival; hashing again on the way in
+    /// would cost as much as the check itself).
+    fn put_checked(&self, digest: &Digest, data: &[u8]) -> Result<(), CacheError>;
     fn remove(&self, digest: &Digest) -> Result<(), CacheError>;
     /// Every chunk held, with its size.
     fn list(&self) -> Result<Vec<(Digest, u64)>, CacheError>;
@@ -94,8 +101,7 @@ impl ChunkStore for MemStore {
     fn get_unchecked(&self, digest: &Digest) -> Result<Option<Vec<u8>>, CacheError> {
         Ok(self.chunks.lock().unwrap_or_else(|e| e.into_inner()).get(digest).cloned())
     }
-    fn put(&self, digest: &Digest, data: &[u8]) -> Result<(), CacheError> {
-        check(digest, data)?;
+    fn put_checked(&self, digest: &Digest, data: &[u8]) -> Result<(), CacheError> {
         self.chunks.lock().unwrap_or_else(|e| e.into_inner()).insert(*digest, data.to_vec());
         Ok(())
     }
@@ -179,8 +185,7 @@ impl ChunkStore for DiskStore {
         }
     }
 
-    fn put(&self, digest: &Digest, data: &[u8]) -> Result<(), CacheError> {
-        check(digest, data)?;
+    fn put_checked(&self, digest: &Digest, data: &[u8]) -> Result<(), CacheError> {
         let path = self.path(digest);
         // `chunks/AB`: made durable before a chunk is renamed into it.
         let dir = path.parent().unwrap_or(&self.root);

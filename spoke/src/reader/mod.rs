@@ -43,6 +43,15 @@ use crate::store::{CacheError, ChunkStore};
 /// How long one on-demand fetch may take before the reader gets EIO.
 pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A chunk's bytes as a reader gets them.
+#[derive(Debug)]
+pub struct Read {
+    pub data: Vec<u8>,
+    /// Hashed to their digest on the way here (a fetch checks every chunk on arrival); `false`:
+    /// the store's copy as stored, which the caller checks (and [`ReadThrough::discard`]s).
+    pub checked: bool,
+}
+
 /// A chunk a reader asked for could not be had.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("chunk {digest} is unavailable: {reason}")]
@@ -152,6 +161,12 @@ impl ReadThrough {
     /// full). A miss is asked of the chunk's owners in the region, best first; this spoke
     /// fetches it over the link itself when it is the owner or every owner before it failed.
     pub async fn chunk(self: &Arc<Self>, dataset: &str, version: u64, digest: Digest) -> Result<Vec<u8>, ReadError> {
+        self.read(dataset, version, digest).await.map(|read| read.data)
+    }
+
+    /// [`ReadThrough::chunk`], saying whether the bytes were checked on the way (fetched: the
+    /// fetch hashed them on arrival) or are the store's as stored (the caller checks them).
+    pub async fn read(self: &Arc<Self>, dataset: &str, version: u64, digest: Digest) -> Result<Read, ReadError> {
         let span = info_span!("read_through", %digest, dataset, version);
         let _foreground = self.priority.foreground();
         tokio::time::timeout(FETCH_TIMEOUT, self.chunk_now(dataset, version, digest).instrument(span))
@@ -159,18 +174,18 @@ impl ReadThrough {
             .unwrap_or(Err(ReadError { digest, reason: Reason::Timeout(FETCH_TIMEOUT) }))
     }
 
-    async fn chunk_now(self: &Arc<Self>, dataset: &str, version: u64, digest: Digest) -> Result<Vec<u8>, ReadError> {
+    async fn chunk_now(self: &Arc<Self>, dataset: &str, version: u64, digest: Digest) -> Result<Read, ReadError> {
         let joined =
             self.link.follow(&digest).or_else(|| self.asked.follow(&digest)).map(|f| join(f, true, &self.priority));
         if let Some(Ok(data)) = match joined {
             Some(fetch) => Some(fetch.await),
             None => None,
         } {
-            return Ok(data.as_ref().clone());
+            return Ok(Read { data: data.as_ref().clone(), checked: true });
         }
         if let Some(data) = self.local(digest).await? {
             self.metrics.chunk(metrics::Origin::Local);
-            return Ok(data);
+            return Ok(Read { data, checked: false });
         }
         let failed = |e: FetchError| ReadError { digest, reason: Reason::Failed(e.to_string()) };
         let pull = Pull {
@@ -205,7 +220,7 @@ impl ReadThrough {
                 }
             };
             if let Some((_, data)) = pulled.got.into_iter().find(|(d, _)| *d == digest) {
-                return Ok(data.as_ref().clone());
+                return Ok(Read { data: Arc::unwrap_or_clone(data), checked: true });
             }
         }
         Err(ReadError { digest, reason: Reason::NotSent })
@@ -442,7 +457,8 @@ impl Transfer<'_> {
             // once, so nobody fetches it again meanwhile.
             let store = reader.store.clone();
             stores.push(tokio::task::spawn_blocking(move || {
-                let stored = store.put(&digest, &data);
+                // Hashed above, on arrival.
+                let stored = store.put_checked(&digest, &data);
                 drop(leader);
                 stored
             }));

@@ -97,8 +97,9 @@ async fn concurrent_readers_share_one_fetch() {
     assert_eq!((s.region.hub.calls(), s.region.hub.sent()), (1, 1), "the chunk crossed the link once");
     settle().await;
     assert!(s.store.contains(&digest), "and was stored");
-    // Now the store answers: no fetch.
-    assert_eq!(s.reader.chunk("m", 1, digest).await, Ok(data));
+    // Now the store answers: no fetch, and its copy is the caller's to check.
+    let read = s.reader.read("m", 1, digest).await.unwrap();
+    assert_eq!((read.data, read.checked), (data, false));
     assert_eq!(s.region.hub.calls(), 1);
     assert_eq!(metric(&s.reader, "aqueduct_spoke_chunks_total{origin=\"local\"}"), "1");
 }
@@ -123,7 +124,8 @@ async fn a_failing_owner_hands_over_to_the_next_in_line() {
     settle().await;
     s.store.remove(&digest).unwrap();
     b.then(Act::Fail);
-    assert_eq!(s.reader.chunk("m", 1, digest).await, Ok(data));
+    let read = s.reader.read("m", 1, digest).await.unwrap();
+    assert_eq!((read.data, read.checked), (data, true), "fetched bytes were checked on arrival");
     assert_eq!((b.calls(), s.region.hub.calls()), (2, 1));
     assert_eq!(owners(&s.peers, &digest), ["me"]);
 }
