@@ -434,8 +434,10 @@ async fn stop_region(
     }
 }
 
-/// Cold read / budget and cached read, per budget of AQ_BENCH_BUDGETS (MiB/s), the version's
-/// source on garage when it runs (dataset `gcold`), else on s3s-fs (`cold`).
+/// Cold read / budget and cached read, per budget of AQ_BENCH_BUDGETS (MiB/s), per source of
+/// the same bytes: garage when it runs (dataset `gcold`), else s3s-fs (`cold`); and a local
+/// directory (`file://`, dataset `fcold`: the plain files, in the page cache), which shows what
+/// the path from the hub to the pod costs with a source that costs next to nothing.
 async fn budget_rows(w: &mut World, cold_mib: usize, garage: Option<&Garage>) {
     let budgets: Vec<u64> = std::env::var("AQ_BENCH_BUDGETS")
         .unwrap_or_else(|_| "40,400".into())
@@ -449,30 +451,61 @@ async fn budget_rows(w: &mut World, cold_mib: usize, garage: Option<&Garage>) {
     })
     .await;
     let path = object_store::path::Path::from(format!("cold/{FILE}"));
-    let (dataset, server, get) = match garage {
+    let s3 = match garage {
         Some(g) => ("gcold", format!("{} on {}", g.version, g.addr), get_rate(&g.client(), &path).await),
         None => ("cold", "s3s-fs on 127.0.0.1 (garage not run)".to_string(), get_rate(&w.s3_client(), &path).await),
     };
+    let dir = ("fcold", "a local directory (file://, page cache)".to_string(), local_dir_source(w).await);
     println!("Cold read: a pod reads a {cold_mib} MiB file of a version just rolled out (nothing on the node)");
-    println!("source: {server}; a plain S3 GET of the file from it: {get:.1} MiB/s");
     println!("cached: the same file again on the same mount; native: a plain read of the same bytes (page cache)");
-    println!(
-        "{:>14} {:>16} {:>9} {:>18} {:>15} {:>10}",
-        "budget MiB/s", "cold MiB/s", "/ budget", "cached MiB/s", "native MiB/s", "/ native"
-    );
-    for budget in budgets {
-        let name = format!("budget-{budget}");
-        let (dir, local, stop) = cold_mount(w, &name, budget << 20, dataset).await;
-        let file = dir.join(FILE);
-        let (cold, cached) = io(move || (read_file(&file), read_file(&file))).await;
-        stop_region(local, &dir, stop).await;
+    for (dataset, server, get) in [s3, dir] {
+        println!("source: {server}; a plain read of the file from it: {get:.1} MiB/s");
         println!(
-            "{budget:>14} {cold:>16.1} {:>9.3} {cached:>18.1} {native:>15.1} {:>10.3}",
-            cold / budget as f64,
-            cached / native
+            "{:>14} {:>16} {:>9} {:>18} {:>15} {:>10}",
+            "budget MiB/s", "cold MiB/s", "/ budget", "cached MiB/s", "native MiB/s", "/ native"
         );
+        for &budget in &budgets {
+            let name = format!("budget-{budget}-{dataset}");
+            let (dir, local, stop) = cold_mount(w, &name, budget << 20, dataset).await;
+            let file = dir.join(FILE);
+            let (cold, cached) = io(move || (read_file(&file), read_file(&file))).await;
+            stop_region(local, &dir, stop).await;
+            println!(
+                "{budget:>14} {cold:>16.1} {:>9.3} {cached:>18.1} {native:>15.1} {:>10.3}",
+                cold / budget as f64,
+                cached / native
+            );
+        }
     }
     println!();
+}
+
+/// The hub's source `local`: the directory s3s-fs keeps its objects in, as plain files
+/// (`file://`), with dataset `fcold` (prefix `cold`) cut. Returns the MiB/s of a plain read of
+/// the file.
+async fn local_dir_source(w: &mut World) -> f64 {
+    let root = plain_file(w, "cold").parent().unwrap().parent().unwrap().to_owned();
+    let source = pb::Source {
+        name: "local".into(),
+        url: format!("file://{}", root.display()),
+        options: Default::default(),
+        created_unix_ms: 0,
+    };
+    w.admin.add_source(pb::AddSourceRequest { source: Some(source) }).await.unwrap();
+    let dataset = pb::Dataset {
+        name: "fcold".into(),
+        source: "local".into(),
+        prefix: "cold".into(),
+        created_unix_ms: 0,
+        latest_version: 0,
+        outside_links: String::new(),
+        keep_versions: 0,
+        watch: None,
+    };
+    w.admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.unwrap();
+    w.snapshot_of("fcold").await;
+    let plain = plain_file(w, "cold");
+    io(move || read_file(&plain)).await
 }
 
 /// Random 4 KiB reads per second over the `rand` dataset's file, its chunks on the node (and
