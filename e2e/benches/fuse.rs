@@ -20,9 +20,11 @@
 //!
 //! - cold read / budget: a pod reading a file of AQ_BENCH_COLD_MIB MiB (default 512) of a version
 //!   just rolled out (nothing on the node), in a region whose link budget is each of
-//!   AQ_BENCH_BUDGETS MiB/s (default `40,400`), against the budget; then the cached read (the
-//!   same file again on the same mount, chunks on the node) against a native read of the same
-//!   bytes from the page cache;
+//!   AQ_BENCH_BUDGETS MiB/s (default `40,400`), against the budget, from garage (else s3s-fs)
+//!   and from a local directory; the CPU the cold read cost (this process and the holder) per
+//!   MiB, and the rate two cores would carry at that cost; then the cached read (the same file
+//!   again on the same mount, chunks on the node) against a native read of the same bytes from
+//!   the page cache;
 //! - random 4 KiB reads per second (AQ_BENCH_RANDOM_READS, default 20000, fixed seed) over a file
 //!   of AQ_BENCH_RANDOM_MIB MiB (default 1024) whose chunks are on the node, against the same
 //!   reads of a plain file holding the same bytes, with the page cache dropped before each run
@@ -39,7 +41,7 @@
 //! Run: `cargo build --release -p aqueduct-fuse && cargo bench -p aqueduct-e2e --bench fuse` as
 //! root (FUSE). AQUEDUCT_LOG=info shows the components' logs.
 //!
-//! The file is some 660 lines long because every row of the one run the issue asks for
+//! The file is some 730 lines long because every row of the one run the issue asks for
 //! (warm, cold, cached, budget, random reads, the peers) is set up and printed here, beside its
 //! baseline; starting the peers and garage lives in `aqueduct_e2e::peers`.
 
@@ -458,26 +460,56 @@ async fn budget_rows(w: &mut World, cold_mib: usize, garage: Option<&Garage>) {
     let dir = ("fcold", "a local directory (file://, page cache)".to_string(), local_dir_source(w).await);
     println!("Cold read: a pod reads a {cold_mib} MiB file of a version just rolled out (nothing on the node)");
     println!("cached: the same file again on the same mount; native: a plain read of the same bytes (page cache)");
+    println!(
+        "cold CPU: what the cold read cost this process (hub, spoke, reader) and the node's holder, per MiB read; \
+         2 cores carry: the rate two cores would give at that cost, were nothing else to run"
+    );
     for (dataset, server, get) in [s3, dir] {
         println!("source: {server}; a plain read of the file from it: {get:.1} MiB/s");
         println!(
-            "{:>14} {:>16} {:>9} {:>18} {:>15} {:>10}",
-            "budget MiB/s", "cold MiB/s", "/ budget", "cached MiB/s", "native MiB/s", "/ native"
+            "{:>14} {:>12} {:>9} {:>14} {:>14} {:>10} {:>18}",
+            "budget MiB/s",
+            "cold MiB/s",
+            "/ budget",
+            "cold CPU ms/MiB",
+            "cached MiB/s",
+            "/ native",
+            "2 cores carry MiB/s"
         );
         for &budget in &budgets {
             let name = format!("budget-{budget}-{dataset}");
             let (dir, local, stop) = cold_mount(w, &name, budget << 20, dataset).await;
             let file = dir.join(FILE);
-            let (cold, cached) = io(move || (read_file(&file), read_file(&file))).await;
+            let holder = std::fs::read_to_string(w.root.join(format!("spoke-{name}")).join("holder.pid")).ok();
+            let cpu = move || cpu_seconds("self") + holder.as_deref().map_or(0.0, |pid| cpu_seconds(pid.trim()));
+            let (cold, cpu_ms_per_mib, cached) = io(move || {
+                let before = cpu();
+                let cold = read_file(&file);
+                let used = cpu() - before;
+                (cold, used * 1000.0 / (cold_mib as f64), read_file(&file))
+            })
+            .await;
             stop_region(local, &dir, stop).await;
             println!(
-                "{budget:>14} {cold:>16.1} {:>9.3} {cached:>18.1} {native:>15.1} {:>10.3}",
+                "{budget:>14} {cold:>12.1} {:>9.3} {cpu_ms_per_mib:>14.2} {cached:>14.1} {:>10.3} {:>18.0}",
                 cold / budget as f64,
-                cached / native
+                cached / native,
+                2000.0 / cpu_ms_per_mib
             );
         }
     }
     println!();
+}
+
+/// CPU seconds (user and system) process `pid` (or `self`) has used, from `/proc/PID/stat`
+/// (in USER_HZ ticks, 100 per second on Linux); 0 when it cannot be read.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
 /// The hub's source `local`: the directory s3s-fs keeps its objects in, as plain files
