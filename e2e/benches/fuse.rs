@@ -523,19 +523,7 @@ async fn local_dir_source(w: &mut World) -> f64 {
         options: Default::default(),
         created_unix_ms: 0,
     };
-    w.admin.add_source(pb::AddSourceRequest { source: Some(source) }).await.unwrap();
-    let dataset = pb::Dataset {
-        name: "fcold".into(),
-        source: "local".into(),
-        prefix: "cold".into(),
-        created_unix_ms: 0,
-        latest_version: 0,
-        outside_links: String::new(),
-        keep_versions: 0,
-        watch: None,
-    };
-    w.admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.unwrap();
-    w.snapshot_of("fcold").await;
+    add_cold_dataset(w, source, "fcold").await;
     let plain = plain_file(w, "cold");
     io(move || read_file(&plain)).await
 }
@@ -600,10 +588,16 @@ async fn garage_source(w: &mut World) -> Option<Garage> {
     }
     let options = garage.source_options(&w.root.join("garage-credentials")).into_iter().collect();
     let source = pb::Source { name: "garage".into(), url: "s3://models".into(), options, created_unix_ms: 0 };
-    w.admin.add_source(pb::AddSourceRequest { source: Some(source) }).await.unwrap();
+    add_cold_dataset(w, source, "gcold").await;
+    Some(garage)
+}
+
+/// Adds `source` to the hub and dataset `name` over its prefix `cold` (the `cold` dataset's
+/// bytes), and cuts its first version.
+async fn add_cold_dataset(w: &mut World, source: pb::Source, name: &str) {
     let dataset = pb::Dataset {
-        name: "gcold".into(),
-        source: "garage".into(),
+        name: name.into(),
+        source: source.name.clone(),
         prefix: "cold".into(),
         created_unix_ms: 0,
         latest_version: 0,
@@ -611,9 +605,9 @@ async fn garage_source(w: &mut World) -> Option<Garage> {
         keep_versions: 0,
         watch: None,
     };
+    w.admin.add_source(pb::AddSourceRequest { source: Some(source) }).await.unwrap();
     w.admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.unwrap();
-    w.snapshot_of("gcold").await;
-    Some(garage)
+    w.snapshot_of(name).await;
 }
 
 /// MiB/s of a plain GET of `path`.
