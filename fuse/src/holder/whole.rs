@@ -17,7 +17,9 @@
 //!
 //! Only a copy verified by this process is passed through. A disk budget bounds the copies: the
 //! least recently opened are removed to make room ([`to_evict`]); a write that fails (a full
-//! disk) is given up and the file keeps the copy route. The decisions are pure ([`plan`],
+//! disk) is given up and the file keeps the copy route. What the copies take on disk (every
+//! copy, verified or not, and the whole size of the one being written, from its start) is
+//! reported ([`WholeFiles::counters`], `disk_bytes`): the spoke counts it in its disk quota. The decisions are pure ([`plan`],
 //! [`to_evict`]) and tested here.
 
 use std::collections::{HashMap, HashSet};
@@ -159,6 +161,8 @@ pub struct WholeFiles {
     working: Mutex<()>,
     passthrough_opens: AtomicU64,
     rejected: AtomicU64,
+    /// The size of the copy being written (0: none): on disk already as far as the quota goes.
+    writing: AtomicU64,
     /// Passthrough was found unavailable (logged once).
     unavailable: AtomicBool,
 }
@@ -193,6 +197,7 @@ impl WholeFiles {
             working: Mutex::new(()),
             passthrough_opens: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            writing: AtomicU64::new(0),
             unavailable: AtomicBool::new(false),
         });
         let worker = Arc::downgrade(&whole);
@@ -237,6 +242,7 @@ impl WholeFiles {
             rejected: self.rejected.load(Ordering::Relaxed),
             passthrough_opens: self.passthrough_opens.load(Ordering::Relaxed),
             passthrough_unavailable: self.unavailable.load(Ordering::Relaxed),
+            disk_bytes: state.copies.values().map(|c| c.bytes).sum::<u64>() + self.writing.load(Ordering::Relaxed),
         }
     }
 
@@ -313,8 +319,24 @@ impl WholeFiles {
         std::fs::metadata(self.chunk_path(c)).is_ok_and(|m| m.len() == u64::from(c.length))
     }
 
-    /// Writes a verified copy of `file` from the store, making room in the budget first.
+    /// Writes a verified copy of `file` from the store, making room in the budget first; a copy
+    /// made is known (verified) when this returns. Its bytes count on disk from the start.
     fn assemble(&self, key: &str, file: &FileEntry) -> Result<(), WholeError> {
+        // Counted before room is made and until the copy is known: what is reported never
+        // falls below what is on disk.
+        self.writing.store(file.size, Ordering::Relaxed);
+        let made = self.write_copy(key, file);
+        let mut state = self.state();
+        if made.is_ok() {
+            let copy = state.copies.entry(key.to_string()).or_default();
+            copy.bytes = file.size;
+            copy.verified = true;
+        }
+        self.writing.store(0, Ordering::Relaxed);
+        made
+    }
+
+    fn write_copy(&self, key: &str, file: &FileEntry) -> Result<(), WholeError> {
         let evict = {
             let state = self.state();
             let held: Vec<Held> = state
@@ -530,6 +552,7 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o444);
         assert!(whole.open(&file).is_some());
         assert_eq!(whole.counters().ready, 1);
+        assert_eq!(whole.counters().disk_bytes, file.size, "what the copy takes on disk is reported");
 
         // A new holder does not trust the copy until it hashed it; a flipped byte is caught
         // and the copy made again from the store.
@@ -539,6 +562,8 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let again = WholeFiles::start(store.path(), 1 << 20).unwrap();
         assert!(again.open(&file).is_none(), "an unverified copy is not passed through");
+        let found = again.counters();
+        assert_eq!((found.ready_bytes, found.disk_bytes), (0, file.size), "a copy not verified yet still takes disk");
         again.work(std::slice::from_ref(&file));
         assert_eq!(again.counters().rejected, 1);
         assert_eq!(std::fs::read(&path).unwrap(), chunks.concat());
