@@ -193,6 +193,19 @@ fn du(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Sets a spoke's disk quota (watermarks 0.9 and 0.6) and its whole copies' budget.
+fn with_quota(config: &Path, disk: &str, whole_files: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let line = format!("whole_files = \"{whole_files}\"\n");
+    let text = if text.contains("[mounts]\n") {
+        text.replacen("[mounts]\n", &format!("[mounts]\n{line}"), 1)
+    } else {
+        format!("{text}[mounts]\n{line}")
+    };
+    let cache = format!("[cache]\ndisk = \"{disk}\"\nhigh_watermark = 0.9\nlow_watermark = 0.6\n");
+    std::fs::write(config, format!("{text}{cache}")).unwrap();
+}
+
 /// What the spoke's store takes on disk: its chunks (and chunk writes under way) and the
 /// holder's whole copies.
 fn store_on_disk(data_dir: &Path) -> (u64, u64) {
@@ -214,14 +227,7 @@ async fn whole_copies_count_in_the_disk_quota_and_passthrough_opens_in_the_metri
     // newest version: v1, v2, v3 (24 MiB of chunks) fit below the high watermark; once v3
     // is active, v1 is no longer retained. A whole copy of v3's file (8 MiB) on top of them
     // would take the store to 32 MiB, over the quota, unless chunks make room.
-    let text = std::fs::read_to_string(&config).unwrap();
-    let text = if text.contains("[mounts]\n") {
-        text.replacen("[mounts]\n", "[mounts]\nwhole_files = \"12MiB\"\n", 1)
-    } else {
-        format!("{text}[mounts]\nwhole_files = \"12MiB\"\n")
-    };
-    std::fs::write(&config, format!("{text}[cache]\ndisk = \"30MiB\"\nhigh_watermark = 0.9\nlow_watermark = 0.6\n"))
-        .unwrap();
+    with_quota(&config, "30MiB", "12MiB");
     let metrics = aqueduct_e2e::with_spoke_metrics(&config);
     let keep = aqueduct_proto::hub::v1::UpdateDatasetRequest {
         name: "llama".into(),
@@ -304,5 +310,63 @@ async fn whole_copies_count_in_the_disk_quota_and_passthrough_opens_in_the_metri
     assert_eq!(value("aqueduct_spoke_whole_files_disk_bytes"), (8 * MIB) as f64);
     assert_eq!(value("aqueduct_spoke_passthrough_unavailable"), 0.0);
     assert_eq!(value("aqueduct_spoke_whole_files_rejected_total"), 0.0);
+    local.unmount(local::UnmountRequest { mountpoint: mnt.display().to_string() }).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whole_copies_take_only_what_pinned_chunks_leave_of_the_disk_quota() {
+    if !can_mount_fuse() {
+        return;
+    }
+    logs();
+    const MIB: u64 = 1 << 20;
+    const QUOTA: u64 = 20 * MIB;
+    let mut w = world(aqueduct_e2e::SourceKind::S3).await;
+    let config = w.region("eu", 64 << 30).await;
+    // A 12 MiB version, pinned (active, mounted), in a 20 MiB quota whose whole copies may
+    // take 12 MiB: a copy of its file would take the store to 24 MiB, and its chunks cannot
+    // make room. The copies get only what the pinned chunks leave (8 MiB): none is kept.
+    with_quota(&config, "20MiB", "12MiB");
+    let bytes = noise(12 << 20, 11);
+    std::fs::write(w.data.join("model.safetensors"), &bytes).unwrap();
+    w.snapshot().await;
+    let data_dir = config.parent().unwrap().join("store");
+    let _spoke = w.start_spoke(&config);
+    let mut local = local_client(&socket_of(&config)).await;
+    w.rollout(1, &["eu"]).await;
+    w.wait_ready(1).await;
+    let mnt = w.root.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    mount_when_known(&mut local, "llama", 1, &mnt).await.unwrap();
+    let files = vec![("model.safetensors".to_string(), bytes)];
+    // The holder may start a copy before the spoke's first limit reaches it: the copy then
+    // goes at the next one. Waits for a settled holder (nothing pending, no copy ready).
+    let mut settled = None;
+    for _ in 0..300 {
+        assert_read(&mnt, &files).await;
+        let whole = holder_list(&data_dir).await.whole.unwrap();
+        let (chunks, copies) = store_on_disk(&data_dir);
+        if whole.pending == 0 && whole.ready == 0 && chunks + copies <= QUOTA {
+            settled = Some((whole, chunks, copies));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Some((whole, chunks, copies)) = settled else {
+        panic!(
+            "the store stays above its quota: {:?}, {:?}",
+            store_on_disk(&data_dir),
+            holder_list(&data_dir).await.whole
+        )
+    };
+    println!("settled: chunks {chunks} bytes, whole copies {copies} bytes, quota {QUOTA}: {whole:?}");
+    assert!(chunks >= 12 * MIB, "the pinned version gave way");
+    // Opens keep the copy route (none passed through), and read the source's bytes.
+    assert_read(&mnt, &files).await;
+    let after = holder_list(&data_dir).await.whole.unwrap();
+    assert_eq!(after.passthrough_opens, whole.passthrough_opens, "an open passed through to a copy past the limit");
+    assert_eq!(after.ready, 0, "a copy past what the pinned chunks leave was kept");
+    let (chunks, copies) = store_on_disk(&data_dir);
+    assert!(chunks + copies <= QUOTA, "chunks {chunks}, whole copies {copies}");
     local.unmount(local::UnmountRequest { mountpoint: mnt.display().to_string() }).await.unwrap();
 }

@@ -14,7 +14,9 @@
 //! holder's whole copies of mounted files (`DATA_DIR/files`) together: the holder reports what
 //! its copies take ([`TieredStore::set_whole_files`], asked every few seconds), and the chunks
 //! get the rest ([`chunk_capacity`]), the tier evicting unpinned chunks at once when the copies
-//! grow past its high watermark.
+//! grow past its high watermark. The copies in turn may take only what the pinned chunks
+//! leave of the quota ([`whole_files_room`], which the spoke sends the holder): chunks that
+//! cannot be evicted are never squeezed over the quota by copies.
 //!
 //! The file is some 730 lines long, a third of them its tests: the tiers, their
 //! eviction and the disk quota shared with whole copies are one concern, tested together.
@@ -149,6 +151,12 @@ impl Held {
 /// mounted files take on disk (nothing left if they take it all: every write is then full).
 pub fn chunk_capacity(quota: u64, whole_files: u64) -> u64 {
     quota.saturating_sub(whole_files)
+}
+
+/// What the whole copies of mounted files may take of a disk quota: what the chunks that cannot
+/// be evicted (`pinned`, the versions retained and in use) leave of it.
+pub fn whole_files_room(quota: u64, pinned: u64) -> u64 {
+    quota.saturating_sub(pinned)
 }
 
 /// One tier: a store, its quota and what it holds, in use order.
@@ -426,6 +434,17 @@ impl TieredStore {
         Ok(evicted.len())
     }
 
+    /// The disk quota, and what of it the whole copies may take now ([`whole_files_room`]):
+    /// none without a disk quota.
+    pub fn whole_files_room(&self) -> Option<(u64, u64)> {
+        let disk = self.disk.as_ref()?;
+        let quota = disk.quota?;
+        let pinned = self.pinned.read().unwrap_or_else(|e| e.into_inner());
+        let lru = disk.lru();
+        let pinned_bytes: u64 = pinned.iter().filter_map(|d| lru.lru.weight_of(d)).sum();
+        Some((quota, whole_files_room(quota, pinned_bytes)))
+    }
+
     /// What the whole copies take of the disk quota, as last reported.
     pub fn whole_files(&self) -> u64 {
         self.disk.as_ref().map_or(0, |t| t.outside.load(Ordering::Relaxed))
@@ -661,6 +680,8 @@ mod tests {
         assert_eq!(chunk_capacity(200, 0), 200);
         assert_eq!(chunk_capacity(200, 200), 0);
         assert_eq!(chunk_capacity(200, 300), 0, "copies past the quota leave nothing, never wrap");
+        assert_eq!(whole_files_room(200, 150), 50);
+        assert_eq!(whole_files_room(200, 250), 0);
     }
 
     /// A disk quota of 10 MiB (watermarks 0.8 and 0.5) shared with whole copies: when the
@@ -683,6 +704,8 @@ mod tests {
         let used = |s: &TieredStore| s.disk_usage().unwrap().used;
         assert_eq!(used(&store), 8 * MIB);
         assert_eq!(store.room(dir.path()), 8 * MIB);
+        // The copies may take what the two pinned chunks leave.
+        assert_eq!(store.whole_files_room(), Some((10 * MIB, 8 * MIB)));
 
         let evicted = store.set_whole_files(4 * MIB).unwrap();
         assert_eq!(store.whole_files(), 4 * MIB);
@@ -713,6 +736,7 @@ mod tests {
         // No disk quota: the disk is the limit, the copies change nothing.
         let free = TieredStore::open(dir.path(), &config(None, 0, false)).unwrap();
         assert_eq!(free.set_whole_files(u64::MAX).unwrap(), 0);
+        assert_eq!(free.whole_files_room(), None);
     }
 
     #[test]

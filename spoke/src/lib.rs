@@ -347,9 +347,10 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 const WHOLE_FILES_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Counts the holder's whole copies in the disk quota, for as long as the spoke runs: every
-/// [`WHOLE_FILES_EVERY`], what the holder reports they take (or what is in `DATA_DIR/files`,
-/// if more) goes to the store, which leaves the chunks the rest of the quota (evicting
-/// unpinned chunks if they no longer fit).
+/// [`WHOLE_FILES_EVERY`], the holder is told what the copies may take (what pinned chunks
+/// leave of the quota), and what it reports they take (or what is in `DATA_DIR/files`, if
+/// more) goes to the store, which leaves the chunks the rest of the quota (evicting unpinned
+/// chunks if they no longer fit).
 fn follow_whole_files(
     cache: Arc<TieredStore>,
     mounts: Arc<Mounts>,
@@ -364,9 +365,12 @@ fn follow_whole_files(
                 _ = every.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            let asked = tokio::time::timeout(WHOLE_FILES_EVERY, mounts.counters()).await;
+            let asked = match cache.whole_files_room() {
+                Some((_, room)) => tokio::time::timeout(WHOLE_FILES_EVERY, mounts.limit_whole_files(room)).await,
+                None => tokio::time::timeout(WHOLE_FILES_EVERY, async { Ok(mounts.counters().await?.1) }).await,
+            };
             let reported = match asked {
-                Ok(Ok((_, whole))) => whole,
+                Ok(Ok(whole)) => whole,
                 _ => None,
             };
             let (cache, dir) = (cache.clone(), data_dir.clone());

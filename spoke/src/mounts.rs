@@ -101,6 +101,18 @@ impl Mounts {
         Ok((list.reads.unwrap_or_default(), list.whole))
     }
 
+    /// Tells the holder what its whole copies may take on disk now (`bytes`); answers with its
+    /// copies as they are after (none: whole copies off, or no holder yet). A holder older than
+    /// the limit is only asked.
+    pub async fn limit_whole_files(&self, bytes: u64) -> Result<Option<held::WholeFiles>, MountError> {
+        let Some(mut holder) = self.existing().await else { return Ok(None) };
+        match holder.limit_whole_files(held::WholeFilesLimit { bytes }).await {
+            Ok(answer) => Ok(answer.into_inner().whole),
+            Err(s) if s.code() == tonic::Code::Unimplemented => Ok(self.counters().await?.1),
+            Err(s) => Err(s.into()),
+        }
+    }
+
     /// Mounts `dataset` on `path`, showing what `follows` says (a version, or following the
     /// active version or a tag). The same mount asked for again is answered with the existing
     /// one.
