@@ -434,15 +434,15 @@ impl TieredStore {
         Ok(evicted.len())
     }
 
-    /// The disk quota, and what of it the whole copies may take now ([`whole_files_room`]):
-    /// none without a disk quota.
-    pub fn whole_files_room(&self) -> Option<(u64, u64)> {
+    /// What of the disk quota the whole copies may take now ([`whole_files_room`]): none
+    /// without a disk quota. Sums the pinned chunks' sizes (one look-up per pinned chunk).
+    pub fn whole_files_room(&self) -> Option<u64> {
         let disk = self.disk.as_ref()?;
         let quota = disk.quota?;
         let pinned = self.pinned.read().unwrap_or_else(|e| e.into_inner());
         let lru = disk.lru();
         let pinned_bytes: u64 = pinned.iter().filter_map(|d| lru.lru.weight_of(d)).sum();
-        Some((quota, whole_files_room(quota, pinned_bytes)))
+        Some(whole_files_room(quota, pinned_bytes))
     }
 
     /// What the whole copies take of the disk quota, as last reported.
@@ -705,7 +705,7 @@ mod tests {
         assert_eq!(used(&store), 8 * MIB);
         assert_eq!(store.room(dir.path()), 8 * MIB);
         // The copies may take what the two pinned chunks leave.
-        assert_eq!(store.whole_files_room(), Some((10 * MIB, 8 * MIB)));
+        assert_eq!(store.whole_files_room(), Some(8 * MIB));
 
         let evicted = store.set_whole_files(4 * MIB).unwrap();
         assert_eq!(store.whole_files(), 4 * MIB);

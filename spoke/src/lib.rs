@@ -365,8 +365,11 @@ fn follow_whole_files(
                 _ = every.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            let asked = match cache.whole_files_room() {
-                Some((_, room)) => tokio::time::timeout(WHOLE_FILES_EVERY, mounts.limit_whole_files(room)).await,
+            // A sum over the pinned chunks: off the runtime's threads.
+            let c = cache.clone();
+            let room = tokio::task::spawn_blocking(move || c.whole_files_room()).await.ok().flatten();
+            let asked = match room {
+                Some(room) => tokio::time::timeout(WHOLE_FILES_EVERY, mounts.limit_whole_files(room)).await,
                 None => tokio::time::timeout(WHOLE_FILES_EVERY, async { Ok(mounts.counters().await?.1) }).await,
             };
             let reported = match asked {

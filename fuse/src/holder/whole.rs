@@ -21,8 +21,8 @@
 //! copy, verified or not, and the whole size of the one being written, from its start) is
 //! reported ([`WholeFiles::counters`], `disk_bytes`): the spoke counts it in its disk quota,
 //! and may lower the budget below what it was started with ([`WholeFiles::limit`]: its quota
-//! less the chunks it cannot evict), which removes copies past it at once. The decisions are pure ([`plan`],
-//! [`to_evict`]) and tested here.
+//! less the chunks it cannot evict), which removes copies past it at once. The decisions are
+//! pure ([`plan`], [`to_evict`]) and tested here.
 //!
 //! The file is some 640 lines long, a quarter of them its tests: planning, making, checking
 //! and bounding the copies are one concern.
