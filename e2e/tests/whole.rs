@@ -182,3 +182,191 @@ async fn a_mount_made_before_its_chunks_arrived_gets_whole_copies_once_they_are_
     assert!(whole.passthrough_opens >= before + 2, "the opens after the copies were not passed through: {whole:?}");
     local.unmount(local::UnmountRequest { mountpoint: mnt.display().to_string() }).await.unwrap();
 }
+
+/// Bytes of every file under `dir` (recursively; 0 if there is none).
+fn du(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .filter_map(|e| e.metadata().ok().map(|m| (e.path(), m)))
+        .map(|(p, m)| if m.is_dir() { du(&p) } else { m.len() })
+        .sum()
+}
+
+/// Sets a spoke's disk quota (watermarks 0.9 and 0.6) and its whole copies' budget.
+fn with_quota(config: &Path, disk: &str, whole_files: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let line = format!("whole_files = \"{whole_files}\"\n");
+    let text = if text.contains("[mounts]\n") {
+        text.replacen("[mounts]\n", &format!("[mounts]\n{line}"), 1)
+    } else {
+        format!("{text}[mounts]\n{line}")
+    };
+    let cache = format!("[cache]\ndisk = \"{disk}\"\nhigh_watermark = 0.9\nlow_watermark = 0.6\n");
+    std::fs::write(config, format!("{text}{cache}")).unwrap();
+}
+
+/// What the spoke's store takes on disk: its chunks (and chunk writes under way) and the
+/// holder's whole copies.
+fn store_on_disk(data_dir: &Path) -> (u64, u64) {
+    (du(&data_dir.join("chunks")) + du(&data_dir.join("tmp")), du(&data_dir.join("files")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whole_copies_count_in_the_disk_quota_and_passthrough_opens_in_the_metrics() {
+    if !can_mount_fuse() {
+        return;
+    }
+    logs();
+    const MIB: u64 = 1 << 20;
+    const QUOTA: u64 = 30 * MIB;
+    let mut w = world(aqueduct_e2e::SourceKind::S3).await;
+    let config = w.region("eu", 64 << 30).await;
+    // A disk quota of 30 MiB (watermarks 0.9 and 0.6) of which whole copies may take 12 MiB,
+    // for versions of one 8 MiB file that share nothing, of a dataset that keeps only its
+    // newest version: v1, v2, v3 (24 MiB of chunks) fit below the high watermark; once v3
+    // is active, v1 is no longer retained. A whole copy of v3's file (8 MiB) on top of them
+    // would take the store to 32 MiB, over the quota, unless chunks make room.
+    with_quota(&config, "30MiB", "12MiB");
+    let metrics = aqueduct_e2e::with_spoke_metrics(&config);
+    let keep = aqueduct_proto::hub::v1::UpdateDatasetRequest {
+        name: "llama".into(),
+        keep_versions: Some(1),
+        ..Default::default()
+    };
+    w.admin.update_dataset(keep).await.unwrap();
+    let data_dir = config.parent().unwrap().join("store");
+    let _spoke = w.start_spoke(&config);
+    let mut local = local_client(&socket_of(&config)).await;
+    let mut manifests = Vec::new();
+    let mut last = Vec::new();
+    for (version, seed) in [(1, 101), (2, 202), (3, 303)] {
+        last = noise(8 << 20, seed);
+        std::fs::write(w.data.join("model.safetensors"), &last).unwrap();
+        w.snapshot().await;
+        w.rollout(version, &["eu"]).await;
+        w.wait_ready(version).await;
+        manifests.push(w.manifest(version).await);
+    }
+    let held = aqueduct_e2e::stored_chunks(&data_dir);
+    let all_held = |m: &aqueduct_proto::Manifest, held: &std::collections::HashMap<_, _>| {
+        m.distinct_chunks().iter().all(|(d, _)| held.contains_key(d))
+    };
+    assert!(manifests.iter().all(|m| all_held(m, &held)), "a version gave way before any whole copy was made");
+    let (chunks, files) = store_on_disk(&data_dir);
+    println!("before the mount: chunks {chunks} bytes, whole copies {files} bytes");
+    assert!(chunks >= 24 * MIB && chunks + files <= QUOTA, "chunks {chunks}, whole copies {files}");
+
+    // Mount v3: its file gets a whole copy, which counts in the quota: v1's chunks (not
+    // retained) make room; v2's (kept for a rollback) and v3's (active) stay.
+    let mnt = w.root.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    mount_when_known(&mut local, "llama", 3, &mnt).await.unwrap();
+    let whole = wait_for_copies(&data_dir, 1).await;
+    assert_eq!(whole.ready_bytes, 8 * MIB, "{whole:?}");
+    let mut within = None;
+    for _ in 0..300 {
+        let (chunks, files) = store_on_disk(&data_dir);
+        if files >= 8 * MIB && chunks + files <= QUOTA {
+            within = Some((chunks, files));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (chunks, files) = store_on_disk(&data_dir);
+    let Some((chunks, files)) = within else {
+        panic!("chunks {chunks} and whole copies {files} bytes stay above the disk quota of {QUOTA}")
+    };
+    println!("after the whole copy: chunks {chunks} bytes, whole copies {files} bytes, quota {QUOTA}");
+    let held = aqueduct_e2e::stored_chunks(&data_dir);
+    assert!(all_held(&manifests[1], &held) && all_held(&manifests[2], &held), "a retained version was evicted");
+    assert!(!all_held(&manifests[0], &held), "v1 did not give way to the whole copy");
+
+    // Reads through the mount pass through to the copy, byte-equal; the spoke's metrics
+    // count the opens, the copy and what it takes of the quota.
+    let files = vec![("model.safetensors".to_string(), last)];
+    assert_read(&mnt, &files).await;
+    assert_read(&mnt, &files).await;
+    let body = aqueduct_e2e::scrape(metrics).await;
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no {name} in the spoke's metrics:\n{body}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let opens = value("aqueduct_spoke_passthrough_opens_total");
+    println!(
+        "metrics: passthrough opens {opens}, whole copies ready {} ({} bytes), on disk {} bytes, passthrough unavailable {}",
+        value("aqueduct_spoke_whole_files_ready"),
+        value("aqueduct_spoke_whole_files_ready_bytes"),
+        value("aqueduct_spoke_whole_files_disk_bytes"),
+        value("aqueduct_spoke_passthrough_unavailable")
+    );
+    assert!(opens >= 2.0, "the passthrough opens are not in the metrics:\n{body}");
+    assert_eq!(value("aqueduct_spoke_whole_files_ready"), 1.0);
+    assert_eq!(value("aqueduct_spoke_whole_files_ready_bytes"), (8 * MIB) as f64);
+    assert_eq!(value("aqueduct_spoke_whole_files_disk_bytes"), (8 * MIB) as f64);
+    assert_eq!(value("aqueduct_spoke_passthrough_unavailable"), 0.0);
+    assert_eq!(value("aqueduct_spoke_whole_files_rejected_total"), 0.0);
+    local.unmount(local::UnmountRequest { mountpoint: mnt.display().to_string() }).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whole_copies_take_only_what_pinned_chunks_leave_of_the_disk_quota() {
+    if !can_mount_fuse() {
+        return;
+    }
+    logs();
+    const MIB: u64 = 1 << 20;
+    const QUOTA: u64 = 20 * MIB;
+    let mut w = world(aqueduct_e2e::SourceKind::S3).await;
+    let config = w.region("eu", 64 << 30).await;
+    // A 12 MiB version, pinned (active, mounted), in a 20 MiB quota whose whole copies may
+    // take 12 MiB: a copy of its file would take the store to 24 MiB, and its chunks cannot
+    // make room. The copies get only what the pinned chunks leave (8 MiB): none is kept.
+    with_quota(&config, "20MiB", "12MiB");
+    let bytes = noise(12 << 20, 11);
+    std::fs::write(w.data.join("model.safetensors"), &bytes).unwrap();
+    w.snapshot().await;
+    let data_dir = config.parent().unwrap().join("store");
+    let _spoke = w.start_spoke(&config);
+    let mut local = local_client(&socket_of(&config)).await;
+    w.rollout(1, &["eu"]).await;
+    w.wait_ready(1).await;
+    let mnt = w.root.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    mount_when_known(&mut local, "llama", 1, &mnt).await.unwrap();
+    let files = vec![("model.safetensors".to_string(), bytes)];
+    // The holder may start a copy before the spoke's first limit reaches it: the copy then
+    // goes at the next one. Waits for a settled holder (nothing pending, no copy ready).
+    let mut settled = None;
+    for _ in 0..300 {
+        assert_read(&mnt, &files).await;
+        let whole = holder_list(&data_dir).await.whole.unwrap();
+        let (chunks, copies) = store_on_disk(&data_dir);
+        if whole.pending == 0 && whole.ready == 0 && chunks + copies <= QUOTA {
+            settled = Some((whole, chunks, copies));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Some((whole, chunks, copies)) = settled else {
+        panic!(
+            "the store stays above its quota: {:?}, {:?}",
+            store_on_disk(&data_dir),
+            holder_list(&data_dir).await.whole
+        )
+    };
+    println!("settled: chunks {chunks} bytes, whole copies {copies} bytes, quota {QUOTA}: {whole:?}");
+    assert!(chunks >= 12 * MIB, "the pinned version gave way");
+    // Opens keep the copy route (none passed through), and read the source's bytes.
+    assert_read(&mnt, &files).await;
+    let after = holder_list(&data_dir).await.whole.unwrap();
+    assert_eq!(after.passthrough_opens, whole.passthrough_opens, "an open passed through to a copy past the limit");
+    assert_eq!(after.ready, 0, "a copy past what the pinned chunks leave was kept");
+    let (chunks, copies) = store_on_disk(&data_dir);
+    assert!(chunks + copies <= QUOTA, "chunks {chunks}, whole copies {copies}");
+    local.unmount(local::UnmountRequest { mountpoint: mnt.display().to_string() }).await.unwrap();
+}

@@ -9,6 +9,17 @@
 //! pins the chunks of each dataset's active version and of the versions rolling out
 //! ([`TieredStore::set_pinned`]); if pinned chunks alone fill a tier, a write fails with
 //! [`CacheError::Full`] rather than evict them.
+//!
+//! The disk quota (`[cache] disk`) is the spoke's store on the node's disk, chunks and the FUSE
+//! holder's whole copies of mounted files (`DATA_DIR/files`) together: the holder reports what
+//! its copies take ([`TieredStore::set_whole_files`], asked every few seconds), and the chunks
+//! get the rest ([`chunk_capacity`]), the tier evicting unpinned chunks at once when the copies
+//! grow past its high watermark. The copies in turn may take only what the pinned chunks
+//! leave of the quota ([`whole_files_room`], which the spoke sends the holder): chunks that
+//! cannot be evicted are never squeezed over the quota by copies.
+//!
+//! The file is some 730 lines long, a third of them its tests: the tiers, their
+//! eviction and the disk quota shared with whole copies are one concern, tested together.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -136,10 +147,24 @@ impl Held {
     }
 }
 
+/// What the chunks of a disk tier may take: the disk quota less what the whole copies of
+/// mounted files take on disk (nothing left if they take it all: every write is then full).
+pub fn chunk_capacity(quota: u64, whole_files: u64) -> u64 {
+    quota.saturating_sub(whole_files)
+}
+
+/// What the whole copies of mounted files may take of a disk quota: what the chunks that cannot
+/// be evicted (`pinned`, the versions retained and in use) leave of it.
+pub fn whole_files_room(quota: u64, pinned: u64) -> u64 {
+    quota.saturating_sub(pinned)
+}
+
 /// One tier: a store, its quota and what it holds, in use order.
 struct Tier<S> {
     store: S,
     quota: Option<u64>,
+    /// Bytes of the quota taken by something else (the whole copies, on the disk tier).
+    outside: AtomicU64,
     high: f64,
     low: f64,
     lru: Mutex<Held>,
@@ -151,7 +176,60 @@ impl<S: ChunkStore> Tier<S> {
         for (digest, len) in store.list()? {
             lru.touch(digest, len);
         }
-        Ok(Self { store, quota, high: config.high_watermark, low: config.low_watermark, lru: Mutex::new(lru) })
+        Ok(Self {
+            store,
+            quota,
+            outside: AtomicU64::new(0),
+            high: config.high_watermark,
+            low: config.low_watermark,
+            lru: Mutex::new(lru),
+        })
+    }
+
+    /// What the chunks may take: the quota less what is taken outside (none: no quota).
+    fn capacity(&self) -> Option<u64> {
+        self.quota.map(|q| chunk_capacity(q, self.outside.load(Ordering::Relaxed)))
+    }
+
+    /// The unpinned chunks to evict, oldest first, when `used` bytes are above the high
+    /// watermark of `capacity`: until down to the low watermark, or no unpinned chunk is
+    /// left. Returns them and what is used after.
+    fn victims(&self, lru: &Held, capacity: u64, mut used: u64, pinned: &HashSet<Digest>) -> (Vec<Digest>, u64) {
+        let mut victims = Vec::new();
+        if used as f64 > capacity as f64 * self.high {
+            let target = (capacity as f64 * self.low) as u64;
+            for (digest, _, weight) in lru.lru.iter() {
+                if used <= target {
+                    break;
+                }
+                if !pinned.contains(digest) {
+                    used -= weight;
+                    victims.push(*digest);
+                }
+            }
+        }
+        (victims, used)
+    }
+
+    /// Evicts unpinned chunks, oldest first, down to the low watermark if the tier is above
+    /// its high watermark (the room left for chunks shrank). Pinned chunks stay, even above
+    /// the capacity. Returns what it evicted.
+    fn shrink(&self, pinned: &HashSet<Digest>, evictions: &AtomicU64) -> Result<Vec<Digest>, CacheError> {
+        let Some(capacity) = self.capacity() else { return Ok(Vec::new()) };
+        let victims = {
+            let mut lru = self.lru();
+            let used = lru.used() + lru.reserved;
+            let (victims, _) = self.victims(&lru, capacity, used, pinned);
+            for digest in &victims {
+                lru.forget(digest);
+            }
+            victims
+        };
+        for digest in &victims {
+            self.store.remove(digest)?;
+            evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(victims)
     }
 
     fn lru(&self) -> std::sync::MutexGuard<'_, Held> {
@@ -165,32 +243,27 @@ impl<S: ChunkStore> Tier<S> {
         let victims = {
             let mut lru = self.lru();
             let mut victims = Vec::new();
-            if let Some(quota) = self.quota {
-                let mut used = lru.used() + lru.reserved + len;
-                if used as f64 > quota as f64 * self.high {
-                    let target = (quota as f64 * self.low) as u64;
-                    for (digest, _, weight) in lru.lru.iter() {
-                        if used <= target {
-                            break;
-                        }
-                        if !pinned.contains(digest) {
-                            used -= weight;
-                            victims.push(*digest);
-                        }
-                    }
-                    if used > quota {
-                        return Err(CacheError::Full {
-                            path: "cache".into(),
-                            source: std::io::Error::other(format!(
-                                "the quota of {} is taken by pinned chunks (the active and rolling-out versions); raise it",
-                                Size(quota)
-                            )),
-                        });
-                    }
-                    // Forgotten now, under the lock: no other writer picks them again.
-                    for digest in &victims {
-                        lru.forget(digest);
-                    }
+            if let (Some(quota), Some(capacity)) = (self.quota, self.capacity()) {
+                let used;
+                (victims, used) = self.victims(&lru, capacity, lru.used() + lru.reserved + len, pinned);
+                if used > capacity {
+                    let whole = quota - capacity;
+                    return Err(CacheError::Full {
+                        path: "cache".into(),
+                        source: std::io::Error::other(format!(
+                            "the quota of {}{} is taken by pinned chunks (the active and rolling-out versions); raise it",
+                            Size(quota),
+                            if whole > 0 {
+                                format!(" (whole copies of mounted files take {} of it)", Size(whole))
+                            } else {
+                                String::new()
+                            }
+                        )),
+                    });
+                }
+                // Forgotten now, under the lock: no other writer picks them again.
+                for digest in &victims {
+                    lru.forget(digest);
                 }
             }
             lru.reserved += len;
@@ -344,13 +417,46 @@ impl TieredStore {
         self.disk.as_ref().map(|t| TierUsage { quota: t.quota, used: t.lru().used() })
     }
 
+    /// What the FUSE holder's whole copies take on disk now, `bytes`, counted in the disk
+    /// quota: the chunks get the rest ([`chunk_capacity`]); if that takes the tier above its
+    /// high watermark, unpinned chunks are evicted now, oldest first, down to its low
+    /// watermark. Returns how many were evicted. Nothing changes without a disk quota.
+    pub fn set_whole_files(&self, bytes: u64) -> Result<usize, CacheError> {
+        let Some(disk) = &self.disk else { return Ok(0) };
+        disk.outside.store(bytes, Ordering::Relaxed);
+        let pinned = self.pinned.read().unwrap_or_else(|e| e.into_inner());
+        let evicted = disk.shrink(&pinned, &self.stats.disk_evictions)?;
+        if let Some(memory) = &self.memory {
+            for digest in &evicted {
+                memory.remove(digest)?;
+            }
+        }
+        Ok(evicted.len())
+    }
+
+    /// What of the disk quota the whole copies may take now ([`whole_files_room`]): none
+    /// without a disk quota. Sums the pinned chunks' sizes (one look-up per pinned chunk).
+    pub fn whole_files_room(&self) -> Option<u64> {
+        let disk = self.disk.as_ref()?;
+        let quota = disk.quota?;
+        let pinned = self.pinned.read().unwrap_or_else(|e| e.into_inner());
+        let lru = disk.lru();
+        let pinned_bytes: u64 = pinned.iter().filter_map(|d| lru.lru.weight_of(d)).sum();
+        Some(whole_files_room(quota, pinned_bytes))
+    }
+
+    /// What the whole copies take of the disk quota, as last reported.
+    pub fn whole_files(&self) -> u64 {
+        self.disk.as_ref().map_or(0, |t| t.outside.load(Ordering::Relaxed))
+    }
+
     /// The most bytes a version may have and fit below the high watermark of the tier chunks
-    /// are kept in (a disk tier with no quota: what the filesystem of `dir` has free, plus what
-    /// the tier holds).
+    /// are kept in (a disk quota less what whole copies take; a disk tier with no quota: what
+    /// the filesystem of `dir` has free, plus what the tier holds).
     pub fn room(&self, dir: &Path) -> u64 {
         let (quota, used, high) = match self.keeping() {
-            Keeping::Disk(t) => (t.quota, t.lru().used(), t.high),
-            Keeping::Memory(t) => (t.quota, t.lru().used(), t.high),
+            Keeping::Disk(t) => (t.capacity(), t.lru().used(), t.high),
+            Keeping::Memory(t) => (t.capacity(), t.lru().used(), t.high),
         };
         let capacity = quota.unwrap_or_else(|| free_bytes(dir).map_or(u64::MAX, |free| free.saturating_add(used)));
         (capacity as f64 * high) as u64
@@ -566,6 +672,71 @@ mod tests {
         // Removing a (corrupt) chunk removes every copy.
         store.remove(&d).unwrap();
         assert_eq!(store.get(&d).unwrap(), None);
+    }
+
+    #[test]
+    fn chunks_get_the_disk_quota_less_the_whole_copies() {
+        assert_eq!(chunk_capacity(200, 16), 184);
+        assert_eq!(chunk_capacity(200, 0), 200);
+        assert_eq!(chunk_capacity(200, 200), 0);
+        assert_eq!(chunk_capacity(200, 300), 0, "copies past the quota leave nothing, never wrap");
+        assert_eq!(whole_files_room(200, 150), 50);
+        assert_eq!(whole_files_room(200, 250), 0);
+    }
+
+    /// A disk quota of 10 MiB (watermarks 0.8 and 0.5) shared with whole copies: when the
+    /// copies grow, unpinned chunks go at once, chunks and copies together stay within the
+    /// quota, pinned chunks stay; writes then keep within what is left; when the copies go,
+    /// the chunks get the room back.
+    #[test]
+    fn whole_copies_take_their_share_of_the_disk_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TieredStore::open(dir.path(), &config(Some(10 * MIB), 2 * MIB, false)).unwrap();
+        let pinned: HashSet<Digest> = (0..2).map(|i| chunk(i).0).collect();
+        store.set_pinned(pinned.clone());
+        for i in 0..8 {
+            let (d, data) = chunk(i);
+            store.put(&d, &data).unwrap();
+            // Read twice: a copy in the memory tier, which must go with the disk's.
+            store.get(&d).unwrap();
+            store.get(&d).unwrap();
+        }
+        let used = |s: &TieredStore| s.disk_usage().unwrap().used;
+        assert_eq!(used(&store), 8 * MIB);
+        assert_eq!(store.room(dir.path()), 8 * MIB);
+        // The copies may take what the two pinned chunks leave.
+        assert_eq!(store.whole_files_room(), Some(8 * MIB));
+
+        let evicted = store.set_whole_files(4 * MIB).unwrap();
+        assert_eq!(store.whole_files(), 4 * MIB);
+        // 6 MiB left for chunks: down to its low watermark (3 MiB), oldest unpinned first.
+        assert_eq!((evicted, used(&store)), (5, 3 * MIB));
+        assert!(used(&store) + store.whole_files() <= 10 * MIB);
+        assert!(pinned.iter().all(|d| store.contains(d)), "a pinned chunk was evicted");
+        assert!(!store.contains(&chunk(2).0) && store.contains(&chunk(7).0));
+        assert!(store.get(&chunk(2).0).unwrap().is_none(), "an evicted chunk's memory copy still answers");
+        assert_eq!(store.room(dir.path()), (6.0 * MIB as f64 * 0.8) as u64);
+        for i in 10..20 {
+            let (d, data) = chunk(i);
+            store.put(&d, &data).unwrap();
+            assert!(used(&store) + store.whole_files() <= 10 * MIB, "after chunk {i}: over the quota");
+        }
+        // Unchanged or smaller: nothing more goes.
+        assert_eq!(store.set_whole_files(4 * MIB).unwrap(), 0);
+        assert_eq!(store.set_whole_files(0).unwrap(), 0);
+        assert_eq!(store.room(dir.path()), 8 * MIB);
+
+        // Copies that leave pinned chunks no room: what can go goes, writes are refused as
+        // full, naming the copies' share.
+        store.set_pinned((10..20).map(|i| chunk(i).0).filter(|d| store.contains(d)).collect());
+        store.set_whole_files(9 * MIB).unwrap();
+        let (d, data) = chunk(30);
+        let err = store.put(&d, &data).unwrap_err().to_string();
+        assert!(err.contains("whole copies of mounted files take 9MiB"), "{err}");
+        // No disk quota: the disk is the limit, the copies change nothing.
+        let free = TieredStore::open(dir.path(), &config(None, 0, false)).unwrap();
+        assert_eq!(free.set_whole_files(u64::MAX).unwrap(), 0);
+        assert_eq!(free.whole_files_room(), None);
     }
 
     #[test]

@@ -198,6 +198,8 @@ impl SpokeConfig {
             )));
         }
         config.cache.validate().map_err(invalid)?;
+        // Whole copies count in the disk quota, with the chunks they are made from.
+        config.mounts.fit(config.cache.disk, crate::cache::LARGEST_CHUNK * 2).map_err(invalid)?;
         if let Some(op) = &config.operator {
             if op.lease_name.is_empty() {
                 return Err(invalid("operator.lease_name must not be empty".into()));
@@ -381,6 +383,13 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let err = SpokeConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("cache.disk is 1MiB, smaller than one chunk"), "{err}");
+        // Whole copies count in the disk quota: a budget for them that leaves no room for
+        // chunks is refused, naming both keys.
+        let text =
+            include_str!("../../deploy/spoke/spoke.example.toml").replace("disk = \"200GiB\"", "disk = \"16GiB\"");
+        std::fs::write(&path, text).unwrap();
+        let err = SpokeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("mounts.whole_files (16GiB) is not smaller than cache.disk (16GiB)"), "{err}");
         let text =
             include_str!("../../deploy/spoke/spoke.example.toml").replace("disk = \"200GiB\"", "disk = \"lots\"");
         std::fs::write(&path, text).unwrap();

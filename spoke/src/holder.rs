@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use aqueduct_fuse::holder::HolderConfig;
 use aqueduct_proto::Size;
+use aqueduct_proto::holder::v1 as held;
 use aqueduct_proto::holder::v1::holder_client::HolderClient;
 use serde::Deserialize;
 use tonic::transport::Channel;
@@ -41,7 +42,7 @@ pub enum HolderMode {
 }
 
 /// The `[mounts]` section of the spoke's config.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MountsConfig {
     /// `spawn` (default), `external` or `embedded`.
@@ -57,32 +58,18 @@ pub struct MountsConfig {
     pub holder_binary: Option<PathBuf>,
     /// Disk for the holder's whole copies of mounted files (`DATA_DIR/files`), passed to the
     /// kernel so that warm reads run at local-file speed; `0B` turns them off (always off with
-    /// `memory_only`). Default 16GiB.
-    #[serde(default = "default_whole_files", deserialize_with = "size")]
-    pub whole_files: Size,
-}
-
-fn default_whole_files() -> Size {
-    Size(DEFAULT_WHOLE_FILES)
+    /// `memory_only`). Counted in `[cache] disk`, so it must be smaller than that quota.
+    /// Default 16GiB, and at most a quarter of `[cache] disk` ([`MountsConfig::fit`]).
+    #[serde(default, deserialize_with = "size")]
+    pub whole_files: Option<Size>,
 }
 
 /// The default disk budget for whole copies.
 pub const DEFAULT_WHOLE_FILES: u64 = 16 << 30;
 
-fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Size>, D::Error> {
     let text = String::deserialize(d)?;
-    text.parse().map_err(serde::de::Error::custom)
-}
-
-impl Default for MountsConfig {
-    fn default() -> Self {
-        Self {
-            holder: HolderMode::default(),
-            holder_socket: None,
-            holder_binary: None,
-            whole_files: default_whole_files(),
-        }
-    }
+    text.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 impl MountsConfig {
@@ -95,7 +82,50 @@ impl MountsConfig {
     pub fn socket(&self, data_dir: &Path) -> PathBuf {
         self.holder_socket.clone().unwrap_or_else(|| data_dir.join(DEFAULT_SOCKET))
     }
+
+    /// The whole copies' disk budget, in bytes (the default unless set: see [`Self::fit`]).
+    pub fn whole_files_bytes(&self) -> u64 {
+        self.whole_files.map_or(DEFAULT_WHOLE_FILES, |s| s.0)
+    }
+
+    /// Fits the whole copies' budget into the disk quota `disk` (`[cache] disk`; none: the
+    /// disk is the limit), which counts them with the chunks: unset, it becomes the default, at
+    /// most a quarter of the quota; set, it must leave room in the quota for the chunks the
+    /// copies are made from. The message names both keys and what to change.
+    pub fn fit(&mut self, disk: Option<Size>, room_for_chunks: u64) -> Result<(), String> {
+        let Some(disk) = disk else { return Ok(()) };
+        let Some(whole) = self.whole_files else {
+            self.whole_files = Some(Size(DEFAULT_WHOLE_FILES.min(disk.0 / 4)));
+            return Ok(());
+        };
+        if whole.0 != 0 && whole.0.saturating_add(room_for_chunks) > disk.0 {
+            return Err(format!(
+                "mounts.whole_files ({whole}) is not smaller than cache.disk ({disk}) with room for chunks ({}): whole copies of mounted files count in the disk quota; lower mounts.whole_files (to cache.disk less {} at most, or \"0B\" to turn them off) or raise cache.disk",
+                Size(room_for_chunks),
+                Size(room_for_chunks)
+            ));
+        }
+        Ok(())
+    }
 }
+
+/// What the holder's whole copies take of the disk quota: the most of what the holder reports
+/// (`disk_bytes`, which counts a copy being written at its whole size from its start; a holder
+/// older than it: its ready copies) and what is `measured` in `DATA_DIR/files` (copies stay
+/// on disk while no holder runs, and an older holder does not report those not verified).
+pub fn whole_files_on_disk(reported: Option<&held::WholeFiles>, measured: u64) -> u64 {
+    reported.map_or(0, |w| w.disk_bytes.max(w.ready_bytes)).max(measured)
+}
+
+/// Bytes of the files in `DATA_DIR/files` (the whole copies, and a copy being written); 0 if
+/// there is no such directory.
+pub fn measure_whole_files(data_dir: &Path) -> u64 {
+    let entries = std::fs::read_dir(data_dir.join(WHOLE_FILES_DIR)).into_iter().flatten().flatten();
+    entries.filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+}
+
+/// Where the holder keeps its whole copies, inside the data directory.
+pub const WHOLE_FILES_DIR: &str = "files";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HolderError {
@@ -187,7 +217,7 @@ impl Reach {
                     spoke_socket: self.spoke_socket.clone(),
                     cache_bytes: 256 << 20,
                     follow_every: Duration::from_secs(1),
-                    whole_files_bytes: self.config.whole_files.0,
+                    whole_files_bytes: self.config.whole_files_bytes(),
                 };
                 let stop = shutdown.clone();
                 let task = tokio::spawn(async move {
@@ -233,7 +263,7 @@ fn spawn(binary: &Path, r: &Reach, socket: &Path) -> Result<u32, HolderError> {
     if r.store_on_disk {
         cmd.arg("--store").arg(&r.data_dir);
     }
-    cmd.arg("--whole-files").arg(format!("{}B", r.config.whole_files.0));
+    cmd.arg("--whole-files").arg(format!("{}B", r.config.whole_files_bytes()));
     cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone().map_err(error)?).stderr(log);
     // SAFETY: setsid is async-signal-safe and touches nothing of the parent's.
     unsafe {
@@ -283,5 +313,57 @@ mod tests {
         assert_eq!(c.holder_socket.as_deref(), Some(Path::new("/d/holder.sock")));
         let err = toml::from_str::<MountsConfig>("holder = \"fork\"").unwrap_err().to_string();
         assert!(err.contains("fork") && err.contains("spawn"), "{err}");
+    }
+
+    #[test]
+    fn whole_copies_count_what_the_holder_reports_or_what_is_on_disk_whichever_is_more() {
+        let reported = |ready_bytes, disk_bytes| held::WholeFiles { ready_bytes, disk_bytes, ..Default::default() };
+        // A copy being written counts at its whole size before its bytes are on disk.
+        assert_eq!(whole_files_on_disk(Some(&reported(10, 30)), 12), 30);
+        // No holder: what is on disk.
+        assert_eq!(whole_files_on_disk(None, 12), 12);
+        // A holder older than disk_bytes: its ready copies, or the disk if more.
+        assert_eq!(whole_files_on_disk(Some(&reported(10, 0)), 4), 10);
+        assert_eq!(whole_files_on_disk(Some(&reported(10, 0)), 25), 25);
+        assert_eq!(whole_files_on_disk(None, 0), 0);
+
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(measure_whole_files(dir.path()), 0, "no directory");
+        let files = dir.path().join(WHOLE_FILES_DIR);
+        std::fs::create_dir_all(files.join("sub")).unwrap();
+        std::fs::write(files.join("a"), [0u8; 100]).unwrap();
+        std::fs::write(files.join(".b.7.tmp"), [0u8; 20]).unwrap();
+        assert_eq!(measure_whole_files(dir.path()), 120);
+    }
+
+    #[test]
+    fn whole_copies_fit_in_the_disk_quota_or_the_config_says_which_keys_to_change() {
+        const GIB: u64 = 1 << 30;
+        let room = 4 << 20;
+        let with = |whole: Option<u64>| MountsConfig { whole_files: whole.map(Size), ..MountsConfig::default() };
+        // No quota: the disk is the limit, the default stands.
+        let mut c = with(None);
+        c.fit(None, room).unwrap();
+        assert_eq!(c.whole_files_bytes(), DEFAULT_WHOLE_FILES);
+        // Unset under a quota: the default, at most a quarter of it.
+        let mut c = with(None);
+        c.fit(Some(Size(200 * GIB)), room).unwrap();
+        assert_eq!(c.whole_files_bytes(), DEFAULT_WHOLE_FILES);
+        let mut c = with(None);
+        c.fit(Some(Size(40 * GIB)), room).unwrap();
+        assert_eq!(c.whole_files_bytes(), 10 * GIB);
+        // Set: smaller than the quota with room for chunks, or refused naming both keys.
+        let mut c = with(Some(16 * GIB));
+        c.fit(Some(Size(200 * GIB)), room).unwrap();
+        assert_eq!(c.whole_files_bytes(), 16 * GIB);
+        for whole in [200 * GIB, 300 * GIB, 200 * GIB - room + 1] {
+            let err = with(Some(whole)).fit(Some(Size(200 * GIB)), room).unwrap_err();
+            assert!(
+                err.contains("mounts.whole_files") && err.contains("cache.disk (200GiB)") && err.contains("lower"),
+                "{err}"
+            );
+        }
+        with(Some(200 * GIB - room)).fit(Some(Size(200 * GIB)), room).unwrap();
+        with(Some(0)).fit(Some(Size(room)), room).unwrap();
     }
 }

@@ -155,6 +155,9 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
         store_on_disk: !config.cache.memory_only,
     };
     let mounts = Arc::new(Mounts::start(reach, &local_stop).await?);
+    if !config.cache.memory_only {
+        follow_whole_files(cache.clone(), mounts.clone(), config.data_dir.clone(), local_stop.clone());
+    }
     let (peers, peer_address, peer_task) = match &config.peer {
         // No share and no server, but it may still ask the region's peers for what it reads.
         None => (Arc::new(Peers::new(&config.node, &region, Some(tls.clone()))), String::new(), None),
@@ -197,9 +200,10 @@ pub async fn run(config: SpokeConfig, shutdown: CancellationToken) -> Result<(),
                 m.refresh(&c, &b);
                 // The holder counts the reads of the mounts it serves (render runs on a blocking
                 // thread, so waiting for its answer here is fine).
-                let asked = runtime.block_on(tokio::time::timeout(std::time::Duration::from_secs(2), held.reads()));
-                if let Ok(Ok(reads)) = asked {
+                let asked = runtime.block_on(tokio::time::timeout(std::time::Duration::from_secs(2), held.counters()));
+                if let Ok(Ok((reads, whole))) = asked {
                     m.set_fuse_reads(reads);
+                    m.set_whole_files(whole);
                 }
             },
             health.clone(),
@@ -337,6 +341,56 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s.source();
     }
     text
+}
+
+/// How often the spoke asks what the holder's whole copies take on disk.
+const WHOLE_FILES_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Counts the holder's whole copies in the disk quota, for as long as the spoke runs: every
+/// [`WHOLE_FILES_EVERY`], the holder is told what the copies may take (what pinned chunks
+/// leave of the quota), and what it reports they take (or what is in `DATA_DIR/files`, if
+/// more) goes to the store, which leaves the chunks the rest of the quota (evicting unpinned
+/// chunks if they no longer fit).
+fn follow_whole_files(
+    cache: Arc<TieredStore>,
+    mounts: Arc<Mounts>,
+    data_dir: std::path::PathBuf,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(WHOLE_FILES_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            // A sum over the pinned chunks: off the runtime's threads.
+            let c = cache.clone();
+            let room = tokio::task::spawn_blocking(move || c.whole_files_room()).await.ok().flatten();
+            let asked = match room {
+                Some(room) => tokio::time::timeout(WHOLE_FILES_EVERY, mounts.limit_whole_files(room)).await,
+                None => tokio::time::timeout(WHOLE_FILES_EVERY, async { Ok(mounts.counters().await?.1) }).await,
+            };
+            let reported = match asked {
+                Ok(Ok(whole)) => whole,
+                _ => None,
+            };
+            let (cache, dir) = (cache.clone(), data_dir.clone());
+            let counted = tokio::task::spawn_blocking(move || {
+                let bytes = holder::whole_files_on_disk(reported.as_ref(), holder::measure_whole_files(&dir));
+                (bytes, (bytes != cache.whole_files()).then(|| cache.set_whole_files(bytes)))
+            })
+            .await;
+            match counted {
+                Ok((bytes, Some(Ok(evicted)))) if evicted > 0 => {
+                    info!(whole_files = %aqueduct_proto::Size(bytes), evicted, "whole copies grew: evicted chunks to keep the disk quota")
+                }
+                Ok((_, Some(Err(e)))) => warn!(error = %e, "cannot evict chunks to make room for whole copies"),
+                _ => {}
+            }
+        }
+    });
 }
 
 /// Puts in force the revocation list of the assignments the catalog holds (those kept on disk

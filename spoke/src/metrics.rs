@@ -7,12 +7,15 @@
 //! replication progress per version. Read at each scrape ([`SpokeMetrics::refresh`]): each
 //! cache tier's usage, quota and evictions, the link budget the spoke applies, and the FUSE
 //! reads the node's holder answered (their latency, bytes and errors: the holder, which serves
-//! the mounts, counts them, and the spoke asks it; [`SpokeMetrics::set_fuse_reads`]).
+//! the mounts, counts them, and the spoke asks it; [`SpokeMetrics::set_fuse_reads`]), and the
+//! holder's whole copies and FUSE passthrough ([`SpokeMetrics::set_whole_files`]): a read the
+//! kernel passes through to a whole copy reaches no process, so only the opens are counted,
+//! never their bytes (those are not in `fuse_read`).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use aqueduct_proto::holder::v1::ReadCounters;
+use aqueduct_proto::holder::v1::{ReadCounters, WholeFiles};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
@@ -87,6 +90,8 @@ pub struct SpokeMetrics {
     replication_ready: Family<VersionLabels, Gauge>,
     budget: Gauge,
     fuse_reads: HeldReads,
+    whole_files: HeldWhole,
+    whole_files_disk: Gauge,
     swept_chunks: Counter,
     swept_bytes: Counter,
 }
@@ -171,6 +176,43 @@ impl SpokeMetrics {
         );
         r.register("fuse_read_errors", "FUSE reads answered with an error", self.fuse_reads.part(Part::Errors));
         r.register(
+            "passthrough_opens",
+            "Opens of mounted files the holder answered by FUSE passthrough to a verified whole copy: the kernel serves their reads, whose bytes are not counted in fuse_read",
+            self.whole_files.part(WholePart::PassthroughOpens),
+        );
+        r.register(
+            "passthrough_unavailable",
+            "1 if FUSE passthrough is not available on this node (the kernel or the holder cannot do it): reads take the copy route and are counted in fuse_read",
+            self.whole_files.part(WholePart::Unavailable),
+        );
+        r.register(
+            "whole_files_ready",
+            "Whole copies of mounted files the holder verified, ready for passthrough",
+            self.whole_files.part(WholePart::Ready),
+        );
+        r.register_with_unit(
+            "whole_files_ready",
+            "Bytes of the whole copies ready for passthrough",
+            Unit::Bytes,
+            self.whole_files.part(WholePart::ReadyBytes),
+        );
+        r.register(
+            "whole_files_pending",
+            "Whole copies being made or verified",
+            self.whole_files.part(WholePart::Pending),
+        );
+        r.register(
+            "whole_files_rejected",
+            "Whole copies left by an earlier holder that did not verify (removed, never passed through)",
+            self.whole_files.part(WholePart::Rejected),
+        );
+        r.register_with_unit(
+            "whole_files_disk",
+            "Bytes the whole copies take on the node's disk (ready, not verified yet, being written), counted in the disk tier's quota: chunks get the quota less these",
+            Unit::Bytes,
+            self.whole_files_disk.clone(),
+        );
+        r.register(
             "swept_chunks",
             "Chunks deleted from the store because the hub no longer assigns any version that has them",
             self.swept_chunks.clone(),
@@ -235,6 +277,7 @@ impl SpokeMetrics {
             let counter = self.evictions.get_or_create(&labels);
             counter.inc_by(evictions.load(Ordering::Relaxed).saturating_sub(counter.get()));
         }
+        self.whole_files_disk.set(cache.whole_files().min(i64::MAX as u64) as i64);
         // Before the first assignments the budget is unlimited: shown as 0.
         let rate = budget.rate();
         self.budget.set(if rate == u64::MAX { 0 } else { rate.min(i64::MAX as u64) as i64 });
@@ -292,5 +335,58 @@ impl SpokeMetrics {
     /// The holder's read counters, as it reported them.
     pub fn set_fuse_reads(&self, counters: ReadCounters) {
         *self.fuse_reads.counters.lock().unwrap_or_else(|e| e.into_inner()) = counters;
+    }
+
+    /// The holder's whole copies and passthrough, as it reported them (none: whole copies off,
+    /// or no holder; every one of these metrics is then 0).
+    pub fn set_whole_files(&self, whole: Option<WholeFiles>) {
+        *self.whole_files.counters.lock().unwrap_or_else(|e| e.into_inner()) = whole.unwrap_or_default();
+    }
+}
+
+/// The holder's whole copies and passthrough, as it last reported them (counted since it
+/// started, as [`HeldReads`]).
+#[derive(Clone, Debug, Default)]
+struct HeldWhole {
+    counters: Arc<Mutex<WholeFiles>>,
+    part: WholePart,
+}
+
+/// Which metric of [`HeldWhole`] one registration shows.
+#[derive(Clone, Copy, Debug, Default)]
+enum WholePart {
+    #[default]
+    PassthroughOpens,
+    Unavailable,
+    Ready,
+    ReadyBytes,
+    Pending,
+    Rejected,
+}
+
+impl HeldWhole {
+    fn part(&self, part: WholePart) -> Self {
+        Self { counters: self.counters.clone(), part }
+    }
+}
+
+impl EncodeMetric for HeldWhole {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let w = *self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        match self.part {
+            WholePart::PassthroughOpens => encoder.encode_counter::<NoLabelSet, u64, u64>(&w.passthrough_opens, None),
+            WholePart::Rejected => encoder.encode_counter::<NoLabelSet, u64, u64>(&w.rejected, None),
+            WholePart::Unavailable => encoder.encode_gauge(&u64::from(w.passthrough_unavailable)),
+            WholePart::Ready => encoder.encode_gauge(&w.ready),
+            WholePart::ReadyBytes => encoder.encode_gauge(&w.ready_bytes),
+            WholePart::Pending => encoder.encode_gauge(&w.pending),
+        }
+    }
+
+    fn metric_type(&self) -> MetricType {
+        match self.part {
+            WholePart::PassthroughOpens | WholePart::Rejected => MetricType::Counter,
+            _ => MetricType::Gauge,
+        }
     }
 }

@@ -93,10 +93,24 @@ impl Mounts {
         Ok(holder.list(local::ListMountsRequest {}).await?.into_inner().mounts)
     }
 
-    /// The reads the holder answered since it started (none, if there is no holder yet).
-    pub async fn reads(&self) -> Result<held::ReadCounters, MountError> {
-        let Some(mut holder) = self.existing().await else { return Ok(held::ReadCounters::default()) };
-        Ok(holder.list(local::ListMountsRequest {}).await?.into_inner().reads.unwrap_or_default())
+    /// The reads the holder answered since it started, and its whole copies (with whole copies
+    /// off or no holder yet: none, and no reads).
+    pub async fn counters(&self) -> Result<(held::ReadCounters, Option<held::WholeFiles>), MountError> {
+        let Some(mut holder) = self.existing().await else { return Ok(Default::default()) };
+        let list = holder.list(local::ListMountsRequest {}).await?.into_inner();
+        Ok((list.reads.unwrap_or_default(), list.whole))
+    }
+
+    /// Tells the holder what its whole copies may take on disk now (`bytes`); answers with its
+    /// copies as they are after (none: whole copies off, or no holder yet). A holder older than
+    /// the limit is only asked.
+    pub async fn limit_whole_files(&self, bytes: u64) -> Result<Option<held::WholeFiles>, MountError> {
+        let Some(mut holder) = self.existing().await else { return Ok(None) };
+        match holder.limit_whole_files(held::WholeFilesLimit { bytes }).await {
+            Ok(answer) => Ok(answer.into_inner().whole),
+            Err(s) if s.code() == tonic::Code::Unimplemented => Ok(self.counters().await?.1),
+            Err(s) => Err(s.into()),
+        }
     }
 
     /// Mounts `dataset` on `path`, showing what `follows` says (a version, or following the

@@ -164,6 +164,19 @@ impl Holder {
         self.whole.as_ref().map(|w| w.counters())
     }
 
+    /// Limits what the whole copies may take on disk to `bytes` (below the budget), removing
+    /// copies past it; then as [`Holder::whole`].
+    pub async fn limit_whole_files(&self, bytes: u64) -> Option<aqueduct_proto::holder::v1::WholeFiles> {
+        let whole = self.whole.clone()?;
+        // Removing files: off the runtime's threads.
+        tokio::task::spawn_blocking(move || {
+            whole.limit(bytes);
+            whole.counters()
+        })
+        .await
+        .ok()
+    }
+
     /// Mounts what `spec` asks for, or answers with the same mount already there.
     #[instrument(skip_all, fields(dataset = %spec.dataset, follows = %spec.follows, path = %spec.mountpoint.display()))]
     pub async fn mount(self: &Arc<Self>, spec: MountSpec) -> Result<local::MountInfo, HolderError> {

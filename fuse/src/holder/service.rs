@@ -76,6 +76,16 @@ impl HolderApi for HolderService {
             whole: self.holder.whole(),
         }))
     }
+
+    #[instrument(skip_all, fields(bytes))]
+    async fn limit_whole_files(
+        &self,
+        request: Request<held::WholeFilesLimit>,
+    ) -> Result<Response<held::WholeFilesLimited>, Status> {
+        let bytes = request.into_inner().bytes;
+        Span::current().record("bytes", bytes);
+        Ok(Response::new(held::WholeFilesLimited { whole: self.holder.limit_whole_files(bytes).await }))
+    }
 }
 
 /// Listens on the holder's private socket at `path` ([`aqueduct_core::socket::bind_private`]),

@@ -17,8 +17,15 @@
 //!
 //! Only a copy verified by this process is passed through. A disk budget bounds the copies: the
 //! least recently opened are removed to make room ([`to_evict`]); a write that fails (a full
-//! disk) is given up and the file keeps the copy route. The decisions are pure ([`plan`],
-//! [`to_evict`]) and tested here.
+//! disk) is given up and the file keeps the copy route. What the copies take on disk (every
+//! copy, verified or not, and the whole size of the one being written, from its start) is
+//! reported ([`WholeFiles::counters`], `disk_bytes`): the spoke counts it in its disk quota,
+//! and may lower the budget below what it was started with ([`WholeFiles::limit`]: its quota
+//! less the chunks it cannot evict), which removes copies past it at once. The decisions are
+//! pure ([`plan`], [`to_evict`]) and tested here.
+//!
+//! The file is some 640 lines long, a quarter of them its tests: planning, making, checking
+//! and bounding the copies are one concern.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -122,6 +129,8 @@ pub enum WholeError {
     Corrupt { key: String, digest: Digest, actual: Digest },
     #[error("whole copy {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("a whole copy of {key} ({bytes} bytes) does not fit what the copies may take now ({budget} bytes)")]
+    NoRoom { key: String, bytes: u64, budget: u64 },
 }
 
 #[derive(Default)]
@@ -153,12 +162,17 @@ pub struct WholeFiles {
     dir: PathBuf,
     store: PathBuf,
     budget: u64,
+    /// What the spoke allows the copies now (`u64::MAX`: nothing said); the lower of it and
+    /// `budget` applies.
+    limit: AtomicU64,
     state: Mutex<State>,
     jobs: Mutex<mpsc::Sender<Job>>,
     /// Held while files are worked on: one planner at a time (the thread, or a test's call).
     working: Mutex<()>,
     passthrough_opens: AtomicU64,
     rejected: AtomicU64,
+    /// The size of the copy being written (0: none): on disk already as far as the quota goes.
+    writing: AtomicU64,
     /// Passthrough was found unavailable (logged once).
     unavailable: AtomicBool,
 }
@@ -188,11 +202,13 @@ impl WholeFiles {
             dir,
             store: store.to_owned(),
             budget,
+            limit: AtomicU64::new(u64::MAX),
             state: Mutex::new(state),
             jobs: Mutex::new(tx),
             working: Mutex::new(()),
             passthrough_opens: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            writing: AtomicU64::new(0),
             unavailable: AtomicBool::new(false),
         });
         let worker = Arc::downgrade(&whole);
@@ -221,6 +237,35 @@ impl WholeFiles {
         self.dir.join(key)
     }
 
+    /// The disk the copies may take now: the budget, or the spoke's limit if lower.
+    fn budget(&self) -> u64 {
+        self.budget.min(self.limit.load(Ordering::Relaxed))
+    }
+
+    /// Lowers (or raises, up to the budget) what the copies may take to `bytes`; copies past
+    /// it are removed now, least recently opened first ([`to_evict`]). A file open on a
+    /// removed copy reads on (its disk is freed when it is closed).
+    pub fn limit(&self, bytes: u64) {
+        // Checked each time, not only on a change: a copy being written lands after a call.
+        self.limit.store(bytes, Ordering::Relaxed);
+        let evict = {
+            let state = self.state();
+            let held: Vec<Held> = state
+                .copies
+                .iter()
+                .map(|(k, c)| Held { key: k.clone(), bytes: c.bytes, last_opened: c.last_opened })
+                .collect();
+            to_evict(&held, self.budget(), 0, "")
+        };
+        if !evict.is_empty() {
+            info!(limit = bytes, copies = evict.len(), "whole copies past the spoke's limit removed (its disk quota)");
+        }
+        for k in evict {
+            self.state().copies.remove(&k);
+            let _ = std::fs::remove_file(self.path(&k));
+        }
+    }
+
     /// Asks for the files of `manifest` to get whole copies (a mount was made or switched).
     pub fn offer(&self, manifest: Arc<Manifest>) {
         let _ = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).send(Job::Version(manifest));
@@ -237,6 +282,7 @@ impl WholeFiles {
             rejected: self.rejected.load(Ordering::Relaxed),
             passthrough_opens: self.passthrough_opens.load(Ordering::Relaxed),
             passthrough_unavailable: self.unavailable.load(Ordering::Relaxed),
+            disk_bytes: state.copies.values().map(|c| c.bytes).sum::<u64>() + self.writing.load(Ordering::Relaxed),
         }
     }
 
@@ -259,7 +305,7 @@ impl WholeFiles {
                 })
                 .collect()
         };
-        let actions = plan(&candidates, self.budget);
+        let actions = plan(&candidates, self.budget());
         self.state().queued.extend(actions.iter().map(|a| match a {
             Action::Verify(k) | Action::Assemble(k) => k.clone(),
         }));
@@ -287,7 +333,7 @@ impl WholeFiles {
                     self.rejected.fetch_add(1, Ordering::Relaxed);
                     warn!(path = %file.path, error = %e, "a whole copy left by an earlier holder does not verify; removed, and made again if its chunks are here");
                     let _ = std::fs::remove_file(self.path(key));
-                    if file.chunks.iter().all(|c| self.local(c)) && file.size <= self.budget {
+                    if file.chunks.iter().all(|c| self.local(c)) && file.size <= self.budget() {
                         if let Err(e) = self.assemble(key, file) {
                             warn!(path = %file.path, error = %e, "cannot make a whole copy; the file keeps the copy route");
                         } else {
@@ -313,8 +359,28 @@ impl WholeFiles {
         std::fs::metadata(self.chunk_path(c)).is_ok_and(|m| m.len() == u64::from(c.length))
     }
 
-    /// Writes a verified copy of `file` from the store, making room in the budget first.
+    /// Writes a verified copy of `file` from the store, making room in the budget first; a copy
+    /// made is known (verified) when this returns. Its bytes count on disk from the start.
     fn assemble(&self, key: &str, file: &FileEntry) -> Result<(), WholeError> {
+        // Counted before room is made and until the copy is known: what is reported never
+        // falls below what is on disk.
+        self.writing.store(file.size, Ordering::Relaxed);
+        let made = self.write_copy(key, file);
+        let mut state = self.state();
+        if made.is_ok() {
+            let copy = state.copies.entry(key.to_string()).or_default();
+            copy.bytes = file.size;
+            copy.verified = true;
+        }
+        self.writing.store(0, Ordering::Relaxed);
+        made
+    }
+
+    fn write_copy(&self, key: &str, file: &FileEntry) -> Result<(), WholeError> {
+        let budget = self.budget();
+        if file.size > budget {
+            return Err(WholeError::NoRoom { key: key.to_string(), bytes: file.size, budget });
+        }
         let evict = {
             let state = self.state();
             let held: Vec<Held> = state
@@ -322,7 +388,7 @@ impl WholeFiles {
                 .iter()
                 .map(|(k, c)| Held { key: k.clone(), bytes: c.bytes, last_opened: c.last_opened })
                 .collect();
-            to_evict(&held, self.budget, file.size, key)
+            to_evict(&held, self.budget(), file.size, key)
         };
         for k in evict {
             debug!(key = %k, "removing the least recently opened whole copy to make room");
@@ -530,6 +596,18 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o444);
         assert!(whole.open(&file).is_some());
         assert_eq!(whole.counters().ready, 1);
+        assert_eq!(whole.counters().disk_bytes, file.size, "what the copy takes on disk is reported");
+
+        // The spoke's limit (its disk quota) below the copy: removed at once, none made again
+        // while it holds; raised again, the copy comes back.
+        whole.limit(file.size - 1);
+        assert!(!path.exists() && whole.open(&file).is_none());
+        assert_eq!((whole.counters().ready, whole.counters().disk_bytes), (0, 0));
+        whole.work(std::slice::from_ref(&file));
+        assert!(!path.exists(), "a copy past the limit was made");
+        whole.limit(u64::MAX);
+        whole.work(std::slice::from_ref(&file));
+        assert!(whole.open(&file).is_some());
 
         // A new holder does not trust the copy until it hashed it; a flipped byte is caught
         // and the copy made again from the store.
@@ -539,6 +617,8 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let again = WholeFiles::start(store.path(), 1 << 20).unwrap();
         assert!(again.open(&file).is_none(), "an unverified copy is not passed through");
+        let found = again.counters();
+        assert_eq!((found.ready_bytes, found.disk_bytes), (0, file.size), "a copy not verified yet still takes disk");
         again.work(std::slice::from_ref(&file));
         assert_eq!(again.counters().rejected, 1);
         assert_eq!(std::fs::read(&path).unwrap(), chunks.concat());
