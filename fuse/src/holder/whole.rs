@@ -242,21 +242,25 @@ impl WholeFiles {
         self.budget.min(self.limit.load(Ordering::Relaxed))
     }
 
+    /// The copies to remove, least recently opened first, so that `incoming` more bytes (the
+    /// copy `key`, kept) fit the budget ([`to_evict`]).
+    fn to_evict(&self, incoming: u64, key: &str) -> Vec<String> {
+        let held: Vec<Held> = self
+            .state()
+            .copies
+            .iter()
+            .map(|(k, c)| Held { key: k.clone(), bytes: c.bytes, last_opened: c.last_opened })
+            .collect();
+        to_evict(&held, self.budget(), incoming, key)
+    }
+
     /// Lowers (or raises, up to the budget) what the copies may take to `bytes`; copies past
     /// it are removed now, least recently opened first ([`to_evict`]). A file open on a
     /// removed copy reads on (its disk is freed when it is closed).
     pub fn limit(&self, bytes: u64) {
         // Checked each time, not only on a change: a copy being written lands after a call.
         self.limit.store(bytes, Ordering::Relaxed);
-        let evict = {
-            let state = self.state();
-            let held: Vec<Held> = state
-                .copies
-                .iter()
-                .map(|(k, c)| Held { key: k.clone(), bytes: c.bytes, last_opened: c.last_opened })
-                .collect();
-            to_evict(&held, self.budget(), 0, "")
-        };
+        let evict = self.to_evict(0, "");
         if !evict.is_empty() {
             info!(limit = bytes, copies = evict.len(), "whole copies past the spoke's limit removed (its disk quota)");
         }
@@ -381,15 +385,7 @@ impl WholeFiles {
         if file.size > budget {
             return Err(WholeError::NoRoom { key: key.to_string(), bytes: file.size, budget });
         }
-        let evict = {
-            let state = self.state();
-            let held: Vec<Held> = state
-                .copies
-                .iter()
-                .map(|(k, c)| Held { key: k.clone(), bytes: c.bytes, last_opened: c.last_opened })
-                .collect();
-            to_evict(&held, self.budget(), file.size, key)
-        };
+        let evict = self.to_evict(file.size, key);
         for k in evict {
             debug!(key = %k, "removing the least recently opened whole copy to make room");
             self.state().copies.remove(&k);
