@@ -76,3 +76,12 @@ pub fn stop_holders(root: &Path) {
     }
     crate::netns::unmount_under(root);
 }
+
+/// Stops the FUSE holders started under a directory when dropped (however the test ends).
+pub struct StopHolders(pub std::path::PathBuf);
+
+impl Drop for StopHolders {
+    fn drop(&mut self) {
+        stop_holders(&self.0);
+    }
+}

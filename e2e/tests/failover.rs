@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use aqueduct_e2e::holders::StopHolders;
 use aqueduct_e2e::{
     Children, SourceKind, assert_store_holds, bin, free_port, scrape, spawn_logged, stored_bytes, with_spoke_metrics,
     world,
@@ -20,7 +21,7 @@ use aqueduct_e2e::{
 use aqueduct_proto::Manifest;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::admin_client::AdminClient;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 /// Generous: these check what happens, not how fast.
 const WITHIN: Duration = Duration::from_secs(120);
@@ -77,28 +78,7 @@ impl HubProcess {
 
     /// An admin client (the admin bundle of `data`), once the hub answers.
     async fn admin(&self, data: &Path) -> AdminClient<Channel> {
-        let read = |f: &str| std::fs::read_to_string(data.join("admin").join(f)).unwrap();
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read("ca.pem")))
-            .identity(Identity::from_pem(read("admin.pem"), read("admin.key")));
-        let endpoint = Endpoint::from_shared(self.url.clone()).unwrap().tls_config(tls).unwrap();
-        let started = Instant::now();
-        loop {
-            if let Ok(channel) = endpoint.connect().await {
-                return AdminClient::new(channel).max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
-            }
-            assert!(started.elapsed() < WITHIN, "the hub at {} never answered: {}", self.url, log(&self.log));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-/// Stops the FUSE holders started under a directory when dropped.
-struct StopHolders(PathBuf);
-
-impl Drop for StopHolders {
-    fn drop(&mut self) {
-        aqueduct_e2e::holders::stop_holders(&self.0);
+        aqueduct_e2e::hub_binary::admin(&self.url, &data.join("admin"), &self.log, WITHIN).await
     }
 }
 
@@ -159,18 +139,7 @@ impl TwoHubs {
         };
         children.0.push(a.start());
         let mut admin = a.admin(&data).await;
-        let source = pb::Source {
-            name: "local".into(),
-            url: format!("file://{}", root.join("models").display()),
-            options: Default::default(),
-            created_unix_ms: 0,
-        };
-        admin.add_source(pb::AddSourceRequest { source: Some(source) }).await.unwrap();
-        let dataset =
-            pb::Dataset { name: "llama".into(), source: "local".into(), prefix: "llama".into(), ..Default::default() };
-        admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.unwrap();
-        let mut events = admin.snapshot(pb::SnapshotRequest { dataset: "llama".into() }).await.unwrap().into_inner();
-        while events.message().await.unwrap().is_some() {}
+        aqueduct_e2e::hub_binary::local_dataset(&mut admin, "local", &root.join("models"), "llama").await;
         // A slow link (4 MiB/s for 24 MiB), so that the hub is lost mid-transfer.
         let region = pb::Region { name: "eu".into(), rate_bytes_per_sec: 4 << 20, ..Default::default() };
         let ca = admin.add_region(pb::AddRegionRequest { region: Some(region) }).await.unwrap().into_inner();

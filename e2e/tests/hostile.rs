@@ -234,18 +234,7 @@ async fn hostile_clients_cannot_exhaust_the_hub() {
     let mut admin = admin.unwrap();
 
     // A dataset of 48 MiB, rolled out to a good region and a hostile one.
-    let source = pb::Source {
-        name: "src".into(),
-        url: format!("file://{}", root.join("models").display()),
-        options: Default::default(),
-        created_unix_ms: 0,
-    };
-    admin.add_source(pb::AddSourceRequest { source: Some(source) }).await.unwrap();
-    let dataset =
-        pb::Dataset { name: "llama".into(), source: "src".into(), prefix: "llama".into(), ..Default::default() };
-    admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.unwrap();
-    let mut events = admin.snapshot(pb::SnapshotRequest { dataset: "llama".into() }).await.unwrap().into_inner();
-    while events.message().await.unwrap().is_some() {}
+    aqueduct_e2e::hub_binary::local_dataset(&mut admin, "src", &root.join("models"), "llama").await;
     let mut bundles = std::collections::HashMap::new();
     for name in ["good", "hostile"] {
         let region = pb::Region { name: name.into(), rate_bytes_per_sec: 1 << 30, ..Default::default() };

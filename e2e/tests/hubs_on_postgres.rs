@@ -18,12 +18,13 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use aqueduct_e2e::holders::StopHolders;
 use aqueduct_e2e::netns::Topology;
 use aqueduct_e2e::{Children, bin, free_port, scrape, spawn_command, spawn_logged, stored_bytes};
 use aqueduct_proto::Manifest;
 use aqueduct_proto::hub::v1 as pb;
 use aqueduct_proto::hub::v1::admin_client::AdminClient;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 const MIB: u64 = 1 << 20;
 /// Each region's budget.
@@ -52,18 +53,8 @@ fn log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-/// Stops the FUSE holders started under a directory when dropped.
-struct StopHolders(PathBuf);
-
-impl Drop for StopHolders {
-    fn drop(&mut self) {
-        aqueduct_e2e::holders::stop_holders(&self.0);
-    }
-}
-
 /// A hub process: `aqueduct-hub serve` with `config`, listening on every address at `port`.
 struct Hub {
-    name: &'static str,
     port: u16,
     data: PathBuf,
     config: PathBuf,
@@ -71,6 +62,13 @@ struct Hub {
 }
 
 impl Hub {
+    /// Hub `name`'s files under `root` (`NAME/`, `NAME/hub.toml`, `NAME.log`), on a free port.
+    fn under(root: &Path, name: &str) -> Self {
+        let data = root.join(name);
+        let config = data.join("hub.toml");
+        Self { port: free_port().port(), data, config, log: root.join(format!("{name}.log")) }
+    }
+
     fn start(&self) -> std::process::Child {
         spawn_logged(&bin("aqueduct-hub"), &["serve".as_ref(), "--config".as_ref(), self.config.as_os_str()], &self.log)
     }
@@ -82,19 +80,7 @@ impl Hub {
 
     /// An admin client (the admin bundle of hub A's data directory), once the hub answers.
     async fn admin(&self, bundle: &Path) -> AdminClient<Channel> {
-        let read = |f: &str| std::fs::read_to_string(bundle.join(f)).unwrap();
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read("ca.pem")))
-            .identity(Identity::from_pem(read("admin.pem"), read("admin.key")));
-        let endpoint = Endpoint::from_shared(self.url("127.0.0.1")).unwrap().tls_config(tls).unwrap();
-        let started = Instant::now();
-        loop {
-            if let Ok(channel) = endpoint.connect().await {
-                return AdminClient::new(channel).max_decoding_message_size(aqueduct_proto::MAX_MESSAGE_BYTES);
-            }
-            assert!(started.elapsed() < WITHIN, "hub {} never answered: {}", self.name, log(&self.log));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        aqueduct_e2e::hub_binary::admin(&self.url("127.0.0.1"), bundle, &self.log, WITHIN).await
     }
 }
 
@@ -150,13 +136,7 @@ async fn the_hub_serving_two_regions_is_killed_mid_rollout_and_the_other_finishe
     let hosts: Vec<String> = net.regions.iter().map(|r| r.hub_ip.to_string()).collect();
 
     // Hub A: init (its certificate names the hub's address in each region), then PostgreSQL.
-    let a = Hub {
-        name: "A",
-        port: free_port().port(),
-        data: root.join("hub-a"),
-        config: root.join("hub-a/hub.toml"),
-        log: root.join("hub-a.log"),
-    };
+    let a = Hub::under(&root, "hub-a");
     let mut init = std::process::Command::new(bin("aqueduct-hub"));
     init.args(["init", "--data-dir"]).arg(&a.data).args(["--listen", &format!("0.0.0.0:{}", a.port)]);
     for host in &hosts {
@@ -175,13 +155,7 @@ async fn the_hub_serving_two_regions_is_killed_mid_rollout_and_the_other_finishe
 
     // Hub B: a certificate from A's issuing CA naming B's addresses, and what the README says
     // to copy; its hub.toml is A's with its own `listen` and data directory, the same database.
-    let b = Hub {
-        name: "B",
-        port: free_port().port(),
-        data: root.join("hub-b"),
-        config: root.join("hub-b/hub.toml"),
-        log: root.join("hub-b.log"),
-    };
+    let b = Hub::under(&root, "hub-b");
     let mut certificate = std::process::Command::new(bin("aqueduct-hub"));
     certificate.args(["certificate", "--config"]).arg(&a.config).args(["--host", "127.0.0.1"]);
     for host in &hosts {
@@ -204,18 +178,7 @@ async fn the_hub_serving_two_regions_is_killed_mid_rollout_and_the_other_finishe
     let mut admin = a.admin(&bundle).await;
     children.0.push(b.start());
     b.admin(&bundle).await;
-    let source = pb::Source {
-        name: "local".into(),
-        url: format!("file://{}", root.join("models").display()),
-        options: Default::default(),
-        created_unix_ms: 0,
-    };
-    admin.add_source(pb::AddSourceRequest { source: Some(source) }).await.unwrap();
-    let dataset =
-        pb::Dataset { name: "llama".into(), source: "local".into(), prefix: "llama".into(), ..Default::default() };
-    admin.add_dataset(pb::AddDatasetRequest { dataset: Some(dataset) }).await.unwrap();
-    let mut events = admin.snapshot(pb::SnapshotRequest { dataset: "llama".into() }).await.unwrap().into_inner();
-    while events.message().await.unwrap().is_some() {}
+    aqueduct_e2e::hub_binary::local_dataset(&mut admin, "local", &root.join("models"), "llama").await;
     let manifest = Manifest::try_from(
         admin.get_manifest(pb::GetManifestRequest { dataset: "llama".into(), version: 1 }).await.unwrap().into_inner(),
     )
