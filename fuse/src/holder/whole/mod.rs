@@ -104,15 +104,16 @@ pub struct Held {
 /// first, never `keep` (the copy being made room for). Empty if nothing needs to go; all the
 /// others if even that is not enough.
 pub fn to_evict(copies: &[Held], budget: u64, incoming: u64, keep: &str) -> Vec<String> {
-    let mut total: u64 = copies.iter().map(|c| c.bytes).sum::<u64>() + incoming;
+    // In u128: sizes and the spoke's limit may be any u64.
+    let mut total: u128 = copies.iter().map(|c| u128::from(c.bytes)).sum::<u128>() + u128::from(incoming);
     let mut order: Vec<&Held> = copies.iter().filter(|c| c.key != keep).collect();
     order.sort_by(|a, b| a.last_opened.cmp(&b.last_opened).then_with(|| a.key.cmp(&b.key)));
     let mut out = Vec::new();
     for c in order {
-        if total <= budget {
+        if total <= u128::from(budget) {
             break;
         }
-        total -= c.bytes;
+        total -= u128::from(c.bytes);
         out.push(c.key.clone());
     }
     out

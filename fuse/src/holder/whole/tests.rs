@@ -1,6 +1,8 @@
 //! Whole copies: the pure plans (what to make, verify, evict, offer on open) and copies made,
 //! checked, bounded and removed on a real directory.
 
+use proptest::prelude::any;
+
 use super::*;
 
 fn cand(key: &str, size: u64, all_local: bool, on_disk: bool, verified: bool) -> Candidate {
@@ -131,4 +133,37 @@ fn copies_are_assembled_verified_read_only_and_checked_again_by_a_new_holder() {
     assert!(w.open(&file).is_none());
     assert!(!store2.path().join("files").join(&key).exists());
     assert!(WholeFiles::start(store2.path(), 0).is_none(), "a budget of 0 turns them off");
+}
+
+proptest::proptest! {
+    #![proptest_config(aqueduct_testkit::fuzz::config(256))]
+
+    /// Whatever the spoke's limit (any u64) and the copies held: what stays (with the incoming
+    /// copy) fits it unless only the kept copy is left, and no copy stays that was opened less
+    /// recently than one removed.
+    #[test]
+    fn fuzz_eviction_fits_any_limit_least_recently_opened_first(
+        copies in proptest::collection::vec((any::<u64>(), 0u64..1000), 0..12),
+        budget in any::<u64>(),
+        incoming in any::<u64>(),
+        keep_first in any::<bool>(),
+    ) {
+        let held: Vec<Held> = copies
+            .iter()
+            .enumerate()
+            .map(|(i, &(bytes, last_opened))| Held { key: format!("k{i}"), bytes, last_opened })
+            .collect();
+        let keep = if keep_first { "k0" } else { "" };
+        let evicted = to_evict(&held, budget, incoming, keep);
+        proptest::prop_assert!(!evicted.iter().any(|k| k == keep), "the kept copy was evicted");
+        let (gone, stay): (Vec<&Held>, Vec<&Held>) = held.iter().partition(|c| evicted.contains(&c.key));
+        let total: u128 = stay.iter().map(|c| u128::from(c.bytes)).sum::<u128>() + u128::from(incoming);
+        let others_left = stay.iter().any(|c| c.key != keep);
+        proptest::prop_assert!(total <= u128::from(budget) || !others_left, "over the limit with copies left to evict");
+        for g in &gone {
+            for s in stay.iter().filter(|c| c.key != keep) {
+                proptest::prop_assert!((g.last_opened, &g.key) <= (s.last_opened, &s.key), "{} went before {}", g.key, s.key);
+            }
+        }
+    }
 }
