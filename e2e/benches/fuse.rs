@@ -41,7 +41,7 @@
 //! Run: `cargo build --release -p aqueduct-fuse && cargo bench -p aqueduct-e2e --bench fuse` as
 //! root (FUSE). AQUEDUCT_LOG=info shows the components' logs.
 //!
-//! The file is some 730 lines long because every row of the one run the issue asks for
+//! The file is some 720 lines long because every row of the one run the issue asks for
 //! (warm, cold, cached, budget, random reads, the peers) is set up and printed here, beside its
 //! baseline; starting the peers and garage lives in `aqueduct_e2e::peers`.
 

@@ -18,7 +18,7 @@
 //! at a time: while the hub still holds an earlier watch of this name (a restart before the hub
 //! noticed the old connection close), the watch is refused and retried soon.
 //!
-//! The file is some 620 lines long, a third of them its tests of the whole session against a
+//! The file is some 640 lines long, a third of them its tests of the whole session against a
 //! hub in the test's process; the pure decisions are in its submodules.
 
 pub mod keep;
